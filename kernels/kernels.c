@@ -1,0 +1,186 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kernels.c - the backend registry and the thin wrappers through which callers reach an ops
+ * table (callers never call through ops directly).
+ */
+#include "kernels.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct bt_backend {
+    const bt_backend_ops_t *ops;
+    void *ctx;
+};
+
+typedef struct {
+    const char *name;
+    bt_backend_create_fn create;
+} registry_entry_t;
+
+#ifdef BATON_HAVE_CUDA
+int bt_cuda_backend_create(const bt_backend_params_t *params, const bt_backend_ops_t **ops,
+                           void **ctx);
+#endif
+
+static const registry_entry_t registry[] = {
+    {"cpu", bt_cpu_backend_create},
+#ifdef BATON_HAVE_CUDA
+    {"cuda", bt_cuda_backend_create},
+#endif
+};
+
+#define N_REGISTRY (sizeof registry / sizeof registry[0])
+
+const char *bt_backend_list(void)
+{
+#ifdef BATON_HAVE_CUDA
+    return "cpu,cuda";
+#else
+    return "cpu";
+#endif
+}
+
+const char *bt_type_name(int type)
+{
+    switch (type) {
+    case BT_TYPE_F32:
+        return "f32";
+    case BT_TYPE_F16:
+        return "f16";
+    case BT_TYPE_BF16:
+        return "bf16";
+    case BT_TYPE_Q8_0:
+        return "q8_0";
+    }
+    return NULL;
+}
+
+size_t bt_type_row_bytes(int type, int64_t n)
+{
+    if (n < 0)
+        return 0;
+    switch (type) {
+    case BT_TYPE_F32:
+        return (size_t)n * 4;
+    case BT_TYPE_F16:
+    case BT_TYPE_BF16:
+        return (size_t)n * 2;
+    case BT_TYPE_Q8_0:
+        return n % BT_QK8_0 ? 0 : (size_t)(n / BT_QK8_0) * sizeof(bt_block_q8_0_t);
+    }
+    return 0;
+}
+
+int bt_backend_create(const char *name, const bt_backend_params_t *params, bt_backend_t **out)
+{
+    bt_backend_params_t defaults = {0};
+    if (!params)
+        params = &defaults;
+    for (size_t i = 0; i < N_REGISTRY; i++) {
+        if (strcmp(registry[i].name, name) != 0)
+            continue;
+        bt_backend_t *be = malloc(sizeof *be);
+        if (!be)
+            return BT_ERR_NOMEM;
+        int st = registry[i].create(params, &be->ops, &be->ctx);
+        if (st != BT_OK) {
+            free(be);
+            return st;
+        }
+        *out = be;
+        return BT_OK;
+    }
+    return BT_ERR_NOT_FOUND;
+}
+
+void bt_backend_destroy(bt_backend_t *be)
+{
+    if (!be)
+        return;
+    be->ops->destroy(be->ctx);
+    free(be);
+}
+
+const char *bt_backend_name(const bt_backend_t *be)
+{
+    return be->ops->name;
+}
+
+void *bt_backend_alloc(bt_backend_t *be, size_t size_bytes)
+{
+    return be->ops->alloc(be->ctx, size_bytes);
+}
+
+void bt_backend_free(bt_backend_t *be, void *ptr)
+{
+    if (ptr)
+        be->ops->free(be->ctx, ptr);
+}
+
+void bt_backend_upload(bt_backend_t *be, void *dst, const void *src_host, size_t size_bytes)
+{
+    be->ops->upload(be->ctx, dst, src_host, size_bytes);
+}
+
+void bt_backend_download(bt_backend_t *be, void *dst_host, const void *src, size_t size_bytes)
+{
+    be->ops->download(be->ctx, dst_host, src, size_bytes);
+}
+
+void bt_backend_sync(bt_backend_t *be)
+{
+    if (be->ops->sync)
+        be->ops->sync(be->ctx);
+}
+
+void bt_matmul(bt_backend_t *be, float *y, const bt_tensor_t *w, const float *x, int64_t m)
+{
+    be->ops->matmul(be->ctx, y, w, x, m);
+}
+
+void bt_get_rows(bt_backend_t *be, float *y, const bt_tensor_t *table, const int32_t *ids,
+                 int64_t m)
+{
+    be->ops->get_rows(be->ctx, y, table, ids, m);
+}
+
+void bt_rmsnorm(bt_backend_t *be, float *y, const float *x, const float *w, int64_t m, int64_t n,
+                float eps)
+{
+    be->ops->rmsnorm(be->ctx, y, x, w, m, n, eps);
+}
+
+void bt_rope(bt_backend_t *be, float *x, const int32_t *pos, int64_t m, int n_heads, int head_dim,
+             const float *inv_freq)
+{
+    be->ops->rope(be->ctx, x, pos, m, n_heads, head_dim, inv_freq);
+}
+
+void bt_swiglu(bt_backend_t *be, float *y, const float *gate, const float *up, int64_t n)
+{
+    be->ops->swiglu(be->ctx, y, gate, up, n);
+}
+
+void bt_add(bt_backend_t *be, float *y, const float *x, int64_t n)
+{
+    be->ops->add(be->ctx, y, x, n);
+}
+
+void bt_gather_rows(bt_backend_t *be, float *y, const float *x, const int32_t *rows, int64_t m,
+                    int64_t n)
+{
+    be->ops->gather_rows(be->ctx, y, x, rows, m, n);
+}
+
+void bt_kv_store(bt_backend_t *be, const bt_kv_layer_t *kv, const float *k, const float *v,
+                 const bt_attn_seq_t *seqs, int n_seqs)
+{
+    be->ops->kv_store(be->ctx, kv, k, v, seqs, n_seqs);
+}
+
+void bt_attention(bt_backend_t *be, float *out, const float *q, const bt_kv_layer_t *kv,
+                  const bt_attn_seq_t *seqs, int n_seqs, int n_heads, float scale)
+{
+    be->ops->attention(be->ctx, out, q, kv, seqs, n_seqs, n_heads, scale);
+}

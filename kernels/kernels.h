@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kernels.h - the compute backend interface: one ops table, chosen by name at run time.
+ *
+ * The engine runs a Llama forward pass only through these wrappers, so the same code drives the
+ * CPU backend (always built) and the CUDA backend (built when CUDA is found). All activation,
+ * weight and KV pointers passed to an op live in the backend's memory space (host memory for
+ * "cpu"); bt_backend_alloc/upload/download move data in and out of it.
+ *
+ * Determinism contract (every backend): each output element of every op is computed with a
+ * reduction order that depends only on that element's own inputs, never on how many rows are in
+ * the batch or where a row sits in it. A request therefore yields bit-identical logits whether
+ * it runs alone or inside any batch (batch invariance); the engine's equivalence tests rely on it.
+ *
+ * Threads: a backend object is driven by one thread at a time (the engine's compute thread);
+ * the backend may use worker threads of its own inside an op.
+ */
+#ifndef BATON_KERNELS_H
+#define BATON_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/status.h"
+
+/* Element types; the numeric ids are GGUF/ggml's, so tensor records map directly. */
+typedef enum {
+    BT_TYPE_F32 = 0,
+    BT_TYPE_F16 = 1,
+    BT_TYPE_Q8_0 = 8,
+    BT_TYPE_BF16 = 30,
+} bt_type_t;
+
+#define BT_QK8_0 32 /* elements per Q8_0 block: one fp16 scale then 32 int8 */
+
+typedef struct {
+    uint16_t d; /* fp16 scale */
+    int8_t qs[BT_QK8_0];
+} bt_block_q8_0_t;
+
+/* Name of a type ("f32", "q8_0"); NULL for an id this tree does not support. */
+const char *bt_type_name(int type);
+/* Bytes used by one row of n elements of the type; 0 if n is not a multiple of the type's
+ * block size or the type is unsupported. */
+size_t bt_type_row_bytes(int type, int64_t n);
+
+/*
+ * A 2-D weight matrix, row-major: rows = output features, cols = input features (ggml's ne[1],
+ * ne[0]). Rows are contiguous and each is bt_type_row_bytes(type, cols) bytes. The data is
+ * borrowed (e.g. from an mmap'ed model file).
+ */
+typedef struct {
+    bt_type_t type;
+    int64_t rows;
+    int64_t cols;
+    const void *data;
+} bt_tensor_t;
+
+/*
+ * One layer of the paged KV cache. Block b of the layer starts at data + b * block_bytes and
+ * holds K[block_size][n_kv_heads][head_dim] followed by V of the same shape, so that a run of
+ * consecutive block ids is one contiguous range of memory (one transfer per run per layer).
+ */
+typedef struct {
+    void *data;
+    bt_type_t type;      /* BT_TYPE_F32 or BT_TYPE_F16 */
+    int32_t block_size;  /* tokens per block */
+    int32_t n_kv_heads;
+    int32_t head_dim;
+    size_t block_bytes;  /* 2 * block_size * n_kv_heads * head_dim * element size */
+} bt_kv_layer_t;
+
+/* One sequence's share of a batch, as seen by the attention ops. */
+typedef struct {
+    int32_t row0;          /* first row of this sequence's new tokens in q/k/v/out */
+    int32_t n_new;         /* number of new tokens (rows) of the sequence in this batch */
+    int32_t n_past;        /* tokens already cached; new token i sits at position n_past + i */
+    const int32_t *blocks; /* block table, covering positions [0, n_past + n_new) */
+} bt_attn_seq_t;
+
+typedef struct {
+    int n_threads;          /* worker threads, including the caller; 0: all online cores */
+    int64_t max_rows;       /* most rows (tokens) any op will see in one call; sizes scratch */
+    int64_t max_cols;       /* widest matmul input (columns) any op will see */
+    int device;             /* device ordinal for GPU backends */
+    int allow_nondeterministic; /* 1: may use faster batch-variant paths (e.g. BLAS for large
+                                 * f32 GEMMs); 0 (default): the determinism contract holds */
+} bt_backend_params_t;
+
+typedef struct bt_backend_ops {
+    const char *name;
+    void (*destroy)(void *ctx);
+
+    void *(*alloc)(void *ctx, size_t size_bytes);             /* NULL on failure */
+    void (*free)(void *ctx, void *ptr);                        /* NULL allowed */
+    void (*upload)(void *ctx, void *dst, const void *src_host, size_t size_bytes);
+    void (*download)(void *ctx, void *dst_host, const void *src, size_t size_bytes);
+    void (*sync)(void *ctx);                                   /* optional */
+
+    /* y[m][w.rows] = x[m][w.cols] . w^T (f32 activations, any weight type). */
+    void (*matmul)(void *ctx, float *y, const bt_tensor_t *w, const float *x, int64_t m);
+    /* y[i] = row ids[i] of the table, converted to f32; ids are in range (checked by caller). */
+    void (*get_rows)(void *ctx, float *y, const bt_tensor_t *table, const int32_t *ids,
+                     int64_t m);
+    /* y[i] = x[i] * w / sqrt(mean(x[i]^2) + eps) for m rows of n. y may alias x. */
+    void (*rmsnorm)(void *ctx, float *y, const float *x, const float *w, int64_t m, int64_t n,
+                    float eps);
+    /* In-place rotary embedding of adjacent pairs (x[2i], x[2i+1]) of each head, angle
+     * pos[row] * inv_freq[i]; x is [m][n_heads * head_dim]. */
+    void (*rope)(void *ctx, float *x, const int32_t *pos, int64_t m, int n_heads, int head_dim,
+                 const float *inv_freq);
+    /* y[i] = silu(gate[i]) * up[i] for n elements. y may alias gate. */
+    void (*swiglu)(void *ctx, float *y, const float *gate, const float *up, int64_t n);
+    /* y[i] += x[i] for n elements. */
+    void (*add)(void *ctx, float *y, const float *x, int64_t n);
+    /* y[i] = x[rows[i]] for m rows of n floats (rows[] in host memory). */
+    void (*gather_rows)(void *ctx, float *y, const float *x, const int32_t *rows, int64_t m,
+                        int64_t n);
+    /* Write each sequence's new k/v rows ([rows][n_kv_heads * head_dim]) into its blocks. */
+    void (*kv_store)(void *ctx, const bt_kv_layer_t *kv, const float *k, const float *v,
+                     const bt_attn_seq_t *seqs, int n_seqs);
+    /* Causal attention of every new row over its sequence's cached positions [0, pos]; q and
+     * out are [rows][n_heads * head_dim]; heads map to KV heads by n_heads / n_kv_heads (GQA). */
+    void (*attention)(void *ctx, float *out, const float *q, const bt_kv_layer_t *kv,
+                      const bt_attn_seq_t *seqs, int n_seqs, int n_heads, float scale);
+} bt_backend_ops_t;
+
+typedef struct bt_backend bt_backend_t;
+
+/* Creates a backend by registry name ("cpu", "cuda"). Returns BT_ERR_NOT_FOUND for a name
+ * that is not built in, BT_ERR_UNSUPPORTED when it is built but unusable (no device). */
+int bt_backend_create(const char *name, const bt_backend_params_t *params, bt_backend_t **out);
+void bt_backend_destroy(bt_backend_t *be);
+const char *bt_backend_name(const bt_backend_t *be);
+/* Comma-separated names of the backends built into this binary. */
+const char *bt_backend_list(void);
+
+void *bt_backend_alloc(bt_backend_t *be, size_t size_bytes);
+void bt_backend_free(bt_backend_t *be, void *ptr);
+void bt_backend_upload(bt_backend_t *be, void *dst, const void *src_host, size_t size_bytes);
+void bt_backend_download(bt_backend_t *be, void *dst_host, const void *src, size_t size_bytes);
+void bt_backend_sync(bt_backend_t *be);
+
+void bt_matmul(bt_backend_t *be, float *y, const bt_tensor_t *w, const float *x, int64_t m);
+void bt_get_rows(bt_backend_t *be, float *y, const bt_tensor_t *table, const int32_t *ids,
+                 int64_t m);
+void bt_rmsnorm(bt_backend_t *be, float *y, const float *x, const float *w, int64_t m, int64_t n,
+                float eps);
+void bt_rope(bt_backend_t *be, float *x, const int32_t *pos, int64_t m, int n_heads, int head_dim,
+             const float *inv_freq);
+void bt_swiglu(bt_backend_t *be, float *y, const float *gate, const float *up, int64_t n);
+void bt_add(bt_backend_t *be, float *y, const float *x, int64_t n);
+void bt_gather_rows(bt_backend_t *be, float *y, const float *x, const int32_t *rows, int64_t m,
+                    int64_t n);
+void bt_kv_store(bt_backend_t *be, const bt_kv_layer_t *kv, const float *k, const float *v,
+                 const bt_attn_seq_t *seqs, int n_seqs);
+void bt_attention(bt_backend_t *be, float *out, const float *q, const bt_kv_layer_t *kv,
+                  const bt_attn_seq_t *seqs, int n_seqs, int n_heads, float scale);
+
+/* Backend constructors, listed in the registry (kernels.c). Each returns a status and writes
+ * *ops and *ctx only on success. */
+typedef int (*bt_backend_create_fn)(const bt_backend_params_t *params,
+                                    const bt_backend_ops_t **ops, void **ctx);
+int bt_cpu_backend_create(const bt_backend_params_t *params, const bt_backend_ops_t **ops,
+                          void **ctx);
+
+#endif
