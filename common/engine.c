@@ -1,0 +1,352 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * engine.c - the batched Llama forward pass.
+ *
+ * All sequences of a batch are laid out as consecutive rows (tokens) of one activation matrix,
+ * so every weight matrix is streamed once per forward whatever the mix of prefill and decode.
+ * Only attention needs to know where one sequence ends and the next begins (bt_attn_seq_t).
+ * In the last layer, rows whose logits nobody asked for are dropped before the output
+ * projection and the FFN, as they cannot affect any requested logit.
+ */
+#include "engine.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "btassert.h"
+#include "log.h"
+
+/* Activations, all in backend memory, sized for max_batch_tokens rows. */
+typedef struct {
+    float *x;      /* (T, dim) residual stream */
+    float *xb;     /* (T, dim) normed input / projection output */
+    float *x2;     /* (T, dim) residual rows kept for the last layer */
+    float *q;      /* (T, n_heads * head_dim) */
+    float *k;      /* (T, n_kv_heads * head_dim) */
+    float *v;      /* (T, n_kv_heads * head_dim) */
+    float *att;    /* (T, n_heads * head_dim) attention output */
+    float *gate;   /* (T, ffn_dim) */
+    float *up;     /* (T, ffn_dim) */
+    float *logits; /* (logit_rows, n_vocab) */
+    int32_t *ids;  /* (T) token ids */
+    int32_t *pos;  /* (T) positions */
+} acts_t;
+
+struct bt_engine {
+    const bt_model_t *model;  /* borrowed */
+    bt_backend_t *be;
+    bt_kv_pool_t *kv;
+    acts_t a;
+    int32_t max_tokens;       /* rows per forward */
+    int32_t max_seqs;
+    int32_t logit_rows;       /* rows of the logits buffer; larger requests are chunked */
+    /* Host-side scratch, sized at creation. */
+    int32_t *h_ids;           /* (T) */
+    int32_t *h_pos;           /* (T) */
+    int32_t *h_out_rows;      /* (T) rows that want logits, in batch order */
+    int32_t *h_prev_blocks;   /* (max_seqs) block counts before reservation, for rollback */
+    bt_attn_seq_t *h_seqs;    /* (max_seqs) */
+};
+
+static void acts_free(bt_engine_t *e)
+{
+    void **p = (void **)&e->a;
+    for (size_t i = 0; i < sizeof e->a / sizeof(void *); i++)
+        bt_backend_free(e->be, p[i]);
+    memset(&e->a, 0, sizeof e->a);
+}
+
+static int acts_alloc(bt_engine_t *e)
+{
+    const bt_model_hparams_t *hp = &e->model->hp;
+    size_t t = (size_t)e->max_tokens, f = sizeof(float);
+    size_t q_dim = (size_t)hp->n_heads * hp->head_dim, kv_dim = (size_t)hp->n_kv_heads * hp->head_dim;
+    acts_t *a = &e->a;
+    a->x = bt_backend_alloc(e->be, t * hp->dim * f);
+    a->xb = bt_backend_alloc(e->be, t * hp->dim * f);
+    a->x2 = bt_backend_alloc(e->be, t * hp->dim * f);
+    a->q = bt_backend_alloc(e->be, t * q_dim * f);
+    a->k = bt_backend_alloc(e->be, t * kv_dim * f);
+    a->v = bt_backend_alloc(e->be, t * kv_dim * f);
+    a->att = bt_backend_alloc(e->be, t * q_dim * f);
+    a->gate = bt_backend_alloc(e->be, t * hp->ffn_dim * f);
+    a->up = bt_backend_alloc(e->be, t * hp->ffn_dim * f);
+    a->logits = bt_backend_alloc(e->be, (size_t)e->logit_rows * hp->n_vocab * f);
+    a->ids = bt_backend_alloc(e->be, t * sizeof(int32_t));
+    a->pos = bt_backend_alloc(e->be, t * sizeof(int32_t));
+    void **p = (void **)a;
+    for (size_t i = 0; i < sizeof *a / sizeof(void *); i++)
+        if (!p[i])
+            return BT_ERR_NOMEM;
+    return BT_OK;
+}
+
+static int host_alloc(bt_engine_t *e)
+{
+    size_t t = (size_t)e->max_tokens, s = (size_t)e->max_seqs;
+    e->h_ids = bt_malloc(t * sizeof(int32_t));
+    e->h_pos = bt_malloc(t * sizeof(int32_t));
+    e->h_out_rows = bt_malloc(t * sizeof(int32_t));
+    e->h_prev_blocks = bt_malloc(s * sizeof(int32_t));
+    e->h_seqs = bt_malloc(s * sizeof(bt_attn_seq_t));
+    if (!e->h_ids || !e->h_pos || !e->h_out_rows || !e->h_prev_blocks || !e->h_seqs)
+        return BT_ERR_NOMEM;
+    return BT_OK;
+}
+
+static void host_free(bt_engine_t *e)
+{
+    bt_free(e->h_ids);
+    bt_free(e->h_pos);
+    bt_free(e->h_out_rows);
+    bt_free(e->h_prev_blocks);
+    bt_free(e->h_seqs);
+}
+
+static int engine_params_check(const bt_model_t *model, const bt_engine_params_t *p)
+{
+    if (p->max_batch_tokens < 0 || p->max_seqs < 0 || p->n_threads < 0 || p->block_size < 0) {
+        bt_error("engine: negative limit in parameters");
+        return BT_ERR_INVAL;
+    }
+    if (model->hp.n_heads % model->hp.n_kv_heads != 0) {
+        bt_error("engine: %d heads is not a multiple of %d KV heads", model->hp.n_heads,
+                 model->hp.n_kv_heads);
+        return BT_ERR_INVAL;
+    }
+    return BT_OK;
+}
+
+int bt_engine_create(const bt_model_t *model, const bt_engine_params_t *params, bt_engine_t **out)
+{
+    bt_engine_params_t defaults = {0};
+    const bt_engine_params_t *p = params ? params : &defaults;
+    const bt_model_hparams_t *hp = &model->hp;
+    int st = engine_params_check(model, p);
+    if (st != BT_OK)
+        return st;
+
+    bt_engine_t *e = bt_calloc(1, sizeof *e);
+    if (!e)
+        return BT_ERR_NOMEM;
+    e->model = model;
+    e->max_tokens = p->max_batch_tokens ? p->max_batch_tokens : 512;
+    e->max_seqs = p->max_seqs ? p->max_seqs : 64;
+    if (e->max_seqs > e->max_tokens)
+        e->max_seqs = e->max_tokens;
+    e->logit_rows = e->max_seqs;
+
+    int64_t max_cols = hp->ffn_dim > hp->dim ? hp->ffn_dim : hp->dim;
+    if ((int64_t)hp->n_heads * hp->head_dim > max_cols)
+        max_cols = (int64_t)hp->n_heads * hp->head_dim;
+    bt_backend_params_t bp = {
+        .n_threads = p->n_threads,
+        .max_rows = e->max_tokens,
+        .max_cols = max_cols,
+        .allow_nondeterministic = p->nondeterministic,
+    };
+    const char *backend = p->backend ? p->backend : "cpu";
+    st = bt_backend_create(backend, &bp, &e->be);
+    if (st != BT_OK) {
+        bt_error("engine: cannot create backend '%s': %s (built: %s)", backend,
+                 bt_status_str(st), bt_backend_list());
+        goto err_engine;
+    }
+    bt_kv_pool_params_t kp = {
+        .n_layers = hp->n_layers,
+        .n_kv_heads = hp->n_kv_heads,
+        .head_dim = hp->head_dim,
+        .block_size = p->block_size,
+        .type = p->kv_type,
+        .budget_bytes = p->kv_budget_bytes ? p->kv_budget_bytes
+                                           : (size_t)e->max_seqs * 512 *
+                                                 bt_model_kv_bytes_per_token(hp, p->kv_type),
+    };
+    st = bt_kv_pool_create(e->be, &kp, &e->kv);
+    if (st != BT_OK)
+        goto err_backend;
+    st = acts_alloc(e);
+    if (st != BT_OK) {
+        bt_error("engine: cannot allocate activations for %d tokens", e->max_tokens);
+        goto err_acts;
+    }
+    st = host_alloc(e);
+    if (st != BT_OK)
+        goto err_host;
+    *out = e;
+    return BT_OK;
+
+err_host:
+    host_free(e);
+err_acts:
+    acts_free(e);
+    bt_kv_pool_destroy(e->kv);
+err_backend:
+    bt_backend_destroy(e->be);
+err_engine:
+    bt_free(e);
+    return st;
+}
+
+void bt_engine_destroy(bt_engine_t *e)
+{
+    if (!e)
+        return;
+    host_free(e);
+    acts_free(e);
+    bt_kv_pool_destroy(e->kv);
+    bt_backend_destroy(e->be);
+    bt_free(e);
+}
+
+bt_kv_pool_t *bt_engine_kv_pool(bt_engine_t *e)
+{
+    return e->kv;
+}
+
+const bt_model_t *bt_engine_model(const bt_engine_t *e)
+{
+    return e->model;
+}
+
+int32_t bt_engine_max_batch_tokens(const bt_engine_t *e)
+{
+    return e->max_tokens;
+}
+
+/* Checks a batch against the engine's limits and the vocabulary; fills the host tables. */
+static int batch_prepare(bt_engine_t *e, const bt_batch_seq_t *seqs, int n_seqs, int32_t *n_rows,
+                         int32_t *n_out)
+{
+    if (n_seqs <= 0 || n_seqs > e->max_seqs)
+        return BT_ERR_RANGE;
+    int32_t rows = 0, outs = 0, n_vocab = e->model->hp.n_vocab;
+    for (int s = 0; s < n_seqs; s++) {
+        const bt_batch_seq_t *b = &seqs[s];
+        if (b->n_tokens <= 0 || b->n_tokens > e->max_tokens - rows || !b->kv)
+            return BT_ERR_RANGE;
+        if (b->kv->n_tokens + b->n_tokens > b->kv->max_tokens)
+            return BT_ERR_RANGE;
+        for (int32_t i = 0; i < b->n_tokens; i++) {
+            if (b->tokens[i] < 0 || b->tokens[i] >= n_vocab)
+                return BT_ERR_RANGE;
+            e->h_ids[rows + i] = b->tokens[i];
+            e->h_pos[rows + i] = b->kv->n_tokens + i;
+        }
+        if (b->logits == BT_LOGITS_ALL)
+            for (int32_t i = 0; i < b->n_tokens; i++)
+                e->h_out_rows[outs++] = rows + i;
+        else if (b->logits == BT_LOGITS_LAST)
+            e->h_out_rows[outs++] = rows + b->n_tokens - 1;
+        e->h_seqs[s] = (bt_attn_seq_t){
+            .row0 = rows, .n_new = b->n_tokens, .n_past = b->kv->n_tokens, .blocks = NULL};
+        rows += b->n_tokens;
+    }
+    *n_rows = rows;
+    *n_out = outs;
+    return BT_OK;
+}
+
+/* Reserves KV blocks for every sequence, or none (rolling back what was taken). */
+static int batch_reserve(bt_engine_t *e, const bt_batch_seq_t *seqs, int n_seqs)
+{
+    for (int s = 0; s < n_seqs; s++) {
+        bt_kv_seq_t *kv = seqs[s].kv;
+        e->h_prev_blocks[s] = kv->n_blocks;
+        int st = bt_kv_seq_reserve(kv, e->kv, kv->n_tokens + seqs[s].n_tokens);
+        if (st != BT_OK) {
+            for (int r = s; r >= 0; r--)
+                while (seqs[r].kv->n_blocks > e->h_prev_blocks[r])
+                    bt_kv_pool_unref(e->kv, seqs[r].kv->blocks[--seqs[r].kv->n_blocks]);
+            return st;
+        }
+        e->h_seqs[s].blocks = kv->blocks;
+    }
+    return BT_OK;
+}
+
+static void layer_attention(bt_engine_t *e, int32_t l, int32_t rows, int n_seqs)
+{
+    const bt_model_hparams_t *hp = &e->model->hp;
+    const bt_layer_weights_t *w = &e->model->layers[l];
+    acts_t *a = &e->a;
+    bt_rmsnorm(e->be, a->xb, a->x, w->attn_norm, rows, hp->dim, hp->norm_eps);
+    bt_matmul(e->be, a->q, &w->wq, a->xb, rows);
+    bt_matmul(e->be, a->k, &w->wk, a->xb, rows);
+    bt_matmul(e->be, a->v, &w->wv, a->xb, rows);
+    bt_rope(e->be, a->q, a->pos, rows, hp->n_heads, hp->head_dim, e->model->rope_inv_freq);
+    bt_rope(e->be, a->k, a->pos, rows, hp->n_kv_heads, hp->head_dim, e->model->rope_inv_freq);
+    bt_kv_layer_t kv = bt_kv_pool_layer(e->kv, l);
+    bt_kv_store(e->be, &kv, a->k, a->v, e->h_seqs, n_seqs);
+    bt_attention(e->be, a->att, a->q, &kv, e->h_seqs, n_seqs, hp->n_heads,
+                 1.0f / sqrtf((float)hp->head_dim));
+}
+
+/* Output projection, residual and FFN for rows of x (x and att hold those rows). */
+static void layer_rest(bt_engine_t *e, int32_t l, float *x, const float *att, int32_t rows)
+{
+    const bt_model_hparams_t *hp = &e->model->hp;
+    const bt_layer_weights_t *w = &e->model->layers[l];
+    acts_t *a = &e->a;
+    bt_matmul(e->be, a->xb, &w->wo, att, rows);
+    bt_add(e->be, x, a->xb, (int64_t)rows * hp->dim);
+    bt_rmsnorm(e->be, a->xb, x, w->ffn_norm, rows, hp->dim, hp->norm_eps);
+    bt_matmul(e->be, a->gate, &w->w_gate, a->xb, rows);
+    bt_matmul(e->be, a->up, &w->w_up, a->xb, rows);
+    bt_swiglu(e->be, a->gate, a->gate, a->up, (int64_t)rows * hp->ffn_dim);
+    bt_matmul(e->be, a->xb, &w->w_down, a->gate, rows);
+    bt_add(e->be, x, a->xb, (int64_t)rows * hp->dim);
+}
+
+/* Final norm and output projection of n_out rows of x, chunked through the logits buffer. */
+static void compute_logits(bt_engine_t *e, const float *x, int32_t n_out, float *logits)
+{
+    const bt_model_hparams_t *hp = &e->model->hp;
+    acts_t *a = &e->a;
+    for (int32_t r0 = 0; r0 < n_out; r0 += e->logit_rows) {
+        int32_t n = n_out - r0 < e->logit_rows ? n_out - r0 : e->logit_rows;
+        bt_rmsnorm(e->be, a->xb, x + (size_t)r0 * hp->dim, e->model->out_norm, n, hp->dim,
+                   hp->norm_eps);
+        bt_matmul(e->be, a->logits, &e->model->output, a->xb, n);
+        bt_backend_download(e->be, logits + (size_t)r0 * hp->n_vocab, a->logits,
+                            (size_t)n * hp->n_vocab * sizeof(float));
+    }
+}
+
+int bt_engine_forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, float *logits)
+{
+    const bt_model_hparams_t *hp = &e->model->hp;
+    acts_t *a = &e->a;
+    int32_t rows, n_out;
+    int st = batch_prepare(e, seqs, n_seqs, &rows, &n_out);
+    if (st != BT_OK)
+        return st;
+    st = batch_reserve(e, seqs, n_seqs);
+    if (st != BT_OK)
+        return st;
+
+    bt_backend_upload(e->be, a->ids, e->h_ids, (size_t)rows * sizeof(int32_t));
+    bt_backend_upload(e->be, a->pos, e->h_pos, (size_t)rows * sizeof(int32_t));
+    bt_get_rows(e->be, a->x, &e->model->tok_embd, a->ids, rows);
+    for (int32_t l = 0; l < hp->n_layers; l++) {
+        layer_attention(e, l, rows, n_seqs);
+        if (l < hp->n_layers - 1 || n_out == rows) {
+            layer_rest(e, l, a->x, a->att, rows);
+            continue;
+        }
+        /* Last layer: keep only the rows whose logits are wanted. */
+        if (n_out > 0) {
+            size_t q_dim = (size_t)hp->n_heads * hp->head_dim;
+            bt_gather_rows(e->be, a->x2, a->x, e->h_out_rows, n_out, hp->dim);
+            bt_gather_rows(e->be, a->q, a->att, e->h_out_rows, n_out, (int64_t)q_dim);
+            layer_rest(e, l, a->x2, a->q, n_out);
+        }
+    }
+    if (n_out > 0)
+        compute_logits(e, n_out == rows ? a->x : a->x2, n_out, logits);
+    bt_backend_sync(e->be);
+    for (int s = 0; s < n_seqs; s++)
+        seqs[s].kv->n_tokens += seqs[s].n_tokens;
+    return BT_OK;
+}

@@ -1,0 +1,215 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * sampler.c - logits to token. The pipeline order follows llama.cpp's common sampler so that
+ * users' settings mean the same here: penalty, top-k, top-p, min-p, temperature, draw.
+ *
+ * Candidates are kept as (id, logit) pairs sorted by logit (descending, then by id); each
+ * filter only shrinks the candidate count.
+ */
+#include "sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "alloc.h"
+#include "log.h"
+#include "status.h"
+
+typedef struct {
+    int32_t id;
+    float logit;
+} cand_t;
+
+struct bt_sampler {
+    bt_sampler_params_t p;
+    int32_t n_vocab;
+    cand_t *cand;        /* (n_vocab) */
+    double *w;           /* (n_vocab) candidate weights */
+    int32_t *recent;     /* (repeat_last_n) ring of recent tokens */
+    int32_t n_recent;
+    int32_t recent_head;
+    uint64_t rng[4];     /* xoshiro256** state */
+};
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t xoshiro_next(uint64_t *s)
+{
+    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+/* Uniform double in [0, 1). */
+static double rng_uniform(bt_sampler_t *s)
+{
+    return (double)(xoshiro_next(s->rng) >> 11) * 0x1.0p-53;
+}
+
+int bt_sampler_params_check(const bt_sampler_params_t *p)
+{
+    if (!(p->temperature >= 0) || p->temperature > 100 || p->top_k < 0 || !(p->top_p >= 0) ||
+        p->top_p > 1 || !(p->min_p >= 0) || p->min_p > 1 || !(p->repeat_penalty >= 0) ||
+        p->repeat_penalty > 100 || p->repeat_last_n < 0 || p->repeat_last_n > 65536)
+        return BT_ERR_INVAL;
+    return BT_OK;
+}
+
+int bt_sampler_create(const bt_sampler_params_t *params, int32_t n_vocab, bt_sampler_t **out)
+{
+    if (n_vocab <= 0 || bt_sampler_params_check(params) != BT_OK)
+        return BT_ERR_INVAL;
+    bt_sampler_t *s = bt_calloc(1, sizeof *s);
+    if (!s)
+        return BT_ERR_NOMEM;
+    s->p = *params;
+    if (s->p.repeat_last_n == 0)
+        s->p.repeat_last_n = 64;
+    s->n_vocab = n_vocab;
+    s->cand = bt_malloc((size_t)n_vocab * sizeof(cand_t));
+    s->w = bt_malloc((size_t)n_vocab * sizeof(double));
+    s->recent = bt_malloc((size_t)s->p.repeat_last_n * sizeof(int32_t));
+    if (!s->cand || !s->w || !s->recent) {
+        bt_sampler_destroy(s);
+        return BT_ERR_NOMEM;
+    }
+    uint64_t seed = params->seed;
+    for (int i = 0; i < 4; i++)
+        s->rng[i] = splitmix64(&seed);
+    *out = s;
+    return BT_OK;
+}
+
+void bt_sampler_destroy(bt_sampler_t *s)
+{
+    if (!s)
+        return;
+    bt_free(s->cand);
+    bt_free(s->w);
+    bt_free(s->recent);
+    bt_free(s);
+}
+
+void bt_sampler_accept(bt_sampler_t *s, int32_t token)
+{
+    s->recent[s->recent_head] = token;
+    s->recent_head = (s->recent_head + 1) % s->p.repeat_last_n;
+    if (s->n_recent < s->p.repeat_last_n)
+        s->n_recent++;
+}
+
+int32_t bt_argmax(const float *x, int32_t n)
+{
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+static void apply_penalty(bt_sampler_t *s, float *logits)
+{
+    float pen = s->p.repeat_penalty;
+    if (pen == 0 || pen == 1)
+        return;
+    /* Each distinct recent token is penalized once, however often it occurred. */
+    for (int32_t i = 0; i < s->n_recent; i++) {
+        int32_t t = s->recent[i], seen = 0;
+        if (t < 0 || t >= s->n_vocab)
+            continue;
+        for (int32_t j = 0; j < i && !seen; j++)
+            seen = s->recent[j] == t;
+        if (!seen)
+            logits[t] = logits[t] > 0 ? logits[t] / pen : logits[t] * pen;
+    }
+}
+
+static int cand_cmp(const void *a, const void *b)
+{
+    const cand_t *x = a, *y = b;
+    if (x->logit != y->logit)
+        return x->logit < y->logit ? 1 : -1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Keeps candidates whose logit is within CAND_WINDOW of the maximum: the rest have relative
+ * probability below e^-40 (their total stays under 1e-12 even for 128k-token vocabularies),
+ * so dropping them changes no draw in practice and spares sorting the whole vocabulary. */
+#define CAND_WINDOW 40.0f
+
+static int32_t cand_collect(bt_sampler_t *s, const float *logits)
+{
+    float max_l = logits[bt_argmax(logits, s->n_vocab)];
+    int32_t n = 0;
+    for (int32_t i = 0; i < s->n_vocab; i++)
+        if (logits[i] >= max_l - CAND_WINDOW)
+            s->cand[n++] = (cand_t){i, logits[i]};
+    qsort(s->cand, (size_t)n, sizeof(cand_t), cand_cmp);
+    return n;
+}
+
+/* Probabilities at temperature 1 (top-p and min-p see them before temperature, as in
+ * llama.cpp), relative to the most likely candidate. */
+static int32_t cand_filter(bt_sampler_t *s, int32_t n)
+{
+    double max_l = s->cand[0].logit, total = 0;
+    if (s->p.top_k > 0 && s->p.top_k < n)
+        n = s->p.top_k;
+    for (int32_t i = 0; i < n; i++) {
+        s->w[i] = exp((double)s->cand[i].logit - max_l);
+        total += s->w[i];
+    }
+    if (s->p.top_p > 0 && s->p.top_p < 1) {
+        double cum = 0;
+        int32_t keep = 0;
+        while (keep < n) {
+            cum += s->w[keep++] / total;
+            if (cum >= s->p.top_p)
+                break;
+        }
+        n = keep;
+    }
+    if (s->p.min_p > 0) {
+        int32_t keep = 1;
+        while (keep < n && s->w[keep] >= s->p.min_p)
+            keep++;
+        n = keep;
+    }
+    return n;
+}
+
+int32_t bt_sampler_sample(bt_sampler_t *s, float *logits)
+{
+    apply_penalty(s, logits);
+    if (s->p.temperature == 0)
+        return bt_argmax(logits, s->n_vocab);
+    int32_t n = cand_filter(s, cand_collect(s, logits));
+    double sum = 0;
+    for (int32_t i = 0; i < n; i++) {
+        s->w[i] = exp(((double)s->cand[i].logit - s->cand[0].logit) / s->p.temperature);
+        sum += s->w[i];
+    }
+    double r = rng_uniform(s) * sum;
+    for (int32_t i = 0; i < n; i++) {
+        if (r < s->w[i])
+            return s->cand[i].id;
+        r -= s->w[i];
+    }
+    return s->cand[n - 1].id;
+}

@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * sampler.h - turns a row of logits into the next token: repetition penalty, top-k, top-p,
+ * min-p, temperature, then a seeded draw (or argmax when the temperature is 0).
+ *
+ * A sampler belongs to one sequence (it remembers the recent tokens for the penalty and owns
+ * its random state), so two runs with the same seed and logits draw the same tokens. Scratch
+ * for the vocabulary is allocated once at creation; sampling itself never allocates.
+ */
+#ifndef BATON_SAMPLER_H
+#define BATON_SAMPLER_H
+
+#include <stdint.h>
+
+typedef struct {
+    float temperature;      /* 0 (default): greedy; else logits are divided by it */
+    int32_t top_k;          /* keep the k most likely tokens; 0: off */
+    float top_p;            /* keep the smallest set with probability mass >= p; 0 or 1: off */
+    float min_p;            /* drop tokens below min_p * p(most likely); 0: off */
+    float repeat_penalty;   /* > 1 penalizes recent tokens (llama.cpp style); 0 or 1: off */
+    int32_t repeat_last_n;  /* how many recent tokens the penalty looks at; 0: 64 */
+    uint64_t seed;          /* random seed of the draw */
+} bt_sampler_params_t;
+
+typedef struct bt_sampler bt_sampler_t;
+
+/* BT_ERR_INVAL for out-of-range parameters (negative temperature, top_p > 1, ...). */
+int bt_sampler_create(const bt_sampler_params_t *params, int32_t n_vocab, bt_sampler_t **out);
+void bt_sampler_destroy(bt_sampler_t *s);
+/* Checks parameters without creating anything (for request validation). */
+int bt_sampler_params_check(const bt_sampler_params_t *params);
+
+/* Picks the next token from logits (n_vocab floats; modified in place). Greedy picks the
+ * lowest id among equal maxima. Does not record the token: call bt_sampler_accept. */
+int32_t bt_sampler_sample(bt_sampler_t *s, float *logits);
+/* Records a token of the sequence (prompt or generated) for the repetition penalty. */
+void bt_sampler_accept(bt_sampler_t *s, int32_t token);
+
+/* Index of the largest value (lowest index among ties). */
+int32_t bt_argmax(const float *x, int32_t n);
+
+#endif
