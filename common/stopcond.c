@@ -124,7 +124,7 @@ bt_stop_reason_t bt_stop_push(bt_stop_t *s, int32_t id, const char *text, size_t
 {
     *n_out = 0;
     s->n_generated++;
-    if (!s->p.ignore_eos && bt_tokenizer_is_eog(s->tok, id))
+    if (!s->p.ignore_eos && s->tok && bt_tokenizer_is_eog(s->tok, id))
         return BT_STOP_EOS;
     for (int32_t i = 0; i < s->p.n_stop_ids; i++)
         if (s->ids[i] == id)

@@ -38,7 +38,8 @@ typedef struct {
 
 typedef struct bt_stop bt_stop_t;
 
-/* BT_ERR_INVAL when over the BT_STOP_MAX_* limits. The tokenizer is borrowed. */
+/* BT_ERR_INVAL when over the BT_STOP_MAX_* limits. The tokenizer is borrowed (NULL: no
+ * end-of-generation tokens). */
 int bt_stop_create(const bt_stop_params_t *params, const bt_tokenizer_t *tok, bt_stop_t **out);
 void bt_stop_destroy(bt_stop_t *s);
 const char *bt_stop_reason_str(bt_stop_reason_t r);

@@ -1,0 +1,161 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_sampler.c - greedy, temperature, top-k, top-p, min-p, repetition penalty and seeding,
+ * checked on hand-made logits with known distributions.
+ */
+// ctest-labels: unit
+#include "testutil.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/sampler.h"
+#include "common/status.h"
+
+#define V 8
+
+static bt_sampler_t *make(bt_sampler_params_t p)
+{
+    bt_sampler_t *s = NULL;
+    assert_int_equal(bt_sampler_create(&p, V, &s), BT_OK);
+    return s;
+}
+
+/* Draws n tokens from fresh copies of logits; counts per id. */
+static void histogram(bt_sampler_t *s, const float *logits, int n, int *counts)
+{
+    float buf[V];
+    memset(counts, 0, V * sizeof(int));
+    for (int i = 0; i < n; i++) {
+        memcpy(buf, logits, sizeof buf);
+        int32_t t = bt_sampler_sample(s, buf);
+        assert_true(t >= 0 && t < V);
+        counts[t]++;
+    }
+}
+
+static void test_sampler_greedy_picks_lowest_max(void **state)
+{
+    bt_sampler_t *s = make((bt_sampler_params_t){0});
+    float l[V] = {0, 3, 1, 3, -1, 2, 0, 0};
+    assert_int_equal(bt_sampler_sample(s, l), 1);
+    bt_sampler_destroy(s);
+}
+
+static void test_sampler_temperature_matches_softmax(void **state)
+{
+    bt_sampler_t *s = make((bt_sampler_params_t){.temperature = 1, .seed = 7});
+    float l[V] = {0, 1, 2, 0, 0, 0, 0, 0};
+    int c[V];
+    const int n = 40000;
+    histogram(s, l, n, c);
+    double z = 5 + exp(1) + exp(2);
+    for (int i = 0; i < V; i++) {
+        double p = exp(l[i]) / z, sd = sqrt(p * (1 - p) / n);
+        assert_true(fabs((double)c[i] / n - p) < 5 * sd + 1e-9);
+    }
+    bt_sampler_destroy(s);
+}
+
+static void test_sampler_top_k_top_p_min_p(void **state)
+{
+    float l[V] = {5, 4, 3, 2, 1, 0, -1, -2};
+    int c[V];
+    bt_sampler_t *s = make((bt_sampler_params_t){.temperature = 1, .top_k = 2, .seed = 1});
+    histogram(s, l, 2000, c);
+    assert_true(c[0] > 0 && c[1] > 0);
+    assert_int_equal(c[0] + c[1], 2000);
+    bt_sampler_destroy(s);
+
+    /* p0 = 0.636, p0 + p1 = 0.87: top_p 0.8 keeps two tokens, 0.5 keeps one. */
+    s = make((bt_sampler_params_t){.temperature = 1, .top_p = 0.8f, .seed = 2});
+    histogram(s, l, 2000, c);
+    assert_int_equal(c[0] + c[1], 2000);
+    assert_true(c[1] > 0);
+    bt_sampler_destroy(s);
+    s = make((bt_sampler_params_t){.temperature = 1, .top_p = 0.5f, .seed = 2});
+    histogram(s, l, 200, c);
+    assert_int_equal(c[0], 200);
+    bt_sampler_destroy(s);
+
+    /* min_p 0.3: keeps tokens with p >= 0.3 p_max, i.e. logit >= 5 + ln 0.3 = 3.80. */
+    s = make((bt_sampler_params_t){.temperature = 1, .min_p = 0.3f, .seed = 3});
+    histogram(s, l, 2000, c);
+    assert_int_equal(c[0] + c[1], 2000);
+    bt_sampler_destroy(s);
+}
+
+static void test_sampler_same_seed_same_tokens(void **state)
+{
+    float l[V] = {1, 1, 1, 1, 1, 1, 1, 1}, buf[V];
+    bt_sampler_params_t p = {.temperature = 1, .seed = 99};
+    bt_sampler_t *a = make(p), *b = make(p);
+    p.seed = 100;
+    bt_sampler_t *c = make(p);
+    int differ = 0;
+    for (int i = 0; i < 64; i++) {
+        memcpy(buf, l, sizeof buf);
+        int32_t ta = bt_sampler_sample(a, buf);
+        memcpy(buf, l, sizeof buf);
+        int32_t tb = bt_sampler_sample(b, buf);
+        memcpy(buf, l, sizeof buf);
+        differ += bt_sampler_sample(c, buf) != ta;
+        assert_int_equal(ta, tb);
+    }
+    assert_true(differ > 0);
+    bt_sampler_destroy(a);
+    bt_sampler_destroy(b);
+    bt_sampler_destroy(c);
+}
+
+static void test_sampler_repeat_penalty(void **state)
+{
+    bt_sampler_t *s = make((bt_sampler_params_t){.repeat_penalty = 2, .repeat_last_n = 2});
+    float l[V] = {4, 3, -1, 0, 0, 0, 0, 0};
+    bt_sampler_accept(s, 0);
+    bt_sampler_accept(s, 0); /* penalized once, not twice */
+    assert_int_equal(bt_sampler_sample(s, l), 1);
+    assert_true(l[0] == 2.0f);
+    bt_sampler_accept(s, 1);
+    bt_sampler_accept(s, 2); /* window of 2: token 0 fell out */
+    float l2[V] = {4, 3, -1, 0, 0, 0, 0, 0};
+    assert_int_equal(bt_sampler_sample(s, l2), 0);
+    assert_true(l2[2] == -2.0f);
+    bt_sampler_destroy(s);
+}
+
+static void test_sampler_rejects_bad_params(void **state)
+{
+    bt_sampler_t *s = NULL;
+    bt_sampler_params_t bad[] = {{.temperature = -1}, {.top_p = 1.5f}, {.top_k = -3},
+                                 {.min_p = -0.1f}, {.temperature = NAN}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(bt_sampler_create(&bad[i], V, &s), BT_ERR_INVAL);
+    assert_null(s);
+    for (long n = 1;; n++) {
+        bt_alloc_fail_at(n);
+        int st = bt_sampler_create(&(bt_sampler_params_t){0}, V, &s);
+        int fired = bt_alloc_fault_fired();
+        bt_alloc_fail_at(0);
+        if (!fired) {
+            assert_int_equal(st, BT_OK);
+            bt_sampler_destroy(s);
+            break;
+        }
+        assert_int_equal(st, BT_ERR_NOMEM);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sampler_greedy_picks_lowest_max),
+        cmocka_unit_test(test_sampler_temperature_matches_softmax),
+        cmocka_unit_test(test_sampler_top_k_top_p_min_p),
+        cmocka_unit_test(test_sampler_same_seed_same_tokens),
+        cmocka_unit_test(test_sampler_repeat_penalty),
+        cmocka_unit_test(test_sampler_rejects_bad_params),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
