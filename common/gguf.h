@@ -65,6 +65,22 @@ int bt_gguf_get_arr(const bt_gguf_t *g, const char *key, bt_gguf_type_t *elem_ty
 int bt_gguf_get_arr_str(const bt_gguf_t *g, const char *key, uint64_t i, const char **s,
                         size_t *len);
 
+/* Enumerating the metadata in file order (for dump tools and for copying a file with edits). */
+typedef struct {
+    const char *key;          /* not NUL-terminated */
+    size_t key_len;
+    bt_gguf_type_t type;
+    bt_gguf_type_t elem_type; /* arrays only */
+    uint64_t n;               /* arrays: element count; strings: byte length; scalars: 1 */
+    const void *data;         /* scalars and numeric arrays: the packed little-endian bytes
+                               * (possibly unaligned); strings: the bytes; string arrays: NULL
+                               * (use bt_gguf_get_arr_str) */
+} bt_gguf_kv_t;
+
+int64_t bt_gguf_n_kv(const bt_gguf_t *g);
+/* BT_ERR_RANGE if i is not in [0, n_kv). */
+int bt_gguf_kv_at(const bt_gguf_t *g, int64_t i, bt_gguf_kv_t *out);
+
 int64_t bt_gguf_n_tensors(const bt_gguf_t *g);
 int bt_gguf_tensor_at(const bt_gguf_t *g, int64_t i, bt_gguf_tensor_t *out);
 /* BT_ERR_NOT_FOUND if there is no tensor of that name. */
@@ -81,15 +97,30 @@ int bt_gguf_writer_set_i32(bt_gguf_writer_t *w, const char *key, int32_t v);
 int bt_gguf_writer_set_f32(bt_gguf_writer_t *w, const char *key, float v);
 int bt_gguf_writer_set_bool(bt_gguf_writer_t *w, const char *key, int v);
 int bt_gguf_writer_set_str(bt_gguf_writer_t *w, const char *key, const char *v);
+/* Any numeric scalar type (BT_GGUF_UINT8 .. BT_GGUF_FLOAT64 except STRING/ARRAY); v points at
+ * one value of that type in host order. Setting a key again replaces its value. */
+int bt_gguf_writer_set_scalar(bt_gguf_writer_t *w, const char *key, bt_gguf_type_t type,
+                              const void *v);
 /* Copies the strings. */
 int bt_gguf_writer_set_arr_str(bt_gguf_writer_t *w, const char *key, const char *const *v,
                                uint64_t n);
 /* Copies n elements of elem_type (a numeric bt_gguf_type_t). */
 int bt_gguf_writer_set_arr(bt_gguf_writer_t *w, const char *key, bt_gguf_type_t elem_type,
                            const void *v, uint64_t n);
-/* Adds a tensor; data (size given by type and dims) is borrowed until bt_gguf_writer_write. */
+/* Adds a tensor of a type bt_type_row_bytes knows; data (size given by type and dims) is
+ * borrowed until bt_gguf_writer_write. */
 int bt_gguf_writer_add_tensor(bt_gguf_writer_t *w, const char *name, int type, int n_dims,
                               const int64_t *ne, const void *data);
+/* Streaming tensors, so that a generator never holds a whole model in memory: at write time
+ * fill(ctx, row0, n_rows, dst) is called with consecutive row ranges (a row is ne[0] elements,
+ * bt_type_row_bytes bytes) and must write them, as stored, into dst; a non-zero return aborts
+ * the write with that status. Only types bt_type_row_bytes knows. ctx is borrowed until write.
+ * Tensor names are unique and shorter than 64 bytes (llama.cpp's limit): BT_ERR_INVAL else. */
+typedef int (*bt_gguf_fill_fn)(void *ctx, int64_t row0, int64_t n_rows, void *dst);
+int bt_gguf_writer_add_tensor_fn(bt_gguf_writer_t *w, const char *name, int type, int n_dims,
+                                 const int64_t *ne, bt_gguf_fill_fn fill, void *ctx);
+/* Writes path.tmp and renames it over path, so a failed write never leaves a truncated file
+ * under the final name. BT_ERR_IO with the reason logged. The writer may be written again. */
 int bt_gguf_writer_write(bt_gguf_writer_t *w, const char *path);
 
 #endif

@@ -76,7 +76,18 @@ typedef struct {
 int bt_model_load(const bt_model_params_t *params, bt_model_t **out);
 void bt_model_destroy(bt_model_t *m);
 
-/* Bytes of KV cache one token takes in every layer for a KV element type. */
+/* Bytes of KV cache one token takes in every layer for a KV element type
+ * (2 * n_layers * n_kv_heads * head_dim elements). */
 size_t bt_model_kv_bytes_per_token(const bt_model_hparams_t *hp, bt_type_t kv_type);
+
+/* The llama2.c checkpoint format, for bt_model_load (model_llama2c.c). A checkpoint is a header
+ * of seven int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len; a
+ * negative vocab_size means a separate classifier follows) and f32 weights. The header parser
+ * fills *hp and checks that the size is exactly what the header implies (BT_ERR_FORMAT with the
+ * reason logged, naming path); then the weights can be pointed into data without checks. */
+int bt_model_llama2c_header(const void *data, size_t size_bytes, const char *path,
+                            bt_model_hparams_t *hp);
+/* Points m's tensors and norms into data (borrowed); m->layers has hp.n_layers entries. */
+void bt_model_llama2c_weights(const void *data, bt_model_t *m);
 
 #endif
