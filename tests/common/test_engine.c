@@ -1,0 +1,241 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_engine.c - the batched forward pass: batch invariance (a sequence's logits are
+ * bit-identical alone, in any batch, at any position, and with its prompt split into chunks),
+ * all-or-nothing KV reservation, limits and allocation faults. Logit accuracy against an
+ * independent reference is test_forward_ref.c's job.
+ */
+// ctest-labels: unit
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/engine.h"
+#include "common/modelgen.h"
+
+typedef struct {
+    char path[512];
+    bt_model_t *model;
+} fixture_t;
+
+static int setup(void **state)
+{
+    fixture_t *f = calloc(1, sizeof *f);
+    bt_modelgen_params_t p;
+    if (bt_modelgen_preset("tiny", &p) != BT_OK)
+        return -1;
+    p.seed = 3;
+    bt_test_tmp_path("engine-tiny.gguf", f->path, sizeof f->path);
+    bt_model_params_t mp = {.path = f->path};
+    if (bt_modelgen_write(&p, f->path) != BT_OK || bt_model_load(&mp, &f->model) != BT_OK)
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    bt_model_destroy(f->model);
+    remove(f->path);
+    free(f);
+    return 0;
+}
+
+static bt_engine_t *make_engine(const bt_model_t *m, int threads, size_t kv_budget)
+{
+    bt_engine_params_t ep = {.n_threads = threads, .max_batch_tokens = 64, .max_seqs = 8,
+                             .kv_budget_bytes = kv_budget};
+    bt_engine_t *e = NULL;
+    assert_int_equal(bt_engine_create(m, &ep, &e), BT_OK);
+    return e;
+}
+
+static void make_tokens(int32_t *t, int n, int32_t n_vocab, uint32_t seed)
+{
+    for (int i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        t[i] = (int32_t)(seed >> 8) % n_vocab;
+    }
+}
+
+/* Runs prompt A (13 tokens) alone with all logits, then two decode steps; returns the rows. */
+static float *run_alone(const bt_model_t *m, int threads, const int32_t *a, int chunk)
+{
+    int32_t V = m->hp.n_vocab;
+    float *out = malloc((size_t)15 * V * sizeof(float));
+    bt_engine_t *e = make_engine(m, threads, 0);
+    bt_kv_seq_t kv;
+    assert_int_equal(bt_kv_seq_init(&kv, bt_engine_kv_pool(e), 64), BT_OK);
+    for (int i = 0; i < 13; i += chunk) {
+        int n = 13 - i < chunk ? 13 - i : chunk;
+        bt_batch_seq_t b = {.kv = &kv, .tokens = a + i, .n_tokens = n, .logits = BT_LOGITS_ALL};
+        assert_int_equal(bt_engine_forward(e, &b, 1, out + (size_t)i * V), BT_OK);
+    }
+    for (int step = 0; step < 2; step++) {
+        bt_batch_seq_t b = {.kv = &kv, .tokens = a + 13 + step, .n_tokens = 1,
+                            .logits = BT_LOGITS_LAST};
+        assert_int_equal(bt_engine_forward(e, &b, 1, out + (size_t)(13 + step) * V), BT_OK);
+    }
+    assert_int_equal(kv.n_tokens, 15);
+    bt_kv_seq_fini(&kv, bt_engine_kv_pool(e));
+    bt_engine_destroy(e);
+    return out;
+}
+
+static void test_engine_chunked_prefill_and_threads_are_bit_identical(void **state)
+{
+    fixture_t *f = *state;
+    int32_t a[15];
+    make_tokens(a, 15, f->model->hp.n_vocab, 1);
+    size_t bytes = (size_t)15 * f->model->hp.n_vocab * sizeof(float);
+    float *ref = run_alone(f->model, 1, a, 13);
+    float *chunked = run_alone(f->model, 1, a, 5);
+    float *threaded = run_alone(f->model, 2, a, 13);
+    assert_memory_equal(ref, chunked, bytes);
+    assert_memory_equal(ref, threaded, bytes);
+    free(ref);
+    free(chunked);
+    free(threaded);
+}
+
+static void test_engine_batched_equals_alone(void **state)
+{
+    fixture_t *f = *state;
+    const bt_model_t *m = f->model;
+    int32_t V = m->hp.n_vocab, a[15], b[9], c[3];
+    make_tokens(a, 15, V, 1);
+    make_tokens(b, 9, V, 2);
+    make_tokens(c, 3, V, 3);
+    float *ref = run_alone(m, 2, a, 13);
+    float *out = malloc((size_t)32 * V * sizeof(float));
+    bt_engine_t *e = make_engine(m, 2, 0);
+    bt_kv_pool_t *pool = bt_engine_kv_pool(e);
+    bt_kv_seq_t ka, kb, kc;
+    bt_kv_seq_init(&ka, pool, 64);
+    bt_kv_seq_init(&kb, pool, 64);
+    bt_kv_seq_init(&kc, pool, 64);
+    /* Step 1: C and B prefill first; A's prompt sits in the middle of a mixed batch. */
+    bt_batch_seq_t s1[3] = {
+        {.kv = &kb, .tokens = b, .n_tokens = 8, .logits = BT_LOGITS_LAST},
+        {.kv = &ka, .tokens = a, .n_tokens = 13, .logits = BT_LOGITS_ALL},
+        {.kv = &kc, .tokens = c, .n_tokens = 2, .logits = BT_LOGITS_NONE},
+    };
+    assert_int_equal(bt_engine_forward(e, s1, 3, out), BT_OK);
+    assert_memory_equal(out + V, ref, (size_t)13 * V * sizeof(float));
+    /* Step 2: A decodes last in a batch with B decoding and C prefilling. */
+    bt_batch_seq_t s2[3] = {
+        {.kv = &kc, .tokens = c + 2, .n_tokens = 1, .logits = BT_LOGITS_ALL},
+        {.kv = &kb, .tokens = b + 8, .n_tokens = 1, .logits = BT_LOGITS_LAST},
+        {.kv = &ka, .tokens = a + 13, .n_tokens = 1, .logits = BT_LOGITS_LAST},
+    };
+    assert_int_equal(bt_engine_forward(e, s2, 3, out), BT_OK);
+    assert_memory_equal(out + 2 * V, ref + (size_t)13 * V, (size_t)V * sizeof(float));
+    /* Step 3: A alone again. */
+    bt_batch_seq_t s3 = {.kv = &ka, .tokens = a + 14, .n_tokens = 1, .logits = BT_LOGITS_LAST};
+    assert_int_equal(bt_engine_forward(e, &s3, 1, out), BT_OK);
+    assert_memory_equal(out, ref + (size_t)14 * V, (size_t)V * sizeof(float));
+    bt_kv_seq_fini(&ka, pool);
+    bt_kv_seq_fini(&kb, pool);
+    bt_kv_seq_fini(&kc, pool);
+    assert_int_equal(bt_kv_pool_n_free(pool), bt_kv_pool_n_blocks(pool));
+    bt_engine_destroy(e);
+    free(out);
+    free(ref);
+}
+
+static void test_engine_reservation_is_all_or_nothing(void **state)
+{
+    fixture_t *f = *state;
+    const bt_model_t *m = f->model;
+    int32_t t[40];
+    make_tokens(t, 40, m->hp.n_vocab, 9);
+    /* Room for 3 blocks of 16 tokens. */
+    bt_engine_t *e = make_engine(m, 1, 3 * 16 * bt_model_kv_bytes_per_token(&m->hp, BT_TYPE_F32));
+    bt_kv_pool_t *pool = bt_engine_kv_pool(e);
+    assert_int_equal(bt_kv_pool_n_blocks(pool), 3);
+    bt_kv_seq_t k1, k2;
+    bt_kv_seq_init(&k1, pool, 64);
+    bt_kv_seq_init(&k2, pool, 64);
+    float *out = malloc((size_t)2 * m->hp.n_vocab * sizeof(float));
+    bt_batch_seq_t s[2] = {
+        {.kv = &k1, .tokens = t, .n_tokens = 20, .logits = BT_LOGITS_LAST}, /* 2 blocks */
+        {.kv = &k2, .tokens = t, .n_tokens = 20, .logits = BT_LOGITS_LAST}, /* 2 more */
+    };
+    assert_int_equal(bt_engine_forward(e, s, 2, out), BT_ERR_NOSPACE);
+    assert_int_equal(k1.n_blocks, 0);
+    assert_int_equal(k1.n_tokens, 0);
+    assert_int_equal(bt_kv_pool_n_free(pool), 3);
+    assert_int_equal(bt_engine_forward(e, s, 1, out), BT_OK);
+    assert_int_equal(k1.n_tokens, 20);
+    bt_kv_seq_fini(&k1, pool);
+    bt_kv_seq_fini(&k2, pool);
+    bt_engine_destroy(e);
+    free(out);
+}
+
+static void test_engine_rejects_out_of_range_batches(void **state)
+{
+    fixture_t *f = *state;
+    const bt_model_t *m = f->model;
+    bt_engine_t *e = make_engine(m, 1, 0);
+    bt_kv_pool_t *pool = bt_engine_kv_pool(e);
+    bt_kv_seq_t kv;
+    bt_kv_seq_init(&kv, pool, 8);
+    int32_t t[80] = {0}, bad = m->hp.n_vocab, neg = -1;
+    float *out = malloc((size_t)m->hp.n_vocab * sizeof(float));
+    bt_batch_seq_t b = {.kv = &kv, .tokens = &bad, .n_tokens = 1, .logits = BT_LOGITS_LAST};
+    assert_int_equal(bt_engine_forward(e, &b, 1, out), BT_ERR_RANGE);
+    b.tokens = &neg;
+    assert_int_equal(bt_engine_forward(e, &b, 1, out), BT_ERR_RANGE);
+    b.tokens = t;
+    b.n_tokens = 9; /* over the sequence's max_tokens of 8 */
+    assert_int_equal(bt_engine_forward(e, &b, 1, out), BT_ERR_RANGE);
+    b.n_tokens = 0;
+    assert_int_equal(bt_engine_forward(e, &b, 1, out), BT_ERR_RANGE);
+    assert_int_equal(bt_engine_forward(e, &b, 0, out), BT_ERR_RANGE);
+    bt_kv_seq_fini(&kv, pool);
+    bt_kv_seq_init(&kv, pool, 100);
+    b.n_tokens = 65; /* over max_batch_tokens of 64 */
+    assert_int_equal(bt_engine_forward(e, &b, 1, out), BT_ERR_RANGE);
+    assert_int_equal(kv.n_tokens, 0);
+    assert_int_equal(bt_kv_pool_n_free(pool), bt_kv_pool_n_blocks(pool));
+    bt_kv_seq_fini(&kv, pool);
+    bt_engine_destroy(e);
+    free(out);
+}
+
+static void test_engine_create_survives_alloc_faults(void **state)
+{
+    fixture_t *f = *state;
+    bt_engine_params_t ep = {.n_threads = 1, .max_batch_tokens = 16, .max_seqs = 2};
+    for (long n = 1;; n++) {
+        bt_engine_t *e = NULL;
+        bt_alloc_fail_at(n);
+        int st = bt_engine_create(f->model, &ep, &e);
+        int fired = bt_alloc_fault_fired();
+        bt_alloc_fail_at(0);
+        if (!fired) {
+            assert_int_equal(st, BT_OK);
+            bt_engine_destroy(e);
+            break;
+        }
+        assert_int_not_equal(st, BT_OK);
+        assert_null(e);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_engine_chunked_prefill_and_threads_are_bit_identical),
+        cmocka_unit_test(test_engine_batched_equals_alone),
+        cmocka_unit_test(test_engine_reservation_is_all_or_nothing),
+        cmocka_unit_test(test_engine_rejects_out_of_range_batches),
+        cmocka_unit_test(test_engine_create_survives_alloc_faults),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
