@@ -212,6 +212,10 @@ class Model:
         self.tied = False
         self.layers = []           # dicts: attn_norm wq wk wv wo ffn_norm w_gate w_up w_down
         self.weight_type = "f32"
+        # Names of the matrices stored as Q8_0 ("output", "<layer>.wq", ...), and whether to
+        # round the activations entering them to Q8_0 blocks as llama.cpp-style engines do.
+        self.q8_mats = set()
+        self.act_q8 = False
 
     def inv_freq(self):
         """Angle of pair i at position p is p * inv_freq[i]."""
@@ -258,9 +262,15 @@ def load_gguf(path):
     m.out_norm = g.tensor("output_norm.weight").reshape(-1)
     if g.has("output.weight"):
         m.output = g.tensor("output.weight")
+        out_name = "output.weight"
     else:
         m.output = m.tok_embd
         m.tied = True
+        out_name = "token_embd.weight"
+    if g.tensors[out_name]["type"] == GGML_Q8_0:
+        m.q8_mats.add("output")
+    names = dict(wq="attn_q", wk="attn_k", wv="attn_v", wo="attn_output", w_gate="ffn_gate",
+                 w_up="ffn_up", w_down="ffn_down")
     for l in range(m.n_layers):
         p = "blk.%d." % l
         m.layers.append(dict(
@@ -274,6 +284,9 @@ def load_gguf(path):
             w_up=g.tensor(p + "ffn_up.weight"),
             w_down=g.tensor(p + "ffn_down.weight"),
         ))
+        for k, name in names.items():
+            if g.tensors[p + name + ".weight"]["type"] == GGML_Q8_0:
+                m.q8_mats.add("%d.%s" % (l, k))
     m.ffn_dim = m.layers[0]["w_gate"].shape[0] if m.layers else 0
     m.weight_type = _GGML_TYPES[g.tensors["blk.0.attn_q.weight"]["type"]][0] if m.layers else "f32"
     _check_shapes(m)
@@ -396,6 +409,24 @@ class KVCache:
         return self.k[0].shape[0] if self.k else 0
 
 
+def quantize_q8_rows(x):
+    """x (n, cols) rounded to Q8_0-style blocks of 32: per block d = max|x| / 127 and
+    q = round(x / d) (half to even), giving q * d. This is what an engine does to activations
+    before an int8 dot product with Q8_0 weights; the scale is kept exact here."""
+    n, cols = x.shape
+    b = x.reshape(n, cols // 32, 32)
+    d = np.abs(b).max(axis=2, keepdims=True) / 127.0
+    q = np.round(np.divide(b, d, out=np.zeros_like(b), where=d > 0))
+    return (q * d).reshape(n, cols)
+
+
+def matmul(m, x, w, name):
+    """y = x @ W^T, with x rounded to Q8_0 blocks first when emulating that for this matrix."""
+    if m.act_q8 and name in m.q8_mats:
+        x = quantize_q8_rows(x)
+    return x @ w.T
+
+
 def forward(m, tokens, cache=None):
     """Logits (n, n_vocab) float64 of the new tokens, which sit at positions cache.n_tokens...
     With cache=None the tokens are a whole sequence starting at position 0."""
@@ -414,9 +445,9 @@ def forward(m, tokens, cache=None):
     x = m.tok_embd[tokens].copy()
     for l, w in enumerate(m.layers):
         h = rmsnorm(x, w["attn_norm"], m.norm_eps)
-        q = (h @ w["wq"].T).reshape(n, m.n_heads, m.head_dim)
-        k = (h @ w["wk"].T).reshape(n, m.n_kv_heads, m.head_dim)
-        v = (h @ w["wv"].T).reshape(n, m.n_kv_heads, m.head_dim)
+        q = matmul(m, h, w["wq"], "%d.wq" % l).reshape(n, m.n_heads, m.head_dim)
+        k = matmul(m, h, w["wk"], "%d.wk" % l).reshape(n, m.n_kv_heads, m.head_dim)
+        v = matmul(m, h, w["wv"], "%d.wv" % l).reshape(n, m.n_kv_heads, m.head_dim)
         q = rope(q, pos, inv_freq)
         k = rope(k, pos, inv_freq)
         cache.k[l] = np.concatenate([cache.k[l], k])
@@ -430,12 +461,13 @@ def forward(m, tokens, cache=None):
             s = np.exp(s - s.max(axis=1, keepdims=True))
             s /= s.sum(axis=1, keepdims=True)
             att[:, hd, :] = s @ V[:, kvh, :]
-        x = x + att.reshape(n, -1) @ w["wo"].T
+        x = x + matmul(m, att.reshape(n, -1), w["wo"], "%d.wo" % l)
         h = rmsnorm(x, w["ffn_norm"], m.norm_eps)
-        ff = silu(h @ w["w_gate"].T) * (h @ w["w_up"].T)
-        x = x + ff @ w["w_down"].T
+        ff = silu(matmul(m, h, w["w_gate"], "%d.w_gate" % l)) * matmul(m, h, w["w_up"],
+                                                                        "%d.w_up" % l)
+        x = x + matmul(m, ff, w["w_down"], "%d.w_down" % l)
     x = rmsnorm(x, m.out_norm, m.norm_eps)
-    return x @ m.output.T
+    return matmul(m, x, m.output, "output")
 
 
 def greedy(m, bos, steps):
@@ -524,6 +556,9 @@ def main(argv=None):
     ap.add_argument("--greedy", type=int, default=0, help="print N greedy ids from BOS")
     ap.add_argument("--bos", type=int, default=1)
     ap.add_argument("--info", action="store_true", help="print the hyperparameters")
+    ap.add_argument("--act-q8", action="store_true",
+                    help="round activations to Q8_0 blocks before products with Q8_0 weights "
+                         "(emulates llama.cpp-style int8 dot products; exact otherwise)")
     ap.add_argument("--self-test", action="store_true",
                     help="check the KV-cached path against the full-sequence path")
     a = ap.parse_args(argv)
@@ -532,6 +567,7 @@ def main(argv=None):
     except (FormatError, OSError, KeyError, TypeError, ValueError) as e:
         sys.stderr.write("llama_ref: cannot load %s: %s\n" % (a.model, e))
         return 2
+    m.act_q8 = a.act_q8
     ok = True
     if a.info:
         print(m.describe())
