@@ -50,7 +50,9 @@ static void test_sampler_temperature_matches_softmax(void **state)
     int c[V];
     const int n = 40000;
     histogram(s, l, n, c);
-    double z = 5 + exp(1) + exp(2);
+    double z = 0;
+    for (int i = 0; i < V; i++)
+        z += exp(l[i]);
     for (int i = 0; i < V; i++) {
         double p = exp(l[i]) / z, sd = sqrt(p * (1 - p) / n);
         assert_true(fabs((double)c[i] / n - p) < 5 * sd + 1e-9);
