@@ -1,0 +1,219 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * threadpool.c - a spin-then-sleep worker pool for the CPU backend's parallel loops.
+ *
+ * A loop is published by bumping `gen` after writing the job fields; workers that see the new
+ * generation pull task indices from `next_task` until none are left, then check in on
+ * `n_done`. The caller works too and returns once every worker has checked in, so no worker
+ * can still be reading the job when the next one is written. Workers spin (with a pause) for
+ * about a millisecond before sleeping; the caller wakes sleepers through the condition
+ * variable only when some are asleep, which keeps back-to-back dispatches cheap.
+ */
+#include "threadpool.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "../../common/status.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CPU_RELAX() _mm_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+#define SPIN_NS 1000000     /* how long an idle worker spins before sleeping */
+#define SPIN_CHECK 256      /* spins between clock reads */
+#define WAIT_YIELD 4096     /* caller spins before yielding the core to a late worker */
+
+struct bt_cpu_pool {
+    int n_threads; /* including the caller */
+    pthread_t *threads;
+
+    _Alignas(64) atomic_uint gen;   /* bumped once per published loop */
+    _Alignas(64) atomic_llong next_task;
+    _Alignas(64) atomic_int n_done; /* workers that finished the current loop */
+    _Alignas(64) bt_cpu_task_fn fn;
+    void *arg;
+    int64_t n_tasks;
+    atomic_int stop;
+
+    _Alignas(64) atomic_int n_sleeping;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+};
+
+typedef struct {
+    bt_cpu_pool_t *pool;
+    int index;
+} worker_arg_t;
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void pool_work(bt_cpu_pool_t *pool, int thread)
+{
+    for (;;) {
+        int64_t t = atomic_fetch_add_explicit(&pool->next_task, 1, memory_order_relaxed);
+        if (t >= pool->n_tasks)
+            return;
+        pool->fn(pool->arg, t, thread);
+    }
+}
+
+/* Waits until gen differs from seen; spins first, then sleeps. Returns the new gen. */
+static unsigned pool_wait_gen(bt_cpu_pool_t *pool, unsigned seen)
+{
+    int64_t start = now_ns();
+    for (unsigned spins = 1;; spins++) {
+        unsigned g = atomic_load_explicit(&pool->gen, memory_order_acquire);
+        if (g != seen)
+            return g;
+        CPU_RELAX();
+        if (spins % SPIN_CHECK == 0 && now_ns() - start > SPIN_NS)
+            break;
+    }
+    pthread_mutex_lock(&pool->mu);
+    atomic_fetch_add(&pool->n_sleeping, 1);
+    unsigned g;
+    while ((g = atomic_load(&pool->gen)) == seen)
+        pthread_cond_wait(&pool->cv, &pool->mu);
+    atomic_fetch_sub(&pool->n_sleeping, 1);
+    pthread_mutex_unlock(&pool->mu);
+    return g;
+}
+
+static void *worker_main(void *p)
+{
+    worker_arg_t *wa = p;
+    bt_cpu_pool_t *pool = wa->pool;
+    int index = wa->index;
+    free(wa);
+    unsigned seen = 0;
+    for (;;) {
+        seen = pool_wait_gen(pool, seen);
+        if (atomic_load_explicit(&pool->stop, memory_order_relaxed))
+            return NULL;
+        pool_work(pool, index);
+        atomic_fetch_add_explicit(&pool->n_done, 1, memory_order_release);
+    }
+}
+
+/* Publishes a new generation and wakes sleepers. The seq_cst store of gen and load of
+ * n_sleeping pair with the worker's increment-then-check under the mutex: either the worker
+ * sees the new gen or we see it asleep and broadcast. */
+static void pool_publish(bt_cpu_pool_t *pool)
+{
+    atomic_fetch_add(&pool->gen, 1);
+    if (atomic_load(&pool->n_sleeping) > 0) {
+        pthread_mutex_lock(&pool->mu);
+        pthread_cond_broadcast(&pool->cv);
+        pthread_mutex_unlock(&pool->mu);
+    }
+}
+
+static void pool_join(bt_cpu_pool_t *pool, int n_started)
+{
+    atomic_store(&pool->stop, 1);
+    pool_publish(pool);
+    for (int i = 0; i < n_started; i++)
+        pthread_join(pool->threads[i], NULL);
+}
+
+static int pool_start(bt_cpu_pool_t *pool, int *n_started)
+{
+    for (int i = 0; i < pool->n_threads - 1; i++) {
+        worker_arg_t *wa = malloc(sizeof *wa);
+        if (!wa)
+            return BT_ERR_NOMEM;
+        wa->pool = pool;
+        wa->index = i + 1;
+        if (pthread_create(&pool->threads[i], NULL, worker_main, wa) != 0) {
+            free(wa);
+            return BT_ERR_INTERNAL;
+        }
+        (*n_started)++;
+    }
+    return BT_OK;
+}
+
+int bt_cpu_pool_create(int n_threads, bt_cpu_pool_t **out)
+{
+    int st = BT_ERR_NOMEM;
+    if (n_threads < 1)
+        n_threads = 1;
+    bt_cpu_pool_t *pool = calloc(1, sizeof *pool);
+    if (!pool)
+        goto err;
+    pool->n_threads = n_threads;
+    pool->threads = calloc((size_t)n_threads, sizeof *pool->threads);
+    if (!pool->threads)
+        goto err_pool;
+    pthread_mutex_init(&pool->mu, NULL);
+    pthread_cond_init(&pool->cv, NULL);
+    int n_started = 0;
+    st = pool_start(pool, &n_started);
+    if (st != BT_OK)
+        goto err_threads;
+    *out = pool;
+    return BT_OK;
+
+err_threads:
+    pool_join(pool, n_started);
+    pthread_cond_destroy(&pool->cv);
+    pthread_mutex_destroy(&pool->mu);
+    free(pool->threads);
+err_pool:
+    free(pool);
+err:
+    return st;
+}
+
+void bt_cpu_pool_destroy(bt_cpu_pool_t *pool)
+{
+    if (!pool)
+        return;
+    pool_join(pool, pool->n_threads - 1);
+    pthread_cond_destroy(&pool->cv);
+    pthread_mutex_destroy(&pool->mu);
+    free(pool->threads);
+    free(pool);
+}
+
+int bt_cpu_pool_threads(const bt_cpu_pool_t *pool)
+{
+    return pool->n_threads;
+}
+
+void bt_cpu_pool_run(bt_cpu_pool_t *pool, bt_cpu_task_fn fn, void *arg, int64_t n_tasks)
+{
+    if (n_tasks <= 0)
+        return;
+    if (pool->n_threads == 1 || n_tasks == 1) {
+        for (int64_t t = 0; t < n_tasks; t++)
+            fn(arg, t, 0);
+        return;
+    }
+    pool->fn = fn;
+    pool->arg = arg;
+    pool->n_tasks = n_tasks;
+    atomic_store_explicit(&pool->next_task, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool->n_done, 0, memory_order_relaxed);
+    pool_publish(pool);
+    pool_work(pool, 0);
+    int n_workers = pool->n_threads - 1;
+    for (unsigned spins = 1;
+         atomic_load_explicit(&pool->n_done, memory_order_acquire) < n_workers; spins++) {
+        CPU_RELAX();
+        if (spins % WAIT_YIELD == 0)
+            sched_yield();
+    }
+}
