@@ -32,13 +32,17 @@ bt_tok_kind_t bt_tokenizer_kind(const bt_tokenizer_t *t);
 int32_t bt_tokenizer_n_vocab(const bt_tokenizer_t *t);
 int32_t bt_tokenizer_bos(const bt_tokenizer_t *t); /* -1 if none */
 int32_t bt_tokenizer_eos(const bt_tokenizer_t *t); /* -1 if none */
+/* Whether the vocabulary asks for BOS before a prompt (tokenizer.ggml.add_bos_token; llama2.c:
+ * yes) and has one: the add_bos value a caller should pass unless it knows better. */
+int bt_tokenizer_add_bos(const bt_tokenizer_t *t);
 /* Whether the id is a control/special token that ends generation by default (eos, eot). */
 int bt_tokenizer_is_eog(const bt_tokenizer_t *t, int32_t id);
 
 /* Encodes len bytes of text (need not be NUL-terminated, any bytes). add_bos prepends BOS when
  * the vocabulary has one. Writes at most max_ids ids; *n_ids always receives the full count, and
  * BT_ERR_NOSPACE is returned when it exceeds max_ids. parse_special: whether text like "<s>"
- * is matched as a special token (off for untrusted client text). */
+ * is matched as a control token (off for untrusted client text); user-defined tokens are
+ * matched either way, as llama.cpp does. BT_ERR_RANGE for more than 256 MiB of text. */
 int bt_tokenizer_encode(const bt_tokenizer_t *t, const char *text, size_t len, int add_bos,
                         int parse_special, int32_t *ids, int32_t max_ids, int32_t *n_ids);
 
@@ -49,16 +53,22 @@ const char *bt_tokenizer_piece(const bt_tokenizer_t *t, int32_t id, size_t *len)
 /* Streaming detokenizer state for one sequence; caller-owned (init/fini, no heap). */
 typedef struct {
     const bt_tokenizer_t *tok;
-    int n_emitted;       /* tokens pushed so far */
-    uint8_t pending[8];  /* bytes of an incomplete UTF-8 character */
-    int n_pending;
+    int n_emitted;      /* tokens pushed so far */
+    uint8_t pending[8]; /* bytes of an incomplete UTF-8 character */
+    int n_pending;      /* how many (at most 3) */
+    int32_t prev_id;    /* the last token pushed, -1 before the first */
 } bt_detok_t;
 
 void bt_detok_init(bt_detok_t *d, const bt_tokenizer_t *t);
+/* The most bytes one bt_detok_push can write with this vocabulary: 31 for Llama 2's (pieces of
+ * at most 27 bytes); byte-level BPE vocabularies have longer pieces. */
+size_t bt_detok_max_bytes(const bt_tokenizer_t *t);
 /* Appends the text of token id to out (capacity cap bytes), emitting only complete UTF-8
- * characters; a leading space of the first token after BOS in SentencePiece vocabularies is
- * dropped, as llama.cpp and llama2.c do. Invalid byte sequences come out as U+FFFD.
- * Returns the number of bytes written (at most 64 per call, so cap >= 64 is always enough). */
+ * characters; a leading space of the token right after BOS in SentencePiece vocabularies is
+ * dropped, as llama.cpp and llama2.c do. Invalid byte sequences come out as U+FFFD (one per
+ * maximal invalid subpart). Returns the number of bytes written, at most bt_detok_max_bytes(t):
+ * cap >= that is always enough; with less, output stops at the first character that does not
+ * fit and the rest of this token's text is lost. Ids out of range decode to nothing. */
 size_t bt_detok_push(bt_detok_t *d, int32_t id, char *out, size_t cap);
 /* Flushes held-back bytes at the end of a stream (as U+FFFD if incomplete). */
 size_t bt_detok_flush(bt_detok_t *d, char *out, size_t cap);
