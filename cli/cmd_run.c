@@ -90,37 +90,42 @@ static void emit(const char *s, size_t n)
     fflush(stdout);
 }
 
-/* Samples, streams and decodes until a stop condition; returns tokens generated. */
+/* Samples, streams and decodes until a stop condition; returns tokens generated, or -1. */
 static int run_generate(run_state_t *r, const run_cfg_t *c, bt_sampler_t *smp, bt_stop_t *stop,
                         const bt_tokenizer_t *tok, bt_stop_reason_t *why)
 {
     bt_detok_t dt;
-    char piece[64], text[64 + BT_STOP_MAX_STRING_BYTES];
-    bt_detok_init(&dt, tok);
-    if (c->bos && bt_tokenizer_bos(tok) >= 0)
-        bt_detok_push(&dt, bt_tokenizer_bos(tok), piece, sizeof piece); /* control: no text */
-    *why = BT_STOP_NONE;
+    size_t cap_piece = bt_detok_max_bytes(tok), cap_text = cap_piece + BT_STOP_MAX_STRING_BYTES;
+    char *piece = bt_malloc(cap_piece), *text = bt_malloc(cap_text);
     int n = 0;
-    while (*why == BT_STOP_NONE) {
+    *why = BT_STOP_NONE;
+    if (!piece || !text)
+        n = -1;
+    bt_detok_init(&dt, tok);
+    if (n == 0 && c->bos && bt_tokenizer_bos(tok) >= 0)
+        bt_detok_push(&dt, bt_tokenizer_bos(tok), piece, cap_piece); /* control: no text */
+    while (n >= 0 && *why == BT_STOP_NONE) {
         int32_t next = bt_sampler_sample(smp, r->logits);
         bt_sampler_accept(smp, next);
-        size_t np = bt_detok_push(&dt, next, piece, sizeof piece), nt;
-        *why = bt_stop_push(stop, next, piece, np, text, sizeof text, &nt);
+        size_t np = bt_detok_push(&dt, next, piece, cap_piece), nt;
+        *why = bt_stop_push(stop, next, piece, np, text, cap_text, &nt);
         emit(text, nt);
         n++;
+        if (*why == BT_STOP_NONE && r->kv.n_tokens >= r->kv.max_tokens)
+            *why = BT_STOP_LENGTH;
         if (*why != BT_STOP_NONE)
             break;
-        if (r->kv.n_tokens >= r->kv.max_tokens) {
-            *why = BT_STOP_LENGTH;
-            break;
-        }
         bt_batch_seq_t b = {.kv = &r->kv, .tokens = &next, .n_tokens = 1, .logits = BT_LOGITS_LAST};
         if (bt_engine_forward(r->engine, &b, 1, r->logits) != BT_OK)
-            return -1;
+            n = -1;
     }
-    size_t nt = bt_stop_flush(stop, text, sizeof text);
-    nt += bt_detok_flush(&dt, text + nt, sizeof text - nt);
-    emit(text, nt);
+    if (n >= 0) {
+        size_t nt = bt_stop_flush(stop, text, cap_text);
+        nt += bt_detok_flush(&dt, text + nt, cap_text - nt);
+        emit(text, nt);
+    }
+    bt_free(piece);
+    bt_free(text);
     return n;
 }
 

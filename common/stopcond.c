@@ -2,8 +2,8 @@
 /*
  * stopcond.c - stop conditions and held-back text (see stopcond.h).
  *
- * The held text is at most the longest stop string minus one byte plus one token's text, so a
- * fixed buffer sized at creation suffices.
+ * The held text is at most the longest stop string minus one byte plus one token's text (at
+ * most bt_detok_max_bytes), so a fixed buffer sized at creation suffices.
  */
 #include "stopcond.h"
 
@@ -43,8 +43,10 @@ int bt_stop_create(const bt_stop_params_t *params, const bt_tokenizer_t *tok, bt
         return BT_ERR_NOMEM;
     s->p = *params;
     s->tok = tok;
-    memcpy(s->ids, params->stop_ids, (size_t)params->n_stop_ids * sizeof(int32_t));
-    s->cap_held = longest + 128;
+    if (params->n_stop_ids > 0)
+        memcpy(s->ids, params->stop_ids, (size_t)params->n_stop_ids * sizeof(int32_t));
+    /* Held text: a stop string's proper prefix plus one token's text. */
+    s->cap_held = longest + (tok ? bt_detok_max_bytes(tok) : 1024);
     s->held = bt_malloc(s->cap_held);
     if (!s->held)
         goto err;
@@ -133,7 +135,7 @@ bt_stop_reason_t bt_stop_push(bt_stop_t *s, int32_t id, const char *text, size_t
         *n_out = len < cap ? len : cap;
         memcpy(out, text, *n_out);
     } else {
-        if (s->n_held + len > s->cap_held) /* cannot happen with <= 64-byte pieces */
+        if (s->n_held + len > s->cap_held) /* only for text longer than one token's */
             *n_out = release(s, s->n_held, out, cap);
         memcpy(s->held + s->n_held, text, len);
         s->n_held += len;

@@ -46,7 +46,7 @@ const char *bt_stop_reason_str(bt_stop_reason_t r);
 
 /* Feeds one generated token and its text (complete UTF-8 from bt_detok_push). Appends the
  * text that is now safe to show to out (cap >= len + BT_STOP_MAX_STRING_BYTES is always
- * enough) and sets *n_out. Returns the reason to stop, or BT_STOP_NONE. */
+ * enough) and sets *n_out. len should not exceed bt_detok_max_bytes of the tokenizer. Returns the reason to stop, or BT_STOP_NONE. */
 bt_stop_reason_t bt_stop_push(bt_stop_t *s, int32_t id, const char *text, size_t len, char *out,
                               size_t cap, size_t *n_out);
 /* Releases text held back at the end of a generation that did not stop on a string. */
