@@ -1,0 +1,279 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_cpu_ops.c - the CPU backend's row-wise and element-wise ops (get_rows, rmsnorm, rope,
+ * swiglu, add, gather_rows) against scalar double-precision references, plus their
+ * determinism: a row gives the same bits alone or in a batch, aliased or not, on 1 or 2
+ * threads. Attention and kv_store are in test_cpu_attention.c.
+ */
+// ctest-labels: unit
+#include "../support/testutil.h" /* relative: works whatever the include path */
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/fp16.h"
+#include "kernels/kernels.h"
+
+static uint64_t rng_state = 0x243f6a8885a308d3ull;
+
+static uint32_t rnd_u32(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 16);
+}
+
+static float rnd_f(void) /* uniform in [-1, 1) */
+{
+    return (float)(rnd_u32() % 2000001) / 1000000.0f - 1.0f;
+}
+
+static float *rand_vec(int64_t n, float scale)
+{
+    float *v = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    for (int64_t i = 0; i < n; i++)
+        v[i] = rnd_f() * scale;
+    return v;
+}
+
+static bt_backend_t *make_backend(int n_threads)
+{
+    bt_backend_params_t p = {.n_threads = n_threads, .max_rows = 64, .max_cols = 4096};
+    bt_backend_t *be = NULL;
+    assert_int_equal(bt_backend_create("cpu", &p, &be), BT_OK);
+    return be;
+}
+
+static void assert_close(double got, double ref, double tol, const char *what, int64_t i)
+{
+    if (fabs(got - ref) > tol)
+        fail_msg("%s[%lld]: got %.9g, want %.9g (tol %g)", what, (long long)i, got, ref, tol);
+}
+
+static void test_backend_create_rejects_bad_params(void **state)
+{
+    bt_backend_params_t p = {.max_rows = -1};
+    bt_backend_t *be = NULL;
+    assert_int_equal(bt_backend_create("cpu", &p, &be), BT_ERR_INVAL);
+    assert_null(be);
+    assert_int_equal(bt_backend_create("cpu", NULL, &be), BT_OK); /* defaults: all cores */
+    assert_string_equal(bt_backend_name(be), "cpu");
+    float *buf = bt_backend_alloc(be, 100);
+    assert_non_null(buf);
+    assert_int_equal((uintptr_t)buf % 64, 0);
+    float src[25] = {1, 2, 3}, dst[25];
+    bt_backend_upload(be, buf, src, sizeof src);
+    bt_backend_download(be, dst, buf, sizeof dst);
+    assert_memory_equal(src, dst, sizeof src);
+    bt_backend_sync(be);
+    bt_backend_free(be, buf);
+    bt_backend_free(be, NULL);
+    bt_backend_destroy(be);
+    bt_backend_destroy(NULL);
+}
+
+/* ---- get_rows ---- */
+
+static void test_get_rows_dequantizes_every_type(void **state)
+{
+    static const bt_type_t types[] = {BT_TYPE_F32, BT_TYPE_F16, BT_TYPE_BF16, BT_TYPE_Q8_0};
+    const int64_t rows = 9, cols = 96, m = 40;
+    bt_backend_t *be = make_backend(2);
+    int32_t ids[40];
+    for (int i = 0; i < m; i++)
+        ids[i] = (int32_t)(rnd_u32() % rows);
+    for (int t = 0; t < 4; t++) {
+        size_t rb = bt_type_row_bytes(types[t], cols);
+        uint8_t *data = malloc(rb * rows);
+        for (size_t i = 0; i < rb * rows; i++)
+            data[i] = (uint8_t)rnd_u32();
+        if (types[t] != BT_TYPE_Q8_0 && types[t] != BT_TYPE_F32)
+            for (size_t i = 1; i < rb * rows; i += 2)
+                data[i] &= 0x3f; /* finite halves / bf16 values */
+        if (types[t] == BT_TYPE_F32)
+            for (int64_t i = 0; i < rows * cols; i++)
+                ((float *)data)[i] = rnd_f();
+        if (types[t] == BT_TYPE_Q8_0)
+            for (int64_t b = 0; b < rows * cols / 32; b++)
+                ((bt_block_q8_0_t *)data)[b].d = bt_f32_to_fp16(rnd_f());
+        bt_tensor_t tab = {.type = types[t], .rows = rows, .cols = cols, .data = data};
+        float *y = malloc(sizeof(float) * (size_t)(m * cols));
+        bt_get_rows(be, y, &tab, ids, m);
+        for (int64_t i = 0; i < m; i++) {
+            const uint8_t *row = data + (size_t)ids[i] * rb;
+            for (int64_t c = 0; c < cols; c++) {
+                float want;
+                if (types[t] == BT_TYPE_F32)
+                    want = ((const float *)row)[c];
+                else if (types[t] == BT_TYPE_F16)
+                    want = bt_fp16_to_f32(((const uint16_t *)row)[c]);
+                else if (types[t] == BT_TYPE_BF16)
+                    want = bt_bf16_to_f32(((const uint16_t *)row)[c]);
+                else {
+                    const bt_block_q8_0_t *b = (const bt_block_q8_0_t *)row + c / 32;
+                    want = bt_fp16_to_f32(b->d) * (float)b->qs[c % 32];
+                }
+                if (memcmp(&want, &y[i * cols + c], sizeof want) != 0)
+                    fail_msg("%s row %lld col %lld: %g vs %g", bt_type_name(types[t]),
+                             (long long)i, (long long)c, y[i * cols + c], want);
+            }
+        }
+        free(y);
+        free(data);
+    }
+    bt_backend_destroy(be);
+}
+
+/* ---- rmsnorm ---- */
+
+static void check_rmsnorm(bt_backend_t *be, bt_backend_t *be1, int64_t m, int64_t n)
+{
+    float *x = rand_vec(m * n, 3.0f), *w = rand_vec(n, 1.0f);
+    float *y = malloc(sizeof(float) * (size_t)(m * n));
+    float *alone = malloc(sizeof(float) * (size_t)n);
+    const float eps = 1e-5f;
+    bt_rmsnorm(be, y, x, w, m, n, eps);
+    for (int64_t i = 0; i < m; i++) {
+        double ss = 0;
+        for (int64_t c = 0; c < n; c++)
+            ss += (double)x[i * n + c] * x[i * n + c];
+        double sc = 1.0 / sqrt(ss / (double)n + eps);
+        for (int64_t c = 0; c < n; c++)
+            assert_close(y[i * n + c], x[i * n + c] * sc * w[c],
+                         2e-6 * fabs(x[i * n + c] * sc * w[c]) + 1e-7, "rmsnorm", c);
+        bt_rmsnorm(be1, alone, x + i * n, w, 1, n, eps);
+        assert_memory_equal(alone, y + i * n, sizeof(float) * (size_t)n);
+    }
+    bt_rmsnorm(be, x, x, w, m, n, eps); /* in place */
+    assert_memory_equal(x, y, sizeof(float) * (size_t)(m * n));
+    free(x);
+    free(w);
+    free(y);
+    free(alone);
+}
+
+static void test_rmsnorm_matches_reference_and_is_row_invariant(void **state)
+{
+    bt_backend_t *be = make_backend(2), *be1 = make_backend(1);
+    static const int64_t ns[] = {1, 7, 16, 64, 100, 768, 2048, 4100};
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+        check_rmsnorm(be, be1, 1 + (int64_t)(rnd_u32() % 37), ns[i]);
+    check_rmsnorm(be, be1, 37, 2048); /* big enough to go parallel */
+    bt_backend_destroy(be);
+    bt_backend_destroy(be1);
+}
+
+/* ---- rope ---- */
+
+static void check_rope(bt_backend_t *be, int64_t m, int n_heads, int head_dim)
+{
+    const int64_t n = (int64_t)n_heads * head_dim;
+    float *x = rand_vec(m * n, 2.0f), *orig = malloc(sizeof(float) * (size_t)(m * n));
+    float inv_freq[256];
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)m);
+    for (int i = 0; i < head_dim / 2; i++)
+        inv_freq[i] = powf(10000.0f, -2.0f * (float)i / (float)head_dim);
+    for (int64_t r = 0; r < m; r++)
+        pos[r] = (int32_t)(rnd_u32() % 4096);
+    memcpy(orig, x, sizeof(float) * (size_t)(m * n));
+    bt_rope(be, x, pos, m, n_heads, head_dim, inv_freq);
+    for (int64_t r = 0; r < m; r++)
+        for (int h = 0; h < n_heads; h++)
+            for (int i = 0; i < head_dim / 2; i++) {
+                const float *o = orig + r * n + (int64_t)h * head_dim + 2 * i;
+                const float *g = x + r * n + (int64_t)h * head_dim + 2 * i;
+                double th = (double)((float)pos[r] * inv_freq[i]); /* angle as the op forms it */
+                assert_close(g[0], o[0] * cos(th) - o[1] * sin(th), 2e-6, "rope0", i);
+                assert_close(g[1], o[0] * sin(th) + o[1] * cos(th), 2e-6, "rope1", i);
+            }
+    free(x);
+    free(orig);
+    free(pos);
+}
+
+static void test_rope_rotates_adjacent_pairs(void **state)
+{
+    bt_backend_t *be = make_backend(2);
+    check_rope(be, 1, 1, 2);
+    check_rope(be, 5, 3, 8);
+    check_rope(be, 37, 12, 64);
+    check_rope(be, 17, 8, 128);
+    bt_backend_destroy(be);
+}
+
+/* ---- swiglu, add, gather_rows ---- */
+
+static void check_swiglu(bt_backend_t *be, bt_backend_t *be1, int64_t n)
+{
+    float *g = rand_vec(n, 12.0f), *u = rand_vec(n, 2.0f), *y = malloc(sizeof(float) * (size_t)n);
+    bt_swiglu(be, y, g, u, n);
+    for (int64_t i = 0; i < n; i++) {
+        double ref = g[i] / (1.0 + exp(-(double)g[i])) * u[i];
+        assert_close(y[i], ref, 4e-7 * fabs(ref) + 1e-30, "swiglu", i);
+    }
+    if (n > 5) { /* an element's bits do not depend on where the range starts or ends */
+        float *y2 = malloc(sizeof(float) * (size_t)n);
+        bt_swiglu(be1, y2, g + 3, u + 3, n - 5);
+        assert_memory_equal(y2, y + 3, sizeof(float) * (size_t)(n - 5));
+        free(y2);
+    }
+    bt_swiglu(be, g, g, u, n); /* y aliases gate */
+    assert_memory_equal(g, y, sizeof(float) * (size_t)n);
+    free(g);
+    free(u);
+    free(y);
+}
+
+static void test_swiglu_matches_reference(void **state)
+{
+    bt_backend_t *be = make_backend(2), *be1 = make_backend(1);
+    static const int64_t ns[] = {1, 3, 15, 16, 17, 100, 8192, 70001};
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+        check_swiglu(be, be1, ns[i]);
+    /* saturated inputs stay finite and exact at the ends */
+    float g[4] = {-200.0f, 200.0f, 0.0f, -90.0f}, u[4] = {1, 1, 1, 1}, y[4];
+    bt_swiglu(be, y, g, u, 4);
+    assert_true(y[0] == 0.0f || fabsf(y[0]) < 1e-30f);
+    assert_true(y[1] == 200.0f);
+    assert_true(y[2] == 0.0f);
+    bt_backend_destroy(be);
+    bt_backend_destroy(be1);
+}
+
+static void test_add_and_gather_rows(void **state)
+{
+    bt_backend_t *be = make_backend(2);
+    const int64_t n = 70003;
+    float *y = rand_vec(n, 1.0f), *x = rand_vec(n, 1.0f), *want = malloc(sizeof(float) * n);
+    for (int64_t i = 0; i < n; i++)
+        want[i] = y[i] + x[i];
+    bt_add(be, y, x, n);
+    assert_memory_equal(y, want, sizeof(float) * (size_t)n);
+
+    const int64_t cols = 70;
+    int32_t rows[5] = {3, 0, 3, 9, 1};
+    float *g = malloc(sizeof(float) * 5 * cols);
+    bt_gather_rows(be, g, x, rows, 5, cols);
+    for (int r = 0; r < 5; r++)
+        assert_memory_equal(g + r * cols, x + rows[r] * cols, sizeof(float) * cols);
+    free(y);
+    free(x);
+    free(want);
+    free(g);
+    bt_backend_destroy(be);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_backend_create_rejects_bad_params),
+        cmocka_unit_test(test_get_rows_dequantizes_every_type),
+        cmocka_unit_test(test_rmsnorm_matches_reference_and_is_row_invariant),
+        cmocka_unit_test(test_rope_rotates_adjacent_pairs),
+        cmocka_unit_test(test_swiglu_matches_reference),
+        cmocka_unit_test(test_add_and_gather_rows),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
