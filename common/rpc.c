@@ -1,0 +1,241 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * rpc.c - framing of baton messages over ZeroMQ (see rpc.h).
+ *
+ * Frames are received one at a time so that surplus frames can be drained without keeping
+ * them: ZMQ_MAXMSGSIZE already bounds every frame, and a bad message is read to its end so the
+ * socket stays in step. ROUTER sockets carry exactly one route frame (the peer identity).
+ */
+#include "rpc.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+#include "alloc.h"
+#include "status.h"
+
+uint64_t bt_rpc_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void bt_rpc_header_init(bt_rpc_header_t *h, Baton__Method method, uint64_t request_id)
+{
+    memset(h, 0, sizeof *h);
+    h->version = BT_RPC_VERSION;
+    h->method = method;
+    h->request_id = request_id;
+}
+
+const ProtobufCMessageDescriptor *bt_rpc_body_type(Baton__Method method)
+{
+    switch (method) {
+    case BATON__METHOD__GENERATE: return &baton__generate_request__descriptor;
+    case BATON__METHOD__TOKENS:
+    case BATON__METHOD__FIRST_TOKEN:
+    case BATON__METHOD__STREAM: return &baton__token_chunk__descriptor;
+    case BATON__METHOD__RESULT: return &baton__generate_result__descriptor;
+    case BATON__METHOD__HEALTH: return &baton__empty__descriptor;
+    case BATON__METHOD__INFO: return &baton__empty__descriptor;
+    case BATON__METHOD__CANCEL:
+    case BATON__METHOD__ABORT:
+    case BATON__METHOD__DRAIN: return &baton__empty__descriptor;
+    case BATON__METHOD__HEARTBEAT: return &baton__heartbeat__descriptor;
+    case BATON__METHOD__ASSIGN: return &baton__assignment__descriptor;
+    case BATON__METHOD__ASSIGN_REPLY: return &baton__assign_reply__descriptor;
+    case BATON__METHOD__DONE: return &baton__done__descriptor;
+    default: return NULL;
+    }
+}
+
+static int method_known(int method)
+{
+    return bt_rpc_body_type((Baton__Method)method) != NULL;
+}
+
+int bt_rpc_socket_setup(void *sock)
+{
+    int64_t max = BT_RPC_MAX_BODY_BYTES + BT_RPC_MAX_HEADER_BYTES;
+    int linger = 0, hwm = 100000;
+    if (zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &max, sizeof max) != 0 ||
+        zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_setsockopt(sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
+        zmq_setsockopt(sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0)
+        return BT_ERR_IO;
+    return BT_OK;
+}
+
+static void drain_rest(void *sock)
+{
+    int more = 1;
+    size_t sz = sizeof more;
+    while (zmq_getsockopt(sock, ZMQ_RCVMORE, &more, &sz) == 0 && more) {
+        zmq_msg_t f;
+        zmq_msg_init(&f);
+        zmq_msg_recv(&f, sock, 0);
+        zmq_msg_close(&f);
+    }
+}
+
+static int parse_header(const uint8_t *data, size_t len, bt_rpc_header_t *h)
+{
+    if (len > BT_RPC_MAX_HEADER_BYTES)
+        return BT_ERR_FORMAT;
+    Baton__Header *ph = baton__header__unpack(NULL, len, data);
+    if (!ph)
+        return BT_ERR_FORMAT;
+    h->version = ph->version;
+    h->method = ph->method;
+    h->request_id = ph->request_id;
+    h->status = ph->status;
+    snprintf(h->error, sizeof h->error, "%s", ph->error ? ph->error : "");
+    baton__header__free_unpacked(ph, NULL);
+    if (h->version != BT_RPC_VERSION || !method_known(h->method))
+        return BT_ERR_UNSUPPORTED;
+    return BT_OK;
+}
+
+/* Route frames a socket type puts before the header: a ROUTER prepends the peer identity. */
+static int route_frames(void *sock)
+{
+    int type = 0;
+    size_t sz = sizeof type;
+    zmq_getsockopt(sock, ZMQ_TYPE, &type, &sz);
+    return type == ZMQ_ROUTER ? 1 : 0;
+}
+
+/* Receives all frames of one message: exactly route + 2 are expected; extra ones are drained. */
+int bt_rpc_recv(void *sock, bt_rpc_msg_t *m, int flags)
+{
+    zmq_msg_t frames[BT_RPC_MAX_ROUTE + 2];
+    int n = 0, more = 1, st = BT_OK, n_route = route_frames(sock);
+    size_t sz = sizeof more;
+    memset(m, 0, sizeof *m);
+    while (more) {
+        if (n == n_route + 2) { /* too many frames: drop the rest */
+            drain_rest(sock);
+            st = BT_ERR_FORMAT;
+            break;
+        }
+        zmq_msg_init(&frames[n]);
+        if (zmq_msg_recv(&frames[n], sock, n == 0 ? flags : 0) < 0) {
+            int err = zmq_errno();
+            zmq_msg_close(&frames[n]);
+            if (n == 0)
+                return err == EAGAIN ? BT_AGAIN : BT_ERR_IO;
+            st = BT_ERR_FORMAT;
+            break;
+        }
+        n++;
+        zmq_getsockopt(sock, ZMQ_RCVMORE, &more, &sz);
+    }
+    for (int i = 0; i < n_route && i < n; i++) {
+        size_t len = zmq_msg_size(&frames[i]);
+        if (len > BT_RPC_MAX_ROUTE_BYTES)
+            len = BT_RPC_MAX_ROUTE_BYTES;
+        memcpy(m->route.id[i], zmq_msg_data(&frames[i]), len);
+        m->route.len[i] = (uint8_t)len;
+        m->route.n = i + 1;
+    }
+    if (st == BT_OK && n != n_route + 2)
+        st = BT_ERR_FORMAT;
+    if (st == BT_OK)
+        st = parse_header(zmq_msg_data(&frames[n - 2]), zmq_msg_size(&frames[n - 2]), &m->hdr);
+    if (st == BT_OK && zmq_msg_size(&frames[n - 1]) > 0) {
+        m->body_len = zmq_msg_size(&frames[n - 1]);
+        m->body = bt_malloc(m->body_len);
+        if (m->body)
+            memcpy(m->body, zmq_msg_data(&frames[n - 1]), m->body_len);
+        else
+            st = BT_ERR_NOMEM;
+    }
+    for (int i = 0; i < n; i++)
+        zmq_msg_close(&frames[i]);
+    return st;
+}
+
+void bt_rpc_msg_fini(bt_rpc_msg_t *m)
+{
+    if (!m)
+        return;
+    bt_free(m->body);
+    m->body = NULL;
+    m->body_len = 0;
+}
+
+static int send_frame(void *sock, const void *data, size_t len, int flags)
+{
+    if (zmq_send(sock, data, len, flags) < 0)
+        return zmq_errno() == EAGAIN ? BT_AGAIN : BT_ERR_IO;
+    return BT_OK;
+}
+
+int bt_rpc_send(void *sock, const bt_rpc_route_t *route, const bt_rpc_header_t *h,
+                const ProtobufCMessage *body, int flags)
+{
+    Baton__Header ph = BATON__HEADER__INIT;
+    uint8_t hbuf[BT_RPC_MAX_HEADER_BYTES];
+    ph.version = h->version;
+    ph.method = h->method;
+    ph.request_id = h->request_id;
+    ph.status = h->status;
+    ph.error = (char *)h->error;
+    size_t hlen = baton__header__get_packed_size(&ph);
+    if (hlen > sizeof hbuf)
+        return BT_ERR_RANGE;
+    baton__header__pack(&ph, hbuf);
+
+    size_t blen = body ? protobuf_c_message_get_packed_size(body) : 0;
+    if (blen > BT_RPC_MAX_BODY_BYTES)
+        return BT_ERR_RANGE;
+    uint8_t stackbuf[1024], *bbuf = blen <= sizeof stackbuf ? stackbuf : bt_malloc(blen);
+    if (!bbuf)
+        return BT_ERR_NOMEM;
+    if (body)
+        protobuf_c_message_pack(body, bbuf);
+
+    int st = BT_OK;
+    for (int i = 0; route && i < route->n && st == BT_OK; i++)
+        st = send_frame(sock, route->id[i], route->len[i], flags | ZMQ_SNDMORE);
+    if (st == BT_OK)
+        st = send_frame(sock, hbuf, hlen, flags | ZMQ_SNDMORE);
+    if (st == BT_OK)
+        st = send_frame(sock, bbuf, blen, flags);
+    if (bbuf != stackbuf)
+        bt_free(bbuf);
+    return st;
+}
+
+int bt_rpc_reply_error(void *sock, const bt_rpc_msg_t *m, int status, const char *fmt, ...)
+{
+    bt_rpc_header_t h;
+    bt_rpc_header_init(&h, m->hdr.method ? m->hdr.method : BATON__METHOD__RESULT,
+                       m->hdr.request_id);
+    if (!method_known(h.method))
+        h.method = BATON__METHOD__RESULT;
+    h.status = status;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(h.error, sizeof h.error, fmt, ap);
+    va_end(ap);
+    return bt_rpc_send(sock, &m->route, &h, NULL, ZMQ_DONTWAIT);
+}
+
+int bt_rpc_unpack(const bt_rpc_msg_t *m, ProtobufCMessage **out)
+{
+    const ProtobufCMessageDescriptor *d = bt_rpc_body_type(m->hdr.method);
+    if (!d)
+        return BT_ERR_UNSUPPORTED;
+    ProtobufCMessage *msg = protobuf_c_message_unpack(d, NULL, m->body_len,
+                                                      m->body ? m->body : (const uint8_t *)"");
+    if (!msg)
+        return BT_ERR_FORMAT;
+    *out = msg;
+    return BT_OK;
+}

@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * rpc.h - baton's gRPC-like framing over ZeroMQ multipart messages.
+ *
+ * A message is [route][Header][body]: route is the peer identity a ROUTER socket prepends
+ * (nothing on DEALER sockets; no empty delimiter is used), Header is a
+ * baton.Header (version, method, request id, status, error) and body the method's message
+ * (proto/baton.proto lists which). bt_rpc_recv validates the frame count, frame sizes, the
+ * header, the version and the method before anything reaches the caller; a malformed message
+ * is reported with its route kept, so the caller can answer it with bt_rpc_reply_error and go
+ * on serving. Bodies are unpacked on demand with bt_rpc_unpack, which checks the body type
+ * against the method.
+ *
+ * Threads: like ZeroMQ sockets, a socket's messages are used by one thread at a time.
+ */
+#ifndef BATON_RPC_H
+#define BATON_RPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "proto/baton.pb-c.h"
+
+#define BT_RPC_VERSION 1
+#define BT_RPC_MAX_ROUTE 4               /* identity frames kept from a ROUTER socket */
+#define BT_RPC_MAX_ROUTE_BYTES 255       /* ZeroMQ identities are at most 255 bytes */
+#define BT_RPC_MAX_HEADER_BYTES 4096
+#define BT_RPC_MAX_BODY_BYTES (16u << 20) /* also set as ZMQ_MAXMSGSIZE on baton's sockets */
+
+typedef struct {
+    int n;
+    uint8_t id[BT_RPC_MAX_ROUTE][BT_RPC_MAX_ROUTE_BYTES];
+    uint8_t len[BT_RPC_MAX_ROUTE];
+} bt_rpc_route_t;
+
+typedef struct {
+    uint32_t version;
+    Baton__Method method;
+    uint64_t request_id;
+    int32_t status;
+    char error[256];
+} bt_rpc_header_t;
+
+typedef struct {
+    bt_rpc_route_t route;
+    bt_rpc_header_t hdr;
+    uint8_t *body;       /* owned; NULL when the body frame is empty */
+    size_t body_len;
+} bt_rpc_msg_t;
+
+/*
+ * Receives one message. Returns BT_OK; BT_AGAIN when flags has ZMQ_DONTWAIT and nothing is
+ * there; BT_ERR_FORMAT for a malformed message (wrong frame count, oversized frame, header
+ * that does not parse) and BT_ERR_UNSUPPORTED for an unknown version or method — in both
+ * cases m->route and whatever header fields parsed are filled so the caller can reply; BT_ERR_IO
+ * when the socket fails. Release with bt_rpc_msg_fini in every case.
+ */
+int bt_rpc_recv(void *sock, bt_rpc_msg_t *m, int flags);
+void bt_rpc_msg_fini(bt_rpc_msg_t *m);
+
+/* Sends route (may be NULL), header and body (NULL: empty body). flags: ZMQ_DONTWAIT or 0.
+ * BT_AGAIN if it would block with ZMQ_DONTWAIT; BT_ERR_IO on failure. */
+int bt_rpc_send(void *sock, const bt_rpc_route_t *route, const bt_rpc_header_t *h,
+                const ProtobufCMessage *body, int flags);
+
+/* Replies to m (same route and request id) with an error status and a formatted message. */
+int bt_rpc_reply_error(void *sock, const bt_rpc_msg_t *m, int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* The body descriptor a method carries (NULL for methods with an empty body, or unknown). */
+const ProtobufCMessageDescriptor *bt_rpc_body_type(Baton__Method method);
+/* Unpacks m's body as the method's message; BT_ERR_FORMAT when it does not parse.
+ * Free *out with protobuf_c_message_free_unpacked(*out, NULL). */
+int bt_rpc_unpack(const bt_rpc_msg_t *m, ProtobufCMessage **out);
+
+/* Fills a header for a new message. */
+void bt_rpc_header_init(bt_rpc_header_t *h, Baton__Method method, uint64_t request_id);
+
+/* Applies baton's socket options (max message size, linger, high-water marks). */
+int bt_rpc_socket_setup(void *sock);
+
+/* Wall-clock nanoseconds (CLOCK_REALTIME), the time base of lifetime events. */
+uint64_t bt_rpc_now_ns(void);
+
+#endif
