@@ -23,6 +23,7 @@
 #include "simd.h"
 
 #define KV_STORE_ROWS 16 /* rows per kv_store task */
+#define FEW_QUERIES 4    /* at most this many queries per tile read an F16 cache in place */
 #define MAX_HDP BT_CPU_ATTN_MAX_HEAD_DIM
 #define TILE_FLOATS (BT_CPU_ATTN_TILE * 64) /* tile positions x padded head_dim, at most */
 
@@ -140,50 +141,77 @@ static const void *kv_pos_row(const attn_job_t *jb, const bt_attn_seq_t *s, int6
            (size_t)(pos % kv->block_size) * row_bytes + (size_t)kvh * kv->head_dim * es;
 }
 
-/* Points krow/vrow at tile positions [t0, t0 + n): in place for an F32 cache whose head_dim
- * is a multiple of the vector width, otherwise converted to f32 and zero-padded in buf. */
-static void attn_load_tile(const attn_job_t *jb, const bt_attn_seq_t *s, int kvh, int64_t t0,
-                           int n, const float **krow, const float **vrow, float *buf)
+/* dst[0, hdp) = the hd cached values at src as f32, zero-padded. */
+static void widen_row(float *dst, const void *src, int type, int hd, int hdp)
 {
-    const int direct = jb->kv->type == BT_TYPE_F32 && jb->hd == jb->hdp;
+    int d = 0;
+    if (type == BT_TYPE_F16) {
+        const uint16_t *h = src;
+        for (; d + BT_VW <= hd; d += BT_VW)
+            bt_vf_store(dst + d, bt_vf_load_f16(h + d));
+        for (; d < hd; d++)
+            dst[d] = bt_fp16_to_f32(h[d]);
+    } else {
+        memcpy(dst, src, (size_t)hd * sizeof(float));
+        d = hd;
+    }
+    for (; d < hdp; d++)
+        dst[d] = 0.0f;
+}
+
+/* The K and V rows of one tile: f32 (widened, or an F32 cache read in place) or, with f16
+ * set, F16 cache rows read in place and widened on the fly. Both give the same f32 values,
+ * so the choice (made per item, from how many queries share the tile) never changes a bit. */
+typedef struct {
+    const void *k[BT_CPU_ATTN_TILE];
+    const void *v[BT_CPU_ATTN_TILE];
+    int f16;
+} attn_tile_t;
+
+/* Fills tile with positions [t0, t0 + n). Rows are used in place when head_dim needs no
+ * padding and either the cache is F32 or few queries share the tile (widening once pays off
+ * only when several queries reuse it); otherwise they are widened into buf. */
+static void attn_load_tile(const attn_job_t *jb, const bt_attn_seq_t *s, int kvh, int64_t t0,
+                           int n, int few_queries, attn_tile_t *tile, float *buf)
+{
+    const int f16 = jb->kv->type == BT_TYPE_F16;
+    const int direct = jb->hd == jb->hdp && (!f16 || few_queries);
+    tile->f16 = direct && f16;
     for (int j = 0; j < n; j++) {
         const void *kp = kv_pos_row(jb, s, t0 + j, kvh, 0);
         const void *vp = kv_pos_row(jb, s, t0 + j, kvh, 1);
         if (direct) {
-            krow[j] = kp;
-            vrow[j] = vp;
+            tile->k[j] = kp;
+            tile->v[j] = vp;
             continue;
         }
         float *kd = buf + (size_t)j * jb->hdp;
         float *vd = buf + (size_t)(jb->tile + j) * jb->hdp;
-        for (int d = 0; d < jb->hdp; d++) {
-            if (d >= jb->hd) {
-                kd[d] = vd[d] = 0.0f;
-            } else if (jb->kv->type == BT_TYPE_F16) {
-                kd[d] = bt_fp16_to_f32(((const uint16_t *)kp)[d]);
-                vd[d] = bt_fp16_to_f32(((const uint16_t *)vp)[d]);
-            } else {
-                kd[d] = ((const float *)kp)[d];
-                vd[d] = ((const float *)vp)[d];
-            }
-        }
-        krow[j] = kd;
-        vrow[j] = vd;
+        widen_row(kd, kp, jb->kv->type, jb->hd, jb->hdp);
+        widen_row(vd, vp, jb->kv->type, jb->hd, jb->hdp);
+        tile->k[j] = kd;
+        tile->v[j] = vd;
     }
 }
 
-static BT_ALWAYS_INLINE float attn_dot(const float *a, const float *b, int hdp)
+static BT_ALWAYS_INLINE bt_vf load_kv(const void *row, int d, const int f16)
+{
+    return f16 ? bt_vf_load_f16((const uint16_t *)row + d) : bt_vf_load((const float *)row + d);
+}
+
+static BT_ALWAYS_INLINE float attn_dot(const float *q, const void *k, int hdp, const int f16)
 {
     bt_vf acc = bt_vf_zero();
     for (int d = 0; d < hdp; d += BT_VW)
-        acc = bt_vf_fma(bt_vf_load(a + d), bt_vf_load(b + d), acc);
+        acc = bt_vf_fma(bt_vf_load(q + d), load_kv(k, d, f16), acc);
     return bt_vf_hsum(acc);
 }
 
 /* acc = acc * alpha + sum_j p[j] * v[j], each element in position order. Four vectors of
  * head_dim are carried in registers at a time to share the broadcasts of p. */
-static void attn_accumulate_v(float *acc, const float *p, const float **vrow, int n, int hdp,
-                              float alpha)
+static BT_ALWAYS_INLINE void attn_accumulate_v(float *acc, const float *p,
+                                               const void *const *vrow, int n, int hdp,
+                                               float alpha, const int f16)
 {
     const bt_vf va = bt_vf_set1(alpha);
     int d = 0;
@@ -198,11 +226,10 @@ static void attn_accumulate_v(float *acc, const float *p, const float **vrow, in
         }
         for (int j = 0; j < n; j++) {
             const bt_vf pj = bt_vf_set1(p[j]);
-            const float *v = vrow[j] + d;
-            a0 = bt_vf_fma(pj, bt_vf_load(v), a0);
-            a1 = bt_vf_fma(pj, bt_vf_load(v + BT_VW), a1);
-            a2 = bt_vf_fma(pj, bt_vf_load(v + 2 * BT_VW), a2);
-            a3 = bt_vf_fma(pj, bt_vf_load(v + 3 * BT_VW), a3);
+            a0 = bt_vf_fma(pj, load_kv(vrow[j], d, f16), a0);
+            a1 = bt_vf_fma(pj, load_kv(vrow[j], d + BT_VW, f16), a1);
+            a2 = bt_vf_fma(pj, load_kv(vrow[j], d + 2 * BT_VW, f16), a2);
+            a3 = bt_vf_fma(pj, load_kv(vrow[j], d + 3 * BT_VW, f16), a3);
         }
         bt_vf_store(acc + d, a0);
         bt_vf_store(acc + d + BT_VW, a1);
@@ -214,19 +241,19 @@ static void attn_accumulate_v(float *acc, const float *p, const float **vrow, in
         if (alpha != 1.0f)
             a = bt_vf_mul(a, va);
         for (int j = 0; j < n; j++)
-            a = bt_vf_fma(bt_vf_set1(p[j]), bt_vf_load(vrow[j] + d), a);
+            a = bt_vf_fma(bt_vf_set1(p[j]), load_kv(vrow[j], d, f16), a);
         bt_vf_store(acc + d, a);
     }
 }
 
 /* Folds tile positions [0, n) into one query's state (online softmax). */
-static void attn_query_tile(const attn_job_t *jb, attn_query_t *aq, const float **krow,
-                            const float **vrow, int n)
+static BT_ALWAYS_INLINE void attn_query_tile_impl(const attn_job_t *jb, attn_query_t *aq,
+                                                  const attn_tile_t *tile, int n, const int f16)
 {
     float s[BT_CPU_ATTN_TILE + BT_VW];
     float mt = -INFINITY;
     for (int j = 0; j < n; j++) {
-        s[j] = attn_dot(aq->qp, krow[j], jb->hdp) * jb->scale;
+        s[j] = attn_dot(aq->qp, tile->k[j], jb->hdp, f16) * jb->scale;
         mt = s[j] > mt ? s[j] : mt;
     }
     const float mnew = aq->m > mt ? aq->m : mt;
@@ -244,7 +271,16 @@ static void attn_query_tile(const attn_job_t *jb, attn_query_t *aq, const float 
     const float alpha = expf(aq->m - mnew);
     aq->l = aq->l * alpha + bt_vf_hsum(sum);
     aq->m = mnew;
-    attn_accumulate_v(aq->acc, s, vrow, n, jb->hdp, alpha);
+    attn_accumulate_v(aq->acc, s, tile->v, n, jb->hdp, alpha, f16);
+}
+
+static void attn_query_tile(const attn_job_t *jb, attn_query_t *aq, const attn_tile_t *tile,
+                            int n)
+{
+    if (tile->f16)
+        attn_query_tile_impl(jb, aq, tile, n, 1);
+    else
+        attn_query_tile_impl(jb, aq, tile, n, 0);
 }
 
 /* Queries per work item carry their state in per-thread scratch laid out as: K tile, V tile
@@ -313,16 +349,16 @@ static void attn_task(void *arg, int64_t task, int thread)
     attn_query_t aq[BT_CPU_ATTN_MAX_QUERIES];
     const int nq = attn_item_queries(jb, s, kvh, r0, r1, qbuf, abuf, aq);
 
-    const float *krow[BT_CPU_ATTN_TILE], *vrow[BT_CPU_ATTN_TILE];
+    attn_tile_t tile;
     const int64_t len_max = s->n_past + r1;
     for (int64_t t0 = 0; t0 < len_max; t0 += jb->tile) {
         int n = len_max - t0 < jb->tile ? (int)(len_max - t0) : jb->tile;
-        attn_load_tile(jb, s, kvh, t0, n, krow, vrow, buf);
+        attn_load_tile(jb, s, kvh, t0, n, nq <= FEW_QUERIES, &tile, buf);
         for (int qi = 0; qi < nq; qi++) {
             if (aq[qi].len <= t0)
                 continue;
             int nj = aq[qi].len - t0 < n ? (int)(aq[qi].len - t0) : n;
-            attn_query_tile(jb, &aq[qi], krow, vrow, nj);
+            attn_query_tile(jb, &aq[qi], &tile, nj);
         }
     }
     attn_item_write(jb, s, kvh, r0, aq, nq);

@@ -2,12 +2,15 @@
 /*
  * threadpool.c - a spin-then-sleep worker pool for the CPU backend's parallel loops.
  *
- * A loop is published by bumping `gen` after writing the job fields; workers that see the new
- * generation pull task indices from `next_task` until none are left, then check in on
- * `n_done`. The caller works too and returns once every worker has checked in, so no worker
- * can still be reading the job when the next one is written. Workers spin (with a pause) for
- * about a millisecond before sleeping; the caller wakes sleepers through the condition
- * variable only when some are asleep, which keeps back-to-back dispatches cheap.
+ * One 64-bit word carries the pool's state: the loop's generation (high 32 bits), a "closed"
+ * flag and the number of workers that joined the loop. The caller writes the job, then
+ * publishes a new generation; a worker that sees it joins with a CAS (only while the loop is
+ * open and still of that generation), pulls task indices from next_task until none are left,
+ * and leaves. The caller works too, then closes the loop once no worker is inside it, so it
+ * never waits for a worker that was descheduled before joining (a 2-core machine shared with
+ * other processes does that often); such a worker later finds the loop closed. Workers spin
+ * (with a pause) for about a millisecond before sleeping on a condition variable, which the
+ * caller signals only when someone sleeps, keeping back-to-back dispatches near a microsecond.
  */
 #include "threadpool.h"
 
@@ -26,17 +29,20 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-#define SPIN_NS 1000000     /* how long an idle worker spins before sleeping */
-#define SPIN_CHECK 256      /* spins between clock reads */
-#define WAIT_YIELD 4096     /* caller spins before yielding the core to a late worker */
+#define SPIN_NS 1000000 /* how long an idle worker spins before sleeping */
+#define SPIN_CHECK 256  /* spins between clock reads */
+#define WAIT_YIELD 1024 /* caller spins before yielding the core to a worker inside the loop */
+
+#define ST_GEN(s) ((uint32_t)((s) >> 32))
+#define ST_CLOSED ((uint64_t)1 << 31)
+#define ST_ACTIVE(s) ((s) & 0x7fffffffu)
 
 struct bt_cpu_pool {
     int n_threads; /* including the caller */
     pthread_t *threads;
 
-    _Alignas(64) atomic_uint gen;   /* bumped once per published loop */
+    _Alignas(64) atomic_uint_least64_t state; /* gen << 32 | closed | active workers */
     _Alignas(64) atomic_llong next_task;
-    _Alignas(64) atomic_int n_done; /* workers that finished the current loop */
     _Alignas(64) bt_cpu_task_fn fn;
     void *arg;
     int64_t n_tasks;
@@ -69,12 +75,12 @@ static void pool_work(bt_cpu_pool_t *pool, int thread)
     }
 }
 
-/* Waits until gen differs from seen; spins first, then sleeps. Returns the new gen. */
-static unsigned pool_wait_gen(bt_cpu_pool_t *pool, unsigned seen)
+/* Waits until the generation differs from seen; spins first, then sleeps. Returns it. */
+static uint32_t pool_wait_gen(bt_cpu_pool_t *pool, uint32_t seen)
 {
     int64_t start = now_ns();
     for (unsigned spins = 1;; spins++) {
-        unsigned g = atomic_load_explicit(&pool->gen, memory_order_acquire);
+        uint32_t g = ST_GEN(atomic_load_explicit(&pool->state, memory_order_acquire));
         if (g != seen)
             return g;
         CPU_RELAX();
@@ -83,12 +89,24 @@ static unsigned pool_wait_gen(bt_cpu_pool_t *pool, unsigned seen)
     }
     pthread_mutex_lock(&pool->mu);
     atomic_fetch_add(&pool->n_sleeping, 1);
-    unsigned g;
-    while ((g = atomic_load(&pool->gen)) == seen)
+    uint32_t g;
+    while ((g = ST_GEN(atomic_load(&pool->state))) == seen)
         pthread_cond_wait(&pool->cv, &pool->mu);
     atomic_fetch_sub(&pool->n_sleeping, 1);
     pthread_mutex_unlock(&pool->mu);
     return g;
+}
+
+/* Joins loop generation g if it is still open; 0 if it has moved on or closed. */
+static int pool_join_loop(bt_cpu_pool_t *pool, uint32_t g)
+{
+    uint64_t s = atomic_load_explicit(&pool->state, memory_order_acquire);
+    while (ST_GEN(s) == g && !(s & ST_CLOSED)) {
+        if (atomic_compare_exchange_weak_explicit(&pool->state, &s, s + 1, memory_order_acquire,
+                                                  memory_order_acquire))
+            return 1;
+    }
+    return 0;
 }
 
 static void *worker_main(void *p)
@@ -97,22 +115,25 @@ static void *worker_main(void *p)
     bt_cpu_pool_t *pool = wa->pool;
     int index = wa->index;
     free(wa);
-    unsigned seen = 0;
+    uint32_t seen = 0;
     for (;;) {
         seen = pool_wait_gen(pool, seen);
-        if (atomic_load_explicit(&pool->stop, memory_order_relaxed))
+        if (atomic_load_explicit(&pool->stop, memory_order_acquire))
             return NULL;
+        if (!pool_join_loop(pool, seen))
+            continue;
         pool_work(pool, index);
-        atomic_fetch_add_explicit(&pool->n_done, 1, memory_order_release);
+        atomic_fetch_sub_explicit(&pool->state, 1, memory_order_release);
     }
 }
 
-/* Publishes a new generation and wakes sleepers. The seq_cst store of gen and load of
- * n_sleeping pair with the worker's increment-then-check under the mutex: either the worker
- * sees the new gen or we see it asleep and broadcast. */
+/* Publishes generation gen(state) + 1, open, and wakes sleepers. The seq_cst store of the
+ * state and load of n_sleeping pair with the worker's increment-then-check under the mutex:
+ * either the worker sees the new generation or we see it asleep and broadcast. */
 static void pool_publish(bt_cpu_pool_t *pool)
 {
-    atomic_fetch_add(&pool->gen, 1);
+    uint64_t s = atomic_load(&pool->state);
+    atomic_store(&pool->state, (uint64_t)(ST_GEN(s) + 1) << 32);
     if (atomic_load(&pool->n_sleeping) > 0) {
         pthread_mutex_lock(&pool->mu);
         pthread_cond_broadcast(&pool->cv);
@@ -120,7 +141,23 @@ static void pool_publish(bt_cpu_pool_t *pool)
     }
 }
 
-static void pool_join(bt_cpu_pool_t *pool, int n_started)
+/* Closes the current loop once no worker is inside it; after this every task has finished
+ * and its writes are visible here. */
+static void pool_close(bt_cpu_pool_t *pool)
+{
+    for (unsigned spins = 1;; spins++) {
+        uint64_t s = atomic_load_explicit(&pool->state, memory_order_acquire);
+        if (ST_ACTIVE(s) == 0 &&
+            atomic_compare_exchange_weak_explicit(&pool->state, &s, s | ST_CLOSED,
+                                                  memory_order_acq_rel, memory_order_acquire))
+            return;
+        CPU_RELAX();
+        if (spins % WAIT_YIELD == 0)
+            sched_yield();
+    }
+}
+
+static void pool_stop_threads(bt_cpu_pool_t *pool, int n_started)
 {
     atomic_store(&pool->stop, 1);
     pool_publish(pool);
@@ -167,7 +204,7 @@ int bt_cpu_pool_create(int n_threads, bt_cpu_pool_t **out)
     return BT_OK;
 
 err_threads:
-    pool_join(pool, n_started);
+    pool_stop_threads(pool, n_started);
     pthread_cond_destroy(&pool->cv);
     pthread_mutex_destroy(&pool->mu);
     free(pool->threads);
@@ -181,7 +218,7 @@ void bt_cpu_pool_destroy(bt_cpu_pool_t *pool)
 {
     if (!pool)
         return;
-    pool_join(pool, pool->n_threads - 1);
+    pool_stop_threads(pool, pool->n_threads - 1);
     pthread_cond_destroy(&pool->cv);
     pthread_mutex_destroy(&pool->mu);
     free(pool->threads);
@@ -206,14 +243,7 @@ void bt_cpu_pool_run(bt_cpu_pool_t *pool, bt_cpu_task_fn fn, void *arg, int64_t 
     pool->arg = arg;
     pool->n_tasks = n_tasks;
     atomic_store_explicit(&pool->next_task, 0, memory_order_relaxed);
-    atomic_store_explicit(&pool->n_done, 0, memory_order_relaxed);
     pool_publish(pool);
     pool_work(pool, 0);
-    int n_workers = pool->n_threads - 1;
-    for (unsigned spins = 1;
-         atomic_load_explicit(&pool->n_done, memory_order_acquire) < n_workers; spins++) {
-        CPU_RELAX();
-        if (spins % WAIT_YIELD == 0)
-            sched_yield();
-    }
+    pool_close(pool);
 }
