@@ -28,7 +28,7 @@ struct bt_sampler {
     int32_t *recent;     /* (repeat_last_n) ring of recent tokens */
     int32_t n_recent;
     int32_t recent_head;
-    uint64_t rng[4];     /* xoshiro256** state */
+    uint64_t n_drawn;    /* draws so far: the position of the next sampled token */
 };
 
 static uint64_t splitmix64(uint64_t *x)
@@ -39,27 +39,16 @@ static uint64_t splitmix64(uint64_t *x)
     return z ^ (z >> 31);
 }
 
-static uint64_t rotl(uint64_t x, int k)
-{
-    return (x << k) | (x >> (64 - k));
-}
-
-static uint64_t xoshiro_next(uint64_t *s)
-{
-    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-}
-
-/* Uniform double in [0, 1). */
+/* Uniform double in [0, 1) for the next draw. Each draw's random number depends only on the
+ * seed and the draw's position, so a sequence continued elsewhere (prefill on one instance,
+ * decode on another, or a failover that replays the request) draws exactly the same tokens
+ * once its position is set (bt_sampler_set_position). */
 static double rng_uniform(bt_sampler_t *s)
 {
-    return (double)(xoshiro_next(s->rng) >> 11) * 0x1.0p-53;
+    uint64_t x = s->p.seed ^ (0x9e3779b97f4a7c15ull * (s->n_drawn + 1));
+    uint64_t r = splitmix64(&x);
+    r = splitmix64(&r);
+    return (double)(r >> 11) * 0x1.0p-53;
 }
 
 int bt_sampler_params_check(const bt_sampler_params_t *p)
@@ -89,9 +78,6 @@ int bt_sampler_create(const bt_sampler_params_t *params, int32_t n_vocab, bt_sam
         bt_sampler_destroy(s);
         return BT_ERR_NOMEM;
     }
-    uint64_t seed = params->seed;
-    for (int i = 0; i < 4; i++)
-        s->rng[i] = splitmix64(&seed);
     *out = s;
     return BT_OK;
 }
@@ -194,11 +180,18 @@ static int32_t cand_filter(bt_sampler_t *s, int32_t n)
     return n;
 }
 
+void bt_sampler_set_position(bt_sampler_t *s, uint64_t n_drawn)
+{
+    s->n_drawn = n_drawn;
+}
+
 int32_t bt_sampler_sample(bt_sampler_t *s, float *logits)
 {
     apply_penalty(s, logits);
-    if (s->p.temperature == 0)
+    if (s->p.temperature == 0) {
+        s->n_drawn++;
         return bt_argmax(logits, s->n_vocab);
+    }
     int32_t n = cand_filter(s, cand_collect(s, logits));
     double sum = 0;
     for (int32_t i = 0; i < n; i++) {
@@ -206,6 +199,7 @@ int32_t bt_sampler_sample(bt_sampler_t *s, float *logits)
         sum += s->w[i];
     }
     double r = rng_uniform(s) * sum;
+    s->n_drawn++;
     for (int32_t i = 0; i < n; i++) {
         if (r < s->w[i])
             return s->cand[i].id;

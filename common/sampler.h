@@ -3,8 +3,9 @@
  * sampler.h - turns a row of logits into the next token: repetition penalty, top-k, top-p,
  * min-p, temperature, then a seeded draw (or argmax when the temperature is 0).
  *
- * A sampler belongs to one sequence (it remembers the recent tokens for the penalty and owns
- * its random state), so two runs with the same seed and logits draw the same tokens. Scratch
+ * A sampler belongs to one sequence (it remembers the recent tokens for the penalty and counts
+ * its draws). The random number of the i-th draw is a function of (seed, i) only, so two runs
+ * with the same seed and logits draw the same tokens, on any instance. Scratch
  * for the vocabulary is allocated once at creation; sampling itself never allocates.
  */
 #ifndef BATON_SAMPLER_H
@@ -33,6 +34,10 @@ int bt_sampler_params_check(const bt_sampler_params_t *params);
 /* Picks the next token from logits (n_vocab floats; modified in place). Greedy picks the
  * lowest id among equal maxima. Does not record the token: call bt_sampler_accept. */
 int32_t bt_sampler_sample(bt_sampler_t *s, float *logits);
+/* Sets how many tokens this sequence has already sampled (0 at creation): the draw for the
+ * token at output position i depends only on (seed, i), so an instance that continues a
+ * sequence (or replays it after a failover) sets the position and draws what the first would. */
+void bt_sampler_set_position(bt_sampler_t *s, uint64_t n_drawn);
 /* Records a token of the sequence (prompt or generated) for the repetition penalty. */
 void bt_sampler_accept(bt_sampler_t *s, int32_t token);
 

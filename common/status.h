@@ -23,7 +23,10 @@
     X(BT_ERR_MISMATCH, -9, "incompatible peer or layout")                                          \
     X(BT_ERR_CANCELLED, -10, "cancelled")                                                          \
     X(BT_ERR_TIMEOUT, -11, "timed out")                                                            \
-    X(BT_ERR_INTERNAL, -12, "internal error")
+    X(BT_ERR_INTERNAL, -12, "internal error")                                                     \
+    X(BT_ERR_OVERLOADED, -20, "overloaded: queue full, try again later")                          \
+    X(BT_ERR_UNAVAILABLE, -21, "no instance available to serve")                                  \
+    X(BT_ERR_DRAINING, -22, "draining: not accepting new work")
 
 typedef enum {
 #define BT_STATUS_ENUM(name, value, text) name = value,

@@ -111,6 +111,26 @@ static void test_sampler_same_seed_same_tokens(void **state)
     bt_sampler_destroy(c);
 }
 
+static void test_sampler_draw_depends_on_seed_and_position_only(void **state)
+{
+    float l[V] = {1, 1.5f, 1, 0.5f, 1, 1, 2, 1}, buf[V];
+    bt_sampler_params_t p = {.temperature = 1, .seed = 5};
+    bt_sampler_t *a = make(p), *b = make(p);
+    int32_t seq[6];
+    for (int i = 0; i < 6; i++) {
+        memcpy(buf, l, sizeof buf);
+        seq[i] = bt_sampler_sample(a, buf);
+    }
+    /* An instance continuing the sequence at position 4 draws what the first one did. */
+    bt_sampler_set_position(b, 4);
+    for (int i = 4; i < 6; i++) {
+        memcpy(buf, l, sizeof buf);
+        assert_int_equal(bt_sampler_sample(b, buf), seq[i]);
+    }
+    bt_sampler_destroy(a);
+    bt_sampler_destroy(b);
+}
+
 static void test_sampler_repeat_penalty(void **state)
 {
     bt_sampler_t *s = make((bt_sampler_params_t){.repeat_penalty = 2, .repeat_last_n = 2});
@@ -156,6 +176,7 @@ int main(void)
         cmocka_unit_test(test_sampler_temperature_matches_softmax),
         cmocka_unit_test(test_sampler_top_k_top_p_min_p),
         cmocka_unit_test(test_sampler_same_seed_same_tokens),
+        cmocka_unit_test(test_sampler_draw_depends_on_seed_and_position_only),
         cmocka_unit_test(test_sampler_repeat_penalty),
         cmocka_unit_test(test_sampler_rejects_bad_params),
     };
