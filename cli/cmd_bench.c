@@ -28,7 +28,10 @@ typedef struct {
     int reps;
 } bench_cfg_t;
 
-#define OPT(n, t, d, lo, hi, f, h) {n, 0, t, d, lo, hi, offsetof(bench_cfg_t, f), h}
+#define OPT(n, t, d, lo, hi, f, h)                                                                 \
+    {                                                                                              \
+        n, 0, t, d, lo, hi, offsetof(bench_cfg_t, f), h                                            \
+    }
 static const bt_cfg_opt_t bench_opts[] = {
     OPT("model", BT_CFG_STRING, NULL, 0, 0, model, "model file (.gguf, or llama2.c .bin)"),
     OPT("tokenizer", BT_CFG_STRING, NULL, 0, 0, tokenizer, "llama2.c tokenizer (.bin models)"),
@@ -56,8 +59,8 @@ typedef struct {
     bt_kv_seq_t kv[256];
     int32_t tok[256];
     bt_batch_seq_t b[256];
-    float *logits;         /* (256, n_vocab) */
-    int32_t *prompt;       /* (prompt_len) */
+    float *logits;   /* (256, n_vocab) */
+    int32_t *prompt; /* (prompt_len) */
 } bench_t;
 
 static void seqs_reset(bench_t *bn, int n, int32_t max_tokens)
@@ -73,7 +76,9 @@ static void seqs_reset(bench_t *bn, int n, int32_t max_tokens)
 static double bench_prefill(bench_t *bn)
 {
     seqs_reset(bn, 1, bn->c->prompt_len + 1);
-    bt_batch_seq_t b = {.kv = &bn->kv[0], .tokens = bn->prompt, .n_tokens = bn->c->prompt_len,
+    bt_batch_seq_t b = {.kv = &bn->kv[0],
+                        .tokens = bn->prompt,
+                        .n_tokens = bn->c->prompt_len,
                         .logits = BT_LOGITS_LAST};
     double t0 = cli_now();
     int st = bt_engine_forward(bn->e, &b, 1, bn->logits);
@@ -90,8 +95,8 @@ static double bench_decode(bench_t *bn, int n)
     double t0 = cli_now();
     for (int step = 0; step < bn->c->gen; step++) {
         for (int i = 0; i < n; i++)
-            bn->b[i] = (bt_batch_seq_t){.kv = &bn->kv[i], .tokens = &bn->tok[i], .n_tokens = 1,
-                                        .logits = BT_LOGITS_LAST};
+            bn->b[i] = (bt_batch_seq_t){
+                .kv = &bn->kv[i], .tokens = &bn->tok[i], .n_tokens = 1, .logits = BT_LOGITS_LAST};
         if (bt_engine_forward(bn->e, bn->b, n, bn->logits) != BT_OK)
             return -1;
         for (int i = 0; i < n; i++)
@@ -143,7 +148,8 @@ static int bench_all(bench_t *bn, const int *batches, int n_batches)
     printf("model: %s, %s weights, dim %d, %d layers, %d heads, %d kv heads, ffn %d, vocab %d\n",
            hp->name, bt_type_name(hp->weight_type), hp->dim, hp->n_layers, hp->n_heads,
            hp->n_kv_heads, hp->ffn_dim, hp->n_vocab);
-    printf("| %-18s | %-21s |\n|--------------------|-----------------------|\n", "test", "tokens/s");
+    printf("| %-18s | %-21s |\n|--------------------|-----------------------|\n", "test",
+           "tokens/s");
     snprintf(name, sizeof name, "pp%d", bn->c->prompt_len);
     if (bench_report(bn, name, 0, bn->c->prompt_len) != 0)
         return -1;
@@ -182,7 +188,8 @@ static int bench_with_model(const bench_cfg_t *c, const bt_model_t *m, const int
         max_b = batches[i] > max_b ? batches[i] : max_b;
     int32_t max_ctx = c->prompt_len > c->gen ? c->prompt_len + 1 : c->gen + 1;
     size_t per_tok = bt_model_kv_bytes_per_token(&m->hp, BT_TYPE_F32);
-    bt_engine_params_t ep = {.backend = c->backend, .n_threads = c->threads,
+    bt_engine_params_t ep = {.backend = c->backend,
+                             .n_threads = c->threads,
                              .max_batch_tokens = c->prompt_len > max_b ? c->prompt_len : max_b,
                              .max_seqs = max_b,
                              .kv_budget_bytes = per_tok * (size_t)(max_ctx + 32) * max_b};

@@ -21,7 +21,10 @@ typedef struct {
     int dim, n_layers, n_heads, n_kv_heads, ffn_dim, n_vocab, n_ctx;
 } gen_cfg_t;
 
-#define OPT(n, t, d, lo, hi, f, h) {n, 0, t, d, lo, hi, offsetof(gen_cfg_t, f), h}
+#define OPT(n, t, d, lo, hi, f, h)                                                                 \
+    {                                                                                              \
+        n, 0, t, d, lo, hi, offsetof(gen_cfg_t, f), h                                              \
+    }
 static const bt_cfg_opt_t gen_opts[] = {
     OPT("preset", BT_CFG_STRING, "110m", 0, 0, preset, "tiny, 15m, 110m or 1b"),
     OPT("out", BT_CFG_STRING, NULL, 0, 0, out, "output .gguf path (required)"),
@@ -55,10 +58,10 @@ static int parse_type(const char *s, bt_type_t *out)
 
 static void apply_overrides(const gen_cfg_t *c, bt_modelgen_params_t *p)
 {
-    const int *src[] = {&c->dim, &c->n_layers, &c->n_heads, &c->n_kv_heads, &c->ffn_dim,
-                        &c->n_vocab, &c->n_ctx};
-    int32_t *dst[] = {&p->dim, &p->n_layers, &p->n_heads, &p->n_kv_heads, &p->ffn_dim,
-                      &p->n_vocab, &p->n_ctx};
+    const int *src[] = {&c->dim,     &c->n_layers, &c->n_heads, &c->n_kv_heads,
+                        &c->ffn_dim, &c->n_vocab,  &c->n_ctx};
+    int32_t *dst[] = {&p->dim,     &p->n_layers, &p->n_heads, &p->n_kv_heads,
+                      &p->ffn_dim, &p->n_vocab,  &p->n_ctx};
     for (size_t i = 0; i < sizeof src / sizeof src[0]; i++)
         if (*src[i])
             *dst[i] = *src[i];
@@ -115,8 +118,8 @@ static int model_info(int argc, char **argv)
            "head_dim: %d\nffn: %d\nvocab: %d\nctx_train: %d\nrope_theta: %g\ntied_output: %d\n"
            "kv_bytes_per_token_f32: %zu\n",
            hp->name, hp->arch, bt_type_name(hp->weight_type), hp->dim, hp->n_layers, hp->n_heads,
-           hp->n_kv_heads, hp->head_dim, hp->ffn_dim, hp->n_vocab, hp->n_ctx_train,
-           hp->rope_theta, hp->tied_output, bt_model_kv_bytes_per_token(hp, BT_TYPE_F32));
+           hp->n_kv_heads, hp->head_dim, hp->ffn_dim, hp->n_vocab, hp->n_ctx_train, hp->rope_theta,
+           hp->tied_output, bt_model_kv_bytes_per_token(hp, BT_TYPE_F32));
     bt_model_destroy(m);
     return 0;
 }

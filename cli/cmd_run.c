@@ -35,7 +35,10 @@ typedef struct {
     int bos;
 } run_cfg_t;
 
-#define OPT(n, s, t, d, lo, hi, f, h) {n, s, t, d, lo, hi, offsetof(run_cfg_t, f), h}
+#define OPT(n, s, t, d, lo, hi, f, h)                                                              \
+    {                                                                                              \
+        n, s, t, d, lo, hi, offsetof(run_cfg_t, f), h                                              \
+    }
 static const bt_cfg_opt_t run_opts[] = {
     OPT("model", 'm', BT_CFG_STRING, NULL, 0, 0, model, "model file (.gguf, or llama2.c .bin)"),
     OPT("tokenizer", 0, BT_CFG_STRING, NULL, 0, 0, tokenizer, "llama2.c tokenizer (.bin models)"),
@@ -75,7 +78,9 @@ static int run_prefill(run_state_t *r, int32_t n_ids)
     int32_t chunk = bt_engine_max_batch_tokens(r->engine);
     for (int32_t i = 0; i < n_ids; i += chunk) {
         int32_t n = n_ids - i < chunk ? n_ids - i : chunk;
-        bt_batch_seq_t b = {.kv = &r->kv, .tokens = r->ids + i, .n_tokens = n,
+        bt_batch_seq_t b = {.kv = &r->kv,
+                            .tokens = r->ids + i,
+                            .n_tokens = n,
                             .logits = i + n == n_ids ? BT_LOGITS_LAST : BT_LOGITS_NONE};
         int st = bt_engine_forward(r->engine, &b, 1, r->logits);
         if (st != BT_OK)
@@ -132,16 +137,25 @@ static int run_generate(run_state_t *r, const run_cfg_t *c, bt_sampler_t *smp, b
 static int run_with_model(const run_cfg_t *c, bt_model_t *m)
 {
     const bt_model_hparams_t *hp = &m->hp;
-    int32_t ctx = c->ctx ? c->ctx : (hp->n_ctx_train > 0 && hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096);
-    bt_engine_params_t ep = {.backend = c->backend, .n_threads = c->threads,
-                             .max_batch_tokens = c->batch, .max_seqs = 1,
-                             .kv_budget_bytes = (size_t)(ctx + 16) * bt_model_kv_bytes_per_token(hp, BT_TYPE_F32)};
-    bt_sampler_params_t sp = {.temperature = c->temp, .top_k = c->top_k, .top_p = c->top_p,
-                              .min_p = c->min_p, .repeat_penalty = c->repeat_penalty,
+    int32_t ctx =
+        c->ctx ? c->ctx : (hp->n_ctx_train > 0 && hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096);
+    bt_engine_params_t ep = {.backend = c->backend,
+                             .n_threads = c->threads,
+                             .max_batch_tokens = c->batch,
+                             .max_seqs = 1,
+                             .kv_budget_bytes =
+                                 (size_t)(ctx + 16) * bt_model_kv_bytes_per_token(hp, BT_TYPE_F32)};
+    bt_sampler_params_t sp = {.temperature = c->temp,
+                              .top_k = c->top_k,
+                              .top_p = c->top_p,
+                              .min_p = c->min_p,
+                              .repeat_penalty = c->repeat_penalty,
                               .seed = (uint64_t)c->seed};
     const char *stops[1] = {c->stop};
-    bt_stop_params_t stp = {.max_tokens = c->n_predict, .ignore_eos = c->ignore_eos,
-                            .stop_strs = stops, .n_stop_strs = c->stop && *c->stop ? 1 : 0};
+    bt_stop_params_t stp = {.max_tokens = c->n_predict,
+                            .ignore_eos = c->ignore_eos,
+                            .stop_strs = stops,
+                            .n_stop_strs = c->stop && *c->stop ? 1 : 0};
     run_state_t r = {0};
     bt_sampler_t *smp = NULL;
     bt_stop_t *stop = NULL;
@@ -177,8 +191,10 @@ static int run_with_model(const run_cfg_t *c, bt_model_t *m)
     double t2 = cli_now();
     if (n_gen < 0)
         goto out;
-    fprintf(stderr, "\nprompt %d tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s "
-            "(%.1f tok/s); stop: %s\n", n_ids, t1 - t0, n_ids / (t1 - t0), n_gen, t2 - t1,
+    fprintf(stderr,
+            "\nprompt %d tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s "
+            "(%.1f tok/s); stop: %s\n",
+            n_ids, t1 - t0, n_ids / (t1 - t0), n_gen, t2 - t1,
             n_gen > 1 ? (n_gen - 1) / (t2 - t1) : 0.0, bt_stop_reason_str(why));
     rc = 0;
 out:

@@ -18,7 +18,8 @@ typedef struct {
 
 static const command_t commands[] = {
     {"run", cli_run, "generate text from a prompt with a model (offline, one sequence)"},
-    {"model", cli_model, "model tools: 'model gen' writes a synthetic GGUF, 'model info' shows one"},
+    {"model", cli_model,
+     "model tools: 'model gen' writes a synthetic GGUF, 'model info' shows one"},
     {"bench-engine", cli_bench_engine, "measure engine prefill and decode throughput"},
 };
 

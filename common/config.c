@@ -84,8 +84,7 @@ static int set_value(const bt_cfg_opt_t *o, void *cfg, const char *v)
         if (st == BT_OK)
             *(int *)field = b;
         return st;
-    default:
-        break;
+    default: break;
     }
     if (v && (st = parse_number(o, v, &x)) != BT_OK)
         return st;
@@ -257,8 +256,8 @@ usage:
 
 void bt_cfg_usage(const bt_cfg_table_t *t, FILE *out)
 {
-    fprintf(out, "usage: %s [options]\n%s\n\noptions (env %s<NAME>, or --config FILE):\n",
-            t->prog, t->summary ? t->summary : "", t->env_prefix ? t->env_prefix : "BATON_");
+    fprintf(out, "usage: %s [options]\n%s\n\noptions (env %s<NAME>, or --config FILE):\n", t->prog,
+            t->summary ? t->summary : "", t->env_prefix ? t->env_prefix : "BATON_");
     for (int i = 0; i < t->n_opts; i++) {
         const bt_cfg_opt_t *o = &t->opts[i];
         char flag[64];

@@ -25,28 +25,28 @@ typedef enum {
 } bt_cfg_type_t;
 
 typedef struct {
-    const char *name;   /* long flag name, e.g. "max-tokens" */
-    char short_name;    /* one-letter alias ('n' for -n), or 0 */
+    const char *name; /* long flag name, e.g. "max-tokens" */
+    char short_name;  /* one-letter alias ('n' for -n), or 0 */
     bt_cfg_type_t type;
-    const char *def;    /* default as text; NULL: unset (strings) or 0 */
-    double min, max;    /* bounds for numeric types (ignored when min == max) */
-    size_t offset;      /* offsetof(config struct, field) */
+    const char *def; /* default as text; NULL: unset (strings) or 0 */
+    double min, max; /* bounds for numeric types (ignored when min == max) */
+    size_t offset;   /* offsetof(config struct, field) */
     const char *help;
 } bt_cfg_opt_t;
 
 typedef struct {
-    const char *prog;     /* program name for usage */
-    const char *summary;  /* one line under the usage line */
+    const char *prog;    /* program name for usage */
+    const char *summary; /* one line under the usage line */
     const bt_cfg_opt_t *opts;
     int n_opts;
     const char *env_prefix; /* "BATON_" if NULL */
 } bt_cfg_table_t;
 
 /*
- * Fills cfg (which must start zeroed) from defaults, file, environment and argv[first..argc). Non-flag arguments are
- * collected in order into positional (capacity max_positional; NULL/0 to refuse them), their
- * count in *n_positional. Returns BT_OK; BT_AGAIN when --help was asked (usage printed to
- * stdout); BT_ERR_INVAL after printing the error and the usage to stderr.
+ * Fills cfg (which must start zeroed) from defaults, file, environment and argv[first..argc).
+ * Non-flag arguments are collected in order into positional (capacity max_positional; NULL/0 to
+ * refuse them), their count in *n_positional. Returns BT_OK; BT_AGAIN when --help was asked (usage
+ * printed to stdout); BT_ERR_INVAL after printing the error and the usage to stderr.
  */
 int bt_cfg_parse(const bt_cfg_table_t *t, void *cfg, int argc, char **argv, int first,
                  char **positional, int max_positional, int *n_positional);

@@ -34,19 +34,19 @@ typedef struct {
 } acts_t;
 
 struct bt_engine {
-    const bt_model_t *model;  /* borrowed */
+    const bt_model_t *model; /* borrowed */
     bt_backend_t *be;
     bt_kv_pool_t *kv;
     acts_t a;
-    int32_t max_tokens;       /* rows per forward */
+    int32_t max_tokens; /* rows per forward */
     int32_t max_seqs;
-    int32_t logit_rows;       /* rows of the logits buffer; larger requests are chunked */
+    int32_t logit_rows; /* rows of the logits buffer; larger requests are chunked */
     /* Host-side scratch, sized at creation. */
-    int32_t *h_ids;           /* (T) */
-    int32_t *h_pos;           /* (T) */
-    int32_t *h_out_rows;      /* (T) rows that want logits, in batch order */
-    int32_t *h_prev_blocks;   /* (max_seqs) block counts before reservation, for rollback */
-    bt_attn_seq_t *h_seqs;    /* (max_seqs) */
+    int32_t *h_ids;         /* (T) */
+    int32_t *h_pos;         /* (T) */
+    int32_t *h_out_rows;    /* (T) rows that want logits, in batch order */
+    int32_t *h_prev_blocks; /* (max_seqs) block counts before reservation, for rollback */
+    bt_attn_seq_t *h_seqs;  /* (max_seqs) */
 };
 
 static void acts_free(bt_engine_t *e)
@@ -61,7 +61,8 @@ static int acts_alloc(bt_engine_t *e)
 {
     const bt_model_hparams_t *hp = &e->model->hp;
     size_t t = (size_t)e->max_tokens, f = sizeof(float);
-    size_t q_dim = (size_t)hp->n_heads * hp->head_dim, kv_dim = (size_t)hp->n_kv_heads * hp->head_dim;
+    size_t q_dim = (size_t)hp->n_heads * hp->head_dim,
+           kv_dim = (size_t)hp->n_kv_heads * hp->head_dim;
     acts_t *a = &e->a;
     a->x = bt_backend_alloc(e->be, t * hp->dim * f);
     a->xb = bt_backend_alloc(e->be, t * hp->dim * f);
@@ -149,8 +150,8 @@ int bt_engine_create(const bt_model_t *model, const bt_engine_params_t *params, 
     const char *backend = p->backend ? p->backend : "cpu";
     st = bt_backend_create(backend, &bp, &e->be);
     if (st != BT_OK) {
-        bt_error("engine: cannot create backend '%s': %s (built: %s)", backend,
-                 bt_status_str(st), bt_backend_list());
+        bt_error("engine: cannot create backend '%s': %s (built: %s)", backend, bt_status_str(st),
+                 bt_backend_list());
         goto err_engine;
     }
     bt_kv_pool_params_t kp = {

@@ -23,29 +23,28 @@
 typedef struct bt_engine bt_engine_t;
 
 typedef struct {
-    const char *backend;        /* "cpu" (default) or "cuda" */
-    int n_threads;              /* compute threads; 0: all online cores */
-    int32_t max_batch_tokens;   /* most new tokens in one forward (DistServe's L_m); 0: 512 */
-    int32_t max_seqs;           /* most sequences in one forward; 0: 64 */
-    int32_t block_size;         /* KV tokens per block; 0: 16 */
-    bt_type_t kv_type;          /* KV element type; 0 (F32) default */
-    size_t kv_budget_bytes;     /* KV pool size; 0: enough for max_seqs * 512 tokens */
-    int nondeterministic;       /* 1: allow batch-variant fast paths */
+    const char *backend;      /* "cpu" (default) or "cuda" */
+    int n_threads;            /* compute threads; 0: all online cores */
+    int32_t max_batch_tokens; /* most new tokens in one forward (DistServe's L_m); 0: 512 */
+    int32_t max_seqs;         /* most sequences in one forward; 0: 64 */
+    int32_t block_size;       /* KV tokens per block; 0: 16 */
+    bt_type_t kv_type;        /* KV element type; 0 (F32) default */
+    size_t kv_budget_bytes;   /* KV pool size; 0: enough for max_seqs * 512 tokens */
+    int nondeterministic;     /* 1: allow batch-variant fast paths */
 } bt_engine_params_t;
 
 /* One sequence's share of a batch. */
 typedef struct {
-    bt_kv_seq_t *kv;            /* its KV blocks; kv->n_tokens advances by n_tokens on success */
-    const int32_t *tokens;      /* (n_tokens) new token ids, borrowed */
-    int32_t n_tokens;           /* >= 1 */
-    int32_t logits;             /* BT_LOGITS_NONE, _LAST or _ALL */
+    bt_kv_seq_t *kv;       /* its KV blocks; kv->n_tokens advances by n_tokens on success */
+    const int32_t *tokens; /* (n_tokens) new token ids, borrowed */
+    int32_t n_tokens;      /* >= 1 */
+    int32_t logits;        /* BT_LOGITS_NONE, _LAST or _ALL */
 } bt_batch_seq_t;
 
 enum { BT_LOGITS_NONE = 0, BT_LOGITS_LAST = 1, BT_LOGITS_ALL = 2 };
 
 /* The model is borrowed and must outlive the engine. */
-int bt_engine_create(const bt_model_t *model, const bt_engine_params_t *params,
-                     bt_engine_t **out);
+int bt_engine_create(const bt_model_t *model, const bt_engine_params_t *params, bt_engine_t **out);
 void bt_engine_destroy(bt_engine_t *e);
 
 bt_kv_pool_t *bt_engine_kv_pool(bt_engine_t *e);

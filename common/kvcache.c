@@ -16,9 +16,9 @@
 #include "log.h"
 
 struct bt_kv_pool {
-    bt_backend_t *be;         /* borrowed */
-    void *base;               /* backend memory: n_layers * n_blocks * block_bytes */
-    size_t block_bytes;       /* one block of one layer (K and V) */
+    bt_backend_t *be;   /* borrowed */
+    void *base;         /* backend memory: n_layers * n_blocks * block_bytes */
+    size_t block_bytes; /* one block of one layer (K and V) */
     int32_t n_layers;
     int32_t n_kv_heads;
     int32_t head_dim;
@@ -26,9 +26,9 @@ struct bt_kv_pool {
     bt_type_t type;
     int32_t n_blocks;
     int32_t n_free;
-    int32_t *free_ids;        /* (n_blocks) stack; the first n_free entries are free */
-    int32_t *refcount;        /* (n_blocks) */
-    uint32_t *gen;            /* (n_blocks) bumped every time the block is handed out */
+    int32_t *free_ids; /* (n_blocks) stack; the first n_free entries are free */
+    int32_t *refcount; /* (n_blocks) */
+    uint32_t *gen;     /* (n_blocks) bumped every time the block is handed out */
 };
 
 static size_t kv_elem_size(bt_type_t type)
@@ -81,8 +81,8 @@ int bt_kv_pool_create(bt_backend_t *be, const bt_kv_pool_params_t *params, bt_kv
         goto err_tables;
     pool->base = bt_backend_alloc(be, n_blocks * per_block_all_layers);
     if (!pool->base) {
-        bt_error("kv pool: cannot allocate %zu bytes for %zu blocks", n_blocks * per_block_all_layers,
-                 n_blocks);
+        bt_error("kv pool: cannot allocate %zu bytes for %zu blocks",
+                 n_blocks * per_block_all_layers, n_blocks);
         goto err_tables;
     }
     pool->be = be;

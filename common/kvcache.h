@@ -31,10 +31,10 @@ typedef struct {
     int32_t n_layers;
     int32_t n_kv_heads;
     int32_t head_dim;
-    int32_t block_size;   /* tokens per block; 0: 16 */
-    bt_type_t type;       /* BT_TYPE_F32 (default, 0) or BT_TYPE_F16 */
-    size_t budget_bytes;  /* memory for the pool; the block count is budget / bytes per block */
-    int32_t n_blocks;     /* if > 0, exactly this many blocks (budget_bytes ignored) */
+    int32_t block_size;  /* tokens per block; 0: 16 */
+    bt_type_t type;      /* BT_TYPE_F32 (default, 0) or BT_TYPE_F16 */
+    size_t budget_bytes; /* memory for the pool; the block count is budget / bytes per block */
+    int32_t n_blocks;    /* if > 0, exactly this many blocks (budget_bytes ignored) */
 } bt_kv_pool_params_t;
 
 int bt_kv_pool_create(bt_backend_t *be, const bt_kv_pool_params_t *params, bt_kv_pool_t **out);
@@ -63,10 +63,10 @@ uint32_t bt_kv_pool_block_gen(const bt_kv_pool_t *pool, int32_t id);
 
 /* A sequence's block table (caller-owned storage; init/fini). */
 typedef struct {
-    int32_t *blocks;   /* (max_blocks) block ids; the first n_blocks are valid */
+    int32_t *blocks; /* (max_blocks) block ids; the first n_blocks are valid */
     int32_t n_blocks;
     int32_t max_blocks;
-    int32_t n_tokens;  /* tokens whose K/V are in the cache */
+    int32_t n_tokens; /* tokens whose K/V are in the cache */
     int32_t max_tokens;
 } bt_kv_seq_t;
 

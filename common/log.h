@@ -9,7 +9,13 @@
 #ifndef BATON_LOG_H
 #define BATON_LOG_H
 
-typedef enum { BT_LOG_DEBUG = 0, BT_LOG_INFO, BT_LOG_WARN, BT_LOG_ERROR, BT_LOG_OFF } bt_log_level_t;
+typedef enum {
+    BT_LOG_DEBUG = 0,
+    BT_LOG_INFO,
+    BT_LOG_WARN,
+    BT_LOG_ERROR,
+    BT_LOG_OFF
+} bt_log_level_t;
 
 void bt_log_set_level(bt_log_level_t level);
 bt_log_level_t bt_log_get_level(void);

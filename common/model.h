@@ -23,22 +23,22 @@ typedef enum {
 } bt_rope_scaling_t;
 
 typedef struct {
-    char arch[32];          /* "llama" */
-    char name[128];         /* general.name, or the file's base name */
+    char arch[32];  /* "llama" */
+    char name[128]; /* general.name, or the file's base name */
     int32_t n_vocab;
-    int32_t dim;            /* embedding width */
+    int32_t dim; /* embedding width */
     int32_t n_layers;
     int32_t n_heads;
-    int32_t n_kv_heads;     /* < n_heads with grouped-query attention */
-    int32_t head_dim;       /* dim / n_heads */
-    int32_t ffn_dim;        /* hidden width of the SwiGLU FFN */
-    int32_t n_ctx_train;    /* context length the model was trained for */
-    float norm_eps;         /* RMSNorm epsilon */
-    float rope_theta;       /* RoPE base frequency */
+    int32_t n_kv_heads;  /* < n_heads with grouped-query attention */
+    int32_t head_dim;    /* dim / n_heads */
+    int32_t ffn_dim;     /* hidden width of the SwiGLU FFN */
+    int32_t n_ctx_train; /* context length the model was trained for */
+    float norm_eps;      /* RMSNorm epsilon */
+    float rope_theta;    /* RoPE base frequency */
     bt_rope_scaling_t rope_scaling;
-    float rope_scale;       /* linear factor (LINEAR), or llama3 factor */
-    int tied_output;        /* 1 if the output projection is the token embedding */
-    bt_type_t weight_type;  /* dominant type of the big matrices (for display) */
+    float rope_scale;      /* linear factor (LINEAR), or llama3 factor */
+    int tied_output;       /* 1 if the output projection is the token embedding */
+    bt_type_t weight_type; /* dominant type of the big matrices (for display) */
 } bt_model_hparams_t;
 
 typedef struct {
@@ -57,13 +57,13 @@ typedef struct bt_model_impl bt_model_impl_t;
 
 typedef struct {
     bt_model_hparams_t hp;
-    bt_tensor_t tok_embd;         /* (n_vocab, dim) */
-    const float *out_norm;        /* (dim) */
-    bt_tensor_t output;           /* (n_vocab, dim); equals tok_embd when tied */
-    bt_layer_weights_t *layers;   /* (n_layers) */
-    float *rope_inv_freq;         /* (head_dim / 2): angle of pair i = pos * rope_inv_freq[i] */
-    bt_tokenizer_t *tok;          /* owned */
-    bt_model_impl_t *impl;        /* mapping and owned buffers */
+    bt_tensor_t tok_embd;       /* (n_vocab, dim) */
+    const float *out_norm;      /* (dim) */
+    bt_tensor_t output;         /* (n_vocab, dim); equals tok_embd when tied */
+    bt_layer_weights_t *layers; /* (n_layers) */
+    float *rope_inv_freq;       /* (head_dim / 2): angle of pair i = pos * rope_inv_freq[i] */
+    bt_tokenizer_t *tok;        /* owned */
+    bt_model_impl_t *impl;      /* mapping and owned buffers */
 } bt_model_t;
 
 typedef struct {

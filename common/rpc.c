@@ -232,8 +232,8 @@ int bt_rpc_unpack(const bt_rpc_msg_t *m, ProtobufCMessage **out)
     const ProtobufCMessageDescriptor *d = bt_rpc_body_type(m->hdr.method);
     if (!d)
         return BT_ERR_UNSUPPORTED;
-    ProtobufCMessage *msg = protobuf_c_message_unpack(d, NULL, m->body_len,
-                                                      m->body ? m->body : (const uint8_t *)"");
+    ProtobufCMessage *msg =
+        protobuf_c_message_unpack(d, NULL, m->body_len, m->body ? m->body : (const uint8_t *)"");
     if (!msg)
         return BT_ERR_FORMAT;
     *out = msg;

@@ -24,8 +24,8 @@
 #include "proto/baton.pb-c.h"
 
 #define BT_RPC_VERSION 1
-#define BT_RPC_MAX_ROUTE 4               /* identity frames kept from a ROUTER socket */
-#define BT_RPC_MAX_ROUTE_BYTES 255       /* ZeroMQ identities are at most 255 bytes */
+#define BT_RPC_MAX_ROUTE 4         /* identity frames kept from a ROUTER socket */
+#define BT_RPC_MAX_ROUTE_BYTES 255 /* ZeroMQ identities are at most 255 bytes */
 #define BT_RPC_MAX_HEADER_BYTES 4096
 #define BT_RPC_MAX_BODY_BYTES (16u << 20) /* also set as ZMQ_MAXMSGSIZE on baton's sockets */
 
@@ -46,7 +46,7 @@ typedef struct {
 typedef struct {
     bt_rpc_route_t route;
     bt_rpc_header_t hdr;
-    uint8_t *body;       /* owned; NULL when the body frame is empty */
+    uint8_t *body; /* owned; NULL when the body frame is empty */
     size_t body_len;
 } bt_rpc_msg_t;
 

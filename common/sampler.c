@@ -23,12 +23,12 @@ typedef struct {
 struct bt_sampler {
     bt_sampler_params_t p;
     int32_t n_vocab;
-    cand_t *cand;        /* (n_vocab) */
-    double *w;           /* (n_vocab) candidate weights */
-    int32_t *recent;     /* (repeat_last_n) ring of recent tokens */
+    cand_t *cand;    /* (n_vocab) */
+    double *w;       /* (n_vocab) candidate weights */
+    int32_t *recent; /* (repeat_last_n) ring of recent tokens */
     int32_t n_recent;
     int32_t recent_head;
-    uint64_t n_drawn;    /* draws so far: the position of the next sampled token */
+    uint64_t n_drawn; /* draws so far: the position of the next sampled token */
 };
 
 static uint64_t splitmix64(uint64_t *x)

@@ -14,13 +14,13 @@
 #include <stdint.h>
 
 typedef struct {
-    float temperature;      /* 0 (default): greedy; else logits are divided by it */
-    int32_t top_k;          /* keep the k most likely tokens; 0: off */
-    float top_p;            /* keep the smallest set with probability mass >= p; 0 or 1: off */
-    float min_p;            /* drop tokens below min_p * p(most likely); 0: off */
-    float repeat_penalty;   /* > 1 penalizes recent tokens (llama.cpp style); 0 or 1: off */
-    int32_t repeat_last_n;  /* how many recent tokens the penalty looks at; 0: 64 */
-    uint64_t seed;          /* random seed of the draw */
+    float temperature;     /* 0 (default): greedy; else logits are divided by it */
+    int32_t top_k;         /* keep the k most likely tokens; 0: off */
+    float top_p;           /* keep the smallest set with probability mass >= p; 0 or 1: off */
+    float min_p;           /* drop tokens below min_p * p(most likely); 0: off */
+    float repeat_penalty;  /* > 1 penalizes recent tokens (llama.cpp style); 0 or 1: off */
+    int32_t repeat_last_n; /* how many recent tokens the penalty looks at; 0: 64 */
+    uint64_t seed;         /* random seed of the draw */
 } bt_sampler_params_t;
 
 typedef struct bt_sampler bt_sampler_t;

@@ -23,9 +23,9 @@
     X(BT_ERR_MISMATCH, -9, "incompatible peer or layout")                                          \
     X(BT_ERR_CANCELLED, -10, "cancelled")                                                          \
     X(BT_ERR_TIMEOUT, -11, "timed out")                                                            \
-    X(BT_ERR_INTERNAL, -12, "internal error")                                                     \
-    X(BT_ERR_OVERLOADED, -20, "overloaded: queue full, try again later")                          \
-    X(BT_ERR_UNAVAILABLE, -21, "no instance available to serve")                                  \
+    X(BT_ERR_INTERNAL, -12, "internal error")                                                      \
+    X(BT_ERR_OVERLOADED, -20, "overloaded: queue full, try again later")                           \
+    X(BT_ERR_UNAVAILABLE, -21, "no instance available to serve")                                   \
     X(BT_ERR_DRAINING, -22, "draining: not accepting new work")
 
 typedef enum {
@@ -39,8 +39,7 @@ static inline const char *bt_status_str(int status)
 {
     switch (status) {
 #define BT_STATUS_CASE(name, value, text)                                                          \
-    case value:                                                                                    \
-        return text;
+    case value: return text;
         BT_STATUS_MAP(BT_STATUS_CASE)
 #undef BT_STATUS_CASE
     }
@@ -52,8 +51,7 @@ static inline const char *bt_status_name(int status)
 {
     switch (status) {
 #define BT_STATUS_NAME(name, value, text)                                                          \
-    case value:                                                                                    \
-        return #name;
+    case value: return #name;
         BT_STATUS_MAP(BT_STATUS_NAME)
 #undef BT_STATUS_NAME
     }

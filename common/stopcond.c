@@ -19,7 +19,7 @@ struct bt_stop {
     int32_t ids[BT_STOP_MAX_IDS];
     char *strs[BT_STOP_MAX_STRINGS];
     size_t lens[BT_STOP_MAX_STRINGS];
-    char *held;          /* text not yet released */
+    char *held; /* text not yet released */
     size_t n_held;
     size_t cap_held;
     int32_t n_generated;
@@ -27,9 +27,8 @@ struct bt_stop {
 
 int bt_stop_create(const bt_stop_params_t *params, const bt_tokenizer_t *tok, bt_stop_t **out)
 {
-    if (params->n_stop_ids < 0 || params->n_stop_ids > BT_STOP_MAX_IDS ||
-        params->n_stop_strs < 0 || params->n_stop_strs > BT_STOP_MAX_STRINGS ||
-        params->max_tokens < 0)
+    if (params->n_stop_ids < 0 || params->n_stop_ids > BT_STOP_MAX_IDS || params->n_stop_strs < 0 ||
+        params->n_stop_strs > BT_STOP_MAX_STRINGS || params->max_tokens < 0)
         return BT_ERR_INVAL;
     size_t longest = 0;
     for (int32_t i = 0; i < params->n_stop_strs; i++) {

@@ -38,9 +38,8 @@ static inline float bt_fp16_to_f32(uint16_t h)
     const float magic_bias = 0.5f;
     const float denormalized = bt_f32_from_bits((two_w >> 17) | magic_mask) - magic_bias;
     const uint32_t denormalized_cutoff = 1u << 27;
-    const uint32_t result =
-        sign | (two_w < denormalized_cutoff ? bt_bits_from_f32(denormalized)
-                                            : bt_bits_from_f32(normalized));
+    const uint32_t result = sign | (two_w < denormalized_cutoff ? bt_bits_from_f32(denormalized)
+                                                                : bt_bits_from_f32(normalized));
     return bt_f32_from_bits(result);
 }
 

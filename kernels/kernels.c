@@ -44,14 +44,10 @@ const char *bt_backend_list(void)
 const char *bt_type_name(int type)
 {
     switch (type) {
-    case BT_TYPE_F32:
-        return "f32";
-    case BT_TYPE_F16:
-        return "f16";
-    case BT_TYPE_BF16:
-        return "bf16";
-    case BT_TYPE_Q8_0:
-        return "q8_0";
+    case BT_TYPE_F32: return "f32";
+    case BT_TYPE_F16: return "f16";
+    case BT_TYPE_BF16: return "bf16";
+    case BT_TYPE_Q8_0: return "q8_0";
     }
     return NULL;
 }
@@ -61,13 +57,10 @@ size_t bt_type_row_bytes(int type, int64_t n)
     if (n < 0)
         return 0;
     switch (type) {
-    case BT_TYPE_F32:
-        return (size_t)n * 4;
+    case BT_TYPE_F32: return (size_t)n * 4;
     case BT_TYPE_F16:
-    case BT_TYPE_BF16:
-        return (size_t)n * 2;
-    case BT_TYPE_Q8_0:
-        return n % BT_QK8_0 ? 0 : (size_t)(n / BT_QK8_0) * sizeof(bt_block_q8_0_t);
+    case BT_TYPE_BF16: return (size_t)n * 2;
+    case BT_TYPE_Q8_0: return n % BT_QK8_0 ? 0 : (size_t)(n / BT_QK8_0) * sizeof(bt_block_q8_0_t);
     }
     return 0;
 }

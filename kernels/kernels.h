@@ -63,11 +63,11 @@ typedef struct {
  */
 typedef struct {
     void *data;
-    bt_type_t type;      /* BT_TYPE_F32 or BT_TYPE_F16 */
-    int32_t block_size;  /* tokens per block */
+    bt_type_t type;     /* BT_TYPE_F32 or BT_TYPE_F16 */
+    int32_t block_size; /* tokens per block */
     int32_t n_kv_heads;
     int32_t head_dim;
-    size_t block_bytes;  /* 2 * block_size * n_kv_heads * head_dim * element size */
+    size_t block_bytes; /* 2 * block_size * n_kv_heads * head_dim * element size */
 } bt_kv_layer_t;
 
 /* One sequence's share of a batch, as seen by the attention ops. */
@@ -79,10 +79,10 @@ typedef struct {
 } bt_attn_seq_t;
 
 typedef struct {
-    int n_threads;          /* worker threads, including the caller; 0: all online cores */
-    int64_t max_rows;       /* most rows (tokens) any op will see in one call; sizes scratch */
-    int64_t max_cols;       /* widest matmul input (columns) any op will see */
-    int device;             /* device ordinal for GPU backends */
+    int n_threads;              /* worker threads, including the caller; 0: all online cores */
+    int64_t max_rows;           /* most rows (tokens) any op will see in one call; sizes scratch */
+    int64_t max_cols;           /* widest matmul input (columns) any op will see */
+    int device;                 /* device ordinal for GPU backends */
     int allow_nondeterministic; /* 1: may use faster batch-variant paths (e.g. BLAS for large
                                  * f32 GEMMs); 0 (default): the determinism contract holds */
 } bt_backend_params_t;
@@ -91,17 +91,16 @@ typedef struct bt_backend_ops {
     const char *name;
     void (*destroy)(void *ctx);
 
-    void *(*alloc)(void *ctx, size_t size_bytes);             /* NULL on failure */
-    void (*free)(void *ctx, void *ptr);                        /* NULL allowed */
+    void *(*alloc)(void *ctx, size_t size_bytes); /* NULL on failure */
+    void (*free)(void *ctx, void *ptr);           /* NULL allowed */
     void (*upload)(void *ctx, void *dst, const void *src_host, size_t size_bytes);
     void (*download)(void *ctx, void *dst_host, const void *src, size_t size_bytes);
-    void (*sync)(void *ctx);                                   /* optional */
+    void (*sync)(void *ctx); /* optional */
 
     /* y[m][w.rows] = x[m][w.cols] . w^T (f32 activations, any weight type). */
     void (*matmul)(void *ctx, float *y, const bt_tensor_t *w, const float *x, int64_t m);
     /* y[i] = row ids[i] of the table, converted to f32; ids are in range (checked by caller). */
-    void (*get_rows)(void *ctx, float *y, const bt_tensor_t *table, const int32_t *ids,
-                     int64_t m);
+    void (*get_rows)(void *ctx, float *y, const bt_tensor_t *table, const int32_t *ids, int64_t m);
     /* y[i] = x[i] * w / sqrt(mean(x[i]^2) + eps) for m rows of n. y may alias x. */
     void (*rmsnorm)(void *ctx, float *y, const float *x, const float *w, int64_t m, int64_t n,
                     float eps);
@@ -159,8 +158,8 @@ void bt_attention(bt_backend_t *be, float *out, const float *q, const bt_kv_laye
 
 /* Backend constructors, listed in the registry (kernels.c). Each returns a status and writes
  * *ops and *ctx only on success. */
-typedef int (*bt_backend_create_fn)(const bt_backend_params_t *params,
-                                    const bt_backend_ops_t **ops, void **ctx);
+typedef int (*bt_backend_create_fn)(const bt_backend_params_t *params, const bt_backend_ops_t **ops,
+                                    void **ctx);
 int bt_cpu_backend_create(const bt_backend_params_t *params, const bt_backend_ops_t **ops,
                           void **ctx);
 

@@ -65,8 +65,8 @@ static void test_cli_model_gen_then_run(void **state)
     assert_int_equal(run_cmd(cmd, &out), 0);
     free(out);
     /* Same seed twice gives the same text; the text is non-empty. */
-    snprintf(cmd, sizeof cmd, "%s run --model %s --prompt 'abc' -n 12 --seed 9 --ignore-eos",
-             BATON, path);
+    snprintf(cmd, sizeof cmd, "%s run --model %s --prompt 'abc' -n 12 --seed 9 --ignore-eos", BATON,
+             path);
     char *out2;
     assert_int_equal(run_cmd(cmd, &out), 0);
     assert_int_equal(run_cmd(cmd, &out2), 0);

@@ -30,8 +30,8 @@ static const bt_cfg_opt_t opts[] = {
     {"big", 0, BT_CFG_INT64, "0", 0, 0, offsetof(cfg_t, big), "wide"},
     {"name", 0, BT_CFG_STRING, "x", 0, 0, offsetof(cfg_t, name), "text"},
 };
-static const bt_cfg_table_t table = {.prog = "t", .opts = opts, .n_opts = 6,
-                                     .env_prefix = "BTTEST_"};
+static const bt_cfg_table_t table = {
+    .prog = "t", .opts = opts, .n_opts = 6, .env_prefix = "BTTEST_"};
 
 static int parse(cfg_t *c, int argc, char **argv)
 {
@@ -48,8 +48,8 @@ static void test_cfg_defaults_and_flags(void **state)
     assert_int_equal(c.mem, 1 << 20);
     assert_string_equal(c.name, "x");
     bt_cfg_free(&table, &c);
-    char *argv[] = {"-n", "7", "--temp=1.5", "--flag", "--mem", "2G", "--name", "abc",
-                    "--big", "5000000000"};
+    char *argv[] = {"-n", "7",      "--temp=1.5", "--flag", "--mem",
+                    "2G", "--name", "abc",        "--big",  "5000000000"};
     assert_int_equal(parse(&c, 10, argv), BT_OK);
     assert_int_equal(c.n, 7);
     assert_true(c.temp == 1.5f);
@@ -90,8 +90,8 @@ static void test_cfg_precedence_file_env_flag(void **state)
     char *argv[] = {"--config", path, "--name", "fromflag", "--no-flag"};
     cfg_t c;
     assert_int_equal(parse(&c, 5, argv), BT_OK);
-    assert_int_equal(c.n, 9);          /* file */
-    assert_true(c.temp == 1.25f);      /* env beats file */
+    assert_int_equal(c.n, 9);                /* file */
+    assert_true(c.temp == 1.25f);            /* env beats file */
     assert_string_equal(c.name, "fromflag"); /* flag beats env */
     assert_int_equal(c.flag, 0);
     bt_cfg_free(&table, &c);

@@ -47,8 +47,8 @@ static int teardown(void **state)
 
 static bt_engine_t *make_engine(const bt_model_t *m, int threads, size_t kv_budget)
 {
-    bt_engine_params_t ep = {.n_threads = threads, .max_batch_tokens = 64, .max_seqs = 8,
-                             .kv_budget_bytes = kv_budget};
+    bt_engine_params_t ep = {
+        .n_threads = threads, .max_batch_tokens = 64, .max_seqs = 8, .kv_budget_bytes = kv_budget};
     bt_engine_t *e = NULL;
     assert_int_equal(bt_engine_create(m, &ep, &e), BT_OK);
     return e;
@@ -76,8 +76,8 @@ static float *run_alone(const bt_model_t *m, int threads, const int32_t *a, int 
         assert_int_equal(bt_engine_forward(e, &b, 1, out + (size_t)i * V), BT_OK);
     }
     for (int step = 0; step < 2; step++) {
-        bt_batch_seq_t b = {.kv = &kv, .tokens = a + 13 + step, .n_tokens = 1,
-                            .logits = BT_LOGITS_LAST};
+        bt_batch_seq_t b = {
+            .kv = &kv, .tokens = a + 13 + step, .n_tokens = 1, .logits = BT_LOGITS_LAST};
         assert_int_equal(bt_engine_forward(e, &b, 1, out + (size_t)(13 + step) * V), BT_OK);
     }
     assert_int_equal(kv.n_tokens, 15);

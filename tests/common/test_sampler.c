@@ -150,8 +150,11 @@ static void test_sampler_repeat_penalty(void **state)
 static void test_sampler_rejects_bad_params(void **state)
 {
     bt_sampler_t *s = NULL;
-    bt_sampler_params_t bad[] = {{.temperature = -1}, {.top_p = 1.5f}, {.top_k = -3},
-                                 {.min_p = -0.1f}, {.temperature = NAN}};
+    bt_sampler_params_t bad[] = {{.temperature = -1},
+                                 {.top_p = 1.5f},
+                                 {.top_k = -3},
+                                 {.min_p = -0.1f},
+                                 {.temperature = NAN}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(bt_sampler_create(&bad[i], V, &s), BT_ERR_INVAL);
     assert_null(s);

@@ -12,16 +12,15 @@
 #include "common/stopcond.h"
 
 /* Pushes pieces as tokens 100, 101, ...; collects the released text into out. */
-static bt_stop_reason_t feed(bt_stop_t *s, const char *const *pieces, int n, char *out,
-                             int *n_fed)
+static bt_stop_reason_t feed(bt_stop_t *s, const char *const *pieces, int n, char *out, int *n_fed)
 {
     char buf[512];
     size_t len = 0, k;
     bt_stop_reason_t r = BT_STOP_NONE;
     out[0] = 0;
     for (*n_fed = 0; *n_fed < n && r == BT_STOP_NONE; (*n_fed)++) {
-        r = bt_stop_push(s, 100 + *n_fed, pieces[*n_fed], strlen(pieces[*n_fed]), buf,
-                         sizeof buf, &k);
+        r = bt_stop_push(s, 100 + *n_fed, pieces[*n_fed], strlen(pieces[*n_fed]), buf, sizeof buf,
+                         &k);
         memcpy(out + len, buf, k);
         len += k;
     }
