@@ -102,8 +102,8 @@ static int report(const bt_cfg_table_t *t, const bt_cfg_opt_t *o, const char *v,
                   int st)
 {
     if (st == BT_ERR_RANGE)
-        fprintf(stderr, "%s: %s value '%s' for --%s is out of range [%g, %g]\n", t->prog, src, v,
-                o->name, o->min, o->max);
+        fprintf(stderr, "%s: %s value '%s' for --%s is out of range [%.15g, %.15g]\n", t->prog, src,
+                v, o->name, o->min, o->max);
     else if (st != BT_OK)
         fprintf(stderr, "%s: %s value '%s' for --%s is not valid\n", t->prog, src, v, o->name);
     return st;
@@ -266,10 +266,10 @@ void bt_cfg_usage(const bt_cfg_table_t *t, FILE *out)
         else
             snprintf(flag, sizeof flag, "    --%s", o->name);
         fprintf(out, "  %-26s %s", flag, o->help);
-        if (o->def)
+        if (o->def && *o->def)
             fprintf(out, " (default %s)", o->def);
         if (o->min != o->max && o->type != BT_CFG_BOOL && o->type != BT_CFG_STRING)
-            fprintf(out, " [%g..%g]", o->min, o->max);
+            fprintf(out, " [%.15g..%.15g]", o->min, o->max);
         fputc('\n', out);
     }
     fprintf(out, "  %-26s %s\n", "    --config FILE", "read settings from FILE (name = value)");
