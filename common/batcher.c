@@ -1,0 +1,306 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * batcher.c - continuous batching over the engine (see batcher.h).
+ *
+ * A sequence's scheduler item mirrors its KV: n_kv is kv.n_tokens and n_blocks is kv.n_blocks
+ * after every forward, and n_total is the length of its token list (prompt and generated), so
+ * the next forward always feeds tokens [n_kv, n_total) of that list. A preempted sequence is one
+ * whose KV was truncated to nothing: feeding its whole list recomputes it.
+ */
+#include "batcher.h"
+
+#include <string.h>
+
+#include "alloc.h"
+#include "btassert.h"
+#include "log.h"
+#include "reqtable.h"
+#include "sched_decode.h"
+#include "seqgen.h"
+#include "status.h"
+
+typedef struct {
+    bt_req_t *req; /* owned */
+    bt_sched_item_t item;
+    bt_kv_seq_t kv;
+    bt_seqgen_t *gen;
+    int begun;    /* DECODE_BEGIN (or PREFILL_BEGIN) recorded */
+    int decoding; /* the first token exists */
+} seq_t;
+
+struct bt_batcher {
+    bt_batcher_params_t p;
+    bt_kv_pool_t *pool; /* the engine's */
+    const bt_model_t *model;
+    bt_sched_decode_t sched;
+    bt_reqtable_t seqs;          /* request id -> seq_t */
+    bt_sched_item_t **run;       /* (max_batch_seqs) plan */
+    bt_sched_item_t **preempted; /* (max_requests) plan */
+    bt_batch_seq_t *batch;       /* (max_batch_seqs) */
+    float *logits;               /* (max_batch_seqs, n_vocab) */
+};
+
+#define SEQ_OF(it) ((seq_t *)((char *)(it)-offsetof(seq_t, item)))
+
+int bt_batcher_create(const bt_batcher_params_t *p, bt_batcher_t **out)
+{
+    if (!p->engine || p->max_batch_seqs <= 0 || p->max_requests <= 0)
+        return BT_ERR_INVAL;
+    bt_batcher_t *b = bt_calloc(1, sizeof *b);
+    if (!b)
+        return BT_ERR_NOMEM;
+    b->p = *p;
+    b->pool = bt_engine_kv_pool(p->engine);
+    b->model = bt_engine_model(p->engine);
+    bt_sched_decode_params_t sp = {.max_batch_tokens = bt_engine_max_batch_tokens(p->engine),
+                                   .max_batch_seqs = p->max_batch_seqs,
+                                   .block_size = bt_kv_pool_block_size(b->pool),
+                                   .prefill_first = p->prefill_first};
+    bt_sched_decode_init(&b->sched, &sp);
+    bt_reqtable_init(&b->seqs);
+    size_t n = (size_t)p->max_batch_seqs;
+    b->run = bt_malloc(n * sizeof *b->run);
+    b->preempted = bt_malloc((size_t)p->max_requests * sizeof *b->preempted);
+    b->batch = bt_malloc(n * sizeof *b->batch);
+    b->logits = bt_malloc(n * (size_t)b->model->hp.n_vocab * sizeof(float));
+    if (!b->run || !b->preempted || !b->batch || !b->logits) {
+        bt_batcher_destroy(b);
+        return BT_ERR_NOMEM;
+    }
+    *out = b;
+    return BT_OK;
+}
+
+static void seq_free(bt_batcher_t *b, seq_t *s)
+{
+    bt_seqgen_destroy(s->gen);
+    bt_kv_seq_fini(&s->kv, b->pool);
+    bt_req_destroy(s->req);
+    bt_free(s);
+}
+
+void bt_batcher_destroy(bt_batcher_t *b)
+{
+    if (!b)
+        return;
+    size_t pos = 0;
+    seq_t *s;
+    while ((s = bt_reqtable_next(&b->seqs, &pos, NULL)) != NULL)
+        seq_free(b, s);
+    bt_reqtable_fini(&b->seqs);
+    bt_free(b->logits);
+    bt_free(b->batch);
+    bt_free(b->preempted);
+    bt_free(b->run);
+    bt_free(b);
+}
+
+/* Ends s with DONE and frees it (its KV goes back to the pool). */
+static void seq_finish(bt_batcher_t *b, bt_worker_t *w, seq_t *s, Baton__FinishReason why,
+                       int32_t status, const char *detail)
+{
+    bt_sched_decode_remove(&b->sched, &s->item);
+    bt_reqtable_del(&b->seqs, s->req->id);
+    uint32_t n_out = s->gen ? (uint32_t)bt_seqgen_n_generated(s->gen) : 0;
+    bt_debug("req %llu: finished (reason %d, %u tokens)", (unsigned long long)s->req->id, (int)why,
+             n_out);
+    bt_worker_emit(w, bt_out_done(s->req, why, n_out, status, detail ? "%s" : NULL, detail));
+    seq_free(b, s);
+}
+
+/* Creates the sequence state; on failure ends req with DONE FAILED and returns NULL. */
+static seq_t *seq_new(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req)
+{
+    seq_t *s = bt_calloc(1, sizeof *s);
+    int st = s ? BT_OK : BT_ERR_NOMEM;
+    if (st == BT_OK)
+        st = bt_seqgen_create(req, b->model->tok, b->model->hp.n_vocab, &s->gen);
+    if (st == BT_OK)
+        st = bt_reqtable_put(&b->seqs, req->id, s);
+    if (st != BT_OK) {
+        bt_error("req %llu: cannot set up generation: %s", (unsigned long long)req->id,
+                 bt_status_str(st));
+        bt_worker_emit(w, bt_out_done(req, BATON__FINISH_REASON__FINISH_FAILED, 0, st,
+                                      "cannot set up generation: %s", bt_status_str(st)));
+        if (s)
+            bt_seqgen_destroy(s->gen);
+        bt_free(s);
+        bt_req_destroy(req);
+        return NULL;
+    }
+    s->req = req;
+    return s;
+}
+
+void bt_batcher_add_prompt(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req)
+{
+    seq_t *s = seq_new(b, w, req);
+    if (!s)
+        return;
+    int st = bt_kv_seq_init(&s->kv, b->pool, req->max_ctx);
+    if (st != BT_OK) {
+        seq_finish(b, w, s, BATON__FINISH_REASON__FINISH_FAILED, st, "out of memory");
+        return;
+    }
+    bt_req_event(req, BATON__EVENT_KIND__PREFILL_QUEUED, 0);
+    s->item.n_total = req->n_prompt;
+    bt_sched_decode_add(&b->sched, &s->item);
+}
+
+void bt_batcher_add_continued(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt_kv_seq_t *kv,
+                              int32_t first_token)
+{
+    BT_ASSERT(kv->n_tokens == req->n_prompt);
+    seq_t *s = seq_new(b, w, req);
+    if (!s) {
+        bt_kv_seq_fini(kv, b->pool);
+        return;
+    }
+    s->kv = *kv;
+    memset(kv, 0, sizeof *kv);
+    s->decoding = 1;
+    bt_req_event(req, BATON__EVENT_KIND__DECODE_QUEUED, 0);
+    bt_seqgen_step_t st;
+    bt_seqgen_append(s->gen, first_token, &st);
+    if (st.finish != BATON__FINISH_REASON__FINISH_NONE) { /* the first token ended it */
+        seq_finish(b, w, s, st.finish, BT_OK, NULL);
+        return;
+    }
+    s->item.n_kv = s->kv.n_tokens;
+    s->item.n_blocks = s->kv.n_blocks;
+    s->item.n_total = bt_seqgen_len(s->gen);
+    bt_sched_decode_add(&b->sched, &s->item);
+}
+
+int bt_batcher_abort(bt_batcher_t *b, bt_worker_t *w, uint64_t id, int32_t status)
+{
+    seq_t *s = bt_reqtable_get(&b->seqs, id);
+    if (!s)
+        return BT_ERR_NOT_FOUND;
+    int cancelled = status == BT_ERR_CANCELLED;
+    /* A cancel is not a failure: status 0, so the router does not fail it over. */
+    if (cancelled)
+        seq_finish(b, w, s, BATON__FINISH_REASON__FINISH_CANCELLED, BT_OK, NULL);
+    else
+        seq_finish(b, w, s, BATON__FINISH_REASON__FINISH_FAILED, status, "aborted");
+    return BT_OK;
+}
+
+/* Records the begin event of the phase a planned sequence is in (once per phase). */
+static void seq_begin(seq_t *s)
+{
+    if (s->begun)
+        return;
+    s->begun = 1;
+    bt_req_event(s->req,
+                 s->decoding ? BATON__EVENT_KIND__DECODE_BEGIN : BATON__EVENT_KIND__PREFILL_BEGIN,
+                 0);
+}
+
+/* Samples the next token from s's logits row, streams it, and ends s at a stop condition. */
+static void seq_advance(bt_batcher_t *b, bt_worker_t *w, seq_t *s, float *logits)
+{
+    bt_seqgen_step_t st;
+    bt_seqgen_sample(s->gen, logits, &st);
+    if (!s->decoding) { /* colocated: this was the prefill */
+        bt_req_event(s->req, BATON__EVENT_KIND__PREFILL_END, 0);
+        s->decoding = 1;
+        s->begun = 0;
+    }
+    if (st.index >= s->req->skip_tokens)
+        bt_worker_emit(w, bt_out_chunk(st.index == 0 ? BT_OUT_FIRST_TOKEN : BT_OUT_STREAM,
+                                       s->req->id, &st.token, 1, st.text, st.n_text, st.index));
+    if (st.finish != BATON__FINISH_REASON__FINISH_NONE) {
+        seq_finish(b, w, s, st.finish, BT_OK, NULL);
+        return;
+    }
+    s->item.n_total = bt_seqgen_len(s->gen);
+}
+
+/* Runs a sequence too long for one forward alone, chunk by chunk; logits of the last chunk. */
+static int forward_chunked(bt_batcher_t *b, seq_t *s)
+{
+    int32_t chunk = bt_engine_max_batch_tokens(b->p.engine);
+    const int32_t *toks = bt_seqgen_tokens(s->gen);
+    int32_t end = s->item.n_total;
+    while (s->kv.n_tokens < end) {
+        int32_t n = end - s->kv.n_tokens < chunk ? end - s->kv.n_tokens : chunk;
+        bt_batch_seq_t one = {.kv = &s->kv,
+                              .tokens = toks + s->kv.n_tokens,
+                              .n_tokens = n,
+                              .logits =
+                                  s->kv.n_tokens + n == end ? BT_LOGITS_LAST : BT_LOGITS_NONE};
+        int st = bt_engine_forward(b->p.engine, &one, 1, b->logits);
+        if (st != BT_OK)
+            return st;
+    }
+    return BT_OK;
+}
+
+static int forward_plan(bt_batcher_t *b, int32_t n_run)
+{
+    int32_t rows = 0;
+    for (int32_t i = 0; i < n_run; i++) {
+        seq_t *s = SEQ_OF(b->run[i]);
+        int32_t n = s->item.n_total - s->kv.n_tokens;
+        b->batch[i] = (bt_batch_seq_t){.kv = &s->kv,
+                                       .tokens = bt_seqgen_tokens(s->gen) + s->kv.n_tokens,
+                                       .n_tokens = n,
+                                       .logits = BT_LOGITS_LAST};
+        rows += n;
+    }
+    if (n_run == 1 && rows > bt_engine_max_batch_tokens(b->p.engine))
+        return forward_chunked(b, SEQ_OF(b->run[0]));
+    return bt_engine_forward(b->p.engine, b->batch, n_run, b->logits);
+}
+
+int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
+{
+    bt_sched_plan_t plan = {.run = b->run, .preempted = b->preempted};
+    int32_t n_run = bt_sched_decode_plan(&b->sched, bt_kv_pool_n_free(b->pool), &plan);
+    for (int32_t i = 0; i < plan.n_preempted; i++) {
+        seq_t *s = SEQ_OF(plan.preempted[i]);
+        bt_info("req %llu: preempted (KV of %d tokens dropped, recomputed later)",
+                (unsigned long long)s->req->id, s->kv.n_tokens);
+        bt_kv_seq_truncate(&s->kv, b->pool, 0);
+    }
+    if (n_run == 0)
+        return BT_AGAIN;
+    for (int32_t i = 0; i < n_run; i++)
+        seq_begin(SEQ_OF(b->run[i]));
+    int st = forward_plan(b, n_run);
+    const int32_t n_vocab = b->model->hp.n_vocab;
+    for (int32_t i = 0; i < n_run; i++) {
+        seq_t *s = SEQ_OF(b->run[i]);
+        s->item.n_kv = s->kv.n_tokens;
+        s->item.n_blocks = s->kv.n_blocks;
+        if (st != BT_OK) {
+            bt_error("req %llu: forward failed: %s", (unsigned long long)s->req->id,
+                     bt_status_str(st));
+            seq_finish(b, w, s, BATON__FINISH_REASON__FINISH_FAILED, st, "forward failed");
+            continue;
+        }
+        seq_advance(b, w, s, b->logits + (size_t)i * n_vocab);
+    }
+    return BT_OK;
+}
+
+int32_t bt_batcher_n_waiting(const bt_batcher_t *b)
+{
+    return bt_sched_decode_n_waiting(&b->sched);
+}
+
+int32_t bt_batcher_n_running(const bt_batcher_t *b)
+{
+    return bt_sched_decode_n_running(&b->sched);
+}
+
+int64_t bt_batcher_running_tokens(const bt_batcher_t *b)
+{
+    return bt_sched_decode_running_tokens(&b->sched);
+}
+
+int64_t bt_batcher_waiting_tokens(const bt_batcher_t *b)
+{
+    return bt_sched_prefill_tokens(&b->sched.waiting);
+}

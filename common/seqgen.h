@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * seqgen.h - the generation state of one sequence in a serving daemon: the tokens so far
+ * (prompt, then generated), the sampler, the stop conditions and the streaming detokenizer.
+ *
+ * The prefill daemon samples the first token; the decode daemon appends that token and samples
+ * the rest. bt_seqgen_append applies a token sampled elsewhere exactly as sampling it here would
+ * have (sampler position, penalty history, stop state, held-back text), so the decode side
+ * continues bit-for-bit where the prefill side stopped, and a replay after a failover draws the
+ * same tokens. After a preemption the tokens so far are all that is needed to recompute the KV.
+ *
+ * Threads: the compute thread that owns the request.
+ */
+#ifndef BATON_SEQGEN_H
+#define BATON_SEQGEN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "request.h"
+#include "tokenizer.h"
+
+typedef struct bt_seqgen bt_seqgen_t;
+
+/* One generated token and what it releases. */
+typedef struct {
+    int32_t token;
+    uint32_t index;   /* output position: 0 is the first generated token */
+    const char *text; /* text now safe to stream (complete UTF-8, stop strings held
+                       * back); borrowed until the next call; "" without return_text */
+    size_t n_text;
+    Baton__FinishReason finish; /* FINISH_NONE: the sequence goes on */
+} bt_seqgen_step_t;
+
+/* The request and tokenizer are borrowed and must outlive g. The sampler history starts with
+ * the prompt. BT_ERR_INVAL for parameters the sampler or stop conditions refuse; BT_ERR_NOMEM. */
+int bt_seqgen_create(const bt_req_t *req, const bt_tokenizer_t *tok, int32_t n_vocab,
+                     bt_seqgen_t **out);
+void bt_seqgen_destroy(bt_seqgen_t *g);
+
+/* Samples the next token from the logits of the sequence's last token (modified in place). */
+void bt_seqgen_sample(bt_seqgen_t *g, float *logits, bt_seqgen_step_t *out);
+/* Appends a token sampled elsewhere, with the same effect as having sampled it here. */
+void bt_seqgen_append(bt_seqgen_t *g, int32_t token, bt_seqgen_step_t *out);
+
+/* The sequence so far, prompt then generated tokens (borrowed; valid until the next append). */
+const int32_t *bt_seqgen_tokens(const bt_seqgen_t *g);
+int32_t bt_seqgen_len(const bt_seqgen_t *g);
+int32_t bt_seqgen_n_generated(const bt_seqgen_t *g);
+/* Every generated token, in order (borrowed). */
+const int32_t *bt_seqgen_generated(const bt_seqgen_t *g);
+
+#endif
