@@ -1,0 +1,539 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * router.c - the router's life cycle, event loop and client methods (see router.h).
+ *
+ * The loop polls both sockets, then drains each without blocking in bounded rounds (so that a
+ * flood from one side cannot starve the other, and one zmq_poll call serves many messages when
+ * the router is busy), then runs the housekeeping tick when it is due: instance liveness,
+ * request deadlines, the placement queue, and the drain. Messages from daemons are served
+ * first in each round because they complete work and free capacity.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/alloc.h"
+#include "common/gguf.h"
+#include "common/log.h"
+#include "common/modelid.h"
+#include "common/status.h"
+#include "router_impl.h"
+
+#define ROUTER_BATCH 64 /* messages per socket per round */
+
+/* --- model, tokenizer, profile -------------------------------------------------------- */
+
+static int load_gguf(router_t *r, const char *path, char *id, size_t cap)
+{
+    bt_gguf_t *g = NULL;
+    bt_model_hparams_t hp;
+    int st = bt_gguf_open(path, &g);
+    if (st == BT_OK)
+        st = bt_model_id_hparams_from_gguf(g, path, &hp);
+    if (st == BT_OK)
+        st = bt_tokenizer_from_gguf(g, &r->tok);
+    if (st == BT_OK && bt_tokenizer_n_vocab(r->tok) != hp.n_vocab) {
+        bt_error("model %s: the tokenizer has %d tokens but the model %d", path,
+                 bt_tokenizer_n_vocab(r->tok), hp.n_vocab);
+        st = BT_ERR_FORMAT;
+    }
+    uint32_t n_ctx = 0;
+    if (st == BT_OK && bt_gguf_get_u32(g, "llama.context_length", &n_ctx) == BT_OK)
+        r->n_ctx = n_ctx;
+    if (st == BT_OK)
+        st = bt_model_id_str(&hp, id, cap);
+    r->limits.n_vocab = st == BT_OK ? hp.n_vocab : 0;
+    bt_gguf_close(g);
+    return st;
+}
+
+/* llama2.c checkpoints have no metadata to read apart from the weights: load the model. */
+static int load_llama2c(router_t *r, const char *path, char *id, size_t cap)
+{
+    bt_model_params_t mp = {.path = path, .tokenizer_path = r->p.tokenizer_path};
+    int st = bt_model_load(&mp, &r->model);
+    if (st != BT_OK)
+        return st;
+    r->tok = r->model->tok;
+    r->n_ctx = (uint32_t)r->model->hp.n_ctx_train;
+    r->limits.n_vocab = r->model->hp.n_vocab;
+    return bt_model_id_str(&r->model->hp, id, cap);
+}
+
+static int load_model(router_t *r, char *id, size_t cap)
+{
+    const char *path = r->p.model_path;
+    char magic[4] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f || fread(magic, 1, 4, f) != 4) {
+        bt_error("model %s: cannot read", path);
+        if (f)
+            fclose(f);
+        return BT_ERR_IO;
+    }
+    fclose(f);
+    int st = memcmp(magic, "GGUF", 4) == 0 ? load_gguf(r, path, id, cap)
+                                           : load_llama2c(r, path, id, cap);
+    if (st != BT_OK)
+        bt_error("model %s: cannot load its tokenizer and id: %s", path, bt_status_str(st));
+    return st;
+}
+
+static int make_policy(router_t *r)
+{
+    int mode = router_mode_parse(r->p.mode);
+    if (mode < 0) {
+        bt_error("unknown mode '%s' (auto, disagg, colocated)", r->p.mode);
+        return BT_ERR_INVAL;
+    }
+    r->mode = (router_mode_t)mode;
+    if (r->p.profile_path) {
+        if (bt_profile_load(r->p.profile_path, &r->profile) != BT_OK)
+            return BT_ERR_INVAL;
+        r->has_profile = 1;
+    }
+    router_policy_params_t pp = {.profile = r->has_profile ? &r->profile : NULL};
+    int st = router_policy_create(r->policy_name, &pp, &r->policy);
+    if (st == BT_ERR_NOT_FOUND)
+        bt_error("unknown policy '%s' (%s)", r->policy_name, router_policy_list());
+    else if (st == BT_ERR_INVAL)
+        bt_error("policy %s needs a latency profile (--profile FILE)", r->policy_name);
+    return st;
+}
+
+/* --- sockets -------------------------------------------------------------------------- */
+
+static int open_socket(router_t *r, const char *endpoint, void **out)
+{
+    int one = 1;
+    void *s = zmq_socket(r->zctx, ZMQ_ROUTER);
+    /* MANDATORY: a send to a peer that went away fails instead of vanishing, so the router
+     * learns that a client left or a daemon is unreachable. HANDOVER: a daemon or client that
+     * reconnects with the same identity takes its identity over. */
+    if (!s || bt_rpc_socket_setup(s) != BT_OK ||
+        zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
+        zmq_setsockopt(s, ZMQ_ROUTER_HANDOVER, &one, sizeof one) != 0 ||
+        zmq_bind(s, endpoint) != 0) {
+        bt_error("cannot bind %s: %s", endpoint, zmq_strerror(zmq_errno()));
+        if (s)
+            zmq_close(s);
+        return BT_ERR_IO;
+    }
+    *out = s;
+    return BT_OK;
+}
+
+static int make_tables(router_t *r, const char *model_id)
+{
+    router_instances_params_t ip = {.max_instances = r->p.max_instances,
+                                    .dead_after_ms = r->p.dead_after_ms,
+                                    .model_id = model_id};
+    int st = router_instances_create(&ip, &r->inst);
+    if (st == BT_OK)
+        st = router_reqtable_create(&r->table);
+    return st;
+}
+
+static void set_limits(router_t *r)
+{
+    r->limits.max_prompt_tokens = r->p.max_prompt_tokens;
+    r->limits.max_tokens = r->p.max_tokens;
+    r->limits.default_max_tokens = r->p.default_max_tokens;
+    r->limits.slo_ttft_ms = r->p.slo_ttft_ms;
+    r->limits.slo_tpot_ms = r->p.slo_tpot_ms;
+    r->limits.tok = r->tok;
+}
+
+int router_create(const router_params_t *params, router_t **out)
+{
+    router_t *r = bt_calloc(1, sizeof *r);
+    if (!r)
+        return BT_ERR_NOMEM;
+    r->p = *params;
+    r->policy_name = bt_strdup(params->policy ? params->policy : "least-loaded");
+    /* Ids start from the clock so that a restarted router does not reuse recent ones. */
+    r->next_id = bt_rpc_now_ns() / 1000u;
+    char id[BT_MODEL_ID_MAX] = "";
+    int st = r->policy_name ? BT_OK : BT_ERR_NOMEM;
+    if (st == BT_OK && params->model_path)
+        st = load_model(r, id, sizeof id);
+    if (st == BT_OK && params->model_id && params->model_id[0])
+        snprintf(id, sizeof id, "%s", params->model_id);
+    if (st == BT_OK)
+        st = make_policy(r);
+    if (st == BT_OK)
+        st = make_tables(r, id);
+    set_limits(r);
+    r->p.model_path = r->p.tokenizer_path = r->p.model_id = r->p.policy = NULL; /* borrowed */
+    r->p.mode = r->p.profile_path = NULL;
+    if (st == BT_OK && !(r->zctx = zmq_ctx_new()))
+        st = BT_ERR_IO;
+    if (st == BT_OK)
+        st = open_socket(r, params->client_endpoint, &r->clients);
+    if (st == BT_OK)
+        st = open_socket(r, params->cluster_endpoint, &r->cluster);
+    if (st != BT_OK) {
+        router_destroy(r);
+        return st;
+    }
+    bt_info("router: clients on %s, daemons on %s, policy %s, model %s", params->client_endpoint,
+            params->cluster_endpoint, r->policy_name,
+            id[0] ? id : "(adopted from the first instance)");
+    *out = r;
+    return BT_OK;
+}
+
+static void free_request(void *ctx, router_request_t *rq)
+{
+    (void)ctx;
+    router_request_destroy(rq);
+}
+
+void router_destroy(router_t *r)
+{
+    if (!r)
+        return;
+    if (r->table) {
+        router_reqtable_each(r->table, free_request, NULL);
+        router_reqtable_destroy(r->table);
+    }
+    if (r->clients)
+        zmq_close(r->clients);
+    if (r->cluster)
+        zmq_close(r->cluster);
+    if (r->zctx)
+        zmq_ctx_term(r->zctx);
+    router_instances_destroy(r->inst);
+    router_policy_destroy(r->policy);
+    if (r->model)
+        bt_model_destroy(r->model);
+    else
+        bt_tokenizer_destroy(r->tok);
+    bt_free(r->cands);
+    bt_free(r->batch);
+    bt_free(r->policy_name);
+    bt_free(r);
+}
+
+void router_stop(router_t *r)
+{
+    atomic_store(&r->stop_requested, 1);
+}
+
+/* --- client methods ------------------------------------------------------------------- */
+
+int router_send_client(router_t *r, router_request_t *rq, Baton__Method method, int status,
+                       const char *error, const ProtobufCMessage *body)
+{
+    if (rq->client_gone)
+        return BT_ERR_IO;
+    bt_rpc_route_t route;
+    route.n = 1;
+    route.len[0] = rq->client_len;
+    memcpy(route.id[0], rq->client, rq->client_len);
+    bt_rpc_header_t h;
+    bt_rpc_header_init(&h, method, rq->client_req_id);
+    h.status = status;
+    if (error)
+        snprintf(h.error, sizeof h.error, "%s", error);
+    int st = bt_rpc_send(r->clients, &route, &h, body, ZMQ_DONTWAIT);
+    if (st != BT_OK) {
+        rq->client_gone = 1;
+        bt_info("req %llu (client %llu): client unreachable (%s); cancelling",
+                (unsigned long long)rq->id, (unsigned long long)rq->client_req_id,
+                bt_status_name(st));
+    }
+    return st;
+}
+
+/* A refused GENERATE: an error RESULT (it was never accepted, so no events). */
+static void reject(router_t *r, const bt_rpc_msg_t *m, int status, const char *why)
+{
+    bt_rpc_header_t h;
+    bt_rpc_header_init(&h, BATON__METHOD__RESULT, m->hdr.request_id);
+    h.status = status;
+    snprintf(h.error, sizeof h.error, "%s", why);
+    Baton__GenerateResult res = BATON__GENERATE_RESULT__INIT;
+    res.finish_reason = BATON__FINISH_REASON__FINISH_FAILED;
+    bt_rpc_send(r->clients, &m->route, &h, &res.base, ZMQ_DONTWAIT);
+    r->n_rejected++;
+    bt_debug("client request %llu refused: %s: %s", (unsigned long long)m->hdr.request_id,
+             bt_status_name(status), why);
+}
+
+/* Admission before anything is allocated: draining, duplicates, capacity. */
+static int admit(router_t *r, const bt_rpc_msg_t *m, char *why, size_t cap)
+{
+    size_t waiting = r->n_state[RQ_QUEUED] + r->n_state[RQ_ASSIGNING];
+    if (r->draining) {
+        snprintf(why, cap, "the router is draining");
+        return BT_ERR_DRAINING;
+    }
+    if (router_reqtable_by_client(r->table, m->route.id[0], m->route.len[0], m->hdr.request_id)) {
+        snprintf(why, cap, "request id %llu is already in flight on this connection",
+                 (unsigned long long)m->hdr.request_id);
+        return BT_ERR_INVAL;
+    }
+    if (waiting >= (size_t)r->p.max_queue ||
+        router_reqtable_count(r->table) >= (size_t)r->p.max_requests) {
+        snprintf(why, cap, "%zu requests waiting, %zu in flight", waiting,
+                 router_reqtable_count(r->table));
+        return BT_ERR_OVERLOADED;
+    }
+    return BT_OK;
+}
+
+static int accept_request(router_t *r, const bt_rpc_msg_t *m, Baton__GenerateRequest *req,
+                          const router_admit_t *a)
+{
+    router_request_t *rq = NULL;
+    int st = router_request_create(req, r->tok, &rq);
+    if (st != BT_OK) {
+        bt_free(a->prompt_owned);
+        return st;
+    }
+    rq->prompt_owned = a->prompt_owned;
+    rq->prompt = a->prompt;
+    rq->n_prompt = a->n_prompt;
+    rq->max_tokens = a->max_tokens;
+    rq->slo_ttft_ms = a->slo_ttft_ms;
+    rq->slo_tpot_ms = a->slo_tpot_ms;
+    rq->id = r->next_id++;
+    rq->client_req_id = m->hdr.request_id;
+    rq->client_len = m->route.len[0];
+    memcpy(rq->client, m->route.id[0], rq->client_len);
+    rq->issued_ns = bt_rpc_now_ns();
+    rq->wait_deadline_ms = router_now_ms() + (uint64_t)r->p.queue_timeout_ms;
+    if ((st = router_request_event(rq, BATON__EVENT_KIND__ISSUED, rq->issued_ns, "router", 0)) !=
+            BT_OK ||
+        (st = router_reqtable_insert(r->table, rq)) != BT_OK) {
+        router_request_destroy(rq);
+        return st;
+    }
+    r->n_state[RQ_QUEUED]++;
+    r->n_accepted++;
+    rq_list_push(&r->queue, rq, RQ_LIST_QUEUE, 0);
+    if (rq == r->queue.head) /* nothing ahead of it: place it now */
+        router_place(r, rq);
+    return BT_OK;
+}
+
+static void on_generate(router_t *r, const bt_rpc_msg_t *m)
+{
+    char why[256];
+    int st = admit(r, m, why, sizeof why);
+    if (st != BT_OK) {
+        reject(r, m, st, why);
+        return;
+    }
+    ProtobufCMessage *body = NULL;
+    if (bt_rpc_unpack(m, &body) != BT_OK) {
+        reject(r, m, BT_ERR_FORMAT, "GenerateRequest does not parse");
+        return;
+    }
+    Baton__GenerateRequest *req = (Baton__GenerateRequest *)body;
+    router_admit_t a;
+    st = router_limits_check(&r->limits, req, &a, why, sizeof why);
+    if (st != BT_OK) {
+        protobuf_c_message_free_unpacked(body, NULL);
+        reject(r, m, st, why);
+        return;
+    }
+    st = accept_request(r, m, req, &a);
+    if (st != BT_OK)
+        reject(r, m, st, "cannot accept the request");
+}
+
+static void on_cancel(router_t *r, const bt_rpc_msg_t *m)
+{
+    router_request_t *rq =
+        router_reqtable_by_client(r->table, m->route.id[0], m->route.len[0], m->hdr.request_id);
+    if (!rq) {
+        bt_rpc_reply_error(r->clients, m, BT_ERR_NOT_FOUND, "no request %llu in flight",
+                           (unsigned long long)m->hdr.request_id);
+        return;
+    }
+    bt_debug("req %llu (client %llu): cancel", (unsigned long long)rq->id,
+             (unsigned long long)rq->client_req_id);
+    router_cancel(r, rq);
+}
+
+static void on_health(router_t *r, const bt_rpc_msg_t *m)
+{
+    Baton__HealthReply h = BATON__HEALTH_REPLY__INIT;
+    for (int i = 0; i < router_instances_count(r->inst); i++) {
+        const router_instance_t *x = router_instances_at(r->inst, i);
+        if (!x->alive || x->draining || !x->model_ok)
+            continue;
+        h.n_prefill += x->role == BATON__ROLE__PREFILL;
+        h.n_decode += x->role == BATON__ROLE__DECODE;
+        h.n_colocated += x->role == BATON__ROLE__COLOCATED;
+    }
+    h.ok = !r->draining && ((h.n_prefill && h.n_decode) || h.n_colocated);
+    h.queued = (uint32_t)(r->n_state[RQ_QUEUED] + r->n_state[RQ_ASSIGNING]);
+    h.running =
+        (uint32_t)(r->n_state[RQ_RUNNING] + r->n_state[RQ_CANCELLING] + r->n_state[RQ_FINISHING]);
+    bt_rpc_header_t hdr;
+    bt_rpc_header_init(&hdr, BATON__METHOD__HEALTH, m->hdr.request_id);
+    bt_rpc_send(r->clients, &m->route, &hdr, &h.base, ZMQ_DONTWAIT);
+}
+
+static void on_info(router_t *r, const bt_rpc_msg_t *m)
+{
+    int n = router_instances_count(r->inst);
+    Baton__InstanceInfo *ii = bt_calloc((size_t)n + 1, sizeof *ii);
+    Baton__InstanceInfo **iip = bt_calloc((size_t)n + 1, sizeof *iip);
+    Baton__InfoReply info = BATON__INFO_REPLY__INIT;
+    info.model = (char *)router_instances_model_id(r->inst);
+    info.n_vocab = r->limits.n_vocab > 0 ? (uint32_t)r->limits.n_vocab : 0;
+    info.n_ctx = r->n_ctx;
+    info.max_prompt_tokens = r->p.max_prompt_tokens;
+    info.max_tokens = r->p.max_tokens;
+    info.policy = r->policy_name;
+    info.protocol_version = BT_RPC_VERSION;
+    for (int i = 0; ii && iip && i < n; i++) {
+        router_instance_t *x = router_instances_at(r->inst, i);
+        baton__instance_info__init(&ii[i]);
+        ii[i].id = x->name;
+        ii[i].role = x->role;
+        ii[i].alive = x->alive;
+        ii[i].queue_len = x->queue_len;
+        ii[i].running = x->running;
+        ii[i].kv_free_blocks = x->kv_free_blocks;
+        ii[i].kv_total_blocks = x->kv_total_blocks;
+        iip[i] = &ii[i];
+        info.n_instances = (size_t)i + 1;
+    }
+    info.instances = iip;
+    bt_rpc_header_t hdr;
+    bt_rpc_header_init(&hdr, BATON__METHOD__INFO, m->hdr.request_id);
+    bt_rpc_send(r->clients, &m->route, &hdr, &info.base, ZMQ_DONTWAIT);
+    bt_free(ii);
+    bt_free(iip);
+}
+
+static void on_client(router_t *r, const bt_rpc_msg_t *m)
+{
+    switch (m->hdr.method) {
+    case BATON__METHOD__GENERATE: on_generate(r, m); break;
+    case BATON__METHOD__CANCEL: on_cancel(r, m); break;
+    case BATON__METHOD__HEALTH: on_health(r, m); break;
+    case BATON__METHOD__INFO: on_info(r, m); break;
+    default:
+        if (m->hdr.status == BT_OK)
+            bt_rpc_reply_error(r->clients, m, BT_ERR_UNSUPPORTED,
+                               "method %d is not a client method", (int)m->hdr.method);
+        break;
+    }
+}
+
+/* --- the loop ------------------------------------------------------------------------- */
+
+static int serve_socket(router_t *r, void *sock, int budget, int *io_error)
+{
+    int n = 0;
+    for (; n < budget; n++) {
+        bt_rpc_msg_t m;
+        int st = bt_rpc_recv(sock, &m, ZMQ_DONTWAIT);
+        if (st == BT_AGAIN || st == BT_ERR_IO) {
+            bt_rpc_msg_fini(&m);
+            if (st == BT_ERR_IO && zmq_errno() != EINTR)
+                *io_error = 1;
+            break;
+        }
+        if (st != BT_OK) {
+            if (m.route.n == 1 && m.hdr.status == BT_OK)
+                bt_rpc_reply_error(sock, &m, st, "%s",
+                                   st == BT_ERR_FORMAT ? "malformed message"
+                                                       : "unsupported version or method");
+        } else if (m.route.n == 1 && sock == r->clients) {
+            on_client(r, &m);
+        } else if (m.route.n == 1) {
+            router_on_cluster(r, &m);
+        }
+        bt_rpc_msg_fini(&m);
+    }
+    return n;
+}
+
+static void fail_all(void *ctx, router_request_t *rq)
+{
+    router_t *r = ctx;
+    r->batch[r->batch_n++] = rq;
+}
+
+static void drain_tick(router_t *r, uint64_t now)
+{
+    if (!r->draining && atomic_load(&r->stop_requested)) {
+        r->draining = 1;
+        r->drain_deadline_ms = now + (uint64_t)r->p.drain_timeout_ms;
+        bt_info("draining: %zu requests in flight", router_reqtable_count(r->table));
+    }
+    if (!r->draining || now < r->drain_deadline_ms || router_reqtable_count(r->table) == 0)
+        return;
+    size_t n = router_reqtable_count(r->table);
+    if (r->batch_cap < n) {
+        router_request_t **b = bt_realloc(r->batch, n * sizeof *b);
+        if (!b)
+            return;
+        r->batch = b;
+        r->batch_cap = n;
+    }
+    r->batch_n = 0;
+    router_reqtable_each(r->table, fail_all, r);
+    for (size_t i = 0; i < r->batch_n; i++)
+        router_finish(r, r->batch[i], BATON__FINISH_REASON__FINISH_FAILED, BT_ERR_DRAINING,
+                      "the router shut down before the request finished");
+}
+
+static void on_dead(void *ctx, router_instance_t *inst)
+{
+    router_on_instance_lost(ctx, inst);
+}
+
+static void housekeeping(router_t *r, uint64_t now)
+{
+    router_instances_expire(r->inst, now, on_dead, r);
+    router_timeouts(r, now);
+    if (r->queue.n)
+        router_dispatch_queue(r);
+    drain_tick(r, now);
+}
+
+int router_run(router_t *r)
+{
+    zmq_pollitem_t items[2] = {{r->cluster, 0, ZMQ_POLLIN, 0}, {r->clients, 0, ZMQ_POLLIN, 0}};
+    uint64_t next_tick = router_now_ms();
+    int io_error = 0;
+    while (!io_error) {
+        uint64_t now = router_now_ms();
+        if (now >= next_tick) {
+            housekeeping(r, now);
+            next_tick = now + (uint64_t)r->p.tick_ms;
+            if (r->draining && router_reqtable_count(r->table) == 0)
+                break;
+        }
+        if (zmq_poll(items, 2, (long)(next_tick > now ? next_tick - now : 0)) < 0 &&
+            zmq_errno() != EINTR) {
+            bt_error("zmq_poll: %s", zmq_strerror(zmq_errno()));
+            return BT_ERR_IO;
+        }
+        for (int round = 0; round < 16 && !io_error; round++) {
+            int got = serve_socket(r, r->cluster, ROUTER_BATCH, &io_error);
+            got += serve_socket(r, r->clients, ROUTER_BATCH, &io_error);
+            if (r->queue_dirty && r->queue.n)
+                router_dispatch_queue(r);
+            if (!got)
+                break;
+        }
+        if (atomic_load(&r->stop_requested) && !r->draining)
+            next_tick = 0; /* start draining now */
+    }
+    bt_info("router: %llu accepted, %llu refused, %llu finished (%llu failed, %llu cancelled), "
+            "%llu failovers",
+            (unsigned long long)r->n_accepted, (unsigned long long)r->n_rejected,
+            (unsigned long long)r->n_finished, (unsigned long long)r->n_failed,
+            (unsigned long long)r->n_cancelled, (unsigned long long)r->n_failovers);
+    return io_error ? BT_ERR_IO : BT_OK;
+}

@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * router.h - baton's router: the one client-facing endpoint of a cluster (docs/serving.md is
+ * the contract, docs/router.md the user's guide).
+ *
+ * One event-loop thread owns everything: a ROUTER socket for clients, a ROUTER socket for the
+ * daemons, the instance table, the request table and a housekeeping tick (liveness, timeouts,
+ * queued requests). router_run returns after router_stop has been called and the requests in
+ * flight have ended (or the drain timeout passed). router_stop may be called from a signal
+ * handler; everything else from the thread that created the router.
+ */
+#ifndef BATON_ROUTER_H
+#define BATON_ROUTER_H
+
+#include <stdint.h>
+
+typedef struct {
+    const char *client_endpoint;  /* ZeroMQ bind address for clients, e.g. "tcp://0.0.0.0:5555" */
+    const char *cluster_endpoint; /* for daemons, e.g. "tcp://0.0.0.0:5556" */
+    const char *model_path;       /* GGUF or llama2.c checkpoint: tokenizer and model id; NULL:
+                                   * none (prompt_ids only) */
+    const char *tokenizer_path;   /* llama2.c tokenizer for a llama2.c checkpoint */
+    const char *model_id;         /* overrides the id computed from model_path; NULL: computed,
+                                   * or adopted from the first instance without a model */
+    const char *policy;           /* placement policy name; NULL: "least-loaded" */
+    const char *mode;             /* "auto", "disagg", "colocated"; NULL: auto */
+    const char *profile_path;     /* latency profile JSON (slo-aware); NULL: none */
+    int dead_after_ms;            /* instance silence that means dead */
+    int failover_timeout_ms;      /* how long a failed-over request may wait for an instance */
+    int queue_timeout_ms;         /* how long a new request may wait for an instance */
+    int drain_timeout_ms;         /* after router_stop, in-flight requests fail after this */
+    int finish_grace_ms;          /* wait for a late prefill DONE or chunk after the last DONE */
+    int tick_ms;                  /* housekeeping period */
+    uint32_t max_prompt_tokens, max_tokens, default_max_tokens;
+    int max_queue;                   /* requests waiting for placement before BT_ERR_OVERLOADED */
+    int max_requests;                /* requests in flight before BT_ERR_OVERLOADED */
+    int max_retries;                 /* failovers one request may take */
+    int max_instances;               /* instance table size */
+    double slo_ttft_ms, slo_tpot_ms; /* default objectives */
+} router_params_t;
+
+typedef struct router router_t;
+
+/* Loads the tokenizer/profile, binds both sockets. Errors are logged once. */
+int router_create(const router_params_t *params, router_t **out);
+/* Serves until stopped and drained. BT_OK, or BT_ERR_IO when a socket fails. */
+int router_run(router_t *r);
+/* Asks the router to drain and exit: async-signal-safe, any thread. */
+void router_stop(router_t *r);
+void router_destroy(router_t *r);
+
+#endif

@@ -1,0 +1,293 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * router_cluster.c - what the daemons send the router: heartbeats, ASSIGN_REPLY, FIRST_TOKEN,
+ * STREAM and DONE; and what happens to requests when an instance dies or restarts.
+ *
+ * A message is used only if it comes from the instance that holds the part of the request's
+ * current attempt; anything else (a late message from an aborted attempt, a duplicate, a
+ * daemon declared dead that speaks again) is dropped. Tokens for a request the router no
+ * longer knows get an ABORT back, so a daemon does not keep computing for nobody. The router
+ * never answers an error reply with an error reply (that could ping-pong forever).
+ */
+#include <stdio.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "router_impl.h"
+
+int router_send_instance(router_t *r, const router_instance_t *inst, Baton__Method method,
+                         uint64_t id, const ProtobufCMessage *body)
+{
+    bt_rpc_route_t route;
+    route.n = 1;
+    route.len[0] = inst->ident_len;
+    memcpy(route.id[0], inst->ident, inst->ident_len);
+    bt_rpc_header_t h;
+    bt_rpc_header_init(&h, method, id);
+    int st = bt_rpc_send(r->cluster, &route, &h, body, ZMQ_DONTWAIT);
+    if (st != BT_OK)
+        bt_debug("send to instance %s failed: %s", inst->name, bt_status_name(st));
+    return st;
+}
+
+static rq_part_t *part_of(router_request_t *rq, const router_instance_t *inst)
+{
+    if (!inst)
+        return NULL;
+    if (rq->decode.inst == inst)
+        return &rq->decode;
+    if (rq->prefill.inst == inst)
+        return &rq->prefill;
+    return NULL;
+}
+
+static int all_accepted(const router_request_t *rq)
+{
+    return rq->decode.accepted && (rq->colocated || (rq->prefill.sent && rq->prefill.accepted));
+}
+
+static void on_heartbeat(router_t *r, bt_rpc_msg_t *m)
+{
+    ProtobufCMessage *body = NULL;
+    if (bt_rpc_unpack(m, &body) != BT_OK) {
+        bt_rpc_reply_error(r->cluster, m, BT_ERR_FORMAT, "heartbeat does not parse");
+        return;
+    }
+    router_instance_t *inst = NULL;
+    router_hb_event_t ev;
+    int st = router_instances_heartbeat(r->inst, m->route.id[0], m->route.len[0],
+                                        (Baton__Heartbeat *)body, router_now_ms(), &inst, &ev);
+    protobuf_c_message_free_unpacked(body, NULL);
+    if (st == BT_ERR_INVAL) {
+        bt_rpc_reply_error(r->cluster, m, BT_ERR_INVAL, "heartbeat without a role");
+        return;
+    }
+    if (st != BT_OK) {
+        bt_warn("heartbeat refused: %s (raise --max-instances?)", bt_status_str(st));
+        return;
+    }
+    if (ev == ROUTER_HB_RESTARTED)
+        router_on_instance_lost(r, inst);
+    if (r->queue.n)
+        r->queue_dirty = 1;
+}
+
+static void on_assign_reply(router_t *r, bt_rpc_msg_t *m, router_instance_t *inst)
+{
+    router_request_t *rq = router_reqtable_by_id(r->table, m->hdr.request_id);
+    ProtobufCMessage *body = NULL;
+    int status = m->hdr.status;
+    if (m->hdr.method == BATON__METHOD__ASSIGN_REPLY && bt_rpc_unpack(m, &body) != BT_OK &&
+        status == BT_OK)
+        status = BT_ERR_FORMAT;
+    rq_part_t *part = rq ? part_of(rq, inst) : NULL;
+    if (!part || !part->sent || part->accepted || part->done) {
+        if (!rq && inst && status == BT_OK) /* a reservation nobody will use */
+            router_send_instance(r, inst, BATON__METHOD__ABORT, m->hdr.request_id, NULL);
+    } else if (status != BT_OK) {
+        char why[320];
+        snprintf(why, sizeof why, "%s refused: %s%s%.200s", inst->name, bt_status_name(status),
+                 m->hdr.error[0] ? ": " : "", m->hdr.error);
+        if (rq->state == RQ_CANCELLING) {
+            part->done = 1;
+            router_check_finished(r, rq);
+        } else {
+            router_refused(r, rq, inst, status, why);
+        }
+    } else if (part == &rq->decode && rq->state == RQ_ASSIGNING) {
+        router_decode_accepted(r, rq, (Baton__AssignReply *)body);
+        body = NULL; /* handed over */
+    } else {
+        part->accepted = 1;
+        if (rq->state == RQ_ASSIGNING && all_accepted(rq)) {
+            rq_list_remove(r, rq);
+            rq_set_state(r, rq, RQ_RUNNING);
+        }
+    }
+    if (body)
+        protobuf_c_message_free_unpacked(body, NULL);
+}
+
+static void take_chunk(router_t *r, router_request_t *rq, rq_part_t *part,
+                       const Baton__TokenChunk *c)
+{
+    part->streamed = 1;
+    if (!part->accepted) { /* a token implies the ASSIGN was taken */
+        part->accepted = 1;
+        if (rq->state == RQ_ASSIGNING && all_accepted(rq)) {
+            rq_list_remove(r, rq);
+            rq_set_state(r, rq, RQ_RUNNING);
+        }
+    }
+    rq_relay_t rel;
+    const char *text = c->text ? c->text : "";
+    int st = router_request_push(rq, c->index, c->ids, c->n_ids, text, strlen(text), &rel);
+    if (rel.diverged)
+        bt_warn("req %llu: a replayed token differs from the one delivered (index %u)",
+                (unsigned long long)rq->id, c->index);
+    if (st != BT_OK) {
+        router_finish(
+            r, rq, BATON__FINISH_REASON__FINISH_FAILED, st == BT_ERR_RANGE ? BT_ERR_INTERNAL : st,
+            st == BT_ERR_RANGE ? "token stream has a gap that never closed" : "out of memory");
+        return;
+    }
+    router_relay(r, rq, &rel, c->time_ns);
+    if (rq->client_gone)
+        router_cancel(r, rq);
+    else if (rq->state == RQ_FINISHING)
+        router_check_finished(r, rq);
+}
+
+static void on_chunk(router_t *r, bt_rpc_msg_t *m, router_instance_t *inst)
+{
+    router_request_t *rq = router_reqtable_by_id(r->table, m->hdr.request_id);
+    rq_part_t *part = rq ? part_of(rq, inst) : NULL;
+    if (!rq) {
+        if (inst) /* tokens for nobody: tell the daemon to stop */
+            router_send_instance(r, inst, BATON__METHOD__ABORT, m->hdr.request_id, NULL);
+        return;
+    }
+    if (!part || !part->sent || part->done || m->hdr.status != BT_OK)
+        return;
+    ProtobufCMessage *body = NULL;
+    if (bt_rpc_unpack(m, &body) != BT_OK) {
+        bt_rpc_reply_error(r->cluster, m, BT_ERR_FORMAT, "token chunk does not parse");
+        return;
+    }
+    take_chunk(r, rq, part, (Baton__TokenChunk *)body);
+    protobuf_c_message_free_unpacked(body, NULL);
+}
+
+/* A part ended badly: the request fails over unless what it owed has been delivered. */
+static int done_failed(const router_request_t *rq, Baton__FinishReason reason, int status)
+{
+    return status < 0 || reason == BATON__FINISH_REASON__FINISH_FAILED ||
+           (reason == BATON__FINISH_REASON__FINISH_CANCELLED && !rq->cancel_requested);
+}
+
+static void take_done(router_t *r, router_request_t *rq, rq_part_t *part, const Baton__Done *d,
+                      int status, const char *error)
+{
+    char why[320];
+    snprintf(why, sizeof why, "%s part on %s ended: %s%s%.200s",
+             part == &rq->prefill ? "prefill" : "decode", part->inst->name,
+             status < 0 ? bt_status_name(status) : "not finished", error[0] ? ": " : "", error);
+    Baton__FinishReason reason = d ? d->finish_reason : BATON__FINISH_REASON__FINISH_FAILED;
+    if (d)
+        router_request_events_from(rq, d->events, d->n_events);
+    part->done = 1;
+    part->inst->full = 0; /* it freed KV: worth another try */
+    r->queue_dirty = 1;
+    if (rq->state == RQ_CANCELLING) {
+        router_check_finished(r, rq);
+    } else if (part == &rq->prefill) {
+        if (done_failed(rq, reason, status) && !rq->decode.streamed)
+            router_failover(r, rq, status < 0 ? status : BT_ERR_UNAVAILABLE, why);
+        else if (rq->state == RQ_FINISHING)
+            router_check_finished(r, rq);
+    } else if (done_failed(rq, reason, status)) {
+        router_failover(r, rq, status < 0 ? status : BT_ERR_UNAVAILABLE, why);
+    } else {
+        rq->finish = reason ? reason : BATON__FINISH_REASON__FINISH_LENGTH;
+        rq->n_expected = d->n_output_tokens < rq->max_tokens ? d->n_output_tokens : rq->max_tokens;
+        rq_list_remove(r, rq);
+        rq_set_state(r, rq, RQ_FINISHING);
+        rq->deadline_ms = router_now_ms() + (uint64_t)r->p.finish_grace_ms;
+        rq_list_push(&r->timed, rq, RQ_LIST_TIMED, 0);
+        router_check_finished(r, rq);
+    }
+}
+
+static void on_done(router_t *r, bt_rpc_msg_t *m, router_instance_t *inst)
+{
+    router_request_t *rq = router_reqtable_by_id(r->table, m->hdr.request_id);
+    rq_part_t *part = rq ? part_of(rq, inst) : NULL;
+    if (!part || !part->sent || part->done)
+        return;
+    ProtobufCMessage *body = NULL;
+    int status = m->hdr.status;
+    if (bt_rpc_unpack(m, &body) != BT_OK && status == BT_OK)
+        status = BT_ERR_FORMAT;
+    take_done(r, rq, part, (Baton__Done *)body, status, m->hdr.error);
+    if (body)
+        protobuf_c_message_free_unpacked(body, NULL);
+}
+
+void router_on_cluster(router_t *r, bt_rpc_msg_t *m)
+{
+    router_instance_t *inst = router_instances_find(r->inst, m->route.id[0], m->route.len[0]);
+    if (inst)
+        router_instances_touch(inst, router_now_ms());
+    switch (m->hdr.method) {
+    case BATON__METHOD__HEARTBEAT: on_heartbeat(r, m); break;
+    case BATON__METHOD__ASSIGN_REPLY: on_assign_reply(r, m, inst); break;
+    case BATON__METHOD__FIRST_TOKEN:
+    case BATON__METHOD__STREAM: on_chunk(r, m, inst); break;
+    case BATON__METHOD__DONE: on_done(r, m, inst); break;
+    case BATON__METHOD__ASSIGN: /* a daemon's error reply to an ASSIGN: a refusal */
+        if (m->hdr.status != BT_OK)
+            on_assign_reply(r, m, inst);
+        break;
+    default:
+        if (m->hdr.status == BT_OK)
+            bt_rpc_reply_error(r->cluster, m, BT_ERR_UNSUPPORTED,
+                               "method %d is not sent by daemons", (int)m->hdr.method);
+        break;
+    }
+}
+
+typedef struct {
+    router_t *r;
+    router_instance_t *inst;
+} lost_ctx_t;
+
+static void collect(void *ctx, router_request_t *rq)
+{
+    lost_ctx_t *c = ctx;
+    router_t *r = c->r;
+    if (rq->prefill.inst != c->inst && rq->decode.inst != c->inst)
+        return;
+    if (r->batch_cap <= router_reqtable_count(r->table)) {
+        size_t cap = router_reqtable_count(r->table) + 64;
+        router_request_t **b = bt_realloc(r->batch, cap * sizeof *b);
+        if (!b)
+            return; /* those requests will end by their own timeouts */
+        r->batch = b;
+        r->batch_cap = cap;
+    }
+    r->batch[r->batch_n++] = rq;
+}
+
+/* The parts an instance held are lost: fail over what still needed them. */
+static void lose_part(router_t *r, router_request_t *rq, router_instance_t *inst)
+{
+    rq_part_t *part = part_of(rq, inst);
+    char why[160];
+    snprintf(why, sizeof why, "instance %s died or restarted", inst->name);
+    if (rq->state == RQ_CANCELLING || rq->state == RQ_FINISHING) {
+        part->done = 1;
+        router_check_finished(r, rq);
+    } else if (part == &rq->prefill && (part->done || rq->decode.streamed)) {
+        part->done = 1; /* its work was delivered: the KV reached the decode side */
+    } else {
+        router_failover(r, rq, BT_ERR_UNAVAILABLE, why);
+    }
+}
+
+void router_on_instance_lost(router_t *r, router_instance_t *inst)
+{
+    lost_ctx_t c = {r, inst};
+    r->batch_n = 0;
+    router_reqtable_each(r->table, collect, &c);
+    size_t n = r->batch_n;
+    for (size_t i = 0; i < n; i++) {
+        router_request_t *rq = r->batch[i];
+        /* An earlier failover in this loop may have placed rq again, on another instance. */
+        if (rq->prefill.inst == inst || rq->decode.inst == inst)
+            lose_part(r, rq, inst);
+    }
+    r->queue_dirty = 1;
+}

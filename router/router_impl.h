@@ -1,0 +1,102 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * router_impl.h - the router's state, shared by its source files: router.c (lifecycle, event
+ * loop, client methods, housekeeping), router_place.c (placement, the request state machine,
+ * failover, results) and router_cluster.c (the daemons' messages).
+ *
+ * A request is in at most one list: the queue (waiting for placement, FIFO) or the timed list
+ * (ASSIGNING, CANCELLING, FINISHING: something must happen before its deadline). RUNNING
+ * requests are in neither; what ends them is a message or an instance's death.
+ */
+#ifndef BATON_ROUTER_IMPL_H
+#define BATON_ROUTER_IMPL_H
+
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "common/model.h"
+#include "common/profile.h"
+#include "common/rpc.h"
+#include "common/tokenizer.h"
+#include "instances.h"
+#include "limits.h"
+#include "policy.h"
+#include "reqtable.h"
+#include "request.h"
+#include "router.h"
+
+enum { RQ_LIST_NONE = 0, RQ_LIST_QUEUE, RQ_LIST_TIMED };
+
+typedef struct {
+    router_request_t *head, *tail;
+    size_t n;
+} rq_list_t;
+
+struct router {
+    router_params_t p;
+    char *policy_name;
+    void *zctx, *clients, *cluster; /* ZeroMQ context and the two ROUTER sockets */
+    router_instances_t *inst;
+    router_policy_t *policy;
+    router_mode_t mode;
+    router_reqtable_t *table;
+    router_limits_t limits;
+    bt_tokenizer_t *tok; /* owned (GGUF), or borrowed from model (llama2.c) */
+    bt_model_t *model;   /* only for llama2.c checkpoints */
+    bt_profile_t profile;
+    int has_profile;
+    uint32_t n_ctx;
+
+    rq_list_t queue, timed;
+    size_t n_state[RQ_FINISHING + 1]; /* requests per state */
+    uint64_t next_id;                 /* next cluster id */
+    int queue_dirty;                  /* an instance changed: try the queue again */
+
+    atomic_int stop_requested;
+    int draining;
+    uint64_t drain_deadline_ms;
+
+    router_instance_t **cands; /* (cand_cap) scratch for the candidate lists */
+    int cand_cap;
+    router_request_t **batch; /* (batch_cap) scratch for requests of a dead instance */
+    size_t batch_n, batch_cap;
+
+    uint64_t n_accepted, n_rejected, n_finished, n_failed, n_cancelled, n_failovers;
+};
+
+/* Monotonic milliseconds: the time base of deadlines and liveness. */
+uint64_t router_now_ms(void);
+
+/* Lists (router_place.c). */
+void rq_list_push(rq_list_t *l, router_request_t *rq, int which, int front);
+void rq_list_remove(router_t *r, router_request_t *rq);
+void rq_set_state(router_t *r, router_request_t *rq, rq_state_t state);
+
+/* The request life cycle (router_place.c). */
+void router_place(router_t *r, router_request_t *rq);
+void router_dispatch_queue(router_t *r);
+void router_failover(router_t *r, router_request_t *rq, int status, const char *why);
+void router_finish(router_t *r, router_request_t *rq, Baton__FinishReason reason, int status,
+                   const char *why);
+void router_cancel(router_t *r, router_request_t *rq);
+void router_decode_accepted(router_t *r, router_request_t *rq, Baton__AssignReply *reply);
+void router_refused(router_t *r, router_request_t *rq, router_instance_t *inst, int status,
+                    const char *why);
+void router_abort_part(router_t *r, router_request_t *rq, rq_part_t *part);
+void router_detach_parts(router_request_t *rq);
+void router_relay(router_t *r, router_request_t *rq, const rq_relay_t *rel, uint64_t time_ns);
+void router_check_finished(router_t *r, router_request_t *rq);
+void router_timeouts(router_t *r, uint64_t now_ms);
+
+/* The daemons' messages and liveness (router_cluster.c). */
+void router_on_cluster(router_t *r, bt_rpc_msg_t *m);
+void router_on_instance_lost(router_t *r, router_instance_t *inst);
+int router_send_instance(router_t *r, const router_instance_t *inst, Baton__Method method,
+                         uint64_t id, const ProtobufCMessage *body);
+
+/* Sends to a request's client; marks it gone when the client cannot be reached (router.c). */
+int router_send_client(router_t *r, router_request_t *rq, Baton__Method method, int status,
+                       const char *error, const ProtobufCMessage *body);
+
+#endif
