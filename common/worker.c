@@ -52,7 +52,8 @@ struct bt_worker {
     uint64_t drain_start_ms;
     int drain_aborted;
     uint64_t next_hb_ms;
-    uint64_t incarnation; /* start time (ns): tells the router about a restart */
+    uint64_t incarnation;    /* start time (ns): tells the router about a restart */
+    uint64_t stuck_since_ms; /* sends have failed since then (no connection); 0: fine */
 };
 
 static uint64_t now_ms(void)
@@ -138,7 +139,13 @@ static void send_msg(bt_worker_t *w, Baton__Method method, uint64_t rid, int32_t
     if (error)
         snprintf(h.error, sizeof h.error, "%s", error);
     int st = bt_rpc_send(w->sock, NULL, &h, body, ZMQ_DONTWAIT);
-    if (st != BT_OK)
+    if (st == BT_OK) {
+        w->stuck_since_ms = 0;
+        return;
+    }
+    if (st == BT_AGAIN && !w->stuck_since_ms)
+        w->stuck_since_ms = now_ms();
+    if (method != BATON__METHOD__HEARTBEAT) /* heartbeats are retried anyway */
         bt_warn("req %llu: cannot send method %d to the router: %s", (unsigned long long)rid,
                 (int)method, bt_status_str(st));
 }
@@ -347,6 +354,16 @@ static void on_message(bt_worker_t *w, bt_rpc_msg_t *m, int st)
         bt_rpc_reply_error(w->sock, m, st, "malformed, unknown-version or unknown-method message");
         return;
     }
+    if (m->body_len > BT_RPC_MAX_BODY_BYTES) {
+        bt_warn("req %llu: message of %zu bytes is over the limit, answered",
+                (unsigned long long)m->hdr.request_id, m->body_len);
+        if (m->hdr.method == BATON__METHOD__ASSIGN)
+            refuse_assign(w, m->hdr.request_id, BT_ERR_RANGE, "assignment over the size limit");
+        else
+            bt_rpc_reply_error(w->sock, m, BT_ERR_RANGE, "message of %zu bytes over the limit",
+                               m->body_len);
+        return;
+    }
     switch (m->hdr.method) {
     case BATON__METHOD__ASSIGN: on_assign(w, m); break;
     case BATON__METHOD__ABORT: on_abort(w, m->hdr.request_id, BT_ERR_CANCELLED); break;
@@ -410,6 +427,46 @@ static int loop_done(bt_worker_t *w)
     return w->draining && bt_reqtable_len(&w->inflight) == 0 && bt_queue_len(w->outbox) == 0;
 }
 
+/* Receives at most 4x the protocol's limit: bigger frames make ZeroMQ drop the connection
+ * for good (a protocol error ends the session), while anything smaller is answered with an
+ * error by on_message and the connection stays. */
+#define WORKER_MAX_FRAME_BYTES (4 * ((int64_t)BT_RPC_MAX_BODY_BYTES + BT_RPC_MAX_HEADER_BYTES))
+
+static int open_socket(bt_worker_t *w)
+{
+    int ivl = 100, ivl_max = 1000;
+    int64_t max = WORKER_MAX_FRAME_BYTES;
+    w->sock = zmq_socket(w->zctx, ZMQ_DEALER);
+    if (!w->sock || bt_rpc_socket_setup(w->sock) != BT_OK ||
+        zmq_setsockopt(w->sock, ZMQ_MAXMSGSIZE, &max, sizeof max) != 0 ||
+        zmq_setsockopt(w->sock, ZMQ_ROUTING_ID, w->id, strlen(w->id)) != 0 ||
+        zmq_setsockopt(w->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl) != 0 ||
+        zmq_setsockopt(w->sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max) != 0 ||
+        zmq_connect(w->sock, w->router) != 0) {
+        bt_error("worker: cannot connect to the router at %s: %s", w->router,
+                 zmq_strerror(zmq_errno()));
+        return BT_ERR_IO;
+    }
+    return BT_OK;
+}
+
+/* A connection that ZeroMQ gave up on (after a protocol error it does not reconnect) shows as
+ * sends that keep failing; a fresh socket reconnects. What was queued on the old one is lost,
+ * as it would be with a router restart; the router's failover covers it. */
+static void reconnect_if_stuck(bt_worker_t *w)
+{
+    uint64_t limit = 3 * (uint64_t)w->p.heartbeat_ms;
+    if (!w->stuck_since_ms || now_ms() - w->stuck_since_ms < (limit > 1000 ? limit : 1000))
+        return;
+    bt_warn("worker %s: no connection to the router for %llu ms; reconnecting", w->id,
+            (unsigned long long)(now_ms() - w->stuck_since_ms));
+    zmq_close(w->sock);
+    w->sock = NULL;
+    w->stuck_since_ms = 0;
+    if (open_socket(w) != BT_OK)
+        w->stuck_since_ms = now_ms(); /* try again later */
+}
+
 static void loop_once(bt_worker_t *w)
 {
     int role_fd = w->p.ops->loop_fd ? w->p.ops->loop_fd(w->p.ctx) : -1;
@@ -433,6 +490,7 @@ static void loop_once(bt_worker_t *w)
         w->p.ops->loop_poll(w->p.ctx, w);
     if (now_ms() >= w->next_hb_ms)
         send_heartbeat(w);
+    reconnect_if_stuck(w);
     drain_timeout_check(w);
 }
 
@@ -458,25 +516,6 @@ int bt_worker_run(bt_worker_t *w)
 }
 
 /* ---- create / destroy -------------------------------------------------------------------- */
-
-static int open_socket(bt_worker_t *w)
-{
-    int ivl = 100, ivl_max = 1000;
-    w->zctx = zmq_ctx_new();
-    if (!w->zctx)
-        return BT_ERR_IO;
-    w->sock = zmq_socket(w->zctx, ZMQ_DEALER);
-    if (!w->sock || bt_rpc_socket_setup(w->sock) != BT_OK ||
-        zmq_setsockopt(w->sock, ZMQ_ROUTING_ID, w->id, strlen(w->id)) != 0 ||
-        zmq_setsockopt(w->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl) != 0 ||
-        zmq_setsockopt(w->sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max) != 0 ||
-        zmq_connect(w->sock, w->router) != 0) {
-        bt_error("worker: cannot connect to the router at %s: %s", w->router,
-                 zmq_strerror(zmq_errno()));
-        return BT_ERR_IO;
-    }
-    return BT_OK;
-}
 
 static int open_fds(bt_worker_t *w)
 {
@@ -527,6 +566,9 @@ int bt_worker_create(const bt_worker_params_t *p, bt_worker_t **out)
     if (!w->id || !w->router || !w->model_id ||
         bt_queue_create(sizeof(bt_cmd_t), n_cmd, &w->inbox) != BT_OK ||
         bt_queue_create(sizeof(bt_out_t *), 4096, &w->outbox) != BT_OK)
+        goto err;
+    w->zctx = zmq_ctx_new();
+    if (!w->zctx)
         goto err;
     if ((st = open_fds(w)) != BT_OK || (st = open_socket(w)) != BT_OK)
         goto err;

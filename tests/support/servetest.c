@@ -374,6 +374,7 @@ int fake_router_assign(fake_router_t *r, const char *id, uint64_t rid, Baton__Ro
     a.n_prompt_ids = (size_t)n_prompt;
     a.max_tokens = (uint32_t)max_tokens;
     a.sampling = &sp;
+    sp.ignore_eos = r->ignore_eos;
     a.skip_tokens = skip;
     fake_router_req(r, rid);
     return fake_router_send(r, id, BATON__METHOD__ASSIGN, rid, &a.base);

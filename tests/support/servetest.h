@@ -85,7 +85,8 @@ typedef struct {
     int n_reqs;
     fake_inst_t inst[FAKE_MAX_INSTANCES];
     int n_inst;
-    int n_bad; /* error replies without a request id we know */
+    int n_bad;      /* error replies without a request id we know */
+    int ignore_eos; /* set in the sampling of the next assignments */
 } fake_router_t;
 
 int fake_router_open(fake_router_t *r);
