@@ -8,6 +8,7 @@
  */
 #include "profile.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -145,12 +146,49 @@ static int get_transfer(ctx_t *c, const bt_json_value_t *root, bt_profile_t *p)
     return st;
 }
 
+/* One model's fit quality: {"points": n, "r2": x, "max_rel_err": y}; r2 may be negative. */
+static int get_fit_one(ctx_t *c, const bt_json_value_t *fit, const char *key, bt_profile_fit_t *f)
+{
+    static const char *const known[] = {"points", "r2", "max_rel_err", NULL};
+    const bt_json_value_t *v = bt_json_get(fit, key);
+    if (!v)
+        return BT_OK;
+    if (bt_json_type(v) != BT_JSON_OBJECT)
+        return bad(c, BT_ERR_FORMAT, "fit.%s must be an object", key);
+    int st = check_keys(c, v, "fit", known);
+    if (st == BT_OK)
+        st = get_int(c, v, "points", 0, 1 << 30, 0, &f->n_points);
+    const bt_json_value_t *r2 = bt_json_get(v, "r2");
+    if (st == BT_OK && r2 && (bt_json_number(r2, &f->r2) != BT_OK || !isfinite(f->r2)))
+        st = bad(c, BT_ERR_FORMAT, "fit.%s.r2 must be a finite number", key);
+    coef_t err = {"max_rel_err", &f->max_rel_err, 0};
+    return st == BT_OK ? read_coef(c, v, "fit", &err) : st;
+}
+
+static int get_fit(ctx_t *c, const bt_json_value_t *root, bt_profile_t *p)
+{
+    static const char *const known[] = {"prefill", "decode", "transfer", NULL};
+    const bt_json_value_t *fit = bt_json_get(root, "fit");
+    if (!fit)
+        return BT_OK;
+    if (bt_json_type(fit) != BT_JSON_OBJECT)
+        return bad(c, BT_ERR_FORMAT, "fit must be an object");
+    int st = check_keys(c, fit, "fit", known);
+    if (st == BT_OK)
+        st = get_fit_one(c, fit, "prefill", &p->fit_prefill);
+    if (st == BT_OK)
+        st = get_fit_one(c, fit, "decode", &p->fit_decode);
+    if (st == BT_OK)
+        st = get_fit_one(c, fit, "transfer", &p->fit_transfer);
+    return st;
+}
+
 static int from_json(ctx_t *c, const bt_json_value_t *root, bt_profile_t *p)
 {
     static const char *const known[] = {
         "version",   "model",  "backend",  "device",      "tp",
         "prefill",   "decode", "transfer", "decode_knee", "kv_bytes_per_token",
-        "max_batch", NULL};
+        "max_batch", "fit",    "note",     NULL};
     if (bt_json_type(root) != BT_JSON_OBJECT)
         return bad(c, BT_ERR_FORMAT, "the top level must be an object");
     int version = 0, st = check_keys(c, root, "the profile", known);
@@ -167,6 +205,8 @@ static int from_json(ctx_t *c, const bt_json_value_t *root, bt_profile_t *p)
     if (st == BT_OK)
         st = get_str(c, root, "device", p->device, sizeof p->device);
     if (st == BT_OK)
+        st = get_str(c, root, "note", p->note, sizeof p->note);
+    if (st == BT_OK)
         st = get_int(c, root, "tp", 1, 1024, 1, &p->tp);
     if (st == BT_OK)
         st = get_int(c, root, "max_batch", 0, 1 << 20, 0, &p->max_batch);
@@ -182,6 +222,8 @@ static int from_json(ctx_t *c, const bt_json_value_t *root, bt_profile_t *p)
         st = read_coef(c, root, "the profile", kv);
     if (st == BT_OK && !(p->kv_bytes_per_token > 0))
         st = bad(c, BT_ERR_RANGE, "kv_bytes_per_token must be > 0");
+    if (st == BT_OK)
+        st = get_fit(c, root, p);
     return st;
 }
 
@@ -216,6 +258,103 @@ int bt_profile_load(const char *path, bt_profile_t *out)
     bt_json_t *doc = NULL;
     int st = bt_json_parse_file(path, &profile_limits, &doc, c.msg, sizeof c.msg);
     return from_doc(&c, st, doc, out);
+}
+
+/* --- writing ------------------------------------------------------------------------------ */
+
+/* A JSON string: quotes, backslashes and control characters escaped; other bytes as they are
+ * (the strings come from a loaded profile or from the program, so they are UTF-8 already). */
+static void put_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const unsigned char *q = (const unsigned char *)s; *q; q++) {
+        if (*q == '"' || *q == '\\')
+            fprintf(f, "\\%c", *q);
+        else if (*q < 0x20)
+            fprintf(f, "\\u%04x", *q);
+        else
+            fputc(*q, f);
+    }
+    fputc('"', f);
+}
+
+static void put_decode(FILE *f, const bt_profile_decode_t *d)
+{
+    fprintf(f, "\"a_ms\": %.17g, \"b_ms_per_ctx_token\": %.17g, \"c_ms_per_seq\": %.17g", d->a_ms,
+            d->b_ms_per_ctx_token, d->c_ms_per_seq);
+}
+
+static void put_fit(FILE *f, const char *name, const bt_profile_fit_t *q, int *first)
+{
+    if (q->n_points <= 0)
+        return;
+    fprintf(f, "%s\n    \"%s\": {\"points\": %d, \"r2\": %.17g, \"max_rel_err\": %.17g}",
+            *first ? "" : ",", name, q->n_points, q->r2, q->max_rel_err);
+    *first = 0;
+}
+
+int bt_profile_fprint(const bt_profile_t *p, FILE *f)
+{
+    fprintf(f, "{\n  \"version\": %d,\n  \"model\": ", BT_PROFILE_VERSION);
+    put_str(f, p->model);
+    fputs(",\n  \"backend\": ", f);
+    put_str(f, p->backend);
+    fputs(",\n  \"device\": ", f);
+    put_str(f, p->device);
+    fprintf(f,
+            ",\n  \"tp\": %d,\n  \"prefill\": {\"a_ms\": %.17g, \"b_ms_per_token\": %.17g, "
+            "\"c_ms_per_token2\": %.17g},\n  \"decode\": {",
+            p->tp > 0 ? p->tp : 1, p->prefill.a_ms, p->prefill.b_ms_per_token,
+            p->prefill.c_ms_per_token2);
+    put_decode(f, &p->decode);
+    fputs("},\n", f);
+    if (p->decode_knee_batch > 0) {
+        fprintf(f, "  \"decode_knee\": {\"batch\": %d, ", p->decode_knee_batch);
+        put_decode(f, &p->decode_above);
+        fputs("},\n", f);
+    }
+    fprintf(f,
+            "  \"transfer\": {\"latency_ms\": %.17g, \"gb_per_s\": %.17g},\n"
+            "  \"kv_bytes_per_token\": %.17g,\n  \"max_batch\": %d",
+            p->transfer_latency_ms, p->transfer_gb_per_s, p->kv_bytes_per_token, p->max_batch);
+    if (p->fit_prefill.n_points > 0 || p->fit_decode.n_points > 0 || p->fit_transfer.n_points > 0) {
+        int first = 1;
+        fputs(",\n  \"fit\": {", f);
+        put_fit(f, "prefill", &p->fit_prefill, &first);
+        put_fit(f, "decode", &p->fit_decode, &first);
+        put_fit(f, "transfer", &p->fit_transfer, &first);
+        fputs("\n  }", f);
+    }
+    if (p->note[0]) {
+        fputs(",\n  \"note\": ", f);
+        put_str(f, p->note);
+    }
+    fputs("\n}\n", f);
+    return ferror(f) ? BT_ERR_IO : BT_OK;
+}
+
+int bt_profile_write(const bt_profile_t *p, const char *path)
+{
+    char tmp[4096];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp) {
+        bt_error("profile %s: path too long", path);
+        return BT_ERR_INVAL;
+    }
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        bt_error("profile %s: cannot create: %s", tmp, strerror(errno));
+        return BT_ERR_IO;
+    }
+    int st = bt_profile_fprint(p, f);
+    if (fclose(f) != 0)
+        st = BT_ERR_IO;
+    if (st == BT_OK && rename(tmp, path) != 0)
+        st = BT_ERR_IO;
+    if (st != BT_OK) {
+        bt_error("profile %s: cannot write: %s", path, strerror(errno));
+        remove(tmp);
+    }
+    return st;
 }
 
 double bt_profile_prefill_ms(const bt_profile_t *p, double sum_len, double sum_len2)

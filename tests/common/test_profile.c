@@ -111,6 +111,48 @@ static void test_profile_load_file(void **state)
     remove(path);
 }
 
+/* What bt_profile_write writes reads back to the same values, fit quality and note included;
+ * a hand-written profile may carry both. */
+static void test_profile_write_round_trip(void **state)
+{
+    (void)state;
+    bt_profile_t p, q;
+    assert_int_equal(bt_profile_parse(full, strlen(full), "t", &p), BT_OK);
+    p.prefill.c_ms_per_token2 = 1.0 / 3e5; /* not exact in decimal: needs all 17 digits */
+    p.fit_prefill = (bt_profile_fit_t){12, 0.99876, 0.0412};
+    p.fit_decode = (bt_profile_fit_t){40, -0.5, 1.5};
+    snprintf(p.note, sizeof p.note, "from \"paper\" table 3\\n\tline two");
+    char path[512];
+    bt_test_tmp_path("profile-rt.json", path, sizeof path);
+    assert_int_equal(bt_profile_write(&p, path), BT_OK);
+    assert_int_equal(bt_profile_load(path, &q), BT_OK);
+    assert_memory_equal(&p, &q, sizeof p);
+    remove(path);
+
+    const char *hand =
+        "{\"prefill\": {\"a_ms\": 1, \"b_ms_per_token\": 0, \"c_ms_per_token2\": 0},"
+        " \"decode\": {\"a_ms\": 1, \"b_ms_per_ctx_token\": 0, \"c_ms_per_seq\": 0},"
+        " \"transfer\": {\"latency_ms\": 0, \"gb_per_s\": 1},"
+        " \"kv_bytes_per_token\": 1, \"note\": \"DistServe A100\","
+        " \"fit\": {\"decode\": {\"points\": 3, \"r2\": 0.9, \"max_rel_err\": 0.1}}}";
+    assert_int_equal(bt_profile_parse(hand, strlen(hand), "t", &q), BT_OK);
+    assert_string_equal(q.note, "DistServe A100");
+    assert_int_equal(q.fit_decode.n_points, 3);
+    assert_int_equal(q.fit_prefill.n_points, 0);
+    bt_log_level_t old = bt_log_get_level();
+    bt_log_set_level(BT_LOG_OFF);
+    char bad[1024];
+    snprintf(bad, sizeof bad, "%s", hand);
+    memcpy(strstr(bad, "max_rel_err"), "max_rel_erx", 11); /* a misspelt fit key */
+    assert_int_equal(bt_profile_parse(bad, strlen(bad), "t", &q), BT_ERR_FORMAT);
+    snprintf(bad, sizeof bad, "%s", hand);
+    memcpy(strstr(bad, "0.9"), "1e9", 3); /* r2 may be anything finite, errors not < 0 */
+    assert_int_equal(bt_profile_parse(bad, strlen(bad), "t", &q), BT_OK);
+    memcpy(strstr(bad, "0.1}"), "-.1", 3);
+    assert_int_equal(bt_profile_parse(bad, strlen(bad), "t", &q), BT_ERR_FORMAT);
+    bt_log_set_level(old);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -118,6 +160,7 @@ int main(void)
         cmocka_unit_test(test_profile_minimal_defaults),
         cmocka_unit_test(test_profile_refuses_bad_files),
         cmocka_unit_test(test_profile_load_file),
+        cmocka_unit_test(test_profile_write_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * sim.h - a discrete-event simulator of a serving cluster: disaggregated (prefill and decode
+ * instances, KV transfers between them) or colocated, driven by the latency profiles.
+ *
+ * What it models, and how it matches the real daemons (docs/serving.md, DESIGN.md section 3):
+ *  - the router places each request on arrival with the same policies (round-robin,
+ *    least-loaded, slo-aware: the same ranking keys and the same TTFT/TPOT predictions as
+ *    router/policy*.c), seeing every instance's exact state (as if heartbeats were instant);
+ *  - prefill: FCFS batches up to the token budget L_m and a batch-size limit, stopping at the
+ *    first prompt that does not fit; the KV of a prompt occupies the instance's memory from
+ *    batch start until it has been shipped; pp pipeline stages take a new batch every t/pp and
+ *    finish each after t, in order;
+ *  - transfer: decode pulls (DistServe): a prefilled request waits FCFS until its decode instance
+ *    can reserve KV for prompt + output, then its KV crosses the prefill instance's link (one
+ *    transfer at a time per link) in latency + bytes / bandwidth;
+ *  - decode: continuous batching at iteration level, pp micro-batches that step independently
+ *    (DistServe's model of a pipelined decode), each with a batch-size limit; memory is reserved
+ *    for the whole sequence at admission, so nothing is ever preempted;
+ *  - colocated: continuous batching with prefill first (a waiting prompt batch runs before the
+ *    next decode step and stalls it), the baseline.
+ * Per request it reports TTFT (first token - arrival) and TPOT ((last - first) / (output - 1)).
+ * A run is deterministic: the same inputs give the same results, bit for bit.
+ */
+#ifndef BATON_PLANNER_SIM_H
+#define BATON_PLANNER_SIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/profile.h"
+#include "workload.h"
+
+typedef enum { PL_ROLE_PREFILL = 0, PL_ROLE_DECODE, PL_ROLE_COLOCATED } pl_role_t;
+
+typedef struct {
+    pl_role_t role;
+    const bt_profile_t *profile; /* borrowed; the latency model of this instance's parallelism */
+    int pp;                      /* pipeline stages, >= 1 (0 counts as 1) */
+    int64_t kv_tokens;           /* KV memory in tokens; 0: unlimited */
+    int32_t max_batch_tokens;    /* prefill token budget L_m; 0: unlimited */
+    int32_t max_batch_seqs;      /* prompts per prefill batch, sequences per decode micro-batch;
+                                  * 0: unlimited */
+    int node;                    /* node holding the instance (first stage) */
+} pl_inst_spec_t;
+
+typedef enum {
+    PL_SIM_FULL = 0,     /* requests go through prefill, transfer and decode */
+    PL_SIM_PREFILL_ONLY, /* requests end at their first token; only TTFT counts */
+    PL_SIM_DECODE_ONLY,  /* requests arrive prefilled (KV in place); only TPOT counts */
+} pl_sim_mode_t;
+
+typedef enum {
+    PL_POLICY_ROUND_ROBIN = 0,
+    PL_POLICY_LEAST_LOADED,
+    PL_POLICY_SLO_AWARE,
+} pl_policy_t;
+
+typedef struct {
+    const pl_inst_spec_t *inst; /* (n_inst) borrowed */
+    int n_inst;
+    pl_policy_t policy;
+    pl_sim_mode_t mode;
+    double slo_ttft_ms, slo_tpot_ms; /* > 0 */
+    int32_t block_size;              /* KV tokens per block; 0: 16 */
+    /* KV links: within a node / across nodes. A bandwidth of 0 uses the sending instance's
+     * profile (transfer latency and bandwidth). */
+    double intra_gb_per_s, intra_latency_ms;
+    double inter_gb_per_s, inter_latency_ms;
+    size_t max_failures; /* stop once more requests than this missed; 0: run to the end */
+} pl_sim_params_t;
+
+/* What happened to one request. */
+typedef struct {
+    double ttft_ms;   /* first token - arrival; -1 if never reached */
+    double tpot_ms;   /* (finish - first token) / (output - 1); 0 for one-token outputs */
+    double finish_ms; /* time of the last token; -1 if never reached */
+    int32_t prefill;  /* instance indices; -1: none */
+    int32_t decode;   /* the decode or colocated instance */
+} pl_sim_req_t;
+
+typedef struct {
+    size_t n;          /* requests */
+    size_t n_finished; /* completed; n unless stopped early or some could never fit memory */
+    size_t n_ok;       /* met both objectives (in a phase-only mode: that phase's) */
+    size_t n_ttft_ok, n_tpot_ok;
+    double attainment;                                          /* n_ok / n */
+    double ttft_mean_ms, ttft_p50_ms, ttft_p90_ms, ttft_p99_ms; /* over finished requests */
+    double tpot_mean_ms, tpot_p50_ms, tpot_p90_ms, tpot_p99_ms;
+    double makespan_ms; /* time of the last event */
+    uint64_t n_events;  /* events processed (arrivals included) */
+    int stopped_early;  /* max_failures was passed: attainment is an upper bound */
+} pl_sim_result_t;
+
+/* Simulates the n requests (arrival_ms non-decreasing) on the cluster. per_req may be NULL,
+ * else it receives n records. BT_ERR_INVAL (logged) for a cluster the mode cannot run (no
+ * instance of a needed role, no profile) or unsorted arrivals, BT_ERR_NOMEM. Any thread; runs
+ * share nothing. */
+int pl_sim_run(const pl_sim_params_t *p, const pl_req_t *reqs, size_t n, pl_sim_result_t *res,
+               pl_sim_req_t *per_req);
+
+/* "round-robin", "least-loaded", "slo-aware"; -1 for others. */
+int pl_policy_parse(const char *name);
+const char *pl_policy_name(pl_policy_t p);
+
+#endif
