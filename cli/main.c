@@ -22,6 +22,7 @@ static const command_t commands[] = {
      "model tools: 'model gen' writes a synthetic GGUF, 'model info' shows one"},
     {"bench-engine", cli_bench_engine, "measure engine prefill and decode throughput"},
     {"generate", cli_generate, "send a prompt to a running cluster's router; print the text"},
+    {"up", cli_up, "start a router and prefill/decode daemons on this machine"},
 };
 
 static void usage(FILE *out)
