@@ -111,10 +111,17 @@ static int engine_params_check(const bt_model_t *model, const bt_engine_params_t
         bt_error("engine: negative limit in parameters");
         return BT_ERR_INVAL;
     }
-    if (model->hp.n_heads % model->hp.n_kv_heads != 0) {
-        bt_error("engine: %d heads is not a multiple of %d KV heads", model->hp.n_heads,
-                 model->hp.n_kv_heads);
+    const bt_model_hparams_t *hp = &model->hp;
+    if (hp->n_kv_heads <= 0 || hp->n_heads % hp->n_kv_heads != 0) {
+        bt_error("engine: %d heads is not a multiple of %d KV heads", hp->n_heads, hp->n_kv_heads);
         return BT_ERR_INVAL;
+    }
+    if (hp->head_dim % 2 || hp->head_dim > BT_MAX_HEAD_DIM ||
+        hp->n_heads / hp->n_kv_heads > BT_MAX_GQA_GROUP) {
+        bt_error("engine: unsupported attention shape (head dim %d, %d query heads per KV head;"
+                 " at most %d and %d)",
+                 hp->head_dim, hp->n_heads / hp->n_kv_heads, BT_MAX_HEAD_DIM, BT_MAX_GQA_GROUP);
+        return BT_ERR_UNSUPPORTED;
     }
     return BT_OK;
 }

@@ -33,6 +33,11 @@ typedef enum {
 
 #define BT_QK8_0 32 /* elements per Q8_0 block: one fp16 scale then 32 int8 */
 
+/* Limits every backend supports; the engine refuses models beyond them at creation (a model
+ * file is input, so it gets an error, never an assert inside a kernel). */
+#define BT_MAX_HEAD_DIM 256 /* attention head width; must also be even (RoPE pairs) */
+#define BT_MAX_GQA_GROUP 32 /* query heads per KV head */
+
 typedef struct {
     uint16_t d; /* fp16 scale */
     int8_t qs[BT_QK8_0];

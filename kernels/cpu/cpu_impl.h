@@ -19,9 +19,9 @@
 /* Attention work is done in tiles of this many cached positions (a multiple of every
  * vector width), and supports head_dim up to BT_CPU_ATTN_MAX_HEAD_DIM. */
 #define BT_CPU_ATTN_TILE 64
-#define BT_CPU_ATTN_MAX_HEAD_DIM 256
+#define BT_CPU_ATTN_MAX_HEAD_DIM BT_MAX_HEAD_DIM
 /* Most query vectors (rows x heads sharing a KV head) one attention work item carries. */
-#define BT_CPU_ATTN_MAX_QUERIES 32
+#define BT_CPU_ATTN_MAX_QUERIES BT_MAX_GQA_GROUP
 
 typedef struct {
     bt_cpu_pool_t *pool;

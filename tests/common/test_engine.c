@@ -228,6 +228,26 @@ static void test_engine_create_survives_alloc_faults(void **state)
     }
 }
 
+static void test_engine_refuses_unsupported_attention_shapes(void **state)
+{
+    bt_modelgen_params_t p;
+    char path[512];
+    assert_int_equal(bt_modelgen_preset("tiny", &p), BT_OK);
+    p.dim = 1024; /* 2 heads of 512: wider than any kernel supports */
+    p.n_heads = 2;
+    p.n_kv_heads = 2;
+    bt_test_tmp_path("engine-wide.gguf", path, sizeof path);
+    assert_int_equal(bt_modelgen_write(&p, path), BT_OK);
+    bt_model_params_t mp = {.path = path};
+    bt_model_t *m = NULL;
+    assert_int_equal(bt_model_load(&mp, &m), BT_OK);
+    bt_engine_t *e = NULL;
+    assert_int_equal(bt_engine_create(m, NULL, &e), BT_ERR_UNSUPPORTED);
+    assert_null(e);
+    bt_model_destroy(m);
+    remove(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -236,6 +256,7 @@ int main(void)
         cmocka_unit_test(test_engine_reservation_is_all_or_nothing),
         cmocka_unit_test(test_engine_rejects_out_of_range_batches),
         cmocka_unit_test(test_engine_create_survives_alloc_faults),
+        cmocka_unit_test(test_engine_refuses_unsupported_attention_shapes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
