@@ -111,7 +111,7 @@ static void expect_reference_tokens(colo_fixture_t *f, int n, uint64_t rid0, int
         assert_int_equal(q->done, 1);
         assert_int_equal(q->done_status, 0);
         bt_test_prompt((uint32_t)i, len_of(i), 512, prompt);
-        int nw = bt_test_ref_run(ref, prompt, len_of(i), max_tokens, want);
+        int nw = bt_test_ref_run(ref, prompt, len_of(i), max_tokens, 0, want);
         assert_int_equal(q->n_ids, nw);
         assert_memory_equal(q->ids, want, (size_t)nw * sizeof(int32_t));
         assert_int_equal(q->first_seen, 1);

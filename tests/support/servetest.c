@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "baton_client.h"
 #include "common/engine.h"
 #include "common/modelgen.h"
 #include "common/sampler.h"
@@ -380,6 +381,135 @@ int fake_router_assign(fake_router_t *r, const char *id, uint64_t rid, Baton__Ro
     return fake_router_send(r, id, BATON__METHOD__ASSIGN, rid, &a.base);
 }
 
+/* ---- a real cluster ------------------------------------------------------------------------ */
+
+int bt_cluster_add(bt_cluster_t *c, const char *kind, const char *const *extra)
+{
+    if (c->n_daemons == CLUSTER_MAX_DAEMONS)
+        return -1;
+    int i = c->n_daemons;
+    char exe[512], router[64];
+    snprintf(exe, sizeof exe, "%s/bin/baton-%s", BATON_BINARY_DIR, kind);
+    snprintf(c->ids[i], sizeof c->ids[i], "%s-%d", kind, i);
+    snprintf(router, sizeof router, "tcp://127.0.0.1:%d", c->cluster_port);
+    const char *argv[48] = {exe,    "--model",  c->model,    "--router",    router,
+                            "--id", c->ids[i],  "--threads", "1",           "--heartbeat-ms",
+                            "100",  "--kv-mem", "16M",       "--log-level", "info"};
+    int n = 15;
+    for (int k = 0; extra && extra[k] && n < 46; k++)
+        argv[n++] = extra[k];
+    argv[n] = NULL;
+    if (bt_proc_start(&c->daemons[i], (char *const *)argv) != 0)
+        return -1;
+    c->n_daemons++;
+    return i;
+}
+
+/* One HEALTH or INFO round trip on a fresh DEALER socket, the reply unpacked with its own
+ * descriptor (the request's body is Empty, the reply's is not). 0 on success. */
+int bt_cluster_call(const bt_cluster_t *c, Baton__Method method,
+                    const ProtobufCMessageDescriptor *reply, ProtobufCMessage **out)
+{
+    void *zctx = zmq_ctx_new(), *sock = zmq_socket(zctx, ZMQ_DEALER);
+    int rc = -1;
+    bt_rpc_header_t h;
+    bt_rpc_header_init(&h, method, 1);
+    zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+    if (bt_rpc_socket_setup(sock) == BT_OK && zmq_connect(sock, c->client_ep) == 0 &&
+        bt_rpc_send(sock, NULL, &h, NULL, 0) == BT_OK && zmq_poll(&it, 1, 2000) > 0) {
+        bt_rpc_msg_t m;
+        if (bt_rpc_recv(sock, &m, 0) == BT_OK && m.hdr.method == method) {
+            *out = protobuf_c_message_unpack(reply, NULL, m.body_len,
+                                             m.body ? m.body : (const uint8_t *)"");
+            rc = *out ? 0 : -1;
+        }
+        bt_rpc_msg_fini(&m);
+    }
+    zmq_close(sock);
+    zmq_ctx_term(zctx);
+    return rc;
+}
+
+int bt_cluster_wait_instances(bt_cluster_t *c, int n, int timeout_ms)
+{
+    uint64_t end = bt_test_now_ms() + (uint64_t)timeout_ms;
+    int ok = 0;
+    while (!ok && bt_test_now_ms() < end) {
+        Baton__HealthReply *h = NULL;
+        if (bt_cluster_call(c, BATON__METHOD__HEALTH, &baton__health_reply__descriptor,
+                            (ProtobufCMessage **)&h) == 0) {
+            ok = h->ok && (int)(h->n_prefill + h->n_decode + h->n_colocated) == n;
+            baton__health_reply__free_unpacked(h, NULL);
+        }
+        if (!ok) {
+            struct timespec ts = {0, 20 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return ok;
+}
+
+int bt_cluster_start(bt_cluster_t *c, const char *model, int n_p, int n_d, int n_k,
+                     const char *const *extra)
+{
+    memset(c, 0, sizeof *c);
+    c->model = model;
+    c->port = bt_test_free_port();
+    do
+        c->cluster_port = bt_test_free_port();
+    while (c->cluster_port == c->port);
+    snprintf(c->client_ep, sizeof c->client_ep, "tcp://127.0.0.1:%d", c->port);
+    char exe[512], port[16], cport[16];
+    snprintf(exe, sizeof exe, "%s/bin/baton-router", BATON_BINARY_DIR);
+    snprintf(port, sizeof port, "%d", c->port);
+    snprintf(cport, sizeof cport, "%d", c->cluster_port);
+    const char *argv[] = {exe,         "--port",  port,  "--cluster-port",  cport,  "--bind",
+                          "127.0.0.1", "--model", model, "--dead-after-ms", "1000", "--log-level",
+                          "info",      NULL};
+    if (bt_proc_start(&c->router, (char *const *)argv) != 0)
+        return -1;
+    int ok = 1;
+    for (int i = 0; ok && i < n_p; i++)
+        ok = bt_cluster_add(c, "prefill", extra) >= 0;
+    for (int i = 0; ok && i < n_d; i++)
+        ok = bt_cluster_add(c, "decode", extra) >= 0;
+    for (int i = 0; ok && i < n_k; i++)
+        ok = bt_cluster_add(c, "colocated", extra) >= 0;
+    if (ok && bt_cluster_wait_instances(c, n_p + n_d + n_k, 30000))
+        return 0;
+    bt_cluster_dump_logs(c);
+    bt_cluster_stop(c);
+    return -1;
+}
+
+static int stop_one(bt_proc_t *p, int timeout_ms)
+{
+    if (p->pid == 0)
+        return 0;
+    kill(p->pid, SIGTERM);
+    if (!bt_proc_wait(p, timeout_ms)) {
+        bt_proc_kill(p);
+        return -1;
+    }
+    return bt_proc_exit_code(p) == 0 ? 0 : -1;
+}
+
+int bt_cluster_stop(bt_cluster_t *c)
+{
+    int rc = stop_one(&c->router, 20000);
+    for (int i = 0; i < c->n_daemons; i++)
+        if (stop_one(&c->daemons[i], 20000) != 0)
+            rc = -1;
+    return rc;
+}
+
+void bt_cluster_dump_logs(const bt_cluster_t *c)
+{
+    bt_proc_dump_log(&c->router);
+    for (int i = 0; i < c->n_daemons; i++)
+        bt_proc_dump_log(&c->daemons[i]);
+}
+
 /* ---- reference ---------------------------------------------------------------------------- */
 
 struct bt_test_ref {
@@ -395,7 +525,7 @@ bt_test_ref_t *bt_test_ref_open(const char *model_path)
     if (!ref || bt_model_load(&mp, &ref->model) != BT_OK)
         goto err;
     bt_engine_params_t ep = {
-        .n_threads = 1, .max_batch_tokens = 512, .max_seqs = 1, .kv_budget_bytes = 8u << 20};
+        .n_threads = 1, .max_batch_tokens = 512, .max_seqs = 1, .kv_budget_bytes = 64u << 20};
     if (bt_engine_create(ref->model, &ep, &ref->engine) != BT_OK)
         goto err;
     ref->logits = malloc((size_t)ref->model->hp.n_vocab * sizeof(float));
@@ -418,7 +548,7 @@ void bt_test_ref_close(bt_test_ref_t *ref)
 }
 
 int bt_test_ref_run(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt, int max_tokens,
-                    int32_t *out)
+                    int ignore_eos, int32_t *out)
 {
     bt_kv_seq_t kv;
     bt_kv_pool_t *pool = bt_engine_kv_pool(ref->engine);
@@ -428,8 +558,9 @@ int bt_test_ref_run(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt, int
     bt_batch_seq_t b = {
         .kv = &kv, .tokens = prompt, .n_tokens = n_prompt, .logits = BT_LOGITS_LAST};
     while (n < max_tokens && bt_engine_forward(ref->engine, &b, 1, ref->logits) == BT_OK) {
-        out[n] = bt_argmax(ref->logits, ref->model->hp.n_vocab);
-        if (bt_tokenizer_is_eog(ref->model->tok, out[n++]))
+        int32_t t = bt_argmax(ref->logits, ref->model->hp.n_vocab);
+        out[n++] = t;
+        if (!ignore_eos && bt_tokenizer_is_eog(ref->model->tok, t))
             break;
         b = (bt_batch_seq_t){
             .kv = &kv, .tokens = &out[n - 1], .n_tokens = 1, .logits = BT_LOGITS_LAST};

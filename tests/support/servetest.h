@@ -114,6 +114,39 @@ int fake_router_wait(fake_router_t *r, int (*pred)(fake_router_t *, void *), voi
 /* Waits for DONE of request rid. */
 int fake_router_wait_done(fake_router_t *r, uint64_t rid, int timeout_ms);
 
+/* ---- a real cluster: baton-router and daemons -------------------------------------------- */
+
+#define CLUSTER_MAX_DAEMONS 8
+
+typedef struct {
+    const char *model; /* borrowed */
+    int port, cluster_port;
+    char client_ep[64]; /* tcp://127.0.0.1:port, for the client library */
+    bt_proc_t router;
+    bt_proc_t daemons[CLUSTER_MAX_DAEMONS];
+    char ids[CLUSTER_MAX_DAEMONS][32];
+    int n_daemons;
+} bt_cluster_t;
+
+/* Starts baton-router (dead-after 1 s) and n_p prefill, n_d decode and n_k colocated daemons
+ * with extra daemon flags (NULL-terminated, may be NULL), then waits until the router reports
+ * all of them healthy. 0 on success (on failure the logs are printed and everything stopped). */
+int bt_cluster_start(bt_cluster_t *c, const char *model, int n_p, int n_d, int n_k,
+                     const char *const *extra);
+/* Starts one more daemon of kind ("prefill", "decode", "colocated"); returns its index. */
+int bt_cluster_add(bt_cluster_t *c, const char *kind, const char *const *extra);
+/* Waits until HEALTH counts n alive instances (and says ok); 1 on success. */
+int bt_cluster_wait_instances(bt_cluster_t *c, int n, int timeout_ms);
+/* One HEALTH or INFO request to the router, its reply unpacked with descriptor reply; free
+ * *out with protobuf_c_message_free_unpacked. 0 on success. */
+int bt_cluster_call(const bt_cluster_t *c, Baton__Method method,
+                    const ProtobufCMessageDescriptor *reply, ProtobufCMessage **out);
+/* SIGTERM to the router then the daemons; waits; SIGKILL what is left. Returns 0 when every
+ * process exited 0 in time. */
+int bt_cluster_stop(bt_cluster_t *c);
+/* Prints every log of the cluster. */
+void bt_cluster_dump_logs(const bt_cluster_t *c);
+
 /* ---- reference ---------------------------------------------------------------------------- */
 
 /* Greedy generation on the engine alone (one sequence at a time), stopping at
@@ -121,9 +154,10 @@ int fake_router_wait_done(fake_router_t *r, uint64_t rid, int timeout_ms);
 typedef struct bt_test_ref bt_test_ref_t;
 bt_test_ref_t *bt_test_ref_open(const char *model_path);
 void bt_test_ref_close(bt_test_ref_t *ref);
-/* Writes up to max_tokens generated ids to out; returns how many. */
+/* Writes up to max_tokens generated ids to out (going past end-of-generation tokens when
+ * ignore_eos); returns how many. */
 int bt_test_ref_run(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt, int max_tokens,
-                    int32_t *out);
+                    int ignore_eos, int32_t *out);
 /* A deterministic prompt of n tokens (ids in [3, n_vocab)), varied by seed. */
 void bt_test_prompt(uint32_t seed, int n, int32_t n_vocab, int32_t *out);
 
