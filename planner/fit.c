@@ -302,7 +302,8 @@ int pl_fit_decode(const pl_decode_point_t *pts, int n, int allow_knee, bt_profil
             *st = best_st;
         return BT_OK;
     }
-    *below = *above = one;
+    *below = one;
+    *above = (bt_profile_decode_t){0}; /* as a profile without decode_knee reads back */
     *knee = 0;
     if (st)
         *st = one_st;

@@ -54,7 +54,8 @@ int pl_fit_prefill(const pl_prefill_point_t *pts, int n, bt_profile_prefill_t *o
  * least 4 points and 2 batch sizes on each side; the split with the smallest worst relative
  * error is used when it cuts the one-line worst error by a fifth or more and that error is over
  * 5% (one line does fit otherwise, and fewer coefficients extrapolate better). *knee is 0 when
- * one line is kept (above is then a copy of below). st covers all points. */
+ * one line is kept (above is then zeroed,
+ * as a profile without a knee reads back). st covers all points. */
 int pl_fit_decode(const pl_decode_point_t *pts, int n, int allow_knee, bt_profile_decode_t *below,
                   bt_profile_decode_t *above, int *knee, bt_profile_fit_t *st);
 

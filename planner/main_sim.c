@@ -1,0 +1,219 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * main_sim.c - baton-sim: simulates one cluster (P prefill + D decode instances, or K colocated
+ * ones) on a workload at given request rates and prints SLO attainment, TTFT and TPOT
+ * percentiles and the simulator's own speed; optionally searches the goodput and writes every
+ * request's outcome as CSV. It is how the simulator is compared with a real cluster
+ * (docs/PERFORMANCE.md) and how a plan is looked at more closely.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/alloc.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "plancli.h"
+#include "search.h"
+#include "sim.h"
+
+#define MAX_RATES 64
+
+typedef struct {
+    pl_cli_workload_t wl;
+    char *profile, *prefill_profile, *decode_profile, *policy, *rates, *per_request, *log_level;
+    int prefill, decode, colocated, prefill_pp, decode_pp, max_batch_tokens, max_batch_seqs;
+    int block_size, goodput;
+    int64_t kv_tokens;
+    float slo_ttft_ms, slo_tpot_ms, target;
+} sim_cfg_t;
+
+#define OPT(n, t, d, lo, hi, f, h) PL_CLI_OPT(n, t, d, lo, hi, sim_cfg_t, f, h)
+static const bt_cfg_opt_t sim_opts[] = {
+    OPT("prefill", BT_CFG_INT, "1", 0, 100000, prefill, "prefill instances"),
+    OPT("decode", BT_CFG_INT, "1", 0, 100000, decode, "decode instances"),
+    OPT("colocated", BT_CFG_INT, "0", 0, 100000, colocated, "colocated instances"),
+    OPT("profile", BT_CFG_STRING, NULL, 0, 0, profile, "latency profile of every instance"),
+    OPT("prefill-profile", BT_CFG_STRING, NULL, 0, 0, prefill_profile,
+        "profile of the prefill instances (default --profile)"),
+    OPT("decode-profile", BT_CFG_STRING, NULL, 0, 0, decode_profile,
+        "profile of the decode and colocated instances (default --profile)"),
+    OPT("prefill-pp", BT_CFG_INT, "1", 1, 1024, prefill_pp, "pipeline stages of prefill"),
+    OPT("decode-pp", BT_CFG_INT, "1", 1, 1024, decode_pp, "pipeline stages of decode"),
+    OPT("kv-tokens", BT_CFG_INT64, "0", 0, 0, kv_tokens, "KV capacity per instance; 0: unlimited"),
+    OPT("max-batch-tokens", BT_CFG_INT, "4096", 1, 1 << 24, max_batch_tokens,
+        "prefill token budget L_m"),
+    OPT("max-batch-seqs", BT_CFG_INT, "256", 1, 1 << 20, max_batch_seqs,
+        "prompts per prefill batch, sequences per decode batch"),
+    OPT("block-size", BT_CFG_INT, "16", 1, 4096, block_size, "KV tokens per block"),
+    OPT("policy", BT_CFG_STRING, "least-loaded", 0, 0, policy,
+        "router policy: round-robin, least-loaded, slo-aware"),
+    PL_CLI_WORKLOAD_OPTS(sim_cfg_t, wl),
+    OPT("rates", BT_CFG_STRING, "1", 0, 0, rates, "request rates to simulate, req/s, e.g. 1,2,4"),
+    OPT("slo-ttft-ms", BT_CFG_FLOAT, "1000", 0.001, 1e9, slo_ttft_ms, "TTFT objective"),
+    OPT("slo-tpot-ms", BT_CFG_FLOAT, "100", 0.001, 1e9, slo_tpot_ms, "TPOT objective"),
+    OPT("target", BT_CFG_FLOAT, "0.9", 0.01, 1, target, "attainment target (--goodput)"),
+    OPT("goodput", BT_CFG_BOOL, "0", 0, 0, goodput, "also search the goodput"),
+    OPT("per-request", BT_CFG_STRING, NULL, 0, 0, per_request,
+        "write every request's outcome at every rate here (CSV)"),
+    OPT("log-level", BT_CFG_STRING, "warn", 0, 0, log_level, "debug, info, warn, error"),
+};
+static const bt_cfg_table_t sim_table = {
+    .prog = "baton-sim",
+    .summary = "Simulates a cluster on a workload at given rates (attainment, TTFT, TPOT).",
+    .opts = sim_opts,
+    .n_opts = sizeof sim_opts / sizeof sim_opts[0],
+};
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static int load(const char *path, const char *fallback, bt_profile_t *out)
+{
+    const char *p = path ? path : fallback;
+    if (!p) {
+        fprintf(stderr, "baton-sim: a profile is needed (--profile FILE)\n");
+        return BT_ERR_INVAL;
+    }
+    return bt_profile_load(p, out);
+}
+
+static pl_inst_spec_t *instances(const sim_cfg_t *c, const bt_profile_t *pre,
+                                 const bt_profile_t *dec, int *n)
+{
+    *n = c->prefill + c->decode + c->colocated;
+    pl_inst_spec_t *v = bt_calloc((size_t)*n + 1, sizeof *v);
+    for (int i = 0; v && i < *n; i++) {
+        pl_role_t role = i < c->prefill               ? PL_ROLE_PREFILL
+                         : i < c->prefill + c->decode ? PL_ROLE_DECODE
+                                                      : PL_ROLE_COLOCATED;
+        v[i] = (pl_inst_spec_t){.role = role,
+                                .profile = role == PL_ROLE_PREFILL ? pre : dec,
+                                .pp = role == PL_ROLE_PREFILL  ? c->prefill_pp
+                                      : role == PL_ROLE_DECODE ? c->decode_pp
+                                                               : 1,
+                                .kv_tokens = c->kv_tokens,
+                                .max_batch_tokens = c->max_batch_tokens,
+                                .max_batch_seqs = c->max_batch_seqs};
+    }
+    return v;
+}
+
+static void per_request(FILE *f, double rate, const pl_req_t *r, const pl_sim_req_t *q, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        fprintf(f, "%g,%zu,%.3f,%d,%d,%.3f,%.4f,%.3f,%d,%d\n", rate, i, r[i].arrival_ms,
+                r[i].prompt, r[i].output, q[i].ttft_ms, q[i].tpot_ms, q[i].finish_ms, q[i].prefill,
+                q[i].decode);
+}
+
+/* Simulates every rate and prints one row each. */
+static int run_rates(const sim_cfg_t *c, const pl_workload_t *w, const pl_sim_params_t *sp,
+                     const double *rates, int n_rates, FILE *csv)
+{
+    size_t n = pl_workload_n(w);
+    pl_req_t *reqs = bt_malloc(n * sizeof *reqs);
+    pl_sim_req_t *out = csv ? bt_malloc(n * sizeof *out) : NULL;
+    if (!reqs || (csv && !out)) {
+        bt_free(reqs);
+        return BT_ERR_NOMEM;
+    }
+    printf("| rate/s | attain | TTFT ok | TPOT ok | TTFT p50 | TTFT p90 | TTFT p99 | TPOT p50 | "
+           "TPOT p90 | TPOT p99 | finished | sim s | M req/min |\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    int st = BT_OK;
+    for (int i = 0; i < n_rates && st == BT_OK; i++) {
+        pl_workload_at_rate(w, rates[i], reqs);
+        pl_sim_result_t r;
+        double t0 = now_s();
+        st = pl_sim_run(sp, reqs, n, &r, out);
+        double t = now_s() - t0;
+        if (st != BT_OK)
+            break;
+        printf("| %g | %.4f | %.4f | %.4f | %.1f | %.1f | %.1f | %.2f | %.2f | %.2f | %zu | %.3f "
+               "| %.2f |\n",
+               rates[i], r.attainment, (double)r.n_ttft_ok / r.n, (double)r.n_tpot_ok / r.n,
+               r.ttft_p50_ms, r.ttft_p90_ms, r.ttft_p99_ms, r.tpot_p50_ms, r.tpot_p90_ms,
+               r.tpot_p99_ms, r.n_finished, t, n / (t > 0 ? t : 1e-9) * 60 / 1e6);
+        if (csv)
+            per_request(csv, rates[i], reqs, out, n);
+    }
+    bt_free(reqs);
+    bt_free(out);
+    return st;
+}
+
+static int sim_main(const sim_cfg_t *c)
+{
+    double rates[MAX_RATES];
+    int n_rates = pl_cli_numbers(c->rates, rates, MAX_RATES), pol = pl_policy_parse(c->policy);
+    if (n_rates < 0 || pol < 0) {
+        fprintf(stderr, "baton-sim: %s\n", pol < 0 ? "unknown --policy" : "--rates wants 1,2,4");
+        return 2;
+    }
+    bt_profile_t pre, dec;
+    if (load(c->prefill_profile, c->profile, &pre) != BT_OK ||
+        load(c->decode_profile, c->profile, &dec) != BT_OK)
+        return 2;
+    pl_trace_t *trace = NULL;
+    pl_workload_t *w = NULL;
+    char desc[512];
+    if (pl_cli_workload(&c->wl, &trace, &w, desc, sizeof desc) != BT_OK)
+        return 1;
+    int n_inst, rc = 1;
+    pl_inst_spec_t *inst = instances(c, &pre, &dec, &n_inst);
+    pl_sim_params_t sp = {.inst = inst,
+                          .n_inst = n_inst,
+                          .policy = (pl_policy_t)pol,
+                          .slo_ttft_ms = c->slo_ttft_ms,
+                          .slo_tpot_ms = c->slo_tpot_ms,
+                          .block_size = c->block_size};
+    FILE *csv = c->per_request ? fopen(c->per_request, "w") : NULL;
+    if (csv)
+        fputs("rate,request,arrival_ms,prompt,output,ttft_ms,tpot_ms,finish_ms,prefill,decode\n",
+              csv);
+    printf("cluster: %d prefill (pp %d) + %d decode (pp %d) + %d colocated, policy %s; "
+           "workload: %s; SLO TTFT %g ms, TPOT %g ms\n\n",
+           c->prefill, c->prefill_pp, c->decode, c->decode_pp, c->colocated, c->policy, desc,
+           c->slo_ttft_ms, c->slo_tpot_ms);
+    if (inst && (!c->per_request || csv) && run_rates(c, w, &sp, rates, n_rates, csv) == BT_OK) {
+        rc = 0;
+        if (c->goodput) {
+            pl_goodput_params_t g = {.w = w, .sim = sp, .target = c->target, .rate_hint = rates[0]};
+            pl_goodput_t out;
+            rc = pl_goodput(&g, &out) == BT_OK ? 0 : 1;
+            if (rc == 0)
+                printf("\ngoodput: %.4g req/s at %.0f%% attainment (%d simulations)\n", out.rate,
+                       100 * c->target, out.n_sims);
+        }
+    }
+    if (csv)
+        fclose(csv);
+    bt_free(inst);
+    pl_workload_destroy(w);
+    pl_trace_destroy(trace);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    sim_cfg_t c = {0};
+    int st = bt_cfg_parse(&sim_table, &c, argc, argv, 1, NULL, 0, NULL), rc;
+    if (st != BT_OK) {
+        rc = st == BT_AGAIN ? 0 : 2;
+    } else if (bt_log_level_parse(c.log_level) < 0) {
+        fprintf(stderr, "baton-sim: unknown --log-level %s\n", c.log_level);
+        rc = 2;
+    } else {
+        bt_log_set_level((bt_log_level_t)bt_log_level_parse(c.log_level));
+        rc = sim_main(&c);
+    }
+    bt_cfg_free(&sim_table, &c);
+    return rc;
+}

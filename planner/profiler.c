@@ -1,0 +1,359 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * profiler.c - timing the engine over the grid of profiler.h and fitting the models.
+ *
+ * Prompt tokens are drawn from a fixed generator (they do not change the work the engine does,
+ * but fixed inputs make runs repeatable). Every sequence is built and torn down per run, so the
+ * KV pool is back to empty between shapes.
+ */
+#include "profiler.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "fit.h"
+
+#define MAX_SEQS 256
+
+typedef struct {
+    const pl_profiler_params_t *p;
+    bt_engine_t *e;
+    bt_kv_pool_t *pool;
+    int32_t n_vocab, block;
+    int32_t *tokens; /* (max_batch_tokens) prompt tokens */
+    float *logits;   /* (MAX_SEQS, n_vocab) */
+    bt_kv_seq_t seqs[MAX_SEQS];
+    bt_batch_seq_t batch[MAX_SEQS];
+    int32_t step_tok[MAX_SEQS];
+} prof_t;
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static void seqs_fini(prof_t *s, int n)
+{
+    for (int i = 0; i < n; i++)
+        bt_kv_seq_fini(&s->seqs[i], s->pool);
+}
+
+/* One prefill of k prompts of len tokens; its time in ms, or < 0 on error. */
+static double prefill_once(prof_t *s, int k, int len)
+{
+    int st = BT_OK;
+    for (int i = 0; i < k && st == BT_OK; i++) {
+        st = bt_kv_seq_init(&s->seqs[i], s->pool, len + 1);
+        s->batch[i] = (bt_batch_seq_t){.kv = &s->seqs[i],
+                                       .tokens = s->tokens + (size_t)i * len,
+                                       .n_tokens = len,
+                                       .logits = BT_LOGITS_LAST};
+    }
+    double t0 = now_ms();
+    if (st == BT_OK)
+        st = bt_engine_forward(s->e, s->batch, k, s->logits);
+    double t = now_ms() - t0;
+    seqs_fini(s, k);
+    if (st != BT_OK)
+        bt_error("profiler: prefill of %d x %d tokens failed: %s", k, len, bt_status_str(st));
+    return st == BT_OK ? t : -1;
+}
+
+/* Rounds: every shape once per round, reps rounds, so that a burst of load from elsewhere on
+ * the machine lands on one run of many shapes rather than on every run of one. */
+static int measure_prefill(prof_t *s, pl_prefill_point_t *pts, int *n)
+{
+    const pl_profiler_params_t *p = s->p;
+    int k[PL_PROF_MAX_GRID * PL_PROF_MAX_GRID], len[PL_PROF_MAX_GRID * PL_PROF_MAX_GRID], m = 0;
+    for (int a = 0; a < p->n_prefill_counts; a++)
+        for (int b = 0; b < p->n_prefill_lens; b++)
+            if (p->prefill_counts[a] * p->prefill_lens[b] <= p->max_batch_tokens) {
+                k[m] = p->prefill_counts[a];
+                len[m++] = p->prefill_lens[b];
+            }
+    double *t = bt_malloc((size_t)m * p->reps * sizeof *t + 1);
+    if (!t)
+        return BT_ERR_NOMEM;
+    for (int r = 0; r < p->reps; r++) {
+        for (int i = 0; i < m; i++)
+            if ((t[i * p->reps + r] = prefill_once(s, k[i], len[i])) < 0) {
+                bt_free(t);
+                return BT_ERR_INTERNAL;
+            }
+        if (p->verbose)
+            fprintf(stderr, "prefill: round %d of %d done\n", r + 1, p->reps);
+    }
+    for (int i = 0; i < m; i++) {
+        double ms = median(t + i * p->reps, p->reps);
+        pts[(*n)++] =
+            (pl_prefill_point_t){(double)k[i] * len[i], (double)k[i] * len[i] * len[i], ms};
+        if (p->raw)
+            fprintf(p->raw, "prefill,%d,%d,%.6f\n", k[i], len[i], ms);
+    }
+    bt_free(t);
+    return BT_OK;
+}
+
+/* The KV of one prompt of c tokens, prefilled in chunks the engine accepts. */
+static int base_prefill(prof_t *s, bt_kv_seq_t *base, int c)
+{
+    int st = bt_kv_seq_init(base, s->pool, c + 1);
+    for (int done = 0; done < c && st == BT_OK;) {
+        int n = c - done < s->p->max_batch_tokens ? c - done : s->p->max_batch_tokens;
+        bt_batch_seq_t b = {
+            .kv = base, .tokens = s->tokens, .n_tokens = n, .logits = BT_LOGITS_NONE};
+        st = bt_engine_forward(s->e, &b, 1, s->logits);
+        done += n;
+    }
+    return st;
+}
+
+/* b sequences that share base's blocks (all full: c is a multiple of the block size). */
+static int share(prof_t *s, const bt_kv_seq_t *base, int b, int c)
+{
+    for (int i = 0; i < b; i++) {
+        int st = bt_kv_seq_init(&s->seqs[i], s->pool, c + s->p->reps + 2);
+        if (st != BT_OK)
+            return st;
+        for (int j = 0; j < base->n_blocks; j++) {
+            bt_kv_pool_ref(s->pool, base->blocks[j]);
+            s->seqs[i].blocks[j] = base->blocks[j];
+        }
+        s->seqs[i].n_blocks = base->n_blocks;
+        s->seqs[i].n_tokens = c;
+        s->step_tok[i] = 1 + i % (s->n_vocab - 1);
+    }
+    return BT_OK;
+}
+
+/* One step of b sequences at context c after an untimed one (which takes the new block and
+ * touches its memory); its time in ms, or < 0 on error. */
+static double decode_once(prof_t *s, const bt_kv_seq_t *base, int b, int c)
+{
+    double t = 0;
+    int st = share(s, base, b, c);
+    for (int r = 0; r < 2 && st == BT_OK; r++) {
+        for (int i = 0; i < b; i++)
+            s->batch[i] = (bt_batch_seq_t){.kv = &s->seqs[i],
+                                           .tokens = &s->step_tok[i],
+                                           .n_tokens = 1,
+                                           .logits = BT_LOGITS_LAST};
+        double t0 = now_ms();
+        st = bt_engine_forward(s->e, s->batch, b, s->logits);
+        t = now_ms() - t0;
+    }
+    seqs_fini(s, b);
+    if (st != BT_OK)
+        bt_error("profiler: decode of %d x %d failed: %s", b, c, bt_status_str(st));
+    return st == BT_OK ? t : -1;
+}
+
+/* Rounds over every (context, batch), as for prefill; one base prompt per context, kept. */
+static int decode_rounds(prof_t *s, bt_kv_seq_t *bases, double *t)
+{
+    const pl_profiler_params_t *p = s->p;
+    int nb = p->n_decode_batches;
+    for (int r = 0; r < p->reps; r++) {
+        for (int a = 0; a < p->n_decode_ctx; a++)
+            for (int k = 0; k < nb; k++) {
+                double ms = decode_once(s, &bases[a], p->decode_batches[k], p->decode_ctx[a]);
+                if (ms < 0)
+                    return BT_ERR_INTERNAL;
+                t[(a * nb + k) * p->reps + r] = ms;
+            }
+        if (p->verbose)
+            fprintf(stderr, "decode: round %d of %d done\n", r + 1, p->reps);
+    }
+    return BT_OK;
+}
+
+static int measure_decode(prof_t *s, pl_decode_point_t *pts, int *n)
+{
+    const pl_profiler_params_t *p = s->p;
+    int nc = p->n_decode_ctx, nb = p->n_decode_batches, st = BT_OK, made = 0;
+    bt_kv_seq_t bases[PL_PROF_MAX_GRID];
+    double *t = bt_malloc((size_t)nc * nb * p->reps * sizeof *t);
+    if (!t)
+        return BT_ERR_NOMEM;
+    for (; made < nc && st == BT_OK; made++)
+        st = base_prefill(s, &bases[made], p->decode_ctx[made]);
+    if (st == BT_OK)
+        st = decode_rounds(s, bases, t);
+    for (int a = 0; a < nc && st == BT_OK; a++)
+        for (int k = 0; k < nb; k++) {
+            int b = p->decode_batches[k], c = p->decode_ctx[a];
+            double ms = median(t + (a * nb + k) * p->reps, p->reps);
+            /* The timed step attends the context, the untimed step's token and its own. */
+            pts[(*n)++] = (pl_decode_point_t){b, (double)b * (c + 2), ms};
+            if (p->raw)
+                fprintf(p->raw, "decode,%d,%d,%.6f\n", b, c, ms);
+        }
+    for (int a = 0; a < made; a++)
+        bt_kv_seq_fini(&bases[a], s->pool);
+    bt_free(t);
+    return st;
+}
+
+/* memcpy of KV-sized buffers (up to the largest decode context's KV). Each copy reads and
+ * writes memory no earlier copy touched, walking through buffers well past the caches: KV
+ * shipped after a prefill is not cache-resident either, and warm copies would flatter the
+ * bandwidth of small transfers. */
+static int measure_transfer(prof_t *s, double kv_bytes, pl_transfer_point_t *pts, int *n)
+{
+    const pl_profiler_params_t *p = s->p;
+    int max_ctx = 16, reps = p->reps < 5 ? 5 : p->reps;
+    for (int i = 0; i < p->n_decode_ctx; i++)
+        max_ctx = p->decode_ctx[i] > max_ctx ? p->decode_ctx[i] : max_ctx;
+    size_t big = (size_t)(kv_bytes * max_ctx), cap = big > (128u << 20) ? big : 128u << 20;
+    char *src = bt_malloc(cap), *dst = bt_malloc(cap);
+    double t[64];
+    if (!src || !dst) {
+        bt_free(src);
+        bt_free(dst);
+        return BT_ERR_NOMEM;
+    }
+    memset(src, 1, cap);
+    memset(dst, 2, cap);
+    size_t off = 0;
+    for (int tokens = 16; tokens <= max_ctx; tokens *= 2) {
+        size_t bytes = (size_t)(kv_bytes * tokens);
+        for (int r = 0; r < reps; r++) {
+            if (off + bytes > cap)
+                off = 0;
+            double t0 = now_ms();
+            memcpy(dst + off, src + off, bytes);
+            t[r] = now_ms() - t0;
+            off += bytes;
+        }
+        double ms = median(t, reps);
+        pts[(*n)++] = (pl_transfer_point_t){(double)bytes, ms > 1e-6 ? ms : 1e-6};
+        if (p->raw)
+            fprintf(p->raw, "transfer,%zu,%d,%.6f\n", bytes, tokens, ms);
+    }
+    bt_free(src);
+    bt_free(dst);
+    return BT_OK;
+}
+
+static const char *check(const pl_profiler_params_t *p, const prof_t *s)
+{
+    if (p->reps < 1 || p->reps > 64)
+        return "reps must be in [1, 64]";
+    if (p->n_prefill_lens < 1 || p->n_prefill_counts < 1 || p->n_decode_batches < 1 ||
+        p->n_decode_ctx < 1)
+        return "every grid needs at least one value";
+    if (p->max_batch_tokens > bt_engine_max_batch_tokens(s->e))
+        return "the prefill token budget exceeds the engine's max_batch_tokens";
+    for (int i = 0; i < p->n_decode_ctx; i++)
+        if (p->decode_ctx[i] < s->block || p->decode_ctx[i] % s->block)
+            return "decode contexts must be multiples of the KV block size";
+    for (int i = 0; i < p->n_decode_batches; i++)
+        if (p->decode_batches[i] < 1 || p->decode_batches[i] > MAX_SEQS)
+            return "decode batches must be in [1, 256]";
+    for (int i = 0; i < p->n_prefill_counts; i++)
+        if (p->prefill_counts[i] < 1 || p->prefill_counts[i] > MAX_SEQS)
+            return "prompts per prefill batch must be in [1, 256]";
+    return NULL;
+}
+
+static int fit_all(const pl_profiler_params_t *p, const pl_prefill_point_t *pp, int n_pp,
+                   const pl_decode_point_t *dp, int n_dp, const pl_transfer_point_t *tp, int n_tp,
+                   bt_profile_t *out)
+{
+    int st = pl_fit_prefill(pp, n_pp, &out->prefill, &out->fit_prefill);
+    if (st == BT_OK)
+        st = pl_fit_decode(dp, n_dp, p->allow_knee, &out->decode, &out->decode_above,
+                           &out->decode_knee_batch, &out->fit_decode);
+    if (st == BT_OK && n_tp > 0)
+        st = pl_fit_transfer(tp, n_tp, &out->transfer_latency_ms, &out->transfer_gb_per_s,
+                             &out->fit_transfer);
+    if (st != BT_OK)
+        bt_error("profiler: fitting failed: %s (too few points?)", bt_status_str(st));
+    return st;
+}
+
+static int run(prof_t *s, bt_profile_t *out)
+{
+    const pl_profiler_params_t *p = s->p;
+    int np = p->n_prefill_lens * p->n_prefill_counts, nd = p->n_decode_batches * p->n_decode_ctx;
+    pl_prefill_point_t *pp = bt_malloc((size_t)np * sizeof *pp);
+    pl_decode_point_t *dp = bt_malloc((size_t)nd * sizeof *dp);
+    pl_transfer_point_t tp[32];
+    int n_pp = 0, n_dp = 0, n_tp = 0, st = pp && dp ? BT_OK : BT_ERR_NOMEM;
+    /* Warm-up: caches, page faults and thread wake-ups belong to no measurement. */
+    if (st == BT_OK && prefill_once(s, 1, p->prefill_lens[0]) < 0)
+        st = BT_ERR_INTERNAL;
+    if (st == BT_OK)
+        st = measure_prefill(s, pp, &n_pp);
+    if (st == BT_OK)
+        st = measure_decode(s, dp, &n_dp);
+    if (st == BT_OK && !(p->link_gb_per_s > 0))
+        st = measure_transfer(s, out->kv_bytes_per_token, tp, &n_tp);
+    if (st == BT_OK)
+        st = fit_all(p, pp, n_pp, dp, n_dp, tp, n_tp, out);
+    bt_free(pp);
+    bt_free(dp);
+    return st;
+}
+
+int pl_profiler_run(const pl_profiler_params_t *p, bt_profile_t *out)
+{
+    prof_t *s = bt_calloc(1, sizeof *s);
+    if (!s)
+        return BT_ERR_NOMEM;
+    const bt_model_t *m = bt_engine_model(p->engine);
+    s->p = p;
+    s->e = p->engine;
+    s->pool = bt_engine_kv_pool(p->engine);
+    s->n_vocab = m->hp.n_vocab;
+    s->block = bt_kv_pool_block_size(s->pool);
+    const char *why = check(p, s);
+    int st = why ? BT_ERR_INVAL : BT_OK;
+    if (why)
+        bt_error("profiler: %s", why);
+    s->tokens = st == BT_OK ? bt_malloc((size_t)p->max_batch_tokens * sizeof *s->tokens) : NULL;
+    s->logits = st == BT_OK ? bt_malloc((size_t)MAX_SEQS * m->hp.n_vocab * sizeof(float)) : NULL;
+    if (st == BT_OK && (!s->tokens || !s->logits))
+        st = BT_ERR_NOMEM;
+    bt_profile_t prof = *out;
+    if (st == BT_OK) {
+        uint64_t x = 12345;
+        for (int i = 0; i < p->max_batch_tokens; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            s->tokens[i] = (int32_t)((x >> 33) % (uint64_t)s->n_vocab);
+        }
+        prof.kv_bytes_per_token =
+            (double)bt_kv_pool_block_bytes(s->pool) / s->block * m->hp.n_layers;
+        prof.transfer_gb_per_s = p->link_gb_per_s;
+        prof.transfer_latency_ms = p->link_latency_ms;
+        prof.max_batch = 0;
+        for (int i = 0; i < p->n_decode_batches; i++)
+            prof.max_batch =
+                p->decode_batches[i] > prof.max_batch ? p->decode_batches[i] : prof.max_batch;
+        st = run(s, &prof);
+    }
+    bt_free(s->tokens);
+    bt_free(s->logits);
+    bt_free(s);
+    if (st == BT_OK)
+        *out = prof;
+    return st;
+}

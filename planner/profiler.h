@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * profiler.h - measures an engine over a grid of batch shapes and fits the latency models
+ * (fit.h) into a profile (common/profile.h): what baton-profile does.
+ *
+ * Prefill: batches of k prompts of length l (every k and l of the grid with k * l within the
+ * token budget). Decode: steps of B sequences at context c: one prompt of c tokens is prefilled
+ * once and its KV blocks are shared (reference counts) by all B sequences, so a step at B = 64
+ * and c = 2048 needs the KV memory of one sequence, not 64; attention still reads c tokens per
+ * sequence, as a real batch does (the contexts must be multiples of the block size, so each
+ * sequence writes its new tokens into a block of its own). Each shape is timed reps times after
+ * one warm-up of the whole path and the median is kept: medians shrug off the odd slow run on a
+ * shared machine. Transfers: copies of KV-sized buffers with memcpy (a local link), unless a
+ * link is stated (latency and bandwidth are then written as given).
+ */
+#ifndef BATON_PLANNER_PROFILER_H
+#define BATON_PLANNER_PROFILER_H
+
+#include <stdio.h>
+
+#include "common/engine.h"
+#include "common/profile.h"
+
+#define PL_PROF_MAX_GRID 32
+
+typedef struct {
+    bt_engine_t *engine;                /* borrowed; its limits must cover the grid */
+    int prefill_lens[PL_PROF_MAX_GRID]; /* prompt lengths, tokens */
+    int n_prefill_lens;
+    int prefill_counts[PL_PROF_MAX_GRID]; /* prompts per batch */
+    int n_prefill_counts;
+    int max_batch_tokens;                 /* largest prefill batch, tokens */
+    int decode_batches[PL_PROF_MAX_GRID]; /* sequences per step */
+    int n_decode_batches;
+    int decode_ctx[PL_PROF_MAX_GRID]; /* context lengths, multiples of the block size */
+    int n_decode_ctx;
+    int reps;               /* timed runs per shape (median kept), >= 1 */
+    int allow_knee;         /* fit decode piecewise when one line does not fit */
+    double link_gb_per_s;   /* > 0: a stated link instead of measuring memcpy */
+    double link_latency_ms; /* with link_gb_per_s */
+    FILE *raw;              /* if set, every measurement as CSV (kind,n,len_or_ctx,ms) */
+    int verbose;            /* progress lines on stderr */
+} pl_profiler_params_t;
+
+/* Measures and fits; fills the coefficients, kv_bytes_per_token, max_batch and the fit quality
+ * of out (model, backend, device, tp and note are the caller's). BT_ERR_INVAL for a grid the
+ * engine cannot run (logged), BT_ERR_NOMEM/BT_ERR_NOSPACE from the engine. */
+int pl_profiler_run(const pl_profiler_params_t *p, bt_profile_t *out);
+
+#endif

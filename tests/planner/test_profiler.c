@@ -1,0 +1,123 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_profiler.c - the profiler on the tiny synthetic model: it measures every shape of a
+ * small grid, fits all three models, records what it measured with, writes a profile that
+ * loads back, and refuses grids the engine cannot run.
+ */
+// ctest-labels: unit
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/engine.h"
+#include "common/log.h"
+#include "common/modelgen.h"
+#include "common/status.h"
+#include "planner/profiler.h"
+
+typedef struct {
+    char path[512];
+    bt_model_t *m;
+    bt_engine_t *e;
+} tiny_t;
+
+static void tiny_open(tiny_t *t)
+{
+    bt_modelgen_params_t g;
+    assert_int_equal(bt_modelgen_preset("tiny", &g), BT_OK);
+    bt_test_tmp_path("tiny.gguf", t->path, sizeof t->path);
+    assert_int_equal(bt_modelgen_write(&g, t->path), BT_OK);
+    bt_model_params_t mp = {.path = t->path};
+    assert_int_equal(bt_model_load(&mp, &t->m), BT_OK);
+    bt_engine_params_t ep = {.n_threads = 1,
+                             .max_batch_tokens = 256,
+                             .max_seqs = 8,
+                             .kv_budget_bytes = 2048 * bt_model_kv_bytes_per_token(&t->m->hp, 0)};
+    assert_int_equal(bt_engine_create(t->m, &ep, &t->e), BT_OK);
+}
+
+static void tiny_close(tiny_t *t)
+{
+    bt_engine_destroy(t->e);
+    bt_model_destroy(t->m);
+    remove(t->path);
+}
+
+static pl_profiler_params_t grid(bt_engine_t *e)
+{
+    return (pl_profiler_params_t){.engine = e,
+                                  .prefill_lens = {16, 32, 64, 128},
+                                  .n_prefill_lens = 4,
+                                  .prefill_counts = {1, 2},
+                                  .n_prefill_counts = 2,
+                                  .max_batch_tokens = 256,
+                                  .decode_batches = {1, 2, 4, 8},
+                                  .n_decode_batches = 4,
+                                  .decode_ctx = {16, 64, 128},
+                                  .n_decode_ctx = 3,
+                                  .reps = 2,
+                                  .allow_knee = 1};
+}
+
+static void test_profiler_tiny(void **state)
+{
+    (void)state;
+    tiny_t t;
+    tiny_open(&t);
+    pl_profiler_params_t p = grid(t.e);
+    bt_profile_t prof = {.tp = 1};
+    snprintf(prof.backend, sizeof prof.backend, "cpu");
+    assert_int_equal(pl_profiler_run(&p, &prof), BT_OK);
+    assert_int_equal(prof.fit_prefill.n_points, 8);
+    assert_int_equal(prof.fit_decode.n_points, 12);
+    assert_true(prof.fit_transfer.n_points >= 4);
+    assert_true(prof.kv_bytes_per_token == (double)bt_model_kv_bytes_per_token(&t.m->hp, 0));
+    assert_int_equal(prof.max_batch, 8);
+    assert_true(prof.transfer_gb_per_s > 0);
+    assert_true(bt_profile_prefill_ms(&prof, 64, 64 * 64) > 0);
+    char path[512];
+    bt_test_tmp_path("tiny-profile.json", path, sizeof path);
+    assert_int_equal(bt_profile_write(&prof, path), BT_OK);
+    bt_profile_t back;
+    assert_int_equal(bt_profile_load(path, &back), BT_OK);
+    assert_memory_equal(&prof, &back, sizeof prof);
+    remove(path);
+    /* A stated link is written as given, with no transfer fit. */
+    p.link_gb_per_s = 3;
+    p.link_latency_ms = 0.25;
+    assert_int_equal(pl_profiler_run(&p, &prof), BT_OK);
+    assert_true(prof.transfer_gb_per_s == 3 && prof.transfer_latency_ms == 0.25);
+    tiny_close(&t);
+}
+
+static void test_profiler_refuses_bad_grids(void **state)
+{
+    (void)state;
+    tiny_t t;
+    tiny_open(&t);
+    bt_log_level_t old = bt_log_get_level();
+    bt_log_set_level(BT_LOG_OFF);
+    bt_profile_t prof = {0};
+    pl_profiler_params_t p = grid(t.e);
+    p.decode_ctx[0] = 20; /* not a multiple of the block size */
+    assert_int_equal(pl_profiler_run(&p, &prof), BT_ERR_INVAL);
+    p = grid(t.e);
+    p.max_batch_tokens = 4096; /* over the engine's */
+    assert_int_equal(pl_profiler_run(&p, &prof), BT_ERR_INVAL);
+    p = grid(t.e);
+    p.reps = 0;
+    assert_int_equal(pl_profiler_run(&p, &prof), BT_ERR_INVAL);
+    bt_log_set_level(old);
+    tiny_close(&t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_profiler_tiny),
+        cmocka_unit_test(test_profiler_refuses_bad_grids),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
