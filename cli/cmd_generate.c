@@ -179,6 +179,7 @@ static int report(const gen_cfg_t *c, const gen_state_t *g, const bt_client_resu
         printf("\n");
     else
         printf("%s\n", r->text);
+    fflush(stdout);
     fprintf(stderr,
             "%s: %u prompt + %u output tokens, first token %.1f ms, total %.1f ms, "
             "prefill %s, decode %s, %u failovers%s%s\n",

@@ -351,6 +351,18 @@ int bt_client_generate(bt_client_t *c, const bt_client_gen_params_t *p, bt_clien
 
 /* --- health and info --------------------------------------------------------------------- */
 
+/* HEALTH and INFO requests have empty bodies but their replies do not, so a reply is unpacked
+ * by its own type rather than by bt_rpc_unpack's table, which maps each method to its
+ * request's body. */
+static int unpack_reply(const bt_rpc_msg_t *m, ProtobufCMessage **out)
+{
+    const ProtobufCMessageDescriptor *d = m->hdr.method == BATON__METHOD__HEALTH
+                                              ? &baton__health_reply__descriptor
+                                              : &baton__info_reply__descriptor;
+    *out = protobuf_c_message_unpack(d, NULL, m->body_len, m->body ? m->body : (const uint8_t *)"");
+    return *out ? BT_OK : BT_ERR_FORMAT;
+}
+
 /* Sends an empty-bodied call and waits for its reply; other requests' events are queued. */
 static int call(bt_client_t *c, Baton__Method method, int timeout_ms, ProtobufCMessage **reply)
 {
@@ -366,7 +378,7 @@ static int call(bt_client_t *c, Baton__Method method, int timeout_ms, ProtobufCM
         bt_rpc_msg_t m;
         st = recv_msg(c, deadline, &m);
         if (st == BT_OK && m.hdr.method == method && m.hdr.request_id == id) {
-            st = m.hdr.status != BT_OK ? m.hdr.status : bt_rpc_unpack(&m, reply);
+            st = m.hdr.status != BT_OK ? m.hdr.status : unpack_reply(&m, reply);
             bt_rpc_msg_fini(&m);
             return st;
         }

@@ -157,7 +157,10 @@ static int make_text(router_request_t *rq, int32_t id)
     if (!rq->stop)
         return text_append(rq, piece, n);
     size_t n_shown = 0;
-    bt_stop_push(rq->stop, id, piece, n, shown, sizeof shown, &n_shown);
+    if (rq->text_stopped)
+        return BT_OK;
+    if (bt_stop_push(rq->stop, id, piece, n, shown, sizeof shown, &n_shown) == BT_STOP_STRING)
+        rq->text_stopped = 1;
     return text_append(rq, shown, n_shown);
 }
 
@@ -252,6 +255,8 @@ size_t router_request_flush_text(router_request_t *rq)
     if (!rq->make_text)
         return from;
     char buf[BT_STOP_MAX_STRING_BYTES + 64];
+    if (rq->text_stopped)
+        return from;
     if (rq->stop && rq->finish != BATON__FINISH_REASON__FINISH_STOP_STRING) {
         size_t n = bt_stop_flush(rq->stop, buf, sizeof buf);
         text_append(rq, buf, n);

@@ -84,7 +84,8 @@ typedef struct router_request {
     int n_pending;
     int make_text; /* text made here from ids (the router has the tokenizer) */
     bt_detok_t detok;
-    bt_stop_t *stop; /* stop strings, when any and make_text */
+    bt_stop_t *stop;  /* stop strings, when any and make_text */
+    int text_stopped; /* a stop string matched: no more text, whatever tokens follow */
 
     rq_event_t *events;
     int n_events, cap_events;

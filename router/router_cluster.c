@@ -91,10 +91,10 @@ static void on_assign_reply(router_t *r, bt_rpc_msg_t *m, router_instance_t *ins
         char why[320];
         snprintf(why, sizeof why, "%s refused: %s%s%.200s", inst->name, bt_status_name(status),
                  m->hdr.error[0] ? ": " : "", m->hdr.error);
-        if (rq->state == RQ_CANCELLING) {
-            part->done = 1;
+        part->done = 1; /* it holds nothing for the request: no ABORT owed */
+        if (rq->state == RQ_CANCELLING)
             router_check_finished(r, rq);
-        } else {
+        else {
             router_refused(r, rq, inst, status, why);
         }
     } else if (part == &rq->decode && rq->state == RQ_ASSIGNING) {
