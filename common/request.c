@@ -209,9 +209,14 @@ void bt_req_destroy(bt_req_t *r)
     bt_free(r);
 }
 
-void bt_req_event(bt_req_t *r, Baton__EventKind kind, int32_t code)
+void bt_req_event_at(bt_req_t *r, Baton__EventKind kind, int32_t code, uint64_t time_ns)
 {
     if (r->n_events >= BT_REQ_MAX_EVENTS)
         return;
-    r->events[r->n_events++] = (bt_event_t){.kind = kind, .time_ns = bt_rpc_now_ns(), .code = code};
+    r->events[r->n_events++] = (bt_event_t){.kind = kind, .time_ns = time_ns, .code = code};
+}
+
+void bt_req_event(bt_req_t *r, Baton__EventKind kind, int32_t code)
+{
+    bt_req_event_at(r, kind, code, bt_rpc_now_ns());
 }

@@ -85,6 +85,8 @@ void bt_req_destroy(bt_req_t *r);
 /* Records a lifetime event now (CLOCK_REALTIME); events past BT_REQ_MAX_EVENTS are dropped
  * (each part records at most a handful). */
 void bt_req_event(bt_req_t *r, Baton__EventKind kind, int32_t code);
+/* The same with the time given (CLOCK_REALTIME ns), for what another thread saw happen. */
+void bt_req_event_at(bt_req_t *r, Baton__EventKind kind, int32_t code, uint64_t time_ns);
 
 /* Blocks needed for n_tokens with block_size tokens per block. */
 static inline int32_t bt_blocks_for(int32_t n_tokens, int32_t block_size)

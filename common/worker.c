@@ -230,6 +230,25 @@ static void send_done(bt_worker_t *w, const bt_out_t *o)
         bt_warn("req %llu: DONE for a request not in flight", (unsigned long long)o->request_id);
 }
 
+void bt_worker_send(bt_worker_t *w, bt_out_t *o)
+{
+    if (!o)
+        return;
+    switch (o->kind) {
+    case BT_OUT_ASSIGN_REPLY: send_assign_reply(w, o); break;
+    case BT_OUT_FIRST_TOKEN:
+    case BT_OUT_STREAM: send_chunk(w, o); break;
+    case BT_OUT_DONE: send_done(w, o); break;
+    case BT_OUT_ROLE:
+        if (w->p.ops->loop_output) {
+            w->p.ops->loop_output(w->p.ctx, w, o);
+            return; /* the role frees it */
+        }
+        break;
+    }
+    bt_out_free(o);
+}
+
 /* Sends everything the compute thread has produced. */
 static void drain_outbox(bt_worker_t *w)
 {
@@ -237,21 +256,8 @@ static void drain_outbox(bt_worker_t *w)
     if (read(w->efd, &n, sizeof n) < 0 && errno != EAGAIN)
         bt_warn("worker: eventfd read failed: %s", strerror(errno));
     bt_out_t *o;
-    while (bt_queue_pop(w->outbox, &o, 0) == BT_OK) {
-        switch (o->kind) {
-        case BT_OUT_ASSIGN_REPLY: send_assign_reply(w, o); break;
-        case BT_OUT_FIRST_TOKEN:
-        case BT_OUT_STREAM: send_chunk(w, o); break;
-        case BT_OUT_DONE: send_done(w, o); break;
-        case BT_OUT_ROLE:
-            if (w->p.ops->loop_output) {
-                w->p.ops->loop_output(w->p.ctx, w, o);
-                continue; /* the role frees it */
-            }
-            break;
-        }
-        bt_out_free(o);
-    }
+    while (bt_queue_pop(w->outbox, &o, 0) == BT_OK)
+        bt_worker_send(w, o);
 }
 
 /* ---- loop thread: receiving -------------------------------------------------------------- */
@@ -469,7 +475,7 @@ static void reconnect_if_stuck(bt_worker_t *w)
 
 static void loop_once(bt_worker_t *w)
 {
-    int role_fd = w->p.ops->loop_fd ? w->p.ops->loop_fd(w->p.ctx) : -1;
+    int role_fd = w->p.ops->loop_fd ? w->p.ops->loop_fd(w->p.ctx, w) : -1;
     zmq_pollitem_t items[4] = {{w->sock, 0, ZMQ_POLLIN, 0},
                                {NULL, w->efd, ZMQ_POLLIN, 0},
                                {NULL, w->sfd, ZMQ_POLLIN, 0},

@@ -46,8 +46,9 @@ typedef struct {
     uint64_t request_id;
     bt_req_t *req;
     int32_t status;
-    int32_t token;   /* BT_CMD_KV on a decode daemon: the first token */
-    uint64_t detail; /* role-defined */
+    int32_t token;    /* BT_CMD_KV on a decode daemon: the first token */
+    uint64_t detail;  /* role-defined */
+    uint64_t time_ns; /* when the loop saw what the command reports (CLOCK_REALTIME) */
 } bt_cmd_t;
 
 /* Outputs of the compute thread, sent by the loop thread. */
@@ -92,8 +93,9 @@ typedef struct {
     void (*command)(void *ctx, bt_worker_t *w, const bt_cmd_t *cmd);
     /* compute: one iteration (one batch); BT_OK when it did work, BT_AGAIN when idle. */
     int (*step)(void *ctx, bt_worker_t *w);
-    /* loop: a file descriptor to poll as well (e.g. the transfer library's), or -1. */
-    int (*loop_fd)(void *ctx);
+    /* loop: does pending work and returns a file descriptor to poll as well (e.g. the
+     * transfer library's), or -1. Called before every wait. */
+    int (*loop_fd)(void *ctx, bt_worker_t *w);
     /* loop: that fd is readable, or a housekeeping tick passed. */
     void (*loop_poll)(void *ctx, bt_worker_t *w);
     /* loop: a BT_OUT_ROLE output to act on; the role frees o (bt_out_free). */
@@ -147,6 +149,9 @@ void bt_worker_publish(bt_worker_t *w, const bt_worker_stats_t *stats);
 int bt_worker_stopping(bt_worker_t *w);
 /* loop: queues a command to the compute thread (BT_ERR_NOSPACE if the queue is full). */
 int bt_worker_command(bt_worker_t *w, const bt_cmd_t *cmd);
+/* loop: sends o to the router now, as if the compute thread had emitted it, and frees it (the
+ * role's loop code answers without a round trip through the compute thread). */
+void bt_worker_send(bt_worker_t *w, bt_out_t *o);
 /* The instance id (any thread). */
 const char *bt_worker_id(const bt_worker_t *w);
 

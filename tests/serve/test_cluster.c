@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "baton_client.h"
 #include "servetest.h"
@@ -53,6 +54,17 @@ static int group_teardown(void **state)
 static int prompt_len(int i)
 {
     return 1 + (i * 37) % 200;
+}
+
+/* The prefill and decode daemons are built only with kvx; tests of layouts that need them
+ * skip without. */
+static void need_daemons(int n_p, int n_d)
+{
+    if ((n_p && access(BATON_BINARY_DIR "/bin/baton-prefill", X_OK) != 0) ||
+        (n_d && access(BATON_BINARY_DIR "/bin/baton-decode", X_OK) != 0)) {
+        fprintf(stderr, "SKIP: baton-prefill/baton-decode are not built (no kvx)\n");
+        skip();
+    }
 }
 
 static bt_client_t *connect_client(const bt_cluster_t *c)
@@ -111,6 +123,7 @@ static void expect_ref(bt_test_ref_t *ref, int i, const bt_client_result_t *r, i
 /* 50 prompts of 1..199 tokens, 16 tokens each, all in flight at once. */
 static void run_equivalence(cluster_fixture_t *f, int n_p, int n_d, int n_k)
 {
+    need_daemons(n_p, n_d);
     bt_cluster_t c;
     assert_int_equal(bt_cluster_start(&c, f->tiny, n_p, n_d, n_k, NULL), 0);
     bt_client_t *cl = connect_client(&c);
@@ -126,6 +139,16 @@ static void run_equivalence(cluster_fixture_t *f, int n_p, int n_d, int n_k)
     bt_client_close(cl);
     if (bt_cluster_stop(&c) != 0)
         bt_cluster_dump_logs(&c);
+}
+
+static void test_cluster_1p1d_matches_engine(void **state)
+{
+    run_equivalence(*state, 1, 1, 0);
+}
+
+static void test_cluster_2p2d_matches_engine(void **state)
+{
+    run_equivalence(*state, 2, 2, 0);
 }
 
 static void test_cluster_colocated_matches_engine(void **state)
@@ -160,6 +183,7 @@ static void *client_thread(void *arg)
 
 static void run_concurrent_clients(cluster_fixture_t *f, int n_p, int n_d, int n_k)
 {
+    need_daemons(n_p, n_d);
     bt_cluster_t c;
     assert_int_equal(bt_cluster_start(&c, f->tiny, n_p, n_d, n_k, NULL), 0);
     client_job_t jobs[4];
@@ -177,6 +201,11 @@ static void run_concurrent_clients(cluster_fixture_t *f, int n_p, int n_d, int n
             bt_client_result_free(jobs[k].res[i]);
         }
     assert_int_equal(bt_cluster_stop(&c), 0);
+}
+
+static void test_cluster_concurrent_clients_1p1d(void **state)
+{
+    run_concurrent_clients(*state, 1, 1, 0);
 }
 
 static void test_cluster_concurrent_clients_colocated(void **state)
@@ -235,6 +264,7 @@ static void wait_streaming(bt_client_t *cl, int first, int n, int min_tokens)
 
 static void run_cancel_frees_kv(cluster_fixture_t *f, int n_p, int n_d, int n_k)
 {
+    need_daemons(n_p, n_d);
     bt_cluster_t c;
     const char *extra[] = {"--ctx", "2048", "--kv-mem", "128M", NULL};
     assert_int_equal(bt_cluster_start(&c, f->m15, n_p, n_d, n_k, extra), 0);
@@ -255,9 +285,40 @@ static void run_cancel_frees_kv(cluster_fixture_t *f, int n_p, int n_d, int n_k)
     assert_int_equal(bt_cluster_stop(&c), 0);
 }
 
+static void test_cluster_cancel_frees_kv_1p1d(void **state)
+{
+    run_cancel_frees_kv(*state, 1, 1, 0);
+}
+
 static void test_cluster_cancel_frees_kv_colocated(void **state)
 {
     run_cancel_frees_kv(*state, 0, 0, 2);
+}
+
+/* A daemon whose id starts with prefix and that runs requests (heartbeats say so within a few
+ * intervals); else the first with that prefix. */
+static int pick_victim(const bt_cluster_t *c, const char *prefix)
+{
+    uint64_t end = bt_test_now_ms() + 5000;
+    while (bt_test_now_ms() < end) {
+        Baton__InfoReply *info = get_info(c);
+        int victim = -1;
+        for (size_t i = 0; info && i < info->n_instances && victim < 0; i++)
+            for (int d = 0; d < c->n_daemons; d++)
+                if (!strcmp(info->instances[i]->id, c->ids[d]) && info->instances[i]->running > 0 &&
+                    !strncmp(c->ids[d], prefix, strlen(prefix)))
+                    victim = d;
+        if (info)
+            baton__info_reply__free_unpacked(info, NULL);
+        if (victim >= 0)
+            return victim;
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    for (int d = 0; d < c->n_daemons; d++)
+        if (!strncmp(c->ids[d], prefix, strlen(prefix)))
+            return d;
+    return -1;
 }
 
 /* Four long greedy requests; once they stream, one serving daemon is SIGKILLed. Every
@@ -266,23 +327,15 @@ static void test_cluster_cancel_frees_kv_colocated(void **state)
 static void run_kill_mid_stream(cluster_fixture_t *f, int n_p, int n_d, int n_k,
                                 const char *victim_prefix)
 {
+    need_daemons(n_p, n_d);
     bt_cluster_t c;
     const char *extra[] = {"--ctx", "1024", "--kv-mem", "128M", NULL};
     assert_int_equal(bt_cluster_start(&c, f->m15, n_p, n_d, n_k, extra), 0);
     bt_client_t *cl = connect_client(&c);
     submit_range(cl, 0, 4, 600, 1, 32000);
     wait_streaming(cl, 0, 4, 3);
-    Baton__InfoReply *info = get_info(&c);
-    int victim = -1;
-    assert_non_null(info);
-    for (size_t i = 0; i < info->n_instances && victim < 0; i++)
-        for (int d = 0; d < c.n_daemons; d++)
-            if (!strcmp(info->instances[i]->id, c.ids[d]) && info->instances[i]->running > 0 &&
-                !strncmp(c.ids[d], victim_prefix, strlen(victim_prefix)))
-                victim = d;
-    baton__info_reply__free_unpacked(info, NULL);
-    if (victim < 0)
-        victim = 0;
+    int victim = pick_victim(&c, victim_prefix);
+    assert_true(victim >= 0);
     bt_proc_kill(&c.daemons[victim]);
     bt_client_result_t *res[4] = {0};
     collect(cl, 0, 4, res);
@@ -310,6 +363,11 @@ static void run_kill_mid_stream(cluster_fixture_t *f, int n_p, int n_d, int n_k,
     bt_cluster_stop(&c);
 }
 
+static void test_cluster_kill_decode_mid_stream(void **state)
+{
+    run_kill_mid_stream(*state, 1, 2, 0, "decode");
+}
+
 static void test_cluster_kill_colocated_mid_stream(void **state)
 {
     run_kill_mid_stream(*state, 0, 0, 2, "colocated");
@@ -318,9 +376,14 @@ static void test_cluster_kill_colocated_mid_stream(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cluster_1p1d_matches_engine),
+        cmocka_unit_test(test_cluster_2p2d_matches_engine),
         cmocka_unit_test(test_cluster_colocated_matches_engine),
+        cmocka_unit_test(test_cluster_concurrent_clients_1p1d),
         cmocka_unit_test(test_cluster_concurrent_clients_colocated),
+        cmocka_unit_test(test_cluster_cancel_frees_kv_1p1d),
         cmocka_unit_test(test_cluster_cancel_frees_kv_colocated),
+        cmocka_unit_test(test_cluster_kill_decode_mid_stream),
         cmocka_unit_test(test_cluster_kill_colocated_mid_stream),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -1,0 +1,148 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvlink.c - the daemons' kvx context and peer table (see kvlink.h).
+ *
+ * The peer table is small (one entry per counterpart instance) and is searched linearly. A peer
+ * that goes down is released and forgotten: the next assignment with that peer connects again.
+ */
+#include "kvlink.h"
+
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+
+#define KVLINK_MAX_PEERS 256
+
+typedef struct {
+    char name[BT_KVX_NAME_MAX];
+    bt_kvx_peer_t *peer;
+} link_peer_t;
+
+struct bt_kvlink {
+    bt_kvx_t *kvx;
+    uint8_t address[BT_KVX_ADDRESS_MAX];
+    size_t address_len;
+    link_peer_t peers[KVLINK_MAX_PEERS];
+    int n_peers;
+};
+
+int bt_kvlink_create(const bt_kvlink_params_t *p, bt_kvlink_t **out)
+{
+    bt_kvlink_t *l = bt_calloc(1, sizeof *l);
+    if (!l)
+        return BT_ERR_NOMEM;
+    bt_kv_pool_t *pool = bt_engine_kv_pool(p->engine);
+    bt_kvx_params_t kp = {.backend = p->backend,
+                          .name = p->name,
+                          .base = bt_kv_pool_base(pool),
+                          .size_bytes = bt_kv_pool_size_bytes(pool),
+                          .peer_timeout_ms = p->peer_timeout_ms,
+                          .ucx_tls = p->ucx_tls};
+    bt_kvx_layout_from_pool(pool, p->model_id, &kp.layout);
+    int st = bt_kvx_create(&kp, &l->kvx);
+    if (st == BT_OK)
+        st = bt_kvx_address(l->kvx, l->address, sizeof l->address, &l->address_len);
+    if (st != BT_OK) {
+        bt_error("kvlink: cannot create the %s transfer context: %s",
+                 p->backend ? p->backend : "default", bt_status_str(st));
+        bt_kvlink_destroy(l);
+        return st;
+    }
+    bt_info("kvlink %s: KV transfer over %s (built: %s)", p->name, bt_kvx_backend_name(l->kvx),
+            bt_kvx_backend_list());
+    *out = l;
+    return BT_OK;
+}
+
+void bt_kvlink_destroy(bt_kvlink_t *l)
+{
+    if (!l)
+        return;
+    bt_kvx_destroy(l->kvx); /* frees the peer handles too */
+    bt_free(l);
+}
+
+const void *bt_kvlink_address(const bt_kvlink_t *l, size_t *len)
+{
+    *len = l->address_len;
+    return l->address;
+}
+
+static link_peer_t *find(bt_kvlink_t *l, const char *name)
+{
+    for (int i = 0; i < l->n_peers; i++)
+        if (!strncmp(l->peers[i].name, name, BT_KVX_NAME_MAX - 1))
+            return &l->peers[i];
+    return NULL;
+}
+
+static link_peer_t *add(bt_kvlink_t *l, const char *name, bt_kvx_peer_t *peer)
+{
+    if (l->n_peers == KVLINK_MAX_PEERS) {
+        bt_error("kvlink: more than %d peers; refusing %s", KVLINK_MAX_PEERS, name);
+        return NULL;
+    }
+    link_peer_t *e = &l->peers[l->n_peers++];
+    strncpy(e->name, name, sizeof e->name - 1);
+    e->name[sizeof e->name - 1] = 0;
+    e->peer = peer;
+    return e;
+}
+
+bt_kvx_peer_t *bt_kvlink_peer(bt_kvlink_t *l, const char *name, const void *address,
+                              size_t address_len, int connect)
+{
+    link_peer_t *e = find(l, name);
+    if (e || !connect || !address || !address_len)
+        return e ? e->peer : NULL;
+    bt_kvx_peer_t *peer = NULL;
+    int st = bt_kvx_connect(l->kvx, address, address_len, &peer);
+    if (st != BT_OK) {
+        bt_warn("kvlink: cannot connect to %s: %s", name, bt_status_str(st));
+        return NULL;
+    }
+    bt_info("kvlink: connecting to %s", name);
+    if (!add(l, name, peer)) {
+        bt_kvx_peer_close(peer);
+        bt_kvx_peer_release(peer);
+        return NULL;
+    }
+    return peer;
+}
+
+/* Keeps the table in step: accepted connections are added, dead ones forgotten. */
+static void track(bt_kvlink_t *l, const bt_kvx_event_t *ev)
+{
+    if (ev->type == BT_KVX_EV_PEER_UP) {
+        const char *name = bt_kvx_peer_name(ev->peer);
+        link_peer_t *e = find(l, name);
+        if (!e)
+            add(l, name, ev->peer);
+        else if (e->peer != ev->peer) /* a second connection from the same instance */
+            e->peer = ev->peer;
+        bt_info("kvlink: peer %s is up", name);
+    } else if (ev->type == BT_KVX_EV_PEER_DOWN) {
+        for (int i = 0; i < l->n_peers; i++)
+            if (l->peers[i].peer == ev->peer) {
+                bt_warn("kvlink: peer %s is down: %s", l->peers[i].name, bt_status_str(ev->status));
+                l->peers[i] = l->peers[--l->n_peers];
+                break;
+            }
+    }
+}
+
+int bt_kvlink_pump(bt_kvlink_t *l, bt_kvlink_event_fn fn, void *ctx)
+{
+    do {
+        bt_kvx_progress(l->kvx);
+        bt_kvx_event_t ev;
+        while (bt_kvx_next_event(l->kvx, &ev)) {
+            track(l, &ev);
+            fn(ctx, &ev);
+            if (ev.type == BT_KVX_EV_PEER_DOWN)
+                bt_kvx_peer_release(ev.peer);
+        }
+    } while (bt_kvx_arm(l->kvx) != BT_OK);
+    return bt_kvx_fd(l->kvx);
+}

@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvlink.h - a daemon's KV-transfer context (kvx) as its event loop drives it: the context over
+ * the engine's KV pool, the address blob its heartbeats carry, the table of peers by instance
+ * id, and the pump that turns kvx events into calls of the role.
+ *
+ * Decode daemons connect (they know the prefill peer's address from their assignment and reach
+ * it before replying with the reservation); prefill daemons accept, and find the connection by
+ * the decode instance's id when they ship. One connection per pair, made once, off the request
+ * path. The prefill and decode daemons both link this (it lives here, next to its first user,
+ * because it needs kvx and common/ must not).
+ *
+ * Threads: the worker's loop thread only (kvx contexts are driven by one thread).
+ */
+#ifndef BATON_KVLINK_H
+#define BATON_KVLINK_H
+
+#include <stddef.h>
+
+#include "common/engine.h"
+#include "kvx/kvx.h"
+
+typedef struct bt_kvlink bt_kvlink_t;
+
+/* The transfer options both daemons take (a member `kv` of their config struct). */
+typedef struct {
+    char *backend;       /* kvx backend */
+    char *tls;           /* UCX transports */
+    int peer_timeout_ms; /* a silent peer is dead after this */
+    int peer_wait_ms;    /* how long a transfer waits for its peer's connection */
+} bt_kvlink_cfg_t;
+
+#define BT_KVLINK_OPT(T, n, t, d, lo, hi, f, h)                                                    \
+    {                                                                                              \
+        n, 0, t, d, lo, hi, offsetof(T, kv.f), h                                                   \
+    }
+#define BT_KVLINK_OPTS(T)                                                                          \
+    BT_KVLINK_OPT(T, "kv-backend", BT_CFG_STRING, "ucx", 0, 0, backend,                            \
+                  "KV transfer backend: ucx, nccl"),                                               \
+        BT_KVLINK_OPT(T, "kv-tls", BT_CFG_STRING, NULL, 0, 0, tls,                                 \
+                      "UCX transports for KV, e.g. sm,self or tcp (default: UCX's choice)"),       \
+        BT_KVLINK_OPT(T, "kv-peer-timeout-ms", BT_CFG_INT, "3000", 100, 3600000, peer_timeout_ms,  \
+                      "a transfer peer silent this long is dead"),                                 \
+        BT_KVLINK_OPT(T, "kv-peer-wait-ms", BT_CFG_INT, "5000", 1, 3600000, peer_wait_ms,          \
+                      "how long a transfer waits for its peer's connection")
+
+typedef struct {
+    bt_engine_t *engine;  /* borrowed: its KV pool is registered */
+    const char *name;     /* this instance's id; copied (kvx keeps 63 bytes) */
+    const char *model_id; /* checked in the handshake */
+    const char *backend;  /* kvx backend: "ucx" (NULL: default), "nccl" */
+    const char *ucx_tls;  /* UCX transports, e.g. "sm,self" or "tcp"; NULL: UCX's choice */
+    int peer_timeout_ms;  /* a silent peer is dead after this; 0: kvx's default */
+} bt_kvlink_params_t;
+
+/* Called for every kvx event, after the link's own bookkeeping (peer table). */
+typedef void (*bt_kvlink_event_fn)(void *ctx, const bt_kvx_event_t *ev);
+
+int bt_kvlink_create(const bt_kvlink_params_t *p, bt_kvlink_t **out);
+/* Closes every connection. NULL-safe. */
+void bt_kvlink_destroy(bt_kvlink_t *l);
+
+/* The address blob peers connect to (borrowed). */
+const void *bt_kvlink_address(const bt_kvlink_t *l, size_t *len);
+
+/* The connection to instance name: up or still connecting (check bt_kvx_peer_status), or NULL
+ * when there is none. With an address (and connect set) a missing one is started. */
+bt_kvx_peer_t *bt_kvlink_peer(bt_kvlink_t *l, const char *name, const void *address,
+                              size_t address_len, int connect);
+
+/* Does pending transfer work and hands every event to fn. Returns the fd to poll for more (the
+ * context is armed: nothing is pending once this returns). */
+int bt_kvlink_pump(bt_kvlink_t *l, bt_kvlink_event_fn fn, void *ctx);
+
+#endif
