@@ -200,6 +200,18 @@ static double transfer_ms(const sim_t *s, const sim_inst_t *from, const sim_inst
     return lat + tokens * prof(from)->kv_bytes_per_token / (gbps * 1e9) * 1e3;
 }
 
+/* A batch's prefill time. A prompt longer than the token budget goes alone and is computed in
+ * chunks of the budget (as the daemons do): the per-token and attention terms add up to the
+ * whole prompt's, and each chunk after the first adds the fixed cost again. */
+static double prefill_ms(const sim_inst_t *x, double sum, double sum2, uint32_t n)
+{
+    double t = bt_profile_prefill_ms(prof(x), sum, sum2);
+    int32_t budget = x->spec->max_batch_tokens;
+    if (n == 1 && budget > 0 && sum > budget)
+        t += (ceil(sum / budget) - 1) * prof(x)->prefill.a_ms;
+    return t;
+}
+
 /* --- prefill instances ----------------------------------------------------------------------- */
 
 /* Starts the next FCFS batch when the first stage is free: prompts are taken while they fit the
@@ -233,7 +245,7 @@ static void prefill_try(sim_t *s, int i)
     x->queued_tokens -= (int64_t)sum;
     x->n_running += (int32_t)n;
     fifo_push(s, &x->batches, n);
-    double t = bt_profile_prefill_ms(prof(x), sum, sum2), stage = t / x->pp;
+    double t = prefill_ms(x, sum, sum2, n), stage = t / x->pp;
     /* Batches leave the pipeline in order: one cannot overtake the one ahead of it. */
     double done = fmax(s->now + t, x->last_done_ms + stage);
     x->last_done_ms = done;
@@ -342,7 +354,7 @@ static int coloc_prefill(sim_t *s, int i, int k)
     x->queued_tokens -= (int64_t)sum;
     x->n_running += n;
     l->busy = l->in_prefill = 1;
-    ev_push(s, s->now + bt_profile_prefill_ms(prof(x), sum, sum2), EV_LANE_DONE, (uint32_t)i,
+    ev_push(s, s->now + prefill_ms(x, sum, sum2, (uint32_t)n), EV_LANE_DONE, (uint32_t)i,
             (uint32_t)k);
     return 1;
 }

@@ -80,9 +80,9 @@ static void test_plan_high_affinity_finds_planted(void **state)
     assert_false(plan.prefill.derived);
     assert_true(plan.n_prefill >= (int)ceil(300 / plan.prefill.goodput));
     assert_true(plan.n_decode >= (int)ceil(300 / plan.decode.goodput));
-    assert_int_equal(plan.n_prefill + plan.n_decode,
-                     (int)ceil(300 / plan.prefill.goodput) + (int)ceil(300 / plan.decode.goodput) +
-                         plan.added);
+    assert_int_equal(plan.n_prefill + plan.n_decode, (int)ceil(300 / plan.prefill.goodput) +
+                                                         (int)ceil(300 / plan.decode.goodput) +
+                                                         plan.added);
     assert_true(plan.n_prefill > 1 && plan.n_decode > 1);
     assert_true(plan.verified && plan.at_rate.attainment >= 0.9);
     assert_true(plan.fits);
@@ -162,16 +162,16 @@ static void test_plan_low_affinity_units(void **state)
     (void)state;
     fixture_t f;
     fixture(&f, 4);
-    f.p.cluster = (pl_cluster_t){.nodes = 4, .gpus_per_node = 4, .gpu_mem_bytes = 80e9,
-                                 .inter_gb_per_s = 3};
+    f.p.cluster =
+        (pl_cluster_t){.nodes = 4, .gpus_per_node = 4, .gpu_mem_bytes = 80e9, .inter_gb_per_s = 3};
     f.p.max_pp = 2;
     f.p.rate = 6;
     pl_plan_t plan;
     assert_int_equal(pl_plan_run(PL_ALGO_LOW_AFFINITY, &f.p, &plan), BT_OK);
     printf("low affinity: pp %d, unit %d prefill tp %d + %d decode tp %d, %d units, %.3f "
            "req/s per unit, attainment %.3f\n",
-           plan.prefill.pp, plan.unit_prefill, plan.prefill.tp, plan.unit_decode,
-           plan.decode.tp, plan.n_units, plan.unit_goodput, plan.at_rate.attainment);
+           plan.prefill.pp, plan.unit_prefill, plan.prefill.tp, plan.unit_decode, plan.decode.tp,
+           plan.n_units, plan.unit_goodput, plan.at_rate.attainment);
     assert_int_equal(plan.prefill.pp, plan.decode.pp);
     assert_true(plan.unit_prefill * plan.prefill.tp + plan.unit_decode * plan.decode.tp <= 4);
     for (int i = 0; i < plan.n_slots; i++) {

@@ -184,6 +184,21 @@ static void test_sim_colocated_prefill_first(void **state)
     assert_true(fabs(per[0].tpot_ms - 4) < 1e-9);
 }
 
+/* A prompt over the token budget runs alone, in chunks: each chunk after the first adds the
+ * fixed cost. */
+static void test_sim_long_prompt_in_chunks(void **state)
+{
+    (void)state;
+    bt_profile_t p = profile(10, 0.1, 1e-4, 1, 0, 0);
+    pl_inst_spec_t inst = {.role = PL_ROLE_PREFILL, .profile = &p, .max_batch_tokens = 512};
+    pl_req_t r = {0, 1200, 1};
+    pl_sim_params_t sp = one(&inst, 1, PL_SIM_PREFILL_ONLY);
+    pl_sim_result_t res;
+    pl_sim_req_t per;
+    assert_int_equal(pl_sim_run(&sp, &r, 1, &res, &per), BT_OK);
+    assert_true(fabs(per.ttft_ms - (3 * 10 + 0.1 * 1200 + 1e-4 * 1200 * 1200)) < 1e-9);
+}
+
 /* Decode memory for one sequence only: the second waits for the first to finish, and its KV
  * is not shipped before. */
 static void test_sim_decode_memory_serializes(void **state)
@@ -368,6 +383,7 @@ int main(void)
         cmocka_unit_test(test_sim_decode_unbounded_batch),
         cmocka_unit_test(test_sim_single_request_disagg),
         cmocka_unit_test(test_sim_colocated_prefill_first),
+        cmocka_unit_test(test_sim_long_prompt_in_chunks),
         cmocka_unit_test(test_sim_decode_memory_serializes),
         cmocka_unit_test(test_sim_policies),
         cmocka_unit_test(test_sim_deterministic),
