@@ -143,13 +143,14 @@ int main(int argc, char **argv)
     if (st != BT_OK)
         return 2;
     int level = bt_log_level_parse(c.log_level);
-    if (level < 0 || c.default_max_tokens > c.max_tokens) {
-        fprintf(stderr, "baton-router: %s\n",
-                level < 0 ? "unknown --log-level" : "--default-max-tokens exceeds --max-tokens");
+    if (level < 0) {
+        fprintf(stderr, "baton-router: unknown --log-level '%s'\n", c.log_level);
         bt_cfg_usage(&table, stderr);
         bt_cfg_free(&table, &c);
         return 2;
     }
+    if (c.default_max_tokens > c.max_tokens) /* a lower --max-tokens caps the default too */
+        c.default_max_tokens = c.max_tokens;
     bt_log_set_level((bt_log_level_t)level);
     router_params_t p;
     char cl[300], cu[300];

@@ -262,18 +262,13 @@ static void reject(router_t *r, const bt_rpc_msg_t *m, int status, const char *w
              bt_status_name(status), why);
 }
 
-/* Admission before anything is allocated: draining, duplicates, capacity. */
+/* Admission before anything is allocated: draining, capacity. */
 static int admit(router_t *r, const bt_rpc_msg_t *m, char *why, size_t cap)
 {
     size_t waiting = r->n_state[RQ_QUEUED] + r->n_state[RQ_ASSIGNING];
     if (r->draining) {
         snprintf(why, cap, "the router is draining");
         return BT_ERR_DRAINING;
-    }
-    if (router_reqtable_by_client(r->table, m->route.id[0], m->route.len[0], m->hdr.request_id)) {
-        snprintf(why, cap, "request id %llu is already in flight on this connection",
-                 (unsigned long long)m->hdr.request_id);
-        return BT_ERR_INVAL;
     }
     if (waiting >= (size_t)r->p.max_queue ||
         router_reqtable_count(r->table) >= (size_t)r->p.max_requests) {
@@ -322,6 +317,13 @@ static int accept_request(router_t *r, const bt_rpc_msg_t *m, Baton__GenerateReq
 static void on_generate(router_t *r, const bt_rpc_msg_t *m)
 {
     char why[256];
+    if (router_reqtable_by_client(r->table, m->route.id[0], m->route.len[0], m->hdr.request_id)) {
+        /* Not a RESULT: that would read as the end of the request already in flight. */
+        bt_rpc_reply_error(r->clients, m, BT_ERR_INVAL,
+                           "request id %llu is already in flight on this connection",
+                           (unsigned long long)m->hdr.request_id);
+        return;
+    }
     int st = admit(r, m, why, sizeof why);
     if (st != BT_OK) {
         reject(r, m, st, why);

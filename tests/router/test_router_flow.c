@@ -17,7 +17,8 @@
 
 static int teardown(void **state)
 {
-    rt_stop(*state);
+    if (*state)
+        rt_stop(*state);
     return 0;
 }
 

@@ -1,0 +1,344 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_router_faults.c - a real baton-router process under faults, with fake daemons: a decode
+ * that stops heartbeating mid-stream (the stream continues on another, retries = 1), failover
+ * that finds no instance in time, a daemon restart seen through its incarnation, refusals
+ * with the contract's error codes, a full queue, malformed and unknown messages from both
+ * sides (answered, and the router keeps serving), late messages for finished requests, and
+ * the SIGTERM drain.
+ */
+// ctest-labels: integration
+#include "testutil.h"
+
+#include <signal.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/status.h"
+#include "routertest.h"
+
+#define WAIT_MS 5000
+
+static int teardown(void **state)
+{
+    if (*state)
+        rt_stop(*state);
+    return 0;
+}
+
+static rt_cluster_t *start(void **state, const char *const *extra)
+{
+    static rt_cluster_t c;
+    assert_int_equal(rt_start(&c, extra), 0);
+    *state = &c;
+    return &c;
+}
+
+static uint64_t expect_assign(rt_cluster_t *c, rt_daemon_t *d, Baton__Role part, uint32_t *skip)
+{
+    bt_rpc_msg_t m;
+    assert_int_equal(rt_expect(c, d->sock, BATON__METHOD__ASSIGN, &m, WAIT_MS, NULL), 0);
+    Baton__Assignment *a = rt_body(&m);
+    assert_int_equal(a->part, part);
+    if (skip)
+        *skip = a->skip_tokens;
+    uint64_t id = m.hdr.request_id;
+    baton__assignment__free_unpacked(a, NULL);
+    bt_rpc_msg_fini(&m);
+    return id;
+}
+
+/* The next TOKENS or RESULT for the client; the caller frees the body. */
+static void *expect_client(rt_cluster_t *c, void *cl, Baton__Method method, uint64_t id, int status)
+{
+    bt_rpc_msg_t m;
+    assert_int_equal(rt_recv(c, cl, &m, WAIT_MS), 0);
+    assert_int_equal(m.hdr.method, method);
+    assert_int_equal(m.hdr.request_id, id);
+    assert_int_equal(m.hdr.status, status);
+    void *b = rt_body(&m);
+    bt_rpc_msg_fini(&m);
+    return b;
+}
+
+static const int32_t prompt[3] = {5, 6, 7};
+
+/* Places a request on colocated instance x and accepts it; returns the cluster id. */
+static uint64_t run_colocated(rt_cluster_t *c, rt_daemon_t *x, void *cl, uint64_t cid)
+{
+    assert_int_equal(rt_generate(cl, cid, prompt, 3, 6), 0);
+    uint64_t id = expect_assign(c, x, BATON__ROLE__COLOCATED, NULL);
+    rt_assign_reply(x, id, BATON__ROLE__COLOCATED, 0);
+    return id;
+}
+
+static void test_faults_decode_dies_mid_stream_and_the_stream_continues(void **state)
+{
+    rt_cluster_t *c = start(state, (const char *const[]){"--dead-after-ms", "300", NULL});
+    rt_daemon_t *p = rt_daemon_add(c, "p0", BATON__ROLE__PREFILL);
+    rt_daemon_t *d0 = rt_daemon_add(c, "d0", BATON__ROLE__DECODE);
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 2, WAIT_MS), 0);
+    assert_int_equal(rt_generate(cl, 77, prompt, 3, 6), 0);
+    uint64_t id = expect_assign(c, d0, BATON__ROLE__DECODE, NULL);
+    rt_assign_reply(d0, id, BATON__ROLE__DECODE, 0);
+    expect_assign(c, p, BATON__ROLE__PREFILL, NULL);
+    int32_t t0 = 20, t12[2] = {21, 22};
+    rt_chunk(p, BATON__METHOD__FIRST_TOKEN, id, 0, &t0, 1);
+    rt_done(p, id, BATON__ROLE__PREFILL, BATON__FINISH_REASON__FINISH_LENGTH, 1, NULL, 0);
+    rt_chunk(d0, BATON__METHOD__STREAM, id, 1, t12, 2);
+    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 77, 0), NULL);
+    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 77, 0), NULL);
+
+    d0->silent = 1; /* d0 "dies"; d1 joins */
+    rt_daemon_t *d1 = rt_daemon_add(c, "d1", BATON__ROLE__DECODE);
+    uint32_t skip = 0;
+    uint64_t id2 = expect_assign(c, d1, BATON__ROLE__DECODE, &skip);
+    assert_true(id2 != id);
+    assert_int_equal(skip, 3); /* the three tokens the client already has */
+    rt_assign_reply(d1, id2, BATON__ROLE__DECODE, 0);
+    assert_int_equal(expect_assign(c, p, BATON__ROLE__PREFILL, &skip), id2);
+    assert_int_equal(skip, 3);
+    /* The replay: the prefill's first token again (dropped), then d1 from index 3. A late
+     * token from the old attempt is ignored. */
+    rt_chunk(p, BATON__METHOD__FIRST_TOKEN, id2, 0, &t0, 1);
+    rt_chunk(d0, BATON__METHOD__STREAM, id, 3, t12, 1);
+    int32_t t345[3] = {23, 24, 25};
+    rt_chunk(d1, BATON__METHOD__STREAM, id2, 3, t345, 3);
+    Baton__TokenChunk *tc = expect_client(c, cl, BATON__METHOD__TOKENS, 77, 0);
+    assert_int_equal(tc->index, 3);
+    assert_int_equal(tc->n_ids, 3);
+    assert_int_equal(tc->ids[0], 23);
+    baton__token_chunk__free_unpacked(tc, NULL);
+    rt_done(p, id2, BATON__ROLE__PREFILL, BATON__FINISH_REASON__FINISH_LENGTH, 1, NULL, 0);
+    rt_done(d1, id2, BATON__ROLE__DECODE, BATON__FINISH_REASON__FINISH_LENGTH, 6, NULL, 0);
+    Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, 77, 0);
+    assert_int_equal(r->finish_reason, BATON__FINISH_REASON__FINISH_LENGTH);
+    assert_int_equal(r->retries, 1);
+    assert_int_equal(r->n_ids, 6);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(r->ids[i], 20 + i);
+    assert_string_equal(r->decode_instance, "d1");
+    baton__generate_result__free_unpacked(r, NULL);
+}
+
+static void test_faults_failover_gives_up_after_its_timeout(void **state)
+{
+    rt_cluster_t *c = start(state, (const char *const[]){"--dead-after-ms", "300",
+                                                         "--failover-timeout-ms", "300", NULL});
+    rt_daemon_t *x = rt_daemon_add(c, "c0", BATON__ROLE__COLOCATED);
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
+    uint64_t id = run_colocated(c, x, cl, 5);
+    int32_t t0 = 1;
+    rt_chunk(x, BATON__METHOD__FIRST_TOKEN, id, 0, &t0, 1);
+    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 5, 0), NULL);
+    x->silent = 1; /* the only instance dies: nowhere to go */
+    Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, 5, BT_ERR_UNAVAILABLE);
+    assert_int_equal(r->finish_reason, BATON__FINISH_REASON__FINISH_FAILED);
+    assert_int_equal(r->n_ids, 1); /* what was delivered is in the result */
+    assert_int_equal(r->events[r->n_events - 1]->kind, BATON__EVENT_KIND__FAILED);
+    assert_int_equal(r->events[r->n_events - 1]->code, BT_ERR_UNAVAILABLE);
+    baton__generate_result__free_unpacked(r, NULL);
+}
+
+static void test_faults_restart_is_seen_through_the_incarnation(void **state)
+{
+    rt_cluster_t *c = start(state, NULL);
+    rt_daemon_t *x = rt_daemon_add(c, "c0", BATON__ROLE__COLOCATED);
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
+    uint64_t id = run_colocated(c, x, cl, 6);
+    x->incarnation = 2; /* it restarted within dead-after: what it had is gone */
+    rt_heartbeat(c, x);
+    uint32_t skip = 99;
+    uint64_t id2 = expect_assign(c, x, BATON__ROLE__COLOCATED, &skip);
+    assert_true(id2 != id);
+    assert_int_equal(skip, 0);
+    rt_assign_reply(x, id2, BATON__ROLE__COLOCATED, 0);
+    int32_t t0 = 3;
+    rt_chunk(x, BATON__METHOD__FIRST_TOKEN, id2, 0, &t0, 1);
+    rt_done(x, id2, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_EOS, 1, NULL, 0);
+    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 6, 0), NULL);
+    Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, 6, 0);
+    assert_int_equal(r->retries, 1);
+    baton__generate_result__free_unpacked(r, NULL);
+}
+
+/* Sends GENERATE and expects an error RESULT with status (no events: never accepted). */
+static void expect_refused(rt_cluster_t *c, void *cl, const Baton__GenerateRequest *g, uint64_t id,
+                           int status)
+{
+    assert_int_equal(rt_send(cl, BATON__METHOD__GENERATE, id, 0, &g->base), 0);
+    Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, id, status);
+    assert_int_equal(r->finish_reason, BATON__FINISH_REASON__FINISH_FAILED);
+    baton__generate_result__free_unpacked(r, NULL);
+}
+
+static void test_faults_limits_answer_with_error_codes(void **state)
+{
+    rt_cluster_t *c =
+        start(state, (const char *const[]){"--max-prompt-tokens", "4", "--max-tokens", "10", NULL});
+    void *cl = rt_client(c);
+    int32_t ids[5] = {1, 2, 3, 4, 5};
+    Baton__GenerateRequest g = BATON__GENERATE_REQUEST__INIT;
+    Baton__SamplingParams s = BATON__SAMPLING_PARAMS__INIT;
+    g.sampling = &s;
+    g.prompt_ids = ids;
+    g.n_prompt_ids = 5;
+    expect_refused(c, cl, &g, 1, BT_ERR_RANGE);
+    g.n_prompt_ids = 4;
+    g.max_tokens = 11;
+    expect_refused(c, cl, &g, 2, BT_ERR_RANGE);
+    g.max_tokens = 10;
+    s.temperature = -1;
+    expect_refused(c, cl, &g, 3, BT_ERR_INVAL);
+    s.temperature = 0;
+    g.n_prompt_ids = 0;
+    g.prompt = "text needs a tokenizer";
+    expect_refused(c, cl, &g, 4, BT_ERR_UNSUPPORTED);
+    g.prompt = "";
+    expect_refused(c, cl, &g, 5, BT_ERR_INVAL);
+}
+
+static void test_faults_queue_bound_and_queue_timeout(void **state)
+{
+    rt_cluster_t *c =
+        start(state, (const char *const[]){"--max-queue", "1", "--queue-timeout-ms", "400", NULL});
+    void *cl = rt_client(c);
+    /* No instance: the first waits in the queue, the second finds it full. */
+    assert_int_equal(rt_generate(cl, 1, prompt, 3, 4), 0);
+    Baton__GenerateRequest g = BATON__GENERATE_REQUEST__INIT;
+    g.prompt_ids = (int32_t *)prompt;
+    g.n_prompt_ids = 3;
+    expect_refused(c, cl, &g, 2, BT_ERR_OVERLOADED);
+    /* An id already in flight on this connection is refused. */
+    assert_int_equal(rt_send(cl, BATON__METHOD__GENERATE, 1, 0, &g.base), 0);
+    bt_rpc_msg_t m;
+    assert_int_equal(rt_recv(c, cl, &m, WAIT_MS), 0);
+    assert_int_equal(m.hdr.request_id, 1);
+    assert_int_equal(m.hdr.status, BT_ERR_INVAL);
+    bt_rpc_msg_fini(&m);
+    /* The first one gives up when no instance comes. */
+    Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, 1, BT_ERR_UNAVAILABLE);
+    assert_int_equal(r->n_events, 2); /* ISSUED, FAILED */
+    baton__generate_result__free_unpacked(r, NULL);
+}
+
+static void send_frames(void *sock, const char *const *frames, const size_t *lens, int n)
+{
+    for (int i = 0; i < n; i++)
+        zmq_send(sock, frames[i], lens[i], i + 1 < n ? ZMQ_SNDMORE : 0);
+}
+
+static void expect_error(rt_cluster_t *c, void *sock, int status)
+{
+    bt_rpc_msg_t m;
+    assert_int_equal(rt_recv(c, sock, &m, WAIT_MS), 0);
+    assert_int_equal(m.hdr.status, status);
+    bt_rpc_msg_fini(&m);
+}
+
+static void test_faults_malformed_and_unknown_messages(void **state)
+{
+    rt_cluster_t *c = start(state, NULL);
+    void *cl = rt_client(c);
+    rt_daemon_t *x = rt_daemon_add(c, "c0", BATON__ROLE__COLOCATED);
+    assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
+    const char *garbage[] = {"\xff\xfe\x01", ""};
+    size_t glen[] = {3, 0};
+    send_frames(cl, garbage, glen, 2); /* a header that does not parse */
+    expect_error(c, cl, BT_ERR_FORMAT);
+    send_frames(cl, garbage, glen, 1); /* one frame only */
+    expect_error(c, cl, BT_ERR_FORMAT);
+    bt_rpc_header_t h;
+    bt_rpc_header_init(&h, (Baton__Method)99, 7); /* unknown method */
+    bt_rpc_send(cl, NULL, &h, NULL, 0);
+    expect_error(c, cl, BT_ERR_UNSUPPORTED);
+    bt_rpc_header_init(&h, BATON__METHOD__HEALTH, 8);
+    h.version = 2;
+    bt_rpc_send(cl, NULL, &h, NULL, 0);
+    expect_error(c, cl, BT_ERR_UNSUPPORTED);
+    rt_send(cl, BATON__METHOD__HEARTBEAT, 9, 0, NULL); /* a daemon method from a client */
+    expect_error(c, cl, BT_ERR_UNSUPPORTED);
+    const char *bad_body[] = {NULL, "\x0a\xff\xff"};
+    Baton__Header ph = BATON__HEADER__INIT;
+    ph.version = 1;
+    ph.method = BATON__METHOD__GENERATE;
+    ph.request_id = 10;
+    uint8_t hbuf[64];
+    size_t hlen = baton__header__pack(&ph, hbuf);
+    bad_body[0] = (const char *)hbuf;
+    size_t blen[] = {hlen, 3};
+    send_frames(cl, bad_body, blen, 2); /* a GenerateRequest that does not parse */
+    expect_error(c, cl, BT_ERR_FORMAT);
+
+    send_frames(x->sock, garbage, glen, 2); /* daemons get answers too */
+    expect_error(c, x->sock, BT_ERR_FORMAT);
+    int32_t t = 1;
+    rt_chunk(x, BATON__METHOD__STREAM, 123456, 0, &t, 1); /* tokens for nobody: ABORT */
+    bt_rpc_msg_t m;
+    assert_int_equal(rt_expect(c, x->sock, BATON__METHOD__ABORT, &m, WAIT_MS, NULL), 0);
+    assert_int_equal(m.hdr.request_id, 123456);
+    bt_rpc_msg_fini(&m);
+    rt_done(x, 123456, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_LENGTH, 1, NULL, 0);
+
+    /* Still serving, and a request still runs end to end; late messages after it are
+     * dropped without a second RESULT. */
+    uint64_t id = run_colocated(c, x, cl, 11);
+    rt_chunk(x, BATON__METHOD__FIRST_TOKEN, id, 0, &t, 1);
+    rt_done(x, id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_LENGTH, 1, NULL, 0);
+    rt_done(x, id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_LENGTH, 1, NULL, 0);
+    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 11, 0), NULL);
+    baton__generate_result__free_unpacked(expect_client(c, cl, BATON__METHOD__RESULT, 11, 0), NULL);
+    rt_send(cl, BATON__METHOD__HEALTH, 12, 0, NULL);
+    assert_int_equal(rt_recv(c, cl, &m, WAIT_MS), 0);
+    assert_int_equal(m.hdr.method, BATON__METHOD__HEALTH); /* nothing else came in between */
+    assert_int_equal(m.hdr.request_id, 12);
+    bt_rpc_msg_fini(&m);
+}
+
+static void test_faults_sigterm_drains_then_exits_zero(void **state)
+{
+    rt_cluster_t *c = start(state, NULL);
+    rt_daemon_t *x = rt_daemon_add(c, "c0", BATON__ROLE__COLOCATED);
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
+    uint64_t id = run_colocated(c, x, cl, 1);
+    kill(c->proc.pid, SIGTERM);
+    rt_sleep(c, 50);
+    Baton__GenerateRequest g = BATON__GENERATE_REQUEST__INIT;
+    g.prompt_ids = (int32_t *)prompt;
+    g.n_prompt_ids = 3;
+    expect_refused(c, cl, &g, 2, BT_ERR_DRAINING);
+    rt_send(cl, BATON__METHOD__HEALTH, 3, 0, NULL);
+    bt_rpc_msg_t m;
+    assert_int_equal(rt_expect(c, cl, BATON__METHOD__HEALTH, &m, WAIT_MS, NULL), 0);
+    Baton__HealthReply *h = rt_body_as(&m, &baton__health_reply__descriptor);
+    bt_rpc_msg_fini(&m);
+    assert_false(h->ok); /* load balancers stop sending */
+    baton__health_reply__free_unpacked(h, NULL);
+    assert_int_equal(c->proc.pid != 0 && !bt_proc_wait(&c->proc, 100), 1); /* still serving */
+    int32_t t = 4;
+    rt_chunk(x, BATON__METHOD__FIRST_TOKEN, id, 0, &t, 1);
+    rt_done(x, id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_LENGTH, 1, NULL, 0);
+    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 1, 0), NULL);
+    baton__generate_result__free_unpacked(expect_client(c, cl, BATON__METHOD__RESULT, 1, 0), NULL);
+    assert_true(bt_proc_wait(&c->proc, WAIT_MS));
+    assert_int_equal(bt_proc_exit_code(&c->proc), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_faults_decode_dies_mid_stream_and_the_stream_continues,
+                                  teardown),
+        cmocka_unit_test_teardown(test_faults_failover_gives_up_after_its_timeout, teardown),
+        cmocka_unit_test_teardown(test_faults_restart_is_seen_through_the_incarnation, teardown),
+        cmocka_unit_test_teardown(test_faults_limits_answer_with_error_codes, teardown),
+        cmocka_unit_test_teardown(test_faults_queue_bound_and_queue_timeout, teardown),
+        cmocka_unit_test_teardown(test_faults_malformed_and_unknown_messages, teardown),
+        cmocka_unit_test_teardown(test_faults_sigterm_drains_then_exits_zero, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
