@@ -562,6 +562,8 @@ int bt_worker_create(const bt_worker_params_t *p, bt_worker_t **out)
     w->p.max_requests = p->max_requests ? p->max_requests : 1024;
     w->efd = w->sfd = -1;
     w->incarnation = bt_rpc_now_ns();
+    /* Until the compute thread publishes, the pool is whole and empty. */
+    w->stats.kv_total_blocks = w->stats.kv_free_blocks = (uint32_t)p->limits.max_blocks;
     pthread_mutex_init(&w->stats_mu, NULL);
     bt_reqtable_init(&w->inflight);
     size_t n_cmd = 3 * (size_t)w->p.max_requests + 16;

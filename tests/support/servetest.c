@@ -247,18 +247,31 @@ static void on_chunk(fake_req_t *q, const bt_rpc_msg_t *m)
     baton__token_chunk__free_unpacked(c, NULL);
 }
 
+/* DONEs are filed by part: the prefill's apart, so the decode's (or colocated's) outcome is
+ * what the other fields say whichever arrives last. */
 static void on_done(fake_req_t *q, const bt_rpc_msg_t *m)
 {
     q->done++;
-    q->done_status = m->hdr.status;
     Baton__Done *d = NULL;
-    if (bt_rpc_unpack(m, (ProtobufCMessage **)&d) != BT_OK)
+    if (bt_rpc_unpack(m, (ProtobufCMessage **)&d) != BT_OK) {
+        q->done_status = m->hdr.status;
         return;
-    q->finish = d->finish_reason;
-    q->n_output = d->n_output_tokens;
-    q->n_events = 0;
-    for (size_t i = 0; i < d->n_events && i < 16; i++)
-        q->event_kinds[q->n_events++] = d->events[i]->kind;
+    }
+    if (d->part == BATON__ROLE__PREFILL) {
+        q->pre_done++;
+        q->pre_status = m->hdr.status;
+        q->pre_finish = d->finish_reason;
+        q->pre_n_events = 0;
+        for (size_t i = 0; i < d->n_events && i < 16; i++)
+            q->pre_event_kinds[q->pre_n_events++] = d->events[i]->kind;
+    } else {
+        q->done_status = m->hdr.status;
+        q->finish = d->finish_reason;
+        q->n_output = d->n_output_tokens;
+        q->n_events = 0;
+        for (size_t i = 0; i < d->n_events && i < 16; i++)
+            q->event_kinds[q->n_events++] = d->events[i]->kind;
+    }
     baton__done__free_unpacked(d, NULL);
 }
 

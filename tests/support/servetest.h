@@ -69,6 +69,11 @@ typedef struct {
     uint32_t n_output;
     int n_events;
     int32_t event_kinds[16];
+    int pre_done; /* DONE{PREFILL} seen; its status, finish and events */
+    int32_t pre_status;
+    int pre_finish;
+    int pre_n_events;
+    int32_t pre_event_kinds[16];
     int errors; /* error replies that were not ASSIGN_REPLY/DONE */
 } fake_req_t;
 
