@@ -117,10 +117,11 @@ static int override_shape(const plan_cfg_t *c, pl_shape_t *s)
     return pl_shape_check(s);
 }
 
-static int load_profiles(const char *list, bt_profile_t *out, int *n)
+/* Loads the comma-separated profiles; paths[i] receives the file of out[i] (owned by buf). */
+static int load_profiles(const char *list, char *buf, size_t cap, bt_profile_t *out,
+                         const char **paths, int *n)
 {
-    char buf[4096];
-    if (!list || snprintf(buf, sizeof buf, "%s", list) >= (int)sizeof buf) {
+    if (!list || snprintf(buf, cap, "%s", list) >= (int)cap) {
         fprintf(stderr, "baton-plan: --profiles is required (comma-separated files)\n");
         return BT_ERR_INVAL;
     }
@@ -136,9 +137,24 @@ static int load_profiles(const char *list, bt_profile_t *out, int *n)
                 fprintf(stderr, "baton-plan: two profiles for tp %d\n", out[i].tp);
                 return BT_ERR_INVAL;
             }
-        (*n)++;
+        paths[(*n)++] = tok;
     }
     return *n > 0 ? BT_OK : BT_ERR_INVAL;
+}
+
+/* The profile file the router's slo-aware policy should read: the one measured at the tp of
+ * the plan's prefill (or colocated) instances, else of its decode ones; NULL when both were
+ * derived. The router takes one profile for both sides. */
+static const char *router_profile(const pl_plan_t *plan, const bt_profile_t *prof,
+                                  const char *const *paths, int n)
+{
+    int want[2] = {plan->algo == PL_ALGO_COLOCATED ? plan->colocated.tp : plan->prefill.tp,
+                   plan->decode.tp};
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < n; i++)
+            if (prof[i].tp == want[k])
+                return paths[i];
+    return NULL;
 }
 
 static void params_from(const plan_cfg_t *c, pl_plan_params_t *p)
@@ -253,6 +269,8 @@ static int write_to(const char *path, writer_fn fn, const pl_plan_params_t *p,
 static int plan_main(const plan_cfg_t *c)
 {
     bt_profile_t prof[MAX_PROFILES];
+    const char *paths[MAX_PROFILES];
+    char list[4096];
     pl_plan_params_t p = {0};
     pl_trace_t *trace = NULL;
     pl_workload_t *w = NULL;
@@ -262,7 +280,8 @@ static int plan_main(const plan_cfg_t *c)
         fprintf(stderr, "baton-plan: %s\n", pol < 0 ? "unknown --policy" : "--rate is required");
         return 2;
     }
-    if (override_shape(c, &p.shape) != BT_OK || load_profiles(c->profiles, prof, &n_prof) != BT_OK)
+    if (override_shape(c, &p.shape) != BT_OK ||
+        load_profiles(c->profiles, list, sizeof list, prof, paths, &n_prof) != BT_OK)
         return 2;
     if (pl_cli_workload(&c->wl, &trace, &w, desc, sizeof desc) != BT_OK)
         return 1;
@@ -276,16 +295,12 @@ static int plan_main(const plan_cfg_t *c)
     double secs = 0;
     int st = run(c, &p, &plan, &secs);
     if (st == BT_OK) {
-        char *first = c->profiles ? strdup(c->profiles) : NULL;
-        if (first)
-            first[strcspn(first, ",")] = 0;
-        pl_plan_meta_t m = {desc, c->model_file, first, secs};
+        pl_plan_meta_t m = {desc, c->model_file, router_profile(&plan, prof, paths, n_prof), secs};
         st = write_to(c->out, pl_plan_write_json, &p, &plan, &m);
         if (st == BT_OK && c->up_config)
             st = write_to(c->up_config, pl_plan_write_up_config, &p, &plan, &m);
         if (st == BT_OK && c->values)
             st = write_to(c->values, pl_plan_write_values, &p, &plan, &m);
-        free(first);
         pl_plan_fini(&plan);
     }
     pl_workload_destroy(w);

@@ -150,6 +150,8 @@ int pl_plan_write_up_config(FILE *f, const pl_plan_params_t *p, const pl_plan_t 
     if (m && m->profile)
         fprintf(f, "# router: --profile %s --slo-ttft-ms %.6g --slo-tpot-ms %.6g\n", m->profile,
                 p->slo_ttft_ms, p->slo_tpot_ms);
+    else
+        fprintf(f, "# router: no measured profile at the plan's tp (the plan derived it)\n");
     fprintf(f, "prefill = %d\ndecode = %d\ncolocated = %d\n", plan->n_prefill, plan->n_decode,
             plan->n_colocated);
     fprintf(f, "policy = %s\n", pl_policy_name(p->policy));
