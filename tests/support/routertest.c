@@ -6,7 +6,9 @@
  */
 #include "routertest.h"
 
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +67,8 @@ int rt_start(rt_cluster_t *c, const char *const *extra)
 
 void rt_stop(rt_cluster_t *c)
 {
+    while (c->n_autos)
+        rt_auto_stop(c, c->autos[0]);
     for (int i = 0; i < c->n_d; i++)
         zmq_close(c->d[i].sock);
     for (int i = 0; i < c->n_clients; i++)
@@ -316,4 +320,137 @@ int rt_done(rt_daemon_t *d, uint64_t id, Baton__Role part, Baton__FinishReason r
     done.events = evp;
     done.n_events = n_events < 16 ? n_events : 16;
     return rt_send(d->sock, BATON__METHOD__DONE, id, 0, &done.base);
+}
+
+/* ---- the automatic daemon -------------------------------------------------------------- */
+
+#define RT_AUTO_MAX 256
+
+typedef struct {
+    uint64_t id;
+    int32_t base;
+    uint32_t next, max;
+    uint64_t due_ms;
+} auto_req_t;
+
+struct rt_auto {
+    rt_daemon_t d;
+    rt_auto_params_t p;
+    pthread_t thread;
+    atomic_int stop;
+    auto_req_t reqs[RT_AUTO_MAX];
+    int n;
+};
+
+static void auto_assign(rt_auto_t *a, const bt_rpc_msg_t *m)
+{
+    ProtobufCMessage *b = NULL;
+    if (bt_rpc_unpack(m, &b) != BT_OK)
+        return;
+    Baton__Assignment *as = (Baton__Assignment *)b;
+    if (a->n < RT_AUTO_MAX && as->n_prompt_ids > 0) {
+        auto_req_t *r = &a->reqs[a->n++];
+        *r = (auto_req_t){m->hdr.request_id, as->prompt_ids[0] * 100, as->skip_tokens,
+                          as->max_tokens, bt_test_now_ms()};
+        rt_assign_reply(&a->d, r->id, BATON__ROLE__COLOCATED, 0);
+    } else {
+        rt_assign_reply(&a->d, m->hdr.request_id, BATON__ROLE__COLOCATED, BT_ERR_NOSPACE);
+    }
+    baton__assignment__free_unpacked(as, NULL);
+}
+
+static void auto_remove(rt_auto_t *a, int i)
+{
+    a->reqs[i] = a->reqs[--a->n];
+}
+
+static void auto_abort(rt_auto_t *a, uint64_t id)
+{
+    for (int i = 0; i < a->n; i++)
+        if (a->reqs[i].id == id) {
+            rt_done(&a->d, id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_CANCELLED,
+                    a->reqs[i].next, NULL, 0);
+            auto_remove(a, i);
+            return;
+        }
+}
+
+/* Emits what is due: one token per request per step. */
+static void auto_step(rt_auto_t *a, uint64_t now)
+{
+    static const int kinds[] = {BATON__EVENT_KIND__PREFILL_QUEUED, BATON__EVENT_KIND__PREFILL_BEGIN,
+                                BATON__EVENT_KIND__PREFILL_END, BATON__EVENT_KIND__DECODE_BEGIN};
+    for (int i = 0; i < a->n; i++) {
+        auto_req_t *r = &a->reqs[i];
+        if (r->due_ms > now || (a->p.hold && r->next > 0))
+            continue;
+        int32_t tok = r->base + (int32_t)r->next;
+        rt_chunk(&a->d, r->next ? BATON__METHOD__STREAM : BATON__METHOD__FIRST_TOKEN, r->id,
+                 r->next, &tok, 1);
+        r->next++;
+        r->due_ms = now + (uint64_t)a->p.step_ms;
+        if (r->next >= r->max) {
+            rt_done(&a->d, r->id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_LENGTH,
+                    r->max, kinds, 4);
+            auto_remove(a, i--);
+        }
+    }
+}
+
+static void *auto_main(void *arg)
+{
+    rt_auto_t *a = arg;
+    uint64_t next_hb = 0;
+    zmq_pollitem_t it = {a->d.sock, 0, ZMQ_POLLIN, 0};
+    while (!atomic_load(&a->stop)) {
+        uint64_t now = bt_test_now_ms();
+        if (now >= next_hb) {
+            rt_heartbeat(NULL, &a->d);
+            next_hb = now + RT_HEARTBEAT_MS;
+        }
+        zmq_poll(&it, 1, a->n ? 1 : 10);
+        bt_rpc_msg_t m;
+        while (bt_rpc_recv(a->d.sock, &m, ZMQ_DONTWAIT) == BT_OK) {
+            if (m.hdr.method == BATON__METHOD__ASSIGN)
+                auto_assign(a, &m);
+            else if (m.hdr.method == BATON__METHOD__ABORT)
+                auto_abort(a, m.hdr.request_id);
+            bt_rpc_msg_fini(&m);
+        }
+        bt_rpc_msg_fini(&m);
+        auto_step(a, bt_test_now_ms());
+    }
+    return NULL;
+}
+
+rt_auto_t *rt_auto_start(rt_cluster_t *c, const char *id, const rt_auto_params_t *params)
+{
+    rt_auto_t *a = calloc(1, sizeof *a);
+    if (!a)
+        return NULL;
+    a->p = params ? *params : (rt_auto_params_t){0};
+    snprintf(a->d.id, sizeof a->d.id, "%s", id);
+    a->d.role = BATON__ROLE__COLOCATED;
+    a->d.version = 1;
+    a->d.incarnation = 1;
+    a->d.kv_free_blocks = a->d.kv_total_blocks = 1000;
+    a->d.sock = dealer(c, id, c->cluster_ep);
+    if (c->n_autos == RT_MAX_DAEMONS || pthread_create(&a->thread, NULL, auto_main, a) != 0) {
+        zmq_close(a->d.sock);
+        free(a);
+        return NULL;
+    }
+    c->autos[c->n_autos++] = a;
+    return a;
+}
+
+void rt_auto_stop(rt_cluster_t *c, rt_auto_t *a)
+{
+    for (int i = 0; i < c->n_autos; i++)
+        if (c->autos[i] == a)
+            c->autos[i] = c->autos[--c->n_autos];
+    atomic_store(&a->stop, 1);
+    pthread_join(a->thread, NULL);
+    zmq_close(a->d.sock);
+    free(a);
 }

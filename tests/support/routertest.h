@@ -43,6 +43,8 @@ typedef struct {
     int n_d;
     void *clients[RT_MAX_DAEMONS]; /* closed by rt_stop */
     int n_clients;
+    struct rt_auto *autos[RT_MAX_DAEMONS]; /* stopped by rt_stop */
+    int n_autos;
     uint64_t next_hb_ms;
 } rt_cluster_t;
 
@@ -97,5 +99,21 @@ int rt_chunk(rt_daemon_t *d, Baton__Method method, uint64_t id, uint32_t index, 
 /* DONE with events of the given kinds (times now + i microseconds). */
 int rt_done(rt_daemon_t *d, uint64_t id, Baton__Role part, Baton__FinishReason reason,
             uint32_t n_out, const int *event_kinds, size_t n_events);
+
+/* ---- an automatic colocated daemon on its own thread (for client-library tests) ------- */
+
+typedef struct {
+    int step_ms; /* time between tokens */
+    int hold;    /* 1: after the first token, stream nothing more until aborted */
+} rt_auto_params_t;
+
+typedef struct rt_auto rt_auto_t;
+
+/* Starts a colocated daemon that heartbeats by itself, accepts every ASSIGN and generates
+ * token prompt[0] * 100 + i at output position i until max_tokens (DONE LENGTH, with
+ * events), or DONE CANCELLED on ABORT. It uses its own socket on its own thread. */
+rt_auto_t *rt_auto_start(rt_cluster_t *c, const char *id, const rt_auto_params_t *params);
+/* Stops the thread and closes its socket (rt_stop does it for those still running). */
+void rt_auto_stop(rt_cluster_t *c, rt_auto_t *a);
 
 #endif
