@@ -72,8 +72,6 @@ void router_request_destroy(router_request_t *rq)
     router_request_drop_pending(rq);
     if (rq->req)
         baton__generate_request__free_unpacked(rq->req, NULL);
-    if (rq->decode_reply)
-        baton__assign_reply__free_unpacked(rq->decode_reply, NULL);
     bt_stop_destroy(rq->stop);
     bt_free(rq->prompt_owned);
     bt_free(rq->out);

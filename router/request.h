@@ -74,7 +74,6 @@ typedef struct router_request {
 
     rq_part_t prefill, decode; /* decode is the colocated instance when colocated */
     int colocated;
-    Baton__AssignReply *decode_reply; /* owned until the prefill ASSIGN is sent */
 
     int32_t *out; /* (n_out) ids delivered to the client, in order */
     uint32_t n_out, cap_out;

@@ -20,7 +20,8 @@
 #include "common/status.h"
 #include "router_impl.h"
 
-#define ROUTER_BATCH 64 /* messages per socket per round */
+#define ROUTER_BATCH 64                   /* messages per socket per round */
+#define ROUTER_SCRATCH_BYTES (256u << 10) /* unpacking daemons' messages */
 
 /* --- model, tokenizer, profile -------------------------------------------------------- */
 
@@ -154,8 +155,11 @@ int router_create(const router_params_t *params, router_t **out)
     r->policy_name = bt_strdup(params->policy ? params->policy : "least-loaded");
     /* Ids start from the clock so that a restarted router does not reuse recent ones. */
     r->next_id = bt_rpc_now_ns() / 1000u;
+    r->now_ms = router_now_ms();
+    r->scratch_cap = ROUTER_SCRATCH_BYTES;
+    r->scratch = bt_malloc(r->scratch_cap);
     char id[BT_MODEL_ID_MAX] = "";
-    int st = r->policy_name ? BT_OK : BT_ERR_NOMEM;
+    int st = r->policy_name && r->scratch ? BT_OK : BT_ERR_NOMEM;
     if (st == BT_OK && params->model_path)
         st = load_model(r, id, sizeof id);
     if (st == BT_OK && params->model_id && params->model_id[0])
@@ -212,6 +216,7 @@ void router_destroy(router_t *r)
         bt_tokenizer_destroy(r->tok);
     bt_free(r->cands);
     bt_free(r->batch);
+    bt_free(r->scratch);
     bt_free(r->policy_name);
     bt_free(r);
 }
@@ -299,7 +304,7 @@ static int accept_request(router_t *r, const bt_rpc_msg_t *m, Baton__GenerateReq
     rq->client_len = m->route.len[0];
     memcpy(rq->client, m->route.id[0], rq->client_len);
     rq->issued_ns = bt_rpc_now_ns();
-    rq->wait_deadline_ms = router_now_ms() + (uint64_t)r->p.queue_timeout_ms;
+    rq->wait_deadline_ms = r->now_ms + (uint64_t)r->p.queue_timeout_ms;
     if ((st = router_request_event(rq, BATON__EVENT_KIND__ISSUED, rq->issued_ns, "router", 0)) !=
             BT_OK ||
         (st = router_reqtable_insert(r->table, rq)) != BT_OK) {
@@ -509,7 +514,7 @@ int router_run(router_t *r)
     uint64_t next_tick = router_now_ms();
     int io_error = 0;
     while (!io_error) {
-        uint64_t now = router_now_ms();
+        uint64_t now = r->now_ms = router_now_ms();
         if (now >= next_tick) {
             housekeeping(r, now);
             next_tick = now + (uint64_t)r->p.tick_ms;
@@ -521,6 +526,7 @@ int router_run(router_t *r)
             bt_error("zmq_poll: %s", zmq_strerror(zmq_errno()));
             return BT_ERR_IO;
         }
+        r->now_ms = router_now_ms();
         for (int round = 0; round < 16 && !io_error; round++) {
             int got = serve_socket(r, r->cluster, ROUTER_BATCH, &io_error);
             got += serve_socket(r, r->clients, ROUTER_BATCH, &io_error);

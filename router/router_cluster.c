@@ -33,6 +33,51 @@ int router_send_instance(router_t *r, const router_instance_t *inst, Baton__Meth
     return st;
 }
 
+/* Daemons' messages are used and dropped within their handler, so their protobuf-c allocations
+ * come from a scratch buffer that is reset after each one: no malloc on the hot path. An
+ * unusually large message spills to malloc and is freed the usual way. */
+static void *scratch_alloc(void *data, size_t size)
+{
+    router_t *r = data;
+    size = (size + 15) & ~(size_t)15;
+    if (r->scratch_used + size <= r->scratch_cap) {
+        void *p = r->scratch + r->scratch_used;
+        r->scratch_used += size;
+        return p;
+    }
+    r->scratch_spilled = 1;
+    return bt_malloc(size);
+}
+
+static void scratch_free(void *data, void *p)
+{
+    router_t *r = data;
+    if ((uint8_t *)p < r->scratch || (uint8_t *)p >= r->scratch + r->scratch_cap)
+        bt_free(p);
+}
+
+ProtobufCMessage *router_unpack_transient(router_t *r, const bt_rpc_msg_t *m)
+{
+    const ProtobufCMessageDescriptor *d = bt_rpc_body_type(m->hdr.method);
+    ProtobufCAllocator a = {scratch_alloc, scratch_free, r};
+    if (!d)
+        return NULL;
+    ProtobufCMessage *msg =
+        protobuf_c_message_unpack(d, &a, m->body_len, m->body ? m->body : (const uint8_t *)"");
+    if (!msg)
+        r->scratch_used = 0;
+    return msg;
+}
+
+void router_release_transient(router_t *r, ProtobufCMessage *msg)
+{
+    ProtobufCAllocator a = {scratch_alloc, scratch_free, r};
+    if (msg && r->scratch_spilled)
+        protobuf_c_message_free_unpacked(msg, &a);
+    r->scratch_used = 0;
+    r->scratch_spilled = 0;
+}
+
 static rq_part_t *part_of(router_request_t *rq, const router_instance_t *inst)
 {
     if (!inst)
@@ -52,15 +97,15 @@ static int all_accepted(const router_request_t *rq)
 static void on_heartbeat(router_t *r, bt_rpc_msg_t *m)
 {
     ProtobufCMessage *body = NULL;
-    if (bt_rpc_unpack(m, &body) != BT_OK) {
+    if (!(body = router_unpack_transient(r, m))) {
         bt_rpc_reply_error(r->cluster, m, BT_ERR_FORMAT, "heartbeat does not parse");
         return;
     }
     router_instance_t *inst = NULL;
     router_hb_event_t ev;
     int st = router_instances_heartbeat(r->inst, m->route.id[0], m->route.len[0],
-                                        (Baton__Heartbeat *)body, router_now_ms(), &inst, &ev);
-    protobuf_c_message_free_unpacked(body, NULL);
+                                        (Baton__Heartbeat *)body, r->now_ms, &inst, &ev);
+    router_release_transient(r, body);
     if (st == BT_ERR_INVAL) {
         bt_rpc_reply_error(r->cluster, m, BT_ERR_INVAL, "heartbeat without a role");
         return;
@@ -80,7 +125,7 @@ static void on_assign_reply(router_t *r, bt_rpc_msg_t *m, router_instance_t *ins
     router_request_t *rq = router_reqtable_by_id(r->table, m->hdr.request_id);
     ProtobufCMessage *body = NULL;
     int status = m->hdr.status;
-    if (m->hdr.method == BATON__METHOD__ASSIGN_REPLY && bt_rpc_unpack(m, &body) != BT_OK &&
+    if (m->hdr.method == BATON__METHOD__ASSIGN_REPLY && !(body = router_unpack_transient(r, m)) &&
         status == BT_OK)
         status = BT_ERR_FORMAT;
     rq_part_t *part = rq ? part_of(rq, inst) : NULL;
@@ -99,7 +144,6 @@ static void on_assign_reply(router_t *r, bt_rpc_msg_t *m, router_instance_t *ins
         }
     } else if (part == &rq->decode && rq->state == RQ_ASSIGNING) {
         router_decode_accepted(r, rq, (Baton__AssignReply *)body);
-        body = NULL; /* handed over */
     } else {
         part->accepted = 1;
         if (rq->state == RQ_ASSIGNING && all_accepted(rq)) {
@@ -107,8 +151,7 @@ static void on_assign_reply(router_t *r, bt_rpc_msg_t *m, router_instance_t *ins
             rq_set_state(r, rq, RQ_RUNNING);
         }
     }
-    if (body)
-        protobuf_c_message_free_unpacked(body, NULL);
+    router_release_transient(r, body);
 }
 
 static void take_chunk(router_t *r, router_request_t *rq, rq_part_t *part,
@@ -153,12 +196,12 @@ static void on_chunk(router_t *r, bt_rpc_msg_t *m, router_instance_t *inst)
     if (!part || !part->sent || part->done || m->hdr.status != BT_OK)
         return;
     ProtobufCMessage *body = NULL;
-    if (bt_rpc_unpack(m, &body) != BT_OK) {
+    if (!(body = router_unpack_transient(r, m))) {
         bt_rpc_reply_error(r->cluster, m, BT_ERR_FORMAT, "token chunk does not parse");
         return;
     }
     take_chunk(r, rq, part, (Baton__TokenChunk *)body);
-    protobuf_c_message_free_unpacked(body, NULL);
+    router_release_transient(r, body);
 }
 
 /* A part ended badly: the request fails over unless what it owed has been delivered. */
@@ -168,13 +211,20 @@ static int done_failed(const router_request_t *rq, Baton__FinishReason reason, i
            (reason == BATON__FINISH_REASON__FINISH_CANCELLED && !rq->cancel_requested);
 }
 
-static void take_done(router_t *r, router_request_t *rq, rq_part_t *part, const Baton__Done *d,
-                      int status, const char *error)
+/* Why a part's end made the request fail over (built only then). */
+static void failover_after(router_t *r, router_request_t *rq, rq_part_t *part, int status,
+                           const char *error)
 {
     char why[320];
     snprintf(why, sizeof why, "%s part on %s ended: %s%s%.200s",
-             part == &rq->prefill ? "prefill" : "decode", part->inst->name,
+             part == &rq->prefill ? "prefill" : "decode", part->inst ? part->inst->name : "?",
              status < 0 ? bt_status_name(status) : "not finished", error[0] ? ": " : "", error);
+    router_failover(r, rq, status < 0 ? status : BT_ERR_UNAVAILABLE, why);
+}
+
+static void take_done(router_t *r, router_request_t *rq, rq_part_t *part, const Baton__Done *d,
+                      int status, const char *error)
+{
     Baton__FinishReason reason = d ? d->finish_reason : BATON__FINISH_REASON__FINISH_FAILED;
     if (d)
         router_request_events_from(rq, d->events, d->n_events);
@@ -185,17 +235,17 @@ static void take_done(router_t *r, router_request_t *rq, rq_part_t *part, const 
         router_check_finished(r, rq);
     } else if (part == &rq->prefill) {
         if (done_failed(rq, reason, status) && !rq->decode.streamed)
-            router_failover(r, rq, status < 0 ? status : BT_ERR_UNAVAILABLE, why);
+            failover_after(r, rq, part, status, error);
         else if (rq->state == RQ_FINISHING)
             router_check_finished(r, rq);
     } else if (done_failed(rq, reason, status)) {
-        router_failover(r, rq, status < 0 ? status : BT_ERR_UNAVAILABLE, why);
+        failover_after(r, rq, part, status, error);
     } else {
         rq->finish = reason ? reason : BATON__FINISH_REASON__FINISH_LENGTH;
         rq->n_expected = d->n_output_tokens < rq->max_tokens ? d->n_output_tokens : rq->max_tokens;
         rq_list_remove(r, rq);
         rq_set_state(r, rq, RQ_FINISHING);
-        rq->deadline_ms = router_now_ms() + (uint64_t)r->p.finish_grace_ms;
+        rq->deadline_ms = r->now_ms + (uint64_t)r->p.finish_grace_ms;
         rq_list_push(&r->timed, rq, RQ_LIST_TIMED, 0);
         router_check_finished(r, rq);
     }
@@ -209,18 +259,17 @@ static void on_done(router_t *r, bt_rpc_msg_t *m, router_instance_t *inst)
         return;
     ProtobufCMessage *body = NULL;
     int status = m->hdr.status;
-    if (bt_rpc_unpack(m, &body) != BT_OK && status == BT_OK)
+    if (!(body = router_unpack_transient(r, m)) && status == BT_OK)
         status = BT_ERR_FORMAT;
     take_done(r, rq, part, (Baton__Done *)body, status, m->hdr.error);
-    if (body)
-        protobuf_c_message_free_unpacked(body, NULL);
+    router_release_transient(r, body);
 }
 
 void router_on_cluster(router_t *r, bt_rpc_msg_t *m)
 {
     router_instance_t *inst = router_instances_find(r->inst, m->route.id[0], m->route.len[0]);
     if (inst)
-        router_instances_touch(inst, router_now_ms());
+        router_instances_touch(inst, r->now_ms);
     switch (m->hdr.method) {
     case BATON__METHOD__HEARTBEAT: on_heartbeat(r, m); break;
     case BATON__METHOD__ASSIGN_REPLY: on_assign_reply(r, m, inst); break;

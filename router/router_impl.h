@@ -62,6 +62,11 @@ struct router {
     router_request_t **batch; /* (batch_cap) scratch for requests of a dead instance */
     size_t batch_n, batch_cap;
 
+    uint64_t now_ms;  /* monotonic, read once per round of the loop */
+    uint8_t *scratch; /* (scratch_cap) for unpacking daemons' messages */
+    size_t scratch_cap, scratch_used;
+    int scratch_spilled;
+
     uint64_t n_accepted, n_rejected, n_finished, n_failed, n_cancelled, n_failovers;
 };
 
@@ -80,7 +85,7 @@ void router_failover(router_t *r, router_request_t *rq, int status, const char *
 void router_finish(router_t *r, router_request_t *rq, Baton__FinishReason reason, int status,
                    const char *why);
 void router_cancel(router_t *r, router_request_t *rq);
-void router_decode_accepted(router_t *r, router_request_t *rq, Baton__AssignReply *reply);
+void router_decode_accepted(router_t *r, router_request_t *rq, const Baton__AssignReply *reply);
 void router_refused(router_t *r, router_request_t *rq, router_instance_t *inst, int status,
                     const char *why);
 void router_abort_part(router_t *r, router_request_t *rq, rq_part_t *part);
@@ -91,6 +96,10 @@ void router_timeouts(router_t *r, uint64_t now_ms);
 
 /* The daemons' messages and liveness (router_cluster.c). */
 void router_on_cluster(router_t *r, bt_rpc_msg_t *m);
+/* Unpacks a daemon's message into the scratch buffer (NULL if it does not parse); release it
+ * before the next one. */
+ProtobufCMessage *router_unpack_transient(router_t *r, const bt_rpc_msg_t *m);
+void router_release_transient(router_t *r, ProtobufCMessage *msg);
 void router_on_instance_lost(router_t *r, router_instance_t *inst);
 int router_send_instance(router_t *r, const router_instance_t *inst, Baton__Method method,
                          uint64_t id, const ProtobufCMessage *body);

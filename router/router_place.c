@@ -82,7 +82,7 @@ static void set_timed(router_t *r, router_request_t *rq, rq_state_t state, int m
 {
     rq_list_remove(r, rq);
     rq_set_state(r, rq, state);
-    rq->deadline_ms = router_now_ms() + (uint64_t)ms;
+    rq->deadline_ms = r->now_ms + (uint64_t)ms;
     rq_list_push(&r->timed, rq, RQ_LIST_TIMED, 0);
 }
 
@@ -120,10 +120,6 @@ void router_detach_parts(router_request_t *rq)
         if (parts[i]->inst)
             parts[i]->inst->n_active--;
         memset(parts[i], 0, sizeof *parts[i]);
-    }
-    if (rq->decode_reply) {
-        baton__assign_reply__free_unpacked(rq->decode_reply, NULL);
-        rq->decode_reply = NULL;
     }
 }
 
@@ -194,7 +190,7 @@ static void attach(rq_part_t *part, router_instance_t *inst, char *name)
 {
     part->inst = inst;
     inst->n_active++;
-    snprintf(name, ROUTER_INSTANCE_NAME_MAX, "%s", inst->name);
+    memcpy(name, inst->name, ROUTER_INSTANCE_NAME_MAX); /* both NUL-terminated in this size */
 }
 
 void router_place(router_t *r, router_request_t *rq)
@@ -211,7 +207,7 @@ void router_place(router_t *r, router_request_t *rq)
     if (pl.prefill)
         attach(&rq->prefill, pl.prefill, rq->prefill_name);
     else
-        snprintf(rq->prefill_name, sizeof rq->prefill_name, "%s", rq->decode_name);
+        memcpy(rq->prefill_name, rq->decode_name, sizeof rq->prefill_name);
     set_timed(r, rq, RQ_ASSIGNING, r->p.dead_after_ms);
     bt_debug("req %llu (client %llu): placed on %s%s%s, predicted ttft %.1f ms tpot %.2f ms",
              (unsigned long long)rq->id, (unsigned long long)rq->client_req_id, rq->decode_name,
@@ -238,18 +234,15 @@ void router_dispatch_queue(router_t *r)
     }
 }
 
-/* The decode part accepted: send the prefill part its ASSIGN with the reservation. */
-void router_decode_accepted(router_t *r, router_request_t *rq, Baton__AssignReply *reply)
+/* The decode part accepted: send the prefill part its ASSIGN with the reservation (borrowed
+ * from the reply for the send). */
+void router_decode_accepted(router_t *r, router_request_t *rq, const Baton__AssignReply *reply)
 {
     rq->decode.accepted = 1;
     if (rq->colocated) {
-        baton__assign_reply__free_unpacked(reply, NULL);
         set_running(r, rq);
         return;
     }
-    if (rq->decode_reply)
-        baton__assign_reply__free_unpacked(rq->decode_reply, NULL);
-    rq->decode_reply = reply;
     if (send_assign(r, rq, &rq->prefill, BATON__ROLE__PREFILL, rq->decode.inst,
                     reply->reservation) != BT_OK) {
         rq->prefill.inst->full = 1;
@@ -298,7 +291,7 @@ void router_failover(router_t *r, router_request_t *rq, int status, const char *
     bt_warn("req %llu (client %llu): failover %u (%s), %u tokens delivered",
             (unsigned long long)rq->id, (unsigned long long)rq->client_req_id, rq->retries, why,
             rq->n_out);
-    rq->wait_deadline_ms = router_now_ms() + (uint64_t)r->p.failover_timeout_ms;
+    rq->wait_deadline_ms = r->now_ms + (uint64_t)r->p.failover_timeout_ms;
     requeue(r, rq);
     router_place(r, rq);
 }
@@ -329,7 +322,8 @@ static void send_result(router_t *r, router_request_t *rq)
     res.prefill_instance = rq->prefill_name;
     res.decode_instance = rq->decode_name;
     res.retries = rq->retries;
-    router_send_client(r, rq, BATON__METHOD__RESULT, rq->status, rq->error, &res.base);
+    router_send_client(r, rq, BATON__METHOD__RESULT, rq->status,
+                       rq->status != BT_OK ? rq->error : NULL, &res.base);
     bt_free(ev);
     bt_free(evp);
 }
@@ -339,7 +333,8 @@ void router_finish(router_t *r, router_request_t *rq, Baton__FinishReason reason
 {
     rq->finish = reason;
     rq->status = status;
-    snprintf(rq->error, sizeof rq->error, "%s", status != BT_OK && why ? why : "");
+    if (status != BT_OK && why)
+        snprintf(rq->error, sizeof rq->error, "%s", why);
     router_abort_part(r, rq, &rq->prefill);
     router_abort_part(r, rq, &rq->decode);
     router_detach_parts(rq);

@@ -1,0 +1,597 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench_router.c - baton-bench-router: how much the router costs. Starts a real baton-router
+ * process, stub daemons that speak the real protocol and answer at once (no engine), and
+ * closed-loop clients, and reports requests per second (each one a placement decision and a
+ * relayed stream) and the latency the router adds.
+ *
+ * Added latency is measured on the first token of every request, against a direct path
+ * under the very same load: the stub prefill stamps the time, sends FIRST_TOKEN to the router
+ * and the same chunk straight to the client (a PUSH socket to the client's PULL socket, same
+ * transport, same serialization); the client reads the clock when each arrives. The router's
+ * relay minus the direct copy, per request, is what the router adds: its event loop, one more
+ * ZeroMQ hop, and any queueing in front of it. All stamps come from one host's clock. The
+ * router's own CPU time (from /proc) per request is reported too: unlike rates and latencies
+ * it barely depends on what else runs on the machine.
+ *
+ * The stubs: with --mode pd, a decode stub reserves (ASSIGN_REPLY with a reservation) and a
+ * prefill stub answers ASSIGN_REPLY, FIRST_TOKEN and DONE at once, then tells the decode stub
+ * over an inproc socket (standing in for the KV transfer's completion notice), which streams
+ * the remaining tokens in one STREAM and sends DONE. With --mode colocated one stub does all.
+ */
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "common/config.h"
+#include "common/rpc.h"
+#include "common/status.h"
+
+typedef struct {
+    char *mode, *policy, *router, *loads;
+    int clients, seconds, warmup_ms, prompt_len, tokens, router_cpu, bench_cpu;
+} cfg_t;
+
+#define OPT(n, t, d, lo, hi, f, h)                                                                 \
+    {                                                                                              \
+        n, 0, t, d, lo, hi, offsetof(cfg_t, f), h                                                  \
+    }
+static const bt_cfg_opt_t opts[] = {
+    OPT("mode", BT_CFG_STRING, "pd", 0, 0, mode, "pd (prefill + decode stubs) or colocated"),
+    OPT("policy", BT_CFG_STRING, "least-loaded", 0, 0, policy, "router placement policy"),
+    OPT("router", BT_CFG_STRING, NULL, 0, 0, router,
+        "baton-router executable (default: next to this program)"),
+    OPT("loads", BT_CFG_STRING, "1,16,64,256", 0, 0, loads,
+        "load points: requests each client keeps in flight"),
+    OPT("clients", BT_CFG_INT, "2", 1, 16, clients, "client threads (one connection each)"),
+    OPT("seconds", BT_CFG_INT, "3", 1, 600, seconds, "measured seconds per load point"),
+    OPT("warmup-ms", BT_CFG_INT, "300", 0, 60000, warmup_ms, "unmeasured start of each point"),
+    OPT("prompt-len", BT_CFG_INT, "16", 2, 4096, prompt_len, "prompt tokens per request"),
+    OPT("tokens", BT_CFG_INT, "2", 1, 256, tokens, "output tokens per request"),
+    OPT("router-cpu", BT_CFG_INT, "-1", -1, 1023, router_cpu,
+        "pin the router process to this CPU (-1: no pinning)"),
+    OPT("bench-cpu", BT_CFG_INT, "-1", -1, 1023, bench_cpu,
+        "pin this program (stubs and clients) to this CPU (-1: no pinning)"),
+};
+static const bt_cfg_table_t table = {
+    .prog = "baton-bench-router",
+    .summary = "Router throughput and added latency with stub daemons (no engine).",
+    .opts = opts,
+    .n_opts = sizeof opts / sizeof opts[0],
+};
+
+#define MAX_CLIENTS 16
+#define MAX_SAMPLES (1 << 22)
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *socket_at(void *ctx, int type, const char *identity, const char *endpoint, int bind)
+{
+    void *s = zmq_socket(ctx, type);
+    bt_rpc_socket_setup(s);
+    if (identity)
+        zmq_setsockopt(s, ZMQ_ROUTING_ID, identity, strlen(identity));
+    if (bind)
+        zmq_bind(s, endpoint);
+    else
+        zmq_connect(s, endpoint);
+    return s;
+}
+
+static void send_msg(void *sock, Baton__Method method, uint64_t id, const ProtobufCMessage *body)
+{
+    bt_rpc_header_t h;
+    bt_rpc_header_init(&h, method, id);
+    bt_rpc_send(sock, NULL, &h, body, 0);
+}
+
+/* ---- stub daemons --------------------------------------------------------------------- */
+
+typedef struct {
+    void *ctx;
+    const char *dir; /* endpoints: DIR/cluster, DIR/direct-<client> */
+    char id[32];
+    Baton__Role role;
+    int tokens, n_clients;
+    atomic_int *stop;
+    pthread_t thread;
+} stub_t;
+
+static void heartbeat(void *sock, const stub_t *s)
+{
+    Baton__Heartbeat hb = BATON__HEARTBEAT__INIT;
+    hb.instance_id = (char *)s->id;
+    hb.role = s->role;
+    hb.model_id = "bench";
+    hb.kv_free_blocks = hb.kv_total_blocks = 1 << 20;
+    hb.kv_block_size = 16;
+    hb.time_ns = now_ns();
+    send_msg(sock, BATON__METHOD__HEARTBEAT, 0, &hb.base);
+}
+
+static void send_chunk(void *sock, Baton__Method method, uint64_t id, uint32_t index, int n,
+                       uint64_t stamp)
+{
+    int32_t ids[256];
+    for (int i = 0; i < n; i++)
+        ids[i] = 100 + (int32_t)index + i;
+    Baton__TokenChunk tc = BATON__TOKEN_CHUNK__INIT;
+    tc.ids = ids;
+    tc.n_ids = (size_t)n;
+    tc.index = index;
+    tc.time_ns = stamp;
+    send_msg(sock, method, id, &tc.base);
+}
+
+static void send_done(void *sock, uint64_t id, Baton__Role part, uint32_t n_out)
+{
+    Baton__Done d = BATON__DONE__INIT;
+    d.part = part;
+    d.finish_reason = BATON__FINISH_REASON__FINISH_LENGTH;
+    d.n_output_tokens = n_out;
+    send_msg(sock, BATON__METHOD__DONE, id, &d.base);
+}
+
+static void reply_assign(void *sock, uint64_t id, Baton__Role part)
+{
+    Baton__AssignReply r = BATON__ASSIGN_REPLY__INIT;
+    Baton__KvReservation kv = BATON__KV_RESERVATION__INIT;
+    int32_t block = 1;
+    r.part = part;
+    if (part == BATON__ROLE__DECODE) {
+        kv.reservation_id = id;
+        kv.block_ids = &block;
+        kv.n_block_ids = 1;
+        r.reservation = &kv;
+    }
+    send_msg(sock, BATON__METHOD__ASSIGN_REPLY, id, &r.base);
+}
+
+/* The first token, to the router and (the direct path) to the client the prompt names:
+ * prompt[0] is the client's index, prompt[1] its request id. */
+static void first_token(const stub_t *s, void *sock, void **direct, const bt_rpc_msg_t *m)
+{
+    ProtobufCMessage *b = NULL;
+    if (bt_rpc_unpack(m, &b) != BT_OK)
+        return;
+    Baton__Assignment *a = (Baton__Assignment *)b;
+    int32_t client = a->n_prompt_ids >= 2 ? a->prompt_ids[0] : -1;
+    uint64_t stamp = now_ns();
+    send_chunk(sock, BATON__METHOD__FIRST_TOKEN, m->hdr.request_id, 0, 1, stamp);
+    if (client >= 0 && client < s->n_clients)
+        send_chunk(direct[client], BATON__METHOD__TOKENS, (uint64_t)a->prompt_ids[1], 0, 1, stamp);
+    protobuf_c_message_free_unpacked(b, NULL);
+}
+
+/* What a stub does with one ASSIGN. kv: the prefill's notice socket to the decode stub. */
+static void stub_assign(const stub_t *s, void *sock, void *kv, void **direct, const bt_rpc_msg_t *m)
+{
+    uint64_t id = m->hdr.request_id;
+    reply_assign(sock, id, s->role);
+    if (s->role == BATON__ROLE__DECODE)
+        return; /* it waits for the KV notice */
+    first_token(s, sock, direct, m);
+    if (s->role == BATON__ROLE__PREFILL) {
+        send_done(sock, id, BATON__ROLE__PREFILL, 1);
+        zmq_send(kv, &id, sizeof id, 0);
+        return;
+    }
+    if (s->tokens > 1)
+        send_chunk(sock, BATON__METHOD__STREAM, id, 1, s->tokens - 1, now_ns());
+    send_done(sock, id, BATON__ROLE__COLOCATED, (uint32_t)s->tokens);
+}
+
+static void stub_kv_notices(const stub_t *s, void *sock, void *kv)
+{
+    uint64_t id;
+    while (zmq_recv(kv, &id, sizeof id, ZMQ_DONTWAIT) == sizeof id) {
+        if (s->tokens > 1)
+            send_chunk(sock, BATON__METHOD__STREAM, id, 1, s->tokens - 1, now_ns());
+        send_done(sock, id, BATON__ROLE__DECODE, (uint32_t)s->tokens);
+    }
+}
+
+static void *stub_main(void *arg)
+{
+    stub_t *s = arg;
+    char ep[160];
+    snprintf(ep, sizeof ep, "ipc://%s/cluster", s->dir);
+    void *sock = socket_at(s->ctx, ZMQ_DEALER, s->id, ep, 0);
+    int decode = s->role == BATON__ROLE__DECODE;
+    void *kv = socket_at(s->ctx, decode ? ZMQ_PULL : ZMQ_PUSH, NULL, "inproc://kv", decode);
+    void *direct[MAX_CLIENTS] = {0};
+    for (int i = 0; i < s->n_clients && !decode; i++) {
+        snprintf(ep, sizeof ep, "ipc://%s/direct-%d", s->dir, i);
+        direct[i] = socket_at(s->ctx, ZMQ_PUSH, NULL, ep, 0);
+    }
+    zmq_pollitem_t items[2] = {{sock, 0, ZMQ_POLLIN, 0}, {kv, 0, ZMQ_POLLIN, 0}};
+    uint64_t next_hb = 0;
+    while (!atomic_load(s->stop)) {
+        if (now_ns() >= next_hb) {
+            heartbeat(sock, s);
+            next_hb = now_ns() + 200000000ull;
+        }
+        zmq_poll(items, decode ? 2 : 1, 10);
+        bt_rpc_msg_t m;
+        while (bt_rpc_recv(sock, &m, ZMQ_DONTWAIT) == BT_OK) {
+            if (m.hdr.method == BATON__METHOD__ASSIGN)
+                stub_assign(s, sock, kv, direct, &m);
+            bt_rpc_msg_fini(&m);
+        }
+        bt_rpc_msg_fini(&m);
+        if (decode)
+            stub_kv_notices(s, sock, kv);
+    }
+    for (int i = 0; i < s->n_clients; i++)
+        if (direct[i])
+            zmq_close(direct[i]);
+    zmq_close(kv);
+    zmq_close(sock);
+    return NULL;
+}
+
+/* ---- clients --------------------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t id;
+    uint64_t t_router, t_direct; /* arrival of the first token by each path */
+} slot_t;
+
+typedef struct {
+    void *ctx;
+    const char *dir;
+    int index, outstanding, prompt_len, tokens;
+    atomic_int *stop;    /* stop sending */
+    atomic_int *measure; /* count and sample now */
+    uint64_t completed;  /* results while measuring */
+    uint64_t errors;
+    int64_t *added_ns;  /* per-request samples: relayed minus direct arrival */
+    int64_t *direct_ns; /* the direct path alone: arrival minus the stub's stamp */
+    size_t n_added, n_direct, cap_added;
+    slot_t *slots; /* (mask + 1), by request id */
+    uint64_t mask;
+    pthread_t thread;
+} client_t;
+
+static void send_generate(client_t *c, void *sock, uint64_t id)
+{
+    int32_t prompt[4096];
+    prompt[0] = c->index;
+    prompt[1] = (int32_t)id;
+    for (int i = 2; i < c->prompt_len; i++)
+        prompt[i] = 1 + i;
+    Baton__GenerateRequest g = BATON__GENERATE_REQUEST__INIT;
+    Baton__SamplingParams sp = BATON__SAMPLING_PARAMS__INIT;
+    g.prompt_ids = prompt;
+    g.n_prompt_ids = (size_t)c->prompt_len;
+    g.max_tokens = (uint32_t)c->tokens;
+    g.sampling = &sp;
+    slot_t *s = &c->slots[id & c->mask];
+    *s = (slot_t){.id = id};
+    send_msg(sock, BATON__METHOD__GENERATE, id, &g.base);
+}
+
+/* A first token arrived by one path; a sample once both have. */
+static void first_arrival(client_t *c, uint64_t id, uint64_t t, int direct)
+{
+    slot_t *s = &c->slots[id & c->mask];
+    if (s->id != id)
+        return;
+    *(direct ? &s->t_direct : &s->t_router) = t;
+    if (s->t_direct && s->t_router && atomic_load(c->measure) && c->n_added < c->cap_added)
+        c->added_ns[c->n_added++] = (int64_t)(s->t_router - s->t_direct);
+}
+
+/* Handles one message from the router; returns 1 when a request ended. */
+static int client_take(client_t *c, const bt_rpc_msg_t *m, uint64_t t)
+{
+    if (m->hdr.method == BATON__METHOD__TOKENS) {
+        ProtobufCMessage *b = NULL;
+        if (bt_rpc_unpack(m, &b) == BT_OK && ((Baton__TokenChunk *)b)->index == 0)
+            first_arrival(c, m->hdr.request_id, t, 0);
+        if (b)
+            protobuf_c_message_free_unpacked(b, NULL);
+        return 0;
+    }
+    if (m->hdr.method != BATON__METHOD__RESULT)
+        return 0;
+    if (atomic_load(c->measure)) {
+        c->completed++;
+        c->errors += m->hdr.status != BT_OK;
+    }
+    return 1;
+}
+
+static void client_direct(client_t *c, void *pull)
+{
+    bt_rpc_msg_t m;
+    while (bt_rpc_recv(pull, &m, ZMQ_DONTWAIT) == BT_OK) {
+        uint64_t t = now_ns();
+        first_arrival(c, m.hdr.request_id, t, 1);
+        ProtobufCMessage *b = NULL;
+        if (atomic_load(c->measure) && c->n_direct < c->cap_added && bt_rpc_unpack(&m, &b) == BT_OK)
+            c->direct_ns[c->n_direct++] = (int64_t)(t - ((Baton__TokenChunk *)b)->time_ns);
+        if (b)
+            protobuf_c_message_free_unpacked(b, NULL);
+        bt_rpc_msg_fini(&m);
+    }
+    bt_rpc_msg_fini(&m);
+}
+
+static void *client_main(void *arg)
+{
+    client_t *c = arg;
+    char ep[160];
+    snprintf(ep, sizeof ep, "ipc://%s/client", c->dir);
+    void *sock = socket_at(c->ctx, ZMQ_DEALER, NULL, ep, 0);
+    snprintf(ep, sizeof ep, "ipc://%s/direct-%d", c->dir, c->index);
+    void *pull = socket_at(c->ctx, ZMQ_PULL, NULL, ep, 1);
+    uint64_t next_id = 1;
+    int in_flight = 0;
+    for (; in_flight < c->outstanding; in_flight++)
+        send_generate(c, sock, next_id++);
+    zmq_pollitem_t it[2] = {{sock, 0, ZMQ_POLLIN, 0}, {pull, 0, ZMQ_POLLIN, 0}};
+    while (in_flight > 0) {
+        zmq_poll(it, 2, 100);
+        client_direct(c, pull);
+        bt_rpc_msg_t m;
+        while (bt_rpc_recv(sock, &m, ZMQ_DONTWAIT) == BT_OK) {
+            if (client_take(c, &m, now_ns())) {
+                in_flight--;
+                if (!atomic_load(c->stop)) {
+                    send_generate(c, sock, next_id++);
+                    in_flight++;
+                }
+            }
+            bt_rpc_msg_fini(&m);
+        }
+        bt_rpc_msg_fini(&m);
+    }
+    zmq_close(pull);
+    zmq_close(sock);
+    return NULL;
+}
+
+/* ---- the run --------------------------------------------------------------------------- */
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static double pct_us(const int64_t *v, size_t n, double p)
+{
+    return n ? (double)v[(size_t)(p * (double)(n - 1))] / 1e3 : 0;
+}
+
+/* CPU seconds a process has used (user + system), from /proc. */
+static double cpu_seconds(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')'); /* fields after the command name */
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static void pin(int cpu)
+{
+    if (cpu < 0)
+        return;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) != 0)
+        perror("sched_setaffinity");
+}
+
+static pid_t start_router(const cfg_t *c, const char *exe, const char *dir)
+{
+    char cl[160], cu[160];
+    snprintf(cl, sizeof cl, "ipc://%s/client", dir);
+    snprintf(cu, sizeof cu, "ipc://%s/cluster", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        pin(c->router_cpu);
+        execl(exe, exe, "--client-endpoint", cl, "--cluster-endpoint", cu, "--model-id", "bench",
+              "--policy", c->policy, "--max-queue", "1000000", "--max-requests", "1000000",
+              "--log-level", "warn", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+typedef struct {
+    double rps, router_cpu, added_p50, added_p99, direct_p50, direct_p99;
+    size_t n, n_direct;
+    uint64_t errors;
+} point_t;
+
+static void join_clients(client_t *cl, int n, int64_t *samples, point_t *pt, uint64_t *done)
+{
+    for (int i = 0; i < n; i++) {
+        pthread_join(cl[i].thread, NULL);
+        *done += cl[i].completed;
+        pt->errors += cl[i].errors;
+        memmove(samples + pt->n, cl[i].added_ns, cl[i].n_added * sizeof *samples);
+        pt->n += cl[i].n_added;
+        memmove(samples + MAX_SAMPLES + pt->n_direct, cl[i].direct_ns,
+                cl[i].n_direct * sizeof *samples);
+        pt->n_direct += cl[i].n_direct;
+        free(cl[i].slots);
+    }
+    qsort(samples, pt->n, sizeof *samples, cmp_i64);
+    pt->added_p50 = pct_us(samples, pt->n, 0.50);
+    pt->added_p99 = pct_us(samples, pt->n, 0.99);
+    int64_t *direct = samples + MAX_SAMPLES;
+    qsort(direct, pt->n_direct, sizeof *direct, cmp_i64);
+    pt->direct_p50 = pct_us(direct, pt->n_direct, 0.50);
+    pt->direct_p99 = pct_us(direct, pt->n_direct, 0.99);
+}
+
+/* One load point: clients keep `outstanding` requests each in flight; warm up, measure. */
+static point_t run_point(const cfg_t *c, void *ctx, const char *dir, pid_t router, int outstanding,
+                         int64_t *samples)
+{
+    atomic_int stop = 0, measure = 0;
+    client_t cl[MAX_CLIENTS];
+    size_t per = MAX_SAMPLES / (size_t)c->clients;
+    uint64_t mask = 1;
+    while (mask < 4ull * (uint64_t)outstanding)
+        mask <<= 1;
+    for (int i = 0; i < c->clients; i++) {
+        cl[i] = (client_t){.ctx = ctx,
+                           .dir = dir,
+                           .index = i,
+                           .outstanding = outstanding,
+                           .prompt_len = c->prompt_len,
+                           .tokens = c->tokens,
+                           .stop = &stop,
+                           .measure = &measure,
+                           .added_ns = samples + (size_t)i * per,
+                           .direct_ns = samples + MAX_SAMPLES + (size_t)i * per,
+                           .cap_added = per,
+                           .mask = mask - 1};
+        cl[i].slots = calloc(mask, sizeof *cl[i].slots);
+        pthread_create(&cl[i].thread, NULL, client_main, &cl[i]);
+    }
+    usleep((useconds_t)c->warmup_ms * 1000);
+    double cpu0 = cpu_seconds(router);
+    atomic_store(&measure, 1);
+    uint64_t t0 = now_ns();
+    usleep((useconds_t)c->seconds * 1000000);
+    atomic_store(&measure, 0);
+    double secs = (double)(now_ns() - t0) / 1e9;
+    point_t pt = {.router_cpu = (cpu_seconds(router) - cpu0) / secs};
+    atomic_store(&stop, 1);
+    uint64_t done = 0;
+    join_clients(cl, c->clients, samples, &pt, &done);
+    pt.rps = (double)done / secs;
+    return pt;
+}
+
+static void start_stubs(const cfg_t *c, void *ctx, const char *dir, atomic_int *stop, stub_t *stubs,
+                        int *n)
+{
+    int pd = strcmp(c->mode, "colocated") != 0;
+    Baton__Role roles[2] = {pd ? BATON__ROLE__DECODE : BATON__ROLE__COLOCATED,
+                            BATON__ROLE__PREFILL};
+    *n = pd ? 2 : 1;
+    for (int i = 0; i < *n; i++) {
+        stubs[i] = (stub_t){.ctx = ctx,
+                            .dir = dir,
+                            .role = roles[i],
+                            .tokens = c->tokens,
+                            .n_clients = c->clients,
+                            .stop = stop};
+        snprintf(stubs[i].id, sizeof stubs[i].id, "stub-%d", i);
+        pthread_create(&stubs[i].thread, NULL, stub_main, &stubs[i]);
+        usleep(20000); /* the decode stub binds the KV-notice socket first */
+    }
+}
+
+static void print_point(const cfg_t *c, int load, const point_t *r)
+{
+    printf("%9d %11.0f %9.0f%% %10.1f %13.1f %13.1f %13.1f %13.1f%s\n", load * c->clients, r->rps,
+           r->router_cpu * 100, r->rps > 0 ? r->router_cpu / r->rps * 1e6 : 0, r->direct_p50,
+           r->direct_p99, r->added_p50, r->added_p99, r->errors ? "  (errors!)" : "");
+    fflush(stdout);
+}
+
+static void cleanup_dir(const char *dir, int n_clients)
+{
+    char path[160];
+    snprintf(path, sizeof path, "%s/client", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/cluster", dir);
+    unlink(path);
+    for (int i = 0; i < n_clients; i++) {
+        snprintf(path, sizeof path, "%s/direct-%d", dir, i);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+static void run(const cfg_t *c, const char *exe)
+{
+    char dir[64] = "/tmp/baton-bench-XXXXXX";
+    if (!mkdtemp(dir))
+        return;
+    pid_t router = start_router(c, exe, dir);
+    pin(c->bench_cpu); /* after the fork: threads made from here on inherit it */
+    void *ctx = zmq_ctx_new();
+    atomic_int stop = 0;
+    stub_t stubs[2];
+    int n_stubs;
+    usleep(200000);
+    start_stubs(c, ctx, dir, &stop, stubs, &n_stubs);
+    usleep(500000); /* stubs registered */
+    int64_t *samples = malloc(2 * MAX_SAMPLES * sizeof *samples);
+    printf("router overhead: mode %s, policy %s, %d clients, prompt %d tokens, %d output tokens,"
+           " %d s per point, router on CPU %d, stubs and clients on CPU %d (-1: any)\n",
+           c->mode, c->policy, c->clients, c->prompt_len, c->tokens, c->seconds, c->router_cpu,
+           c->bench_cpu);
+    printf("%9s %11s %10s %10s %13s %13s %13s %13s\n", "in flight", "requests/s", "router CPU",
+           "CPU us/req", "direct p50 us", "direct p99 us", "added p50 us", "added p99 us");
+    for (const char *p = c->loads; samples && *p;) {
+        int load = atoi(p);
+        point_t r = run_point(c, ctx, dir, router, load > 0 ? load : 1, samples);
+        print_point(c, load > 0 ? load : 1, &r);
+        p = strchr(p, ',');
+        p = p ? p + 1 : "";
+    }
+    atomic_store(&stop, 1);
+    for (int i = 0; i < n_stubs; i++)
+        pthread_join(stubs[i].thread, NULL);
+    kill(router, SIGTERM);
+    waitpid(router, NULL, 0);
+    zmq_ctx_term(ctx);
+    free(samples);
+    cleanup_dir(dir, c->clients);
+}
+
+int main(int argc, char **argv)
+{
+    cfg_t c = {0};
+    int st = bt_cfg_parse(&table, &c, argc, argv, 1, NULL, 0, NULL);
+    if (st != BT_OK)
+        return st == BT_AGAIN ? 0 : 2;
+    char exe[4096];
+    if (c.router) {
+        snprintf(exe, sizeof exe, "%s", c.router);
+    } else {
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 32);
+        exe[n > 0 ? n : 0] = 0;
+        char *slash = strrchr(exe, '/');
+        snprintf(slash ? slash + 1 : exe, 32, "baton-router");
+    }
+    if (access(exe, X_OK) != 0) {
+        fprintf(stderr, "baton-bench-router: no router at %s (--router)\n", exe);
+        bt_cfg_free(&table, &c);
+        return 1;
+    }
+    run(&c, exe);
+    bt_cfg_free(&table, &c);
+    return 0;
+}
