@@ -435,12 +435,14 @@ static int loop_done(bt_worker_t *w)
 
 /* Receives at most 4x the protocol's limit: bigger frames make ZeroMQ drop the connection
  * for good (a protocol error ends the session), while anything smaller is answered with an
- * error by on_message and the connection stays. */
+ * error by on_message and the connection stays. Messages are queued only on a live connection
+ * (ZMQ_IMMEDIATE): what a router that is gone would never read is not kept, so a daemon whose
+ * router has already exited does not wait out the linger at exit. */
 #define WORKER_MAX_FRAME_BYTES (4 * ((int64_t)BT_RPC_MAX_BODY_BYTES + BT_RPC_MAX_HEADER_BYTES))
 
 static int open_socket(bt_worker_t *w)
 {
-    int ivl = 100, ivl_max = 1000;
+    int ivl = 100, ivl_max = 1000, immediate = 1;
     int64_t max = WORKER_MAX_FRAME_BYTES;
     w->sock = zmq_socket(w->zctx, ZMQ_DEALER);
     if (!w->sock || bt_rpc_socket_setup(w->sock) != BT_OK ||
@@ -448,6 +450,7 @@ static int open_socket(bt_worker_t *w)
         zmq_setsockopt(w->sock, ZMQ_ROUTING_ID, w->id, strlen(w->id)) != 0 ||
         zmq_setsockopt(w->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl) != 0 ||
         zmq_setsockopt(w->sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max) != 0 ||
+        zmq_setsockopt(w->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate) != 0 ||
         zmq_connect(w->sock, w->router) != 0) {
         bt_error("worker: cannot connect to the router at %s: %s", w->router,
                  zmq_strerror(zmq_errno()));

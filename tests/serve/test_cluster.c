@@ -332,7 +332,7 @@ static void run_kill_mid_stream(cluster_fixture_t *f, int n_p, int n_d, int n_k,
     const char *extra[] = {"--ctx", "1024", "--kv-mem", "128M", NULL};
     assert_int_equal(bt_cluster_start(&c, f->m15, n_p, n_d, n_k, extra), 0);
     bt_client_t *cl = connect_client(&c);
-    submit_range(cl, 0, 4, 600, 1, 32000);
+    submit_range(cl, 0, 4, 300, 1, 32000);
     wait_streaming(cl, 0, 4, 3);
     int victim = pick_victim(&c, victim_prefix);
     assert_true(victim >= 0);
@@ -341,7 +341,7 @@ static void run_kill_mid_stream(cluster_fixture_t *f, int n_p, int n_d, int n_k,
     collect(cl, 0, 4, res);
     bt_test_ref_t *ref = bt_test_ref_open(f->m15);
     assert_non_null(ref);
-    int32_t prompt[256], *want = malloc(600 * sizeof(int32_t));
+    int32_t prompt[256], *want = malloc(300 * sizeof(int32_t));
     uint32_t retries = 0;
     for (int i = 0; i < 4; i++) {
         if (res[i]->status != 0) { /* allowed: an explicit error, never a hang */
@@ -349,7 +349,7 @@ static void run_kill_mid_stream(cluster_fixture_t *f, int n_p, int n_d, int n_k,
             assert_int_equal(res[i]->finish_reason, BT_CLIENT_FINISH_FAILED);
         } else {
             bt_test_prompt((uint32_t)i, prompt_len(i), 32000, prompt);
-            int nw = bt_test_ref_run(ref, prompt, prompt_len(i), 600, 1, want);
+            int nw = bt_test_ref_run(ref, prompt, prompt_len(i), 300, 1, want);
             assert_int_equal((int)res[i]->n_ids, nw);
             assert_memory_equal(res[i]->ids, want, (size_t)nw * sizeof(int32_t));
         }
@@ -373,6 +373,41 @@ static void test_cluster_kill_colocated_mid_stream(void **state)
     run_kill_mid_stream(*state, 0, 0, 2, "colocated");
 }
 
+/* SIGTERM to every daemon while four requests stream: each finishes in full, then the daemons
+ * exit 0. Nothing accepted is lost. */
+static void run_sigterm_drains(cluster_fixture_t *f, int n_p, int n_d, int n_k)
+{
+    need_daemons(n_p, n_d);
+    bt_cluster_t c;
+    const char *extra[] = {"--ctx", "1024", "--kv-mem", "128M", NULL};
+    assert_int_equal(bt_cluster_start(&c, f->m15, n_p, n_d, n_k, extra), 0);
+    bt_client_t *cl = connect_client(&c);
+    submit_range(cl, 0, 4, 300, 1, 32000);
+    wait_streaming(cl, 0, 4, 2);
+    for (int d = 0; d < c.n_daemons; d++)
+        kill(c.daemons[d].pid, SIGTERM);
+    bt_client_result_t *res[4] = {0};
+    collect(cl, 0, 4, res);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(res[i]->status, 0);
+        assert_int_equal(res[i]->finish_reason, BT_CLIENT_FINISH_LENGTH);
+        assert_int_equal((int)res[i]->n_ids, 300);
+        assert_int_equal(res[i]->retries, 0);
+        bt_client_result_free(res[i]);
+    }
+    for (int d = 0; d < c.n_daemons; d++) {
+        assert_true(bt_proc_wait(&c.daemons[d], 30000));
+        assert_int_equal(bt_proc_exit_code(&c.daemons[d]), 0);
+    }
+    bt_client_close(cl);
+    bt_cluster_stop(&c);
+}
+
+static void test_cluster_sigterm_drains_1p1d(void **state)
+{
+    run_sigterm_drains(*state, 1, 1, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -385,6 +420,7 @@ int main(void)
         cmocka_unit_test(test_cluster_cancel_frees_kv_colocated),
         cmocka_unit_test(test_cluster_kill_decode_mid_stream),
         cmocka_unit_test(test_cluster_kill_colocated_mid_stream),
+        cmocka_unit_test(test_cluster_sigterm_drains_1p1d),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -39,7 +39,8 @@ void bt_proc_dump_log(const bt_proc_t *p);
 int bt_test_free_port(void);
 /* Milliseconds on a monotonic clock. */
 uint64_t bt_test_now_ms(void);
-/* Writes a synthetic model of preset (e.g. "tiny") to a scratch path in buf. 0 on success. */
+/* Writes a synthetic model of preset ("tiny" in F32, others in Q8_0) to a scratch path in buf.
+ * 0 on success. */
 int bt_test_make_model(const char *preset, char *buf, size_t cap);
 
 /* ---- fake router --------------------------------------------------------------------------- */
