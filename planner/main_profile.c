@@ -25,7 +25,7 @@
 typedef struct {
     char *model, *tokenizer, *preset, *type, *backend, *kv_type, *device, *out, *raw, *log_level;
     char *prefill_lens, *prefill_counts, *decode_batches, *decode_ctx;
-    int threads, max_batch_tokens, reps, knee, tp, quiet;
+    int threads, max_batch_tokens, reps, knee, tp, quiet, median;
     float link_gbps, link_latency_us;
 } prof_cfg_t;
 
@@ -52,7 +52,8 @@ static const bt_cfg_opt_t prof_opts[] = {
         "sequences per decode step"),
     OPT("decode-ctx", BT_CFG_STRING, "16,64,256,1024,2048", 0, 0, decode_ctx,
         "context lengths of decode steps (multiples of 16)"),
-    OPT("reps", BT_CFG_INT, "3", 1, 64, reps, "timed runs per shape; the median is kept"),
+    OPT("reps", BT_CFG_INT, "3", 1, 64, reps, "timed runs per shape; the fastest is kept"),
+    OPT("median", BT_CFG_BOOL, "0", 0, 0, median, "keep the median run instead of the fastest"),
     OPT("knee", BT_CFG_BOOL, "1", 0, 0, knee, "allow a piecewise decode fit (--no-knee: one line)"),
     OPT("link-gbps", BT_CFG_FLOAT, "0", 0, 1e9, link_gbps,
         "state the KV link's bandwidth (GB/s) instead of measuring memcpy"),
@@ -133,6 +134,7 @@ static int grids(const prof_cfg_t *c, pl_profiler_params_t *p)
         return -1;
     p->max_batch_tokens = c->max_batch_tokens;
     p->reps = c->reps;
+    p->use_median = c->median;
     p->allow_knee = c->knee;
     p->link_gb_per_s = c->link_gbps;
     p->link_latency_ms = c->link_latency_us / 1e3;
@@ -213,10 +215,11 @@ static int profile_model(const prof_cfg_t *c, pl_profiler_params_t *p, const bt_
     else
         cpu_name(prof.device, sizeof prof.device, c->threads);
     snprintf(prof.note, sizeof prof.note,
-             "baton-profile: %s weights, %s KV, %d reps per shape (median), prefill up to %d "
+             "baton-profile: %s weights, %s KV, %s of %d runs per shape, prefill up to %d "
              "tokens, decode batch up to %d and context up to %d; transfer %s",
-             bt_type_name(m->hp.weight_type), c->kv_type, p->reps, p->max_batch_tokens,
-             max_of(p->decode_batches, p->n_decode_batches), max_of(p->decode_ctx, p->n_decode_ctx),
+             bt_type_name(m->hp.weight_type), c->kv_type, c->median ? "median" : "fastest", p->reps,
+             p->max_batch_tokens, max_of(p->decode_batches, p->n_decode_batches),
+             max_of(p->decode_ctx, p->n_decode_ctx),
              p->link_gb_per_s > 0 ? "as stated" : "measured with memcpy");
     p->engine = e;
     st = pl_profiler_run(p, &prof);

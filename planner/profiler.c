@@ -44,9 +44,12 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static double median(double *v, int n)
+/* The minimum or the median of n timings (sorts v). */
+static double pick(double *v, int n, int use_median)
 {
     qsort(v, (size_t)n, sizeof *v, cmp_double);
+    if (!use_median)
+        return v[0];
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
@@ -102,7 +105,7 @@ static int measure_prefill(prof_t *s, pl_prefill_point_t *pts, int *n)
             fprintf(stderr, "prefill: round %d of %d done\n", r + 1, p->reps);
     }
     for (int i = 0; i < m; i++) {
-        double ms = median(t + i * p->reps, p->reps);
+        double ms = pick(t + i * p->reps, p->reps, p->use_median);
         pts[(*n)++] =
             (pl_prefill_point_t){(double)k[i] * len[i], (double)k[i] * len[i] * len[i], ms};
         if (p->raw)
@@ -200,7 +203,7 @@ static int measure_decode(prof_t *s, pl_decode_point_t *pts, int *n)
     for (int a = 0; a < nc && st == BT_OK; a++)
         for (int k = 0; k < nb; k++) {
             int b = p->decode_batches[k], c = p->decode_ctx[a];
-            double ms = median(t + (a * nb + k) * p->reps, p->reps);
+            double ms = pick(t + (a * nb + k) * p->reps, p->reps, p->use_median);
             /* The timed step attends the context, the untimed step's token and its own. */
             pts[(*n)++] = (pl_decode_point_t){b, (double)b * (c + 2), ms};
             if (p->raw)
@@ -243,7 +246,7 @@ static int measure_transfer(prof_t *s, double kv_bytes, pl_transfer_point_t *pts
             t[r] = now_ms() - t0;
             off += bytes;
         }
-        double ms = median(t, reps);
+        double ms = pick(t, reps, p->use_median);
         pts[(*n)++] = (pl_transfer_point_t){(double)bytes, ms > 1e-6 ? ms : 1e-6};
         if (p->raw)
             fprintf(p->raw, "transfer,%zu,%d,%.6f\n", bytes, tokens, ms);

@@ -8,10 +8,12 @@
  * once and its KV blocks are shared (reference counts) by all B sequences, so a step at B = 64
  * and c = 2048 needs the KV memory of one sequence, not 64; attention still reads c tokens per
  * sequence, as a real batch does (the contexts must be multiples of the block size, so each
- * sequence writes its new tokens into a block of its own). Each shape is timed reps times after
- * one warm-up of the whole path and the median is kept: medians shrug off the odd slow run on a
- * shared machine. Transfers: copies of KV-sized buffers with memcpy (a local link), unless a
- * link is stated (latency and bandwidth are then written as given).
+ * sequence writes its new tokens into a block of its own). Each shape is timed reps times, in
+ * rounds over the whole grid after one warm-up, and the fastest run is kept (or the median):
+ * whatever else runs on the machine can only add time, so the minimum is the best estimate of
+ * what the engine itself costs, and rounds spread a burst of outside load over many shapes.
+ * Transfers: copies of KV-sized buffers with memcpy (a local link), unless a link is stated
+ * (latency and bandwidth are then written as given).
  */
 #ifndef BATON_PLANNER_PROFILER_H
 #define BATON_PLANNER_PROFILER_H
@@ -34,7 +36,8 @@ typedef struct {
     int n_decode_batches;
     int decode_ctx[PL_PROF_MAX_GRID]; /* context lengths, multiples of the block size */
     int n_decode_ctx;
-    int reps;               /* timed runs per shape (median kept), >= 1 */
+    int reps;               /* timed runs per shape, >= 1 */
+    int use_median;         /* keep the median of the runs instead of the minimum */
     int allow_knee;         /* fit decode piecewise when one line does not fit */
     double link_gb_per_s;   /* > 0: a stated link instead of measuring memcpy */
     double link_latency_ms; /* with link_gb_per_s */

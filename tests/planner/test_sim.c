@@ -290,7 +290,8 @@ static void test_sim_deterministic(void **state)
         assert_int_equal(pl_sim_run(&c.sp, r, n, &ra, a), BT_OK);
         assert_int_equal(pl_sim_run(&c.sp, r, n, &rb, b), BT_OK);
         assert_memory_equal(a, b, n * sizeof *a);
-        assert_memory_equal(&ra, &rb, sizeof ra);
+        assert_true(ra.n_ok == rb.n_ok && ra.n_events == rb.n_events);
+        assert_true(ra.ttft_mean_ms == rb.ttft_mean_ms && ra.tpot_p99_ms == rb.tpot_p99_ms);
         assert_int_equal(ra.n_finished, n);
         free(r);
         r = poisson(n, 0.05, 12, 300, 0, 120);

@@ -1,0 +1,366 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * main_validate.c - baton-validate: runs one workload against a live cluster (an open-loop
+ * client: requests are sent at their arrival times whatever the cluster does) and through the
+ * simulator with the cluster's shape and profile, at each rate, and prints the two SLO
+ * attainments side by side. Both sides see the very same requests: same lengths, same arrival
+ * times (workload.h).
+ *
+ * The real side measures what a client sees: TTFT from sending to receiving the first token,
+ * TPOT from the first to the last token received. Prompts are token ids (no tokenizer needed),
+ * outputs have fixed lengths (EOS ignored).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "baton_client.h"
+#include "common/alloc.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "plancli.h"
+#include "sim.h"
+
+#define MAX_RATES 32
+
+typedef struct {
+    pl_cli_workload_t wl;
+    char *endpoint, *profile, *policy, *rates, *csv, *log_level;
+    int prefill, decode, colocated, max_batch_tokens, max_batch_seqs, block_size, timeout_s;
+    size_t kv_mem;
+    float slo_ttft_ms, slo_tpot_ms;
+} val_cfg_t;
+
+#define OPT(n, t, d, lo, hi, f, h) PL_CLI_OPT(n, t, d, lo, hi, val_cfg_t, f, h)
+static const bt_cfg_opt_t val_opts[] = {
+    OPT("endpoint", BT_CFG_STRING, "tcp://127.0.0.1:5555", 0, 0, endpoint, "the router"),
+    OPT("profile", BT_CFG_STRING, NULL, 0, 0, profile,
+        "latency profile of the cluster's instances (required)"),
+    OPT("prefill", BT_CFG_INT, "1", 0, 1024, prefill, "prefill instances of the cluster"),
+    OPT("decode", BT_CFG_INT, "1", 0, 1024, decode, "decode instances of the cluster"),
+    OPT("colocated", BT_CFG_INT, "0", 0, 1024, colocated, "colocated instances of the cluster"),
+    OPT("kv-mem", BT_CFG_SIZE, "256M", 0, 0, kv_mem, "KV cache of each daemon (as baton up)"),
+    OPT("max-batch-tokens", BT_CFG_INT, "512", 1, 1 << 24, max_batch_tokens,
+        "token budget of each daemon (as baton up)"),
+    OPT("max-batch-seqs", BT_CFG_INT, "64", 1, 1 << 20, max_batch_seqs,
+        "sequences per forward of each daemon (as baton up)"),
+    OPT("block-size", BT_CFG_INT, "16", 1, 4096, block_size, "KV tokens per block"),
+    OPT("policy", BT_CFG_STRING, "least-loaded", 0, 0, policy, "the router's policy"),
+    PL_CLI_WORKLOAD_OPTS(val_cfg_t, wl),
+    OPT("rates", BT_CFG_STRING, "1", 0, 0, rates, "request rates, req/s, e.g. 0.5,1,2"),
+    OPT("slo-ttft-ms", BT_CFG_FLOAT, "1000", 0.001, 1e9, slo_ttft_ms, "TTFT objective"),
+    OPT("slo-tpot-ms", BT_CFG_FLOAT, "100", 0.001, 1e9, slo_tpot_ms, "TPOT objective"),
+    OPT("timeout-s", BT_CFG_INT, "600", 1, 86400, timeout_s,
+        "give up on a rate when nothing arrives for this long"),
+    OPT("csv", BT_CFG_STRING, NULL, 0, 0, csv, "every request, real and simulated, as CSV"),
+    OPT("log-level", BT_CFG_STRING, "warn", 0, 0, log_level, "debug, info, warn, error"),
+};
+static const bt_cfg_table_t val_table = {
+    .prog = "baton-validate",
+    .summary = "Runs a workload on a live cluster and in the simulator; compares attainment.",
+    .opts = val_opts,
+    .n_opts = sizeof val_opts / sizeof val_opts[0],
+};
+
+typedef struct {
+    double send_ms, first_ms, last_ms; /* client clock; first/last < 0 until seen */
+    uint32_t n_tokens;
+    int status, done;
+} real_req_t;
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+static int submit(bt_client_t *cl, const pl_req_t *r, size_t i, int32_t *ids, uint32_t n_vocab)
+{
+    uint64_t x = 0x9e3779b97f4a7c15ull * (i + 1);
+    for (int32_t k = 0; k < r->prompt; k++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        ids[k] = 3 + (int32_t)((x >> 33) % (n_vocab - 3)); /* no control tokens */
+    }
+    bt_client_gen_params_t g = {.prompt_ids = ids,
+                                .n_prompt_ids = (size_t)r->prompt,
+                                .max_tokens = (uint32_t)r->output,
+                                .ignore_eos = 1,
+                                .request_id = i + 1};
+    return bt_client_submit(cl, &g, NULL);
+}
+
+static void on_event(const bt_client_next_t *ev, real_req_t *out, size_t n, double t, size_t *done)
+{
+    uint64_t id = ev->kind == BT_CLIENT_NEXT_CHUNK ? ev->chunk.request_id : ev->result->request_id;
+    if (id < 1 || id > n)
+        return;
+    real_req_t *q = &out[id - 1];
+    if (ev->kind == BT_CLIENT_NEXT_CHUNK) {
+        if (q->first_ms < 0)
+            q->first_ms = t;
+        q->last_ms = t;
+        q->n_tokens += (uint32_t)ev->chunk.n_ids;
+        return;
+    }
+    q->status = ev->result->status;
+    q->done = 1;
+    (*done)++;
+}
+
+/* Sends every request at its time and collects the outcomes. BT_ERR_TIMEOUT when nothing came
+ * for timeout_s. */
+static int real_run(const val_cfg_t *c, bt_client_t *cl, const pl_req_t *r, size_t n,
+                    uint32_t n_vocab, int32_t *ids, real_req_t *out)
+{
+    size_t next = 0, done = 0;
+    double t0 = now_ms(), last_event = t0;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (real_req_t){.first_ms = -1, .last_ms = -1};
+    while (done < n) {
+        double t = now_ms() - t0;
+        for (; next < n && r[next].arrival_ms <= t; next++) {
+            out[next].send_ms = now_ms() - t0;
+            int st = submit(cl, &r[next], next, ids, n_vocab);
+            if (st != BT_CLIENT_OK) {
+                out[next].status = st;
+                out[next].done = 1;
+                done++;
+            }
+        }
+        int wait = next < n ? (int)ceil(r[next].arrival_ms - t) : 200;
+        bt_client_next_t ev;
+        int st = bt_client_next(cl, wait > 0 ? wait : 0, &ev);
+        if (st == BT_CLIENT_OK) {
+            on_event(&ev, out, n, now_ms() - t0, &done);
+            if (ev.kind == BT_CLIENT_NEXT_RESULT)
+                bt_client_result_free(ev.result);
+            last_event = now_ms();
+        } else if (st != BT_CLIENT_ERR_TIMEOUT && st != BT_CLIENT_ERR_NOT_FOUND) {
+            bt_error("client: %s", bt_client_strerror(st));
+            return st;
+        }
+        if (now_ms() - last_event > c->timeout_s * 1e3)
+            return BT_ERR_TIMEOUT;
+    }
+    return BT_OK;
+}
+
+typedef struct {
+    double attain, ttft_p50, ttft_p90, tpot_p50, tpot_p90;
+    size_t n_failed; /* requests that did not complete */
+} stats_t;
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double pct(double *v, size_t n, double q)
+{
+    if (n == 0)
+        return 0;
+    qsort(v, n, sizeof *v, cmp_double);
+    size_t k = (size_t)ceil(q * (double)n);
+    return v[k ? k - 1 : 0];
+}
+
+/* ttft[i] < 0: the request never completed. */
+static void stats(const double *ttft, const double *tpot, size_t n, const val_cfg_t *c,
+                  double *scratch, stats_t *s)
+{
+    size_t ok = 0, m = 0;
+    *s = (stats_t){0};
+    for (size_t i = 0; i < n; i++) {
+        if (ttft[i] < 0) {
+            s->n_failed++;
+            continue;
+        }
+        ok += ttft[i] <= c->slo_ttft_ms && tpot[i] <= c->slo_tpot_ms;
+        scratch[m] = ttft[i];
+        scratch[n + m++] = tpot[i];
+    }
+    s->attain = (double)ok / (double)n;
+    s->ttft_p50 = pct(scratch, m, 0.5);
+    s->ttft_p90 = pct(scratch, m, 0.9);
+    s->tpot_p50 = pct(scratch + n, m, 0.5);
+    s->tpot_p90 = pct(scratch + n, m, 0.9);
+}
+
+typedef struct {
+    const val_cfg_t *c;
+    const pl_workload_t *w;
+    const pl_sim_params_t *sp;
+    bt_client_t *cl;
+    uint32_t n_vocab;
+    pl_req_t *reqs;
+    real_req_t *real;
+    pl_sim_req_t *sim;
+    int32_t *ids;
+    double *buf; /* (4n): real ttft, real tpot, scratch (2n) */
+    FILE *csv;
+} val_t;
+
+static int one_rate(val_t *v, double rate)
+{
+    size_t n = pl_workload_n(v->w);
+    pl_workload_at_rate(v->w, rate, v->reqs);
+    pl_sim_result_t res;
+    int st = pl_sim_run(v->sp, v->reqs, n, &res, v->sim);
+    if (st == BT_OK)
+        st = real_run(v->c, v->cl, v->reqs, n, v->n_vocab, v->ids, v->real);
+    if (st != BT_OK)
+        return st;
+    double *tt = v->buf, *tp = v->buf + n, *scratch = v->buf + 2 * n;
+    for (size_t i = 0; i < n; i++) {
+        const real_req_t *q = &v->real[i];
+        int ok = q->done && q->status == 0 && q->first_ms >= 0;
+        tt[i] = ok ? q->first_ms - q->send_ms : -1;
+        tp[i] = ok && q->n_tokens > 1 ? (q->last_ms - q->first_ms) / (q->n_tokens - 1) : 0;
+        if (v->csv)
+            fprintf(v->csv, "%g,%zu,%.3f,%d,%d,%.3f,%.4f,%u,%d,%.3f,%.4f\n", rate, i,
+                    v->reqs[i].arrival_ms, v->reqs[i].prompt, v->reqs[i].output, tt[i], tp[i],
+                    q->n_tokens, q->status, v->sim[i].ttft_ms, v->sim[i].tpot_ms);
+    }
+    stats_t real;
+    stats(tt, tp, n, v->c, scratch, &real);
+    printf("| %g | %.1f%% | %.1f%% | %+.1f | %.0f / %.0f | %.0f / %.0f | %.1f / %.1f | "
+           "%.1f / %.1f | %zu |\n",
+           rate, 100 * real.attain, 100 * res.attainment, 100 * (res.attainment - real.attain),
+           real.ttft_p50, real.ttft_p90, res.ttft_p50_ms, res.ttft_p90_ms, real.tpot_p50,
+           real.tpot_p90, res.tpot_p50_ms, res.tpot_p90_ms, real.n_failed);
+    fflush(stdout);
+    return BT_OK;
+}
+
+/* Waits until the router holds no request (the previous rate's tail has drained). */
+static void settle(bt_client_t *cl)
+{
+    for (int i = 0; i < 600; i++) {
+        bt_client_health_t h;
+        if (bt_client_health(cl, 2000, &h) == BT_CLIENT_OK && h.ok && h.queued == 0 &&
+            h.running == 0)
+            return;
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int connect_cluster(const val_cfg_t *c, bt_client_t **cl, uint32_t *n_vocab)
+{
+    bt_client_params_t cp = {.endpoint = c->endpoint, .timeout_ms = 10000};
+    bt_client_info_t *info = NULL;
+    int st = bt_client_connect(&cp, cl);
+    if (st == BT_CLIENT_OK)
+        st = bt_client_info(*cl, 10000, &info);
+    if (st != BT_CLIENT_OK) {
+        bt_error("cannot reach the router at %s: %s", c->endpoint, bt_client_strerror(st));
+        return st;
+    }
+    *n_vocab = info->n_vocab;
+    bt_client_info_free(info);
+    return *n_vocab > 3 ? BT_OK : BT_ERR_FORMAT;
+}
+
+static int validate(val_t *v, const double *rates, int n_rates)
+{
+    size_t n = pl_workload_n(v->w);
+    int32_t max_prompt = 0;
+    double mp, mo;
+    pl_workload_lengths(v->w, &mp, &mo, &max_prompt);
+    v->reqs = bt_malloc(n * sizeof *v->reqs);
+    v->real = bt_malloc(n * sizeof *v->real);
+    v->sim = bt_malloc(n * sizeof *v->sim);
+    v->ids = bt_malloc((size_t)max_prompt * sizeof *v->ids);
+    v->buf = bt_malloc(4 * n * sizeof *v->buf);
+    int st = v->reqs && v->real && v->sim && v->ids && v->buf ? BT_OK : BT_ERR_NOMEM;
+    printf("| rate/s | real | sim | sim - real (pp) | real TTFT p50 / p90 ms | "
+           "sim TTFT p50 / p90 | real TPOT p50 / p90 ms | sim TPOT p50 / p90 | real failed |\n"
+           "|---|---|---|---|---|---|---|---|---|\n");
+    for (int i = 0; i < n_rates && st == BT_OK; i++) {
+        settle(v->cl);
+        st = one_rate(v, rates[i]);
+    }
+    bt_free(v->reqs);
+    bt_free(v->real);
+    bt_free(v->sim);
+    bt_free(v->ids);
+    bt_free(v->buf);
+    return st;
+}
+
+static int val_main(const val_cfg_t *c)
+{
+    double rates[MAX_RATES];
+    int n_rates = pl_cli_numbers(c->rates, rates, MAX_RATES), pol = pl_policy_parse(c->policy);
+    bt_profile_t prof;
+    if (n_rates < 0 || pol < 0 || !c->profile) {
+        fprintf(stderr, "baton-validate: need --profile, a known --policy and --rates 1,2\n");
+        return 2;
+    }
+    if (bt_profile_load(c->profile, &prof) != BT_OK)
+        return 2;
+    int n_inst = c->prefill + c->decode + c->colocated;
+    pl_inst_spec_t inst[3 * 1024];
+    for (int i = 0; i < n_inst; i++)
+        inst[i] =
+            (pl_inst_spec_t){.role = i < c->prefill               ? PL_ROLE_PREFILL
+                                     : i < c->prefill + c->decode ? PL_ROLE_DECODE
+                                                                  : PL_ROLE_COLOCATED,
+                             .profile = &prof,
+                             .kv_tokens = (int64_t)((double)c->kv_mem / prof.kv_bytes_per_token),
+                             .max_batch_tokens = c->max_batch_tokens,
+                             .max_batch_seqs = c->max_batch_seqs};
+    pl_sim_params_t sp = {.inst = inst,
+                          .n_inst = n_inst,
+                          .policy = (pl_policy_t)pol,
+                          .slo_ttft_ms = c->slo_ttft_ms,
+                          .slo_tpot_ms = c->slo_tpot_ms,
+                          .block_size = c->block_size};
+    pl_trace_t *trace = NULL;
+    char desc[512];
+    val_t v = {.c = c, .sp = &sp};
+    pl_workload_t *w = NULL;
+    if (pl_cli_workload(&c->wl, &trace, &w, desc, sizeof desc) != BT_OK)
+        return 1;
+    v.w = w;
+    int st = connect_cluster(c, &v.cl, &v.n_vocab);
+    v.csv = st == BT_OK && c->csv ? fopen(c->csv, "w") : NULL;
+    if (v.csv)
+        fputs("rate,request,arrival_ms,prompt,output,real_ttft_ms,real_tpot_ms,real_tokens,"
+              "real_status,sim_ttft_ms,sim_tpot_ms\n",
+              v.csv);
+    printf("cluster: %d prefill + %d decode + %d colocated, policy %s, profile %s; workload: %s; "
+           "SLO TTFT %g ms, TPOT %g ms\n\n",
+           c->prefill, c->decode, c->colocated, c->policy, c->profile, desc, c->slo_ttft_ms,
+           c->slo_tpot_ms);
+    if (st == BT_OK)
+        st = validate(&v, rates, n_rates);
+    if (v.csv)
+        fclose(v.csv);
+    bt_client_close(v.cl);
+    pl_workload_destroy(w);
+    pl_trace_destroy(trace);
+    return st == BT_OK ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    val_cfg_t c = {0};
+    int st = bt_cfg_parse(&val_table, &c, argc, argv, 1, NULL, 0, NULL), rc;
+    if (st != BT_OK) {
+        rc = st == BT_AGAIN ? 0 : 2;
+    } else if (bt_log_level_parse(c.log_level) < 0) {
+        fprintf(stderr, "baton-validate: unknown --log-level %s\n", c.log_level);
+        rc = 2;
+    } else {
+        bt_log_set_level((bt_log_level_t)bt_log_level_parse(c.log_level));
+        rc = val_main(&c);
+    }
+    bt_cfg_free(&val_table, &c);
+    return rc;
+}
