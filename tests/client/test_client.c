@@ -17,9 +17,7 @@
 
 static int teardown(void **state)
 {
-    if (*state)
-        rt_stop(*state);
-    return 0;
+    return *state ? rt_stop(*state) : 0;
 }
 
 typedef struct {
@@ -34,8 +32,7 @@ static int teardown_fx(void **state)
     (void)state;
     bt_client_close(fx.cl);
     fx.cl = NULL;
-    rt_stop(&fx.c);
-    return 0;
+    return rt_stop(&fx.c);
 }
 
 /* A router with one automatic daemon, and a connected client. */

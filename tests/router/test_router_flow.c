@@ -17,9 +17,7 @@
 
 static int teardown(void **state)
 {
-    if (*state)
-        rt_stop(*state);
-    return 0;
+    return *state ? rt_stop(*state) : 0;
 }
 
 static rt_cluster_t *start(void **state, const char *const *extra)

@@ -65,8 +65,9 @@ int rt_start(rt_cluster_t *c, const char *const *extra)
     return wait_ready(c, 10000);
 }
 
-void rt_stop(rt_cluster_t *c)
+int rt_stop(rt_cluster_t *c)
 {
+    int rc = 0;
     while (c->n_autos)
         rt_auto_stop(c, c->autos[0]);
     for (int i = 0; i < c->n_d; i++)
@@ -78,8 +79,16 @@ void rt_stop(rt_cluster_t *c)
         zmq_ctx_term(c->zctx);
     c->zctx = NULL;
     if (c->proc.pid) {
-        if (getenv("RT_DUMP_LOG"))
+        /* A router with nothing in flight exits at once on SIGTERM, which lets the sanitizers
+         * check it; one still draining is killed. */
+        kill(c->proc.pid, SIGTERM);
+        if (bt_proc_wait(&c->proc, 500) && bt_proc_exit_code(&c->proc) != 0) {
+            fprintf(stderr, "baton-router exited with status %d\n", bt_proc_exit_code(&c->proc));
             bt_proc_dump_log(&c->proc);
+            rc = -1;
+        } else if (getenv("RT_DUMP_LOG")) {
+            bt_proc_dump_log(&c->proc);
+        }
         bt_proc_kill(&c->proc);
     }
     char path[160];
@@ -88,6 +97,7 @@ void rt_stop(rt_cluster_t *c)
     snprintf(path, sizeof path, "%s/cluster", c->dir);
     unlink(path);
     rmdir(c->dir);
+    return rc;
 }
 
 int rt_signal_wait(rt_cluster_t *c, int sig, int timeout_ms)

@@ -52,8 +52,10 @@ typedef struct {
  * the extra flags (NULL-terminated, may be NULL), and waits until it answers HEALTH. 0 on
  * success. */
 int rt_start(rt_cluster_t *c, const char *const *extra);
-/* Closes the fake sockets, kills the router if it still runs, removes the endpoints. */
-void rt_stop(rt_cluster_t *c);
+/* Closes the fake sockets, stops the router (SIGTERM, then SIGKILL if it is still draining
+ * after 500 ms), removes the endpoints. -1 when the router exited with a failure status (a
+ * sanitizer report, for one), else 0. */
+int rt_stop(rt_cluster_t *c);
 /* Sends sig to the router and waits for it to exit; its exit code, or -1 on timeout. */
 int rt_signal_wait(rt_cluster_t *c, int sig, int timeout_ms);
 
