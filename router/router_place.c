@@ -243,6 +243,7 @@ void router_decode_accepted(router_t *r, router_request_t *rq, const Baton__Assi
         set_running(r, rq);
         return;
     }
+    rq->deadline_ms = r->now_ms + (uint64_t)r->p.dead_after_ms; /* now the prefill's turn */
     if (send_assign(r, rq, &rq->prefill, BATON__ROLE__PREFILL, rq->decode.inst,
                     reply->reservation) != BT_OK) {
         rq->prefill.inst->full = 1;
