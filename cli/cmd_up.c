@@ -34,7 +34,9 @@
 #include "common/status.h"
 
 typedef struct {
-    char *model, *tokenizer, *policy, *bind, *log_dir, *log_level, *kv_mem, *kv_stream;
+    char *model, *tokenizer, *policy, *bind, *log_dir, *log_level, *kv_stream, *profile;
+    size_t kv_mem;
+    float slo_ttft_ms, slo_tpot_ms;
     int prefill, decode, colocated, port, cluster_port, threads;
     int max_batch_tokens, max_batch_seqs, ctx, ready_timeout_ms, stop_timeout_ms;
 } up_cfg_t;
@@ -58,9 +60,14 @@ static const bt_cfg_opt_t up_opts[] = {
     OPT("bind", BT_CFG_STRING, "127.0.0.1", 0, 0, bind, "address the router binds"),
     OPT("policy", BT_CFG_STRING, "least-loaded", 0, 0, policy,
         "placement policy: round-robin, least-loaded, slo-aware"),
+    OPT("profile", BT_CFG_STRING, NULL, 0, 0, profile, "latency profile JSON for slo-aware"),
+    OPT("slo-ttft-ms", BT_CFG_FLOAT, "0", 0, 1e9, slo_ttft_ms,
+        "default TTFT objective of the router; 0: the router's"),
+    OPT("slo-tpot-ms", BT_CFG_FLOAT, "0", 0, 1e9, slo_tpot_ms,
+        "default TPOT objective of the router; 0: the router's"),
     OPT("threads", BT_CFG_INT, "0", 0, 4096, threads,
         "compute threads split between the daemons; 0: all cores"),
-    OPT("kv-mem", BT_CFG_STRING, "256M", 0, 0, kv_mem, "KV cache of each daemon (K, M, G)"),
+    OPT("kv-mem", BT_CFG_SIZE, "256M", 1024, 1e15, kv_mem, "KV cache of each daemon (K, M, G)"),
     OPT("max-batch-tokens", BT_CFG_INT, "512", 1, 1 << 20, max_batch_tokens,
         "token budget of one forward, each daemon"),
     OPT("max-batch-seqs", BT_CFG_INT, "64", 1, 4096, max_batch_seqs,
@@ -126,8 +133,11 @@ static int find_bindir(up_t *u)
 /* Without --model: the 110m Q8_0 preset under build/models, written once. */
 static int default_model(up_t *u)
 {
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%.*s/../models", (int)(sizeof dir - 16), u->bindir);
+    char dir[PATH_MAX], up[PATH_MAX];
+    snprintf(up, sizeof up, "%.*s/..", (int)(sizeof up - 8), u->bindir);
+    if (!realpath(up, dir)) /* build/bin/.. is build/ */
+        return -1;
+    strncat(dir, "/models", sizeof dir - strlen(dir) - 1);
     snprintf(u->model, sizeof u->model, "%.*s/baton-110m-q8_0.gguf", (int)(sizeof dir - 32), dir);
     if (access(u->model, R_OK) == 0)
         return 0;
@@ -214,6 +224,15 @@ static void arg_int(argv_t *a, const char *flag, long x)
     arg(a, dst);
 }
 
+static void arg_num(argv_t *a, const char *flag, double x)
+{
+    char *dst = a->buf + a->used;
+    int n = snprintf(dst, sizeof a->buf - a->used, "%.9g", x);
+    a->used += (size_t)n + 1;
+    arg(a, flag);
+    arg(a, dst);
+}
+
 static int start_router(up_t *u)
 {
     const up_cfg_t *c = u->c;
@@ -233,6 +252,14 @@ static int start_router(up_t *u)
     }
     arg(&a, "--policy");
     arg(&a, c->policy);
+    if (c->profile) {
+        arg(&a, "--profile");
+        arg(&a, c->profile);
+    }
+    if (c->slo_ttft_ms > 0)
+        arg_num(&a, "--slo-ttft-ms", c->slo_ttft_ms);
+    if (c->slo_tpot_ms > 0)
+        arg_num(&a, "--slo-tpot-ms", c->slo_tpot_ms);
     arg(&a, "--log-level");
     arg(&a, c->log_level);
     return spawn(u, "router", 1, a.v);
@@ -259,8 +286,7 @@ static int start_daemon(up_t *u, const char *kind, int index, int threads)
         arg(&a, c->tokenizer);
     }
     arg_int(&a, "--threads", threads);
-    arg(&a, "--kv-mem");
-    arg(&a, c->kv_mem);
+    arg_int(&a, "--kv-mem", (long)c->kv_mem);
     arg_int(&a, "--max-batch-tokens", c->max_batch_tokens);
     arg_int(&a, "--max-batch-seqs", c->max_batch_seqs);
     arg_int(&a, "--ctx", c->ctx);
@@ -478,6 +504,10 @@ static int up_run(up_t *u)
     int n_p, n_d, n_k;
     if (counts_of(u->c, &n_p, &n_d, &n_k) != 0)
         return 2;
+    if (strcmp(u->c->kv_stream, "whole") && strcmp(u->c->kv_stream, "layer")) {
+        fprintf(stderr, "baton up: --kv-stream must be whole or layer\n");
+        return 2;
+    }
     if (find_bindir(u) != 0 || (u->c->model ? 0 : default_model(u)) != 0)
         return 1;
     if (u->c->model)
