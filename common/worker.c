@@ -252,12 +252,20 @@ void bt_worker_send(bt_worker_t *w, bt_out_t *o)
 /* Sends everything the compute thread has produced. */
 static void drain_outbox(bt_worker_t *w)
 {
-    uint64_t n;
-    if (read(w->efd, &n, sizeof n) < 0 && errno != EAGAIN)
+    uint64_t wakes;
+    if (read(w->efd, &wakes, sizeof wakes) < 0 && errno != EAGAIN)
         bt_warn("worker: eventfd read failed: %s", strerror(errno));
-    bt_out_t *o;
-    while (bt_queue_pop(w->outbox, &o, 0) == BT_OK)
-        bt_worker_send(w, o);
+    /* Whatever is queued is ready now: a request's consecutive tokens go out as one chunk. */
+    bt_out_t *batch[256];
+    size_t n;
+    do {
+        for (n = 0; n < sizeof batch / sizeof batch[0]; n++)
+            if (bt_queue_pop(w->outbox, &batch[n], 0) != BT_OK)
+                break;
+        bt_out_coalesce(batch, n);
+        for (size_t i = 0; i < n; i++)
+            bt_worker_send(w, batch[i]);
+    } while (n == sizeof batch / sizeof batch[0]);
 }
 
 /* ---- loop thread: receiving -------------------------------------------------------------- */

@@ -165,6 +165,11 @@ bt_out_t *bt_out_chunk(bt_out_kind_t kind, uint64_t request_id, const int32_t *i
 /* DONE for req: its events are copied. status != 0 comes with a formatted error. */
 bt_out_t *bt_out_done(const bt_req_t *req, Baton__FinishReason finish, uint32_t n_output,
                       int32_t status, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Joins STREAM outputs of one request that continue each other (index follows index) into the
+ * first of them, keeping the order of everything else: tokens that are all ready are sent in
+ * one chunk, and none waits for another. Joined ones are freed and their slots set to NULL;
+ * an output that cannot be allocated leaves its pair as it was. */
+void bt_out_coalesce(bt_out_t **outs, size_t n);
 /* ASSIGN_REPLY: resv (may be NULL) is copied. */
 bt_out_t *bt_out_assign_reply(uint64_t request_id, Baton__Role part, int32_t status,
                               const char *error, const bt_reservation_t *resv);

@@ -101,3 +101,50 @@ bt_out_t *bt_out_assign_reply(uint64_t request_id, Baton__Role part, int32_t sta
     }
     return o;
 }
+
+/* a followed by b as one STREAM chunk (b's time), or NULL when out of memory. */
+static bt_out_t *join(const bt_out_t *a, const bt_out_t *b)
+{
+    size_t id_bytes = round8((size_t)(a->n_ids + b->n_ids) * sizeof(int32_t));
+    size_t n_text = a->n_text + b->n_text;
+    bt_out_t *o = bt_out_new(BT_OUT_STREAM, a->request_id, id_bytes + n_text + 1);
+    if (!o)
+        return NULL;
+    int32_t *ids = extra(o);
+    char *t = (char *)ids + id_bytes;
+    memcpy(ids, a->ids, (size_t)a->n_ids * sizeof(int32_t));
+    memcpy(ids + a->n_ids, b->ids, (size_t)b->n_ids * sizeof(int32_t));
+    memcpy(t, a->text, a->n_text);
+    memcpy(t + a->n_text, b->text, b->n_text);
+    t[n_text] = '\0';
+    o->ids = ids;
+    o->n_ids = a->n_ids + b->n_ids;
+    o->text = t;
+    o->n_text = n_text;
+    o->index = a->index;
+    o->time_ns = b->time_ns;
+    return o;
+}
+
+void bt_out_coalesce(bt_out_t **outs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!outs[i] || outs[i]->kind != BT_OUT_STREAM)
+            continue;
+        for (size_t j = i + 1; j < n; j++) {
+            bt_out_t *a = outs[i], *b = outs[j];
+            if (!b || b->request_id != a->request_id)
+                continue;
+            /* Only a direct continuation; anything else of this request ends the run. */
+            if (b->kind != BT_OUT_STREAM || b->index != a->index + (uint32_t)a->n_ids)
+                break;
+            bt_out_t *m = join(a, b);
+            if (!m)
+                break;
+            bt_out_free(a);
+            bt_out_free(b);
+            outs[i] = m;
+            outs[j] = NULL;
+        }
+    }
+}

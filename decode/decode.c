@@ -29,7 +29,8 @@
 typedef struct {
     bt_req_t *req;
     bt_kv_seq_t kv;
-    int abort_status; /* 0, or why an abort was asked */
+    int abort_status;  /* 0, or why an abort was asked */
+    uint64_t since_ms; /* when it was reserved (monotonic) */
 } dc_req_t;
 
 /* Compute -> loop: post a receive for a request, or cancel it. */
@@ -56,7 +57,8 @@ struct bt_decode {
     bt_kv_pool_t *pool;
     /* compute thread */
     bt_batcher_t *batcher;
-    bt_reqtable_t pending; /* id -> dc_req_t */
+    bt_reqtable_t pending;  /* id -> dc_req_t */
+    uint64_t next_lease_ms; /* when to look for reservations past their time next */
     /* loop thread */
     bt_reqtable_t posts; /* id -> post_t */
     bt_worker_t *w;
@@ -175,6 +177,7 @@ static void dc_assign(bt_decode_t *d, bt_worker_t *w, bt_req_t *req)
         st = bt_reqtable_put(&d->pending, req->id, r);
     if (st == BT_OK) {
         r->req = req;
+        r->since_ms = mono_ms();
         if ((st = dc_emit_post(w, r)) == BT_OK)
             return;
         bt_reqtable_del(&d->pending, req->id);
@@ -258,9 +261,29 @@ static void dc_command(void *ctx, bt_worker_t *w, const bt_cmd_t *c)
     }
 }
 
+/* A reservation whose KV never comes (its prefill lost it, or a restarted router forgot it)
+ * would hold its blocks for good: past arrival_timeout_ms it is cancelled and fails over. */
+static void dc_expire(bt_decode_t *d, bt_worker_t *w)
+{
+    uint64_t now = mono_ms();
+    if (!d->p.arrival_timeout_ms || now < d->next_lease_ms || !bt_reqtable_len(&d->pending))
+        return;
+    d->next_lease_ms = now + 1000;
+    size_t pos = 0;
+    dc_req_t *r;
+    while ((r = bt_reqtable_next(&d->pending, &pos, NULL)) != NULL)
+        if (!r->abort_status && now - r->since_ms >= (uint64_t)d->p.arrival_timeout_ms) {
+            bt_warn("req %llu: its KV did not arrive in %d ms; cancelling the reservation",
+                    (unsigned long long)r->req->id, d->p.arrival_timeout_ms);
+            r->abort_status = BT_ERR_TIMEOUT;
+            dc_emit_cancel(w, r->req->id);
+        }
+}
+
 static int dc_step(void *ctx, bt_worker_t *w)
 {
     bt_decode_t *d = ctx;
+    dc_expire(d, w);
     int st = bt_batcher_step(d->batcher, w);
     bt_worker_stats_t s = {
         .queue_len = (uint32_t)(bt_batcher_n_waiting(d->batcher) + bt_reqtable_len(&d->pending)),

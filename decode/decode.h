@@ -29,6 +29,8 @@ typedef struct {
     int32_t max_requests;   /* requests held at once */
     int peer_wait_ms;       /* how long an assignment waits for the connection to its prefill
                              * peer before it is refused; 0: 5000 */
+    int arrival_timeout_ms; /* a reservation whose KV has not arrived after this long is
+                             * cancelled (its request fails over); 0: never */
 } bt_decode_params_t;
 
 int bt_decode_create(const bt_decode_params_t *p, bt_decode_t **out);

@@ -14,11 +14,15 @@
 typedef struct {
     bt_daemon_cfg_t daemon;
     bt_kvlink_cfg_t kv;
+    int arrival_timeout_ms;
 } decode_cfg_t;
 
 static const bt_cfg_opt_t decode_opts[] = {
     BT_DAEMON_OPTS(decode_cfg_t),
     BT_KVLINK_OPTS(decode_cfg_t),
+    {"kv-arrival-timeout-ms", 0, BT_CFG_INT, "120000", 0, 1 << 30,
+     offsetof(decode_cfg_t, arrival_timeout_ms),
+     "cancel a reservation whose KV has not arrived after this long; 0: never"},
 };
 static const bt_cfg_table_t decode_table = {
     .prog = "baton-decode",

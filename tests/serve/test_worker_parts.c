@@ -21,6 +21,7 @@
 #include "common/request.h"
 #include "common/seqgen.h"
 #include "common/status.h"
+#include "common/worker.h"
 
 static void test_queue_fifo_bounded(void **state)
 {
@@ -338,6 +339,37 @@ static void test_create_ladders_survive_allocation_failures(void **state)
     remove(path);
 }
 
+static bt_out_t *tok(uint64_t rid, int32_t id, uint32_t index, const char *text)
+{
+    return bt_out_chunk(BT_OUT_STREAM, rid, &id, 1, text, strlen(text), index);
+}
+
+static void test_out_coalesce_joins_ready_tokens(void **state)
+{
+    bt_req_t req = {.id = 2, .part = BATON__ROLE__DECODE};
+    bt_out_t *o[7] = {
+        tok(1, 10, 1, "a"), tok(2, 20, 1, "x"),
+        tok(1, 11, 2, "b"), bt_out_done(&req, BATON__FINISH_REASON__FINISH_EOS, 2, 0, NULL),
+        tok(1, 12, 3, "c"), tok(2, 21, 2, "y"),
+        tok(1, 14, 5, "e")};
+    bt_out_coalesce(o, 7);
+    /* Request 1's tokens 1..3 become one chunk in the first slot. */
+    assert_int_equal(o[0]->n_ids, 3);
+    assert_int_equal(o[0]->index, 1);
+    assert_int_equal(o[0]->ids[2], 12);
+    assert_string_equal(o[0]->text, "abc");
+    assert_null(o[2]);
+    assert_null(o[4]);
+    /* Request 2's chunk after its DONE stays apart; a gap (index 5 after 3) is not joined. */
+    assert_int_equal(o[1]->n_ids, 1);
+    assert_int_equal(o[3]->kind, BT_OUT_DONE);
+    assert_non_null(o[5]);
+    assert_non_null(o[6]);
+    assert_int_equal(o[6]->index, 5);
+    for (int i = 0; i < 7; i++)
+        bt_out_free(o[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -350,6 +382,7 @@ int main(void)
         cmocka_unit_test(test_request_refuses_bad_input),
         cmocka_unit_test(test_seqgen_append_continues_like_sampling),
         cmocka_unit_test(test_create_ladders_survive_allocation_failures),
+        cmocka_unit_test(test_out_coalesce_joins_ready_tokens),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
