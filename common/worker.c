@@ -33,6 +33,10 @@
 #define WORKER_TICK_MS 100          /* housekeeping period */
 #define WORKER_LINGER_MS 2000       /* how long the last messages may take to leave at exit */
 
+/* Values of the in-flight table: accepted, and accepted with an ABORT already passed on. */
+#define INFLIGHT ((void *)1)
+#define INFLIGHT_ABORTED ((void *)2)
+
 struct bt_worker {
     bt_worker_params_t p;
     char *id, *router, *model_id; /* owned copies */
@@ -46,7 +50,7 @@ struct bt_worker {
     atomic_int stop;
     pthread_mutex_t stats_mu;
     bt_worker_stats_t stats; /* under stats_mu */
-    bt_reqtable_t inflight;  /* loop thread: accepted request ids (value: (void *)1) */
+    bt_reqtable_t inflight;  /* loop thread: accepted request ids (INFLIGHT, INFLIGHT_ABORTED) */
     int draining;
     int forced; /* a second signal: stop now */
     uint64_t drain_start_ms;
@@ -303,7 +307,7 @@ static int accept_assign(bt_worker_t *w, const bt_rpc_msg_t *m, bt_req_t **out, 
         st = bt_req_from_assignment(a, rid, &w->p.limits, out, err, cap);
     }
     protobuf_c_message_free_unpacked(&a->base, NULL);
-    if (st == BT_OK && (st = bt_reqtable_put(&w->inflight, rid, (void *)1)) != BT_OK) {
+    if (st == BT_OK && (st = bt_reqtable_put(&w->inflight, rid, INFLIGHT)) != BT_OK) {
         snprintf(err, cap, "out of memory");
         bt_req_destroy(*out);
     }
@@ -338,13 +342,20 @@ static void on_assign(bt_worker_t *w, const bt_rpc_msg_t *m)
     }
 }
 
+/* Passes one ABORT per request to the compute thread (a repeated one would change nothing, and
+ * keeping to one keeps the command queue within its bound). */
 static void on_abort(bt_worker_t *w, uint64_t rid, int32_t status)
 {
-    if (!bt_reqtable_get(&w->inflight, rid)) {
+    void *v = bt_reqtable_get(&w->inflight, rid);
+    if (!v) {
         bt_debug("req %llu: ABORT for a request not in flight (already done)",
                  (unsigned long long)rid);
         return;
     }
+    if (v == INFLIGHT_ABORTED)
+        return;
+    bt_reqtable_del(&w->inflight, rid);
+    bt_reqtable_put(&w->inflight, rid, INFLIGHT_ABORTED); /* the slot just freed: no allocation */
     bt_cmd_t c = {.kind = BT_CMD_ABORT, .request_id = rid, .status = status};
     if (bt_queue_push(w->inbox, &c, -1) != BT_OK)
         bt_error("req %llu: cannot queue ABORT", (unsigned long long)rid);
