@@ -48,7 +48,8 @@ static const bt_cfg_opt_t gen_opts[] = {
         "print the result as JSON (ids, text, finish, events, instances)"),
     OPT("slo-ttft-ms", 0, BT_CFG_FLOAT, "0", 0, 1e9, slo_ttft_ms, "TTFT objective; 0: cluster's"),
     OPT("slo-tpot-ms", 0, BT_CFG_FLOAT, "0", 0, 1e9, slo_tpot_ms, "TPOT objective; 0: cluster's"),
-    OPT("timeout-ms", 0, BT_CFG_INT, "120000", 1, 1 << 30, timeout_ms, "give up after this"),
+    OPT("timeout-ms", 0, BT_CFG_INT, "120000", 1, 1 << 30, timeout_ms,
+        "give up after this long without a token"),
 };
 static const bt_cfg_table_t gen_table = {
     .prog = "baton generate",

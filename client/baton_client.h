@@ -63,7 +63,8 @@ typedef struct bt_client bt_client_t;
 
 typedef struct {
     const char *endpoint; /* the router, e.g. "tcp://127.0.0.1:5555"; copied */
-    int timeout_ms;       /* default for blocking calls; 0: 60000; < 0: wait forever */
+    int timeout_ms;       /* blocking calls give up after this long without a reply (for
+                           * bt_client_generate: without a chunk); 0: 60000; < 0: never */
 } bt_client_params_t;
 
 /* Connects (ZeroMQ connects lazily: a router that is not up yet is waited for by the calls,
@@ -170,9 +171,9 @@ typedef struct {
 typedef int (*bt_client_chunk_fn)(void *user, const bt_client_chunk_t *chunk);
 
 /* Runs one request to its end. on_chunk may be NULL. BT_CLIENT_OK with *result (free it with
- * bt_client_result_free) whatever the request's outcome; BT_CLIENT_ERR_TIMEOUT when no result
- * came within the client's timeout (the request is then cancelled and abandoned); other errors
- * for bad parameters or a broken connection. */
+ * bt_client_result_free) whatever the request's outcome; BT_CLIENT_ERR_TIMEOUT when nothing
+ * (no chunk, no result) came for the client's timeout (the request is then cancelled and
+ * abandoned); other errors for bad parameters or a broken connection. */
 BT_CLIENT_API int bt_client_generate(bt_client_t *c, const bt_client_gen_params_t *p,
                                      bt_client_chunk_fn on_chunk, void *user,
                                      bt_client_result_t **result);

@@ -342,10 +342,14 @@ int bt_client_generate(bt_client_t *c, const bt_client_gen_params_t *p, bt_clien
             client_idset_del(&c->inflight, id); /* abandoned: its late messages are dropped */
             return st;
         }
-        if (r && r->id != id)
+        if (r && r->id != id) {
             enqueue(c, r);
-        else if (r && own_record(c, r, on_chunk, user, result))
-            return BT_OK;
+        } else if (r) {
+            if (own_record(c, r, on_chunk, user, result))
+                return BT_OK;
+            if (deadline >= 0) /* progress: the timeout is for silence, not the whole run */
+                deadline = now_ms() + c->timeout_ms;
+        }
     }
 }
 
