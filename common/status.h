@@ -26,7 +26,8 @@
     X(BT_ERR_INTERNAL, -12, "internal error")                                                      \
     X(BT_ERR_OVERLOADED, -20, "overloaded: queue full, try again later")                           \
     X(BT_ERR_UNAVAILABLE, -21, "no instance available to serve")                                   \
-    X(BT_ERR_DRAINING, -22, "draining: not accepting new work")
+    X(BT_ERR_DRAINING, -22, "draining: not accepting new work")                                    \
+    X(BT_ERR_PEER, -30, "peer failed, closed or unreachable")
 
 typedef enum {
 #define BT_STATUS_ENUM(name, value, text) name = value,

@@ -1,0 +1,385 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvx_send.c - the sending (prefill) side of a transfer: binding to the receiver's
+ * reservation, segmentation, the window of data messages, layer-wise release and the
+ * completion notice.
+ *
+ * The one thing to know: the completion notice (FINISH) leaves only after every data message
+ * has left our memory, so a receiver that acts on it can never read a source block we have
+ * already handed back; before that, a send that dies just never completes on the other side.
+ */
+#include "kvx_debug.h"
+#include "kvx_impl.h"
+
+#include <string.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+
+/* ================= sending side ================= */
+
+void kvx_send_free(bt_kvx_send_t *s)
+{
+    bt_kvx_t *kvx = s->kvx;
+    for (bt_kvx_send_t **pp = &kvx->sends; *pp; pp = &(*pp)->next) {
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    }
+    kvx_scrub_events(kvx, s);
+    bt_kvx_peer_t *peer = s->peer;
+    peer->n_xfers--;
+    bt_free(s->seg_idx);
+    bt_free(s->seg_len);
+    bt_free(s->src);
+    bt_free(s);
+    kvx_peer_unref(peer);
+}
+
+static void send_finish_msg(bt_kvx_send_t *s)
+{
+    kvx_buf_t m;
+    kvx_buf_init(&m);
+    kvx_buf_u8(&m, KVX_MSG_FINISH);
+    kvx_buf_u64(&m, s->req_id);
+    kvx_buf_u32(&m, s->gen);
+    kvx_buf_i32(&m, s->first_token);
+    kvx_buf_i32(&m, s->n_tokens);
+    kvx_buf_u32(&m, s->meta_len);
+    kvx_buf_bytes(&m, s->meta, s->meta_len);
+    kvx_peer_send_ctrl(s->peer, &m);
+    kvx_buf_fini(&m);
+}
+
+void kvx_send_try_finish(bt_kvx_send_t *s)
+{
+    /* The notice goes only once every data message has left our memory: a receiver that acts
+     * on it can never read a source block we have already given back. */
+    if (s->state == KVX_X_ACTIVE && s->gen && s->next_layer == s->kvx->layout.n_layers &&
+        !s->inflight && s->finish_set && !s->finish_sent) {
+        s->finish_sent = 1;
+        send_finish_msg(s);
+    }
+    if (s->state != KVX_X_ENDING || s->inflight)
+        return;
+    s->state = KVX_X_DONE;
+    if (s->released) {
+        kvx_send_free(s);
+        return;
+    }
+    bt_kvx_event_t ev = {.type = BT_KVX_EV_SEND_DONE,
+                         .status = s->status,
+                         .peer = s->peer,
+                         .send = s,
+                         .req_id = s->req_id,
+                         .gen = s->gen,
+                         .n_tokens = s->n_tokens,
+                         .n_blocks = s->n_blocks,
+                         .user = s->user};
+    kvx_push_event(s->kvx, &ev);
+}
+
+/* As for receives, the _mark variant leaves the final step (which may free s) to the caller. */
+static void send_end_mark(bt_kvx_send_t *s, int status, int tell_peer)
+{
+    if (s->state != KVX_X_ACTIVE)
+        return;
+    s->state = KVX_X_ENDING;
+    s->status = status;
+    s->lease_end_ms = kvx_now_ms() + s->kvx->lease_ms;
+    if (tell_peer)
+        kvx_send_cancel_msg(s->peer, KVX_CANCEL_TO_RECV, s->req_id, s->gen, status);
+}
+
+void kvx_send_end(bt_kvx_send_t *s, int status, int tell_peer)
+{
+    send_end_mark(s, status, tell_peer);
+    kvx_send_try_finish(s);
+}
+
+/* Never finishes s: callers go on to kvx_send_pump, which does. */
+void kvx_send_op_end(bt_kvx_send_t *s, size_t len, int status)
+{
+    s->inflight--;
+    if (status == BT_OK) {
+        s->kvx->stats.n_data_msgs_sent++;
+        s->kvx->stats.bytes_sent += (int64_t)len;
+    } else {
+        send_end_mark(s, status, 1);
+    }
+}
+
+/* Posts the next messages of the ready layers, up to the window. */
+void kvx_send_pump(bt_kvx_send_t *s)
+{
+    bt_kvx_t *kvx = s->kvx;
+    size_t bb = (size_t)kvx->layout.block_bytes;
+    int32_t ready = atomic_load(&s->layers_ready);
+    while (s->state == KVX_X_ACTIVE && s->gen && s->next_layer < ready &&
+           s->inflight < kvx->window) {
+        int32_t l = s->next_layer, g = s->next_seg, idx = s->seg_idx[g];
+        size_t len = (size_t)s->seg_len[g] * bb;
+        kvx_op_t *op = kvx_op_get(kvx);
+        if (!op) {
+            send_end_mark(s, BT_ERR_NOMEM, 1);
+            break;
+        }
+        op->send = s;
+        op->len = len;
+        s->inflight++;
+        if (++s->next_seg == s->n_segs) {
+            s->next_seg = 0;
+            s->next_layer++;
+        }
+        int st = kvx->ops->send_data(kvx->be, s->peer->ep, kvx_tag_data(s->gen, l, idx),
+                                     kvx->base + kvx_pool_off(kvx, l, s->src[idx]), len, op);
+        if (st != BT_AGAIN) {
+            kvx_op_put(kvx, op);
+            kvx_send_op_end(s, len, st == BT_OK ? BT_OK : BT_ERR_PEER);
+        }
+    }
+    kvx_send_try_finish(s);
+}
+
+static int segments_build(bt_kvx_send_t *s, const int32_t *dst, size_t max_msg_bytes)
+{
+    size_t bb = (size_t)s->kvx->layout.block_bytes;
+    int64_t max_run = max_msg_bytes ? (int64_t)(max_msg_bytes / bb) : s->n_blocks;
+    if (max_run < 1)
+        max_run = 1;
+    s->seg_idx = bt_malloc((size_t)s->n_blocks * sizeof(int32_t));
+    s->seg_len = bt_malloc((size_t)s->n_blocks * sizeof(int32_t));
+    if (!s->seg_idx || !s->seg_len)
+        return BT_ERR_NOMEM;
+    s->n_segs = 0;
+    for (int32_t i = 0; i < s->n_blocks;) {
+        int32_t j = i + 1;
+        while (j < s->n_blocks && j - i < max_run && s->src[j] == s->src[j - 1] + 1 &&
+               dst[j] == dst[j - 1] + 1)
+            j++;
+        s->seg_idx[s->n_segs] = i;
+        s->seg_len[s->n_segs] = j - i;
+        s->n_segs++;
+        i = j;
+    }
+    return BT_OK;
+}
+
+static void send_bind(bt_kvx_send_t *s, uint32_t gen, int32_t n_tokens, int32_t n_blocks,
+                      const int32_t *dst)
+{
+    bt_kvx_t *kvx = s->kvx;
+    if (n_tokens != s->n_tokens || n_blocks != s->n_blocks) {
+        bt_error("kvx %s: request %llu: peer '%s' reserved %d tokens, we have %d", kvx->name,
+                 (unsigned long long)s->req_id, s->peer->name, n_tokens, s->n_tokens);
+        kvx_send_cancel_msg(s->peer, KVX_CANCEL_TO_RECV, s->req_id, gen, BT_ERR_MISMATCH);
+        kvx_send_end(s, BT_ERR_MISMATCH, 0);
+        return;
+    }
+    s->gen = gen;
+    if (segments_build(s, dst, kvx->ops->max_msg_bytes) != BT_OK) {
+        kvx_send_end(s, BT_ERR_NOMEM, 1);
+        return;
+    }
+    kvx_send_pump(s);
+}
+
+static bt_kvx_send_t *send_find(bt_kvx_peer_t *peer, uint64_t req, uint32_t gen)
+{
+    for (bt_kvx_send_t *s = peer->kvx->sends; s; s = s->next)
+        if (s->peer == peer && s->req_id == req && s->gen == gen && s->state == KVX_X_ACTIVE)
+            return s;
+    return NULL;
+}
+
+static void send_offer(bt_kvx_send_t *s)
+{
+    kvx_buf_t m;
+    kvx_buf_init(&m);
+    kvx_buf_u8(&m, KVX_MSG_OFFER);
+    kvx_buf_u64(&m, s->req_id);
+    kvx_buf_i32(&m, s->n_tokens);
+    kvx_buf_i32(&m, s->n_blocks);
+    kvx_peer_send_ctrl(s->peer, &m);
+    kvx_buf_fini(&m);
+}
+
+int bt_kvx_send_start(bt_kvx_peer_t *peer, const bt_kvx_send_params_t *params, bt_kvx_send_t **out)
+{
+    bt_kvx_t *kvx = peer->kvx;
+    int st = kvx_peer_usable(peer);
+    if (st == BT_OK)
+        st = kvx_blocks_check(kvx, params->blocks, params->n_blocks, params->n_tokens);
+    if (st != BT_OK)
+        return st;
+    bt_kvx_send_t *s = bt_calloc(1, sizeof *s);
+    if (!s || !(s->src = kvx_dup_blocks(params->blocks, params->n_blocks))) {
+        bt_free(s);
+        return BT_ERR_NOMEM;
+    }
+    s->kvx = kvx;
+    s->peer = peer;
+    s->req_id = params->req_id;
+    s->state = KVX_X_ACTIVE;
+    s->n_blocks = params->n_blocks;
+    s->n_tokens = params->n_tokens;
+    s->user = params->user;
+    atomic_init(&s->layers_ready, params->layerwise ? 0 : kvx->layout.n_layers);
+    s->next = kvx->sends;
+    kvx->sends = s;
+    peer->n_xfers++;
+    send_offer(s);
+    for (kvx_resv_t **pp = &peer->resv; *pp; pp = &(*pp)->next) {
+        kvx_resv_t *r = *pp;
+        if (r->req_id == s->req_id) {
+            *pp = r->next;
+            send_bind(s, r->gen, r->n_tokens, r->n_blocks, r->dst);
+            bt_free(r->dst);
+            bt_free(r);
+            break;
+        }
+    }
+    *out = s;
+    return BT_OK;
+}
+
+void bt_kvx_send_layers_ready(bt_kvx_send_t *send, int32_t n_layers_ready)
+{
+    int32_t cur = atomic_load(&send->layers_ready);
+    if (n_layers_ready > send->kvx->layout.n_layers)
+        n_layers_ready = send->kvx->layout.n_layers;
+    while (cur < n_layers_ready &&
+           !atomic_compare_exchange_weak(&send->layers_ready, &cur, n_layers_ready))
+        ;
+    uint64_t one = 1;
+    /* Wakes a loop asleep on bt_kvx_fd; a full counter means it is awake anyway. */
+    if (write(send->kvx->wakefd, &one, sizeof one) < 0)
+        return;
+}
+
+int bt_kvx_send_finish(bt_kvx_send_t *send, int32_t first_token, const void *meta, size_t meta_len)
+{
+    if (meta_len > BT_KVX_META_MAX || (meta_len && !meta) || send->finish_set)
+        return BT_ERR_INVAL;
+    if (send->state != KVX_X_ACTIVE)
+        return send->status;
+    send->first_token = first_token;
+    send->meta_len = (uint32_t)meta_len;
+    if (meta_len)
+        memcpy(send->meta, meta, meta_len);
+    send->finish_set = 1;
+    kvx_send_pump(send);
+    return BT_OK;
+}
+
+void bt_kvx_send_cancel(bt_kvx_send_t *send)
+{
+    kvx_send_end(send, BT_ERR_CANCELLED, 1);
+}
+
+void bt_kvx_send_release(bt_kvx_send_t *send)
+{
+    if (!send)
+        return;
+    send->released = 1;
+    if (send->state == KVX_X_DONE)
+        kvx_send_free(send);
+    else
+        kvx_send_end(send, BT_ERR_CANCELLED, 1);
+}
+
+void kvx_xfer_on_reserve(bt_kvx_peer_t *peer, kvx_rd_t *rd)
+{
+    bt_kvx_t *kvx = peer->kvx;
+    uint64_t req = kvx_rd_u64(rd);
+    uint32_t gen = kvx_rd_u32(rd);
+    int32_t n_tokens = kvx_rd_i32(rd), n = kvx_rd_i32(rd);
+    const void *raw = n > 0 && n <= BT_KVX_MAX_BLOCKS ? kvx_rd_bytes(rd, (size_t)n * 4) : NULL;
+    if (!raw || rd->err || gen == 0) {
+        kvx->stats.n_ctrl_rejected++;
+        return;
+    }
+    kvx_resv_t *r = bt_calloc(1, sizeof *r);
+    int32_t *dst = bt_malloc((size_t)n * sizeof *dst);
+    if (!r || !dst) {
+        bt_free(r);
+        bt_free(dst);
+        kvx_send_cancel_msg(peer, KVX_CANCEL_TO_RECV, req, gen, BT_ERR_NOMEM);
+        return;
+    }
+    kvx_rd_t br;
+    kvx_rd_init(&br, raw, (size_t)n * 4);
+    for (int32_t i = 0; i < n; i++)
+        dst[i] = kvx_rd_i32(&br);
+    bt_kvx_event_t ev = {.type = BT_KVX_EV_RESERVED,
+                         .peer = peer,
+                         .req_id = req,
+                         .gen = gen,
+                         .n_tokens = n_tokens,
+                         .n_blocks = n};
+    kvx_push_event(kvx, &ev);
+    bt_kvx_send_t *s = send_find(peer, req, 0);
+    if (s) {
+        send_bind(s, gen, n_tokens, n, dst);
+        bt_free(dst);
+        bt_free(r);
+        return;
+    }
+    *r = (kvx_resv_t){.next = peer->resv,
+                      .req_id = req,
+                      .gen = gen,
+                      .n_tokens = n_tokens,
+                      .n_blocks = n,
+                      .dst = dst};
+    peer->resv = r;
+}
+
+void kvx_send_on_cancel(bt_kvx_peer_t *peer, uint64_t req, uint32_t gen, int status)
+{
+    for (kvx_resv_t **pp = &peer->resv; *pp;) {
+        kvx_resv_t *r = *pp;
+        if (r->req_id == req && r->gen == gen) {
+            *pp = r->next;
+            bt_free(r->dst);
+            bt_free(r);
+        } else {
+            pp = &r->next;
+        }
+    }
+    bt_kvx_send_t *s = gen ? send_find(peer, req, gen) : NULL;
+    if (s)
+        kvx_send_end(s, status, 0);
+}
+
+void kvx_xfer_on_release(bt_kvx_peer_t *peer, kvx_rd_t *rd)
+{
+    uint64_t req = kvx_rd_u64(rd);
+    uint32_t gen = kvx_rd_u32(rd);
+    int status = kvx_rd_i32(rd);
+    bt_kvx_send_t *s = rd->err || !gen ? NULL : send_find(peer, req, gen);
+    if (!s || !s->finish_sent) {
+        peer->kvx->stats.n_ctrl_rejected++;
+        return;
+    }
+    kvx_send_end(s, status > 0 ? BT_ERR_INTERNAL : status, 0);
+}
+
+int bt_kvx_debug_inject(bt_kvx_peer_t *peer, uint32_t gen, int32_t layer, int32_t idx,
+                        int32_t src_block, int32_t n_blocks)
+{
+    bt_kvx_t *kvx = peer->kvx;
+    if (peer->state != KVX_PEER_UP || layer < 0 || layer >= kvx->layout.n_layers || src_block < 0 ||
+        n_blocks <= 0 || src_block + n_blocks > kvx->layout.n_blocks)
+        return BT_ERR_INVAL;
+    kvx_op_t *op = kvx_op_get(kvx);
+    if (!op)
+        return BT_ERR_NOMEM;
+    size_t len = (size_t)n_blocks * (size_t)kvx->layout.block_bytes;
+    int st = kvx->ops->send_data(kvx->be, peer->ep, kvx_tag_data(gen, layer, idx),
+                                 kvx->base + kvx_pool_off(kvx, layer, src_block), len, op);
+    if (st != BT_AGAIN)
+        kvx_op_put(kvx, op);
+    return st == BT_AGAIN ? BT_OK : st;
+}

@@ -1,0 +1,570 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kvx_ucx.c - the UCX backend: one ucp worker per context, tag messages for control and data,
+ * the KV pool registered once (ucp_mem_map) and its handle passed with every data operation.
+ *
+ * Why tags: a tag send lets UCX pick its zero-copy rendezvous per transport (CMA on one host,
+ * TCP zero-copy sends across hosts, RDMA reads where there is RDMA) into memory the receiver
+ * chose, which is what fencing needs. UCX 1.13 runs RMA get/put on ordinary (not UCX-allocated)
+ * memory in software over active messages, 30x slower on shared memory and 60x on TCP (see
+ * docs/kvx.md), so the RMA operations are not used. Messages are not pre-posted: the progress
+ * loop probes each arrival and the core decides where it goes, or drops it (a zero-length
+ * receive, which UCX completes as truncated and acknowledges to the sender).
+ *
+ * Error handling: UCX 1.13 cannot combine peer-failure handling with its shared-memory
+ * transports (sysv, posix: "no peer failure handler"). An endpoint is therefore first made
+ * without it; if UCX picked a shared-memory lane it stays so (kvx's keepalive and pidfd
+ * detect a dead peer), otherwise it is remade with UCP_ERR_HANDLING_MODE_PEER, so that UCX
+ * reports failures and a forced close ends every operation in flight.
+ *
+ * Control messages are delivered in arrival order even when a long one (a big reservation)
+ * completes after a later short one: they wait in a FIFO until everything before them is in.
+ */
+#include "kvx_impl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <ucp/api/ucp.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+
+#define UCX_PROBE_BUDGET 256 /* arrivals handled per progress call */
+
+typedef struct ucx_be ucx_be_t;
+
+typedef struct ucx_ep {
+    struct ucx_ep *next;
+    ucx_be_t *be;
+    ucp_ep_h ep;
+    void *user;    /* the core's peer; NULL once closing */
+    int peer_mode; /* UCP_ERR_HANDLING_MODE_PEER: can be cut */
+    void *close_req;
+} ucx_ep_t;
+
+typedef struct ctrl_rx {
+    struct ctrl_rx *next;
+    uint64_t tag;
+    uint8_t *buf;
+    size_t len;
+    int done;
+    int status;
+} ctrl_rx_t;
+
+/* An upcall that could not be made where it arose (inside a downcall). */
+typedef struct {
+    kvx_op_t *op;
+    void *ep_user;
+    int status;
+    int is_ep_error;
+} deferred_t;
+
+struct ucx_be {
+    kvx_upcalls_t up;
+    ucp_context_h ctx;
+    ucp_worker_h worker;
+    ucp_mem_h memh;
+    char *base;
+    size_t size_bytes;
+    int efd;
+    ucx_ep_t *eps;
+    ctrl_rx_t *ctrl_head;
+    ctrl_rx_t *ctrl_tail;
+    deferred_t *deferred;
+    int n_deferred;
+    int cap_deferred;
+    int in_downcall;
+    int probe_more;
+    uint8_t scratch[8];
+};
+
+static int status_from_ucs(ucs_status_t st)
+{
+    switch (st) {
+    case UCS_OK:
+    case UCS_ERR_MESSAGE_TRUNCATED: return BT_OK; /* only ever asked for when dropping */
+    case UCS_ERR_NO_MEMORY: return BT_ERR_NOMEM;
+    case UCS_ERR_CANCELED: return BT_ERR_CANCELLED;
+    case UCS_ERR_UNREACHABLE:
+    case UCS_ERR_ENDPOINT_TIMEOUT:
+    case UCS_ERR_CONNECTION_RESET:
+    case UCS_ERR_NOT_CONNECTED: return BT_ERR_PEER;
+    default: return BT_ERR_IO;
+    }
+}
+
+static void defer(ucx_be_t *be, deferred_t d)
+{
+    if (be->n_deferred == be->cap_deferred) {
+        int cap = be->cap_deferred ? be->cap_deferred * 2 : 64;
+        deferred_t *n = bt_realloc(be->deferred, (size_t)cap * sizeof *n);
+        if (!n) {
+            /* Cannot queue it: dropping a completion would hang its transfer until its lease,
+             * which is the lesser harm than writing through a stale pointer later. */
+            bt_error("kvx ucx: out of memory queueing a completion");
+            return;
+        }
+        be->deferred = n;
+        be->cap_deferred = cap;
+    }
+    be->deferred[be->n_deferred++] = d;
+}
+
+static void op_end(ucx_be_t *be, kvx_op_t *op, ucs_status_t status)
+{
+    if (!op)
+        return;
+    if (be->in_downcall)
+        defer(be, (deferred_t){.op = op, .status = status_from_ucs(status)});
+    else
+        be->up.op_done(be->up.arg, op, status_from_ucs(status));
+}
+
+static void data_cb(void *req, ucs_status_t status, void *user)
+{
+    kvx_op_t *op = user;
+    ucp_request_free(req);
+    if (op)
+        op_end(op->backend, op, status);
+}
+
+static void data_recv_cb(void *req, ucs_status_t status, const ucp_tag_recv_info_t *info,
+                         void *user)
+{
+    data_cb(req, status, user);
+}
+
+static void ctrl_sent_cb(void *req, ucs_status_t status, void *user)
+{
+    bt_free(user);
+    ucp_request_free(req);
+}
+
+static void ctrl_recv_cb(void *req, ucs_status_t status, const ucp_tag_recv_info_t *info,
+                         void *user)
+{
+    ctrl_rx_t *c = user;
+    c->done = 1;
+    c->status = status_from_ucs(status);
+    ucp_request_free(req);
+}
+
+static void ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
+{
+    ucx_ep_t *e = arg;
+    if (!e->user)
+        return;
+    bt_warn("kvx ucx: connection error: %s", ucs_status_string(status));
+    /* Always deferred: the core may close this endpoint in response. */
+    defer(e->be, (deferred_t){.ep_user = e->user, .status = BT_ERR_PEER, .is_ep_error = 1});
+}
+
+/* Returns the request's outcome as a kvx status: BT_OK done, BT_AGAIN pending, or error. */
+static int req_status(ucs_status_ptr_t req)
+{
+    if (req == NULL)
+        return BT_OK;
+    if (UCS_PTR_IS_ERR(req))
+        return status_from_ucs(UCS_PTR_STATUS(req));
+    return BT_AGAIN;
+}
+
+static ucp_request_param_t data_param(ucx_be_t *be, kvx_op_t *op, const void *p, size_t len)
+{
+    ucp_request_param_t prm = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA, .user_data = op};
+    if (op)
+        op->backend = be;
+    /* The pool was registered once; telling UCX saves a registration cache lookup. */
+    if (be->memh && (const char *)p >= be->base &&
+        (const char *)p + len <= be->base + be->size_bytes) {
+        prm.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+        prm.memh = be->memh;
+    }
+    return prm;
+}
+
+static int ucx_send_data(void *bep, void *ep, uint64_t tag, const void *src, size_t len,
+                         kvx_op_t *op)
+{
+    ucx_be_t *be = bep;
+    ucp_request_param_t prm = data_param(be, op, src, len);
+    prm.cb.send = data_cb;
+    return req_status(ucp_tag_send_nbx(((ucx_ep_t *)ep)->ep, src, len, tag, &prm));
+}
+
+static int ucx_recv_data(void *bep, void *msg, void *dst, size_t len, kvx_op_t *op)
+{
+    ucx_be_t *be = bep;
+    if (!dst) {
+        dst = be->scratch;
+        len = 0;
+    }
+    ucp_request_param_t prm = data_param(be, op, dst, len);
+    prm.cb.recv = data_recv_cb;
+    return req_status(ucp_tag_msg_recv_nbx(be->worker, dst, len, msg, &prm));
+}
+
+static int ucx_send_ctrl(void *bep, void *ep, uint64_t tag, const void *buf, size_t len)
+{
+    void *copy = bt_malloc(len ? len : 1);
+    if (!copy)
+        return BT_ERR_NOMEM;
+    memcpy(copy, buf, len);
+    ucp_request_param_t prm = {.op_attr_mask =
+                                   UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+                               .cb.send = ctrl_sent_cb,
+                               .user_data = copy};
+    int st = req_status(ucp_tag_send_nbx(((ucx_ep_t *)ep)->ep, copy, len, tag, &prm));
+    if (st != BT_AGAIN)
+        bt_free(copy);
+    return st == BT_AGAIN ? BT_OK : st;
+}
+
+/* Starts receiving a control message; it joins the FIFO, delivered once all before it are. */
+static void ctrl_arrived(ucx_be_t *be, ucp_tag_message_h msg, const ucp_tag_recv_info_t *info)
+{
+    ctrl_rx_t *c = info->length <= KVX_CTRL_MAX_BYTES ? bt_calloc(1, sizeof *c) : NULL;
+    if (c)
+        c->buf = bt_malloc(info->length ? info->length : 1);
+    if (!c || !c->buf) {
+        if (c)
+            bt_free(c);
+        ucx_recv_data(be, msg, NULL, 0, NULL);
+        return;
+    }
+    c->tag = info->sender_tag;
+    c->len = info->length;
+    ucp_request_param_t prm = {.op_attr_mask =
+                                   UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+                               .cb.recv = ctrl_recv_cb,
+                               .user_data = c};
+    int st = req_status(ucp_tag_msg_recv_nbx(be->worker, c->buf, c->len, msg, &prm));
+    if (st != BT_AGAIN) {
+        c->done = 1;
+        c->status = st;
+    }
+    if (be->ctrl_tail)
+        be->ctrl_tail->next = c;
+    else
+        be->ctrl_head = c;
+    be->ctrl_tail = c;
+}
+
+static void ctrl_deliver(ucx_be_t *be)
+{
+    while (be->ctrl_head && be->ctrl_head->done) {
+        ctrl_rx_t *c = be->ctrl_head;
+        be->ctrl_head = c->next;
+        if (!be->ctrl_head)
+            be->ctrl_tail = NULL;
+        if (c->status == BT_OK)
+            be->up.on_ctrl(be->up.arg, c->tag, c->buf, c->len);
+        bt_free(c->buf);
+        bt_free(c);
+    }
+}
+
+static void deferred_run(ucx_be_t *be)
+{
+    /* Upcalls may defer more; take the batch first. */
+    for (int i = 0; i < be->n_deferred; i++) {
+        deferred_t d = be->deferred[i];
+        if (d.is_ep_error)
+            be->up.ep_error(be->up.arg, d.ep_user, d.status);
+        else
+            be->up.op_done(be->up.arg, d.op, d.status);
+    }
+    be->n_deferred = 0;
+}
+
+static void closes_reap(ucx_be_t *be)
+{
+    for (ucx_ep_t **pp = &be->eps; *pp;) {
+        ucx_ep_t *e = *pp;
+        if (e->user || (e->close_req && ucp_request_check_status(e->close_req) == UCS_INPROGRESS)) {
+            pp = &e->next;
+            continue;
+        }
+        if (e->close_req)
+            ucp_request_free(e->close_req);
+        *pp = e->next;
+        bt_free(e);
+    }
+}
+
+static int ucx_progress(void *bep)
+{
+    ucx_be_t *be = bep;
+    int n = 0;
+    deferred_run(be);
+    while (ucp_worker_progress(be->worker) && n < 64)
+        n++;
+    be->probe_more = 0;
+    for (int k = 0; k < UCX_PROBE_BUDGET; k++) {
+        ucp_tag_recv_info_t info;
+        ucp_tag_message_h msg = ucp_tag_probe_nb(be->worker, 0, 0, 1, &info);
+        if (!msg)
+            break;
+        n++;
+        be->probe_more = k + 1 == UCX_PROBE_BUDGET;
+        uint64_t cls = info.sender_tag & KVX_TAG_CLASS_MASK;
+        if (cls == KVX_TAG_DATA)
+            be->up.on_data(be->up.arg, info.sender_tag, info.length, msg);
+        else if (cls == KVX_TAG_CTRL)
+            ctrl_arrived(be, msg, &info);
+        else
+            ucx_recv_data(be, msg, NULL, 0, NULL);
+    }
+    ctrl_deliver(be);
+    deferred_run(be);
+    closes_reap(be);
+    return n;
+}
+
+static int ucx_fd(void *bep)
+{
+    return ((ucx_be_t *)bep)->efd;
+}
+
+static int ucx_arm(void *bep)
+{
+    ucx_be_t *be = bep;
+    if (be->n_deferred || be->probe_more || (be->ctrl_head && be->ctrl_head->done))
+        return BT_AGAIN;
+    ucs_status_t st = ucp_worker_arm(be->worker);
+    return st == UCS_OK ? BT_OK : BT_AGAIN;
+}
+
+static int ucx_address(void *bep, kvx_buf_t *out)
+{
+    ucx_be_t *be = bep;
+    ucp_address_t *addr;
+    size_t len;
+    ucs_status_t st = ucp_worker_get_address(be->worker, &addr, &len);
+    if (st != UCS_OK)
+        return status_from_ucs(st);
+    kvx_buf_bytes(out, addr, len);
+    ucp_worker_release_address(be->worker, addr);
+    return out->err;
+}
+
+/* Whether UCX put a shared-memory transport on any lane of this endpoint. */
+static int ep_uses_shm(ucp_ep_h ep)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f)
+        return 0;
+    ucp_ep_print_info(ep, f);
+    fclose(f);
+    static const char *const shm[] = {"sysv/", "posix/", "cma/", "knem/", "xpmem/"};
+    int found = 0;
+    for (size_t i = 0; text && i < sizeof shm / sizeof shm[0]; i++)
+        found |= strstr(text, shm[i]) != NULL;
+    free(text);
+    return found;
+}
+
+static int ep_make(ucx_be_t *be, const void *addr, ucx_ep_t *e, ucp_err_handling_mode_t mode)
+{
+    ucp_ep_params_t p = {.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
+                                       UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                                       UCP_EP_PARAM_FIELD_ERR_HANDLER,
+                         .address = addr,
+                         .err_mode = mode,
+                         .err_handler = {.cb = ep_err_cb, .arg = e}};
+    ucs_status_t st = ucp_ep_create(be->worker, &p, &e->ep);
+    if (st != UCS_OK) {
+        bt_error("kvx ucx: cannot create endpoint: %s", ucs_status_string(st));
+        return st == UCS_ERR_NO_MEMORY ? BT_ERR_NOMEM : BT_ERR_IO;
+    }
+    e->peer_mode = mode == UCP_ERR_HANDLING_MODE_PEER;
+    return BT_OK;
+}
+
+static void ep_close_now(ucx_be_t *be, ucx_ep_t *e, int force)
+{
+    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                               .flags = force && e->peer_mode ? UCP_EP_CLOSE_FLAG_FORCE : 0};
+    e->user = NULL;
+    be->in_downcall++;
+    ucs_status_ptr_t req = ucp_ep_close_nbx(e->ep, &prm);
+    be->in_downcall--;
+    e->close_req = UCS_PTR_IS_PTR(req) ? req : NULL;
+}
+
+static int ucx_ep_create(void *bep, const void *addr, size_t len, void *ep_user, int initiator,
+                         void **out)
+{
+    ucx_be_t *be = bep;
+    ucx_ep_t *e = bt_calloc(1, sizeof *e);
+    if (!e)
+        return BT_ERR_NOMEM;
+    e->be = be;
+    e->user = ep_user;
+    int st = ep_make(be, addr, e, UCP_ERR_HANDLING_MODE_NONE);
+    if (st == BT_OK && !ep_uses_shm(e->ep)) {
+        /* Not shared memory: UCX can handle this peer's failure, so let it. The first
+         * endpoint has sent nothing; its close only has to let UCX tidy up. */
+        ucx_ep_t *probe = bt_calloc(1, sizeof *probe);
+        if (probe) {
+            *probe = (ucx_ep_t){.next = be->eps, .be = be, .ep = e->ep};
+            be->eps = probe;
+            ep_close_now(be, probe, 0);
+            st = ep_make(be, addr, e, UCP_ERR_HANDLING_MODE_PEER);
+        } else {
+            st = BT_ERR_NOMEM;
+        }
+    }
+    if (st != BT_OK) {
+        bt_free(e);
+        return st;
+    }
+    e->next = be->eps;
+    be->eps = e;
+    *out = e;
+    return BT_OK;
+}
+
+static void ucx_ep_close(void *bep, void *ep, int force, int *cut)
+{
+    ucx_ep_t *e = ep;
+    *cut = force && e->peer_mode;
+    ep_close_now(bep, e, force);
+}
+
+static int ctx_init(ucx_be_t *be, const bt_kvx_params_t *params)
+{
+    ucp_config_t *cfg;
+    ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
+    if (st != UCS_OK)
+        return BT_ERR_IO;
+    if (params->ucx_tls)
+        st = ucp_config_modify(cfg, "TLS", params->ucx_tls);
+    ucp_params_t p = {.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME,
+                      .features = UCP_FEATURE_TAG | UCP_FEATURE_WAKEUP,
+                      .name = "baton-kvx"};
+    if (st == UCS_OK)
+        st = ucp_init(&p, cfg, &be->ctx);
+    ucp_config_release(cfg);
+    if (st != UCS_OK) {
+        bt_error("kvx ucx: cannot initialize UCX (transports '%s'): %s",
+                 params->ucx_tls ? params->ucx_tls : "default", ucs_status_string(st));
+        return BT_ERR_UNSUPPORTED;
+    }
+    return BT_OK;
+}
+
+static int worker_init(ucx_be_t *be, const bt_kvx_params_t *params)
+{
+    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+                              .thread_mode = UCS_THREAD_MODE_SINGLE};
+    ucs_status_t st = ucp_worker_create(be->ctx, &wp, &be->worker);
+    if (st == UCS_OK)
+        st = ucp_worker_get_efd(be->worker, &be->efd);
+    if (st != UCS_OK) {
+        bt_error("kvx ucx: cannot create worker: %s", ucs_status_string(st));
+        return BT_ERR_IO;
+    }
+    if (!params->size_bytes)
+        return BT_OK; /* nothing to register (a wrapping backend's control channel) */
+    ucp_mem_map_params_t mp = {.field_mask =
+                                   UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH,
+                               .address = params->base,
+                               .length = params->size_bytes};
+    st = ucp_mem_map(be->ctx, &mp, &be->memh);
+    if (st != UCS_OK) {
+        bt_error("kvx ucx: cannot register %zu bytes of KV pool: %s", params->size_bytes,
+                 ucs_status_string(st));
+        return BT_ERR_IO;
+    }
+    be->base = params->base;
+    be->size_bytes = params->size_bytes;
+    return BT_OK;
+}
+
+static void ucx_destroy(void *bep);
+
+static int ucx_create(const bt_kvx_params_t *params, const kvx_upcalls_t *up, void **out)
+{
+    ucx_be_t *be = bt_calloc(1, sizeof *be);
+    if (!be)
+        return BT_ERR_NOMEM;
+    be->up = *up;
+    be->efd = -1;
+    int st = ctx_init(be, params);
+    if (st == BT_OK)
+        st = worker_init(be, params);
+    if (st != BT_OK) {
+        ucx_destroy(be);
+        return st;
+    }
+    *out = be;
+    return BT_OK;
+}
+
+/* Gives closing endpoints a moment to say goodbye before the worker goes. */
+static void closes_drain(ucx_be_t *be)
+{
+    int64_t until = kvx_now_ms() + 200;
+    for (;;) {
+        ucp_worker_progress(be->worker);
+        closes_reap(be);
+        int busy = 0;
+        for (ucx_ep_t *e = be->eps; e; e = e->next)
+            busy |= e->close_req != NULL;
+        if (!busy || kvx_now_ms() > until)
+            return;
+    }
+}
+
+static void ucx_destroy(void *bep)
+{
+    ucx_be_t *be = bep;
+    if (be->worker) {
+        for (ucx_ep_t *e = be->eps; e; e = e->next)
+            if (e->user)
+                ep_close_now(be, e, 1);
+        closes_drain(be);
+        /* Whatever is still in flight is completed (cancelled) by the worker's destruction;
+         * its callbacks may still look at control buffers and deferred slots, so those go
+         * after it. */
+        be->in_downcall++;
+        if (be->memh)
+            ucp_mem_unmap(be->ctx, be->memh);
+        ucp_worker_destroy(be->worker);
+    }
+    if (be->ctx)
+        ucp_cleanup(be->ctx);
+    while (be->eps) {
+        ucx_ep_t *e = be->eps;
+        be->eps = e->next;
+        bt_free(e);
+    }
+    while (be->ctrl_head) {
+        ctrl_rx_t *c = be->ctrl_head;
+        be->ctrl_head = c->next;
+        bt_free(c->buf);
+        bt_free(c);
+    }
+    bt_free(be->deferred);
+    bt_free(be);
+}
+
+const kvx_backend_ops_t kvx_ucx_ops = {
+    .name = "ucx",
+    .create = ucx_create,
+    .destroy = ucx_destroy,
+    .address = ucx_address,
+    .ep_create = ucx_ep_create,
+    .ep_close = ucx_ep_close,
+    .send_ctrl = ucx_send_ctrl,
+    .send_data = ucx_send_data,
+    .recv_data = ucx_recv_data,
+    .progress = ucx_progress,
+    .fd = ucx_fd,
+    .arm = ucx_arm,
+};
