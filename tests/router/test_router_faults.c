@@ -72,7 +72,7 @@ static uint64_t run_colocated(rt_cluster_t *c, rt_daemon_t *x, void *cl, uint64_
 
 static void test_faults_decode_dies_mid_stream_and_the_stream_continues(void **state)
 {
-    rt_cluster_t *c = start(state, (const char *const[]){"--dead-after-ms", "300", NULL});
+    rt_cluster_t *c = start(state, (const char *const[]){"--dead-after-ms", "600", NULL});
     rt_daemon_t *p = rt_daemon_add(c, "p0", BATON__ROLE__PREFILL);
     rt_daemon_t *d0 = rt_daemon_add(c, "d0", BATON__ROLE__DECODE);
     void *cl = rt_client(c);
@@ -122,7 +122,7 @@ static void test_faults_decode_dies_mid_stream_and_the_stream_continues(void **s
 
 static void test_faults_failover_gives_up_after_its_timeout(void **state)
 {
-    rt_cluster_t *c = start(state, (const char *const[]){"--dead-after-ms", "300",
+    rt_cluster_t *c = start(state, (const char *const[]){"--dead-after-ms", "600",
                                                          "--failover-timeout-ms", "300", NULL});
     rt_daemon_t *x = rt_daemon_add(c, "c0", BATON__ROLE__COLOCATED);
     void *cl = rt_client(c);

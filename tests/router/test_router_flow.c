@@ -281,7 +281,7 @@ static void test_flow_cancel_aborts_parts_and_ends_cancelled(void **state)
 
 static void test_flow_cancel_does_not_wait_for_a_silent_daemon(void **state)
 {
-    rt_cluster_t *c = start(state, (const char *const[]){"--dead-after-ms", "400", NULL});
+    rt_cluster_t *c = start(state, (const char *const[]){"--dead-after-ms", "600", NULL});
     rt_daemon_t *x = rt_daemon_add(c, "c0", BATON__ROLE__COLOCATED);
     void *cl = rt_client(c);
     assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
