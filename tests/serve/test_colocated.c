@@ -279,6 +279,14 @@ static int bad_count(fake_router_t *r, void *arg)
     return r->n_bad >= *(int *)arg;
 }
 
+static int log_has_reconnected(fake_router_t *r, void *arg)
+{
+    char *log = bt_test_read_file(((bt_proc_t *)arg)->log, NULL);
+    int found = log && strstr(log, "reconnecting");
+    free(log);
+    return found;
+}
+
 static void test_colocated_bad_input_answered(void **state)
 {
     colo_fixture_t *f = *state;
@@ -335,7 +343,10 @@ static void test_colocated_bad_input_answered(void **state)
     size_t hl[2] = {16, huge_len};
     assert_int_equal(fake_router_send_raw(&f->r, f->id, hf, hl, 2), 0);
     free(huge);
-    assert_true(fake_router_wait_heartbeats(&f->r, f->id, 3, 20000));
+    /* Heartbeats that arrive after the daemon logged its reconnection can only have come over
+     * the new connection: from then on assignments reach it. */
+    assert_true(fake_router_wait(&f->r, log_has_reconnected, &f->proc, 20000));
+    assert_true(fake_router_wait_heartbeats(&f->r, f->id, 2, 20000));
 
     for (uint64_t i = 0; i < 3; i++) {
         fake_router_assign(&f->r, f->id, 90 + i, BATON__ROLE__COLOCATED, prompt, 20, 8, 0);
