@@ -15,70 +15,68 @@
 #include "common/alloc.h"
 #include "common/status.h"
 
+/* Householder QR of the n x m matrix in the first m columns of a (n rows of m + 1, the last
+ * column the right-hand side, which each reflection is applied to as well), then back
+ * substitution into b[m]. Returns 0, or -1 when the columns are rank-deficient. */
+static int qr_solve(double *a, int n, int m, double *b)
+{
+    const int w = m + 1;
+    for (int j = 0; j < m; j++) {
+        double norm = 0;
+        for (int i = j; i < n; i++)
+            norm += a[i * w + j] * a[i * w + j];
+        norm = sqrt(norm);
+        if (norm < 1e-12)
+            return -1;
+        double alpha = a[j * w + j] > 0 ? -norm : norm;
+        double v0 = a[j * w + j] - alpha, vnorm2 = v0 * v0;
+        for (int i = j + 1; i < n; i++)
+            vnorm2 += a[i * w + j] * a[i * w + j];
+        for (int col = j + 1; col < w; col++) {
+            double dot = v0 * a[j * w + col];
+            for (int i = j + 1; i < n; i++)
+                dot += a[i * w + j] * a[i * w + col];
+            double f = 2 * dot / vnorm2;
+            a[j * w + col] -= f * v0;
+            for (int i = j + 1; i < n; i++)
+                a[i * w + col] -= f * a[i * w + j];
+        }
+        a[j * w + j] = alpha;
+    }
+    for (int j = m - 1; j >= 0; j--) {
+        double s = a[j * w + m];
+        for (int l = j + 1; l < m; l++)
+            s -= a[j * w + l] * b[l];
+        b[j] = s / a[j * w + j];
+    }
+    return 0;
+}
+
 /* Solves min |A c - 1| for the columns of x listed in cols (m of them) with rows weighted by
  * 1/y; writes c[m]. Returns 0, or -1 when the columns are rank-deficient. a is scratch of
- * n * m doubles. */
+ * n * (m + 1) doubles. Columns are scaled to unit norm first, and the solution unscaled. */
 static int lsq_subset(const double *x, const double *y, int n, int k, const int *cols, int m,
                       double *a, double *c)
 {
-    double b[PL_FIT_MAX_COLS], scale[PL_FIT_MAX_COLS], rhs_buf[512], *rhs = rhs_buf;
-    if (n > 512 && !(rhs = bt_malloc((size_t)n * sizeof *rhs)))
-        return -1;
+    double b[PL_FIT_MAX_COLS], scale[PL_FIT_MAX_COLS];
+    const int w = m + 1;
     for (int j = 0; j < m; j++) {
         double s = 0;
         for (int i = 0; i < n; i++) {
-            a[i * m + j] = x[i * k + cols[j]] / y[i];
-            s += a[i * m + j] * a[i * m + j];
+            a[i * w + j] = x[i * k + cols[j]] / y[i];
+            s += a[i * w + j] * a[i * w + j];
         }
         scale[j] = s > 0 ? 1 / sqrt(s) : 0;
         for (int i = 0; i < n; i++)
-            a[i * m + j] *= scale[j];
+            a[i * w + j] *= scale[j];
     }
     for (int i = 0; i < n; i++)
-        rhs[i] = 1;
-    int ok = 0;
-    /* Householder QR, applying each reflection to the right-hand side as we go. */
-    for (int j = 0; j < m && ok == 0; j++) {
-        double norm = 0;
-        for (int i = j; i < n; i++)
-            norm += a[i * m + j] * a[i * m + j];
-        norm = sqrt(norm);
-        if (norm < 1e-12) {
-            ok = -1;
-            break;
-        }
-        double alpha = a[j * m + j] > 0 ? -norm : norm;
-        double v0 = a[j * m + j] - alpha, vnorm2 = v0 * v0;
-        for (int i = j + 1; i < n; i++)
-            vnorm2 += a[i * m + j] * a[i * m + j];
-        for (int col = j + 1; col <= m; col++) {
-            double dot = v0 * (col < m ? a[j * m + col] : rhs[j]);
-            for (int i = j + 1; i < n; i++)
-                dot += a[i * m + j] * (col < m ? a[i * m + col] : rhs[i]);
-            double f = 2 * dot / vnorm2;
-            if (col < m) {
-                a[j * m + col] -= f * v0;
-                for (int i = j + 1; i < n; i++)
-                    a[i * m + col] -= f * a[i * m + j];
-            } else {
-                rhs[j] -= f * v0;
-                for (int i = j + 1; i < n; i++)
-                    rhs[i] -= f * a[i * m + j];
-            }
-        }
-        a[j * m + j] = alpha;
-    }
-    for (int j = m - 1; j >= 0 && ok == 0; j--) {
-        double s = rhs[j];
-        for (int l = j + 1; l < m; l++)
-            s -= a[j * m + l] * b[l];
-        b[j] = s / a[j * m + j];
-    }
-    for (int j = 0; j < m && ok == 0; j++)
+        a[i * w + m] = 1;
+    if (qr_solve(a, n, m, b) != 0)
+        return -1;
+    for (int j = 0; j < m; j++)
         c[j] = b[j] * scale[j];
-    if (rhs != rhs_buf)
-        bt_free(rhs);
-    return ok;
+    return 0;
 }
 
 static double rel_sse(const double *x, const double *y, int n, int k, const double *coef)
@@ -119,7 +117,7 @@ int pl_fit_nnls(const double *x, const double *y, int n, int k, double *coef, bt
     for (int i = 0; i < n; i++)
         if (!(y[i] > 0) || !isfinite(y[i]))
             return BT_ERR_INVAL;
-    double *a = bt_malloc((size_t)n * k * sizeof *a);
+    double *a = bt_malloc((size_t)n * (k + 1) * sizeof *a);
     if (!a)
         return BT_ERR_NOMEM;
     double best[PL_FIT_MAX_COLS] = {0}, best_sse = INFINITY;

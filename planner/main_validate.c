@@ -205,6 +205,19 @@ typedef struct {
     FILE *csv;
 } val_t;
 
+/* The machine's 1-minute load average: the real side shares the CPUs with whatever else runs,
+ * and the table says how busy they were. */
+static double loadavg(void)
+{
+    double l = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f && fscanf(f, "%lf", &l) != 1)
+        l = -1;
+    if (f)
+        fclose(f);
+    return l;
+}
+
 static int one_rate(val_t *v, double rate)
 {
     size_t n = pl_workload_n(v->w);
@@ -229,10 +242,10 @@ static int one_rate(val_t *v, double rate)
     stats_t real;
     stats(tt, tp, n, v->c, scratch, &real);
     printf("| %g | %.1f%% | %.1f%% | %+.1f | %.0f / %.0f | %.0f / %.0f | %.1f / %.1f | "
-           "%.1f / %.1f | %zu |\n",
+           "%.1f / %.1f | %zu | %.1f |\n",
            rate, 100 * real.attain, 100 * res.attainment, 100 * (res.attainment - real.attain),
            real.ttft_p50, real.ttft_p90, res.ttft_p50_ms, res.ttft_p90_ms, real.tpot_p50,
-           real.tpot_p90, res.tpot_p50_ms, res.tpot_p90_ms, real.n_failed);
+           real.tpot_p90, res.tpot_p50_ms, res.tpot_p90_ms, real.n_failed, loadavg());
     fflush(stdout);
     return BT_OK;
 }
@@ -279,8 +292,9 @@ static int validate(val_t *v, const double *rates, int n_rates)
     v->buf = bt_malloc(4 * n * sizeof *v->buf);
     int st = v->reqs && v->real && v->sim && v->ids && v->buf ? BT_OK : BT_ERR_NOMEM;
     printf("| rate/s | real | sim | sim - real (pp) | real TTFT p50 / p90 ms | "
-           "sim TTFT p50 / p90 | real TPOT p50 / p90 ms | sim TPOT p50 / p90 | real failed |\n"
-           "|---|---|---|---|---|---|---|---|---|\n");
+           "sim TTFT p50 / p90 | real TPOT p50 / p90 ms | sim TPOT p50 / p90 | real failed | "
+           "load |\n"
+           "|---|---|---|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < n_rates && st == BT_OK; i++) {
         settle(v->cl);
         st = one_rate(v, rates[i]);
