@@ -170,9 +170,10 @@ static void first_token(const stub_t *s, void *sock, void **direct, const bt_rpc
     Baton__Assignment *a = (Baton__Assignment *)b;
     int32_t client = a->n_prompt_ids >= 2 ? a->prompt_ids[0] : -1;
     uint64_t stamp = now_ns();
-    send_chunk(sock, BATON__METHOD__FIRST_TOKEN, m->hdr.request_id, 0, 1, stamp);
+    /* The direct copy goes first, so its head start counts against the router, not for it. */
     if (client >= 0 && client < s->n_clients)
         send_chunk(direct[client], BATON__METHOD__TOKENS, (uint64_t)a->prompt_ids[1], 0, 1, stamp);
+    send_chunk(sock, BATON__METHOD__FIRST_TOKEN, m->hdr.request_id, 0, 1, stamp);
     protobuf_c_message_free_unpacked(b, NULL);
 }
 
