@@ -85,8 +85,13 @@ static void test_faults_decode_dies_mid_stream_and_the_stream_continues(void **s
     rt_chunk(p, BATON__METHOD__FIRST_TOKEN, id, 0, &t0, 1);
     rt_done(p, id, BATON__ROLE__PREFILL, BATON__FINISH_REASON__FINISH_LENGTH, 1, NULL, 0);
     rt_chunk(d0, BATON__METHOD__STREAM, id, 1, t12, 2);
-    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 77, 0), NULL);
-    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 77, 0), NULL);
+    /* One or two TOKENS: the decode's chunk may overtake the first token and be held. */
+    for (uint32_t have = 0; have < 3;) {
+        Baton__TokenChunk *tc = expect_client(c, cl, BATON__METHOD__TOKENS, 77, 0);
+        assert_int_equal(tc->index, have);
+        have += (uint32_t)tc->n_ids;
+        baton__token_chunk__free_unpacked(tc, NULL);
+    }
 
     d0->silent = 1; /* d0 "dies"; d1 joins */
     rt_daemon_t *d1 = rt_daemon_add(c, "d1", BATON__ROLE__DECODE);
@@ -202,7 +207,7 @@ static void test_faults_limits_answer_with_error_codes(void **state)
 static void test_faults_queue_bound_and_queue_timeout(void **state)
 {
     rt_cluster_t *c =
-        start(state, (const char *const[]){"--max-queue", "1", "--queue-timeout-ms", "400", NULL});
+        start(state, (const char *const[]){"--max-queue", "1", "--queue-timeout-ms", "1500", NULL});
     void *cl = rt_client(c);
     /* No instance: the first waits in the queue, the second finds it full. */
     assert_int_equal(rt_generate(cl, 1, prompt, 3, 4), 0);
@@ -304,18 +309,23 @@ static void test_faults_sigterm_drains_then_exits_zero(void **state)
     assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
     uint64_t id = run_colocated(c, x, cl, 1);
     kill(c->proc.pid, SIGTERM);
-    rt_sleep(c, 50);
+    int ok = 1; /* HEALTH turns not ok once it drains: load balancers stop sending */
+    for (uint64_t hid = 100; ok && hid < 200; hid++) {
+        rt_send(cl, BATON__METHOD__HEALTH, hid, 0, NULL);
+        bt_rpc_msg_t m;
+        assert_int_equal(rt_expect(c, cl, BATON__METHOD__HEALTH, &m, WAIT_MS, NULL), 0);
+        Baton__HealthReply *h = rt_body_as(&m, &baton__health_reply__descriptor);
+        bt_rpc_msg_fini(&m);
+        ok = h->ok;
+        baton__health_reply__free_unpacked(h, NULL);
+        if (ok)
+            rt_sleep(c, 20);
+    }
+    assert_false(ok);
     Baton__GenerateRequest g = BATON__GENERATE_REQUEST__INIT;
     g.prompt_ids = (int32_t *)prompt;
     g.n_prompt_ids = 3;
     expect_refused(c, cl, &g, 2, BT_ERR_DRAINING);
-    rt_send(cl, BATON__METHOD__HEALTH, 3, 0, NULL);
-    bt_rpc_msg_t m;
-    assert_int_equal(rt_expect(c, cl, BATON__METHOD__HEALTH, &m, WAIT_MS, NULL), 0);
-    Baton__HealthReply *h = rt_body_as(&m, &baton__health_reply__descriptor);
-    bt_rpc_msg_fini(&m);
-    assert_false(h->ok); /* load balancers stop sending */
-    baton__health_reply__free_unpacked(h, NULL);
     assert_int_equal(c->proc.pid != 0 && !bt_proc_wait(&c->proc, 100), 1); /* still serving */
     int32_t t = 4;
     rt_chunk(x, BATON__METHOD__FIRST_TOKEN, id, 0, &t, 1);
