@@ -24,13 +24,12 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include <zmq.h>
 
+#include "baton_client.h"
 #include "cli.h"
 #include "common/config.h"
 #include "common/log.h"
 #include "common/modelgen.h"
-#include "common/rpc.h"
 #include "common/status.h"
 
 typedef struct {
@@ -405,46 +404,22 @@ static void stop_all(up_t *u)
         }
 }
 
-/* One HEALTH round trip: 1 when the router says the cluster can serve with at least
- * n_daemons instances alive, 0 when not (yet), -1 when no reply came in time. */
-static int health_check(void *sock, uint64_t id, int n_daemons)
-{
-    bt_rpc_header_t h;
-    bt_rpc_header_init(&h, BATON__METHOD__HEALTH, id);
-    if (bt_rpc_send(sock, NULL, &h, NULL, ZMQ_DONTWAIT) != BT_OK)
-        return -1;
-    zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
-    while (zmq_poll(&it, 1, 500) > 0) {
-        bt_rpc_msg_t m;
-        int st = bt_rpc_recv(sock, &m, ZMQ_DONTWAIT), rc = -1;
-        if (st == BT_OK && m.hdr.method == BATON__METHOD__HEALTH && m.hdr.request_id == id) {
-            /* The reply's body is a HealthReply (the request's is Empty). */
-            Baton__HealthReply *r = baton__health_reply__unpack(
-                NULL, m.body_len, m.body ? m.body : (const uint8_t *)"");
-            rc = r && r->ok && r->n_prefill + r->n_decode + r->n_colocated >= (uint32_t)n_daemons;
-            if (r)
-                baton__health_reply__free_unpacked(r, NULL);
-        }
-        bt_rpc_msg_fini(&m);
-        if (rc >= 0)
-            return rc;
-    }
-    return -1;
-}
-
-/* Polls the router's HEALTH until the cluster can serve. 0 when healthy, 1 on an interrupt,
- * -1 when a process died or the deadline passed. */
+/* Polls the router's HEALTH until the cluster can serve with every daemon registered. 0 when
+ * healthy, 1 on an interrupt, -1 when a process died or the deadline passed. */
 static int wait_healthy(up_t *u, int n_daemons)
 {
     char ep[128];
     snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", u->c->port);
-    void *zctx = zmq_ctx_new(), *sock = zctx ? zmq_socket(zctx, ZMQ_DEALER) : NULL;
+    bt_client_params_t cp = {.endpoint = ep, .timeout_ms = 1000};
+    bt_client_t *cl = NULL;
+    if (bt_client_connect(&cp, &cl) != BT_CLIENT_OK)
+        return -1;
+    uint64_t deadline = up_now_ms() + (uint64_t)u->c->ready_timeout_ms;
     int rc = -1;
-    if (!sock || bt_rpc_socket_setup(sock) != BT_OK || zmq_connect(sock, ep) != 0)
-        goto out;
-    uint64_t deadline = up_now_ms() + (uint64_t)u->c->ready_timeout_ms, id = 1;
     while (up_now_ms() < deadline) {
-        if (health_check(sock, id++, n_daemons) == 1) {
+        bt_client_health_t h;
+        if (bt_client_health(cl, 500, &h) == BT_CLIENT_OK && h.ok &&
+            h.n_prefill + h.n_decode + h.n_colocated >= (uint32_t)n_daemons) {
             rc = 0;
             break;
         }
@@ -456,11 +431,7 @@ static int wait_healthy(up_t *u, int n_daemons)
         if (reap(u, 1) > 0)
             break;
     }
-out:
-    if (sock)
-        zmq_close(sock);
-    if (zctx)
-        zmq_ctx_term(zctx);
+    bt_client_close(cl);
     if (rc < 0)
         fprintf(stderr, "baton up: the cluster did not become healthy\n");
     return rc;

@@ -1,0 +1,165 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_up.c - `baton up` as a user runs it: it prints its endpoint once the cluster is healthy,
+ * the cluster serves, SIGTERM stops everything with status 0, and no child outlives it, not
+ * even when `baton up` itself is killed with SIGKILL.
+ */
+// ctest-labels: integration
+#include "testutil.h"
+
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "baton_client.h"
+#include "servetest.h"
+
+#define BATON BATON_BINARY_DIR "/bin/baton"
+
+typedef struct {
+    char model[512];
+    char port[16];
+    bt_proc_t up;
+} up_fixture_t;
+
+static int setup(void **state)
+{
+    up_fixture_t *f = calloc(1, sizeof *f);
+    if (!f || bt_test_make_model("tiny", f->model, sizeof f->model) != 0)
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    up_fixture_t *f = *state;
+    bt_proc_kill(&f->up);
+    remove(f->model);
+    free(f);
+    return 0;
+}
+
+/* Processes whose command line mentions the test's model file: the cluster's. */
+static int count_cluster_procs(const char *model)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    int n = 0;
+    while (d && (e = readdir(d)) != NULL) {
+        char path[300], buf[4096];
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof path, "/proc/%s/cmdline", e->d_name);
+        FILE *fp = fopen(path, "r");
+        if (!fp)
+            continue;
+        size_t len = fread(buf, 1, sizeof buf - 1, fp);
+        fclose(fp);
+        for (size_t i = 0; i < len; i++)
+            buf[i] = buf[i] ? buf[i] : ' ';
+        buf[len] = 0;
+        n += strstr(buf, model) != NULL && !strstr(buf, "baton up") &&
+             (strstr(buf, "baton-router") || strstr(buf, "baton-prefill") ||
+              strstr(buf, "baton-decode") || strstr(buf, "baton-colocated"));
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
+
+static int wait_no_cluster(const char *model, int timeout_ms)
+{
+    uint64_t end = bt_test_now_ms() + (uint64_t)timeout_ms;
+    while (count_cluster_procs(model) > 0)
+        if (bt_test_now_ms() >= end)
+            return 0;
+        else
+            usleep(20000);
+    return 1;
+}
+
+/* Starts baton up (1 prefill + 1 decode, or 1 colocated) and waits for its endpoint line. */
+static void up_start(up_fixture_t *f, int colocated)
+{
+    snprintf(f->port, sizeof f->port, "%d", bt_test_free_port());
+    const char *argv[] = {BATON,
+                          "up",
+                          "--model",
+                          f->model,
+                          "--port",
+                          f->port,
+                          "--threads",
+                          "2",
+                          "--kv-mem",
+                          "8M",
+                          colocated ? "--colocated" : "--prefill",
+                          "1",
+                          NULL};
+    assert_int_equal(bt_proc_start(&f->up, (char *const *)argv), 0);
+    uint64_t end = bt_test_now_ms() + 60000;
+    for (;;) {
+        char *log = bt_test_read_file(f->up.log, NULL);
+        int ready = log && strstr(log, "serving on");
+        free(log);
+        if (ready)
+            break;
+        if (bt_test_now_ms() >= end || bt_proc_wait(&f->up, 0)) {
+            bt_proc_dump_log(&f->up);
+            fail_msg("baton up did not come up");
+        }
+        usleep(20000);
+    }
+}
+
+static void expect_serves(up_fixture_t *f)
+{
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%s", f->port);
+    bt_client_params_t cp = {.endpoint = ep, .timeout_ms = 30000};
+    bt_client_t *cl = NULL;
+    assert_int_equal(bt_client_connect(&cp, &cl), BT_CLIENT_OK);
+    int32_t prompt[8] = {1, 40, 41, 42, 43, 44, 45, 46};
+    bt_client_gen_params_t p = {
+        .prompt_ids = prompt, .n_prompt_ids = 8, .max_tokens = 8, .ignore_eos = 1};
+    bt_client_result_t *r = NULL;
+    assert_int_equal(bt_client_generate(cl, &p, NULL, NULL, &r), BT_CLIENT_OK);
+    assert_int_equal(r->status, 0);
+    assert_int_equal((int)r->n_ids, 8);
+    bt_client_result_free(r);
+    bt_client_close(cl);
+}
+
+static void test_up_serves_and_stops_cleanly(void **state)
+{
+    up_fixture_t *f = *state;
+    up_start(f, 0);
+    assert_int_equal(count_cluster_procs(f->model), 3);
+    expect_serves(f);
+    kill(f->up.pid, SIGTERM);
+    assert_true(bt_proc_wait(&f->up, 60000));
+    assert_int_equal(bt_proc_exit_code(&f->up), 0);
+    assert_true(wait_no_cluster(f->model, 5000));
+}
+
+static void test_up_killed_leaves_no_orphans(void **state)
+{
+    up_fixture_t *f = *state;
+    up_start(f, 1);
+    assert_int_equal(count_cluster_procs(f->model), 2);
+    expect_serves(f);
+    bt_proc_kill(&f->up); /* SIGKILL: the children get SIGTERM from the kernel */
+    assert_true(wait_no_cluster(f->model, 30000));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_up_serves_and_stops_cleanly, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_up_killed_leaves_no_orphans, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
