@@ -10,6 +10,7 @@
 // ctest-labels: integration
 #include "testutil.h"
 
+#include <ctype.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -373,6 +374,62 @@ static void test_cluster_kill_colocated_mid_stream(void **state)
     run_kill_mid_stream(*state, 0, 0, 2, "colocated");
 }
 
+/* Text through the cluster: the streamed chunks and the result carry the detokenized text of
+ * exactly the ids; a stop string taken from that text ends the same request right before it,
+ * across the prefill/decode boundary (held-back text included). */
+static void run_text_and_stop(cluster_fixture_t *f, int n_p, int n_d, int n_k)
+{
+    need_daemons(n_p, n_d);
+    bt_cluster_t c;
+    assert_int_equal(bt_cluster_start(&c, f->tiny, n_p, n_d, n_k, NULL), 0);
+    bt_client_t *cl = connect_client(&c);
+    int32_t prompt[32];
+    bt_test_prompt(99, 20, 512, prompt);
+    bt_client_gen_params_t p = {.prompt_ids = prompt,
+                                .n_prompt_ids = 20,
+                                .max_tokens = 40,
+                                .ignore_eos = 1,
+                                .return_text = 1};
+    bt_client_result_t *r = NULL;
+    assert_int_equal(bt_client_generate(cl, &p, NULL, NULL, &r), BT_CLIENT_OK);
+    assert_int_equal(r->status, 0);
+    char want[4096];
+    bt_test_ref_text(f->ref_tiny, prompt[19], r->ids, (int)r->n_ids, want, sizeof want);
+    assert_string_equal(r->text, want);
+    /* Three ASCII letters from the middle of the text, first occurrence. */
+    size_t len = strlen(want), at = len / 2;
+    while (at + 3 < len &&
+           !(isalpha((unsigned char)want[at]) && isalpha((unsigned char)want[at + 1]) &&
+             isalpha((unsigned char)want[at + 2])))
+        at++;
+    assert_true(at + 3 < len);
+    char stop[4] = {want[at], want[at + 1], want[at + 2], 0};
+    size_t first = (size_t)(strstr(want, stop) - want);
+    const char *stops[1] = {stop};
+    p.stop = stops;
+    p.n_stop = 1;
+    bt_client_result_t *r2 = NULL;
+    assert_int_equal(bt_client_generate(cl, &p, NULL, NULL, &r2), BT_CLIENT_OK);
+    assert_int_equal(r2->status, 0);
+    assert_int_equal(r2->finish_reason, BT_CLIENT_FINISH_STOP_STRING);
+    assert_int_equal(r2->text_len, first);
+    assert_memory_equal(r2->text, want, first);
+    bt_client_result_free(r);
+    bt_client_result_free(r2);
+    bt_client_close(cl);
+    assert_int_equal(bt_cluster_stop(&c), 0);
+}
+
+static void test_cluster_text_and_stop_1p1d(void **state)
+{
+    run_text_and_stop(*state, 1, 1, 0);
+}
+
+static void test_cluster_text_and_stop_colocated(void **state)
+{
+    run_text_and_stop(*state, 0, 0, 1);
+}
+
 /* SIGTERM to every daemon while four requests stream: each finishes in full, then the daemons
  * exit 0. Nothing accepted is lost. */
 static void run_sigterm_drains(cluster_fixture_t *f, int n_p, int n_d, int n_k)
@@ -421,6 +478,8 @@ int main(void)
         cmocka_unit_test(test_cluster_kill_decode_mid_stream),
         cmocka_unit_test(test_cluster_kill_colocated_mid_stream),
         cmocka_unit_test(test_cluster_sigterm_drains_1p1d),
+        cmocka_unit_test(test_cluster_text_and_stop_1p1d),
+        cmocka_unit_test(test_cluster_text_and_stop_colocated),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -584,6 +584,19 @@ int bt_test_ref_run(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt, int
     return n;
 }
 
+void bt_test_ref_text(bt_test_ref_t *ref, int32_t last_prompt_id, const int32_t *ids, int n,
+                      char *out, size_t cap)
+{
+    bt_detok_t d;
+    bt_detok_init(&d, ref->model->tok);
+    d.prev_id = last_prompt_id;
+    size_t len = 0, max = bt_detok_max_bytes(ref->model->tok);
+    for (int i = 0; i < n && len + max + 8 < cap; i++)
+        len += bt_detok_push(&d, ids[i], out + len, cap - len);
+    len += bt_detok_flush(&d, out + len, cap - len);
+    out[len] = 0;
+}
+
 void bt_test_prompt(uint32_t seed, int n, int32_t n_vocab, int32_t *out)
 {
     uint32_t x = seed * 2654435761u + 12345u;

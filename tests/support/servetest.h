@@ -160,6 +160,10 @@ void bt_cluster_dump_logs(const bt_cluster_t *c);
 typedef struct bt_test_ref bt_test_ref_t;
 bt_test_ref_t *bt_test_ref_open(const char *model_path);
 void bt_test_ref_close(bt_test_ref_t *ref);
+/* The text a daemon streams for ids generated after a prompt ending in last_prompt_id: the
+ * streaming detokenizer over the reference's tokenizer. Writes a NUL-terminated string. */
+void bt_test_ref_text(bt_test_ref_t *ref, int32_t last_prompt_id, const int32_t *ids, int n,
+                      char *out, size_t cap);
 /* Writes up to max_tokens generated ids to out (going past end-of-generation tokens when
  * ignore_eos); returns how many. */
 int bt_test_ref_run(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt, int max_tokens,
