@@ -169,6 +169,13 @@ static void dc_assign(bt_decode_t *d, bt_worker_t *w, bt_req_t *req)
         dc_refuse(w, req, BT_ERR_INVAL, "no prefill peer address in the assignment");
         return;
     }
+    /* Keep one block per running sequence for its growth: reserving those for arrivals would
+     * only preempt running sequences to make room again. */
+    int32_t need = bt_blocks_for(req->n_prompt, bt_kv_pool_block_size(d->pool));
+    if (bt_kv_pool_n_free(d->pool) - need < bt_batcher_n_running(d->batcher)) {
+        dc_refuse(w, req, BT_ERR_NOSPACE, "no free KV blocks for the prompt");
+        return;
+    }
     dc_req_t *r = bt_calloc(1, sizeof *r);
     int st = r ? bt_kv_seq_init(&r->kv, d->pool, req->max_ctx) : BT_ERR_NOMEM;
     if (st == BT_OK)
