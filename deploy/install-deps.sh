@@ -13,6 +13,7 @@ PACKAGES=(
     libopenblas-dev                         # BLAS for non-deterministic f32 GEMMs
     python3 python3-numpy                   # independent reference forward pass in tests
     clang-format                            # style check
+    gnuplot-nox                             # baton-bench plots (optional)
 )
 
 missing=()

@@ -27,6 +27,7 @@
 #include "harness/arrival.h"
 #include "harness/driver.h"
 #include "harness/lengths.h"
+#include "harness/plot.h"
 #include "harness/report.h"
 #include "harness/search.h"
 
@@ -386,6 +387,10 @@ static int write_outputs(bench_t *b, const bb_point_t *pts, int n_pts, double go
         printf("  goodput: %.3f req/s (%.3f per GPU over %d) at >= %.0f%% attainment\n", goodput,
                b->n_gpus > 0 ? goodput / b->n_gpus : 0, b->n_gpus, c->attainment);
     }
+    if (st == BT_OK)
+        st = bb_plot_breakdown_csv(b->dir, &b->best_sum);
+    if (st == BT_OK && c->plots)
+        st = bb_plot_dir(b->dir, &b->slo);
     return st;
 }
 
