@@ -4,7 +4,8 @@
  * 1 decode): it exits 0, and result.json and requests.csv agree with each other and with what
  * was asked (every request completed with exactly the asked output length, token totals, the
  * vLLM field names present). A second run in closed loop with a goodput search checks that the
- * search writes its points.
+ * search writes its points. A third run replays the Azure 2023 code trace's own timestamps
+ * (skipped without ../shared), its long prompts clipped to the tiny model's context.
  */
 // ctest-labels: integration
 #include "testutil.h"
@@ -117,10 +118,32 @@ static void test_bench_open_loop_and_search(void **state)
     assert_int_equal(bt_cluster_stop(&c), 0);
 }
 
+static void test_bench_trace_replay(void **state)
+{
+    (void)state;
+    char trace[1024], model[512], dir[512], path[1100];
+    BT_TEST_NEED_SHARED("traces/azure2023/AzureLLMInferenceTrace_code.csv", trace);
+    assert_int_equal(bt_test_make_model("tiny", model, sizeof model), 0);
+    bt_cluster_t c;
+    assert_int_equal(bt_cluster_start(&c, model, 1, 1, 0, NULL), 0);
+    bt_test_tmp_path("bench-trace", dir, sizeof dir);
+    const char *replay[] = {"--workload", trace,           "--arrival", "trace", "--time-scale",
+                            "0.5",        "--concurrency", "0",         NULL};
+    run_bench(c.client_ep, dir, replay);
+    snprintf(path, sizeof path, "%s/result.json", dir);
+    char *json = bt_test_read_file(path, NULL);
+    assert_non_null(json);
+    assert_true(json_num(json, "completed") == N_REQ);
+    assert_non_null(strstr(json, "\"arrival\": \"trace\""));
+    free(json);
+    assert_int_equal(bt_cluster_stop(&c), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bench_open_loop_and_search),
+        cmocka_unit_test(test_bench_trace_replay),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
