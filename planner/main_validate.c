@@ -30,6 +30,7 @@ typedef struct {
     pl_cli_workload_t wl;
     char *endpoint, *profile, *policy, *rates, *csv, *log_level;
     int prefill, decode, colocated, max_batch_tokens, max_batch_seqs, block_size, timeout_s;
+    float quiet_load;
     size_t kv_mem;
     float slo_ttft_ms, slo_tpot_ms;
 } val_cfg_t;
@@ -55,6 +56,9 @@ static const bt_cfg_opt_t val_opts[] = {
     OPT("slo-tpot-ms", BT_CFG_FLOAT, "100", 0.001, 1e9, slo_tpot_ms, "TPOT objective"),
     OPT("timeout-s", BT_CFG_INT, "600", 1, 86400, timeout_s,
         "give up on a rate when nothing arrives for this long"),
+    OPT("quiet-load", BT_CFG_FLOAT, "0", 0, 1024, quiet_load,
+        "before each rate, wait (up to 30 min) for the 1-minute load average to fall below this; "
+        "0: do not wait"),
     OPT("csv", BT_CFG_STRING, NULL, 0, 0, csv, "every request, real and simulated, as CSV"),
     OPT("log-level", BT_CFG_STRING, "warn", 0, 0, log_level, "debug, info, warn, error"),
 };
@@ -65,10 +69,18 @@ static const bt_cfg_table_t val_table = {
     .n_opts = sizeof val_opts / sizeof val_opts[0],
 };
 
+/* Lifetime events a breakdown is made of, in order. */
+static const int stage_ev[] = {BT_CLIENT_EV_ISSUED,         BT_CLIENT_EV_PREFILL_QUEUED,
+                               BT_CLIENT_EV_PREFILL_BEGIN,  BT_CLIENT_EV_PREFILL_END,
+                               BT_CLIENT_EV_TRANSFER_BEGIN, BT_CLIENT_EV_TRANSFER_END,
+                               BT_CLIENT_EV_DECODE_BEGIN,   BT_CLIENT_EV_FINISHED};
+#define N_STAGE_EV 8
+
 typedef struct {
     double send_ms, first_ms, last_ms; /* client clock; first/last < 0 until seen */
     uint32_t n_tokens;
     int status, done;
+    uint64_t ev_ns[N_STAGE_EV]; /* the result's lifetime events (0: absent) */
 } real_req_t;
 
 static double now_ms(void)
@@ -109,6 +121,10 @@ static void on_event(const bt_client_next_t *ev, real_req_t *out, size_t n, doub
     q->status = ev->result->status;
     q->done = 1;
     (*done)++;
+    for (size_t e = 0; e < ev->result->n_events; e++)
+        for (int k = 0; k < N_STAGE_EV; k++)
+            if (ev->result->events[e].kind == stage_ev[k] && !q->ev_ns[k])
+                q->ev_ns[k] = ev->result->events[e].time_ns;
 }
 
 /* Sends every request at its time and collects the outcomes. BT_ERR_TIMEOUT when nothing came
@@ -120,6 +136,7 @@ static int real_run(const val_cfg_t *c, bt_client_t *cl, const pl_req_t *r, size
     double t0 = now_ms(), last_event = t0;
     for (size_t i = 0; i < n; i++)
         out[i] = (real_req_t){.first_ms = -1, .last_ms = -1};
+    /* the lifetime events are zeroed by the initializer */
     while (done < n) {
         double t = now_ms() - t0;
         for (; next < n && r[next].arrival_ms <= t; next++) {
@@ -234,10 +251,18 @@ static int one_rate(val_t *v, double rate)
         int ok = q->done && q->status == 0 && q->first_ms >= 0;
         tt[i] = ok ? q->first_ms - q->send_ms : -1;
         tp[i] = ok && q->n_tokens > 1 ? (q->last_ms - q->first_ms) / (q->n_tokens - 1) : 0;
-        if (v->csv)
-            fprintf(v->csv, "%g,%zu,%.3f,%d,%d,%.3f,%.4f,%u,%d,%.3f,%.4f\n", rate, i,
+        if (v->csv) {
+            fprintf(v->csv, "%g,%zu,%.3f,%d,%d,%.3f,%.4f,%u,%d,%.3f,%.4f", rate, i,
                     v->reqs[i].arrival_ms, v->reqs[i].prompt, v->reqs[i].output, tt[i], tp[i],
                     q->n_tokens, q->status, v->sim[i].ttft_ms, v->sim[i].tpot_ms);
+            /* Time between consecutive lifetime events, ms (-1 when one is missing). */
+            for (int k = 1; k < N_STAGE_EV; k++)
+                fprintf(v->csv, ",%.3f",
+                        q->ev_ns[k] && q->ev_ns[k - 1]
+                            ? (double)(int64_t)(q->ev_ns[k] - q->ev_ns[k - 1]) / 1e6
+                            : -1.0);
+            fputc('\n', v->csv);
+        }
     }
     stats_t real;
     stats(tt, tp, n, v->c, scratch, &real);
@@ -297,6 +322,11 @@ static int validate(val_t *v, const double *rates, int n_rates)
            "|---|---|---|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < n_rates && st == BT_OK; i++) {
         settle(v->cl);
+        /* On a shared machine, other work slows the real side only: wait for a quiet spell. */
+        for (int k = 0; k < 360 && v->c->quiet_load > 0 && loadavg() > v->c->quiet_load; k++) {
+            struct timespec ts = {5, 0};
+            nanosleep(&ts, NULL);
+        }
         st = one_rate(v, rates[i]);
     }
     bt_free(v->reqs);
@@ -346,7 +376,8 @@ static int val_main(const val_cfg_t *c)
     v.csv = st == BT_OK && c->csv ? fopen(c->csv, "w") : NULL;
     if (v.csv)
         fputs("rate,request,arrival_ms,prompt,output,real_ttft_ms,real_tpot_ms,real_tokens,"
-              "real_status,sim_ttft_ms,sim_tpot_ms\n",
+              "real_status,sim_ttft_ms,sim_tpot_ms,router_wait_ms,prefill_wait_ms,prefill_ms,"
+              "to_transfer_ms,transfer_ms,decode_wait_ms,decode_ms\n",
               v.csv);
     printf("cluster: %d prefill + %d decode + %d colocated, policy %s, profile %s; workload: %s; "
            "SLO TTFT %g ms, TPOT %g ms\n\n",
