@@ -72,8 +72,8 @@ static void fill_weights(uint8_t *p, bt_type_t type, int64_t rows, int64_t cols)
     }
 }
 
-static void bench_case(bt_backend_t *be, int threads, bt_type_t type, int64_t rows,
-                       int64_t cols, int m, double min_ms)
+static void bench_case(bt_backend_t *be, int threads, bt_type_t type, int64_t rows, int64_t cols,
+                       int m, double min_ms)
 {
     const size_t bytes = bt_type_row_bytes(type, cols) * (size_t)rows;
     const int copies = (int)((WORKING_SET_BYTES + bytes - 1) / bytes);
@@ -103,8 +103,8 @@ static void bench_case(bt_backend_t *be, int threads, bt_type_t type, int64_t ro
         } while (el * 1e3 < min_ms / BATCHES || n < 2);
         per = el / (double)n < per ? el / (double)n : per;
     }
-    printf("%-5s %5lld x %-5lld %4d %3d %10.3f %9.1f %8.2f\n", bt_type_name(type),
-           (long long)rows, (long long)cols, m, threads, per * 1e3,
+    printf("%-5s %5lld x %-5lld %4d %3d %10.3f %9.1f %8.2f\n", bt_type_name(type), (long long)rows,
+           (long long)cols, m, threads, per * 1e3,
            2.0 * (double)m * (double)rows * (double)cols / per * 1e-9, (double)bytes / per * 1e-9);
     fflush(stdout);
     free(w);
@@ -143,8 +143,10 @@ int main(int argc, char **argv)
 {
     bench_opts_t o = {.type = -1, .threads = 0, .m = 0, .min_ms = 300};
     if (parse_args(argc, argv, &o) != 0) {
-        fprintf(stderr, "usage: %s [--type f32|f16|bf16|q8_0] [--threads N] [--m N] "
-                        "[--min-ms MS (default 300)]\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s [--type f32|f16|bf16|q8_0] [--threads N] [--m N] "
+                "[--min-ms MS (default 300)]\n",
+                argv[0]);
         return 2;
     }
     printf("%-5s %13s %4s %3s %10s %9s %8s\n", "type", "rows x cols", "m", "thr", "ms/call",

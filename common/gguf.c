@@ -125,19 +125,15 @@ static size_t scalar_size(uint32_t type)
     switch (type) {
     case BT_GGUF_UINT8:
     case BT_GGUF_INT8:
-    case BT_GGUF_BOOL:
-        return 1;
+    case BT_GGUF_BOOL: return 1;
     case BT_GGUF_UINT16:
-    case BT_GGUF_INT16:
-        return 2;
+    case BT_GGUF_INT16: return 2;
     case BT_GGUF_UINT32:
     case BT_GGUF_INT32:
-    case BT_GGUF_FLOAT32:
-        return 4;
+    case BT_GGUF_FLOAT32: return 4;
     case BT_GGUF_UINT64:
     case BT_GGUF_INT64:
-    case BT_GGUF_FLOAT64:
-        return 8;
+    case BT_GGUF_FLOAT64: return 8;
     }
     return 0;
 }
@@ -598,9 +594,7 @@ static int get_int(const bt_gguf_t *g, const char *key, uint64_t *u, int *is_sig
     *is_signed = kv->pub.type == BT_GGUF_INT8 || kv->pub.type == BT_GGUF_INT16 ||
                  kv->pub.type == BT_GGUF_INT32 || kv->pub.type == BT_GGUF_INT64;
     switch (kv->pub.type) {
-    case BT_GGUF_UINT8:
-        *u = p[0];
-        return BT_OK;
+    case BT_GGUF_UINT8: *u = p[0]; return BT_OK;
     case BT_GGUF_INT8:
         memcpy(&i8, p, 1);
         *u = (uint64_t)(int64_t)i8;
@@ -625,8 +619,7 @@ static int get_int(const bt_gguf_t *g, const char *key, uint64_t *u, int *is_sig
     case BT_GGUF_INT64:
         memcpy(u, p, 8); /* two's complement: the bits of an int64 are its uint64 cast */
         return BT_OK;
-    default:
-        return BT_ERR_FORMAT;
+    default: return BT_ERR_FORMAT;
     }
 }
 

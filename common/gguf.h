@@ -30,7 +30,7 @@ typedef enum {
 } bt_gguf_type_t;
 
 typedef struct {
-    const char *name;  /* not NUL-terminated */
+    const char *name; /* not NUL-terminated */
     size_t name_len;
     int type;          /* ggml type id (see kernels.h bt_type_t; others may appear) */
     int n_dims;        /* 1..4 */
@@ -60,14 +60,14 @@ int bt_gguf_get_bool(const bt_gguf_t *g, const char *key, int *out);
 int bt_gguf_get_str(const bt_gguf_t *g, const char *key, const char **s, size_t *len);
 /* Arrays: element type and count. For numeric arrays *data points at the packed elements
  * (little-endian, possibly unaligned: read with memcpy); for string arrays use get_arr_str. */
-int bt_gguf_get_arr(const bt_gguf_t *g, const char *key, bt_gguf_type_t *elem_type,
-                    uint64_t *n, const void **data);
+int bt_gguf_get_arr(const bt_gguf_t *g, const char *key, bt_gguf_type_t *elem_type, uint64_t *n,
+                    const void **data);
 int bt_gguf_get_arr_str(const bt_gguf_t *g, const char *key, uint64_t i, const char **s,
                         size_t *len);
 
 /* Enumerating the metadata in file order (for dump tools and for copying a file with edits). */
 typedef struct {
-    const char *key;          /* not NUL-terminated */
+    const char *key; /* not NUL-terminated */
     size_t key_len;
     bt_gguf_type_t type;
     bt_gguf_type_t elem_type; /* arrays only */

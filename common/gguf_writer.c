@@ -98,21 +98,16 @@ static size_t numeric_size(bt_gguf_type_t type)
     switch (type) {
     case BT_GGUF_UINT8:
     case BT_GGUF_INT8:
-    case BT_GGUF_BOOL:
-        return 1;
+    case BT_GGUF_BOOL: return 1;
     case BT_GGUF_UINT16:
-    case BT_GGUF_INT16:
-        return 2;
+    case BT_GGUF_INT16: return 2;
     case BT_GGUF_UINT32:
     case BT_GGUF_INT32:
-    case BT_GGUF_FLOAT32:
-        return 4;
+    case BT_GGUF_FLOAT32: return 4;
     case BT_GGUF_UINT64:
     case BT_GGUF_INT64:
-    case BT_GGUF_FLOAT64:
-        return 8;
-    default:
-        return 0;
+    case BT_GGUF_FLOAT64: return 8;
+    default: return 0;
     }
 }
 

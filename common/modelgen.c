@@ -196,9 +196,7 @@ static void store_row(bt_type_t type, const float *x, int64_t n, void *dst)
 {
     uint16_t *h = dst;
     switch (type) {
-    case BT_TYPE_F32:
-        memcpy(dst, x, (size_t)n * sizeof *x);
-        break;
+    case BT_TYPE_F32: memcpy(dst, x, (size_t)n * sizeof *x); break;
     case BT_TYPE_F16:
         for (int64_t i = 0; i < n; i++)
             h[i] = bt_f32_to_fp16(x[i]);
@@ -207,9 +205,7 @@ static void store_row(bt_type_t type, const float *x, int64_t n, void *dst)
         for (int64_t i = 0; i < n; i++)
             h[i] = bt_f32_to_bf16(x[i]);
         break;
-    case BT_TYPE_Q8_0:
-        quantize_q8_0(x, dst, n);
-        break;
+    case BT_TYPE_Q8_0: quantize_q8_0(x, dst, n); break;
     }
 }
 
@@ -399,14 +395,10 @@ static int set_vocab(bt_gguf_writer_t *w, int32_t n)
 static uint32_t file_type(bt_type_t type)
 {
     switch (type) {
-    case BT_TYPE_F16:
-        return 1;
-    case BT_TYPE_Q8_0:
-        return 7;
-    case BT_TYPE_BF16:
-        return 32;
-    default:
-        return 0;
+    case BT_TYPE_F16: return 1;
+    case BT_TYPE_Q8_0: return 7;
+    case BT_TYPE_BF16: return 32;
+    default: return 0;
     }
 }
 

@@ -257,8 +257,7 @@ static int decode_piece(const bt_tokenizer_t *t, int32_t id, char *dst, size_t *
         dst[0] = (char)b;
         *n = 1;
         return BT_OK;
-    default:
-        return BT_OK; /* control, unknown, unused, undefined: no text */
+    default: return BT_OK; /* control, unknown, unused, undefined: no text */
     }
 }
 

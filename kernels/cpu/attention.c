@@ -66,8 +66,8 @@ static void kv_store_task(void *arg, int64_t task, int thread)
     int64_t r1 = r0 + KV_STORE_ROWS < s->n_new ? r0 + KV_STORE_ROWS : s->n_new;
     for (int64_t r = r0; r < r1; r++) {
         int64_t pos = s->n_past + r;
-        uint8_t *blk = (uint8_t *)kv->data + (size_t)s->blocks[pos / kv->block_size] *
-                                                 kv->block_bytes;
+        uint8_t *blk =
+            (uint8_t *)kv->data + (size_t)s->blocks[pos / kv->block_size] * kv->block_bytes;
         uint8_t *kd = blk + (size_t)(pos % kv->block_size) * row_bytes;
         uint8_t *vd = kd + (size_t)kv->block_size * row_bytes;
         int64_t src = (s->row0 + r) * row_elems;
@@ -107,19 +107,19 @@ typedef struct {
     const bt_attn_seq_t *seqs;
     int n_seqs, n_heads, group; /* group: query heads per KV head */
     float scale;
-    int hd, hdp;        /* head_dim and head_dim padded to the vector width */
-    int tile;           /* positions per tile */
+    int hd, hdp; /* head_dim and head_dim padded to the vector width */
+    int tile;    /* positions per tile */
     int rows_per_item;
-    int64_t n_rblocks;  /* row blocks of the longest sequence */
+    int64_t n_rblocks; /* row blocks of the longest sequence */
     bt_cpu_ctx_t *c;
 } attn_job_t;
 
 /* One query vector's online-softmax state. */
 typedef struct {
-    float *acc;   /* [hdp] running sum of p * v */
+    float *acc;      /* [hdp] running sum of p * v */
     const float *qp; /* [hdp] zero-padded query */
-    float m, l;   /* running max and sum */
-    int64_t len;  /* cached positions it attends to */
+    float m, l;      /* running max and sum */
+    int64_t len;     /* cached positions it attends to */
 } attn_query_t;
 
 /* Tile positions: a function of head_dim only, so it never varies for a given model. */
@@ -129,14 +129,14 @@ static int attn_tile_positions(int hdp)
     return t > BT_CPU_ATTN_TILE ? BT_CPU_ATTN_TILE : t;
 }
 
-static const void *kv_pos_row(const attn_job_t *jb, const bt_attn_seq_t *s, int64_t pos,
-                              int kvh, int is_v)
+static const void *kv_pos_row(const attn_job_t *jb, const bt_attn_seq_t *s, int64_t pos, int kvh,
+                              int is_v)
 {
     const bt_kv_layer_t *kv = jb->kv;
     const size_t es = kv_elem_size(kv);
     const size_t row_bytes = (size_t)kv->n_kv_heads * kv->head_dim * es;
-    const uint8_t *blk = (const uint8_t *)kv->data + (size_t)s->blocks[pos / kv->block_size] *
-                                                         kv->block_bytes;
+    const uint8_t *blk =
+        (const uint8_t *)kv->data + (size_t)s->blocks[pos / kv->block_size] * kv->block_bytes;
     return blk + (size_t)is_v * kv->block_size * row_bytes +
            (size_t)(pos % kv->block_size) * row_bytes + (size_t)kvh * kv->head_dim * es;
 }
@@ -171,8 +171,8 @@ typedef struct {
 /* Fills tile with positions [t0, t0 + n). Rows are used in place when head_dim needs no
  * padding and either the cache is F32 or few queries share the tile (widening once pays off
  * only when several queries reuse it); otherwise they are widened into buf. */
-static void attn_load_tile(const attn_job_t *jb, const bt_attn_seq_t *s, int kvh, int64_t t0,
-                           int n, int few_queries, attn_tile_t *tile, float *buf)
+static void attn_load_tile(const attn_job_t *jb, const bt_attn_seq_t *s, int kvh, int64_t t0, int n,
+                           int few_queries, attn_tile_t *tile, float *buf)
 {
     const int f16 = jb->kv->type == BT_TYPE_F16;
     const int direct = jb->hd == jb->hdp && (!f16 || few_queries);
@@ -209,9 +209,8 @@ static BT_ALWAYS_INLINE float attn_dot(const float *q, const void *k, int hdp, c
 
 /* acc = acc * alpha + sum_j p[j] * v[j], each element in position order. Four vectors of
  * head_dim are carried in registers at a time to share the broadcasts of p. */
-static BT_ALWAYS_INLINE void attn_accumulate_v(float *acc, const float *p,
-                                               const void *const *vrow, int n, int hdp,
-                                               float alpha, const int f16)
+static BT_ALWAYS_INLINE void attn_accumulate_v(float *acc, const float *p, const void *const *vrow,
+                                               int n, int hdp, float alpha, const int f16)
 {
     const bt_vf va = bt_vf_set1(alpha);
     int d = 0;
@@ -274,8 +273,7 @@ static BT_ALWAYS_INLINE void attn_query_tile_impl(const attn_job_t *jb, attn_que
     attn_accumulate_v(aq->acc, s, tile->v, n, jb->hdp, alpha, f16);
 }
 
-static void attn_query_tile(const attn_job_t *jb, attn_query_t *aq, const attn_tile_t *tile,
-                            int n)
+static void attn_query_tile(const attn_job_t *jb, attn_query_t *aq, const attn_tile_t *tile, int n)
 {
     if (tile->f16)
         attn_query_tile_impl(jb, aq, tile, n, 1);

@@ -50,9 +50,7 @@ static void cpu_copy(void *ctx, void *dst, const void *src, size_t size_bytes)
     memcpy(dst, src, size_bytes);
 }
 
-static void cpu_sync(void *ctx)
-{
-}
+static void cpu_sync(void *ctx) {}
 
 static const bt_backend_ops_t cpu_ops = {
     .name = "cpu",

@@ -46,15 +46,13 @@ void *bt_cpu_aligned_alloc(size_t size_bytes);
 void bt_cpu_matmul(void *ctx, float *y, const bt_tensor_t *w, const float *x, int64_t m);
 
 /* matmul_q8.c: y[m][w->rows] for a Q8_0 weight. */
-void bt_cpu_matmul_q8(bt_cpu_ctx_t *c, float *y, const bt_tensor_t *w, const float *x,
-                      int64_t m);
+void bt_cpu_matmul_q8(bt_cpu_ctx_t *c, float *y, const bt_tensor_t *w, const float *x, int64_t m);
 /* Quantizes one row of n floats (n % 32 == 0) to int8 values and per-32 scales, the way the
  * Q8_0 matmul does (round half to even; d = amax / 127). */
 void bt_cpu_quantize_row_q8(const float *x, int8_t *qs, float *d, int64_t n);
 
 /* elementwise.c */
-void bt_cpu_get_rows(void *ctx, float *y, const bt_tensor_t *table, const int32_t *ids,
-                     int64_t m);
+void bt_cpu_get_rows(void *ctx, float *y, const bt_tensor_t *table, const int32_t *ids, int64_t m);
 void bt_cpu_rmsnorm(void *ctx, float *y, const float *x, const float *w, int64_t m, int64_t n,
                     float eps);
 void bt_cpu_rope(void *ctx, float *x, const int32_t *pos, int64_t m, int n_heads, int head_dim,

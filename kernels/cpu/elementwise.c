@@ -41,9 +41,7 @@ static void dequant_row(float *y, const bt_tensor_t *t, int64_t row)
     const int64_t n = t->cols;
     const uint8_t *src = (const uint8_t *)t->data + (size_t)row * bt_type_row_bytes(t->type, n);
     switch (t->type) {
-    case BT_TYPE_F32:
-        memcpy(y, src, (size_t)n * sizeof(float));
-        return;
+    case BT_TYPE_F32: memcpy(y, src, (size_t)n * sizeof(float)); return;
     case BT_TYPE_F16:
         for (int64_t i = 0; i < n; i++)
             y[i] = bt_fp16_to_f32(((const uint16_t *)src)[i]);
@@ -79,8 +77,7 @@ static void get_rows_task(void *arg, int64_t task, int thread)
         dequant_row(jb->y + r * jb->t->cols, jb->t, jb->ids[r]);
 }
 
-void bt_cpu_get_rows(void *ctx, float *y, const bt_tensor_t *table, const int32_t *ids,
-                     int64_t m)
+void bt_cpu_get_rows(void *ctx, float *y, const bt_tensor_t *table, const int32_t *ids, int64_t m)
 {
     get_rows_job_t jb = {.y = y, .t = table, .ids = ids, .m = m};
     run_rows(ctx, get_rows_task, &jb, m, table->cols, &jb.rpt);
@@ -174,8 +171,8 @@ void bt_cpu_rope(void *ctx, float *x, const int32_t *pos, int64_t m, int n_heads
                  const float *inv_freq)
 {
     assert(head_dim % 2 == 0 && head_dim / 2 <= ROPE_MAX_PAIRS);
-    rope_job_t jb = {.x = x, .pos = pos, .inv_freq = inv_freq, .m = m, .n_heads = n_heads,
-                     .head_dim = head_dim};
+    rope_job_t jb = {
+        .x = x, .pos = pos, .inv_freq = inv_freq, .m = m, .n_heads = n_heads, .head_dim = head_dim};
     run_rows(ctx, rope_task, &jb, m, (int64_t)n_heads * head_dim, &jb.rpt);
 }
 

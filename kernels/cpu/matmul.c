@@ -26,8 +26,8 @@
 #include "cpu_impl.h"
 #include "simd.h"
 
-#define MR 4 /* tokens per register tile */
-#define NR 4 /* weight rows per register tile */
+#define MR 4        /* tokens per register tile */
+#define NR 4        /* weight rows per register tile */
 #define PF_MAX_M 16 /* up to this many tokens, tiles prefetch the next tile's weight rows */
 #define L2_X_BYTES (128 * 1024)
 
@@ -71,9 +71,8 @@ static BT_ALWAYS_INLINE bt_vf load_w_part(int type, const uint8_t *row, int64_t 
  * at small m the kernel waits on DRAM, and the hardware prefetcher alone does not keep nr
  * concurrent row streams busy (measured: m = 4 goes from 63 to 89 GFLOP/s). */
 static BT_ALWAYS_INLINE void mm_tile(const int mr, const int nr, const int pf, const int type,
-                                     const float *x,
-                                     int64_t ldx, const uint8_t *w, size_t ldw, int64_t K,
-                                     float *y, int64_t ldy)
+                                     const float *x, int64_t ldx, const uint8_t *w, size_t ldw,
+                                     int64_t K, float *y, int64_t ldy)
 {
     bt_vf acc[MR][NR];
     for (int i = 0; i < mr; i++)
@@ -134,10 +133,10 @@ static BT_ALWAYS_INLINE void mm_tile(const int mr, const int nr, const int pf, c
         for (int j = 0; j < nr; j++) {                                                             \
             const uint8_t *wj = w + (size_t)j * ldw;                                               \
             switch (mr) {                                                                          \
-            case 4: mm_tile(4, 1, 0, TYPE, x, ldx, wj, ldw, K, y + j, ldy); break;                    \
-            case 3: mm_tile(3, 1, 0, TYPE, x, ldx, wj, ldw, K, y + j, ldy); break;                    \
-            case 2: mm_tile(2, 1, 0, TYPE, x, ldx, wj, ldw, K, y + j, ldy); break;                    \
-            default: mm_tile(1, 1, 0, TYPE, x, ldx, wj, ldw, K, y + j, ldy); break;                   \
+            case 4: mm_tile(4, 1, 0, TYPE, x, ldx, wj, ldw, K, y + j, ldy); break;                 \
+            case 3: mm_tile(3, 1, 0, TYPE, x, ldx, wj, ldw, K, y + j, ldy); break;                 \
+            case 2: mm_tile(2, 1, 0, TYPE, x, ldx, wj, ldw, K, y + j, ldy); break;                 \
+            default: mm_tile(1, 1, 0, TYPE, x, ldx, wj, ldw, K, y + j, ldy); break;                \
             }                                                                                      \
         }                                                                                          \
     }
@@ -146,8 +145,8 @@ MM_TILES(mm_tiles_f32, BT_TYPE_F32)
 MM_TILES(mm_tiles_f16, BT_TYPE_F16)
 MM_TILES(mm_tiles_bf16, BT_TYPE_BF16)
 
-typedef void (*mm_tiles_fn)(int mr, int nr, int pf, const float *x, int64_t ldx,
-                            const uint8_t *w, size_t ldw, int64_t K, float *y, int64_t ldy);
+typedef void (*mm_tiles_fn)(int mr, int nr, int pf, const float *x, int64_t ldx, const uint8_t *w,
+                            size_t ldw, int64_t K, float *y, int64_t ldy);
 
 static void mm_task(void *arg, int64_t task, int thread)
 {

@@ -62,8 +62,8 @@ static BT_ALWAYS_INLINE __m256i q8_in_reg(__m256i a)
 /* The microkernel: an mr x nr tile of y over nb blocks, one 8-lane accumulator each; with pf
  * set it prefetches the next tile's weight rows into L2 (see matmul.c). */
 static BT_ALWAYS_INLINE void q8_tile(const int mr, const int nr, const int pf, const int8_t *xq,
-                                     const float *xd, int64_t k, const bt_block_q8_0_t *w,
-                                     float *y, int64_t ldy)
+                                     const float *xd, int64_t k, const bt_block_q8_0_t *w, float *y,
+                                     int64_t ldy)
 {
     const int64_t nb = k / BT_QK8_0;
     __m256 acc[MR][NR];
@@ -92,7 +92,8 @@ static BT_ALWAYS_INLINE void q8_tile(const int mr, const int nr, const int pf, c
             dw[j] = _mm256_set1_ps(_cvtsh_ss(blk->d));
         }
         for (int i = 0; i < mr; i++) {
-            __m256i xv = q8_in_reg(_mm256_loadu_si256((const __m256i *)(xq + i * k + b * BT_QK8_0)));
+            __m256i xv =
+                q8_in_reg(_mm256_loadu_si256((const __m256i *)(xq + i * k + b * BT_QK8_0)));
             __m256 dx = _mm256_set1_ps(xd[i * nb + b]);
             for (int j = 0; j < nr; j++) {
 #if defined(Q8_VNNI)
@@ -101,8 +102,8 @@ static BT_ALWAYS_INLINE void q8_tile(const int mr, const int nr, const int pf, c
                 __m256i p = _mm256_maddubs_epi16(wc[j], _mm256_sign_epi8(xv, wq[j]));
                 __m256i s = _mm256_madd_epi16(p, ones);
 #endif
-                acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dx, dw[j]),
-                                            acc[i][j]);
+                acc[i][j] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dx, dw[j]), acc[i][j]);
             }
         }
     }
@@ -112,8 +113,8 @@ static BT_ALWAYS_INLINE void q8_tile(const int mr, const int nr, const int pf, c
 }
 #else
 static BT_ALWAYS_INLINE void q8_tile(const int mr, const int nr, const int pf, const int8_t *xq,
-                                     const float *xd, int64_t k, const bt_block_q8_0_t *w,
-                                     float *y, int64_t ldy)
+                                     const float *xd, int64_t k, const bt_block_q8_0_t *w, float *y,
+                                     int64_t ldy)
 {
     const int64_t nb = k / BT_QK8_0;
     for (int i = 0; i < mr; i++) {
@@ -259,8 +260,7 @@ static void q8_reserve_row(bt_cpu_ctx_t *c, int64_t k)
     assert(c->q8_qs && c->q8_d);
 }
 
-void bt_cpu_matmul_q8(bt_cpu_ctx_t *c, float *y, const bt_tensor_t *w, const float *x,
-                      int64_t m)
+void bt_cpu_matmul_q8(bt_cpu_ctx_t *c, float *y, const bt_tensor_t *w, const float *x, int64_t m)
 {
     const int64_t k = w->cols;
     assert(k % BT_QK8_0 == 0);

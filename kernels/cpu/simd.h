@@ -18,8 +18,8 @@
 
 #include "../fp16.h"
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) &&                 \
-    defined(__FMA__) && defined(__F16C__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__FMA__) &&  \
+    defined(__F16C__)
 #define BT_CPU_AVX512 1
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define BT_CPU_AVX2 1
@@ -34,16 +34,46 @@
 #if defined(BT_CPU_AVX512)
 #define BT_VW 16
 typedef __m512 bt_vf;
-static BT_ALWAYS_INLINE bt_vf bt_vf_zero(void) { return _mm512_setzero_ps(); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_set1(float a) { return _mm512_set1_ps(a); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_load(const float *p) { return _mm512_loadu_ps(p); }
-static BT_ALWAYS_INLINE void bt_vf_store(float *p, bt_vf a) { _mm512_storeu_ps(p, a); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_add(bt_vf a, bt_vf b) { return _mm512_add_ps(a, b); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_mul(bt_vf a, bt_vf b) { return _mm512_mul_ps(a, b); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_sub(bt_vf a, bt_vf b) { return _mm512_sub_ps(a, b); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_div(bt_vf a, bt_vf b) { return _mm512_div_ps(a, b); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_max(bt_vf a, bt_vf b) { return _mm512_max_ps(a, b); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_fma(bt_vf a, bt_vf b, bt_vf c) { return _mm512_fmadd_ps(a, b, c); }
+static BT_ALWAYS_INLINE bt_vf bt_vf_zero(void)
+{
+    return _mm512_setzero_ps();
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_set1(float a)
+{
+    return _mm512_set1_ps(a);
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_load(const float *p)
+{
+    return _mm512_loadu_ps(p);
+}
+static BT_ALWAYS_INLINE void bt_vf_store(float *p, bt_vf a)
+{
+    _mm512_storeu_ps(p, a);
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_add(bt_vf a, bt_vf b)
+{
+    return _mm512_add_ps(a, b);
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_mul(bt_vf a, bt_vf b)
+{
+    return _mm512_mul_ps(a, b);
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_sub(bt_vf a, bt_vf b)
+{
+    return _mm512_sub_ps(a, b);
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_div(bt_vf a, bt_vf b)
+{
+    return _mm512_div_ps(a, b);
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_max(bt_vf a, bt_vf b)
+{
+    return _mm512_max_ps(a, b);
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_fma(bt_vf a, bt_vf b, bt_vf c)
+{
+    return _mm512_fmadd_ps(a, b, c);
+}
 static BT_ALWAYS_INLINE bt_vf bt_vf_load_f16(const uint16_t *p)
 {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
@@ -67,7 +97,10 @@ static BT_ALWAYS_INLINE float bt_vf_hsum(bt_vf a)
     __m128 s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
     return _mm_cvtss_f32(s1);
 }
-static BT_ALWAYS_INLINE float bt_vf_hmax(bt_vf a) { return _mm512_reduce_max_ps(a); }
+static BT_ALWAYS_INLINE float bt_vf_hmax(bt_vf a)
+{
+    return _mm512_reduce_max_ps(a);
+}
 /* exp(x) per lane, Cephes polynomial; about 1 ulp, 0 below -103, +inf above 88.7. */
 static BT_ALWAYS_INLINE bt_vf bt_vf_exp(bt_vf x)
 {
@@ -89,16 +122,46 @@ static BT_ALWAYS_INLINE bt_vf bt_vf_exp(bt_vf x)
 #elif defined(BT_CPU_AVX2)
 #define BT_VW 8
 typedef __m256 bt_vf;
-static BT_ALWAYS_INLINE bt_vf bt_vf_zero(void) { return _mm256_setzero_ps(); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_set1(float a) { return _mm256_set1_ps(a); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_load(const float *p) { return _mm256_loadu_ps(p); }
-static BT_ALWAYS_INLINE void bt_vf_store(float *p, bt_vf a) { _mm256_storeu_ps(p, a); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_add(bt_vf a, bt_vf b) { return _mm256_add_ps(a, b); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_mul(bt_vf a, bt_vf b) { return _mm256_mul_ps(a, b); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_sub(bt_vf a, bt_vf b) { return _mm256_sub_ps(a, b); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_div(bt_vf a, bt_vf b) { return _mm256_div_ps(a, b); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_max(bt_vf a, bt_vf b) { return _mm256_max_ps(a, b); }
-static BT_ALWAYS_INLINE bt_vf bt_vf_fma(bt_vf a, bt_vf b, bt_vf c) { return _mm256_fmadd_ps(a, b, c); }
+static BT_ALWAYS_INLINE bt_vf bt_vf_zero(void)
+{
+    return _mm256_setzero_ps();
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_set1(float a)
+{
+    return _mm256_set1_ps(a);
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_load(const float *p)
+{
+    return _mm256_loadu_ps(p);
+}
+static BT_ALWAYS_INLINE void bt_vf_store(float *p, bt_vf a)
+{
+    _mm256_storeu_ps(p, a);
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_add(bt_vf a, bt_vf b)
+{
+    return _mm256_add_ps(a, b);
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_mul(bt_vf a, bt_vf b)
+{
+    return _mm256_mul_ps(a, b);
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_sub(bt_vf a, bt_vf b)
+{
+    return _mm256_sub_ps(a, b);
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_div(bt_vf a, bt_vf b)
+{
+    return _mm256_div_ps(a, b);
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_max(bt_vf a, bt_vf b)
+{
+    return _mm256_max_ps(a, b);
+}
+static BT_ALWAYS_INLINE bt_vf bt_vf_fma(bt_vf a, bt_vf b, bt_vf c)
+{
+    return _mm256_fmadd_ps(a, b, c);
+}
 static BT_ALWAYS_INLINE bt_vf bt_vf_load_f16(const uint16_t *p)
 {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
@@ -142,7 +205,8 @@ static BT_ALWAYS_INLINE bt_vf bt_vf_exp(bt_vf x)
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
     return _mm256_andnot_ps(under, y);
 }
@@ -170,7 +234,10 @@ static BT_ALWAYS_INLINE bt_vf bt_vf_load(const float *p)
     memcpy(r.v, p, sizeof r.v);
     return r;
 }
-static BT_ALWAYS_INLINE void bt_vf_store(float *p, bt_vf a) { memcpy(p, a.v, sizeof a.v); }
+static BT_ALWAYS_INLINE void bt_vf_store(float *p, bt_vf a)
+{
+    memcpy(p, a.v, sizeof a.v);
+}
 #define BT_VF_LANEWISE(name, expr)                                                                 \
     static BT_ALWAYS_INLINE bt_vf name(bt_vf a, bt_vf b)                                           \
     {                                                                                              \

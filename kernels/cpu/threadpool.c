@@ -47,7 +47,7 @@
 
 #define ST_GEN(s) ((uint32_t)((s) >> 32))
 #define ST_CLOSED ((uint64_t)1 << 31)
-#define ST_ACTIVE(s) ((s) & 0x7fffffffu)
+#define ST_ACTIVE(s) ((s)&0x7fffffffu)
 
 struct bt_cpu_pool {
     int n_threads; /* including the caller */

@@ -176,14 +176,9 @@ static float value_at(const bt_tensor_t *t, int64_t row, int64_t i)
     const uint8_t *r = (const uint8_t *)t->data + (size_t)row * bt_type_row_bytes(t->type, t->cols);
     uint16_t h;
     switch (t->type) {
-    case BT_TYPE_F32:
-        return ((const float *)r)[i];
-    case BT_TYPE_F16:
-        memcpy(&h, r + 2 * i, 2);
-        return bt_fp16_to_f32(h);
-    case BT_TYPE_BF16:
-        memcpy(&h, r + 2 * i, 2);
-        return bt_bf16_to_f32(h);
+    case BT_TYPE_F32: return ((const float *)r)[i];
+    case BT_TYPE_F16: memcpy(&h, r + 2 * i, 2); return bt_fp16_to_f32(h);
+    case BT_TYPE_BF16: memcpy(&h, r + 2 * i, 2); return bt_bf16_to_f32(h);
     default: {
         const bt_block_q8_0_t *b = (const bt_block_q8_0_t *)r + i / BT_QK8_0;
         return bt_fp16_to_f32(b->d) * (float)b->qs[i % BT_QK8_0];

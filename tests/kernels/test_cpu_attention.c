@@ -65,7 +65,9 @@ static void fixture_init(fixture_t *f, bt_type_t type, int block_size, int n_kv,
 {
     memset(f, 0, sizeof *f);
     size_t es = type == BT_TYPE_F16 ? 2 : 4;
-    f->kv = (bt_kv_layer_t){.type = type, .block_size = block_size, .n_kv_heads = n_kv,
+    f->kv = (bt_kv_layer_t){.type = type,
+                            .block_size = block_size,
+                            .n_kv_heads = n_kv,
                             .head_dim = hd,
                             .block_bytes = 2 * (size_t)block_size * n_kv * hd * es};
     f->kv.data = calloc(N_BLOCKS, f->kv.block_bytes);
@@ -120,8 +122,8 @@ static int fixture_seqs(const fixture_t *f, bt_attn_seq_t *seqs)
 {
     int rows = 0;
     for (int s = 0; s < f->n_seqs; s++) {
-        seqs[s] = (bt_attn_seq_t){.row0 = rows, .n_new = f->n_new[s], .n_past = f->n_past[s],
-                                  .blocks = f->blocks[s]};
+        seqs[s] = (bt_attn_seq_t){
+            .row0 = rows, .n_new = f->n_new[s], .n_past = f->n_past[s], .blocks = f->blocks[s]};
         rows += f->n_new[s];
     }
     return rows;
@@ -137,8 +139,8 @@ static void fixture_store(const fixture_t *f, bt_backend_t *be)
     float *v = malloc(sizeof(float) * (size_t)((rows + 400) * kr));
     int prow = 0;
     for (int s = 0; s < f->n_seqs; s++) {
-        past[s] = (bt_attn_seq_t){.row0 = prow, .n_new = f->n_past[s], .n_past = 0,
-                                  .blocks = f->blocks[s]};
+        past[s] = (bt_attn_seq_t){
+            .row0 = prow, .n_new = f->n_past[s], .n_past = 0, .blocks = f->blocks[s]};
         memcpy(k + prow * kr, f->k[s], sizeof(float) * (size_t)(f->n_past[s] * kr));
         memcpy(v + prow * kr, f->v[s], sizeof(float) * (size_t)(f->n_past[s] * kr));
         prow += f->n_past[s];
@@ -168,10 +170,10 @@ static void check_cache_contents(const fixture_t *f)
             const uint8_t *ks = blk + (size_t)(p % f->kv.block_size) * kr * es;
             const uint8_t *vs = ks + (size_t)f->kv.block_size * kr * es;
             for (int64_t i = 0; i < kr; i++) {
-                float kg = es == 2 ? bt_fp16_to_f32(((const uint16_t *)ks)[i])
-                                   : ((const float *)ks)[i];
-                float vg = es == 2 ? bt_fp16_to_f32(((const uint16_t *)vs)[i])
-                                   : ((const float *)vs)[i];
+                float kg =
+                    es == 2 ? bt_fp16_to_f32(((const uint16_t *)ks)[i]) : ((const float *)ks)[i];
+                float vg =
+                    es == 2 ? bt_fp16_to_f32(((const uint16_t *)vs)[i]) : ((const float *)vs)[i];
                 assert_true(kg == f->k[s][p * kr + i]);
                 assert_true(vg == f->v[s][p * kr + i]);
             }
@@ -206,8 +208,7 @@ static void check_reference(const fixture_t *f, const float *out, float scale)
                     o /= sum;
                     double got = out[row * qr + (int64_t)h * hd + c];
                     if (fabs(got - o) > 2e-6)
-                        fail_msg("seq %d row %d head %d dim %d: %.9g vs %.9g", s, r, h, c, got,
-                                 o);
+                        fail_msg("seq %d row %d head %d dim %d: %.9g vs %.9g", s, r, h, c, got, o);
                 }
             }
     free(p);
@@ -263,33 +264,63 @@ static void run_case(const attn_case_t *c)
 
 static void test_attention_gqa_f32_many_sequences(void **state)
 {
-    attn_case_t c = {.type = BT_TYPE_F32, .block_size = 4, .n_kv = 2, .hd = 64, .n_heads = 6,
-                     .n_seqs = 4, .n_past = {0, 37, 5, 150}, .n_new = {7, 1, 3, 2}};
+    attn_case_t c = {.type = BT_TYPE_F32,
+                     .block_size = 4,
+                     .n_kv = 2,
+                     .hd = 64,
+                     .n_heads = 6,
+                     .n_seqs = 4,
+                     .n_past = {0, 37, 5, 150},
+                     .n_new = {7, 1, 3, 2}};
     run_case(&c);
 }
 
 static void test_attention_gqa_f16_cache(void **state)
 {
-    attn_case_t c = {.type = BT_TYPE_F16, .block_size = 16, .n_kv = 2, .hd = 128, .n_heads = 8,
-                     .n_seqs = 3, .n_past = {130, 0, 9}, .n_new = {1, 40, 6}};
+    attn_case_t c = {.type = BT_TYPE_F16,
+                     .block_size = 16,
+                     .n_kv = 2,
+                     .hd = 128,
+                     .n_heads = 8,
+                     .n_seqs = 3,
+                     .n_past = {130, 0, 9},
+                     .n_new = {1, 40, 6}};
     run_case(&c);
 }
 
 static void test_attention_mha_padded_head_dim(void **state)
 {
-    attn_case_t c = {.type = BT_TYPE_F32, .block_size = 3, .n_kv = 3, .hd = 8, .n_heads = 3,
-                     .n_seqs = 2, .n_past = {0, 70}, .n_new = {20, 1}};
+    attn_case_t c = {.type = BT_TYPE_F32,
+                     .block_size = 3,
+                     .n_kv = 3,
+                     .hd = 8,
+                     .n_heads = 3,
+                     .n_seqs = 2,
+                     .n_past = {0, 70},
+                     .n_new = {20, 1}};
     run_case(&c);
-    attn_case_t c16 = {.type = BT_TYPE_F16, .block_size = 5, .n_kv = 1, .hd = 24, .n_heads = 4,
-                       .n_seqs = 2, .n_past = {66, 1}, .n_new = {3, 1}};
+    attn_case_t c16 = {.type = BT_TYPE_F16,
+                       .block_size = 5,
+                       .n_kv = 1,
+                       .hd = 24,
+                       .n_heads = 4,
+                       .n_seqs = 2,
+                       .n_past = {66, 1},
+                       .n_new = {3, 1}};
     run_case(&c16);
 }
 
 /* Many query rows of one long prefill: more rows than one work item carries. */
 static void test_attention_long_prefill(void **state)
 {
-    attn_case_t c = {.type = BT_TYPE_F16, .block_size = 16, .n_kv = 1, .hd = 64, .n_heads = 4,
-                     .n_seqs = 1, .n_past = {100}, .n_new = {45}};
+    attn_case_t c = {.type = BT_TYPE_F16,
+                     .block_size = 16,
+                     .n_kv = 1,
+                     .hd = 64,
+                     .n_heads = 4,
+                     .n_seqs = 1,
+                     .n_past = {100},
+                     .n_new = {45}};
     run_case(&c);
 }
 

@@ -207,8 +207,8 @@ static void check_q8_refs(const float *y, const float *x, const weight_t *w, int
             for (int64_t c = 0; c < k; c++)
                 ref_f += (double)x[i * k + c] * w->deq[j * k + c];
             if (fabs(got - ref_f) > bound * (1 + 1e-4) + 1e-5 * mag_q + 1e-30)
-                fail_msg("q8 vs float ref k=%lld [%lld][%lld]: %.9g vs %.9g bound %g",
-                         (long long)k, (long long)i, (long long)j, got, ref_f, bound);
+                fail_msg("q8 vs float ref k=%lld [%lld][%lld]: %.9g vs %.9g bound %g", (long long)k,
+                         (long long)i, (long long)j, got, ref_f, bound);
         }
     }
 }
@@ -250,8 +250,7 @@ static void test_matmul_q8_beyond_declared_scratch(void **state)
  * results do not depend on the thread count. */
 static void check_invariance(bt_type_t type, int64_t n, int64_t k)
 {
-    bt_backend_t *be[3] = {make_backend(1, 19, k), make_backend(2, 19, k),
-                           make_backend(3, 19, k)};
+    bt_backend_t *be[3] = {make_backend(1, 19, k), make_backend(2, 19, k), make_backend(3, 19, k)};
     weight_t w = make_weight(type, n, k);
     float *x = rand_vec(19 * k);
     float *alone = malloc(sizeof(float) * (size_t)(19 * n));

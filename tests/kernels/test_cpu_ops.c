@@ -81,8 +81,8 @@ static void test_backend_create_reports_nomem(void **state)
 #if defined(__SANITIZE_ADDRESS__)
     skip();
 #else
-    bt_backend_params_t p = {.n_threads = 2, .max_rows = (int64_t)1 << 30,
-                             .max_cols = (int64_t)1 << 20};
+    bt_backend_params_t p = {
+        .n_threads = 2, .max_rows = (int64_t)1 << 30, .max_cols = (int64_t)1 << 20};
     bt_backend_t *be = NULL;
     assert_int_equal(bt_backend_create("cpu", &p, &be), BT_ERR_NOMEM);
     assert_null(be);
@@ -131,8 +131,8 @@ static void test_get_rows_dequantizes_every_type(void **state)
                     want = bt_fp16_to_f32(b->d) * (float)b->qs[c % 32];
                 }
                 if (memcmp(&want, &y[i * cols + c], sizeof want) != 0)
-                    fail_msg("%s row %lld col %lld: %g vs %g", bt_type_name(types[t]),
-                             (long long)i, (long long)c, y[i * cols + c], want);
+                    fail_msg("%s row %lld col %lld: %g vs %g", bt_type_name(types[t]), (long long)i,
+                             (long long)c, y[i * cols + c], want);
             }
         }
         free(y);
