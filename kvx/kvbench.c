@@ -20,7 +20,11 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: baton-kvbench [options]\n"
-            "  --transport shm|tcp|all   UCX over shared memory (sm) or TCP (default all)\n"
+            "  --transport shm|cma|tcp|all\n"
+            "                            shm: one host, UCX shared memory for messages and the\n"
+            "                            data copied out of the mapped sender pool; cma: one\n"
+            "                            host, data through UCX rendezvous (CMA); tcp: UCX over\n"
+            "                            TCP (default all)\n"
             "  --mode whole|layer|all    whole cache or layer-wise (default all)\n"
             "  --sizes LIST              request KV sizes, e.g. 64K,1M,1G (default 64K..1G, x4)\n"
             "  --iters N                 transfers per pass (default: ~1 GiB, 8..2000)\n"
@@ -31,6 +35,9 @@ static void usage(FILE *f)
             "  --json                    one JSON object per measurement\n"
             "  --pin                     this process on CPU 0, the sender on CPU 1 (as\n"
             "                            ucx_perftest -c 0 / -c 1)\n"
+            "  --distinct-dst            transfers in flight get blocks of their own (default:\n"
+            "                            they share one set, as ucx_perftest's receives share\n"
+            "                            one buffer)\n"
             "Bandwidth counts a window of transfers in flight; latency is one transfer at a\n"
             "time, from the reservation to the completion notice.\n");
 }
@@ -75,6 +82,16 @@ static int parse_int(const char *s, int lo, int hi, int *out)
     return 0;
 }
 
+static int parse_transports(const char *v, kvb_opts_t *o)
+{
+    static const char *const all[] = {"shm", "cma", "tcp"};
+    o->n_transports = 0;
+    for (int i = 0; i < 3; i++)
+        if (strcmp(v, "all") == 0 || strcmp(v, all[i]) == 0)
+            o->transports[o->n_transports++] = all[i];
+    return o->n_transports ? 0 : -1;
+}
+
 static int parse_choice(const char *v, const char *a, const char *b, const char **out, int *n)
 {
     if (strcmp(v, "all") == 0) {
@@ -94,7 +111,7 @@ static int parse_opt(kvb_opts_t *o, const char *k, const char *v)
 {
     const char *m[2];
     if (strcmp(k, "--transport") == 0)
-        return parse_choice(v, "shm", "tcp", o->transports, &o->n_transports);
+        return parse_transports(v, o);
     if (strcmp(k, "--mode") == 0) {
         if (parse_choice(v, "whole", "layer", m, &o->n_modes) != 0)
             return -1;
@@ -155,8 +172,8 @@ static void peer_path(kvb_opts_t *o, char *buf, size_t cap)
 int main(int argc, char **argv)
 {
     static char path[PATH_MAX];
-    kvb_opts_t o = {.transports = {"shm", "tcp"},
-                    .n_transports = 2,
+    kvb_opts_t o = {.transports = {"shm", "cma", "tcp"},
+                    .n_transports = 3,
                     .modes = {0, 1},
                     .n_modes = 2,
                     .max_layers = 32,
@@ -174,6 +191,8 @@ int main(int argc, char **argv)
             o.json = 1;
         } else if (strcmp(argv[i], "--pin") == 0) {
             o.pin = 1;
+        } else if (strcmp(argv[i], "--distinct-dst") == 0) {
+            o.distinct_dst = 1;
         } else if (i + 1 >= argc || parse_opt(&o, argv[i], argv[i + 1]) != 0) {
             fprintf(stderr, "baton-kvbench: bad option '%s'\n", argv[i]);
             usage(stderr);

@@ -16,7 +16,9 @@
 #define KVB_MAX_SIZES 32
 
 typedef struct {
-    const char *transports[2]; /* "shm" and/or "tcp" */
+    const char *transports[3]; /* "shm" (one host: messages over UCX shared memory, data
+                                * copied out of the mapped peer pool), "cma" (one host, data
+                                * through UCX's rendezvous: CMA), "tcp" (UCX over TCP) */
     int n_transports;
     int modes[2]; /* 0 whole, 1 layer-wise */
     int n_modes;
@@ -30,7 +32,9 @@ typedef struct {
     int iters;  /* 0: by size */
     int window; /* 0: by size */
     int json;
-    int pin; /* 1: this process on CPU 0, the sender on CPU 1 */
+    int pin;          /* 1: this process on CPU 0, the sender on CPU 1 */
+    int distinct_dst; /* 1: each transfer in flight has blocks of its own; 0: they share them,
+                       * as ucx_perftest's outstanding receives share one buffer */
     const char *peer_path;
 } kvb_opts_t;
 

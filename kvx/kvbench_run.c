@@ -69,6 +69,7 @@ static int layers_for(const kvb_opts_t *o, size_t size)
 
 static int window_for(const kvb_opts_t *o, size_t size)
 {
+    /* Shared destinations hold one transfer's blocks whatever the window. */
     if (o->window)
         return o->window;
     return size <= (16u << 20) ? 4 : size <= (256u << 20) ? 2 : 1;
@@ -159,26 +160,42 @@ static const char *child_cmd(bench_t *b, const char *fmt, ...)
 
 /* ---- setup ---- */
 
-static int setup(bench_t *b, int blocks_recv)
+/* shm maps the peer's pool; cma and tcp move every byte through UCX. */
+static int map_of(const bench_t *b)
+{
+    return strcmp(b->transport, "shm") == 0 ? 0 : -1;
+}
+
+/* Starts the sender process; its address goes into addr. */
+static int setup_child(bench_t *b, const char *tls, uint8_t *addr, size_t *len)
 {
     const kvb_opts_t *o = b->o;
-    const char *tls = strcmp(b->transport, "shm") == 0 ? "sm" : "tcp";
     if (child_spawn(b) != 0)
         return -1;
-    const char *r = child_cmd(b, "init ucx %s prefill llama %d %d %d %d %s %d %d 10000", tls,
+    const char *r = child_cmd(b, "init ucx %s prefill llama %d %d %d %d %s %d %d 10000 %d", tls,
                               b->layers, o->kv_heads, o->head_dim, o->block_size,
-                              o->f16 ? "f16" : "f32", b->blocks_max, SEED);
+                              o->f16 ? "f16" : "f32", b->blocks_max, SEED, map_of(b));
     if (strncmp(r, "ok ", 3) != 0) {
         fprintf(stderr, "kvbench: sender process: %s\n", r);
         return -1;
     }
-    uint8_t addr[BT_KVX_ADDRESS_MAX];
-    size_t len = 0;
-    for (const char *h = r + 3; h[0] && h[1] && len < sizeof addr; h += 2) {
+    *len = 0;
+    for (const char *h = r + 3; h[0] && h[1] && *len < BT_KVX_ADDRESS_MAX; h += 2) {
         unsigned v;
         sscanf(h, "%2x", &v);
-        addr[len++] = (uint8_t)v;
+        addr[(*len)++] = (uint8_t)v;
     }
+    return 0;
+}
+
+static int setup(bench_t *b, int blocks_recv)
+{
+    const kvb_opts_t *o = b->o;
+    const char *tls = strcmp(b->transport, "tcp") == 0 ? "tcp" : "sm";
+    uint8_t addr[BT_KVX_ADDRESS_MAX];
+    size_t len;
+    if (setup_child(b, tls, addr, &len) != 0)
+        return -1;
     bt_backend_params_t bp = {.n_threads = 1, .max_rows = 1, .max_cols = 1};
     bt_kv_pool_params_t pp = {.n_layers = b->layers,
                               .n_kv_heads = o->kv_heads,
@@ -199,19 +216,18 @@ static int setup(bench_t *b, int blocks_recv)
                           .ucx_tls = tls,
                           .peer_timeout_ms = 10000,
                           .lease_ms = 10000,
-                          .window = 64};
+                          .map_peers = map_of(b)};
     if (bt_kvx_create(&kp, &b->kvx) != BT_OK ||
         bt_kvx_connect(b->kvx, addr, len, &b->peer) != BT_OK)
         return -1;
-    while (bt_kvx_peer_status(b->peer) == BT_AGAIN) {
-        bt_kvx_progress(b->kvx);
-        bt_kvx_event_t ev;
-        while (bt_kvx_next_event(b->kvx, &ev))
-            ;
-    }
+    bt_kvx_event_t ev;
+    while (bt_kvx_peer_status(b->peer) == BT_AGAIN)
+        if (bt_kvx_progress(b->kvx))
+            while (bt_kvx_next_event(b->kvx, &ev))
+                ;
     if (bt_kvx_peer_status(b->peer) != BT_OK)
         return -1;
-    r = child_cmd(b, "spin 1");
+    const char *r = child_cmd(b, "spin 1");
     if (strncmp(r, "ok", 2) == 0)
         r = child_cmd(b, "quiet 1");
     if (strncmp(r, "ok", 2) == 0 && o->pin)
@@ -310,8 +326,9 @@ static int bandwidth_pass(bench_t *b, const int32_t *dst, int32_t nb, int window
     slot_t slots[16] = {{0}};
     double t0 = now_us(), us;
     int posted = 0, done = 0;
+    size_t stride = b->o->distinct_dst ? (size_t)nb : 0;
     for (int w = 0; w < window && posted < iters; w++, posted++)
-        if (post(b, &slots[w], dst + (size_t)w * (size_t)nb, nb) != BT_OK)
+        if (post(b, &slots[w], dst + (size_t)w * stride, nb) != BT_OK)
             return -1;
     while (done < iters) {
         slot_t *s = wait_one(b, &us);
@@ -320,7 +337,7 @@ static int bandwidth_pass(bench_t *b, const int32_t *dst, int32_t nb, int window
         done++;
         if (posted < iters) {
             int w = (int)(s - slots);
-            if (post(b, s, dst + (size_t)w * (size_t)nb, nb) != BT_OK)
+            if (post(b, s, dst + (size_t)w * stride, nb) != BT_OK)
                 return -1;
             posted++;
         }
@@ -392,7 +409,7 @@ int kvb_run_transport(const kvb_opts_t *o, const char *transport,
                 continue;
             int nb = (int)(o->sizes[j] / (block_layer_bytes(o) * (size_t)layers));
             b.blocks_max = nb > b.blocks_max ? nb : b.blocks_max;
-            int need = nb * window_for(o, o->sizes[j]);
+            int need = nb * (o->distinct_dst ? window_for(o, o->sizes[j]) : 1);
             recv_blocks = need > recv_blocks ? need : recv_blocks;
         }
         int st = setup(&b, recv_blocks);

@@ -26,6 +26,9 @@
 #include "common/log.h"
 
 #define KVX_TICK_MS 100 /* housekeeping period: keepalive, timeouts, leases, pidfds */
+#define KVX_COPY_BUDGET                                                                            \
+    (32u << 20) /* bytes a progress call copies out of mapped peer pools,                          \
+                 * so that a 1 GiB receive does not stall the loop */
 
 static const struct {
     const char *name;
@@ -49,8 +52,11 @@ const char *bt_kvx_backend_list(void)
 
 int64_t kvx_now_ms(void)
 {
+    /* The coarse clock (a few ms of resolution, plenty for keepalive, timeouts and leases)
+     * reads a value the kernel keeps, which is cheaper than reading the time source in a loop
+     * that spins. */
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -160,6 +166,7 @@ int bt_kvx_progress(bt_kvx_t *kvx)
     kvx->ops->progress(kvx->be);
     int64_t now = kvx_now_ms();
     kvx_xfer_poll(kvx, now);
+    kvx_recv_copy(kvx, KVX_COPY_BUDGET);
     if (now >= kvx->next_tick_ms) {
         kvx->next_tick_ms = now + KVX_TICK_MS;
         kvx_peers_tick(kvx, now);
@@ -189,6 +196,9 @@ int bt_kvx_arm(bt_kvx_t *kvx)
     for (bt_kvx_send_t *s = kvx->sends; s; s = s->next)
         if (s->gen && s->state == KVX_X_ACTIVE && s->next_layer < atomic_load(&s->layers_ready))
             return BT_AGAIN;
+    for (bt_kvx_recv_t *r = kvx->recvs; r; r = r->next)
+        if (r->state == KVX_X_ACTIVE && r->src && r->copy_layer < r->layers_avail)
+            return BT_AGAIN; /* copying out of a mapped pool, KVX_COPY_BUDGET at a time */
     return kvx->ops->arm(kvx->be);
 }
 
@@ -290,6 +300,7 @@ static void settings_init(bt_kvx_t *kvx, const bt_kvx_params_t *p)
     kvx->peer_timeout_ms = p->peer_timeout_ms > 0 ? p->peer_timeout_ms : 3000;
     kvx->lease_ms = p->lease_ms > 0 ? p->lease_ms : 3000;
     kvx->window = p->window > 0 ? p->window : 32;
+    kvx->map_peers = p->map_peers;
     kvx->next_gen = (uint32_t)kvx_now_ms() * 2654435761u; /* any start; never reused */
     kvx->epfd = kvx->wakefd = kvx->timerfd = -1;
     kvx_host_self(&kvx->host);

@@ -73,6 +73,9 @@ typedef struct {
     int peer_timeout_ms; /* a peer silent this long is dead; 0: 3000 */
     int lease_ms;        /* longest wait for an aborted transfer's writer; 0: 3000 */
     int window;          /* data messages in flight per send; 0: 32 */
+    int map_peers;       /* 0: a receiver on the same host as its sender maps the sender's pool
+                          * and copies the KV itself (the pool is moved onto a memfd at create,
+                          * in place); -1: all data goes through the transport */
     const char *ucx_tls; /* "ucx": transports (UCX_TLS syntax, e.g. "sm" or "tcp"); NULL:
                           * UCX's own choice (the environment's UCX_TLS) */
     int device;          /* "nccl": CUDA device ordinal */

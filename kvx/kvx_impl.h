@@ -59,7 +59,13 @@ typedef struct kvx_backend_ops {
     /* Returns BT_OK (done, op not kept), BT_AGAIN (op_done follows) or an error. */
     int (*send_data)(void *be, void *ep, uint64_t tag, const void *src, size_t len, kvx_op_t *op);
     /* Receives the message announced by on_data into dst (len bytes); dst NULL drops it. */
-    int (*recv_data)(void *be, void *msg, void *dst, size_t len, kvx_op_t *op);
+    int (*recv_data)(
+        void *be, void *msg, void *dst, size_t len,
+        kvx_op_t *op); /* Optional: how many bytes of the peer's pool this process can read directly
+                        * (a peer on the same host whose pool is mapped here); 0: none. */
+    size_t (*ep_peer_readable)(void *be, void *ep);
+    /* Copies [off, off + len) of the peer's pool into dst; BT_OK or an error. */
+    int (*ep_peer_read)(void *be, void *ep, size_t off, void *dst, size_t len);
     /* Largest data message; the core splits longer runs. 0: no limit. */
     size_t max_msg_bytes;
     int (*progress)(void *be);
@@ -84,6 +90,7 @@ typedef struct kvx_resv {
     struct kvx_resv *next;
     uint64_t req_id;
     uint32_t gen;
+    int method; /* KVX_METHOD_* */
     int32_t n_tokens;
     int32_t n_blocks;
     int32_t *dst; /* (n_blocks) the receiver's block ids */
@@ -104,6 +111,7 @@ struct bt_kvx_peer {
     char name[BT_KVX_NAME_MAX];
     bt_kvx_layout_t layout; /* the peer's */
     int pidfd;              /* same host: readable when the peer process exits; else -1 */
+    int readable;           /* we can read the peer's pool directly (same host, mapped) */
     int64_t last_rx_ms;
     int64_t last_tx_ms;
     int64_t deadline_ms; /* handshake deadline while connecting */
@@ -129,6 +137,7 @@ struct bt_kvx_send {
     bt_kvx_peer_t *peer;
     uint64_t req_id;
     uint32_t gen; /* 0 until bound to a reservation */
+    int method;   /* KVX_METHOD_*, from the reservation */
     int state;
     int status; /* final status once ENDING */
     int32_t n_blocks;
@@ -159,11 +168,17 @@ struct bt_kvx_recv {
     bt_kvx_peer_t *peer;
     uint64_t req_id;
     uint32_t gen;
+    int method; /* KVX_METHOD_* */
     int state;
     int status;
     int32_t n_blocks;
     int32_t n_tokens;
-    int32_t *dst;     /* (n_blocks) */
+    int32_t *dst;         /* (n_blocks) */
+    int32_t *src;         /* mapped method: (n_blocks) the sender's ids, from SOURCE */
+    int32_t layers_avail; /* mapped method: layers the sender says are ready */
+    int32_t copy_layer;   /* mapped method: the next (layer, block index) to copy */
+    int32_t copy_idx;
+    int verify_sent;  /* mapped method: RELEASE sent, waiting for CONFIRM */
     uint64_t *have;   /* (n_layers * n_blocks bits) blocks written or being written */
     int64_t n_have;   /* bits set */
     int32_t inflight; /* receives into our blocks not yet ended */
@@ -191,6 +206,7 @@ struct bt_kvx {
     int peer_timeout_ms;
     int lease_ms;
     int window;
+    int map_peers;
     uint32_t next_gen;
     uint32_t next_peer_id;
     bt_kvx_peer_t *peers;
@@ -258,6 +274,16 @@ void kvx_recv_try_finish(bt_kvx_recv_t *r);
 void kvx_recv_op_end(bt_kvx_recv_t *r, size_t len, int status);
 void kvx_recv_free(bt_kvx_recv_t *r);
 void kvx_recv_on_cancel(bt_kvx_peer_t *peer, uint64_t req, uint32_t gen, int status);
+void kvx_recv_on_source(bt_kvx_peer_t *peer, kvx_rd_t *rd);
+void kvx_recv_on_ready(bt_kvx_peer_t *peer, kvx_rd_t *rd);
+void kvx_recv_on_confirm(bt_kvx_peer_t *peer, kvx_rd_t *rd);
+/* Copies ready layers of mapped receives, up to budget bytes; returns the bytes copied. */
+size_t kvx_recv_copy(bt_kvx_t *kvx, size_t budget);
+void kvx_recv_on_source(bt_kvx_peer_t *peer, kvx_rd_t *rd);
+void kvx_recv_on_ready(bt_kvx_peer_t *peer, kvx_rd_t *rd);
+void kvx_recv_on_confirm(bt_kvx_peer_t *peer, kvx_rd_t *rd);
+/* Copies ready layers of mapped receives, up to budget bytes; returns bytes copied. */
+size_t kvx_recv_copy(bt_kvx_t *kvx, size_t budget);
 
 /* kvx_send.c */
 void kvx_send_end(bt_kvx_send_t *s, int status, int tell_peer);

@@ -49,6 +49,8 @@ typedef struct loop_be {
     loop_msg_t *tail;
     loop_ep_t *eps;
     int efd;
+    const char *base; /* the pool, which peers in this process read directly */
+    size_t size_bytes;
 } loop_be_t;
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -256,6 +258,29 @@ static int loop_ep_create(void *bep, const void *addr, size_t len, void *ep_user
     return BT_OK;
 }
 
+/* In one process every pool is readable: a peer's is simply at its address. */
+static size_t loop_ep_peer_readable(void *bep, void *ep)
+{
+    loop_ep_t *e = ep;
+    pthread_mutex_lock(&reg_lock);
+    loop_be_t *remote = reg_find(e->remote);
+    size_t len = remote ? remote->size_bytes : 0;
+    pthread_mutex_unlock(&reg_lock);
+    return len;
+}
+
+static int loop_ep_peer_read(void *bep, void *ep, size_t off, void *dst, size_t len)
+{
+    loop_ep_t *e = ep;
+    pthread_mutex_lock(&reg_lock);
+    loop_be_t *remote = reg_find(e->remote);
+    int ok = remote && off <= remote->size_bytes && len <= remote->size_bytes - off;
+    if (ok)
+        memcpy(dst, remote->base + off, len);
+    pthread_mutex_unlock(&reg_lock);
+    return ok ? BT_OK : BT_ERR_PEER;
+}
+
 static int loop_address(void *bep, kvx_buf_t *out)
 {
     kvx_buf_u64(out, ((loop_be_t *)bep)->id);
@@ -285,6 +310,8 @@ static int loop_create(const bt_kvx_params_t *params, const kvx_upcalls_t *up, v
     if (!be)
         return BT_ERR_NOMEM;
     be->up = *up;
+    be->base = params->base;
+    be->size_bytes = params->size_bytes;
     be->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (be->efd < 0) {
         bt_free(be);
@@ -340,6 +367,8 @@ const kvx_backend_ops_t kvx_loop_ops = {
     .send_ctrl = loop_send_ctrl,
     .send_data = loop_send_data,
     .recv_data = loop_recv_data,
+    .ep_peer_readable = loop_ep_peer_readable,
+    .ep_peer_read = loop_ep_peer_read,
     .progress = loop_progress,
     .fd = loop_fd,
     .arm = loop_arm,

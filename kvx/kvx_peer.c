@@ -118,10 +118,22 @@ static void peer_watch_process(bt_kvx_peer_t *p, const kvx_host_t *host)
     epoll_ctl(kvx->epfd, EPOLL_CTL_ADD, p->pidfd, &ev);
 }
 
+/* A same-host peer whose pool the backend could map: receives from it copy directly. */
+static void peer_find_map(bt_kvx_peer_t *p)
+{
+    bt_kvx_t *kvx = p->kvx;
+    size_t len = kvx->ops->ep_peer_readable && kvx->map_peers >= 0
+                     ? kvx->ops->ep_peer_readable(kvx->be, p->ep)
+                     : 0;
+    size_t need = (size_t)p->layout.n_layers * (size_t)p->layout.n_blocks * p->layout.block_bytes;
+    p->readable = len && len >= need;
+}
+
 static void peer_set_up(bt_kvx_peer_t *p)
 {
     p->state = KVX_PEER_UP;
     p->last_rx_ms = kvx_now_ms();
+    peer_find_map(p);
     bt_kvx_event_t ev = {.type = BT_KVX_EV_PEER_UP, .status = BT_OK, .peer = p};
     kvx_push_event(p->kvx, &ev);
     bt_info("kvx %s: peer '%s' up", p->kvx->name, p->name);
@@ -146,6 +158,7 @@ static void peer_down(bt_kvx_peer_t *p, int status, int force)
     kvx_peer_hold(p);
     p->state = KVX_PEER_DOWN;
     p->status = status;
+    p->readable = 0; /* the backend unmaps its pool with the endpoint */
     if (p->pidfd >= 0) {
         epoll_ctl(kvx->epfd, EPOLL_CTL_DEL, p->pidfd, NULL);
         close(p->pidfd);
@@ -406,6 +419,9 @@ static void core_on_ctrl(void *arg, uint64_t tag, const void *buf, size_t len)
     case KVX_MSG_FINISH: kvx_xfer_on_finish(p, &rd); break;
     case KVX_MSG_CANCEL: kvx_xfer_on_cancel(p, &rd); break;
     case KVX_MSG_RELEASE: kvx_xfer_on_release(p, &rd); break;
+    case KVX_MSG_SOURCE: kvx_recv_on_source(p, &rd); break;
+    case KVX_MSG_READY: kvx_recv_on_ready(p, &rd); break;
+    case KVX_MSG_CONFIRM: kvx_recv_on_confirm(p, &rd); break;
     default: kvx->stats.n_ctrl_rejected++; break;
     }
     kvx_peer_unhold(p);

@@ -8,17 +8,14 @@
  * "err <status>", and reports every kvx event as an "ev ..." line the moment it happens, so
  * that the test on the other end can kill it at a chosen point of a transfer.
  *
- *   init <backend> <tls|-> <name> <model> <layers> <heads> <dim> <bsize> <f32|f16> <nblocks>
- *        <seed> <timeout_ms>      -> ok <address hex>
- *   connect <hex>                 -> ok            (then "ev up")
- *   recv <req> <ntok> auto|<ids>  -> ok <gen> <ids>  (auto: blocks from the pool allocator)
- *   send <req> whole|layer <ntok> <ids> -> ok
- *   layers <req> <n> | pace <req> <ms per layer> | finish <req> <token> <meta|->
- *   cancel-send <req> | cancel-recv <req> | drop <req>  (frees a received request's blocks)
- *   serve whole|layer <ntok> <ids> -> ok   (every reservation gets a send of these blocks)
- *   check <seed> <src ids> <dst ids> -> ok | bad <index>
- *   inject <gen> <layer> <idx> <src> <n> | stats | spin 0|1 | quiet 0|1 | pin <cpu> | exit
- * Block lists are comma-separated ids.
+ *   init <backend> <tls|-> <name> <model> <layers> <heads> <dim> <bsize> <f32|f16> <nblocks> *
+ * <seed> <timeout_ms> [map]  -> ok <address hex>   (map -1: no pool mapping) connect <hex> -> ok
+ * (then "ev up") recv <req> <ntok> auto|<ids>  -> ok <gen> <ids>  (auto: blocks from the pool
+ * allocator) send <req> whole|layer <ntok> <ids> -> ok layers <req> <n> | pace <req> <ms per layer>
+ * | finish <req> <token> <meta|-> cancel-send <req> | cancel-recv <req> | drop <req>  (frees a
+ * received request's blocks) serve whole|layer <ntok> <ids> -> ok   (every reservation gets a send
+ * of these blocks) check <seed> <src ids> <dst ids> -> ok | bad <index> inject <gen> <layer> <idx>
+ * <src> <n> | stats | spin 0|1 | quiet 0|1 | pin <cpu> | exit Block lists are comma-separated ids.
  */
 #include <errno.h>
 #include <poll.h>
@@ -95,9 +92,8 @@ static void reply(peer_t *p, const char *fmt, ...)
 }
 
 static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+{    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts); /* cheap in a spinning loop; ms are plenty */
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -184,7 +180,8 @@ static int cmd_init(peer_t *p, char **a, int n)
                           .size_bytes = bt_kv_pool_size_bytes(p->pool),
                           .ucx_tls = strcmp(a[2], "-") ? a[2] : NULL,
                           .peer_timeout_ms = atoi(a[12]),
-                          .lease_ms = atoi(a[12])};
+                          .lease_ms = atoi(a[12]),
+                          .map_peers = n > 13 ? atoi(a[13]) : 0};
     st = bt_kvx_create(&kp, &p->kvx);
     if (st != BT_OK)
         return st;

@@ -51,6 +51,7 @@ void kvx_recv_free(bt_kvx_recv_t *r)
     kvx_scrub_events(kvx, r);
     bt_kvx_peer_t *peer = r->peer;
     peer->n_xfers--;
+    bt_free(r->src);
     bt_free(r->have);
     bt_free(r->dst);
     bt_free(r);
@@ -61,10 +62,17 @@ void kvx_recv_try_finish(bt_kvx_recv_t *r)
 {
     bt_kvx_t *kvx = r->kvx;
     int64_t want = (int64_t)kvx->layout.n_layers * r->n_blocks;
-    if (r->state == KVX_X_ACTIVE && r->finish_seen && r->n_have == want && !r->inflight) {
-        r->state = KVX_X_ENDING;
-        r->status = BT_OK;
-        gen_remove(r);
+    if (r->state == KVX_X_ACTIVE && r->finish_seen && r->n_have == want && !r->inflight &&
+        !r->verify_sent) {
+        /* Mapped: everything is copied, but it is ours only if the sender confirms it kept
+         * the source intact until now (it answers CONFIRM, or CANCEL if it gave up). */
+        if (r->method == KVX_METHOD_MAP)
+            r->verify_sent = 1;
+        else {
+            r->state = KVX_X_ENDING;
+            r->status = BT_OK;
+            gen_remove(r);
+        }
         kvx_buf_t m;
         kvx_buf_init(&m);
         kvx_buf_u8(&m, KVX_MSG_RELEASE);
@@ -123,6 +131,7 @@ static int send_reserve(bt_kvx_recv_t *r)
     kvx_buf_u8(&m, KVX_MSG_RESERVE);
     kvx_buf_u64(&m, r->req_id);
     kvx_buf_u32(&m, r->gen);
+    kvx_buf_u8(&m, (uint8_t)r->method);
     kvx_buf_i32(&m, r->n_tokens);
     kvx_buf_i32(&m, r->n_blocks);
     for (int32_t i = 0; i < r->n_blocks; i++)
@@ -156,6 +165,7 @@ int bt_kvx_recv_post(bt_kvx_peer_t *peer, const bt_kvx_recv_params_t *params, bt
         r->gen = ++kvx->next_gen;
     while (r->gen == 0 || gen_find(kvx, r->gen));
     r->state = KVX_X_ACTIVE;
+    r->method = peer->readable ? KVX_METHOD_MAP : KVX_METHOD_DATA;
     r->n_blocks = params->n_blocks;
     r->n_tokens = params->n_tokens;
     r->user = params->user;
@@ -240,6 +250,12 @@ void kvx_xfer_on_data(bt_kvx_t *kvx, uint64_t tag, size_t len, void *msg)
     if (!r || r->state != KVX_X_ACTIVE) {
         kvx->stats.n_stale_dropped++;
         discard(kvx, msg);
+        return;
+    }
+    if (r->method == KVX_METHOD_MAP) {
+        bt_warn("kvx %s: data message from '%s' for a mapped transfer", kvx->name, r->peer->name);
+        discard(kvx, msg);
+        kvx_recv_end(r, BT_ERR_FORMAT, 1);
         return;
     }
     int32_t layer = kvx_tag_layer(tag), idx = kvx_tag_idx(tag);
@@ -327,4 +343,103 @@ void kvx_recv_on_cancel(bt_kvx_peer_t *peer, uint64_t req, uint32_t gen, int sta
             (gen == 0 || r->gen == gen))
             kvx_recv_end(r, status, 0);
     }
+}
+
+/* ---- the mapped method: the receiver copies out of the sender's pool ---- */
+
+void kvx_recv_on_source(bt_kvx_peer_t *peer, kvx_rd_t *rd)
+{
+    uint64_t req = kvx_rd_u64(rd);
+    uint32_t gen = kvx_rd_u32(rd);
+    int32_t n = kvx_rd_i32(rd);
+    bt_kvx_recv_t *r = recv_match(peer, req, gen);
+    if (!r || r->method != KVX_METHOD_MAP || r->src) {
+        peer->kvx->stats.n_ctrl_rejected++;
+        return;
+    }
+    int32_t *src = n == r->n_blocks ? bt_malloc((size_t)n * sizeof *src) : NULL;
+    int bad = !src;
+    for (int32_t i = 0; src && i < n; i++) {
+        src[i] = kvx_rd_i32(rd);
+        bad |= src[i] < 0 || src[i] >= peer->layout.n_blocks;
+    }
+    if (bad || rd->err) {
+        bt_warn("kvx %s: bad source list from '%s'", peer->kvx->name, peer->name);
+        bt_free(src);
+        kvx_recv_end(r, src ? BT_ERR_FORMAT : BT_ERR_NOMEM, 1);
+        return;
+    }
+    r->src = src;
+}
+
+void kvx_recv_on_ready(bt_kvx_peer_t *peer, kvx_rd_t *rd)
+{
+    uint64_t req = kvx_rd_u64(rd);
+    uint32_t gen = kvx_rd_u32(rd);
+    int32_t n = kvx_rd_i32(rd);
+    bt_kvx_recv_t *r = recv_match(peer, req, gen);
+    if (!r || r->method != KVX_METHOD_MAP || rd->err || n < 0) {
+        peer->kvx->stats.n_ctrl_rejected++;
+        return;
+    }
+    if (n > peer->kvx->layout.n_layers)
+        n = peer->kvx->layout.n_layers;
+    if (n > r->layers_avail)
+        r->layers_avail = n;
+}
+
+void kvx_recv_on_confirm(bt_kvx_peer_t *peer, kvx_rd_t *rd)
+{
+    uint64_t req = kvx_rd_u64(rd);
+    uint32_t gen = kvx_rd_u32(rd);
+    bt_kvx_recv_t *r = recv_match(peer, req, gen);
+    if (!r || !r->verify_sent || rd->err) {
+        peer->kvx->stats.n_ctrl_rejected++;
+        return;
+    }
+    r->state = KVX_X_ENDING;
+    r->status = BT_OK;
+    gen_remove(r);
+    kvx_recv_try_finish(r);
+}
+
+/* Copies one run of blocks (consecutive on both sides) of the current layer; its bytes. */
+static size_t copy_run(bt_kvx_recv_t *r)
+{
+    bt_kvx_t *kvx = r->kvx;
+    const bt_kvx_layout_t *pl = &r->peer->layout;
+    int32_t l = r->copy_layer, i = r->copy_idx, j = i + 1;
+    while (j < r->n_blocks && r->src[j] == r->src[j - 1] + 1 && r->dst[j] == r->dst[j - 1] + 1)
+        j++;
+    size_t bytes = (size_t)(j - i) * (size_t)kvx->layout.block_bytes;
+    size_t from = ((size_t)l * (size_t)pl->n_blocks + (size_t)r->src[i]) * pl->block_bytes;
+    if (kvx->ops->ep_peer_read(kvx->be, r->peer->ep, from,
+                               kvx->base + kvx_pool_off(kvx, l, r->dst[i]), bytes) != BT_OK) {
+        kvx_recv_end(r, BT_ERR_PEER, 1);
+        return bytes;
+    }
+    r->n_have += j - i;
+    kvx->stats.n_data_msgs_recv++;
+    kvx->stats.bytes_recv += (int64_t)bytes;
+    r->copy_idx = j;
+    if (j == r->n_blocks) {
+        r->copy_idx = 0;
+        r->copy_layer++;
+    }
+    return bytes;
+}
+
+size_t kvx_recv_copy(bt_kvx_t *kvx, size_t budget)
+{
+    size_t done = 0;
+    for (bt_kvx_recv_t *r = kvx->recvs, *next; r && done < budget; r = next) {
+        next = r->next;
+        if (r->state != KVX_X_ACTIVE || r->method != KVX_METHOD_MAP || !r->src ||
+            !r->peer->readable || r->copy_layer >= r->layers_avail)
+            continue;
+        while (done < budget && r->state == KVX_X_ACTIVE && r->copy_layer < r->layers_avail)
+            done += copy_run(r);
+        kvx_recv_try_finish(r);
+    }
+    return done;
 }

@@ -112,13 +112,29 @@ void kvx_send_op_end(bt_kvx_send_t *s, size_t len, int status)
 }
 
 /* Posts the next messages of the ready layers, up to the window. */
+/* Mapped method: tells the receiver which layers it may copy now. */
+static void send_ready(bt_kvx_send_t *s, int32_t ready)
+{
+    kvx_buf_t m;
+    kvx_buf_init(&m);
+    kvx_buf_u8(&m, KVX_MSG_READY);
+    kvx_buf_u64(&m, s->req_id);
+    kvx_buf_u32(&m, s->gen);
+    kvx_buf_i32(&m, ready);
+    if (kvx_peer_send_ctrl(s->peer, &m) == BT_OK)
+        s->next_layer = ready;
+    kvx_buf_fini(&m);
+}
+
 void kvx_send_pump(bt_kvx_send_t *s)
 {
     bt_kvx_t *kvx = s->kvx;
     size_t bb = (size_t)kvx->layout.block_bytes;
     int32_t ready = atomic_load(&s->layers_ready);
-    while (s->state == KVX_X_ACTIVE && s->gen && s->next_layer < ready &&
-           s->inflight < kvx->window) {
+    if (s->method == KVX_METHOD_MAP && s->state == KVX_X_ACTIVE && s->gen && s->next_layer < ready)
+        send_ready(s, ready);
+    while (s->method == KVX_METHOD_DATA && s->state == KVX_X_ACTIVE && s->gen &&
+           s->next_layer < ready && s->inflight < kvx->window) {
         int32_t l = s->next_layer, g = s->next_seg, idx = s->seg_idx[g];
         size_t len = (size_t)s->seg_len[g] * bb;
         kvx_op_t *op = kvx_op_get(kvx);
@@ -167,8 +183,24 @@ static int segments_build(bt_kvx_send_t *s, const int32_t *dst, size_t max_msg_b
     return BT_OK;
 }
 
-static void send_bind(bt_kvx_send_t *s, uint32_t gen, int32_t n_tokens, int32_t n_blocks,
-                      const int32_t *dst)
+/* Mapped method: the receiver needs our block ids to find the data in our pool. */
+static int send_source(bt_kvx_send_t *s)
+{
+    kvx_buf_t m;
+    kvx_buf_init(&m);
+    kvx_buf_u8(&m, KVX_MSG_SOURCE);
+    kvx_buf_u64(&m, s->req_id);
+    kvx_buf_u32(&m, s->gen);
+    kvx_buf_i32(&m, s->n_blocks);
+    for (int32_t i = 0; i < s->n_blocks; i++)
+        kvx_buf_i32(&m, s->src[i]);
+    int st = kvx_peer_send_ctrl(s->peer, &m);
+    kvx_buf_fini(&m);
+    return st;
+}
+
+static void send_bind(bt_kvx_send_t *s, uint32_t gen, int method, int32_t n_tokens,
+                      int32_t n_blocks, const int32_t *dst)
 {
     bt_kvx_t *kvx = s->kvx;
     if (n_tokens != s->n_tokens || n_blocks != s->n_blocks) {
@@ -179,8 +211,11 @@ static void send_bind(bt_kvx_send_t *s, uint32_t gen, int32_t n_tokens, int32_t 
         return;
     }
     s->gen = gen;
-    if (segments_build(s, dst, kvx->ops->max_msg_bytes) != BT_OK) {
-        kvx_send_end(s, BT_ERR_NOMEM, 1);
+    s->method = method == KVX_METHOD_MAP ? KVX_METHOD_MAP : KVX_METHOD_DATA;
+    int st = s->method == KVX_METHOD_MAP ? send_source(s)
+                                         : segments_build(s, dst, kvx->ops->max_msg_bytes);
+    if (st != BT_OK) {
+        kvx_send_end(s, st, 1);
         return;
     }
     kvx_send_pump(s);
@@ -235,7 +270,7 @@ int bt_kvx_send_start(bt_kvx_peer_t *peer, const bt_kvx_send_params_t *params, b
         kvx_resv_t *r = *pp;
         if (r->req_id == s->req_id) {
             *pp = r->next;
-            send_bind(s, r->gen, r->n_tokens, r->n_blocks, r->dst);
+            send_bind(s, r->gen, r->method, r->n_tokens, r->n_blocks, r->dst);
             bt_free(r->dst);
             bt_free(r);
             break;
@@ -295,6 +330,7 @@ void kvx_xfer_on_reserve(bt_kvx_peer_t *peer, kvx_rd_t *rd)
     bt_kvx_t *kvx = peer->kvx;
     uint64_t req = kvx_rd_u64(rd);
     uint32_t gen = kvx_rd_u32(rd);
+    int method = kvx_rd_u8(rd);
     int32_t n_tokens = kvx_rd_i32(rd), n = kvx_rd_i32(rd);
     const void *raw = n > 0 && n <= BT_KVX_MAX_BLOCKS ? kvx_rd_bytes(rd, (size_t)n * 4) : NULL;
     if (!raw || rd->err || gen == 0) {
@@ -322,7 +358,7 @@ void kvx_xfer_on_reserve(bt_kvx_peer_t *peer, kvx_rd_t *rd)
     kvx_push_event(kvx, &ev);
     bt_kvx_send_t *s = send_find(peer, req, 0);
     if (s) {
-        send_bind(s, gen, n_tokens, n, dst);
+        send_bind(s, gen, method, n_tokens, n, dst);
         bt_free(dst);
         bt_free(r);
         return;
@@ -330,6 +366,7 @@ void kvx_xfer_on_reserve(bt_kvx_peer_t *peer, kvx_rd_t *rd)
     *r = (kvx_resv_t){.next = peer->resv,
                       .req_id = req,
                       .gen = gen,
+                      .method = method,
                       .n_tokens = n_tokens,
                       .n_blocks = n,
                       .dst = dst};
@@ -360,8 +397,20 @@ void kvx_xfer_on_release(bt_kvx_peer_t *peer, kvx_rd_t *rd)
     int status = kvx_rd_i32(rd);
     bt_kvx_send_t *s = rd->err || !gen ? NULL : send_find(peer, req, gen);
     if (!s || !s->finish_sent) {
+        /* We no longer vouch for the source (a mapped receiver is waiting to hear it). */
         peer->kvx->stats.n_ctrl_rejected++;
+        if (!rd->err)
+            kvx_send_cancel_msg(peer, KVX_CANCEL_TO_RECV, req, gen, BT_ERR_CANCELLED);
         return;
+    }
+    if (s->method == KVX_METHOD_MAP) {
+        kvx_buf_t m;
+        kvx_buf_init(&m);
+        kvx_buf_u8(&m, KVX_MSG_CONFIRM);
+        kvx_buf_u64(&m, req);
+        kvx_buf_u32(&m, gen);
+        kvx_peer_send_ctrl(peer, &m);
+        kvx_buf_fini(&m);
     }
     kvx_send_end(s, status > 0 ? BT_ERR_INTERNAL : status, 0);
 }

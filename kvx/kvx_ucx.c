@@ -21,11 +21,14 @@
  * completes after a later short one: they wait in a FIFO until everything before them is in.
  */
 #include "kvx_impl.h"
+#include "kvx_shm.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/pidfd.h>
 #include <ucp/api/ucp.h>
+#include <unistd.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
@@ -41,6 +44,7 @@ typedef struct ucx_ep {
     void *user;    /* the core's peer; NULL once closing */
     int peer_mode; /* UCP_ERR_HANDLING_MODE_PEER: can be cut */
     void *close_req;
+    kvx_shm_t peer_pool; /* the peer's pool mapped here (same host); map NULL if not */
 } ucx_ep_t;
 
 typedef struct ctrl_rx {
@@ -76,6 +80,9 @@ struct ucx_be {
     int cap_deferred;
     int in_downcall;
     int probe_more;
+    int map_peers;
+    kvx_host_t host;
+    kvx_shm_t shm; /* our pool, shared with same-host peers (fd -1 if not) */
     uint8_t scratch[8];
 };
 
@@ -177,7 +184,7 @@ static ucp_request_param_t data_param(ucx_be_t *be, kvx_op_t *op, const void *p,
     if (op)
         op->backend = be;
     /* The pool was registered once; telling UCX saves a registration cache lookup. */
-    if (be->memh && (const char *)p >= be->base &&
+    if (!getenv("NOMEMH") && be->memh && (const char *)p >= be->base &&
         (const char *)p + len <= be->base + be->size_bytes) {
         prm.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
         prm.memh = be->memh;
@@ -345,8 +352,18 @@ static int ucx_address(void *bep, kvx_buf_t *out)
     ucs_status_t st = ucp_worker_get_address(be->worker, &addr, &len);
     if (st != UCS_OK)
         return status_from_ucs(st);
+    kvx_buf_u32(out, (uint32_t)len);
     kvx_buf_bytes(out, addr, len);
     ucp_worker_release_address(be->worker, addr);
+    /* Where a same-host peer finds our pool: this process's memfd. */
+    kvx_buf_bytes(out, be->host.boot_id, sizeof be->host.boot_id);
+    kvx_buf_u64(out, be->host.pid_ns);
+    kvx_buf_i32(out, be->host.pid);
+    kvx_buf_i32(out, be->shm.fd);
+    kvx_buf_u64(out, be->shm.len);
+    kvx_buf_u64(out, be->shm.off);
+    kvx_buf_u64(out, be->shm.pool_va);
+    kvx_buf_u64(out, be->shm.pool_len);
     return out->err;
 }
 
@@ -396,25 +413,80 @@ static void ep_close_now(ucx_be_t *be, ucx_ep_t *e, int force)
     e->close_req = UCS_PTR_IS_PTR(req) ? req : NULL;
 }
 
+/* A decoded UCX backend address. */
+typedef struct {
+    const void *worker;
+    kvx_host_t host;
+    int32_t shm_fd;
+    kvx_shm_t shm; /* the peer's shared interior, as it describes it */
+} ucx_addr_t;
+
+static int addr_read(const void *p, size_t len, ucx_addr_t *a)
+{
+    kvx_rd_t rd;
+    kvx_rd_init(&rd, p, len);
+    uint32_t n = kvx_rd_u32(&rd);
+    a->worker = kvx_rd_bytes(&rd, n);
+    const void *boot = kvx_rd_bytes(&rd, sizeof a->host.boot_id);
+    if (boot)
+        memcpy(a->host.boot_id, boot, sizeof a->host.boot_id);
+    a->host.pid_ns = kvx_rd_u64(&rd);
+    a->host.pid = kvx_rd_i32(&rd);
+    a->shm_fd = kvx_rd_i32(&rd);
+    a->shm = (kvx_shm_t){.fd = -1, .pid = a->host.pid};
+    a->shm.len = kvx_rd_u64(&rd);
+    a->shm.off = kvx_rd_u64(&rd);
+    a->shm.pool_va = kvx_rd_u64(&rd);
+    a->shm.pool_len = kvx_rd_u64(&rd);
+    return rd.err || !a->worker ? BT_ERR_FORMAT : BT_OK;
+}
+
+/* Maps the pool of a peer process on this host, if it shared one; silently not otherwise. */
+static void ep_map_peer_pool(ucx_be_t *be, ucx_ep_t *e, const ucx_addr_t *a)
+{
+    if (be->map_peers < 0 || a->shm_fd < 0 || !a->shm.len ||
+        a->shm.off + a->shm.len > a->shm.pool_len || !kvx_host_same(&be->host, &a->host) ||
+        a->host.pid == be->host.pid)
+        return;
+    int pidfd = pidfd_open(a->host.pid, 0);
+    if (pidfd < 0)
+        return;
+    kvx_shm_map(pidfd, a->shm_fd, &a->shm, &e->peer_pool);
+    close(pidfd);
+}
+
+static ucx_ep_t *ep_alloc(ucx_be_t *be, void *user)
+{
+    ucx_ep_t *e = bt_calloc(1, sizeof *e);
+    if (e) {
+        e->be = be;
+        e->user = user;
+        e->peer_pool.fd = -1;
+    }
+    return e;
+}
+
 static int ucx_ep_create(void *bep, const void *addr, size_t len, void *ep_user, int initiator,
                          void **out)
 {
     ucx_be_t *be = bep;
-    ucx_ep_t *e = bt_calloc(1, sizeof *e);
+    ucx_addr_t a;
+    if (addr_read(addr, len, &a) != BT_OK)
+        return BT_ERR_FORMAT;
+    ucx_ep_t *e = ep_alloc(be, ep_user);
     if (!e)
         return BT_ERR_NOMEM;
-    e->be = be;
-    e->user = ep_user;
-    int st = ep_make(be, addr, e, UCP_ERR_HANDLING_MODE_NONE);
+    int st = ep_make(be, a.worker, e, UCP_ERR_HANDLING_MODE_NONE);
     if (st == BT_OK && !ep_uses_shm(e->ep)) {
         /* Not shared memory: UCX can handle this peer's failure, so let it. The first
          * endpoint has sent nothing; its close only has to let UCX tidy up. */
-        ucx_ep_t *probe = bt_calloc(1, sizeof *probe);
+        ucx_ep_t *probe = ep_alloc(be, NULL);
         if (probe) {
-            *probe = (ucx_ep_t){.next = be->eps, .be = be, .ep = e->ep};
+            probe->ep = e->ep;
+            probe->next = be->eps;
             be->eps = probe;
             ep_close_now(be, probe, 0);
-            st = ep_make(be, addr, e, UCP_ERR_HANDLING_MODE_PEER);
+            st = ep_make(be, a.worker, e, UCP_ERR_HANDLING_MODE_PEER);
         } else {
             st = BT_ERR_NOMEM;
         }
@@ -423,16 +495,29 @@ static int ucx_ep_create(void *bep, const void *addr, size_t len, void *ep_user,
         bt_free(e);
         return st;
     }
+    ep_map_peer_pool(be, e, &a);
     e->next = be->eps;
     be->eps = e;
     *out = e;
     return BT_OK;
 }
 
+static size_t ucx_ep_peer_readable(void *bep, void *ep)
+{
+    const ucx_ep_t *e = ep;
+    return e->peer_pool.map ? e->peer_pool.pool_len : 0;
+}
+
+static int ucx_ep_peer_read(void *bep, void *ep, size_t off, void *dst, size_t len)
+{
+    return kvx_shm_read(&((ucx_ep_t *)ep)->peer_pool, off, dst, len);
+}
+
 static void ucx_ep_close(void *bep, void *ep, int force, int *cut)
 {
     ucx_ep_t *e = ep;
     *cut = force && e->peer_mode;
+    kvx_shm_release(&e->peer_pool); /* the core copies nothing out of it any more */
     ep_close_now(bep, e, force);
 }
 
@@ -495,6 +580,13 @@ static int ucx_create(const bt_kvx_params_t *params, const kvx_upcalls_t *up, vo
         return BT_ERR_NOMEM;
     be->up = *up;
     be->efd = -1;
+    be->shm.fd = -1;
+    be->map_peers = params->map_peers;
+    kvx_host_self(&be->host);
+    /* Before registering: a registration pins the pages that sharing replaces. */
+    if (params->map_peers >= 0 && params->size_bytes &&
+        kvx_shm_share(params->base, params->size_bytes, &be->shm) != BT_OK)
+        be->shm.fd = -1;
     int st = ctx_init(be, params);
     if (st == BT_OK)
         st = worker_init(be, params);
@@ -542,8 +634,10 @@ static void ucx_destroy(void *bep)
     while (be->eps) {
         ucx_ep_t *e = be->eps;
         be->eps = e->next;
+        kvx_shm_release(&e->peer_pool);
         bt_free(e);
     }
+    kvx_shm_release(&be->shm);
     while (be->ctrl_head) {
         ctrl_rx_t *c = be->ctrl_head;
         be->ctrl_head = c->next;
@@ -564,6 +658,8 @@ const kvx_backend_ops_t kvx_ucx_ops = {
     .send_ctrl = ucx_send_ctrl,
     .send_data = ucx_send_data,
     .recv_data = ucx_recv_data,
+    .ep_peer_readable = ucx_ep_peer_readable,
+    .ep_peer_read = ucx_ep_peer_read,
     .progress = ucx_progress,
     .fd = ucx_fd,
     .arm = ucx_arm,

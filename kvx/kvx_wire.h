@@ -60,11 +60,20 @@ enum {
     KVX_MSG_HELLO_ACK, /* i32 status, u32 acceptor's id, str reason */
     KVX_MSG_PING,
     KVX_MSG_BYE,
-    KVX_MSG_RESERVE, /* u64 req, u32 gen, i32 n_tokens, i32 n_blocks, i32 blocks[] */
+    KVX_MSG_RESERVE, /* u64 req, u32 gen, u8 method, i32 n_tokens, i32 n_blocks, i32 ids[] */
     KVX_MSG_OFFER,   /* u64 req, i32 n_tokens, i32 n_blocks */
     KVX_MSG_FINISH,  /* u64 req, u32 gen, i32 first_token, i32 n_tokens, u32 n, meta[n] */
     KVX_MSG_CANCEL,  /* u8 target, u64 req, u32 gen (0: not bound yet), i32 status */
     KVX_MSG_RELEASE, /* u64 req, u32 gen, i32 status */
+    KVX_MSG_SOURCE,  /* mapped method: u64 req, u32 gen, i32 n_blocks, i32 src ids[] */
+    KVX_MSG_READY,   /* mapped method: u64 req, u32 gen, i32 layers ready */
+    KVX_MSG_CONFIRM, /* mapped method: u64 req, u32 gen: the source was intact throughout */
+};
+
+/* How the data of a reservation moves (chosen by the receiver, sent in RESERVE). */
+enum {
+    KVX_METHOD_DATA = 0, /* the sender sends tagged data messages */
+    KVX_METHOD_MAP = 1,  /* the receiver copies out of the sender's pool, mapped on this host */
 };
 
 /* Which side of a transfer a CANCEL ends: the receiver's reservation or the sender's send (a

@@ -47,8 +47,10 @@ static int pump_until(pair_t *p, tl_log_t *log, int type, uint64_t req)
     return -1;
 }
 
+/* map 0: the receiver copies straight out of the sender's pool (the mapped method, which the
+ * loopback always can); -1: data messages (the method of every network transport). */
 static void pair_up(pair_t *p, const bt_kv_pool_params_t *shape_a,
-                    const bt_kv_pool_params_t *shape_b, int lease_ms)
+                    const bt_kv_pool_params_t *shape_b, int lease_ms, int map)
 {
     memset(p, 0, sizeof *p);
     tl_pool_init(&p->pa, shape_a, "m", SEED_A);
@@ -56,6 +58,7 @@ static void pair_up(pair_t *p, const bt_kv_pool_params_t *shape_a,
     bt_kvx_params_t ka = tl_kvx_params(&p->pa, "loopback", "prefill-0");
     bt_kvx_params_t kb = tl_kvx_params(&p->pb, "loopback", "decode-0");
     ka.lease_ms = kb.lease_ms = lease_ms;
+    ka.map_peers = kb.map_peers = map;
     assert_int_equal(bt_kvx_create(&ka, &p->a), BT_OK);
     assert_int_equal(bt_kvx_create(&kb, &p->b), BT_OK);
     p->la.kvx = p->a;
@@ -92,7 +95,7 @@ static void transfer(pair_t *p, uint64_t req, const int32_t *src, const int32_t 
     bt_kvx_recv_t *r = NULL;
     bt_kvx_send_t *s = NULL;
     bt_kvx_stats_t st0;
-    bt_kvx_get_stats(p->a, &st0);
+    bt_kvx_get_stats(p->b, &st0);
     if (!pull)
         assert_int_equal(bt_kvx_recv_post(p->ba, &rp, &r), BT_OK);
     assert_int_equal(bt_kvx_send_start(p->ab, &sp, &s), BT_OK);
@@ -123,10 +126,11 @@ static void transfer(pair_t *p, uint64_t req, const int32_t *src, const int32_t 
     assert_int_equal(ev->gen, bt_kvx_recv_gen(r));
     assert_int_equal(p->la.ev[ks].status, BT_OK);
     assert_int_equal(
-        bt_kvx_pattern_check(bt_kv_pool_base(p->pb.pool), &p->pb.layout, SEED_A, src, dst, nb), -1);
+        bt_kvx_pattern_check(bt_kv_pool_base(p->pb.pool), &p->pb.layout, SEED_A, src, dst, nb),
+        -1); /* One message (or, mapped, one copy) per run consecutive on both sides, per layer. */
     bt_kvx_stats_t st1;
-    bt_kvx_get_stats(p->a, &st1);
-    assert_int_equal(st1.n_data_msgs_sent - st0.n_data_msgs_sent,
+    bt_kvx_get_stats(p->b, &st1);
+    assert_int_equal(st1.n_data_msgs_recv - st0.n_data_msgs_recv,
                      tl_expected_msgs(src, dst, nb, p->pa.layout.n_layers));
     bt_kvx_recv_release(r);
     bt_kvx_send_release(s);
@@ -145,7 +149,7 @@ static void test_transfer_random_layouts_byte_exact(void **state)
         bt_kv_pool_params_t shape_b = shape;
         shape_b.n_blocks = 40 + (int32_t)(tl_rand(&rng) % 30); /* pools may differ in size */
         pair_t p;
-        pair_up(&p, &shape, &shape_b, 0);
+        pair_up(&p, &shape, &shape_b, 0, trial % 2 ? -1 : 0);
         for (int t = 0; t < 4; t++) {
             int32_t n_tokens = 1 + (int32_t)(tl_rand(&rng) % (uint64_t)(shape.block_size * 40));
             int32_t nb = (n_tokens + shape.block_size - 1) / shape.block_size;
@@ -166,7 +170,7 @@ static void test_transfer_random_layouts_byte_exact(void **state)
 static void test_contiguous_runs_coalesce(void **state)
 {
     pair_t p;
-    pair_up(&p, &default_shape, &default_shape, 0);
+    pair_up(&p, &default_shape, &default_shape, 0, -1);
     int32_t src[64], dst[64];
     for (int i = 0; i < 64; i++) {
         src[i] = 10 + i;
@@ -182,7 +186,7 @@ static void test_contiguous_runs_coalesce(void **state)
 static void test_layerwise_ships_only_ready_layers(void **state)
 {
     pair_t p;
-    pair_up(&p, &default_shape, &default_shape, 0);
+    pair_up(&p, &default_shape, &default_shape, 0, -1);
     int32_t src[3] = {1, 2, 7}, dst[3] = {4, 5, 6};
     bt_kvx_recv_params_t rp = {.req_id = 9, .blocks = dst, .n_blocks = 3, .n_tokens = 12};
     bt_kvx_send_params_t sp = {
@@ -215,7 +219,7 @@ static void test_layerwise_ships_only_ready_layers(void **state)
 static void test_cancel_then_reuse_blocks_fences_old_generation(void **state)
 {
     pair_t p;
-    pair_up(&p, &default_shape, &default_shape, 0);
+    pair_up(&p, &default_shape, &default_shape, 0, -1);
     int32_t src1[8] = {0, 1, 2, 3, 4, 5, 6, 7}, src2[8] = {30, 31, 32, 33, 40, 41, 42, 43};
     int32_t dst[8] = {50, 51, 52, 53, 54, 55, 56, 57};
     bt_kvx_recv_params_t rp = {.req_id = 3, .blocks = dst, .n_blocks = 8, .n_tokens = 32};
@@ -264,10 +268,86 @@ static void test_cancel_then_reuse_blocks_fences_old_generation(void **state)
     pair_down(&p);
 }
 
+/* The mapped method: cancel in the middle, reuse the blocks, and no byte of the old
+ * generation's source lands after the cancel. */
+static void test_mapped_cancel_then_reuse(void **state)
+{
+    pair_t p;
+    pair_up(&p, &default_shape, &default_shape, 0, 0);
+    int32_t src1[8] = {0, 1, 2, 3, 4, 5, 6, 7}, src2[8] = {30, 31, 32, 33, 40, 41, 42, 43};
+    int32_t dst[8] = {50, 51, 52, 53, 54, 55, 56, 57};
+    bt_kvx_recv_params_t rp = {.req_id = 3, .blocks = dst, .n_blocks = 8, .n_tokens = 32};
+    bt_kvx_send_params_t sp = {
+        .req_id = 3, .blocks = src1, .n_blocks = 8, .n_tokens = 32, .layerwise = 1};
+    bt_kvx_recv_t *r;
+    bt_kvx_send_t *s;
+    assert_int_equal(bt_kvx_recv_post(p.ba, &rp, &r), BT_OK);
+    assert_int_equal(bt_kvx_send_start(p.ab, &sp, &s), BT_OK);
+    bt_kvx_send_layers_ready(s, 2);
+    pump(&p, 5);
+    bt_kvx_stats_t st;
+    bt_kvx_get_stats(p.b, &st);
+    assert_int_equal(st.n_data_msgs_recv, 2); /* two layers copied, one run each */
+    bt_kvx_recv_cancel(r);
+    bt_kvx_send_layers_ready(s, 4);
+    int k = pump_until(&p, &p.lb, BT_KVX_EV_RECV_DONE, 3);
+    assert_int_equal(p.lb.ev[k].status, BT_ERR_CANCELLED);
+    pump_until(&p, &p.la, BT_KVX_EV_SEND_DONE, 3);
+    bt_kvx_recv_release(r);
+    bt_kvx_send_release(s);
+    /* Layers 2 and 3 of the cancelled generation were never copied. */
+    bt_kvx_get_stats(p.b, &st);
+    assert_int_equal(st.n_data_msgs_recv, 2);    bt_kvx_pattern_fill_blocks(bt_kv_pool_base(p.pb.pool), &p.pb.layout, 99, dst, 8);
+    p.la.n = p.lb.n = 0;
+    assert_int_equal(bt_kvx_recv_post(p.ba, &rp, &r), BT_OK);
+    sp.blocks = src2;
+    sp.layerwise = 0;
+    assert_int_equal(bt_kvx_send_start(p.ab, &sp, &s), BT_OK);
+    assert_int_equal(bt_kvx_send_finish(s, 1, NULL, 0), BT_OK);
+    k = pump_until(&p, &p.lb, BT_KVX_EV_RECV_DONE, 3);
+    assert_int_equal(p.lb.ev[k].status, BT_OK);
+    assert_int_equal(
+        bt_kvx_pattern_check(bt_kv_pool_base(p.pb.pool), &p.pb.layout, SEED_A, src2, dst, 8), -1);
+    bt_kvx_recv_release(r);
+    pump_until(&p, &p.la, BT_KVX_EV_SEND_DONE, 3);
+    bt_kvx_send_release(s);
+    pair_down(&p);
+}
+
+/* The mapped method: a receiver that has copied everything completes only if the sender still
+ * vouches for its source; a sender that gave up meanwhile (its blocks may be reused) makes the
+ * receive fail instead of delivering torn KV. */
+static void test_mapped_receive_needs_the_senders_confirmation(void **state)
+{
+    pair_t p;
+    pair_up(&p, &default_shape, &default_shape, 0, 0);
+    int32_t src[4] = {0, 1, 2, 3}, dst[4] = {8, 9, 10, 11};
+    bt_kvx_recv_params_t rp = {.req_id = 5, .blocks = dst, .n_blocks = 4, .n_tokens = 16};
+    bt_kvx_send_params_t sp = {.req_id = 5, .blocks = src, .n_blocks = 4, .n_tokens = 16};
+    bt_kvx_recv_t *r;
+    bt_kvx_send_t *s;
+    assert_int_equal(bt_kvx_recv_post(p.ba, &rp, &r), BT_OK);
+    bt_kvx_progress(p.b);
+    assert_int_equal(bt_kvx_send_start(p.ab, &sp, &s), BT_OK);
+    assert_int_equal(bt_kvx_send_finish(s, 1, NULL, 0), BT_OK);
+    bt_kvx_progress(p.a); /* binds: source list, ready, finish */
+    bt_kvx_progress(p.b); /* copies everything, asks for the confirmation */
+    bt_kvx_progress(p.b);
+    bt_kvx_send_cancel(s); /* ... but the sender gives up first */
+    tl_log_drain(&p.la);
+    int k = pump_until(&p, &p.lb, BT_KVX_EV_RECV_DONE, 5);
+    assert_int_equal(p.lb.ev[k].status, BT_ERR_CANCELLED);
+    k = pump_until(&p, &p.la, BT_KVX_EV_SEND_DONE, 5);
+    assert_int_equal(p.la.ev[k].status, BT_ERR_CANCELLED);
+    bt_kvx_recv_release(r);
+    bt_kvx_send_release(s);
+    pair_down(&p);
+}
+
 static void test_stale_duplicate_and_forged_writes_rejected(void **state)
 {
     pair_t p;
-    pair_up(&p, &default_shape, &default_shape, 0);
+    pair_up(&p, &default_shape, &default_shape, 0, -1);
     int32_t src[4] = {0, 1, 2, 3}, dst[4] = {8, 9, 10, 11};
     transfer(&p, 1, src, dst, 16, 0, 0);
     uint32_t done_gen = p.lb.ev[tl_log_find(&p.lb, BT_KVX_EV_RECV_DONE, 1)].gen;
@@ -357,7 +437,7 @@ static void test_peer_death_mid_transfer(void **state)
 {
     for (int victim = 0; victim < 2; victim++) {
         pair_t p;
-        pair_up(&p, &default_shape, &default_shape, 0);
+        pair_up(&p, &default_shape, &default_shape, 0, -1);
         int32_t src[6] = {0, 1, 2, 10, 11, 12}, dst[6];
         assert_int_equal(bt_kv_pool_alloc(p.pb.pool, 6, dst), BT_OK);
         bt_kvx_recv_params_t rp = {.req_id = 4, .blocks = dst, .n_blocks = 6, .n_tokens = 24};
@@ -412,7 +492,7 @@ static void test_peer_death_mid_transfer(void **state)
 static void test_sender_cancel_and_mismatched_reservation(void **state)
 {
     pair_t p;
-    pair_up(&p, &default_shape, &default_shape, 0);
+    pair_up(&p, &default_shape, &default_shape, 0, -1);
     int32_t src[2] = {0, 1}, dst[3] = {5, 6, 7};
     bt_kvx_recv_params_t rp = {.req_id = 1, .blocks = dst, .n_blocks = 2, .n_tokens = 8};
     bt_kvx_send_params_t sp = {
@@ -451,7 +531,7 @@ static void test_sender_cancel_and_mismatched_reservation(void **state)
 static void test_lease_bounds_a_stuck_peer(void **state)
 {
     pair_t p;
-    pair_up(&p, &default_shape, &default_shape, 150);
+    pair_up(&p, &default_shape, &default_shape, 150, -1);
     int32_t src[2] = {0, 1}, dst[2] = {5, 6};
     bt_kvx_recv_params_t rp = {.req_id = 1, .blocks = dst, .n_blocks = 2, .n_tokens = 8};
     bt_kvx_send_params_t sp = {.req_id = 1, .blocks = src, .n_blocks = 2, .n_tokens = 8};
@@ -481,7 +561,7 @@ static void test_lease_bounds_a_stuck_peer(void **state)
 static void test_close_and_reconnect(void **state)
 {
     pair_t p;
-    pair_up(&p, &default_shape, &default_shape, 0);
+    pair_up(&p, &default_shape, &default_shape, 0, -1);
     bt_kvx_peer_close(p.ab);
     assert_int_equal(bt_kvx_peer_status(p.ab), BT_ERR_CANCELLED);
     int k = pump_until(&p, &p.lb, BT_KVX_EV_PEER_DOWN, UINT64_MAX);
@@ -503,7 +583,7 @@ static void test_close_and_reconnect(void **state)
 static void test_bad_arguments(void **state)
 {
     pair_t p;
-    pair_up(&p, &default_shape, &default_shape, 0);
+    pair_up(&p, &default_shape, &default_shape, 0, -1);
     int32_t ok[2] = {0, 1}, bad[2] = {0, 96};
     bt_kvx_recv_t *r = NULL;
     bt_kvx_send_t *s = NULL;
@@ -541,7 +621,7 @@ static void test_bad_arguments(void **state)
 static void test_fd_wakes_a_sleeping_loop(void **state)
 {
     pair_t p;
-    pair_up(&p, &default_shape, &default_shape, 0);
+    pair_up(&p, &default_shape, &default_shape, 0, -1);
     int armed = BT_AGAIN;
     for (int i = 0; i < 1000 && armed != BT_OK; i++) {
         pump(&p, 1);
@@ -613,6 +693,8 @@ int main(void)
         cmocka_unit_test(test_contiguous_runs_coalesce),
         cmocka_unit_test(test_layerwise_ships_only_ready_layers),
         cmocka_unit_test(test_cancel_then_reuse_blocks_fences_old_generation),
+        cmocka_unit_test(test_mapped_cancel_then_reuse),
+        cmocka_unit_test(test_mapped_receive_needs_the_senders_confirmation),
         cmocka_unit_test(test_stale_duplicate_and_forged_writes_rejected),
         cmocka_unit_test(test_layout_mismatch_refused),
         cmocka_unit_test(test_peer_death_mid_transfer),

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * test_kvx_ucx.c - KV transfer over UCX between this process and a baton-kvx-peer process,
- * over shared memory (UCX_TLS=sm: sysv/posix messages, CMA zero-copy) and over TCP: byte-exact
+ * on one host with the receiver copying out of the mapped sender pool, over UCX shared memory
+ * (UCX_TLS=sm: sysv/posix messages, CMA zero-copy) and over TCP: byte-exact
  * random layouts whole and layer-wise in both directions, cancel in the middle then reuse with
  * a late writer of the old generation, kill -9 of either side in the middle of a transfer,
  * layout mismatch and stale generations.
@@ -39,7 +40,10 @@ typedef struct {
 } rig_t;
 
 /* This process and a peer process with the same layout, connected. */
-static void rig_up(rig_t *r, const char *tls, const bt_kv_pool_params_t *sh, int timeout_ms)
+/* map 0: a same-host receiver copies out of the mapped sender pool; -1: all data through
+ * UCX (shared-memory transports and CMA for "sm", sockets for "tcp"). */
+static void rig_up(rig_t *r, const char *tls, int map, const bt_kv_pool_params_t *sh,
+                   int timeout_ms)
 {
     memset(r, 0, sizeof *r);
     r->tls = tls;
@@ -47,14 +51,15 @@ static void rig_up(rig_t *r, const char *tls, const bt_kv_pool_params_t *sh, int
     tl_pool_init(&r->pool, sh, "llama-test", SEED_LOCAL);
     bt_kvx_params_t kp = tl_kvx_params(&r->pool, "ucx", "test");
     kp.ucx_tls = tls;
+    kp.map_peers = map;
     kp.peer_timeout_ms = timeout_ms;
     kp.lease_ms = timeout_ms;
     assert_int_equal(bt_kvx_create(&kp, &r->kvx), BT_OK);
     r->log.kvx = r->kvx;
-    char *reply =
-        tl_helper_cmd(&r->h, NULL, "init ucx %s peer llama-test %d %d %d %d %s %d %d %d", tls,
-                      sh->n_layers, sh->n_kv_heads, sh->head_dim, sh->block_size,
-                      sh->type == BT_TYPE_F16 ? "f16" : "f32", sh->n_blocks, SEED_PEER, timeout_ms);
+    char *reply = tl_helper_cmd(
+        &r->h, NULL, "init ucx %s peer llama-test %d %d %d %d %s %d %d %d %d", tls, sh->n_layers,
+        sh->n_kv_heads, sh->head_dim, sh->block_size, sh->type == BT_TYPE_F16 ? "f16" : "f32",
+        sh->n_blocks, SEED_PEER, timeout_ms, map);
     assert_true(strncmp(reply, "ok ", 3) == 0);
     uint8_t addr[BT_KVX_ADDRESS_MAX];
     size_t len = tl_unhex(reply + 3, addr, sizeof addr);
@@ -166,11 +171,11 @@ static void send_to_peer(rig_t *r, uint64_t *rng, uint64_t req, int layerwise)
     free(reply);
 }
 
-static void byte_exact(const char *tls)
+static void byte_exact(const char *tls, int map)
 {
     rig_t r;
-    uint64_t rng = 0xfeed ^ (uint64_t)strlen(tls);
-    rig_up(&r, tls, &shape, 10000);
+    uint64_t rng = 0xfeed ^ (uint64_t)strlen(tls) ^ (uint64_t)(map + 7);
+    rig_up(&r, tls, map, &shape, 10000);
     for (uint64_t req = 1; req <= 6; req++) {
         recv_from_peer(&r, &rng, req, (int)(req % 2));
         send_to_peer(&r, &rng, 100 + req, (int)(req % 2));
@@ -182,22 +187,29 @@ static void byte_exact(const char *tls)
     rig_down(&r);
 }
 
-static void test_shm_byte_exact(void **state)
+static void test_shm_mapped_byte_exact(void **state)
 {
-    byte_exact("sm");
+    byte_exact("sm", 0);
+}
+
+static void test_shm_cma_byte_exact(void **state)
+{
+    byte_exact("sm", -1);
 }
 
 static void test_tcp_byte_exact(void **state)
 {
-    byte_exact("tcp");
+    byte_exact("tcp", -1);
 }
 
 /* Big layer-wise transfer from the peer, paced; cancel once part of it is here; reuse the
  * same blocks under a new generation; then have the peer write the old generation again. */
+/* Through UCX: the late writes are data messages. (Mapped receives copy only what their live
+ * reservation names; the loopback tests cover their cancel and reuse.) */
 static void cancel_reuse(const char *tls)
 {
     rig_t r;
-    rig_up(&r, tls, &big_shape, 10000);
+    rig_up(&r, tls, -1, &big_shape, 10000);
     int32_t src[48], src2[48], dst[48];
     char slist[1024], s2list[1024];
     for (int i = 0; i < 48; i++) {
@@ -265,10 +277,10 @@ static void test_tcp_cancel_midway_then_reuse(void **state)
 
 /* kill -9 of the peer process in the middle of a transfer, with it as sender or receiver:
  * an explicit error here within a few seconds, no hang, every block back. */
-static void kill_midway(const char *tls, int peer_sends)
+static void kill_midway(const char *tls, int map, int peer_sends)
 {
     rig_t r;
-    rig_up(&r, tls, &big_shape, 2000);
+    rig_up(&r, tls, map, &big_shape, 2000);
     int32_t ids[48];
     char list[1024];
     assert_int_equal(bt_kv_pool_alloc(r.pool.pool, 48, ids), BT_OK);
@@ -288,12 +300,22 @@ static void kill_midway(const char *tls, int peer_sends)
             .req_id = 1, .blocks = ids, .n_blocks = 48, .n_tokens = 768, .layerwise = 1};
         assert_int_equal(bt_kvx_send_start(r.peer, &sp, &s), BT_OK);
         bt_kvx_send_layers_ready(s, 4);
-    }
-    do {
+    } /* Until the receiving side has some of it (the peer's count, when it receives). */
+    int64_t until = tl_now_ms() + 20000;
+    long long got = 0;
+    while (got < 2) {
+        assert_true(tl_now_ms() < until);
         bt_kvx_wait(r.kvx, 5);
         tl_log_drain(&r.log);
         bt_kvx_get_stats(r.kvx, &st);
-    } while (st.n_data_msgs_recv + st.n_data_msgs_sent < 2);
+        got = st.n_data_msgs_recv;
+        if (!peer_sends) {
+            char *stats = tl_helper_cmd(&r.h, &r.log, "stats");
+            const char *m = strstr(stats, "msgs_recv=");
+            got = m ? atoll(m + 10) : 0;
+            free(stats);
+        }
+    }
     kill(r.h.pid, SIGKILL);
     waitpid(r.h.pid, NULL, 0);
     r.h.pid = 0;
@@ -319,22 +341,24 @@ static void kill_midway(const char *tls, int peer_sends)
 
 static void test_shm_kill_sender_midway(void **state)
 {
-    kill_midway("sm", 1);
+    kill_midway("sm", 0, 1);
+    kill_midway("sm", -1, 1);
 }
 
 static void test_shm_kill_receiver_midway(void **state)
 {
-    kill_midway("sm", 0);
+    kill_midway("sm", 0, 0);
+    kill_midway("sm", -1, 0);
 }
 
 static void test_tcp_kill_sender_midway(void **state)
 {
-    kill_midway("tcp", 1);
+    kill_midway("tcp", -1, 1);
 }
 
 static void test_tcp_kill_receiver_midway(void **state)
 {
-    kill_midway("tcp", 0);
+    kill_midway("tcp", -1, 0);
 }
 
 static void test_layout_mismatch_refused(void **state)
@@ -376,7 +400,7 @@ static void test_stale_generation_rejected(void **state)
 {
     rig_t r;
     uint64_t rng = 77;
-    rig_up(&r, "tcp", &shape, 10000);
+    rig_up(&r, "tcp", -1, &shape, 10000);
     recv_from_peer(&r, &rng, 1, 0);
     uint32_t gen = r.log.ev[tl_log_find(&r.log, BT_KVX_EV_RECV_DONE, 1)].gen;
     bt_kvx_pattern_fill(bt_kv_pool_base(r.pool.pool), &r.pool.layout, SEED_LOCAL);
@@ -402,7 +426,8 @@ int main(void)
 {
     bt_log_set_level(BT_LOG_ERROR);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_shm_byte_exact),
+        cmocka_unit_test(test_shm_mapped_byte_exact),
+        cmocka_unit_test(test_shm_cma_byte_exact),
         cmocka_unit_test(test_tcp_byte_exact),
         cmocka_unit_test(test_shm_cancel_midway_then_reuse),
         cmocka_unit_test(test_tcp_cancel_midway_then_reuse),
