@@ -317,8 +317,12 @@ static int measure(void *user, double rate, double *attainment)
         return st;
     }
     *attainment = s.slo_attainment;
-    fprintf(stderr, "  rate %8.3f req/s: attainment %5.1f%%, TTFT p90 %.1f ms, TPOT p90 %.1f ms\n",
-            rate, 100 * s.slo_attainment, s.ttft.p90, s.tpot.p90);
+    if (b->c->concurrency > 0)
+        fprintf(stderr, "  closed loop, %d in flight:", b->c->concurrency);
+    else
+        fprintf(stderr, "  rate %8.3f req/s:", rate);
+    fprintf(stderr, " attainment %5.1f%%, TTFT p90 %.1f ms, TPOT p90 %.1f ms\n",
+            100 * s.slo_attainment, s.ttft.p90, s.tpot.p90);
     keep(b, run, &s, rate, s.slo_attainment >= b->c->attainment / 100);
     return BT_OK;
 }
