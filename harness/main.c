@@ -385,8 +385,13 @@ static int write_outputs(bench_t *b, const bb_point_t *pts, int n_pts, double go
         st = write_scales(b);
     if (st == BT_OK && n_pts > 0) {
         double x[MAX_POINTS], y[MAX_POINTS];
-        for (int i = 0; i < n_pts; i++)
-            x[i] = pts[i].rate, y[i] = pts[i].attainment;
+        /* In rate order, so the plotted curve does not zig-zag in measuring order. */
+        for (int i = 0; i < n_pts; i++) {
+            int k = i;
+            for (; k > 0 && x[k - 1] > pts[i].rate; k--)
+                x[k] = x[k - 1], y[k] = y[k - 1];
+            x[k] = pts[i].rate, y[k] = pts[i].attainment;
+        }
         st = write_points(b->dir, "search.csv", "rate,slo_attainment", x, y, n_pts);
         printf("  goodput: %.3f req/s (%.3f per GPU over %d) at >= %.0f%% attainment\n", goodput,
                b->n_gpus > 0 ? goodput / b->n_gpus : 0, b->n_gpus, c->attainment);
