@@ -3,9 +3,10 @@
  * test_bench_cluster.c - baton-bench for a few seconds against a real tiny cluster (1 prefill,
  * 1 decode): it exits 0, and result.json and requests.csv agree with each other and with what
  * was asked (every request completed with exactly the asked output length, token totals, the
- * vLLM field names present). A second run in closed loop with a goodput search checks that the
- * search writes its points. A third run replays the Azure 2023 code trace's own timestamps
- * (skipped without ../shared), its long prompts clipped to the tiny model's context.
+ * vLLM field names present). A goodput search must record its points, and a closed-loop --compare
+ * against the same cluster must write both sides and the ratio. A second test replays the Azure
+ * 2023 code trace's own timestamps (skipped without ../shared), its long prompts clipped to the
+ * tiny model's context.
  */
 // ctest-labels: integration
 #include "testutil.h"
@@ -114,6 +115,25 @@ static void test_bench_open_loop_and_search(void **state)
     assert_non_null(json);
     assert_non_null(strstr(json, "\"search\": [{\"rate\": 50.0"));
     assert_true(json_num(json, "goodput") >= 50); /* loose objectives: 50 req/s passes */
+    free(json);
+
+    /* Closed loop, compared against the same cluster: both sides complete everything. */
+    char dir3[512];
+    bt_test_tmp_path("bench-compare", dir3, sizeof dir3);
+    const char *compare[] = {"--concurrency", "3", "--compare", c.client_ep, "--plots=0", NULL};
+    run_bench(c.client_ep, dir3, compare);
+    snprintf(path, sizeof path, "%s/b/requests.csv", dir3);
+    assert_int_equal(check_csv(path), N_REQ);
+    snprintf(path, sizeof path, "%s/a/result.json", dir3);
+    json = bt_test_read_file(path, NULL);
+    assert_non_null(json);
+    assert_non_null(strstr(json, "\"mode\": \"closed-loop\""));
+    assert_true(json_num(json, "max_concurrency") == 3);
+    free(json);
+    snprintf(path, sizeof path, "%s/compare.json", dir3);
+    json = bt_test_read_file(path, NULL);
+    assert_non_null(json);
+    assert_true(json_num(json, "a_value") > 0 && json_num(json, "ratio") > 0);
     free(json);
     assert_int_equal(bt_cluster_stop(&c), 0);
 }
