@@ -14,6 +14,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/sampler.h"
 #include "common/status.h"
 #include "fit.h"
 
@@ -73,6 +74,8 @@ static double prefill_once(prof_t *s, int k, int len)
     double t0 = now_ms();
     if (st == BT_OK)
         st = bt_engine_forward(s->e, s->batch, k, s->logits);
+    for (int i = 0; i < k && st == BT_OK; i++) /* each prompt's first token, as served */
+        s->step_tok[i] = bt_argmax(s->logits + (size_t)i * s->n_vocab, s->n_vocab);
     double t = now_ms() - t0;
     seqs_fini(s, k);
     if (st != BT_OK)
@@ -161,6 +164,9 @@ static double decode_once(prof_t *s, const bt_kv_seq_t *base, int b, int c)
                                            .logits = BT_LOGITS_LAST};
         double t0 = now_ms();
         st = bt_engine_forward(s->e, s->batch, b, s->logits);
+        /* A served step also picks every sequence's next token (greedy here). */
+        for (int i = 0; i < b && st == BT_OK; i++)
+            s->step_tok[i] = bt_argmax(s->logits + (size_t)i * s->n_vocab, s->n_vocab);
         t = now_ms() - t0;
     }
     seqs_fini(s, b);

@@ -8,10 +8,11 @@
  * once and its KV blocks are shared (reference counts) by all B sequences, so a step at B = 64
  * and c = 2048 needs the KV memory of one sequence, not 64; attention still reads c tokens per
  * sequence, as a real batch does (the contexts must be multiples of the block size, so each
- * sequence writes its new tokens into a block of its own). Each shape is timed reps times, in
- * rounds over the whole grid after one warm-up, and the fastest run is kept (or the median):
- * whatever else runs on the machine can only add time, so the minimum is the best estimate of
- * what the engine itself costs, and rounds spread a burst of outside load over many shapes.
+ * sequence writes its new tokens into a block of its own). A timed run includes picking each
+ * sequence's next token from its logits (greedy), as a served step does. Each shape is timed reps
+ * times, in rounds over the whole grid after one warm-up, and the fastest run is kept (or the
+ * median): whatever else runs on the machine can only add time, so the minimum is the best estimate
+ * of what the engine itself costs, and rounds spread a burst of outside load over many shapes.
  * Transfers: copies of KV-sized buffers with memcpy (a local link), unless a link is stated
  * (latency and bandwidth are then written as given).
  */
