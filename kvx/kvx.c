@@ -11,12 +11,10 @@
 #include "kvx_impl.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/pidfd.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>

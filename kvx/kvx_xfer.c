@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/*
- * kvx_xfer.c - the transfer state machines: reservations and receives on the decode side,
- * sends on the prefill side, segmentation, fencing, leases and completion.
+/* * kvx_xfer.c - what the two halves of a transfer (kvx_send.c, kvx_recv.c) share: helpers,
+ * CANCEL dispatch, completion of data operations, a peer going down, leases and the per-call
+ * poll.
  *
  * The one thing to know: a receive's generation is the fence. Data carries (generation, layer,
  * first block index) and the receiver writes it only into the blocks its own live reservation
