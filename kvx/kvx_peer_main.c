@@ -92,7 +92,8 @@ static void reply(peer_t *p, const char *fmt, ...)
 }
 
 static int64_t now_ms(void)
-{    struct timespec ts;
+{
+    struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts); /* cheap in a spinning loop; ms are plenty */
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }

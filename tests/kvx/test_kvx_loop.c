@@ -297,7 +297,8 @@ static void test_mapped_cancel_then_reuse(void **state)
     bt_kvx_send_release(s);
     /* Layers 2 and 3 of the cancelled generation were never copied. */
     bt_kvx_get_stats(p.b, &st);
-    assert_int_equal(st.n_data_msgs_recv, 2);    bt_kvx_pattern_fill_blocks(bt_kv_pool_base(p.pb.pool), &p.pb.layout, 99, dst, 8);
+    assert_int_equal(st.n_data_msgs_recv, 2);
+    bt_kvx_pattern_fill_blocks(bt_kv_pool_base(p.pb.pool), &p.pb.layout, 99, dst, 8);
     p.la.n = p.lb.n = 0;
     assert_int_equal(bt_kvx_recv_post(p.ba, &rp, &r), BT_OK);
     sp.blocks = src2;
