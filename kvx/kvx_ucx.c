@@ -522,29 +522,30 @@ static void ucx_ep_close(void *bep, void *ep, int force, int *cut)
 }
 
 /* UCX settings that suit KV transfer better than the defaults, unless the environment sets
- * them: TCP buffers that take a layer's 64 KiB block in one segment (measured: about 3x the
- * bandwidth for 1-16 MiB requests over TCP loopback, see docs/kvx.md). */
-static ucs_status_t config_tune(ucp_config_t *cfg)
+ * them: TCP buffers that take a layer's 64 KiB block in one segment (measured: 1.5-3x the
+ * bandwidth for 1-16 MiB requests over TCP loopback, see docs/kvx.md). UCX 1.13 takes
+ * transport settings only from the environment (ucp_config_modify reports them as invalid),
+ * so they go there, and only when TCP may be in use. */
+static void config_tune(const char *tls)
 {
-    static const char *const tuned[][2] = {{"TCP_TX_SEG_SIZE", "64K"}, {"TCP_RX_SEG_SIZE", "256K"}};
-    ucs_status_t st = UCS_OK;
-    for (size_t i = 0; i < sizeof tuned / sizeof tuned[0] && st == UCS_OK; i++) {
-        char env[64];
-        snprintf(env, sizeof env, "UCX_%s", tuned[i][0]);
-        if (!getenv(env))
-            st = ucp_config_modify(cfg, tuned[i][0], tuned[i][1]);
-    }
-    return st;
+    static const char *const tuned[][2] = {{"UCX_TCP_TX_SEG_SIZE", "64K"},
+                                           {"UCX_TCP_RX_SEG_SIZE", "256K"}};
+    if (!tls)
+        tls = getenv("UCX_TLS");
+    if (tls && !strstr(tls, "tcp") && !strstr(tls, "all") && tls[0] != '^')
+        return;
+    for (size_t i = 0; i < sizeof tuned / sizeof tuned[0]; i++)
+        setenv(tuned[i][0], tuned[i][1], 0);
 }
 
 static int ctx_init(ucx_be_t *be, const bt_kvx_params_t *params)
 {
     ucp_config_t *cfg;
+    config_tune(params->ucx_tls);
     ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
     if (st != UCS_OK)
         return BT_ERR_IO;
-    st = config_tune(cfg);
-    if (st == UCS_OK && params->ucx_tls)
+    if (params->ucx_tls)
         st = ucp_config_modify(cfg, "TLS", params->ucx_tls);
     ucp_params_t p = {.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME,
                       .features = UCP_FEATURE_TAG | UCP_FEATURE_WAKEUP,
