@@ -34,16 +34,10 @@ static const bt_cfg_table_t decode_table = {
 static int serve(const decode_cfg_t *c, bt_daemon_t *d)
 {
     const bt_daemon_cfg_t *dc = &c->daemon;
-    bt_kvlink_params_t lp = {.engine = d->engine,
-                             .name = d->instance_id,
-                             .model_id = d->model_id,
-                             .backend = c->kv.backend,
-                             .ucx_tls = c->kv.tls,
-                             .peer_timeout_ms = c->kv.peer_timeout_ms};
     bt_kvlink_t *link = NULL;
     bt_decode_t *role = NULL;
     bt_worker_t *w = NULL;
-    int st = bt_kvlink_create(&lp, &link);
+    int st = bt_kvlink_create_from_cfg(&c->kv, d->engine, d->instance_id, d->model_id, &link);
     if (st == BT_OK) {
         bt_decode_params_t pp = {.engine = d->engine,
                                  .link = link,

@@ -146,3 +146,15 @@ int bt_kvlink_pump(bt_kvlink_t *l, bt_kvlink_event_fn fn, void *ctx)
     } while (bt_kvx_arm(l->kvx) != BT_OK);
     return bt_kvx_fd(l->kvx);
 }
+
+int bt_kvlink_create_from_cfg(const bt_kvlink_cfg_t *c, bt_engine_t *engine, const char *name,
+                              const char *model_id, bt_kvlink_t **out)
+{
+    bt_kvlink_params_t lp = {.engine = engine,
+                             .name = name,
+                             .model_id = model_id,
+                             .backend = c->backend,
+                             .ucx_tls = c->tls,
+                             .peer_timeout_ms = c->peer_timeout_ms};
+    return bt_kvlink_create(&lp, out);
+}

@@ -57,6 +57,10 @@ typedef struct {
 typedef void (*bt_kvlink_event_fn)(void *ctx, const bt_kvx_event_t *ev);
 
 int bt_kvlink_create(const bt_kvlink_params_t *p, bt_kvlink_t **out);
+/* Creates the link of a daemon from its kv-* options (the strings in c are borrowed and must
+ * outlive the call). */
+int bt_kvlink_create_from_cfg(const bt_kvlink_cfg_t *c, bt_engine_t *engine, const char *name,
+                              const char *model_id, bt_kvlink_t **out);
 /* Closes every connection. NULL-safe. */
 void bt_kvlink_destroy(bt_kvlink_t *l);
 
