@@ -351,6 +351,7 @@ void kvx_recv_on_source(bt_kvx_peer_t *peer, kvx_rd_t *rd)
 {
     uint64_t req = kvx_rd_u64(rd);
     uint32_t gen = kvx_rd_u32(rd);
+    int32_t ready = kvx_rd_i32(rd);
     int32_t n = kvx_rd_i32(rd);
     bt_kvx_recv_t *r = recv_match(peer, req, gen);
     if (!r || r->method != KVX_METHOD_MAP || r->src) {
@@ -370,6 +371,8 @@ void kvx_recv_on_source(bt_kvx_peer_t *peer, kvx_rd_t *rd)
         return;
     }
     r->src = src;
+    if (ready > 0)
+        r->layers_avail = ready < peer->kvx->layout.n_layers ? ready : peer->kvx->layout.n_layers;
 }
 
 void kvx_recv_on_ready(bt_kvx_peer_t *peer, kvx_rd_t *rd)

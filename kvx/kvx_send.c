@@ -186,16 +186,21 @@ static int segments_build(bt_kvx_send_t *s, const int32_t *dst, size_t max_msg_b
 /* Mapped method: the receiver needs our block ids to find the data in our pool. */
 static int send_source(bt_kvx_send_t *s)
 {
+    /* The layers ready now travel with it: a whole-cache send needs no READY at all. */
+    int32_t ready = atomic_load(&s->layers_ready);
     kvx_buf_t m;
     kvx_buf_init(&m);
     kvx_buf_u8(&m, KVX_MSG_SOURCE);
     kvx_buf_u64(&m, s->req_id);
     kvx_buf_u32(&m, s->gen);
+    kvx_buf_i32(&m, ready);
     kvx_buf_i32(&m, s->n_blocks);
     for (int32_t i = 0; i < s->n_blocks; i++)
         kvx_buf_i32(&m, s->src[i]);
     int st = kvx_peer_send_ctrl(s->peer, &m);
     kvx_buf_fini(&m);
+    if (st == BT_OK)
+        s->next_layer = ready;
     return st;
 }
 
@@ -265,7 +270,6 @@ int bt_kvx_send_start(bt_kvx_peer_t *peer, const bt_kvx_send_params_t *params, b
     s->next = kvx->sends;
     kvx->sends = s;
     peer->n_xfers++;
-    send_offer(s);
     for (kvx_resv_t **pp = &peer->resv; *pp; pp = &(*pp)->next) {
         kvx_resv_t *r = *pp;
         if (r->req_id == s->req_id) {
@@ -276,6 +280,9 @@ int bt_kvx_send_start(bt_kvx_peer_t *peer, const bt_kvx_send_params_t *params, b
             break;
         }
     }
+    /* Only a receiver that has not reserved yet (pull order) needs to hear of the KV. */
+    if (!s->gen && s->state == KVX_X_ACTIVE)
+        send_offer(s);
     *out = s;
     return BT_OK;
 }

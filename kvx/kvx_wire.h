@@ -65,7 +65,7 @@ enum {
     KVX_MSG_FINISH,  /* u64 req, u32 gen, i32 first_token, i32 n_tokens, u32 n, meta[n] */
     KVX_MSG_CANCEL,  /* u8 target, u64 req, u32 gen (0: not bound yet), i32 status */
     KVX_MSG_RELEASE, /* u64 req, u32 gen, i32 status */
-    KVX_MSG_SOURCE,  /* mapped method: u64 req, u32 gen, i32 n_blocks, i32 src ids[] */
+    KVX_MSG_SOURCE,  /* mapped: u64 req, u32 gen, i32 layers ready, i32 n, i32 src ids[] */
     KVX_MSG_READY,   /* mapped method: u64 req, u32 gen, i32 layers ready */
     KVX_MSG_CONFIRM, /* mapped method: u64 req, u32 gen: the source was intact throughout */
 };
