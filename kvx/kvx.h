@@ -145,8 +145,8 @@ typedef struct {
 } bt_kvx_send_params_t;
 
 /* Starts a send: announces it (BT_KVX_EV_OFFERED on the peer) unless the peer has reserved
- * already, and ships each ready layer as soon as the peer's reservation for req_id is known. The source blocks must stay untouched
- * until BT_KVX_EV_SEND_DONE. */
+ * already, and ships each ready layer as soon as the peer's reservation for req_id is known.
+ * The source blocks must stay untouched until BT_KVX_EV_SEND_DONE. */
 int bt_kvx_send_start(bt_kvx_peer_t *peer, const bt_kvx_send_params_t *params, bt_kvx_send_t **out);
 /* Layers [0, n_layers_ready) hold their final KV. Monotonic; any thread may call it while the
  * handle is valid (it only stores a counter and wakes the context's loop). */
