@@ -15,6 +15,7 @@
 #include "kvx_shm.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/pidfd.h>
@@ -60,12 +61,36 @@ static int move_pages(int fd, char *p0, size_t len)
     return st;
 }
 
+/* Whether [p0, p1) is ordinary private read-write memory (what the engine's CPU backend
+ * allocates), and so safe to move: not a device allocation, a file mapping or a guard. */
+static int range_is_private_rw(uintptr_t p0, uintptr_t p1)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f)
+        return 0;
+    char line[512];
+    uintptr_t covered = p0;
+    while (covered < p1 && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi, inode = 0;
+        char perms[8] = "";
+        if (sscanf(line, "%lx-%lx %7s %*s %*s %lu", &lo, &hi, perms, &inode) != 4)
+            continue;
+        if (lo <= covered && covered < hi) {
+            if (strcmp(perms, "rw-p") != 0 || inode != 0)
+                break;
+            covered = hi;
+        }
+    }
+    fclose(f);
+    return covered >= p1;
+}
+
 int kvx_shm_share(void *base, size_t size, kvx_shm_t *out)
 {
     uintptr_t b = (uintptr_t)base;
     uintptr_t p0 = (b + SHM_PAGE - 1) & ~(uintptr_t)(SHM_PAGE - 1);
     uintptr_t p1 = (b + size) & ~(uintptr_t)(SHM_PAGE - 1);
-    if (p1 <= p0)
+    if (p1 <= p0 || !range_is_private_rw(p0, p1))
         return BT_ERR_UNSUPPORTED;
     size_t len = p1 - p0;
     int fd = memfd_create("baton-kv-pool", MFD_CLOEXEC);
