@@ -47,6 +47,10 @@ struct bt_engine {
     int32_t *h_out_rows;    /* (T) rows that want logits, in batch order */
     int32_t *h_prev_blocks; /* (max_seqs) block counts before reservation, for rollback */
     bt_attn_seq_t *h_seqs;  /* (max_seqs) */
+
+    /* The per-layer hook (bt_engine_set_layer_hook); layer_fn NULL when none is set. */
+    bt_engine_layer_fn layer_fn;
+    void *layer_arg;
 };
 
 static void acts_free(bt_engine_t *e)
@@ -223,6 +227,12 @@ int32_t bt_engine_max_batch_tokens(const bt_engine_t *e)
     return e->max_tokens;
 }
 
+void bt_engine_set_layer_hook(bt_engine_t *e, bt_engine_layer_fn fn, void *arg)
+{
+    e->layer_fn = fn;
+    e->layer_arg = arg;
+}
+
 /* Checks a batch against the engine's limits and the vocabulary; fills the host tables. */
 static int batch_prepare(bt_engine_t *e, const bt_batch_seq_t *seqs, int n_seqs, int32_t *n_rows,
                          int32_t *n_out)
@@ -339,6 +349,10 @@ int bt_engine_forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, float *l
     bt_get_rows(e->be, a->x, &e->model->tok_embd, a->ids, rows);
     for (int32_t l = 0; l < hp->n_layers; l++) {
         layer_attention(e, l, rows, n_seqs);
+        if (e->layer_fn) { /* layer l's K/V are in the cache once the backend is done */
+            bt_backend_sync(e->be);
+            e->layer_fn(e->layer_arg, l + 1);
+        }
         if (l < hp->n_layers - 1 || n_out == rows) {
             layer_rest(e, l, a->x, a->att, rows);
             continue;

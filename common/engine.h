@@ -52,6 +52,17 @@ const bt_model_t *bt_engine_model(const bt_engine_t *e);
 int32_t bt_engine_max_batch_tokens(const bt_engine_t *e);
 
 /*
+ * Per-layer progress: fn(arg, l + 1) is called from inside bt_engine_forward as soon as layer l's
+ * K/V for every sequence of the batch are stored in the paged cache (the backend has finished
+ * writing them), for l = 0 .. n_layers - 1 in order, on the thread running the forward. It is
+ * what lets a layer's KV leave while later layers are computed. The callback must be quick and
+ * must not use the engine. fn NULL (the default) removes the hook; then nothing is added to the
+ * forward. arg is borrowed. Results are the same with or without a hook.
+ */
+typedef void (*bt_engine_layer_fn)(void *arg, int32_t n_layers_done);
+void bt_engine_set_layer_hook(bt_engine_t *e, bt_engine_layer_fn fn, void *arg);
+
+/*
  * Runs one forward pass. Reserves KV blocks for every sequence first (all-or-nothing:
  * BT_ERR_NOSPACE leaves every sequence as it was), then computes. Logit rows are written to
  * logits (host memory, n_vocab floats per row) in batch order: for each sequence in turn, its

@@ -2,8 +2,9 @@
 /*
  * test_engine.c - the batched forward pass: batch invariance (a sequence's logits are
  * bit-identical alone, in any batch, at any position, and with its prompt split into chunks),
- * all-or-nothing KV reservation, limits and allocation faults. Logit accuracy against an
- * independent reference is test_forward_ref.c's job.
+ * all-or-nothing KV reservation, limits and allocation faults; the per-layer hook (called once
+ * per layer, in order, with the layer's K/V final, and changing no result). Logit accuracy against
+ * an independent reference is test_forward_ref.c's job.
  */
 // ctest-labels: unit
 #include "testutil.h"
@@ -147,6 +148,82 @@ static void test_engine_batched_equals_alone(void **state)
     free(ref);
 }
 
+/* What the layer hook saw: its calls, and layer l's first block of one sequence when l + 1 was
+ * reported done. */
+typedef struct {
+    bt_engine_t *e;
+    const bt_kv_seq_t *kv;
+    int32_t calls[256];
+    int n_calls;
+    unsigned char *snap; /* (n_layers, block_bytes) */
+} hook_rec_t;
+
+static const unsigned char *layer_block(bt_engine_t *e, int32_t l, int32_t b)
+{
+    bt_kv_pool_t *pool = bt_engine_kv_pool(e);
+    size_t bb = bt_kv_pool_block_bytes(pool);
+    return (const unsigned char *)bt_kv_pool_base(pool) +
+           ((size_t)l * (size_t)bt_kv_pool_n_blocks(pool) + (size_t)b) * bb;
+}
+
+static void hook_record(void *arg, int32_t n_layers_done)
+{
+    hook_rec_t *h = arg;
+    assert_true(h->n_calls < 256);
+    h->calls[h->n_calls++] = n_layers_done;
+    size_t bb = bt_kv_pool_block_bytes(bt_engine_kv_pool(h->e));
+    memcpy(h->snap + (size_t)(n_layers_done - 1) * bb,
+           layer_block(h->e, n_layers_done - 1, h->kv->blocks[0]), bb);
+}
+
+static void test_engine_layer_hook_reports_each_layer_and_changes_nothing(void **state)
+{
+    fixture_t *f = *state;
+    const bt_model_t *m = f->model;
+    int32_t V = m->hp.n_vocab, L = m->hp.n_layers, a[15];
+    make_tokens(a, 15, V, 1);
+    float *ref = run_alone(m, 2, a, 13);
+    float *out = malloc((size_t)15 * V * sizeof(float));
+    bt_engine_t *e = make_engine(m, 2, 0);
+    bt_kv_pool_t *pool = bt_engine_kv_pool(e);
+    size_t bb = bt_kv_pool_block_bytes(pool);
+    bt_kv_seq_t kv;
+    assert_int_equal(bt_kv_seq_init(&kv, pool, 64), BT_OK);
+    hook_rec_t h = {.e = e, .kv = &kv, .snap = malloc((size_t)L * bb)};
+    assert_true(3 * L <= 256);
+    bt_engine_set_layer_hook(e, hook_record, &h);
+
+    /* The prompt: one call per layer, in order, each after that layer's K/V are final. */
+    bt_batch_seq_t b = {.kv = &kv, .tokens = a, .n_tokens = 13, .logits = BT_LOGITS_ALL};
+    assert_int_equal(bt_engine_forward(e, &b, 1, out), BT_OK);
+    assert_int_equal(h.n_calls, L);
+    for (int32_t l = 0; l < L; l++) {
+        assert_int_equal(h.calls[l], l + 1);
+        assert_memory_equal(h.snap + (size_t)l * bb, layer_block(e, l, kv.blocks[0]), bb);
+    }
+    /* Two decode steps: L calls each; logits bit-identical to the run without a hook. */
+    for (int step = 0; step < 2; step++) {
+        bt_batch_seq_t d = {
+            .kv = &kv, .tokens = a + 13 + step, .n_tokens = 1, .logits = BT_LOGITS_LAST};
+        assert_int_equal(bt_engine_forward(e, &d, 1, out + (size_t)(13 + step) * V), BT_OK);
+    }
+    assert_int_equal(h.n_calls, 3 * L);
+    for (int i = 0; i < 3 * L; i++)
+        assert_int_equal(h.calls[i], i % L + 1);
+    assert_memory_equal(out, ref, (size_t)15 * V * sizeof(float));
+
+    /* Removed: no more calls. */
+    bt_engine_set_layer_hook(e, NULL, NULL);
+    bt_batch_seq_t d = {.kv = &kv, .tokens = a, .n_tokens = 1, .logits = BT_LOGITS_NONE};
+    assert_int_equal(bt_engine_forward(e, &d, 1, out), BT_OK);
+    assert_int_equal(h.n_calls, 3 * L);
+    bt_kv_seq_fini(&kv, pool);
+    bt_engine_destroy(e);
+    free(h.snap);
+    free(out);
+    free(ref);
+}
+
 static void test_engine_reservation_is_all_or_nothing(void **state)
 {
     fixture_t *f = *state;
@@ -253,6 +330,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_engine_chunked_prefill_and_threads_are_bit_identical),
         cmocka_unit_test(test_engine_batched_equals_alone),
+        cmocka_unit_test(test_engine_layer_hook_reports_each_layer_and_changes_nothing),
         cmocka_unit_test(test_engine_reservation_is_all_or_nothing),
         cmocka_unit_test(test_engine_rejects_out_of_range_batches),
         cmocka_unit_test(test_engine_create_survives_alloc_faults),
