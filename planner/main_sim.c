@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * main_sim.c - baton-sim: simulates one cluster (P prefill + D decode instances, or K colocated
- * ones) on a workload at given request rates and prints SLO attainment, TTFT and TPOT
- * percentiles and the simulator's own speed; optionally searches the goodput and writes every
- * request's outcome as CSV. It is how the simulator is compared with a real cluster
+ * main_sim.c - baton-sim: simulates one cluster (P prefill + D decode instances, K colocated
+ * ones, or N AcceLLM pairs) on a workload at given request rates and prints SLO attainment, TTFT
+ * and TPOT percentiles and the simulator's own speed; optionally searches the goodput and writes
+ * every request's outcome as CSV. It is how the simulator is compared with a real cluster
  * (docs/PERFORMANCE.md) and how a plan is looked at more closely.
  */
 #include <stdio.h>
@@ -24,10 +24,11 @@
 typedef struct {
     pl_cli_workload_t wl;
     char *profile, *prefill_profile, *decode_profile, *policy, *rates, *per_request, *log_level;
-    int prefill, decode, colocated, prefill_pp, decode_pp, max_batch_tokens, max_batch_seqs;
-    int block_size, goodput;
+    int prefill, decode, colocated, pairs, prefill_pp, decode_pp, max_batch_tokens, max_batch_seqs;
+    int block_size, goodput, pair_layers;
     int64_t kv_tokens;
     float slo_ttft_ms, slo_tpot_ms, target;
+    float pair_seq_weight, pair_min_switch_ms, pair_idle_ms, pair_handoff_ms, pair_step_ms;
 } sim_cfg_t;
 
 #define OPT(n, t, d, lo, hi, f, h) PL_CLI_OPT(n, t, d, lo, hi, sim_cfg_t, f, h)
@@ -35,6 +36,20 @@ static const bt_cfg_opt_t sim_opts[] = {
     OPT("prefill", BT_CFG_INT, "1", 0, 100000, prefill, "prefill instances"),
     OPT("decode", BT_CFG_INT, "1", 0, 100000, decode, "decode instances"),
     OPT("colocated", BT_CFG_INT, "0", 0, 100000, colocated, "colocated instances"),
+    OPT("pairs", BT_CFG_INT, "0", 0, 50000, pairs,
+        "AcceLLM pairs (2 instances each); when > 0 the cluster is only these"),
+    OPT("pair-seq-weight", BT_CFG_FLOAT, "64", 0.001, 1e9, pair_seq_weight,
+        "pairs: prompt tokens a decoding sequence counts as in a pair's load"),
+    OPT("pair-min-switch-ms", BT_CFG_FLOAT, "0", 0, 1e9, pair_min_switch_ms,
+        "pairs: least time after a switch before the prefill member turns to decode"),
+    OPT("pair-idle-ms", BT_CFG_FLOAT, "0", 0, 1e9, pair_idle_ms,
+        "pairs: idle time of the prefill member before it turns to decode"),
+    OPT("pair-handoff-ms", BT_CFG_FLOAT, "0", 0, 1e9, pair_handoff_ms,
+        "pairs: delay of a handed-over sequence; 0: one decode step"),
+    OPT("pair-step-ms", BT_CFG_FLOAT, "0", 0, 1e9, pair_step_ms,
+        "pairs: time added to each decode step to bring replicas up to date"),
+    OPT("pair-layers", BT_CFG_INT, "32", 1, 100000, pair_layers,
+        "pairs: layers the prefill KV is copied in (the last one's copy ends a batch)"),
     OPT("profile", BT_CFG_STRING, NULL, 0, 0, profile, "latency profile of every instance"),
     OPT("prefill-profile", BT_CFG_STRING, NULL, 0, 0, prefill_profile,
         "profile of the prefill instances (default --profile)"),
@@ -87,10 +102,11 @@ static int load(const char *path, const char *fallback, bt_profile_t *out)
 static pl_inst_spec_t *instances(const sim_cfg_t *c, const bt_profile_t *pre,
                                  const bt_profile_t *dec, int *n)
 {
-    *n = c->prefill + c->decode + c->colocated;
+    *n = c->pairs > 0 ? 2 * c->pairs : c->prefill + c->decode + c->colocated;
     pl_inst_spec_t *v = bt_calloc((size_t)*n + 1, sizeof *v);
     for (int i = 0; v && i < *n; i++) {
-        pl_role_t role = i < c->prefill               ? PL_ROLE_PREFILL
+        pl_role_t role = c->pairs > 0                 ? PL_ROLE_PAIRED
+                         : i < c->prefill             ? PL_ROLE_PREFILL
                          : i < c->prefill + c->decode ? PL_ROLE_DECODE
                                                       : PL_ROLE_COLOCATED;
         v[i] = (pl_inst_spec_t){.role = role,
@@ -125,8 +141,10 @@ static int run_rates(const sim_cfg_t *c, const pl_workload_t *w, const pl_sim_pa
         return BT_ERR_NOMEM;
     }
     printf("| rate/s | attain | TTFT ok | TPOT ok | TTFT p50 | TTFT p90 | TTFT p99 | TPOT p50 | "
-           "TPOT p90 | TPOT p99 | finished | sim s | M req/min |\n"
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+           "TPOT p90 | TPOT p99 | JCT mean | JCT p90 | finished | sim s | M req/min |%s\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|%s\n",
+           c->pairs > 0 ? " switches | handed over | replicas dropped |" : "",
+           c->pairs > 0 ? "---|---|---|" : "");
     int st = BT_OK;
     for (int i = 0; i < n_rates && st == BT_OK; i++) {
         pl_workload_at_rate(w, rates[i], reqs);
@@ -136,11 +154,16 @@ static int run_rates(const sim_cfg_t *c, const pl_workload_t *w, const pl_sim_pa
         double t = now_s() - t0;
         if (st != BT_OK)
             break;
-        printf("| %g | %.4f | %.4f | %.4f | %.1f | %.1f | %.1f | %.2f | %.2f | %.2f | %zu | %.3f "
-               "| %.2f |\n",
+        printf("| %g | %.4f | %.4f | %.4f | %.1f | %.1f | %.1f | %.2f | %.2f | %.2f | %.0f | %.0f "
+               "| %zu | %.3f | %.2f |",
                rates[i], r.attainment, (double)r.n_ttft_ok / r.n, (double)r.n_tpot_ok / r.n,
                r.ttft_p50_ms, r.ttft_p90_ms, r.ttft_p99_ms, r.tpot_p50_ms, r.tpot_p90_ms,
-               r.tpot_p99_ms, r.n_finished, t, n / (t > 0 ? t : 1e-9) * 60 / 1e6);
+               r.tpot_p99_ms, r.jct_mean_ms, r.jct_p90_ms, r.n_finished, t,
+               n / (t > 0 ? t : 1e-9) * 60 / 1e6);
+        if (c->pairs > 0)
+            printf(" %llu | %llu | %llu |", (unsigned long long)r.n_switches,
+                   (unsigned long long)r.n_moved, (unsigned long long)r.n_replicas_dropped);
+        printf("\n");
         if (csv)
             per_request(csv, rates[i], reqs, out, n);
     }
@@ -173,15 +196,26 @@ static int sim_main(const sim_cfg_t *c)
                           .policy = (pl_policy_t)pol,
                           .slo_ttft_ms = c->slo_ttft_ms,
                           .slo_tpot_ms = c->slo_tpot_ms,
-                          .block_size = c->block_size};
+                          .block_size = c->block_size,
+                          .pairs = {.seq_weight_tokens = c->pair_seq_weight,
+                                    .min_switch_ms = c->pair_min_switch_ms,
+                                    .idle_ms = c->pair_idle_ms,
+                                    .handoff_ms = c->pair_handoff_ms,
+                                    .step_ms = c->pair_step_ms,
+                                    .layers = c->pair_layers}};
     FILE *csv = c->per_request ? fopen(c->per_request, "w") : NULL;
     if (csv)
         fputs("rate,request,arrival_ms,prompt,output,ttft_ms,tpot_ms,finish_ms,prefill,decode\n",
               csv);
-    printf("cluster: %d prefill (pp %d) + %d decode (pp %d) + %d colocated, policy %s; "
-           "workload: %s; SLO TTFT %g ms, TPOT %g ms\n\n",
-           c->prefill, c->prefill_pp, c->decode, c->decode_pp, c->colocated, c->policy, desc,
-           c->slo_ttft_ms, c->slo_tpot_ms);
+    if (c->pairs > 0)
+        printf("cluster: %d AcceLLM pairs (%d instances; load weight %g tokens per sequence, "
+               "min switch %g ms, idle %g ms, hand-off %g ms, replica step %g ms, %d layers); ",
+               c->pairs, n_inst, c->pair_seq_weight, c->pair_min_switch_ms, c->pair_idle_ms,
+               c->pair_handoff_ms, c->pair_step_ms, c->pair_layers);
+    else
+        printf("cluster: %d prefill (pp %d) + %d decode (pp %d) + %d colocated, policy %s; ",
+               c->prefill, c->prefill_pp, c->decode, c->decode_pp, c->colocated, c->policy);
+    printf("workload: %s; SLO TTFT %g ms, TPOT %g ms\n\n", desc, c->slo_ttft_ms, c->slo_tpot_ms);
     if (inst && (!c->per_request || csv) && run_rates(c, w, &sp, rates, n_rates, csv) == BT_OK) {
         rc = 0;
         if (c->goodput) {
@@ -189,8 +223,9 @@ static int sim_main(const sim_cfg_t *c)
             pl_goodput_t out;
             rc = pl_goodput(&g, &out) == BT_OK ? 0 : 1;
             if (rc == 0)
-                printf("\ngoodput: %.4g req/s at %.0f%% attainment (%d simulations)\n", out.rate,
-                       100 * c->target, out.n_sims);
+                printf("\ngoodput: %.4g req/s at %.0f%% attainment, %.4g per instance "
+                       "(%d simulations)\n",
+                       out.rate, 100 * c->target, out.rate / n_inst, out.n_sims);
         }
     }
     if (csv)

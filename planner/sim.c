@@ -20,11 +20,9 @@
 #include "common/log.h"
 #include "common/status.h"
 
-enum { EV_STAGE_FREE = 1, EV_PREFILL_DONE, EV_TRANSFER_DONE, EV_LANE_DONE };
-
 /* --- containers ------------------------------------------------------------------------------ */
 
-static void fifo_push(sim_t *s, sim_fifo_t *f, uint32_t v)
+void sim_fifo_push(sim_t *s, sim_fifo_t *f, uint32_t v)
 {
     if (f->len == f->cap) {
         size_t cap = f->cap ? f->cap * 2 : 16;
@@ -43,12 +41,12 @@ static void fifo_push(sim_t *s, sim_fifo_t *f, uint32_t v)
     f->buf[(f->head + f->len++) & (f->cap - 1)] = v;
 }
 
-static uint32_t fifo_peek(const sim_fifo_t *f)
+uint32_t sim_fifo_peek(const sim_fifo_t *f)
 {
     return f->buf[f->head];
 }
 
-static uint32_t fifo_pop(sim_fifo_t *f)
+uint32_t sim_fifo_pop(sim_fifo_t *f)
 {
     uint32_t v = f->buf[f->head];
     f->head = (f->head + 1) & (f->cap - 1);
@@ -61,7 +59,7 @@ static int ev_less(const sim_ev_t *a, const sim_ev_t *b)
     return a->t < b->t || (a->t == b->t && a->seq < b->seq);
 }
 
-static void ev_push(sim_t *s, double t, uint32_t kind, uint32_t a, uint32_t b)
+void sim_ev_push(sim_t *s, double t, uint32_t kind, uint32_t a, uint32_t b)
 {
     if (s->n_heap == s->cap_heap) {
         size_t cap = s->cap_heap ? s->cap_heap * 2 : 256;
@@ -102,7 +100,7 @@ static sim_ev_t ev_pop(sim_t *s)
     return top;
 }
 
-static void fin_push(sim_t *s, sim_lane_t *l, int64_t step, uint32_t req)
+void sim_fin_push(sim_t *s, sim_lane_t *l, int64_t step, uint32_t req)
 {
     if (l->n_fin == l->cap_fin) {
         int32_t cap = l->cap_fin ? l->cap_fin * 2 : 16;
@@ -129,7 +127,7 @@ static int fin_less(sim_fin_t a, sim_fin_t b)
     return a.step < b.step || (a.step == b.step && a.req < b.req);
 }
 
-static uint32_t fin_pop(sim_lane_t *l)
+uint32_t sim_fin_pop(sim_lane_t *l)
 {
     uint32_t top = l->fin[0].req;
     sim_fin_t last = l->fin[--l->n_fin];
@@ -157,7 +155,7 @@ static const bt_profile_t *prof(const sim_inst_t *x)
     return x->spec->profile;
 }
 
-static int fits(const sim_inst_t *x, int64_t need)
+int sim_fits(const sim_inst_t *x, int64_t need)
 {
     return x->spec->kv_tokens <= 0 || x->kv_used + need <= x->spec->kv_tokens;
 }
@@ -170,7 +168,7 @@ static void fail(sim_t *s, sim_req_t *q)
     }
 }
 
-static void first_token(sim_t *s, uint32_t r)
+void sim_first_token(sim_t *s, uint32_t r)
 {
     sim_req_t *q = &s->req[r];
     q->first = s->now;
@@ -178,7 +176,12 @@ static void first_token(sim_t *s, uint32_t r)
         fail(s, q);
 }
 
-static void finish(sim_t *s, uint32_t r)
+void sim_fail(sim_t *s, uint32_t r)
+{
+    fail(s, &s->req[r]);
+}
+
+void sim_finish(sim_t *s, uint32_t r)
 {
     sim_req_t *q = &s->req[r];
     q->finish = s->now;
@@ -189,8 +192,7 @@ static void finish(sim_t *s, uint32_t r)
         fail(s, q);
 }
 
-static double transfer_ms(const sim_t *s, const sim_inst_t *from, const sim_inst_t *to,
-                          int32_t tokens)
+double sim_transfer_ms(const sim_t *s, const sim_inst_t *from, const sim_inst_t *to, int32_t tokens)
 {
     int same = from->spec->node == to->spec->node;
     double gbps = same ? s->p->intra_gb_per_s : s->p->inter_gb_per_s;
@@ -203,7 +205,7 @@ static double transfer_ms(const sim_t *s, const sim_inst_t *from, const sim_inst
 /* A batch's prefill time. A prompt longer than the token budget goes alone and is computed in
  * chunks of the budget (as the daemons do): the per-token and attention terms add up to the
  * whole prompt's, and each chunk after the first adds the fixed cost again. */
-static double prefill_ms(const sim_inst_t *x, double sum, double sum2, uint32_t n)
+double sim_prefill_ms(const sim_inst_t *x, double sum, double sum2, uint32_t n)
 {
     double t = bt_profile_prefill_ms(prof(x), sum, sum2);
     int32_t budget = x->spec->max_batch_tokens;
@@ -226,14 +228,14 @@ static void prefill_try(sim_t *s, int i)
     int64_t kv = 0;
     uint32_t n = 0;
     while (x->queue.len > 0) {
-        const sim_req_t *q = &s->req[fifo_peek(&x->queue)];
+        const sim_req_t *q = &s->req[sim_fifo_peek(&x->queue)];
         int64_t need = sim_round(s, q->prompt);
         if (n > 0 && ((sp->max_batch_seqs > 0 && n >= (uint32_t)sp->max_batch_seqs) ||
                       (sp->max_batch_tokens > 0 && sum + q->prompt > sp->max_batch_tokens)))
             break;
-        if (!fits(x, kv + need))
+        if (!sim_fits(x, kv + need))
             break;
-        fifo_push(s, &x->flight, fifo_pop(&x->queue));
+        sim_fifo_push(s, &x->flight, sim_fifo_pop(&x->queue));
         sum += q->prompt;
         sum2 += (double)q->prompt * q->prompt;
         kv += need;
@@ -244,15 +246,15 @@ static void prefill_try(sim_t *s, int i)
     x->kv_used += kv;
     x->queued_tokens -= (int64_t)sum;
     x->n_running += (int32_t)n;
-    fifo_push(s, &x->batches, n);
-    double t = prefill_ms(x, sum, sum2, n), stage = t / x->pp;
+    sim_fifo_push(s, &x->batches, n);
+    double t = sim_prefill_ms(x, sum, sum2, n), stage = t / x->pp;
     /* Batches leave the pipeline in order: one cannot overtake the one ahead of it. */
     double done = fmax(s->now + t, x->last_done_ms + stage);
     x->last_done_ms = done;
     x->stage_busy = 1;
-    ev_push(s, done, EV_PREFILL_DONE, (uint32_t)i, 0);
+    sim_ev_push(s, done, SIM_EV_PREFILL_DONE, (uint32_t)i, 0);
     if (x->pp > 1)
-        ev_push(s, s->now + stage, EV_STAGE_FREE, (uint32_t)i, 0);
+        sim_ev_push(s, s->now + stage, SIM_EV_STAGE_FREE, (uint32_t)i, 0);
 }
 
 static void decode_admit(sim_t *s, int di);
@@ -260,23 +262,23 @@ static void decode_admit(sim_t *s, int di);
 static void on_prefill_done(sim_t *s, int i)
 {
     sim_inst_t *x = &s->inst[i];
-    uint32_t n = fifo_pop(&x->batches);
+    uint32_t n = sim_fifo_pop(&x->batches);
     if (x->pp == 1)
         x->stage_busy = 0;
     for (uint32_t k = 0; k < n; k++) {
-        uint32_t r = fifo_pop(&x->flight);
+        uint32_t r = sim_fifo_pop(&x->flight);
         sim_req_t *q = &s->req[r];
         x->n_running--;
-        first_token(s, r);
+        sim_first_token(s, r);
         if (s->p->mode == PL_SIM_PREFILL_ONLY || q->output <= 1) {
             x->kv_used -= sim_round(s, q->prompt);
             if (q->d >= 0)
                 s->inst[q->d].n_waiting--;
-            finish(s, r);
+            sim_finish(s, r);
             continue;
         }
         x->unshipped += q->prompt;
-        fifo_push(s, &s->inst[q->d].queue, r);
+        sim_fifo_push(s, &s->inst[q->d].queue, r);
         decode_admit(s, q->d);
     }
     prefill_try(s, i);
@@ -289,7 +291,7 @@ static void on_transfer_done(sim_t *s, uint32_t r)
     p->unshipped -= q->prompt;
     p->kv_used -= sim_round(s, q->prompt);
     prefill_try(s, q->p);
-    fifo_push(s, &s->inst[q->d].ready, r);
+    sim_fifo_push(s, &s->inst[q->d].ready, r);
     decode_admit(s, q->d);
 }
 
@@ -301,7 +303,7 @@ static void lane_join(sim_t *s, sim_lane_t *l, uint32_t r)
     l->n_seqs++;
     l->sum_ctx += q->prompt + 1; /* the prompt and the first token */
     /* The first token came from prefill, so output - 1 steps make the rest. */
-    fin_push(s, l, l->step + q->output - 1, r);
+    sim_fin_push(s, l, l->step + q->output - 1, r);
 }
 
 static void lane_step(sim_t *s, int i, int k)
@@ -309,7 +311,7 @@ static void lane_step(sim_t *s, int i, int k)
     sim_lane_t *l = &s->inst[i].lanes[k];
     double t = bt_profile_decode_ms(prof(&s->inst[i]), l->sum_ctx, l->n_seqs);
     l->busy = 1;
-    ev_push(s, s->now + t, EV_LANE_DONE, (uint32_t)i, (uint32_t)k);
+    sim_ev_push(s, s->now + t, SIM_EV_LANE_DONE, (uint32_t)i, (uint32_t)k);
 }
 
 /* Decode: fills an idle lane from the ready queue, up to the batch limit and to an even share
@@ -321,7 +323,7 @@ static void lane_admit(sim_t *s, sim_inst_t *x, sim_lane_t *l)
                         ? x->spec->max_batch_seqs
                         : share;
     while (x->ready.len > 0 && l->n_seqs < limit) {
-        uint32_t r = fifo_pop(&x->ready);
+        uint32_t r = sim_fifo_pop(&x->ready);
         lane_join(s, l, r);
         x->n_running++;
         x->n_waiting--;
@@ -338,12 +340,12 @@ static int coloc_prefill(sim_t *s, int i, int k)
     double sum = 0, sum2 = 0;
     int32_t n = 0, room = sp->max_batch_seqs > 0 ? sp->max_batch_seqs - l->n_seqs : INT32_MAX;
     while (x->queue.len > 0 && n < room) {
-        const sim_req_t *q = &s->req[fifo_peek(&x->queue)];
+        const sim_req_t *q = &s->req[sim_fifo_peek(&x->queue)];
         int64_t need = sim_round(s, (int64_t)q->prompt + q->output);
         if ((n > 0 && sp->max_batch_tokens > 0 && sum + q->prompt > sp->max_batch_tokens) ||
-            !fits(x, need))
+            !sim_fits(x, need))
             break;
-        fifo_push(s, &l->prefill, fifo_pop(&x->queue));
+        sim_fifo_push(s, &l->prefill, sim_fifo_pop(&x->queue));
         x->kv_used += need;
         sum += q->prompt;
         sum2 += (double)q->prompt * q->prompt;
@@ -354,8 +356,8 @@ static int coloc_prefill(sim_t *s, int i, int k)
     x->queued_tokens -= (int64_t)sum;
     x->n_running += n;
     l->busy = l->in_prefill = 1;
-    ev_push(s, s->now + prefill_ms(x, sum, sum2, (uint32_t)n), EV_LANE_DONE, (uint32_t)i,
-            (uint32_t)k);
+    sim_ev_push(s, s->now + sim_prefill_ms(x, sum, sum2, (uint32_t)n), SIM_EV_LANE_DONE,
+                (uint32_t)i, (uint32_t)k);
     return 1;
 }
 
@@ -380,21 +382,21 @@ static void decode_admit(sim_t *s, int di)
 {
     sim_inst_t *d = &s->inst[di];
     while (d->queue.len > 0) {
-        uint32_t r = fifo_peek(&d->queue);
+        uint32_t r = sim_fifo_peek(&d->queue);
         const sim_req_t *q = &s->req[r];
         int64_t need = sim_round(s, (int64_t)q->prompt + q->output);
-        if (!fits(d, need))
+        if (!sim_fits(d, need))
             break;
-        fifo_pop(&d->queue);
+        sim_fifo_pop(&d->queue);
         d->kv_used += need;
         if (q->p < 0) { /* decode-only runs: the KV is already in place */
-            fifo_push(s, &d->ready, r);
+            sim_fifo_push(s, &d->ready, r);
             continue;
         }
         sim_inst_t *p = &s->inst[q->p];
         double start = fmax(s->now, p->link_free_ms);
-        p->link_free_ms = start + transfer_ms(s, p, d, q->prompt);
-        ev_push(s, p->link_free_ms, EV_TRANSFER_DONE, r, 0);
+        p->link_free_ms = start + sim_transfer_ms(s, p, d, q->prompt);
+        sim_ev_push(s, p->link_free_ms, SIM_EV_TRANSFER_DONE, r, 0);
     }
     lanes_run(s, di);
 }
@@ -403,16 +405,16 @@ static void coloc_prefill_done(sim_t *s, sim_inst_t *x, sim_lane_t *l)
 {
     l->in_prefill = 0;
     while (l->prefill.len > 0) {
-        uint32_t r = fifo_pop(&l->prefill);
+        uint32_t r = sim_fifo_pop(&l->prefill);
         const sim_req_t *q = &s->req[r];
-        first_token(s, r);
+        sim_first_token(s, r);
         if (q->output > 1) {
             lane_join(s, l, r);
             continue;
         }
         x->kv_used -= sim_round(s, (int64_t)q->prompt + q->output);
         x->n_running--;
-        finish(s, r);
+        sim_finish(s, r);
     }
 }
 
@@ -429,13 +431,13 @@ static void on_lane_done(sim_t *s, int i, int k)
     l->step++;
     l->sum_ctx += l->n_seqs; /* every sequence gained a token */
     while (l->n_fin > 0 && l->fin[0].step <= l->step) {
-        uint32_t r = fin_pop(l);
+        uint32_t r = sim_fin_pop(l);
         const sim_req_t *q = &s->req[r];
         l->n_seqs--;
         l->sum_ctx -= (double)q->prompt + q->output;
         x->kv_used -= sim_round(s, (int64_t)q->prompt + q->output);
         x->n_running--;
-        finish(s, r);
+        sim_finish(s, r);
     }
     if (x->spec->role == PL_ROLE_DECODE)
         decode_admit(s, i);
@@ -456,21 +458,25 @@ double sim_ctx_tokens(const sim_inst_t *x)
 static void on_arrival(sim_t *s, uint32_t r)
 {
     sim_req_t *q = &s->req[r];
+    if (s->n_pairs > 0) {
+        sim_pairs_arrival(s, r);
+        return;
+    }
     sim_place(s, r);
     if (s->p->mode == PL_SIM_DECODE_ONLY) {
-        first_token(s, r);
+        sim_first_token(s, r);
         if (q->output <= 1) {
             s->inst[q->d].n_waiting--;
-            finish(s, r);
+            sim_finish(s, r);
             return;
         }
-        fifo_push(s, &s->inst[q->d].queue, r);
+        sim_fifo_push(s, &s->inst[q->d].queue, r);
         decode_admit(s, q->d);
         return;
     }
     int i = q->p >= 0 ? q->p : q->d;
     sim_inst_t *x = &s->inst[i];
-    fifo_push(s, &x->queue, r);
+    sim_fifo_push(s, &x->queue, r);
     x->queued_tokens += q->prompt;
     if (x->spec->role == PL_ROLE_PREFILL)
         prefill_try(s, i);
@@ -481,14 +487,14 @@ static void on_arrival(sim_t *s, uint32_t r)
 static void on_event(sim_t *s, const sim_ev_t *e)
 {
     switch (e->kind) {
-    case EV_STAGE_FREE:
+    case SIM_EV_STAGE_FREE:
         s->inst[e->a].stage_busy = 0;
         prefill_try(s, (int)e->a);
         break;
-    case EV_PREFILL_DONE: on_prefill_done(s, (int)e->a); break;
-    case EV_TRANSFER_DONE: on_transfer_done(s, e->a); break;
-    case EV_LANE_DONE: on_lane_done(s, (int)e->a, (int)e->b); break;
-    default: BT_ASSERT(0 && "unknown event");
+    case SIM_EV_PREFILL_DONE: on_prefill_done(s, (int)e->a); break;
+    case SIM_EV_TRANSFER_DONE: on_transfer_done(s, e->a); break;
+    case SIM_EV_LANE_DONE: on_lane_done(s, (int)e->a, (int)e->b); break;
+    default: sim_pairs_event(s, e);
     }
 }
 
@@ -517,11 +523,24 @@ static const char *check(const pl_sim_params_t *p, const pl_req_t *reqs, size_t 
     if (n >= UINT32_MAX)
         return "too many requests";
     for (int i = 0; i < p->n_inst; i++)
-        if (!p->inst[i].profile || p->inst[i].role > PL_ROLE_COLOCATED)
+        if (!p->inst[i].profile || p->inst[i].role > PL_ROLE_PAIRED)
             return "an instance has no profile or an unknown role";
+    if (n_role[PL_ROLE_PAIRED] > 0) {
+        if (n_role[PL_ROLE_PAIRED] != p->n_inst || p->n_inst % 2 != 0)
+            return "a paired cluster has an even number of instances, all paired";
+        if (p->mode != PL_SIM_FULL)
+            return "pairs run prefill and decode: full mode only";
+        for (int i = 0; i < p->n_inst; i++)
+            if (p->inst[i].pp > 1)
+                return "paired instances have one pipeline stage";
+        const pl_pairs_params_t *q = &p->pairs;
+        if (!(q->seq_weight_tokens >= 0) || !(q->min_switch_ms >= 0) || !(q->idle_ms >= 0) ||
+            !(q->handoff_ms >= 0) || !(q->step_ms >= 0) || q->layers < 0)
+            return "pair thresholds must be >= 0";
+    }
     if (!(p->slo_ttft_ms > 0) || !(p->slo_tpot_ms > 0))
         return "objectives must be > 0";
-    if (p->mode == PL_SIM_FULL && !(n_role[0] && n_role[1]) && !n_role[2])
+    if (p->mode == PL_SIM_FULL && !(n_role[0] && n_role[1]) && !n_role[2] && !n_role[3])
         return "a full run needs prefill and decode instances, or colocated ones";
     if (p->mode == PL_SIM_PREFILL_ONLY && !n_role[0])
         return "a prefill-only run needs prefill instances";
@@ -541,9 +560,10 @@ static int setup(sim_t *s, const pl_sim_params_t *p, const pl_req_t *reqs, size_
     s->n_req = n;
     s->inst = bt_calloc((size_t)p->n_inst + 1, sizeof *s->inst);
     s->req = bt_calloc(n + 1, sizeof *s->req);
-    for (int r = 0; r < 3; r++)
-        s->by_role[r] = bt_malloc(((size_t)p->n_inst + 1) * sizeof(int));
-    if (!s->inst || !s->req || !s->by_role[0] || !s->by_role[1] || !s->by_role[2])
+    for (int r = 0; r < 4; r++)
+        if (!(s->by_role[r] = bt_malloc(((size_t)p->n_inst + 1) * sizeof(int))))
+            return BT_ERR_NOMEM;
+    if (!s->inst || !s->req)
         return BT_ERR_NOMEM;
     for (int i = 0; i < p->n_inst; i++) {
         sim_inst_t *x = &s->inst[i];
@@ -551,6 +571,8 @@ static int setup(sim_t *s, const pl_sim_params_t *p, const pl_req_t *reqs, size_
         x->pp = p->inst[i].pp > 0 ? p->inst[i].pp : 1;
         x->seq = (uint64_t)i;
         s->by_role[x->spec->role][s->n_role[x->spec->role]++] = i;
+        if (x->spec->role == PL_ROLE_PAIRED)
+            x->pp = 1;
         if (x->spec->role != PL_ROLE_PREFILL &&
             !(x->lanes = bt_calloc((size_t)x->pp, sizeof *x->lanes)))
             return BT_ERR_NOMEM;
@@ -563,7 +585,7 @@ static int setup(sim_t *s, const pl_sim_params_t *p, const pl_req_t *reqs, size_
                                 .output = reqs[i].output,
                                 .p = -1,
                                 .d = -1};
-    return BT_OK;
+    return s->n_role[PL_ROLE_PAIRED] > 0 ? sim_pairs_setup(s) : BT_OK;
 }
 
 static void teardown(sim_t *s)
@@ -574,15 +596,17 @@ static void teardown(sim_t *s)
         bt_free(x->ready.buf);
         bt_free(x->flight.buf);
         bt_free(x->batches.buf);
+        bt_free(x->replicas.buf);
         for (int k = 0; x->lanes && k < x->pp; k++) {
             bt_free(x->lanes[k].fin);
             bt_free(x->lanes[k].prefill.buf);
         }
         bt_free(x->lanes);
     }
+    sim_pairs_teardown(s);
     bt_free(s->inst);
     bt_free(s->req);
-    for (int r = 0; r < 3; r++)
+    for (int r = 0; r < 4; r++)
         bt_free(s->by_role[r]);
     bt_free(s->heap);
 }
@@ -605,8 +629,8 @@ static double pct(const double *v, size_t n, double q)
 static void summarize(const sim_t *s, double *scratch, pl_sim_result_t *res)
 {
     size_t n_t = 0, n_p = 0;
-    double sum_t = 0, sum_p = 0;
-    double *tt = scratch, *tp = scratch + s->n_req;
+    double sum_t = 0, sum_p = 0, sum_j = 0;
+    double *tt = scratch, *tp = scratch + s->n_req, *tj = scratch + 2 * s->n_req;
     for (size_t i = 0; i < s->n_req; i++) {
         const sim_req_t *q = &s->req[i];
         if (q->first >= 0) {
@@ -616,6 +640,8 @@ static void summarize(const sim_t *s, double *scratch, pl_sim_result_t *res)
         }
         if (q->done) {
             double tpot = q->output > 1 ? (q->finish - q->first) / (q->output - 1) : 0;
+            tj[n_p] = q->finish - q->arrival;
+            sum_j += q->finish - q->arrival;
             tp[n_p++] = tpot;
             sum_p += tpot;
             res->n_tpot_ok += tpot <= s->p->slo_tpot_ms;
@@ -624,6 +650,7 @@ static void summarize(const sim_t *s, double *scratch, pl_sim_result_t *res)
     }
     qsort(tt, n_t, sizeof *tt, cmp_double);
     qsort(tp, n_p, sizeof *tp, cmp_double);
+    qsort(tj, n_p, sizeof *tj, cmp_double);
     res->n = s->n_req;
     res->n_finished = s->n_done;
     res->attainment = s->n_req ? (double)res->n_ok / (double)s->n_req : 1;
@@ -635,6 +662,14 @@ static void summarize(const sim_t *s, double *scratch, pl_sim_result_t *res)
     res->tpot_p50_ms = pct(tp, n_p, 0.5);
     res->tpot_p90_ms = pct(tp, n_p, 0.9);
     res->tpot_p99_ms = pct(tp, n_p, 0.99);
+    res->jct_mean_ms = n_p ? sum_j / n_p : 0;
+    res->jct_p50_ms = pct(tj, n_p, 0.5);
+    res->jct_p90_ms = pct(tj, n_p, 0.9);
+    res->jct_p99_ms = pct(tj, n_p, 0.99);
+    res->n_switches = s->n_switches;
+    res->n_moved = s->n_moved;
+    res->n_replicas_dropped = s->n_dropped;
+    res->n_refused = s->n_refused;
     res->makespan_ms = s->now;
     res->n_events = s->n_events;
 }
@@ -656,9 +691,9 @@ static void per_request(const sim_t *s, pl_sim_req_t *out)
 int pl_sim_run(const pl_sim_params_t *p, const pl_req_t *reqs, size_t n, pl_sim_result_t *res,
                pl_sim_req_t *per_req)
 {
-    int n_role[3] = {0};
+    int n_role[4] = {0};
     for (int i = 0; i < p->n_inst; i++)
-        if (p->inst[i].role <= PL_ROLE_COLOCATED)
+        if (p->inst[i].role <= PL_ROLE_PAIRED)
             n_role[p->inst[i].role]++;
     const char *why = check(p, reqs, n, n_role);
     if (why) {
@@ -667,7 +702,7 @@ int pl_sim_run(const pl_sim_params_t *p, const pl_req_t *reqs, size_t n, pl_sim_
     }
     sim_t s = {0};
     int st = setup(&s, p, reqs, n);
-    double *scratch = st == BT_OK ? bt_malloc((2 * n + 1) * sizeof *scratch) : NULL;
+    double *scratch = st == BT_OK ? bt_malloc((3 * n + 1) * sizeof *scratch) : NULL;
     if (st == BT_OK && !scratch)
         st = BT_ERR_NOMEM;
     if (st == BT_OK) {

@@ -18,7 +18,12 @@
  *    (DistServe's model of a pipelined decode), each with a batch-size limit; memory is reserved
  *    for the whole sequence at admission, so nothing is ever preempted;
  *  - colocated: continuous batching with prefill first (a waiting prompt batch runs before the
- *    next decode step and stalls it), the baseline.
+ *    next decode step and stalls it), the baseline;
+ *  - pairs (AcceLLM, DESIGN.md section 5; sim_pairs.c): instances 2k and 2k + 1 form pair k, each
+ *    with the full weights and a role, prefill or decode, that the pair switches with the load;
+ *    prefill KV is copied to the partner as it is computed, so either member can decode it, and
+ *    the other keeps a replica, dropped first under memory pressure. Work moves between the
+ *    members instead of data.
  * Per request it reports TTFT (first token - arrival) and TPOT ((last - first) / (output - 1)).
  * A run is deterministic: the same inputs give the same results, bit for bit.
  */
@@ -31,7 +36,12 @@
 #include "common/profile.h"
 #include "workload.h"
 
-typedef enum { PL_ROLE_PREFILL = 0, PL_ROLE_DECODE, PL_ROLE_COLOCATED } pl_role_t;
+typedef enum {
+    PL_ROLE_PREFILL = 0,
+    PL_ROLE_DECODE,
+    PL_ROLE_COLOCATED,
+    PL_ROLE_PAIRED, /* a member of an AcceLLM pair: prefills or decodes as its pair decides */
+} pl_role_t;
 
 typedef struct {
     pl_role_t role;
@@ -43,6 +53,22 @@ typedef struct {
                                   * 0: unlimited */
     int node;                    /* node holding the instance (first stage) */
 } pl_inst_spec_t;
+
+/* The thresholds of AcceLLM pairs (a zeroed struct: the defaults in brackets). */
+typedef struct {
+    double seq_weight_tokens; /* a new request goes to the pair with the least queued and
+                               * computing prompt tokens + this x its decoding sequences [64] */
+    double min_switch_ms;     /* least time from a pair's last role switch until its prefill
+                               * member may turn to decode; 0: none [0] */
+    double idle_ms;           /* how long the prefill member must have been idle, with no
+                               * prompt waiting, before it turns to decode; 0: at once [0] */
+    double handoff_ms;        /* delay of a sequence handed to the partner; 0: one decode step
+                               * of the handed-over sequences [0] */
+    double step_ms;           /* link time per decode step to bring replicas up to date, added
+                               * to every step of a batch whose sequences have replicas [0] */
+    int32_t layers;           /* layers the prefill KV is copied in: a batch ends after the last
+                               * layer's copy, latency + bytes / layers / bandwidth [32] */
+} pl_pairs_params_t;
 
 typedef enum {
     PL_SIM_FULL = 0,     /* requests go through prefill, transfer and decode */
@@ -67,7 +93,8 @@ typedef struct {
      * profile (transfer latency and bandwidth). */
     double intra_gb_per_s, intra_latency_ms;
     double inter_gb_per_s, inter_latency_ms;
-    size_t max_failures; /* stop once more requests than this missed; 0: run to the end */
+    size_t max_failures;     /* stop once more requests than this missed; 0: run to the end */
+    pl_pairs_params_t pairs; /* clusters of PL_ROLE_PAIRED instances */
 } pl_sim_params_t;
 
 /* What happened to one request. */
@@ -87,13 +114,18 @@ typedef struct {
     double attainment;                                          /* n_ok / n */
     double ttft_mean_ms, ttft_p50_ms, ttft_p90_ms, ttft_p99_ms; /* over finished requests */
     double tpot_mean_ms, tpot_p50_ms, tpot_p90_ms, tpot_p99_ms;
-    double makespan_ms; /* time of the last event */
-    uint64_t n_events;  /* events processed (arrivals included) */
-    int stopped_early;  /* max_failures was passed: attainment is an upper bound */
+    double jct_mean_ms, jct_p50_ms, jct_p90_ms, jct_p99_ms; /* job completion: finish - arrival */
+    double makespan_ms;                                     /* time of the last event */
+    uint64_t n_events; /* events processed (arrivals included) */
+    int stopped_early; /* max_failures was passed: attainment is an upper bound */
+    /* Pairs only: role switches, sequences handed to the partner, replicas dropped for memory,
+     * and prompts that found no pair able to hold them (refused). */
+    uint64_t n_switches, n_moved, n_replicas_dropped, n_refused;
 } pl_sim_result_t;
 
-/* Simulates the n requests (arrival_ms non-decreasing) on the cluster. per_req may be NULL,
- * else it receives n records. BT_ERR_INVAL (logged) for a cluster the mode cannot run (no
+/* Simulates the n requests (arrival_ms non-decreasing) on the cluster. A cluster is either all
+ * PL_ROLE_PAIRED instances (an even number, pp 1, full mode, policy ignored) or none. per_req may
+ * be NULL, else it receives n records. BT_ERR_INVAL (logged) for a cluster the mode cannot run (no
  * instance of a needed role, no profile) or unsorted arrivals, BT_ERR_NOMEM. Any thread; runs
  * share nothing. */
 int pl_sim_run(const pl_sim_params_t *p, const pl_req_t *reqs, size_t n, pl_sim_result_t *res,

@@ -7,6 +7,9 @@
  * micro-batch ("lane") keeps its sequences only as counters plus a heap of the steps at which
  * they finish, so a decode step costs O(1) however large the batch (the context sum grows by
  * the batch size each step) and a finishing sequence O(log B).
+ *
+ * AcceLLM pairs (sim_pairs.c) reuse the instances, queues and lanes and add a role that changes,
+ * a prompt queue per pair and, per request, where its KV and its replica are held.
  */
 #ifndef BATON_PLANNER_SIM_IMPL_H
 #define BATON_PLANNER_SIM_IMPL_H
@@ -51,9 +54,38 @@ typedef struct {
     int stage_busy;        /* prefill: the first stage is computing */
     double last_done_ms;   /* prefill: completion of the last batch started */
     double link_free_ms;   /* prefill: when its KV link is free */
-    sim_lane_t *lanes;     /* (pp) decode, colocated */
+    sim_lane_t *lanes;     /* (pp) decode, colocated, paired */
     uint64_t seq;          /* registration order (round-robin, ties) */
+    /* Paired instances only. queue: requests decoding here that wait for KV memory; ready:
+     * admitted, waiting for the batch; lanes[0]: the batch; flight/batches: prefill. */
+    pl_role_t now_role;  /* PL_ROLE_PREFILL or PL_ROLE_DECODE */
+    int pair, partner;   /* pair index, partner instance */
+    sim_fifo_t replicas; /* requests whose replica may be here, oldest first; entries of
+                          * replicas since dropped or promoted are skipped when met */
+    int32_t n_replicas;  /* replicas held here and listed in replicas */
+    int32_t n_moving;    /* sequences being handed over to this instance */
+    int32_t n_pinned;    /* sequences decoding here without a replica: they cannot move */
+    int32_t give;        /* sequences to hand to the partner at the next batch boundary */
+    int to_prefill;      /* turn to prefill at the next batch boundary */
 } sim_inst_t;
+
+/* One AcceLLM pair: the prompts routed to it, prefilled by its prefill member. */
+typedef struct {
+    sim_fifo_t queue;      /* prompts waiting */
+    int64_t queued_tokens; /* their tokens */
+    int64_t busy_tokens;   /* prompt tokens of the batch being prefilled */
+    double last_switch_ms; /* time of the last role switch */
+    double check_ms;       /* a re-check of the switch rules is scheduled then; 0: none */
+} sim_pair_t;
+
+/* Where a request's KV lives in a paired cluster. */
+typedef struct {
+    int32_t own, rep;       /* the instance that computes on it (prefills, then decodes) and the
+                             * one holding a copy; -1: none */
+    int32_t kv_own, kv_rep; /* tokens reserved for each, block-rounded */
+    int32_t ctx, left;      /* out of a batch: context tokens, decode steps left */
+    uint8_t listed;         /* the replica is in rep's replicas list (droppable) */
+} sim_preq_t;
 
 typedef struct {
     double arrival, first, finish;
@@ -68,11 +100,22 @@ typedef struct {
     uint32_t kind, a, b;
 } sim_ev_t;
 
+enum {
+    SIM_EV_STAGE_FREE = 1,
+    SIM_EV_PREFILL_DONE,
+    SIM_EV_TRANSFER_DONE,
+    SIM_EV_LANE_DONE,
+    SIM_EV_PAIR_PREFILL_DONE, /* a: instance */
+    SIM_EV_PAIR_LANE_DONE,    /* a: instance */
+    SIM_EV_PAIR_HANDOFF,      /* a: request, b: the instance it joins */
+    SIM_EV_PAIR_CHECK,        /* a: pair */
+};
+
 typedef struct {
     const pl_sim_params_t *p;
     sim_inst_t *inst;
-    int *by_role[3]; /* instance indices per role */
-    int n_role[3];
+    int *by_role[4]; /* instance indices per role */
+    int n_role[4];
     sim_req_t *req;
     size_t n_req;
     sim_ev_t *heap;
@@ -83,7 +126,13 @@ typedef struct {
     size_t n_failed, n_done;
     uint64_t n_events;
     int nomem;
-    int rr[3]; /* round-robin cursors per role */
+    int rr[3];        /* round-robin cursors per role */
+    sim_pair_t *pair; /* (n_pairs) */
+    int n_pairs;
+    sim_preq_t *preq;     /* (n_req) paired clusters only */
+    pl_pairs_params_t pp; /* the thresholds with defaults applied */
+    uint32_t *buf;        /* (n_req) scratch for the sequences of a hand-over */
+    uint64_t n_switches, n_moved, n_dropped, n_refused;
 } sim_t;
 
 /* The placement for request r: its prefill and decode instances (decode only, or colocated
@@ -98,5 +147,27 @@ static inline int64_t sim_round(const sim_t *s, int64_t tokens)
 
 /* Context tokens running on a decode or colocated instance. */
 double sim_ctx_tokens(const sim_inst_t *x);
+
+/* The event loop's parts that the pairs use (sim.c). */
+void sim_fifo_push(sim_t *s, sim_fifo_t *f, uint32_t v);
+uint32_t sim_fifo_peek(const sim_fifo_t *f);
+uint32_t sim_fifo_pop(sim_fifo_t *f);
+void sim_ev_push(sim_t *s, double t, uint32_t kind, uint32_t a, uint32_t b);
+void sim_fin_push(sim_t *s, sim_lane_t *l, int64_t step, uint32_t req);
+uint32_t sim_fin_pop(sim_lane_t *l);
+int sim_fits(const sim_inst_t *x, int64_t need);
+void sim_first_token(sim_t *s, uint32_t r);
+void sim_finish(sim_t *s, uint32_t r);
+void sim_fail(sim_t *s, uint32_t r);
+double sim_transfer_ms(const sim_t *s, const sim_inst_t *from, const sim_inst_t *to,
+                       int32_t tokens);
+double sim_prefill_ms(const sim_inst_t *x, double sum, double sum2, uint32_t n);
+
+/* Pairs (sim_pairs.c): state set up after the instances (BT_ERR_NOMEM), released, a request's
+ * arrival, and the events of kind SIM_EV_PAIR_*. */
+int sim_pairs_setup(sim_t *s);
+void sim_pairs_teardown(sim_t *s);
+void sim_pairs_arrival(sim_t *s, uint32_t r);
+void sim_pairs_event(sim_t *s, const sim_ev_t *e);
 
 #endif
