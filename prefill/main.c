@@ -23,7 +23,7 @@ static const bt_cfg_opt_t prefill_opts[] = {
     BT_DAEMON_OPTS(prefill_cfg_t),
     BT_KVLINK_OPTS(prefill_cfg_t),
     {"kv-stream", 0, BT_CFG_STRING, "whole", 0, 0, offsetof(prefill_cfg_t, kv_stream),
-     "KV shipping: whole (after the prefill) or layer (kvx's layer-wise path)"},
+     "KV shipping: whole (after the prefill) or layer (each layer as it is computed)"},
 };
 static const bt_cfg_table_t prefill_table = {
     .prog = "baton-prefill",

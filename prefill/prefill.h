@@ -25,7 +25,8 @@ typedef struct {
     bt_engine_t *engine;    /* borrowed */
     bt_kvlink_t *link;      /* borrowed; used on the loop thread only */
     int32_t max_batch_seqs; /* prompts per forward */
-    int layerwise;          /* 1: ship through kvx's layer-wise path (--kv-stream layer) */
+    int layerwise;          /* 1: stream the KV layer by layer while the forward computes it
+                             * (--kv-stream layer); sets the engine's layer hook */
     int peer_wait_ms;       /* how long a finished prefill waits for its decode peer's
                              * connection before failing; 0: 10000 */
 } bt_prefill_params_t;

@@ -5,7 +5,9 @@
  * assignment that carries it, the first token from prefill and the stream from decode with
  * their lifetime events, a failover replay (skip_tokens) that streams only what the client
  * lacks, back-pressure (BT_ERR_NOSPACE) while KV waits to arrive, an abort before the KV
- * arrived that frees the reservation, and a prefill whose decode peer never connects.
+ * arrived that frees the reservation, and a prefill whose decode peer never connects; the same
+ * with the KV streamed layer by layer (--kv-stream layer), whose first layer leaves during the
+ * forward.
  */
 // ctest-labels: integration
 #include "testutil.h"
@@ -25,15 +27,18 @@ typedef struct {
     char pre_id[64], dec_id[64];
 } pd_fixture_t;
 
-static int start(pd_fixture_t *f, bt_proc_t *p, const char *kind, const char *id,
-                 const char *kv_mem)
+/* extra: more flags (NULL-terminated), or NULL. */
+static int start_with(pd_fixture_t *f, bt_proc_t *p, const char *kind, const char *id,
+                      const char *kv_mem, const char *const *extra)
 {
     char exe[512];
     snprintf(exe, sizeof exe, "%s/bin/baton-%s", BATON_BINARY_DIR, kind);
-    const char *argv[] = {
+    const char *argv[32] = {
         exe,  "--model",           f->model, "--router",    f->r.endpoint, "--id",
         id,   "--threads",         "1",      "--kv-mem",    kv_mem,        "--heartbeat-ms",
         "50", "--kv-peer-wait-ms", "1500",   "--log-level", "debug",       NULL};
+    for (int n = 17; extra && *extra && n < 31; n++)
+        argv[n] = *extra++;
     if (bt_proc_start(p, (char *const *)argv) != 0)
         return -1;
     if (!fake_router_wait_heartbeats(&f->r, id, 1, 20000)) {
@@ -41,6 +46,12 @@ static int start(pd_fixture_t *f, bt_proc_t *p, const char *kind, const char *id
         return -1;
     }
     return 0;
+}
+
+static int start(pd_fixture_t *f, bt_proc_t *p, const char *kind, const char *id,
+                 const char *kv_mem)
+{
+    return start_with(f, p, kind, id, kv_mem, NULL);
 }
 
 static int setup(void **state)
@@ -237,6 +248,59 @@ static void test_disagg_prefill_without_peer_fails_cleanly(void **state)
     assert_int_equal(fake_router_req(&f->r, bad)->reply_status, BT_ERR_INVAL);
 }
 
+/* Layer-wise streaming: the same tokens as the engine alone, and each prompt's first layer is
+ * handed to kvx inside its forward (TRANSFER_BEGIN before PREFILL_END), for a prompt computed in
+ * one forward and for one computed in three chunks (whose last chunk releases the layers). */
+static void test_disagg_layerwise_streams_during_the_forward(void **state)
+{
+    pd_fixture_t *f = *state;
+    const char *layer[] = {"--kv-stream", "layer", "--max-batch-tokens", "64", NULL};
+    assert_int_equal(start_with(f, &f->pre, "prefill", f->pre_id, "4M", layer), 0);
+    assert_int_equal(start(f, &f->dec, "decode", f->dec_id, "4M"), 0);
+    f->r.ignore_eos = 1;
+    bt_test_ref_t *ref = bt_test_ref_open(f->model);
+    assert_non_null(ref);
+    const int n_prompt[] = {40, 150};
+    for (int i = 0; i < 2; i++) {
+        int32_t prompt[160], want[16];
+        bt_test_prompt(40 + (uint32_t)i, n_prompt[i], 512, prompt);
+        int nw = bt_test_ref_run(ref, prompt, n_prompt[i], 12, 1, want);
+        fake_req_t *q = run_one(f, 40 + (uint64_t)i, prompt, n_prompt[i], 12, 0);
+        assert_int_equal(q->done_status, 0);
+        assert_int_equal(q->pre_status, 0);
+        assert_int_equal(q->n_ids, nw);
+        assert_memory_equal(q->ids, want, (size_t)nw * sizeof(int32_t));
+        const int32_t order[] = {BATON__EVENT_KIND__PREFILL_QUEUED,
+                                 BATON__EVENT_KIND__PREFILL_BEGIN,
+                                 BATON__EVENT_KIND__TRANSFER_BEGIN, BATON__EVENT_KIND__PREFILL_END,
+                                 BATON__EVENT_KIND__TRANSFER_END};
+        assert_int_equal(q->pre_n_events, 5);
+        assert_memory_equal(q->pre_event_kinds, order, sizeof order);
+    }
+    bt_test_ref_close(ref);
+    assert_true(fake_router_wait(&f->r, kv_all_free, f->pre_id, 10000));
+}
+
+/* A streamed ship whose decode peer never connects: it waits --kv-peer-wait-ms from the end of
+ * the prefill, fails, and its KV is freed. */
+static void test_disagg_layerwise_without_peer_fails_cleanly(void **state)
+{
+    pd_fixture_t *f = *state;
+    const char *layer[] = {"--kv-stream", "layer", NULL};
+    assert_int_equal(start_with(f, &f->pre, "prefill", f->pre_id, "4M", layer), 0);
+    int32_t prompt[64];
+    bt_test_prompt(8, 30, 512, prompt);
+    fake_req_t resv = {.resv_id = 50, .n_resv_blocks = 2, .resv_blocks = {0, 1}};
+    uint64_t rid = 50;
+    assign(f, f->pre_id, rid, BATON__ROLE__PREFILL, prompt, 30, 8, 0, "decode-nobody", &resv);
+    assert_true(fake_router_wait(&f->r, done_seen, &rid, 20000));
+    fake_req_t *q = fake_router_req(&f->r, rid);
+    assert_int_equal(q->first_seen, 1);
+    assert_int_equal(q->pre_finish, BATON__FINISH_REASON__FINISH_FAILED);
+    assert_int_equal(q->pre_status, BT_ERR_UNAVAILABLE);
+    assert_true(fake_router_wait(&f->r, kv_all_free, f->pre_id, 10000));
+}
+
 static void test_disagg_decode_refuses_unreachable_peer(void **state)
 {
     pd_fixture_t *f = *state;
@@ -260,6 +324,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_disagg_prefill_without_peer_fails_cleanly, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_disagg_decode_refuses_unreachable_peer, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_disagg_layerwise_streams_during_the_forward, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_disagg_layerwise_without_peer_fails_cleanly, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
