@@ -58,8 +58,7 @@ typedef struct {
 typedef struct {
     double seq_weight_tokens; /* a new request goes to the pair with the least queued and
                                * computing prompt tokens + this x its decoding sequences [64] */
-    double min_switch_ms;     /* least time from a pair's last role switch until its prefill
-                               * member may turn to decode; 0: none [0] */
+    double min_switch_ms;     /* least time between two role switches of a pair; 0: none [0] */
     double idle_ms;           /* how long the prefill member must have been idle, with no
                                * prompt waiting, before it turns to decode; 0: at once [0] */
     double handoff_ms;        /* delay of a sequence handed to the partner; 0: one decode step

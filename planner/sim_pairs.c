@@ -12,13 +12,14 @@
  *  - at the end of a prefill the request decodes on the decode member with fewer sequences
  *    (then less KV in use); the other member keeps its copy as a replica, kept current at every
  *    step (free, or step_ms per step);
- *  - at a batch boundary of the prefill member, with no prompt waiting and the thresholds met,
- *    it turns to decode and the partner hands it half of its sequences (those with a replica
- *    there) at the partner's next batch boundary: no data moves, the sequences only miss a
- *    hand-off delay;
- *  - when prompts wait and both members decode, the one with fewer sequences turns to prefill
- *    at its next batch boundary and hands all its sequences to the partner; a member decoding a
- *    sequence whose replica was dropped (pinned) cannot turn;
+ *  - at a batch boundary of the prefill member, with no prompt waiting, idle for idle_ms and
+ *    min_switch_ms after the pair's last switch, it turns to decode and the partner hands it half
+ * of its sequences (those with a replica there) at the partner's next batch boundary: no data
+ * moves, the sequences only miss a hand-off delay;
+ *  - when prompts wait and both members decode, once min_switch_ms have passed since the
+ *    pair's last switch, the one with fewer sequences turns to prefill at its next batch boundary
+ * and hands all its sequences to the partner; a member decoding a sequence whose replica was
+ * dropped (pinned) cannot turn;
  *  - memory: a member reserves the prompt's KV while prefilling it and its partner the whole
  *    sequence's (prompt + output), so that the decode side can always run what it received;
  *    replicas are reserved whole as well. Replicas are dropped, oldest first, whenever a member
@@ -160,6 +161,16 @@ static int64_t decoding(const sim_inst_t *x)
     return (int64_t)x->n_running + (int64_t)x->ready.len + x->n_moving;
 }
 
+/* Schedules a new look at pair k's rules at t (once per time). */
+static void check_at(sim_t *s, int k, double t)
+{
+    sim_pair_t *pr = &s->pair[k];
+    if (pr->check_ms != t) {
+        pr->check_ms = t;
+        sim_ev_push(s, t, SIM_EV_PAIR_CHECK, (uint32_t)k, 0);
+    }
+}
+
 /* The prefill member turns to decode when no prompt waits, it is idle, and the thresholds are
  * met; else, if only the thresholds keep it, the rules are checked again when they will be. */
 static void maybe_to_decode(sim_t *s, int k, int i)
@@ -177,10 +188,7 @@ static void maybe_to_decode(sim_t *s, int k, int i)
         s->inst[x->partner].give = 1;
         return;
     }
-    if (pr->check_ms != ok_ms) {
-        pr->check_ms = ok_ms;
-        sim_ev_push(s, ok_ms, SIM_EV_PAIR_CHECK, (uint32_t)k, 0);
-    }
+    check_at(s, k, ok_ms);
 }
 
 /* A prefilled request decodes on the less busy decode member (fewer sequences, then less KV in
@@ -415,9 +423,12 @@ static void kick(sim_t *s, int k)
         prefill_try(s, pm);
         maybe_to_decode(s, k, pm);
     } else if (s->pair[k].queue.len > 0 && !x->to_prefill && !y->to_prefill) {
+        double ok_ms = s->pair[k].last_switch_ms + s->pp.min_switch_ms;
         int ca = x->n_pinned == 0 && x->n_moving == 0, cb = y->n_pinned == 0 && y->n_moving == 0;
         int c = ca && (!cb || decoding(x) <= decoding(y)) ? a : cb ? b : -1;
-        if (c >= 0)
+        if (s->now < ok_ms)
+            check_at(s, k, ok_ms);
+        else if (c >= 0)
             s->inst[c].to_prefill = 1;
     }
     lane_run(s, a);

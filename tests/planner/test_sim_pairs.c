@@ -144,9 +144,10 @@ static void test_pairs_prompts_only(void **state)
     free(r);
 }
 
-/* The thresholds: the prefill member turns to decode only after idle_ms without a prompt and
- * min_switch_ms after the pair's last switch; a prompt finding both members decoding and idle is
- * prefilled at once. Prompts take 15 ms, one output token. */
+/* The thresholds: the prefill member turns to decode only after idle_ms without a prompt; no
+ * switch either way comes sooner than min_switch_ms after the pair's last; a prompt finding both
+ * members decoding and idle, past that time, is prefilled at once. Prompts take 15 ms, one
+ * output token. */
 static void test_pairs_switch_thresholds(void **state)
 {
     (void)state;
@@ -164,19 +165,24 @@ static void test_pairs_switch_thresholds(void **state)
     assert_int_equal(pl_sim_run(&c.sp, r, 3, &res, per), BT_OK);
     assert_int_equal(res.n_switches, 3);
     near(res.makespan_ms, 265);
-    /* min switch 100 ms: to decode at 15, prefill 40, decode only at 140, prefill at 200,
-     * decode at 300. With r2 at 120 the member is still prefilling: one switch fewer. */
+    for (int i = 0; i < 3; i++)
+        near(per[i].ttft_ms, 15);
+    /* min switch 100 ms, both ways: to decode at 15; r1 (40) waits for the turn to prefill until
+     * 115 and is done at 130; r2 (200) finds member 0 still prefilling (it may turn to decode at
+     * 215 only) and is done at 215, when member 0 turns. */
     c.sp.pairs.idle_ms = 0;
     c.sp.pairs.min_switch_ms = 100;
     assert_int_equal(pl_sim_run(&c.sp, r, 3, &res, per), BT_OK);
-    assert_int_equal(res.n_switches, 5);
-    near(res.makespan_ms, 300);
+    assert_int_equal(res.n_switches, 3);
+    near(res.makespan_ms, 215);
+    near(per[1].ttft_ms, 90);
+    near(per[2].ttft_ms, 15);
+    /* r2 at 120 queues behind r1: prefilled 130-145. */
     r[2].arrival_ms = 120;
     assert_int_equal(pl_sim_run(&c.sp, r, 3, &res, per), BT_OK);
     assert_int_equal(res.n_switches, 3);
-    near(res.makespan_ms, 140);
-    for (int i = 0; i < 3; i++)
-        near(per[i].ttft_ms, 15);
+    near(per[2].ttft_ms, 25);
+    near(res.makespan_ms, 215);
 }
 
 /* Turning to prefill waits for the member's batch boundary and hands its sequences to the
