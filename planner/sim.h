@@ -64,7 +64,7 @@ typedef struct {
     double handoff_ms;        /* delay of a sequence handed to the partner; 0: one decode step
                                * of the handed-over sequences [0] */
     double step_ms;           /* link time per decode step to bring replicas up to date, added
-                               * to every step of a batch whose sequences have replicas [0] */
+                               * to every decode step of a paired instance [0] */
     int32_t layers;           /* layers the prefill KV is copied in: a batch ends after the last
                                * layer's copy, latency + bytes / layers / bandwidth [32] */
 } pl_pairs_params_t;
