@@ -15,6 +15,7 @@
 
 #include "alloc.h"
 #include "btassert.h"
+#include "devmodel.h"
 #include "log.h"
 
 /* Activations, all in backend memory, sized for max_batch_tokens rows. */
@@ -34,7 +35,9 @@ typedef struct {
 } acts_t;
 
 struct bt_engine {
-    const bt_model_t *model; /* borrowed */
+    const bt_model_t *model;      /* weights the ops read: host_model's, or their device copy */
+    const bt_model_t *host_model; /* borrowed */
+    bt_dev_model_t *dev;          /* device copy of the weights; NULL for host-memory backends */
     bt_backend_t *be;
     bt_kv_pool_t *kv;
     acts_t a;
@@ -142,7 +145,7 @@ int bt_engine_create(const bt_model_t *model, const bt_engine_params_t *params, 
     bt_engine_t *e = bt_calloc(1, sizeof *e);
     if (!e)
         return BT_ERR_NOMEM;
-    e->model = model;
+    e->model = e->host_model = model;
     e->max_tokens = p->max_batch_tokens ? p->max_batch_tokens : 512;
     e->max_seqs = p->max_seqs ? p->max_seqs : 64;
     if (e->max_seqs > e->max_tokens)
@@ -175,9 +178,14 @@ int bt_engine_create(const bt_model_t *model, const bt_engine_params_t *params, 
                                            : (size_t)e->max_seqs * 512 *
                                                  bt_model_kv_bytes_per_token(hp, p->kv_type),
     };
-    st = bt_kv_pool_create(e->be, &kp, &e->kv);
+    st = bt_dev_model_create(model, e->be, &e->dev);
     if (st != BT_OK)
         goto err_backend;
+    if (e->dev)
+        e->model = bt_dev_model_view(e->dev);
+    st = bt_kv_pool_create(e->be, &kp, &e->kv);
+    if (st != BT_OK)
+        goto err_dev;
     st = acts_alloc(e);
     if (st != BT_OK) {
         bt_error("engine: cannot allocate activations for %d tokens", e->max_tokens);
@@ -194,6 +202,8 @@ err_host:
 err_acts:
     acts_free(e);
     bt_kv_pool_destroy(e->kv);
+err_dev:
+    bt_dev_model_destroy(e->dev);
 err_backend:
     bt_backend_destroy(e->be);
 err_engine:
@@ -208,6 +218,7 @@ void bt_engine_destroy(bt_engine_t *e)
     host_free(e);
     acts_free(e);
     bt_kv_pool_destroy(e->kv);
+    bt_dev_model_destroy(e->dev);
     bt_backend_destroy(e->be);
     bt_free(e);
 }
@@ -219,7 +230,7 @@ bt_kv_pool_t *bt_engine_kv_pool(bt_engine_t *e)
 
 const bt_model_t *bt_engine_model(const bt_engine_t *e)
 {
-    return e->model;
+    return e->host_model;
 }
 
 int32_t bt_engine_max_batch_tokens(const bt_engine_t *e)

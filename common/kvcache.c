@@ -33,7 +33,7 @@ struct bt_kv_pool {
 
 static size_t kv_elem_size(bt_type_t type)
 {
-    return type == BT_TYPE_F16 ? 2 : 4;
+    return type == BT_TYPE_F16 || type == BT_TYPE_BF16 ? 2 : 4;
 }
 
 static int kv_params_check(const bt_kv_pool_params_t *p, int32_t block_size, size_t block_bytes)
@@ -44,8 +44,8 @@ static int kv_params_check(const bt_kv_pool_params_t *p, int32_t block_size, siz
                  p->n_layers, p->n_kv_heads, p->head_dim, block_size);
         return BT_ERR_INVAL;
     }
-    if (p->type != BT_TYPE_F32 && p->type != BT_TYPE_F16) {
-        bt_error("kv pool: unsupported KV type %d (f32 or f16)", (int)p->type);
+    if (p->type != BT_TYPE_F32 && p->type != BT_TYPE_F16 && p->type != BT_TYPE_BF16) {
+        bt_error("kv pool: unsupported KV type %d (f32, f16 or bf16)", (int)p->type);
         return BT_ERR_UNSUPPORTED;
     }
     if (p->n_blocks <= 0 && p->budget_bytes < block_bytes * (size_t)p->n_layers) {

@@ -32,7 +32,7 @@ typedef struct {
     int32_t n_kv_heads;
     int32_t head_dim;
     int32_t block_size;  /* tokens per block; 0: 16 */
-    bt_type_t type;      /* BT_TYPE_F32 (default, 0) or BT_TYPE_F16 */
+    bt_type_t type;      /* BT_TYPE_F32 (default, 0), BT_TYPE_F16 or BT_TYPE_BF16 */
     size_t budget_bytes; /* memory for the pool; the block count is budget / bytes per block */
     int32_t n_blocks;    /* if > 0, exactly this many blocks (budget_bytes ignored) */
 } bt_kv_pool_params_t;

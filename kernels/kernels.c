@@ -18,11 +18,6 @@ typedef struct {
     bt_backend_create_fn create;
 } registry_entry_t;
 
-#ifdef BATON_HAVE_CUDA
-int bt_cuda_backend_create(const bt_backend_params_t *params, const bt_backend_ops_t **ops,
-                           void **ctx);
-#endif
-
 static const registry_entry_t registry[] = {
     {"cpu", bt_cpu_backend_create},
 #ifdef BATON_HAVE_CUDA
@@ -98,6 +93,11 @@ void bt_backend_destroy(bt_backend_t *be)
 const char *bt_backend_name(const bt_backend_t *be)
 {
     return be->ops->name;
+}
+
+int bt_backend_device_memory(const bt_backend_t *be)
+{
+    return be->ops->device_memory;
 }
 
 void *bt_backend_alloc(bt_backend_t *be, size_t size_bytes)

@@ -23,6 +23,10 @@
 
 #include "../common/status.h"
 
+#ifdef __cplusplus
+extern "C" { /* the CUDA backend's .cu files include this header */
+#endif
+
 /* Element types; the numeric ids are GGUF/ggml's, so tensor records map directly. */
 typedef enum {
     BT_TYPE_F32 = 0,
@@ -68,7 +72,7 @@ typedef struct {
  */
 typedef struct {
     void *data;
-    bt_type_t type;     /* BT_TYPE_F32 or BT_TYPE_F16 */
+    bt_type_t type;     /* BT_TYPE_F32, BT_TYPE_F16 or BT_TYPE_BF16 */
     int32_t block_size; /* tokens per block */
     int32_t n_kv_heads;
     int32_t head_dim;
@@ -94,6 +98,8 @@ typedef struct {
 
 typedef struct bt_backend_ops {
     const char *name;
+    int device_memory; /* 1: the backend's memory is not host-addressable, so weights and
+                        * tables must be uploaded (bt_backend_device_memory); 0: host memory */
     void (*destroy)(void *ctx);
 
     void *(*alloc)(void *ctx, size_t size_bytes); /* NULL on failure */
@@ -136,6 +142,9 @@ typedef struct bt_backend bt_backend_t;
 int bt_backend_create(const char *name, const bt_backend_params_t *params, bt_backend_t **out);
 void bt_backend_destroy(bt_backend_t *be);
 const char *bt_backend_name(const bt_backend_t *be);
+/* 1 if pointers given to this backend's ops must be its own allocations (a GPU's memory), 0 if
+ * host memory will do (weights can then stay where the model file was mapped). */
+int bt_backend_device_memory(const bt_backend_t *be);
 /* Comma-separated names of the backends built into this binary. */
 const char *bt_backend_list(void);
 
@@ -167,5 +176,12 @@ typedef int (*bt_backend_create_fn)(const bt_backend_params_t *params, const bt_
                                     void **ctx);
 int bt_cpu_backend_create(const bt_backend_params_t *params, const bt_backend_ops_t **ops,
                           void **ctx);
+/* Built only with CUDA (kernels/cuda); BT_ERR_UNSUPPORTED when no device is present. */
+int bt_cuda_backend_create(const bt_backend_params_t *params, const bt_backend_ops_t **ops,
+                           void **ctx);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

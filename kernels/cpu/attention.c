@@ -11,7 +11,7 @@
  * computed in a prefill or as a decode step.
  *
  * Work items are (row block, sequence, KV head): the query rows of a block and the heads that
- * share the KV head reuse one K/V tile, converted to f32 in per-thread scratch (F16 cache) or
+ * share the KV head reuse one K/V tile, converted to f32 in per-thread scratch (F16, BF16) or
  * read in place (F32 cache with head_dim a multiple of the vector width). Items of the last
  * row blocks, which see the longest contexts, are handed out first.
  */
@@ -44,6 +44,11 @@ static void store_row(void *dst, const float *src, int type, int64_t n)
     }
     uint16_t *h = dst;
     int64_t i = 0;
+    if (type == BT_TYPE_BF16) {
+        for (; i < n; i++)
+            h[i] = bt_f32_to_bf16(src[i]);
+        return;
+    }
     for (; i + BT_VW <= n; i += BT_VW)
         bt_vf_store_f16(h + i, bt_vf_load(src + i));
     for (; i < n; i++)
@@ -52,7 +57,7 @@ static void store_row(void *dst, const float *src, int type, int64_t n)
 
 static size_t kv_elem_size(const bt_kv_layer_t *kv)
 {
-    return kv->type == BT_TYPE_F16 ? 2 : 4;
+    return kv->type == BT_TYPE_F16 || kv->type == BT_TYPE_BF16 ? 2 : 4;
 }
 
 static void kv_store_task(void *arg, int64_t task, int thread)
@@ -80,7 +85,7 @@ void bt_cpu_kv_store(void *ctx, const bt_kv_layer_t *kv, const float *k, const f
                      const bt_attn_seq_t *seqs, int n_seqs)
 {
     bt_cpu_ctx_t *c = ctx;
-    assert(kv->type == BT_TYPE_F32 || kv->type == BT_TYPE_F16);
+    assert(kv->type == BT_TYPE_F32 || kv->type == BT_TYPE_F16 || kv->type == BT_TYPE_BF16);
     int64_t max_new = 0, total = 0;
     for (int i = 0; i < n_seqs; i++) {
         max_new = seqs[i].n_new > max_new ? seqs[i].n_new : max_new;
@@ -151,6 +156,12 @@ static void widen_row(float *dst, const void *src, int type, int hd, int hdp)
             bt_vf_store(dst + d, bt_vf_load_f16(h + d));
         for (; d < hd; d++)
             dst[d] = bt_fp16_to_f32(h[d]);
+    } else if (type == BT_TYPE_BF16) {
+        const uint16_t *h = src;
+        for (; d + BT_VW <= hd; d += BT_VW)
+            bt_vf_store(dst + d, bt_vf_load_bf16(h + d));
+        for (; d < hd; d++)
+            dst[d] = bt_bf16_to_f32(h[d]);
     } else {
         memcpy(dst, src, (size_t)hd * sizeof(float));
         d = hd;
@@ -175,7 +186,8 @@ static void attn_load_tile(const attn_job_t *jb, const bt_attn_seq_t *s, int kvh
                            int few_queries, attn_tile_t *tile, float *buf)
 {
     const int f16 = jb->kv->type == BT_TYPE_F16;
-    const int direct = jb->hd == jb->hdp && (!f16 || few_queries);
+    const int f32 = jb->kv->type == BT_TYPE_F32;
+    const int direct = jb->hd == jb->hdp && (f32 || (f16 && few_queries));
     tile->f16 = direct && f16;
     for (int j = 0; j < n; j++) {
         const void *kp = kv_pos_row(jb, s, t0 + j, kvh, 0);
@@ -366,7 +378,7 @@ void bt_cpu_attention(void *ctx, float *out, const float *q, const bt_kv_layer_t
                       const bt_attn_seq_t *seqs, int n_seqs, int n_heads, float scale)
 {
     bt_cpu_ctx_t *c = ctx;
-    assert(kv->type == BT_TYPE_F32 || kv->type == BT_TYPE_F16);
+    assert(kv->type == BT_TYPE_F32 || kv->type == BT_TYPE_F16 || kv->type == BT_TYPE_BF16);
     assert(kv->head_dim > 0 && kv->head_dim <= MAX_HDP);
     assert(n_heads % kv->n_kv_heads == 0);
     const int group = n_heads / kv->n_kv_heads;

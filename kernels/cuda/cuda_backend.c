@@ -1,0 +1,448 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cuda_backend.c - the "cuda" backend: create/destroy, device memory, the ops table, and the
+ * host-side halves of the ops (table staging, matmul dispatch between our GEMV kernels and
+ * cuBLAS).
+ *
+ * The one thing to know: everything runs in order on one stream, and everything an op needs
+ * beyond its arguments is allocated here at create time: pinned staging and device buffers for
+ * the host-side tables the ops table passes in (attention block tables, gather indices), the
+ * bf16 copy of matmul activations for cuBLAS, cuBLAS's workspace and the split-attention
+ * partials. Ops never allocate; a call larger than the scratch is done in pieces.
+ *
+ * Determinism: by default every matmul goes through the GEMV kernels, whose per-element
+ * reduction order does not depend on the batch, and attention is chunked by position only, so
+ * the kernels.h contract holds on this backend too (the CUDA results differ from the CPU
+ * backend's in the last bits: the reduction orders differ). With allow_nondeterministic,
+ * matmuls of more than gemv_max_m rows round the activations to bf16 (or fp16) and run in
+ * cuBLAS: much faster prefill, at bf16 precision and no batch invariance.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_impl.h"
+
+#define DEFAULT_MAX_ROWS 512
+#define DEFAULT_MAX_COLS 8192
+#define DEFAULT_GEMV_MAX_M 8
+#define BLAS_WS_BYTES ((size_t)32 << 20)
+#define ATTN_PART_BYTES ((size_t)64 << 20)
+#define SEQ_TABLE_BYTES ((size_t)4 << 20)
+#define MAX_GROUP_SEQS 65535 /* sequences per launch: the kernels' grid.y */
+
+void bt_cuda_check(int err, const char *what, const char *file, int line)
+{
+    if (err == cudaSuccess)
+        return;
+    fprintf(stderr, "%s:%d: %s: CUDA error %d: %s\n", file, line, what, err,
+            cudaGetErrorString((cudaError_t)err));
+    abort();
+}
+
+void bt_cublas_check(int status, const char *what, const char *file, int line)
+{
+    if (status == CUBLAS_STATUS_SUCCESS)
+        return;
+    fprintf(stderr, "%s:%d: %s: cuBLAS status %d\n", file, line, what, status);
+    abort();
+}
+
+/* ---- staging of small host tables ---- */
+
+static int stage_init(bt_cuda_stage_t *s, size_t cap)
+{
+    memset(s, 0, sizeof *s);
+    s->cap = cap;
+    if (cudaMallocHost(&s->host, cap) != cudaSuccess)
+        return BT_ERR_NOMEM;
+    if (cudaMalloc(&s->dev, cap) != cudaSuccess)
+        return BT_ERR_NOMEM;
+    if (cudaEventCreateWithFlags(&s->copied, cudaEventDisableTiming) != cudaSuccess)
+        return BT_ERR_INTERNAL;
+    return BT_OK;
+}
+
+static void stage_fini(bt_cuda_stage_t *s)
+{
+    if (s->copied)
+        cudaEventDestroy(s->copied);
+    cudaFree(s->dev);
+    cudaFreeHost(s->host);
+    memset(s, 0, sizeof *s);
+}
+
+/* Device copy of bytes of src, uploaded in stream order; free if it equals the last upload.
+ * The pinned buffer is rewritten only after the previous copy out of it has finished. */
+static const void *stage_put(bt_cuda_ctx_t *c, bt_cuda_stage_t *s, const void *src, size_t bytes)
+{
+    if (bytes > s->cap) {
+        fprintf(stderr, "cuda: table of %zu bytes exceeds its staging buffer (%zu)\n", bytes,
+                s->cap);
+        abort();
+    }
+    if (s->len == bytes && memcmp(s->host, src, bytes) == 0)
+        return s->dev;
+    if (s->len)
+        BT_CUDA_CHECK(cudaEventSynchronize(s->copied));
+    memcpy(s->host, src, bytes);
+    BT_CUDA_CHECK(cudaMemcpyAsync(s->dev, s->host, bytes, cudaMemcpyHostToDevice, c->stream));
+    BT_CUDA_CHECK(cudaEventRecord(s->copied, c->stream));
+    s->len = bytes;
+    return s->dev;
+}
+
+/* ---- memory ---- */
+
+static void cuda_destroy(void *ctx)
+{
+    bt_cuda_ctx_t *c = ctx;
+    if (!c)
+        return;
+    if (c->stream)
+        cudaStreamSynchronize(c->stream);
+    if (c->blas)
+        cublasDestroy(c->blas);
+    stage_fini(&c->seqs);
+    stage_fini(&c->rows);
+    cudaFree(c->blas_ws);
+    cudaFree(c->act16);
+    cudaFree(c->attn_part);
+    if (c->stream)
+        cudaStreamDestroy(c->stream);
+    free(c->pack);
+    free(c);
+}
+
+static void *cuda_alloc(void *ctx, size_t size_bytes)
+{
+    void *p = NULL;
+    if (cudaMalloc(&p, size_bytes ? size_bytes : 256) != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky-free error so later checks see only theirs */
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_free(void *ctx, void *ptr)
+{
+    bt_cuda_ctx_t *c = ctx;
+    /* cudaFree synchronizes the device, so no kernel still reads the memory. */
+    BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    BT_CUDA_CHECK(cudaFree(ptr));
+}
+
+/* Pageable sources are copied out before cudaMemcpyAsync returns, so src_host may be reused at
+ * once; the copy is ordered with the kernels on the stream. */
+static void cuda_upload(void *ctx, void *dst, const void *src_host, size_t size_bytes)
+{
+    bt_cuda_ctx_t *c = ctx;
+    BT_CUDA_CHECK(cudaMemcpyAsync(dst, src_host, size_bytes, cudaMemcpyHostToDevice, c->stream));
+}
+
+static void cuda_download(void *ctx, void *dst_host, const void *src, size_t size_bytes)
+{
+    bt_cuda_ctx_t *c = ctx;
+    BT_CUDA_CHECK(cudaMemcpyAsync(dst_host, src, size_bytes, cudaMemcpyDeviceToHost, c->stream));
+    BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+static void cuda_sync(void *ctx)
+{
+    bt_cuda_ctx_t *c = ctx;
+    BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+/* ---- matmul ---- */
+
+/* y = x . w^T through cuBLAS with bf16/fp16 activations (the weights' type), f32 accumulation
+ * and f32 output, in row chunks that fit the activation copy. */
+static void blas_gemm16(bt_cuda_ctx_t *c, float *y, const bt_tensor_t *w, const float *x, int64_t m)
+{
+    const cudaDataType_t dt = w->type == BT_TYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    const int64_t k = w->cols, n = w->rows;
+    int64_t chunk = (int64_t)(c->act16_elems / (size_t)k);
+    const float alpha = 1.0f, beta = 0.0f;
+    for (int64_t i0 = 0; i0 < m; i0 += chunk) {
+        int64_t mi = m - i0 < chunk ? m - i0 : chunk;
+        bt_cuda_convert_launch(c->stream, c->act16, w->type, x + i0 * k, mi * k);
+        /* Column-major view: y^T (n x mi) = W^T(op T of a k x n matrix) . x^T (k x mi). */
+        BT_CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)mi, (int)k,
+                                     &alpha, w->data, dt, (int)k, c->act16, dt, (int)k, &beta,
+                                     y + i0 * n, CUDA_R_32F, (int)n, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
+    }
+}
+
+static void blas_sgemm(bt_cuda_ctx_t *c, float *y, const bt_tensor_t *w, const float *x, int64_t m)
+{
+    const float alpha = 1.0f, beta = 0.0f;
+    const int n = (int)w->rows, k = (int)w->cols;
+    BT_CUBLAS_CHECK(cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, (int)m, k, &alpha, w->data, k,
+                                x, k, &beta, y, n));
+}
+
+static void cuda_matmul(void *ctx, float *y, const bt_tensor_t *w, const float *x, int64_t m)
+{
+    bt_cuda_ctx_t *c = ctx;
+    if (m <= 0 || w->rows <= 0)
+        return;
+    const int big = c->nondet && m > c->gemv_max_m && w->rows < INT32_MAX && w->cols < INT32_MAX &&
+                    m < INT32_MAX;
+    if (big && (w->type == BT_TYPE_BF16 || w->type == BT_TYPE_F16) &&
+        (size_t)w->cols <= c->act16_elems) {
+        blas_gemm16(c, y, w, x, m);
+        return;
+    }
+    if (big && w->type == BT_TYPE_F32) {
+        blas_sgemm(c, y, w, x, m);
+        return;
+    }
+    bt_cuda_gemv_launch(c->stream, y, w, x, m);
+}
+
+/* ---- element-wise ops: straight to their launchers ---- */
+
+static void cuda_get_rows(void *ctx, float *y, const bt_tensor_t *table, const int32_t *ids,
+                          int64_t m)
+{
+    bt_cuda_get_rows_launch(((bt_cuda_ctx_t *)ctx)->stream, y, table, ids, m);
+}
+
+static void cuda_rmsnorm(void *ctx, float *y, const float *x, const float *w, int64_t m, int64_t n,
+                         float eps)
+{
+    bt_cuda_rmsnorm_launch(((bt_cuda_ctx_t *)ctx)->stream, y, x, w, m, n, eps);
+}
+
+static void cuda_rope(void *ctx, float *x, const int32_t *pos, int64_t m, int n_heads, int head_dim,
+                      const float *inv_freq)
+{
+    bt_cuda_rope_launch(((bt_cuda_ctx_t *)ctx)->stream, x, pos, m, n_heads, head_dim, inv_freq);
+}
+
+static void cuda_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n)
+{
+    bt_cuda_swiglu_launch(((bt_cuda_ctx_t *)ctx)->stream, y, gate, up, n);
+}
+
+static void cuda_add(void *ctx, float *y, const float *x, int64_t n)
+{
+    bt_cuda_add_launch(((bt_cuda_ctx_t *)ctx)->stream, y, x, n);
+}
+
+static void cuda_gather_rows(void *ctx, float *y, const float *x, const int32_t *rows, int64_t m,
+                             int64_t n)
+{
+    bt_cuda_ctx_t *c = ctx;
+    const int64_t per = (int64_t)(c->rows.cap / sizeof(int32_t));
+    for (int64_t r0 = 0; r0 < m; r0 += per) {
+        int64_t mr = m - r0 < per ? m - r0 : per;
+        const int32_t *d = stage_put(c, &c->rows, rows + r0, (size_t)mr * sizeof(int32_t));
+        bt_cuda_gather_rows_launch(c->stream, y + r0 * n, x, d, mr, n);
+    }
+}
+
+/* ---- attention tables ---- */
+
+typedef struct {
+    const bt_cuda_seq_t *seqs; /* device */
+    const int32_t *blocks;     /* device */
+    int n_seqs;
+    int32_t max_new, max_len, n_rows;
+} seq_group_t;
+
+/* Packs sequences [s0, s1) into the staging format: the descriptors, then every block table
+ * (the blocks covering positions [0, n_past + n_new) of each). Returns the end index: the
+ * sequences that fit the staging buffer (at least one). */
+static int pack_group(bt_cuda_ctx_t *c, const bt_kv_layer_t *kv, const bt_attn_seq_t *seqs, int s0,
+                      int n_seqs, seq_group_t *g)
+{
+    const size_t cap = c->seqs.cap;
+    size_t n_blk = 0;
+    int s1 = s0;
+    for (; s1 < n_seqs; s1++) {
+        const bt_attn_seq_t *s = &seqs[s1];
+        size_t nb = (size_t)(s->n_past + s->n_new + kv->block_size - 1) / kv->block_size;
+        size_t need =
+            (size_t)(s1 + 1 - s0) * sizeof(bt_cuda_seq_t) + (n_blk + nb) * sizeof(int32_t);
+        if ((need > cap || s1 - s0 == MAX_GROUP_SEQS) && s1 > s0)
+            break;
+        n_blk += nb;
+    }
+    if ((size_t)(s1 - s0) * sizeof(bt_cuda_seq_t) + n_blk * sizeof(int32_t) > cap) {
+        fprintf(stderr, "cuda: one sequence's block table exceeds the staging buffer (%zu)\n", cap);
+        abort();
+    }
+    bt_cuda_seq_t *d = (bt_cuda_seq_t *)c->pack;
+    int32_t *ids = (int32_t *)(d + (s1 - s0));
+    int32_t off = 0;
+    g->max_new = g->max_len = g->n_rows = 0;
+    for (int i = s0; i < s1; i++) {
+        const bt_attn_seq_t *s = &seqs[i];
+        int32_t len = s->n_past + s->n_new;
+        int32_t nb = (len + kv->block_size - 1) / kv->block_size;
+        d[i - s0] =
+            (bt_cuda_seq_t){.row0 = s->row0, .n_new = s->n_new, .n_past = s->n_past, .blk = off};
+        memcpy(ids + off, s->blocks, (size_t)nb * sizeof(int32_t));
+        off += nb;
+        g->max_new = s->n_new > g->max_new ? s->n_new : g->max_new;
+        g->max_len = len > g->max_len ? len : g->max_len;
+        g->n_rows = s->row0 + s->n_new > g->n_rows ? s->row0 + s->n_new : g->n_rows;
+    }
+    size_t bytes = (size_t)(s1 - s0) * sizeof(bt_cuda_seq_t) + (size_t)off * sizeof(int32_t);
+    const uint8_t *dev = stage_put(c, &c->seqs, c->pack, bytes);
+    g->seqs = (const bt_cuda_seq_t *)dev;
+    g->blocks = (const int32_t *)(dev + (size_t)(s1 - s0) * sizeof(bt_cuda_seq_t));
+    g->n_seqs = s1 - s0;
+    return s1;
+}
+
+static void cuda_kv_store(void *ctx, const bt_kv_layer_t *kv, const float *k, const float *v,
+                          const bt_attn_seq_t *seqs, int n_seqs)
+{
+    bt_cuda_ctx_t *c = ctx;
+    for (int s0 = 0; s0 < n_seqs;) {
+        seq_group_t g;
+        s0 = pack_group(c, kv, seqs, s0, n_seqs, &g);
+        if (g.max_new > 0)
+            bt_cuda_kv_store_launch(c->stream, kv, k, v, g.seqs, g.blocks, g.n_seqs, g.max_new);
+    }
+}
+
+static void cuda_attention(void *ctx, float *out, const float *q, const bt_kv_layer_t *kv,
+                           const bt_attn_seq_t *seqs, int n_seqs, int n_heads, float scale)
+{
+    bt_cuda_ctx_t *c = ctx;
+    for (int s0 = 0; s0 < n_seqs;) {
+        seq_group_t g;
+        s0 = pack_group(c, kv, seqs, s0, n_seqs, &g);
+        if (g.max_new <= 0)
+            continue;
+        bt_cuda_attn_args_t a = {
+            .out = out,
+            .q = q,
+            .kv = kv,
+            .seqs = g.seqs,
+            .blocks = g.blocks,
+            .n_seqs = g.n_seqs,
+            .n_heads = n_heads,
+            .scale = scale,
+            .max_new = g.max_new,
+            .max_len = g.max_len,
+            .n_rows = g.n_rows,
+        };
+        bt_cuda_attention_launch(c->stream, &a, c->attn_part, c->attn_part_floats, c->n_sm);
+    }
+}
+
+static const bt_backend_ops_t cuda_ops = {
+    .name = "cuda",
+    .device_memory = 1,
+    .destroy = cuda_destroy,
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .sync = cuda_sync,
+    .matmul = cuda_matmul,
+    .get_rows = cuda_get_rows,
+    .rmsnorm = cuda_rmsnorm,
+    .rope = cuda_rope,
+    .swiglu = cuda_swiglu,
+    .add = cuda_add,
+    .gather_rows = cuda_gather_rows,
+    .kv_store = cuda_kv_store,
+    .attention = cuda_attention,
+};
+
+/* ---- create ---- */
+
+static int64_t env_int(const char *name, int64_t dflt)
+{
+    const char *s = getenv(name);
+    if (!s || !*s)
+        return dflt;
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    return *end || v < 0 ? dflt : (int64_t)v;
+}
+
+static int alloc_scratch(bt_cuda_ctx_t *c, const bt_backend_params_t *params)
+{
+    int64_t rows = params->max_rows > 0 ? params->max_rows : DEFAULT_MAX_ROWS;
+    int64_t cols = params->max_cols > 0 ? params->max_cols : DEFAULT_MAX_COLS;
+    c->act16_elems = (size_t)rows * (size_t)cols;
+    c->attn_part_floats = ATTN_PART_BYTES / sizeof(float);
+    c->blas_ws_bytes = BLAS_WS_BYTES;
+    if (cudaMalloc(&c->act16, c->act16_elems * 2) != cudaSuccess ||
+        cudaMalloc((void **)&c->attn_part, ATTN_PART_BYTES) != cudaSuccess ||
+        cudaMalloc(&c->blas_ws, c->blas_ws_bytes) != cudaSuccess)
+        return BT_ERR_NOMEM;
+    size_t seq_cap = SEQ_TABLE_BYTES + (size_t)rows * sizeof(bt_cuda_seq_t);
+    c->pack = malloc(seq_cap);
+    if (!c->pack)
+        return BT_ERR_NOMEM;
+    int st = stage_init(&c->seqs, seq_cap);
+    if (st == BT_OK)
+        st = stage_init(&c->rows, (size_t)rows * sizeof(int32_t));
+    return st;
+}
+
+static int blas_init(bt_cuda_ctx_t *c)
+{
+    if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS)
+        return BT_ERR_INTERNAL;
+    if (cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetWorkspace(c->blas, c->blas_ws, c->blas_ws_bytes) != CUBLAS_STATUS_SUCCESS)
+        return BT_ERR_INTERNAL;
+    return BT_OK;
+}
+
+int bt_cuda_backend_create(const bt_backend_params_t *params, const bt_backend_ops_t **ops,
+                           void **ctx)
+{
+    bt_backend_params_t defaults = {0};
+    if (!params)
+        params = &defaults;
+    if (params->max_rows < 0 || params->max_cols < 0)
+        return BT_ERR_INVAL;
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev <= 0) {
+        cudaGetLastError();
+        return BT_ERR_UNSUPPORTED;
+    }
+    if (params->device < 0 || params->device >= n_dev)
+        return BT_ERR_INVAL;
+    if (cudaSetDevice(params->device) != cudaSuccess)
+        return BT_ERR_UNSUPPORTED;
+    bt_cuda_ctx_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return BT_ERR_NOMEM;
+    c->device = params->device;
+    c->nondet = params->allow_nondeterministic;
+    c->gemv_max_m = env_int("BATON_CUDA_GEMV_MAX_M", DEFAULT_GEMV_MAX_M);
+    int st = BT_ERR_INTERNAL;
+    if (cudaDeviceGetAttribute(&c->n_sm, cudaDevAttrMultiProcessorCount, c->device) !=
+            cudaSuccess ||
+        cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking) != cudaSuccess)
+        goto err_ctx;
+    st = alloc_scratch(c, params);
+    if (st != BT_OK)
+        goto err_ctx;
+    st = blas_init(c);
+    if (st != BT_OK)
+        goto err_ctx;
+    st = bt_cuda_attention_init();
+    if (st != BT_OK)
+        goto err_ctx;
+    *ops = &cuda_ops;
+    *ctx = c;
+    return BT_OK;
+
+err_ctx:
+    fprintf(stderr, "cuda: backend setup on device %d failed: %s\n", params->device,
+            cudaGetErrorString(cudaGetLastError()));
+    cuda_destroy(c);
+    return st;
+}

@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cuda_impl.h - what the CUDA backend's files share: the backend context, the device layout of
+ * attention tables, and the launchers each .cu file implements. Plain C, so that the host side
+ * (cuda_backend.c) is compiled by the C compiler and only kernels go through nvcc.
+ *
+ * The one thing to know: every launcher takes the backend's one stream, sizes its own grid and
+ * checks the launch; all device memory a launcher touches beyond its arguments (block tables,
+ * bf16 activation copies, split attention partials) was allocated at create time and its size
+ * is in the context, so nothing allocates on the request path.
+ */
+#ifndef BATON_CUDA_IMPL_H
+#define BATON_CUDA_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "../kernels.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Aborts with file:line on a CUDA error. Used on the request path, where an error means a bad
+ * launch (a programmer error) or a lost device, neither of which an op can recover from. */
+#define BT_CUDA_CHECK(expr) bt_cuda_check((int)(expr), #expr, __FILE__, __LINE__)
+#define BT_CUBLAS_CHECK(expr) bt_cublas_check((int)(expr), #expr, __FILE__, __LINE__)
+void bt_cuda_check(int err, const char *what, const char *file, int line);
+void bt_cublas_check(int status, const char *what, const char *file, int line);
+
+/* Attention positions are visited in tiles of this many (one per lane), and each query's
+ * softmax state is built per chunk of BT_CUDA_ATTN_CHUNK positions and then merged chunk by
+ * chunk in order. Both numbers are constants, so a query's arithmetic depends only on its own
+ * position: split (parallel chunks + combine) and sequential launches give the same bits. */
+#define BT_CUDA_ATTN_TILE 32
+#define BT_CUDA_ATTN_CHUNK 256
+
+/* One sequence of an attention call as the kernels see it (bt_attn_seq_t with its block table
+ * moved into the packed device table: blocks are at table + blk). */
+typedef struct {
+    int32_t row0, n_new, n_past, blk;
+} bt_cuda_seq_t;
+
+/* A pinned host buffer and a device buffer of the same capacity for small per-call tables
+ * (block tables, gather indices). The last upload is remembered so that the same table sent
+ * again (every layer of a forward sends the same one) costs a host memcmp, not a copy. */
+typedef struct {
+    void *host;         /* pinned, cap bytes; holds what was last uploaded */
+    void *dev;          /* cap bytes */
+    size_t cap;         /* bytes */
+    size_t len;         /* bytes of the last upload; 0: none */
+    cudaEvent_t copied; /* recorded after the last upload; host may be rewritten once done */
+} bt_cuda_stage_t;
+
+typedef struct {
+    int device;
+    int nondet;         /* 1: cuBLAS for large matmuls (bf16 activations) */
+    int64_t gemv_max_m; /* with nondet, matmuls of more rows than this go to cuBLAS */
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *blas_ws; /* cuBLAS workspace, so cuBLAS never allocates after create */
+    size_t blas_ws_bytes;
+    void *act16; /* bf16/f16 copy of a matmul's activations, act16_elems elements */
+    size_t act16_elems;
+    float *attn_part; /* split attention partial states, attn_part_floats floats */
+    size_t attn_part_floats;
+    bt_cuda_stage_t seqs; /* bt_cuda_seq_t[n_seqs] then the block ids */
+    bt_cuda_stage_t rows; /* gather_rows indices */
+    uint8_t *pack;        /* host scratch of seqs.cap bytes to build a table before staging */
+    int n_sm;             /* streaming multiprocessors, for grid sizing */
+} bt_cuda_ctx_t;
+
+/* elementwise.cu */
+void bt_cuda_get_rows_launch(cudaStream_t st, float *y, const bt_tensor_t *table,
+                             const int32_t *ids, int64_t m);
+void bt_cuda_rmsnorm_launch(cudaStream_t st, float *y, const float *x, const float *w, int64_t m,
+                            int64_t n, float eps);
+void bt_cuda_rope_launch(cudaStream_t st, float *x, const int32_t *pos, int64_t m, int n_heads,
+                         int head_dim, const float *inv_freq);
+void bt_cuda_swiglu_launch(cudaStream_t st, float *y, const float *gate, const float *up,
+                           int64_t n);
+void bt_cuda_add_launch(cudaStream_t st, float *y, const float *x, int64_t n);
+/* rows is a device array of m indices. */
+void bt_cuda_gather_rows_launch(cudaStream_t st, float *y, const float *x, const int32_t *rows,
+                                int64_t m, int64_t n);
+/* dst[i] = x[i] rounded to nearest even, as bf16 (type BT_TYPE_BF16) or fp16 (BT_TYPE_F16). */
+void bt_cuda_convert_launch(cudaStream_t st, void *dst, int type, const float *x, int64_t n);
+
+/* matmul.cu: y[m][w->rows] = x . w^T with the batch-invariant GEMV kernels (any m). */
+void bt_cuda_gemv_launch(cudaStream_t st, float *y, const bt_tensor_t *w, const float *x,
+                         int64_t m);
+
+/* attention.cu. seqs and blocks are device tables; max_new is the largest n_new of the call. */
+void bt_cuda_kv_store_launch(cudaStream_t st, const bt_kv_layer_t *kv, const float *k,
+                             const float *v, const bt_cuda_seq_t *seqs, const int32_t *blocks,
+                             int n_seqs, int32_t max_new);
+typedef struct {
+    float *out;
+    const float *q;
+    const bt_kv_layer_t *kv;
+    const bt_cuda_seq_t *seqs; /* device */
+    const int32_t *blocks;     /* device */
+    int n_seqs;
+    int n_heads;
+    float scale;
+    int32_t max_new; /* largest n_new */
+    int32_t max_len; /* largest n_past + n_new */
+    int32_t n_rows;  /* rows of q/out covered by the call (max of row0 + n_new) */
+} bt_cuda_attn_args_t;
+/* Chooses split or sequential chunks (same bits either way); part is the split scratch. */
+void bt_cuda_attention_launch(cudaStream_t st, const bt_cuda_attn_args_t *a, float *part,
+                              size_t part_floats, int n_sm);
+/* Bytes of dynamic shared memory the attention kernel needs for head_dim; 0 if unsupported. */
+size_t bt_cuda_attention_smem_bytes(int head_dim);
+/* Raises the kernels' shared memory limit for head dims up to BT_MAX_HEAD_DIM (create time). */
+int bt_cuda_attention_init(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,226 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * elementwise.cu - the row-wise and element-wise ops on the GPU: get_rows, rmsnorm, rope,
+ * swiglu, add, gather_rows, and the f32 -> bf16/fp16 conversion feeding cuBLAS.
+ *
+ * The one thing to know: each result depends only on its own row or element. rmsnorm's sum of
+ * squares runs in a fixed order (per-thread strided sums, then a fixed shuffle tree over a
+ * fixed block size), never with atomics, so a row gives the same bits wherever it sits in the
+ * batch. Conversions round to nearest even, like fp16.h on the host.
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda_impl.h"
+
+#define THREADS 256
+#define MAX_GRID 65535
+
+static int grid_for(int64_t n)
+{
+    int64_t g = (n + THREADS - 1) / THREADS;
+    return (int)(g < 1 ? 1 : g > MAX_GRID ? MAX_GRID : g);
+}
+
+static __device__ __forceinline__ float f16_to_f32(uint16_t h)
+{
+    return __half2float(__ushort_as_half(h));
+}
+
+static __device__ __forceinline__ float bf16_to_f32(uint16_t h)
+{
+    return __uint_as_float((uint32_t)h << 16);
+}
+
+/* ---- get_rows ---- */
+
+static __device__ __forceinline__ float table_elem(int type, const uint8_t *row, int64_t i)
+{
+    switch (type) {
+    case BT_TYPE_F32: return ((const float *)row)[i];
+    case BT_TYPE_F16: return f16_to_f32(((const uint16_t *)row)[i]);
+    case BT_TYPE_BF16: return bf16_to_f32(((const uint16_t *)row)[i]);
+    default: {
+        const bt_block_q8_0_t *b = (const bt_block_q8_0_t *)row + i / BT_QK8_0;
+        return __fmul_rn(f16_to_f32(b->d), (float)b->qs[i % BT_QK8_0]);
+    }
+    }
+}
+
+static __global__ void get_rows_kernel(float *y, const uint8_t *table, int type, size_t row_bytes,
+                                       const int32_t *ids, int64_t m, int64_t n)
+{
+    for (int64_t r = blockIdx.x; r < m; r += gridDim.x) {
+        const uint8_t *src = table + (size_t)ids[r] * row_bytes;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+            y[r * n + i] = table_elem(type, src, i);
+    }
+}
+
+extern "C" void bt_cuda_get_rows_launch(cudaStream_t st, float *y, const bt_tensor_t *table,
+                                        const int32_t *ids, int64_t m)
+{
+    if (m <= 0)
+        return;
+    int grid = (int)(m < MAX_GRID ? m : MAX_GRID);
+    get_rows_kernel<<<grid, THREADS, 0, st>>>(y, (const uint8_t *)table->data, table->type,
+                                              bt_type_row_bytes(table->type, table->cols), ids, m,
+                                              table->cols);
+    BT_CUDA_CHECK(cudaGetLastError());
+}
+
+/* ---- rmsnorm ---- */
+
+/* Sum over the block of one value per thread, in a fixed order; every thread gets the sum. */
+static __device__ float block_sum(float v, float *red)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0)
+        red[warp] = v;
+    __syncthreads();
+    v = lane < (int)(blockDim.x / 32) ? red[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1)
+        v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads(); /* red may be reused by the caller's next call */
+    return v;
+}
+
+static __global__ void rmsnorm_kernel(float *y, const float *x, const float *w, int64_t m,
+                                      int64_t n, float eps)
+{
+    __shared__ float red[32];
+    for (int64_t r = blockIdx.x; r < m; r += gridDim.x) {
+        const float *xr = x + r * n;
+        float acc = 0.0f;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+            acc = __fmaf_rn(xr[i], xr[i], acc);
+        const float ss = block_sum(acc, red);
+        const float scale = __fdiv_rn(1.0f, sqrtf(__fadd_rn(__fdiv_rn(ss, (float)n), eps)));
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+            y[r * n + i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+    }
+}
+
+extern "C" void bt_cuda_rmsnorm_launch(cudaStream_t st, float *y, const float *x, const float *w,
+                                       int64_t m, int64_t n, float eps)
+{
+    if (m <= 0)
+        return;
+    int grid = (int)(m < MAX_GRID ? m : MAX_GRID);
+    rmsnorm_kernel<<<grid, THREADS, 0, st>>>(y, x, w, m, n, eps);
+    BT_CUDA_CHECK(cudaGetLastError());
+}
+
+/* ---- rope ---- */
+
+static __global__ void rope_kernel(float *x, const int32_t *pos, int64_t m, int n_heads,
+                                   int head_dim, const float *inv_freq)
+{
+    const int half = head_dim / 2;
+    const int64_t total = m * n_heads * half;
+    for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total;
+         t += (int64_t)gridDim.x * blockDim.x) {
+        const int i = (int)(t % half);
+        const int64_t rh = t / half; /* row * n_heads + head */
+        const int64_t r = rh / n_heads;
+        float sn, cs;
+        sincosf(__fmul_rn((float)pos[r], inv_freq[i]), &sn, &cs);
+        float *p = x + rh * head_dim + 2 * i;
+        const float x0 = p[0], x1 = p[1];
+        p[0] = __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
+        p[1] = __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, cs));
+    }
+}
+
+extern "C" void bt_cuda_rope_launch(cudaStream_t st, float *x, const int32_t *pos, int64_t m,
+                                    int n_heads, int head_dim, const float *inv_freq)
+{
+    const int64_t total = m * n_heads * (head_dim / 2);
+    if (total <= 0)
+        return;
+    rope_kernel<<<grid_for(total), THREADS, 0, st>>>(x, pos, m, n_heads, head_dim, inv_freq);
+    BT_CUDA_CHECK(cudaGetLastError());
+}
+
+/* ---- swiglu, add ---- */
+
+static __global__ void swiglu_kernel(float *y, const float *gate, const float *up, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const float g = gate[i];
+        const float s = __fdiv_rn(g, __fadd_rn(1.0f, expf(-g)));
+        y[i] = __fmul_rn(s, up[i]);
+    }
+}
+
+extern "C" void bt_cuda_swiglu_launch(cudaStream_t st, float *y, const float *gate, const float *up,
+                                      int64_t n)
+{
+    if (n <= 0)
+        return;
+    swiglu_kernel<<<grid_for(n), THREADS, 0, st>>>(y, gate, up, n);
+    BT_CUDA_CHECK(cudaGetLastError());
+}
+
+static __global__ void add_kernel(float *y, const float *x, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = __fadd_rn(y[i], x[i]);
+}
+
+extern "C" void bt_cuda_add_launch(cudaStream_t st, float *y, const float *x, int64_t n)
+{
+    if (n <= 0)
+        return;
+    add_kernel<<<grid_for(n), THREADS, 0, st>>>(y, x, n);
+    BT_CUDA_CHECK(cudaGetLastError());
+}
+
+/* ---- gather_rows ---- */
+
+/* y and x must not overlap (rows are copied in parallel). */
+static __global__ void gather_kernel(float *y, const float *x, const int32_t *rows, int64_t m,
+                                     int64_t n)
+{
+    for (int64_t r = blockIdx.x; r < m; r += gridDim.x) {
+        const float *src = x + (int64_t)rows[r] * n;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+            y[r * n + i] = src[i];
+    }
+}
+
+extern "C" void bt_cuda_gather_rows_launch(cudaStream_t st, float *y, const float *x,
+                                           const int32_t *rows, int64_t m, int64_t n)
+{
+    if (m <= 0)
+        return;
+    int grid = (int)(m < MAX_GRID ? m : MAX_GRID);
+    gather_kernel<<<grid, THREADS, 0, st>>>(y, x, rows, m, n);
+    BT_CUDA_CHECK(cudaGetLastError());
+}
+
+/* ---- f32 -> bf16 / fp16 ---- */
+
+static __global__ void convert_kernel(void *dst, int type, const float *x, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        if (type == BT_TYPE_BF16)
+            ((__nv_bfloat16 *)dst)[i] = __float2bfloat16_rn(x[i]);
+        else
+            ((__half *)dst)[i] = __float2half_rn(x[i]);
+    }
+}
+
+extern "C" void bt_cuda_convert_launch(cudaStream_t st, void *dst, int type, const float *x,
+                                       int64_t n)
+{
+    if (n <= 0)
+        return;
+    convert_kernel<<<grid_for(n), THREADS, 0, st>>>(dst, type, x, n);
+    BT_CUDA_CHECK(cudaGetLastError());
+}
