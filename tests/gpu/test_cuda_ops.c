@@ -1,0 +1,508 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_cuda_ops.c - every op of the "cuda" backend against the CPU backend on fresh random
+ * inputs: matmul for F32, F16, BF16 and Q8_0 weights (16-byte and scalar paths, 1 to 64 rows,
+ * deterministic GEMV and cuBLAS), get_rows, rmsnorm, rope, swiglu, add, gather_rows, kv_store
+ * (byte-exact caches in F32, F16 and BF16) and paged GQA attention over many sequences with
+ * scattered block tables and contexts long enough to split. Errors are normalised by the
+ * largest reference value. The determinism contract is checked bit for bit on the device: a
+ * matmul row alone equals its row in a batch, and a decode row equals the same row inside a
+ * batch that takes the other attention launch shape.
+ *
+ * Skipped (exit 77) where no CUDA device is present or the backend is not built.
+ */
+// ctest-labels: gpu
+#include "../support/testutil.h" /* relative: works whatever the include path */
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/fp16.h"
+#include "kernels/kernels.h"
+
+#define MAX_ROWS 1024
+#define MAX_COLS 4096
+#define TOL_F32 1e-4  /* both sides f32 products of the same exact values */
+#define TOL_BF16 2e-2 /* activations rounded to bf16 (cuBLAS path) or to int8 (CPU Q8_0) */
+
+static bt_backend_t *cpu, *gpu, *gpu_nd;
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint32_t rnd_u32(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 16);
+}
+
+static float rnd_f(void)
+{
+    return (float)(rnd_u32() % 2000001) / 1000000.0f - 1.0f;
+}
+
+static float *rnd_vec(size_t n)
+{
+    float *v = malloc(n * sizeof *v);
+    assert_non_null(v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = rnd_f();
+    return v;
+}
+
+static void *to_dev(bt_backend_t *be, const void *host, size_t bytes)
+{
+    void *d = bt_backend_alloc(be, bytes);
+    assert_non_null(d);
+    bt_backend_upload(be, d, host, bytes);
+    return d;
+}
+
+static float *from_dev(bt_backend_t *be, const void *dev, size_t n)
+{
+    float *h = malloc(n * sizeof *h);
+    assert_non_null(h);
+    bt_backend_download(be, h, dev, n * sizeof *h);
+    return h;
+}
+
+/* max |a - b| / max |b|. */
+static double nerr(const float *a, const float *b, size_t n)
+{
+    double e = 0, r = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        e = d > e || isnan(d) ? d : e;
+        r = fabs(b[i]) > r ? fabs(b[i]) : r;
+    }
+    return e / r;
+}
+
+static void expect_close(const char *what, const float *got, const float *ref, size_t n, double tol)
+{
+    double e = nerr(got, ref, n);
+    if (!(e <= tol)) {
+        fprintf(stderr, "%s: normalised error %.3g > %.3g\n", what, e, tol);
+        fail();
+    }
+}
+
+/* Weights of type from f32 values (Q8_0: amax / 127 scales, rounded to nearest). */
+static void *make_weights(int type, const float *w, int64_t rows, int64_t cols)
+{
+    size_t rb = bt_type_row_bytes(type, cols);
+    uint8_t *out = malloc(rb * (size_t)rows);
+    assert_non_null(out);
+    for (int64_t r = 0; r < rows; r++) {
+        const float *src = w + r * cols;
+        uint8_t *dst = out + (size_t)r * rb;
+        for (int64_t c = 0; c < cols; c++) {
+            if (type == BT_TYPE_F32)
+                ((float *)dst)[c] = src[c];
+            else if (type == BT_TYPE_F16)
+                ((uint16_t *)dst)[c] = bt_f32_to_fp16(src[c]);
+            else if (type == BT_TYPE_BF16)
+                ((uint16_t *)dst)[c] = bt_f32_to_bf16(src[c]);
+        }
+        if (type != BT_TYPE_Q8_0)
+            continue;
+        for (int64_t b = 0; b < cols / BT_QK8_0; b++) {
+            bt_block_q8_0_t *blk = (bt_block_q8_0_t *)dst + b;
+            float amax = 0;
+            for (int l = 0; l < BT_QK8_0; l++)
+                amax = fmaxf(amax, fabsf(src[b * BT_QK8_0 + l]));
+            float d = amax / 127.0f;
+            blk->d = bt_f32_to_fp16(d);
+            float id = d > 0 ? 1.0f / d : 0.0f;
+            for (int l = 0; l < BT_QK8_0; l++)
+                blk->qs[l] = (int8_t)lrintf(src[b * BT_QK8_0 + l] * id);
+        }
+    }
+    return out;
+}
+
+/* ---- matmul ---- */
+
+static void check_matmul(int type, int64_t n, int64_t k, int64_t m, int nondet)
+{
+    float *wf = rnd_vec((size_t)n * k), *x = rnd_vec((size_t)m * k);
+    void *wh = make_weights(type, wf, n, k);
+    size_t wbytes = bt_type_row_bytes(type, k) * (size_t)n;
+    bt_backend_t *g = nondet ? gpu_nd : gpu;
+    bt_tensor_t wc = {.type = type, .rows = n, .cols = k, .data = wh};
+    bt_tensor_t wg = wc;
+    wg.data = to_dev(g, wh, wbytes);
+    float *xg = to_dev(g, x, (size_t)m * k * 4);
+    float *yg = bt_backend_alloc(g, (size_t)m * n * 4);
+    float *yc = malloc((size_t)m * n * 4);
+    bt_matmul(cpu, yc, &wc, x, m);
+    bt_matmul(g, yg, &wg, xg, m);
+    float *y = from_dev(g, yg, (size_t)m * n);
+    char what[96];
+    snprintf(what, sizeof what, "matmul %s n=%ld k=%ld m=%ld%s", bt_type_name(type), (long)n,
+             (long)k, (long)m, nondet ? " (cuBLAS allowed)" : "");
+    int lossy = type == BT_TYPE_Q8_0 || (nondet && m > 8 && type != BT_TYPE_F32);
+    expect_close(what, y, yc, (size_t)m * n, lossy ? TOL_BF16 : TOL_F32);
+    free(y);
+    free(yc);
+    bt_backend_free(g, yg);
+    bt_backend_free(g, xg);
+    bt_backend_free(g, (void *)wg.data);
+    free(wh);
+    free(x);
+    free(wf);
+}
+
+static void test_cuda_matmul_types_and_shapes(void **state)
+{
+    static const int types[] = {BT_TYPE_F32, BT_TYPE_F16, BT_TYPE_BF16, BT_TYPE_Q8_0};
+    static const int64_t ms[] = {1, 3, 8, 17, 64};
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++)
+        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+            check_matmul(types[t], 300, 2048, ms[i], 0);
+            check_matmul(types[t], 77, 96, ms[i], 1);
+            if (types[t] != BT_TYPE_Q8_0) /* k = 100: the scalar path */
+                check_matmul(types[t], 45, 100, ms[i], 0);
+        }
+}
+
+/* Row i of a 37-row matmul equals the same row computed alone, bit for bit. */
+static void test_cuda_matmul_batch_invariant(void **state)
+{
+    const int64_t n = 256, k = 1024, m = 37;
+    float *wf = rnd_vec((size_t)n * k), *x = rnd_vec((size_t)m * k);
+    void *wh = make_weights(BT_TYPE_BF16, wf, n, k);
+    bt_tensor_t w = {.type = BT_TYPE_BF16, .rows = n, .cols = k};
+    w.data = to_dev(gpu, wh, bt_type_row_bytes(BT_TYPE_BF16, k) * n);
+    float *xg = to_dev(gpu, x, (size_t)m * k * 4);
+    float *yg = bt_backend_alloc(gpu, (size_t)m * n * 4);
+    bt_matmul(gpu, yg, &w, xg, m);
+    float *all = from_dev(gpu, yg, (size_t)m * n);
+    for (int64_t i = 0; i < m; i += 5) {
+        bt_matmul(gpu, yg, &w, xg + i * k, 1);
+        float *one = from_dev(gpu, yg, (size_t)n);
+        assert_memory_equal(one, all + i * n, (size_t)n * 4);
+        free(one);
+    }
+    free(all);
+    bt_backend_free(gpu, yg);
+    bt_backend_free(gpu, xg);
+    bt_backend_free(gpu, (void *)w.data);
+    free(wh);
+    free(x);
+    free(wf);
+}
+
+/* ---- element-wise ---- */
+
+static void test_cuda_get_rows_all_types(void **state)
+{
+    static const int types[] = {BT_TYPE_F32, BT_TYPE_F16, BT_TYPE_BF16, BT_TYPE_Q8_0};
+    const int64_t rows = 500, cols = 192, m = 33;
+    int32_t ids[33];
+    for (int i = 0; i < m; i++)
+        ids[i] = (int32_t)(rnd_u32() % rows);
+    float *tf = rnd_vec((size_t)rows * cols);
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        void *th = make_weights(types[t], tf, rows, cols);
+        bt_tensor_t tc = {.type = types[t], .rows = rows, .cols = cols, .data = th}, tg = tc;
+        tg.data = to_dev(gpu, th, bt_type_row_bytes(types[t], cols) * rows);
+        int32_t *idg = to_dev(gpu, ids, sizeof ids);
+        float *yg = bt_backend_alloc(gpu, (size_t)m * cols * 4), *yc = malloc(m * cols * 4);
+        bt_get_rows(cpu, yc, &tc, ids, m);
+        bt_get_rows(gpu, yg, &tg, idg, m);
+        float *y = from_dev(gpu, yg, (size_t)m * cols);
+        assert_memory_equal(y, yc, (size_t)m * cols * 4); /* exact widening both sides */
+        free(y);
+        free(yc);
+        bt_backend_free(gpu, yg);
+        bt_backend_free(gpu, idg);
+        bt_backend_free(gpu, (void *)tg.data);
+        free(th);
+    }
+    free(tf);
+}
+
+static void test_cuda_rmsnorm_rope_swiglu_add(void **state)
+{
+    const int64_t m = 19, n_heads = 6, hd = 64, n = n_heads * hd;
+    float *x = rnd_vec(m * n), *w = rnd_vec(n), *u = rnd_vec(m * n), *inv = rnd_vec(hd / 2);
+    int32_t pos[19];
+    for (int i = 0; i < m; i++)
+        pos[i] = (int32_t)(rnd_u32() % 8192);
+    for (int i = 0; i < hd / 2; i++)
+        inv[i] = powf(500000.0f, -2.0f * i / hd);
+    float *xg = to_dev(gpu, x, m * n * 4), *wg = to_dev(gpu, w, n * 4);
+    float *ug = to_dev(gpu, u, m * n * 4), *ig = to_dev(gpu, inv, hd / 2 * 4);
+    int32_t *pg = to_dev(gpu, pos, sizeof pos);
+    float *yc = malloc(m * n * 4);
+
+    bt_rmsnorm(cpu, yc, x, w, m, n, 1e-5f);
+    float *yg = bt_backend_alloc(gpu, m * n * 4);
+    bt_rmsnorm(gpu, yg, xg, wg, m, n, 1e-5f);
+    float *y = from_dev(gpu, yg, m * n);
+    expect_close("rmsnorm", y, yc, m * n, 1e-5);
+    free(y);
+
+    memcpy(yc, x, m * n * 4);
+    bt_rope(cpu, yc, pos, m, n_heads, hd, inv);
+    bt_backend_upload(gpu, yg, x, m * n * 4);
+    bt_rope(gpu, yg, pg, m, n_heads, hd, ig);
+    y = from_dev(gpu, yg, m * n);
+    expect_close("rope", y, yc, m * n, 1e-5);
+    free(y);
+
+    bt_swiglu(cpu, yc, x, u, m * n);
+    bt_swiglu(gpu, yg, xg, ug, m * n);
+    y = from_dev(gpu, yg, m * n);
+    expect_close("swiglu", y, yc, m * n, 1e-5);
+    free(y);
+
+    memcpy(yc, x, m * n * 4);
+    bt_add(cpu, yc, u, m * n);
+    bt_add(gpu, xg, ug, m * n);
+    y = from_dev(gpu, xg, m * n);
+    assert_memory_equal(y, yc, m * n * 4);
+    free(y);
+
+    int32_t rows[5] = {18, 0, 7, 7, 3};
+    bt_gather_rows(cpu, yc, u, rows, 5, n);
+    bt_gather_rows(gpu, yg, ug, rows, 5, n);
+    y = from_dev(gpu, yg, 5 * n);
+    assert_memory_equal(y, yc, 5 * n * 4);
+    free(y);
+
+    void *bufs[] = {xg, wg, ug, ig, pg, yg};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        bt_backend_free(gpu, bufs[i]);
+    free(yc);
+    free(x);
+    free(w);
+    free(u);
+    free(inv);
+}
+
+/* ---- kv_store and attention ---- */
+
+#define N_BLOCKS 512
+#define MAX_SEQS 8
+
+typedef struct {
+    int type, n_kv, hd, n_heads, block_size, n_seqs;
+    int32_t n_past[MAX_SEQS], n_new[MAX_SEQS];
+} attn_case_t;
+
+typedef struct {
+    bt_attn_seq_t seqs[MAX_SEQS];
+    int32_t *tables[MAX_SEQS];
+    int32_t rows;
+} attn_batch_t;
+
+/* Block tables drawn from a shuffled pool so that runs are scattered. */
+static void batch_init(attn_batch_t *b, const attn_case_t *c)
+{
+    int32_t perm[N_BLOCKS], used = 0;
+    for (int i = 0; i < N_BLOCKS; i++)
+        perm[i] = i;
+    for (int i = N_BLOCKS - 1; i > 0; i--) {
+        int j = (int)(rnd_u32() % (uint32_t)(i + 1)), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    b->rows = 0;
+    for (int s = 0; s < c->n_seqs; s++) {
+        int32_t len = c->n_past[s] + c->n_new[s];
+        int32_t nb = (len + c->block_size - 1) / c->block_size;
+        assert_true(used + nb <= N_BLOCKS);
+        b->tables[s] = malloc((size_t)nb * sizeof(int32_t));
+        memcpy(b->tables[s], perm + used, (size_t)nb * sizeof(int32_t));
+        used += nb;
+        b->seqs[s] = (bt_attn_seq_t){
+            .row0 = b->rows, .n_new = c->n_new[s], .n_past = c->n_past[s], .blocks = b->tables[s]};
+        b->rows += c->n_new[s];
+    }
+}
+
+static void batch_fini(attn_batch_t *b, int n)
+{
+    for (int s = 0; s < n; s++)
+        free(b->tables[s]);
+}
+
+/* Fills every sequence's past positions by kv_store calls of the past rows (on both sides),
+ * then stores the new rows and runs attention; compares caches bytes and outputs. */
+static void check_attention(const attn_case_t *c)
+{
+    attn_batch_t b;
+    batch_init(&b, c);
+    const size_t es = c->type == BT_TYPE_F32 ? 4 : 2;
+    const size_t kvrow = (size_t)c->n_kv * c->hd, qrow = (size_t)c->n_heads * c->hd;
+    const size_t block_bytes = 2 * (size_t)c->block_size * kvrow * es;
+    const size_t pool = block_bytes * N_BLOCKS;
+    bt_kv_layer_t kc = {.type = c->type,
+                        .block_size = c->block_size,
+                        .n_kv_heads = c->n_kv,
+                        .head_dim = c->hd,
+                        .block_bytes = block_bytes};
+    bt_kv_layer_t kg = kc;
+    kc.data = calloc(1, pool);
+    void *zero = calloc(1, pool);
+    kg.data = to_dev(gpu, zero, pool);
+
+    /* Past rows: one kv_store per sequence of its n_past rows (as a prefill would). */
+    int32_t max_past = 0;
+    for (int s = 0; s < c->n_seqs; s++)
+        max_past = c->n_past[s] > max_past ? c->n_past[s] : max_past;
+    float *pk = rnd_vec(max_past * kvrow + 1), *pv = rnd_vec(max_past * kvrow + 1);
+    float *pkg = to_dev(gpu, pk, (max_past * kvrow + 1) * 4);
+    float *pvg = to_dev(gpu, pv, (max_past * kvrow + 1) * 4);
+    for (int s = 0; s < c->n_seqs; s++) {
+        if (!c->n_past[s])
+            continue;
+        bt_attn_seq_t ps = {.row0 = 0, .n_new = c->n_past[s], .n_past = 0, .blocks = b.tables[s]};
+        bt_kv_store(cpu, &kc, pk, pv, &ps, 1);
+        bt_kv_store(gpu, &kg, pkg, pvg, &ps, 1);
+    }
+    float *k = rnd_vec(b.rows * kvrow), *v = rnd_vec(b.rows * kvrow), *q = rnd_vec(b.rows * qrow);
+    float *kgd = to_dev(gpu, k, b.rows * kvrow * 4), *vgd = to_dev(gpu, v, b.rows * kvrow * 4);
+    float *qg = to_dev(gpu, q, b.rows * qrow * 4);
+    bt_kv_store(cpu, &kc, k, v, b.seqs, c->n_seqs);
+    bt_kv_store(gpu, &kg, kgd, vgd, b.seqs, c->n_seqs);
+    uint8_t *cache = malloc(pool);
+    bt_backend_download(gpu, cache, kg.data, pool);
+    assert_memory_equal(cache, kc.data, pool);
+
+    float scale = 1.0f / sqrtf((float)c->hd);
+    float *oc = malloc(b.rows * qrow * 4), *og = bt_backend_alloc(gpu, b.rows * qrow * 4);
+    bt_attention(cpu, oc, q, &kc, b.seqs, c->n_seqs, c->n_heads, scale);
+    bt_attention(gpu, og, qg, &kg, b.seqs, c->n_seqs, c->n_heads, scale);
+    float *o = from_dev(gpu, og, b.rows * qrow);
+    char what[64];
+    snprintf(what, sizeof what, "attention %s hd=%d group=%d", bt_type_name(c->type), c->hd,
+             c->n_heads / c->n_kv);
+    expect_close(what, o, oc, b.rows * qrow, TOL_F32);
+
+    free(o);
+    free(oc);
+    free(cache);
+    void *bufs[] = {og, qg, kgd, vgd, pkg, pvg, kg.data};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        bt_backend_free(gpu, bufs[i]);
+    free(q);
+    free(k);
+    free(v);
+    free(pk);
+    free(pv);
+    free(zero);
+    free(kc.data);
+    batch_fini(&b, c->n_seqs);
+}
+
+static void test_cuda_attention_against_cpu(void **state)
+{
+    static const int types[] = {BT_TYPE_F32, BT_TYPE_F16, BT_TYPE_BF16};
+    for (size_t t = 0; t < 3; t++) {
+        /* Decode rows over short and long (split) contexts, plus prefills, GQA group 4. */
+        attn_case_t a = {.type = types[t],
+                         .n_kv = 2,
+                         .hd = 64,
+                         .n_heads = 8,
+                         .block_size = 16,
+                         .n_seqs = 5,
+                         .n_past = {0, 700, 31, 0, 1200},
+                         .n_new = {37, 1, 1, 1, 20}};
+        check_attention(&a);
+        /* head_dim not a multiple of 32, MHA, odd block size. */
+        attn_case_t b = {.type = types[t],
+                         .n_kv = 3,
+                         .hd = 80,
+                         .n_heads = 3,
+                         .block_size = 7,
+                         .n_seqs = 3,
+                         .n_past = {5, 300, 0},
+                         .n_new = {1, 2, 90}};
+        check_attention(&b);
+    }
+}
+
+/* One decode row over 1000 cached positions: alone (split chunks) and inside a batch with a
+ * 600-row prefill (sequential chunks, wide blocks). The outputs must agree bit for bit. */
+static void test_cuda_attention_launch_shapes_agree(void **state)
+{
+    const int n_kv = 2, hd = 64, n_heads = 8, bs = 16;
+    const size_t kvrow = n_kv * hd, qrow = n_heads * hd;
+    const size_t block_bytes = 2 * (size_t)bs * kvrow * 2, pool = block_bytes * N_BLOCKS;
+    bt_kv_layer_t kv = {.type = BT_TYPE_BF16,
+                        .block_size = bs,
+                        .n_kv_heads = n_kv,
+                        .head_dim = hd,
+                        .block_bytes = block_bytes};
+    void *zero = calloc(1, pool);
+    kv.data = to_dev(gpu, zero, pool);
+    int32_t t0[63], t1[38];
+    for (int i = 0; i < 63; i++)
+        t0[i] = 100 + i;
+    for (int i = 0; i < 38; i++)
+        t1[i] = 300 + i;
+    const int rows = 1000 + 601;
+    float *k = rnd_vec(rows * kvrow), *v = rnd_vec(rows * kvrow), *q = rnd_vec(rows * qrow);
+    float *kg = to_dev(gpu, k, rows * kvrow * 4), *vg = to_dev(gpu, v, rows * kvrow * 4);
+    float *qg = to_dev(gpu, q, rows * qrow * 4), *og = bt_backend_alloc(gpu, rows * qrow * 4);
+    bt_attn_seq_t fill[2] = {{.row0 = 0, .n_new = 1000, .n_past = 0, .blocks = t0},
+                             {.row0 = 1000, .n_new = 600, .n_past = 0, .blocks = t1}};
+    bt_kv_store(gpu, &kv, kg, vg, fill, 2);
+    /* The decode row is row 1600 of q and k/v. */
+    bt_attn_seq_t dec = {.row0 = 1600, .n_new = 1, .n_past = 1000, .blocks = t0};
+    bt_kv_store(gpu, &kv, kg, vg, &dec, 1);
+    float scale = 0.125f;
+    bt_attention(gpu, og, qg, &kv, &dec, 1, n_heads, scale);
+    float *alone = from_dev(gpu, og + 1600 * qrow, qrow);
+    bt_attn_seq_t both[2] = {{.row0 = 1000, .n_new = 600, .n_past = 0, .blocks = t1}, dec};
+    bt_attention(gpu, og, qg, &kv, both, 2, n_heads, scale);
+    float *batched = from_dev(gpu, og + 1600 * qrow, qrow);
+    assert_memory_equal(alone, batched, qrow * 4);
+    /* And the same row inside a prefill of the whole 1001-token sequence. */
+    bt_attn_seq_t pre = {.row0 = 600, .n_new = 1001, .n_past = 0, .blocks = t0}; /* ends at 1600 */
+    bt_attention(gpu, og, qg, &kv, &pre, 1, n_heads, scale);
+    float *prefill = from_dev(gpu, og + 1600 * qrow, qrow);
+    assert_memory_equal(alone, prefill, qrow * 4);
+    free(alone);
+    free(batched);
+    free(prefill);
+    void *bufs[] = {kg, vg, qg, og, kv.data};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        bt_backend_free(gpu, bufs[i]);
+    free(k);
+    free(v);
+    free(q);
+    free(zero);
+}
+
+int main(void)
+{
+    bt_backend_params_t p = {.max_rows = MAX_ROWS, .max_cols = MAX_COLS};
+    if (bt_backend_create("cuda", &p, &gpu) != BT_OK) {
+        printf("no CUDA device (or the backend is not built): skipped\n");
+        return 77;
+    }
+    bt_backend_params_t pn = p;
+    pn.allow_nondeterministic = 1;
+    if (bt_backend_create("cuda", &pn, &gpu_nd) != BT_OK ||
+        bt_backend_create("cpu", &p, &cpu) != BT_OK)
+        return 1;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cuda_matmul_types_and_shapes),
+        cmocka_unit_test(test_cuda_matmul_batch_invariant),
+        cmocka_unit_test(test_cuda_get_rows_all_types),
+        cmocka_unit_test(test_cuda_rmsnorm_rope_swiglu_add),
+        cmocka_unit_test(test_cuda_attention_against_cpu),
+        cmocka_unit_test(test_cuda_attention_launch_shapes_agree),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    bt_backend_destroy(gpu_nd);
+    bt_backend_destroy(gpu);
+    bt_backend_destroy(cpu);
+    return rc;
+}
