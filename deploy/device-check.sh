@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# The GPU device check, in one run on one H100/H200 (about 5 minutes): builds baton with CUDA,
+# runs the gpu-labelled tests (each op against the CPU backend, the engine end to end on the
+# 15m and 1b presets) and benchmarks the engine on the 1b preset in bf16 next to the device's
+# own limits (copy bandwidth -> weight-read floor, bf16 cuBLAS rate) and next to
+# PyTorch/transformers with the same shapes. Figures are printed and written to $OUT (or
+# build-gpu/results). Exits non-zero if a test failed.
+#
+# Copes with a machine that lacks some development packages: without UCX headers the transfer
+# library (and what needs it) is not configured; without cmocka the tests are skipped and only
+# the benchmarks run; without PyTorch the peer figures are skipped.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BATON_GPU_BUILD:-build-gpu}
+RESULTS=${OUT:-$BUILD/results}
+JOBS=$(nproc)
+export PATH=/usr/local/cuda/bin:$PATH
+mkdir -p "$RESULTS"
+exec > >(tee "$RESULTS/device-check.log") 2>&1
+t_start=$(date +%s)
+step() { echo; echo "== $* ($(($(date +%s) - t_start)) s)"; }
+status=0
+
+step "device"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+nvcc --version | tail -2 || { echo "no nvcc: cannot build the CUDA backend"; exit 1; }
+
+step "configure"
+for m in libzmq libprotobuf-c; do
+    if ! pkg-config --exists "$m"; then
+        echo "missing development package '$m' (pkg-config): baton cannot be configured here"
+        exit 1
+    fi
+done
+skip=""
+if ! pkg-config --exists ucx; then
+    echo "no UCX headers: the transfer library and the daemons are left out of this build"
+    skip="kvx;prefill;decode;colocated;pair;harness;cli;planner"
+fi
+have_tests=1
+if ! pkg-config --exists cmocka; then
+    echo "no cmocka: tests cannot be built, running the benchmarks only"
+    have_tests=0
+fi
+cmake -S . -B "$BUILD" -DBATON_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=$have_tests \
+    -DCMAKE_CUDA_ARCHITECTURES=90-real -DBATON_SKIP="$skip" >"$RESULTS/configure.log" 2>&1 ||
+    { tail -30 "$RESULTS/configure.log"; exit 1; }
+
+step "build"
+targets="baton-bench-cuda"
+if [ $have_tests = 1 ]; then
+    targets="$targets gpu_test_cuda_ops gpu_test_cuda_engine"
+    [ -z "$skip" ] && targets="$targets kvx_test_kvx_gpu"
+fi
+# shellcheck disable=SC2086
+cmake --build "$BUILD" -j"$JOBS" --target $targets >"$RESULTS/build.log" 2>&1 ||
+    { grep -E "error|Error" "$RESULTS/build.log" | head -40; exit 1; }
+
+if [ $have_tests = 1 ]; then
+    step "gpu tests"
+    ctest --test-dir "$BUILD" -R '^(gpu_test_cuda|kvx_test_kvx_gpu)' --output-on-failure \
+        --timeout 240 | tee "$RESULTS/tests.log" || status=1
+fi
+
+step "baton on the 1b preset (bf16 weights, bf16 KV)"
+MODEL=$BUILD/bench-1b-bf16.gguf
+timeout 200 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" --preset 1b --type bf16 \
+    --batches 1,16,64 --ctx 512 --prefills 512,2048 --json "$RESULTS/baton.json" || status=1
+echo "(deterministic mode, decode only)"
+timeout 60 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" --deterministic 1 --batches 1,16,64 \
+    --ctx 512 --prefills 512 --reps 1 --json "$RESULTS/baton-deterministic.json" || true
+
+step "PyTorch/transformers, same shapes"
+if python3 -c "import torch, transformers" 2>/dev/null; then
+    timeout 240 python3 bench/torch_llama_peer.py --preset 1b --batches 1,16,64 --ctx 512 \
+        --prefills 512,2048 --attn eager,sdpa --json "$RESULTS/torch.json" || true
+else
+    echo "torch or transformers not importable: peer figures skipped"
+fi
+
+step "done"
+echo "results in $RESULTS; status $status"
+exit $status
