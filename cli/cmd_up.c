@@ -36,7 +36,7 @@ typedef struct {
     char *model, *tokenizer, *policy, *bind, *log_dir, *log_level, *kv_stream, *profile;
     size_t kv_mem;
     float slo_ttft_ms, slo_tpot_ms;
-    int prefill, decode, colocated, port, cluster_port, threads;
+    int prefill, decode, colocated, pairs, port, cluster_port, threads;
     int max_batch_tokens, max_batch_seqs, ctx, ready_timeout_ms, stop_timeout_ms;
 } up_cfg_t;
 
@@ -50,6 +50,8 @@ static const bt_cfg_opt_t up_opts[] = {
     OPT("decode", BT_CFG_INT, "-1", -1, 256, decode,
         "decode daemons; -1: 1, or 0 with --colocated"),
     OPT("colocated", BT_CFG_INT, "0", 0, 256, colocated, "colocated daemons (both phases)"),
+    OPT("pairs", BT_CFG_INT, "0", 0, 128, pairs,
+        "AcceLLM pairs (two baton-pair daemons each, KV replicated between them)"),
     OPT("model", BT_CFG_STRING, NULL, 0, 0, model,
         "model file; default: build/models/baton-110m-q8_0.gguf (generated if absent)"),
     OPT("tokenizer", BT_CFG_STRING, NULL, 0, 0, tokenizer, "llama2.c tokenizer (.bin models)"),
@@ -270,8 +272,13 @@ static int start_daemon(up_t *u, const char *kind, int index, int threads)
     const up_cfg_t *c = u->c;
     argv_t a = {.n = 0};
     char exe[PATH_MAX + 32], name[32], router[128];
+    char partner[32];
     snprintf(exe, sizeof exe, "%s/baton-%s", u->bindir, kind);
     snprintf(name, sizeof name, "%s-%d", kind, index);
+    if (!strcmp(kind, "pair")) { /* members a (serving prefill at start) and b (decode) */
+        snprintf(name, sizeof name, "pair-%d%c", index / 2, index % 2 ? 'b' : 'a');
+        snprintf(partner, sizeof partner, "pair-%d%c", index / 2, index % 2 ? 'a' : 'b');
+    }
     snprintf(router, sizeof router, "tcp://127.0.0.1:%d", u->cluster_port);
     arg(&a, exe);
     arg(&a, "--id");
@@ -295,6 +302,12 @@ static int start_daemon(up_t *u, const char *kind, int index, int threads)
         arg(&a, "--kv-stream");
         arg(&a, c->kv_stream);
     }
+    if (!strcmp(kind, "pair")) {
+        arg(&a, "--partner");
+        arg(&a, partner);
+        arg(&a, "--serving");
+        arg(&a, index % 2 ? "decode" : "prefill");
+    }
     return spawn(u, name, 0, a.v);
 }
 
@@ -303,12 +316,13 @@ static int start_daemon(up_t *u, const char *kind, int index, int threads)
 static int start_daemons(up_t *u, int n_p, int n_d, int n_k)
 {
     int total = u->c->threads > 0 ? u->c->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    int n = n_p + n_d + n_k, per = total / n, extra = total % n;
+    int n_pair = 2 * u->c->pairs;
+    int n = n_p + n_d + n_k + n_pair, per = total / n, extra = total % n;
     if (per < 1)
         per = 1, extra = 0;
-    const char *kinds[3] = {"prefill", "decode", "colocated"};
-    int counts[3] = {n_p, n_d, n_k};
-    for (int k = 0; k < 3; k++)
+    const char *kinds[4] = {"prefill", "decode", "colocated", "pair"};
+    int counts[4] = {n_p, n_d, n_k, n_pair};
+    for (int k = 0; k < 4; k++)
         for (int i = 0; i < counts[k]; i++) {
             int t = per + (extra > 0 ? 1 : 0);
             extra -= extra > 0;
@@ -461,9 +475,13 @@ static int supervise(up_t *u)
 static int counts_of(const up_cfg_t *c, int *p, int *d, int *k)
 {
     *k = c->colocated;
-    *p = c->prefill >= 0 ? c->prefill : (*k > 0 ? 0 : 1);
-    *d = c->decode >= 0 ? c->decode : (*k > 0 ? 0 : 1);
-    if ((*p > 0) != (*d > 0) || *p + *d + *k == 0) {
+    *p = c->prefill >= 0 ? c->prefill : (*k > 0 || c->pairs > 0 ? 0 : 1);
+    *d = c->decode >= 0 ? c->decode : (*k > 0 || c->pairs > 0 ? 0 : 1);
+    if (c->pairs > 0 && *p + *d + *k > 0) {
+        fprintf(stderr, "baton up: --pairs runs alone (no prefill, decode or colocated daemons)\n");
+        return -1;
+    }
+    if ((*p > 0) != (*d > 0) || *p + *d + *k + c->pairs == 0) {
         fprintf(stderr, "baton up: need prefill and decode daemons together, or colocated ones\n");
         return -1;
     }
@@ -489,14 +507,15 @@ static int up_run(up_t *u)
     int rc = 1;
     if (start_router(u) != 0 || start_daemons(u, n_p, n_d, n_k) != 0)
         goto out;
-    int h = wait_healthy(u, n_p + n_d + n_k);
+    int h = wait_healthy(u, n_p + n_d + n_k + 2 * u->c->pairs);
     if (h != 0) {
         rc = h > 0 ? 0 : 1;
         goto out;
     }
-    printf("baton up: serving on tcp://%s:%d (%d prefill, %d decode, %d colocated; model %s)\n",
+    printf("baton up: serving on tcp://%s:%d (%d prefill, %d decode, %d colocated, %d pairs; "
+           "model %s)\n",
            strcmp(u->c->bind, "*") && strcmp(u->c->bind, "0.0.0.0") ? u->c->bind : "127.0.0.1",
-           u->c->port, n_p, n_d, n_k, u->model);
+           u->c->port, n_p, n_d, n_k, u->c->pairs, u->model);
     fflush(stdout);
     rc = supervise(u);
 out:

@@ -53,6 +53,9 @@ static void colo_command(void *ctx, bt_worker_t *w, const bt_cmd_t *cmd)
                      (unsigned long long)cmd->request_id);
         break;
     case BT_CMD_KV: break; /* no transfers here */
+    case BT_CMD_RESUME:
+    case BT_CMD_SET_ROLE:
+    case BT_CMD_ROLE: break; /* pair daemons only */
     }
 }
 

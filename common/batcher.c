@@ -38,6 +38,8 @@ struct bt_batcher {
     bt_sched_item_t **preempted; /* (max_requests) plan */
     bt_batch_seq_t *batch;       /* (max_batch_seqs) */
     float *logits;               /* (max_batch_seqs, n_vocab) */
+    int32_t *kv_before;          /* (max_batch_seqs) KV length before the forward */
+    bt_batcher_rows_t *rows;     /* (max_batch_seqs) for the rows hook */
 };
 
 #define SEQ_OF(it) ((seq_t *)((char *)(it)-offsetof(seq_t, item)))
@@ -63,7 +65,9 @@ int bt_batcher_create(const bt_batcher_params_t *p, bt_batcher_t **out)
     b->preempted = bt_malloc((size_t)p->max_requests * sizeof *b->preempted);
     b->batch = bt_malloc(n * sizeof *b->batch);
     b->logits = bt_malloc(n * (size_t)b->model->hp.n_vocab * sizeof(float));
-    if (!b->run || !b->preempted || !b->batch || !b->logits) {
+    b->kv_before = bt_malloc(n * sizeof *b->kv_before);
+    b->rows = bt_malloc(n * sizeof *b->rows);
+    if (!b->run || !b->preempted || !b->batch || !b->logits || !b->kv_before || !b->rows) {
         bt_batcher_destroy(b);
         return BT_ERR_NOMEM;
     }
@@ -73,6 +77,8 @@ int bt_batcher_create(const bt_batcher_params_t *p, bt_batcher_t **out)
 
 static void seq_free(bt_batcher_t *b, seq_t *s)
 {
+    if (b->p.hooks.ended && s->req)
+        b->p.hooks.ended(b->p.hooks.arg, s->req);
     bt_seqgen_destroy(s->gen);
     bt_kv_seq_fini(&s->kv, b->pool);
     bt_req_destroy(s->req);
@@ -88,6 +94,8 @@ void bt_batcher_destroy(bt_batcher_t *b)
     while ((s = bt_reqtable_next(&b->seqs, &pos, NULL)) != NULL)
         seq_free(b, s);
     bt_reqtable_fini(&b->seqs);
+    bt_free(b->rows);
+    bt_free(b->kv_before);
     bt_free(b->logits);
     bt_free(b->batch);
     bt_free(b->preempted);
@@ -172,6 +180,73 @@ void bt_batcher_add_continued(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt
     bt_sched_decode_add(&b->sched, &s->item);
 }
 
+void bt_batcher_add_resumed(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt_kv_seq_t *kv,
+                            const int32_t *ids, int32_t k)
+{
+    BT_ASSERT(k >= 1);
+    seq_t *s = seq_new(b, w, req);
+    if (!s) {
+        bt_kv_seq_fini(kv, b->pool);
+        return;
+    }
+    s->kv = *kv;
+    memset(kv, 0, sizeof *kv);
+    s->decoding = 1;
+    bt_req_event(req, BATON__EVENT_KIND__RESUMED, 0);
+    for (int32_t i = 0; i < k; i++) {
+        bt_seqgen_step_t st;
+        bt_seqgen_append(s->gen, ids[i], &st);
+        if (st.finish != BATON__FINISH_REASON__FINISH_NONE) { /* it had ended already */
+            seq_finish(b, w, s, st.finish, BT_OK, NULL);
+            return;
+        }
+    }
+    int32_t have = req->n_prompt + k - 1; /* the last token's KV is the next forward's */
+    if (s->kv.n_tokens > have)
+        bt_kv_seq_truncate(&s->kv, b->pool, have);
+    s->item.n_kv = s->kv.n_tokens;
+    s->item.n_blocks = s->kv.n_blocks;
+    s->item.n_total = bt_seqgen_len(s->gen);
+    bt_sched_decode_add(&b->sched, &s->item);
+}
+
+int bt_batcher_detach(bt_batcher_t *b, uint64_t id, bt_kv_seq_t *kv, int32_t *n_generated,
+                      bt_req_t **req_out)
+{
+    seq_t *s = bt_reqtable_get(&b->seqs, id);
+    if (!s)
+        return BT_ERR_NOT_FOUND;
+    int32_t n_gen = bt_seqgen_n_generated(s->gen);
+    if (!s->decoding || n_gen < 1 || s->kv.n_tokens < s->req->n_prompt + n_gen - 1)
+        return BT_AGAIN;
+    bt_sched_decode_remove(&b->sched, &s->item);
+    bt_reqtable_del(&b->seqs, id);
+    *kv = s->kv;
+    memset(&s->kv, 0, sizeof s->kv);
+    *n_generated = n_gen;
+    *req_out = s->req;
+    s->req = NULL;
+    seq_free(b, s);
+    return BT_OK;
+}
+
+int bt_batcher_decoding_ids(const bt_batcher_t *b, uint64_t *ids, int cap)
+{
+    int n = 0;
+    size_t pos = 0;
+    seq_t *s;
+    while (n < cap && (s = bt_reqtable_next((bt_reqtable_t *)&b->seqs, &pos, NULL)) != NULL)
+        if (s->decoding && s->gen && bt_seqgen_n_generated(s->gen) >= 1 &&
+            s->kv.n_tokens >= s->req->n_prompt + bt_seqgen_n_generated(s->gen) - 1)
+            ids[n++] = s->req->id;
+    return n;
+}
+
+int bt_batcher_has(const bt_batcher_t *b, uint64_t id)
+{
+    return bt_reqtable_get((bt_reqtable_t *)&b->seqs, id) != NULL;
+}
+
 int bt_batcher_abort(bt_batcher_t *b, bt_worker_t *w, uint64_t id, int32_t status)
 {
     seq_t *s = bt_reqtable_get(&b->seqs, id);
@@ -202,14 +277,18 @@ static void seq_advance(bt_batcher_t *b, bt_worker_t *w, seq_t *s, float *logits
 {
     bt_seqgen_step_t st;
     bt_seqgen_sample(s->gen, logits, &st);
+    int prefilled = 0;
     if (!s->decoding) { /* colocated: this was the prefill */
         bt_req_event(s->req, BATON__EVENT_KIND__PREFILL_END, 0);
         s->decoding = 1;
         s->begun = 0;
+        prefilled = 1;
     }
     if (st.index >= s->req->skip_tokens)
         bt_worker_emit(w, bt_out_chunk(st.index == 0 ? BT_OUT_FIRST_TOKEN : BT_OUT_STREAM,
                                        s->req->id, &st.token, 1, st.text, st.n_text, st.index));
+    if (prefilled && b->p.hooks.prefilled && st.finish == BATON__FINISH_REASON__FINISH_NONE)
+        b->p.hooks.prefilled(b->p.hooks.arg, w, s->req, &s->kv);
     if (st.finish != BATON__FINISH_REASON__FINISH_NONE) {
         seq_finish(b, w, s, st.finish, BT_OK, NULL);
         return;
@@ -268,7 +347,21 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
         return BT_AGAIN;
     for (int32_t i = 0; i < n_run; i++)
         seq_begin(SEQ_OF(b->run[i]));
+    int32_t *kv_before = b->kv_before;
+    for (int32_t i = 0; i < n_run; i++)
+        kv_before[i] = SEQ_OF(b->run[i])->kv.n_tokens;
     int st = forward_plan(b, n_run);
+    if (st == BT_OK && b->p.hooks.rows) {
+        for (int32_t i = 0; i < n_run; i++) {
+            seq_t *s = SEQ_OF(b->run[i]);
+            b->rows[i] = (bt_batcher_rows_t){.req = s->req,
+                                             .kv = &s->kv,
+                                             .pos0 = kv_before[i],
+                                             .n = s->kv.n_tokens - kv_before[i],
+                                             .decoding = s->decoding};
+        }
+        b->p.hooks.rows(b->p.hooks.arg, w, b->rows, n_run);
+    }
     const int32_t n_vocab = b->model->hp.n_vocab;
     for (int32_t i = 0; i < n_run; i++) {
         seq_t *s = SEQ_OF(b->run[i]);

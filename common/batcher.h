@@ -24,11 +24,31 @@
 
 typedef struct bt_batcher bt_batcher_t;
 
+/* What one forward wrote into a sequence's KV: positions [pos0, pos0 + n) of req's kv. */
+typedef struct {
+    const bt_req_t *req;
+    const bt_kv_seq_t *kv;
+    int32_t pos0, n;
+    int decoding; /* the sequence's first token existed before this forward */
+} bt_batcher_rows_t;
+
+/* Optional callbacks of the batcher's owner (compute thread), for replicas (pair daemons). */
+typedef struct {
+    void *arg;
+    /* After a forward, before the tokens it produced are sampled and streamed. */
+    void (*rows)(void *arg, bt_worker_t *w, const bt_batcher_rows_t *rows, int n);
+    /* A prompt's first token was sampled and sent (the sequence goes on decoding here). */
+    void (*prefilled)(void *arg, bt_worker_t *w, const bt_req_t *req, const bt_kv_seq_t *kv);
+    /* A sequence ended (DONE sent); req is about to be freed. */
+    void (*ended)(void *arg, const bt_req_t *req);
+} bt_batcher_hooks_t;
+
 typedef struct {
     bt_engine_t *engine;    /* borrowed; the batcher is its only user */
     int32_t max_batch_seqs; /* most sequences per forward (<= the engine's) */
     int prefill_first;      /* 1: iterations that admit prompts run them alone (colocated) */
     int32_t max_requests;   /* most sequences held at once */
+    bt_batcher_hooks_t hooks;
 } bt_batcher_params_t;
 
 int bt_batcher_create(const bt_batcher_params_t *p, bt_batcher_t **out);
@@ -44,6 +64,28 @@ void bt_batcher_add_prompt(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req);
  */
 void bt_batcher_add_continued(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt_kv_seq_t *kv,
                               int32_t first_token);
+/*
+ * Takes req over from a replica: kv holds the KV of the first kv->n_tokens positions of prompt +
+ * ids (moved in), ids (k >= 1) are the tokens generated so far (already delivered; not streamed
+ * again). KV past prompt + k - 1 positions is dropped; positions missing are recomputed by the
+ * next forward. The next token streamed has index k. On failure req has been ended with DONE.
+ */
+void bt_batcher_add_resumed(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt_kv_seq_t *kv,
+                            const int32_t *ids, int32_t k);
+/*
+ * Removes a decoding sequence without DONE, at a batch boundary: its KV moves to *kv (the
+ * caller owns it now) and *n_generated is set. The request's ownership also moves: *req_out.
+ * BT_ERR_NOT_FOUND when not held; BT_AGAIN when it cannot move now (not decoding yet, or its KV
+ * was preempted).
+ */
+int bt_batcher_detach(bt_batcher_t *b, uint64_t id, bt_kv_seq_t *kv, int32_t *n_generated,
+                      bt_req_t **req_out);
+/* Ids of the sequences that are decoding (first token exists) and hold their KV; at most cap.
+ * Returns how many were written. */
+int bt_batcher_decoding_ids(const bt_batcher_t *b, uint64_t *ids, int cap);
+/* Whether request id is held here. */
+int bt_batcher_has(const bt_batcher_t *b, uint64_t id);
+
 /* Ends request id with DONE: CANCELLED for status BT_ERR_CANCELLED, else FAILED with status.
  * BT_ERR_NOT_FOUND when the batcher does not hold it. */
 int bt_batcher_abort(bt_batcher_t *b, bt_worker_t *w, uint64_t id, int32_t status);

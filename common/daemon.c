@@ -17,6 +17,7 @@ static const char *role_name(Baton__Role role)
     case BATON__ROLE__PREFILL: return "prefill";
     case BATON__ROLE__DECODE: return "decode";
     case BATON__ROLE__COLOCATED: return "colocated";
+    case BATON__ROLE__PAIR: return "pair";
     default: return "daemon";
     }
 }

@@ -88,9 +88,11 @@ static int check_part(const Baton__Assignment *a, const bt_req_limits_t *lim, ch
     if (need > lim->max_blocks)
         return fail(err, cap, BT_ERR_RANGE, "request needs %d KV blocks, the pool has %d", need,
                     lim->max_blocks);
-    if (a->part != BATON__ROLE__PREFILL)
+    if (a->part != BATON__ROLE__PREFILL && (a->part != BATON__ROLE__PAIR || !a->reservation))
         return BT_OK;
     const Baton__KvReservation *r = a->reservation;
+    if (a->part == BATON__ROLE__PAIR && a->replica)
+        return fail(err, cap, BT_ERR_INVAL, "a replica part comes without a reservation");
     if (!r || r->n_tokens != a->n_prompt_ids ||
         r->n_block_ids != (size_t)bt_blocks_for((int32_t)a->n_prompt_ids, lim->block_size))
         return fail(err, cap, BT_ERR_INVAL, "missing or inconsistent KV reservation");
@@ -182,6 +184,7 @@ int bt_req_from_assignment(const Baton__Assignment *a, uint64_t id, const bt_req
         prompt[i] = a->prompt_ids[i];
     r->id = id;
     r->part = a->part;
+    r->replica = a->part == BATON__ROLE__PAIR && a->replica;
     r->prompt = prompt;
     r->n_prompt = (int32_t)a->n_prompt_ids;
     r->max_ctx = seq_max_ctx(a, lim);

@@ -43,7 +43,8 @@ typedef struct {
 
 typedef struct bt_req {
     uint64_t id;           /* cluster-wide request id (the router's) */
-    Baton__Role part;      /* PREFILL, DECODE or COLOCATED */
+    Baton__Role part;      /* PREFILL, DECODE, COLOCATED or PAIR */
+    int replica;           /* PAIR: hold the prompt's KV as a replica (the partner prefills) */
     const int32_t *prompt; /* (n_prompt) token ids, each < n_vocab */
     int32_t n_prompt;      /* >= 1 */
     int32_t max_tokens;    /* most generated tokens; 0: up to the context */

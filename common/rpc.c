@@ -50,6 +50,9 @@ const ProtobufCMessageDescriptor *bt_rpc_body_type(Baton__Method method)
     case BATON__METHOD__ASSIGN: return &baton__assignment__descriptor;
     case BATON__METHOD__ASSIGN_REPLY: return &baton__assign_reply__descriptor;
     case BATON__METHOD__DONE: return &baton__done__descriptor;
+    case BATON__METHOD__HANDOFF: return &baton__handoff__descriptor;
+    case BATON__METHOD__RESUME: return &baton__resume__descriptor;
+    case BATON__METHOD__SET_ROLE: return &baton__set_role__descriptor;
     default: return NULL;
     }
 }

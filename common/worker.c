@@ -175,6 +175,10 @@ static void send_heartbeat(bt_worker_t *w)
     hb.draining = w->draining;
     hb.time_ns = bt_rpc_now_ns();
     hb.incarnation = w->incarnation;
+    hb.serving = s.serving;
+    hb.replicas = s.replicas;
+    hb.replica_blocks = s.replica_blocks;
+    hb.decoding = s.decoding;
     if (w->p.ops->heartbeat)
         w->p.ops->heartbeat(w->p.ctx, &hb);
     send_msg(w, BATON__METHOD__HEARTBEAT, 0, 0, NULL, &hb.base);
@@ -243,6 +247,12 @@ void bt_worker_send(bt_worker_t *w, bt_out_t *o)
     case BT_OUT_FIRST_TOKEN:
     case BT_OUT_STREAM: send_chunk(w, o); break;
     case BT_OUT_DONE: send_done(w, o); break;
+    case BT_OUT_HANDOFF: {
+        Baton__Handoff h = BATON__HANDOFF__INIT;
+        h.n_output_tokens = o->n_output;
+        send_msg(w, BATON__METHOD__HANDOFF, o->request_id, 0, NULL, &h.base);
+        break;
+    }
     case BT_OUT_ROLE:
         if (w->p.ops->loop_output) {
             w->p.ops->loop_output(w->p.ctx, w, o);
@@ -325,6 +335,7 @@ static void on_assign(bt_worker_t *w, const bt_rpc_msg_t *m)
         return;
     }
     Baton__Role part = req->part;
+    int req_replica = req->replica;
     int32_t n_prompt = req->n_prompt;
     bt_cmd_t c = {.kind = BT_CMD_ASSIGN, .request_id = rid, .req = req};
     if (bt_queue_push(w->inbox, &c, -1) != BT_OK) { /* cannot happen: sized for the cap */
@@ -335,7 +346,7 @@ static void on_assign(bt_worker_t *w, const bt_rpc_msg_t *m)
     }
     bt_debug("req %llu: assigned (part %d, %d prompt tokens)", (unsigned long long)rid, (int)part,
              n_prompt);
-    if (part != BATON__ROLE__DECODE) { /* decode answers with its reservation */
+    if (part != BATON__ROLE__DECODE && !req_replica) { /* those answer with a reservation */
         Baton__AssignReply r = BATON__ASSIGN_REPLY__INIT;
         r.part = part;
         send_msg(w, BATON__METHOD__ASSIGN_REPLY, rid, BT_OK, NULL, &r.base);
@@ -359,6 +370,69 @@ static void on_abort(bt_worker_t *w, uint64_t rid, int32_t status)
     bt_cmd_t c = {.kind = BT_CMD_ABORT, .request_id = rid, .status = status};
     if (bt_queue_push(w->inbox, &c, -1) != BT_OK)
         bt_error("req %llu: cannot queue ABORT", (unsigned long long)rid);
+}
+
+/* RESUME and SET_ROLE (pair daemons): to the compute thread. */
+static void on_pair_command(bt_worker_t *w, const bt_rpc_msg_t *m)
+{
+    uint64_t rid = m->hdr.request_id;
+    bt_cmd_t c = {.request_id = rid};
+    if (m->hdr.method == BATON__METHOD__SET_ROLE) {
+        Baton__SetRole *sr = NULL;
+        if (bt_rpc_unpack(m, (ProtobufCMessage **)&sr) != BT_OK) {
+            bt_rpc_reply_error(w->sock, m, BT_ERR_FORMAT, "SetRole does not parse");
+            return;
+        }
+        c.kind = BT_CMD_SET_ROLE;
+        c.status = (int32_t)sr->serving;
+        if (sr->partner_kvx_address.len && sr->partner_kvx_address.len <= BT_REQ_MAX_KVX_ADDRESS &&
+            (c.data = bt_malloc(sr->partner_kvx_address.len)) != NULL) {
+            memcpy(c.data, sr->partner_kvx_address.data, sr->partner_kvx_address.len);
+            c.len = sr->partner_kvx_address.len;
+        }
+        protobuf_c_message_free_unpacked(&sr->base, NULL);
+        if (bt_queue_push(w->inbox, &c, 0) != BT_OK) {
+            bt_warn("worker: command queue full; SET_ROLE dropped");
+            bt_free(c.data);
+        }
+        return;
+    }
+    Baton__Resume *rs = NULL;
+    const char *why = NULL;
+    int32_t st = BT_OK;
+    void *v = bt_reqtable_get(&w->inflight, rid);
+    if (bt_rpc_unpack(m, (ProtobufCMessage **)&rs) != BT_OK) {
+        st = BT_ERR_FORMAT, why = "Resume does not parse";
+    } else if (!v || v == INFLIGHT_ABORTED) {
+        st = BT_ERR_NOT_FOUND, why = "no replica of the request here";
+    } else if (rs->n_output_ids < 1 || rs->n_output_ids > (size_t)w->p.limits.n_ctx) {
+        st = BT_ERR_RANGE, why = "resume with no or too many tokens";
+    } else {
+        for (size_t i = 0; i < rs->n_output_ids && !why; i++)
+            if (rs->output_ids[i] < 0 || rs->output_ids[i] >= w->p.limits.n_vocab)
+                st = BT_ERR_RANGE, why = "token id outside the vocabulary";
+    }
+    if (!why) {
+        c.kind = BT_CMD_RESUME;
+        c.n_ids = (int32_t)rs->n_output_ids;
+        c.ids = bt_malloc(rs->n_output_ids * sizeof(int32_t));
+        if (!c.ids)
+            st = BT_ERR_NOMEM, why = "out of memory";
+        else
+            memcpy(c.ids, rs->output_ids, rs->n_output_ids * sizeof(int32_t));
+        if (c.ids && bt_queue_push(w->inbox, &c, 0) != BT_OK) {
+            bt_free(c.ids);
+            st = BT_ERR_OVERLOADED, why = "command queue full";
+        }
+    }
+    if (rs)
+        protobuf_c_message_free_unpacked(&rs->base, NULL);
+    if (why) {
+        bt_info("req %llu: RESUME refused: %s", (unsigned long long)rid, why);
+        Baton__AssignReply r = BATON__ASSIGN_REPLY__INIT;
+        r.part = BATON__ROLE__PAIR;
+        send_msg(w, BATON__METHOD__ASSIGN_REPLY, rid, st, why, &r.base);
+    }
 }
 
 static void start_drain(bt_worker_t *w, const char *why)
@@ -393,6 +467,13 @@ static void on_message(bt_worker_t *w, bt_rpc_msg_t *m, int st)
     case BATON__METHOD__ASSIGN: on_assign(w, m); break;
     case BATON__METHOD__ABORT: on_abort(w, m->hdr.request_id, BT_ERR_CANCELLED); break;
     case BATON__METHOD__DRAIN: start_drain(w, "DRAIN from the router"); break;
+    case BATON__METHOD__RESUME:
+    case BATON__METHOD__SET_ROLE:
+        if (w->p.limits.role == BATON__ROLE__PAIR) {
+            on_pair_command(w, m);
+            break;
+        }
+        /* fall through */
     default:
         bt_rpc_reply_error(w->sock, m, BT_ERR_UNSUPPORTED, "method %d is not served by a daemon",
                            (int)m->hdr.method);
@@ -618,6 +699,8 @@ void bt_worker_destroy(bt_worker_t *w)
     while (w->inbox && bt_queue_pop(w->inbox, &c, 0) == BT_OK)
         if (c.kind == BT_CMD_ASSIGN)
             bt_req_destroy(c.req);
+        else
+            bt_free(c.ids), bt_free(c.data);
     bt_out_t *o;
     while (w->outbox && bt_queue_pop(w->outbox, &o, 0) == BT_OK)
         bt_out_free(o);

@@ -39,6 +39,10 @@ typedef enum {
     BT_CMD_ASSIGN = 1, /* req: an accepted request, handed over to the compute thread */
     BT_CMD_ABORT,      /* request_id; status: BT_ERR_CANCELLED (router) or BT_ERR_TIMEOUT (drain) */
     BT_CMD_KV,         /* request_id: the role's transfer finished (status; token; detail) */
+    BT_CMD_RESUME,     /* request_id: continue from the replica; ids (owned: bt_free) */
+    BT_CMD_SET_ROLE,   /* status: the Baton__Role to serve (pair daemons); data: the partner's
+                        * kvx address (len bytes, may be empty) */
+    BT_CMD_ROLE,       /* role-defined (detail); data: its bytes */
 } bt_cmd_kind_t;
 
 typedef struct {
@@ -49,6 +53,10 @@ typedef struct {
     int32_t token;    /* BT_CMD_KV on a decode daemon: the first token */
     uint64_t detail;  /* role-defined */
     uint64_t time_ns; /* when the loop saw what the command reports (CLOCK_REALTIME) */
+    int32_t *ids;     /* BT_CMD_RESUME: owned by the command (bt_free) */
+    int32_t n_ids;
+    void *data; /* BT_CMD_SET_ROLE, BT_CMD_ROLE: owned by the command (bt_free) */
+    size_t len;
 } bt_cmd_t;
 
 /* Outputs of the compute thread, sent by the loop thread. */
@@ -57,7 +65,8 @@ typedef enum {
     BT_OUT_FIRST_TOKEN,
     BT_OUT_STREAM,
     BT_OUT_DONE,
-    BT_OUT_ROLE, /* for the role's loop_output (e.g. a KV send to post) */
+    BT_OUT_ROLE,    /* for the role's loop_output (e.g. a KV send to post) */
+    BT_OUT_HANDOFF, /* pair: stopped decoding after n_output tokens; holds the replica now */
 } bt_out_kind_t;
 
 #define BT_OUT_MAX_ERROR 160
@@ -78,7 +87,7 @@ typedef struct {
     uint64_t time_ns;
     /* ASSIGN_REPLY (decode part): the reservation; blocks point after this struct */
     bt_reservation_t resv;
-    /* DONE */
+    /* DONE, HANDOFF */
     Baton__FinishReason finish;
     uint32_t n_output;
     bt_event_t events[BT_REQ_MAX_EVENTS];
@@ -112,6 +121,9 @@ typedef struct {
     uint32_t kv_total_blocks;
     uint64_t queued_tokens;
     uint64_t unshipped_blocks;
+    /* pair daemons */
+    Baton__Role serving;
+    uint32_t replicas, replica_blocks, decoding;
 } bt_worker_stats_t;
 
 typedef struct {

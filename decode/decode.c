@@ -265,6 +265,9 @@ static void dc_command(void *ctx, bt_worker_t *w, const bt_cmd_t *c)
     case BT_CMD_ASSIGN: dc_assign(d, w, c->req); break;
     case BT_CMD_ABORT: dc_abort(d, w, c->request_id, c->status); break;
     case BT_CMD_KV: dc_arrived(d, w, c); break;
+    case BT_CMD_RESUME:
+    case BT_CMD_SET_ROLE:
+    case BT_CMD_ROLE: break; /* pair daemons only */
     }
 }
 

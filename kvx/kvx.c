@@ -106,9 +106,13 @@ void kvx_push_event(bt_kvx_t *kvx, const bt_kvx_event_t *ev)
 
 int bt_kvx_next_event(bt_kvx_t *kvx, bt_kvx_event_t *ev)
 {
+    bt_free(kvx->msg_held);
+    kvx->msg_held = NULL;
     if (!kvx->ev_count)
         return 0;
     *ev = kvx->events[kvx->ev_head];
+    if (ev->type == BT_KVX_EV_MESSAGE)
+        kvx->msg_held = (void *)ev->meta;
     kvx->ev_head = (kvx->ev_head + 1) % kvx->ev_cap;
     kvx->ev_count--;
     return 1;
@@ -354,6 +358,12 @@ void bt_kvx_destroy(bt_kvx_t *kvx)
     kvx_peers_free_all(kvx);
     ops_free_all(kvx);
     fds_fini(kvx);
+    for (int i = 0; i < kvx->ev_count; i++) {
+        bt_kvx_event_t *e = &kvx->events[(kvx->ev_head + i) % kvx->ev_cap];
+        if (e->type == BT_KVX_EV_MESSAGE)
+            bt_free((void *)e->meta);
+    }
+    bt_free(kvx->msg_held);
     bt_free(kvx->events);
     bt_free(kvx);
 }

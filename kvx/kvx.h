@@ -159,6 +159,13 @@ void bt_kvx_send_cancel(bt_kvx_send_t *send);
 /* Frees the handle after its final event (before it: cancels, frees once it ends). */
 void bt_kvx_send_release(bt_kvx_send_t *send);
 
+/* Sends len bytes (copied; len <= BT_KVX_MESSAGE_MAX) to an up peer, in order with everything
+ * else sent to it: the peer gets BT_KVX_EV_MESSAGE. Fire and forget, for small state the
+ * application keeps in step between peers (e.g. a replica's newest KV rows); a peer that dies
+ * loses what it had not received. BT_ERR_RANGE over the limit, the peer's error if it is down. */
+#define BT_KVX_MESSAGE_MAX ((8u << 20) - 16)
+int bt_kvx_peer_message(bt_kvx_peer_t *peer, const void *buf, size_t len);
+
 typedef enum {
     BT_KVX_EV_PEER_UP = 1, /* handshake done; peer is set (new handle on the accepting side) */
     BT_KVX_EV_PEER_DOWN,   /* refused (BT_ERR_MISMATCH), closed, dead (BT_ERR_PEER), timed out */
@@ -166,6 +173,7 @@ typedef enum {
     BT_KVX_EV_RESERVED,    /* sender: the peer reserved blocks for req_id under gen */
     BT_KVX_EV_SEND_DONE,   /* final event of a send; status BT_OK: delivered */
     BT_KVX_EV_RECV_DONE,   /* final event of a receive; status BT_OK: the KV is in place */
+    BT_KVX_EV_MESSAGE,     /* a bt_kvx_peer_message from peer: meta, meta_len */
 } bt_kvx_event_type_t;
 
 typedef struct {
@@ -179,7 +187,8 @@ typedef struct {
     int32_t n_tokens;
     int32_t n_blocks;
     int32_t first_token; /* RECV_DONE with BT_OK */
-    const void *meta;    /* RECV_DONE with BT_OK: borrowed until bt_kvx_recv_release */
+    const void *meta;    /* RECV_DONE with BT_OK: borrowed until bt_kvx_recv_release;
+                          * MESSAGE: the bytes, valid until the next bt_kvx_next_event */
     size_t meta_len;
     void *user; /* the transfer's params.user */
 } bt_kvx_event_t;

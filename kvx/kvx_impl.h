@@ -220,9 +220,10 @@ struct bt_kvx {
     int ev_cap;
     int ev_head;
     int ev_count;
-    int epfd;    /* what bt_kvx_fd returns: backend fd, wake, timer, pidfds */
-    int wakefd;  /* eventfd: a compute thread marked layers ready */
-    int timerfd; /* housekeeping tick */
+    void *msg_held; /* the bytes of the last MESSAGE event popped (freed at the next pop) */
+    int epfd;       /* what bt_kvx_fd returns: backend fd, wake, timer, pidfds */
+    int wakefd;     /* eventfd: a compute thread marked layers ready */
+    int timerfd;    /* housekeeping tick */
     int64_t next_tick_ms;
     kvx_host_t host; /* this process, for same-host peers */
     bt_kvx_stats_t stats;

@@ -381,6 +381,38 @@ static void on_hello_ack(bt_kvx_peer_t *p, kvx_rd_t *rd)
     peer_set_up(p);
 }
 
+/* ---- application messages ---- */
+
+int bt_kvx_peer_message(bt_kvx_peer_t *peer, const void *buf, size_t len)
+{
+    if (len > BT_KVX_MESSAGE_MAX)
+        return BT_ERR_RANGE;
+    if (peer->state != KVX_PEER_UP)
+        return peer->state == KVX_PEER_DOWN ? peer->status : BT_AGAIN;
+    kvx_buf_t m;
+    kvx_buf_init(&m);
+    kvx_buf_u8(&m, KVX_MSG_APP);
+    kvx_buf_bytes(&m, buf, len);
+    int st = kvx_peer_send_ctrl(peer, &m);
+    kvx_buf_fini(&m);
+    return st;
+}
+
+static void on_app(bt_kvx_peer_t *p, kvx_rd_t *rd)
+{
+    size_t len = rd->len - rd->off;
+    void *copy = bt_malloc(len ? len : 1);
+    if (!copy) {
+        bt_error("kvx %s: out of memory for a message of %zu bytes from '%s'; dropped",
+                 p->kvx->name, len, p->name);
+        return;
+    }
+    memcpy(copy, rd->p + rd->off, len);
+    bt_kvx_event_t ev = {
+        .type = BT_KVX_EV_MESSAGE, .peer = p, .meta = copy, .meta_len = len, .status = BT_OK};
+    kvx_push_event(p->kvx, &ev);
+}
+
 /* ---- upcalls from the backend ---- */
 
 static void core_on_ctrl(void *arg, uint64_t tag, const void *buf, size_t len)
@@ -422,6 +454,7 @@ static void core_on_ctrl(void *arg, uint64_t tag, const void *buf, size_t len)
     case KVX_MSG_SOURCE: kvx_recv_on_source(p, &rd); break;
     case KVX_MSG_READY: kvx_recv_on_ready(p, &rd); break;
     case KVX_MSG_CONFIRM: kvx_recv_on_confirm(p, &rd); break;
+    case KVX_MSG_APP: on_app(p, &rd); break;
     default: kvx->stats.n_ctrl_rejected++; break;
     }
     kvx_peer_unhold(p);

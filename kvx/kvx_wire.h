@@ -68,6 +68,7 @@ enum {
     KVX_MSG_SOURCE,  /* mapped: u64 req, u32 gen, i32 layers ready, i32 n, i32 src ids[] */
     KVX_MSG_READY,   /* mapped method: u64 req, u32 gen, i32 layers ready */
     KVX_MSG_CONFIRM, /* mapped method: u64 req, u32 gen: the source was intact throughout */
+    KVX_MSG_APP,     /* bt_kvx_peer_message: the caller's bytes */
 };
 
 /* How the data of a reservation moves (chosen by the receiver, sent in RESERVE). */

@@ -280,6 +280,9 @@ static void pf_command(void *ctx, bt_worker_t *w, const bt_cmd_t *c)
     case BT_CMD_ASSIGN: pf_assign(pf, w, c->req); break;
     case BT_CMD_ABORT: pf_abort(pf, w, c->request_id, c->status); break;
     case BT_CMD_KV: pf_shipped(pf, w, c); break;
+    case BT_CMD_RESUME:
+    case BT_CMD_SET_ROLE:
+    case BT_CMD_ROLE: break; /* pair daemons only */
     }
 }
 

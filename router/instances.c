@@ -123,7 +123,7 @@ static void set_identity(router_instances_t *set, router_instance_t *r, const Ba
     r->model_ok = ok;
 }
 
-static void copy_load(router_instance_t *r, const Baton__Heartbeat *hb)
+static void copy_load(router_instance_t *r, const Baton__Heartbeat *hb, uint64_t now_ms)
 {
     r->queue_len = hb->queue_len;
     r->running = hb->running;
@@ -133,6 +133,13 @@ static void copy_load(router_instance_t *r, const Baton__Heartbeat *hb)
     r->queued_tokens = hb->queued_tokens;
     r->unshipped_blocks = hb->unshipped_blocks;
     r->draining = hb->draining;
+    snprintf(r->partner, sizeof r->partner, "%s", hb->partner ? hb->partner : "");
+    /* a heartbeat sent before the last SET_ROLE arrived must not undo it */
+    if ((hb->serving == BATON__ROLE__PREFILL || hb->serving == BATON__ROLE__DECODE) &&
+        (!r->last_switch_ms || now_ms - r->last_switch_ms >= 1000))
+        r->serving = hb->serving;
+    r->replicas = hb->replicas;
+    r->decoding = hb->decoding;
     r->full = 0;
     r->pend_reqs = 0;
     r->pend_tokens = 0;
@@ -143,7 +150,9 @@ int router_instances_heartbeat(router_instances_t *set, const uint8_t *ident, si
                                router_hb_event_t *ev)
 {
     if (hb->role != BATON__ROLE__PREFILL && hb->role != BATON__ROLE__DECODE &&
-        hb->role != BATON__ROLE__COLOCATED)
+        hb->role != BATON__ROLE__COLOCATED && hb->role != BATON__ROLE__PAIR)
+        return BT_ERR_INVAL;
+    if (hb->role == BATON__ROLE__PAIR && (!hb->partner || !hb->partner[0]))
         return BT_ERR_INVAL;
     router_instance_t *r = router_instances_find(set, ident, ident_len);
     int fresh = !r || !r->alive;
@@ -156,10 +165,12 @@ int router_instances_heartbeat(router_instances_t *set, const uint8_t *ident, si
     if (set_kvx(r, &hb->kvx_address) != BT_OK)
         return BT_ERR_NOMEM;
     set_identity(set, r, hb, changed);
-    copy_load(r, hb);
+    copy_load(r, hb, now_ms);
     r->incarnation = hb->incarnation;
     r->last_seen_ms = now_ms;
     r->alive = 1;
+    if (fresh || restarted)
+        r->told_partner = 0;
     if (fresh || restarted)
         bt_info("instance %s %s: role %s, model %s, version %u", r->name,
                 restarted ? "restarted" : "registered",

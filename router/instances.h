@@ -42,6 +42,13 @@ typedef struct router_instance {
     uint64_t queued_tokens; /* prefill: prompt tokens waiting; decode: context tokens running */
     uint64_t unshipped_blocks;
     int draining;
+    /* PAIR instances */
+    char partner[ROUTER_INSTANCE_NAME_MAX]; /* the partner's id ("" for other roles) */
+    Baton__Role serving;                    /* PREFILL or DECODE */
+    uint32_t replicas, decoding;
+    uint64_t told_partner;   /* partner incarnation last sent to it in SET_ROLE (+1) */
+    uint64_t last_switch_ms; /* when its role was last switched */
+    uint64_t last_assign_ms; /* when it was last given a prompt */
 
     /* The router's own bookkeeping. */
     uint64_t last_seen_ms; /* monotonic time of the last message from it */

@@ -74,6 +74,8 @@ typedef struct router_request {
 
     rq_part_t prefill, decode; /* decode is the colocated instance when colocated */
     int colocated;
+    int pair; /* AcceLLM pair: decode is the owner (prefills, decodes), prefill the replica's
+               * holder (router_pair.c) */
 
     int32_t *out; /* (n_out) ids delivered to the client, in order */
     uint32_t n_out, cap_out;

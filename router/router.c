@@ -375,7 +375,7 @@ static void on_health(router_t *r, const bt_rpc_msg_t *m)
             continue;
         h.n_prefill += x->role == BATON__ROLE__PREFILL;
         h.n_decode += x->role == BATON__ROLE__DECODE;
-        h.n_colocated += x->role == BATON__ROLE__COLOCATED;
+        h.n_colocated += x->role == BATON__ROLE__COLOCATED || x->role == BATON__ROLE__PAIR;
     }
     h.ok = !r->draining && ((h.n_prefill && h.n_decode) || h.n_colocated);
     h.queued = (uint32_t)(r->n_state[RQ_QUEUED] + r->n_state[RQ_ASSIGNING]);
@@ -503,6 +503,7 @@ static void housekeeping(router_t *r, uint64_t now)
 {
     router_instances_expire(r->inst, now, on_dead, r);
     router_timeouts(r, now);
+    router_pairs_tick(r);
     if (r->queue.n)
         router_dispatch_queue(r);
     drain_tick(r, now);

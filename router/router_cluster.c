@@ -91,6 +91,8 @@ static rq_part_t *part_of(router_request_t *rq, const router_instance_t *inst)
 
 static int all_accepted(const router_request_t *rq)
 {
+    if (rq->pair)
+        return rq->decode.accepted;
     return rq->decode.accepted && (rq->colocated || (rq->prefill.sent && rq->prefill.accepted));
 }
 
@@ -132,6 +134,8 @@ static void on_assign_reply(router_t *r, bt_rpc_msg_t *m, router_instance_t *ins
     if (!part || !part->sent || part->accepted || part->done) {
         if (!rq && inst && status == BT_OK) /* a reservation nobody will use */
             router_send_instance(r, inst, BATON__METHOD__ABORT, m->hdr.request_id, NULL);
+    } else if (rq->pair && part == &rq->prefill && rq->state == RQ_ASSIGNING && !rq->decode.sent) {
+        router_pair_holder_replied(r, rq, status, (Baton__AssignReply *)body);
     } else if (status != BT_OK) {
         char why[320];
         snprintf(why, sizeof why, "%s refused: %s%s%.200s", inst->name, bt_status_name(status),
@@ -142,7 +146,7 @@ static void on_assign_reply(router_t *r, bt_rpc_msg_t *m, router_instance_t *ins
         else {
             router_refused(r, rq, inst, status, why);
         }
-    } else if (part == &rq->decode && rq->state == RQ_ASSIGNING) {
+    } else if (part == &rq->decode && rq->state == RQ_ASSIGNING && !rq->pair) {
         router_decode_accepted(r, rq, (Baton__AssignReply *)body);
     } else {
         part->accepted = 1;
@@ -233,6 +237,9 @@ static void take_done(router_t *r, router_request_t *rq, rq_part_t *part, const 
     r->queue_dirty = 1;
     if (rq->state == RQ_CANCELLING) {
         router_check_finished(r, rq);
+    } else if (rq->pair && part == &rq->prefill) {
+        bt_debug("req %llu: replica on %s released (%s)", (unsigned long long)rq->id,
+                 part->inst->name, bt_status_name(status));
     } else if (part == &rq->prefill) {
         if (done_failed(rq, reason, status) && !rq->decode.streamed)
             failover_after(r, rq, part, status, error);
@@ -241,6 +248,10 @@ static void take_done(router_t *r, router_request_t *rq, rq_part_t *part, const 
     } else if (done_failed(rq, reason, status)) {
         failover_after(r, rq, part, status, error);
     } else {
+        if (rq->pair && rq->prefill.inst && !rq->prefill.done) { /* the replica is not needed */
+            router_abort_part(r, rq, &rq->prefill);
+            rq->prefill.done = 1;
+        }
         rq->finish = reason ? reason : BATON__FINISH_REASON__FINISH_LENGTH;
         rq->n_expected = d->n_output_tokens < rq->max_tokens ? d->n_output_tokens : rq->max_tokens;
         rq_list_remove(r, rq);
@@ -265,6 +276,21 @@ static void on_done(router_t *r, bt_rpc_msg_t *m, router_instance_t *inst)
     router_release_transient(r, body);
 }
 
+static void on_handoff(router_t *r, bt_rpc_msg_t *m, router_instance_t *inst)
+{
+    router_request_t *rq = router_reqtable_by_id(r->table, m->hdr.request_id);
+    if (!rq || !rq->pair || !inst || rq->decode.inst != inst || rq->decode.done)
+        return;
+    ProtobufCMessage *body = router_unpack_transient(r, m);
+    if (!body) {
+        bt_rpc_reply_error(r->cluster, m, BT_ERR_FORMAT, "handoff does not parse");
+        return;
+    }
+    uint32_t n = ((Baton__Handoff *)body)->n_output_tokens;
+    router_release_transient(r, body);
+    router_pair_on_handoff(r, rq, n);
+}
+
 void router_on_cluster(router_t *r, bt_rpc_msg_t *m)
 {
     router_instance_t *inst = router_instances_find(r->inst, m->route.id[0], m->route.len[0]);
@@ -276,6 +302,7 @@ void router_on_cluster(router_t *r, bt_rpc_msg_t *m)
     case BATON__METHOD__FIRST_TOKEN:
     case BATON__METHOD__STREAM: on_chunk(r, m, inst); break;
     case BATON__METHOD__DONE: on_done(r, m, inst); break;
+    case BATON__METHOD__HANDOFF: on_handoff(r, m, inst); break;
     case BATON__METHOD__ASSIGN: /* a daemon's error reply to an ASSIGN: a refusal */
         if (m->hdr.status != BT_OK)
             on_assign_reply(r, m, inst);
@@ -319,6 +346,10 @@ static void lose_part(router_t *r, router_request_t *rq, router_instance_t *inst
     if (rq->state == RQ_CANCELLING || rq->state == RQ_FINISHING) {
         part->done = 1;
         router_check_finished(r, rq);
+    } else if (rq->pair && part == &rq->prefill && rq->decode.sent) {
+        part->done = 1; /* a replica lost: the owner goes on */
+    } else if (rq->pair && part == &rq->decode && router_pair_owner_lost(r, rq)) {
+        /* resumed on the replica */
     } else if (part == &rq->prefill && (part->done || rq->decode.streamed)) {
         part->done = 1; /* its work was delivered: the KV reached the decode side */
     } else {

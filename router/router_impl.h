@@ -104,6 +104,18 @@ void router_on_instance_lost(router_t *r, router_instance_t *inst);
 int router_send_instance(router_t *r, const router_instance_t *inst, Baton__Method method,
                          uint64_t id, const ProtobufCMessage *body);
 
+/* AcceLLM pairs (router_pair.c). */
+int router_pairs_present(router_t *r);
+void router_pairs_tick(router_t *r);
+router_instance_t *router_pair_partner(router_t *r, const router_instance_t *x);
+int router_pair_place(router_t *r, router_request_t *rq, router_instance_t **owner,
+                      router_instance_t **holder);
+int router_pair_start(router_t *r, router_request_t *rq);
+void router_pair_holder_replied(router_t *r, router_request_t *rq, int status,
+                                const Baton__AssignReply *reply);
+void router_pair_on_handoff(router_t *r, router_request_t *rq, uint32_t n_tokens);
+int router_pair_owner_lost(router_t *r, router_request_t *rq);
+
 /* Sends to a request's client; marks it gone when the client cannot be reached (router.c). */
 int router_send_client(router_t *r, router_request_t *rq, Baton__Method method, int status,
                        const char *error, const ProtobufCMessage *body);

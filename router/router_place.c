@@ -130,6 +130,7 @@ static void retract(router_t *r, router_request_t *rq)
     router_abort_part(r, rq, &rq->decode);
     router_detach_parts(rq);
     router_request_drop_pending(rq);
+    rq->pair = 0;
 }
 
 /* --- placement ----------------------------------------------------------------------- */
@@ -193,10 +194,39 @@ static void attach(rq_part_t *part, router_instance_t *inst, char *name)
     memcpy(name, inst->name, ROUTER_INSTANCE_NAME_MAX); /* both NUL-terminated in this size */
 }
 
+/* Places rq on an AcceLLM pair (router_pair.c). */
+static void place_pair(router_t *r, router_request_t *rq)
+{
+    router_instance_t *owner, *holder;
+    if (router_pair_place(r, rq, &owner, &holder) != BT_OK)
+        return; /* stays queued */
+    router_reqtable_rekey(r->table, rq, r->next_id++);
+    rq->pair = 1;
+    rq->colocated = 0;
+    attach(&rq->decode, owner, rq->decode_name);
+    memcpy(rq->prefill_name, rq->decode_name, sizeof rq->prefill_name);
+    if (holder) {
+        rq->prefill.inst = holder;
+        holder->n_active++;
+    }
+    set_timed(r, rq, RQ_ASSIGNING, r->p.dead_after_ms);
+    bt_debug("req %llu: placed on pair member %s%s%s", (unsigned long long)rq->id, owner->name,
+             holder ? ", replica on " : "", holder ? holder->name : "");
+    if (router_pair_start(r, rq) != BT_OK) {
+        (holder ? holder : owner)->full = 1;
+        retract(r, rq);
+        requeue(r, rq);
+    }
+}
+
 void router_place(router_t *r, router_request_t *rq)
 {
     router_cands_t c;
     router_placement_t pl;
+    if (r->mode == ROUTER_MODE_AUTO && router_pairs_present(r)) {
+        place_pair(r, rq);
+        return;
+    }
     router_job_t job = {rq->n_prompt, rq->max_tokens, rq->slo_ttft_ms, rq->slo_tpot_ms};
     if (build_cands(r, &c) != BT_OK ||
         router_policy_place(r->policy, r->mode, &c, &job, &pl) != BT_OK)
@@ -438,6 +468,7 @@ static void wait_expired(router_t *r, router_request_t *rq)
 {
     router_cands_t c;
     int any = build_cands(r, &c) == BT_OK && (c.n_colocated > 0 || (c.n_prefill && c.n_decode));
+    any = any || router_pairs_present(r);
     char msg[160];
     int st = rq->retries == 0 && any ? BT_ERR_OVERLOADED : BT_ERR_UNAVAILABLE;
     snprintf(msg, sizeof msg, "%s within %d ms",

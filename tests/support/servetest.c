@@ -464,8 +464,7 @@ int bt_cluster_wait_instances(bt_cluster_t *c, int n, int timeout_ms)
     return ok;
 }
 
-int bt_cluster_start(bt_cluster_t *c, const char *model, int n_p, int n_d, int n_k,
-                     const char *const *extra)
+static int start_router(bt_cluster_t *c, const char *model)
 {
     memset(c, 0, sizeof *c);
     c->model = model;
@@ -483,6 +482,14 @@ int bt_cluster_start(bt_cluster_t *c, const char *model, int n_p, int n_d, int n
                           "info",      NULL};
     if (bt_proc_start(&c->router, (char *const *)argv) != 0)
         return -1;
+    return 0;
+}
+
+int bt_cluster_start(bt_cluster_t *c, const char *model, int n_p, int n_d, int n_k,
+                     const char *const *extra)
+{
+    if (start_router(c, model) != 0)
+        return -1;
     int ok = 1;
     for (int i = 0; ok && i < n_p; i++)
         ok = bt_cluster_add(c, "prefill", extra) >= 0;
@@ -491,6 +498,29 @@ int bt_cluster_start(bt_cluster_t *c, const char *model, int n_p, int n_d, int n
     for (int i = 0; ok && i < n_k; i++)
         ok = bt_cluster_add(c, "colocated", extra) >= 0;
     if (ok && bt_cluster_wait_instances(c, n_p + n_d + n_k, 30000))
+        return 0;
+    bt_cluster_dump_logs(c);
+    bt_cluster_stop(c);
+    return -1;
+}
+
+int bt_cluster_start_pairs(bt_cluster_t *c, const char *model, int n_pairs,
+                           const char *const *extra)
+{
+    if (start_router(c, model) != 0)
+        return -1;
+    int ok = 1;
+    for (int i = 0; ok && i < 2 * n_pairs; i++) {
+        char partner[32];
+        const char *argv[40] = {"--partner", partner, "--serving", i % 2 ? "decode" : "prefill"};
+        int n = 4;
+        for (int k = 0; extra && extra[k] && n < 38; k++)
+            argv[n++] = extra[k];
+        argv[n] = NULL;
+        snprintf(partner, sizeof partner, "pair-%d", i % 2 ? i - 1 : i + 1);
+        ok = bt_cluster_add(c, "pair", argv) >= 0;
+    }
+    if (ok && bt_cluster_wait_instances(c, 2 * n_pairs, 30000))
         return 0;
     bt_cluster_dump_logs(c);
     bt_cluster_stop(c);

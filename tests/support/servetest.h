@@ -139,6 +139,10 @@ typedef struct {
  * all of them healthy. 0 on success (on failure the logs are printed and everything stopped). */
 int bt_cluster_start(bt_cluster_t *c, const char *model, int n_p, int n_d, int n_k,
                      const char *const *extra);
+/* Starts baton-router and n_pairs AcceLLM pairs (baton-pair daemons pair-0 + pair-1, ...; the
+ * first of each serves prefill at start) with extra flags, and waits until they are healthy. */
+int bt_cluster_start_pairs(bt_cluster_t *c, const char *model, int n_pairs,
+                           const char *const *extra);
 /* Starts one more daemon of kind ("prefill", "decode", "colocated"); returns its index. */
 int bt_cluster_add(bt_cluster_t *c, const char *kind, const char *const *extra);
 /* Waits until HEALTH counts n alive instances (and says ok); 1 on success. */

@@ -1,0 +1,250 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_pairs.c - AcceLLM pairs as users run them: baton-router and baton-pair daemons as
+ * processes on loopback, driven through the client library. Greedy tokens equal the engine's
+ * own generation whichever member decodes (replica consistency: a request handed off after its
+ * prefill continues on the partner's replica); roles switch under bursty load with no token
+ * dropped or repeated; kill -9 of the member that decodes lets every one of its requests
+ * continue on the partner's replica (RESUMED, no new prefill) with the same tokens.
+ */
+// ctest-labels: integration
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "baton_client.h"
+#include "servetest.h"
+
+typedef struct {
+    char m15[512];
+    bt_test_ref_t *ref;
+} pair_fixture_t;
+
+static int group_setup(void **state)
+{
+    pair_fixture_t *f = calloc(1, sizeof *f);
+    if (!f || bt_test_make_model("15m", f->m15, sizeof f->m15) != 0)
+        return -1;
+    f->ref = bt_test_ref_open(f->m15);
+    if (!f->ref)
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    pair_fixture_t *f = *state;
+    bt_test_ref_close(f->ref);
+    remove(f->m15);
+    free(f);
+    return 0;
+}
+
+static void need_pair(void)
+{
+    if (access(BATON_BINARY_DIR "/bin/baton-pair", X_OK) != 0) {
+        fprintf(stderr, "SKIP: baton-pair is not built (no kvx)\n");
+        skip();
+    }
+}
+
+static int prompt_len(int i)
+{
+    return 3 + (i * 41) % 90;
+}
+
+static bt_client_t *connect_client(const bt_cluster_t *c)
+{
+    bt_client_params_t cp = {.endpoint = c->client_ep, .timeout_ms = 60000};
+    bt_client_t *cl = NULL;
+    assert_int_equal(bt_client_connect(&cp, &cl), BT_CLIENT_OK);
+    return cl;
+}
+
+static void submit(bt_client_t *cl, int i, int max_tokens)
+{
+    int32_t prompt[128];
+    bt_test_prompt((uint32_t)i, prompt_len(i), 32000, prompt);
+    bt_client_gen_params_t p = {.prompt_ids = prompt,
+                                .n_prompt_ids = (size_t)prompt_len(i),
+                                .max_tokens = (uint32_t)max_tokens,
+                                .ignore_eos = 1,
+                                .request_id = 1 + (uint64_t)i};
+    assert_int_equal(bt_client_submit(cl, &p, NULL), BT_CLIENT_OK);
+}
+
+/* Collects n results into res[request_id - 1]; checks every streamed chunk continues the
+ * stream exactly (no gap, no repeat). */
+static void collect(const bt_cluster_t *c, bt_client_t *cl, int n, bt_client_result_t **res,
+                    uint32_t *next_index)
+{
+    for (int got = 0; got < n;) {
+        bt_client_next_t ev;
+        int st = bt_client_next(cl, 60000, &ev);
+        if (st != BT_CLIENT_OK)
+            bt_cluster_dump_logs(c);
+        assert_int_equal(st, BT_CLIENT_OK);
+        if (ev.kind == BT_CLIENT_NEXT_CHUNK) {
+            int i = (int)ev.chunk.request_id - 1;
+            assert_true(i >= 0 && i < n);
+            assert_int_equal(ev.chunk.index, next_index[i]);
+            next_index[i] += (uint32_t)ev.chunk.n_ids;
+            continue;
+        }
+        int i = (int)ev.result->request_id - 1;
+        assert_true(i >= 0 && i < n && !res[i]);
+        res[i] = ev.result;
+        got++;
+    }
+}
+
+static int count_events(const bt_client_result_t *r, int kind)
+{
+    int n = 0;
+    for (size_t e = 0; e < r->n_events; e++)
+        n += r->events[e].kind == kind;
+    return n;
+}
+
+/* Every result equals the engine's own greedy generation; returns how many were resumed from
+ * a replica (RESUMED events). */
+static int check_all(pair_fixture_t *f, bt_client_result_t **res, const uint32_t *next_index, int n,
+                     int max_tokens)
+{
+    int32_t prompt[128], *want = malloc((size_t)max_tokens * sizeof(int32_t));
+    int resumed = 0;
+    for (int i = 0; i < n; i++) {
+        if (res[i]->status != 0)
+            fprintf(stderr, "request %d: %s\n", i, res[i]->error);
+        assert_int_equal(res[i]->status, 0);
+        bt_test_prompt((uint32_t)i, prompt_len(i), 32000, prompt);
+        int nw = bt_test_ref_run(f->ref, prompt, prompt_len(i), max_tokens, 1, want);
+        assert_int_equal((int)res[i]->n_ids, nw);
+        assert_memory_equal(res[i]->ids, want, (size_t)nw * sizeof(int32_t));
+        assert_int_equal((int)next_index[i], nw); /* the stream carried each token once */
+        resumed += count_events(res[i], BATON__EVENT_KIND__RESUMED) > 0;
+        bt_client_result_free(res[i]);
+    }
+    free(want);
+    return resumed;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* One pair, prompts of varied lengths: the member serving prefill hands each request off after
+ * its first token and the partner decodes it from the replica: same tokens as the engine. */
+static void test_pairs_replica_consistency(void **state)
+{
+    need_pair();
+    pair_fixture_t *f = *state;
+    bt_cluster_t c;
+    const char *extra[] = {"--ctx", "512", "--kv-mem", "64M", NULL};
+    assert_int_equal(bt_cluster_start_pairs(&c, f->m15, 1, extra), 0);
+    bt_client_t *cl = connect_client(&c);
+    enum { N = 10, T = 24 };
+    bt_client_result_t *res[N] = {0};
+    uint32_t next[N] = {0};
+    for (int i = 0; i < N; i++) /* a burst: one member serves prefill and hands off */
+        submit(cl, i, T);
+    collect(&c, cl, N, res, next);
+    int resumed = check_all(f, res, next, N, T);
+    fprintf(stderr, "%d of %d requests continued on the partner's replica\n", resumed, N);
+    assert_true(resumed >= 1);
+    bt_client_close(cl);
+    assert_int_equal(bt_cluster_stop(&c), 0);
+}
+
+/* Bursts with idle gaps between them: the prefill member goes back to decode when idle and is
+ * switched to prefill again by the next burst, handing its decodes to the partner. Nothing is
+ * dropped or repeated. */
+static void test_pairs_role_switch_under_load(void **state)
+{
+    need_pair();
+    pair_fixture_t *f = *state;
+    bt_cluster_t c;
+    const char *extra[] = {"--ctx", "512", "--kv-mem", "64M", NULL};
+    assert_int_equal(bt_cluster_start_pairs(&c, f->m15, 1, extra), 0);
+    bt_client_t *cl = connect_client(&c);
+    enum { N = 12, T = 60 };
+    bt_client_result_t *res[N] = {0};
+    uint32_t next[N] = {0};
+    for (int b = 0; b < 3; b++) {
+        for (int i = 4 * b; i < 4 * b + 4; i++)
+            submit(cl, i, T);
+        sleep_ms(700); /* long enough for the prefill member to go idle and switch */
+    }
+    collect(&c, cl, N, res, next);
+    int resumed = check_all(f, res, next, N, T);
+    fprintf(stderr, "%d of %d requests moved between members\n", resumed, N);
+    assert_true(resumed >= 1);
+    bt_client_close(cl);
+    assert_int_equal(bt_cluster_stop(&c), 0);
+}
+
+/* The member decoding the requests is killed with SIGKILL mid-stream: the router resumes each
+ * request on the partner's replica (a RESUMED event, no second prefill) and the client gets
+ * the undisturbed greedy stream. */
+static void test_pairs_kill_owner_mid_stream(void **state)
+{
+    need_pair();
+    pair_fixture_t *f = *state;
+    bt_cluster_t c;
+    const char *extra[] = {"--ctx", "1024", "--kv-mem", "96M", NULL};
+    assert_int_equal(bt_cluster_start_pairs(&c, f->m15, 1, extra), 0);
+    bt_client_t *cl = connect_client(&c);
+    enum { N = 4, T = 300 };
+    bt_client_result_t *res[N] = {0};
+    uint32_t next[N] = {0};
+    for (int i = 0; i < N; i++)
+        submit(cl, i, T);
+    /* wait until every request streams, then kill the member that decodes (pair-1 serves
+     * decode: pair-0 hands its prefills off to it) */
+    int streaming = 0;
+    while (streaming < N) {
+        bt_client_next_t ev;
+        assert_int_equal(bt_client_next(cl, 60000, &ev), BT_CLIENT_OK);
+        assert_int_equal(ev.kind, BT_CLIENT_NEXT_CHUNK);
+        int i = (int)ev.chunk.request_id - 1;
+        assert_int_equal(ev.chunk.index, next[i]);
+        if (next[i] < 20 && next[i] + ev.chunk.n_ids >= 20)
+            streaming++;
+        next[i] += (uint32_t)ev.chunk.n_ids;
+    }
+    bt_proc_kill(&c.daemons[1]);
+    collect(&c, cl, N, res, next);
+    int32_t prompt[128];
+    uint32_t retries = 0;
+    int resumed = 0, prefills = 0;
+    for (int i = 0; i < N; i++) {
+        retries += res[i]->retries;
+        resumed += count_events(res[i], BATON__EVENT_KIND__RESUMED) > 0;
+        prefills += count_events(res[i], BATON__EVENT_KIND__PREFILL_BEGIN);
+        (void)prompt;
+    }
+    fprintf(stderr, "%u failovers, %d resumed from replicas, %d prefills for %d requests\n",
+            retries, resumed, prefills, N);
+    check_all(f, res, next, N, T);
+    assert_true(retries >= 1);
+    assert_true(resumed >= 1);
+    bt_client_close(cl);
+    bt_cluster_stop(&c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pairs_replica_consistency),
+        cmocka_unit_test(test_pairs_role_switch_under_load),
+        cmocka_unit_test(test_pairs_kill_owner_mid_stream),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
