@@ -92,6 +92,21 @@ static const void *stage_put(bt_cuda_ctx_t *c, bt_cuda_stage_t *s, const void *s
     return s->dev;
 }
 
+/* The CUDA runtime's current device is per host thread, and the thread that drives a backend
+ * need not be the one that created it: every entry point makes the backend's device current.
+ * The last device set is remembered per thread, so the common case costs a compare. */
+static _Thread_local int tl_device = -1;
+
+static bt_cuda_ctx_t *enter(void *ctx)
+{
+    bt_cuda_ctx_t *c = ctx;
+    if (tl_device != c->device) {
+        BT_CUDA_CHECK(cudaSetDevice(c->device));
+        tl_device = c->device;
+    }
+    return c;
+}
+
 /* ---- memory ---- */
 
 static void cuda_destroy(void *ctx)
@@ -99,6 +114,8 @@ static void cuda_destroy(void *ctx)
     bt_cuda_ctx_t *c = ctx;
     if (!c)
         return;
+    cudaSetDevice(c->device);
+    tl_device = c->device;
     if (c->stream)
         cudaStreamSynchronize(c->stream);
     if (c->blas)
@@ -117,8 +134,9 @@ static void cuda_destroy(void *ctx)
 static void *cuda_alloc(void *ctx, size_t size_bytes)
 {
     void *p = NULL;
+    enter(ctx);
     if (cudaMalloc(&p, size_bytes ? size_bytes : 256) != cudaSuccess) {
-        cudaGetLastError(); /* clear the sticky-free error so later checks see only theirs */
+        cudaGetLastError(); /* clear it, so that later checks see only their own errors */
         return NULL;
     }
     return p;
@@ -126,7 +144,7 @@ static void *cuda_alloc(void *ctx, size_t size_bytes)
 
 static void cuda_free(void *ctx, void *ptr)
 {
-    bt_cuda_ctx_t *c = ctx;
+    bt_cuda_ctx_t *c = enter(ctx);
     /* cudaFree synchronizes the device, so no kernel still reads the memory. */
     BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
     BT_CUDA_CHECK(cudaFree(ptr));
@@ -136,20 +154,20 @@ static void cuda_free(void *ctx, void *ptr)
  * once; the copy is ordered with the kernels on the stream. */
 static void cuda_upload(void *ctx, void *dst, const void *src_host, size_t size_bytes)
 {
-    bt_cuda_ctx_t *c = ctx;
+    bt_cuda_ctx_t *c = enter(ctx);
     BT_CUDA_CHECK(cudaMemcpyAsync(dst, src_host, size_bytes, cudaMemcpyHostToDevice, c->stream));
 }
 
 static void cuda_download(void *ctx, void *dst_host, const void *src, size_t size_bytes)
 {
-    bt_cuda_ctx_t *c = ctx;
+    bt_cuda_ctx_t *c = enter(ctx);
     BT_CUDA_CHECK(cudaMemcpyAsync(dst_host, src, size_bytes, cudaMemcpyDeviceToHost, c->stream));
     BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
 }
 
 static void cuda_sync(void *ctx)
 {
-    bt_cuda_ctx_t *c = ctx;
+    bt_cuda_ctx_t *c = enter(ctx);
     BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
 }
 
@@ -184,7 +202,7 @@ static void blas_sgemm(bt_cuda_ctx_t *c, float *y, const bt_tensor_t *w, const f
 
 static void cuda_matmul(void *ctx, float *y, const bt_tensor_t *w, const float *x, int64_t m)
 {
-    bt_cuda_ctx_t *c = ctx;
+    bt_cuda_ctx_t *c = enter(ctx);
     if (m <= 0 || w->rows <= 0)
         return;
     const int big = c->nondet && m > c->gemv_max_m && w->rows < INT32_MAX && w->cols < INT32_MAX &&
@@ -206,35 +224,35 @@ static void cuda_matmul(void *ctx, float *y, const bt_tensor_t *w, const float *
 static void cuda_get_rows(void *ctx, float *y, const bt_tensor_t *table, const int32_t *ids,
                           int64_t m)
 {
-    bt_cuda_get_rows_launch(((bt_cuda_ctx_t *)ctx)->stream, y, table, ids, m);
+    bt_cuda_get_rows_launch(enter(ctx)->stream, y, table, ids, m);
 }
 
 static void cuda_rmsnorm(void *ctx, float *y, const float *x, const float *w, int64_t m, int64_t n,
                          float eps)
 {
-    bt_cuda_rmsnorm_launch(((bt_cuda_ctx_t *)ctx)->stream, y, x, w, m, n, eps);
+    bt_cuda_rmsnorm_launch(enter(ctx)->stream, y, x, w, m, n, eps);
 }
 
 static void cuda_rope(void *ctx, float *x, const int32_t *pos, int64_t m, int n_heads, int head_dim,
                       const float *inv_freq)
 {
-    bt_cuda_rope_launch(((bt_cuda_ctx_t *)ctx)->stream, x, pos, m, n_heads, head_dim, inv_freq);
+    bt_cuda_rope_launch(enter(ctx)->stream, x, pos, m, n_heads, head_dim, inv_freq);
 }
 
 static void cuda_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n)
 {
-    bt_cuda_swiglu_launch(((bt_cuda_ctx_t *)ctx)->stream, y, gate, up, n);
+    bt_cuda_swiglu_launch(enter(ctx)->stream, y, gate, up, n);
 }
 
 static void cuda_add(void *ctx, float *y, const float *x, int64_t n)
 {
-    bt_cuda_add_launch(((bt_cuda_ctx_t *)ctx)->stream, y, x, n);
+    bt_cuda_add_launch(enter(ctx)->stream, y, x, n);
 }
 
 static void cuda_gather_rows(void *ctx, float *y, const float *x, const int32_t *rows, int64_t m,
                              int64_t n)
 {
-    bt_cuda_ctx_t *c = ctx;
+    bt_cuda_ctx_t *c = enter(ctx);
     const int64_t per = (int64_t)(c->rows.cap / sizeof(int32_t));
     for (int64_t r0 = 0; r0 < m; r0 += per) {
         int64_t mr = m - r0 < per ? m - r0 : per;
@@ -301,7 +319,7 @@ static int pack_group(bt_cuda_ctx_t *c, const bt_kv_layer_t *kv, const bt_attn_s
 static void cuda_kv_store(void *ctx, const bt_kv_layer_t *kv, const float *k, const float *v,
                           const bt_attn_seq_t *seqs, int n_seqs)
 {
-    bt_cuda_ctx_t *c = ctx;
+    bt_cuda_ctx_t *c = enter(ctx);
     for (int s0 = 0; s0 < n_seqs;) {
         seq_group_t g;
         s0 = pack_group(c, kv, seqs, s0, n_seqs, &g);
@@ -313,7 +331,7 @@ static void cuda_kv_store(void *ctx, const bt_kv_layer_t *kv, const float *k, co
 static void cuda_attention(void *ctx, float *out, const float *q, const bt_kv_layer_t *kv,
                            const bt_attn_seq_t *seqs, int n_seqs, int n_heads, float scale)
 {
-    bt_cuda_ctx_t *c = ctx;
+    bt_cuda_ctx_t *c = enter(ctx);
     for (int s0 = 0; s0 < n_seqs;) {
         seq_group_t g;
         s0 = pack_group(c, kv, seqs, s0, n_seqs, &g);
@@ -416,6 +434,7 @@ int bt_cuda_backend_create(const bt_backend_params_t *params, const bt_backend_o
         return BT_ERR_INVAL;
     if (cudaSetDevice(params->device) != cudaSuccess)
         return BT_ERR_UNSUPPORTED;
+    tl_device = params->device;
     bt_cuda_ctx_t *c = calloc(1, sizeof *c);
     if (!c)
         return BT_ERR_NOMEM;
