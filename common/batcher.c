@@ -242,6 +242,12 @@ int bt_batcher_decoding_ids(const bt_batcher_t *b, uint64_t *ids, int cap)
     return n;
 }
 
+void bt_batcher_set_prefill_first(bt_batcher_t *b, int prefill_first)
+{
+    b->p.prefill_first = prefill_first;
+    b->sched.p.prefill_first = prefill_first;
+}
+
 int bt_batcher_has(const bt_batcher_t *b, uint64_t id)
 {
     return bt_reqtable_get((bt_reqtable_t *)&b->seqs, id) != NULL;

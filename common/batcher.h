@@ -83,6 +83,8 @@ int bt_batcher_detach(bt_batcher_t *b, uint64_t id, bt_kv_seq_t *kv, int32_t *n_
 /* Ids of the sequences that are decoding (first token exists) and hold their KV; at most cap.
  * Returns how many were written. */
 int bt_batcher_decoding_ids(const bt_batcher_t *b, uint64_t *ids, int cap);
+/* Changes the admission policy from the next step on (see bt_batcher_params_t). */
+void bt_batcher_set_prefill_first(bt_batcher_t *b, int prefill_first);
 /* Whether request id is held here. */
 int bt_batcher_has(const bt_batcher_t *b, uint64_t id);
 

@@ -143,7 +143,7 @@ int bt_pair_create(const bt_pair_params_t *p, bt_pair_t **out)
     pr->handoff = bt_calloc((size_t)p->max_requests, sizeof *pr->handoff);
     bt_batcher_params_t bp = {.engine = p->engine,
                               .max_batch_seqs = p->max_batch_seqs,
-                              .prefill_first = 1,
+                              .prefill_first = pr->serving == BATON__ROLE__PREFILL,
                               .max_requests = p->max_requests,
                               .hooks = {.arg = pr,
                                         .rows = on_rows_hook,
@@ -710,6 +710,9 @@ static void pr_command(void *ctx, bt_worker_t *w, const bt_cmd_t *c)
                 bt_info("pair: now serving %s",
                         c->status == BATON__ROLE__PREFILL ? "prefill" : "decode");
             pr->serving = (Baton__Role)c->status;
+            /* serving prefill: prompts run alone and leave at once; serving decode: prompts
+             * and resumed requests join the running batch */
+            bt_batcher_set_prefill_first(pr->batcher, pr->serving == BATON__ROLE__PREFILL);
             if (pr->serving == BATON__ROLE__PREFILL)
                 pr_handoff_all(pr, w);
         }

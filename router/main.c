@@ -19,7 +19,7 @@ typedef struct {
     char *bind, *client_endpoint, *cluster_endpoint;
     char *model, *tokenizer, *model_id, *policy, *mode, *profile, *log_level;
     int dead_after_ms, failover_timeout_ms, queue_timeout_ms, drain_timeout_ms;
-    int finish_grace_ms, tick_ms;
+    int finish_grace_ms, tick_ms, pair_idle_ms, pair_switch_ms;
     int max_prompt_tokens, max_tokens, default_max_tokens;
     int max_queue, max_requests, max_retries, max_instances;
     float slo_ttft_ms, slo_tpot_ms;
@@ -58,6 +58,10 @@ static const bt_cfg_opt_t opts[] = {
     OPT("finish-grace-ms", BT_CFG_INT, "500", 0, 60000, finish_grace_ms,
         "after the last DONE, wait this long for a late prefill DONE or token"),
     OPT("tick-ms", BT_CFG_INT, "10", 1, 1000, tick_ms, "housekeeping period"),
+    OPT("pair-idle-ms", BT_CFG_INT, "1000", 1, 3600000, pair_idle_ms,
+        "pairs: a member serving prefill with no prompt this long switches to decode"),
+    OPT("pair-switch-ms", BT_CFG_INT, "200", 1, 3600000, pair_switch_ms,
+        "pairs: least time between two role switches of one pair"),
     OPT("max-prompt-tokens", BT_CFG_INT, "4096", 1, 1 << 24, max_prompt_tokens,
         "longest prompt accepted, in tokens"),
     OPT("max-tokens", BT_CFG_INT, "4096", 1, 1 << 24, max_tokens,
@@ -122,6 +126,8 @@ static void fill_params(const cfg_t *c, router_params_t *p, char *cl, char *cu, 
         .drain_timeout_ms = c->drain_timeout_ms,
         .finish_grace_ms = c->finish_grace_ms,
         .tick_ms = c->tick_ms,
+        .pair_idle_ms = c->pair_idle_ms,
+        .pair_switch_ms = c->pair_switch_ms,
         .max_prompt_tokens = (uint32_t)c->max_prompt_tokens,
         .max_tokens = (uint32_t)c->max_tokens,
         .default_max_tokens = (uint32_t)c->default_max_tokens,

@@ -409,6 +409,9 @@ static void on_info(router_t *r, const bt_rpc_msg_t *m)
         ii[i].running = x->running;
         ii[i].kv_free_blocks = x->kv_free_blocks;
         ii[i].kv_total_blocks = x->kv_total_blocks;
+        ii[i].serving = x->serving;
+        ii[i].partner = x->partner;
+        ii[i].replicas = x->replicas;
         iip[i] = &ii[i];
         info.n_instances = (size_t)i + 1;
     }

@@ -31,6 +31,9 @@ typedef struct {
     int drain_timeout_ms;         /* after router_stop, in-flight requests fail after this */
     int finish_grace_ms;          /* wait for a late prefill DONE or chunk after the last DONE */
     int tick_ms;                  /* housekeeping period */
+    int pair_idle_ms;   /* AcceLLM pairs: a member serving prefill with no prompt for this long
+                         * goes back to decode; 0: 1000 */
+    int pair_switch_ms; /* least time between two role switches of one pair; 0: 200 */
     uint32_t max_prompt_tokens, max_tokens, default_max_tokens;
     int max_queue;                   /* requests waiting for placement before BT_ERR_OVERLOADED */
     int max_requests;                /* requests in flight before BT_ERR_OVERLOADED */

@@ -13,7 +13,7 @@
  *
  * Roles: a pair whose members both decode switches the one with fewer running sequences to
  * prefill when prompts wait; a member that serves prefill with nothing to prefill for
- * pair_idle_ms switches back to decode. Switches of one pair are at least pair_idle_ms apart.
+ * pair_idle_ms switches back to decode. Switches of one pair are at least pair_switch_ms apart.
  */
 #include <stdio.h>
 #include <string.h>
@@ -21,9 +21,6 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "router_impl.h"
-
-#define PAIR_SWITCH_GAP_MS 200 /* least time between two switches of one pair */
-#define PAIR_IDLE_MS 200       /* a prefill member idle this long goes back to decode */
 
 router_instance_t *router_pair_partner(router_t *r, const router_instance_t *x)
 {
@@ -91,7 +88,8 @@ void router_pairs_tick(router_t *r)
         if (x->told_partner != y->incarnation + 1 && y->kvx_len)
             send_set_role(r, x, y, x->serving ? x->serving : BATON__ROLE__DECODE);
         if (x->seq > y->seq || !router_instance_eligible(x) || !router_instance_eligible(y) ||
-            r->now_ms - x->last_switch_ms < PAIR_SWITCH_GAP_MS)
+            r->now_ms - x->last_switch_ms <
+                (uint64_t)(r->p.pair_switch_ms ? r->p.pair_switch_ms : 200))
             continue; /* each pair once, by its first member */
         uint32_t waiting =
             x->queue_len + y->queue_len + x->pend_reqs + y->pend_reqs + (r->queue.n ? 1u : 0u);
@@ -103,7 +101,8 @@ void router_pairs_tick(router_t *r)
             router_instance_t *p = xp ? x : y;
             if (!p->last_assign_ms)
                 p->last_assign_ms = r->now_ms; /* idle counts from when it was first seen */
-            if (r->now_ms - p->last_assign_ms >= PAIR_IDLE_MS)
+            if (r->now_ms - p->last_assign_ms >=
+                (uint64_t)(r->p.pair_idle_ms ? r->p.pair_idle_ms : 1000))
                 switch_role(r, p, p == x ? y : x, BATON__ROLE__DECODE);
         }
     }

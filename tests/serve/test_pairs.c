@@ -163,6 +163,30 @@ static void test_pairs_replica_consistency(void **state)
     assert_int_equal(bt_cluster_stop(&c), 0);
 }
 
+/* What the router says instance id serves now (ROLE_NONE if unknown). */
+static int serving_of(const bt_cluster_t *c, const char *id)
+{
+    Baton__InfoReply *info = NULL;
+    int role = BATON__ROLE__ROLE_NONE;
+    if (bt_cluster_call(c, BATON__METHOD__INFO, &baton__info_reply__descriptor,
+                        (ProtobufCMessage **)&info) != 0)
+        return role;
+    for (size_t i = 0; i < info->n_instances; i++)
+        if (!strcmp(info->instances[i]->id, id))
+            role = info->instances[i]->serving;
+    baton__info_reply__free_unpacked(info, NULL);
+    return role;
+}
+
+/* Waits up to ms for either member to serve role; 1 if one does. */
+static int wait_serving(const bt_cluster_t *c, int role, int ms)
+{
+    for (uint64_t end = bt_test_now_ms() + (uint64_t)ms; bt_test_now_ms() < end; sleep_ms(20))
+        if (serving_of(c, "pair-0") == role || serving_of(c, "pair-1") == role)
+            return 1;
+    return 0;
+}
+
 /* Bursts with idle gaps between them: the prefill member goes back to decode when idle and is
  * switched to prefill again by the next burst, handing its decodes to the partner. Nothing is
  * dropped or repeated. */
@@ -177,11 +201,24 @@ static void test_pairs_role_switch_under_load(void **state)
     enum { N = 12, T = 60 };
     bt_client_result_t *res[N] = {0};
     uint32_t next[N] = {0};
+    int to_decode = 0, to_prefill = 0;
     for (int b = 0; b < 3; b++) {
         for (int i = 4 * b; i < 4 * b + 4; i++)
             submit(cl, i, T);
-        sleep_ms(700); /* long enough for the prefill member to go idle and switch */
+        if (b > 0) /* the burst switches a member to prefill (if none serves it) */
+            to_prefill += wait_serving(&c, BATON__ROLE__PREFILL, 1000);
+        /* idle: the prefill member goes back to decode (both decode then) */
+        sleep_ms(200);
+        for (uint64_t end = bt_test_now_ms() + 3000; bt_test_now_ms() < end; sleep_ms(20))
+            if (serving_of(&c, "pair-0") == BATON__ROLE__DECODE &&
+                serving_of(&c, "pair-1") == BATON__ROLE__DECODE) {
+                to_decode++;
+                break;
+            }
     }
+    fprintf(stderr, "%d switches to decode and %d to prefill seen\n", to_decode, to_prefill);
+    assert_true(to_decode >= 2);
+    assert_true(to_prefill >= 1);
     collect(&c, cl, N, res, next);
     int resumed = check_all(f, res, next, N, T);
     fprintf(stderr, "%d of %d requests moved between members\n", resumed, N);
