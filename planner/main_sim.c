@@ -25,10 +25,10 @@ typedef struct {
     pl_cli_workload_t wl;
     char *profile, *prefill_profile, *decode_profile, *policy, *rates, *per_request, *log_level;
     int prefill, decode, colocated, pairs, prefill_pp, decode_pp, max_batch_tokens, max_batch_seqs;
-    int block_size, goodput, pair_layers;
+    int block_size, goodput;
     int64_t kv_tokens;
     float slo_ttft_ms, slo_tpot_ms, target;
-    float pair_seq_weight, pair_min_switch_ms, pair_idle_ms, pair_handoff_ms, pair_step_ms;
+    float pair_switch_ms, pair_idle_ms, pair_tick_ms, pair_heartbeat_ms, pair_rtt_ms, pair_step_ms;
 } sim_cfg_t;
 
 #define OPT(n, t, d, lo, hi, f, h) PL_CLI_OPT(n, t, d, lo, hi, sim_cfg_t, f, h)
@@ -38,18 +38,18 @@ static const bt_cfg_opt_t sim_opts[] = {
     OPT("colocated", BT_CFG_INT, "0", 0, 100000, colocated, "colocated instances"),
     OPT("pairs", BT_CFG_INT, "0", 0, 50000, pairs,
         "AcceLLM pairs (2 instances each); when > 0 the cluster is only these"),
-    OPT("pair-seq-weight", BT_CFG_FLOAT, "64", 0.001, 1e9, pair_seq_weight,
-        "pairs: prompt tokens a decoding sequence counts as in a pair's load"),
-    OPT("pair-min-switch-ms", BT_CFG_FLOAT, "200", 0, 1e9, pair_min_switch_ms,
-        "pairs: least time between two role switches of a pair"),
-    OPT("pair-idle-ms", BT_CFG_FLOAT, "200", 0, 1e9, pair_idle_ms,
-        "pairs: idle time of the prefill member before it turns to decode"),
-    OPT("pair-handoff-ms", BT_CFG_FLOAT, "0", 0, 1e9, pair_handoff_ms,
-        "pairs: delay of a handed-over sequence; 0: one decode step"),
+    OPT("pair-switch-ms", BT_CFG_FLOAT, "200", 0, 1e9, pair_switch_ms,
+        "pairs: least time between two role switches of a pair (the router's --pair-switch-ms)"),
+    OPT("pair-idle-ms", BT_CFG_FLOAT, "1000", 0, 1e9, pair_idle_ms,
+        "pairs: a member serving prefill turns to decode after this long without a prompt"),
+    OPT("pair-tick-ms", BT_CFG_FLOAT, "10", 0.001, 1e6, pair_tick_ms,
+        "pairs: the router's tick, on which role switches are decided"),
+    OPT("pair-heartbeat-ms", BT_CFG_FLOAT, "500", 0, 1e9, pair_heartbeat_ms,
+        "pairs: heartbeat period of the members (the router's loads are this old); 0: exact"),
+    OPT("pair-rtt-ms", BT_CFG_FLOAT, "1", 0, 1e9, pair_rtt_ms,
+        "pairs: router round trip (holder's reservation, hand-off to RESUME)"),
     OPT("pair-step-ms", BT_CFG_FLOAT, "0", 0, 1e9, pair_step_ms,
-        "pairs: time added to each decode step to bring replicas up to date"),
-    OPT("pair-layers", BT_CFG_INT, "32", 1, 100000, pair_layers,
-        "pairs: layers the prefill KV is copied in (the last one's copy ends a batch)"),
+        "pairs: time added to each decoding forward to send the new KV rows to the holders"),
     OPT("profile", BT_CFG_STRING, NULL, 0, 0, profile, "latency profile of every instance"),
     OPT("prefill-profile", BT_CFG_STRING, NULL, 0, 0, prefill_profile,
         "profile of the prefill instances (default --profile)"),
@@ -143,8 +143,8 @@ static int run_rates(const sim_cfg_t *c, const pl_workload_t *w, const pl_sim_pa
     printf("| rate/s | attain | TTFT ok | TPOT ok | TTFT p50 | TTFT p90 | TTFT p99 | TPOT p50 | "
            "TPOT p90 | TPOT p99 | JCT mean | JCT p90 | finished | sim s | M req/min |%s\n"
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|%s\n",
-           c->pairs > 0 ? " switches | handed over | replicas dropped |" : "",
-           c->pairs > 0 ? "---|---|---|" : "");
+           c->pairs > 0 ? " switches | handed off | replicas dropped | replicas refused |" : "",
+           c->pairs > 0 ? "---|---|---|---|" : "");
     int st = BT_OK;
     for (int i = 0; i < n_rates && st == BT_OK; i++) {
         pl_workload_at_rate(w, rates[i], reqs);
@@ -161,8 +161,9 @@ static int run_rates(const sim_cfg_t *c, const pl_workload_t *w, const pl_sim_pa
                r.tpot_p99_ms, r.jct_mean_ms, r.jct_p90_ms, r.n_finished, t,
                n / (t > 0 ? t : 1e-9) * 60 / 1e6);
         if (c->pairs > 0)
-            printf(" %llu | %llu | %llu |", (unsigned long long)r.n_switches,
-                   (unsigned long long)r.n_moved, (unsigned long long)r.n_replicas_dropped);
+            printf(" %llu | %llu | %llu | %llu |", (unsigned long long)r.n_switches,
+                   (unsigned long long)r.n_moved, (unsigned long long)r.n_replicas_dropped,
+                   (unsigned long long)r.n_replicas_refused);
         printf("\n");
         if (csv)
             per_request(csv, rates[i], reqs, out, n);
@@ -170,6 +171,12 @@ static int run_rates(const sim_cfg_t *c, const pl_workload_t *w, const pl_sim_pa
     bt_free(reqs);
     bt_free(out);
     return st;
+}
+
+/* A pairs setting from the command line: 0 there means none, which the simulator spells < 0. */
+static double pair_ms(float v)
+{
+    return v > 0 ? v : -1;
 }
 
 static int sim_main(const sim_cfg_t *c)
@@ -197,21 +204,21 @@ static int sim_main(const sim_cfg_t *c)
                           .slo_ttft_ms = c->slo_ttft_ms,
                           .slo_tpot_ms = c->slo_tpot_ms,
                           .block_size = c->block_size,
-                          .pairs = {.seq_weight_tokens = c->pair_seq_weight,
-                                    .min_switch_ms = c->pair_min_switch_ms,
-                                    .idle_ms = c->pair_idle_ms,
-                                    .handoff_ms = c->pair_handoff_ms,
-                                    .step_ms = c->pair_step_ms,
-                                    .layers = c->pair_layers}};
+                          .pairs = {.switch_ms = pair_ms(c->pair_switch_ms),
+                                    .idle_ms = pair_ms(c->pair_idle_ms),
+                                    .tick_ms = c->pair_tick_ms,
+                                    .heartbeat_ms = pair_ms(c->pair_heartbeat_ms),
+                                    .rtt_ms = pair_ms(c->pair_rtt_ms),
+                                    .step_ms = c->pair_step_ms}};
     FILE *csv = c->per_request ? fopen(c->per_request, "w") : NULL;
     if (csv)
         fputs("rate,request,arrival_ms,prompt,output,ttft_ms,tpot_ms,finish_ms,prefill,decode\n",
               csv);
     if (c->pairs > 0)
-        printf("cluster: %d AcceLLM pairs (%d instances; load weight %g tokens per sequence, "
-               "min switch %g ms, idle %g ms, hand-off %g ms, replica step %g ms, %d layers); ",
-               c->pairs, n_inst, c->pair_seq_weight, c->pair_min_switch_ms, c->pair_idle_ms,
-               c->pair_handoff_ms, c->pair_step_ms, c->pair_layers);
+        printf("cluster: %d AcceLLM pairs (%d instances; switches %g ms apart, idle %g ms, tick %g "
+               "ms, heartbeat %g ms, round trip %g ms, rows %g ms per step); ",
+               c->pairs, n_inst, c->pair_switch_ms, c->pair_idle_ms, c->pair_tick_ms,
+               c->pair_heartbeat_ms, c->pair_rtt_ms, c->pair_step_ms);
     else
         printf("cluster: %d prefill (pp %d) + %d decode (pp %d) + %d colocated, policy %s; ",
                c->prefill, c->prefill_pp, c->decode, c->decode_pp, c->colocated, c->policy);

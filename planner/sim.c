@@ -534,9 +534,10 @@ static const char *check(const pl_sim_params_t *p, const pl_req_t *reqs, size_t 
             if (p->inst[i].pp > 1)
                 return "paired instances have one pipeline stage";
         const pl_pairs_params_t *q = &p->pairs;
-        if (!(q->seq_weight_tokens >= 0) || !(q->min_switch_ms >= 0) || !(q->idle_ms >= 0) ||
-            !(q->handoff_ms >= 0) || !(q->step_ms >= 0) || q->layers < 0)
-            return "pair thresholds must be >= 0";
+        if (!isfinite(q->switch_ms) || !isfinite(q->idle_ms) || !isfinite(q->tick_ms) ||
+            !isfinite(q->heartbeat_ms) || !isfinite(q->rtt_ms) || !isfinite(q->step_ms) ||
+            q->tick_ms < 0)
+            return "pair settings must be finite (and the tick >= 0)";
     }
     if (!(p->slo_ttft_ms > 0) || !(p->slo_tpot_ms > 0))
         return "objectives must be > 0";
@@ -669,6 +670,7 @@ static void summarize(const sim_t *s, double *scratch, pl_sim_result_t *res)
     res->n_switches = s->n_switches;
     res->n_moved = s->n_moved;
     res->n_replicas_dropped = s->n_dropped;
+    res->n_replicas_refused = s->n_rep_refused;
     res->n_refused = s->n_refused;
     res->makespan_ms = s->now;
     res->n_events = s->n_events;

@@ -20,10 +20,11 @@
  *  - colocated: continuous batching with prefill first (a waiting prompt batch runs before the
  *    next decode step and stalls it), the baseline;
  *  - pairs (AcceLLM, DESIGN.md section 5; sim_pairs.c): instances 2k and 2k + 1 form pair k, each
- *    with the full weights and a role, prefill or decode, that the pair switches with the load;
- *    prefill KV is copied to the partner as it is computed, so either member can decode it, and
- *    the other keeps a replica, dropped first under memory pressure. Work moves between the
- *    members instead of data.
+ *    with the full weights, serving prefill or decode as the router's pair manager switches them
+ *    (router/router_pair.c: the same placement, ownership, hand-off and switching rules, on the
+ *    router's ticks and heartbeat-old loads); the owner ships the prompt's KV to its partner,
+ *    which keeps a replica, dropped first under memory pressure. Work moves between the members
+ *    instead of data.
  * Per request it reports TTFT (first token - arrival) and TPOT ((last - first) / (output - 1)).
  * A run is deterministic: the same inputs give the same results, bit for bit.
  */
@@ -54,19 +55,21 @@ typedef struct {
     int node;                    /* node holding the instance (first stage) */
 } pl_inst_spec_t;
 
-/* The thresholds of AcceLLM pairs (a zeroed struct: the defaults in brackets). */
+/* The pairs' settings, as the router and the pair daemons have them (router/router_pair.c,
+ * pair/pair.c). 0: the default in brackets; a negative value: none (0 ms; for heartbeat_ms, the
+ * router sees every member's exact state). */
 typedef struct {
-    double seq_weight_tokens; /* a new request goes to the pair with the least queued and
-                               * computing prompt tokens + this x its decoding sequences [64] */
-    double min_switch_ms;     /* least time between two role switches of a pair; 0: none [0] */
-    double idle_ms;           /* how long the prefill member must have been idle, with no
-                               * prompt waiting, before it turns to decode; 0: at once [0] */
-    double handoff_ms;        /* delay of a sequence handed to the partner; 0: one decode step
-                               * of the handed-over sequences [0] */
-    double step_ms;           /* link time per decode step to bring replicas up to date, added
-                               * to every decode step of a paired instance [0] */
-    int32_t layers;           /* layers the prefill KV is copied in: a batch ends after the last
-                               * layer's copy, latency + bytes / layers / bandwidth [32] */
+    double switch_ms;    /* least time between two role switches of a pair [200] */
+    double idle_ms;      /* a member serving prefill turns to decode when nothing waits and it
+                          * was last given a prompt this long ago [1000] */
+    double tick_ms;      /* the router's housekeeping period: role switches are decided on its
+                          * ticks [10] */
+    double heartbeat_ms; /* members report queue and running sequences this often; the router's
+                          * load counts assignments since the last report [500] */
+    double rtt_ms;       /* a router round trip: from arrival to the owner's assignment (the
+                          * holder reserves first) and from a hand-off to the RESUME [1] */
+    double step_ms;      /* time added to every forward that decodes, for sending each step's new
+                          * KV rows to the holders [0] */
 } pl_pairs_params_t;
 
 typedef enum {
@@ -117,9 +120,10 @@ typedef struct {
     double makespan_ms;                                     /* time of the last event */
     uint64_t n_events; /* events processed (arrivals included) */
     int stopped_early; /* max_failures was passed: attainment is an upper bound */
-    /* Pairs only: role switches, sequences handed to the partner, replicas dropped for memory,
-     * and prompts that found no pair able to hold them (refused). */
-    uint64_t n_switches, n_moved, n_replicas_dropped, n_refused;
+    /* Pairs only: role switches, hand-offs (a sequence leaving its owner, after its prefill or
+     * at a turn to prefill), replicas dropped for memory, replicas the holder refused (no room),
+     * and requests longer than a member's memory (refused). */
+    uint64_t n_switches, n_moved, n_replicas_dropped, n_replicas_refused, n_refused;
 } pl_sim_result_t;
 
 /* Simulates the n requests (arrival_ms non-decreasing) on the cluster. A cluster is either all

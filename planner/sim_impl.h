@@ -9,7 +9,8 @@
  * the batch size each step) and a finishing sequence O(log B).
  *
  * AcceLLM pairs (sim_pairs.c) reuse the instances, queues and lanes and add a role that changes,
- * a prompt queue per pair and, per request, where its KV and its replica are held.
+ * the router's view of each member (as of its last heartbeat) and, per request, where its KV and
+ * its replica are held.
  */
 #ifndef BATON_PLANNER_SIM_IMPL_H
 #define BATON_PLANNER_SIM_IMPL_H
@@ -31,7 +32,9 @@ typedef struct {
     double sum_ctx; /* their context tokens */
     int64_t step;   /* steps completed */
     int busy;       /* an iteration is running */
-    int in_prefill; /* colocated: the running iteration is a prefill batch */
+    int in_prefill; /* colocated: the running iteration is a prefill batch; paired: it has
+                     * prompts */
+    int stepping;   /* paired: the running iteration decodes the batch's sequences */
     sim_fin_t *fin; /* (n_fin) min-heap on step */
     int32_t n_fin, cap_fin;
     sim_fifo_t prefill; /* colocated: the prompts of the running prefill iteration */
@@ -56,35 +59,41 @@ typedef struct {
     double link_free_ms;   /* prefill: when its KV link is free */
     sim_lane_t *lanes;     /* (pp) decode, colocated, paired */
     uint64_t seq;          /* registration order (round-robin, ties) */
-    /* Paired instances only. queue: requests decoding here that wait for KV memory; ready:
-     * admitted, waiting for the batch; lanes[0]: the batch; flight/batches: prefill. */
-    pl_role_t now_role;  /* PL_ROLE_PREFILL or PL_ROLE_DECODE */
-    int pair, partner;   /* pair index, partner instance */
-    sim_fifo_t replicas; /* requests whose replica may be here, oldest first; entries of
-                          * replicas since dropped or promoted are skipped when met */
-    int32_t n_replicas;  /* replicas held here and listed in replicas */
-    int32_t n_moving;    /* sequences being handed over to this instance */
-    int32_t n_pinned;    /* sequences decoding here without a replica: they cannot move */
-    int32_t give;        /* sequences to hand to the partner at the next batch boundary */
-    int to_prefill;      /* turn to prefill at the next batch boundary */
+    /* Paired instances only (a continuous batcher each). queue: prompts assigned here, FCFS;
+     * ready: resumed sequences, joining the batch at its next iteration; lanes[0]: the batch,
+     * lanes[0].prefill: the prompts of the running iteration. */
+    pl_role_t serving;     /* PL_ROLE_PREFILL or PL_ROLE_DECODE: what the router has set */
+    pl_role_t applied;     /* what the member serves now: the router's, from its next batch
+                            * boundary on (PREFILL: prompts run alone and are handed off) */
+    int pair, partner;     /* pair index, partner instance */
+    int64_t queued_kv;     /* whole-sequence KV tokens of the prompts in queue */
+    double last_assign_ms; /* the router's last owner assignment here; < 0: none yet */
+    sim_fifo_t replicas;   /* requests whose replica may be here, oldest first; entries of
+                            * replicas since dropped or promoted are skipped when met */
+    int32_t n_replicas;    /* complete replicas held here and listed in replicas */
+    /* The router's view, as of the last heartbeat (heartbeat_ms > 0): */
+    double hb_ms;                 /* time of that heartbeat */
+    int32_t hb_queue, hb_running; /* queue_len and running it reported */
+    int32_t pend;                 /* assignments sent here since (owner and replica ones) */
 } sim_inst_t;
 
-/* One AcceLLM pair: the prompts routed to it, prefilled by its prefill member. */
+/* One AcceLLM pair: what the router keeps about it. */
 typedef struct {
-    sim_fifo_t queue;      /* prompts waiting */
-    int64_t queued_tokens; /* their tokens */
-    int64_t busy_tokens;   /* prompt tokens of the batch being prefilled */
     double last_switch_ms; /* time of the last role switch */
-    double check_ms;       /* a re-check of the switch rules is scheduled then; 0: none */
+    double check_ms;       /* earliest router tick scheduled to look at the pair; INFINITY: none */
 } sim_pair_t;
 
-/* Where a request's KV lives in a paired cluster. */
+/* Where a request's KV lives in a paired cluster. Every copy is reserved for the whole
+ * sequence (prompt + output, block-rounded: kv tokens). */
 typedef struct {
-    int32_t own, rep;       /* the instance that computes on it (prefills, then decodes) and the
-                             * one holding a copy; -1: none */
-    int32_t kv_own, kv_rep; /* tokens reserved for each, block-rounded */
-    int32_t ctx, left;      /* out of a batch: context tokens, decode steps left */
-    uint8_t listed;         /* the replica is in rep's replicas list (droppable) */
+    int32_t own, rep;  /* the member that computes on it (owner) and the one holding its replica
+                        * (holder); -1: none */
+    int32_t kv;        /* tokens reserved for each copy */
+    int32_t ctx, left; /* out of a batch: context tokens, decode steps left */
+    uint8_t listed;    /* the replica is complete and in rep's replicas list (droppable) */
+    uint8_t shipped;   /* the owner shipped the prompt's KV to a holder that had reserved it: it
+                        * hands the request off when it turns to prefill (the owner does not
+                        * learn that a replica was dropped since) */
 } sim_preq_t;
 
 typedef struct {
@@ -105,10 +114,10 @@ enum {
     SIM_EV_PREFILL_DONE,
     SIM_EV_TRANSFER_DONE,
     SIM_EV_LANE_DONE,
-    SIM_EV_PAIR_PREFILL_DONE, /* a: instance */
-    SIM_EV_PAIR_LANE_DONE,    /* a: instance */
-    SIM_EV_PAIR_HANDOFF,      /* a: request, b: the instance it joins */
-    SIM_EV_PAIR_CHECK,        /* a: pair */
+    SIM_EV_PAIR_ASSIGN,    /* a: request, b: its owner; the owner's ASSIGN arrives */
+    SIM_EV_PAIR_LANE_DONE, /* a: instance */
+    SIM_EV_PAIR_RESUME,    /* a: request, b: the instance told to RESUME it */
+    SIM_EV_PAIR_CHECK,     /* a: pair; a router tick */
 };
 
 typedef struct {
@@ -132,7 +141,7 @@ typedef struct {
     sim_preq_t *preq;     /* (n_req) paired clusters only */
     pl_pairs_params_t pp; /* the thresholds with defaults applied */
     uint32_t *buf;        /* (n_req) scratch for the sequences of a hand-over */
-    uint64_t n_switches, n_moved, n_dropped, n_refused;
+    uint64_t n_switches, n_moved, n_dropped, n_refused, n_rep_refused;
 } sim_t;
 
 /* The placement for request r: its prefill and decode instances (decode only, or colocated

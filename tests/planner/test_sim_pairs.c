@@ -40,7 +40,8 @@ typedef struct {
     pl_sim_params_t sp;
 } pairs_t;
 
-/* n pairs with an instant link (unless the test restores the profile's) and no thresholds. */
+/* n pairs with an instant link (unless the test restores the profile's), a router that sees
+ * every member's exact state (no heartbeat lag), a 1 ms round trip and otherwise the defaults. */
 static void pairs_init(pairs_t *c, int n, bt_profile_t prof)
 {
     memset(c, 0, sizeof *c);
@@ -52,7 +53,8 @@ static void pairs_init(pairs_t *c, int n, bt_profile_t prof)
                               .mode = PL_SIM_FULL,
                               .slo_ttft_ms = 1e9,
                               .slo_tpot_ms = 1e9,
-                              .intra_gb_per_s = 1e15};
+                              .intra_gb_per_s = 1e15,
+                              .pairs = {.heartbeat_ms = -1, .rtt_ms = 1}};
 }
 
 static pl_req_t *poisson(size_t n, double rate_per_ms, uint64_t seed, int32_t prompt_max,
@@ -77,36 +79,38 @@ static void near(double got, double want)
         fail_msg("got %.9f, want %.9f", got, want);
 }
 
-/* One request: the prefill ends one layer's copy after its compute (latency 0.5 ms, 100 tokens
- * of 1e5 bytes at 1 GB/s = 10 ms over 10 layers); the idle prefill member turns to decode, and
- * the request decodes on the partner (both have no sequence and 112 tokens reserved: the
- * prompt's on the producer, the whole sequence's on the partner; ties go to the partner). */
+/* One request: member 0 serves prefill, so it owns the request; its ASSIGN comes a round trip
+ * after arrival (the holder reserved first), it prefills 1 - 16 (5 + 0.1 x 100), ships the
+ * prompt's KV and hands the request off; member 1 resumes it a round trip later, or once the KV
+ * is there when the link is slower, and decodes 10 steps of 2 ms. Member 0, idle since its
+ * assignment, turns to decode on the first router tick 1000 ms after it. */
 static void test_pairs_single_request(void **state)
 {
     (void)state;
     pairs_t c;
     pairs_init(&c, 1, profile(5, 0.1, 2));
-    c.sp.intra_gb_per_s = 0; /* the profile's link */
-    c.sp.pairs.layers = 10;
     pl_req_t r = {0, 100, 11};
     pl_sim_result_t res;
     pl_sim_req_t per;
     assert_int_equal(pl_sim_run(&c.sp, &r, 1, &res, &per), BT_OK);
-    near(per.ttft_ms, 0.5 + 15 + 1);
-    near(per.tpot_ms, 2);
+    near(per.ttft_ms, 16);
+    near(per.tpot_ms, (17 + 20 - 16) / 10.0);
     assert_int_equal(per.prefill, 0);
     assert_int_equal(per.decode, 1);
+    assert_int_equal(res.n_moved, 1);
     assert_int_equal(res.n_switches, 1);
+    near(res.makespan_ms, 1010);
     assert_int_equal(res.n_finished, 1);
-    /* A slow link: the whole copy (10 ms at 1 GB/s x 4) outlasts the compute. */
-    c.prof.transfer_gb_per_s = 0.25;
+    /* The profile's link: 0.5 ms + 100 x 1e5 bytes at 1 GB/s = 10.5 ms after the first token. */
+    c.sp.intra_gb_per_s = 0;
     assert_int_equal(pl_sim_run(&c.sp, &r, 1, &res, &per), BT_OK);
-    near(per.ttft_ms, 0.5 + 15.0 / 10 + 40);
+    near(per.ttft_ms, 16);
+    near(per.tpot_ms, (26.5 + 20 - 16) / 10.0);
 }
 
-/* Only prompts (one output token each): the pair serves them FCFS exactly as one prefill
- * instance would, its member 0 turning to decode at the end of every busy period and back to
- * prefill at the start of the next: 2 x busy periods - 1 switches. */
+/* Only prompts (one output token each) and no round trip: the member serving prefill owns them
+ * all and serves them FCFS exactly as one prefill instance would; nothing is handed off, and with
+ * arrivals less than the idle time apart nobody switches. */
 static void test_pairs_prompts_only(void **state)
 {
     (void)state;
@@ -115,6 +119,7 @@ static void test_pairs_prompts_only(void **state)
     pl_req_t *r = poisson(n, 0.05, 11, 512, 1);
     pairs_t c;
     pairs_init(&c, 1, p);
+    c.sp.pairs.rtt_ms = -1;
     c.inst[0].max_batch_seqs = c.inst[1].max_batch_seqs = 1;
     pl_sim_req_t *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
     pl_sim_result_t ra, rb;
@@ -126,124 +131,146 @@ static void test_pairs_prompts_only(void **state)
                           .slo_ttft_ms = 1e9,
                           .slo_tpot_ms = 1e9};
     assert_int_equal(pl_sim_run(&sp, r, n, &rb, b), BT_OK);
-    uint64_t busy = 0;
-    double done = -1;
+    double gap = 0;
     for (size_t i = 0; i < n; i++) {
         near(a[i].ttft_ms, b[i].ttft_ms);
         assert_int_equal(a[i].prefill, 0);
-        busy += r[i].arrival_ms >= done;
-        done = r[i].arrival_ms + b[i].ttft_ms;
+        gap = fmax(gap, r[i].arrival_ms - (i ? r[i - 1].arrival_ms : 0));
     }
+    assert_true(gap < 1000);
     assert_int_equal(ra.n_finished, n);
-    assert_int_equal(ra.n_switches, 2 * busy - 1);
     assert_int_equal(ra.n_moved, 0);
-    printf("prompts only: %llu busy periods, %llu switches, mean TTFT %.3f ms both\n",
-           (unsigned long long)busy, (unsigned long long)ra.n_switches, ra.ttft_mean_ms);
+    assert_int_equal(ra.n_switches, 1); /* at the end, idle */
+    printf("prompts only: mean TTFT %.3f ms both\n", ra.ttft_mean_ms);
     free(a);
     free(b);
     free(r);
 }
 
-/* The thresholds: the prefill member turns to decode only after idle_ms without a prompt; no
- * switch either way comes sooner than min_switch_ms after the pair's last; a prompt finding both
- * members decoding and idle, past that time, is prefilled at once. Prompts take 15 ms, one
- * output token. */
-static void test_pairs_switch_thresholds(void **state)
+/* Switches happen on router ticks (10 ms) only. Idle 50 ms: member 0, given its prompt at 1,
+ * turns to decode at the tick after 51, 60. A request at 600 then finds both members decoding:
+ * member 0 (the less loaded; ties: the first) owns it and decodes it itself, 601 - 616 - 636, and
+ * with exact loads one waiting prompt never turns anyone to prefill.
+ * With heartbeats every 500 ms the router counts assignments (the holder's and the owner's) as
+ * waiting until the next heartbeat: member 0 turns to decode only at 500, when the heartbeat
+ * shows nothing waiting; r1's two assignments make member 0 turn to prefill at the first tick
+ * 200 ms after that, 700 (r1 is done by then), and back to decode at the heartbeat at 1000. */
+static void test_pairs_switch_on_ticks(void **state)
 {
     (void)state;
     pairs_t c;
-    pairs_init(&c, 1, profile(15, 0, 1));
-    pl_req_t r[3] = {{0, 16, 1}, {40, 16, 1}, {200, 16, 1}};
-    pl_sim_result_t res;
-    pl_sim_req_t per[3];
-    /* No thresholds: to decode at 15, prefill at 40, decode 55, prefill 200, decode 215. */
-    assert_int_equal(pl_sim_run(&c.sp, r, 3, &res, per), BT_OK);
-    assert_int_equal(res.n_switches, 5);
-    /* idle 50 ms: r1 (40) comes before the turn (15 + 50); to decode at 105, back at 200, to
-     * decode at 265. */
+    pairs_init(&c, 1, profile(5, 0.1, 2));
     c.sp.pairs.idle_ms = 50;
-    assert_int_equal(pl_sim_run(&c.sp, r, 3, &res, per), BT_OK);
+    pl_req_t r[2] = {{0, 100, 11}, {600, 100, 11}};
+    pl_sim_result_t res;
+    pl_sim_req_t per[2];
+    assert_int_equal(pl_sim_run(&c.sp, r, 1, &res, per), BT_OK);
+    assert_int_equal(res.n_switches, 1);
+    near(res.makespan_ms, 60);
+    assert_int_equal(pl_sim_run(&c.sp, r, 2, &res, per), BT_OK);
+    assert_int_equal(res.n_switches, 1);
+    assert_int_equal(per[1].prefill, 0);
+    assert_int_equal(per[1].decode, 0);
+    near(per[1].ttft_ms, 16);
+    near(per[1].tpot_ms, 2);
+    near(res.makespan_ms, 636);
+    assert_int_equal(res.n_moved, 1);
+    c.sp.pairs.heartbeat_ms = 500;
+    assert_int_equal(pl_sim_run(&c.sp, r, 2, &res, per), BT_OK);
     assert_int_equal(res.n_switches, 3);
-    near(res.makespan_ms, 265);
-    for (int i = 0; i < 3; i++)
-        near(per[i].ttft_ms, 15);
-    /* min switch 100 ms, both ways: to decode at 15; r1 (40) waits for the turn to prefill until
-     * 115 and is done at 130; r2 (200) finds member 0 still prefilling (it may turn to decode at
-     * 215 only) and is done at 215, when member 0 turns. */
-    c.sp.pairs.idle_ms = 0;
-    c.sp.pairs.min_switch_ms = 100;
-    assert_int_equal(pl_sim_run(&c.sp, r, 3, &res, per), BT_OK);
+    near(res.makespan_ms, 1000);
+    assert_int_equal(per[1].decode, 0);
+    near(per[1].tpot_ms, 2);
+    assert_int_equal(res.n_moved, 1);
+    /* Switches 100 ms apart: member 0 turns to prefill at 610, while it prefills r1; at its
+     * boundary (616) it hands r1 off, and member 1 decodes it from 617. */
+    c.sp.pairs.switch_ms = 100;
+    assert_int_equal(pl_sim_run(&c.sp, r, 2, &res, per), BT_OK);
     assert_int_equal(res.n_switches, 3);
-    near(res.makespan_ms, 215);
-    near(per[1].ttft_ms, 90);
-    near(per[2].ttft_ms, 15);
-    /* r2 at 120 queues behind r1: prefilled 130-145. */
-    r[2].arrival_ms = 120;
-    assert_int_equal(pl_sim_run(&c.sp, r, 3, &res, per), BT_OK);
-    assert_int_equal(res.n_switches, 3);
-    near(per[2].ttft_ms, 25);
-    near(res.makespan_ms, 215);
+    near(res.makespan_ms, 1000);
+    assert_int_equal(per[1].decode, 1);
+    near(per[1].tpot_ms, 2.1);
+    assert_int_equal(res.n_moved, 2);
 }
 
-/* Turning to prefill waits for the member's batch boundary and hands its sequences to the
- * partner, which decodes them after one step's delay; the partner's own sequence is not
- * disturbed. Prefill 10 ms, decode steps 2 ms. */
+/* A member that turns to prefill hands what it decodes to the partner at its next batch boundary
+ * and prefills alone, handing each prompt off. Prefill 10 ms, decode steps 2 ms, token budget 16:
+ * a prompt cannot join a running batch. At 0 member 0 turns to decode (no idle time). r0 (0)
+ * goes to member 0 (ties: the first) and decodes there from 11; r1 (2) to member 1, the less
+ * loaded, from 13. r2 and r3 (20, 20.5) go to member 0 and wait: two prompts wait at the tick of
+ * 30, member 0 (fewest running; ties: the first) turns to prefill, at its boundary at 31 hands r0
+ * to member 1 (resumed at 32, in its batch from 33), prefills r2 31 - 41 and r3 41 - 51 and hands
+ * them off. */
 static void test_pairs_turn_to_prefill(void **state)
 {
     (void)state;
     pairs_t c;
     pairs_init(&c, 1, profile(10, 0, 2));
-    /* r0 prefills 0-10 and decodes on member 1 (member 0 still has r1 queued); r1 prefills
-     * 10-20; member 0 turns to decode and takes r1 (fewer sequences). r2 at 25: both decode with
-     * one sequence each, member 0 (ties: the first) turns at its boundary, 26, handing r1 over
-     * (ready on member 1 at 28), and prefills r2 26-36. */
-    pl_req_t r[3] = {{0, 16, 101}, {1, 16, 101}, {25, 16, 1}};
+    c.inst[0].max_batch_tokens = c.inst[1].max_batch_tokens = 16;
+    c.sp.pairs.idle_ms = -1;
+    c.sp.pairs.switch_ms = -1;
+    pl_req_t r[4] = {{0, 16, 101}, {2, 16, 101}, {20, 16, 3}, {20.5, 16, 3}};
+    pl_sim_result_t res;
+    pl_sim_req_t per[4];
+    assert_int_equal(pl_sim_run(&c.sp, r, 4, &res, per), BT_OK);
+    near(per[0].ttft_ms, 11);
+    near(per[1].ttft_ms, 11);
+    near(per[2].ttft_ms, 21);
+    near(per[3].ttft_ms, 30.5);
+    assert_int_equal(per[0].prefill, 0);
+    assert_int_equal(per[0].decode, 1);
+    assert_int_equal(per[1].decode, 1);
+    assert_int_equal(per[2].prefill, 0);
+    assert_int_equal(per[2].decode, 1);
+    assert_int_equal(per[3].decode, 1);
+    /* r0: 10 steps on member 0, 90 on member 1 from 33. r1 is not disturbed. */
+    near(per[0].finish_ms, 33 + 180);
+    near(per[1].finish_ms, 13 + 200);
+    assert_int_equal(res.n_moved, 3);
+    assert_int_equal(res.n_finished, 4);
+}
+
+/* Memory. Member 1 (150 tokens) decodes r0 (64 tokens, handed off) when r1 (112) comes: as the
+ * holder it refuses r1's replica, and r1 runs on member 0 alone, which serves prefill: it
+ * decodes r1 itself between prompt batches, and r2's prompt (35) runs alone while r1 waits. */
+static void test_pairs_replica_refused(void **state)
+{
+    (void)state;
+    pairs_t c;
+    pairs_init(&c, 1, profile(10, 0, 2));
+    c.inst[1].kv_tokens = 150;
+    pl_req_t r[3] = {{0, 16, 33}, {20, 100, 11}, {35, 16, 1}};
     pl_sim_result_t res;
     pl_sim_req_t per[3];
     assert_int_equal(pl_sim_run(&c.sp, r, 3, &res, per), BT_OK);
-    near(per[0].ttft_ms, 10);
-    near(per[1].ttft_ms, 19);
-    near(per[2].ttft_ms, 11);
-    assert_int_equal(per[2].prefill, 0);
-    /* r0 decodes undisturbed on member 1 (100 steps of 2 ms from 10): member 1 never turns.
-     * r1 misses one step at each hand-over: to member 1 at 26 (decoding again at 28), and back
-     * at 36 when member 0, idle, turns to decode and takes half of member 1's sequences, those
-     * with the most steps left (decoding again at 38): 20 + 200 + 2 x 2. */
+    assert_int_equal(res.n_replicas_refused, 1);
     assert_int_equal(per[0].decode, 1);
-    near(per[0].finish_ms, 10 + 200);
+    near(per[0].finish_ms, 12 + 64);
     assert_int_equal(per[1].decode, 0);
-    near(per[1].finish_ms, 20 + 200 + 4);
-    assert_int_equal(res.n_moved, 2);
-    assert_int_equal(res.n_switches, 3);
-    assert_int_equal(res.n_finished, 3);
+    near(per[1].ttft_ms, 11);
+    near(per[1].finish_ms, 47 + 14);
+    near(per[2].ttft_ms, 12);
+    assert_int_equal(res.n_moved, 1);
 }
 
-/* Memory: member 0 (150 tokens) holds r0's replica (96 tokens) when r1's prompt (64) needs
- * room there; the replica is dropped and r1 is prefilled at once, while r0 decodes on unharmed.
- * The prefill member stays prefill (idle threshold). */
+/* Member 0 (150 tokens) keeps r0's replica (64) after handing it off; r1's prompt (112) needs the
+ * room: the replica is dropped before the prompt would wait, and r0 decodes on unharmed. */
 static void test_pairs_replicas_dropped_first(void **state)
 {
     (void)state;
     pairs_t c;
     pairs_init(&c, 1, profile(10, 0, 2));
     c.inst[0].kv_tokens = 150;
-    c.inst[1].kv_tokens = 1000;
-    c.sp.pairs.idle_ms = 1e6;
-    pl_req_t r[2] = {{0, 48, 33}, {20, 64, 17}};
+    pl_req_t r[2] = {{0, 16, 33}, {20, 100, 11}};
     pl_sim_result_t res;
     pl_sim_req_t per[2];
     assert_int_equal(pl_sim_run(&c.sp, r, 2, &res, per), BT_OK);
     assert_int_equal(res.n_replicas_dropped, 1);
-    near(per[1].ttft_ms, 10);
-    near(per[0].ttft_ms, 10);
-    near(per[0].tpot_ms, 2);
-    assert_int_equal(per[0].decode, 1);
+    near(per[1].ttft_ms, 11);
+    near(per[0].finish_ms, 12 + 64);
     assert_int_equal(per[1].decode, 1);
-    /* The one switch: member 0 turns to decode after its idle time, when all is done. */
-    assert_int_equal(res.n_switches, 1);
-    near(res.makespan_ms, 30 + 1e6);
-    /* With room for both replicas whole (2 x 96), nothing is dropped. */
-    c.inst[0].kv_tokens = 192;
+    /* With room for both, nothing is dropped. */
+    c.inst[0].kv_tokens = 176;
     assert_int_equal(pl_sim_run(&c.sp, r, 2, &res, per), BT_OK);
     assert_int_equal(res.n_replicas_dropped, 0);
 }
@@ -255,9 +282,9 @@ static void test_pairs_no_request_lost(void **state)
     (void)state;
     const size_t n = 20000;
     pl_req_t *r = poisson(n, 0.2, 3, 400, 200);
-    const double idle[] = {0, 5, 50}, min_switch[] = {0, 20, 500};
+    const double idle[] = {-1, 5, 50}, switch_ms[] = {-1, 20, 500};
     const int64_t kv[] = {0, 700, 4000};
-    for (int k = 0; k < 27; k++) {
+    for (int k = 0; k < 54; k++) {
         pairs_t c;
         pairs_init(&c, 3, profile(2, 0.01, 1));
         for (int i = 0; i < 6; i++) {
@@ -266,7 +293,8 @@ static void test_pairs_no_request_lost(void **state)
             c.inst[i].max_batch_tokens = 512;
         }
         c.sp.pairs.idle_ms = idle[k / 3 % 3];
-        c.sp.pairs.min_switch_ms = min_switch[k / 9];
+        c.sp.pairs.switch_ms = switch_ms[k / 9 % 3];
+        c.sp.pairs.heartbeat_ms = k < 27 ? -1 : 50;
         pl_sim_result_t res;
         pl_sim_req_t *per = malloc(n * sizeof *per);
         assert_int_equal(pl_sim_run(&c.sp, r, n, &res, per), BT_OK);
@@ -326,7 +354,10 @@ static void test_pairs_refuses_bad_cluster(void **state)
     c.sp.mode = PL_SIM_PREFILL_ONLY;
     assert_int_equal(pl_sim_run(&c.sp, &r, 1, &res, NULL), BT_ERR_INVAL);
     c.sp.mode = PL_SIM_FULL;
-    c.sp.pairs.idle_ms = -1;
+    c.sp.pairs.tick_ms = -1;
+    assert_int_equal(pl_sim_run(&c.sp, &r, 1, &res, NULL), BT_ERR_INVAL);
+    c.sp.pairs.tick_ms = 0;
+    c.sp.pairs.idle_ms = NAN;
     assert_int_equal(pl_sim_run(&c.sp, &r, 1, &res, NULL), BT_ERR_INVAL);
     bt_log_set_level(old);
 }
@@ -359,8 +390,7 @@ static void test_pairs_speed(void **state)
     const size_t n = 200000;
     pairs_t c;
     pairs_init(&c, 2, profile(5, 0.02, 8));
-    c.sp.pairs.idle_ms = 200;
-    c.sp.pairs.min_switch_ms = 2000;
+    c.sp.pairs.heartbeat_ms = 500;
     pl_req_t *r = poisson(n, 0.03, 4, 600, 200);
     pl_sim_result_t res;
     struct timespec a, b;
@@ -368,7 +398,7 @@ static void test_pairs_speed(void **state)
     assert_int_equal(pl_sim_run(&c.sp, r, n, &res, NULL), BT_OK);
     clock_gettime(CLOCK_MONOTONIC, &b);
     double s = (double)(b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
-    printf("pairs: %zu requests (%llu events, %llu switches, %llu handed over) in %.3f s: %.2f M "
+    printf("pairs: %zu requests (%llu events, %llu switches, %llu handed off) in %.3f s: %.2f M "
            "requests per minute\n",
            n, (unsigned long long)res.n_events, (unsigned long long)res.n_switches,
            (unsigned long long)res.n_moved, s, n / s * 60 / 1e6);
@@ -381,8 +411,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pairs_single_request),
         cmocka_unit_test(test_pairs_prompts_only),
-        cmocka_unit_test(test_pairs_switch_thresholds),
+        cmocka_unit_test(test_pairs_switch_on_ticks),
         cmocka_unit_test(test_pairs_turn_to_prefill),
+        cmocka_unit_test(test_pairs_replica_refused),
         cmocka_unit_test(test_pairs_replicas_dropped_first),
         cmocka_unit_test(test_pairs_no_request_lost),
         cmocka_unit_test(test_pairs_deterministic),
