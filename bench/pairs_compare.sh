@@ -4,12 +4,14 @@
 # for each layout (1 pair, 1 prefill + 1 decode, 2 colocated: two engines each) start
 # `baton up`, drive it with baton-bench on each workload, print one line per (layout,
 # workload) with TTFT, TPOT, job completion time and SLO attainment.
-# usage: bench/pairs_compare.sh MODEL [RATE] [N]    (env BIN: the build's bin folder)
+# usage: bench/pairs_compare.sh MODEL [RATE] [N] [AZURE_RATE]   (env BIN: the build's bin folder;
+#        TTFT, TPOT: objectives in ms)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:?model file}
 RATE=${2:-20}
 N=${3:-150}
+AZ_RATE=${4:-2}
 BIN=${BIN:-build/bin}
 OUT=$(mktemp -d)
 TTFT=${TTFT:-250}
@@ -17,8 +19,8 @@ TPOT=${TPOT:-25}
 PORT=7655
 layouts=("--pairs 1" "--prefill 1 --decode 1" "--colocated 2")
 names=("pairs" "1P1D" "colocated")
-workloads=("gamma3:--arrival gamma --cv 3 --len-dist lognormal --input-len 256 --output-len 64"
-           "azure-conv:--workload ../shared/traces/azure2023/AzureLLMInferenceTrace_conv.csv --arrival poisson")
+workloads=("gamma3:--rate $RATE --arrival gamma --cv 3 --len-dist lognormal --input-len 256 --output-len 64"
+           "azure-conv:--rate $AZ_RATE --workload ../shared/traces/azure2023/AzureLLMInferenceTrace_conv.csv --arrival poisson")
 printf "%-10s %-11s %9s %9s %9s %9s %9s %9s\n" layout workload ttft_p50 ttft_p99 tpot_p50 \
     tpot_p99 jct_p50 attain%
 for li in "${!layouts[@]}"; do
@@ -30,7 +32,7 @@ for li in "${!layouts[@]}"; do
         wn=${w%%:*}
         args=${w#*:}
         d="$OUT/${names[$li]}-$wn"
-        "$BIN/baton-bench" --router tcp://127.0.0.1:$PORT --out "$d" --rate "$RATE" \
+        "$BIN/baton-bench" --router tcp://127.0.0.1:$PORT --out "$d" \
             --num-requests "$N" --slo-ttft-ms "$TTFT" --slo-tpot-ms "$TPOT" \
             $args >/dev/null 2>&1 || true
         python3 - "$d/result.json" "${names[$li]}" "$wn" <<'PY'

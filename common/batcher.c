@@ -354,8 +354,20 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
     for (int32_t i = 0; i < n_run; i++)
         seq_begin(SEQ_OF(b->run[i]));
     int32_t *kv_before = b->kv_before;
-    for (int32_t i = 0; i < n_run; i++)
-        kv_before[i] = SEQ_OF(b->run[i])->kv.n_tokens;
+    int32_t rows = 0;
+    for (int32_t i = 0; i < n_run; i++) {
+        seq_t *s = SEQ_OF(b->run[i]);
+        kv_before[i] = s->kv.n_tokens;
+        rows += s->item.n_total - s->kv.n_tokens;
+        b->rows[i] = (bt_batcher_rows_t){.req = s->req,
+                                         .kv = &s->kv,
+                                         .pos0 = kv_before[i],
+                                         .n = s->item.n_total - s->kv.n_tokens,
+                                         .decoding = s->decoding};
+    }
+    if (b->p.hooks.planned)
+        b->p.hooks.planned(b->p.hooks.arg, w, b->rows, n_run,
+                           n_run == 1 && rows > bt_engine_max_batch_tokens(b->p.engine));
     int st = forward_plan(b, n_run);
     if (st == BT_OK && b->p.hooks.rows) {
         for (int32_t i = 0; i < n_run; i++) {

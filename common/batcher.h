@@ -27,7 +27,7 @@ typedef struct bt_batcher bt_batcher_t;
 /* What one forward wrote into a sequence's KV: positions [pos0, pos0 + n) of req's kv. */
 typedef struct {
     const bt_req_t *req;
-    const bt_kv_seq_t *kv;
+    bt_kv_seq_t *kv;
     int32_t pos0, n;
     int decoding; /* the sequence's first token existed before this forward */
 } bt_batcher_rows_t;
@@ -35,6 +35,9 @@ typedef struct {
 /* Optional callbacks of the batcher's owner (compute thread), for replicas (pair daemons). */
 typedef struct {
     void *arg;
+    /* Before a forward: what it will compute (n rows from pos0; a prompt computed in several
+     * forwards comes with chunked set). The owner may reserve the sequences' blocks now. */
+    void (*planned)(void *arg, bt_worker_t *w, const bt_batcher_rows_t *rows, int n, int chunked);
     /* After a forward, before the tokens it produced are sampled and streamed. */
     void (*rows)(void *arg, bt_worker_t *w, const bt_batcher_rows_t *rows, int n);
     /* A prompt's first token was sampled and sent (the sequence goes on decoding here). */

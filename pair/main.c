@@ -18,6 +18,7 @@ typedef struct {
     char *partner;
     char *serving;
     int sync_rows;
+    char *kv_stream;
 } pair_cfg_t;
 
 static const bt_cfg_opt_t pair_opts[] = {
@@ -29,6 +30,8 @@ static const bt_cfg_opt_t pair_opts[] = {
      "what to serve at start: prefill or decode (the router switches it)"},
     {"sync-rows", 0, BT_CFG_INT, "1", 0, 1, offsetof(pair_cfg_t, sync_rows),
      "1: send every step's new KV rows to the partner's replica; 0: the prompt's KV only"},
+    {"kv-stream", 0, BT_CFG_STRING, "layer", 0, 0, offsetof(pair_cfg_t, kv_stream),
+     "the prompt's KV to the partner: layer (during the forward) or whole (after it)"},
 };
 
 static const bt_cfg_table_t pair_table = {
@@ -57,7 +60,8 @@ static int serve(const pair_cfg_t *c, bt_daemon_t *d)
                                                      : dc->max_batch_tokens,
                                .max_requests = dc->max_requests,
                                .peer_wait_ms = c->kv.peer_wait_ms,
-                               .sync_rows = c->sync_rows};
+                               .sync_rows = c->sync_rows,
+                               .layerwise = strcmp(c->kv_stream, "whole") != 0};
         st = bt_pair_create(&pp, &role);
     }
     if (st == BT_OK) {

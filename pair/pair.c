@@ -15,6 +15,7 @@
  */
 #include "pair.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -33,10 +34,17 @@ enum { PK_RECV = 1, PK_SHIP, PK_REFUSED };
 /* Compute -> loop messages. */
 enum { PM_POST = 1, PM_CANCEL_POST, PM_SHIP, PM_CANCEL_SHIP, PM_ROWS, PM_PARTNER };
 
+/* A layer-wise ship as both threads see it; fields under bt_pair_t.stream_mu. */
+typedef struct {
+    bt_kvx_send_t *send; /* set by the loop while its send is live; NULL before and after */
+    int32_t n_done;      /* layers the engine has finished (compute thread) */
+} stream_t;
+
 typedef struct {
     int kind;
     uint64_t req_id;
     int32_t n_tokens;
+    stream_t *stream; /* PM_SHIP layer by layer: borrowed from the shipref, which outlives it */
     int32_t n_blocks;
     uint8_t *bytes; /* PM_ROWS, PM_PARTNER, PM_POST (peer address): after blocks */
     size_t len;
@@ -69,6 +77,8 @@ typedef struct {
 
 /* Compute side: a shipped prompt's blocks, referenced until the ship ends. */
 typedef struct {
+    stream_t stream; /* layer-wise ships: shared with the loop until the ship ends */
+    uint64_t id;
     int32_t n;
     int32_t blocks[];
 } shipref_t;
@@ -96,6 +106,9 @@ struct bt_pair {
     bt_reqtable_t srefs; /* id -> shipref_t */
     uint64_t *handoff;   /* (max_requests) ids to hand off after the step */
     int n_handoff;
+    shipref_t **hooked; /* (max_batch_seqs) layer-wise ships of the running forward */
+    int n_hooked;
+    pthread_mutex_t stream_mu; /* stream_t fields, both threads */
     int64_t rows_sent, rows_applied, rows_recomputed;
     /* loop thread */
     bt_reqtable_t posts; /* id -> xfer_t (receives) */
@@ -113,6 +126,9 @@ static uint64_t mono_ms(void)
 }
 
 static void on_rows_hook(void *arg, bt_worker_t *w, const bt_batcher_rows_t *rows, int n);
+static void on_planned_hook(void *arg, bt_worker_t *w, const bt_batcher_rows_t *rows, int n,
+                            int chunked);
+static void on_layer_done(void *arg, int32_t n_layers_done);
 static void on_prefilled_hook(void *arg, bt_worker_t *w, const bt_req_t *req,
                               const bt_kv_seq_t *kv);
 static void on_ended_hook(void *arg, const bt_req_t *req);
@@ -140,20 +156,25 @@ int bt_pair_create(const bt_pair_params_t *p, bt_pair_t **out)
     bt_reqtable_init(&pr->srefs);
     bt_reqtable_init(&pr->posts);
     bt_reqtable_init(&pr->ships);
+    pthread_mutex_init(&pr->stream_mu, NULL);
     pr->handoff = bt_calloc((size_t)p->max_requests, sizeof *pr->handoff);
+    pr->hooked = bt_calloc((size_t)p->max_batch_seqs, sizeof *pr->hooked);
     bt_batcher_params_t bp = {.engine = p->engine,
                               .max_batch_seqs = p->max_batch_seqs,
                               .prefill_first = pr->serving == BATON__ROLE__PREFILL,
                               .max_requests = p->max_requests,
                               .hooks = {.arg = pr,
+                                        .planned = p->layerwise ? on_planned_hook : NULL,
                                         .rows = on_rows_hook,
                                         .prefilled = on_prefilled_hook,
                                         .ended = on_ended_hook}};
-    int st = pr->handoff ? bt_batcher_create(&bp, &pr->batcher) : BT_ERR_NOMEM;
+    int st = pr->handoff && pr->hooked ? bt_batcher_create(&bp, &pr->batcher) : BT_ERR_NOMEM;
     if (st != BT_OK) {
         bt_pair_destroy(pr);
         return st;
     }
+    if (p->layerwise)
+        bt_engine_set_layer_hook(p->engine, on_layer_done, pr);
     *out = pr;
     return BT_OK;
 }
@@ -202,6 +223,8 @@ void bt_pair_destroy(bt_pair_t *pr)
     bt_reqtable_fini(&pr->ships);
     bt_free(pr->partner_addr);
     bt_free(pr->handoff);
+    bt_free(pr->hooked);
+    pthread_mutex_destroy(&pr->stream_mu);
     bt_free(pr);
 }
 
@@ -312,34 +335,109 @@ static void on_rows_hook(void *arg, bt_worker_t *w, const bt_batcher_rows_t *row
     pm_emit(w, m);
 }
 
-/* The prompt is computed and its first token sent: ship its KV into the partner's reservation
- * (the blocks are referenced until the ship ends), and hand the request off if this member
- * serves prefill. */
-static void on_prefilled_hook(void *arg, bt_worker_t *w, const bt_req_t *req, const bt_kv_seq_t *kv)
+/* Starts the ship of a prompt's blocks [0, nb) to the partner, referencing them until the ship
+ * ends; stream: layer by layer as the engine computes them. The shipref, or NULL. */
+static shipref_t *ship_start(bt_pair_t *pr, bt_worker_t *w, const bt_req_t *req,
+                             const bt_kv_seq_t *kv, int32_t nb, int stream)
 {
-    bt_pair_t *pr = arg;
-    own_t *o = bt_reqtable_get(&pr->owns, req->id);
-    if (!o || !req->resv.n_blocks)
-        return;
-    int32_t nb = bt_blocks_for(req->n_prompt, bt_kv_pool_block_size(pr->pool));
-    if (nb != req->resv.n_blocks || kv->n_blocks < nb)
-        return;
     pm_t *m = pm_new(PM_SHIP, req->id, nb, 0);
-    shipref_t *sr = bt_malloc(sizeof *sr + (size_t)nb * sizeof(int32_t));
+    shipref_t *sr = bt_calloc(1, sizeof *sr + (size_t)nb * sizeof(int32_t));
     if (!m || !sr || bt_reqtable_put(&pr->srefs, req->id, sr) != BT_OK) {
         bt_free(m);
         bt_free(sr);
         bt_warn("req %llu: out of memory shipping the replica", (unsigned long long)req->id);
-        return;
+        return NULL;
     }
     m->n_tokens = req->n_prompt;
     memcpy(m->blocks, kv->blocks, (size_t)nb * sizeof(int32_t));
+    sr->id = req->id;
     sr->n = nb;
     memcpy(sr->blocks, kv->blocks, (size_t)nb * sizeof(int32_t));
     for (int32_t i = 0; i < nb; i++)
         bt_kv_pool_ref(pr->pool, sr->blocks[i]);
-    o->partner_has = 1;
+    if (stream)
+        m->stream = &sr->stream;
+    own_t *o = bt_reqtable_get(&pr->owns, req->id);
+    if (o)
+        o->partner_has = 1;
     pm_emit(w, m);
+    return sr;
+}
+
+/* Whether req's prompt KV should go to the partner now: it has a reservation there and no ship
+ * started yet. *nb: the prompt's blocks. */
+static int ship_wanted(bt_pair_t *pr, const bt_req_t *req, int32_t *nb)
+{
+    *nb = bt_blocks_for(req->n_prompt, bt_kv_pool_block_size(pr->pool));
+    return bt_reqtable_get(&pr->owns, req->id) && req->resv.n_blocks && *nb == req->resv.n_blocks &&
+           !bt_reqtable_get(&pr->srefs, req->id);
+}
+
+/* Before a forward: prompts that complete in it (in one forward) get their blocks now and their
+ * ship started, so that each layer leaves as soon as the engine has computed it. */
+static void on_planned_hook(void *arg, bt_worker_t *w, const bt_batcher_rows_t *rows, int n,
+                            int chunked)
+{
+    bt_pair_t *pr = arg;
+    pr->n_hooked = 0;
+    if (chunked) /* a layer is final only in the last chunk: shipped whole after it */
+        return;
+    for (int i = 0; i < n; i++) {
+        const bt_req_t *req = rows[i].req;
+        int32_t nb;
+        if (rows[i].decoding || rows[i].pos0 + rows[i].n != req->n_prompt ||
+            !ship_wanted(pr, req, &nb))
+            continue;
+        if (bt_kv_seq_reserve(rows[i].kv, pr->pool, req->n_prompt) != BT_OK)
+            continue; /* the forward will say why; shipped whole if it runs */
+        shipref_t *sr = ship_start(pr, w, req, rows[i].kv, nb, 1);
+        if (sr) {
+            bt_debug("req %llu: its replica's KV streams layer by layer",
+                     (unsigned long long)req->id);
+            pr->hooked[pr->n_hooked++] = sr;
+        }
+    }
+}
+
+/* The engine finished layer n - 1 of the running forward (compute thread). */
+static void on_layer_done(void *arg, int32_t n_layers_done)
+{
+    bt_pair_t *pr = arg;
+    if (!pr->n_hooked)
+        return;
+    pthread_mutex_lock(&pr->stream_mu);
+    for (int i = 0; i < pr->n_hooked; i++) {
+        stream_t *st = &pr->hooked[i]->stream;
+        st->n_done = n_layers_done;
+        if (st->send)
+            bt_kvx_send_layers_ready(st->send, n_layers_done);
+    }
+    pthread_mutex_unlock(&pr->stream_mu);
+}
+
+/* After a forward: a streamed ship whose prompt did not complete (the forward failed) is
+ * cancelled, so that it ends. */
+static void streams_settle(bt_pair_t *pr, bt_worker_t *w)
+{
+    for (int i = 0; i < pr->n_hooked; i++)
+        if (pr->hooked[i]->stream.n_done < pr->model->hp.n_layers)
+            pm_emit(w, pm_new(PM_CANCEL_SHIP, pr->hooked[i]->id, 0, 0));
+    pr->n_hooked = 0;
+}
+
+/* The prompt is computed and its first token sent: ship its KV into the partner's reservation
+ * unless it left layer by layer already, and hand the request off if this member serves
+ * prefill. */
+static void on_prefilled_hook(void *arg, bt_worker_t *w, const bt_req_t *req, const bt_kv_seq_t *kv)
+{
+    bt_pair_t *pr = arg;
+    int32_t nb;
+    if (ship_wanted(pr, req, &nb)) {
+        if (kv->n_blocks < nb || !ship_start(pr, w, req, kv, nb, 0))
+            return;
+    } else if (!bt_reqtable_get(&pr->srefs, req->id)) {
+        return; /* no replica */
+    }
     if (pr->serving == BATON__ROLE__PREFILL && pr->n_handoff < pr->p.max_requests)
         pr->handoff[pr->n_handoff++] = req->id;
 }
@@ -725,6 +823,7 @@ static int pr_step(void *ctx, bt_worker_t *w)
     bt_pair_t *pr = ctx;
     pr_make_room(pr, w);
     int st = bt_batcher_step(pr->batcher, w);
+    streams_settle(pr, w);
     for (int i = 0; i < pr->n_handoff; i++)
         pr_handoff(pr, w, pr->handoff[i]);
     pr->n_handoff = 0;
@@ -761,8 +860,13 @@ static void report(bt_pair_t *pr, uint64_t id, int detail, int32_t status)
         bt_error("req %llu: cannot report the end of a transfer", (unsigned long long)id);
 }
 
-static void xfer_free(bt_reqtable_t *t, xfer_t *x)
+static void xfer_free(bt_pair_t *pr, bt_reqtable_t *t, xfer_t *x)
 {
+    if (x->msg->stream) { /* withdraw the send before it is released */
+        pthread_mutex_lock(&pr->stream_mu);
+        x->msg->stream->send = NULL;
+        pthread_mutex_unlock(&pr->stream_mu);
+    }
     bt_reqtable_del(t, x->msg->req_id);
     if (x->recv)
         bt_kvx_recv_release(x->recv);
@@ -802,7 +906,7 @@ static int post_try(bt_pair_t *pr, xfer_t *x)
         bt_worker_send(pr->w, bt_out_assign_reply(m->req_id, BATON__ROLE__PAIR, BT_ERR_UNAVAILABLE,
                                                   "cannot reach the partner for the KV", NULL));
         report(pr, m->req_id, PK_REFUSED, st);
-        xfer_free(&pr->posts, x);
+        xfer_free(pr, &pr->posts, x);
         return 2;
     }
     bt_reservation_t resv = {.id = m->req_id,
@@ -821,11 +925,21 @@ static int ship_try(bt_pair_t *pr, xfer_t *x)
     int st = peer ? bt_kvx_peer_status(peer) : BT_AGAIN;
     if (st == BT_AGAIN)
         return 0;
-    bt_kvx_send_params_t sp = {
-        .req_id = m->req_id, .blocks = m->blocks, .n_blocks = m->n_blocks, .n_tokens = m->n_tokens};
+    bt_kvx_send_params_t sp = {.req_id = m->req_id,
+                               .blocks = m->blocks,
+                               .n_blocks = m->n_blocks,
+                               .n_tokens = m->n_tokens,
+                               .layerwise = m->stream != NULL};
     if (st == BT_OK)
         st = bt_kvx_send_start(peer, &sp, &x->send);
-    if (st == BT_OK)
+    if (st == BT_OK && m->stream) { /* publish it; release what the engine has done */
+        pthread_mutex_lock(&pr->stream_mu);
+        m->stream->send = x->send;
+        if (m->stream->n_done)
+            bt_kvx_send_layers_ready(x->send, m->stream->n_done);
+        pthread_mutex_unlock(&pr->stream_mu);
+    }
+    if (st == BT_OK) /* the notice follows the last layer */
         st = bt_kvx_send_finish(x->send, 0, NULL, 0);
     if (st != BT_OK) {
         if (x->send) {
@@ -833,7 +947,7 @@ static int ship_try(bt_pair_t *pr, xfer_t *x)
             return 1;
         }
         report(pr, m->req_id, PK_SHIP, st);
-        xfer_free(&pr->ships, x);
+        xfer_free(pr, &pr->ships, x);
         return 2;
     }
     return 1;
@@ -880,7 +994,7 @@ static void pr_loop_output(void *ctx, bt_worker_t *w, bt_out_t *o)
         } else if (x) {
             /* never started: the compute side ends it (a replica with DONE CANCELLED) */
             report(pr, x->msg->req_id, t == &pr->posts ? PK_RECV : PK_SHIP, BT_ERR_CANCELLED);
-            xfer_free(t, x);
+            xfer_free(pr, t, x);
         }
         return;
     }
@@ -926,7 +1040,7 @@ static void pr_on_event(void *ctx, const bt_kvx_event_t *ev)
         if (recv && st == BT_OK && ev->n_tokens != x->msg->n_tokens)
             st = BT_ERR_MISMATCH;
         report(pr, ev->req_id, recv ? PK_RECV : PK_SHIP, st);
-        xfer_free(t, x);
+        xfer_free(pr, t, x);
     } else if (recv) {
         bt_kvx_recv_release(ev->recv);
     } else {
@@ -959,7 +1073,7 @@ static void retry_parked(bt_pair_t *pr)
             } else {
                 report(pr, x->msg->req_id, PK_SHIP, BT_ERR_UNAVAILABLE);
             }
-            xfer_free(ts[i], x);
+            xfer_free(pr, ts[i], x);
             pos = 0;
         }
     }

@@ -7,7 +7,8 @@
  * A request on a pair has an owner (it prefills and decodes: ASSIGN{PAIR}) and, when the
  * partner has room, a holder (ASSIGN{PAIR, replica}: it reserves blocks for the prompt and
  * answers with the reservation, like a decode daemon). The owner ships the prompt's KV into the
- * reservation right after prefill and keeps its own copy; after every forward it sends the
+ * reservation (layer by layer while the forward computes it, or whole right after) and keeps
+ * its own copy; after every forward it sends the
  * holder the new KV rows of the step (one kvx message per step for all its sequences), before
  * the tokens of that step are streamed. Either member can therefore continue the request:
  *  - HANDOFF: an owner serving PREFILL (SET_ROLE) stops decoding at a batch boundary, keeps the
@@ -40,6 +41,8 @@ typedef struct {
     int peer_wait_ms;       /* how long a replica waits for the partner's connection; 0: 5000 */
     int sync_rows;          /* 1 (default): send each step's KV rows to the holder; 0: only the
                              * prompt (the holder recomputes the rest when it takes over) */
+    int layerwise;          /* 1: ship the prompt's KV layer by layer during its forward (a
+                             * prompt computed in chunks ships whole after the last one) */
 } bt_pair_params_t;
 
 int bt_pair_create(const bt_pair_params_t *p, bt_pair_t **out);

@@ -143,6 +143,7 @@ static void copy_load(router_instance_t *r, const Baton__Heartbeat *hb, uint64_t
     r->full = 0;
     r->pend_reqs = 0;
     r->pend_tokens = 0;
+    r->pend_prompts = 0;
 }
 
 int router_instances_heartbeat(router_instances_t *set, const uint8_t *ident, size_t ident_len,

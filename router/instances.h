@@ -53,12 +53,13 @@ typedef struct router_instance {
     /* The router's own bookkeeping. */
     uint64_t last_seen_ms; /* monotonic time of the last message from it */
     int alive;
-    int full;             /* refused an ASSIGN with BT_ERR_NOSPACE since its last heartbeat */
-    uint32_t pend_reqs;   /* ASSIGNs sent since its last heartbeat */
-    uint64_t pend_tokens; /* their prompt tokens */
-    uint32_t n_active;    /* requests with a part on it now */
-    uint64_t n_assigned;  /* ASSIGNs sent over its lifetime */
-    uint64_t seq;         /* registration order (stable order for round-robin) */
+    int full;              /* refused an ASSIGN with BT_ERR_NOSPACE since its last heartbeat */
+    uint32_t pend_reqs;    /* ASSIGNs sent since its last heartbeat */
+    uint64_t pend_tokens;  /* their prompt tokens */
+    uint32_t pend_prompts; /* pairs: prompts (not replicas) assigned since its last heartbeat */
+    uint32_t n_active;     /* requests with a part on it now */
+    uint64_t n_assigned;   /* ASSIGNs sent over its lifetime */
+    uint64_t seq;          /* registration order (stable order for round-robin) */
 } router_instance_t;
 
 typedef struct router_instances router_instances_t;

@@ -12,7 +12,8 @@
  * goes on from the next index, without recomputing the prompt.
  *
  * Roles: a pair whose members both decode switches the one with fewer running sequences to
- * prefill when prompts wait; a member that serves prefill with nothing to prefill for
+ * prefill as soon as a prompt waits (a prompt assigned since the last heartbeats, one queued at
+ * a member, or any in the router's queue); a member that serves prefill with nothing to prefill for
  * pair_idle_ms switches back to decode. Switches of one pair are at least pair_switch_ms apart.
  */
 #include <stdio.h>
@@ -91,10 +92,10 @@ void router_pairs_tick(router_t *r)
             r->now_ms - x->last_switch_ms <
                 (uint64_t)(r->p.pair_switch_ms ? r->p.pair_switch_ms : 200))
             continue; /* each pair once, by its first member */
-        uint32_t waiting =
-            x->queue_len + y->queue_len + x->pend_reqs + y->pend_reqs + (r->queue.n ? 1u : 0u);
+        uint32_t waiting = x->queue_len + y->queue_len + x->pend_prompts + y->pend_prompts +
+                           (r->queue.n ? 1u : 0u);
         int xp = x->serving == BATON__ROLE__PREFILL, yp = y->serving == BATON__ROLE__PREFILL;
-        if (!xp && !yp && waiting > 1) {
+        if (!xp && !yp && waiting > 0) {
             router_instance_t *to = x->running <= y->running ? x : y;
             switch_role(r, to, to == x ? y : x, BATON__ROLE__PREFILL);
         } else if (xp != yp && waiting == 0) {
@@ -170,8 +171,10 @@ static int send_pair_assign(router_t *r, router_request_t *rq, rq_part_t *part, 
     if (st == BT_OK) {
         part->sent = 1;
         router_instance_note_assign(part->inst, replica ? 0 : rq->n_prompt);
-        if (!replica)
+        if (!replica) {
             part->inst->last_assign_ms = r->now_ms;
+            part->inst->pend_prompts++;
+        }
     }
     return st;
 }
