@@ -86,19 +86,50 @@ static void drain_rest(void *sock)
     }
 }
 
+/* A bump allocator on the stack for unpacking the header: no malloc per message. A header
+ * with more unknown fields than it holds spills to malloc. */
+typedef struct {
+    uint8_t buf[1024];
+    size_t used;
+} header_arena_t;
+
+static void *arena_alloc(void *data, size_t size)
+{
+    header_arena_t *a = data;
+    size = (size + 15) & ~(size_t)15;
+    if (a->used + size <= sizeof a->buf) {
+        void *p = a->buf + a->used;
+        a->used += size;
+        return p;
+    }
+    return bt_malloc(size);
+}
+
+static void arena_free(void *data, void *p)
+{
+    header_arena_t *a = data;
+    if ((uint8_t *)p < a->buf || (uint8_t *)p >= a->buf + sizeof a->buf)
+        bt_free(p);
+}
+
 static int parse_header(const uint8_t *data, size_t len, bt_rpc_header_t *h)
 {
     if (len > BT_RPC_MAX_HEADER_BYTES)
         return BT_ERR_FORMAT;
-    Baton__Header *ph = baton__header__unpack(NULL, len, data);
+    _Alignas(16) header_arena_t arena;
+    arena.used = 0;
+    ProtobufCAllocator alloc = {arena_alloc, arena_free, &arena};
+    Baton__Header *ph = baton__header__unpack(&alloc, len, data);
     if (!ph)
         return BT_ERR_FORMAT;
     h->version = ph->version;
     h->method = ph->method;
     h->request_id = ph->request_id;
     h->status = ph->status;
-    snprintf(h->error, sizeof h->error, "%s", ph->error ? ph->error : "");
-    baton__header__free_unpacked(ph, NULL);
+    size_t n = ph->error ? strnlen(ph->error, sizeof h->error - 1) : 0;
+    memcpy(h->error, ph->error ? ph->error : "", n);
+    h->error[n] = 0;
+    baton__header__free_unpacked(ph, &alloc);
     if (h->version != BT_RPC_VERSION || !method_known(h->method))
         return BT_ERR_UNSUPPORTED;
     return BT_OK;
@@ -119,7 +150,12 @@ int bt_rpc_recv(void *sock, bt_rpc_msg_t *m, int flags)
     zmq_msg_t frames[BT_RPC_MAX_ROUTE + 2];
     int n = 0, more = 1, st = BT_OK, n_route = route_frames(sock);
     size_t sz = sizeof more;
-    memset(m, 0, sizeof *m);
+    /* Not memset(m): small need not be cleared, nor route ids past route.n. */
+    m->route.n = 0;
+    memset(m->route.len, 0, sizeof m->route.len);
+    memset(&m->hdr, 0, sizeof m->hdr);
+    m->body = NULL;
+    m->body_len = 0;
     while (more) {
         if (n == n_route + 2) { /* too many frames: drop the rest */
             drain_rest(sock);
@@ -152,7 +188,7 @@ int bt_rpc_recv(void *sock, bt_rpc_msg_t *m, int flags)
         st = parse_header(zmq_msg_data(&frames[n - 2]), zmq_msg_size(&frames[n - 2]), &m->hdr);
     if (st == BT_OK && zmq_msg_size(&frames[n - 1]) > 0) {
         m->body_len = zmq_msg_size(&frames[n - 1]);
-        m->body = bt_malloc(m->body_len);
+        m->body = m->body_len <= sizeof m->small ? m->small : bt_malloc(m->body_len);
         if (m->body)
             memcpy(m->body, zmq_msg_data(&frames[n - 1]), m->body_len);
         else
@@ -167,7 +203,8 @@ void bt_rpc_msg_fini(bt_rpc_msg_t *m)
 {
     if (!m)
         return;
-    bt_free(m->body);
+    if (m->body != m->small)
+        bt_free(m->body);
     m->body = NULL;
     m->body_len = 0;
 }

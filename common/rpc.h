@@ -46,8 +46,9 @@ typedef struct {
 typedef struct {
     bt_rpc_route_t route;
     bt_rpc_header_t hdr;
-    uint8_t *body; /* owned; NULL when the body frame is empty */
+    uint8_t *body; /* owned; NULL when the body frame is empty; may point into small */
     size_t body_len;
+    uint8_t small[512]; /* holds small bodies: most messages need no allocation */
 } bt_rpc_msg_t;
 
 /*

@@ -147,11 +147,63 @@ static void test_rpc_malformed_messages_are_reported(void **state)
     assert_int_equal(bt_rpc_recv(p->server, &m, ZMQ_DONTWAIT), BT_AGAIN);
 }
 
+/* Bodies small enough for the message's own buffer and larger ones, and a header whose error
+ * text (too long for the header's stack arena) is cut to bt_rpc_header_t's size. */
+static void test_rpc_small_and_large_bodies_and_long_error(void **state)
+{
+    pair_t *p = *state;
+    static int32_t ids[1000];
+    for (int i = 0; i < 1000; i++)
+        ids[i] = i;
+    const size_t counts[] = {0, 1, 100, 250, 1000};
+    for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++) {
+        Baton__TokenChunk tc = BATON__TOKEN_CHUNK__INIT;
+        tc.ids = ids;
+        tc.n_ids = counts[k];
+        tc.index = 5;
+        bt_rpc_header_t h;
+        bt_rpc_header_init(&h, BATON__METHOD__TOKENS, 100 + k);
+        assert_int_equal(bt_rpc_send(p->client, NULL, &h, &tc.base, 0), BT_OK);
+        bt_rpc_msg_t m;
+        assert_int_equal(bt_rpc_recv(p->server, &m, 0), BT_OK);
+        assert_int_equal(m.hdr.request_id, 100 + k);
+        ProtobufCMessage *body;
+        assert_int_equal(bt_rpc_unpack(&m, &body), BT_OK);
+        Baton__TokenChunk *got = (Baton__TokenChunk *)body;
+        assert_int_equal(got->n_ids, counts[k]);
+        for (size_t i = 0; i < got->n_ids; i++)
+            assert_int_equal(got->ids[i], (int32_t)i);
+        protobuf_c_message_free_unpacked(body, NULL);
+        bt_rpc_msg_fini(&m);
+    }
+    static char error[3000];
+    memset(error, 'e', sizeof error - 1);
+    Baton__Header ph = BATON__HEADER__INIT;
+    ph.version = BT_RPC_VERSION;
+    ph.method = BATON__METHOD__HEALTH;
+    ph.request_id = 9;
+    ph.status = BT_ERR_RANGE;
+    ph.error = error;
+    static uint8_t hbuf[4096];
+    size_t n = baton__header__pack(&ph, hbuf);
+    const void *f[] = {hbuf, ""};
+    size_t l[] = {n, 0};
+    send_raw(p->client, f, l, 2);
+    bt_rpc_msg_t m;
+    assert_int_equal(bt_rpc_recv(p->server, &m, 0), BT_OK);
+    assert_int_equal(m.hdr.request_id, 9);
+    assert_int_equal(m.hdr.status, BT_ERR_RANGE);
+    assert_int_equal(strlen(m.hdr.error), sizeof m.hdr.error - 1);
+    assert_int_equal(m.hdr.error[0], 'e');
+    bt_rpc_msg_fini(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rpc_round_trip_with_reply),
         cmocka_unit_test(test_rpc_malformed_messages_are_reported),
+        cmocka_unit_test(test_rpc_small_and_large_bodies_and_long_error),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -353,6 +353,50 @@ static void test_flow_nospace_waits_for_the_next_heartbeat(void **state)
     baton__generate_result__free_unpacked(r, NULL);
 }
 
+/* Messages are served as they come, not at the next housekeeping tick: with a tick of a second,
+ * every step of many requests (each with a HEALTH sent right behind its GENERATE, so that the
+ * router sends on a socket that has more waiting) is answered well within it. The router
+ * sleeps on its sockets' descriptors; a wake-up consumed by a send and not looked for again
+ * would leave a message waiting for the tick. */
+static void test_flow_messages_are_served_between_ticks(void **state)
+{
+    const char *const extra[] = {"--tick-ms", "1000", "--dead-after-ms", "60000", NULL};
+    rt_cluster_t *c = start(state, extra);
+    rt_daemon_t *p = rt_daemon_add(c, "p0", BATON__ROLE__PREFILL);
+    rt_daemon_t *d = rt_daemon_add(c, "d0", BATON__ROLE__DECODE);
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 2, WAIT_MS), 0);
+    p->silent = d->silent = 1; /* no heartbeats to wake the router by chance */
+    const int fast_ms = 400;
+    bt_rpc_msg_t m;
+    for (uint64_t i = 1; i <= 40; i++) {
+        assert_int_equal(rt_generate(cl, i, prompt, 4, 2), 0);
+        assert_int_equal(rt_send(cl, BATON__METHOD__HEALTH, 1000 + i, 0, NULL), 0);
+        assert_int_equal(rt_expect(c, d->sock, BATON__METHOD__ASSIGN, &m, fast_ms, NULL), 0);
+        uint64_t id = m.hdr.request_id;
+        bt_rpc_msg_fini(&m);
+        assert_int_equal(rt_assign_reply(d, id, BATON__ROLE__DECODE, 0), 0);
+        assert_int_equal(rt_expect(c, p->sock, BATON__METHOD__ASSIGN, &m, fast_ms, NULL), 0);
+        bt_rpc_msg_fini(&m);
+        assert_int_equal(rt_assign_reply(p, id, BATON__ROLE__PREFILL, 0), 0);
+        int32_t t[2] = {7, 8};
+        assert_int_equal(rt_chunk(p, BATON__METHOD__FIRST_TOKEN, id, 0, t, 1), 0);
+        assert_int_equal(rt_expect(c, cl, BATON__METHOD__TOKENS, &m, fast_ms, NULL), 0);
+        bt_rpc_msg_fini(&m);
+        assert_int_equal(
+            rt_done(p, id, BATON__ROLE__PREFILL, BATON__FINISH_REASON__FINISH_LENGTH, 1, NULL, 0),
+            0);
+        assert_int_equal(rt_chunk(d, BATON__METHOD__STREAM, id, 1, t + 1, 1), 0);
+        assert_int_equal(
+            rt_done(d, id, BATON__ROLE__DECODE, BATON__FINISH_REASON__FINISH_LENGTH, 2, NULL, 0),
+            0);
+        /* The HEALTH reply and the second TOKENS come before it. */
+        assert_int_equal(rt_expect(c, cl, BATON__METHOD__RESULT, &m, fast_ms, NULL), 0);
+        assert_int_equal(m.hdr.request_id, i);
+        bt_rpc_msg_fini(&m);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -366,6 +410,7 @@ int main(void)
         cmocka_unit_test_teardown(test_flow_cancel_does_not_wait_for_a_silent_daemon, teardown),
         cmocka_unit_test_teardown(test_flow_nospace_tries_another_decode, teardown),
         cmocka_unit_test_teardown(test_flow_nospace_waits_for_the_next_heartbeat, teardown),
+        cmocka_unit_test_teardown(test_flow_messages_are_served_between_ticks, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
