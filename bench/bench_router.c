@@ -2,8 +2,15 @@
 /*
  * bench_router.c - baton-bench-router: how much the router costs. Starts a real baton-router
  * process, stub daemons that speak the real protocol and answer at once (no engine), and
- * closed-loop clients, and reports requests per second (each one a placement decision and a
- * relayed stream) and the latency the router adds.
+ * clients, and reports requests per second (each one a placement decision and a relayed
+ * stream) and the latency the router adds.
+ *
+ * Two kinds of load point. Closed loop (--loads): each client keeps N requests in flight and
+ * sends a new one as soon as one ends; the highest of these rates is the router's capacity.
+ * Open loop (--rates): the clients send at Poisson arrival times at a stated offered rate,
+ * whatever the router's pace, as a population of independent users does; latency at a stated
+ * rate below capacity is what a user comparing routers asks for (a closed loop at saturation
+ * measures mostly the queue in front of a busy router, by Little's law).
  *
  * Added latency is measured on the first token of every request, against a direct path
  * under the very same load: the stub prefill stamps the time, sends FIRST_TOKEN to the router
@@ -12,13 +19,16 @@
  * relay minus the direct copy, per request, is what the router adds: its event loop, one more
  * ZeroMQ hop, and any queueing in front of it. All stamps come from one host's clock. The
  * router's own CPU time (from /proc) per request is reported too: unlike rates and latencies
- * it barely depends on what else runs on the machine.
+ * it barely depends on what else runs on the machine. So is this program's (stubs and clients
+ * together): near one core per pinned CPU, the load generator itself is the limit.
  *
  * The stubs: with --mode pd, a decode stub reserves (ASSIGN_REPLY with a reservation) and a
- * prefill stub answers ASSIGN_REPLY, FIRST_TOKEN and DONE at once, then tells the decode stub
- * over an inproc socket (standing in for the KV transfer's completion notice), which streams
- * the remaining tokens in one STREAM and sends DONE. With --mode colocated one stub does all.
+ * prefill stub answers ASSIGN_REPLY, FIRST_TOKEN and DONE at once, after which the decode stub
+ * (as if the KV had arrived) streams the remaining tokens in one STREAM and sends DONE. With
+ * --mode colocated one stub does all. Both stubs run on one thread.
  */
+#include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -26,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -36,7 +47,7 @@
 #include "common/status.h"
 
 typedef struct {
-    char *mode, *policy, *router, *loads;
+    char *mode, *policy, *router, *loads, *rates;
     int clients, seconds, warmup_ms, prompt_len, tokens, router_cpu, bench_cpu;
 } cfg_t;
 
@@ -50,7 +61,9 @@ static const bt_cfg_opt_t opts[] = {
     OPT("router", BT_CFG_STRING, NULL, 0, 0, router,
         "baton-router executable (default: next to this program)"),
     OPT("loads", BT_CFG_STRING, "1,16,64,256", 0, 0, loads,
-        "load points: requests each client keeps in flight"),
+        "closed-loop points: requests each client keeps in flight (\"\": none)"),
+    OPT("rates", BT_CFG_STRING, "", 0, 0, rates,
+        "open-loop points: offered requests/s over all clients, Poisson arrivals"),
     OPT("clients", BT_CFG_INT, "2", 1, 16, clients, "client threads (one connection each)"),
     OPT("seconds", BT_CFG_INT, "3", 1, 600, seconds, "measured seconds per load point"),
     OPT("warmup-ms", BT_CFG_INT, "300", 0, 60000, warmup_ms, "unmeasured start of each point"),
@@ -70,6 +83,8 @@ static const bt_cfg_table_t table = {
 
 #define MAX_CLIENTS 16
 #define MAX_SAMPLES (1 << 22)
+#define OPEN_SLOTS (1u << 16)    /* request slots of an open-loop client */
+#define OPEN_MAX_IN_FLIGHT 16384 /* beyond this an open-loop client skips sends (reported) */
 
 static uint64_t now_ns(void)
 {
@@ -100,21 +115,26 @@ static void send_msg(void *sock, Baton__Method method, uint64_t id, const Protob
 
 /* ---- stub daemons --------------------------------------------------------------------- */
 
+/* The stub daemons (decode and prefill, or one colocated) on one thread: on a small machine a
+ * thread each only adds wake-ups that the load generator pays for, not the router. */
 typedef struct {
     void *ctx;
     const char *dir; /* endpoints: DIR/cluster, DIR/direct-<client> */
-    char id[32];
-    Baton__Role role;
+    int n;           /* 2: [0] decode, [1] prefill; 1: [0] colocated */
+    char id[2][32];
+    Baton__Role role[2];
+    void *sock[2];
+    void *direct[MAX_CLIENTS]; /* the prefill's (or colocated's) direct path to each client */
     int tokens, n_clients;
     atomic_int *stop;
     pthread_t thread;
-} stub_t;
+} stubs_t;
 
-static void heartbeat(void *sock, const stub_t *s)
+static void heartbeat(void *sock, const char *id, Baton__Role role)
 {
     Baton__Heartbeat hb = BATON__HEARTBEAT__INIT;
-    hb.instance_id = (char *)s->id;
-    hb.role = s->role;
+    hb.instance_id = (char *)id;
+    hb.role = role;
     hb.model_id = "bench";
     hb.kv_free_blocks = hb.kv_total_blocks = 1 << 20;
     hb.kv_block_size = 16;
@@ -162,7 +182,7 @@ static void reply_assign(void *sock, uint64_t id, Baton__Role part)
 
 /* The first token, to the router and (the direct path) to the client the prompt names:
  * prompt[0] is the client's index, prompt[1] its request id. */
-static void first_token(const stub_t *s, void *sock, void **direct, const bt_rpc_msg_t *m)
+static void first_token(const stubs_t *s, void *sock, const bt_rpc_msg_t *m)
 {
     ProtobufCMessage *b = NULL;
     if (bt_rpc_unpack(m, &b) != BT_OK)
@@ -172,75 +192,67 @@ static void first_token(const stub_t *s, void *sock, void **direct, const bt_rpc
     uint64_t stamp = now_ns();
     /* The direct copy goes first, so its head start counts against the router, not for it. */
     if (client >= 0 && client < s->n_clients)
-        send_chunk(direct[client], BATON__METHOD__TOKENS, (uint64_t)a->prompt_ids[1], 0, 1, stamp);
+        send_chunk(s->direct[client], BATON__METHOD__TOKENS, (uint64_t)a->prompt_ids[1], 0, 1,
+                   stamp);
     send_chunk(sock, BATON__METHOD__FIRST_TOKEN, m->hdr.request_id, 0, 1, stamp);
     protobuf_c_message_free_unpacked(b, NULL);
 }
 
-/* What a stub does with one ASSIGN. kv: the prefill's notice socket to the decode stub. */
-static void stub_assign(const stub_t *s, void *sock, void *kv, void **direct, const bt_rpc_msg_t *m)
+/* What stub i does with one ASSIGN. The decode stub waits for the prefill's; the prefill stub
+ * answers, sends the first token and DONE, and the decode stub (standing in for the KV
+ * transfer's completion notice) then streams the remaining tokens in one STREAM and sends
+ * DONE. A colocated stub does all of it. */
+static void stub_assign(const stubs_t *s, int i, const bt_rpc_msg_t *m)
 {
     uint64_t id = m->hdr.request_id;
-    reply_assign(sock, id, s->role);
-    if (s->role == BATON__ROLE__DECODE)
-        return; /* it waits for the KV notice */
-    first_token(s, sock, direct, m);
-    if (s->role == BATON__ROLE__PREFILL) {
-        send_done(sock, id, BATON__ROLE__PREFILL, 1);
-        zmq_send(kv, &id, sizeof id, 0);
+    reply_assign(s->sock[i], id, s->role[i]);
+    if (s->role[i] == BATON__ROLE__DECODE)
         return;
-    }
+    first_token(s, s->sock[i], m);
+    if (s->role[i] == BATON__ROLE__PREFILL)
+        send_done(s->sock[i], id, BATON__ROLE__PREFILL, 1);
+    void *out = s->sock[0]; /* the decode stub, or the colocated one itself */
     if (s->tokens > 1)
-        send_chunk(sock, BATON__METHOD__STREAM, id, 1, s->tokens - 1, now_ns());
-    send_done(sock, id, BATON__ROLE__COLOCATED, (uint32_t)s->tokens);
+        send_chunk(out, BATON__METHOD__STREAM, id, 1, s->tokens - 1, now_ns());
+    send_done(out, id, s->role[0], (uint32_t)s->tokens);
 }
 
-static void stub_kv_notices(const stub_t *s, void *sock, void *kv)
+static void *stubs_main(void *arg)
 {
-    uint64_t id;
-    while (zmq_recv(kv, &id, sizeof id, ZMQ_DONTWAIT) == sizeof id) {
-        if (s->tokens > 1)
-            send_chunk(sock, BATON__METHOD__STREAM, id, 1, s->tokens - 1, now_ns());
-        send_done(sock, id, BATON__ROLE__DECODE, (uint32_t)s->tokens);
-    }
-}
-
-static void *stub_main(void *arg)
-{
-    stub_t *s = arg;
+    stubs_t *s = arg;
     char ep[160];
     snprintf(ep, sizeof ep, "ipc://%s/cluster", s->dir);
-    void *sock = socket_at(s->ctx, ZMQ_DEALER, s->id, ep, 0);
-    int decode = s->role == BATON__ROLE__DECODE;
-    void *kv = socket_at(s->ctx, decode ? ZMQ_PULL : ZMQ_PUSH, NULL, "inproc://kv", decode);
-    void *direct[MAX_CLIENTS] = {0};
-    for (int i = 0; i < s->n_clients && !decode; i++) {
-        snprintf(ep, sizeof ep, "ipc://%s/direct-%d", s->dir, i);
-        direct[i] = socket_at(s->ctx, ZMQ_PUSH, NULL, ep, 0);
+    zmq_pollitem_t items[2];
+    for (int i = 0; i < s->n; i++) {
+        s->sock[i] = socket_at(s->ctx, ZMQ_DEALER, s->id[i], ep, 0);
+        items[i] = (zmq_pollitem_t){s->sock[i], 0, ZMQ_POLLIN, 0};
     }
-    zmq_pollitem_t items[2] = {{sock, 0, ZMQ_POLLIN, 0}, {kv, 0, ZMQ_POLLIN, 0}};
+    for (int i = 0; i < s->n_clients; i++) {
+        snprintf(ep, sizeof ep, "ipc://%s/direct-%d", s->dir, i);
+        s->direct[i] = socket_at(s->ctx, ZMQ_PUSH, NULL, ep, 0);
+    }
     uint64_t next_hb = 0;
     while (!atomic_load(s->stop)) {
         if (now_ns() >= next_hb) {
-            heartbeat(sock, s);
+            for (int i = 0; i < s->n; i++)
+                heartbeat(s->sock[i], s->id[i], s->role[i]);
             next_hb = now_ns() + 200000000ull;
         }
-        zmq_poll(items, decode ? 2 : 1, 10);
-        bt_rpc_msg_t m;
-        while (bt_rpc_recv(sock, &m, ZMQ_DONTWAIT) == BT_OK) {
-            if (m.hdr.method == BATON__METHOD__ASSIGN)
-                stub_assign(s, sock, kv, direct, &m);
+        zmq_poll(items, s->n, 10);
+        for (int i = 0; i < s->n; i++) {
+            bt_rpc_msg_t m;
+            while (bt_rpc_recv(s->sock[i], &m, ZMQ_DONTWAIT) == BT_OK) {
+                if (m.hdr.method == BATON__METHOD__ASSIGN)
+                    stub_assign(s, i, &m);
+                bt_rpc_msg_fini(&m);
+            }
             bt_rpc_msg_fini(&m);
         }
-        bt_rpc_msg_fini(&m);
-        if (decode)
-            stub_kv_notices(s, sock, kv);
     }
     for (int i = 0; i < s->n_clients; i++)
-        if (direct[i])
-            zmq_close(direct[i]);
-    zmq_close(kv);
-    zmq_close(sock);
+        zmq_close(s->direct[i]);
+    for (int i = 0; i < s->n; i++)
+        zmq_close(s->sock[i]);
     return NULL;
 }
 
@@ -255,10 +267,12 @@ typedef struct {
     void *ctx;
     const char *dir;
     int index, outstanding, prompt_len, tokens;
+    double rate;         /* open loop: requests/s this client offers; 0: closed loop */
     atomic_int *stop;    /* stop sending */
     atomic_int *measure; /* count and sample now */
     uint64_t completed;  /* results while measuring */
     uint64_t errors;
+    uint64_t skipped;   /* open loop: sends not made because OPEN_MAX_IN_FLIGHT were out */
     int64_t *added_ns;  /* per-request samples: relayed minus direct arrival */
     int64_t *direct_ns; /* the direct path alone: arrival minus the stub's stamp */
     size_t n_added, n_direct, cap_added;
@@ -332,14 +346,22 @@ static void client_direct(client_t *c, void *pull)
     bt_rpc_msg_fini(&m);
 }
 
-static void *client_main(void *arg)
+/* Takes what the router sent; returns how many requests ended. */
+static int client_results(client_t *c, void *sock)
 {
-    client_t *c = arg;
-    char ep[160];
-    snprintf(ep, sizeof ep, "ipc://%s/client", c->dir);
-    void *sock = socket_at(c->ctx, ZMQ_DEALER, NULL, ep, 0);
-    snprintf(ep, sizeof ep, "ipc://%s/direct-%d", c->dir, c->index);
-    void *pull = socket_at(c->ctx, ZMQ_PULL, NULL, ep, 1);
+    int ended = 0;
+    bt_rpc_msg_t m;
+    while (bt_rpc_recv(sock, &m, ZMQ_DONTWAIT) == BT_OK) {
+        ended += client_take(c, &m, now_ns());
+        bt_rpc_msg_fini(&m);
+    }
+    bt_rpc_msg_fini(&m);
+    return ended;
+}
+
+/* Closed loop: `outstanding` requests in flight, a new one as soon as one ends. */
+static void client_closed(client_t *c, void *sock, void *pull)
+{
     uint64_t next_id = 1;
     int in_flight = 0;
     for (; in_flight < c->outstanding; in_flight++)
@@ -348,19 +370,86 @@ static void *client_main(void *arg)
     while (in_flight > 0) {
         zmq_poll(it, 2, 100);
         client_direct(c, pull);
-        bt_rpc_msg_t m;
-        while (bt_rpc_recv(sock, &m, ZMQ_DONTWAIT) == BT_OK) {
-            if (client_take(c, &m, now_ns())) {
-                in_flight--;
-                if (!atomic_load(c->stop)) {
-                    send_generate(c, sock, next_id++);
-                    in_flight++;
-                }
+        for (int ended = client_results(c, sock); ended > 0; ended--) {
+            in_flight--;
+            if (!atomic_load(c->stop)) {
+                send_generate(c, sock, next_id++);
+                in_flight++;
             }
-            bt_rpc_msg_fini(&m);
         }
-        bt_rpc_msg_fini(&m);
     }
+}
+
+/* Waits up to timeout_ns for either socket to have a message: zmq_poll's own method (check
+ * ZMQ_EVENTS, then poll the notification descriptors), with a timeout in nanoseconds rather
+ * than milliseconds so that an open-loop client sends on schedule. */
+static void wait_readable(void *sock, void *pull, uint64_t timeout_ns)
+{
+    void *socks[2] = {sock, pull};
+    struct pollfd fds[2];
+    for (int i = 0; i < 2; i++) {
+        int ev = 0, fd = -1;
+        size_t sz = sizeof ev;
+        zmq_getsockopt(socks[i], ZMQ_EVENTS, &ev, &sz);
+        if (ev & ZMQ_POLLIN)
+            return;
+        sz = sizeof fd;
+        zmq_getsockopt(socks[i], ZMQ_FD, &fd, &sz);
+        fds[i] = (struct pollfd){.fd = fd, .events = POLLIN};
+    }
+    struct timespec ts = {(time_t)(timeout_ns / 1000000000u), (long)(timeout_ns % 1000000000u)};
+    ppoll(fds, 2, &ts, NULL);
+}
+
+/* Exponential gap (ns) between arrivals at `rate` per second: a Poisson process. */
+static uint64_t arrival_gap_ns(uint64_t *rng, double rate)
+{
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    double u = (double)(*rng >> 11) * 0x1.0p-53; /* [0, 1) */
+    return (uint64_t)(-log1p(-u) / rate * 1e9);
+}
+
+/* Open loop: requests go out at Poisson arrival times whatever the router's pace, as a
+ * population of independent users would send them. */
+static void client_open(client_t *c, void *sock, void *pull)
+{
+    uint64_t rng = 0x9e3779b97f4a7c15ull * (uint64_t)(c->index + 1), next_id = 1;
+    uint64_t next_send = now_ns() + arrival_gap_ns(&rng, c->rate);
+    int in_flight = 0;
+    prctl(PR_SET_TIMERSLACK, 1UL); /* wake on schedule, not up to 50 us late */
+    for (;;) {
+        int stopping = atomic_load(c->stop);
+        if (stopping && in_flight == 0)
+            break;
+        uint64_t now = now_ns();
+        for (; !stopping && next_send <= now; next_send += arrival_gap_ns(&rng, c->rate)) {
+            if (in_flight >= OPEN_MAX_IN_FLIGHT) {
+                c->skipped++;
+                continue;
+            }
+            send_generate(c, sock, next_id++);
+            in_flight++;
+        }
+        wait_readable(sock, pull, stopping ? 100000000u : next_send - now);
+        client_direct(c, pull);
+        in_flight -= client_results(c, sock);
+    }
+}
+
+static void *client_main(void *arg)
+{
+    client_t *c = arg;
+    char ep[160];
+    snprintf(ep, sizeof ep, "ipc://%s/client", c->dir);
+    void *sock = socket_at(c->ctx, ZMQ_DEALER, NULL, ep, 0);
+    snprintf(ep, sizeof ep, "ipc://%s/direct-%d", c->dir, c->index);
+    void *pull = socket_at(c->ctx, ZMQ_PULL, NULL, ep, 1);
+    if (c->rate > 0)
+        client_open(c, sock, pull);
+    else
+        client_closed(c, sock, pull);
     zmq_close(pull);
     zmq_close(sock);
     return NULL;
@@ -424,9 +513,9 @@ static pid_t start_router(const cfg_t *c, const char *exe, const char *dir)
 }
 
 typedef struct {
-    double rps, router_cpu, added_p50, added_p99, direct_p50, direct_p99;
+    double rps, router_cpu, bench_cpu, added_p50, added_p99, direct_p50, direct_p99;
     size_t n, n_direct;
-    uint64_t errors;
+    uint64_t errors, skipped;
 } point_t;
 
 static void join_clients(client_t *cl, int n, int64_t *samples, point_t *pt, uint64_t *done)
@@ -435,6 +524,7 @@ static void join_clients(client_t *cl, int n, int64_t *samples, point_t *pt, uin
         pthread_join(cl[i].thread, NULL);
         *done += cl[i].completed;
         pt->errors += cl[i].errors;
+        pt->skipped += cl[i].skipped;
         memmove(samples + pt->n, cl[i].added_ns, cl[i].n_added * sizeof *samples);
         pt->n += cl[i].n_added;
         memmove(samples + MAX_SAMPLES + pt->n_direct, cl[i].direct_ns,
@@ -451,9 +541,10 @@ static void join_clients(client_t *cl, int n, int64_t *samples, point_t *pt, uin
     pt->direct_p99 = pct_us(direct, pt->n_direct, 0.99);
 }
 
-/* One load point: clients keep `outstanding` requests each in flight; warm up, measure. */
+/* One load point: clients keep `outstanding` requests each in flight (closed loop), or offer
+ * `rate` requests/s in all (open loop, when rate > 0); warm up, measure. */
 static point_t run_point(const cfg_t *c, void *ctx, const char *dir, pid_t router, int outstanding,
-                         int64_t *samples)
+                         double rate, int64_t *samples)
 {
     atomic_int stop = 0, measure = 0;
     client_t cl[MAX_CLIENTS];
@@ -461,6 +552,8 @@ static point_t run_point(const cfg_t *c, void *ctx, const char *dir, pid_t route
     uint64_t mask = 1;
     while (mask < 4ull * (uint64_t)outstanding)
         mask <<= 1;
+    if (rate > 0)
+        mask = OPEN_SLOTS;
     for (int i = 0; i < c->clients; i++) {
         cl[i] = (client_t){.ctx = ctx,
                            .dir = dir,
@@ -468,6 +561,7 @@ static point_t run_point(const cfg_t *c, void *ctx, const char *dir, pid_t route
                            .outstanding = outstanding,
                            .prompt_len = c->prompt_len,
                            .tokens = c->tokens,
+                           .rate = rate / c->clients,
                            .stop = &stop,
                            .measure = &measure,
                            .added_ns = samples + (size_t)i * per,
@@ -478,13 +572,14 @@ static point_t run_point(const cfg_t *c, void *ctx, const char *dir, pid_t route
         pthread_create(&cl[i].thread, NULL, client_main, &cl[i]);
     }
     usleep((useconds_t)c->warmup_ms * 1000);
-    double cpu0 = cpu_seconds(router);
+    double cpu0 = cpu_seconds(router), self0 = cpu_seconds(getpid());
     atomic_store(&measure, 1);
     uint64_t t0 = now_ns();
     usleep((useconds_t)c->seconds * 1000000);
     atomic_store(&measure, 0);
     double secs = (double)(now_ns() - t0) / 1e9;
-    point_t pt = {.router_cpu = (cpu_seconds(router) - cpu0) / secs};
+    point_t pt = {.router_cpu = (cpu_seconds(router) - cpu0) / secs,
+                  .bench_cpu = (cpu_seconds(getpid()) - self0) / secs};
     atomic_store(&stop, 1);
     uint64_t done = 0;
     join_clients(cl, c->clients, samples, &pt, &done);
@@ -492,31 +587,28 @@ static point_t run_point(const cfg_t *c, void *ctx, const char *dir, pid_t route
     return pt;
 }
 
-static void start_stubs(const cfg_t *c, void *ctx, const char *dir, atomic_int *stop, stub_t *stubs,
-                        int *n)
+static void start_stubs(const cfg_t *c, void *ctx, const char *dir, atomic_int *stop, stubs_t *s)
 {
     int pd = strcmp(c->mode, "colocated") != 0;
-    Baton__Role roles[2] = {pd ? BATON__ROLE__DECODE : BATON__ROLE__COLOCATED,
-                            BATON__ROLE__PREFILL};
-    *n = pd ? 2 : 1;
-    for (int i = 0; i < *n; i++) {
-        stubs[i] = (stub_t){.ctx = ctx,
-                            .dir = dir,
-                            .role = roles[i],
-                            .tokens = c->tokens,
-                            .n_clients = c->clients,
-                            .stop = stop};
-        snprintf(stubs[i].id, sizeof stubs[i].id, "stub-%d", i);
-        pthread_create(&stubs[i].thread, NULL, stub_main, &stubs[i]);
-        usleep(20000); /* the decode stub binds the KV-notice socket first */
-    }
+    *s =
+        (stubs_t){.ctx = ctx,
+                  .dir = dir,
+                  .n = pd ? 2 : 1,
+                  .role = {pd ? BATON__ROLE__DECODE : BATON__ROLE__COLOCATED, BATON__ROLE__PREFILL},
+                  .tokens = c->tokens,
+                  .n_clients = c->clients,
+                  .stop = stop};
+    for (int i = 0; i < s->n; i++)
+        snprintf(s->id[i], sizeof s->id[i], "stub-%d", i);
+    pthread_create(&s->thread, NULL, stubs_main, s);
 }
 
-static void print_point(const cfg_t *c, int load, const point_t *r)
+static void print_point(const char *load, const point_t *r)
 {
-    printf("%9d %11.0f %9.0f%% %10.1f %13.1f %13.1f %13.1f %13.1f%s\n", load * c->clients, r->rps,
-           r->router_cpu * 100, r->rps > 0 ? r->router_cpu / r->rps * 1e6 : 0, r->direct_p50,
-           r->direct_p99, r->added_p50, r->added_p99, r->errors ? "  (errors!)" : "");
+    printf("%12s %11.0f %9.0f%% %10.1f %9.0f%% %13.1f %13.1f %13.1f %13.1f%s%s\n", load, r->rps,
+           r->router_cpu * 100, r->rps > 0 ? r->router_cpu / r->rps * 1e6 : 0, r->bench_cpu * 100,
+           r->direct_p50, r->direct_p99, r->added_p50, r->added_p99, r->errors ? "  (errors!)" : "",
+           r->skipped ? "  (could not send on schedule)" : "");
     fflush(stdout);
 }
 
@@ -541,32 +633,46 @@ static void run(const cfg_t *c, const char *exe)
         return;
     pid_t router = start_router(c, exe, dir);
     pin(c->bench_cpu); /* after the fork: threads made from here on inherit it */
-    void *ctx = zmq_ctx_new();
+    /* The stubs and the clients stand for separate processes: each side has its own ZeroMQ
+     * context, so its own I/O thread, as it would in a deployment. */
+    void *ctx = zmq_ctx_new(), *cctx = zmq_ctx_new();
     atomic_int stop = 0;
-    stub_t stubs[2];
-    int n_stubs;
+    stubs_t stubs;
     usleep(200000);
-    start_stubs(c, ctx, dir, &stop, stubs, &n_stubs);
+    start_stubs(c, ctx, dir, &stop, &stubs);
     usleep(500000); /* stubs registered */
     int64_t *samples = malloc(2 * MAX_SAMPLES * sizeof *samples);
     printf("router overhead: mode %s, policy %s, %d clients, prompt %d tokens, %d output tokens,"
            " %d s per point, router on CPU %d, stubs and clients on CPU %d (-1: any)\n",
            c->mode, c->policy, c->clients, c->prompt_len, c->tokens, c->seconds, c->router_cpu,
            c->bench_cpu);
-    printf("%9s %11s %10s %10s %13s %13s %13s %13s\n", "in flight", "requests/s", "router CPU",
-           "CPU us/req", "direct p50 us", "direct p99 us", "added p50 us", "added p99 us");
-    for (const char *p = c->loads; samples && *p;) {
-        int load = atoi(p);
-        point_t r = run_point(c, ctx, dir, router, load > 0 ? load : 1, samples);
-        print_point(c, load > 0 ? load : 1, &r);
+    printf("%12s %11s %10s %10s %10s %13s %13s %13s %13s\n", "load", "requests/s", "router CPU",
+           "CPU us/req", "bench CPU", "direct p50 us", "direct p99 us", "added p50 us",
+           "added p99 us");
+    char label[32];
+    for (const char *p = c->loads ? c->loads : ""; samples && *p;) {
+        int load = atoi(p) > 0 ? atoi(p) : 1;
+        point_t r = run_point(c, cctx, dir, router, load, 0, samples);
+        snprintf(label, sizeof label, "%d in flight", load * c->clients);
+        print_point(label, &r);
+        p = strchr(p, ',');
+        p = p ? p + 1 : "";
+    }
+    for (const char *p = c->rates ? c->rates : ""; samples && *p;) {
+        double rate = atof(p);
+        if (rate > 0) {
+            point_t r = run_point(c, cctx, dir, router, 1, rate, samples);
+            snprintf(label, sizeof label, "%.0f/s", rate);
+            print_point(label, &r);
+        }
         p = strchr(p, ',');
         p = p ? p + 1 : "";
     }
     atomic_store(&stop, 1);
-    for (int i = 0; i < n_stubs; i++)
-        pthread_join(stubs[i].thread, NULL);
+    pthread_join(stubs.thread, NULL);
     kill(router, SIGTERM);
     waitpid(router, NULL, 0);
+    zmq_ctx_term(cctx);
     zmq_ctx_term(ctx);
     free(samples);
     cleanup_dir(dir, c->clients);
