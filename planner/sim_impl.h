@@ -75,6 +75,7 @@ typedef struct {
     double hb_ms;                 /* time of that heartbeat */
     int32_t hb_queue, hb_running; /* queue_len and running it reported */
     int32_t pend;                 /* assignments sent here since (owner and replica ones) */
+    int32_t pend_prompts;         /* of them, the owner ones (prompts to compute here) */
 } sim_inst_t;
 
 /* One AcceLLM pair: what the router keeps about it. */

@@ -15,11 +15,11 @@
  *    each request off after its first token: the holder resumes it a round trip later, once the
  *    prompt's KV is there, and the old owner keeps its copy as the replica. An owner serving
  *    decode decodes the request itself, prompts joining its running batch;
- *  - on the router's ticks: if neither member serves prefill and more than one prompt waits
- *    (queue_len + pend_reqs of both), the one with fewer running sequences turns to prefill and,
- *    at its next batch boundary, hands off everything it decodes; if one serves prefill, nothing
- *    waits and it was last given a prompt idle_ms ago, it turns to decode (nothing moves).
- *    Switches of one pair are switch_ms apart;
+ *  - on the router's ticks: if neither member serves prefill and a prompt waits (queue_len of
+ *    both plus the prompts, not replicas, assigned since their heartbeats), the one with fewer
+ * running sequences turns to prefill and, at its next batch boundary, hands off everything it
+ * decodes; if one serves prefill, nothing waits and it was last given a prompt idle_ms ago, it
+ * turns to decode (nothing moves). Switches of one pair are switch_ms apart;
  *  - memory: every copy is reserved for the whole sequence (as elsewhere in the simulator);
  *    before each iteration a member drops complete replicas, oldest first, while its waiting
  *    prompts do not fit, and a holder refuses a replica that would leave them no room.
@@ -59,12 +59,19 @@ static void hb_sync(sim_t *s, int i)
         x->hb_queue = queue_len(x);
         x->hb_running = running(x);
         x->pend = 0;
+        x->pend_prompts = 0;
     }
 }
 
 static int64_t seen_waiting(const sim_t *s, const sim_inst_t *x)
 {
     return s->pp.heartbeat_ms > 0 ? (int64_t)x->hb_queue + x->pend : queue_len(x);
+}
+
+/* Prompts waiting here as the router sees them (replica assignments are not prompts). */
+static int64_t seen_prompts(const sim_t *s, const sim_inst_t *x)
+{
+    return s->pp.heartbeat_ms > 0 ? (int64_t)x->hb_queue + x->pend_prompts : queue_len(x);
 }
 
 static int64_t seen_running(const sim_t *s, const sim_inst_t *x)
@@ -342,8 +349,10 @@ static void assign(sim_t *s, uint32_t r, int i)
 {
     sim_inst_t *x = &s->inst[i];
     hb_sync(s, i);
-    if (s->pp.heartbeat_ms > 0)
+    if (s->pp.heartbeat_ms > 0) {
         x->pend++;
+        x->pend_prompts++;
+    }
     x->last_assign_ms = s->now;
     sim_fifo_push(s, &x->queue, r);
     x->queued_kv += s->preq[r].kv;
@@ -365,18 +374,18 @@ static void arm(sim_t *s, int k)
     sim_inst_t *x = &s->inst[2 * k], *y = &s->inst[2 * k + 1];
     double hb = s->pp.heartbeat_ms, next_hb = hb > 0 ? (floor(s->now / hb) + 1) * hb : INFINITY;
     double gap_ok = pr->last_switch_ms + s->pp.switch_ms, t = INFINITY;
-    int64_t seen = seen_waiting(s, x) + seen_waiting(s, y);
+    int64_t seen = seen_prompts(s, x) + seen_prompts(s, y);
     int64_t real = (int64_t)queue_len(x) + queue_len(y);
     int xp = x->serving == PL_ROLE_PREFILL, yp = y->serving == PL_ROLE_PREFILL;
     if (!xp && !yp) {
-        if (seen > 1)
+        if (seen > 0)
             t = fmax(s->now, gap_ok);
-        else if (real > 1)
+        else if (real > 0)
             t = fmax(next_hb, gap_ok);
     } else if (xp != yp) {
         const sim_inst_t *p = xp ? x : y;
         double idle_ok =
-            p->last_assign_ms < 0 ? s->now : fmax(gap_ok, p->last_assign_ms + s->pp.idle_ms);
+            fmax(gap_ok, p->last_assign_ms < 0 ? s->now : p->last_assign_ms + s->pp.idle_ms);
         if (seen == 0)
             t = fmax(s->now, idle_ok);
         else if (real == 0)
@@ -408,9 +417,9 @@ static void tick(sim_t *s, int k)
     hb_sync(s, b);
     if (s->now - pr->last_switch_ms < s->pp.switch_ms - 1e-9)
         return;
-    int64_t waiting = seen_waiting(s, x) + seen_waiting(s, y);
+    int64_t waiting = seen_prompts(s, x) + seen_prompts(s, y);
     int xp = x->serving == PL_ROLE_PREFILL, yp = y->serving == PL_ROLE_PREFILL;
-    if (!xp && !yp && waiting > 1) {
+    if (!xp && !yp && waiting > 0) {
         switch_role(s, k, seen_running(s, x) <= seen_running(s, y) ? a : b, PL_ROLE_PREFILL);
     } else if (xp != yp && waiting == 0) {
         sim_inst_t *p = xp ? x : y;
