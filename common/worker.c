@@ -54,6 +54,7 @@ struct bt_worker {
     int draining;
     int forced; /* a second signal: stop now */
     uint64_t drain_start_ms;
+    uint64_t drain_note_ms; /* next log line about what the drain waits for */
     int drain_aborted;
     uint64_t next_hb_ms;
     uint64_t incarnation;    /* start time (ns): tells the router about a restart */
@@ -514,6 +515,12 @@ static void on_signal(bt_worker_t *w)
 /* Past the drain timeout, what is still in flight is aborted (each still ends with DONE). */
 static void drain_timeout_check(bt_worker_t *w)
 {
+    if (w->draining && now_ms() >= w->drain_note_ms) { /* say what the drain waits for */
+        if (w->drain_note_ms)
+            bt_info("worker %s: draining: %zu requests in flight, %zu outputs to send", w->id,
+                    bt_reqtable_len(&w->inflight), bt_queue_len(w->outbox));
+        w->drain_note_ms = now_ms() + 2000;
+    }
     if (!w->draining || w->drain_aborted || w->p.drain_timeout_ms <= 0 ||
         now_ms() - w->drain_start_ms < (uint64_t)w->p.drain_timeout_ms)
         return;

@@ -876,6 +876,15 @@ static void xfer_free(bt_pair_t *pr, bt_reqtable_t *t, xfer_t *x)
     bt_free(x);
 }
 
+/* Frees x, then reports its end to the compute thread (which may free what x borrowed, the
+ * stream of a layer-wise ship, as soon as it hears). */
+static void xfer_end(bt_pair_t *pr, bt_reqtable_t *t, xfer_t *x, int detail, int32_t status)
+{
+    uint64_t id = x->msg->req_id;
+    xfer_free(pr, t, x);
+    report(pr, id, detail, status);
+}
+
 /* The connection to the partner: the member whose id sorts first connects. */
 static bt_kvx_peer_t *partner_peer(bt_pair_t *pr, const void *addr, size_t len)
 {
@@ -905,8 +914,7 @@ static int post_try(bt_pair_t *pr, xfer_t *x)
     if (st != BT_OK) {
         bt_worker_send(pr->w, bt_out_assign_reply(m->req_id, BATON__ROLE__PAIR, BT_ERR_UNAVAILABLE,
                                                   "cannot reach the partner for the KV", NULL));
-        report(pr, m->req_id, PK_REFUSED, st);
-        xfer_free(pr, &pr->posts, x);
+        xfer_end(pr, &pr->posts, x, PK_REFUSED, st);
         return 2;
     }
     bt_reservation_t resv = {.id = m->req_id,
@@ -946,8 +954,7 @@ static int ship_try(bt_pair_t *pr, xfer_t *x)
             bt_kvx_send_cancel(x->send); /* its final event ends it */
             return 1;
         }
-        report(pr, m->req_id, PK_SHIP, st);
-        xfer_free(pr, &pr->ships, x);
+        xfer_end(pr, &pr->ships, x, PK_SHIP, st);
         return 2;
     }
     return 1;
@@ -993,8 +1000,7 @@ static void pr_loop_output(void *ctx, bt_worker_t *w, bt_out_t *o)
                 bt_kvx_send_cancel(x->send);
         } else if (x) {
             /* never started: the compute side ends it (a replica with DONE CANCELLED) */
-            report(pr, x->msg->req_id, t == &pr->posts ? PK_RECV : PK_SHIP, BT_ERR_CANCELLED);
-            xfer_free(pr, t, x);
+            xfer_end(pr, t, x, t == &pr->posts ? PK_RECV : PK_SHIP, BT_ERR_CANCELLED);
         }
         return;
     }
@@ -1039,8 +1045,7 @@ static void pr_on_event(void *ctx, const bt_kvx_event_t *ev)
         int32_t st = ev->status;
         if (recv && st == BT_OK && ev->n_tokens != x->msg->n_tokens)
             st = BT_ERR_MISMATCH;
-        report(pr, ev->req_id, recv ? PK_RECV : PK_SHIP, st);
-        xfer_free(pr, t, x);
+        xfer_end(pr, t, x, recv ? PK_RECV : PK_SHIP, st);
     } else if (recv) {
         bt_kvx_recv_release(ev->recv);
     } else {
@@ -1069,11 +1074,10 @@ static void retry_parked(bt_pair_t *pr)
                 bt_worker_send(pr->w, bt_out_assign_reply(x->msg->req_id, BATON__ROLE__PAIR,
                                                           BT_ERR_UNAVAILABLE,
                                                           "the partner did not connect", NULL));
-                report(pr, x->msg->req_id, PK_REFUSED, BT_ERR_UNAVAILABLE);
+                xfer_end(pr, ts[i], x, PK_REFUSED, BT_ERR_UNAVAILABLE);
             } else {
-                report(pr, x->msg->req_id, PK_SHIP, BT_ERR_UNAVAILABLE);
+                xfer_end(pr, ts[i], x, PK_SHIP, BT_ERR_UNAVAILABLE);
             }
-            xfer_free(pr, ts[i], x);
             pos = 0;
         }
     }

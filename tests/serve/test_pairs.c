@@ -206,10 +206,10 @@ static void test_pairs_role_switch_under_load(void **state)
         for (int i = 4 * b; i < 4 * b + 4; i++)
             submit(cl, i, T);
         if (b > 0) /* the burst switches a member to prefill (if none serves it) */
-            to_prefill += wait_serving(&c, BATON__ROLE__PREFILL, 1000);
+            to_prefill += wait_serving(&c, BATON__ROLE__PREFILL, 3000);
         /* idle: the prefill member goes back to decode (both decode then) */
         sleep_ms(200);
-        for (uint64_t end = bt_test_now_ms() + 3000; bt_test_now_ms() < end; sleep_ms(20))
+        for (uint64_t end = bt_test_now_ms() + 6000; bt_test_now_ms() < end; sleep_ms(20))
             if (serving_of(&c, "pair-0") == BATON__ROLE__DECODE &&
                 serving_of(&c, "pair-1") == BATON__ROLE__DECODE) {
                 to_decode++;
@@ -224,7 +224,10 @@ static void test_pairs_role_switch_under_load(void **state)
     fprintf(stderr, "%d of %d requests moved between members\n", resumed, N);
     assert_true(resumed >= 1);
     bt_client_close(cl);
-    assert_int_equal(bt_cluster_stop(&c), 0);
+    int stopped = bt_cluster_stop(&c);
+    if (stopped != 0)
+        bt_cluster_dump_logs(&c);
+    assert_int_equal(stopped, 0);
 }
 
 /* The member decoding the requests is killed with SIGKILL mid-stream: the router resumes each
