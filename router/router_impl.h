@@ -89,6 +89,10 @@ void router_decode_accepted(router_t *r, router_request_t *rq, const Baton__Assi
 void router_refused(router_t *r, router_request_t *rq, router_instance_t *inst, int status,
                     const char *why);
 void router_abort_part(router_t *r, router_request_t *rq, rq_part_t *part);
+/* Sends part's instance its ASSIGN (role; replica: a pair's replica part; peer and resv may be
+ * NULL) and counts it on the instance. */
+int router_send_assign(router_t *r, router_request_t *rq, rq_part_t *part, Baton__Role role,
+                       int replica, const router_instance_t *peer, Baton__KvReservation *resv);
 void router_detach_parts(router_request_t *rq);
 void router_relay(router_t *r, router_request_t *rq, const rq_relay_t *rel, uint64_t time_ns);
 void router_check_finished(router_t *r, router_request_t *rq);

@@ -151,30 +151,10 @@ static int pick(router_t *r, router_instance_t **owner, router_instance_t **hold
 static int send_pair_assign(router_t *r, router_request_t *rq, rq_part_t *part, int replica,
                             const router_instance_t *peer, Baton__KvReservation *resv)
 {
-    Baton__Assignment a = BATON__ASSIGNMENT__INIT;
-    a.part = BATON__ROLE__PAIR;
-    a.replica = replica;
-    a.prompt_ids = (int32_t *)rq->prompt;
-    a.n_prompt_ids = rq->n_prompt;
-    a.max_tokens = rq->max_tokens;
-    a.sampling = rq->req->sampling;
-    a.return_text = rq->return_text && !rq->make_text;
-    if (peer) {
-        a.peer_instance = (char *)peer->name;
-        a.peer_kvx_address.len = peer->kvx_len;
-        a.peer_kvx_address.data = peer->kvx_address;
-    }
-    a.reservation = resv;
-    a.skip_tokens = rq->n_out;
-    a.issued_ns = rq->issued_ns;
-    int st = router_send_instance(r, part->inst, BATON__METHOD__ASSIGN, rq->id, &a.base);
-    if (st == BT_OK) {
-        part->sent = 1;
-        router_instance_note_assign(part->inst, replica ? 0 : rq->n_prompt);
-        if (!replica) {
-            part->inst->last_assign_ms = r->now_ms;
-            part->inst->pend_prompts++;
-        }
+    int st = router_send_assign(r, rq, part, BATON__ROLE__PAIR, replica, peer, resv);
+    if (st == BT_OK && !replica) {
+        part->inst->last_assign_ms = r->now_ms;
+        part->inst->pend_prompts++;
     }
     return st;
 }

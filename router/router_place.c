@@ -161,11 +161,12 @@ static int build_cands(router_t *r, router_cands_t *c)
     return BT_OK;
 }
 
-static int send_assign(router_t *r, router_request_t *rq, rq_part_t *part, Baton__Role role,
-                       const router_instance_t *peer, Baton__KvReservation *resv)
+int router_send_assign(router_t *r, router_request_t *rq, rq_part_t *part, Baton__Role role,
+                       int replica, const router_instance_t *peer, Baton__KvReservation *resv)
 {
     Baton__Assignment a = BATON__ASSIGNMENT__INIT;
     a.part = role;
+    a.replica = replica;
     a.prompt_ids = (int32_t *)rq->prompt;
     a.n_prompt_ids = rq->n_prompt;
     a.max_tokens = rq->max_tokens;
@@ -182,7 +183,7 @@ static int send_assign(router_t *r, router_request_t *rq, rq_part_t *part, Baton
     int st = router_send_instance(r, part->inst, BATON__METHOD__ASSIGN, rq->id, &a.base);
     if (st == BT_OK) {
         part->sent = 1;
-        router_instance_note_assign(part->inst, rq->n_prompt);
+        router_instance_note_assign(part->inst, replica ? 0 : rq->n_prompt);
     }
     return st;
 }
@@ -244,7 +245,7 @@ void router_place(router_t *r, router_request_t *rq)
              pl.prefill ? " after " : "", pl.prefill ? rq->prefill_name : "", pl.ttft_ms,
              pl.tpot_ms);
     Baton__Role role = pl.colocated ? BATON__ROLE__COLOCATED : BATON__ROLE__DECODE;
-    if (send_assign(r, rq, &rq->decode, role, pl.prefill, NULL) != BT_OK) {
+    if (router_send_assign(r, rq, &rq->decode, role, 0, pl.prefill, NULL) != BT_OK) {
         bt_warn("req %llu: cannot send ASSIGN to %s; trying elsewhere", (unsigned long long)rq->id,
                 rq->decode_name);
         pl.decode->full = 1;
@@ -274,8 +275,8 @@ void router_decode_accepted(router_t *r, router_request_t *rq, const Baton__Assi
         return;
     }
     rq->deadline_ms = r->now_ms + (uint64_t)r->p.dead_after_ms; /* now the prefill's turn */
-    if (send_assign(r, rq, &rq->prefill, BATON__ROLE__PREFILL, rq->decode.inst,
-                    reply->reservation) != BT_OK) {
+    if (router_send_assign(r, rq, &rq->prefill, BATON__ROLE__PREFILL, 0, rq->decode.inst,
+                           reply->reservation) != BT_OK) {
         rq->prefill.inst->full = 1;
         retract(r, rq);
         requeue(r, rq);
