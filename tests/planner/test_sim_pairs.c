@@ -313,6 +313,7 @@ static void test_pairs_no_request_lost(void **state)
         assert_int_equal(res.n_finished + refused, n);
         if (k % 3 == 1)
             assert_true(res.n_replicas_dropped > 0);
+        free(per);
     }
     free(r);
 }
