@@ -38,8 +38,7 @@ struct bt_batcher {
     bt_sched_item_t **preempted; /* (max_requests) plan */
     bt_batch_seq_t *batch;       /* (max_batch_seqs) */
     float *logits;               /* (max_batch_seqs, n_vocab) */
-    int32_t *kv_before;          /* (max_batch_seqs) KV length before the forward */
-    bt_batcher_rows_t *rows;     /* (max_batch_seqs) for the rows hook */
+    bt_batcher_rows_t *rows;     /* (max_batch_seqs) what a forward computes, for the hooks */
 };
 
 #define SEQ_OF(it) ((seq_t *)((char *)(it)-offsetof(seq_t, item)))
@@ -65,9 +64,8 @@ int bt_batcher_create(const bt_batcher_params_t *p, bt_batcher_t **out)
     b->preempted = bt_malloc((size_t)p->max_requests * sizeof *b->preempted);
     b->batch = bt_malloc(n * sizeof *b->batch);
     b->logits = bt_malloc(n * (size_t)b->model->hp.n_vocab * sizeof(float));
-    b->kv_before = bt_malloc(n * sizeof *b->kv_before);
     b->rows = bt_malloc(n * sizeof *b->rows);
-    if (!b->run || !b->preempted || !b->batch || !b->logits || !b->kv_before || !b->rows) {
+    if (!b->run || !b->preempted || !b->batch || !b->logits || !b->rows) {
         bt_batcher_destroy(b);
         return BT_ERR_NOMEM;
     }
@@ -95,7 +93,6 @@ void bt_batcher_destroy(bt_batcher_t *b)
         seq_free(b, s);
     bt_reqtable_fini(&b->seqs);
     bt_free(b->rows);
-    bt_free(b->kv_before);
     bt_free(b->logits);
     bt_free(b->batch);
     bt_free(b->preempted);
@@ -353,15 +350,14 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
         return BT_AGAIN;
     for (int32_t i = 0; i < n_run; i++)
         seq_begin(SEQ_OF(b->run[i]));
-    int32_t *kv_before = b->kv_before;
+    /* A forward that succeeds computes exactly these rows (a long prompt chunk by chunk). */
     int32_t rows = 0;
     for (int32_t i = 0; i < n_run; i++) {
         seq_t *s = SEQ_OF(b->run[i]);
-        kv_before[i] = s->kv.n_tokens;
         rows += s->item.n_total - s->kv.n_tokens;
         b->rows[i] = (bt_batcher_rows_t){.req = s->req,
                                          .kv = &s->kv,
-                                         .pos0 = kv_before[i],
+                                         .pos0 = s->kv.n_tokens,
                                          .n = s->item.n_total - s->kv.n_tokens,
                                          .decoding = s->decoding};
     }
@@ -369,17 +365,8 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
         b->p.hooks.planned(b->p.hooks.arg, w, b->rows, n_run,
                            n_run == 1 && rows > bt_engine_max_batch_tokens(b->p.engine));
     int st = forward_plan(b, n_run);
-    if (st == BT_OK && b->p.hooks.rows) {
-        for (int32_t i = 0; i < n_run; i++) {
-            seq_t *s = SEQ_OF(b->run[i]);
-            b->rows[i] = (bt_batcher_rows_t){.req = s->req,
-                                             .kv = &s->kv,
-                                             .pos0 = kv_before[i],
-                                             .n = s->kv.n_tokens - kv_before[i],
-                                             .decoding = s->decoding};
-        }
+    if (st == BT_OK && b->p.hooks.rows)
         b->p.hooks.rows(b->p.hooks.arg, w, b->rows, n_run);
-    }
     const int32_t n_vocab = b->model->hp.n_vocab;
     for (int32_t i = 0; i < n_run; i++) {
         seq_t *s = SEQ_OF(b->run[i]);

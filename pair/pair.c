@@ -109,7 +109,6 @@ struct bt_pair {
     shipref_t **hooked; /* (max_batch_seqs) layer-wise ships of the running forward */
     int n_hooked;
     pthread_mutex_t stream_mu; /* stream_t fields, both threads */
-    int64_t rows_sent, rows_applied, rows_recomputed;
     /* loop thread */
     bt_reqtable_t posts; /* id -> xfer_t (receives) */
     bt_reqtable_t ships; /* id -> xfer_t (sends) */
@@ -291,6 +290,14 @@ static size_t rows_bytes(const bt_pair_t *pr, int32_t n)
     return (size_t)pr->model->hp.n_layers * 2 * (size_t)n * pr->row_bytes;
 }
 
+/* Whether a forward's rows of a sequence go to its replica: decode rows of a request decoded
+ * here whose partner holds a replica (the prompt's KV goes by its own transfer). */
+static int rows_to_partner(bt_pair_t *pr, const bt_batcher_rows_t *r)
+{
+    own_t *o = bt_reqtable_get(&pr->owns, r->req->id);
+    return o && o->partner_has && r->decoding && r->n > 0;
+}
+
 /* Packs this step's new rows of the sequences whose partner holds a replica, for the loop to
  * send before the step's tokens go out. */
 static void on_rows_hook(void *arg, bt_worker_t *w, const bt_batcher_rows_t *rows, int n)
@@ -301,8 +308,7 @@ static void on_rows_hook(void *arg, bt_worker_t *w, const bt_batcher_rows_t *row
     int32_t n_ent = 0;
     size_t data = 0;
     for (int i = 0; i < n; i++) {
-        own_t *o = bt_reqtable_get(&pr->owns, rows[i].req->id);
-        if (o && o->partner_has && rows[i].decoding && rows[i].n > 0) {
+        if (rows_to_partner(pr, &rows[i])) {
             n_ent++;
             data += rows_bytes(pr, rows[i].n);
         }
@@ -320,8 +326,7 @@ static void on_rows_hook(void *arg, bt_worker_t *w, const bt_batcher_rows_t *row
     memcpy(p, hdr, 8);
     p += 8;
     for (int i = 0; i < n; i++) {
-        own_t *o = bt_reqtable_get(&pr->owns, rows[i].req->id);
-        if (!(o && o->partner_has && rows[i].decoding && rows[i].n > 0))
+        if (!rows_to_partner(pr, &rows[i]))
             continue;
         uint64_t id = rows[i].req->id;
         int32_t e[2] = {rows[i].pos0, rows[i].n};
@@ -330,7 +335,6 @@ static void on_rows_hook(void *arg, bt_worker_t *w, const bt_batcher_rows_t *row
         p += 16;
         rows_copy(pr, rows[i].kv, rows[i].pos0, rows[i].n, d, 0);
         d += rows_bytes(pr, rows[i].n);
-        pr->rows_sent += rows[i].n;
     }
     pm_emit(w, m);
 }
@@ -479,7 +483,6 @@ static int rep_apply(bt_pair_t *pr, rep_t *r, int32_t pos0, int32_t n, uint8_t *
         return st;
     rows_copy(pr, &r->kv, pos0, n, data, 1);
     r->kv.n_tokens = pos0 + n;
-    pr->rows_applied += n;
     return BT_OK;
 }
 
@@ -497,7 +500,6 @@ static void rep_resume(bt_pair_t *pr, bt_worker_t *w, rep_t *r)
     }
     o->partner_has = 1; /* the partner that handed it off keeps its KV */
     if (r->kv.n_tokens < have) {
-        pr->rows_recomputed += have - r->kv.n_tokens;
         bt_info("req %llu: resuming with %d of %d positions; recomputing the rest",
                 (unsigned long long)req->id, r->kv.n_tokens, have);
     }
@@ -509,14 +511,20 @@ static void rep_resume(bt_pair_t *pr, bt_worker_t *w, rep_t *r)
     rep_free(pr, r);
 }
 
+/* Free blocks this member's own work needs kept: one per running sequence for its growth, and
+ * the waiting prompts'. Replicas may use only what is beyond. */
+static int32_t own_room(const bt_pair_t *pr)
+{
+    return bt_batcher_n_running(pr->batcher) +
+           bt_blocks_for((int32_t)bt_batcher_waiting_tokens(pr->batcher),
+                         bt_kv_pool_block_size(pr->pool));
+}
+
 /* A replica: reserve the prompt's blocks and have the loop post the receive. */
 static void pr_assign_replica(bt_pair_t *pr, bt_worker_t *w, bt_req_t *req)
 {
     int32_t need = bt_blocks_for(req->n_prompt, bt_kv_pool_block_size(pr->pool));
-    if (bt_kv_pool_n_free(pr->pool) - need <
-        bt_batcher_n_running(pr->batcher) +
-            bt_blocks_for((int32_t)bt_batcher_waiting_tokens(pr->batcher),
-                          bt_kv_pool_block_size(pr->pool))) {
+    if (bt_kv_pool_n_free(pr->pool) - need < own_room(pr)) {
         reply(w, req->id, BT_ERR_NOSPACE, "no free KV blocks for a replica", NULL);
         bt_req_destroy(req);
         return;
@@ -767,9 +775,7 @@ static void pr_make_room(bt_pair_t *pr, bt_worker_t *w)
 {
     if (!bt_reqtable_len(&pr->reps))
         return;
-    int32_t bs = bt_kv_pool_block_size(pr->pool);
-    int32_t want = bt_batcher_n_running(pr->batcher) +
-                   bt_blocks_for((int32_t)bt_batcher_waiting_tokens(pr->batcher), bs);
+    int32_t want = own_room(pr);
     size_t pos = 0;
     rep_t *r;
     while (bt_kv_pool_n_free(pr->pool) < want &&

@@ -170,13 +170,13 @@ int router_instances_heartbeat(router_instances_t *set, const uint8_t *ident, si
     r->incarnation = hb->incarnation;
     r->last_seen_ms = now_ms;
     r->alive = 1;
-    if (fresh || restarted)
+    if (fresh || restarted) {
         r->told_partner = 0;
-    if (fresh || restarted)
         bt_info("instance %s %s: role %s, model %s, version %u", r->name,
                 restarted ? "restarted" : "registered",
                 protobuf_c_enum_descriptor_get_value(&baton__role__descriptor, r->role)->name,
                 r->model_id, r->version);
+    }
     *out = r;
     *ev = fresh ? ROUTER_HB_NEW : restarted ? ROUTER_HB_RESTARTED : ROUTER_HB_REFRESH;
     return BT_OK;

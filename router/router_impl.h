@@ -112,8 +112,7 @@ int router_send_instance(router_t *r, const router_instance_t *inst, Baton__Meth
 int router_pairs_present(router_t *r);
 void router_pairs_tick(router_t *r);
 router_instance_t *router_pair_partner(router_t *r, const router_instance_t *x);
-int router_pair_place(router_t *r, router_request_t *rq, router_instance_t **owner,
-                      router_instance_t **holder);
+int router_pair_place(router_t *r, router_instance_t **owner, router_instance_t **holder);
 int router_pair_start(router_t *r, router_request_t *rq);
 void router_pair_holder_replied(router_t *r, router_request_t *rq, int status,
                                 const Baton__AssignReply *reply);

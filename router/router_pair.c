@@ -110,8 +110,9 @@ void router_pairs_tick(router_t *r)
 }
 
 /* Picks the least loaded pair and, in it, the owner (the member serving prefill, else the less
- * busy one) and the holder. BT_AGAIN when no pair can take a request. */
-static int pick(router_t *r, router_instance_t **owner, router_instance_t **holder)
+ * busy one) and the holder (NULL for a member whose partner is gone). BT_AGAIN when no pair can
+ * take a request (it stays queued). */
+int router_pair_place(router_t *r, router_instance_t **owner, router_instance_t **holder)
 {
     router_instance_t *bo = NULL, *bh = NULL;
     uint64_t best = UINT64_MAX;
@@ -159,19 +160,6 @@ static int send_pair_assign(router_t *r, router_request_t *rq, rq_part_t *part, 
     return st;
 }
 
-/* Places rq on a pair: the holder's ASSIGN first (or the owner's at once without one). Returns
- * BT_AGAIN when no pair can take it (it stays queued). */
-int router_pair_place(router_t *r, router_request_t *rq, router_instance_t **owner_out,
-                      router_instance_t **holder_out)
-{
-    router_instance_t *owner, *holder;
-    if (pick(r, &owner, &holder) != BT_OK)
-        return BT_AGAIN;
-    *owner_out = owner;
-    *holder_out = holder;
-    return BT_OK;
-}
-
 int router_pair_start(router_t *r, router_request_t *rq)
 {
     if (rq->prefill.inst) /* the holder reserves first */
@@ -199,13 +187,23 @@ void router_pair_holder_replied(router_t *r, router_request_t *rq, int status,
         router_failover(r, rq, BT_ERR_UNAVAILABLE, "cannot send the owner its assignment");
 }
 
+/* Tells the owner (decode part) to continue from its replica after the tokens delivered. */
+static void send_resume(router_t *r, router_request_t *rq)
+{
+    Baton__Resume res = BATON__RESUME__INIT;
+    res.output_ids = rq->out;
+    res.n_output_ids = rq->n_out;
+    rq->decode.accepted = 0; /* until its RESUME reply */
+    if (router_send_instance(r, rq->decode.inst, BATON__METHOD__RESUME, rq->id, &res.base) != BT_OK)
+        router_failover(r, rq, BT_ERR_UNAVAILABLE, "cannot send RESUME");
+}
+
 /* The parts swap: the holder becomes the owner and is told to resume; the old owner (if it is
  * alive, it keeps the KV as a replica) becomes the holder. */
 static void swap_and_resume(router_t *r, router_request_t *rq, int old_owner_alive)
 {
     rq_part_t old = rq->decode;
     rq->decode = rq->prefill;
-    rq->decode.accepted = 0; /* until its RESUME reply */
     rq->decode.streamed = 0;
     rq->decode.done = 0;
     if (old_owner_alive) {
@@ -217,11 +215,7 @@ static void swap_and_resume(router_t *r, router_request_t *rq, int old_owner_ali
         memset(&rq->prefill, 0, sizeof rq->prefill);
     }
     memcpy(rq->decode_name, rq->decode.inst->name, ROUTER_INSTANCE_NAME_MAX);
-    Baton__Resume res = BATON__RESUME__INIT;
-    res.output_ids = rq->out;
-    res.n_output_ids = rq->n_out;
-    if (router_send_instance(r, rq->decode.inst, BATON__METHOD__RESUME, rq->id, &res.base) != BT_OK)
-        router_failover(r, rq, BT_ERR_UNAVAILABLE, "cannot send RESUME");
+    send_resume(r, rq);
 }
 
 static int holder_usable(const router_request_t *rq)
@@ -240,13 +234,7 @@ void router_pair_on_handoff(router_t *r, router_request_t *rq, uint32_t n_tokens
         return;
     }
     if (!holder_usable(rq)) { /* nobody else has the KV: the owner goes on itself */
-        Baton__Resume res = BATON__RESUME__INIT;
-        res.output_ids = rq->out;
-        res.n_output_ids = rq->n_out;
-        rq->decode.accepted = 0;
-        if (router_send_instance(r, rq->decode.inst, BATON__METHOD__RESUME, rq->id, &res.base) !=
-            BT_OK)
-            router_failover(r, rq, BT_ERR_UNAVAILABLE, "cannot send RESUME");
+        send_resume(r, rq);
         return;
     }
     if (rq->state == RQ_ASSIGNING) {

@@ -199,7 +199,7 @@ static void attach(rq_part_t *part, router_instance_t *inst, char *name)
 static void place_pair(router_t *r, router_request_t *rq)
 {
     router_instance_t *owner, *holder;
-    if (router_pair_place(r, rq, &owner, &holder) != BT_OK)
+    if (router_pair_place(r, &owner, &holder) != BT_OK)
         return; /* stays queued */
     router_reqtable_rekey(r->table, rq, r->next_id++);
     rq->pair = 1;
