@@ -164,6 +164,31 @@ bt_kv_layer_t bt_kv_pool_layer(const bt_kv_pool_t *pool, int32_t layer)
     return v;
 }
 
+int bt_kv_pool_copy_blocks(bt_kv_pool_t *pool, const int32_t *src, const int32_t *dst, int32_t n)
+{
+    const int device = bt_backend_device_memory(pool->be);
+    void *bounce = device ? bt_malloc(pool->block_bytes) : NULL;
+    if (device && !bounce)
+        return BT_ERR_NOMEM;
+    for (int32_t l = 0; l < pool->n_layers; l++) {
+        char *base = bt_kv_pool_layer(pool, l).data;
+        for (int32_t i = 0; i < n; i++) {
+            BT_ASSERT(src[i] >= 0 && src[i] < pool->n_blocks && dst[i] >= 0 &&
+                      dst[i] < pool->n_blocks);
+            char *from = base + (size_t)src[i] * pool->block_bytes;
+            char *to = base + (size_t)dst[i] * pool->block_bytes;
+            if (!device) {
+                memmove(to, from, pool->block_bytes);
+                continue;
+            }
+            bt_backend_download(pool->be, bounce, from, pool->block_bytes);
+            bt_backend_upload(pool->be, to, bounce, pool->block_bytes);
+        }
+    }
+    bt_free(bounce);
+    return BT_OK;
+}
+
 int bt_kv_pool_alloc(bt_kv_pool_t *pool, int32_t n, int32_t *ids)
 {
     BT_ASSERT(n >= 0);

@@ -59,6 +59,10 @@ void bt_kv_pool_ref(bt_kv_pool_t *pool, int32_t id);
 /* Drops a reference; the block returns to the free list at zero. */
 void bt_kv_pool_unref(bt_kv_pool_t *pool, int32_t id);
 int32_t bt_kv_pool_refcount(const bt_kv_pool_t *pool, int32_t id);
+/* Copies the K/V of blocks src[i] into dst[i] (i < n), every layer, through the backend (device
+ * memory goes through a host buffer of one block). For tools and tests, not the request path:
+ * a device-memory pool allocates. BT_ERR_NOMEM if that fails. */
+int bt_kv_pool_copy_blocks(bt_kv_pool_t *pool, const int32_t *src, const int32_t *dst, int32_t n);
 uint32_t bt_kv_pool_block_gen(const bt_kv_pool_t *pool, int32_t id);
 
 /* A sequence's block table (caller-owned storage; init/fini). */

@@ -27,6 +27,7 @@ typedef struct {
     char *prefill_lens, *prefill_counts, *decode_batches, *decode_ctx;
     int threads, max_batch_tokens, reps, knee, tp, quiet, median;
     float link_gbps, link_latency_us;
+    size_t kv_mem;
 } prof_cfg_t;
 
 #define OPT(n, t, d, lo, hi, f, h)                                                                 \
@@ -42,6 +43,9 @@ static const bt_cfg_opt_t prof_opts[] = {
     OPT("backend", BT_CFG_STRING, "cpu", 0, 0, backend, "compute backend"),
     OPT("threads", BT_CFG_INT, "0", 0, 4096, threads, "compute threads; 0: all cores"),
     OPT("kv-type", BT_CFG_STRING, "f32", 0, 0, kv_type, "KV cache type: f32, f16"),
+    OPT("kv-mem", BT_CFG_SIZE, "2G", 0, 0, kv_mem,
+        "most KV memory (decode shapes whose KV does not fit are skipped; pass the daemons' "
+        "--kv-mem to profile what they can run)"),
     OPT("prefill-lens", BT_CFG_STRING, "16,32,64,128,256,512,1024,2048", 0, 0, prefill_lens,
         "prompt lengths"),
     OPT("prefill-counts", BT_CFG_STRING, "1,2,4,8", 0, 0, prefill_counts,
@@ -156,18 +160,24 @@ static bt_engine_params_t engine_params(const prof_cfg_t *c, const pl_profiler_p
     int max_b = max_of(p->decode_batches, p->n_decode_batches);
     int max_k = max_of(p->prefill_counts, p->n_prefill_counts);
     /* The larger of a prefill batch (each prompt rounded up to a block) and the decode shapes
-     * (one prompt per context, shared, plus a block or two of new tokens per sequence). */
-    size_t pre = (size_t)p->max_batch_tokens + (size_t)max_k * 32, dec = (size_t)max_b * 32;
+     * (one prompt per context, kept, and the largest batch's copies of the longest context,
+     * plus a few new tokens each), within --kv-mem. */
+    size_t pre = (size_t)p->max_batch_tokens + (size_t)max_k * 32;
+    size_t max_c = (size_t)max_of(p->decode_ctx, p->n_decode_ctx);
+    size_t dec = (size_t)max_b * (max_c + (size_t)p->reps + 2 + 32);
     for (int i = 0; i < p->n_decode_ctx; i++) /* every context's prompt is kept at once */
         dec += (size_t)p->decode_ctx[i] + 16;
     size_t tokens = (pre > dec ? pre : dec) + 64;
-    return (bt_engine_params_t){
-        .backend = c->backend,
-        .n_threads = c->threads,
-        .max_batch_tokens = p->max_batch_tokens > max_b ? p->max_batch_tokens : max_b,
-        .max_seqs = max_b > max_k ? max_b : max_k,
-        .kv_type = (bt_type_t)kv_type,
-        .kv_budget_bytes = tokens * bt_model_kv_bytes_per_token(&m->hp, (bt_type_t)kv_type)};
+    size_t per_token = bt_model_kv_bytes_per_token(&m->hp, (bt_type_t)kv_type);
+    if (c->kv_mem > 0 && tokens * per_token > c->kv_mem)
+        tokens = c->kv_mem / per_token > pre + 64 ? c->kv_mem / per_token : pre + 64;
+    return (bt_engine_params_t){.backend = c->backend,
+                                .n_threads = c->threads,
+                                .max_batch_tokens =
+                                    p->max_batch_tokens > max_b ? p->max_batch_tokens : max_b,
+                                .max_seqs = max_b > max_k ? max_b : max_k,
+                                .kv_type = (bt_type_t)kv_type,
+                                .kv_budget_bytes = tokens * per_token};
 }
 
 static void report(const bt_profile_t *p)

@@ -41,6 +41,37 @@ static void test_pool_layout_is_layer_major(void **state)
     bt_backend_destroy(be);
 }
 
+/* bt_kv_pool_copy_blocks copies every layer of each source block to its destination and
+ * touches nothing else. */
+static void test_pool_copy_blocks(void **state)
+{
+    (void)state;
+    bt_backend_t *be = make_backend();
+    bt_kv_pool_t *pool;
+    assert_int_equal(bt_kv_pool_create(be, &small, &pool), BT_OK);
+    unsigned char *base = bt_kv_pool_base(pool);
+    size_t size = bt_kv_pool_size_bytes(pool), bb = bt_kv_pool_block_bytes(pool);
+    for (size_t i = 0; i < size; i++)
+        base[i] = (unsigned char)(i * 131 + 7);
+    unsigned char *before = bt_malloc(size);
+    assert_non_null(before);
+    memcpy(before, base, size);
+    const int32_t src[3] = {1, 2, 7}, dst[3] = {5, 0, 9};
+    assert_int_equal(bt_kv_pool_copy_blocks(pool, src, dst, 3), BT_OK);
+    for (int l = 0; l < 3; l++)
+        for (int b = 0; b < 10; b++) {
+            int from = b;
+            for (int i = 0; i < 3; i++)
+                if (dst[i] == b)
+                    from = src[i];
+            assert_memory_equal(base + ((size_t)l * 10 + b) * bb,
+                                before + ((size_t)l * 10 + from) * bb, bb);
+        }
+    bt_free(before);
+    bt_kv_pool_destroy(pool);
+    bt_backend_destroy(be);
+}
+
 static void test_pool_alloc_is_all_or_nothing(void **state)
 {
     bt_backend_t *be = make_backend();
@@ -158,6 +189,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pool_layout_is_layer_major),
+        cmocka_unit_test(test_pool_copy_blocks),
         cmocka_unit_test(test_pool_alloc_is_all_or_nothing),
         cmocka_unit_test(test_pool_refcount_and_generation),
         cmocka_unit_test(test_seq_reserve_truncate_and_backpressure),

@@ -24,7 +24,7 @@ typedef struct {
     bt_engine_t *e;
 } tiny_t;
 
-static void tiny_open(tiny_t *t)
+static void tiny_open_kv(tiny_t *t, int kv_tokens)
 {
     bt_modelgen_params_t g;
     assert_int_equal(bt_modelgen_preset("tiny", &g), BT_OK);
@@ -35,8 +35,14 @@ static void tiny_open(tiny_t *t)
     bt_engine_params_t ep = {.n_threads = 1,
                              .max_batch_tokens = 256,
                              .max_seqs = 8,
-                             .kv_budget_bytes = 2048 * bt_model_kv_bytes_per_token(&t->m->hp, 0)};
+                             .kv_budget_bytes =
+                                 (size_t)kv_tokens * bt_model_kv_bytes_per_token(&t->m->hp, 0)};
     assert_int_equal(bt_engine_create(t->m, &ep, &t->e), BT_OK);
+}
+
+static void tiny_open(tiny_t *t)
+{
+    tiny_open_kv(t, 2048);
 }
 
 static void tiny_close(tiny_t *t)
@@ -93,6 +99,25 @@ static void test_profiler_tiny(void **state)
     tiny_close(&t);
 }
 
+/* Every decode sequence gets KV of its own, so a pool too small for the largest shapes skips
+ * them (the ones a daemon with that memory could not run either) and fits the rest. */
+static void test_profiler_skips_shapes_beyond_the_pool(void **state)
+{
+    (void)state;
+    tiny_t t;
+    tiny_open_kv(&t, 600);
+    bt_log_level_t old = bt_log_get_level();
+    bt_log_set_level(BT_LOG_ERROR);
+    pl_profiler_params_t p = grid(t.e);
+    bt_profile_t prof = {.tp = 1};
+    assert_int_equal(pl_profiler_run(&p, &prof), BT_OK);
+    bt_log_set_level(old);
+    assert_true(prof.fit_decode.n_points >= 6 && prof.fit_decode.n_points < 12);
+    assert_int_equal(bt_kv_pool_n_free(bt_engine_kv_pool(t.e)),
+                     bt_kv_pool_n_blocks(bt_engine_kv_pool(t.e)));
+    tiny_close(&t);
+}
+
 static void test_profiler_refuses_bad_grids(void **state)
 {
     (void)state;
@@ -118,6 +143,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_profiler_tiny),
+        cmocka_unit_test(test_profiler_skips_shapes_beyond_the_pool),
         cmocka_unit_test(test_profiler_refuses_bad_grids),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
