@@ -43,6 +43,49 @@ static void test_sampler_greedy_picks_lowest_max(void **state)
     bt_sampler_destroy(s);
 }
 
+/* bt_argmax against the plain definition (first index of the largest non-NaN value; 0 when
+ * x[0] is NaN or nothing is larger) on random vocabularies with ties, NaNs and infinities,
+ * lengths on and off its 16-lane blocks. */
+static int32_t argmax_ref(const float *x, int32_t n)
+{
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+static void test_argmax_matches_definition(void **state)
+{
+    (void)state;
+    enum { N = 4099 };
+    float *x = bt_malloc(N * sizeof *x);
+    assert_non_null(x);
+    uint64_t r = 7;
+    for (int trial = 0; trial < 3000; trial++) {
+        int32_t n = 1 + (int32_t)(trial * 37 % N);
+        for (int32_t i = 0; i < n; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            x[i] = (float)((r >> 40) % 64) - 32.0f; /* many ties */
+        }
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        int32_t k = (int32_t)((r >> 33) % (uint64_t)n);
+        switch (trial % 6) {
+        case 1: x[k] = NAN; break;
+        case 2: x[0] = NAN; break;
+        case 3: x[k] = INFINITY; break;
+        case 4:
+            for (int32_t i = 0; i < n; i++)
+                x[i] = -INFINITY;
+            break;
+        case 5: x[n - 1] = 1000.0f; break;
+        default: break;
+        }
+        assert_int_equal(bt_argmax(x, n), argmax_ref(x, n));
+    }
+    bt_free(x);
+}
+
 static void test_sampler_temperature_matches_softmax(void **state)
 {
     bt_sampler_t *s = make((bt_sampler_params_t){.temperature = 1, .seed = 7});
@@ -176,6 +219,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sampler_greedy_picks_lowest_max),
+        cmocka_unit_test(test_argmax_matches_definition),
         cmocka_unit_test(test_sampler_temperature_matches_softmax),
         cmocka_unit_test(test_sampler_top_k_top_p_min_p),
         cmocka_unit_test(test_sampler_same_seed_same_tokens),
