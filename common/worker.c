@@ -58,6 +58,7 @@ struct bt_worker {
     int drain_aborted;
     uint64_t next_hb_ms;
     uint64_t incarnation;    /* start time (ns): tells the router about a restart */
+    int wake_pending;        /* compute thread: outputs queued since the loop was last woken */
     uint64_t stuck_since_ms; /* sends have failed since then (no connection); 0: fine */
 };
 
@@ -85,19 +86,37 @@ const char *bt_worker_id(const bt_worker_t *w)
 
 /* ---- compute thread ---------------------------------------------------------------------- */
 
+static void wake_loop(bt_worker_t *w)
+{
+    uint64_t one = 1;
+    w->wake_pending = 0;
+    if (write(w->efd, &one, sizeof one) < 0 && errno != EAGAIN)
+        bt_warn("worker: eventfd write failed: %s", strerror(errno));
+}
+
+/* Outputs are queued as they come and the loop thread is woken once per command or step
+ * (compute_main): a wake-up per token would cost every token two thread switches, and on a
+ * core shared with the loop thread those come out of the forward's time. */
 void bt_worker_emit(bt_worker_t *w, bt_out_t *o)
 {
     if (!o) {
         bt_error("worker: out of memory building an output; it is lost");
         return;
     }
-    if (bt_queue_push(w->outbox, &o, -1) != BT_OK) { /* closed: stopping */
-        bt_out_free(o);
-        return;
+    if (bt_queue_push(w->outbox, &o, 0) != BT_OK) {
+        wake_loop(w);                                    /* full: the loop has to drain it first */
+        if (bt_queue_push(w->outbox, &o, -1) != BT_OK) { /* closed: stopping */
+            bt_out_free(o);
+            return;
+        }
     }
-    uint64_t one = 1;
-    if (write(w->efd, &one, sizeof one) < 0 && errno != EAGAIN)
-        bt_warn("worker: eventfd write failed: %s", strerror(errno));
+    w->wake_pending = 1;
+}
+
+static void flush_outputs(bt_worker_t *w)
+{
+    if (w->wake_pending)
+        wake_loop(w);
 }
 
 void bt_worker_publish(bt_worker_t *w, const bt_worker_stats_t *stats)
@@ -117,14 +136,20 @@ static void *compute_main(void *arg)
     bt_worker_t *w = arg;
     bt_cmd_t c;
     while (!atomic_load(&w->stop)) {
-        while (bt_queue_pop(w->inbox, &c, 0) == BT_OK)
+        while (bt_queue_pop(w->inbox, &c, 0) == BT_OK) {
             w->p.ops->command(w->p.ctx, w, &c);
+            flush_outputs(w);
+        }
         if (atomic_load(&w->stop))
             break;
-        if (w->p.ops->step(w->p.ctx, w) == BT_AGAIN &&
-            bt_queue_pop(w->inbox, &c, WORKER_TICK_MS) == BT_OK)
+        int st = w->p.ops->step(w->p.ctx, w);
+        flush_outputs(w);
+        if (st == BT_AGAIN && bt_queue_pop(w->inbox, &c, WORKER_TICK_MS) == BT_OK) {
             w->p.ops->command(w->p.ctx, w, &c);
+            flush_outputs(w);
+        }
     }
+    flush_outputs(w);
     return NULL;
 }
 
