@@ -34,6 +34,7 @@
 
 typedef struct {
     char *model, *tokenizer, *policy, *bind, *log_dir, *log_level, *kv_stream, *profile;
+    char *backend, *kv_type;
     size_t kv_mem;
     float slo_ttft_ms, slo_tpot_ms;
     int prefill, decode, colocated, pairs, port, cluster_port, threads;
@@ -69,6 +70,10 @@ static const bt_cfg_opt_t up_opts[] = {
     OPT("threads", BT_CFG_INT, "0", 0, 4096, threads,
         "compute threads split between the daemons; 0: all cores"),
     OPT("kv-mem", BT_CFG_SIZE, "256M", 1024, 1e15, kv_mem, "KV cache of each daemon (K, M, G)"),
+    OPT("kv-type", BT_CFG_STRING, "f32", 0, 0, kv_type,
+        "KV element type of the daemons: f32, f16, bf16"),
+    OPT("backend", BT_CFG_STRING, "cpu", 0, 0, backend,
+        "compute backend of the daemons: cpu, cuda"),
     OPT("max-batch-tokens", BT_CFG_INT, "512", 1, 1 << 20, max_batch_tokens,
         "token budget of one forward, each daemon"),
     OPT("max-batch-seqs", BT_CFG_INT, "64", 1, 4096, max_batch_seqs,
@@ -293,6 +298,10 @@ static int start_daemon(up_t *u, const char *kind, int index, int threads)
     }
     arg_int(&a, "--threads", threads);
     arg_int(&a, "--kv-mem", (long)c->kv_mem);
+    arg(&a, "--kv-type");
+    arg(&a, c->kv_type);
+    arg(&a, "--backend");
+    arg(&a, c->backend);
     arg_int(&a, "--max-batch-tokens", c->max_batch_tokens);
     arg_int(&a, "--max-batch-seqs", c->max_batch_seqs);
     arg_int(&a, "--ctx", c->ctx);

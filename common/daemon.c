@@ -39,6 +39,11 @@ int bt_daemon_parse(const bt_cfg_table_t *t, void *cfg, size_t daemon_offset, in
         bt_cfg_usage(t, stderr);
         return 2;
     }
+    int kv = bt_type_parse(c->kv_type);
+    if (kv != BT_TYPE_F32 && kv != BT_TYPE_F16 && kv != BT_TYPE_BF16) {
+        fprintf(stderr, "%s: --kv-type wants f32, f16 or bf16, not '%s'\n", t->prog, c->kv_type);
+        return 2;
+    }
     bt_log_set_level((bt_log_level_t)level);
     return -1;
 }
@@ -65,6 +70,7 @@ int bt_daemon_setup(const bt_daemon_cfg_t *c, Baton__Role role, bt_daemon_t *d)
                              .max_batch_tokens = c->max_batch_tokens,
                              .max_seqs = c->max_batch_seqs,
                              .block_size = c->block_size,
+                             .kv_type = (bt_type_t)bt_type_parse(c->kv_type),
                              .kv_budget_bytes = c->kv_mem};
     if ((st = bt_engine_create(d->model, &ep, &d->engine)) != BT_OK) {
         bt_error("cannot create the engine: %s", bt_status_str(st));
@@ -81,9 +87,9 @@ int bt_daemon_setup(const bt_daemon_cfg_t *c, Baton__Role role, bt_daemon_t *d)
                  (int)getpid());
     }
     bt_kv_pool_t *pool = bt_engine_kv_pool(d->engine);
-    bt_info("%s: model %s (%s), context %d, KV pool %d blocks of %d tokens", d->instance_id,
-            c->model, d->model_id, d->n_ctx, bt_kv_pool_n_blocks(pool),
-            bt_kv_pool_block_size(pool));
+    bt_info("%s: model %s (%s), context %d, KV pool %d blocks of %d tokens (%s)", d->instance_id,
+            c->model, d->model_id, d->n_ctx, bt_kv_pool_n_blocks(pool), bt_kv_pool_block_size(pool),
+            c->kv_type);
     return BT_OK;
 err:
     bt_daemon_teardown(d);

@@ -27,6 +27,7 @@ typedef struct {
     char *tokenizer; /* llama2.c tokenizer.bin */
     char *backend;   /* compute backend name */
     char *log_level;
+    char *kv_type;        /* KV element type: f32, f16, bf16 */
     int threads;          /* engine compute threads; 0: all cores */
     int max_batch_tokens; /* rows of one forward (DistServe's L_m) */
     int max_batch_seqs;   /* sequences of one forward */
@@ -62,6 +63,8 @@ typedef struct {
                       "most sequences in one forward"),                                            \
         BT_DAEMON_OPT(T, "kv-mem", BT_CFG_SIZE, "256M", 1024, 1.0e15, kv_mem,                      \
                       "bytes of KV cache (K, M, G suffixes)"),                                     \
+        BT_DAEMON_OPT(T, "kv-type", BT_CFG_STRING, "f32", 0, 0, kv_type,                           \
+                      "KV cache element type: f32, f16 or bf16 (half the memory per token)"),      \
         BT_DAEMON_OPT(T, "block-size", BT_CFG_INT, "16", 1, 4096, block_size,                      \
                       "KV tokens per block"),                                                      \
         BT_DAEMON_OPT(T, "ctx", BT_CFG_INT, "0", 0, 1 << 20, ctx,                                  \

@@ -47,6 +47,15 @@ const char *bt_type_name(int type)
     return NULL;
 }
 
+int bt_type_parse(const char *name)
+{
+    static const int types[] = {BT_TYPE_F32, BT_TYPE_F16, BT_TYPE_BF16, BT_TYPE_Q8_0};
+    for (size_t i = 0; name && i < sizeof types / sizeof types[0]; i++)
+        if (!strcmp(name, bt_type_name(types[i])))
+            return types[i];
+    return -1;
+}
+
 size_t bt_type_row_bytes(int type, int64_t n)
 {
     if (n < 0)

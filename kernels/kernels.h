@@ -49,6 +49,8 @@ typedef struct {
 
 /* Name of a type ("f32", "q8_0"); NULL for an id this tree does not support. */
 const char *bt_type_name(int type);
+/* The type named name ("f32", "f16", "bf16", "q8_0"), or -1. */
+int bt_type_parse(const char *name);
 /* Bytes used by one row of n elements of the type; 0 if n is not a multiple of the type's
  * block size or the type is unsupported. */
 size_t bt_type_row_bytes(int type, int64_t n);

@@ -270,6 +270,12 @@ int kvx_layout_check(const bt_kvx_layout_t *mine, const bt_kvx_layout_t *theirs,
         int32_t a, b;
         memcpy(&a, (const char *)mine + fields[i].off, sizeof a);
         memcpy(&b, (const char *)theirs + fields[i].off, sizeof b);
+        if (a != b && fields[i].off == offsetof(bt_kvx_layout_t, type)) {
+            const char *ta = bt_type_name(a), *tb = bt_type_name(b);
+            snprintf(why, cap, "KV type %s here, %s there (daemons' --kv-type)", ta ? ta : "?",
+                     tb ? tb : "?");
+            return BT_ERR_MISMATCH;
+        }
         if (a != b) {
             snprintf(why, cap, "%s %d here, %d there", fields[i].name, a, b);
             return BT_ERR_MISMATCH;

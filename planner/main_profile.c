@@ -42,7 +42,7 @@ static const bt_cfg_opt_t prof_opts[] = {
     OPT("type", BT_CFG_STRING, "q8_0", 0, 0, type, "weight type of --preset: f32, f16, bf16, q8_0"),
     OPT("backend", BT_CFG_STRING, "cpu", 0, 0, backend, "compute backend"),
     OPT("threads", BT_CFG_INT, "0", 0, 4096, threads, "compute threads; 0: all cores"),
-    OPT("kv-type", BT_CFG_STRING, "f32", 0, 0, kv_type, "KV cache type: f32, f16"),
+    OPT("kv-type", BT_CFG_STRING, "f32", 0, 0, kv_type, "KV cache type: f32, f16, bf16"),
     OPT("kv-mem", BT_CFG_SIZE, "2G", 0, 0, kv_mem,
         "most KV memory (decode shapes whose KV does not fit are skipped; pass the daemons' "
         "--kv-mem to profile what they can run)"),
@@ -97,15 +97,8 @@ static int int_list(const char *name, const char *s, int *out)
 
 static int type_of(const char *s, int kv)
 {
-    if (!strcmp(s, "f32"))
-        return BT_TYPE_F32;
-    if (!strcmp(s, "f16"))
-        return BT_TYPE_F16;
-    if (!kv && !strcmp(s, "bf16"))
-        return BT_TYPE_BF16;
-    if (!kv && !strcmp(s, "q8_0"))
-        return BT_TYPE_Q8_0;
-    return -1;
+    int t = bt_type_parse(s);
+    return kv && t == BT_TYPE_Q8_0 ? -1 : t;
 }
 
 /* "Model name (N threads)" from /proc/cpuinfo. */
@@ -207,7 +200,7 @@ static int profile_model(const prof_cfg_t *c, pl_profiler_params_t *p, const bt_
 {
     int kv_type = type_of(c->kv_type, 1);
     if (kv_type < 0) {
-        fprintf(stderr, "baton-profile: --kv-type wants f32 or f16\n");
+        fprintf(stderr, "baton-profile: --kv-type wants f32, f16 or bf16\n");
         return 2;
     }
     bt_engine_params_t ep = engine_params(c, p, m, kv_type);

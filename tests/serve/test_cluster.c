@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "baton_client.h"
+#include "kernels/kernels.h"
 #include "servetest.h"
 
 #define N_PROMPTS 50
@@ -121,18 +122,21 @@ static void expect_ref(bt_test_ref_t *ref, int i, const bt_client_result_t *r, i
     assert_memory_equal(r->ids, want, (size_t)nw * sizeof(int32_t));
 }
 
-/* 50 prompts of 1..199 tokens, 16 tokens each, all in flight at once. */
-static void run_equivalence(cluster_fixture_t *f, int n_p, int n_d, int n_k)
+/* 50 prompts of 1..199 tokens, 16 tokens each, all in flight at once, on daemons with KV of
+ * kv_type ("f32", "f16", "bf16"); ref is the engine with the same KV type. */
+static void run_equivalence_kv(cluster_fixture_t *f, int n_p, int n_d, int n_k, const char *kv_type,
+                               bt_test_ref_t *ref)
 {
     need_daemons(n_p, n_d);
     bt_cluster_t c;
-    assert_int_equal(bt_cluster_start(&c, f->tiny, n_p, n_d, n_k, NULL), 0);
+    const char *extra[] = {"--kv-type", kv_type, NULL};
+    assert_int_equal(bt_cluster_start(&c, f->tiny, n_p, n_d, n_k, extra), 0);
     bt_client_t *cl = connect_client(&c);
     bt_client_result_t *res[N_PROMPTS] = {0};
     submit_range(cl, 0, N_PROMPTS, 16, 0, 512);
     collect(cl, 0, N_PROMPTS, res);
     for (int i = 0; i < N_PROMPTS; i++) {
-        expect_ref(f->ref_tiny, i, res[i], 16);
+        expect_ref(ref, i, res[i], 16);
         if (n_k == 0) /* the two parts ran where the layout says */
             assert_int_equal(strncmp(res[i]->prefill_instance, "prefill-", 8), 0);
         bt_client_result_free(res[i]);
@@ -142,9 +146,29 @@ static void run_equivalence(cluster_fixture_t *f, int n_p, int n_d, int n_k)
         bt_cluster_dump_logs(&c);
 }
 
+static void run_equivalence(cluster_fixture_t *f, int n_p, int n_d, int n_k)
+{
+    run_equivalence_kv(f, n_p, n_d, n_k, "f32", f->ref_tiny);
+}
+
 static void test_cluster_1p1d_matches_engine(void **state)
 {
     run_equivalence(*state, 1, 1, 0);
+}
+
+/* Half-width KV caches: shipped between the daemons as they are, same tokens as the engine with
+ * the same cache type. */
+static void test_cluster_kv_f16_bf16_match_engine(void **state)
+{
+    cluster_fixture_t *f = *state;
+    bt_test_ref_t *ref = bt_test_ref_open_kv(f->tiny, BT_TYPE_F16);
+    assert_non_null(ref);
+    run_equivalence_kv(f, 1, 1, 0, "f16", ref);
+    bt_test_ref_close(ref);
+    ref = bt_test_ref_open_kv(f->tiny, BT_TYPE_BF16);
+    assert_non_null(ref);
+    run_equivalence_kv(f, 0, 0, 1, "bf16", ref);
+    bt_test_ref_close(ref);
 }
 
 static void test_cluster_2p2d_matches_engine(void **state)
@@ -469,6 +493,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cluster_1p1d_matches_engine),
+        cmocka_unit_test(test_cluster_kv_f16_bf16_match_engine),
         cmocka_unit_test(test_cluster_2p2d_matches_engine),
         cmocka_unit_test(test_cluster_colocated_matches_engine),
         cmocka_unit_test(test_cluster_concurrent_clients_1p1d),

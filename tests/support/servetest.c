@@ -565,12 +565,20 @@ struct bt_test_ref {
 
 bt_test_ref_t *bt_test_ref_open(const char *model_path)
 {
+    return bt_test_ref_open_kv(model_path, BT_TYPE_F32);
+}
+
+bt_test_ref_t *bt_test_ref_open_kv(const char *model_path, int kv_type)
+{
     bt_test_ref_t *ref = calloc(1, sizeof *ref);
     bt_model_params_t mp = {.path = model_path};
     if (!ref || bt_model_load(&mp, &ref->model) != BT_OK)
         goto err;
-    bt_engine_params_t ep = {
-        .n_threads = 1, .max_batch_tokens = 512, .max_seqs = 1, .kv_budget_bytes = 64u << 20};
+    bt_engine_params_t ep = {.n_threads = 1,
+                             .max_batch_tokens = 512,
+                             .max_seqs = 1,
+                             .kv_type = (bt_type_t)kv_type,
+                             .kv_budget_bytes = 64u << 20};
     if (bt_engine_create(ref->model, &ep, &ref->engine) != BT_OK)
         goto err;
     ref->logits = malloc((size_t)ref->model->hp.n_vocab * sizeof(float));

@@ -163,6 +163,9 @@ void bt_cluster_dump_logs(const bt_cluster_t *c);
  * end-of-generation like the daemons do: the reference the cluster must match. */
 typedef struct bt_test_ref bt_test_ref_t;
 bt_test_ref_t *bt_test_ref_open(const char *model_path);
+/* The same with a KV cache of kv_type (BT_TYPE_F32, _F16, _BF16), to match daemons run with
+ * that --kv-type. */
+bt_test_ref_t *bt_test_ref_open_kv(const char *model_path, int kv_type);
 void bt_test_ref_close(bt_test_ref_t *ref);
 /* The text a daemon streams for ids generated after a prompt ending in last_prompt_id: the
  * streaming detokenizer over the reference's tokenizer. Writes a NUL-terminated string. */
