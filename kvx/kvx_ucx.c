@@ -184,7 +184,7 @@ static ucp_request_param_t data_param(ucx_be_t *be, kvx_op_t *op, const void *p,
     if (op)
         op->backend = be;
     /* The pool was registered once; telling UCX saves a registration cache lookup. */
-    if (!getenv("NOMEMH") && be->memh && (const char *)p >= be->base &&
+    if (be->memh && (const char *)p >= be->base &&
         (const char *)p + len <= be->base + be->size_bytes) {
         prm.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
         prm.memh = be->memh;
