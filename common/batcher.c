@@ -365,6 +365,7 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
         b->p.hooks.planned(b->p.hooks.arg, w, b->rows, n_run,
                            n_run == 1 && rows > bt_engine_max_batch_tokens(b->p.engine));
     int st = forward_plan(b, n_run);
+    bt_worker_hold(w);
     if (st == BT_OK && b->p.hooks.rows)
         b->p.hooks.rows(b->p.hooks.arg, w, b->rows, n_run);
     const int32_t n_vocab = b->model->hp.n_vocab;
@@ -380,6 +381,7 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
         }
         seq_advance(b, w, s, b->logits + (size_t)i * n_vocab);
     }
+    bt_worker_flush(w);
     return BT_OK;
 }
 

@@ -58,6 +58,7 @@ struct bt_worker {
     int drain_aborted;
     uint64_t next_hb_ms;
     uint64_t incarnation;    /* start time (ns): tells the router about a restart */
+    int holding;             /* compute thread: bt_worker_hold in effect */
     int wake_pending;        /* compute thread: outputs queued since the loop was last woken */
     uint64_t stuck_since_ms; /* sends have failed since then (no connection); 0: fine */
 };
@@ -94,9 +95,6 @@ static void wake_loop(bt_worker_t *w)
         bt_warn("worker: eventfd write failed: %s", strerror(errno));
 }
 
-/* Outputs are queued as they come and the loop thread is woken once per command or step
- * (compute_main): a wake-up per token would cost every token two thread switches, and on a
- * core shared with the loop thread those come out of the forward's time. */
 void bt_worker_emit(bt_worker_t *w, bt_out_t *o)
 {
     if (!o) {
@@ -110,11 +108,20 @@ void bt_worker_emit(bt_worker_t *w, bt_out_t *o)
             return;
         }
     }
-    w->wake_pending = 1;
+    if (w->holding)
+        w->wake_pending = 1;
+    else
+        wake_loop(w);
 }
 
-static void flush_outputs(bt_worker_t *w)
+void bt_worker_hold(bt_worker_t *w)
 {
+    w->holding = 1;
+}
+
+void bt_worker_flush(bt_worker_t *w)
+{
+    w->holding = 0;
     if (w->wake_pending)
         wake_loop(w);
 }
@@ -136,20 +143,15 @@ static void *compute_main(void *arg)
     bt_worker_t *w = arg;
     bt_cmd_t c;
     while (!atomic_load(&w->stop)) {
-        while (bt_queue_pop(w->inbox, &c, 0) == BT_OK) {
+        while (bt_queue_pop(w->inbox, &c, 0) == BT_OK)
             w->p.ops->command(w->p.ctx, w, &c);
-            flush_outputs(w);
-        }
         if (atomic_load(&w->stop))
             break;
-        int st = w->p.ops->step(w->p.ctx, w);
-        flush_outputs(w);
-        if (st == BT_AGAIN && bt_queue_pop(w->inbox, &c, WORKER_TICK_MS) == BT_OK) {
+        if (w->p.ops->step(w->p.ctx, w) == BT_AGAIN &&
+            bt_queue_pop(w->inbox, &c, WORKER_TICK_MS) == BT_OK)
             w->p.ops->command(w->p.ctx, w, &c);
-            flush_outputs(w);
-        }
+        bt_worker_flush(w); /* a role that held and forgot */
     }
-    flush_outputs(w);
     return NULL;
 }
 

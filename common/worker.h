@@ -153,8 +153,16 @@ int bt_worker_run(bt_worker_t *w);
 /* NULL-safe. Frees requests still queued to the compute thread; the role frees its own. */
 void bt_worker_destroy(bt_worker_t *w);
 
-/* compute: hands o over to the loop thread (waits while the output queue is full). */
+/* compute: hands o over to the loop thread (waits while the output queue is full) and wakes it,
+ * unless a hold is in effect. */
 void bt_worker_emit(bt_worker_t *w, bt_out_t *o);
+/* compute: from now until bt_worker_flush, outputs are queued without waking the loop thread;
+ * flush wakes it once for all of them. For the burst of outputs after a forward (a token per
+ * sequence): a wake-up per token costs every token two thread switches, which on a core shared
+ * with the loop thread come out of the compute time. Never hold across a forward: what was
+ * emitted before it (a layer-wise ship) must reach the loop while it runs. */
+void bt_worker_hold(bt_worker_t *w);
+void bt_worker_flush(bt_worker_t *w);
 /* compute: publishes the numbers the next heartbeat reports. */
 void bt_worker_publish(bt_worker_t *w, const bt_worker_stats_t *stats);
 /* compute: whether the worker is stopping (the role abandons its work). */

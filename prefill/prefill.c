@@ -480,6 +480,7 @@ static int pf_step(void *ctx, bt_worker_t *w)
     if (st == BT_OK && n > 0)
         st = pf_forward(pf, n);
     const int32_t n_vocab = pf->model->hp.n_vocab;
+    bt_worker_hold(w);
     for (int32_t i = 0; i < n; i++) {
         pf_req_t *r = PF_OF(pf->picked[i]);
         if (st != BT_OK) {
@@ -490,6 +491,7 @@ static int pf_step(void *ctx, bt_worker_t *w)
             pf_first_token(pf, w, r, pf->logits + (size_t)i * n_vocab);
         }
     }
+    bt_worker_flush(w);
     pf_publish(pf, w);
     return n > 0 ? BT_OK : BT_AGAIN;
 }
