@@ -59,10 +59,9 @@ typedef struct kvx_backend_ops {
     /* Returns BT_OK (done, op not kept), BT_AGAIN (op_done follows) or an error. */
     int (*send_data)(void *be, void *ep, uint64_t tag, const void *src, size_t len, kvx_op_t *op);
     /* Receives the message announced by on_data into dst (len bytes); dst NULL drops it. */
-    int (*recv_data)(
-        void *be, void *msg, void *dst, size_t len,
-        kvx_op_t *op); /* Optional: how many bytes of the peer's pool this process can read directly
-                        * (a peer on the same host whose pool is mapped here); 0: none. */
+    int (*recv_data)(void *be, void *msg, void *dst, size_t len, kvx_op_t *op);
+    /* Optional: how many bytes of the peer's pool this process can read directly (a peer on the
+     * same host whose pool is mapped here); 0: none. */
     size_t (*ep_peer_readable)(void *be, void *ep);
     /* Copies [off, off + len) of the peer's pool into dst; BT_OK or an error. */
     int (*ep_peer_read)(void *be, void *ep, size_t off, void *dst, size_t len);
@@ -279,11 +278,6 @@ void kvx_recv_on_source(bt_kvx_peer_t *peer, kvx_rd_t *rd);
 void kvx_recv_on_ready(bt_kvx_peer_t *peer, kvx_rd_t *rd);
 void kvx_recv_on_confirm(bt_kvx_peer_t *peer, kvx_rd_t *rd);
 /* Copies ready layers of mapped receives, up to budget bytes; returns the bytes copied. */
-size_t kvx_recv_copy(bt_kvx_t *kvx, size_t budget);
-void kvx_recv_on_source(bt_kvx_peer_t *peer, kvx_rd_t *rd);
-void kvx_recv_on_ready(bt_kvx_peer_t *peer, kvx_rd_t *rd);
-void kvx_recv_on_confirm(bt_kvx_peer_t *peer, kvx_rd_t *rd);
-/* Copies ready layers of mapped receives, up to budget bytes; returns bytes copied. */
 size_t kvx_recv_copy(bt_kvx_t *kvx, size_t budget);
 
 /* kvx_send.c */
