@@ -28,17 +28,22 @@ static int fail(char *err, size_t cap, int status, const char *fmt, ...)
     return status;
 }
 
+bt_sampler_params_t bt_sampling_from_proto(const Baton__SamplingParams *s)
+{
+    return (bt_sampler_params_t){.temperature = s->temperature,
+                                 .top_k = s->top_k,
+                                 .top_p = s->top_p,
+                                 .min_p = s->min_p,
+                                 .repeat_penalty = s->repeat_penalty,
+                                 .repeat_last_n = s->repeat_last_n,
+                                 .seed = s->seed};
+}
+
 static int check_sampling(const Baton__SamplingParams *s, char *err, size_t cap)
 {
     if (!s)
         return BT_OK;
-    bt_sampler_params_t p = {.temperature = s->temperature,
-                             .top_k = s->top_k,
-                             .top_p = s->top_p,
-                             .min_p = s->min_p,
-                             .repeat_penalty = s->repeat_penalty,
-                             .repeat_last_n = s->repeat_last_n,
-                             .seed = s->seed};
+    bt_sampler_params_t p = bt_sampling_from_proto(s);
     if (bt_sampler_params_check(&p) != BT_OK)
         return fail(err, cap, BT_ERR_INVAL, "invalid sampling parameters");
     if (s->n_stop_ids > BT_STOP_MAX_IDS || s->n_stop > BT_STOP_MAX_STRINGS)
@@ -129,13 +134,7 @@ static void fill_sampling(bt_req_t *r, const Baton__SamplingParams *s, char **cu
 {
     if (!s)
         return;
-    r->sampling = (bt_sampler_params_t){.temperature = s->temperature,
-                                        .top_k = s->top_k,
-                                        .top_p = s->top_p,
-                                        .min_p = s->min_p,
-                                        .repeat_penalty = s->repeat_penalty,
-                                        .repeat_last_n = s->repeat_last_n,
-                                        .seed = s->seed};
+    r->sampling = bt_sampling_from_proto(s);
     int32_t *ids = carve(cur, s->n_stop_ids * sizeof(int32_t));
     for (size_t i = 0; i < s->n_stop_ids; i++)
         ids[i] = s->stop_ids[i];

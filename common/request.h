@@ -78,6 +78,9 @@ typedef struct {
  * BT_ERR_RANGE for token ids outside the vocabulary or a request too large for the context or
  * the KV pool, BT_ERR_NOMEM) and a one-line reason in err.
  */
+/* The sampler settings of a SamplingParams message (not checked: bt_sampler_params_check). */
+bt_sampler_params_t bt_sampling_from_proto(const Baton__SamplingParams *s);
+
 int bt_req_from_assignment(const Baton__Assignment *a, uint64_t id, const bt_req_limits_t *lim,
                            bt_req_t **out, char *err, size_t err_cap);
 /* NULL-safe. Does not touch priv: the role releases its state first. */

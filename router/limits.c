@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/request.h"
 #include "common/sampler.h"
 #include "common/status.h"
 #include "common/stopcond.h"
@@ -90,13 +91,7 @@ static int check_sampling(const router_limits_t *lim, const Baton__SamplingParam
 {
     if (!s)
         return BT_OK;
-    bt_sampler_params_t sp = {.temperature = s->temperature,
-                              .top_k = s->top_k,
-                              .top_p = s->top_p,
-                              .min_p = s->min_p,
-                              .repeat_penalty = s->repeat_penalty,
-                              .repeat_last_n = s->repeat_last_n,
-                              .seed = s->seed};
+    bt_sampler_params_t sp = bt_sampling_from_proto(s);
     if (bt_sampler_params_check(&sp) != BT_OK)
         return refuse(err, cap, BT_ERR_INVAL,
                       "sampling parameters out of range (temperature %g, top_k %d, top_p %g, "
