@@ -141,7 +141,7 @@ static int fill(prof_t *s, const bt_kv_seq_t *base, int b, int c)
         bt_kv_seq_t *q = &s->seqs[i];
         int st = bt_kv_seq_init(q, s->pool, c + s->p->reps + 2);
         if (st == BT_OK)
-            st = bt_kv_seq_reserve(q, s->pool, c);
+            st = bt_kv_seq_reserve(q, s->pool, q->max_tokens); /* the steps' tokens too */
         if (st == BT_OK)
             st = bt_kv_pool_copy_blocks(s->pool, base->blocks, q->blocks, base->n_blocks);
         if (st != BT_OK)
@@ -154,8 +154,8 @@ static int fill(prof_t *s, const bt_kv_seq_t *base, int b, int c)
 
 #define SKIPPED (-2.0) /* a decode shape whose KV does not fit the pool */
 
-/* One step of b sequences at context c after an untimed one (which takes the new block and
- * touches its memory); its time in ms, SKIPPED, or -1 on error. */
+/* One step of b sequences at context c after an untimed one (which touches the new tokens'
+ * block); its time in ms, SKIPPED, or -1 on error. */
 static double decode_once(prof_t *s, const bt_kv_seq_t *base, int b, int c)
 {
     double t = 0;
