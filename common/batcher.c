@@ -38,6 +38,8 @@ struct bt_batcher {
     bt_sched_item_t **preempted; /* (max_requests) plan */
     bt_batch_seq_t *batch;       /* (max_batch_seqs) */
     float *logits;               /* (max_batch_seqs, n_vocab) */
+    int32_t *ids;                /* (max_batch_seqs) greedy tokens, when the plan is greedy */
+    int greedy;                  /* the plan's sequences all decode greedily: ids, no logits */
     bt_batcher_rows_t *rows;     /* (max_batch_seqs) what a forward computes, for the hooks */
 };
 
@@ -64,8 +66,9 @@ int bt_batcher_create(const bt_batcher_params_t *p, bt_batcher_t **out)
     b->preempted = bt_malloc((size_t)p->max_requests * sizeof *b->preempted);
     b->batch = bt_malloc(n * sizeof *b->batch);
     b->logits = bt_malloc(n * (size_t)b->model->hp.n_vocab * sizeof(float));
+    b->ids = bt_malloc(n * sizeof *b->ids);
     b->rows = bt_malloc(n * sizeof *b->rows);
-    if (!b->run || !b->preempted || !b->batch || !b->logits || !b->rows) {
+    if (!b->run || !b->preempted || !b->batch || !b->logits || !b->ids || !b->rows) {
         bt_batcher_destroy(b);
         return BT_ERR_NOMEM;
     }
@@ -94,6 +97,7 @@ void bt_batcher_destroy(bt_batcher_t *b)
     bt_reqtable_fini(&b->seqs);
     bt_free(b->rows);
     bt_free(b->logits);
+    bt_free(b->ids);
     bt_free(b->batch);
     bt_free(b->preempted);
     bt_free(b->run);
@@ -275,11 +279,15 @@ static void seq_begin(seq_t *s)
                  0);
 }
 
-/* Samples the next token from s's logits row, streams it, and ends s at a stop condition. */
-static void seq_advance(bt_batcher_t *b, bt_worker_t *w, seq_t *s, float *logits)
+/* Samples the next token from s's logits row (or takes the greedy token the engine picked,
+ * logits NULL), streams it, and ends s at a stop condition. */
+static void seq_advance(bt_batcher_t *b, bt_worker_t *w, seq_t *s, float *logits, int32_t token)
 {
     bt_seqgen_step_t st;
-    bt_seqgen_sample(s->gen, logits, &st);
+    if (logits)
+        bt_seqgen_sample(s->gen, logits, &st);
+    else
+        bt_seqgen_append(s->gen, token, &st);
     int prefilled = 0;
     if (!s->decoding) { /* colocated: this was the prefill */
         bt_req_event(s->req, BATON__EVENT_KIND__PREFILL_END, 0);
@@ -299,6 +307,13 @@ static void seq_advance(bt_batcher_t *b, bt_worker_t *w, seq_t *s, float *logits
     s->item.n_total = bt_seqgen_len(s->gen);
 }
 
+/* One forward of the plan's rows: greedy tokens into ids, or logits. */
+static int engine_forward(bt_batcher_t *b, bt_batch_seq_t *seqs, int n)
+{
+    return b->greedy ? bt_engine_forward_argmax(b->p.engine, seqs, n, b->ids)
+                     : bt_engine_forward(b->p.engine, seqs, n, b->logits);
+}
+
 /* Runs a sequence too long for one forward alone, chunk by chunk; logits of the last chunk. */
 static int forward_chunked(bt_batcher_t *b, seq_t *s)
 {
@@ -312,7 +327,7 @@ static int forward_chunked(bt_batcher_t *b, seq_t *s)
                               .n_tokens = n,
                               .logits =
                                   s->kv.n_tokens + n == end ? BT_LOGITS_LAST : BT_LOGITS_NONE};
-        int st = bt_engine_forward(b->p.engine, &one, 1, b->logits);
+        int st = engine_forward(b, &one, 1);
         if (st != BT_OK)
             return st;
     }
@@ -322,8 +337,10 @@ static int forward_chunked(bt_batcher_t *b, seq_t *s)
 static int forward_plan(bt_batcher_t *b, int32_t n_run)
 {
     int32_t rows = 0;
+    b->greedy = 1;
     for (int32_t i = 0; i < n_run; i++) {
         seq_t *s = SEQ_OF(b->run[i]);
+        b->greedy &= bt_sampler_params_greedy(&s->req->sampling);
         int32_t n = s->item.n_total - s->kv.n_tokens;
         b->batch[i] = (bt_batch_seq_t){.kv = &s->kv,
                                        .tokens = bt_seqgen_tokens(s->gen) + s->kv.n_tokens,
@@ -333,7 +350,7 @@ static int forward_plan(bt_batcher_t *b, int32_t n_run)
     }
     if (n_run == 1 && rows > bt_engine_max_batch_tokens(b->p.engine))
         return forward_chunked(b, SEQ_OF(b->run[0]));
-    return bt_engine_forward(b->p.engine, b->batch, n_run, b->logits);
+    return engine_forward(b, b->batch, n_run);
 }
 
 int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
@@ -379,7 +396,10 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
             seq_finish(b, w, s, BATON__FINISH_REASON__FINISH_FAILED, st, "forward failed");
             continue;
         }
-        seq_advance(b, w, s, b->logits + (size_t)i * n_vocab);
+        if (b->greedy)
+            seq_advance(b, w, s, NULL, b->ids[i]);
+        else
+            seq_advance(b, w, s, b->logits + (size_t)i * n_vocab, 0);
     }
     bt_worker_flush(w);
     return BT_OK;

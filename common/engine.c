@@ -328,8 +328,10 @@ static void layer_rest(bt_engine_t *e, int32_t l, float *x, const float *att, in
     bt_add(e->be, x, a->xb, (int64_t)rows * hp->dim);
 }
 
-/* Final norm and output projection of n_out rows of x, chunked through the logits buffer. */
-static void compute_logits(bt_engine_t *e, const float *x, int32_t n_out, float *logits)
+/* Final norm and output projection of n_out rows of x, chunked through the logits buffer; the
+ * logits (logits set) or each row's greedy token (ids set) come back to the host. */
+static void compute_logits(bt_engine_t *e, const float *x, int32_t n_out, float *logits,
+                           int32_t *ids)
 {
     const bt_model_hparams_t *hp = &e->model->hp;
     acts_t *a = &e->a;
@@ -338,12 +340,15 @@ static void compute_logits(bt_engine_t *e, const float *x, int32_t n_out, float 
         bt_rmsnorm(e->be, a->xb, x + (size_t)r0 * hp->dim, e->model->out_norm, n, hp->dim,
                    hp->norm_eps);
         bt_matmul(e->be, a->logits, &e->model->output, a->xb, n);
-        bt_backend_download(e->be, logits + (size_t)r0 * hp->n_vocab, a->logits,
-                            (size_t)n * hp->n_vocab * sizeof(float));
+        if (ids)
+            bt_argmax_rows(e->be, ids + r0, a->logits, n, hp->n_vocab);
+        else
+            bt_backend_download(e->be, logits + (size_t)r0 * hp->n_vocab, a->logits,
+                                (size_t)n * hp->n_vocab * sizeof(float));
     }
 }
 
-int bt_engine_forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, float *logits)
+static int forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, float *logits, int32_t *ids)
 {
     const bt_model_hparams_t *hp = &e->model->hp;
     acts_t *a = &e->a;
@@ -377,9 +382,19 @@ int bt_engine_forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, float *l
         }
     }
     if (n_out > 0)
-        compute_logits(e, n_out == rows ? a->x : a->x2, n_out, logits);
+        compute_logits(e, n_out == rows ? a->x : a->x2, n_out, logits, ids);
     bt_backend_sync(e->be);
     for (int s = 0; s < n_seqs; s++)
         seqs[s].kv->n_tokens += seqs[s].n_tokens;
     return BT_OK;
+}
+
+int bt_engine_forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, float *logits)
+{
+    return forward(e, seqs, n_seqs, logits, NULL);
+}
+
+int bt_engine_forward_argmax(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, int32_t *ids)
+{
+    return forward(e, seqs, n_seqs, NULL, ids);
 }

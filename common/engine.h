@@ -70,5 +70,9 @@ void bt_engine_set_layer_hook(bt_engine_t *e, bt_engine_layer_fn fn, void *arg);
  * a token id outside the vocabulary.
  */
 int bt_engine_forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, float *logits);
+/* The same, but instead of logits writes, for each row that wants logits (same order), its
+ * greedy token: the first index of the largest logit (bt_argmax). On a device backend only the
+ * ids leave the device (4 bytes a row instead of 4 x n_vocab). */
+int bt_engine_forward_argmax(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, int32_t *ids);
 
 #endif

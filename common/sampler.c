@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "../kernels/kernels.h"
 #include "alloc.h"
 #include "log.h"
 #include "status.h"
@@ -100,32 +101,14 @@ void bt_sampler_accept(bt_sampler_t *s, int32_t token)
         s->n_recent++;
 }
 
-/* Two passes: the maximum over 16 independent lanes (branch-free, so the compiler vectorizes
- * it), then the first index holding it. A running "best index" loop branches on every element
- * and mispredicts on noisy logits: about 12x slower over a 32000-token vocabulary. The result is
- * the same: the lowest index of the maximum, NaNs never win, 0 when x[0] is NaN or nothing
- * beats it. */
+int bt_sampler_params_greedy(const bt_sampler_params_t *params)
+{
+    return params->temperature == 0 && (params->repeat_penalty == 0 || params->repeat_penalty == 1);
+}
+
 int32_t bt_argmax(const float *x, int32_t n)
 {
-    enum { LANES = 16 };
-    float m[LANES];
-    for (int j = 0; j < LANES; j++)
-        m[j] = -INFINITY;
-    int32_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++)
-            m[j] = x[i + j] > m[j] ? x[i + j] : m[j];
-    float mx = -INFINITY;
-    for (int j = 0; j < LANES; j++)
-        mx = m[j] > mx ? m[j] : mx;
-    for (; i < n; i++)
-        mx = x[i] > mx ? x[i] : mx;
-    if (n <= 0 || !(x[0] < mx))
-        return 0;
-    for (i = 1; i < n; i++)
-        if (x[i] == mx)
-            return i;
-    return 0;
+    return bt_argmax_f32(x, n);
 }
 
 static void apply_penalty(bt_sampler_t *s, float *logits)

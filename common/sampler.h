@@ -30,6 +30,9 @@ int bt_sampler_create(const bt_sampler_params_t *params, int32_t n_vocab, bt_sam
 void bt_sampler_destroy(bt_sampler_t *s);
 /* Checks parameters without creating anything (for request validation). */
 int bt_sampler_params_check(const bt_sampler_params_t *params);
+/* Whether params pick the plain argmax of the logits (temperature 0, no repetition penalty), so
+ * that the token can be chosen where the logits are (bt_engine_forward_argmax). */
+int bt_sampler_params_greedy(const bt_sampler_params_t *params);
 
 /* Picks the next token from logits (n_vocab floats; modified in place). Greedy picks the
  * lowest id among equal maxima. Does not record the token: call bt_sampler_accept. */

@@ -5,6 +5,9 @@
  */
 #include "kernels.h"
 
+#include <assert.h>
+#include <math.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -185,4 +188,41 @@ void bt_attention(bt_backend_t *be, float *out, const float *q, const bt_kv_laye
                   const bt_attn_seq_t *seqs, int n_seqs, int n_heads, float scale)
 {
     be->ops->attention(be->ctx, out, q, kv, seqs, n_seqs, n_heads, scale);
+}
+
+void bt_argmax_rows(bt_backend_t *be, int32_t *out_host, const float *x, int64_t m, int64_t n)
+{
+    if (be->ops->argmax_rows) {
+        be->ops->argmax_rows(be->ctx, out_host, x, m, n);
+        return;
+    }
+    assert(!be->ops->device_memory);
+    for (int64_t i = 0; i < m; i++)
+        out_host[i] = bt_argmax_f32(x + i * n, n);
+}
+
+/* Two passes: the maximum over 16 independent lanes (branch-free, so the compiler vectorizes
+ * it), then the first index holding it. A running "best index" loop branches on every element
+ * and mispredicts on noisy logits: about 12x slower over a 32000-token vocabulary. */
+int32_t bt_argmax_f32(const float *x, int64_t n)
+{
+    enum { LANES = 16 };
+    float m[LANES];
+    for (int j = 0; j < LANES; j++)
+        m[j] = -INFINITY;
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++)
+            m[j] = x[i + j] > m[j] ? x[i + j] : m[j];
+    float mx = -INFINITY;
+    for (int j = 0; j < LANES; j++)
+        mx = m[j] > mx ? m[j] : mx;
+    for (; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    if (n <= 0 || !(x[0] < mx))
+        return 0;
+    for (i = 1; i < n; i++)
+        if (x[i] == mx)
+            return (int32_t)i;
+    return 0;
 }

@@ -135,6 +135,9 @@ typedef struct bt_backend_ops {
      * out are [rows][n_heads * head_dim]; heads map to KV heads by n_heads / n_kv_heads (GQA). */
     void (*attention)(void *ctx, float *out, const float *q, const bt_kv_layer_t *kv,
                       const bt_attn_seq_t *seqs, int n_seqs, int n_heads, float scale);
+    /* Optional (a host-memory backend may leave it NULL): out_host[i] = bt_argmax_f32 of row i
+     * of x ([m][n]), so that greedy decoding moves m ids to the host instead of m x n logits. */
+    void (*argmax_rows)(void *ctx, int32_t *out_host, const float *x, int64_t m, int64_t n);
 } bt_backend_ops_t;
 
 typedef struct bt_backend bt_backend_t;
@@ -171,6 +174,12 @@ void bt_kv_store(bt_backend_t *be, const bt_kv_layer_t *kv, const float *k, cons
                  const bt_attn_seq_t *seqs, int n_seqs);
 void bt_attention(bt_backend_t *be, float *out, const float *q, const bt_kv_layer_t *kv,
                   const bt_attn_seq_t *seqs, int n_seqs, int n_heads, float scale);
+/* out_host[i] = the greedy token of row i of x ([m][n] in backend memory). */
+void bt_argmax_rows(bt_backend_t *be, int32_t *out_host, const float *x, int64_t m, int64_t n);
+
+/* The first index of the largest of x[0, n): NaNs never win, and 0 when x[0] is NaN or nothing
+ * is larger than it (so 0 for n <= 0). Host memory. */
+int32_t bt_argmax_f32(const float *x, int64_t n);
 
 /* Backend constructors, listed in the registry (kernels.c). Each returns a status and writes
  * *ops and *ctx only on success. */

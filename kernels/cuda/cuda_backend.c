@@ -122,6 +122,7 @@ static void cuda_destroy(void *ctx)
         cublasDestroy(c->blas);
     stage_fini(&c->seqs);
     stage_fini(&c->rows);
+    cudaFree(c->argmax_out);
     cudaFree(c->blas_ws);
     cudaFree(c->act16);
     cudaFree(c->attn_part);
@@ -261,6 +262,18 @@ static void cuda_gather_rows(void *ctx, float *y, const float *x, const int32_t 
     }
 }
 
+static void cuda_argmax_rows(void *ctx, int32_t *out_host, const float *x, int64_t m, int64_t n)
+{
+    bt_cuda_ctx_t *c = enter(ctx);
+    for (int64_t r0 = 0; r0 < m; r0 += c->argmax_cap) {
+        int64_t mr = m - r0 < c->argmax_cap ? m - r0 : c->argmax_cap;
+        bt_cuda_argmax_rows_launch(c->stream, c->argmax_out, x + r0 * n, mr, n);
+        BT_CUDA_CHECK(cudaMemcpyAsync(out_host + r0, c->argmax_out, (size_t)mr * sizeof(int32_t),
+                                      cudaMemcpyDeviceToHost, c->stream));
+    }
+    BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
 /* ---- attention tables ---- */
 
 typedef struct {
@@ -370,6 +383,7 @@ static const bt_backend_ops_t cuda_ops = {
     .swiglu = cuda_swiglu,
     .add = cuda_add,
     .gather_rows = cuda_gather_rows,
+    .argmax_rows = cuda_argmax_rows,
     .kv_store = cuda_kv_store,
     .attention = cuda_attention,
 };
@@ -393,7 +407,9 @@ static int alloc_scratch(bt_cuda_ctx_t *c, const bt_backend_params_t *params)
     c->act16_elems = (size_t)rows * (size_t)cols;
     c->attn_part_floats = ATTN_PART_BYTES / sizeof(float);
     c->blas_ws_bytes = BLAS_WS_BYTES;
-    if (cudaMalloc(&c->act16, c->act16_elems * 2) != cudaSuccess ||
+    c->argmax_cap = rows;
+    if (cudaMalloc((void **)&c->argmax_out, (size_t)rows * sizeof(int32_t)) != cudaSuccess ||
+        cudaMalloc(&c->act16, c->act16_elems * 2) != cudaSuccess ||
         cudaMalloc((void **)&c->attn_part, ATTN_PART_BYTES) != cudaSuccess ||
         cudaMalloc(&c->blas_ws, c->blas_ws_bytes) != cudaSuccess)
         return BT_ERR_NOMEM;

@@ -69,8 +69,10 @@ typedef struct {
     size_t attn_part_floats;
     bt_cuda_stage_t seqs; /* bt_cuda_seq_t[n_seqs] then the block ids */
     bt_cuda_stage_t rows; /* gather_rows indices */
-    uint8_t *pack;        /* host scratch of seqs.cap bytes to build a table before staging */
-    int n_sm;             /* streaming multiprocessors, for grid sizing */
+    int32_t *argmax_out;  /* argmax_rows results, argmax_cap of them */
+    int64_t argmax_cap;
+    uint8_t *pack; /* host scratch of seqs.cap bytes to build a table before staging */
+    int n_sm;      /* streaming multiprocessors, for grid sizing */
 } bt_cuda_ctx_t;
 
 /* elementwise.cu */
@@ -86,6 +88,9 @@ void bt_cuda_add_launch(cudaStream_t st, float *y, const float *x, int64_t n);
 /* rows is a device array of m indices. */
 void bt_cuda_gather_rows_launch(cudaStream_t st, float *y, const float *x, const int32_t *rows,
                                 int64_t m, int64_t n);
+/* out[i] = bt_argmax_f32 of row i of x ([m][n]); out is a device array of m. */
+void bt_cuda_argmax_rows_launch(cudaStream_t st, int32_t *out, const float *x, int64_t m,
+                                int64_t n);
 /* dst[i] = x[i] rounded to nearest even, as bf16 (type BT_TYPE_BF16) or fp16 (BT_TYPE_F16). */
 void bt_cuda_convert_launch(cudaStream_t st, void *dst, int type, const float *x, int64_t n);
 

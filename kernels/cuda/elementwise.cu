@@ -203,6 +203,56 @@ extern "C" void bt_cuda_gather_rows_launch(cudaStream_t st, float *y, const floa
     BT_CUDA_CHECK(cudaGetLastError());
 }
 
+/* ---- argmax of rows (greedy sampling on the device) ---- */
+
+/* One block per row. Each thread keeps the first index of its largest value (NaNs and -inf
+ * never replace the initial -inf), the block reduces preferring the larger value, then the
+ * lower index; as bt_argmax_f32, 0 when x[0] is NaN or nothing is larger than it. */
+static __global__ void argmax_kernel(int32_t *out, const float *x, int64_t m, int64_t n)
+{
+    __shared__ float sv[THREADS];
+    __shared__ int32_t si[THREADS];
+    for (int64_t r = blockIdx.x; r < m; r += gridDim.x) {
+        const float *row = x + r * n;
+        float best = -INFINITY;
+        int32_t bi = -1;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+            float v = row[i];
+            if (v > best) {
+                best = v;
+                bi = (int32_t)i;
+            }
+        }
+        sv[threadIdx.x] = best;
+        si[threadIdx.x] = bi;
+        __syncthreads();
+        for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+            if (threadIdx.x < s) {
+                float ov = sv[threadIdx.x + s], mv = sv[threadIdx.x];
+                int32_t oi = si[threadIdx.x + s], mi = si[threadIdx.x];
+                if (oi >= 0 && (mi < 0 || ov > mv || (ov == mv && oi < mi))) {
+                    sv[threadIdx.x] = ov;
+                    si[threadIdx.x] = oi;
+                }
+            }
+            __syncthreads();
+        }
+        if (threadIdx.x == 0)
+            out[r] = si[0] < 0 || !(row[0] < sv[0]) ? 0 : si[0];
+        __syncthreads();
+    }
+}
+
+extern "C" void bt_cuda_argmax_rows_launch(cudaStream_t st, int32_t *out, const float *x, int64_t m,
+                                           int64_t n)
+{
+    if (m <= 0)
+        return;
+    int grid = (int)(m < MAX_GRID ? m : MAX_GRID);
+    argmax_kernel<<<grid, THREADS, 0, st>>>(out, x, m, n);
+    BT_CUDA_CHECK(cudaGetLastError());
+}
+
 /* ---- f32 -> bf16 / fp16 ---- */
 
 static __global__ void convert_kernel(void *dst, int type, const float *x, int64_t n)

@@ -103,6 +103,56 @@ static void test_engine_chunked_prefill_and_threads_are_bit_identical(void **sta
     free(threaded);
 }
 
+/* bt_engine_forward_argmax gives, row for row, the argmax of the logits bt_engine_forward gives
+ * for the same batch: a mixed batch with all, last and no logits rows, more rows than fit the
+ * engine's logits buffer at once, then a decode step. */
+static void test_engine_forward_argmax_matches_logits(void **state)
+{
+    fixture_t *f = *state;
+    const bt_model_t *m = f->model;
+    int32_t V = m->hp.n_vocab, a[40], b[9], c[3];
+    make_tokens(a, 40, V, 4);
+    make_tokens(b, 9, V, 5);
+    make_tokens(c, 3, V, 6);
+    float *logits = malloc((size_t)64 * V * sizeof(float));
+    int32_t ids[64];
+    bt_engine_t *e1 = make_engine(m, 2, 0), *e2 = make_engine(m, 2, 0);
+    bt_kv_seq_t k1[3], k2[3];
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(bt_kv_seq_init(&k1[i], bt_engine_kv_pool(e1), 64), BT_OK);
+        assert_int_equal(bt_kv_seq_init(&k2[i], bt_engine_kv_pool(e2), 64), BT_OK);
+    }
+    for (int step = 0; step < 2; step++) {
+        bt_batch_seq_t s1[3], s2[3];
+        int rows = 0;
+        for (int i = 0; i < 3; i++) {
+            const int32_t *t = i == 0 ? a : i == 1 ? b : c;
+            int n = step ? 1 : i == 0 ? 39 : i == 1 ? 8 : 2;
+            int want = step     ? BT_LOGITS_LAST
+                       : i == 0 ? BT_LOGITS_ALL
+                       : i == 1 ? BT_LOGITS_LAST
+                                : BT_LOGITS_NONE;
+            s1[i] = (bt_batch_seq_t){
+                .kv = &k1[i], .tokens = t + k1[i].n_tokens, .n_tokens = n, .logits = want};
+            s2[i] = s1[i];
+            s2[i].kv = &k2[i];
+            rows += want == BT_LOGITS_ALL ? n : want == BT_LOGITS_LAST ? 1 : 0;
+        }
+        assert_int_equal(bt_engine_forward(e1, s1, 3, logits), BT_OK);
+        assert_int_equal(bt_engine_forward_argmax(e2, s2, 3, ids), BT_OK);
+        for (int r = 0; r < rows; r++)
+            assert_int_equal(ids[r], bt_argmax_f32(logits + (size_t)r * V, V));
+    }
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(k1[i].n_tokens, k2[i].n_tokens);
+        bt_kv_seq_fini(&k1[i], bt_engine_kv_pool(e1));
+        bt_kv_seq_fini(&k2[i], bt_engine_kv_pool(e2));
+    }
+    bt_engine_destroy(e1);
+    bt_engine_destroy(e2);
+    free(logits);
+}
+
 static void test_engine_batched_equals_alone(void **state)
 {
     fixture_t *f = *state;
@@ -330,6 +380,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_engine_chunked_prefill_and_threads_are_bit_identical),
         cmocka_unit_test(test_engine_batched_equals_alone),
+        cmocka_unit_test(test_engine_forward_argmax_matches_logits),
         cmocka_unit_test(test_engine_layer_hook_reports_each_layer_and_changes_nothing),
         cmocka_unit_test(test_engine_reservation_is_all_or_nothing),
         cmocka_unit_test(test_engine_rejects_out_of_range_batches),

@@ -480,6 +480,39 @@ static void test_cuda_attention_launch_shapes_agree(void **state)
     free(zero);
 }
 
+/* argmax_rows against bt_argmax_f32: a 128256-token vocabulary (Llama 3), rows with ties,
+ * NaNs, infinities and a NaN first element, more rows than one launch holds. */
+static void test_cuda_argmax_rows(void **state)
+{
+    (void)state;
+    const int64_t m = MAX_ROWS + 5, n = 128256;
+    float *x = rnd_vec((size_t)(m * n));
+    for (int64_t r = 0; r < m; r++) {
+        float *row = x + r * n;
+        int64_t k = (int64_t)(rnd_u32() % (uint32_t)n);
+        switch (r % 6) {
+        case 1: row[k] = NAN; break;
+        case 2: row[0] = NAN; break;
+        case 3: row[k] = INFINITY; break;
+        case 4: row[k] = row[n - 1 - k] = 1e6f; break; /* a tie: the lower index wins */
+        case 5:
+            for (int64_t i = 0; i < n; i++)
+                row[i] = -INFINITY;
+            break;
+        default: break;
+        }
+    }
+    float *xd = to_dev(gpu, x, (size_t)(m * n) * sizeof(float));
+    int32_t *got = malloc((size_t)m * sizeof *got);
+    assert_non_null(got);
+    bt_argmax_rows(gpu, got, xd, m, n);
+    for (int64_t r = 0; r < m; r++)
+        assert_int_equal(got[r], bt_argmax_f32(x + r * n, n));
+    bt_backend_free(gpu, xd);
+    free(got);
+    free(x);
+}
+
 int main(void)
 {
     bt_backend_params_t p = {.max_rows = MAX_ROWS, .max_cols = MAX_COLS};
@@ -494,6 +527,7 @@ int main(void)
         return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cuda_matmul_types_and_shapes),
+        cmocka_unit_test(test_cuda_argmax_rows),
         cmocka_unit_test(test_cuda_matmul_batch_invariant),
         cmocka_unit_test(test_cuda_get_rows_all_types),
         cmocka_unit_test(test_cuda_rmsnorm_rope_swiglu_add),
