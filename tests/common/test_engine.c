@@ -63,6 +63,14 @@ static void make_tokens(int32_t *t, int n, int32_t n_vocab, uint32_t seed)
     }
 }
 
+/* Three prompts: a of na tokens, b of 9 and c of 3, from seeds seed, seed + 1, seed + 2. */
+static void make_abc(int32_t V, int32_t *a, int na, int32_t *b, int32_t *c, uint32_t seed)
+{
+    make_tokens(a, na, V, seed);
+    make_tokens(b, 9, V, seed + 1);
+    make_tokens(c, 3, V, seed + 2);
+}
+
 /* Runs prompt A (13 tokens) alone with all logits, then two decode steps; returns the rows. */
 static float *run_alone(const bt_model_t *m, int threads, const int32_t *a, int chunk)
 {
@@ -111,9 +119,7 @@ static void test_engine_forward_argmax_matches_logits(void **state)
     fixture_t *f = *state;
     const bt_model_t *m = f->model;
     int32_t V = m->hp.n_vocab, a[40], b[9], c[3];
-    make_tokens(a, 40, V, 4);
-    make_tokens(b, 9, V, 5);
-    make_tokens(c, 3, V, 6);
+    make_abc(V, a, 40, b, c, 4);
     float *logits = malloc((size_t)64 * V * sizeof(float));
     int32_t ids[64];
     bt_engine_t *e1 = make_engine(m, 2, 0), *e2 = make_engine(m, 2, 0);
@@ -158,9 +164,7 @@ static void test_engine_batched_equals_alone(void **state)
     fixture_t *f = *state;
     const bt_model_t *m = f->model;
     int32_t V = m->hp.n_vocab, a[15], b[9], c[3];
-    make_tokens(a, 15, V, 1);
-    make_tokens(b, 9, V, 2);
-    make_tokens(c, 3, V, 3);
+    make_abc(V, a, 15, b, c, 1);
     float *ref = run_alone(m, 2, a, 13);
     float *out = malloc((size_t)32 * V * sizeof(float));
     bt_engine_t *e = make_engine(m, 2, 0);
