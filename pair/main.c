@@ -94,6 +94,12 @@ int main(int argc, char **argv)
         bt_cfg_free(&pair_table, &c);
         return 2;
     }
+    if (strcmp(c.daemon.backend, "cpu") != 0) {
+        /* The replica's rows are packed from and applied to the pool in host memory. */
+        bt_error("baton-pair: runs on the cpu backend only, not '%s'", c.daemon.backend);
+        bt_cfg_free(&pair_table, &c);
+        return 2;
+    }
     bt_daemon_t d;
     int st = bt_daemon_setup(&c.daemon, BATON__ROLE__PAIR, &d);
     if (st == BT_OK)
