@@ -145,6 +145,11 @@ void *bt_kv_pool_base(const bt_kv_pool_t *pool)
     return pool->base;
 }
 
+int bt_kv_pool_device_memory(const bt_kv_pool_t *pool)
+{
+    return bt_backend_device_memory(pool->be);
+}
+
 size_t bt_kv_pool_size_bytes(const bt_kv_pool_t *pool)
 {
     return pool->block_bytes * (size_t)pool->n_blocks * (size_t)pool->n_layers;

@@ -47,6 +47,8 @@ int32_t bt_kv_pool_block_size(const bt_kv_pool_t *pool);
 size_t bt_kv_pool_block_bytes(const bt_kv_pool_t *pool);
 /* The whole pool's memory, for registration with a transfer backend. */
 void *bt_kv_pool_base(const bt_kv_pool_t *pool);
+/* Whether the pool lives in device memory (the host cannot read or map it). */
+int bt_kv_pool_device_memory(const bt_kv_pool_t *pool);
 size_t bt_kv_pool_size_bytes(const bt_kv_pool_t *pool);
 /* View of one layer for the attention kernels. */
 bt_kv_layer_t bt_kv_pool_layer(const bt_kv_pool_t *pool, int32_t layer);
