@@ -53,6 +53,7 @@ if [ $have_tests = 1 ]; then
     targets="$targets gpu_test_cuda_ops gpu_test_cuda_engine"
     [ -z "$skip" ] && targets="$targets kvx_test_kvx_gpu"
 fi
+[ -z "$skip" ] && targets="$targets baton baton-router baton-prefill baton-decode baton-colocated"
 # shellcheck disable=SC2086
 cmake --build "$BUILD" -j"$JOBS" --target $targets >"$RESULTS/build.log" 2>&1 ||
     { grep -E "error|Error" "$RESULTS/build.log" | head -40; exit 1; }
@@ -61,6 +62,11 @@ if [ $have_tests = 1 ]; then
     step "gpu tests"
     ctest --test-dir "$BUILD" -R '^(gpu_test_cuda|kvx_test_kvx_gpu)' --output-on-failure \
         --timeout 240 | tee "$RESULTS/tests.log" || status=1
+fi
+
+if [ -z "$skip" ]; then
+    step "serving on the GPU: colocated and 1P1D clusters, --backend cuda, same greedy tokens"
+    timeout 420 deploy/serve-check.sh "$BUILD" cuda "$RESULTS/serve" || status=1
 fi
 
 step "baton on the 1b preset (bf16 weights, bf16 KV)"
