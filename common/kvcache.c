@@ -150,6 +150,16 @@ int bt_kv_pool_device_memory(const bt_kv_pool_t *pool)
     return bt_backend_device_memory(pool->be);
 }
 
+void bt_kv_pool_download(const bt_kv_pool_t *pool, void *host)
+{
+    bt_backend_download(pool->be, host, pool->base, bt_kv_pool_size_bytes(pool));
+}
+
+void bt_kv_pool_upload(bt_kv_pool_t *pool, const void *host)
+{
+    bt_backend_upload(pool->be, pool->base, host, bt_kv_pool_size_bytes(pool));
+}
+
 size_t bt_kv_pool_size_bytes(const bt_kv_pool_t *pool)
 {
     return pool->block_bytes * (size_t)pool->n_blocks * (size_t)pool->n_layers;

@@ -49,6 +49,9 @@ size_t bt_kv_pool_block_bytes(const bt_kv_pool_t *pool);
 void *bt_kv_pool_base(const bt_kv_pool_t *pool);
 /* Whether the pool lives in device memory (the host cannot read or map it). */
 int bt_kv_pool_device_memory(const bt_kv_pool_t *pool);
+/* Copies the whole pool (bt_kv_pool_size_bytes) to or from host memory, through the backend. */
+void bt_kv_pool_download(const bt_kv_pool_t *pool, void *host);
+void bt_kv_pool_upload(bt_kv_pool_t *pool, const void *host);
 size_t bt_kv_pool_size_bytes(const bt_kv_pool_t *pool);
 /* View of one layer for the attention kernels. */
 bt_kv_layer_t bt_kv_pool_layer(const bt_kv_pool_t *pool, int32_t layer);

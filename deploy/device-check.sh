@@ -53,7 +53,8 @@ if [ $have_tests = 1 ]; then
     targets="$targets gpu_test_cuda_ops gpu_test_cuda_engine"
     [ -z "$skip" ] && targets="$targets kvx_test_kvx_gpu"
 fi
-[ -z "$skip" ] && targets="$targets baton baton-router baton-prefill baton-decode baton-colocated"
+[ -z "$skip" ] &&
+    targets="$targets baton baton-router baton-prefill baton-decode baton-colocated baton-kvbench"
 # shellcheck disable=SC2086
 cmake --build "$BUILD" -j"$JOBS" --target $targets >"$RESULTS/build.log" 2>&1 ||
     { grep -E "error|Error" "$RESULTS/build.log" | head -40; exit 1; }
@@ -67,6 +68,10 @@ fi
 if [ -z "$skip" ]; then
     step "serving on the GPU: colocated and 1P1D clusters, --backend cuda, same greedy tokens"
     timeout 420 deploy/serve-check.sh "$BUILD" cuda "$RESULTS/serve" || status=1
+    step "KV between two processes on the GPU: kvx over UCX cuda_ipc, every byte checked"
+    timeout 300 "$BUILD/bin/baton-kvbench" --transport cuda --sizes 1M,16M,256M --json \
+        --pin >"$RESULTS/kvbench-cuda.json" || status=1
+    cat "$RESULTS/kvbench-cuda.json"
 fi
 
 step "baton on the 1b preset (bf16 weights, bf16 KV)"

@@ -20,11 +20,12 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: baton-kvbench [options]\n"
-            "  --transport shm|cma|tcp|all\n"
+            "  --transport shm|cma|tcp|cuda|all\n"
             "                            shm: one host, UCX shared memory for messages and the\n"
             "                            data copied out of the mapped sender pool; cma: one\n"
             "                            host, data through UCX rendezvous (CMA); tcp: UCX over\n"
-            "                            TCP (default all)\n"
+            "                            TCP; cuda: both pools in GPU memory (device 0), UCX\n"
+            "                            cuda_ipc (default all: shm, cma, tcp)\n"
             "  --mode whole|layer|all    whole cache or layer-wise (default all)\n"
             "  --sizes LIST              request KV sizes, e.g. 64K,1M,1G (default 64K..1G, x4)\n"
             "  --iters N                 transfers per pass (default: ~1 GiB, 8..2000)\n"
@@ -84,10 +85,10 @@ static int parse_int(const char *s, int lo, int hi, int *out)
 
 static int parse_transports(const char *v, kvb_opts_t *o)
 {
-    static const char *const all[] = {"shm", "cma", "tcp"};
+    static const char *const all[] = {"shm", "cma", "tcp", "cuda"};
     o->n_transports = 0;
-    for (int i = 0; i < 3; i++)
-        if (strcmp(v, "all") == 0 || strcmp(v, all[i]) == 0)
+    for (int i = 0; i < 4; i++) /* "all" is the host transports */
+        if ((strcmp(v, "all") == 0 && i < 3) || strcmp(v, all[i]) == 0)
             o->transports[o->n_transports++] = all[i];
     return o->n_transports ? 0 : -1;
 }

@@ -16,9 +16,10 @@
 #define KVB_MAX_SIZES 32
 
 typedef struct {
-    const char *transports[3]; /* "shm" (one host: messages over UCX shared memory, data
+    const char *transports[4]; /* "shm" (one host: messages over UCX shared memory, data
                                 * copied out of the mapped peer pool), "cma" (one host, data
-                                * through UCX's rendezvous: CMA), "tcp" (UCX over TCP) */
+                                * through UCX's rendezvous: CMA), "tcp" (UCX over TCP), "cuda"
+                                * (both pools in GPU memory, UCX cuda_ipc; not in "all") */
     int n_transports;
     int modes[2]; /* 0 whole, 1 layer-wise */
     int n_modes;

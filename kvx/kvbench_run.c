@@ -160,10 +160,25 @@ static const char *child_cmd(bench_t *b, const char *fmt, ...)
 
 /* ---- setup ---- */
 
-/* shm maps the peer's pool; cma and tcp move every byte through UCX. */
+/* shm maps the peer's pool; cma, tcp and cuda move every byte through UCX. */
 static int map_of(const bench_t *b)
 {
     return strcmp(b->transport, "shm") == 0 ? 0 : -1;
+}
+
+/* Where both pools live: GPU memory (device 0) for cuda, else host memory. */
+static const char *pool_backend(const bench_t *b)
+{
+    return strcmp(b->transport, "cuda") == 0 ? "cuda" : "cpu";
+}
+
+/* UCX transports: the GPU's own (IPC between processes, copies) with shared memory for the
+ * messages; shared memory; TCP. */
+static const char *tls_of(const bench_t *b)
+{
+    return strcmp(b->transport, "cuda") == 0  ? "sm,cuda_ipc,cuda_copy"
+           : strcmp(b->transport, "tcp") == 0 ? "tcp"
+                                              : "sm";
 }
 
 /* Starts the sender process; its address goes into addr. */
@@ -172,9 +187,10 @@ static int setup_child(bench_t *b, const char *tls, uint8_t *addr, size_t *len)
     const kvb_opts_t *o = b->o;
     if (child_spawn(b) != 0)
         return -1;
-    const char *r = child_cmd(b, "init ucx %s prefill llama %d %d %d %d %s %d %d 10000 %d", tls,
-                              b->layers, o->kv_heads, o->head_dim, o->block_size,
-                              o->f16 ? "f16" : "f32", b->blocks_max, SEED, map_of(b));
+    const char *r =
+        child_cmd(b, "init ucx %s prefill llama %d %d %d %d %s %d %d 10000 %d %s", tls, b->layers,
+                  o->kv_heads, o->head_dim, o->block_size, o->f16 ? "f16" : "f32", b->blocks_max,
+                  SEED, map_of(b), pool_backend(b));
     if (strncmp(r, "ok ", 3) != 0) {
         fprintf(stderr, "kvbench: sender process: %s\n", r);
         return -1;
@@ -191,7 +207,7 @@ static int setup_child(bench_t *b, const char *tls, uint8_t *addr, size_t *len)
 static int setup(bench_t *b, int blocks_recv)
 {
     const kvb_opts_t *o = b->o;
-    const char *tls = strcmp(b->transport, "tcp") == 0 ? "tcp" : "sm";
+    const char *tls = tls_of(b);
     uint8_t addr[BT_KVX_ADDRESS_MAX];
     size_t len;
     if (setup_child(b, tls, addr, &len) != 0)
@@ -203,11 +219,21 @@ static int setup(bench_t *b, int blocks_recv)
                               .block_size = o->block_size,
                               .type = o->f16 ? BT_TYPE_F16 : BT_TYPE_F32,
                               .n_blocks = blocks_recv};
-    if (bt_backend_create("cpu", &bp, &b->be) != BT_OK ||
-        bt_kv_pool_create(b->be, &pp, &b->pool) != BT_OK)
+    if (bt_backend_create(pool_backend(b), &bp, &b->be) != BT_OK ||
+        bt_kv_pool_create(b->be, &pp, &b->pool) != BT_OK) {
+        fprintf(stderr, "kvbench: cannot make a %s pool\n", pool_backend(b));
         return -1;
+    }
     /* Touch every page now, so no first-touch fault is timed. */
-    memset(bt_kv_pool_base(b->pool), 0, bt_kv_pool_size_bytes(b->pool));
+    if (bt_kv_pool_device_memory(b->pool)) {
+        void *zero = calloc(1, bt_kv_pool_size_bytes(b->pool));
+        if (!zero)
+            return -1;
+        bt_kv_pool_upload(b->pool, zero);
+        free(zero);
+    } else {
+        memset(bt_kv_pool_base(b->pool), 0, bt_kv_pool_size_bytes(b->pool));
+    }
     bt_kvx_layout_from_pool(b->pool, "llama", &b->layout);
     bt_kvx_params_t kp = {.name = "decode",
                           .layout = b->layout,
@@ -378,8 +404,7 @@ static int measure(bench_t *b, size_t size, int mode, kvb_result_t *r)
                  : -1;
     if (st == 0)
         st = latency_pass(b, dst, nb, iters, r);
-    if (st == 0 &&
-        bt_kvx_pattern_check(bt_kv_pool_base(b->pool), &b->layout, SEED, src, dst, nb) != -1) {
+    if (st == 0 && bt_kvx_pattern_check_pool(b->pool, &b->layout, SEED, src, dst, nb) != -1) {
         fprintf(stderr, "kvbench: received bytes differ from the source\n");
         st = -1;
     }

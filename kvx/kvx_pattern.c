@@ -5,6 +5,7 @@
  */
 #include "kvx_pattern.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static uint64_t mix(uint64_t x)
@@ -76,4 +77,33 @@ int64_t bt_kvx_pattern_check(const void *base, const bt_kvx_layout_t *layout, ui
                            block_key(seed, l, src[i])))
                 return (int64_t)l * n + i;
     return -1;
+}
+
+int bt_kvx_pattern_fill_pool(bt_kv_pool_t *pool, const bt_kvx_layout_t *layout, uint64_t seed)
+{
+    if (!bt_kv_pool_device_memory(pool)) {
+        bt_kvx_pattern_fill(bt_kv_pool_base(pool), layout, seed);
+        return BT_OK;
+    }
+    void *host = malloc(bt_kv_pool_size_bytes(pool));
+    if (!host)
+        return BT_ERR_NOMEM;
+    bt_kvx_pattern_fill(host, layout, seed);
+    bt_kv_pool_upload(pool, host);
+    free(host);
+    return BT_OK;
+}
+
+int64_t bt_kvx_pattern_check_pool(bt_kv_pool_t *pool, const bt_kvx_layout_t *layout, uint64_t seed,
+                                  const int32_t *src, const int32_t *dst, int32_t n)
+{
+    if (!bt_kv_pool_device_memory(pool))
+        return bt_kvx_pattern_check(bt_kv_pool_base(pool), layout, seed, src, dst, n);
+    void *host = malloc(bt_kv_pool_size_bytes(pool));
+    if (!host)
+        return INT64_MAX; /* cannot check: a mismatch */
+    bt_kv_pool_download(pool, host);
+    int64_t bad = bt_kvx_pattern_check(host, layout, seed, src, dst, n);
+    free(host);
+    return bad;
 }

@@ -24,4 +24,11 @@ void bt_kvx_pattern_fill_blocks(void *base, const bt_kvx_layout_t *layout, uint6
 int64_t bt_kvx_pattern_check(const void *base, const bt_kvx_layout_t *layout, uint64_t seed,
                              const int32_t *src, const int32_t *dst, int32_t n);
 
+/* The same on a KV pool in any backend's memory (a pool in device memory goes through a host
+ * copy of the whole pool). Fill: BT_OK or BT_ERR_NOMEM. Check: as above, and INT64_MAX (a
+ * mismatch) when the host copy cannot be made. */
+int bt_kvx_pattern_fill_pool(bt_kv_pool_t *pool, const bt_kvx_layout_t *layout, uint64_t seed);
+int64_t bt_kvx_pattern_check_pool(bt_kv_pool_t *pool, const bt_kvx_layout_t *layout, uint64_t seed,
+                                  const int32_t *src, const int32_t *dst, int32_t n);
+
 #endif

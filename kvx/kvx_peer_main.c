@@ -9,7 +9,8 @@
  * that the test on the other end can kill it at a chosen point of a transfer.
  *
  *   init <backend> <tls|-> <name> <model> <layers> <heads> <dim> <bsize> <f32|f16> <nblocks> *
- * <seed> <timeout_ms> [map]  -> ok <address hex>   (map -1: no pool mapping) connect <hex> -> ok
+ * <seed> <timeout_ms> [map [pool]] -> ok <address hex> (map -1: no pool mapping; pool: the
+ * backend holding the pool, cpu or cuda) connect <hex> -> ok
  * (then "ev up") recv <req> <ntok> auto|<ids>  -> ok <gen> <ids>  (auto: blocks from the pool
  * allocator) send <req> whole|layer <ntok> <ids> -> ok layers <req> <n> | pace <req> <ms per layer>
  * | finish <req> <token> <meta|-> cancel-send <req> | cancel-recv <req> | drop <req>  (frees a
@@ -161,7 +162,7 @@ static int cmd_init(peer_t *p, char **a, int n)
     if (n < 13)
         return BT_ERR_INVAL;
     bt_backend_params_t bp = {.n_threads = 1, .max_rows = 1, .max_cols = 1};
-    int st = bt_backend_create("cpu", &bp, &p->be);
+    int st = bt_backend_create(n > 14 ? a[14] : "cpu", &bp, &p->be); /* the pool's memory */
     bt_kv_pool_params_t pp = {.n_layers = atoi(a[5]),
                               .n_kv_heads = atoi(a[6]),
                               .head_dim = atoi(a[7]),
@@ -173,7 +174,9 @@ static int cmd_init(peer_t *p, char **a, int n)
     if (st != BT_OK)
         return st;
     bt_kvx_layout_from_pool(p->pool, a[4], &p->layout);
-    bt_kvx_pattern_fill(bt_kv_pool_base(p->pool), &p->layout, strtoull(a[11], NULL, 10));
+    st = bt_kvx_pattern_fill_pool(p->pool, &p->layout, strtoull(a[11], NULL, 10));
+    if (st != BT_OK)
+        return st;
     bt_kvx_params_t kp = {.backend = a[1],
                           .name = a[3],
                           .layout = p->layout,
@@ -182,7 +185,9 @@ static int cmd_init(peer_t *p, char **a, int n)
                           .ucx_tls = strcmp(a[2], "-") ? a[2] : NULL,
                           .peer_timeout_ms = atoi(a[12]),
                           .lease_ms = atoi(a[12]),
-                          .map_peers = n > 13 ? atoi(a[13]) : 0};
+                          .map_peers = bt_kv_pool_device_memory(p->pool) ? -1
+                                       : n > 13                          ? atoi(a[13])
+                                                                         : 0};
     st = bt_kvx_create(&kp, &p->kvx);
     if (st != BT_OK)
         return st;
@@ -282,8 +287,8 @@ static int cmd_check(peer_t *p, char **a, int n)
         free(dst);
         return BT_ERR_INVAL;
     }
-    int64_t bad = bt_kvx_pattern_check(bt_kv_pool_base(p->pool), &p->layout,
-                                       strtoull(a[1], NULL, 10), src, dst, ns);
+    int64_t bad =
+        bt_kvx_pattern_check_pool(p->pool, &p->layout, strtoull(a[1], NULL, 10), src, dst, ns);
     free(src);
     free(dst);
     if (bad >= 0)
