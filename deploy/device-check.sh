@@ -67,9 +67,9 @@ fi
 
 if [ -z "$skip" ]; then
     step "serving on the GPU: colocated and 1P1D clusters, --backend cuda, same greedy tokens"
-    timeout 420 deploy/serve-check.sh "$BUILD" cuda "$RESULTS/serve" || status=1
+    timeout 240 deploy/serve-check.sh "$BUILD" cuda "$RESULTS/serve" || status=1
     step "KV between two processes on the GPU: kvx over UCX cuda_ipc, every byte checked"
-    timeout 300 "$BUILD/bin/baton-kvbench" --transport cuda --sizes 1M,16M,256M --json \
+    timeout 180 "$BUILD/bin/baton-kvbench" --transport cuda --sizes 1M,16M,256M --json \
         --pin >"$RESULTS/kvbench-cuda.json" || status=1
     cat "$RESULTS/kvbench-cuda.json"
 fi

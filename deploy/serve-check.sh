@@ -35,7 +35,7 @@ serve() {
         "$@" >"$log" 2>&1 &
     local up=$! t=0
     until grep -q "serving on" "$log"; do
-        if ! kill -0 $up 2>/dev/null || [ $t -ge 240 ]; then
+        if ! kill -0 $up 2>/dev/null || [ $t -ge 120 ]; then
             echo "$name: the cluster did not come up"
             tail -20 "$log"
             kill -INT $up 2>/dev/null
