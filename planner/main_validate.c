@@ -212,13 +212,14 @@ typedef struct {
     const val_cfg_t *c;
     const pl_workload_t *w;
     const pl_sim_params_t *sp;
+    const bt_profile_t *prof;
     bt_client_t *cl;
     uint32_t n_vocab;
     pl_req_t *reqs;
     real_req_t *real;
     pl_sim_req_t *sim;
     int32_t *ids;
-    double *buf; /* (4n): real ttft, real tpot, scratch (2n) */
+    double *buf; /* (5n): real ttft, real tpot, scratch (2n), prefill over profile */
     FILE *csv;
 } val_t;
 
@@ -245,12 +246,17 @@ static int one_rate(val_t *v, double rate)
         st = real_run(v->c, v->cl, v->reqs, n, v->n_vocab, v->ids, v->real);
     if (st != BT_OK)
         return st;
-    double *tt = v->buf, *tp = v->buf + n, *scratch = v->buf + 2 * n;
+    double *tt = v->buf, *tp = v->buf + n, *scratch = v->buf + 2 * n, *pf = v->buf + 4 * n;
+    size_t n_pf = 0;
     for (size_t i = 0; i < n; i++) {
         const real_req_t *q = &v->real[i];
         int ok = q->done && q->status == 0 && q->first_ms >= 0;
         tt[i] = ok ? q->first_ms - q->send_ms : -1;
         tp[i] = ok && q->n_tokens > 1 ? (q->last_ms - q->first_ms) / (q->n_tokens - 1) : 0;
+        /* stage_ev[2], [3]: PREFILL_BEGIN, PREFILL_END; the profile's time for this prompt alone */
+        double l = v->reqs[i].prompt, model = bt_profile_prefill_ms(v->prof, l, l * l);
+        if (ok && q->ev_ns[2] && q->ev_ns[3] > q->ev_ns[2] && model > 0)
+            pf[n_pf++] = (double)(q->ev_ns[3] - q->ev_ns[2]) / 1e6 / model;
         if (v->csv) {
             fprintf(v->csv, "%g,%zu,%.3f,%d,%d,%.3f,%.4f,%u,%d,%.3f,%.4f", rate, i,
                     v->reqs[i].arrival_ms, v->reqs[i].prompt, v->reqs[i].output, tt[i], tp[i],
@@ -267,10 +273,11 @@ static int one_rate(val_t *v, double rate)
     stats_t real;
     stats(tt, tp, n, v->c, scratch, &real);
     printf("| %g | %.1f%% | %.1f%% | %+.1f | %.0f / %.0f | %.0f / %.0f | %.1f / %.1f | "
-           "%.1f / %.1f | %zu | %.1f |\n",
+           "%.1f / %.1f | %zu | %.2f | %.1f |\n",
            rate, 100 * real.attain, 100 * res.attainment, 100 * (res.attainment - real.attain),
            real.ttft_p50, real.ttft_p90, res.ttft_p50_ms, res.ttft_p90_ms, real.tpot_p50,
-           real.tpot_p90, res.tpot_p50_ms, res.tpot_p90_ms, real.n_failed, loadavg());
+           real.tpot_p90, res.tpot_p50_ms, res.tpot_p90_ms, real.n_failed, pct(pf, n_pf, 0.5),
+           loadavg());
     fflush(stdout);
     return BT_OK;
 }
@@ -314,12 +321,12 @@ static int validate(val_t *v, const double *rates, int n_rates)
     v->real = bt_malloc(n * sizeof *v->real);
     v->sim = bt_malloc(n * sizeof *v->sim);
     v->ids = bt_malloc((size_t)max_prompt * sizeof *v->ids);
-    v->buf = bt_malloc(4 * n * sizeof *v->buf);
+    v->buf = bt_malloc(5 * n * sizeof *v->buf);
     int st = v->reqs && v->real && v->sim && v->ids && v->buf ? BT_OK : BT_ERR_NOMEM;
     printf("| rate/s | real | sim | sim - real (pp) | real TTFT p50 / p90 ms | "
            "sim TTFT p50 / p90 | real TPOT p50 / p90 ms | sim TPOT p50 / p90 | real failed | "
-           "load |\n"
-           "|---|---|---|---|---|---|---|---|---|---|\n");
+           "prefill / profile | load |\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < n_rates && st == BT_OK; i++) {
         settle(v->cl);
         /* On a shared machine, other work slows the real side only: wait for a quiet spell. */
@@ -367,7 +374,7 @@ static int val_main(const val_cfg_t *c)
                           .block_size = c->block_size};
     pl_trace_t *trace = NULL;
     char desc[512];
-    val_t v = {.c = c, .sp = &sp};
+    val_t v = {.c = c, .sp = &sp, .prof = &prof};
     pl_workload_t *w = NULL;
     if (pl_cli_workload(&c->wl, &trace, &w, desc, sizeof desc) != BT_OK)
         return 1;
