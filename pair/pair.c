@@ -35,10 +35,7 @@ enum { PK_RECV = 1, PK_SHIP, PK_REFUSED };
 enum { PM_POST = 1, PM_CANCEL_POST, PM_SHIP, PM_CANCEL_SHIP, PM_ROWS, PM_PARTNER };
 
 /* A layer-wise ship as both threads see it; fields under bt_pair_t.stream_mu. */
-typedef struct {
-    bt_kvx_send_t *send; /* set by the loop while its send is live; NULL before and after */
-    int32_t n_done;      /* layers the engine has finished (compute thread) */
-} stream_t;
+typedef bt_kvlink_stream_t stream_t;
 
 typedef struct {
     int kind;
@@ -410,12 +407,8 @@ static void on_layer_done(void *arg, int32_t n_layers_done)
     if (!pr->n_hooked)
         return;
     pthread_mutex_lock(&pr->stream_mu);
-    for (int i = 0; i < pr->n_hooked; i++) {
-        stream_t *st = &pr->hooked[i]->stream;
-        st->n_done = n_layers_done;
-        if (st->send)
-            bt_kvx_send_layers_ready(st->send, n_layers_done);
-    }
+    for (int i = 0; i < pr->n_hooked; i++)
+        bt_kvlink_stream_layers_done(&pr->hooked[i]->stream, n_layers_done);
     pthread_mutex_unlock(&pr->stream_mu);
 }
 
@@ -948,9 +941,7 @@ static int ship_try(bt_pair_t *pr, xfer_t *x)
         st = bt_kvx_send_start(peer, &sp, &x->send);
     if (st == BT_OK && m->stream) { /* publish it; release what the engine has done */
         pthread_mutex_lock(&pr->stream_mu);
-        m->stream->send = x->send;
-        if (m->stream->n_done)
-            bt_kvx_send_layers_ready(x->send, m->stream->n_done);
+        bt_kvlink_stream_attach(m->stream, x->send);
         pthread_mutex_unlock(&pr->stream_mu);
     }
     if (st == BT_OK) /* the notice follows the last layer */

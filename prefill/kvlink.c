@@ -160,3 +160,17 @@ int bt_kvlink_create_from_cfg(const bt_kvlink_cfg_t *c, bt_engine_t *engine, con
                              .peer_timeout_ms = c->peer_timeout_ms};
     return bt_kvlink_create(&lp, out);
 }
+
+void bt_kvlink_stream_layers_done(bt_kvlink_stream_t *s, int32_t n_done)
+{
+    s->n_done = n_done;
+    if (s->send)
+        bt_kvx_send_layers_ready(s->send, n_done);
+}
+
+void bt_kvlink_stream_attach(bt_kvlink_stream_t *s, bt_kvx_send_t *send)
+{
+    s->send = send;
+    if (s->n_done > 0)
+        bt_kvx_send_layers_ready(send, s->n_done);
+}

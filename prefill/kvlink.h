@@ -53,6 +53,19 @@ typedef struct {
     int peer_timeout_ms;  /* a silent peer is dead after this; 0: kvx's default */
 } bt_kvlink_params_t;
 
+/* A layer-wise send as the compute thread and the loop thread both see it. Its fields are
+ * guarded by the daemon's own mutex, held around each call below. */
+typedef struct {
+    bt_kvx_send_t *send; /* set by the loop while its send is live; NULL before and after */
+    int32_t n_done;      /* layers the engine has finished (compute thread) */
+} bt_kvlink_stream_t;
+
+/* Compute thread (the engine's layer hook): layers [0, n_done) are final; a live send ships
+ * them. */
+void bt_kvlink_stream_layers_done(bt_kvlink_stream_t *s, int32_t n_done);
+/* Loop thread: send takes the stream over and ships the layers already done. */
+void bt_kvlink_stream_attach(bt_kvlink_stream_t *s, bt_kvx_send_t *send);
+
 /* Called for every kvx event, after the link's own bookkeeping (peer table). */
 typedef void (*bt_kvlink_event_fn)(void *ctx, const bt_kvx_event_t *ev);
 

@@ -39,10 +39,7 @@
 enum { PF_QUEUED = 1, PF_SHIPPING = 2 };
 
 /* A layer-wise send as both threads see it; fields under bt_prefill_t.stream_mu. */
-typedef struct {
-    bt_kvx_send_t *send; /* set by the loop while its send is live; NULL before and after */
-    int32_t n_done;      /* layers the engine has finished (compute thread) */
-} pf_stream_t;
+typedef bt_kvlink_stream_t pf_stream_t;
 
 /* Compute side: one request. */
 typedef struct {
@@ -376,12 +373,8 @@ static void pf_layer_done(void *arg, int32_t n_layers_done)
     if (pf->n_hooked == 0)
         return;
     pthread_mutex_lock(&pf->stream_mu);
-    for (int32_t i = 0; i < pf->n_hooked; i++) {
-        pf_stream_t *s = &pf->hooked[i]->stream;
-        s->n_done = n_layers_done;
-        if (s->send)
-            bt_kvx_send_layers_ready(s->send, n_layers_done);
-    }
+    for (int32_t i = 0; i < pf->n_hooked; i++)
+        bt_kvlink_stream_layers_done(&pf->hooked[i]->stream, n_layers_done);
     pthread_mutex_unlock(&pf->stream_mu);
     if (n_layers_done == 1) /* the transfer begins with the first layer handed to kvx */
         for (int32_t i = 0; i < pf->n_hooked; i++)
@@ -554,9 +547,7 @@ static int ship_try(bt_prefill_t *pf, ship_t *s)
     }
     if (m->stream) { /* publish the send; the layers done so far go now */
         pthread_mutex_lock(&pf->stream_mu);
-        m->stream->send = s->send;
-        if (m->stream->n_done > 0)
-            bt_kvx_send_layers_ready(s->send, m->stream->n_done);
+        bt_kvlink_stream_attach(m->stream, s->send);
         pthread_mutex_unlock(&pf->stream_mu);
     }
     if (s->have_token)
