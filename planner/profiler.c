@@ -171,10 +171,9 @@ static double decode_once(prof_t *s, const bt_kv_seq_t *base, int b, int c)
                                            .n_tokens = 1,
                                            .logits = BT_LOGITS_LAST};
         double t0 = now_ms();
-        st = bt_engine_forward(s->e, s->batch, b, s->logits);
-        /* A served step also picks every sequence's next token (greedy here). */
-        for (int i = 0; i < b && st == BT_OK; i++)
-            s->step_tok[i] = bt_argmax(s->logits + (size_t)i * s->n_vocab, s->n_vocab);
+        /* A served step also picks every sequence's next token: greedy, as the daemons' batcher
+         * does it, where the logits are (the engine reads the tokens before it writes ids). */
+        st = bt_engine_forward_argmax(s->e, s->batch, b, s->step_tok);
         t = now_ms() - t0;
     }
     seqs_fini(s, b);
