@@ -235,8 +235,9 @@ static void on_chunk(fake_req_t *q, const bt_rpc_msg_t *m)
         uint32_t at = c->index + (uint32_t)i;
         if (at >= FAKE_MAX_TOKENS)
             break;
-        if ((int)at < q->n_ids)
+        if (q->seen[at])
             q->dup_index = 1;
+        q->seen[at] = 1;
         q->ids[at] = c->ids[i];
         if ((int)at >= q->n_ids)
             q->n_ids = (int)at + 1;

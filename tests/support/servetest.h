@@ -57,11 +57,13 @@ typedef struct {
     int n_resv_blocks;
     uint64_t resv_id;
     uint32_t resv_gen;
-    int first_seen;               /* FIRST_TOKEN chunks seen */
-    int32_t ids[FAKE_MAX_TOKENS]; /* tokens by output index */
-    int n_ids;                    /* highest index + 1 */
+    int first_seen;                /* FIRST_TOKEN chunks seen */
+    int32_t ids[FAKE_MAX_TOKENS];  /* tokens by output index */
+    uint8_t seen[FAKE_MAX_TOKENS]; /* 1: that index has arrived */
+    int n_ids;                     /* highest index + 1 */
     int n_chunks;
-    int dup_index; /* a chunk repeated an index already seen */
+    int dup_index; /* a chunk repeated an index already seen (chunks from the prefill and the
+                    * decode instance may arrive in either order: the router reorders them) */
     char text[8192];
     size_t n_text;
     int done; /* DONE messages seen */
