@@ -82,8 +82,8 @@ static int wait_no_cluster(const char *model, int timeout_ms)
     return 1;
 }
 
-/* Starts baton up (1 prefill + 1 decode, or 1 colocated) and waits for its endpoint line. */
-static void up_start(up_fixture_t *f, int colocated)
+/* One start on a fresh port; 1 once it serves, else 0 with its log in *log. */
+static int up_try(up_fixture_t *f, int colocated, char **log)
 {
     snprintf(f->port, sizeof f->port, "%d", bt_test_free_port());
     const char *argv[] = {BATON,
@@ -102,16 +102,35 @@ static void up_start(up_fixture_t *f, int colocated)
     assert_int_equal(bt_proc_start(&f->up, (char *const *)argv), 0);
     uint64_t end = bt_test_now_ms() + 60000;
     for (;;) {
-        char *log = bt_test_read_file(f->up.log, NULL);
-        int ready = log && strstr(log, "serving on");
+        *log = bt_test_read_file(f->up.log, NULL);
+        if (*log && strstr(*log, "serving on"))
+            return 1;
+        if (bt_test_now_ms() >= end || bt_proc_wait(&f->up, 0))
+            return 0;
+        free(*log);
+        *log = NULL;
+        usleep(20000);
+    }
+}
+
+/* Starts baton up (1 prefill + 1 decode, or 1 colocated) and waits for its endpoint line. The
+ * port was free when picked, but another test's outgoing connection may take it as its local
+ * port before the router binds: then the cluster starts again on another. */
+static void up_start(up_fixture_t *f, int colocated)
+{
+    for (int attempt = 1;; attempt++) {
+        char *log = NULL;
+        if (up_try(f, colocated, &log)) {
+            free(log);
+            return;
+        }
+        int taken = log && strstr(log, "Address already in use");
         free(log);
-        if (ready)
-            break;
-        if (bt_test_now_ms() >= end || bt_proc_wait(&f->up, 0)) {
+        if (!taken || attempt == 3) {
             bt_proc_dump_log(&f->up);
             fail_msg("baton up did not come up");
         }
-        usleep(20000);
+        bt_proc_kill(&f->up);
     }
 }
 
