@@ -37,9 +37,7 @@ struct bt_batcher {
     bt_sched_item_t **run;       /* (max_batch_seqs) plan */
     bt_sched_item_t **preempted; /* (max_requests) plan */
     bt_batch_seq_t *batch;       /* (max_batch_seqs) */
-    float *logits;               /* (max_batch_seqs, n_vocab) */
-    int32_t *ids;                /* (max_batch_seqs) greedy tokens, when the plan is greedy */
-    int greedy;                  /* the plan's sequences all decode greedily: ids, no logits */
+    bt_engine_out_t out;         /* (max_batch_seqs) rows: logits, greedy ids or top-k */
     bt_batcher_rows_t *rows;     /* (max_batch_seqs) what a forward computes, for the hooks */
 };
 
@@ -65,10 +63,9 @@ int bt_batcher_create(const bt_batcher_params_t *p, bt_batcher_t **out)
     b->run = bt_malloc(n * sizeof *b->run);
     b->preempted = bt_malloc((size_t)p->max_requests * sizeof *b->preempted);
     b->batch = bt_malloc(n * sizeof *b->batch);
-    b->logits = bt_malloc(n * (size_t)b->model->hp.n_vocab * sizeof(float));
-    b->ids = bt_malloc(n * sizeof *b->ids);
     b->rows = bt_malloc(n * sizeof *b->rows);
-    if (!b->run || !b->preempted || !b->batch || !b->logits || !b->ids || !b->rows) {
+    if (!b->run || !b->preempted || !b->batch || !b->rows ||
+        bt_engine_out_init(&b->out, p->max_batch_seqs, b->model->hp.n_vocab) != BT_OK) {
         bt_batcher_destroy(b);
         return BT_ERR_NOMEM;
     }
@@ -96,8 +93,7 @@ void bt_batcher_destroy(bt_batcher_t *b)
         seq_free(b, s);
     bt_reqtable_fini(&b->seqs);
     bt_free(b->rows);
-    bt_free(b->logits);
-    bt_free(b->ids);
+    bt_engine_out_fini(&b->out);
     bt_free(b->batch);
     bt_free(b->preempted);
     bt_free(b->run);
@@ -279,15 +275,12 @@ static void seq_begin(seq_t *s)
                  0);
 }
 
-/* Samples the next token from s's logits row (or takes the greedy token the engine picked,
- * logits NULL), streams it, and ends s at a stop condition. */
-static void seq_advance(bt_batcher_t *b, bt_worker_t *w, seq_t *s, float *logits, int32_t token)
+/* Samples s's next token from row i of the forward's output, streams it, and ends s at a stop
+ * condition. */
+static void seq_advance(bt_batcher_t *b, bt_worker_t *w, seq_t *s, int32_t i)
 {
     bt_seqgen_step_t st;
-    if (logits)
-        bt_seqgen_sample(s->gen, logits, &st);
-    else
-        bt_seqgen_append(s->gen, token, &st);
+    bt_seqgen_sample_row(s->gen, &b->out, i, b->model->hp.n_vocab, &st);
     int prefilled = 0;
     if (!s->decoding) { /* colocated: this was the prefill */
         bt_req_event(s->req, BATON__EVENT_KIND__PREFILL_END, 0);
@@ -307,11 +300,10 @@ static void seq_advance(bt_batcher_t *b, bt_worker_t *w, seq_t *s, float *logits
     s->item.n_total = bt_seqgen_len(s->gen);
 }
 
-/* One forward of the plan's rows: greedy tokens into ids, or logits. */
+/* One forward of the plan's rows, into what their sampling needs (b->out.k). */
 static int engine_forward(bt_batcher_t *b, bt_batch_seq_t *seqs, int n)
 {
-    return b->greedy ? bt_engine_forward_argmax(b->p.engine, seqs, n, b->ids)
-                     : bt_engine_forward(b->p.engine, seqs, n, b->logits);
+    return bt_engine_forward_out(b->p.engine, seqs, n, &b->out);
 }
 
 /* Runs a sequence too long for one forward alone, chunk by chunk; logits of the last chunk. */
@@ -337,10 +329,10 @@ static int forward_chunked(bt_batcher_t *b, seq_t *s)
 static int forward_plan(bt_batcher_t *b, int32_t n_run)
 {
     int32_t rows = 0;
-    b->greedy = 1;
+    b->out.k = 1;
     for (int32_t i = 0; i < n_run; i++) {
         seq_t *s = SEQ_OF(b->run[i]);
-        b->greedy &= bt_sampler_params_greedy(&s->req->sampling);
+        b->out.k = bt_sampler_cands_merge(b->out.k, &s->req->sampling);
         int32_t n = s->item.n_total - s->kv.n_tokens;
         b->batch[i] = (bt_batch_seq_t){.kv = &s->kv,
                                        .tokens = bt_seqgen_tokens(s->gen) + s->kv.n_tokens,
@@ -385,7 +377,6 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
     bt_worker_hold(w);
     if (st == BT_OK && b->p.hooks.rows)
         b->p.hooks.rows(b->p.hooks.arg, w, b->rows, n_run);
-    const int32_t n_vocab = b->model->hp.n_vocab;
     for (int32_t i = 0; i < n_run; i++) {
         seq_t *s = SEQ_OF(b->run[i]);
         s->item.n_kv = s->kv.n_tokens;
@@ -396,10 +387,7 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
             seq_finish(b, w, s, BATON__FINISH_REASON__FINISH_FAILED, st, "forward failed");
             continue;
         }
-        if (b->greedy)
-            seq_advance(b, w, s, NULL, b->ids[i]);
-        else
-            seq_advance(b, w, s, b->logits + (size_t)i * n_vocab, 0);
+        seq_advance(b, w, s, i);
     }
     bt_worker_flush(w);
     return BT_OK;

@@ -328,10 +328,8 @@ static void layer_rest(bt_engine_t *e, int32_t l, float *x, const float *att, in
     bt_add(e->be, x, a->xb, (int64_t)rows * hp->dim);
 }
 
-/* Final norm and output projection of n_out rows of x, chunked through the logits buffer; the
- * logits (logits set) or each row's greedy token (ids set) come back to the host. */
-static void compute_logits(bt_engine_t *e, const float *x, int32_t n_out, float *logits,
-                           int32_t *ids)
+/* Final norm and output projection of n_out rows of x, chunked through the logits buffer. */
+static void compute_logits(bt_engine_t *e, const float *x, int32_t n_out, const bt_engine_out_t *o)
 {
     const bt_model_hparams_t *hp = &e->model->hp;
     acts_t *a = &e->a;
@@ -340,15 +338,18 @@ static void compute_logits(bt_engine_t *e, const float *x, int32_t n_out, float 
         bt_rmsnorm(e->be, a->xb, x + (size_t)r0 * hp->dim, e->model->out_norm, n, hp->dim,
                    hp->norm_eps);
         bt_matmul(e->be, a->logits, &e->model->output, a->xb, n);
-        if (ids)
-            bt_argmax_rows(e->be, ids + r0, a->logits, n, hp->n_vocab);
+        if (o->k == 1)
+            bt_argmax_rows(e->be, o->ids + r0, a->logits, n, hp->n_vocab);
+        else if (o->k > 1)
+            bt_topk_rows(e->be, o->ids + (size_t)r0 * o->k, o->vals + (size_t)r0 * o->k,
+                         a->logits, n, hp->n_vocab, o->k);
         else
-            bt_backend_download(e->be, logits + (size_t)r0 * hp->n_vocab, a->logits,
+            bt_backend_download(e->be, o->logits + (size_t)r0 * hp->n_vocab, a->logits,
                                 (size_t)n * hp->n_vocab * sizeof(float));
     }
 }
 
-static int forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, float *logits, int32_t *ids)
+static int forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, const bt_engine_out_t *o)
 {
     const bt_model_hparams_t *hp = &e->model->hp;
     acts_t *a = &e->a;
@@ -382,7 +383,7 @@ static int forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, float *logi
         }
     }
     if (n_out > 0)
-        compute_logits(e, n_out == rows ? a->x : a->x2, n_out, logits, ids);
+        compute_logits(e, n_out == rows ? a->x : a->x2, n_out, o);
     bt_backend_sync(e->be);
     for (int s = 0; s < n_seqs; s++)
         seqs[s].kv->n_tokens += seqs[s].n_tokens;
@@ -391,10 +392,48 @@ static int forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, float *logi
 
 int bt_engine_forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, float *logits)
 {
-    return forward(e, seqs, n_seqs, logits, NULL);
+    return forward(e, seqs, n_seqs, &(bt_engine_out_t){.logits = logits});
 }
 
 int bt_engine_forward_argmax(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, int32_t *ids)
 {
-    return forward(e, seqs, n_seqs, NULL, ids);
+    return forward(e, seqs, n_seqs, &(bt_engine_out_t){.k = 1, .ids = ids});
+}
+
+int bt_engine_forward_topk(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, int32_t k,
+                           int32_t *ids, float *vals)
+{
+    if (k < 1 || k > BT_TOPK_MAX || k > e->model->hp.n_vocab)
+        return BT_ERR_INVAL;
+    return forward(e, seqs, n_seqs, &(bt_engine_out_t){.k = k, .ids = ids, .vals = vals});
+}
+
+int bt_engine_out_init(bt_engine_out_t *o, int32_t max_rows, int32_t n_vocab)
+{
+    *o = (bt_engine_out_t){0};
+    o->logits = bt_malloc((size_t)max_rows * (size_t)n_vocab * sizeof(float));
+    o->ids = bt_malloc((size_t)max_rows * BT_TOPK_MAX * sizeof(int32_t));
+    o->vals = bt_malloc((size_t)max_rows * BT_TOPK_MAX * sizeof(float));
+    if (!o->logits || !o->ids || !o->vals) {
+        bt_engine_out_fini(o);
+        return BT_ERR_NOMEM;
+    }
+    return BT_OK;
+}
+
+void bt_engine_out_fini(bt_engine_out_t *o)
+{
+    bt_free(o->logits);
+    bt_free(o->ids);
+    bt_free(o->vals);
+    *o = (bt_engine_out_t){0};
+}
+
+int bt_engine_forward_out(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, bt_engine_out_t *o)
+{
+    if (o->k > e->model->hp.n_vocab)
+        o->k = 0; /* a vocabulary smaller than the candidates asked for: the whole rows */
+    if (o->k > 1)
+        return bt_engine_forward_topk(e, seqs, n_seqs, o->k, o->ids, o->vals);
+    return forward(e, seqs, n_seqs, o);
 }

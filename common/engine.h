@@ -74,5 +74,26 @@ int bt_engine_forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, float *l
  * greedy token: the first index of the largest logit (bt_argmax). On a device backend only the
  * ids leave the device (4 bytes a row instead of 4 x n_vocab). */
 int bt_engine_forward_argmax(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, int32_t *ids);
+/* The same, writing each such row's k best logits (1 <= k <= BT_TOPK_MAX and n_vocab;
+ * bt_topk_rows): ids and values to [rows][k] arrays, for sampling from them
+ * (bt_sampler_sample_top). BT_ERR_INVAL for another k. */
+int bt_engine_forward_topk(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, int32_t k,
+                           int32_t *ids, float *vals);
+
+/* Where a forward's rows go, chosen per forward by what its sequences' sampling needs
+ * (bt_sampler_cands_merge): k 0 the logits, k 1 each row's greedy token, k > 1 its k best
+ * logits. */
+typedef struct {
+    int32_t k;
+    float *logits; /* [rows][n_vocab] */
+    int32_t *ids;  /* [rows][k]; rows of 1 id when k is 1 */
+    float *vals;   /* [rows][k] */
+} bt_engine_out_t;
+/* Buffers for up to max_rows rows of any k (k starts at 0). BT_ERR_NOMEM. */
+int bt_engine_out_init(bt_engine_out_t *o, int32_t max_rows, int32_t n_vocab);
+void bt_engine_out_fini(bt_engine_out_t *o);
+/* bt_engine_forward, bt_engine_forward_argmax or bt_engine_forward_topk as o->k says; a k
+ * beyond the vocabulary becomes 0 (whole rows). */
+int bt_engine_forward_out(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, bt_engine_out_t *o);
 
 #endif

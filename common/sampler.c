@@ -187,14 +187,9 @@ void bt_sampler_set_position(bt_sampler_t *s, uint64_t n_drawn)
     s->n_drawn = n_drawn;
 }
 
-int32_t bt_sampler_sample(bt_sampler_t *s, float *logits)
+/* The seeded draw among the first n candidates at the temperature. */
+static int32_t cand_draw(bt_sampler_t *s, int32_t n)
 {
-    apply_penalty(s, logits);
-    if (s->p.temperature == 0) {
-        s->n_drawn++;
-        return bt_argmax(logits, s->n_vocab);
-    }
-    int32_t n = cand_filter(s, cand_collect(s, logits));
     double sum = 0;
     for (int32_t i = 0; i < n; i++) {
         s->w[i] = exp(((double)s->cand[i].logit - s->cand[0].logit) / s->p.temperature);
@@ -202,10 +197,51 @@ int32_t bt_sampler_sample(bt_sampler_t *s, float *logits)
     }
     double r = rng_uniform(s) * sum;
     s->n_drawn++;
+    if (n <= 0) /* NaN logits leave no candidate: nothing sensible to draw */
+        return 0;
     for (int32_t i = 0; i < n; i++) {
         if (r < s->w[i])
             return s->cand[i].id;
         r -= s->w[i];
     }
     return s->cand[n - 1].id;
+}
+
+int32_t bt_sampler_sample(bt_sampler_t *s, float *logits)
+{
+    apply_penalty(s, logits);
+    if (s->p.temperature == 0) {
+        s->n_drawn++;
+        return bt_argmax(logits, s->n_vocab);
+    }
+    return cand_draw(s, cand_filter(s, cand_collect(s, logits)));
+}
+
+int32_t bt_sampler_params_cands(const bt_sampler_params_t *p)
+{
+    if (bt_sampler_params_greedy(p))
+        return 1;
+    if (p->repeat_penalty != 0 && p->repeat_penalty != 1)
+        return 0; /* the penalty may lift any recent token into the top k */
+    return p->top_k > 0 && p->top_k <= BT_TOPK_MAX ? p->top_k : 0;
+}
+
+int32_t bt_sampler_cands_merge(int32_t k, const bt_sampler_params_t *p)
+{
+    int32_t need = bt_sampler_params_cands(p);
+    return k == 0 || need == 0 ? 0 : need > k ? need : k;
+}
+
+/* The candidates are the row's best, in the order cand_collect sorts them in, and the filters
+ * look at no more than the first top_k of them: the same steps as on the whole row. */
+int32_t bt_sampler_sample_top(bt_sampler_t *s, const int32_t *ids, const float *vals, int32_t n)
+{
+    if (s->p.temperature == 0 || n == 1) {
+        s->n_drawn++;
+        return n > 0 ? ids[0] : 0;
+    }
+    int32_t m = 0;
+    for (; m < n && vals[m] >= vals[0] - CAND_WINDOW; m++)
+        s->cand[m] = (cand_t){ids[m], vals[m]};
+    return cand_draw(s, cand_filter(s, m));
 }

@@ -110,6 +110,16 @@ void bt_seqgen_sample(bt_seqgen_t *g, float *logits, bt_seqgen_step_t *out)
     record(g, bt_sampler_sample(g->smp, logits), out);
 }
 
+void bt_seqgen_sample_row(bt_seqgen_t *g, const bt_engine_out_t *o, int32_t row, int32_t n_vocab,
+                          bt_seqgen_step_t *out)
+{
+    bt_sampler_set_position(g->smp, (uint64_t)(g->len - g->req->n_prompt));
+    size_t at = (size_t)row * (size_t)(o->k ? o->k : n_vocab);
+    int32_t token = o->k ? bt_sampler_sample_top(g->smp, o->ids + at, o->vals + at, o->k)
+                         : bt_sampler_sample(g->smp, o->logits + at);
+    record(g, token, out);
+}
+
 void bt_seqgen_append(bt_seqgen_t *g, int32_t token, bt_seqgen_step_t *out)
 {
     record(g, token, out);

@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine.h"
 #include "request.h"
 #include "tokenizer.h"
 
@@ -40,6 +41,10 @@ void bt_seqgen_destroy(bt_seqgen_t *g);
 
 /* Samples the next token from the logits of the sequence's last token (modified in place). */
 void bt_seqgen_sample(bt_seqgen_t *g, float *logits, bt_seqgen_step_t *out);
+/* Samples it from row `row` of a forward's output, whatever o->k (the logits are modified in
+ * place): the same token as from the whole row. */
+void bt_seqgen_sample_row(bt_seqgen_t *g, const bt_engine_out_t *o, int32_t row, int32_t n_vocab,
+                          bt_seqgen_step_t *out);
 /* Appends a token sampled elsewhere, with the same effect as having sampled it here. */
 void bt_seqgen_append(bt_seqgen_t *g, int32_t token, bt_seqgen_step_t *out);
 

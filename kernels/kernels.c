@@ -201,6 +201,49 @@ void bt_argmax_rows(bt_backend_t *be, int32_t *out_host, const float *x, int64_t
         out_host[i] = bt_argmax_f32(x + i * n, n);
 }
 
+void bt_topk_rows(bt_backend_t *be, int32_t *ids_host, float *vals_host, const float *x, int64_t m,
+                  int64_t n, int32_t k)
+{
+    assert(k >= 1 && k <= BT_TOPK_MAX && k <= n);
+    if (be->ops->topk_rows) {
+        be->ops->topk_rows(be->ctx, ids_host, vals_host, x, m, n, k);
+        return;
+    }
+    assert(!be->ops->device_memory);
+    for (int64_t i = 0; i < m; i++)
+        bt_topk_f32(x + i * n, n, k, ids_host + i * k, vals_host + i * k);
+}
+
+/* Whether (ka, ia) ranks before (kb, ib). */
+static int topk_before(uint32_t ka, int32_t ia, uint32_t kb, int32_t ib)
+{
+    return ka > kb || (ka == kb && ia < ib);
+}
+
+/* A sorted list of the best k so far (keys beside ids, values read back at the end); an entry
+ * enters only if its key beats the last one's, since it comes after it in index order. Random
+ * logits rarely do, so the scan is one compare per element. */
+void bt_topk_f32(const float *x, int64_t n, int32_t k, int32_t *ids, float *vals)
+{
+    uint32_t keys[BT_TOPK_MAX];
+    int32_t have = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t key = bt_topk_key(x[i]);
+        if (have == k && key <= keys[k - 1])
+            continue;
+        int32_t at = have < k ? have++ : k - 1;
+        while (at > 0 && topk_before(key, (int32_t)i, keys[at - 1], ids[at - 1])) {
+            keys[at] = keys[at - 1];
+            ids[at] = ids[at - 1];
+            at--;
+        }
+        keys[at] = key;
+        ids[at] = (int32_t)i;
+    }
+    for (int32_t j = 0; j < have; j++)
+        vals[j] = x[ids[j]];
+}
+
 /* Two passes: the maximum over 16 independent lanes (branch-free, so the compiler vectorizes
  * it), then the first index holding it. A running "best index" loop branches on every element
  * and mispredicts on noisy logits: about 12x slower over a 32000-token vocabulary. */

@@ -20,6 +20,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "../common/status.h"
 
@@ -138,6 +139,10 @@ typedef struct bt_backend_ops {
     /* Optional (a host-memory backend may leave it NULL): out_host[i] = bt_argmax_f32 of row i
      * of x ([m][n]), so that greedy decoding moves m ids to the host instead of m x n logits. */
     void (*argmax_rows)(void *ctx, int32_t *out_host, const float *x, int64_t m, int64_t n);
+    /* Optional: each row's k best entries (bt_topk_f32), ids and values to [m][k] host arrays,
+     * so that top-k sampling moves m x k candidates to the host instead of m x n logits. */
+    void (*topk_rows)(void *ctx, int32_t *ids_host, float *vals_host, const float *x, int64_t m,
+                      int64_t n, int32_t k);
 } bt_backend_ops_t;
 
 typedef struct bt_backend bt_backend_t;
@@ -180,6 +185,29 @@ void bt_argmax_rows(bt_backend_t *be, int32_t *out_host, const float *x, int64_t
 /* The first index of the largest of x[0, n): NaNs never win, and 0 when x[0] is NaN or nothing
  * is larger than it (so 0 for n <= 0). Host memory. */
 int32_t bt_argmax_f32(const float *x, int64_t n);
+
+/* Most candidates bt_topk_rows returns per row. */
+#define BT_TOPK_MAX 256
+/* The k (1 <= k <= min(n, BT_TOPK_MAX)) best entries of each row of x ([m][n] in backend
+ * memory): ids and values into [m][k] host arrays. */
+void bt_topk_rows(bt_backend_t *be, int32_t *ids_host, float *vals_host, const float *x, int64_t m,
+                  int64_t n, int32_t k);
+/* The k best entries of x[0, n) (1 <= k <= n), best first: larger values first, equal values
+ * (-0 equals +0) by lower index, NaNs after every number. The order the sampler sorts its
+ * candidates in, so its first k candidates are these. Host memory. */
+void bt_topk_f32(const float *x, int64_t n, int32_t k, int32_t *ids, float *vals);
+/* The order bt_topk_f32 ranks values by, as an unsigned key (larger is better): NaN lowest,
+ * -0 and +0 equal. */
+static inline uint32_t bt_topk_key(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    if (v != v)
+        return 0;
+    if (v == 0)
+        u = 0;
+    return (u & 0x80000000u) ? ~u : u | 0x80000000u;
+}
 
 /* Backend constructors, listed in the registry (kernels.c). Each returns a status and writes
  * *ops and *ctx only on success. */

@@ -32,6 +32,7 @@
 #include "common/log.h"
 #include "common/reqtable.h"
 #include "common/rpc.h"
+#include "common/sampler.h"
 #include "common/sched_prefill.h"
 #include "common/seqgen.h"
 #include "common/status.h"
@@ -86,7 +87,7 @@ struct bt_prefill {
     bt_reqtable_t reqs;       /* id -> pf_req_t */
     bt_sched_item_t **picked; /* (max_batch_seqs) */
     bt_batch_seq_t *batch;    /* (max_batch_seqs) */
-    float *logits;            /* (max_batch_seqs, n_vocab) */
+    bt_engine_out_t out;      /* (max_batch_seqs) rows: logits, greedy ids or top-k */
     int64_t unshipped_blocks;
     int32_t n_shipping;
     pf_req_t **hooked; /* (max_batch_seqs) streamed prompts completing in the running forward */
@@ -126,9 +127,9 @@ int bt_prefill_create(const bt_prefill_params_t *p, bt_prefill_t **out)
     size_t n = (size_t)p->max_batch_seqs;
     pf->picked = bt_malloc(n * sizeof *pf->picked);
     pf->batch = bt_malloc(n * sizeof *pf->batch);
-    pf->logits = bt_malloc(n * (size_t)pf->model->hp.n_vocab * sizeof(float));
     pf->hooked = bt_malloc(n * sizeof *pf->hooked);
-    if (!pf->picked || !pf->batch || !pf->logits || !pf->hooked) {
+    if (!pf->picked || !pf->batch || !pf->hooked ||
+        bt_engine_out_init(&pf->out, p->max_batch_seqs, pf->model->hp.n_vocab) != BT_OK) {
         bt_prefill_destroy(pf);
         return BT_ERR_NOMEM;
     }
@@ -168,7 +169,7 @@ void bt_prefill_destroy(bt_prefill_t *pf)
     bt_reqtable_fini(&pf->reqs);
     bt_reqtable_fini(&pf->ships);
     bt_free(pf->hooked);
-    bt_free(pf->logits);
+    bt_engine_out_fini(&pf->out);
     bt_free(pf->batch);
     bt_free(pf->picked);
     pthread_mutex_destroy(&pf->stream_mu);
@@ -338,9 +339,9 @@ static void pf_fail(bt_prefill_t *pf, bt_worker_t *w, pf_req_t *r, int32_t statu
     }
 }
 
-/* Samples r's first token from its logits, sends FIRST_TOKEN, and ships the KV (or, streamed,
- * sends the token after it). */
-static void pf_first_token(bt_prefill_t *pf, bt_worker_t *w, pf_req_t *r, float *logits)
+/* Samples r's first token from row i of the forward's output, sends FIRST_TOKEN, and ships the
+ * KV (or, streamed, sends the token after it). */
+static void pf_first_token(bt_prefill_t *pf, bt_worker_t *w, pf_req_t *r, int32_t i)
 {
     bt_seqgen_t *g = NULL;
     int st = bt_seqgen_create(r->req, pf->model->tok, pf->model->hp.n_vocab, &g);
@@ -349,7 +350,7 @@ static void pf_first_token(bt_prefill_t *pf, bt_worker_t *w, pf_req_t *r, float 
         return;
     }
     bt_seqgen_step_t s;
-    bt_seqgen_sample(g, logits, &s);
+    bt_seqgen_sample_row(g, &pf->out, i, pf->model->hp.n_vocab, &s);
     r->has_first = 1;
     bt_req_event(r->req, BATON__EVENT_KIND__PREFILL_END, 0);
     if (r->req->skip_tokens == 0) /* a replay does not send what the client has */
@@ -415,7 +416,7 @@ static int pf_forward_chunked(bt_prefill_t *pf, pf_req_t *r)
                               .logits = last ? BT_LOGITS_LAST : BT_LOGITS_NONE};
         pf->hooked[0] = r;
         pf->n_hooked = last && r->finish ? 1 : 0;
-        int st = bt_engine_forward(pf->p.engine, &one, 1, pf->logits);
+        int st = bt_engine_forward_out(pf->p.engine, &one, 1, &pf->out);
         pf->n_hooked = 0;
         if (st != BT_OK)
             return st;
@@ -427,8 +428,10 @@ static int pf_forward(bt_prefill_t *pf, int32_t n)
 {
     int32_t rows = 0;
     pf->n_hooked = 0;
+    pf->out.k = 1;
     for (int32_t i = 0; i < n; i++) {
         pf_req_t *r = PF_OF(pf->picked[i]);
+        pf->out.k = bt_sampler_cands_merge(pf->out.k, &r->req->sampling);
         pf->batch[i] = (bt_batch_seq_t){.kv = &r->kv,
                                         .tokens = r->req->prompt,
                                         .n_tokens = r->req->n_prompt,
@@ -439,7 +442,7 @@ static int pf_forward(bt_prefill_t *pf, int32_t n)
     }
     if (n == 1 && rows > bt_engine_max_batch_tokens(pf->p.engine))
         return pf_forward_chunked(pf, PF_OF(pf->picked[0]));
-    int st = bt_engine_forward(pf->p.engine, pf->batch, n, pf->logits);
+    int st = bt_engine_forward_out(pf->p.engine, pf->batch, n, &pf->out);
     pf->n_hooked = 0;
     return st;
 }
@@ -472,7 +475,6 @@ static int pf_step(void *ctx, bt_worker_t *w)
     int st = n > 0 && pf->p.layerwise ? pf_stream_start(pf, w, n) : BT_OK;
     if (st == BT_OK && n > 0)
         st = pf_forward(pf, n);
-    const int32_t n_vocab = pf->model->hp.n_vocab;
     bt_worker_hold(w);
     for (int32_t i = 0; i < n; i++) {
         pf_req_t *r = PF_OF(pf->picked[i]);
@@ -481,7 +483,7 @@ static int pf_step(void *ctx, bt_worker_t *w)
                      bt_status_str(st));
             pf_fail(pf, w, r, st, "forward failed");
         } else {
-            pf_first_token(pf, w, r, pf->logits + (size_t)i * n_vocab);
+            pf_first_token(pf, w, r, i);
         }
     }
     bt_worker_flush(w);

@@ -123,6 +123,8 @@ static void cuda_destroy(void *ctx)
     stage_fini(&c->seqs);
     stage_fini(&c->rows);
     cudaFree(c->argmax_out);
+    cudaFree(c->topk_ids);
+    cudaFree(c->topk_vals);
     cudaFree(c->blas_ws);
     cudaFree(c->act16);
     cudaFree(c->attn_part);
@@ -274,6 +276,22 @@ static void cuda_argmax_rows(void *ctx, int32_t *out_host, const float *x, int64
     BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
 }
 
+static void cuda_topk_rows(void *ctx, int32_t *ids_host, float *vals_host, const float *x,
+                           int64_t m, int64_t n, int32_t k)
+{
+    bt_cuda_ctx_t *c = enter(ctx);
+    for (int64_t r0 = 0; r0 < m; r0 += c->argmax_cap) {
+        int64_t mr = m - r0 < c->argmax_cap ? m - r0 : c->argmax_cap;
+        size_t bytes = (size_t)mr * (size_t)k * sizeof(int32_t);
+        bt_cuda_topk_rows_launch(c->stream, c->topk_ids, c->topk_vals, x + r0 * n, mr, n, k);
+        BT_CUDA_CHECK(cudaMemcpyAsync(ids_host + r0 * k, c->topk_ids, bytes,
+                                      cudaMemcpyDeviceToHost, c->stream));
+        BT_CUDA_CHECK(cudaMemcpyAsync(vals_host + r0 * k, c->topk_vals, bytes,
+                                      cudaMemcpyDeviceToHost, c->stream));
+    }
+    BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
 /* ---- attention tables ---- */
 
 typedef struct {
@@ -384,6 +402,7 @@ static const bt_backend_ops_t cuda_ops = {
     .add = cuda_add,
     .gather_rows = cuda_gather_rows,
     .argmax_rows = cuda_argmax_rows,
+    .topk_rows = cuda_topk_rows,
     .kv_store = cuda_kv_store,
     .attention = cuda_attention,
 };
@@ -408,7 +427,10 @@ static int alloc_scratch(bt_cuda_ctx_t *c, const bt_backend_params_t *params)
     c->attn_part_floats = ATTN_PART_BYTES / sizeof(float);
     c->blas_ws_bytes = BLAS_WS_BYTES;
     c->argmax_cap = rows;
+    size_t topk_elems = (size_t)rows * BT_TOPK_MAX;
     if (cudaMalloc((void **)&c->argmax_out, (size_t)rows * sizeof(int32_t)) != cudaSuccess ||
+        cudaMalloc((void **)&c->topk_ids, topk_elems * sizeof(int32_t)) != cudaSuccess ||
+        cudaMalloc((void **)&c->topk_vals, topk_elems * sizeof(float)) != cudaSuccess ||
         cudaMalloc(&c->act16, c->act16_elems * 2) != cudaSuccess ||
         cudaMalloc((void **)&c->attn_part, ATTN_PART_BYTES) != cudaSuccess ||
         cudaMalloc(&c->blas_ws, c->blas_ws_bytes) != cudaSuccess)

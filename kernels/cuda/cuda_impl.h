@@ -71,6 +71,8 @@ typedef struct {
     bt_cuda_stage_t rows; /* gather_rows indices */
     int32_t *argmax_out;  /* argmax_rows results, argmax_cap of them */
     int64_t argmax_cap;
+    int32_t *topk_ids; /* topk_rows results, argmax_cap rows of BT_TOPK_MAX */
+    float *topk_vals;
     uint8_t *pack; /* host scratch of seqs.cap bytes to build a table before staging */
     int n_sm;      /* streaming multiprocessors, for grid sizing */
 } bt_cuda_ctx_t;
@@ -91,6 +93,10 @@ void bt_cuda_gather_rows_launch(cudaStream_t st, float *y, const float *x, const
 /* out[i] = bt_argmax_f32 of row i of x ([m][n]); out is a device array of m. */
 void bt_cuda_argmax_rows_launch(cudaStream_t st, int32_t *out, const float *x, int64_t m,
                                 int64_t n);
+/* topk.cu: row i's k best entries of x ([m][n]; bt_topk_f32's order) to ids and vals, device
+ * arrays of [m][k]. 1 <= k <= BT_TOPK_MAX, k <= n. */
+void bt_cuda_topk_rows_launch(cudaStream_t st, int32_t *ids, float *vals, const float *x,
+                              int64_t m, int64_t n, int32_t k);
 /* dst[i] = x[i] rounded to nearest even, as bf16 (type BT_TYPE_BF16) or fp16 (BT_TYPE_F16). */
 void bt_cuda_convert_launch(cudaStream_t st, void *dst, int type, const float *x, int64_t n);
 

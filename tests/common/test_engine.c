@@ -111,17 +111,17 @@ static void test_engine_chunked_prefill_and_threads_are_bit_identical(void **sta
     free(threaded);
 }
 
-/* bt_engine_forward_argmax gives, row for row, the argmax of the logits bt_engine_forward gives
- * for the same batch: a mixed batch with all, last and no logits rows, more rows than fit the
- * engine's logits buffer at once, then a decode step. */
-static void test_engine_forward_argmax_matches_logits(void **state)
+/* bt_engine_forward_argmax (k 1) and bt_engine_forward_topk (k > 1) give, row for row, the
+ * argmax or the k best of the logits bt_engine_forward gives for the same batch: a mixed batch
+ * with all, last and no logits rows, more rows than fit the engine's logits buffer at once, then
+ * a decode step. */
+static void forward_k_matches_logits(const bt_model_t *m, int32_t k)
 {
-    fixture_t *f = *state;
-    const bt_model_t *m = f->model;
     int32_t V = m->hp.n_vocab, a[40], b[9], c[3];
     make_abc(V, a, 40, b, c, 4);
     float *logits = malloc((size_t)64 * V * sizeof(float));
-    int32_t ids[64];
+    int32_t *ids = malloc((size_t)64 * k * sizeof(int32_t)), best[BT_TOPK_MAX];
+    float *vals = malloc((size_t)64 * k * sizeof(float)), wvals[BT_TOPK_MAX];
     bt_engine_t *e1 = make_engine(m, 2, 0), *e2 = make_engine(m, 2, 0);
     bt_kv_seq_t k1[3], k2[3];
     for (int i = 0; i < 3; i++) {
@@ -145,9 +145,18 @@ static void test_engine_forward_argmax_matches_logits(void **state)
             rows += want == BT_LOGITS_ALL ? n : want == BT_LOGITS_LAST ? 1 : 0;
         }
         assert_int_equal(bt_engine_forward(e1, s1, 3, logits), BT_OK);
-        assert_int_equal(bt_engine_forward_argmax(e2, s2, 3, ids), BT_OK);
-        for (int r = 0; r < rows; r++)
-            assert_int_equal(ids[r], bt_argmax_f32(logits + (size_t)r * V, V));
+        if (k == 1) {
+            assert_int_equal(bt_engine_forward_argmax(e2, s2, 3, ids), BT_OK);
+            for (int r = 0; r < rows; r++)
+                assert_int_equal(ids[r], bt_argmax_f32(logits + (size_t)r * V, V));
+            continue;
+        }
+        assert_int_equal(bt_engine_forward_topk(e2, s2, 3, k, ids, vals), BT_OK);
+        for (int r = 0; r < rows; r++) {
+            bt_topk_f32(logits + (size_t)r * V, V, k, best, wvals);
+            assert_memory_equal(ids + (size_t)r * k, best, (size_t)k * sizeof(int32_t));
+            assert_memory_equal(vals + (size_t)r * k, wvals, (size_t)k * sizeof(float));
+        }
     }
     for (int i = 0; i < 3; i++) {
         assert_int_equal(k1[i].n_tokens, k2[i].n_tokens);
@@ -157,6 +166,43 @@ static void test_engine_forward_argmax_matches_logits(void **state)
     bt_engine_destroy(e1);
     bt_engine_destroy(e2);
     free(logits);
+    free(ids);
+    free(vals);
+}
+
+static void test_engine_forward_argmax_and_topk_match_logits(void **state)
+{
+    fixture_t *f = *state;
+    forward_k_matches_logits(f->model, 1);
+    forward_k_matches_logits(f->model, 37);
+    forward_k_matches_logits(f->model, BT_TOPK_MAX);
+}
+
+/* A k the engine cannot give is refused; through bt_engine_forward_out a k beyond the
+ * vocabulary falls back to whole rows, and the output says so. */
+static void test_engine_topk_limits(void **state)
+{
+    fixture_t *f = *state;
+    const bt_model_t *m = f->model;
+    int32_t V = m->hp.n_vocab, a[4], ids[BT_TOPK_MAX];
+    float vals[BT_TOPK_MAX];
+    make_tokens(a, 4, V, 9);
+    bt_engine_t *e = make_engine(m, 1, 0);
+    bt_kv_seq_t kv;
+    assert_int_equal(bt_kv_seq_init(&kv, bt_engine_kv_pool(e), 64), BT_OK);
+    bt_batch_seq_t b = {.kv = &kv, .tokens = a, .n_tokens = 4, .logits = BT_LOGITS_LAST};
+    assert_int_equal(bt_engine_forward_topk(e, &b, 1, 0, ids, vals), BT_ERR_INVAL);
+    assert_int_equal(bt_engine_forward_topk(e, &b, 1, BT_TOPK_MAX + 1, ids, vals), BT_ERR_INVAL);
+    assert_int_equal(kv.n_tokens, 0);
+    bt_engine_out_t o;
+    assert_int_equal(bt_engine_out_init(&o, 8, V), BT_OK);
+    o.k = V + 1;
+    assert_int_equal(bt_engine_forward_out(e, &b, 1, &o), BT_OK);
+    assert_int_equal(o.k, 0);
+    assert_int_equal(kv.n_tokens, 4);
+    bt_engine_out_fini(&o);
+    bt_kv_seq_fini(&kv, bt_engine_kv_pool(e));
+    bt_engine_destroy(e);
 }
 
 static void test_engine_batched_equals_alone(void **state)
@@ -384,7 +430,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_engine_chunked_prefill_and_threads_are_bit_identical),
         cmocka_unit_test(test_engine_batched_equals_alone),
-        cmocka_unit_test(test_engine_forward_argmax_matches_logits),
+        cmocka_unit_test(test_engine_forward_argmax_and_topk_match_logits),
+        cmocka_unit_test(test_engine_topk_limits),
         cmocka_unit_test(test_engine_layer_hook_reports_each_layer_and_changes_nothing),
         cmocka_unit_test(test_engine_reservation_is_all_or_nothing),
         cmocka_unit_test(test_engine_rejects_out_of_range_batches),

@@ -12,6 +12,7 @@
 #include "common/alloc.h"
 #include "common/sampler.h"
 #include "common/status.h"
+#include "kernels/kernels.h"
 
 #define V 8
 
@@ -190,6 +191,106 @@ static void test_sampler_repeat_penalty(void **state)
     bt_sampler_destroy(s);
 }
 
+static uint32_t lcg(uint32_t *x)
+{
+    *x = *x * 1664525u + 1013904223u;
+    return *x >> 8;
+}
+
+/* Logits like a model's: a few clear favourites over a long tail, with ties, -0 beside +0 and
+ * values far below the others (outside the sampler's window). */
+static void model_like(float *l, int32_t n, uint32_t seed)
+{
+    uint32_t x = seed;
+    for (int32_t i = 0; i < n; i++)
+        l[i] = (float)(lcg(&x) % 2000) / 100.0f - 10.0f;
+    for (int k = 0; k < 12; k++)
+        l[lcg(&x) % (uint32_t)n] = 14.0f + (float)(lcg(&x) % 6); /* ties at the top */
+    l[lcg(&x) % (uint32_t)n] = -0.0f;
+    l[lcg(&x) % (uint32_t)n] = 0.0f;
+    l[lcg(&x) % (uint32_t)n] = -1e30f;
+}
+
+/* Sampling from a row's best candidates (what a device sends back) draws exactly what sampling
+ * the whole row draws, for every setting that asks for candidates, whatever larger k the rest of
+ * the batch asked for. */
+static void test_sampler_top_candidates_draw_the_same(void **state)
+{
+    enum { NV = 5000 };
+    float *l = bt_malloc(NV * sizeof(float)), *row = bt_malloc(NV * sizeof(float));
+    float vals[BT_TOPK_MAX];
+    int32_t ids[BT_TOPK_MAX];
+    const bt_sampler_params_t ps[] = {
+        {.temperature = 0},
+        {.temperature = 0.8f, .top_k = 1, .seed = 5},
+        {.temperature = 0.8f, .top_k = 40, .seed = 6},
+        {.temperature = 1.5f, .top_k = 5, .top_p = 0.9f, .seed = 7},
+        {.temperature = 1.0f, .top_k = 256, .top_p = 0.95f, .min_p = 0.02f, .seed = 8},
+        {.temperature = 3.0f, .top_k = 100, .seed = 9},
+        {.temperature = 0.7f, .top_k = 12, .repeat_penalty = 1.0f, .seed = 10},
+    };
+    int draws = 0;
+    for (size_t pi = 0; pi < sizeof ps / sizeof ps[0]; pi++) {
+        int32_t need = bt_sampler_params_cands(&ps[pi]);
+        assert_true(need >= 1 && need <= BT_TOPK_MAX);
+        bt_sampler_t *a = NULL, *b = NULL;
+        assert_int_equal(bt_sampler_create(&ps[pi], NV, &a), BT_OK);
+        assert_int_equal(bt_sampler_create(&ps[pi], NV, &b), BT_OK);
+        const int32_t ks[] = {need, need + 3 < BT_TOPK_MAX ? need + 3 : BT_TOPK_MAX, BT_TOPK_MAX};
+        for (uint32_t step = 0; step < 60; step++) {
+            int32_t k = ks[step % 3];
+            model_like(l, NV, 1000u * (uint32_t)pi + step);
+            memcpy(row, l, NV * sizeof(float));
+            bt_topk_f32(l, NV, k, ids, vals);
+            bt_sampler_set_position(a, step);
+            bt_sampler_set_position(b, step);
+            assert_int_equal(bt_sampler_sample_top(b, ids, vals, k), bt_sampler_sample(a, row));
+            draws++;
+        }
+        bt_sampler_destroy(a);
+        bt_sampler_destroy(b);
+    }
+    assert_int_equal(draws, 7 * 60);
+    bt_free(l);
+    bt_free(row);
+}
+
+/* What a batch asks the engine for: 1 while every sequence is greedy, the largest top_k, and 0
+ * (whole rows) once one needs them: a penalty, top-k off, or more than BT_TOPK_MAX. */
+static void test_sampler_cands_merge(void **state)
+{
+    bt_sampler_params_t greedy = {0}, k40 = {.temperature = 1, .top_k = 40},
+                        k7 = {.temperature = 1, .top_k = 7}, all = {.temperature = 1},
+                        pen = {.temperature = 1, .top_k = 7, .repeat_penalty = 1.1f},
+                        big = {.temperature = 1, .top_k = BT_TOPK_MAX + 1},
+                        gpen = {.repeat_penalty = 1.2f};
+    assert_int_equal(bt_sampler_params_cands(&greedy), 1);
+    assert_int_equal(bt_sampler_params_cands(&k40), 40);
+    assert_int_equal(bt_sampler_params_cands(&all), 0);
+    assert_int_equal(bt_sampler_params_cands(&pen), 0);
+    assert_int_equal(bt_sampler_params_cands(&big), 0);
+    assert_int_equal(bt_sampler_params_cands(&gpen), 0);
+    int32_t k = bt_sampler_cands_merge(1, &greedy);
+    assert_int_equal(k, 1);
+    k = bt_sampler_cands_merge(k, &k40);
+    k = bt_sampler_cands_merge(k, &k7);
+    assert_int_equal(k, 40);
+    assert_int_equal(bt_sampler_cands_merge(k, &all), 0);
+    assert_int_equal(bt_sampler_cands_merge(0, &k7), 0);
+}
+
+/* NaN logits (a broken model) leave no candidate; the sampler answers a token id, not garbage. */
+static void test_sampler_nan_row_gives_a_valid_token(void **state)
+{
+    bt_sampler_t *s = make((bt_sampler_params_t){.temperature = 1, .seed = 1});
+    float l[V];
+    for (int i = 0; i < V; i++)
+        l[i] = NAN;
+    int32_t t = bt_sampler_sample(s, l);
+    assert_true(t >= 0 && t < V);
+    bt_sampler_destroy(s);
+}
+
 static void test_sampler_rejects_bad_params(void **state)
 {
     bt_sampler_t *s = NULL;
@@ -226,6 +327,9 @@ int main(void)
         cmocka_unit_test(test_sampler_draw_depends_on_seed_and_position_only),
         cmocka_unit_test(test_sampler_repeat_penalty),
         cmocka_unit_test(test_sampler_rejects_bad_params),
+        cmocka_unit_test(test_sampler_top_candidates_draw_the_same),
+        cmocka_unit_test(test_sampler_cands_merge),
+        cmocka_unit_test(test_sampler_nan_row_gives_a_valid_token),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -513,6 +513,55 @@ static void test_cuda_argmax_rows(void **state)
     free(x);
 }
 
+/* topk_rows against bt_topk_f32, exactly: a 128256-token vocabulary, more rows than one launch
+ * takes, rows with ties across the k-th place, NaNs, infinities, signed zeros, an all-equal row,
+ * and k from 1 to BT_TOPK_MAX. */
+static void test_cuda_topk_rows(void **state)
+{
+    (void)state;
+    const int64_t m = MAX_ROWS + 3, n = 128256;
+    float *x = rnd_vec((size_t)(m * n));
+    for (int64_t r = 0; r < m; r++) {
+        float *row = x + r * n;
+        switch (r % 5) {
+        case 1: /* coarse values: many ties, some at the k-th place */
+            for (int64_t i = 0; i < n; i++)
+                row[i] = (float)(rnd_u32() % 64);
+            break;
+        case 2:
+            for (int j = 0; j < 50; j++) {
+                static const float odd[] = {NAN, INFINITY, -INFINITY, -0.0f, 0.0f};
+                row[rnd_u32() % (uint32_t)n] = odd[j % 5];
+            }
+            break;
+        case 3:
+            for (int64_t i = 0; i < n; i++)
+                row[i] = 2.5f;
+            break;
+        default: break;
+        }
+    }
+    float *xd = to_dev(gpu, x, (size_t)(m * n) * sizeof(float));
+    const int32_t ks[] = {1, 2, 40, 100, BT_TOPK_MAX};
+    int32_t *ids = malloc((size_t)m * BT_TOPK_MAX * sizeof(int32_t)), want[BT_TOPK_MAX];
+    float *vals = malloc((size_t)m * BT_TOPK_MAX * sizeof(float)), wvals[BT_TOPK_MAX];
+    assert_non_null(ids);
+    assert_non_null(vals);
+    for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+        int32_t k = ks[ki];
+        bt_topk_rows(gpu, ids, vals, xd, m, n, k);
+        for (int64_t r = 0; r < m; r++) {
+            bt_topk_f32(x + r * n, n, k, want, wvals);
+            assert_memory_equal(ids + r * k, want, (size_t)k * sizeof(int32_t));
+            assert_memory_equal(vals + r * k, wvals, (size_t)k * sizeof(float));
+        }
+    }
+    bt_backend_free(gpu, xd);
+    free(ids);
+    free(vals);
+    free(x);
+}
+
 int main(void)
 {
     bt_backend_params_t p = {.max_rows = MAX_ROWS, .max_cols = MAX_COLS};
@@ -528,6 +577,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cuda_matmul_types_and_shapes),
         cmocka_unit_test(test_cuda_argmax_rows),
+        cmocka_unit_test(test_cuda_topk_rows),
         cmocka_unit_test(test_cuda_matmul_batch_invariant),
         cmocka_unit_test(test_cuda_get_rows_all_types),
         cmocka_unit_test(test_cuda_rmsnorm_rope_swiglu_add),

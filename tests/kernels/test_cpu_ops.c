@@ -280,9 +280,88 @@ static void test_add_and_gather_rows(void **state)
     bt_backend_destroy(be);
 }
 
+static const float *topk_ref_x;
+
+static int topk_ref_cmp(const void *a, const void *b)
+{
+    int32_t i = *(const int32_t *)a, j = *(const int32_t *)b;
+    uint32_t ki = bt_topk_key(topk_ref_x[i]), kj = bt_topk_key(topk_ref_x[j]);
+    if (ki != kj)
+        return ki > kj ? -1 : 1;
+    return i < j ? -1 : i > j;
+}
+
+/* The k best of x by the definition: every index sorted (value descending, -0 equal to +0, NaN
+ * last, ties by index), the first k. */
+static void topk_ref(const float *x, int64_t n, int32_t k, int32_t *ids)
+{
+    int32_t *all = malloc(sizeof(int32_t) * (size_t)n);
+    for (int64_t i = 0; i < n; i++)
+        all[i] = (int32_t)i;
+    topk_ref_x = x;
+    qsort(all, (size_t)n, sizeof(int32_t), topk_ref_cmp);
+    memcpy(ids, all, sizeof(int32_t) * (size_t)k);
+    free(all);
+}
+
+/* Rows of random values with ties, infinities, NaNs, signed zeros, rising and falling runs and
+ * all-equal rows, for k from 1 to BT_TOPK_MAX and k == n; through the backend as well. */
+static void test_topk_matches_definition(void **state)
+{
+    const int64_t n = 3001;
+    float *x = malloc(sizeof(float) * (size_t)n);
+    int32_t ids[BT_TOPK_MAX], want[BT_TOPK_MAX];
+    float vals[BT_TOPK_MAX];
+    const int32_t ks[] = {1, 2, 7, 40, 255, BT_TOPK_MAX};
+    for (int kind = 0; kind < 6; kind++) {
+        for (int64_t i = 0; i < n; i++) {
+            switch (kind) {
+            case 0: x[i] = (float)(rnd_u32() % 50) - 25.0f; break; /* many ties */
+            case 1: x[i] = rnd_f(); break;
+            case 2: x[i] = (float)i; break;  /* every element enters */
+            case 3: x[i] = (float)-i; break; /* none after the first k */
+            case 4: x[i] = 1.0f; break;
+            default: {
+                static const float odd[] = {NAN, INFINITY, -INFINITY, -0.0f, 0.0f, 3.0f, -3.0f};
+                x[i] = odd[rnd_u32() % 7];
+            }
+            }
+        }
+        for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+            int32_t k = ks[ki];
+            bt_topk_f32(x, n, k, ids, vals);
+            topk_ref(x, n, k, want);
+            assert_memory_equal(ids, want, sizeof(int32_t) * (size_t)k);
+            for (int32_t j = 0; j < k; j++)
+                assert_memory_equal(&vals[j], &x[ids[j]], sizeof(float));
+        }
+    }
+    /* k == n: the whole row, sorted. */
+    for (int64_t i = 0; i < 40; i++)
+        x[i] = (float)(rnd_u32() % 5);
+    bt_topk_f32(x, 40, 40, ids, vals);
+    topk_ref(x, 40, 40, want);
+    assert_memory_equal(ids, want, sizeof(int32_t) * 40);
+
+    /* Rows through a backend: the same as each row alone. */
+    bt_backend_t *be = make_backend(2);
+    const int64_t cols = 1000;
+    float *rows = rand_vec(3 * cols, 5.0f), rvals[3 * 50];
+    int32_t rids[3 * 50];
+    bt_topk_rows(be, rids, rvals, rows, 3, cols, 50);
+    for (int r = 0; r < 3; r++) {
+        topk_ref(rows + r * cols, cols, 50, want);
+        assert_memory_equal(rids + r * 50, want, sizeof(int32_t) * 50);
+    }
+    bt_backend_destroy(be);
+    free(rows);
+    free(x);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_topk_matches_definition),
         cmocka_unit_test(test_backend_create_rejects_bad_params),
         cmocka_unit_test(test_backend_create_reports_nomem),
         cmocka_unit_test(test_get_rows_dequantizes_every_type),

@@ -127,6 +127,51 @@ static void test_colocated_matches_engine(void **state)
     expect_reference_tokens(f, 50, 1000, 24, prompt_len);
 }
 
+/* Requests with every kind of sampling at once, so that forwards mix greedy rows, top-k rows
+ * (candidates picked where the logits are) and rows that need the whole vocabulary (no top-k, a
+ * repetition penalty): each gets exactly the tokens its own sampler draws from whole rows. */
+static void test_colocated_sampling_matches_engine(void **state)
+{
+    colo_fixture_t *f = *state;
+    assert_int_equal(colo_start(f, "4M", NULL), 0);
+    enum { N = 25, MAX_TOKENS = 20 };
+    Baton__SamplingParams sp[N];
+    int32_t prompt[300], want[MAX_TOKENS];
+    for (int i = 0; i < N; i++) {
+        sp[i] = (Baton__SamplingParams)BATON__SAMPLING_PARAMS__INIT;
+        sp[i].seed = 100 + (uint64_t)i;
+        switch (i % 5) {
+        case 0: break; /* greedy */
+        case 1: sp[i].temperature = 0.9f, sp[i].top_k = 40; break;
+        case 2: sp[i].temperature = 1.3f, sp[i].top_k = 5, sp[i].top_p = 0.8f; break;
+        case 3: sp[i].temperature = 0.7f; break; /* whole rows */
+        default: sp[i].temperature = 1.0f, sp[i].top_k = 20, sp[i].repeat_penalty = 1.3f;
+        }
+        f->r.sampling = &sp[i];
+        bt_test_prompt((uint32_t)i, prompt_len(i), 512, prompt);
+        assert_int_equal(fake_router_assign(&f->r, f->id, 3000 + (uint64_t)i,
+                                            BATON__ROLE__COLOCATED, prompt, prompt_len(i),
+                                            MAX_TOKENS, 0),
+                         0);
+    }
+    f->r.sampling = NULL;
+    bt_test_ref_t *ref = bt_test_ref_open(f->model);
+    assert_non_null(ref);
+    for (int i = 0; i < N; i++) {
+        uint64_t rid = 3000 + (uint64_t)i;
+        if (!fake_router_wait_done(&f->r, rid, 60000))
+            bt_proc_dump_log(&f->proc);
+        fake_req_t *q = fake_router_req(&f->r, rid);
+        assert_int_equal(q->done, 1);
+        assert_int_equal(q->done_status, 0);
+        bt_test_prompt((uint32_t)i, prompt_len(i), 512, prompt);
+        int nw = bt_test_ref_run_sampled(ref, prompt, prompt_len(i), MAX_TOKENS, &sp[i], 0, want);
+        assert_int_equal(q->n_ids, nw);
+        assert_memory_equal(q->ids, want, (size_t)nw * sizeof(int32_t));
+    }
+    bt_test_ref_close(ref);
+}
+
 static int short_len(int i)
 {
     return 8 + (i * 13) % 50;
@@ -372,6 +417,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_colocated_matches_engine, setup_tiny, teardown),
         cmocka_unit_test_setup_teardown(test_colocated_preempts_and_matches, setup_tiny, teardown),
+        cmocka_unit_test_setup_teardown(test_colocated_sampling_matches_engine, setup_tiny,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_colocated_bad_input_answered, setup_tiny, teardown),
         cmocka_unit_test_setup_teardown(test_colocated_cancel_frees_kv, setup_15m, teardown),
         cmocka_unit_test_setup_teardown(test_colocated_sigterm_drains, setup_15m, teardown),

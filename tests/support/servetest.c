@@ -23,6 +23,7 @@
 #include "baton_client.h"
 #include "common/engine.h"
 #include "common/modelgen.h"
+#include "common/request.h"
 #include "common/sampler.h"
 #include "testutil.h"
 
@@ -385,6 +386,8 @@ int fake_router_assign(fake_router_t *r, const char *id, uint64_t rid, Baton__Ro
                        const int32_t *prompt, int n_prompt, int max_tokens, uint32_t skip)
 {
     Baton__SamplingParams sp = BATON__SAMPLING_PARAMS__INIT;
+    if (r->sampling)
+        sp = *r->sampling;
     Baton__Assignment a = BATON__ASSIGNMENT__INIT;
     a.part = part;
     a.prompt_ids = (int32_t *)prompt;
@@ -604,15 +607,33 @@ void bt_test_ref_close(bt_test_ref_t *ref)
 int bt_test_ref_run(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt, int max_tokens,
                     int ignore_eos, int32_t *out)
 {
+    return bt_test_ref_run_sampled(ref, prompt, n_prompt, max_tokens, NULL, ignore_eos, out);
+}
+
+int bt_test_ref_run_sampled(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt,
+                            int max_tokens, const Baton__SamplingParams *sp, int ignore_eos,
+                            int32_t *out)
+{
+    Baton__SamplingParams greedy = BATON__SAMPLING_PARAMS__INIT;
+    bt_sampler_params_t p = bt_sampling_from_proto(sp ? sp : &greedy);
+    bt_sampler_t *smp = NULL;
+    if (bt_sampler_create(&p, ref->model->hp.n_vocab, &smp) != BT_OK)
+        return -1;
+    for (int i = 0; i < n_prompt; i++)
+        bt_sampler_accept(smp, prompt[i]);
     bt_kv_seq_t kv;
     bt_kv_pool_t *pool = bt_engine_kv_pool(ref->engine);
-    if (bt_kv_seq_init(&kv, pool, n_prompt + max_tokens) != BT_OK)
+    if (bt_kv_seq_init(&kv, pool, n_prompt + max_tokens) != BT_OK) {
+        bt_sampler_destroy(smp);
         return -1;
+    }
     int n = 0;
     bt_batch_seq_t b = {
         .kv = &kv, .tokens = prompt, .n_tokens = n_prompt, .logits = BT_LOGITS_LAST};
     while (n < max_tokens && bt_engine_forward(ref->engine, &b, 1, ref->logits) == BT_OK) {
-        int32_t t = bt_argmax(ref->logits, ref->model->hp.n_vocab);
+        bt_sampler_set_position(smp, (uint64_t)n);
+        int32_t t = bt_sampler_sample(smp, ref->logits);
+        bt_sampler_accept(smp, t);
         out[n++] = t;
         if (!ignore_eos && bt_tokenizer_is_eog(ref->model->tok, t))
             break;
@@ -620,6 +641,7 @@ int bt_test_ref_run(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt, int
             .kv = &kv, .tokens = &out[n - 1], .n_tokens = 1, .logits = BT_LOGITS_LAST};
     }
     bt_kv_seq_fini(&kv, pool);
+    bt_sampler_destroy(smp);
     return n;
 }
 

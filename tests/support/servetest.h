@@ -95,6 +95,8 @@ typedef struct {
     int n_inst;
     int n_bad;      /* error replies without a request id we know */
     int ignore_eos; /* set in the sampling of the next assignments */
+    /* If set, the next assignments' sampling (temperature, top-k, ...; ignore_eos as above). */
+    const Baton__SamplingParams *sampling;
 } fake_router_t;
 
 int fake_router_open(fake_router_t *r);
@@ -113,7 +115,7 @@ int fake_router_send_raw(fake_router_t *r, const char *id, const void *const *fr
 /* Sends method with body to instance id. */
 int fake_router_send(fake_router_t *r, const char *id, Baton__Method method, uint64_t rid,
                      const ProtobufCMessage *body);
-/* Assigns a colocated/decode/prefill part with greedy sampling. */
+/* Assigns a colocated/decode/prefill part with greedy sampling (or r->sampling). */
 int fake_router_assign(fake_router_t *r, const char *id, uint64_t rid, Baton__Role part,
                        const int32_t *prompt, int n_prompt, int max_tokens, uint32_t skip);
 /* Waits until pred(r, arg) holds; 1 on success, 0 at the deadline. */
@@ -177,6 +179,11 @@ void bt_test_ref_text(bt_test_ref_t *ref, int32_t last_prompt_id, const int32_t 
  * ignore_eos); returns how many. */
 int bt_test_ref_run(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt, int max_tokens,
                     int ignore_eos, int32_t *out);
+/* The same with sampling params sp (NULL: greedy), drawn from each step's whole row of logits
+ * with the sequence's own sampler, as a daemon without candidate selection would. */
+int bt_test_ref_run_sampled(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt,
+                            int max_tokens, const Baton__SamplingParams *sp, int ignore_eos,
+                            int32_t *out);
 /* A deterministic prompt of n tokens (ids in [3, n_vocab)), varied by seed. */
 void bt_test_prompt(uint32_t seed, int n, int32_t n_vocab, int32_t *out);
 
