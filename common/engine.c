@@ -341,8 +341,8 @@ static void compute_logits(bt_engine_t *e, const float *x, int32_t n_out, const 
         if (o->k == 1)
             bt_argmax_rows(e->be, o->ids + r0, a->logits, n, hp->n_vocab);
         else if (o->k > 1)
-            bt_topk_rows(e->be, o->ids + (size_t)r0 * o->k, o->vals + (size_t)r0 * o->k,
-                         a->logits, n, hp->n_vocab, o->k);
+            bt_topk_rows(e->be, o->ids + (size_t)r0 * o->k, o->vals + (size_t)r0 * o->k, a->logits,
+                         n, hp->n_vocab, o->k);
         else
             bt_backend_download(e->be, o->logits + (size_t)r0 * hp->n_vocab, a->logits,
                                 (size_t)n * hp->n_vocab * sizeof(float));

@@ -610,9 +610,8 @@ int bt_test_ref_run(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt, int
     return bt_test_ref_run_sampled(ref, prompt, n_prompt, max_tokens, NULL, ignore_eos, out);
 }
 
-int bt_test_ref_run_sampled(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt,
-                            int max_tokens, const Baton__SamplingParams *sp, int ignore_eos,
-                            int32_t *out)
+int bt_test_ref_run_sampled(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt, int max_tokens,
+                            const Baton__SamplingParams *sp, int ignore_eos, int32_t *out)
 {
     Baton__SamplingParams greedy = BATON__SAMPLING_PARAMS__INIT;
     bt_sampler_params_t p = bt_sampling_from_proto(sp ? sp : &greedy);

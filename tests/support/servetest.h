@@ -181,9 +181,8 @@ int bt_test_ref_run(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt, int
                     int ignore_eos, int32_t *out);
 /* The same with sampling params sp (NULL: greedy), drawn from each step's whole row of logits
  * with the sequence's own sampler, as a daemon without candidate selection would. */
-int bt_test_ref_run_sampled(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt,
-                            int max_tokens, const Baton__SamplingParams *sp, int ignore_eos,
-                            int32_t *out);
+int bt_test_ref_run_sampled(bt_test_ref_t *ref, const int32_t *prompt, int n_prompt, int max_tokens,
+                            const Baton__SamplingParams *sp, int ignore_eos, int32_t *out);
 /* A deterministic prompt of n tokens (ids in [3, n_vocab)), varied by seed. */
 void bt_test_prompt(uint32_t seed, int n, int32_t n_vocab, int32_t *out);
 
