@@ -18,7 +18,8 @@
  * A block is four warps over one (sequence, KV head): QPW query vectors per warp (the heads of
  * the group for one row, then the next rows), sharing each K/V tile, which the block converts
  * to f32 in shared memory (rows padded by one float so the per-lane score loop is free of bank
- * conflicts). This is a SIMT kernel; a tensor-core prefill kernel would be faster.
+ * conflicts). This is a SIMT kernel; in nondeterministic mode prefills run on tensor cores
+ * instead (attention_mma.cu).
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

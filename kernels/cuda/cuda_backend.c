@@ -15,7 +15,8 @@
  * the kernels.h contract holds on this backend too (the CUDA results differ from the CPU
  * backend's in the last bits: the reduction orders differ). With allow_nondeterministic,
  * matmuls of more than gemv_max_m rows round the activations to bf16 (or fp16) and run in
- * cuBLAS: much faster prefill, at bf16 precision and no batch invariance.
+ * cuBLAS, and prefill attention runs on tensor cores: much faster prefill, at bf16 precision
+ * and no batch invariance.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -284,8 +285,8 @@ static void cuda_topk_rows(void *ctx, int32_t *ids_host, float *vals_host, const
         int64_t mr = m - r0 < c->argmax_cap ? m - r0 : c->argmax_cap;
         size_t bytes = (size_t)mr * (size_t)k * sizeof(int32_t);
         bt_cuda_topk_rows_launch(c->stream, c->topk_ids, c->topk_vals, x + r0 * n, mr, n, k);
-        BT_CUDA_CHECK(cudaMemcpyAsync(ids_host + r0 * k, c->topk_ids, bytes,
-                                      cudaMemcpyDeviceToHost, c->stream));
+        BT_CUDA_CHECK(cudaMemcpyAsync(ids_host + r0 * k, c->topk_ids, bytes, cudaMemcpyDeviceToHost,
+                                      c->stream));
         BT_CUDA_CHECK(cudaMemcpyAsync(vals_host + r0 * k, c->topk_vals, bytes,
                                       cudaMemcpyDeviceToHost, c->stream));
     }
@@ -359,6 +360,10 @@ static void cuda_kv_store(void *ctx, const bt_kv_layer_t *kv, const float *k, co
     }
 }
 
+/* With nondet, calls with at least this many new rows in one sequence run on the tensor-core
+ * kernel (whole call: its decode rows too); fewer leave too little to fill a query tile. */
+#define MMA_ATTN_MIN_NEW 16
+
 static void cuda_attention(void *ctx, float *out, const float *q, const bt_kv_layer_t *kv,
                            const bt_attn_seq_t *seqs, int n_seqs, int n_heads, float scale)
 {
@@ -381,6 +386,9 @@ static void cuda_attention(void *ctx, float *out, const float *q, const bt_kv_la
             .max_len = g.max_len,
             .n_rows = g.n_rows,
         };
+        if (c->nondet && g.max_new >= MMA_ATTN_MIN_NEW &&
+            bt_cuda_attention_mma_launch(c->stream, &a) == BT_OK)
+            continue;
         bt_cuda_attention_launch(c->stream, &a, c->attn_part, c->attn_part_floats, c->n_sm);
     }
 }
@@ -491,6 +499,9 @@ int bt_cuda_backend_create(const bt_backend_params_t *params, const bt_backend_o
     if (st != BT_OK)
         goto err_ctx;
     st = bt_cuda_attention_init();
+    if (st != BT_OK)
+        goto err_ctx;
+    st = bt_cuda_attention_mma_init();
     if (st != BT_OK)
         goto err_ctx;
     *ops = &cuda_ops;

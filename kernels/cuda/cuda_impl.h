@@ -95,8 +95,8 @@ void bt_cuda_argmax_rows_launch(cudaStream_t st, int32_t *out, const float *x, i
                                 int64_t n);
 /* topk.cu: row i's k best entries of x ([m][n]; bt_topk_f32's order) to ids and vals, device
  * arrays of [m][k]. 1 <= k <= BT_TOPK_MAX, k <= n. */
-void bt_cuda_topk_rows_launch(cudaStream_t st, int32_t *ids, float *vals, const float *x,
-                              int64_t m, int64_t n, int32_t k);
+void bt_cuda_topk_rows_launch(cudaStream_t st, int32_t *ids, float *vals, const float *x, int64_t m,
+                              int64_t n, int32_t k);
 /* dst[i] = x[i] rounded to nearest even, as bf16 (type BT_TYPE_BF16) or fp16 (BT_TYPE_F16). */
 void bt_cuda_convert_launch(cudaStream_t st, void *dst, int type, const float *x, int64_t n);
 
@@ -128,6 +128,15 @@ void bt_cuda_attention_launch(cudaStream_t st, const bt_cuda_attn_args_t *a, flo
 size_t bt_cuda_attention_smem_bytes(int head_dim);
 /* Raises the kernels' shared memory limit for head dims up to BT_MAX_HEAD_DIM (create time). */
 int bt_cuda_attention_init(void);
+
+/* attention_mma.cu: the same attention on tensor cores, for nondeterministic prefill only (Q
+ * and softmax weights rounded to the cache's 16-bit type; a row's bits depend on its batch).
+ * Returns BT_ERR_UNSUPPORTED without launching anything for a call it does not handle (cache
+ * not BF16/F16, head_dim not a multiple of 16 up to 128, pointers not 16-byte aligned), so the
+ * caller falls back to bt_cuda_attention_launch. */
+int bt_cuda_attention_mma_launch(cudaStream_t st, const bt_cuda_attn_args_t *a);
+/* Raises the tensor-core kernels' shared memory limits (create time). */
+int bt_cuda_attention_mma_init(void);
 
 #ifdef __cplusplus
 }

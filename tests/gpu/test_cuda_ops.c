@@ -4,10 +4,11 @@
  * inputs: matmul for F32, F16, BF16 and Q8_0 weights (16-byte and scalar paths, 1 to 64 rows,
  * deterministic GEMV and cuBLAS), get_rows, rmsnorm, rope, swiglu, add, gather_rows, kv_store
  * (byte-exact caches in F32, F16 and BF16) and paged GQA attention over many sequences with
- * scattered block tables and contexts long enough to split. Errors are normalised by the
- * largest reference value. The determinism contract is checked bit for bit on the device: a
- * matmul row alone equals its row in a batch, and a decode row equals the same row inside a
- * batch that takes the other attention launch shape.
+ * scattered block tables and contexts long enough to split, on the SIMT kernel and on tensor
+ * cores (nondeterministic prefill, bf16 tolerance). Errors are normalised by the largest
+ * reference value. The determinism contract is checked bit for bit on the device: a matmul row
+ * alone equals its row in a batch, and a decode row equals the same row inside a batch that
+ * takes the other attention launch shape.
  *
  * Skipped (exit 77) where no CUDA device is present or the backend is not built.
  */
@@ -292,6 +293,7 @@ static void test_cuda_rmsnorm_rope_swiglu_add(void **state)
 typedef struct {
     int type, n_kv, hd, n_heads, block_size, n_seqs;
     int32_t n_past[MAX_SEQS], n_new[MAX_SEQS];
+    int nondet; /* 1: on the nondeterministic backend (tensor-core prefill), bf16 tolerance */
 } attn_case_t;
 
 typedef struct {
@@ -335,6 +337,7 @@ static void batch_fini(attn_batch_t *b, int n)
  * then stores the new rows and runs attention; compares caches bytes and outputs. */
 static void check_attention(const attn_case_t *c)
 {
+    bt_backend_t *g = c->nondet ? gpu_nd : gpu;
     attn_batch_t b;
     batch_init(&b, c);
     const size_t es = c->type == BT_TYPE_F32 ? 4 : 2;
@@ -349,47 +352,47 @@ static void check_attention(const attn_case_t *c)
     bt_kv_layer_t kg = kc;
     kc.data = calloc(1, pool);
     void *zero = calloc(1, pool);
-    kg.data = to_dev(gpu, zero, pool);
+    kg.data = to_dev(g, zero, pool);
 
     /* Past rows: one kv_store per sequence of its n_past rows (as a prefill would). */
     int32_t max_past = 0;
     for (int s = 0; s < c->n_seqs; s++)
         max_past = c->n_past[s] > max_past ? c->n_past[s] : max_past;
     float *pk = rnd_vec(max_past * kvrow + 1), *pv = rnd_vec(max_past * kvrow + 1);
-    float *pkg = to_dev(gpu, pk, (max_past * kvrow + 1) * 4);
-    float *pvg = to_dev(gpu, pv, (max_past * kvrow + 1) * 4);
+    float *pkg = to_dev(g, pk, (max_past * kvrow + 1) * 4);
+    float *pvg = to_dev(g, pv, (max_past * kvrow + 1) * 4);
     for (int s = 0; s < c->n_seqs; s++) {
         if (!c->n_past[s])
             continue;
         bt_attn_seq_t ps = {.row0 = 0, .n_new = c->n_past[s], .n_past = 0, .blocks = b.tables[s]};
         bt_kv_store(cpu, &kc, pk, pv, &ps, 1);
-        bt_kv_store(gpu, &kg, pkg, pvg, &ps, 1);
+        bt_kv_store(g, &kg, pkg, pvg, &ps, 1);
     }
     float *k = rnd_vec(b.rows * kvrow), *v = rnd_vec(b.rows * kvrow), *q = rnd_vec(b.rows * qrow);
-    float *kgd = to_dev(gpu, k, b.rows * kvrow * 4), *vgd = to_dev(gpu, v, b.rows * kvrow * 4);
-    float *qg = to_dev(gpu, q, b.rows * qrow * 4);
+    float *kgd = to_dev(g, k, b.rows * kvrow * 4), *vgd = to_dev(g, v, b.rows * kvrow * 4);
+    float *qg = to_dev(g, q, b.rows * qrow * 4);
     bt_kv_store(cpu, &kc, k, v, b.seqs, c->n_seqs);
-    bt_kv_store(gpu, &kg, kgd, vgd, b.seqs, c->n_seqs);
+    bt_kv_store(g, &kg, kgd, vgd, b.seqs, c->n_seqs);
     uint8_t *cache = malloc(pool);
-    bt_backend_download(gpu, cache, kg.data, pool);
+    bt_backend_download(g, cache, kg.data, pool);
     assert_memory_equal(cache, kc.data, pool);
 
     float scale = 1.0f / sqrtf((float)c->hd);
-    float *oc = malloc(b.rows * qrow * 4), *og = bt_backend_alloc(gpu, b.rows * qrow * 4);
+    float *oc = malloc(b.rows * qrow * 4), *og = bt_backend_alloc(g, b.rows * qrow * 4);
     bt_attention(cpu, oc, q, &kc, b.seqs, c->n_seqs, c->n_heads, scale);
-    bt_attention(gpu, og, qg, &kg, b.seqs, c->n_seqs, c->n_heads, scale);
-    float *o = from_dev(gpu, og, b.rows * qrow);
+    bt_attention(g, og, qg, &kg, b.seqs, c->n_seqs, c->n_heads, scale);
+    float *o = from_dev(g, og, b.rows * qrow);
     char what[64];
-    snprintf(what, sizeof what, "attention %s hd=%d group=%d", bt_type_name(c->type), c->hd,
-             c->n_heads / c->n_kv);
-    expect_close(what, o, oc, b.rows * qrow, TOL_F32);
+    snprintf(what, sizeof what, "attention %s hd=%d group=%d%s", bt_type_name(c->type), c->hd,
+             c->n_heads / c->n_kv, c->nondet ? " nondet" : "");
+    expect_close(what, o, oc, b.rows * qrow, c->nondet ? TOL_BF16 : TOL_F32);
 
     free(o);
     free(oc);
     free(cache);
     void *bufs[] = {og, qg, kgd, vgd, pkg, pvg, kg.data};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        bt_backend_free(gpu, bufs[i]);
+        bt_backend_free(g, bufs[i]);
     free(q);
     free(k);
     free(v);
@@ -423,6 +426,40 @@ static void test_cuda_attention_against_cpu(void **state)
                          .n_seqs = 3,
                          .n_past = {5, 300, 0},
                          .n_new = {1, 2, 90}};
+        check_attention(&b);
+    }
+}
+
+/* Prefill on tensor cores (the nondeterministic backend) against the CPU: one call with a
+ * one-row sequence, short and long prefills, chunks continuing earlier ones (n_past > 0) and a
+ * decode row; GQA group 4 at head_dim 64 and 128, and group 12 (query tiles end mid-row) at
+ * head_dim 96 with an odd block size. BF16 and F16 caches. */
+static void test_cuda_attention_mma_prefill(void **state)
+{
+    static const int types[] = {BT_TYPE_BF16, BT_TYPE_F16};
+    static const int hds[] = {64, 128};
+    for (size_t t = 0; t < 2; t++) {
+        for (size_t i = 0; i < 2; i++) {
+            attn_case_t a = {.type = types[t],
+                             .n_kv = 2,
+                             .hd = hds[i],
+                             .n_heads = 8,
+                             .block_size = 16,
+                             .n_seqs = 6,
+                             .n_past = {0, 0, 0, 100, 0, 333},
+                             .n_new = {1, 17, 64, 200, 700, 1},
+                             .nondet = 1};
+            check_attention(&a);
+        }
+        attn_case_t b = {.type = types[t],
+                         .n_kv = 1,
+                         .hd = 96,
+                         .n_heads = 12,
+                         .block_size = 7,
+                         .n_seqs = 3,
+                         .n_past = {50, 0, 3},
+                         .n_new = {90, 33, 1},
+                         .nondet = 1};
         check_attention(&b);
     }
 }
@@ -583,6 +620,7 @@ int main(void)
         cmocka_unit_test(test_cuda_rmsnorm_rope_swiglu_add),
         cmocka_unit_test(test_cuda_attention_against_cpu),
         cmocka_unit_test(test_cuda_attention_launch_shapes_agree),
+        cmocka_unit_test(test_cuda_attention_mma_prefill),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     bt_backend_destroy(gpu_nd);
