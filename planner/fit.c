@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * fit.c - relative-error, non-negative least squares and the three latency-model fits (fit.h).
+ * fit.c - weighted non-negative least squares and the three latency-model fits (fit.h).
  *
  * Weighting each row by 1/y turns "minimize relative error" into an ordinary least-squares
- * problem with a right-hand side of ones. Columns are scaled to unit norm before the QR so that
- * sum(l^2), which reaches 1e7 while the constant column is 1, does not swamp the others; a
- * column whose scaled pivot vanishes makes that subset rank-deficient and it is skipped.
+ * problem (by 1/sqrt(y): relative error weighted by the time). Columns are scaled to unit norm
+ * before the QR so that sum(l^2), which reaches 1e7 while the constant column is 1, does not swamp
+ * the others; a column whose scaled pivot vanishes makes that subset rank-deficient and it is
+ * skipped.
  */
 #include "fit.h"
 
@@ -52,18 +53,25 @@ static int qr_solve(double *a, int n, int m, double *b)
     return 0;
 }
 
-/* Solves min |A c - 1| for the columns of x listed in cols (m of them) with rows weighted by
- * 1/y; writes c[m]. Returns 0, or -1 when the columns are rank-deficient. a is scratch of
+/* The factor a row's error is weighted by (its square weights the squared error): 1/y for
+ * relative error, 1/sqrt(y) for relative error weighted by the time itself. */
+static double row_weight(double y, pl_fit_weight_t w)
+{
+    return w == PL_FIT_TIME ? 1 / sqrt(y) : 1 / y;
+}
+
+/* Solves min |W (A c - y)| for the columns of x listed in cols (m of them), W the rows'
+ * weights; writes c[m]. Returns 0, or -1 when the columns are rank-deficient. a is scratch of
  * n * (m + 1) doubles. Columns are scaled to unit norm first, and the solution unscaled. */
-static int lsq_subset(const double *x, const double *y, int n, int k, const int *cols, int m,
-                      double *a, double *c)
+static int lsq_subset(const double *x, const double *y, int n, int k, pl_fit_weight_t wt,
+                      const int *cols, int m, double *a, double *c)
 {
     double b[PL_FIT_MAX_COLS], scale[PL_FIT_MAX_COLS];
     const int w = m + 1;
     for (int j = 0; j < m; j++) {
         double s = 0;
         for (int i = 0; i < n; i++) {
-            a[i * w + j] = x[i * k + cols[j]] / y[i];
+            a[i * w + j] = x[i * k + cols[j]] * row_weight(y[i], wt);
             s += a[i * w + j] * a[i * w + j];
         }
         scale[j] = s > 0 ? 1 / sqrt(s) : 0;
@@ -71,7 +79,7 @@ static int lsq_subset(const double *x, const double *y, int n, int k, const int 
             a[i * w + j] *= scale[j];
     }
     for (int i = 0; i < n; i++)
-        a[i * w + m] = 1;
+        a[i * w + m] = y[i] * row_weight(y[i], wt);
     if (qr_solve(a, n, m, b) != 0)
         return -1;
     for (int j = 0; j < m; j++)
@@ -79,14 +87,16 @@ static int lsq_subset(const double *x, const double *y, int n, int k, const int 
     return 0;
 }
 
-static double rel_sse(const double *x, const double *y, int n, int k, const double *coef)
+static double weighted_sse(const double *x, const double *y, int n, int k, pl_fit_weight_t wt,
+                           const double *coef)
 {
     double s = 0;
     for (int i = 0; i < n; i++) {
         double p = 0;
         for (int j = 0; j < k; j++)
             p += x[i * k + j] * coef[j];
-        s += (p - y[i]) / y[i] * ((p - y[i]) / y[i]);
+        double e = (p - y[i]) * row_weight(y[i], wt);
+        s += e * e;
     }
     return s;
 }
@@ -110,7 +120,8 @@ static void fit_stats(const double *x, const double *y, int n, int k, const doub
     st->max_rel_err = worst;
 }
 
-int pl_fit_nnls(const double *x, const double *y, int n, int k, double *coef, bt_profile_fit_t *st)
+int pl_fit_nnls(const double *x, const double *y, int n, int k, pl_fit_weight_t wt, double *coef,
+                bt_profile_fit_t *st)
 {
     if (k < 1 || k > PL_FIT_MAX_COLS || n < k)
         return BT_ERR_INVAL;
@@ -129,14 +140,14 @@ int pl_fit_nnls(const double *x, const double *y, int n, int k, double *coef, bt
         for (int j = 0; j < k; j++)
             if (mask & (1u << j))
                 cols[m++] = j;
-        if (lsq_subset(x, y, n, k, cols, m, a, c) != 0)
+        if (lsq_subset(x, y, n, k, wt, cols, m, a, c) != 0)
             continue;
         int feasible = 1;
         for (int j = 0; j < m; j++) {
             feasible &= c[j] >= 0 && isfinite(c[j]);
             full[cols[j]] = c[j];
         }
-        double sse = feasible ? rel_sse(x, y, n, k, full) : INFINITY;
+        double sse = feasible ? weighted_sse(x, y, n, k, wt, full) : INFINITY;
         if (sse < best_sse) {
             best_sse = sse;
             memcpy(best, full, sizeof best);
@@ -152,8 +163,8 @@ int pl_fit_nnls(const double *x, const double *y, int n, int k, double *coef, bt
 }
 
 /* Rows [1, u, v] and times from three parallel arrays, the shape every model here has. */
-static int fit3(int n, const double *u, const double *v, const double *ms, double *coef,
-                bt_profile_fit_t *st)
+static int fit3(int n, const double *u, const double *v, const double *ms, pl_fit_weight_t wt,
+                double *coef, bt_profile_fit_t *st)
 {
     if (n < 3)
         return BT_ERR_INVAL;
@@ -165,13 +176,13 @@ static int fit3(int n, const double *u, const double *v, const double *ms, doubl
         x[i * 3 + 1] = u[i];
         x[i * 3 + 2] = v[i];
     }
-    int rc = pl_fit_nnls(x, ms, n, 3, coef, st);
+    int rc = pl_fit_nnls(x, ms, n, 3, wt, coef, st);
     bt_free(x);
     return rc;
 }
 
-int pl_fit_prefill(const pl_prefill_point_t *pts, int n, bt_profile_prefill_t *out,
-                   bt_profile_fit_t *st)
+int pl_fit_prefill(const pl_prefill_point_t *pts, int n, pl_fit_weight_t wt,
+                   bt_profile_prefill_t *out, bt_profile_fit_t *st)
 {
     double *c = bt_malloc((size_t)n * 3 * sizeof *c + 1), coef[3];
     if (!c)
@@ -181,7 +192,7 @@ int pl_fit_prefill(const pl_prefill_point_t *pts, int n, bt_profile_prefill_t *o
         c[n + i] = pts[i].sum_len2;
         c[2 * n + i] = pts[i].ms;
     }
-    int rc = fit3(n, c, c + n, c + 2 * n, coef, st);
+    int rc = fit3(n, c, c + n, c + 2 * n, wt, coef, st);
     bt_free(c);
     if (rc == BT_OK)
         *out = (bt_profile_prefill_t){coef[0], coef[1], coef[2]};
@@ -202,7 +213,7 @@ int pl_fit_transfer(const pl_transfer_point_t *pts, int n, double *latency_ms, d
         x[i * 2 + 1] = pts[i].bytes;
         y[i] = pts[i].ms;
     }
-    int rc = pl_fit_nnls(x, y, n, 2, coef, st);
+    int rc = pl_fit_nnls(x, y, n, 2, PL_FIT_RELATIVE, coef, st);
     bt_free(x);
     if (rc != BT_OK)
         return rc;
@@ -217,7 +228,7 @@ int pl_fit_transfer(const pl_transfer_point_t *pts, int n, double *latency_ms, d
 /* Fits the points with lo <= batch < hi; BT_ERR_INVAL when fewer than 4 points or fewer than 2
  * batch sizes fall there (a line through one batch size cannot separate b from c). */
 static int fit_decode_range(const pl_decode_point_t *pts, int n, double lo, double hi,
-                            bt_profile_decode_t *out)
+                            pl_fit_weight_t wt, bt_profile_decode_t *out)
 {
     double *c = bt_malloc((size_t)n * 3 * sizeof *c + 1), coef[3];
     if (!c)
@@ -235,7 +246,7 @@ static int fit_decode_range(const pl_decode_point_t *pts, int n, double lo, doub
         sizes += pts[i].batch != first_b && sizes == 0;
         m++;
     }
-    int rc = m >= 4 && sizes > 0 ? fit3(m, c, c + n, c + 2 * n, coef, NULL) : BT_ERR_INVAL;
+    int rc = m >= 4 && sizes > 0 ? fit3(m, c, c + n, c + 2 * n, wt, coef, NULL) : BT_ERR_INVAL;
     bt_free(c);
     if (rc == BT_OK)
         *out = (bt_profile_decode_t){coef[0], coef[1], coef[2]};
@@ -261,14 +272,15 @@ static void decode_stats(const pl_decode_point_t *pts, int n, const bt_profile_d
         (bt_profile_fit_t){.n_points = n, .r2 = sst > 0 ? 1 - sse / sst : 1, .max_rel_err = worst};
 }
 
-int pl_fit_decode(const pl_decode_point_t *pts, int n, int allow_knee, bt_profile_decode_t *below,
-                  bt_profile_decode_t *above, int *knee, bt_profile_fit_t *st)
+int pl_fit_decode(const pl_decode_point_t *pts, int n, int allow_knee, pl_fit_weight_t wt,
+                  bt_profile_decode_t *below, bt_profile_decode_t *above, int *knee,
+                  bt_profile_fit_t *st)
 {
     for (int i = 0; i < n; i++)
         if (!(pts[i].ms > 0) || !(pts[i].batch >= 1))
             return BT_ERR_INVAL;
     bt_profile_decode_t one, best_lo = {0}, best_hi = {0};
-    int rc = fit_decode_range(pts, n, 0, INFINITY, &one);
+    int rc = fit_decode_range(pts, n, 0, INFINITY, wt, &one);
     if (rc != BT_OK)
         return rc;
     bt_profile_fit_t one_st, best_st = {0};
@@ -280,8 +292,8 @@ int pl_fit_decode(const pl_decode_point_t *pts, int n, int allow_knee, bt_profil
             seen = (int)pts[j].batch == k;
         bt_profile_decode_t lo, hi;
         bt_profile_fit_t s;
-        if (seen || k < 2 || fit_decode_range(pts, n, 0, k, &lo) != BT_OK ||
-            fit_decode_range(pts, n, k, INFINITY, &hi) != BT_OK)
+        if (seen || k < 2 || fit_decode_range(pts, n, 0, k, wt, &lo) != BT_OK ||
+            fit_decode_range(pts, n, k, INFINITY, wt, &hi) != BT_OK)
             continue;
         decode_stats(pts, n, &lo, &hi, k, &s);
         if (!best_knee || s.max_rel_err < best_st.max_rel_err ||

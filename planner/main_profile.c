@@ -23,8 +23,9 @@
 #include "profiler.h"
 
 typedef struct {
-    char *model, *tokenizer, *preset, *type, *backend, *kv_type, *device, *out, *raw, *log_level;
-    char *prefill_lens, *prefill_counts, *decode_batches, *decode_ctx;
+    char *model, *tokenizer, *preset, *type, *backend, *kv_type, *device, *out, *raw, *log_level,
+        *refit;
+    char *prefill_lens, *prefill_counts, *decode_batches, *decode_ctx, *fit_weight;
     int threads, max_batch_tokens, reps, knee, tp, quiet, median;
     float link_gbps, link_latency_us;
     size_t kv_mem;
@@ -59,6 +60,9 @@ static const bt_cfg_opt_t prof_opts[] = {
     OPT("reps", BT_CFG_INT, "3", 1, 64, reps, "timed runs per shape; the fastest is kept"),
     OPT("median", BT_CFG_BOOL, "0", 0, 0, median, "keep the median run instead of the fastest"),
     OPT("knee", BT_CFG_BOOL, "1", 0, 0, knee, "allow a piecewise decode fit (--no-knee: one line)"),
+    OPT("fit-weight", BT_CFG_STRING, "time", 0, 0, fit_weight,
+        "how the fits weight each shape's relative error: time (by the shape's time) or "
+        "relative (all alike)"),
     OPT("link-gbps", BT_CFG_FLOAT, "0", 0, 1e9, link_gbps,
         "state the KV link's bandwidth (GB/s) instead of measuring memcpy"),
     OPT("link-latency-us", BT_CFG_FLOAT, "0", 0, 1e9, link_latency_us,
@@ -67,6 +71,9 @@ static const bt_cfg_opt_t prof_opts[] = {
     OPT("device", BT_CFG_STRING, NULL, 0, 0, device, "device to record; default: the CPU model"),
     OPT("out", BT_CFG_STRING, NULL, 0, 0, out, "profile file; default stdout"),
     OPT("raw", BT_CFG_STRING, NULL, 0, 0, raw, "also write every measurement here (CSV)"),
+    OPT("refit", BT_CFG_STRING, NULL, 0, 0, refit,
+        "fit the measurements of an earlier --raw file instead of measuring (e.g. with another "
+        "--fit-weight); the model is still loaded for its shape"),
     OPT("quiet", BT_CFG_BOOL, "0", 0, 0, quiet, "no progress lines"),
     OPT("log-level", BT_CFG_STRING, "warn", 0, 0, log_level, "debug, info, warn, error"),
 };
@@ -133,6 +140,11 @@ static int grids(const prof_cfg_t *c, pl_profiler_params_t *p)
     p->reps = c->reps;
     p->use_median = c->median;
     p->allow_knee = c->knee;
+    if (strcmp(c->fit_weight, "time") != 0 && strcmp(c->fit_weight, "relative") != 0) {
+        fprintf(stderr, "baton-profile: --fit-weight must be time or relative\n");
+        return -1;
+    }
+    p->fit_weight = strcmp(c->fit_weight, "time") == 0 ? PL_FIT_TIME : PL_FIT_RELATIVE;
     p->link_gb_per_s = c->link_gbps;
     p->link_latency_ms = c->link_latency_us / 1e3;
     p->verbose = !c->quiet;
@@ -219,10 +231,11 @@ static int profile_model(const prof_cfg_t *c, pl_profiler_params_t *p, const bt_
         cpu_name(prof.device, sizeof prof.device, c->threads);
     snprintf(prof.note, sizeof prof.note,
              "baton-profile: %s weights, %s KV, %s of %d runs per shape, prefill up to %d "
-             "tokens, decode batch up to %d and context up to %d; transfer %s",
+             "tokens, decode batch up to %d and context up to %d; fits weighted by %s; "
+             "transfer %s",
              bt_type_name(m->hp.weight_type), c->kv_type, c->median ? "median" : "fastest", p->reps,
              p->max_batch_tokens, max_of(p->decode_batches, p->n_decode_batches),
-             max_of(p->decode_ctx, p->n_decode_ctx),
+             max_of(p->decode_ctx, p->n_decode_ctx), c->fit_weight,
              p->link_gb_per_s > 0 ? "as stated" : "measured with memcpy");
     p->engine = e;
     st = pl_profiler_run(p, &prof);
@@ -263,7 +276,14 @@ static int prof_main(const prof_cfg_t *c)
     }
     if (c->preset && gen_preset(c, gen, sizeof gen) != 0)
         return 1;
-    FILE *raw = c->raw ? fopen(c->raw, "w") : NULL;
+    p.refit = c->refit ? fopen(c->refit, "r") : NULL;
+    if (c->refit && !p.refit) {
+        bt_error("cannot read %s", c->refit);
+        if (gen[0])
+            remove(gen);
+        return 1;
+    }
+    FILE *raw = c->raw && !c->refit ? fopen(c->raw, "w") : NULL;
     if (c->raw && !raw)
         bt_error("cannot write %s", c->raw);
     if (raw)
@@ -279,6 +299,8 @@ static int prof_main(const prof_cfg_t *c)
     bt_model_destroy(m);
     if (raw)
         fclose(raw);
+    if (p.refit)
+        fclose(p.refit);
     if (gen[0])
         remove(gen);
     return rc;

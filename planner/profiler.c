@@ -298,9 +298,9 @@ static int fit_all(const pl_profiler_params_t *p, const pl_prefill_point_t *pp, 
                    const pl_decode_point_t *dp, int n_dp, const pl_transfer_point_t *tp, int n_tp,
                    bt_profile_t *out)
 {
-    int st = pl_fit_prefill(pp, n_pp, &out->prefill, &out->fit_prefill);
+    int st = pl_fit_prefill(pp, n_pp, p->fit_weight, &out->prefill, &out->fit_prefill);
     if (st == BT_OK)
-        st = pl_fit_decode(dp, n_dp, p->allow_knee, &out->decode, &out->decode_above,
+        st = pl_fit_decode(dp, n_dp, p->allow_knee, p->fit_weight, &out->decode, &out->decode_above,
                            &out->decode_knee_batch, &out->fit_decode);
     if (st == BT_OK && n_tp > 0)
         st = pl_fit_transfer(tp, n_tp, &out->transfer_latency_ms, &out->transfer_gb_per_s,
@@ -310,8 +310,65 @@ static int fit_all(const pl_profiler_params_t *p, const pl_prefill_point_t *pp, 
     return st;
 }
 
+/* Appends one point of a raw file, growing the array by doubling. */
+static int grow(void **v, int n, int *cap, size_t size)
+{
+    if (n < *cap)
+        return BT_OK;
+    int c = *cap ? *cap * 2 : 64;
+    void *nv = bt_realloc(*v, (size_t)c * size);
+    if (!nv)
+        return BT_ERR_NOMEM;
+    *v = nv;
+    *cap = c;
+    return BT_OK;
+}
+
+/* Fits the measurements of a raw file (pl_profiler_params_t.raw's format) instead of measuring:
+ * the same points the run that wrote it fitted. BT_ERR_INVAL for a line it cannot read. */
+static int refit(const pl_profiler_params_t *p, bt_profile_t *out)
+{
+    pl_prefill_point_t *pp = NULL;
+    pl_decode_point_t *dp = NULL;
+    pl_transfer_point_t tp[32];
+    int n_pp = 0, n_dp = 0, n_tp = 0, cap_pp = 0, cap_dp = 0, line = 0, st = BT_OK;
+    char buf[256], kind[16];
+    while (st == BT_OK && fgets(buf, sizeof buf, p->refit)) {
+        line++;
+        double n, x, ms;
+        if (line == 1 && strncmp(buf, "kind,", 5) == 0)
+            continue;
+        if (sscanf(buf, "%15[a-z],%lf,%lf,%lf", kind, &n, &x, &ms) != 4 || !(n > 0) || !(x >= 0) ||
+            !(ms > 0)) {
+            bt_error("profiler: raw line %d is not kind,n,len_or_ctx,ms", line);
+            st = BT_ERR_INVAL;
+        } else if (strcmp(kind, "prefill") == 0) {
+            st = grow((void **)&pp, n_pp, &cap_pp, sizeof *pp);
+            if (st == BT_OK)
+                pp[n_pp++] = (pl_prefill_point_t){n * x, n * x * x, ms};
+        } else if (strcmp(kind, "decode") == 0) {
+            st = grow((void **)&dp, n_dp, &cap_dp, sizeof *dp);
+            if (st == BT_OK) /* as measure_decode counts the attended context */
+                dp[n_dp++] = (pl_decode_point_t){n, n * (x + 2), ms};
+        } else if (strcmp(kind, "transfer") == 0) {
+            if (n_tp < (int)(sizeof tp / sizeof tp[0]) && !(p->link_gb_per_s > 0))
+                tp[n_tp++] = (pl_transfer_point_t){n, ms};
+        } else {
+            bt_error("profiler: raw line %d: unknown kind %s", line, kind);
+            st = BT_ERR_INVAL;
+        }
+    }
+    if (st == BT_OK)
+        st = fit_all(p, pp, n_pp, dp, n_dp, tp, n_tp, out);
+    bt_free(pp);
+    bt_free(dp);
+    return st;
+}
+
 static int run(prof_t *s, bt_profile_t *out)
 {
+    if (s->p->refit)
+        return refit(s->p, out);
     const pl_profiler_params_t *p = s->p;
     int np = p->n_prefill_lens * p->n_prefill_counts, nd = p->n_decode_batches * p->n_decode_ctx;
     pl_prefill_point_t *pp = bt_malloc((size_t)np * sizeof *pp);

@@ -23,6 +23,7 @@
 
 #include "common/engine.h"
 #include "common/profile.h"
+#include "fit.h"
 
 #define PL_PROF_MAX_GRID 32
 
@@ -37,18 +38,20 @@ typedef struct {
     int n_decode_batches;
     int decode_ctx[PL_PROF_MAX_GRID]; /* context lengths, multiples of the block size */
     int n_decode_ctx;
-    int reps;               /* timed runs per shape, >= 1 */
-    int use_median;         /* keep the median of the runs instead of the minimum */
-    int allow_knee;         /* fit decode piecewise when one line does not fit */
-    double link_gb_per_s;   /* > 0: a stated link instead of measuring memcpy */
-    double link_latency_ms; /* with link_gb_per_s */
-    FILE *raw;              /* if set, every measurement as CSV (kind,n,len_or_ctx,ms) */
-    int verbose;            /* progress lines on stderr */
+    int reps;                   /* timed runs per shape, >= 1 */
+    int use_median;             /* keep the median of the runs instead of the minimum */
+    int allow_knee;             /* fit decode piecewise when one line does not fit */
+    pl_fit_weight_t fit_weight; /* how the prefill and decode fits weight each shape */
+    double link_gb_per_s;       /* > 0: a stated link instead of measuring memcpy */
+    double link_latency_ms;     /* with link_gb_per_s */
+    FILE *raw;                  /* if set, every measurement as CSV (kind,n,len_or_ctx,ms) */
+    FILE *refit;                /* if set, fit the measurements of such a file instead */
+    int verbose;                /* progress lines on stderr */
 } pl_profiler_params_t;
 
-/* Measures and fits; fills the coefficients, kv_bytes_per_token, max_batch and the fit quality
- * of out (model, backend, device, tp and note are the caller's). BT_ERR_INVAL for a grid the
- * engine cannot run (logged), BT_ERR_NOMEM/BT_ERR_NOSPACE from the engine. */
+/* Measures (or, with refit, reads) and fits; fills the coefficients, kv_bytes_per_token, max_batch
+ * and the fit quality of out (model, backend, device, tp and note are the caller's). BT_ERR_INVAL
+ * for a grid the engine cannot run (logged), BT_ERR_NOMEM/BT_ERR_NOSPACE from the engine. */
 int pl_profiler_run(const pl_profiler_params_t *p, bt_profile_t *out);
 
 #endif

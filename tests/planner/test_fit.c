@@ -40,7 +40,7 @@ static void test_fit_prefill_recovers(void **state)
         }
     bt_profile_prefill_t f;
     bt_profile_fit_t st;
-    assert_int_equal(pl_fit_prefill(pts, n, &f, &st), BT_OK);
+    assert_int_equal(pl_fit_prefill(pts, n, PL_FIT_RELATIVE, &f, &st), BT_OK);
     near(f.a_ms, a, 0.1, "a");
     near(f.b_ms_per_token, b, 0.03, "b");
     near(f.c_ms_per_token2, c, 0.1, "c");
@@ -68,7 +68,7 @@ static void test_fit_decode_knee(void **state)
     bt_profile_decode_t below, above;
     bt_profile_fit_t st;
     int knee = -1;
-    assert_int_equal(pl_fit_decode(pts, n, 1, &below, &above, &knee, &st), BT_OK);
+    assert_int_equal(pl_fit_decode(pts, n, 1, PL_FIT_RELATIVE, &below, &above, &knee, &st), BT_OK);
     assert_int_equal(knee, 16);
     near(below.a_ms, lo.a_ms, 0.05, "below a");
     near(above.c_ms_per_seq, hi.c_ms_per_seq, 0.1, "above c");
@@ -76,7 +76,7 @@ static void test_fit_decode_knee(void **state)
     assert_true(st.max_rel_err < 0.02);
     /* Without the knee allowed one line is fitted, and it fits worse. */
     bt_profile_fit_t one;
-    assert_int_equal(pl_fit_decode(pts, n, 0, &below, &above, &knee, &one), BT_OK);
+    assert_int_equal(pl_fit_decode(pts, n, 0, PL_FIT_RELATIVE, &below, &above, &knee, &one), BT_OK);
     assert_int_equal(knee, 0);
     assert_true(one.max_rel_err > 2 * st.max_rel_err);
 }
@@ -96,7 +96,7 @@ static void test_fit_decode_one_line(void **state)
     bt_profile_decode_t below, above;
     bt_profile_fit_t st;
     int knee = -1;
-    assert_int_equal(pl_fit_decode(pts, n, 1, &below, &above, &knee, &st), BT_OK);
+    assert_int_equal(pl_fit_decode(pts, n, 1, PL_FIT_RELATIVE, &below, &above, &knee, &st), BT_OK);
     assert_int_equal(knee, 0);
     near(below.a_ms, 4, 0.05, "a");
     near(below.b_ms_per_ctx_token, 3e-5, 0.05, "b");
@@ -114,13 +114,34 @@ static void test_fit_nonnegative(void **state)
         x[2 * i + 1] = i + 1;
     }
     bt_profile_fit_t st;
-    assert_int_equal(pl_fit_nnls(x, y, 5, 2, c, &st), BT_OK);
+    assert_int_equal(pl_fit_nnls(x, y, 5, 2, PL_FIT_RELATIVE, c, &st), BT_OK);
     assert_true(c[0] == 0 && c[1] > 0);
     /* The same as fitting the slope alone (column 1 only). */
     double xs[5] = {1, 2, 3, 4, 5};
-    assert_int_equal(pl_fit_nnls(xs, y, 5, 1, &c1, NULL), BT_OK);
+    assert_int_equal(pl_fit_nnls(xs, y, 5, 1, PL_FIT_RELATIVE, &c1, NULL), BT_OK);
     assert_true(fabs(c[1] - c1) < 1e-12);
     assert_true(st.max_rel_err > 0.5); /* the low point: 1 * slope vs 0.5 */
+}
+
+/* The weightings against their closed forms on a slope through the origin, y ~ c x: relative
+ * error gives c = sum(x / y) / sum(x^2 / y^2), time-weighted relative error
+ * c = sum(x) / sum(x^2 / y). A short shape 10% slow and a long one exact: the relative fit
+ * splits the difference, the time-weighted one follows the long shape. */
+static void test_fit_weightings(void **state)
+{
+    (void)state;
+    double x[2] = {1, 10}, y[2] = {1.1, 10}, rel, tw;
+    assert_int_equal(pl_fit_nnls(x, y, 2, 1, PL_FIT_RELATIVE, &rel, NULL), BT_OK);
+    assert_int_equal(pl_fit_nnls(x, y, 2, 1, PL_FIT_TIME, &tw, NULL), BT_OK);
+    double want_rel = (1 / 1.1 + 10 / 10.0) / (1 / (1.1 * 1.1) + 100 / 100.0);
+    double want_tw = (1 + 10) / (1 / 1.1 + 100 / 10.0);
+    assert_true(fabs(rel - want_rel) < 1e-12);
+    assert_true(fabs(tw - want_tw) < 1e-12);
+    assert_true(fabs(tw - 1) < fabs(rel - 1));
+    /* Exact data: every weighting recovers it. */
+    double y2[2] = {2, 20};
+    assert_int_equal(pl_fit_nnls(x, y2, 2, 1, PL_FIT_TIME, &tw, NULL), BT_OK);
+    assert_true(fabs(tw - 2) < 1e-12);
 }
 
 static void test_fit_transfer(void **state)
@@ -144,22 +165,23 @@ static void test_fit_refuses_bad_input(void **state)
 {
     (void)state;
     double x[6] = {1, 1, 1, 2, 1, 3}, y[3] = {1, 2, 0}, c[2];
-    assert_int_equal(pl_fit_nnls(x, y, 3, 2, c, NULL), BT_ERR_INVAL); /* y <= 0 */
+    assert_int_equal(pl_fit_nnls(x, y, 3, 2, PL_FIT_RELATIVE, c, NULL), BT_ERR_INVAL); /* y <= 0 */
     y[2] = 3;
-    assert_int_equal(pl_fit_nnls(x, y, 1, 2, c, NULL), BT_ERR_INVAL); /* n < k */
-    assert_int_equal(pl_fit_nnls(x, y, 3, 5, c, NULL), BT_ERR_INVAL);
+    assert_int_equal(pl_fit_nnls(x, y, 1, 2, PL_FIT_RELATIVE, c, NULL), BT_ERR_INVAL); /* n < k */
+    assert_int_equal(pl_fit_nnls(x, y, 3, 5, PL_FIT_RELATIVE, c, NULL), BT_ERR_INVAL);
     double zeros[6] = {0};
-    assert_int_equal(pl_fit_nnls(zeros, y, 3, 2, c, NULL), BT_ERR_RANGE);
-    assert_int_equal(pl_fit_nnls(x, y, 3, 2, c, NULL), BT_OK);
+    assert_int_equal(pl_fit_nnls(zeros, y, 3, 2, PL_FIT_RELATIVE, c, NULL), BT_ERR_RANGE);
+    assert_int_equal(pl_fit_nnls(x, y, 3, 2, PL_FIT_RELATIVE, c, NULL), BT_OK);
     assert_true(fabs(c[0]) < 1e-9 && fabs(c[1] - 1) < 1e-9); /* y = x exactly */
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fit_prefill_recovers), cmocka_unit_test(test_fit_decode_knee),
-        cmocka_unit_test(test_fit_decode_one_line),  cmocka_unit_test(test_fit_nonnegative),
-        cmocka_unit_test(test_fit_transfer),         cmocka_unit_test(test_fit_refuses_bad_input),
+        cmocka_unit_test(test_fit_prefill_recovers),  cmocka_unit_test(test_fit_decode_knee),
+        cmocka_unit_test(test_fit_decode_one_line),   cmocka_unit_test(test_fit_nonnegative),
+        cmocka_unit_test(test_fit_weightings),        cmocka_unit_test(test_fit_transfer),
+        cmocka_unit_test(test_fit_refuses_bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
