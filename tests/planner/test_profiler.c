@@ -99,6 +99,51 @@ static void test_profiler_tiny(void **state)
     tiny_close(&t);
 }
 
+/* What --raw writes, --refit reads back: the same points give the same coefficients with the
+ * same weighting, other ones with the other; a corrupt line is refused. */
+static void test_profiler_refit_from_raw(void **state)
+{
+    (void)state;
+    tiny_t t;
+    tiny_open(&t);
+    char path[512];
+    bt_test_tmp_path("tiny-raw.csv", path, sizeof path);
+    pl_profiler_params_t p = grid(t.e);
+    p.reps = 1;
+    p.raw = fopen(path, "w");
+    assert_non_null(p.raw);
+    fputs("kind,n,len_or_ctx,ms\n", p.raw);
+    bt_profile_t measured = {.tp = 1};
+    assert_int_equal(pl_profiler_run(&p, &measured), BT_OK);
+    fclose(p.raw);
+    p.raw = NULL;
+    p.refit = fopen(path, "r");
+    assert_non_null(p.refit);
+    bt_profile_t again = {.tp = 1};
+    assert_int_equal(pl_profiler_run(&p, &again), BT_OK);
+    fclose(p.refit);
+    /* The file keeps 6 decimals of each time: the coefficients agree to well within 1e-4. */
+    assert_true(fabs(again.prefill.b_ms_per_token - measured.prefill.b_ms_per_token) <=
+                1e-4 * measured.prefill.b_ms_per_token + 1e-9);
+    assert_true(fabs(again.decode.c_ms_per_seq - measured.decode.c_ms_per_seq) <=
+                1e-4 * measured.decode.c_ms_per_seq + 1e-9);
+    assert_int_equal(again.fit_prefill.n_points, measured.fit_prefill.n_points);
+    assert_int_equal(again.fit_decode.n_points, measured.fit_decode.n_points);
+    assert_int_equal(again.fit_transfer.n_points, measured.fit_transfer.n_points);
+
+    FILE *f = fopen(path, "a");
+    fputs("prefill,1,oops,3\n", f);
+    fclose(f);
+    bt_log_level_t old = bt_log_get_level();
+    bt_log_set_level(BT_LOG_OFF);
+    p.refit = fopen(path, "r");
+    assert_int_equal(pl_profiler_run(&p, &again), BT_ERR_INVAL);
+    fclose(p.refit);
+    bt_log_set_level(old);
+    remove(path);
+    tiny_close(&t);
+}
+
 /* Every decode sequence gets KV of its own, so a pool too small for the largest shapes skips
  * them (the ones a daemon with that memory could not run either) and fits the rest, whatever
  * the pool's size (a shape whose context fits but whose next tokens do not is skipped too). */
@@ -147,6 +192,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_profiler_tiny),
+        cmocka_unit_test(test_profiler_refit_from_raw),
         cmocka_unit_test(test_profiler_skips_shapes_beyond_the_pool),
         cmocka_unit_test(test_profiler_refuses_bad_grids),
     };
