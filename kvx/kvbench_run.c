@@ -242,7 +242,8 @@ static int setup(bench_t *b, int blocks_recv)
                           .ucx_tls = tls,
                           .peer_timeout_ms = 10000,
                           .lease_ms = 10000,
-                          .map_peers = map_of(b)};
+                          .map_peers = map_of(b),
+                          .device_memory = bt_kv_pool_device_memory(b->pool)};
     if (bt_kvx_create(&kp, &b->kvx) != BT_OK ||
         bt_kvx_connect(b->kvx, addr, len, &b->peer) != BT_OK)
         return -1;

@@ -79,6 +79,8 @@ typedef struct {
     const char *ucx_tls; /* "ucx": transports (UCX_TLS syntax, e.g. "sm" or "tcp"); NULL:
                           * UCX's own choice (the environment's UCX_TLS) */
     int device;          /* "nccl": CUDA device ordinal */
+    int device_memory;   /* 1: the pool is in GPU memory (map_peers must then be -1); the
+                          * backend refuses to start if it cannot move such memory */
 } bt_kvx_params_t;
 
 /* Creates a context and registers the pool memory. BT_ERR_NOT_FOUND for a backend that is not

@@ -185,6 +185,7 @@ static int cmd_init(peer_t *p, char **a, int n)
                           .ucx_tls = strcmp(a[2], "-") ? a[2] : NULL,
                           .peer_timeout_ms = atoi(a[12]),
                           .lease_ms = atoi(a[12]),
+                          .device_memory = bt_kv_pool_device_memory(p->pool),
                           .map_peers = bt_kv_pool_device_memory(p->pool) ? -1
                                        : n > 13                          ? atoi(a[13])
                                                                          : 0};

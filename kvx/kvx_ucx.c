@@ -558,6 +558,15 @@ static int ctx_init(ucx_be_t *be, const bt_kvx_params_t *params)
                  params->ucx_tls ? params->ucx_tls : "default", ucs_status_string(st));
         return BT_ERR_UNSUPPORTED;
     }
+    /* A UCX without CUDA support would take a device pool's addresses for host memory and
+     * fault on the first transfer: refuse it here, by name. */
+    ucp_context_attr_t attr = {.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES};
+    if (params->device_memory && (ucp_context_query(be->ctx, &attr) != UCS_OK ||
+                                  !(attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)))) {
+        bt_error("kvx ucx: the KV pool is in GPU memory and this UCX cannot move CUDA memory "
+                 "(it needs UCX built with CUDA: the cuda_copy and cuda_ipc transports)");
+        return BT_ERR_UNSUPPORTED;
+    }
     return BT_OK;
 }
 
@@ -574,10 +583,12 @@ static int worker_init(ucx_be_t *be, const bt_kvx_params_t *params)
     }
     if (!params->size_bytes)
         return BT_OK; /* nothing to register (a wrapping backend's control channel) */
-    ucp_mem_map_params_t mp = {.field_mask =
-                                   UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH,
-                               .address = params->base,
-                               .length = params->size_bytes};
+    ucp_mem_map_params_t mp = {
+        .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                      UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE,
+        .address = params->base,
+        .length = params->size_bytes,
+        .memory_type = params->device_memory ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST};
     st = ucp_mem_map(be->ctx, &mp, &be->memh);
     if (st != UCS_OK) {
         bt_error("kvx ucx: cannot register %zu bytes of KV pool: %s", params->size_bytes,

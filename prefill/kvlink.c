@@ -40,6 +40,7 @@ int bt_kvlink_create(const bt_kvlink_params_t *p, bt_kvlink_t **out)
                           .peer_timeout_ms = p->peer_timeout_ms,
                           /* device memory cannot be mapped by a peer process: data messages */
                           .map_peers = bt_kv_pool_device_memory(pool) ? -1 : 0,
+                          .device_memory = bt_kv_pool_device_memory(pool),
                           .ucx_tls = p->ucx_tls};
     bt_kvx_layout_from_pool(pool, p->model_id, &kp.layout);
     int st = bt_kvx_create(&kp, &l->kvx);

@@ -396,6 +396,30 @@ static void test_layout_mismatch_refused(void **state)
     tl_pool_fini(&pool);
 }
 
+/* A pool said to be in GPU memory with a UCX that cannot move CUDA memory (Debian's has no
+ * CUDA transports) is refused at create, by name, instead of faulting on the first transfer. */
+static void test_device_pool_needs_cuda_ucx(void **state)
+{
+    tl_pool_t pool;
+    bt_kvx_t *kvx = NULL;
+    tl_pool_init(&pool, &shape, "llama-test", 1);
+    bt_kvx_params_t kp = tl_kvx_params(&pool, "ucx", "test");
+    kp.map_peers = -1;
+    kp.device_memory = 1;
+    bt_log_level_t old = bt_log_get_level();
+    bt_log_set_level(BT_LOG_OFF);
+    int st = bt_kvx_create(&kp, &kvx);
+    bt_log_set_level(old);
+    if (st == BT_OK) { /* a UCX with CUDA support: nothing to refuse here */
+        bt_kvx_destroy(kvx);
+        tl_pool_fini(&pool);
+        skip();
+    }
+    assert_int_equal(st, BT_ERR_UNSUPPORTED);
+    assert_null(kvx);
+    tl_pool_fini(&pool);
+}
+
 static void test_stale_generation_rejected(void **state)
 {
     rig_t r;
@@ -436,6 +460,7 @@ int main(void)
         cmocka_unit_test(test_tcp_kill_sender_midway),
         cmocka_unit_test(test_tcp_kill_receiver_midway),
         cmocka_unit_test(test_layout_mismatch_refused),
+        cmocka_unit_test(test_device_pool_needs_cuda_ucx),
         cmocka_unit_test(test_stale_generation_rejected),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
