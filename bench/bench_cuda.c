@@ -10,7 +10,8 @@
  * whole batch, one token per sequence, logits downloaded to the host), not as a kernel sum;
  * the floor counts every weight byte one step must read once (layer matrices, norms and the
  * output projection) at the measured copy rate, where a copy of N bytes moves 2N (read and
- * write).
+ * write). Each decode step is timed twice: op by op, and on a second engine whose backend
+ * runs decode steps as CUDA graphs (BATON_CUDA_GRAPHS=1 at its creation).
  */
 #include <math.h>
 #include <stddef.h>
@@ -274,12 +275,20 @@ static int bench(const cfg_t *c, const bt_model_t *m, const int *batches, int nb
                            bt_model_kv_bytes_per_token(&m->hp, BT_TYPE_BF16),
         .nondeterministic = !c->deterministic,
     };
-    run_t r;
+    run_t r, rg; /* rg: the same engine with decode steps as CUDA graphs */
     memset(&r, 0, sizeof r);
+    memset(&rg, 0, sizeof rg);
     if (bt_engine_create(m, &ep, &r.e) != BT_OK)
         return 1;
-    r.toks = malloc((size_t)max_p * sizeof(int32_t));
-    r.logits = malloc((size_t)max_b * m->hp.n_vocab * sizeof(float));
+    setenv("BATON_CUDA_GRAPHS", "1", 1);
+    int st = bt_engine_create(m, &ep, &rg.e);
+    unsetenv("BATON_CUDA_GRAPHS");
+    if (st != BT_OK) {
+        bt_engine_destroy(r.e);
+        return 1;
+    }
+    r.toks = rg.toks = malloc((size_t)max_p * sizeof(int32_t));
+    r.logits = rg.logits = malloc((size_t)max_b * m->hp.n_vocab * sizeof(float));
     for (int i = 0; i < max_p; i++)
         r.toks[i] = 3 + (int32_t)((i * 7919u) % (uint32_t)(m->hp.n_vocab - 3));
 
@@ -304,11 +313,15 @@ static int bench(const cfg_t *c, const bt_model_t *m, const int *batches, int nb
                 rate / 1e12);
     for (int i = 0; i < nb; i++) {
         double s = run_decode(&r, batches[i], c->ctx, c->steps, max_batch);
+        double sg = run_decode(&rg, batches[i], c->ctx, c->steps, max_batch);
         printf("decode  batch %-4d  ctx %d: %8.3f ms/step  (%.2fx floor, %.0f tok/s)\n", batches[i],
                c->ctx, s * 1e3, floor_s > 0 ? s / floor_s : 0, batches[i] / s);
+        printf("  with CUDA graphs          %8.3f ms/step  (%.2fx floor, %.0f tok/s)\n", sg * 1e3,
+               floor_s > 0 ? sg / floor_s : 0, batches[i] / sg);
         if (js)
-            fprintf(js, "%s{\"batch\": %d, \"ctx\": %d, \"step_ms\": %.4f}", i ? ", " : "",
-                    batches[i], c->ctx, s * 1e3);
+            fprintf(js,
+                    "%s{\"batch\": %d, \"ctx\": %d, \"step_ms\": %.4f, \"graph_step_ms\": %.4f}",
+                    i ? ", " : "", batches[i], c->ctx, s * 1e3, sg * 1e3);
     }
     if (js)
         fprintf(js, "], \"prefill\": [");
@@ -330,10 +343,13 @@ static int bench(const cfg_t *c, const bt_model_t *m, const int *batches, int nb
         fprintf(js, "]}\n");
         fclose(js);
     }
-    for (int i = 0; i < max_b; i++)
+    for (int i = 0; i < max_b; i++) {
         bt_kv_seq_fini(&r.kv[i], bt_engine_kv_pool(r.e));
+        bt_kv_seq_fini(&rg.kv[i], bt_engine_kv_pool(rg.e));
+    }
     free(r.toks);
     free(r.logits);
+    bt_engine_destroy(rg.e);
     bt_engine_destroy(r.e);
     return 0;
 }

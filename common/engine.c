@@ -349,18 +349,40 @@ static void compute_logits(bt_engine_t *e, const float *x, int32_t n_out, const 
     }
 }
 
-static int forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, const bt_engine_out_t *o)
+/* Whether a forward is a pure decode step, which a backend may record once and replay
+ * (bt_backend_step_begin), and its shape: one token per sequence and its logits wanted, no
+ * layer hook (it needs the cache written after each layer) and the logits in one piece. */
+static int decode_shape(const bt_engine_t *e, int n_seqs, int32_t rows, int32_t n_out,
+                        const bt_engine_out_t *o, bt_step_shape_t *sh)
+{
+    if (e->layer_fn || rows != n_seqs || n_out != rows || n_out > e->logit_rows)
+        return 0;
+    const int32_t bs = bt_kv_pool_block_size(e->kv);
+    *sh = (bt_step_shape_t){
+        .n_seqs = n_seqs,
+        .rows = rows,
+        .n_out = n_out,
+        .out_kind = o->k == 0   ? BT_STEP_OUT_LOGITS
+                    : o->k == 1 ? BT_STEP_OUT_ARGMAX
+                                : BT_STEP_OUT_TOPK,
+        .k = o->k,
+        .n_layers = e->model->hp.n_layers,
+        .block_size = bs,
+    };
+    for (int s = 0; s < n_seqs; s++) {
+        int32_t len = e->h_seqs[s].n_past + 1;
+        sh->n_kv_blocks += (len + bs - 1) / bs;
+        sh->max_len = len > sh->max_len ? len : sh->max_len;
+    }
+    return 1;
+}
+
+/* The ops of one forward, from the uploads of its token ids and positions to its outputs. */
+static void forward_ops(bt_engine_t *e, int32_t rows, int n_seqs, int32_t n_out,
+                        const bt_engine_out_t *o)
 {
     const bt_model_hparams_t *hp = &e->model->hp;
     acts_t *a = &e->a;
-    int32_t rows, n_out;
-    int st = batch_prepare(e, seqs, n_seqs, &rows, &n_out);
-    if (st != BT_OK)
-        return st;
-    st = batch_reserve(e, seqs, n_seqs);
-    if (st != BT_OK)
-        return st;
-
     bt_backend_upload(e->be, a->ids, e->h_ids, (size_t)rows * sizeof(int32_t));
     bt_backend_upload(e->be, a->pos, e->h_pos, (size_t)rows * sizeof(int32_t));
     bt_get_rows(e->be, a->x, &e->model->tok_embd, a->ids, rows);
@@ -384,6 +406,25 @@ static int forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, const bt_en
     }
     if (n_out > 0)
         compute_logits(e, n_out == rows ? a->x : a->x2, n_out, o);
+}
+
+static int forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, const bt_engine_out_t *o)
+{
+    int32_t rows, n_out;
+    int st = batch_prepare(e, seqs, n_seqs, &rows, &n_out);
+    if (st != BT_OK)
+        return st;
+    st = batch_reserve(e, seqs, n_seqs);
+    if (st != BT_OK)
+        return st;
+
+    bt_step_shape_t shape;
+    int graph =
+        decode_shape(e, n_seqs, rows, n_out, o, &shape) && bt_backend_step_begin(e->be, &shape);
+    forward_ops(e, rows, n_seqs, n_out, o);
+    /* BT_AGAIN: the backend's replay did not fit the step and ran nothing. */
+    if (graph && bt_backend_step_end(e->be) != BT_OK)
+        forward_ops(e, rows, n_seqs, n_out, o);
     bt_backend_sync(e->be);
     for (int s = 0; s < n_seqs; s++)
         seqs[s].kv->n_tokens += seqs[s].n_tokens;

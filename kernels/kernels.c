@@ -139,6 +139,17 @@ void bt_backend_sync(bt_backend_t *be)
         be->ops->sync(be->ctx);
 }
 
+int bt_backend_step_begin(bt_backend_t *be, const bt_step_shape_t *shape)
+{
+    return be->ops->step_begin ? be->ops->step_begin(be->ctx, shape) : 0;
+}
+
+int bt_backend_step_end(bt_backend_t *be)
+{
+    assert(be->ops->step_end);
+    return be->ops->step_end(be->ctx);
+}
+
 void bt_matmul(bt_backend_t *be, float *y, const bt_tensor_t *w, const float *x, int64_t m)
 {
     be->ops->matmul(be->ctx, y, w, x, m);

@@ -90,6 +90,30 @@ typedef struct {
     const int32_t *blocks; /* block table, covering positions [0, n_past + n_new) */
 } bt_attn_seq_t;
 
+/* What leaves the device at the end of a step (bt_step_shape_t.out_kind). */
+typedef enum {
+    BT_STEP_OUT_LOGITS = 0, /* the logits rows (download) */
+    BT_STEP_OUT_ARGMAX = 1, /* each row's greedy token (argmax_rows) */
+    BT_STEP_OUT_TOPK = 2,   /* each row's k best logits (topk_rows) */
+} bt_step_out_t;
+
+/* A pure decode step as the engine knows it before running it: one new token and its logits
+ * per sequence, no per-layer hook. Everything that decides the step's ops, their by-value
+ * arguments and their launch shapes follows from these numbers and the engine's fixed buffers;
+ * what varies between steps of one shape (token ids, positions, block tables, each sequence's
+ * context length) is data the ops upload. */
+typedef struct {
+    int32_t n_seqs;      /* sequences of the batch */
+    int32_t rows;        /* new tokens (rows) of the batch */
+    int32_t n_out;       /* rows whose logits are wanted, all in one piece */
+    int32_t out_kind;    /* bt_step_out_t */
+    int32_t k;           /* candidates per row: 1 for ARGMAX, 2..BT_TOPK_MAX for TOPK, else 0 */
+    int32_t n_layers;    /* layers of the model */
+    int32_t block_size;  /* KV tokens per block */
+    int32_t n_kv_blocks; /* KV blocks in all the batch's block tables together */
+    int32_t max_len;     /* largest context of the batch after the step (n_past + 1), tokens */
+} bt_step_shape_t;
+
 typedef struct {
     int n_threads;              /* worker threads, including the caller; 0: all online cores */
     int64_t max_rows;           /* most rows (tokens) any op will see in one call; sizes scratch */
@@ -143,6 +167,15 @@ typedef struct bt_backend_ops {
      * so that top-k sampling moves m x k candidates to the host instead of m x n logits. */
     void (*topk_rows)(void *ctx, int32_t *ids_host, float *vals_host, const float *x, int64_t m,
                       int64_t n, int32_t k);
+    /* Optional, both or neither (NULL: every step runs op by op). step_begin: the ops up to
+     * step_end are a pure decode step of this shape (read during the call, not kept); returns
+     * 1 if the backend takes it as one recorded step (recorded on the first step of its kind,
+     * replayed on later ones; outputs reach the host only in step_end), 0 to run it op by op.
+     * step_end: runs the recorded step, copies its outputs to the host and waits for them;
+     * BT_OK, or BT_AGAIN when nothing ran (the replay did not fit the step) and the caller
+     * must run the step op by op again. */
+    int (*step_begin)(void *ctx, const bt_step_shape_t *shape);
+    int (*step_end)(void *ctx);
 } bt_backend_ops_t;
 
 typedef struct bt_backend bt_backend_t;
@@ -179,6 +212,13 @@ void bt_kv_store(bt_backend_t *be, const bt_kv_layer_t *kv, const float *k, cons
                  const bt_attn_seq_t *seqs, int n_seqs);
 void bt_attention(bt_backend_t *be, float *out, const float *q, const bt_kv_layer_t *kv,
                   const bt_attn_seq_t *seqs, int n_seqs, int n_heads, float scale);
+/* Brackets a pure decode step (ops table: step_begin, step_end). bt_backend_step_begin returns
+ * 1 if the backend records or replays the step, 0 (always, for a backend without the ops) if
+ * it runs op by op as usual; only after a 1 is bt_backend_step_end called, which returns BT_OK
+ * or BT_AGAIN: nothing ran, run the step's ops again (they then run op by op). */
+int bt_backend_step_begin(bt_backend_t *be, const bt_step_shape_t *shape);
+int bt_backend_step_end(bt_backend_t *be);
+
 /* out_host[i] = the greedy token of row i of x ([m][n] in backend memory). */
 void bt_argmax_rows(bt_backend_t *be, int32_t *out_host, const float *x, int64_t m, int64_t n);
 

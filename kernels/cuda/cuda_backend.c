@@ -10,6 +10,11 @@
  * bf16 copy of matmul activations for cuBLAS, cuBLAS's workspace and the split-attention
  * partials. Ops never allocate; a call larger than the scratch is done in pieces.
  *
+ * Graph steps (BATON_CUDA_GRAPHS=1, cuda_graph.c): between step_begin and step_end each op
+ * traces its by-value arguments and launches only while the step is captured; its host tables
+ * go through the graph's input arena instead of the staging buffers, and its downloads wait
+ * for step_end.
+ *
  * Determinism: by default every matmul goes through the GEMV kernels, whose per-element
  * reduction order does not depend on the batch, and attention is chunked by position only, so
  * the kernels.h contract holds on this backend too (the CUDA results differ from the CPU
@@ -30,7 +35,6 @@
 #define BLAS_WS_BYTES ((size_t)32 << 20)
 #define ATTN_PART_BYTES ((size_t)64 << 20)
 #define SEQ_TABLE_BYTES ((size_t)4 << 20)
-#define MAX_GROUP_SEQS 65535 /* sequences per launch: the kernels' grid.y */
 
 void bt_cuda_check(int err, const char *what, const char *file, int line)
 {
@@ -108,6 +112,35 @@ static bt_cuda_ctx_t *enter(void *ctx)
     return c;
 }
 
+/* ---- graph steps (cuda_graph.c) ---- */
+
+/* Whether an op launches its kernels: always outside a graph step and while one is captured,
+ * never while one is replayed (the graph launches them). In a graph step the op's by-value
+ * arguments, which the graph bakes in, are traced first, so that a replay with other
+ * arguments is caught. */
+#define LAUNCHES(c, op, ...)                                                                       \
+    ((c)->sg.mode == BT_STEPGRAPH_OFF ||                                                           \
+     bt_cuda_graph_op((c), (op), (const uint64_t[]){__VA_ARGS__},                                  \
+                      sizeof((const uint64_t[]){__VA_ARGS__}) / sizeof(uint64_t)))
+#define U(p) ((uint64_t)(uintptr_t)(p))
+
+static uint64_t fbits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static int cuda_step_begin(void *ctx, const bt_step_shape_t *shape)
+{
+    return bt_cuda_graph_begin(enter(ctx), shape);
+}
+
+static int cuda_step_end(void *ctx)
+{
+    return bt_cuda_graph_end(enter(ctx));
+}
+
 /* ---- memory ---- */
 
 static void cuda_destroy(void *ctx)
@@ -119,6 +152,7 @@ static void cuda_destroy(void *ctx)
     tl_device = c->device;
     if (c->stream)
         cudaStreamSynchronize(c->stream);
+    bt_cuda_graph_fini(c);
     if (c->blas)
         cublasDestroy(c->blas);
     stage_fini(&c->seqs);
@@ -159,12 +193,20 @@ static void cuda_free(void *ctx, void *ptr)
 static void cuda_upload(void *ctx, void *dst, const void *src_host, size_t size_bytes)
 {
     bt_cuda_ctx_t *c = enter(ctx);
+    if (c->sg.mode != BT_STEPGRAPH_OFF) {
+        bt_cuda_graph_upload(c, dst, src_host, size_bytes);
+        return;
+    }
     BT_CUDA_CHECK(cudaMemcpyAsync(dst, src_host, size_bytes, cudaMemcpyHostToDevice, c->stream));
 }
 
 static void cuda_download(void *ctx, void *dst_host, const void *src, size_t size_bytes)
 {
     bt_cuda_ctx_t *c = enter(ctx);
+    if (c->sg.mode != BT_STEPGRAPH_OFF) { /* pageable: not capturable, done by step_end */
+        bt_cuda_graph_download(c, dst_host, src, size_bytes);
+        return;
+    }
     BT_CUDA_CHECK(cudaMemcpyAsync(dst_host, src, size_bytes, cudaMemcpyDeviceToHost, c->stream));
     BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
 }
@@ -172,6 +214,10 @@ static void cuda_download(void *ctx, void *dst_host, const void *src, size_t siz
 static void cuda_sync(void *ctx)
 {
     bt_cuda_ctx_t *c = enter(ctx);
+    if (c->sg.mode != BT_STEPGRAPH_OFF) {
+        fprintf(stderr, "cuda: sync inside a graph step (step_end syncs)\n");
+        abort();
+    }
     BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
 }
 
@@ -207,7 +253,8 @@ static void blas_sgemm(bt_cuda_ctx_t *c, float *y, const bt_tensor_t *w, const f
 static void cuda_matmul(void *ctx, float *y, const bt_tensor_t *w, const float *x, int64_t m)
 {
     bt_cuda_ctx_t *c = enter(ctx);
-    if (m <= 0 || w->rows <= 0)
+    if (m <= 0 || w->rows <= 0 ||
+        !LAUNCHES(c, "matmul", U(y), w->type, w->rows, w->cols, U(w->data), U(x), m))
         return;
     const int big = c->nondet && m > c->gemv_max_m && w->rows < INT32_MAX && w->cols < INT32_MAX &&
                     m < INT32_MAX;
@@ -228,29 +275,40 @@ static void cuda_matmul(void *ctx, float *y, const bt_tensor_t *w, const float *
 static void cuda_get_rows(void *ctx, float *y, const bt_tensor_t *table, const int32_t *ids,
                           int64_t m)
 {
-    bt_cuda_get_rows_launch(enter(ctx)->stream, y, table, ids, m);
+    bt_cuda_ctx_t *c = enter(ctx);
+    if (LAUNCHES(c, "get_rows", U(y), table->type, table->rows, table->cols, U(table->data), U(ids),
+                 m))
+        bt_cuda_get_rows_launch(c->stream, y, table, ids, m);
 }
 
 static void cuda_rmsnorm(void *ctx, float *y, const float *x, const float *w, int64_t m, int64_t n,
                          float eps)
 {
-    bt_cuda_rmsnorm_launch(enter(ctx)->stream, y, x, w, m, n, eps);
+    bt_cuda_ctx_t *c = enter(ctx);
+    if (LAUNCHES(c, "rmsnorm", U(y), U(x), U(w), m, n, fbits(eps)))
+        bt_cuda_rmsnorm_launch(c->stream, y, x, w, m, n, eps);
 }
 
 static void cuda_rope(void *ctx, float *x, const int32_t *pos, int64_t m, int n_heads, int head_dim,
                       const float *inv_freq)
 {
-    bt_cuda_rope_launch(enter(ctx)->stream, x, pos, m, n_heads, head_dim, inv_freq);
+    bt_cuda_ctx_t *c = enter(ctx);
+    if (LAUNCHES(c, "rope", U(x), U(pos), m, n_heads, head_dim, U(inv_freq)))
+        bt_cuda_rope_launch(c->stream, x, pos, m, n_heads, head_dim, inv_freq);
 }
 
 static void cuda_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n)
 {
-    bt_cuda_swiglu_launch(enter(ctx)->stream, y, gate, up, n);
+    bt_cuda_ctx_t *c = enter(ctx);
+    if (LAUNCHES(c, "swiglu", U(y), U(gate), U(up), n))
+        bt_cuda_swiglu_launch(c->stream, y, gate, up, n);
 }
 
 static void cuda_add(void *ctx, float *y, const float *x, int64_t n)
 {
-    bt_cuda_add_launch(enter(ctx)->stream, y, x, n);
+    bt_cuda_ctx_t *c = enter(ctx);
+    if (LAUNCHES(c, "add", U(y), U(x), n))
+        bt_cuda_add_launch(c->stream, y, x, n);
 }
 
 static void cuda_gather_rows(void *ctx, float *y, const float *x, const int32_t *rows, int64_t m,
@@ -260,9 +318,30 @@ static void cuda_gather_rows(void *ctx, float *y, const float *x, const int32_t 
     const int64_t per = (int64_t)(c->rows.cap / sizeof(int32_t));
     for (int64_t r0 = 0; r0 < m; r0 += per) {
         int64_t mr = m - r0 < per ? m - r0 : per;
-        const int32_t *d = stage_put(c, &c->rows, rows + r0, (size_t)mr * sizeof(int32_t));
-        bt_cuda_gather_rows_launch(c->stream, y + r0 * n, x, d, mr, n);
+        const size_t bytes = (size_t)mr * sizeof(int32_t);
+        const int32_t *d = c->sg.mode == BT_STEPGRAPH_OFF
+                               ? stage_put(c, &c->rows, rows + r0, bytes)
+                               : bt_cuda_graph_input(c, rows + r0, bytes);
+        if (LAUNCHES(c, "gather_rows", U(y + r0 * n), U(x), U(d), mr, n))
+            bt_cuda_gather_rows_launch(c->stream, y + r0 * n, x, d, mr, n);
     }
+}
+
+/* Results of argmax_rows/topk_rows to the host: in stream order, or in a graph step queued
+ * for step_end (the host buffers are pageable, so the copies cannot be captured). A graph step
+ * therefore has room for one piece only: a second would overwrite the scratch before step_end
+ * downloads the first (step_begin admits no step that needs two). */
+static void copy_out(bt_cuda_ctx_t *c, void *dst_host, const void *src, size_t bytes, int64_t r0)
+{
+    if (c->sg.mode == BT_STEPGRAPH_OFF) {
+        BT_CUDA_CHECK(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+        return;
+    }
+    if (r0 > 0) {
+        fprintf(stderr, "cuda: more output rows than one piece in a graph step\n");
+        abort();
+    }
+    bt_cuda_graph_download(c, dst_host, src, bytes);
 }
 
 static void cuda_argmax_rows(void *ctx, int32_t *out_host, const float *x, int64_t m, int64_t n)
@@ -270,11 +349,12 @@ static void cuda_argmax_rows(void *ctx, int32_t *out_host, const float *x, int64
     bt_cuda_ctx_t *c = enter(ctx);
     for (int64_t r0 = 0; r0 < m; r0 += c->argmax_cap) {
         int64_t mr = m - r0 < c->argmax_cap ? m - r0 : c->argmax_cap;
-        bt_cuda_argmax_rows_launch(c->stream, c->argmax_out, x + r0 * n, mr, n);
-        BT_CUDA_CHECK(cudaMemcpyAsync(out_host + r0, c->argmax_out, (size_t)mr * sizeof(int32_t),
-                                      cudaMemcpyDeviceToHost, c->stream));
+        if (LAUNCHES(c, "argmax_rows", U(c->argmax_out), U(x + r0 * n), mr, n))
+            bt_cuda_argmax_rows_launch(c->stream, c->argmax_out, x + r0 * n, mr, n);
+        copy_out(c, out_host + r0, c->argmax_out, (size_t)mr * sizeof(int32_t), r0);
     }
-    BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    if (c->sg.mode == BT_STEPGRAPH_OFF)
+        BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
 }
 
 static void cuda_topk_rows(void *ctx, int32_t *ids_host, float *vals_host, const float *x,
@@ -284,13 +364,13 @@ static void cuda_topk_rows(void *ctx, int32_t *ids_host, float *vals_host, const
     for (int64_t r0 = 0; r0 < m; r0 += c->argmax_cap) {
         int64_t mr = m - r0 < c->argmax_cap ? m - r0 : c->argmax_cap;
         size_t bytes = (size_t)mr * (size_t)k * sizeof(int32_t);
-        bt_cuda_topk_rows_launch(c->stream, c->topk_ids, c->topk_vals, x + r0 * n, mr, n, k);
-        BT_CUDA_CHECK(cudaMemcpyAsync(ids_host + r0 * k, c->topk_ids, bytes, cudaMemcpyDeviceToHost,
-                                      c->stream));
-        BT_CUDA_CHECK(cudaMemcpyAsync(vals_host + r0 * k, c->topk_vals, bytes,
-                                      cudaMemcpyDeviceToHost, c->stream));
+        if (LAUNCHES(c, "topk_rows", U(c->topk_ids), U(c->topk_vals), U(x + r0 * n), mr, n, k))
+            bt_cuda_topk_rows_launch(c->stream, c->topk_ids, c->topk_vals, x + r0 * n, mr, n, k);
+        copy_out(c, ids_host + r0 * k, c->topk_ids, bytes, r0);
+        copy_out(c, vals_host + r0 * k, c->topk_vals, bytes, r0);
     }
-    BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    if (c->sg.mode == BT_STEPGRAPH_OFF)
+        BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
 }
 
 /* ---- attention tables ---- */
@@ -316,7 +396,7 @@ static int pack_group(bt_cuda_ctx_t *c, const bt_kv_layer_t *kv, const bt_attn_s
         size_t nb = (size_t)(s->n_past + s->n_new + kv->block_size - 1) / kv->block_size;
         size_t need =
             (size_t)(s1 + 1 - s0) * sizeof(bt_cuda_seq_t) + (n_blk + nb) * sizeof(int32_t);
-        if ((need > cap || s1 - s0 == MAX_GROUP_SEQS) && s1 > s0)
+        if ((need > cap || s1 - s0 == BT_CUDA_MAX_GROUP_SEQS) && s1 > s0)
             break;
         n_blk += nb;
     }
@@ -341,7 +421,9 @@ static int pack_group(bt_cuda_ctx_t *c, const bt_kv_layer_t *kv, const bt_attn_s
         g->n_rows = s->row0 + s->n_new > g->n_rows ? s->row0 + s->n_new : g->n_rows;
     }
     size_t bytes = (size_t)(s1 - s0) * sizeof(bt_cuda_seq_t) + (size_t)off * sizeof(int32_t);
-    const uint8_t *dev = stage_put(c, &c->seqs, c->pack, bytes);
+    const uint8_t *dev = c->sg.mode == BT_STEPGRAPH_OFF
+                             ? stage_put(c, &c->seqs, c->pack, bytes)
+                             : bt_cuda_graph_table(c, c->pack, bytes, s1 - s0, kv->block_size);
     g->seqs = (const bt_cuda_seq_t *)dev;
     g->blocks = (const int32_t *)(dev + (size_t)(s1 - s0) * sizeof(bt_cuda_seq_t));
     g->n_seqs = s1 - s0;
@@ -355,7 +437,9 @@ static void cuda_kv_store(void *ctx, const bt_kv_layer_t *kv, const float *k, co
     for (int s0 = 0; s0 < n_seqs;) {
         seq_group_t g;
         s0 = pack_group(c, kv, seqs, s0, n_seqs, &g);
-        if (g.max_new > 0)
+        if (g.max_new > 0 && LAUNCHES(c, "kv_store", U(kv->data), kv->type, kv->block_size,
+                                      kv->n_kv_heads, kv->head_dim, kv->block_bytes, U(k), U(v),
+                                      U(g.seqs), U(g.blocks), g.n_seqs, g.max_new))
             bt_cuda_kv_store_launch(c->stream, kv, k, v, g.seqs, g.blocks, g.n_seqs, g.max_new);
     }
 }
@@ -386,6 +470,17 @@ static void cuda_attention(void *ctx, float *out, const float *q, const bt_kv_la
             .max_len = g.max_len,
             .n_rows = g.n_rows,
         };
+        /* A graph serves every step of its attention bucket: the launcher uses max_len only
+         * through ceil(max_len / chunk), which rounding up to the chunk keeps (so the split
+         * choice, grid and partials' stride are the capture's), and the kernels stop at each
+         * sequence's own length, read from the table. */
+        if (c->sg.mode != BT_STEPGRAPH_OFF)
+            a.max_len =
+                (g.max_len + BT_CUDA_ATTN_CHUNK - 1) / BT_CUDA_ATTN_CHUNK * BT_CUDA_ATTN_CHUNK;
+        if (!LAUNCHES(c, "attention", U(out), U(q), U(kv->data), kv->type, kv->block_size,
+                      kv->n_kv_heads, kv->head_dim, kv->block_bytes, U(a.seqs), U(a.blocks),
+                      a.n_seqs, n_heads, fbits(scale), a.max_new, a.max_len, a.n_rows))
+            continue;
         if (c->nondet && g.max_new >= MMA_ATTN_MIN_NEW &&
             bt_cuda_attention_mma_launch(c->stream, &a) == BT_OK)
             continue;
@@ -413,6 +508,8 @@ static const bt_backend_ops_t cuda_ops = {
     .topk_rows = cuda_topk_rows,
     .kv_store = cuda_kv_store,
     .attention = cuda_attention,
+    .step_begin = cuda_step_begin,
+    .step_end = cuda_step_end,
 };
 
 /* ---- create ---- */
@@ -498,6 +595,12 @@ int bt_cuda_backend_create(const bt_backend_params_t *params, const bt_backend_o
     st = blas_init(c);
     if (st != BT_OK)
         goto err_ctx;
+    /* Off by default until a device run shows graph and eager steps bit-identical and faster. */
+    if (env_int("BATON_CUDA_GRAPHS", 0) == 1) {
+        st = bt_cuda_graph_init(c);
+        if (st != BT_OK)
+            goto err_ctx;
+    }
     st = bt_cuda_attention_init();
     if (st != BT_OK)
         goto err_ctx;

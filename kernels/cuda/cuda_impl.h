@@ -19,6 +19,7 @@
 #include <cuda_runtime_api.h>
 
 #include "../kernels.h"
+#include "../stepgraph.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -37,6 +38,7 @@ void bt_cublas_check(int status, const char *what, const char *file, int line);
  * position: split (parallel chunks + combine) and sequential launches give the same bits. */
 #define BT_CUDA_ATTN_TILE 32
 #define BT_CUDA_ATTN_CHUNK 256
+#define BT_CUDA_MAX_GROUP_SEQS 65535 /* sequences per attention launch: the kernels' grid.y */
 
 /* One sequence of an attention call as the kernels see it (bt_attn_seq_t with its block table
  * moved into the packed device table: blocks are at table + blk). */
@@ -75,7 +77,37 @@ typedef struct {
     float *topk_vals;
     uint8_t *pack; /* host scratch of seqs.cap bytes to build a table before staging */
     int n_sm;      /* streaming multiprocessors, for grid sizing */
+    /* Decode steps as CUDA graphs (BATON_CUDA_GRAPHS=1, cuda_graph.c); all zero when off. */
+    int graphs;          /* 1: step_begin may capture and replay */
+    int graph_warned;    /* a replay mismatch was logged */
+    bt_stepgraph_t sg;   /* recorded steps and the step in progress (sg.mode) */
+    uint8_t *arena_host; /* pinned, sg.arena_cap bytes: a graph step's inputs */
+    uint8_t *arena_dev;  /* the device side, at the same offsets */
 } bt_cuda_ctx_t;
+
+/* cuda_graph.c: decode steps captured once per key and replayed (docs/cuda.md). */
+/* Allocates the input arena and the table of graphs (create time). */
+int bt_cuda_graph_init(bt_cuda_ctx_t *c);
+/* Destroys every graph and frees the arena; safe on a context graph_init never ran on. */
+void bt_cuda_graph_fini(bt_cuda_ctx_t *c);
+/* The ops table's step_begin and step_end (the device is current). */
+int bt_cuda_graph_begin(bt_cuda_ctx_t *c, const bt_step_shape_t *shape);
+int bt_cuda_graph_end(bt_cuda_ctx_t *c);
+/* In a graph step: traces an op's by-value arguments; 1 if it must launch (capture), 0 if
+ * not (replay: the graph launches it). */
+int bt_cuda_graph_op(bt_cuda_ctx_t *c, const char *op, const uint64_t *args, size_t n);
+/* In a graph step: an upload of host bytes to dst through the arena. */
+void bt_cuda_graph_upload(bt_cuda_ctx_t *c, void *dst, const void *src, size_t bytes);
+/* In a graph step: the device copy of a host table of bytes (in the arena). */
+const void *bt_cuda_graph_input(bt_cuda_ctx_t *c, const void *src, size_t bytes);
+/* In a graph step: the device copy of a packed attention table (bt_cuda_seq_t[n_seqs], then
+ * the block ids) in a slot sized for any table of the step's key, so that its copy node moves
+ * the same bytes on every replay; a table equal to the step's previous one is not copied
+ * again. */
+const void *bt_cuda_graph_table(bt_cuda_ctx_t *c, const void *src, size_t bytes, int n_seqs,
+                                int32_t block_size);
+/* In a graph step: a download (device src to host dst), done by step_end after the graph. */
+void bt_cuda_graph_download(bt_cuda_ctx_t *c, void *dst, const void *src, size_t bytes);
 
 /* elementwise.cu */
 void bt_cuda_get_rows_launch(cudaStream_t st, float *y, const bt_tensor_t *table,

@@ -3,8 +3,11 @@
  * test_cuda_engine.c - the engine on the "cuda" backend against the CPU backend, end to end on
  * synthetic models: the logits of a prompt (normalised error), then greedy tokens, which must
  * be the same tokens; and on the device alone, a sequence's logits alone and inside a batch are
- * bit-identical (deterministic mode). Presets come from BATON_GPU_TEST_MODELS, a list of
- * preset:type pairs (default "15m:f32,1b:bf16"); KV caches are bf16 on both sides.
+ * bit-identical (deterministic mode), and decode steps run as CUDA graphs (BATON_CUDA_GRAPHS)
+ * give the same logits, greedy ids and top-k candidates bit for bit as the same steps run op by
+ * op, across attention chunk boundaries and changing batches, deterministic and not. Presets
+ * come from BATON_GPU_TEST_MODELS, a list of preset:type pairs (default "15m:f32,1b:bf16");
+ * KV caches are bf16 on both sides.
  *
  * Skipped (exit 77) where no CUDA device is present or the backend is not built.
  */
@@ -151,7 +154,110 @@ static void check_batch_invariance(rig_t *r)
     free(batch);
 }
 
-static void test_cuda_engine_matches_cpu(void **state)
+#define G_MAX_SEQS 12
+#define G_STEPS 48
+#define G_TOPK 40
+
+typedef struct {
+    bt_engine_t *e;
+    bt_kv_seq_t kv[G_MAX_SEQS];
+    float *logits; /* (G_MAX_SEQS, n_vocab) */
+    int32_t ids[G_MAX_SEQS * G_TOPK];
+    float vals[G_MAX_SEQS * G_TOPK];
+} graph_side_t;
+
+/* Contexts before decoding: some a few steps short of the 256-token attention chunk, so the
+ * batch's attention bucket changes during the run, the rest spread out. */
+static const int32_t g_prompt[G_MAX_SEQS] = {5, 130, 235, 250, 17, 64, 200, 255, 1, 99, 180, 240};
+
+static void graph_side_open(rig_t *r, graph_side_t *g, int graphs, int nondet, int n_seqs)
+{
+    memset(g, 0, sizeof *g);
+    bt_engine_params_t ep = {
+        .backend = "cuda",
+        .max_batch_tokens = 512,
+        .max_seqs = 16,
+        .kv_type = BT_TYPE_BF16,
+        .kv_budget_bytes = 16 * 320 * bt_model_kv_bytes_per_token(&r->m->hp, BT_TYPE_BF16),
+        .nondeterministic = nondet,
+    };
+    if (graphs)
+        setenv("BATON_CUDA_GRAPHS", "1", 1);
+    int st = bt_engine_create(r->m, &ep, &g->e);
+    unsetenv("BATON_CUDA_GRAPHS");
+    assert_int_equal(st, BT_OK);
+    g->logits = malloc((size_t)G_MAX_SEQS * r->n_vocab * sizeof(float));
+    assert_non_null(g->logits);
+    bt_kv_pool_t *pool = bt_engine_kv_pool(g->e);
+    int32_t toks[256];
+    for (int s = 0; s < n_seqs; s++) {
+        assert_int_equal(bt_kv_seq_init(&g->kv[s], pool, 256 + G_STEPS + 1), BT_OK);
+        for (int i = 0; i < g_prompt[s]; i++)
+            toks[i] = 3 + (int32_t)(((uint32_t)(s + 1) * 7919u + (uint32_t)i * 31u) % 200u);
+        bt_batch_seq_t b = {
+            .kv = &g->kv[s], .tokens = toks, .n_tokens = g_prompt[s], .logits = BT_LOGITS_NONE};
+        assert_int_equal(bt_engine_forward(g->e, &b, 1, NULL), BT_OK);
+    }
+}
+
+static void graph_side_close(graph_side_t *g, int n_seqs)
+{
+    for (int s = 0; s < n_seqs; s++)
+        bt_kv_seq_fini(&g->kv[s], bt_engine_kv_pool(g->e));
+    free(g->logits);
+    bt_engine_destroy(g->e);
+}
+
+/* One decode step of the sequences in use[] (n of them) with output kind step % 3. */
+static void graph_side_step(graph_side_t *g, const int *use, int n, int step)
+{
+    bt_batch_seq_t b[G_MAX_SEQS];
+    int32_t tok[G_MAX_SEQS];
+    for (int i = 0; i < n; i++) {
+        tok[i] = 3 + (int32_t)(((uint32_t)use[i] * 131u + (uint32_t)step * 17u) % 200u);
+        b[i] = (bt_batch_seq_t){
+            .kv = &g->kv[use[i]], .tokens = &tok[i], .n_tokens = 1, .logits = BT_LOGITS_LAST};
+    }
+    int st = step % 3 == 0   ? bt_engine_forward(g->e, b, n, g->logits)
+             : step % 3 == 1 ? bt_engine_forward_argmax(g->e, b, n, g->ids)
+                             : bt_engine_forward_topk(g->e, b, n, G_TOPK, g->ids, g->vals);
+    assert_int_equal(st, BT_OK);
+}
+
+/* The same decode run, every step compared bit for bit, on an engine with CUDA graphs and on
+ * one without: G_STEPS steps of n_seqs sequences (every fourth step only the even ones, so
+ * keys change and come back), logits, greedy ids and top-k candidates in turn; graphs are
+ * captured on the first step of each key and replayed after. */
+static void check_graphs_match_eager(rig_t *r, int nondet, int n_seqs)
+{
+    graph_side_t eager, graphs;
+    graph_side_open(r, &eager, 0, nondet, n_seqs);
+    graph_side_open(r, &graphs, 1, nondet, n_seqs);
+    for (int step = 0; step < G_STEPS; step++) {
+        int use[G_MAX_SEQS], n = 0;
+        for (int s = 0; s < n_seqs; s++)
+            if (step % 4 != 3 || s % 2 == 0)
+                use[n++] = s;
+        graph_side_step(&eager, use, n, step);
+        graph_side_step(&graphs, use, n, step);
+        if (step % 3 == 0)
+            assert_memory_equal(graphs.logits, eager.logits,
+                                (size_t)n * r->n_vocab * sizeof(float));
+        else if (step % 3 == 1)
+            assert_memory_equal(graphs.ids, eager.ids, (size_t)n * sizeof(int32_t));
+        else {
+            assert_memory_equal(graphs.ids, eager.ids, (size_t)n * G_TOPK * sizeof(int32_t));
+            assert_memory_equal(graphs.vals, eager.vals, (size_t)n * G_TOPK * sizeof(float));
+        }
+    }
+    printf("%s: %d graph decode steps of %d sequences%s match op by op\n", r->m->hp.name, G_STEPS,
+           n_seqs, nondet ? " (nondeterministic)" : "");
+    graph_side_close(&graphs, n_seqs);
+    graph_side_close(&eager, n_seqs);
+}
+
+/* Runs fn on a rig of every preset:type of BATON_GPU_TEST_MODELS. */
+static void for_each_model(void (*fn)(rig_t *r))
 {
     const char *env = getenv("BATON_GPU_TEST_MODELS");
     char list[256];
@@ -164,10 +270,33 @@ static void test_cuda_engine_matches_cpu(void **state)
             *colon = 0;
         rig_t r;
         rig_open(&r, item, type);
-        check_against_cpu(&r);
-        check_batch_invariance(&r);
+        fn(&r);
         rig_close(&r);
     }
+}
+
+static void check_cpu_and_batches(rig_t *r)
+{
+    check_against_cpu(r);
+    check_batch_invariance(r);
+}
+
+static void test_cuda_engine_matches_cpu(void **state)
+{
+    for_each_model(check_cpu_and_batches);
+}
+
+/* Deterministic with 4 sequences (GEMV matmuls); with nondeterministic and 12 sequences the
+ * matmuls of the step go to cuBLAS inside the graph. */
+static void check_graphs(rig_t *r)
+{
+    check_graphs_match_eager(r, 0, 4);
+    check_graphs_match_eager(r, 1, G_MAX_SEQS);
+}
+
+static void test_cuda_engine_graphs_match_eager(void **state)
+{
+    for_each_model(check_graphs);
 }
 
 int main(void)
@@ -180,6 +309,7 @@ int main(void)
     bt_backend_destroy(probe);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cuda_engine_matches_cpu),
+        cmocka_unit_test(test_cuda_engine_graphs_match_eager),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
