@@ -147,13 +147,65 @@ static __device__ __forceinline__ float kv_load(const uint8_t *p, int type, int 
     return __half2float(__ushort_as_half(h));
 }
 
-/* K and V of positions [t0, t0 + TILE) into shared memory as f32; zeros past len. */
+/* The 16 bytes at w widened exactly to f32: 4 (F32) or 8 (F16, BF16) elements, in order. */
+static __device__ __forceinline__ int kv_unpack16(uint4 r, int type, float *out)
+{
+    const uint32_t u[4] = {r.x, r.y, r.z, r.w};
+    if (type == BT_TYPE_F32) {
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            out[i] = __uint_as_float(u[i]);
+        return 4;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if (type == BT_TYPE_BF16) {
+            out[2 * i] = __uint_as_float(u[i] << 16);
+            out[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+        } else {
+            out[2 * i] = __half2float(__ushort_as_half((unsigned short)(u[i] & 0xffffu)));
+            out[2 * i + 1] = __half2float(__ushort_as_half((unsigned short)(u[i] >> 16)));
+        }
+    }
+    return 8;
+}
+
+/* K and V of positions [t0, t0 + TILE) into shared memory as f32; zeros past len. Each thread
+ * moves whole 16-byte pieces of a position's head slice when the layout allows, so a tile is a
+ * couple of independent loads per thread instead of dozens of dependent 2-byte ones (the
+ * values, and so every result, are the same either way). */
 static __device__ void load_tile(const attn_params_t &p, const bt_cuda_seq_t &s, int kvh,
                                  int32_t t0, int32_t len, float *ks, float *vs)
 {
     const bt_kv_layer_t &kv = p.kv;
     const int hd = kv.head_dim, pitch = hd + 1, es = elem_size(kv.type);
     const size_t row_bytes = (size_t)kv.n_kv_heads * hd * es;
+    if ((hd * es) % 16 == 0 && (kv.block_bytes % 16) == 0 && ((uintptr_t)kv.data % 16) == 0) {
+        const int piece = 16 / es, per_pos = hd / piece;
+        for (int e = threadIdx.x; e < TILE * per_pos; e += blockDim.x) {
+            const int j = e / per_pos, c = e % per_pos;
+            const int32_t pos = t0 + j;
+            float kx[8] = {0}, vx[8] = {0};
+            if (pos < len) {
+                const uint8_t *kp = (const uint8_t *)kv.data +
+                                    (size_t)p.blocks[s.blk + pos / kv.block_size] * kv.block_bytes +
+                                    (size_t)(pos % kv.block_size) * row_bytes +
+                                    (size_t)kvh * hd * es + (size_t)c * 16;
+                const uint4 kr = __ldg((const uint4 *)kp);
+                const uint4 vr = __ldg((const uint4 *)(kp + (size_t)kv.block_size * row_bytes));
+                kv_unpack16(kr, kv.type, kx);
+                kv_unpack16(vr, kv.type, vx);
+            }
+#pragma unroll
+            for (int i = 0; i < 8; i++) { /* static indices: kx, vx stay in registers */
+                if (i < piece) {
+                    ks[j * pitch + c * piece + i] = kx[i];
+                    vs[j * pitch + c * piece + i] = vx[i];
+                }
+            }
+        }
+        return;
+    }
     for (int e = threadIdx.x; e < TILE * hd; e += blockDim.x) {
         const int j = e / hd, d = e % hd;
         const int32_t pos = t0 + j;

@@ -95,7 +95,8 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32)
 #pragma unroll
     for (int i = 0; i < MT; i++)
         acc[i] = 0.0f;
-#pragma unroll 4
+        /* One token: more weight pieces in flight per lane (the arithmetic order is the same). */
+#pragma unroll(MT == 1 ? 8 : 4)
     for (int64_t c = lane; c < n_chunks; c += 32) {
         float wv[E];
         wvec<TYPE>::unpack(__ldg(wr + c), wv);
