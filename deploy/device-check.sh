@@ -7,7 +7,10 @@
 # PyTorch/transformers with the same shapes. Figures are printed and written to $OUT (or
 # build-gpu/results). Exits non-zero if a test failed.
 #
-# Copes with a machine that lacks some development packages: without UCX headers the transfer
+# With BATON_PREBUILT=DIR it runs binaries built elsewhere by deploy/device-prep.sh (for a GPU
+# machine without ZeroMQ, protobuf-c, UCX or cmocka development packages) and builds nothing.
+#
+# Otherwise it copes with a machine that lacks some development packages: without UCX headers the transfer
 # library (and what needs it) is not configured; without cmocka the tests are skipped and only
 # the benchmarks run; without PyTorch the peer figures are skipped.
 set -uo pipefail
@@ -26,6 +29,24 @@ step "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
 nvcc --version | tail -2 || { echo "no nvcc: cannot build the CUDA backend"; exit 1; }
 
+if [ -n "${BATON_PREBUILT:-}" ]; then
+    # Binaries from deploy/device-prep.sh: no configure or build here.
+    PRE=$(cd "$BATON_PREBUILT" && pwd)
+    export LD_LIBRARY_PATH=$PRE/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+    export UCX_MODULE_DIR=$PRE/lib/ucx
+    export TMPDIR=${TMPDIR:-/tmp}
+    step "gpu tests (prebuilt)"
+    for t in gpu_test_cuda_ops gpu_test_cuda_engine kvx_test_kvx_gpu; do
+        echo "-- $t"
+        timeout 240 "$PRE/bin/$t" >"$RESULTS/$t.log" 2>&1
+        rc=$?
+        grep -E '^\[ *(OK|FAILED|PASSED|SKIPPED|ERROR) *\]' "$RESULTS/$t.log" | tail -20
+        [ $rc = 0 ] || [ $rc = 77 ] || { echo "$t: exit $rc"; status=1; }
+    done
+    BUILD=$PRE
+    skip=""
+    have_tests=0
+else
 step "configure"
 for m in libzmq libprotobuf-c; do
     if ! pkg-config --exists "$m"; then
@@ -64,6 +85,7 @@ if [ $have_tests = 1 ]; then
     ctest --test-dir "$BUILD" -R '^(gpu_test_cuda|kvx_test_kvx_gpu)' --output-on-failure \
         --timeout 240 | tee "$RESULTS/tests.log" || status=1
 fi
+fi
 
 if [ -z "$skip" ]; then
     step "serving on the GPU: colocated and 1P1D clusters, --backend cuda, same greedy tokens"
@@ -79,7 +101,7 @@ MODEL=$BUILD/bench-1b-bf16.gguf
 timeout 200 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" --preset 1b --type bf16 \
     --batches 1,16,64 --ctx 512 --prefills 512,2048 --json "$RESULTS/baton.json" || status=1
 echo "(deterministic mode, decode only)"
-timeout 60 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" --deterministic 1 --batches 1,16,64 \
+timeout 60 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" --deterministic --batches 1,16,64 \
     --ctx 512 --prefills 512 --reps 1 --json "$RESULTS/baton-deterministic.json" || true
 
 step "PyTorch/transformers, same shapes"
