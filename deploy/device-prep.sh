@@ -13,9 +13,10 @@ cd "$(dirname "$0")/.."
 DIR=${1:-build-dev}
 BUILD=${BATON_PREP_BUILD:-build-devprep}
 export PATH=/usr/local/cuda/bin:$PATH
+mkdir -p "$BUILD"
 cmake -S . -B "$BUILD" -DBATON_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_CUDA_ARCHITECTURES=90-real >"$BUILD.configure.log" 2>&1 ||
-    { tail -20 "$BUILD.configure.log"; exit 1; }
+    -DCMAKE_CUDA_ARCHITECTURES=90-real >"$BUILD/prep-configure.log" 2>&1 ||
+    { tail -20 "$BUILD/prep-configure.log"; exit 1; }
 tests="gpu_test_cuda_ops gpu_test_cuda_engine kvx_test_kvx_gpu"
 bins="baton baton-router baton-prefill baton-decode baton-colocated baton-kvbench baton-kvx-peer
       baton-bench-cuda"
