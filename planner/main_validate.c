@@ -236,6 +236,44 @@ static double loadavg(void)
     return l;
 }
 
+typedef struct {
+    uint64_t begin, end; /* PREFILL_BEGIN, PREFILL_END, ns */
+    double prompt;
+} pf_span_t;
+
+static int span_cmp(const void *a, const void *b)
+{
+    const pf_span_t *x = a, *y = b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+/* Prefill forwards and their times against the profile: the requests of one forward record
+ * their PREFILL_BEGIN and PREFILL_END within a millisecond of each other, so requests sorted by
+ * begin are grouped while both stay that close to the group's first; each group's time is
+ * compared with the profile's prediction for the whole batch (sum of lengths, sum of squares).
+ * Writes the ratios to out and returns how many. */
+static size_t forward_ratios(const bt_profile_t *prof, pf_span_t *sp, size_t n, double *out)
+{
+    const uint64_t close_ns = 1000000;
+    qsort(sp, n, sizeof *sp, span_cmp);
+    size_t n_out = 0;
+    for (size_t i = 0; i < n;) {
+        double sum = 0, sum2 = 0;
+        size_t j = i;
+        while (j < n && sp[j].begin - sp[i].begin < close_ns &&
+               (sp[j].end > sp[i].end ? sp[j].end - sp[i].end : sp[i].end - sp[j].end) < close_ns) {
+            sum += sp[j].prompt;
+            sum2 += sp[j].prompt * sp[j].prompt;
+            j++;
+        }
+        double model = bt_profile_prefill_ms(prof, sum, sum2);
+        if (model > 0)
+            out[n_out++] = (double)(sp[i].end - sp[i].begin) / 1e6 / model;
+        i = j;
+    }
+    return n_out;
+}
+
 static int one_rate(val_t *v, double rate)
 {
     size_t n = pl_workload_n(v->w);
@@ -247,16 +285,18 @@ static int one_rate(val_t *v, double rate)
     if (st != BT_OK)
         return st;
     double *tt = v->buf, *tp = v->buf + n, *scratch = v->buf + 2 * n, *pf = v->buf + 4 * n;
+    pf_span_t *spans = bt_malloc(n * sizeof *spans);
+    if (!spans)
+        return BT_ERR_NOMEM;
     size_t n_pf = 0;
     for (size_t i = 0; i < n; i++) {
         const real_req_t *q = &v->real[i];
         int ok = q->done && q->status == 0 && q->first_ms >= 0;
         tt[i] = ok ? q->first_ms - q->send_ms : -1;
         tp[i] = ok && q->n_tokens > 1 ? (q->last_ms - q->first_ms) / (q->n_tokens - 1) : 0;
-        /* stage_ev[2], [3]: PREFILL_BEGIN, PREFILL_END; the profile's time for this prompt alone */
-        double l = v->reqs[i].prompt, model = bt_profile_prefill_ms(v->prof, l, l * l);
-        if (ok && q->ev_ns[2] && q->ev_ns[3] > q->ev_ns[2] && model > 0)
-            pf[n_pf++] = (double)(q->ev_ns[3] - q->ev_ns[2]) / 1e6 / model;
+        /* stage_ev[2], [3]: PREFILL_BEGIN, PREFILL_END */
+        if (ok && q->ev_ns[2] && q->ev_ns[3] > q->ev_ns[2])
+            spans[n_pf++] = (pf_span_t){q->ev_ns[2], q->ev_ns[3], v->reqs[i].prompt};
         if (v->csv) {
             fprintf(v->csv, "%g,%zu,%.3f,%d,%d,%.3f,%.4f,%u,%d,%.3f,%.4f", rate, i,
                     v->reqs[i].arrival_ms, v->reqs[i].prompt, v->reqs[i].output, tt[i], tp[i],
@@ -270,6 +310,8 @@ static int one_rate(val_t *v, double rate)
             fputc('\n', v->csv);
         }
     }
+    n_pf = forward_ratios(v->prof, spans, n_pf, pf);
+    bt_free(spans);
     stats_t real;
     stats(tt, tp, n, v->c, scratch, &real);
     printf("| %g | %.1f%% | %.1f%% | %+.1f | %.0f / %.0f | %.0f / %.0f | %.1f / %.1f | "
