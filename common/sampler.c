@@ -30,6 +30,9 @@ struct bt_sampler {
     int32_t n_recent;
     int32_t recent_head;
     uint64_t n_drawn; /* draws so far: the position of the next sampled token */
+    int32_t n_sorted; /* cand[0, n_sorted) is in cand_cmp order (the rest: not yet) */
+    int32_t head_ids[BT_TOPK_MAX];
+    float head_vals[BT_TOPK_MAX];
 };
 
 static uint64_t splitmix64(uint64_t *x)
@@ -138,35 +141,135 @@ static int cand_cmp(const void *a, const void *b)
 
 /* Keeps candidates whose logit is within CAND_WINDOW of the maximum: the rest have relative
  * probability below e^-40 (their total stays under 1e-12 even for 128k-token vocabularies),
- * so dropping them changes no draw in practice and spares sorting the whole vocabulary. */
+ * so dropping them changes no draw in practice. */
 #define CAND_WINDOW 40.0f
+
+/* A real model's logits put most of a 128k vocabulary within the window, and sorting all of
+ * it took 15 ms a token. Candidates are sorted lazily instead: the best CAND_HEAD come sorted
+ * (bt_topk_f32, the same order), the rest follow unsorted, and a filter or the draw that walks
+ * past the sorted prefix extends it (cand_sort_more). Walks see the same sorted order either
+ * way; only the order in which a total over the unsorted tail is summed differs (rounding in
+ * the last place of a double). */
+#define CAND_HEAD BT_TOPK_MAX
 
 static int32_t cand_collect(bt_sampler_t *s, const float *logits)
 {
-    float max_l = logits[bt_argmax(logits, s->n_vocab)];
+    const int32_t nv = s->n_vocab;
+    float max_l = logits[bt_argmax(logits, nv)];
     int32_t n = 0;
-    for (int32_t i = 0; i < s->n_vocab; i++)
-        if (logits[i] >= max_l - CAND_WINDOW)
-            s->cand[n++] = (cand_t){i, logits[i]};
-    qsort(s->cand, (size_t)n, sizeof(cand_t), cand_cmp);
+    s->n_sorted = 0;
+    if (nv <= 2 * CAND_HEAD) {
+        for (int32_t i = 0; i < nv; i++)
+            if (logits[i] >= max_l - CAND_WINDOW)
+                s->cand[n++] = (cand_t){i, logits[i]};
+        qsort(s->cand, (size_t)n, sizeof(cand_t), cand_cmp);
+        s->n_sorted = n;
+        return n;
+    }
+    bt_topk_f32(logits, nv, CAND_HEAD, s->head_ids, s->head_vals);
+    while (n < CAND_HEAD && s->head_vals[n] >= max_l - CAND_WINDOW) {
+        s->cand[n] = (cand_t){s->head_ids[n], s->head_vals[n]};
+        n++;
+    }
+    s->n_sorted = n;
+    if (n < CAND_HEAD || (s->p.top_k > 0 && s->p.top_k <= n))
+        return n; /* the window ends inside the head, or top-k does */
+    /* The tail: the window's candidates that rank after the head's last. */
+    const cand_t last = s->cand[CAND_HEAD - 1];
+    for (int32_t i = 0; i < nv; i++) {
+        cand_t c = {i, logits[i]};
+        if (logits[i] >= max_l - CAND_WINDOW && cand_cmp(&c, &last) > 0)
+            s->cand[n++] = c;
+    }
     return n;
+}
+
+/* Candidate i's weight relative to the best at a temperature: exp((logit - max) / temp), in
+ * float (a whole vocabulary of them is summed for every draw without top-k). */
+static double cand_weight(const bt_sampler_t *s, int32_t i, float temp)
+{
+    return (double)expf((s->cand[i].logit - s->cand[0].logit) / temp);
+}
+
+static void cand_swap(cand_t *c, int32_t i, int32_t j)
+{
+    cand_t t = c[i];
+    c[i] = c[j];
+    c[j] = t;
+}
+
+/* Moves the k best of c[0, n) (cand_cmp order, a strict total order) to c[0, k), unordered:
+ * quickselect with a median-of-three pivot. */
+static void cand_select(cand_t *c, int32_t n, int32_t k)
+{
+    int32_t lo = 0, hi = n - 1, t = k - 1;
+    while (lo < hi) {
+        int32_t mid = lo + (hi - lo) / 2;
+        if (cand_cmp(&c[mid], &c[lo]) < 0)
+            cand_swap(c, lo, mid);
+        if (cand_cmp(&c[hi], &c[lo]) < 0)
+            cand_swap(c, lo, hi);
+        if (cand_cmp(&c[hi], &c[mid]) < 0)
+            cand_swap(c, mid, hi);
+        const cand_t pivot = c[mid];
+        int32_t i = lo, j = hi;
+        while (i <= j) {
+            while (cand_cmp(&c[i], &pivot) < 0)
+                i++;
+            while (cand_cmp(&c[j], &pivot) > 0)
+                j--;
+            if (i <= j)
+                cand_swap(c, i++, j--);
+        }
+        if (t <= j)
+            hi = j;
+        else if (t >= i)
+            lo = i;
+        else
+            break;
+    }
+}
+
+/* Extends the sorted prefix of cand[0, n) once a walk reaches its end: the next best of the
+ * tail, as many as are sorted already (at least CAND_HEAD), selected, sorted and given their
+ * weights (cand_weight). Doubling keeps a walk that goes far linear. */
+static void cand_sort_more(bt_sampler_t *s, int32_t n, float temp)
+{
+    int32_t from = s->n_sorted, k = from > CAND_HEAD ? from : CAND_HEAD;
+    if (from >= n)
+        return;
+    if (k >= n - from)
+        k = n - from;
+    else
+        cand_select(s->cand + from, n - from, k);
+    qsort(s->cand + from, (size_t)k, sizeof(cand_t), cand_cmp);
+    s->n_sorted = from + k;
+    for (int32_t i = from; i < from + k; i++)
+        s->w[i] = cand_weight(s, i, temp);
 }
 
 /* Probabilities at temperature 1 (top-p and min-p see them before temperature, as in
  * llama.cpp), relative to the most likely candidate. */
 static int32_t cand_filter(bt_sampler_t *s, int32_t n)
 {
-    double max_l = s->cand[0].logit, total = 0;
-    if (s->p.top_k > 0 && s->p.top_k < n)
+    double total = 0;
+    if (s->p.top_k > 0 && s->p.top_k < n) {
+        while (s->n_sorted < s->p.top_k) /* the best top_k of all n, in order */
+            cand_sort_more(s, n, 1.0f);
         n = s->p.top_k;
+    }
+    if (!(s->p.top_p > 0 && s->p.top_p < 1) && !(s->p.min_p > 0))
+        return n; /* no filter needs the weights at temperature 1 */
     for (int32_t i = 0; i < n; i++) {
-        s->w[i] = exp((double)s->cand[i].logit - max_l);
+        s->w[i] = cand_weight(s, i, 1.0f);
         total += s->w[i];
     }
     if (s->p.top_p > 0 && s->p.top_p < 1) {
         double cum = 0;
         int32_t keep = 0;
         while (keep < n) {
+            if (keep == s->n_sorted)
+                cand_sort_more(s, n, 1.0f);
             cum += s->w[keep++] / total;
             if (cum >= s->p.top_p)
                 break;
@@ -175,8 +278,13 @@ static int32_t cand_filter(bt_sampler_t *s, int32_t n)
     }
     if (s->p.min_p > 0) {
         int32_t keep = 1;
-        while (keep < n && s->w[keep] >= s->p.min_p)
+        while (keep < n) {
+            if (keep == s->n_sorted)
+                cand_sort_more(s, n, 1.0f);
+            if (s->w[keep] < s->p.min_p)
+                break;
             keep++;
+        }
         n = keep;
     }
     return n;
@@ -187,12 +295,13 @@ void bt_sampler_set_position(bt_sampler_t *s, uint64_t n_drawn)
     s->n_drawn = n_drawn;
 }
 
-/* The seeded draw among the first n candidates at the temperature. */
+/* The seeded draw among the first n candidates at the temperature, walking them in sorted
+ * order. */
 static int32_t cand_draw(bt_sampler_t *s, int32_t n)
 {
     double sum = 0;
     for (int32_t i = 0; i < n; i++) {
-        s->w[i] = exp(((double)s->cand[i].logit - s->cand[0].logit) / s->p.temperature);
+        s->w[i] = cand_weight(s, i, s->p.temperature);
         sum += s->w[i];
     }
     double r = rng_uniform(s) * sum;
@@ -200,6 +309,8 @@ static int32_t cand_draw(bt_sampler_t *s, int32_t n)
     if (n <= 0) /* NaN logits leave no candidate: nothing sensible to draw */
         return 0;
     for (int32_t i = 0; i < n; i++) {
+        if (i == s->n_sorted)
+            cand_sort_more(s, n, s->p.temperature);
         if (r < s->w[i])
             return s->cand[i].id;
         r -= s->w[i];
@@ -243,5 +354,6 @@ int32_t bt_sampler_sample_top(bt_sampler_t *s, const int32_t *ids, const float *
     int32_t m = 0;
     for (; m < n && vals[m] >= vals[0] - CAND_WINDOW; m++)
         s->cand[m] = (cand_t){ids[m], vals[m]};
+    s->n_sorted = m;
     return cand_draw(s, cand_filter(s, m));
 }

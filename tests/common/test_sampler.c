@@ -7,6 +7,7 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/alloc.h"
@@ -255,6 +256,65 @@ static void test_sampler_top_candidates_draw_the_same(void **state)
     bt_free(row);
 }
 
+static const float *sort_ref_l;
+
+static int sort_ref_cmp(const void *a, const void *b)
+{
+    int32_t i = *(const int32_t *)a, j = *(const int32_t *)b;
+    float x = sort_ref_l[i], y = sort_ref_l[j];
+    if (x != y)
+        return x < y ? 1 : -1;
+    return i < j ? -1 : i > j;
+}
+
+/* A 20,000-token vocabulary whose logits all sit within the sampler's window, so its
+ * candidates are sorted lazily (a sorted head, the tail sorted only when a walk reaches it):
+ * every setting draws what the same sampler draws from the whole list sorted up front,
+ * including settings that walk deep into the tail (top-p 0.99, top-k 1000, no filter). */
+static void test_sampler_lazy_sort_draws_the_same(void **state)
+{
+    enum { NV = 20000 };
+    float *l = bt_malloc(NV * sizeof(float)), *row = bt_malloc(NV * sizeof(float)),
+          *vals = bt_malloc(NV * sizeof(float));
+    int32_t *ids = bt_malloc(NV * sizeof(int32_t));
+    const bt_sampler_params_t ps[] = {
+        {.temperature = 0.8f, .seed = 1},
+        {.temperature = 1.0f, .top_p = 0.9f, .seed = 2},
+        {.temperature = 1.5f, .top_p = 0.99f, .seed = 3},
+        {.temperature = 1.0f, .top_p = 0.5f, .min_p = 0.05f, .seed = 4},
+        {.temperature = 1.2f, .top_k = 1000, .seed = 5},
+        {.temperature = 0.7f, .min_p = 0.001f, .seed = 6},
+    };
+    uint32_t x = 99;
+    for (size_t pi = 0; pi < sizeof ps / sizeof ps[0]; pi++) {
+        bt_sampler_t *a = NULL, *b = NULL;
+        assert_int_equal(bt_sampler_create(&ps[pi], NV, &a), BT_OK);
+        assert_int_equal(bt_sampler_create(&ps[pi], NV, &b), BT_OK);
+        for (uint32_t step = 0; step < 40; step++) {
+            for (int32_t i = 0; i < NV; i++) /* a spread of 8 logits: all within the window */
+                l[i] = (float)(lcg(&x) % 8000) / 1000.0f;
+            for (int k = 0; k < 5; k++)
+                l[lcg(&x) % NV] = 9.0f + (float)k * 0.25f;
+            memcpy(row, l, NV * sizeof(float));
+            for (int32_t i = 0; i < NV; i++)
+                ids[i] = i;
+            sort_ref_l = l;
+            qsort(ids, NV, sizeof(int32_t), sort_ref_cmp);
+            for (int32_t i = 0; i < NV; i++)
+                vals[i] = l[ids[i]];
+            bt_sampler_set_position(a, step);
+            bt_sampler_set_position(b, step);
+            assert_int_equal(bt_sampler_sample(a, row), bt_sampler_sample_top(b, ids, vals, NV));
+        }
+        bt_sampler_destroy(a);
+        bt_sampler_destroy(b);
+    }
+    bt_free(l);
+    bt_free(row);
+    bt_free(vals);
+    bt_free(ids);
+}
+
 /* What a batch asks the engine for: 1 while every sequence is greedy, the largest top_k, and 0
  * (whole rows) once one needs them: a penalty, top-k off, or more than BT_TOPK_MAX. */
 static void test_sampler_cands_merge(void **state)
@@ -329,6 +389,7 @@ int main(void)
         cmocka_unit_test(test_sampler_rejects_bad_params),
         cmocka_unit_test(test_sampler_top_candidates_draw_the_same),
         cmocka_unit_test(test_sampler_cands_merge),
+        cmocka_unit_test(test_sampler_lazy_sort_draws_the_same),
         cmocka_unit_test(test_sampler_nan_row_gives_a_valid_token),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
