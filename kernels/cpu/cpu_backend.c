@@ -35,9 +35,16 @@ static void cpu_destroy(void *ctx)
     free(c);
 }
 
+/* Large buffers (a KV pool) start on a page: a pool that owns all its pages can be shared
+ * with a same-host peer whole (kvx maps it; a partial first page had to be read with a system
+ * call on every transfer that touched it), and kernel copies out of it run at full speed. */
 static void *cpu_alloc(void *ctx, size_t size_bytes)
 {
-    return bt_cpu_aligned_alloc(size_bytes);
+    long page = sysconf(_SC_PAGESIZE);
+    if (size_bytes < ((size_t)1 << 20) || page <= 64)
+        return bt_cpu_aligned_alloc(size_bytes);
+    void *p = NULL;
+    return posix_memalign(&p, (size_t)page, size_bytes) == 0 ? p : NULL;
 }
 
 static void cpu_free(void *ctx, void *ptr)
