@@ -3,7 +3,7 @@
  * bench_sampler.c - host sampling cost per token on a large vocabulary: the sampler on the whole
  * row of logits (what a daemon does when a batch's sampling needs the rows) against the sampler
  * on the row's top-k candidates (what it does when the engine hands back candidates), with the
- * tokens of both compared.
+ * tokens of both compared; then a batch of whole rows on one core and across the cores.
  *
  *   baton-bench-sampler [--vocab N] [--tokens N] [--sd X]
  *
@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "common/alloc.h"
+#include "common/parfor.h"
 #include "common/sampler.h"
 #include "common/status.h"
 #include "kernels/kernels.h"
@@ -86,6 +87,60 @@ static int run(const char *what, bt_sampler_params_t p, int32_t nv, int n_tok, f
     return 0;
 }
 
+typedef struct {
+    bt_sampler_t **smp;
+    float *rows;
+    int32_t nv;
+} batch_t;
+
+static void sample_row(void *arg, int i)
+{
+    batch_t *b = arg;
+    bt_sampler_sample(b->smp[i], b->rows + (size_t)i * b->nv);
+}
+
+/* A batch of whole rows sampled one after another, then across the cores (bt_parfor, as the
+ * daemons' batcher does). */
+static int run_batch(int32_t nv, int batch, int n_steps, float sd)
+{
+    float *src = bt_malloc((size_t)batch * nv * sizeof(float)),
+          *rows = bt_malloc((size_t)batch * nv * sizeof(float));
+    bt_sampler_t **smp = bt_calloc((size_t)batch, sizeof *smp);
+    bt_parfor_t *par = NULL;
+    if (!src || !rows || !smp || bt_parfor_create(0, &par) != BT_OK)
+        return 1;
+    bt_sampler_params_t p = {.temperature = 0.8f, .seed = 5};
+    for (int i = 0; i < batch; i++)
+        if (bt_sampler_create(&p, nv, &smp[i]) != BT_OK)
+            return 1;
+    uint32_t x = 3;
+    for (int i = 0; i < batch; i++)
+        fill(src + (size_t)i * nv, nv, sd, &x);
+    batch_t b = {smp, rows, nv};
+    double t_seq = 0, t_par = 0;
+    for (int s = 0; s < n_steps; s++) {
+        memcpy(rows, src, (size_t)batch * nv * sizeof(float));
+        double t0 = now_ms();
+        for (int i = 0; i < batch; i++)
+            sample_row(&b, i);
+        double t1 = now_ms();
+        memcpy(rows, src, (size_t)batch * nv * sizeof(float));
+        double t2 = now_ms();
+        bt_parfor_run(par, batch, sample_row, &b);
+        t_seq += t1 - t0;
+        t_par += now_ms() - t2;
+    }
+    printf("batch of %d whole rows, temp 0.8: %.2f ms a step on one core, %.2f ms on %d\n", batch,
+           t_seq / n_steps, t_par / n_steps, 1 + bt_parfor_threads(par));
+    for (int i = 0; i < batch; i++)
+        bt_sampler_destroy(smp[i]);
+    bt_parfor_destroy(par);
+    bt_free(smp);
+    bt_free(src);
+    bt_free(rows);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int32_t nv = 128256;
@@ -120,5 +175,6 @@ int main(int argc, char **argv)
               nv, n_tok, sd);
     rc |= run("top-k 256, temp 1.0",
               (bt_sampler_params_t){.temperature = 1.0f, .top_k = 256, .seed = 4}, nv, n_tok, sd);
+    rc |= run_batch(nv, 16, 10, sd);
     return rc;
 }

@@ -14,6 +14,7 @@
 #include "alloc.h"
 #include "btassert.h"
 #include "log.h"
+#include "parfor.h"
 #include "reqtable.h"
 #include "sched_decode.h"
 #include "seqgen.h"
@@ -38,6 +39,8 @@ struct bt_batcher {
     bt_sched_item_t **preempted; /* (max_requests) plan */
     bt_batch_seq_t *batch;       /* (max_batch_seqs) */
     bt_engine_out_t out;         /* (max_batch_seqs) rows: logits, greedy ids or top-k */
+    bt_seqgen_step_t *steps;     /* (max_batch_seqs) tokens sampled ahead, in parallel */
+    bt_parfor_t *par;            /* helpers for sampling whole rows; NULL: one core */
     bt_batcher_rows_t *rows;     /* (max_batch_seqs) what a forward computes, for the hooks */
 };
 
@@ -64,7 +67,9 @@ int bt_batcher_create(const bt_batcher_params_t *p, bt_batcher_t **out)
     b->preempted = bt_malloc((size_t)p->max_requests * sizeof *b->preempted);
     b->batch = bt_malloc(n * sizeof *b->batch);
     b->rows = bt_malloc(n * sizeof *b->rows);
-    if (!b->run || !b->preempted || !b->batch || !b->rows ||
+    b->steps = bt_malloc(n * sizeof *b->steps);
+    if (!b->run || !b->preempted || !b->batch || !b->rows || !b->steps ||
+        bt_parfor_create(0, &b->par) != BT_OK ||
         bt_engine_out_init(&b->out, p->max_batch_seqs, b->model->hp.n_vocab) != BT_OK) {
         bt_batcher_destroy(b);
         return BT_ERR_NOMEM;
@@ -94,6 +99,8 @@ void bt_batcher_destroy(bt_batcher_t *b)
     bt_reqtable_fini(&b->seqs);
     bt_free(b->rows);
     bt_engine_out_fini(&b->out);
+    bt_parfor_destroy(b->par);
+    bt_free(b->steps);
     bt_free(b->batch);
     bt_free(b->preempted);
     bt_free(b->run);
@@ -275,12 +282,11 @@ static void seq_begin(seq_t *s)
                  0);
 }
 
-/* Samples s's next token from row i of the forward's output, streams it, and ends s at a stop
+/* Streams s's next token (st, sampled from its row of the forward) and ends s at a stop
  * condition. */
-static void seq_advance(bt_batcher_t *b, bt_worker_t *w, seq_t *s, int32_t i)
+static void seq_advance(bt_batcher_t *b, bt_worker_t *w, seq_t *s, const bt_seqgen_step_t *st_in)
 {
-    bt_seqgen_step_t st;
-    bt_seqgen_sample_row(s->gen, &b->out, i, b->model->hp.n_vocab, &st);
+    const bt_seqgen_step_t st = *st_in;
     int prefilled = 0;
     if (!s->decoding) { /* colocated: this was the prefill */
         bt_req_event(s->req, BATON__EVENT_KIND__PREFILL_END, 0);
@@ -298,6 +304,14 @@ static void seq_advance(bt_batcher_t *b, bt_worker_t *w, seq_t *s, int32_t i)
         return;
     }
     s->item.n_total = bt_seqgen_len(s->gen);
+}
+
+/* Samples row i of the forward for the plan's i-th sequence (any thread). */
+static void sample_one(void *arg, int i)
+{
+    bt_batcher_t *b = arg;
+    seq_t *s = SEQ_OF(b->run[i]);
+    bt_seqgen_sample_row(s->gen, &b->out, i, b->model->hp.n_vocab, &b->steps[i]);
 }
 
 /* One forward of the plan's rows, into what their sampling needs (b->out.k). */
@@ -374,6 +388,12 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
         b->p.hooks.planned(b->p.hooks.arg, w, b->rows, n_run,
                            n_run == 1 && rows > bt_engine_max_batch_tokens(b->p.engine));
     int st = forward_plan(b, n_run);
+    /* Whole rows cost about a millisecond each to sample on a large vocabulary: sample them
+     * on every core first (each sequence's sampler and text are its own), then stream in
+     * order. Greedy and top-k rows are cheap and stay on this thread. */
+    int sampled = st == BT_OK && b->out.k == 0 && n_run > 1 && b->par;
+    if (sampled)
+        bt_parfor_run(b->par, n_run, sample_one, b);
     bt_worker_hold(w);
     if (st == BT_OK && b->p.hooks.rows)
         b->p.hooks.rows(b->p.hooks.arg, w, b->rows, n_run);
@@ -387,7 +407,9 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
             seq_finish(b, w, s, BATON__FINISH_REASON__FINISH_FAILED, st, "forward failed");
             continue;
         }
-        seq_advance(b, w, s, i);
+        if (!sampled)
+            bt_seqgen_sample_row(s->gen, &b->out, i, b->model->hp.n_vocab, &b->steps[i]);
+        seq_advance(b, w, s, &b->steps[i]);
     }
     bt_worker_flush(w);
     return BT_OK;
