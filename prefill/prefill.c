@@ -30,6 +30,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/parfor.h"
 #include "common/reqtable.h"
 #include "common/rpc.h"
 #include "common/sampler.h"
@@ -88,6 +89,10 @@ struct bt_prefill {
     bt_sched_item_t **picked; /* (max_batch_seqs) */
     bt_batch_seq_t *batch;    /* (max_batch_seqs) */
     bt_engine_out_t out;      /* (max_batch_seqs) rows: logits, greedy ids or top-k */
+    bt_seqgen_t **gens;       /* (max_batch_seqs) first-token samplers of the forward */
+    bt_seqgen_step_t *steps;  /* (max_batch_seqs) their first tokens */
+    int *gen_st;              /* (max_batch_seqs) status of creating each */
+    bt_parfor_t *par;         /* helpers for sampling whole rows; NULL: one core */
     int64_t unshipped_blocks;
     int32_t n_shipping;
     pf_req_t **hooked; /* (max_batch_seqs) streamed prompts completing in the running forward */
@@ -128,7 +133,11 @@ int bt_prefill_create(const bt_prefill_params_t *p, bt_prefill_t **out)
     pf->picked = bt_malloc(n * sizeof *pf->picked);
     pf->batch = bt_malloc(n * sizeof *pf->batch);
     pf->hooked = bt_malloc(n * sizeof *pf->hooked);
-    if (!pf->picked || !pf->batch || !pf->hooked ||
+    pf->gens = bt_calloc(n, sizeof *pf->gens);
+    pf->steps = bt_malloc(n * sizeof *pf->steps);
+    pf->gen_st = bt_malloc(n * sizeof *pf->gen_st);
+    if (!pf->picked || !pf->batch || !pf->hooked || !pf->gens || !pf->steps || !pf->gen_st ||
+        bt_parfor_create(0, &pf->par) != BT_OK ||
         bt_engine_out_init(&pf->out, p->max_batch_seqs, pf->model->hp.n_vocab) != BT_OK) {
         bt_prefill_destroy(pf);
         return BT_ERR_NOMEM;
@@ -170,6 +179,10 @@ void bt_prefill_destroy(bt_prefill_t *pf)
     bt_reqtable_fini(&pf->ships);
     bt_free(pf->hooked);
     bt_engine_out_fini(&pf->out);
+    bt_parfor_destroy(pf->par);
+    bt_free(pf->gens);
+    bt_free(pf->steps);
+    bt_free(pf->gen_st);
     bt_free(pf->batch);
     bt_free(pf->picked);
     pthread_mutex_destroy(&pf->stream_mu);
@@ -339,18 +352,29 @@ static void pf_fail(bt_prefill_t *pf, bt_worker_t *w, pf_req_t *r, int32_t statu
     }
 }
 
-/* Samples r's first token from row i of the forward's output, sends FIRST_TOKEN, and ships the
- * KV (or, streamed, sends the token after it). */
+/* Samples the first token of the forward's i-th request from its row into pf->steps[i] (any
+ * thread: each request's sampler is its own). */
+static void pf_sample_first(void *arg, int i)
+{
+    bt_prefill_t *pf = arg;
+    pf_req_t *r = PF_OF(pf->picked[i]);
+    pf->gens[i] = NULL;
+    pf->gen_st[i] = bt_seqgen_create(r->req, pf->model->tok, pf->model->hp.n_vocab, &pf->gens[i]);
+    if (pf->gen_st[i] == BT_OK)
+        bt_seqgen_sample_row(pf->gens[i], &pf->out, i, pf->model->hp.n_vocab, &pf->steps[i]);
+}
+
+/* Sends the i-th request's first token (pf_sample_first) as FIRST_TOKEN, and ships the KV
+ * (or, streamed, sends the token after it). */
 static void pf_first_token(bt_prefill_t *pf, bt_worker_t *w, pf_req_t *r, int32_t i)
 {
-    bt_seqgen_t *g = NULL;
-    int st = bt_seqgen_create(r->req, pf->model->tok, pf->model->hp.n_vocab, &g);
-    if (st != BT_OK) {
-        pf_fail(pf, w, r, st, "cannot sample");
+    bt_seqgen_t *g = pf->gens[i];
+    pf->gens[i] = NULL;
+    if (pf->gen_st[i] != BT_OK) {
+        pf_fail(pf, w, r, pf->gen_st[i], "cannot sample");
         return;
     }
-    bt_seqgen_step_t s;
-    bt_seqgen_sample_row(g, &pf->out, i, pf->model->hp.n_vocab, &s);
+    const bt_seqgen_step_t s = pf->steps[i];
     r->has_first = 1;
     bt_req_event(r->req, BATON__EVENT_KIND__PREFILL_END, 0);
     if (r->req->skip_tokens == 0) /* a replay does not send what the client has */
@@ -475,6 +499,13 @@ static int pf_step(void *ctx, bt_worker_t *w)
     int st = n > 0 && pf->p.layerwise ? pf_stream_start(pf, w, n) : BT_OK;
     if (st == BT_OK && n > 0)
         st = pf_forward(pf, n);
+    /* Whole rows cost about a millisecond each to sample on a large vocabulary: on every core
+     * when there are several; greedy and top-k rows are cheap. */
+    if (st == BT_OK && n > 1 && pf->out.k == 0)
+        bt_parfor_run(pf->par, n, pf_sample_first, pf);
+    else if (st == BT_OK)
+        for (int32_t i = 0; i < n; i++)
+            pf_sample_first(pf, i);
     bt_worker_hold(w);
     for (int32_t i = 0; i < n; i++) {
         pf_req_t *r = PF_OF(pf->picked[i]);

@@ -156,6 +156,60 @@ static void test_cluster_1p1d_matches_engine(void **state)
     run_equivalence(*state, 1, 1, 0);
 }
 
+/* Request i's sampling: greedy, whole rows (temperature alone; top-p), and top-k. */
+static Baton__SamplingParams sampling_of(int i)
+{
+    Baton__SamplingParams sp = BATON__SAMPLING_PARAMS__INIT;
+    sp.seed = 7 + (uint64_t)i;
+    switch (i % 4) {
+    case 0: break;
+    case 1: sp.temperature = 0.9f; break;
+    case 2: sp.temperature = 1.2f, sp.top_p = 0.8f; break;
+    default: sp.temperature = 0.8f, sp.top_k = 20;
+    }
+    return sp;
+}
+
+/* Sampled requests all at once through 1 prefill + 1 decode: the prefill daemon samples first
+ * tokens of whole-row batches on several threads, the decode daemon continues from the same
+ * seeded position; every request gets what its own sampler draws from whole rows alone. */
+static void test_cluster_1p1d_sampling_matches_engine(void **state)
+{
+    cluster_fixture_t *f = *state;
+    need_daemons(1, 1);
+    bt_cluster_t c;
+    assert_int_equal(bt_cluster_start(&c, f->tiny, 1, 1, 0, NULL), 0);
+    bt_client_t *cl = connect_client(&c);
+    bt_client_result_t *res[N_PROMPTS] = {0};
+    int32_t prompt[256], want[64];
+    for (int i = 0; i < N_PROMPTS; i++) {
+        Baton__SamplingParams sp = sampling_of(i);
+        bt_test_prompt((uint32_t)i, prompt_len(i), 512, prompt);
+        bt_client_gen_params_t p = {.prompt_ids = prompt,
+                                    .n_prompt_ids = (size_t)prompt_len(i),
+                                    .max_tokens = 16,
+                                    .temperature = sp.temperature,
+                                    .top_k = sp.top_k,
+                                    .top_p = sp.top_p,
+                                    .seed = sp.seed,
+                                    .request_id = 1 + (uint64_t)i};
+        assert_int_equal(bt_client_submit(cl, &p, NULL), BT_CLIENT_OK);
+    }
+    collect(cl, 0, N_PROMPTS, res);
+    for (int i = 0; i < N_PROMPTS; i++) {
+        Baton__SamplingParams sp = sampling_of(i);
+        bt_test_prompt((uint32_t)i, prompt_len(i), 512, prompt);
+        int nw = bt_test_ref_run_sampled(f->ref_tiny, prompt, prompt_len(i), 16, &sp, 0, want);
+        assert_int_equal(res[i]->status, 0);
+        assert_int_equal((int)res[i]->n_ids, nw);
+        assert_memory_equal(res[i]->ids, want, (size_t)nw * sizeof(int32_t));
+        bt_client_result_free(res[i]);
+    }
+    bt_client_close(cl);
+    if (bt_cluster_stop(&c) != 0)
+        bt_cluster_dump_logs(&c);
+}
+
 /* Half-width KV caches: shipped between the daemons as they are, same tokens as the engine with
  * the same cache type. */
 static void test_cluster_kv_f16_bf16_match_engine(void **state)
@@ -493,6 +547,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cluster_1p1d_matches_engine),
+        cmocka_unit_test(test_cluster_1p1d_sampling_matches_engine),
         cmocka_unit_test(test_cluster_kv_f16_bf16_match_engine),
         cmocka_unit_test(test_cluster_2p2d_matches_engine),
         cmocka_unit_test(test_cluster_colocated_matches_engine),
