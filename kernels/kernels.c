@@ -233,12 +233,27 @@ static int topk_before(uint32_t ka, int32_t ia, uint32_t kb, int32_t ib)
 
 /* A sorted list of the best k so far (keys beside ids, values read back at the end); an entry
  * enters only if its key beats the last one's, since it comes after it in index order. Random
- * logits rarely do, so the scan is one compare per element. */
+ * logits rarely do: once the list is full, blocks of 16 values are first checked for any
+ * above the last entry's value with a plain float compare (branch-free, so it vectorizes),
+ * and only a block with one goes through the keys. Float order agrees with key order except
+ * for NaN, which never passes the compare and ranks last anyway; while the last entry is a NaN
+ * the compare is not used. */
 void bt_topk_f32(const float *x, int64_t n, int32_t k, int32_t *ids, float *vals)
 {
+    enum { BLOCK = 16 };
     uint32_t keys[BT_TOPK_MAX];
     int32_t have = 0;
     for (int64_t i = 0; i < n; i++) {
+        if (have == k && keys[k - 1] != 0 && (i % BLOCK) == 0 && i + BLOCK <= n) {
+            const float thr = x[ids[k - 1]];
+            int any = 0;
+            for (int j = 0; j < BLOCK; j++)
+                any |= x[i + j] > thr;
+            if (!any) {
+                i += BLOCK - 1;
+                continue;
+            }
+        }
         uint32_t key = bt_topk_key(x[i]);
         if (have == k && key <= keys[k - 1])
             continue;
