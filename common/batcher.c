@@ -39,7 +39,7 @@ struct bt_batcher {
     bt_sched_item_t **preempted; /* (max_requests) plan */
     bt_batch_seq_t *batch;       /* (max_batch_seqs) */
     bt_engine_out_t out;         /* (max_batch_seqs) rows: logits, greedy ids or top-k */
-    bt_seqgen_step_t *steps;     /* (max_batch_seqs) tokens sampled ahead, in parallel */
+    bt_seqgen_step_t *steps;     /* (max_batch_seqs) the forward's tokens, sampled first */
     bt_parfor_t *par;            /* helpers for sampling whole rows; NULL: one core */
     bt_batcher_rows_t *rows;     /* (max_batch_seqs) what a forward computes, for the hooks */
 };
@@ -388,12 +388,11 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
         b->p.hooks.planned(b->p.hooks.arg, w, b->rows, n_run,
                            n_run == 1 && rows > bt_engine_max_batch_tokens(b->p.engine));
     int st = forward_plan(b, n_run);
-    /* Whole rows cost about a millisecond each to sample on a large vocabulary: sample them
-     * on every core first (each sequence's sampler and text are its own), then stream in
-     * order. Greedy and top-k rows are cheap and stay on this thread. */
-    int sampled = st == BT_OK && b->out.k == 0 && n_run > 1 && b->par;
-    if (sampled)
-        bt_parfor_run(b->par, n_run, sample_one, b);
+    /* Every sequence's token first, then streamed in order. Whole rows cost about a
+     * millisecond each to sample on a large vocabulary: they go to every core (each sequence's
+     * sampler and text are its own); greedy and top-k rows are cheap and stay on this thread. */
+    if (st == BT_OK)
+        bt_parfor_run(b->out.k == 0 ? b->par : NULL, n_run, sample_one, b);
     bt_worker_hold(w);
     if (st == BT_OK && b->p.hooks.rows)
         b->p.hooks.rows(b->p.hooks.arg, w, b->rows, n_run);
@@ -407,8 +406,6 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
             seq_finish(b, w, s, BATON__FINISH_REASON__FINISH_FAILED, st, "forward failed");
             continue;
         }
-        if (!sampled)
-            bt_seqgen_sample_row(s->gen, &b->out, i, b->model->hp.n_vocab, &b->steps[i]);
         seq_advance(b, w, s, &b->steps[i]);
     }
     bt_worker_flush(w);

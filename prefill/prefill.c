@@ -499,13 +499,10 @@ static int pf_step(void *ctx, bt_worker_t *w)
     int st = n > 0 && pf->p.layerwise ? pf_stream_start(pf, w, n) : BT_OK;
     if (st == BT_OK && n > 0)
         st = pf_forward(pf, n);
-    /* Whole rows cost about a millisecond each to sample on a large vocabulary: on every core
-     * when there are several; greedy and top-k rows are cheap. */
-    if (st == BT_OK && n > 1 && pf->out.k == 0)
-        bt_parfor_run(pf->par, n, pf_sample_first, pf);
-    else if (st == BT_OK)
-        for (int32_t i = 0; i < n; i++)
-            pf_sample_first(pf, i);
+    /* Whole rows cost about a millisecond each to sample on a large vocabulary: on every core;
+     * greedy and top-k rows are cheap and stay on this thread. */
+    if (st == BT_OK)
+        bt_parfor_run(pf->out.k == 0 ? pf->par : NULL, n, pf_sample_first, pf);
     bt_worker_hold(w);
     for (int32_t i = 0; i < n; i++) {
         pf_req_t *r = PF_OF(pf->picked[i]);

@@ -89,20 +89,24 @@ static int prompt_len(int i)
     return 1 + (i * 37) % 200;
 }
 
-/* Assigns n prompts of varied lengths and checks every token against the engine alone. */
+/* Assigns n prompts of varied lengths, request i with sampling sp[i] (sp NULL: all greedy), and
+ * checks every token against what the engine alone gives with that sampler on whole rows. */
 static void expect_reference_tokens(colo_fixture_t *f, int n, uint64_t rid0, int max_tokens,
-                                    int (*len_of)(int))
+                                    int (*len_of)(int), const Baton__SamplingParams *sp)
 {
     bt_test_ref_t *ref = bt_test_ref_open(f->model);
     assert_non_null(ref);
     int32_t prompt[300], want[64];
+    assert_true(max_tokens <= 64);
     for (int i = 0; i < n; i++) {
+        f->r.sampling = sp ? &sp[i] : NULL;
         bt_test_prompt((uint32_t)i, len_of(i), 512, prompt);
         assert_int_equal(fake_router_assign(&f->r, f->id, rid0 + (uint64_t)i,
                                             BATON__ROLE__COLOCATED, prompt, len_of(i), max_tokens,
                                             0),
                          0);
     }
+    f->r.sampling = NULL;
     for (int i = 0; i < n; i++) {
         uint64_t rid = rid0 + (uint64_t)i;
         if (!fake_router_wait_done(&f->r, rid, 60000))
@@ -111,7 +115,8 @@ static void expect_reference_tokens(colo_fixture_t *f, int n, uint64_t rid0, int
         assert_int_equal(q->done, 1);
         assert_int_equal(q->done_status, 0);
         bt_test_prompt((uint32_t)i, len_of(i), 512, prompt);
-        int nw = bt_test_ref_run(ref, prompt, len_of(i), max_tokens, 0, want);
+        int nw = bt_test_ref_run_sampled(ref, prompt, len_of(i), max_tokens, sp ? &sp[i] : NULL, 0,
+                                         want);
         assert_int_equal(q->n_ids, nw);
         assert_memory_equal(q->ids, want, (size_t)nw * sizeof(int32_t));
         assert_int_equal(q->first_seen, 1);
@@ -124,7 +129,7 @@ static void test_colocated_matches_engine(void **state)
 {
     colo_fixture_t *f = *state;
     assert_int_equal(colo_start(f, "4M", NULL), 0);
-    expect_reference_tokens(f, 50, 1000, 24, prompt_len);
+    expect_reference_tokens(f, 50, 1000, 24, prompt_len, NULL);
 }
 
 /* Requests with every kind of sampling at once, so that forwards mix greedy rows, top-k rows
@@ -134,9 +139,8 @@ static void test_colocated_sampling_matches_engine(void **state)
 {
     colo_fixture_t *f = *state;
     assert_int_equal(colo_start(f, "4M", NULL), 0);
-    enum { N = 25, MAX_TOKENS = 20 };
+    enum { N = 25 };
     Baton__SamplingParams sp[N];
-    int32_t prompt[300], want[MAX_TOKENS];
     for (int i = 0; i < N; i++) {
         sp[i] = (Baton__SamplingParams)BATON__SAMPLING_PARAMS__INIT;
         sp[i].seed = 100 + (uint64_t)i;
@@ -147,29 +151,8 @@ static void test_colocated_sampling_matches_engine(void **state)
         case 3: sp[i].temperature = 0.7f; break; /* whole rows */
         default: sp[i].temperature = 1.0f, sp[i].top_k = 20, sp[i].repeat_penalty = 1.3f;
         }
-        f->r.sampling = &sp[i];
-        bt_test_prompt((uint32_t)i, prompt_len(i), 512, prompt);
-        assert_int_equal(fake_router_assign(&f->r, f->id, 3000 + (uint64_t)i,
-                                            BATON__ROLE__COLOCATED, prompt, prompt_len(i),
-                                            MAX_TOKENS, 0),
-                         0);
     }
-    f->r.sampling = NULL;
-    bt_test_ref_t *ref = bt_test_ref_open(f->model);
-    assert_non_null(ref);
-    for (int i = 0; i < N; i++) {
-        uint64_t rid = 3000 + (uint64_t)i;
-        if (!fake_router_wait_done(&f->r, rid, 60000))
-            bt_proc_dump_log(&f->proc);
-        fake_req_t *q = fake_router_req(&f->r, rid);
-        assert_int_equal(q->done, 1);
-        assert_int_equal(q->done_status, 0);
-        bt_test_prompt((uint32_t)i, prompt_len(i), 512, prompt);
-        int nw = bt_test_ref_run_sampled(ref, prompt, prompt_len(i), MAX_TOKENS, &sp[i], 0, want);
-        assert_int_equal(q->n_ids, nw);
-        assert_memory_equal(q->ids, want, (size_t)nw * sizeof(int32_t));
-    }
-    bt_test_ref_close(ref);
+    expect_reference_tokens(f, N, 3000, 20, prompt_len, sp);
 }
 
 static int short_len(int i)
@@ -183,7 +166,7 @@ static void test_colocated_preempts_and_matches(void **state)
 {
     colo_fixture_t *f = *state;
     assert_int_equal(colo_start(f, "64K", NULL), 0);
-    expect_reference_tokens(f, 12, 2000, 40, short_len);
+    expect_reference_tokens(f, 12, 2000, 40, short_len, NULL);
     char *log = bt_test_read_file(f->proc.log, NULL);
     assert_non_null(log);
     assert_non_null(strstr(log, "preempted"));
