@@ -29,6 +29,8 @@ static void usage(FILE *f)
             "  --mode whole|layer|all    whole cache or layer-wise (default all)\n"
             "  --sizes LIST              request KV sizes, e.g. 64K,1M,1G (default 64K..1G, x4)\n"
             "  --iters N                 transfers per pass (default: ~1 GiB, 8..2000)\n"
+            "  --pack auto|on|off        the sender packs whole layers into one message: auto\n"
+            "                            (default) over TCP up to 64 MiB, on: always, off: never\n"
             "  --window N                transfers in flight in the bandwidth pass (default\n"
             "                            4 up to 16 MiB, 2 up to 256 MiB, then 1)\n"
             "  --layers N --kv-heads N --head-dim N --block-size N --dtype f16|f32\n"
@@ -122,6 +124,10 @@ static int parse_opt(kvb_opts_t *o, const char *k, const char *v)
     }
     if (strcmp(k, "--sizes") == 0)
         return parse_sizes(v, o);
+    if (strcmp(k, "--pack") == 0) {
+        o->pack = strcmp(v, "on") == 0 ? 1 : strcmp(v, "off") == 0 ? -1 : 0;
+        return strcmp(v, "auto") == 0 || o->pack ? 0 : -1;
+    }
     if (strcmp(k, "--iters") == 0)
         return parse_int(v, 1, 1000000, &o->iters);
     if (strcmp(k, "--window") == 0)

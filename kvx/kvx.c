@@ -137,8 +137,53 @@ kvx_op_t *kvx_op_get(bt_kvx_t *kvx)
     return op;
 }
 
+void *kvx_op_stage(bt_kvx_t *kvx, kvx_op_t *op, size_t len)
+{
+    int best = -1;
+    for (int i = 0; i < KVX_STAGE_CACHE; i++)
+        if (kvx->stage_buf[i] && kvx->stage_cap[i] >= len &&
+            (best < 0 || kvx->stage_cap[i] < kvx->stage_cap[best]))
+            best = i;
+    if (best >= 0) {
+        op->stage = kvx->stage_buf[best];
+        op->stage_cap = kvx->stage_cap[best];
+        kvx->stage_buf[best] = NULL;
+    } else {
+        op->stage = bt_malloc(len);
+        op->stage_cap = op->stage ? len : 0;
+    }
+    return op->stage;
+}
+
+/* Keeps a packing buffer for the next message, in place of the smallest kept one. */
+static void stage_keep(bt_kvx_t *kvx, void *buf, size_t cap)
+{
+    int slot = 0;
+    for (int i = 0; i < KVX_STAGE_CACHE; i++) {
+        if (!kvx->stage_buf[i]) {
+            slot = i;
+            break;
+        }
+        if (kvx->stage_cap[i] < kvx->stage_cap[slot])
+            slot = i;
+    }
+    if (kvx->stage_buf[slot] && kvx->stage_cap[slot] >= cap) {
+        bt_free(buf);
+        return;
+    }
+    bt_free(kvx->stage_buf[slot]);
+    kvx->stage_buf[slot] = buf;
+    kvx->stage_cap[slot] = cap;
+}
+
 void kvx_op_put(bt_kvx_t *kvx, kvx_op_t *op)
 {
+    if (op->stage && op->stage_cap && !kvx->destroying)
+        stage_keep(kvx, op->stage, op->stage_cap);
+    else
+        bt_free(op->stage);
+    op->stage = NULL;
+    op->stage_cap = 0;
     if (op->prev)
         op->prev->next = op->next;
     else
@@ -157,8 +202,13 @@ static void ops_free_all(bt_kvx_t *kvx)
         while (lists[i]) {
             kvx_op_t *op = lists[i];
             lists[i] = op->next;
+            bt_free(op->stage);
             bt_free(op);
         }
+    }
+    for (int i = 0; i < KVX_STAGE_CACHE; i++) {
+        bt_free(kvx->stage_buf[i]);
+        kvx->stage_buf[i] = NULL;
     }
     kvx->inflight = kvx->free_ops = NULL;
 }
@@ -303,6 +353,7 @@ static void settings_init(bt_kvx_t *kvx, const bt_kvx_params_t *p)
     kvx->lease_ms = p->lease_ms > 0 ? p->lease_ms : 3000;
     kvx->window = p->window > 0 ? p->window : 32;
     kvx->map_peers = p->map_peers;
+    kvx->pack = p->pack;
     kvx->next_gen = (uint32_t)kvx_now_ms() * 2654435761u; /* any start; never reused */
     kvx->epfd = kvx->wakefd = kvx->timerfd = -1;
     kvx_host_self(&kvx->host);

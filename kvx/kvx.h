@@ -81,7 +81,15 @@ typedef struct {
     int device;          /* "nccl": CUDA device ordinal */
     int device_memory;   /* 1: the pool is in GPU memory (map_peers must then be -1); the
                           * backend refuses to start if it cannot move such memory */
+    int pack;            /* sending whole layers packed into one message (a copy on the sender,
+                          * one message instead of one per layer and block run): 0: where it
+                          * pays (UCX over TCP, for requests whose runs average under
+                          * BT_KVX_PACK_RUN_BYTES); 1: wherever the backend can; -1: never */
 } bt_kvx_params_t;
+
+/* Runs of a layer's blocks this big or bigger go as they are by default: over TCP loopback a
+ * message of 128 KiB costs about as much as copying it. */
+#define BT_KVX_PACK_RUN_BYTES (128u << 10)
 
 /* Creates a context and registers the pool memory. BT_ERR_NOT_FOUND for a backend that is not
  * built in, BT_ERR_UNSUPPORTED when it is built but cannot run here (e.g. no GPU). */

@@ -22,6 +22,12 @@
 typedef struct kvx_op kvx_op_t;
 typedef struct kvx_peer kvx_peer_t;
 
+/* One piece of a gathered receive (laid out as UCX's ucp_dt_iov_t). */
+typedef struct {
+    void *base;
+    size_t len;
+} kvx_iov_t;
+
 /* Calls from a backend into whoever created it (the core, or a wrapping backend). */
 typedef struct {
     void *arg;
@@ -60,6 +66,12 @@ typedef struct kvx_backend_ops {
     int (*send_data)(void *be, void *ep, uint64_t tag, const void *src, size_t len, kvx_op_t *op);
     /* Receives the message announced by on_data into dst (len bytes); dst NULL drops it. */
     int (*recv_data)(void *be, void *msg, void *dst, size_t len, kvx_op_t *op);
+    /* Optional, with ep_pack: receives it scattered over n pieces (the array must stay valid
+     * until the op ends). */
+    int (*recv_data_iov)(void *be, void *msg, const kvx_iov_t *iov, int n, kvx_op_t *op);
+    /* Optional: 1 if whole layers should travel packed into one message to this peer (both
+     * pools in host memory, and a transport where a message costs more than a copy: TCP). */
+    int (*ep_pack)(void *be, void *ep);
     /* Optional: how many bytes of the peer's pool this process can read directly (a peer on the
      * same host whose pool is mapped here); 0: none. */
     size_t (*ep_peer_readable)(void *be, void *ep);
@@ -80,6 +92,15 @@ extern const kvx_backend_ops_t kvx_nccl_ops;
 int kvx_be_hello_ext(const kvx_backend_ops_t *ops, void *be, void *ep, kvx_buf_t *out);
 int kvx_be_accept_ext(const kvx_backend_ops_t *ops, void *be, void *ep, const void *ext,
                       size_t len);
+
+/* Packing: whole layers go together up to this many bytes a message (a layer bigger than that
+ * goes alone, up to KVX_PACK_LAYER_MAX, beyond which nothing is packed); at most
+ * KVX_PACK_WINDOW packed messages of a send are in flight, so packing runs just ahead of the
+ * wire and its buffers come from the cache. Measured over TCP loopback (docs/PERFORMANCE.md,
+ * "KV transfer"): bigger messages or windows were slower. */
+#define KVX_PACK_MSG_BYTES ((size_t)1 << 20)
+#define KVX_PACK_LAYER_MAX ((size_t)16 << 20)
+#define KVX_PACK_WINDOW 2
 
 /* Peer states. */
 enum { KVX_PEER_CONNECTING = 1, KVX_PEER_UP, KVX_PEER_DOWN };
@@ -128,7 +149,13 @@ struct kvx_op {
     bt_kvx_recv_t *recv;
     size_t len;
     void *backend; /* the backend's own use (its callbacks find themselves here) */
+    void *stage;   /* freed with the op: a gathered receive's pieces, or (stage_cap > 0) a
+                    * packed send's bytes, which go back to the context's cache */
+    size_t stage_cap;
 };
+
+/* Packing buffers kept for reuse: a fresh one per message would cost page faults. */
+#define KVX_STAGE_CACHE 8
 
 struct bt_kvx_send {
     bt_kvx_t *kvx;
@@ -145,6 +172,7 @@ struct bt_kvx_send {
     int32_t *seg_idx; /* (n_segs) first block index of each segment */
     int32_t *seg_len; /* (n_segs) blocks in each segment */
     int32_t n_segs;
+    int pack; /* layers go packed, several to a message (kvx_send_pump) */
     _Atomic int32_t layers_ready;
     int32_t next_layer; /* next (layer, segment) to post */
     int32_t next_seg;
@@ -206,6 +234,7 @@ struct bt_kvx {
     int lease_ms;
     int window;
     int map_peers;
+    int pack; /* bt_kvx_params_t.pack */
     uint32_t next_gen;
     uint32_t next_peer_id;
     bt_kvx_peer_t *peers;
@@ -213,7 +242,9 @@ struct bt_kvx {
     bt_kvx_recv_t *recvs;
     bt_kvx_recv_t *by_gen[KVX_GEN_BUCKETS];
     kvx_op_t *free_ops;
-    kvx_op_t *inflight;     /* every op posted to the backend and not yet ended */
+    kvx_op_t *inflight;               /* every op posted to the backend and not yet ended */
+    void *stage_buf[KVX_STAGE_CACHE]; /* packing buffers not in use */
+    size_t stage_cap[KVX_STAGE_CACHE];
     int destroying;         /* upcalls during teardown are ignored */
     bt_kvx_event_t *events; /* ring */
     int ev_cap;
@@ -239,6 +270,8 @@ void kvx_peer_hold(bt_kvx_peer_t *peer);
 void kvx_peer_unhold(bt_kvx_peer_t *peer);
 kvx_op_t *kvx_op_get(bt_kvx_t *kvx);
 void kvx_op_put(bt_kvx_t *kvx, kvx_op_t *op);
+/* A packing buffer of at least len bytes for op (op->stage, op->stage_cap); NULL if none. */
+void *kvx_op_stage(bt_kvx_t *kvx, kvx_op_t *op, size_t len);
 
 /* kvx_peer.c */
 void kvx_core_upcalls(bt_kvx_t *kvx, kvx_upcalls_t *out);

@@ -51,6 +51,7 @@ typedef struct loop_be {
     int efd;
     const char *base; /* the pool, which peers in this process read directly */
     size_t size_bytes;
+    int pack; /* bt_kvx_params_t.pack: packing is only ever asked for */
 } loop_be_t;
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -143,18 +144,36 @@ static int loop_send_data(void *bep, void *ep, uint64_t tag, const void *src, si
     return BT_AGAIN;
 }
 
-static int loop_recv_data(void *bep, void *msg, void *dst, size_t len, kvx_op_t *op)
+static int loop_recv_iov(loop_be_t *be, loop_msg_t *m, const kvx_iov_t *iov, int n, kvx_op_t *op)
 {
-    loop_be_t *be = bep;
-    loop_msg_t *m = msg;
-    if (dst)
-        memcpy(dst, m->src, len);
+    const uint8_t *src = m->src;
+    for (int i = 0; i < n; i++) {
+        if (iov[i].len)
+            memcpy(iov[i].base, src, iov[i].len);
+        src += iov[i].len;
+    }
     pthread_mutex_lock(&reg_lock);
     done_to(m->from, m->op, BT_OK);
     done_to(be->id, op, BT_OK);
     pthread_mutex_unlock(&reg_lock);
     msg_free(m);
     return op ? BT_AGAIN : BT_OK;
+}
+
+static int loop_recv_data(void *bep, void *msg, void *dst, size_t len, kvx_op_t *op)
+{
+    kvx_iov_t one = {.base = dst, .len = dst ? len : 0};
+    return loop_recv_iov(bep, msg, &one, 1, op);
+}
+
+static int loop_recv_data_iov(void *bep, void *msg, const kvx_iov_t *iov, int n, kvx_op_t *op)
+{
+    return loop_recv_iov(bep, msg, iov, n, op);
+}
+
+static int loop_ep_pack(void *bep, void *ep)
+{
+    return ((const loop_be_t *)bep)->pack > 0;
 }
 
 /* Reports each endpoint whose remote context is gone, once (a reset connection). */
@@ -312,6 +331,7 @@ static int loop_create(const bt_kvx_params_t *params, const kvx_upcalls_t *up, v
     be->up = *up;
     be->base = params->base;
     be->size_bytes = params->size_bytes;
+    be->pack = params->pack;
     be->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (be->efd < 0) {
         bt_free(be);
@@ -367,6 +387,8 @@ const kvx_backend_ops_t kvx_loop_ops = {
     .send_ctrl = loop_send_ctrl,
     .send_data = loop_send_data,
     .recv_data = loop_recv_data,
+    .recv_data_iov = loop_recv_data_iov,
+    .ep_pack = loop_ep_pack,
     .ep_peer_readable = loop_ep_peer_readable,
     .ep_peer_read = loop_ep_peer_read,
     .progress = loop_progress,

@@ -9,8 +9,8 @@
  * that the test on the other end can kill it at a chosen point of a transfer.
  *
  *   init <backend> <tls|-> <name> <model> <layers> <heads> <dim> <bsize> <f32|f16> <nblocks> *
- * <seed> <timeout_ms> [map [pool]] -> ok <address hex> (map -1: no pool mapping; pool: the
- * backend holding the pool, cpu or cuda) connect <hex> -> ok
+ * <seed> <timeout_ms> [map [pool [pack]]] -> ok <address hex> (map -1: no pool mapping; pool:
+ * the backend holding the pool, cpu or cuda; pack: bt_kvx_params_t.pack) connect <hex> -> ok
  * (then "ev up") recv <req> <ntok> auto|<ids>  -> ok <gen> <ids>  (auto: blocks from the pool
  * allocator) send <req> whole|layer <ntok> <ids> -> ok layers <req> <n> | pace <req> <ms per layer>
  * | finish <req> <token> <meta|-> cancel-send <req> | cancel-recv <req> | drop <req>  (frees a
@@ -188,7 +188,8 @@ static int cmd_init(peer_t *p, char **a, int n)
                           .device_memory = bt_kv_pool_device_memory(p->pool),
                           .map_peers = bt_kv_pool_device_memory(p->pool) ? -1
                                        : n > 13                          ? atoi(a[13])
-                                                                         : 0};
+                                                                         : 0,
+                          .pack = n > 15 ? atoi(a[15]) : 0};
     st = bt_kvx_create(&kp, &p->kvx);
     if (st != BT_OK)
         return st;

@@ -244,6 +244,104 @@ void kvx_recv_op_end(bt_kvx_recv_t *r, size_t len, int status)
     kvx_recv_try_finish(r);
 }
 
+static void have_set(bt_kvx_recv_t *r, int32_t layer, int32_t idx, int64_t n)
+{
+    for (int64_t k = 0; k < n; k++) {
+        size_t bit = (size_t)layer * (size_t)r->n_blocks + (size_t)(idx + k);
+        r->have[bit / 64] |= 1ull << (bit % 64);
+    }
+    r->n_have += n;
+}
+
+/* 0 if the n_layers layers from first are a fit for the reservation and none of their blocks
+ * is written yet; 1 if all are (a duplicate); -1 if it is malformed or partly written. */
+static int layers_check(const bt_kvx_recv_t *r, int32_t first, int32_t n_layers, size_t len)
+{
+    size_t lb = (size_t)r->n_blocks * (size_t)r->kvx->layout.block_bytes;
+    if (n_layers < 1 || first + n_layers > r->kvx->layout.n_layers || len != (size_t)n_layers * lb)
+        return -1;
+    int64_t set = 0, n = (int64_t)n_layers * r->n_blocks;
+    for (int64_t k = 0; k < n; k++) {
+        size_t bit = (size_t)first * (size_t)r->n_blocks + (size_t)k;
+        set += r->have[bit / 64] >> (bit % 64) & 1;
+    }
+    return set == 0 ? 0 : set == n ? 1 : -1;
+}
+
+/* The pieces of the pool that whole layers [first, first + n_layers) of r go to, in the
+ * order a packed message holds them, adjacent pieces merged. */
+static kvx_iov_t *layers_iov(const bt_kvx_recv_t *r, int32_t first, int32_t n_layers, int *n_iov)
+{
+    const bt_kvx_t *kvx = r->kvx;
+    size_t bb = (size_t)kvx->layout.block_bytes;
+    kvx_iov_t *iov = bt_malloc((size_t)n_layers * (size_t)r->n_blocks * sizeof *iov);
+    int n = 0;
+    for (int32_t l = first; iov && l < first + n_layers; l++) {
+        for (int32_t i = 0; i < r->n_blocks; i++) {
+            char *p = kvx->base + kvx_pool_off(kvx, l, r->dst[i]);
+            if (n && (char *)iov[n - 1].base + iov[n - 1].len == p)
+                iov[n - 1].len += bb;
+            else
+                iov[n++] = (kvx_iov_t){.base = p, .len = bb};
+        }
+    }
+    *n_iov = n;
+    return iov;
+}
+
+/* Ends r over a data message it cannot take: 1 duplicate (dropped, r goes on), -1 malformed,
+ * or 0 with no op to receive it with. */
+static void data_refused(bt_kvx_recv_t *r, int chk, uint64_t tag, size_t len, void *msg)
+{
+    bt_kvx_t *kvx = r->kvx;
+    if (chk > 0)
+        kvx->stats.n_dup_dropped++;
+    else
+        bt_warn("kvx %s: bad data message from '%s' (%s, layer %d, %d, %zu bytes)", kvx->name,
+                r->peer->name, (tag & KVX_TAG_CLASS_MASK) == KVX_TAG_PACK ? "packed" : "run",
+                kvx_tag_layer(tag), kvx_tag_idx(tag), len);
+    discard(kvx, msg);
+    if (chk <= 0)
+        kvx_recv_end(r, chk < 0 ? BT_ERR_FORMAT : BT_ERR_NOMEM, 1);
+}
+
+/* The data message is r's: receives it with op into dst (len bytes) or scattered over iov. */
+static void data_take(bt_kvx_recv_t *r, kvx_op_t *op, void *msg, void *dst, size_t len,
+                      kvx_iov_t *iov, int n_iov)
+{
+    bt_kvx_t *kvx = r->kvx;
+    r->inflight++;
+    r->peer->last_rx_ms = kvx_now_ms();
+    op->recv = r;
+    op->len = len;
+    op->stage = iov;
+    int st = iov ? kvx->ops->recv_data_iov(kvx->be, msg, iov, n_iov, op)
+                 : kvx->ops->recv_data(kvx->be, msg, dst, len, op);
+    if (st != BT_AGAIN) {
+        kvx_op_put(kvx, op);
+        kvx_recv_op_end(r, len, st == BT_OK ? BT_OK : BT_ERR_PEER);
+    }
+}
+
+/* A packed message: whole layers, each the reservation's blocks in order. */
+static void packed_on_data(bt_kvx_recv_t *r, uint64_t tag, size_t len, void *msg)
+{
+    bt_kvx_t *kvx = r->kvx;
+    int32_t first = kvx_tag_layer(tag), n_layers = kvx_tag_idx(tag);
+    int chk = kvx->ops->recv_data_iov ? layers_check(r, first, n_layers, len) : -1;
+    int n_iov = 0;
+    kvx_iov_t *iov = chk == 0 ? layers_iov(r, first, n_layers, &n_iov) : NULL;
+    kvx_op_t *op = iov ? kvx_op_get(kvx) : NULL;
+    if (!op) {
+        bt_free(iov);
+        data_refused(r, chk, tag, len, msg);
+        return;
+    }
+    for (int32_t l = first; l < first + n_layers; l++)
+        have_set(r, l, 0, r->n_blocks);
+    data_take(r, op, msg, NULL, len, iov, n_iov);
+}
+
 void kvx_xfer_on_data(bt_kvx_t *kvx, uint64_t tag, size_t len, void *msg)
 {
     bt_kvx_recv_t *r = gen_find(kvx, kvx_tag_gen(tag));
@@ -258,37 +356,21 @@ void kvx_xfer_on_data(bt_kvx_t *kvx, uint64_t tag, size_t len, void *msg)
         kvx_recv_end(r, BT_ERR_FORMAT, 1);
         return;
     }
+    if ((tag & KVX_TAG_CLASS_MASK) == KVX_TAG_PACK) {
+        packed_on_data(r, tag, len, msg);
+        return;
+    }
     int32_t layer = kvx_tag_layer(tag), idx = kvx_tag_idx(tag);
     size_t bb = (size_t)kvx->layout.block_bytes;
     int64_t n = len % bb ? -1 : (int64_t)(len / bb);
     int chk = run_check(r, layer, idx, n);
     kvx_op_t *op = chk == 0 ? kvx_op_get(kvx) : NULL;
-    if (chk != 0 || !op) {
-        if (chk > 0)
-            kvx->stats.n_dup_dropped++;
-        else
-            bt_warn("kvx %s: bad data message from '%s' (layer %d, block %d, %zu bytes)", kvx->name,
-                    r->peer->name, layer, idx, len);
-        discard(kvx, msg);
-        if (chk <= 0)
-            kvx_recv_end(r, chk < 0 ? BT_ERR_FORMAT : BT_ERR_NOMEM, 1);
+    if (!op) {
+        data_refused(r, chk, tag, len, msg);
         return;
     }
-    for (int64_t k = 0; k < n; k++) {
-        size_t bit = (size_t)layer * (size_t)r->n_blocks + (size_t)(idx + k);
-        r->have[bit / 64] |= 1ull << (bit % 64);
-    }
-    r->n_have += n;
-    r->inflight++;
-    r->peer->last_rx_ms = kvx_now_ms();
-    op->recv = r;
-    op->len = len;
-    int st = kvx->ops->recv_data(kvx->be, msg, kvx->base + kvx_pool_off(kvx, layer, r->dst[idx]),
-                                 len, op);
-    if (st != BT_AGAIN) {
-        kvx_op_put(kvx, op);
-        kvx_recv_op_end(r, len, st == BT_OK ? BT_OK : BT_ERR_PEER);
-    }
+    have_set(r, layer, idx, n);
+    data_take(r, op, msg, kvx->base + kvx_pool_off(kvx, layer, r->dst[idx]), len, NULL, 0);
 }
 
 static bt_kvx_recv_t *recv_match(bt_kvx_peer_t *peer, uint64_t req, uint32_t gen)

@@ -111,7 +111,6 @@ void kvx_send_op_end(bt_kvx_send_t *s, size_t len, int status)
     }
 }
 
-/* Posts the next messages of the ready layers, up to the window. */
 /* Mapped method: tells the receiver which layers it may copy now. */
 static void send_ready(bt_kvx_send_t *s, int32_t ready)
 {
@@ -126,6 +125,46 @@ static void send_ready(bt_kvx_send_t *s, int32_t ready)
     kvx_buf_fini(&m);
 }
 
+/* Packs the ready layers from next_layer on, as many as fit one message, into a buffer of
+ * the op's and sends them as one message. BT_OK, or an error that has ended s. */
+static int send_packed(bt_kvx_send_t *s, int32_t ready)
+{
+    bt_kvx_t *kvx = s->kvx;
+    size_t bb = (size_t)kvx->layout.block_bytes, lb = (size_t)s->n_blocks * bb;
+    int32_t a = s->next_layer, b = a + 1;
+    while (b < ready && (size_t)(b + 1 - a) * lb <= KVX_PACK_MSG_BYTES)
+        b++;
+    size_t len = (size_t)(b - a) * lb;
+    kvx_op_t *op = kvx_op_get(kvx);
+    uint8_t *buf = op ? kvx_op_stage(kvx, op, len) : NULL;
+    if (!buf) {
+        if (op)
+            kvx_op_put(kvx, op);
+        send_end_mark(s, BT_ERR_NOMEM, 1);
+        return BT_ERR_NOMEM;
+    }
+    uint8_t *o = buf;
+    for (int32_t l = a; l < b; l++) {
+        for (int32_t g = 0; g < s->n_segs; g++) {
+            size_t n = (size_t)s->seg_len[g] * bb;
+            memcpy(o, kvx->base + kvx_pool_off(kvx, l, s->src[s->seg_idx[g]]), n);
+            o += n;
+        }
+    }
+    op->send = s;
+    op->len = len;
+    s->inflight++;
+    s->next_layer = b;
+    int st =
+        kvx->ops->send_data(kvx->be, s->peer->ep, kvx_tag_pack(s->gen, a, b - a), buf, len, op);
+    if (st != BT_AGAIN) {
+        kvx_op_put(kvx, op);
+        kvx_send_op_end(s, len, st == BT_OK ? BT_OK : BT_ERR_PEER);
+    }
+    return BT_OK;
+}
+
+/* Posts the next messages of the ready layers, up to the window. */
 void kvx_send_pump(bt_kvx_send_t *s)
 {
     bt_kvx_t *kvx = s->kvx;
@@ -134,7 +173,13 @@ void kvx_send_pump(bt_kvx_send_t *s)
     if (s->method == KVX_METHOD_MAP && s->state == KVX_X_ACTIVE && s->gen && s->next_layer < ready)
         send_ready(s, ready);
     while (s->method == KVX_METHOD_DATA && s->state == KVX_X_ACTIVE && s->gen &&
-           s->next_layer < ready && s->inflight < kvx->window) {
+           s->next_layer < ready && s->inflight < (s->pack ? KVX_PACK_WINDOW : kvx->window)) {
+        /* One layer of one run goes as it is: packing it would only copy it. */
+        if (s->pack && (s->n_segs > 1 || ready - s->next_layer > 1)) {
+            if (send_packed(s, ready) != BT_OK)
+                break;
+            continue;
+        }
         int32_t l = s->next_layer, g = s->next_seg, idx = s->seg_idx[g];
         size_t len = (size_t)s->seg_len[g] * bb;
         kvx_op_t *op = kvx_op_get(kvx);
@@ -204,6 +249,22 @@ static int send_source(bt_kvx_send_t *s)
     return st;
 }
 
+/* Whether this send's layers go packed: when it saves messages, the peer can take them, the
+ * transport is one where that pays (or the caller asks for it), and, unless asked, its runs
+ * are small enough for one message each to cost more than copying them. */
+static int send_packs(const bt_kvx_send_t *s)
+{
+    const bt_kvx_t *kvx = s->kvx;
+    size_t lb = (size_t)s->n_blocks * (size_t)kvx->layout.block_bytes;
+    if (kvx->pack < 0 || !kvx->ops->ep_pack || !kvx->ops->recv_data_iov ||
+        (kvx->ops->max_msg_bytes && lb > kvx->ops->max_msg_bytes) || lb > KVX_PACK_LAYER_MAX ||
+        (int64_t)kvx->layout.n_layers * s->n_segs < 2)
+        return 0;
+    if (kvx->pack == 0 && lb / (size_t)s->n_segs >= BT_KVX_PACK_RUN_BYTES)
+        return 0;
+    return kvx->ops->ep_pack(kvx->be, s->peer->ep);
+}
+
 static void send_bind(bt_kvx_send_t *s, uint32_t gen, int method, int32_t n_tokens,
                       int32_t n_blocks, const int32_t *dst)
 {
@@ -219,6 +280,8 @@ static void send_bind(bt_kvx_send_t *s, uint32_t gen, int method, int32_t n_toke
     s->method = method == KVX_METHOD_MAP ? KVX_METHOD_MAP : KVX_METHOD_DATA;
     int st = s->method == KVX_METHOD_MAP ? send_source(s)
                                          : segments_build(s, dst, kvx->ops->max_msg_bytes);
+    if (st == BT_OK && s->method == KVX_METHOD_DATA)
+        s->pack = send_packs(s);
     if (st != BT_OK) {
         kvx_send_end(s, st, 1);
         return;
@@ -435,6 +498,33 @@ int bt_kvx_debug_inject(bt_kvx_peer_t *peer, uint32_t gen, int32_t layer, int32_
     size_t len = (size_t)n_blocks * (size_t)kvx->layout.block_bytes;
     int st = kvx->ops->send_data(kvx->be, peer->ep, kvx_tag_data(gen, layer, idx),
                                  kvx->base + kvx_pool_off(kvx, layer, src_block), len, op);
+    if (st != BT_AGAIN)
+        kvx_op_put(kvx, op);
+    return st == BT_AGAIN ? BT_OK : st;
+}
+
+int bt_kvx_debug_inject_packed(bt_kvx_peer_t *peer, uint32_t gen, int32_t first_layer,
+                               int32_t n_layers, int32_t src_block, int32_t n_blocks)
+{
+    bt_kvx_t *kvx = peer->kvx;
+    if (peer->state != KVX_PEER_UP || first_layer < 0 || first_layer > 0x3ff || n_layers <= 0 ||
+        n_layers > 0x3ff || src_block < 0 || n_blocks <= 0 ||
+        src_block + n_blocks > kvx->layout.n_blocks)
+        return BT_ERR_INVAL;
+    size_t lb = (size_t)n_blocks * (size_t)kvx->layout.block_bytes;
+    kvx_op_t *op = kvx_op_get(kvx);
+    uint8_t *buf = op ? kvx_op_stage(kvx, op, (size_t)n_layers * lb) : NULL;
+    if (!buf) {
+        if (op)
+            kvx_op_put(kvx, op);
+        return BT_ERR_NOMEM;
+    }
+    for (int32_t l = 0; l < n_layers; l++)
+        memcpy(buf + (size_t)l * lb,
+               kvx->base + kvx_pool_off(kvx, (first_layer + l) % kvx->layout.n_layers, src_block),
+               lb);
+    int st = kvx->ops->send_data(kvx->be, peer->ep, kvx_tag_pack(gen, first_layer, n_layers), buf,
+                                 (size_t)n_layers * lb, op);
     if (st != BT_AGAIN)
         kvx_op_put(kvx, op);
     return st == BT_AGAIN ? BT_OK : st;

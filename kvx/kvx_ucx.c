@@ -43,6 +43,7 @@ typedef struct ucx_ep {
     ucp_ep_h ep;
     void *user;    /* the core's peer; NULL once closing */
     int peer_mode; /* UCP_ERR_HANDLING_MODE_PEER: can be cut */
+    int pack;      /* whole layers go to it packed (ucx_ep_pack) */
     void *close_req;
     kvx_shm_t peer_pool; /* the peer's pool mapped here (same host); map NULL if not */
 } ucx_ep_t;
@@ -81,6 +82,8 @@ struct ucx_be {
     int in_downcall;
     int probe_more;
     int map_peers;
+    int pack;          /* bt_kvx_params_t.pack */
+    int device_memory; /* our pool is in GPU memory */
     kvx_host_t host;
     kvx_shm_t shm; /* our pool, shared with same-host peers (fd -1 if not) */
     uint8_t scratch[8];
@@ -213,6 +216,26 @@ static int ucx_recv_data(void *bep, void *msg, void *dst, size_t len, kvx_op_t *
     return req_status(ucp_tag_msg_recv_nbx(be->worker, dst, len, msg, &prm));
 }
 
+_Static_assert(sizeof(kvx_iov_t) == sizeof(ucp_dt_iov_t) &&
+                   offsetof(kvx_iov_t, base) == offsetof(ucp_dt_iov_t, buffer) &&
+                   offsetof(kvx_iov_t, len) == offsetof(ucp_dt_iov_t, length),
+               "kvx_iov_t is passed to UCX as ucp_dt_iov_t");
+
+static int ucx_recv_data_iov(void *bep, void *msg, const kvx_iov_t *iov, int n, kvx_op_t *op)
+{
+    ucx_be_t *be = bep;
+    ucp_request_param_t prm = data_param(be, op, NULL, 0);
+    prm.op_attr_mask |= UCP_OP_ATTR_FIELD_DATATYPE;
+    prm.datatype = ucp_dt_make_iov();
+    prm.cb.recv = data_recv_cb;
+    return req_status(ucp_tag_msg_recv_nbx(be->worker, (void *)iov, (size_t)n, msg, &prm));
+}
+
+static int ucx_ep_pack(void *bep, void *ep)
+{
+    return ((const ucx_ep_t *)ep)->pack;
+}
+
 static int ucx_send_ctrl(void *bep, void *ep, uint64_t tag, const void *buf, size_t len)
 {
     void *copy = bt_malloc(len ? len : 1);
@@ -317,7 +340,7 @@ static int ucx_progress(void *bep)
         n++;
         be->probe_more = k + 1 == UCX_PROBE_BUDGET;
         uint64_t cls = info.sender_tag & KVX_TAG_CLASS_MASK;
-        if (cls == KVX_TAG_DATA)
+        if (cls == KVX_TAG_DATA || cls == KVX_TAG_PACK)
             be->up.on_data(be->up.arg, info.sender_tag, info.length, msg);
         else if (cls == KVX_TAG_CTRL)
             ctrl_arrived(be, msg, &info);
@@ -364,11 +387,12 @@ static int ucx_address(void *bep, kvx_buf_t *out)
     kvx_buf_u64(out, be->shm.off);
     kvx_buf_u64(out, be->shm.pool_va);
     kvx_buf_u64(out, be->shm.pool_len);
+    kvx_buf_u8(out, (uint8_t)!be->device_memory); /* a peer may pack layers for us */
     return out->err;
 }
 
-/* Whether UCX put a shared-memory transport on any lane of this endpoint. */
-static int ep_uses_shm(ucp_ep_h ep)
+/* Whether UCX put one of the n named transports ("tcp/", ...) on a lane of this endpoint. */
+static int ep_uses(ucp_ep_h ep, const char *const *names, size_t n)
 {
     char *text = NULL;
     size_t len = 0;
@@ -377,12 +401,26 @@ static int ep_uses_shm(ucp_ep_h ep)
         return 0;
     ucp_ep_print_info(ep, f);
     fclose(f);
-    static const char *const shm[] = {"sysv/", "posix/", "cma/", "knem/", "xpmem/"};
     int found = 0;
-    for (size_t i = 0; text && i < sizeof shm / sizeof shm[0]; i++)
-        found |= strstr(text, shm[i]) != NULL;
+    for (size_t i = 0; text && i < n; i++)
+        found |= strstr(text, names[i]) != NULL;
     free(text);
     return found;
+}
+
+static int ep_uses_shm(ucp_ep_h ep)
+{
+    static const char *const shm[] = {"sysv/", "posix/", "cma/", "knem/", "xpmem/"};
+    return ep_uses(ep, shm, sizeof shm / sizeof shm[0]);
+}
+
+/* Packing pays where every message crosses a socket; it needs both pools in host memory. */
+static int ep_packs(const ucx_be_t *be, ucp_ep_h ep, int peer_host_pool)
+{
+    static const char *const tcp[] = {"tcp/"};
+    if (be->pack < 0 || be->device_memory || !peer_host_pool)
+        return 0;
+    return be->pack > 0 || ep_uses(ep, tcp, 1);
 }
 
 static int ep_make(ucx_be_t *be, const void *addr, ucx_ep_t *e, ucp_err_handling_mode_t mode)
@@ -419,6 +457,7 @@ typedef struct {
     kvx_host_t host;
     int32_t shm_fd;
     kvx_shm_t shm; /* the peer's shared interior, as it describes it */
+    int host_pool; /* its pool is in host memory */
 } ucx_addr_t;
 
 static int addr_read(const void *p, size_t len, ucx_addr_t *a)
@@ -438,6 +477,7 @@ static int addr_read(const void *p, size_t len, ucx_addr_t *a)
     a->shm.off = kvx_rd_u64(&rd);
     a->shm.pool_va = kvx_rd_u64(&rd);
     a->shm.pool_len = kvx_rd_u64(&rd);
+    a->host_pool = rd.off < rd.len ? kvx_rd_u8(&rd) : 0;
     return rd.err || !a->worker ? BT_ERR_FORMAT : BT_OK;
 }
 
@@ -496,6 +536,7 @@ static int ucx_ep_create(void *bep, const void *addr, size_t len, void *ep_user,
         return st;
     }
     ep_map_peer_pool(be, e, &a);
+    e->pack = ep_packs(be, e->ep, a.host_pool);
     e->next = be->eps;
     be->eps = e;
     *out = e;
@@ -611,6 +652,8 @@ static int ucx_create(const bt_kvx_params_t *params, const kvx_upcalls_t *up, vo
     be->efd = -1;
     be->shm.fd = -1;
     be->map_peers = params->map_peers;
+    be->pack = params->pack;
+    be->device_memory = params->device_memory;
     kvx_host_self(&be->host);
     /* Before registering: a registration pins the pages that sharing replaces. */
     if (params->map_peers >= 0 && params->size_bytes &&
@@ -687,6 +730,8 @@ const kvx_backend_ops_t kvx_ucx_ops = {
     .send_ctrl = ucx_send_ctrl,
     .send_data = ucx_send_data,
     .recv_data = ucx_recv_data,
+    .recv_data_iov = ucx_recv_data_iov,
+    .ep_pack = ucx_ep_pack,
     .ep_peer_readable = ucx_ep_peer_readable,
     .ep_peer_read = ucx_ep_peer_read,
     .progress = ucx_progress,

@@ -10,7 +10,9 @@
  * receiving context gave to the sending peer, so control traffic says who it is from. A data
  * message's tag holds the receiver's generation (32 bits), the layer (10) and the index of the
  * first block of the segment in the request's block list (20): the receiver derives the
- * destination from its own reservation, never from an address the sender supplies.
+ * destination from its own reservation, never from an address the sender supplies. A packed
+ * data message (class 3) holds whole layers: the same fields name its first layer and, in
+ * place of the block index, how many layers follow it, each the request's blocks in order.
  */
 #ifndef BATON_KVX_WIRE_H
 #define BATON_KVX_WIRE_H
@@ -27,6 +29,7 @@
 #define KVX_TAG_CLASS_MASK (3ull << 62)
 #define KVX_TAG_CTRL (1ull << 62)
 #define KVX_TAG_DATA (2ull << 62)
+#define KVX_TAG_PACK (3ull << 62)
 
 static inline uint64_t kvx_tag_ctrl(uint32_t peer_id)
 {
@@ -37,6 +40,11 @@ static inline uint64_t kvx_tag_data(uint32_t gen, int32_t layer, int32_t idx)
 {
     return KVX_TAG_DATA | ((uint64_t)gen << 30) | ((uint64_t)(layer & 0x3ff) << 20) |
            (uint64_t)(idx & 0xfffff);
+}
+
+static inline uint64_t kvx_tag_pack(uint32_t gen, int32_t first_layer, int32_t n_layers)
+{
+    return (kvx_tag_data(gen, first_layer, n_layers) & ~KVX_TAG_CLASS_MASK) | KVX_TAG_PACK;
 }
 
 static inline uint32_t kvx_tag_gen(uint64_t tag)

@@ -1,14 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * test_kvx_loop.c - the KV transfer core through the in-process loopback backend: byte-exact
- * transfers of random fragmented layouts (whole and layer-wise, push and pull order),
- * coalescing, cancellation with reuse of the blocks, stale and duplicate writes, layout
- * mismatch, peer death, leases, bad arguments and allocation faults.
+ * transfers of random fragmented layouts (whole and layer-wise, push and pull order, run
+ * by run and packed), coalescing, cancellation with reuse of the blocks, stale and duplicate
+ * writes, layout mismatch, peer death, leases, bad arguments and allocation faults.
  */
 // ctest-labels: unit
 #include "testutil.h"
 
 #include "common/alloc.h"
+#include "kvx/kvx_impl.h"
 #include "kvx_testlib.h"
 
 #define SEED_A 11
@@ -19,6 +20,7 @@ typedef struct {
     bt_kvx_t *a, *b;
     bt_kvx_peer_t *ab, *ba; /* a's handle on b, b's handle on a */
     tl_log_t la, lb;
+    int pack; /* the sender packs whole layers into one message */
 } pair_t;
 
 static const bt_kv_pool_params_t default_shape = {
@@ -48,17 +50,20 @@ static int pump_until(pair_t *p, tl_log_t *log, int type, uint64_t req)
 }
 
 /* map 0: the receiver copies straight out of the sender's pool (the mapped method, which the
- * loopback always can); -1: data messages (the method of every network transport). */
-static void pair_up(pair_t *p, const bt_kv_pool_params_t *shape_a,
-                    const bt_kv_pool_params_t *shape_b, int lease_ms, int map)
+ * loopback always can); -1: data messages (the method of every network transport); pack 1:
+ * the data messages are packed layers. */
+static void pair_up_packed(pair_t *p, const bt_kv_pool_params_t *shape_a,
+                           const bt_kv_pool_params_t *shape_b, int lease_ms, int map, int pack)
 {
     memset(p, 0, sizeof *p);
+    p->pack = pack > 0 && map < 0;
     tl_pool_init(&p->pa, shape_a, "m", SEED_A);
     tl_pool_init(&p->pb, shape_b, "m", SEED_B);
     bt_kvx_params_t ka = tl_kvx_params(&p->pa, "loopback", "prefill-0");
     bt_kvx_params_t kb = tl_kvx_params(&p->pb, "loopback", "decode-0");
     ka.lease_ms = kb.lease_ms = lease_ms;
     ka.map_peers = kb.map_peers = map;
+    ka.pack = kb.pack = pack;
     assert_int_equal(bt_kvx_create(&ka, &p->a), BT_OK);
     assert_int_equal(bt_kvx_create(&kb, &p->b), BT_OK);
     p->la.kvx = p->a;
@@ -74,6 +79,12 @@ static void pair_up(pair_t *p, const bt_kv_pool_params_t *shape_a,
     assert_string_equal(bt_kvx_peer_name(p->ba), "prefill-0");
     assert_string_equal(bt_kvx_peer_name(p->ab), "decode-0");
     assert_int_equal(bt_kvx_peer_status(p->ab), BT_OK);
+}
+
+static void pair_up(pair_t *p, const bt_kv_pool_params_t *shape_a,
+                    const bt_kv_pool_params_t *shape_b, int lease_ms, int map)
+{
+    pair_up_packed(p, shape_a, shape_b, lease_ms, map, 0);
 }
 
 static void pair_down(pair_t *p)
@@ -126,19 +137,24 @@ static void transfer(pair_t *p, uint64_t req, const int32_t *src, const int32_t 
     assert_int_equal(ev->gen, bt_kvx_recv_gen(r));
     assert_int_equal(p->la.ev[ks].status, BT_OK);
     assert_int_equal(
-        bt_kvx_pattern_check(bt_kv_pool_base(p->pb.pool), &p->pb.layout, SEED_A, src, dst, nb),
-        -1); /* One message (or, mapped, one copy) per run consecutive on both sides, per layer. */
+        bt_kvx_pattern_check(bt_kv_pool_base(p->pb.pool), &p->pb.layout, SEED_A, src, dst, nb), -1);
+    /* One message (or, mapped, one copy) per run consecutive on both sides, per layer; packed,
+     * one per release of layers (all of them at once, or each as it is ready). */
+    int64_t runs = tl_expected_msgs(src, dst, nb, 1), n_layers = p->pa.layout.n_layers;
+    int64_t per_msg = (int64_t)(KVX_PACK_MSG_BYTES / ((size_t)nb * p->pa.layout.block_bytes));
+    per_msg = per_msg > 0 ? per_msg : 1;
+    int64_t packed = layerwise ? n_layers : (n_layers + per_msg - 1) / per_msg;
     bt_kvx_stats_t st1;
     bt_kvx_get_stats(p->b, &st1);
     assert_int_equal(st1.n_data_msgs_recv - st0.n_data_msgs_recv,
-                     tl_expected_msgs(src, dst, nb, p->pa.layout.n_layers));
+                     p->pack && runs * n_layers > 1 ? packed : runs * n_layers);
     bt_kvx_recv_release(r);
     bt_kvx_send_release(s);
 }
 
-static void test_transfer_random_layouts_byte_exact(void **state)
+static void random_layouts(int pack)
 {
-    uint64_t rng = 0x1234567;
+    uint64_t rng = 0x1234567 + (uint64_t)pack;
     for (int trial = 0; trial < 24; trial++) {
         bt_kv_pool_params_t shape = {.n_layers = 1 + (int32_t)(tl_rand(&rng) % 6),
                                      .n_kv_heads = 1 + (int32_t)(tl_rand(&rng) % 4),
@@ -149,7 +165,7 @@ static void test_transfer_random_layouts_byte_exact(void **state)
         bt_kv_pool_params_t shape_b = shape;
         shape_b.n_blocks = 40 + (int32_t)(tl_rand(&rng) % 30); /* pools may differ in size */
         pair_t p;
-        pair_up(&p, &shape, &shape_b, 0, trial % 2 ? -1 : 0);
+        pair_up_packed(&p, &shape, &shape_b, 0, pack || trial % 2 ? -1 : 0, pack);
         for (int t = 0; t < 4; t++) {
             int32_t n_tokens = 1 + (int32_t)(tl_rand(&rng) % (uint64_t)(shape.block_size * 40));
             int32_t nb = (n_tokens + shape.block_size - 1) / shape.block_size;
@@ -165,6 +181,47 @@ static void test_transfer_random_layouts_byte_exact(void **state)
         assert_int_equal(s.n_stale_dropped, 0);
         pair_down(&p);
     }
+}
+
+static void test_transfer_random_layouts_byte_exact(void **state)
+{
+    random_layouts(0);
+}
+
+static void test_packed_random_layouts_byte_exact(void **state)
+{
+    random_layouts(1);
+}
+
+/* Packed messages hold as many whole layers as fit KVX_PACK_MSG_BYTES (1 MiB), in order:
+ * layers of 384 KiB go two to a message; layers of 1.5 MiB one each. */
+static void test_packed_messages_hold_whole_layers_up_to_the_cap(void **state)
+{
+    const bt_kv_pool_params_t big = {.n_layers = 5,
+                                     .n_kv_heads = 8,
+                                     .head_dim = 128,
+                                     .block_size = 16,
+                                     .type = BT_TYPE_F16,
+                                     .n_blocks = 60}; /* 64 KiB blocks */
+    pair_t p;
+    pair_up_packed(&p, &big, &big, 0, -1, 1);
+    int32_t src[24], dst[24];
+    for (int i = 0; i < 24; i++) {
+        src[i] = (i * 7) % 24 + 30; /* a permutation: no two consecutive */
+        dst[i] = 59 - i;
+    }
+    static const struct {
+        int32_t n_blocks, msgs;
+    } cases[] = {{6, 3}, {24, 5}}; /* 2 + 2 + 1 layers; 1 + 1 + 1 + 1 + 1 */
+    for (int c = 0; c < 2; c++) {
+        bt_kvx_stats_t s0, s1;
+        bt_kvx_get_stats(p.a, &s0);
+        transfer(&p, 1 + (uint64_t)c, src, dst, cases[c].n_blocks * 16, 0, 0);
+        bt_kvx_get_stats(p.a, &s1);
+        assert_int_equal(s1.n_data_msgs_sent - s0.n_data_msgs_sent, cases[c].msgs);
+        assert_int_equal(s1.bytes_sent - s0.bytes_sent, 5 * cases[c].n_blocks * 65536);
+    }
+    pair_down(&p);
 }
 
 static void test_contiguous_runs_coalesce(void **state)
@@ -377,6 +434,46 @@ static void test_stale_duplicate_and_forged_writes_rejected(void **state)
     int k = pump_until(&p, &p.lb, BT_KVX_EV_RECV_DONE, 2);
     assert_int_equal(p.lb.ev[k].status, BT_ERR_FORMAT);
     bt_kvx_recv_release(r);
+    pair_down(&p);
+}
+
+static void test_packed_stale_duplicate_and_forged_writes_rejected(void **state)
+{
+    pair_t p;
+    pair_up_packed(&p, &default_shape, &default_shape, 0, -1, 1);
+    int32_t src[4] = {0, 1, 2, 3}, dst[4] = {8, 10, 12, 14};
+    transfer(&p, 1, src, dst, 16, 0, 0);
+    uint32_t done_gen = p.lb.ev[tl_log_find(&p.lb, BT_KVX_EV_RECV_DONE, 1)].gen;
+    assert_int_equal(bt_kvx_debug_inject_packed(p.ab, done_gen, 0, 4, 40, 4), BT_OK);
+    pump(&p, 10);
+    bt_kvx_stats_t st;
+    bt_kvx_get_stats(p.b, &st);
+    assert_int_equal(st.n_stale_dropped, 1);
+    assert_int_equal(
+        bt_kvx_pattern_check(bt_kv_pool_base(p.pb.pool), &p.pb.layout, SEED_A, src, dst, 4), -1);
+
+    /* Live: layers already written come again (dropped); one that overlaps written and
+     * unwritten layers, or whose length is not whole layers, fails the receive. */
+    static const struct {
+        int32_t first, n_layers, n_blocks;
+    } bad[] = {{1, 2, 4}, {2, 1, 3}, {3, 2, 4}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        bt_kvx_recv_params_t rp = {.req_id = 2 + i, .blocks = dst, .n_blocks = 4, .n_tokens = 16};
+        bt_kvx_recv_t *r;
+        assert_int_equal(bt_kvx_recv_post(p.ba, &rp, &r), BT_OK);
+        uint32_t gen = bt_kvx_recv_gen(r);
+        assert_int_equal(bt_kvx_debug_inject_packed(p.ab, gen, 0, 2, 0, 4), BT_OK);
+        assert_int_equal(bt_kvx_debug_inject_packed(p.ab, gen, 0, 2, 0, 4), BT_OK);
+        pump(&p, 10);
+        bt_kvx_get_stats(p.b, &st);
+        assert_int_equal(st.n_dup_dropped, (int64_t)i + 1);
+        assert_int_equal(bt_kvx_debug_inject_packed(p.ab, gen, bad[i].first, bad[i].n_layers, 0,
+                                                    bad[i].n_blocks),
+                         BT_OK);
+        int k = pump_until(&p, &p.lb, BT_KVX_EV_RECV_DONE, 2 + i);
+        assert_int_equal(p.lb.ev[k].status, BT_ERR_FORMAT);
+        bt_kvx_recv_release(r);
+    }
     pair_down(&p);
 }
 
@@ -691,6 +788,9 @@ int main(void)
     bt_log_set_level(BT_LOG_OFF);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_transfer_random_layouts_byte_exact),
+        cmocka_unit_test(test_packed_random_layouts_byte_exact),
+        cmocka_unit_test(test_packed_messages_hold_whole_layers_up_to_the_cap),
+        cmocka_unit_test(test_packed_stale_duplicate_and_forged_writes_rejected),
         cmocka_unit_test(test_contiguous_runs_coalesce),
         cmocka_unit_test(test_layerwise_ships_only_ready_layers),
         cmocka_unit_test(test_cancel_then_reuse_blocks_fences_old_generation),

@@ -32,6 +32,7 @@ static const bt_kv_pool_params_t big_shape = {
 
 typedef struct {
     const char *tls;
+    int map;
     tl_pool_t pool;
     bt_kvx_t *kvx;
     tl_log_t log;
@@ -47,6 +48,7 @@ static void rig_up(rig_t *r, const char *tls, int map, const bt_kv_pool_params_t
 {
     memset(r, 0, sizeof *r);
     r->tls = tls;
+    r->map = map;
     tl_helper_spawn(&r->h);
     tl_pool_init(&r->pool, sh, "llama-test", SEED_LOCAL);
     bt_kvx_params_t kp = tl_kvx_params(&r->pool, "ucx", "test");
@@ -118,6 +120,8 @@ static void recv_from_peer(rig_t *r, uint64_t *rng, uint64_t req, int layerwise)
     bt_kvx_pattern_fill(bt_kv_pool_base(r->pool.pool), &r->pool.layout, SEED_LOCAL + req);
     bt_kvx_recv_params_t rp = {.req_id = req, .blocks = dst, .n_blocks = nb, .n_tokens = n_tokens};
     bt_kvx_recv_t *rv;
+    bt_kvx_stats_t st0, st1;
+    bt_kvx_get_stats(r->kvx, &st0);
     assert_int_equal(bt_kvx_recv_post(r->peer, &rp, &rv), BT_OK);
     tl_list(list, sizeof list, src, nb);
     tl_helper_ok(&r->h, &r->log, "send %llu %s %d %s", (unsigned long long)req,
@@ -134,6 +138,13 @@ static void recv_from_peer(rig_t *r, uint64_t *rng, uint64_t req, int layerwise)
     assert_int_equal(bt_kvx_pattern_check(bt_kv_pool_base(r->pool.pool), &r->pool.layout, SEED_PEER,
                                           src, dst, nb),
                      -1);
+    /* Over TCP whole layers travel packed: one message for the whole cache, or one per layer
+     * as each is released; otherwise one message (mapped: one copy) per run and layer. */
+    int64_t runs = tl_expected_msgs(src, dst, nb, 1);
+    int64_t want =
+        strcmp(r->tls, "tcp") == 0 ? (layerwise ? shape.n_layers : 1) : runs * shape.n_layers;
+    bt_kvx_get_stats(r->kvx, &st1);
+    assert_int_equal(st1.n_data_msgs_recv - st0.n_data_msgs_recv, want);
     bt_kvx_recv_release(rv);
     free(tl_helper_take(&r->h, &r->log, "ev send-done BT_OK", 30000));
 }
