@@ -402,79 +402,68 @@ static void test_mapped_receive_needs_the_senders_confirmation(void **state)
     pair_down(&p);
 }
 
-static void test_stale_duplicate_and_forged_writes_rejected(void **state)
+/* A forged data message: a run (layer, first block index, source block, blocks) or, packed,
+ * (first layer, layers, source block, blocks a layer). */
+typedef struct {
+    int32_t layer, idx_or_layers, src, n;
+} forged_t;
+
+static int forge(pair_t *p, int packed, uint32_t gen, forged_t f)
 {
+    return packed ? bt_kvx_debug_inject_packed(p->ab, gen, f.layer, f.idx_or_layers, f.src, f.n)
+                  : bt_kvx_debug_inject(p->ab, gen, f.layer, f.idx_or_layers, f.src, f.n);
+}
+
+/* Writes into a finished generation and one that never existed are dropped; on a live
+ * reservation a write of blocks already written is dropped, and one that does not fit it (past
+ * the end; packed also: overlapping written and unwritten layers, not whole layers) fails it. */
+static void forged_writes(int packed)
+{
+    static const forged_t stale = {0, 0, 40, 4}, stale_packed = {0, 4, 40, 4};
+    static const forged_t first[2] = {{2, 0, 0, 4}, {0, 2, 0, 4}};
+    static const forged_t again[2] = {{2, 1, 1, 2}, {0, 2, 0, 4}};
+    static const forged_t bad[2][3] = {{{1, 3, 0, 2}}, {{1, 2, 0, 4}, {2, 1, 0, 3}, {3, 2, 0, 4}}};
     pair_t p;
-    pair_up(&p, &default_shape, &default_shape, 0, -1);
+    pair_up_packed(&p, &default_shape, &default_shape, 0, -1, packed);
     int32_t src[4] = {0, 1, 2, 3}, dst[4] = {8, 9, 10, 11};
     transfer(&p, 1, src, dst, 16, 0, 0);
     uint32_t done_gen = p.lb.ev[tl_log_find(&p.lb, BT_KVX_EV_RECV_DONE, 1)].gen;
-    /* Into a finished generation, and into one that never existed. */
-    assert_int_equal(bt_kvx_debug_inject(p.ab, done_gen, 0, 0, 40, 4), BT_OK);
-    assert_int_equal(bt_kvx_debug_inject(p.ab, done_gen + 1000, 0, 0, 40, 4), BT_OK);
+    forged_t st_f = packed ? stale_packed : stale;
+    assert_int_equal(forge(&p, packed, done_gen, st_f), BT_OK);
+    assert_int_equal(forge(&p, packed, done_gen + 1000, st_f), BT_OK);
     pump(&p, 10);
     bt_kvx_stats_t st;
     bt_kvx_get_stats(p.b, &st);
     assert_int_equal(st.n_stale_dropped, 2);
     assert_int_equal(
         bt_kvx_pattern_check(bt_kv_pool_base(p.pb.pool), &p.pb.layout, SEED_A, src, dst, 4), -1);
-
-    /* A live reservation: a duplicate of a written run is dropped, a run that does not fit
-     * the reservation fails it. */
-    bt_kvx_recv_params_t rp = {.req_id = 2, .blocks = dst, .n_blocks = 4, .n_tokens = 16};
-    bt_kvx_recv_t *r;
-    assert_int_equal(bt_kvx_recv_post(p.ba, &rp, &r), BT_OK);
-    uint32_t gen = bt_kvx_recv_gen(r);
-    assert_int_equal(bt_kvx_debug_inject(p.ab, gen, 2, 0, 0, 4), BT_OK);
-    assert_int_equal(bt_kvx_debug_inject(p.ab, gen, 2, 1, 1, 2), BT_OK);
-    pump(&p, 10);
-    bt_kvx_get_stats(p.b, &st);
-    assert_int_equal(st.n_dup_dropped, 1);
-    assert_int_equal(bt_kvx_debug_inject(p.ab, gen, 1, 3, 0, 2), BT_OK); /* past the end */
-    int k = pump_until(&p, &p.lb, BT_KVX_EV_RECV_DONE, 2);
-    assert_int_equal(p.lb.ev[k].status, BT_ERR_FORMAT);
-    bt_kvx_recv_release(r);
-    pair_down(&p);
-}
-
-static void test_packed_stale_duplicate_and_forged_writes_rejected(void **state)
-{
-    pair_t p;
-    pair_up_packed(&p, &default_shape, &default_shape, 0, -1, 1);
-    int32_t src[4] = {0, 1, 2, 3}, dst[4] = {8, 10, 12, 14};
-    transfer(&p, 1, src, dst, 16, 0, 0);
-    uint32_t done_gen = p.lb.ev[tl_log_find(&p.lb, BT_KVX_EV_RECV_DONE, 1)].gen;
-    assert_int_equal(bt_kvx_debug_inject_packed(p.ab, done_gen, 0, 4, 40, 4), BT_OK);
-    pump(&p, 10);
-    bt_kvx_stats_t st;
-    bt_kvx_get_stats(p.b, &st);
-    assert_int_equal(st.n_stale_dropped, 1);
-    assert_int_equal(
-        bt_kvx_pattern_check(bt_kv_pool_base(p.pb.pool), &p.pb.layout, SEED_A, src, dst, 4), -1);
-
-    /* Live: layers already written come again (dropped); one that overlaps written and
-     * unwritten layers, or whose length is not whole layers, fails the receive. */
-    static const struct {
-        int32_t first, n_layers, n_blocks;
-    } bad[] = {{1, 2, 4}, {2, 1, 3}, {3, 2, 4}};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        bt_kvx_recv_params_t rp = {.req_id = 2 + i, .blocks = dst, .n_blocks = 4, .n_tokens = 16};
+    for (int i = 0; i < (packed ? 3 : 1); i++) {
+        uint64_t req = 2 + (uint64_t)i;
+        bt_kvx_recv_params_t rp = {.req_id = req, .blocks = dst, .n_blocks = 4, .n_tokens = 16};
         bt_kvx_recv_t *r;
         assert_int_equal(bt_kvx_recv_post(p.ba, &rp, &r), BT_OK);
         uint32_t gen = bt_kvx_recv_gen(r);
-        assert_int_equal(bt_kvx_debug_inject_packed(p.ab, gen, 0, 2, 0, 4), BT_OK);
-        assert_int_equal(bt_kvx_debug_inject_packed(p.ab, gen, 0, 2, 0, 4), BT_OK);
+        assert_int_equal(forge(&p, packed, gen, first[packed]), BT_OK);
+        assert_int_equal(forge(&p, packed, gen, again[packed]), BT_OK);
         pump(&p, 10);
         bt_kvx_get_stats(p.b, &st);
-        assert_int_equal(st.n_dup_dropped, (int64_t)i + 1);
-        assert_int_equal(bt_kvx_debug_inject_packed(p.ab, gen, bad[i].first, bad[i].n_layers, 0,
-                                                    bad[i].n_blocks),
-                         BT_OK);
-        int k = pump_until(&p, &p.lb, BT_KVX_EV_RECV_DONE, 2 + i);
+        assert_int_equal(st.n_dup_dropped, i + 1);
+        assert_int_equal(forge(&p, packed, gen, bad[packed][i]), BT_OK);
+        int k = pump_until(&p, &p.lb, BT_KVX_EV_RECV_DONE, req);
         assert_int_equal(p.lb.ev[k].status, BT_ERR_FORMAT);
         bt_kvx_recv_release(r);
     }
     pair_down(&p);
+}
+
+static void test_stale_duplicate_and_forged_writes_rejected(void **state)
+{
+    forged_writes(0);
+}
+
+static void test_packed_stale_duplicate_and_forged_writes_rejected(void **state)
+{
+    forged_writes(1);
 }
 
 static void test_layout_mismatch_refused(void **state)
