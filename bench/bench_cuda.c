@@ -11,7 +11,7 @@
  * the floor counts every weight byte one step must read once (layer matrices, norms and the
  * output projection) at the measured copy rate, where a copy of N bytes moves 2N (read and
  * write). Each decode step is timed twice: op by op, and on a second engine whose backend
- * runs decode steps as CUDA graphs (BATON_CUDA_GRAPHS=1 at its creation).
+ * runs decode steps as CUDA graphs (BATON_CUDA_GRAPHS=1 at its creation, 0 for the other).
  */
 #include <math.h>
 #include <stddef.h>
@@ -278,11 +278,18 @@ static int bench(const cfg_t *c, const bt_model_t *m, const int *batches, int nb
     run_t r, rg; /* rg: the same engine with decode steps as CUDA graphs */
     memset(&r, 0, sizeof r);
     memset(&rg, 0, sizeof rg);
+    const char *graphs_env = getenv("BATON_CUDA_GRAPHS");
+    char *graphs_was = graphs_env ? strdup(graphs_env) : NULL;
+    setenv("BATON_CUDA_GRAPHS", "0", 1);
     if (bt_engine_create(m, &ep, &r.e) != BT_OK)
         return 1;
     setenv("BATON_CUDA_GRAPHS", "1", 1);
     int st = bt_engine_create(m, &ep, &rg.e);
-    unsetenv("BATON_CUDA_GRAPHS");
+    if (graphs_was)
+        setenv("BATON_CUDA_GRAPHS", graphs_was, 1);
+    else
+        unsetenv("BATON_CUDA_GRAPHS");
+    free(graphs_was);
     if (st != BT_OK) {
         bt_engine_destroy(r.e);
         return 1;

@@ -104,6 +104,21 @@ echo "(deterministic mode, decode only)"
 timeout 60 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" --deterministic --batches 1,16,64 \
     --ctx 512 --prefills 512 --reps 1 --json "$RESULTS/baton-deterministic.json" || true
 
+step "experiment: attention chunks of 64 positions (BATON_CUDA_ATTN_CHUNK=64), decode only"
+# Chunks are how many blocks a decode row's attention spreads over: 3 per KV head at context
+# 512 with the default 256, against 9 with 64. The ops test checks split and sequential
+# launches still agree bit for bit; the figures go next to the default's above.
+ops_bin=$BUILD/bin/gpu_test_cuda_ops
+[ -x "$ops_bin" ] || ops_bin=$BUILD/tests/gpu_test_cuda_ops
+if [ -x "$ops_bin" ]; then
+    BATON_CUDA_ATTN_CHUNK=64 timeout 120 "$ops_bin" >"$RESULTS/gpu_test_cuda_ops-chunk64.log" 2>&1
+    rc=$?
+    grep -E '^\[ *(FAILED|PASSED|ERROR) *\]' "$RESULTS/gpu_test_cuda_ops-chunk64.log" | tail -5
+    [ $rc = 0 ] || [ $rc = 77 ] || { echo "ops at chunk 64: exit $rc"; status=1; }
+fi
+BATON_CUDA_ATTN_CHUNK=64 timeout 60 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" \
+    --batches 1,16,64 --ctx 512 --prefills 512 --reps 1 --json "$RESULTS/baton-chunk64.json" || true
+
 step "PyTorch/transformers, same shapes"
 if python3 -c "import torch, transformers" 2>/dev/null; then
     timeout 240 python3 bench/torch_llama_peer.py --preset 1b --batches 1,16,64 --ctx 512 \

@@ -4,7 +4,7 @@
  * for prefill and decode rows alike, with split chunks (flash-decoding) for long contexts.
  *
  * The one thing to know: a query at position p always performs the same arithmetic. Its cached
- * positions 0..p are cut into chunks of BT_CUDA_ATTN_CHUNK positions and each chunk into tiles
+ * positions 0..p are cut into chunks of the context's chunk size and each chunk into tiles
  * of BT_CUDA_ATTN_TILE (one position per lane). Within a chunk an online softmax runs tile by
  * tile in position order (scores are fixed-order dot products, tile sums a fixed shuffle
  * tree); the chunk states are then merged in chunk order. A launch either walks the chunks of
@@ -29,7 +29,6 @@
 
 #define ATT_WARPS 4
 #define TILE BT_CUDA_ATTN_TILE
-#define CHUNK BT_CUDA_ATTN_CHUNK
 #define ND (BT_MAX_HEAD_DIM / 32) /* head dims per lane, at most */
 #define MAX_GRID_YZ 65535
 
@@ -93,6 +92,7 @@ typedef struct {
     float *part; /* split partials: [row][head][chunk][2 + head_dim] */
     int n_heads, group;
     int n_chunks; /* chunks of the longest query: the partials' chunk stride */
+    int chunk;    /* positions per chunk, a multiple of TILE */
     float scale;
 } attn_params_t;
 
@@ -305,8 +305,9 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(attn_params
         q_first + ATT_WARPS * QPW - 1 < nq ? q_first + ATT_WARPS * QPW - 1 : nq - 1;
     const int32_t len_max = s.n_past + (int32_t)(q_last / p.group) + 1;
     const int c0 = split ? sp : 0;
-    const int c1 = split ? sp + 1 : (len_max + CHUNK - 1) / CHUNK;
-    if (c0 * CHUNK >= len_max)
+    const int chunk = p.chunk;
+    const int c1 = split ? sp + 1 : (len_max + chunk - 1) / chunk;
+    if (c0 * chunk >= len_max)
         return;
 
     float *ks = sm, *vs = ks + TILE * (hd + 1), *qs = vs + TILE * (hd + 1);
@@ -339,8 +340,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(attn_params
 #pragma unroll
         for (int t = 0; t < QPW; t++)
             state_clear(&cs[t]);
-        const int32_t t_end = (c + 1) * CHUNK < len_max ? (c + 1) * CHUNK : len_max;
-        for (int32_t t0 = c * CHUNK; t0 < t_end; t0 += TILE) {
+        const int32_t t_end = (c + 1) * chunk < len_max ? (c + 1) * chunk : len_max;
+        for (int32_t t0 = c * chunk; t0 < t_end; t0 += TILE) {
             __syncthreads(); /* the previous tile (and the queries, first time) are done */
             load_tile(p, s, kvh, t0, len_max, ks, vs);
             __syncthreads();
@@ -348,7 +349,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(attn_params
         }
 #pragma unroll
         for (int t = 0; t < QPW; t++) {
-            if (len[t] <= c * CHUNK)
+            if (len[t] <= c * chunk)
                 continue;
             if (!split) {
                 state_merge(&tot[t], cs[t].m, cs[t].l, cs[t].acc);
@@ -386,7 +387,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attn_combine_kernel(att
     const int32_t len = s.n_past + r + 1;
     attn_state_t tot;
     state_clear(&tot);
-    for (int c = 0; c * CHUNK < len; c++) {
+    for (int c = 0; c * p.chunk < len; c++) {
         const float *pp = p.part + ((row * p.n_heads + h) * p.n_chunks + c) * (hd + 2);
         float acc[ND];
 #pragma unroll
@@ -435,7 +436,8 @@ extern "C" void bt_cuda_attention_launch(cudaStream_t st, const bt_cuda_attn_arg
     p.part = part;
     p.n_heads = a->n_heads;
     p.group = a->n_heads / n_kv;
-    p.n_chunks = (a->max_len + CHUNK - 1) / CHUNK;
+    p.chunk = a->chunk;
+    p.n_chunks = (a->max_len + p.chunk - 1) / p.chunk;
     p.scale = a->scale;
     const int64_t nq = (int64_t)a->max_new * p.group;
     const int64_t qb1 = (nq + ATT_WARPS - 1) / ATT_WARPS;

@@ -469,14 +469,14 @@ static void cuda_attention(void *ctx, float *out, const float *q, const bt_kv_la
             .max_new = g.max_new,
             .max_len = g.max_len,
             .n_rows = g.n_rows,
+            .chunk = c->attn_chunk,
         };
         /* A graph serves every step of its attention bucket: the launcher uses max_len only
          * through ceil(max_len / chunk), which rounding up to the chunk keeps (so the split
          * choice, grid and partials' stride are the capture's), and the kernels stop at each
          * sequence's own length, read from the table. */
         if (c->sg.mode != BT_STEPGRAPH_OFF)
-            a.max_len =
-                (g.max_len + BT_CUDA_ATTN_CHUNK - 1) / BT_CUDA_ATTN_CHUNK * BT_CUDA_ATTN_CHUNK;
+            a.max_len = (g.max_len + c->attn_chunk - 1) / c->attn_chunk * c->attn_chunk;
         if (!LAUNCHES(c, "attention", U(out), U(q), U(kv->data), kv->type, kv->block_size,
                       kv->n_kv_heads, kv->head_dim, kv->block_bytes, U(a.seqs), U(a.blocks),
                       a.n_seqs, n_heads, fbits(scale), a.max_new, a.max_len, a.n_rows))
@@ -584,6 +584,15 @@ int bt_cuda_backend_create(const bt_backend_params_t *params, const bt_backend_o
     c->device = params->device;
     c->nondet = params->allow_nondeterministic;
     c->gemv_max_m = env_int("BATON_CUDA_GEMV_MAX_M", DEFAULT_GEMV_MAX_M);
+    c->attn_chunk = (int)env_int("BATON_CUDA_ATTN_CHUNK", BT_CUDA_ATTN_CHUNK);
+    if (c->attn_chunk < BT_CUDA_ATTN_TILE || c->attn_chunk > 4096 ||
+        c->attn_chunk % BT_CUDA_ATTN_TILE) {
+        fprintf(stderr,
+                "cuda: BATON_CUDA_ATTN_CHUNK must be a multiple of %d from %d to 4096; "
+                "using %d\n",
+                BT_CUDA_ATTN_TILE, BT_CUDA_ATTN_TILE, BT_CUDA_ATTN_CHUNK);
+        c->attn_chunk = BT_CUDA_ATTN_CHUNK;
+    }
     int st = BT_ERR_INTERNAL;
     if (cudaDeviceGetAttribute(&c->n_sm, cudaDevAttrMultiProcessorCount, c->device) !=
             cudaSuccess ||
@@ -595,7 +604,9 @@ int bt_cuda_backend_create(const bt_backend_params_t *params, const bt_backend_o
     st = blas_init(c);
     if (st != BT_OK)
         goto err_ctx;
-    /* Off by default until a device run shows graph and eager steps bit-identical and faster. */
+    /* Off by default: an H200 run showed graph and op-by-op steps bit-identical and the graphs
+     * faster, but a replay that misses its key still aborts, and no serving daemon has run on
+     * graphs yet (docs/cuda.md). */
     if (env_int("BATON_CUDA_GRAPHS", 0) == 1) {
         st = bt_cuda_graph_init(c);
         if (st != BT_OK)

@@ -64,10 +64,10 @@ void bt_cuda_graph_fini(bt_cuda_ctx_t *c)
 /* Bytes of an attention table slot: the descriptors and, for every sequence, the blocks of
  * the longest context the key's attention bucket allows. Any table of the key fits, so the
  * graph's copy of the slot is the same size on every replay. */
-static size_t table_slot_bytes(int n_seqs, int32_t n_chunks, int32_t block_size)
+static size_t table_slot_bytes(int n_seqs, int32_t n_chunks, int32_t chunk, int32_t block_size)
 {
     size_t blocks =
-        ((size_t)n_chunks * BT_CUDA_ATTN_CHUNK + (size_t)block_size - 1) / (size_t)block_size;
+        ((size_t)n_chunks * (size_t)chunk + (size_t)block_size - 1) / (size_t)block_size;
     return (size_t)n_seqs * (sizeof(bt_cuda_seq_t) + blocks * sizeof(int32_t));
 }
 
@@ -94,7 +94,7 @@ static int step_fits(const bt_cuda_ctx_t *c, const bt_step_shape_t *s,
         s->rows > c->argmax_cap || s->n_out > c->argmax_cap || s->n_layers < 1 ||
         s->block_size < 1 || s->max_len < 1 || s->n_kv_blocks < 0 || !out_valid(s))
         return 0;
-    size_t slot = table_slot_bytes(s->n_seqs, key->n_chunks, s->block_size);
+    size_t slot = table_slot_bytes(s->n_seqs, key->n_chunks, c->attn_chunk, s->block_size);
     size_t table = (size_t)s->n_seqs * sizeof(bt_cuda_seq_t) + (size_t)s->n_kv_blocks * 4;
     if (slot > c->seqs.cap || table > slot)
         return 0;
@@ -112,7 +112,7 @@ int bt_cuda_graph_begin(bt_cuda_ctx_t *c, const bt_step_shape_t *shape)
         abort();
     }
     bt_stepgraph_key_t key;
-    bt_stepgraph_key_make(shape, BT_CUDA_ATTN_CHUNK, &key);
+    bt_stepgraph_key_make(shape, c->attn_chunk, &key);
     if (!step_fits(c, shape, &key))
         return 0;
     if (bt_stepgraph_begin(&c->sg, &key) == BT_STEPGRAPH_REPLAY)
@@ -215,7 +215,7 @@ const void *bt_cuda_graph_input(bt_cuda_ctx_t *c, const void *src, size_t bytes)
 const void *bt_cuda_graph_table(bt_cuda_ctx_t *c, const void *src, size_t bytes, int n_seqs,
                                 int32_t block_size)
 {
-    size_t slot = table_slot_bytes(n_seqs, c->sg.cur->key.n_chunks, block_size);
+    size_t slot = table_slot_bytes(n_seqs, c->sg.cur->key.n_chunks, c->attn_chunk, block_size);
     int fresh;
     size_t off =
         arena_checked(bt_stepgraph_put_table(&c->sg, c->arena_host, src, bytes, slot, &fresh));

@@ -33,9 +33,12 @@ void bt_cuda_check(int err, const char *what, const char *file, int line);
 void bt_cublas_check(int status, const char *what, const char *file, int line);
 
 /* Attention positions are visited in tiles of this many (one per lane), and each query's
- * softmax state is built per chunk of BT_CUDA_ATTN_CHUNK positions and then merged chunk by
- * chunk in order. Both numbers are constants, so a query's arithmetic depends only on its own
- * position: split (parallel chunks + combine) and sequential launches give the same bits. */
+ * softmax state is built per chunk of positions (a multiple of the tile, BT_CUDA_ATTN_CHUNK
+ * unless BATON_CUDA_ATTN_CHUNK says otherwise) and then merged chunk by chunk in order. Both
+ * are fixed for a context, so a query's arithmetic depends only on its own position: split
+ * (parallel chunks + combine) and sequential launches give the same bits. The chunk is also
+ * how many blocks a decode row's attention can spread over, and its setting exists to measure
+ * that; every daemon of a cluster must run with the same one. */
 #define BT_CUDA_ATTN_TILE 32
 #define BT_CUDA_ATTN_CHUNK 256
 #define BT_CUDA_MAX_GROUP_SEQS 65535 /* sequences per attention launch: the kernels' grid.y */
@@ -75,8 +78,9 @@ typedef struct {
     int64_t argmax_cap;
     int32_t *topk_ids; /* topk_rows results, argmax_cap rows of BT_TOPK_MAX */
     float *topk_vals;
-    uint8_t *pack; /* host scratch of seqs.cap bytes to build a table before staging */
-    int n_sm;      /* streaming multiprocessors, for grid sizing */
+    uint8_t *pack;  /* host scratch of seqs.cap bytes to build a table before staging */
+    int n_sm;       /* streaming multiprocessors, for grid sizing */
+    int attn_chunk; /* positions per attention softmax chunk (BT_CUDA_ATTN_CHUNK) */
     /* Decode steps as CUDA graphs (BATON_CUDA_GRAPHS=1, cuda_graph.c); all zero when off. */
     int graphs;          /* 1: step_begin may capture and replay */
     int graph_warned;    /* a replay mismatch was logged */
@@ -152,6 +156,7 @@ typedef struct {
     int32_t max_new; /* largest n_new */
     int32_t max_len; /* largest n_past + n_new */
     int32_t n_rows;  /* rows of q/out covered by the call (max of row0 + n_new) */
+    int32_t chunk;   /* positions per softmax chunk (the context's) */
 } bt_cuda_attn_args_t;
 /* Chooses split or sequential chunks (same bits either way); part is the split scratch. */
 void bt_cuda_attention_launch(cudaStream_t st, const bt_cuda_attn_args_t *a, float *part,
