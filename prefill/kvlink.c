@@ -39,9 +39,10 @@ int bt_kvlink_create(const bt_kvlink_params_t *p, bt_kvlink_t **out)
                           .size_bytes = bt_kv_pool_size_bytes(pool),
                           .peer_timeout_ms = p->peer_timeout_ms,
                           /* device memory cannot be mapped by a peer process: data messages */
-                          .map_peers = bt_kv_pool_device_memory(pool) ? -1 : 0,
+                          .map_peers = bt_kv_pool_device_memory(pool) || p->no_map ? -1 : 0,
                           .device_memory = bt_kv_pool_device_memory(pool),
-                          .ucx_tls = p->ucx_tls};
+                          .ucx_tls = p->ucx_tls,
+                          .pack = p->pack};
     bt_kvx_layout_from_pool(pool, p->model_id, &kp.layout);
     int st = bt_kvx_create(&kp, &l->kvx);
     if (st == BT_OK)
@@ -153,12 +154,21 @@ int bt_kvlink_pump(bt_kvlink_t *l, bt_kvlink_event_fn fn, void *ctx)
 int bt_kvlink_create_from_cfg(const bt_kvlink_cfg_t *c, bt_engine_t *engine, const char *name,
                               const char *model_id, bt_kvlink_t **out)
 {
+    const char *pack = c->pack ? c->pack : "auto";
+    if (strcmp(pack, "auto") && strcmp(pack, "on") && strcmp(pack, "off")) {
+        bt_error("kvlink: --kv-pack must be auto, on or off, not '%s'", pack);
+        return BT_ERR_INVAL;
+    }
     bt_kvlink_params_t lp = {.engine = engine,
                              .name = name,
                              .model_id = model_id,
                              .backend = c->backend,
                              .ucx_tls = c->tls,
-                             .peer_timeout_ms = c->peer_timeout_ms};
+                             .peer_timeout_ms = c->peer_timeout_ms,
+                             .no_map = !c->map,
+                             .pack = !strcmp(pack, "on")    ? 1
+                                     : !strcmp(pack, "off") ? -1
+                                                            : 0};
     return bt_kvlink_create(&lp, out);
 }
 

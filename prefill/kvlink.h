@@ -28,6 +28,8 @@ typedef struct {
     char *tls;           /* UCX transports */
     int peer_timeout_ms; /* a silent peer is dead after this */
     int peer_wait_ms;    /* how long a transfer waits for its peer's connection */
+    int map;             /* a same-host receiver copies out of the sender's mapped pool */
+    char *pack;          /* whole layers packed into one message: auto, on, off */
 } bt_kvlink_cfg_t;
 
 #define BT_KVLINK_OPT(T, n, t, d, lo, hi, f, h)                                                    \
@@ -42,7 +44,13 @@ typedef struct {
         BT_KVLINK_OPT(T, "kv-peer-timeout-ms", BT_CFG_INT, "3000", 100, 3600000, peer_timeout_ms,  \
                       "a transfer peer silent this long is dead"),                                 \
         BT_KVLINK_OPT(T, "kv-peer-wait-ms", BT_CFG_INT, "5000", 1, 3600000, peer_wait_ms,          \
-                      "how long a transfer waits for its peer's connection")
+                      "how long a transfer waits for its peer's connection"),                      \
+        BT_KVLINK_OPT(T, "kv-map", BT_CFG_BOOL, "1", 0, 0, map,                                    \
+                      "a decode daemon on the prefill daemon's host copies the KV out of its "     \
+                      "pool (--no-kv-map: through the transport)"),                                \
+        BT_KVLINK_OPT(T, "kv-pack", BT_CFG_STRING, "auto", 0, 0, pack,                             \
+                      "send whole layers packed into one message: auto (over TCP, small block "    \
+                      "runs), on, off")
 
 typedef struct {
     bt_engine_t *engine;  /* borrowed: its KV pool is registered */
@@ -51,6 +59,8 @@ typedef struct {
     const char *backend;  /* kvx backend: "ucx" (NULL: default), "nccl" */
     const char *ucx_tls;  /* UCX transports, e.g. "sm,self" or "tcp"; NULL: UCX's choice */
     int peer_timeout_ms;  /* a silent peer is dead after this; 0: kvx's default */
+    int no_map;           /* 1: never copy out of a same-host peer's mapped pool */
+    int pack;             /* bt_kvx_params_t.pack */
 } bt_kvlink_params_t;
 
 /* A layer-wise send as the compute thread and the loop thread both see it. Its fields are

@@ -248,6 +248,22 @@ static void test_disagg_prefill_without_peer_fails_cleanly(void **state)
     assert_int_equal(fake_router_req(&f->r, bad)->reply_status, BT_ERR_INVAL);
 }
 
+/* Request rid: a prompt of n tokens (seed rid), 12 greedy tokens, checked against the engine
+ * alone. */
+static fake_req_t *run_checked(pd_fixture_t *f, bt_test_ref_t *ref, uint64_t rid, int n)
+{
+    int32_t prompt[160], want[16];
+    assert_true(n <= 160);
+    bt_test_prompt((uint32_t)rid, n, 512, prompt);
+    int nw = bt_test_ref_run(ref, prompt, n, 12, 1, want);
+    fake_req_t *q = run_one(f, rid, prompt, n, 12, 0);
+    assert_int_equal(q->done_status, 0);
+    assert_int_equal(q->pre_status, 0);
+    assert_int_equal(q->n_ids, nw);
+    assert_memory_equal(q->ids, want, (size_t)nw * sizeof(int32_t));
+    return q;
+}
+
 /* Layer-wise streaming: the same tokens as the engine alone, and each prompt's first layer is
  * handed to kvx inside its forward (TRANSFER_BEGIN before PREFILL_END), for a prompt computed in
  * one forward and for one computed in three chunks (whose last chunk releases the layers). */
@@ -262,14 +278,7 @@ static void test_disagg_layerwise_streams_during_the_forward(void **state)
     assert_non_null(ref);
     const int n_prompt[] = {40, 150};
     for (int i = 0; i < 2; i++) {
-        int32_t prompt[160], want[16];
-        bt_test_prompt(40 + (uint32_t)i, n_prompt[i], 512, prompt);
-        int nw = bt_test_ref_run(ref, prompt, n_prompt[i], 12, 1, want);
-        fake_req_t *q = run_one(f, 40 + (uint64_t)i, prompt, n_prompt[i], 12, 0);
-        assert_int_equal(q->done_status, 0);
-        assert_int_equal(q->pre_status, 0);
-        assert_int_equal(q->n_ids, nw);
-        assert_memory_equal(q->ids, want, (size_t)nw * sizeof(int32_t));
+        fake_req_t *q = run_checked(f, ref, 40 + (uint64_t)i, n_prompt[i]);
         const int32_t order[] = {BATON__EVENT_KIND__PREFILL_QUEUED,
                                  BATON__EVENT_KIND__PREFILL_BEGIN,
                                  BATON__EVENT_KIND__TRANSFER_BEGIN, BATON__EVENT_KIND__PREFILL_END,
@@ -279,6 +288,29 @@ static void test_disagg_layerwise_streams_during_the_forward(void **state)
     }
     bt_test_ref_close(ref);
     assert_true(fake_router_wait(&f->r, kv_all_free, f->pre_id, 10000));
+}
+
+/* KV through the transport instead of the mapped pool, over UCX's TCP transport, as daemons on
+ * two hosts ship it (--kv-tls tcp --no-kv-map): the tiny model's blocks are small, so the
+ * layers go packed into one message (kvx's "auto"); whole and layer-wise in chunks, the same
+ * tokens as the engine alone, and nothing left reserved. */
+static void test_disagg_kv_over_tcp_matches_engine(void **state)
+{
+    pd_fixture_t *f = *state;
+    const char *pre[] = {"--kv-tls",           "tcp", "--no-kv-map", "--kv-stream", "whole",
+                         "--max-batch-tokens", "64",  NULL};
+    const char *dec[] = {"--kv-tls", "tcp", "--no-kv-map", NULL};
+    assert_int_equal(start_with(f, &f->pre, "prefill", f->pre_id, "4M", pre), 0);
+    assert_int_equal(start_with(f, &f->dec, "decode", f->dec_id, "4M", dec), 0);
+    f->r.ignore_eos = 1;
+    bt_test_ref_t *ref = bt_test_ref_open(f->model);
+    assert_non_null(ref);
+    const int n_prompt[] = {3, 40, 150};
+    for (int i = 0; i < 3; i++)
+        run_checked(f, ref, 60 + (uint64_t)i, n_prompt[i]);
+    bt_test_ref_close(ref);
+    assert_true(fake_router_wait(&f->r, kv_all_free, f->pre_id, 10000));
+    assert_true(fake_router_wait(&f->r, kv_all_free, f->dec_id, 10000));
 }
 
 /* A streamed ship whose decode peer never connects: it waits --kv-peer-wait-ms from the end of
@@ -325,6 +357,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_disagg_decode_refuses_unreachable_peer, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_disagg_kv_over_tcp_matches_engine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disagg_layerwise_streams_during_the_forward, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_disagg_layerwise_without_peer_fails_cleanly, setup,
