@@ -157,8 +157,9 @@ static void print_result(const kvb_opts_t *o, const kvb_result_t *r)
                r->transport, r->mode, r->size_bytes, r->gb_per_s, r->p50_us, r->p99_us, r->layers,
                r->blocks, r->msgs, r->window, r->iters);
     } else {
-        printf("%-4s %-6s %10zu %7.2f %10.1f %10.1f %6d %6d %4d\n", r->transport, r->mode,
-               r->size_bytes, r->gb_per_s, r->p50_us, r->p99_us, r->layers, r->blocks, r->window);
+        printf("%-4s %-6s %10zu %7.2f %10.1f %10.1f %6d %6d %4d %4d\n", r->transport, r->mode,
+               r->size_bytes, r->gb_per_s, r->p50_us, r->p99_us, r->layers, r->blocks, r->msgs,
+               r->window);
     }
     fflush(stdout);
 }
@@ -218,8 +219,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "baton-kvbench: cannot pin to CPU 0\n");
     }
     if (!o.json)
-        printf("%-4s %-6s %10s %7s %10s %10s %6s %6s %4s\n", "tr", "mode", "bytes", "GB/s",
-               "p50_us", "p99_us", "layers", "blocks", "win");
+        printf("%-4s %-6s %10s %7s %10s %10s %6s %6s %4s %4s\n", "tr", "mode", "bytes", "GB/s",
+               "p50_us", "p99_us", "layers", "blocks", "msgs", "win");
     for (int t = 0; t < o.n_transports; t++)
         if (kvb_run_transport(&o, o.transports[t], print_result) != 0)
             return 1;

@@ -46,7 +46,7 @@ typedef struct {
     size_t size_bytes;
     int layers;
     int blocks; /* per layer */
-    int msgs;   /* data messages per transfer */
+    int msgs;   /* data messages per transfer, as received (mapped: copies) */
     int window;
     int iters;
     double gb_per_s; /* 1e9 bytes per second, window transfers in flight */
