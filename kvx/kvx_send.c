@@ -126,7 +126,9 @@ static void send_ready(bt_kvx_send_t *s, int32_t ready)
 }
 
 /* Packs the ready layers from next_layer on, as many as fit one message, into a buffer of
- * the op's and sends them as one message. BT_OK, or an error that has ended s. */
+ * the op's and sends them as one message. BT_OK; BT_AGAIN if no buffer could be had, in which
+ * case s stops packing and its layers go run by run (the receiver takes both); or an error
+ * that has ended s. */
 static int send_packed(bt_kvx_send_t *s, int32_t ready)
 {
     bt_kvx_t *kvx = s->kvx;
@@ -136,12 +138,15 @@ static int send_packed(bt_kvx_send_t *s, int32_t ready)
         b++;
     size_t len = (size_t)(b - a) * lb;
     kvx_op_t *op = kvx_op_get(kvx);
-    uint8_t *buf = op ? kvx_op_stage(kvx, op, len) : NULL;
-    if (!buf) {
-        if (op)
-            kvx_op_put(kvx, op);
+    if (!op) {
         send_end_mark(s, BT_ERR_NOMEM, 1);
         return BT_ERR_NOMEM;
+    }
+    uint8_t *buf = kvx_op_stage(kvx, op, len);
+    if (!buf) {
+        kvx_op_put(kvx, op);
+        s->pack = 0;
+        return BT_AGAIN;
     }
     uint8_t *o = buf;
     for (int32_t l = a; l < b; l++) {
@@ -176,9 +181,10 @@ void kvx_send_pump(bt_kvx_send_t *s)
            s->next_layer < ready && s->inflight < (s->pack ? KVX_PACK_WINDOW : kvx->window)) {
         /* One layer of one run goes as it is: packing it would only copy it. */
         if (s->pack && (s->n_segs > 1 || ready - s->next_layer > 1)) {
-            if (send_packed(s, ready) != BT_OK)
-                break;
-            continue;
+            int st = send_packed(s, ready);
+            if (st == BT_OK || st == BT_AGAIN)
+                continue;
+            break;
         }
         int32_t l = s->next_layer, g = s->next_seg, idx = s->seg_idx[g];
         size_t len = (size_t)s->seg_len[g] * bb;

@@ -466,6 +466,53 @@ static void test_packed_stale_duplicate_and_forged_writes_rejected(void **state)
     forged_writes(1);
 }
 
+/* A packing buffer that cannot be had: the send goes on run by run and the bytes arrive exact.
+ * One allocation fault, swept over everything send_start allocates (the send, its lists, the
+ * packing buffer, control messages): each refuses the send at once, ends it on both sides
+ * with an error, or lets it complete exactly; and at least one is the fallback. */
+static void test_packing_without_memory_falls_back_to_runs(void **state)
+{
+    int fell_back = 0;
+    for (long k = 1; k <= 8; k++) {
+        pair_t p;
+        pair_up_packed(&p, &default_shape, &default_shape, 0, -1, 1);
+        int32_t src[6] = {0, 2, 4, 6, 8, 10}, dst[6] = {50, 52, 54, 56, 58, 60};
+        bt_kvx_recv_params_t rp = {.req_id = 7, .blocks = dst, .n_blocks = 6, .n_tokens = 24};
+        bt_kvx_send_params_t sp = {.req_id = 7, .blocks = src, .n_blocks = 6, .n_tokens = 24};
+        bt_kvx_recv_t *r;
+        bt_kvx_send_t *s = NULL;
+        assert_int_equal(bt_kvx_recv_post(p.ba, &rp, &r), BT_OK);
+        pump(&p, 5); /* the sender knows the reservation: send_start binds and pumps at once */
+        bt_alloc_fail_at(k);
+        int st = bt_kvx_send_start(p.ab, &sp, &s);
+        int fired = bt_alloc_fault_fired();
+        bt_alloc_fail_at(0);
+        if (st == BT_OK) {
+            bt_kvx_send_finish(s, 1, NULL, 0); /* an ended send answers with its status */
+            int kr = pump_until(&p, &p.lb, BT_KVX_EV_RECV_DONE, 7);
+            int ks = pump_until(&p, &p.la, BT_KVX_EV_SEND_DONE, 7);
+            int ok = p.lb.ev[kr].status == BT_OK;
+            assert_int_equal(p.la.ev[ks].status == BT_OK, ok);
+            bt_kvx_stats_t stb;
+            bt_kvx_get_stats(p.b, &stb);
+            if (ok) {
+                assert_int_equal(bt_kvx_pattern_check(bt_kv_pool_base(p.pb.pool), &p.pb.layout,
+                                                      SEED_A, src, dst, 6),
+                                 -1);
+                /* Packed: one message; run by run: 6 runs x 4 layers. */
+                assert_true(stb.n_data_msgs_recv == 1 || stb.n_data_msgs_recv == 24);
+                fell_back += fired && stb.n_data_msgs_recv == 24;
+            }
+            bt_kvx_send_release(s);
+        } else {
+            assert_int_equal(st, BT_ERR_NOMEM);
+        }
+        bt_kvx_recv_release(r);
+        pair_down(&p);
+    }
+    assert_true(fell_back > 0);
+}
+
 static void test_layout_mismatch_refused(void **state)
 {
     static const struct {
@@ -780,6 +827,7 @@ int main(void)
         cmocka_unit_test(test_packed_random_layouts_byte_exact),
         cmocka_unit_test(test_packed_messages_hold_whole_layers_up_to_the_cap),
         cmocka_unit_test(test_packed_stale_duplicate_and_forged_writes_rejected),
+        cmocka_unit_test(test_packing_without_memory_falls_back_to_runs),
         cmocka_unit_test(test_contiguous_runs_coalesce),
         cmocka_unit_test(test_layerwise_ships_only_ready_layers),
         cmocka_unit_test(test_cancel_then_reuse_blocks_fences_old_generation),
