@@ -17,6 +17,7 @@
 
 #include "baton_client.h"
 #include "common/alloc.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "planner/rng.h"
@@ -159,6 +160,11 @@ static int loop(drv_t *d)
             return st;
         } else if (st == BT_CLIENT_ERR_NOT_FOUND && d->next >= d->run->n) {
             break; /* nothing in flight and nothing left to send */
+        } else if (st == BT_CLIENT_ERR_NOT_FOUND && d->p->concurrency <= 0) {
+            /* Nothing in flight, so the client did not wait: sleep to the next arrival here
+             * (spinning would take a core from the cluster it measures). */
+            bt_sleep_until_mono_ms(d->t0 + d->reqs[d->next].arrival_ms);
+            last_event = mono_ms();
         }
         if (d->in_flight > 0 && t - last_event > limit) {
             bt_warn("nothing from the cluster for %.0f s; giving up on %zu requests", limit / 1e3,
