@@ -15,20 +15,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "common/alloc.h"
+#include "common/clock.h"
 #include "common/parfor.h"
 #include "common/sampler.h"
 #include "common/status.h"
 #include "kernels/kernels.h"
-
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
 
 static float uniform(uint32_t *x)
 {
@@ -64,15 +57,15 @@ static int run(const char *what, bt_sampler_params_t p, int32_t nv, int n_tok, f
         fill(l, nv, sd, &x);
         bt_sampler_set_position(a, (uint64_t)t);
         bt_sampler_set_position(b, (uint64_t)t);
-        double t0 = now_ms();
+        double t0 = bt_mono_ms();
         memcpy(row, l, (size_t)nv * sizeof(float)); /* a daemon's row comes as a copy too */
         int32_t ta = bt_sampler_sample(a, row);
-        double t1 = now_ms();
+        double t1 = bt_mono_ms();
         t_row += t1 - t0;
         if (k > 0) {
             bt_topk_f32(l, nv, k, ids, vals);
             same += bt_sampler_sample_top(b, ids, vals, k) == ta;
-            t_top += now_ms() - t1;
+            t_top += bt_mono_ms() - t1;
         }
     }
     printf("%-34s whole row %8.1f us/token", what, 1e3 * t_row / n_tok);
@@ -120,15 +113,15 @@ static int run_batch(int32_t nv, int batch, int n_steps, float sd)
     double t_seq = 0, t_par = 0;
     for (int s = 0; s < n_steps; s++) {
         memcpy(rows, src, (size_t)batch * nv * sizeof(float));
-        double t0 = now_ms();
+        double t0 = bt_mono_ms();
         for (int i = 0; i < batch; i++)
             sample_row(&b, i);
-        double t1 = now_ms();
+        double t1 = bt_mono_ms();
         memcpy(rows, src, (size_t)batch * nv * sizeof(float));
-        double t2 = now_ms();
+        double t2 = bt_mono_ms();
         bt_parfor_run(par, batch, sample_row, &b);
         t_seq += t1 - t0;
-        t_par += now_ms() - t2;
+        t_par += bt_mono_ms() - t2;
     }
     printf("batch of %d whole rows, temp 0.8: %.2f ms a step on one core, %.2f ms on %d\n", batch,
            t_seq / n_steps, t_par / n_steps, 1 + bt_parfor_threads(par));

@@ -12,7 +12,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "baton_client.h"
@@ -34,13 +33,6 @@ typedef struct {
     double last_bar_ms;
 } drv_t;
 
-static double mono_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
-
 static void make_prompt(const drv_t *d, size_t i, int32_t n)
 {
     pl_rng_t r;
@@ -60,7 +52,7 @@ static void submit_one(drv_t *d)
                                 .max_tokens = (uint32_t)q->output,
                                 .ignore_eos = 1,
                                 .request_id = i + 1};
-    t->send_ms = mono_ms() - d->t0;
+    t->send_ms = bt_mono_ms() - d->t0;
     int st = bt_client_submit(d->cl, &g, NULL);
     if (st != BT_CLIENT_OK) {
         t->status = st;
@@ -108,7 +100,7 @@ static void on_result(drv_t *d, const bt_client_result_t *r, double t_ms)
 
 static void progress(drv_t *d, int final)
 {
-    double now = mono_ms();
+    double now = bt_mono_ms();
     if (!d->p->progress || (!final && now - d->last_bar_ms < 200))
         return;
     d->last_bar_ms = now;
@@ -131,22 +123,22 @@ static int submit_due(drv_t *d)
             submit_one(d);
         return 200;
     }
-    while (d->next < n && d->reqs[d->next].arrival_ms <= mono_ms() - d->t0)
+    while (d->next < n && d->reqs[d->next].arrival_ms <= bt_mono_ms() - d->t0)
         submit_one(d);
     if (d->next >= n)
         return 200;
-    double wait = d->reqs[d->next].arrival_ms - (mono_ms() - d->t0);
+    double wait = d->reqs[d->next].arrival_ms - (bt_mono_ms() - d->t0);
     return wait > 200 ? 200 : wait > 0 ? (int)ceil(wait) : 0;
 }
 
 static int loop(drv_t *d)
 {
-    double last_event = mono_ms(), limit = (d->p->timeout_s > 0 ? d->p->timeout_s : 600) * 1e3;
+    double last_event = bt_mono_ms(), limit = (d->p->timeout_s > 0 ? d->p->timeout_s : 600) * 1e3;
     while (d->done < d->run->n) {
         int wait = submit_due(d);
         bt_client_next_t ev;
         int st = bt_client_next(d->cl, wait, &ev);
-        double t = mono_ms();
+        double t = bt_mono_ms();
         if (st == BT_CLIENT_OK) {
             if (ev.kind == BT_CLIENT_NEXT_CHUNK) {
                 on_chunk(d, &ev.chunk, t - d->t0);
@@ -164,7 +156,7 @@ static int loop(drv_t *d)
             /* Nothing in flight, so the client did not wait: sleep to the next arrival here
              * (spinning would take a core from the cluster it measures). */
             bt_sleep_until_mono_ms(d->t0 + d->reqs[d->next].arrival_ms);
-            last_event = mono_ms();
+            last_event = bt_mono_ms();
         }
         if (d->in_flight > 0 && t - last_event > limit) {
             bt_warn("nothing from the cluster for %.0f s; giving up on %zu requests", limit / 1e3,
@@ -226,13 +218,13 @@ int bb_drive(const bb_driver_params_t *p, const bb_request_t *reqs, size_t n, bb
     st = d.ids ? bt_client_connect(&cp, &d.cl) : BT_ERR_NOMEM;
     if (st != BT_OK)
         goto err_run;
-    d.t0 = mono_ms();
+    d.t0 = bt_mono_ms();
     st = loop(&d);
     progress(&d, 1);
     bt_client_close(d.cl);
     if (st != BT_OK)
         goto err_run;
-    d.run->wall_s = (mono_ms() - d.t0) / 1e3;
+    d.run->wall_s = (bt_mono_ms() - d.t0) / 1e3;
     bt_free(d.ids);
     bt_free(d.cap);
     *out = d.run;

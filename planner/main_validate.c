@@ -84,13 +84,6 @@ typedef struct {
     uint64_t ev_ns[N_STAGE_EV]; /* the result's lifetime events (0: absent) */
 } real_req_t;
 
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
 static int submit(bt_client_t *cl, const pl_req_t *r, size_t i, int32_t *ids, uint32_t n_vocab)
 {
     uint64_t x = 0x9e3779b97f4a7c15ull * (i + 1);
@@ -134,14 +127,14 @@ static int real_run(const val_cfg_t *c, bt_client_t *cl, const pl_req_t *r, size
                     uint32_t n_vocab, int32_t *ids, real_req_t *out)
 {
     size_t next = 0, done = 0;
-    double t0 = now_ms(), last_event = t0;
+    double t0 = bt_mono_ms(), last_event = t0;
     for (size_t i = 0; i < n; i++)
         out[i] = (real_req_t){.first_ms = -1, .last_ms = -1};
     /* the lifetime events are zeroed by the initializer */
     while (done < n) {
-        double t = now_ms() - t0;
+        double t = bt_mono_ms() - t0;
         for (; next < n && r[next].arrival_ms <= t; next++) {
-            out[next].send_ms = now_ms() - t0;
+            out[next].send_ms = bt_mono_ms() - t0;
             int st = submit(cl, &r[next], next, ids, n_vocab);
             if (st != BT_CLIENT_OK) {
                 out[next].status = st;
@@ -153,10 +146,10 @@ static int real_run(const val_cfg_t *c, bt_client_t *cl, const pl_req_t *r, size
         bt_client_next_t ev;
         int st = bt_client_next(cl, wait > 0 ? wait : 0, &ev);
         if (st == BT_CLIENT_OK) {
-            on_event(&ev, out, n, now_ms() - t0, &done);
+            on_event(&ev, out, n, bt_mono_ms() - t0, &done);
             if (ev.kind == BT_CLIENT_NEXT_RESULT)
                 bt_client_result_free(ev.result);
-            last_event = now_ms();
+            last_event = bt_mono_ms();
         } else if (st != BT_CLIENT_ERR_TIMEOUT && st != BT_CLIENT_ERR_NOT_FOUND) {
             bt_error("client: %s", bt_client_strerror(st));
             return st;
@@ -164,9 +157,9 @@ static int real_run(const val_cfg_t *c, bt_client_t *cl, const pl_req_t *r, size
             /* Nothing in flight, so the client did not wait: sleep to the next arrival here
              * (spinning would take a core from the cluster it measures). */
             bt_sleep_until_mono_ms(t0 + r[next].arrival_ms);
-            last_event = now_ms();
+            last_event = bt_mono_ms();
         }
-        if (now_ms() - last_event > c->timeout_s * 1e3)
+        if (bt_mono_ms() - last_event > c->timeout_s * 1e3)
             return BT_ERR_TIMEOUT;
     }
     return BT_OK;

@@ -10,9 +10,9 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "common/alloc.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/sampler.h"
 #include "common/status.h"
@@ -31,13 +31,6 @@ typedef struct {
     bt_batch_seq_t batch[MAX_SEQS];
     int32_t step_tok[MAX_SEQS];
 } prof_t;
-
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -71,12 +64,12 @@ static double prefill_once(prof_t *s, int k, int len)
                                        .n_tokens = len,
                                        .logits = BT_LOGITS_LAST};
     }
-    double t0 = now_ms();
+    double t0 = bt_mono_ms();
     if (st == BT_OK)
         st = bt_engine_forward(s->e, s->batch, k, s->logits);
     for (int i = 0; i < k && st == BT_OK; i++) /* each prompt's first token, as served */
         s->step_tok[i] = bt_argmax(s->logits + (size_t)i * s->n_vocab, s->n_vocab);
-    double t = now_ms() - t0;
+    double t = bt_mono_ms() - t0;
     seqs_fini(s, k);
     if (st != BT_OK)
         bt_error("profiler: prefill of %d x %d tokens failed: %s", k, len, bt_status_str(st));
@@ -170,11 +163,11 @@ static double decode_once(prof_t *s, const bt_kv_seq_t *base, int b, int c)
                                            .tokens = &s->step_tok[i],
                                            .n_tokens = 1,
                                            .logits = BT_LOGITS_LAST};
-        double t0 = now_ms();
+        double t0 = bt_mono_ms();
         /* A served step also picks every sequence's next token: greedy, as the daemons' batcher
          * does it, where the logits are (the engine reads the tokens before it writes ids). */
         st = bt_engine_forward_argmax(s->e, s->batch, b, s->step_tok);
-        t = now_ms() - t0;
+        t = bt_mono_ms() - t0;
     }
     seqs_fini(s, b);
     if (st != BT_OK)
@@ -258,9 +251,9 @@ static int measure_transfer(prof_t *s, double kv_bytes, pl_transfer_point_t *pts
         for (int r = 0; r < reps; r++) {
             if (off + bytes > cap)
                 off = 0;
-            double t0 = now_ms();
+            double t0 = bt_mono_ms();
             memcpy(dst + off, src + off, bytes);
-            t[r] = now_ms() - t0;
+            t[r] = bt_mono_ms() - t0;
             off += bytes;
         }
         double ms = pick(t, reps, p->use_median);
