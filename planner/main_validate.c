@@ -250,9 +250,12 @@ static int span_cmp(const void *a, const void *b)
  * their PREFILL_BEGIN and PREFILL_END within a millisecond of each other, so requests sorted by
  * begin are grouped while both stay that close to the group's first; each group's time is
  * compared with the profile's prediction for the whole batch (sum of lengths, sum of squares).
- * Writes the ratios to out and returns how many. */
-static size_t forward_ratios(const bt_profile_t *prof, pf_span_t *sp, size_t n, double *out)
+ * Writes the ratios to out and returns how many; *busy is the daemon's busy time over the
+ * profile's for the same forwards, the ratio its queue sees (a median hides slow forwards). */
+static size_t forward_ratios(const bt_profile_t *prof, pf_span_t *sp, size_t n, double *out,
+                             double *busy)
 {
+    double real_ms = 0, model_ms = 0;
     const uint64_t close_ns = 1000000;
     qsort(sp, n, sizeof *sp, span_cmp);
     size_t n_out = 0;
@@ -266,10 +269,14 @@ static size_t forward_ratios(const bt_profile_t *prof, pf_span_t *sp, size_t n, 
             j++;
         }
         double model = bt_profile_prefill_ms(prof, sum, sum2);
-        if (model > 0)
+        if (model > 0) {
             out[n_out++] = (double)(sp[i].end - sp[i].begin) / 1e6 / model;
+            real_ms += (double)(sp[i].end - sp[i].begin) / 1e6;
+            model_ms += model;
+        }
         i = j;
     }
+    *busy = model_ms > 0 ? real_ms / model_ms : 0;
     return n_out;
 }
 
@@ -309,16 +316,17 @@ static int one_rate(val_t *v, double rate)
             fputc('\n', v->csv);
         }
     }
-    n_pf = forward_ratios(v->prof, spans, n_pf, pf);
+    double busy;
+    n_pf = forward_ratios(v->prof, spans, n_pf, pf, &busy);
     bt_free(spans);
     stats_t real;
     stats(tt, tp, n, v->c, scratch, &real);
     printf("| %g | %.1f%% | %.1f%% | %+.1f | %.0f / %.0f | %.0f / %.0f | %.1f / %.1f | "
-           "%.1f / %.1f | %zu | %.2f | %.1f |\n",
+           "%.1f / %.1f | %zu | %.2f / %.2f | %.1f |\n",
            rate, 100 * real.attain, 100 * res.attainment, 100 * (res.attainment - real.attain),
            real.ttft_p50, real.ttft_p90, res.ttft_p50_ms, res.ttft_p90_ms, real.tpot_p50,
            real.tpot_p90, res.tpot_p50_ms, res.tpot_p90_ms, real.n_failed, pct(pf, n_pf, 0.5),
-           loadavg());
+           busy, loadavg());
     fflush(stdout);
     return BT_OK;
 }
@@ -366,7 +374,7 @@ static int validate(val_t *v, const double *rates, int n_rates)
     int st = v->reqs && v->real && v->sim && v->ids && v->buf ? BT_OK : BT_ERR_NOMEM;
     printf("| rate/s | real | sim | sim - real (pp) | real TTFT p50 / p90 ms | "
            "sim TTFT p50 / p90 | real TPOT p50 / p90 ms | sim TPOT p50 / p90 | real failed | "
-           "prefill / profile | load |\n"
+           "prefill / profile (median / busy) | load |\n"
            "|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < n_rates && st == BT_OK; i++) {
         settle(v->cl);
