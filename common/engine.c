@@ -301,9 +301,9 @@ static void layer_attention(bt_engine_t *e, int32_t l, int32_t rows, int n_seqs)
     const bt_layer_weights_t *w = &e->model->layers[l];
     acts_t *a = &e->a;
     bt_rmsnorm(e->be, a->xb, a->x, w->attn_norm, rows, hp->dim, hp->norm_eps);
-    bt_matmul(e->be, a->q, &w->wq, a->xb, rows);
-    bt_matmul(e->be, a->k, &w->wk, a->xb, rows);
-    bt_matmul(e->be, a->v, &w->wv, a->xb, rows);
+    float *const qkv[3] = {a->q, a->k, a->v};
+    const bt_tensor_t *const wqkv[3] = {&w->wq, &w->wk, &w->wv};
+    bt_matmul_multi(e->be, 3, qkv, wqkv, a->xb, rows);
     bt_rope(e->be, a->q, a->pos, rows, hp->n_heads, hp->head_dim, e->model->rope_inv_freq);
     bt_rope(e->be, a->k, a->pos, rows, hp->n_kv_heads, hp->head_dim, e->model->rope_inv_freq);
     bt_kv_layer_t kv = bt_kv_pool_layer(e->kv, l);
@@ -318,14 +318,10 @@ static void layer_rest(bt_engine_t *e, int32_t l, float *x, const float *att, in
     const bt_model_hparams_t *hp = &e->model->hp;
     const bt_layer_weights_t *w = &e->model->layers[l];
     acts_t *a = &e->a;
-    bt_matmul(e->be, a->xb, &w->wo, att, rows);
-    bt_add(e->be, x, a->xb, (int64_t)rows * hp->dim);
+    bt_matmul_add(e->be, x, &w->wo, att, rows, a->xb);
     bt_rmsnorm(e->be, a->xb, x, w->ffn_norm, rows, hp->dim, hp->norm_eps);
-    bt_matmul(e->be, a->gate, &w->w_gate, a->xb, rows);
-    bt_matmul(e->be, a->up, &w->w_up, a->xb, rows);
-    bt_swiglu(e->be, a->gate, a->gate, a->up, (int64_t)rows * hp->ffn_dim);
-    bt_matmul(e->be, a->xb, &w->w_down, a->gate, rows);
-    bt_add(e->be, x, a->xb, (int64_t)rows * hp->dim);
+    bt_matmul_swiglu(e->be, a->gate, &w->w_gate, &w->w_up, a->xb, rows, a->up);
+    bt_matmul_add(e->be, x, &w->w_down, a->gate, rows, a->xb);
 }
 
 /* Final norm and output projection of n_out rows of x, chunked through the logits buffer. */

@@ -14,6 +14,7 @@
 struct bt_backend {
     const bt_backend_ops_t *ops;
     void *ctx;
+    int fused; /* 0: BATON_FUSED_OPS=0, the fused ops run as their composition */
 };
 
 typedef struct {
@@ -88,6 +89,8 @@ int bt_backend_create(const char *name, const bt_backend_params_t *params, bt_ba
             free(be);
             return st;
         }
+        const char *f = getenv("BATON_FUSED_OPS");
+        be->fused = !(f && !strcmp(f, "0"));
         *out = be;
         return BT_OK;
     }
@@ -153,6 +156,45 @@ int bt_backend_step_end(bt_backend_t *be)
 void bt_matmul(bt_backend_t *be, float *y, const bt_tensor_t *w, const float *x, int64_t m)
 {
     be->ops->matmul(be->ctx, y, w, x, m);
+}
+
+void bt_matmul_multi(bt_backend_t *be, int n_w, float *const *y, const bt_tensor_t *const *w,
+                     const float *x, int64_t m)
+{
+    int same = n_w <= 4; /* a model file may store a layer's q, k and v in different types */
+    for (int t = 1; t < n_w; t++)
+        same &= w[t]->type == w[0]->type && w[t]->cols == w[0]->cols;
+    if (be->fused && be->ops->matmul_multi && same) {
+        be->ops->matmul_multi(be->ctx, n_w, y, w, x, m);
+        return;
+    }
+    for (int t = 0; t < n_w; t++)
+        be->ops->matmul(be->ctx, y[t], w[t], x, m);
+}
+
+void bt_matmul_add(bt_backend_t *be, float *y, const bt_tensor_t *w, const float *x, int64_t m,
+                   float *tmp)
+{
+    if (be->fused && be->ops->matmul_add) {
+        be->ops->matmul_add(be->ctx, y, w, x, m);
+        return;
+    }
+    be->ops->matmul(be->ctx, tmp, w, x, m);
+    be->ops->add(be->ctx, y, tmp, m * w->rows);
+}
+
+void bt_matmul_swiglu(bt_backend_t *be, float *y, const bt_tensor_t *gate, const bt_tensor_t *up,
+                      const float *x, int64_t m, float *tmp)
+{
+    if (be->fused && be->ops->matmul_swiglu && gate->type == up->type && gate->rows == up->rows &&
+        gate->cols == up->cols) {
+        be->ops->matmul_swiglu(be->ctx, y, gate, up, x, m);
+        return;
+    }
+    float *const gu[2] = {y, tmp};
+    const bt_tensor_t *const w[2] = {gate, up};
+    bt_matmul_multi(be, 2, gu, w, x, m);
+    be->ops->swiglu(be->ctx, y, y, tmp, m * gate->rows);
 }
 
 void bt_get_rows(bt_backend_t *be, float *y, const bt_tensor_t *table, const int32_t *ids,

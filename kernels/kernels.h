@@ -160,6 +160,20 @@ typedef struct bt_backend_ops {
      * out are [rows][n_heads * head_dim]; heads map to KV heads by n_heads / n_kv_heads (GQA). */
     void (*attention)(void *ctx, float *out, const float *q, const bt_kv_layer_t *kv,
                       const bt_attn_seq_t *seqs, int n_seqs, int n_heads, float scale);
+    /* Optional fused forms of the ops above (NULL: the wrappers compose them from matmul, add
+     * and swiglu). Each row of each result is computed exactly as the composition computes it,
+     * so in the deterministic mode a backend's fused and composed forms agree bit for bit.
+     * matmul_multi: y[t][m][w[t].rows] = x . w[t]^T for n_w (<= 4) weights of one type and
+     * column count, all reading the same input x (a layer's q, k and v); the wrapper composes
+     * weights that differ. */
+    void (*matmul_multi)(void *ctx, int n_w, float *const *y, const bt_tensor_t *const *w,
+                         const float *x, int64_t m);
+    /* y[m][w.rows] += x . w^T (an output projection and its residual add). */
+    void (*matmul_add)(void *ctx, float *y, const bt_tensor_t *w, const float *x, int64_t m);
+    /* y[m][gate.rows] = silu(x . gate^T) * (x . up^T), gate and up of one type and shape (the
+     * wrapper composes others). */
+    void (*matmul_swiglu)(void *ctx, float *y, const bt_tensor_t *gate, const bt_tensor_t *up,
+                          const float *x, int64_t m);
     /* Optional (a host-memory backend may leave it NULL): out_host[i] = bt_argmax_f32 of row i
      * of x ([m][n]), so that greedy decoding moves m ids to the host instead of m x n logits. */
     void (*argmax_rows)(void *ctx, int32_t *out_host, const float *x, int64_t m, int64_t n);
@@ -198,6 +212,16 @@ void bt_backend_download(bt_backend_t *be, void *dst_host, const void *src, size
 void bt_backend_sync(bt_backend_t *be);
 
 void bt_matmul(bt_backend_t *be, float *y, const bt_tensor_t *w, const float *x, int64_t m);
+/* The fused forms (ops table, matmul_multi, matmul_add, matmul_swiglu). Where the backend has
+ * no fused op, or BATON_FUSED_OPS=0 was in the environment when it was created, they run as
+ * the composition, using tmp ([m][w.rows] floats of backend memory) for the intermediate; the
+ * results are the same bit for bit in the deterministic mode. */
+void bt_matmul_multi(bt_backend_t *be, int n_w, float *const *y, const bt_tensor_t *const *w,
+                     const float *x, int64_t m);
+void bt_matmul_add(bt_backend_t *be, float *y, const bt_tensor_t *w, const float *x, int64_t m,
+                   float *tmp);
+void bt_matmul_swiglu(bt_backend_t *be, float *y, const bt_tensor_t *gate, const bt_tensor_t *up,
+                      const float *x, int64_t m, float *tmp);
 void bt_get_rows(bt_backend_t *be, float *y, const bt_tensor_t *table, const int32_t *ids,
                  int64_t m);
 void bt_rmsnorm(bt_backend_t *be, float *y, const float *x, const float *w, int64_t m, int64_t n,

@@ -68,6 +68,7 @@ static const bt_backend_ops_t cpu_ops = {
     .download = cpu_copy,
     .sync = cpu_sync,
     .matmul = bt_cpu_matmul,
+    .matmul_multi = bt_cpu_matmul_multi,
     .get_rows = bt_cpu_get_rows,
     .rmsnorm = bt_cpu_rmsnorm,
     .rope = bt_cpu_rope,

@@ -42,11 +42,26 @@ typedef struct {
 /* Cache-line aligned allocation (64 bytes); free with free(). NULL on failure. */
 void *bt_cpu_aligned_alloc(size_t size_bytes);
 
+/* Several jobs of one task function as one pool run (one dispatch, one barrier): tasks
+ * [first[t], first[t + 1]) are job t's, renumbered from 0. */
+#define BT_CPU_MULTI_MAX 4
+typedef struct {
+    bt_cpu_task_fn fn;
+    void *arg[BT_CPU_MULTI_MAX];
+    int64_t first[BT_CPU_MULTI_MAX + 1];
+} bt_cpu_multi_t;
+void bt_cpu_multi_task(void *arg, int64_t task, int thread);
+
 /* matmul.c */
 void bt_cpu_matmul(void *ctx, float *y, const bt_tensor_t *w, const float *x, int64_t m);
+/* The ops table's matmul_multi: n_w <= BT_CPU_MULTI_MAX weights of one type and column count
+ * in one pool run (Q8_0: the input quantized once). */
+void bt_cpu_matmul_multi(void *ctx, int n_w, float *const *y, const bt_tensor_t *const *w,
+                         const float *x, int64_t m);
 
-/* matmul_q8.c: y[m][w->rows] for a Q8_0 weight. */
-void bt_cpu_matmul_q8(bt_cpu_ctx_t *c, float *y, const bt_tensor_t *w, const float *x, int64_t m);
+/* matmul_q8.c: y[t][m][w[t]->rows] for n_w Q8_0 weights of one column count. */
+void bt_cpu_matmul_q8(bt_cpu_ctx_t *c, int n_w, float *const *y, const bt_tensor_t *const *w,
+                      const float *x, int64_t m);
 /* Quantizes one row of n floats (n % 32 == 0) to int8 values and per-32 scales, the way the
  * Q8_0 matmul does (round half to even; d = amax / 127). */
 void bt_cpu_quantize_row_q8(const float *x, int8_t *qs, float *d, int64_t n);

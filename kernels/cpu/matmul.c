@@ -191,27 +191,51 @@ static int64_t mm_block_tokens(int64_t k)
     return mb < MR ? MR : mb;
 }
 
-void bt_cpu_matmul(void *ctx, float *y, const bt_tensor_t *w, const float *x, int64_t m)
+void bt_cpu_multi_task(void *arg, int64_t task, int thread)
+{
+    const bt_cpu_multi_t *mu = arg;
+    int t = 0;
+    while (task >= mu->first[t + 1])
+        t++;
+    mu->fn(mu->arg[t], task - mu->first[t], thread);
+}
+
+void bt_cpu_matmul_multi(void *ctx, int n_w, float *const *y, const bt_tensor_t *const *w,
+                         const float *x, int64_t m)
 {
     bt_cpu_ctx_t *c = ctx;
-    if (m <= 0 || w->rows <= 0)
+    assert(n_w >= 1 && n_w <= BT_CPU_MULTI_MAX);
+    if (m <= 0)
         return;
-    if (w->type == BT_TYPE_Q8_0) {
-        bt_cpu_matmul_q8(c, y, w, x, m);
+    if (w[0]->type == BT_TYPE_Q8_0) {
+        bt_cpu_matmul_q8(c, n_w, y, w, x, m);
         return;
     }
-    assert(w->type == BT_TYPE_F32 || w->type == BT_TYPE_F16 || w->type == BT_TYPE_BF16);
-    mm_job_t jb = {
-        .y = y,
-        .x = x,
-        .w = w->data,
-        .type = w->type,
-        .m = m,
-        .n = w->rows,
-        .k = w->cols,
-        .w_stride = bt_type_row_bytes(w->type, w->cols),
-        .nc = mm_chunk_rows(w->rows, c->n_threads),
-        .mb = mm_block_tokens(w->cols),
-    };
-    bt_cpu_pool_run(c->pool, mm_task, &jb, (w->rows + jb.nc - 1) / jb.nc);
+    mm_job_t jobs[BT_CPU_MULTI_MAX];
+    bt_cpu_multi_t mu = {.fn = mm_task};
+    for (int t = 0; t < n_w; t++) {
+        assert(w[t]->type == BT_TYPE_F32 || w[t]->type == BT_TYPE_F16 ||
+               w[t]->type == BT_TYPE_BF16);
+        jobs[t] = (mm_job_t){
+            .y = y[t],
+            .x = x,
+            .w = w[t]->data,
+            .type = w[t]->type,
+            .m = m,
+            .n = w[t]->rows,
+            .k = w[t]->cols,
+            .w_stride = bt_type_row_bytes(w[t]->type, w[t]->cols),
+            .nc = mm_chunk_rows(w[t]->rows, c->n_threads),
+            .mb = mm_block_tokens(w[t]->cols),
+        };
+        mu.arg[t] = &jobs[t];
+        mu.first[t + 1] = mu.first[t] + (w[t]->rows + jobs[t].nc - 1) / jobs[t].nc;
+    }
+    bt_cpu_pool_run(c->pool, bt_cpu_multi_task, &mu, mu.first[n_w]);
+}
+
+void bt_cpu_matmul(void *ctx, float *y, const bt_tensor_t *w, const float *x, int64_t m)
+{
+    if (w->rows > 0)
+        bt_cpu_matmul_multi(ctx, 1, &y, &w, x, m);
 }

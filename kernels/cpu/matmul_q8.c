@@ -260,31 +260,41 @@ static void q8_reserve_row(bt_cpu_ctx_t *c, int64_t k)
     assert(c->q8_qs && c->q8_d);
 }
 
-void bt_cpu_matmul_q8(bt_cpu_ctx_t *c, float *y, const bt_tensor_t *w, const float *x, int64_t m)
+void bt_cpu_matmul_q8(bt_cpu_ctx_t *c, int n_w, float *const *y, const bt_tensor_t *const *w,
+                      const float *x, int64_t m)
 {
-    const int64_t k = w->cols;
-    assert(k % BT_QK8_0 == 0);
+    const int64_t k = w[0]->cols;
+    assert(k % BT_QK8_0 == 0 && n_w <= BT_CPU_MULTI_MAX);
     q8_reserve_row(c, k);
     const int64_t per_pass = k > 0 ? (int64_t)(c->q8_cap / (size_t)k) : m;
-    q8_job_t jb = {
-        .xq = c->q8_qs,
-        .xd = c->q8_d,
-        .w = w->data,
-        .n = w->rows,
-        .k = k,
-        .nc = q8_chunk_rows(w->rows, c->n_threads),
-        .mb = k > 0 ? (L2_X_BYTES / k) / MR * MR : 512,
-    };
-    if (jb.mb < MR)
-        jb.mb = MR;
+    q8_job_t jobs[BT_CPU_MULTI_MAX];
+    bt_cpu_multi_t mu = {.fn = q8_task};
+    for (int t = 0; t < n_w; t++) {
+        assert(w[t]->type == BT_TYPE_Q8_0 && w[t]->cols == k);
+        jobs[t] = (q8_job_t){
+            .xq = c->q8_qs,
+            .xd = c->q8_d,
+            .w = w[t]->data,
+            .n = w[t]->rows,
+            .k = k,
+            .nc = q8_chunk_rows(w[t]->rows, c->n_threads),
+            .mb = k > 0 ? (L2_X_BYTES / k) / MR * MR : 512,
+        };
+        if (jobs[t].mb < MR)
+            jobs[t].mb = MR;
+        mu.arg[t] = &jobs[t];
+        mu.first[t + 1] = mu.first[t] + (w[t]->rows + jobs[t].nc - 1) / jobs[t].nc;
+    }
     /* Rows beyond the scratch go in passes; each output element is computed the same way
-     * whichever pass holds its row. */
+     * whichever pass holds its row. The input is quantized once for all the weights. */
     for (int64_t m0 = 0; m0 < m; m0 += per_pass) {
         int64_t mm = m - m0 < per_pass ? m - m0 : per_pass;
         quant_job_t qj = {.x = x + m0 * k, .xq = c->q8_qs, .xd = c->q8_d, .m = mm, .k = k};
         bt_cpu_pool_run(c->pool, quant_task, &qj, (mm + QUANT_ROWS - 1) / QUANT_ROWS);
-        jb.y = y + m0 * w->rows;
-        jb.m = mm;
-        bt_cpu_pool_run(c->pool, q8_task, &jb, (w->rows + jb.nc - 1) / jb.nc);
+        for (int t = 0; t < n_w; t++) {
+            jobs[t].y = y[t] + m0 * w[t]->rows;
+            jobs[t].m = mm;
+        }
+        bt_cpu_pool_run(c->pool, bt_cpu_multi_task, &mu, mu.first[n_w]);
     }
 }

@@ -111,6 +111,26 @@ static void test_engine_chunked_prefill_and_threads_are_bit_identical(void **sta
     free(threaded);
 }
 
+/* The engine's fused ops (q, k and v in one matmul, the residual adds in the projections,
+ * gate, up and swiglu together) give the bits of the plain ops (BATON_FUSED_OPS=0), for a
+ * prompt and decode steps, on one and two threads. */
+static void test_engine_fused_ops_are_bit_identical(void **state)
+{
+    fixture_t *f = *state;
+    int32_t a[15];
+    make_tokens(a, 15, f->model->hp.n_vocab, 5);
+    size_t bytes = (size_t)15 * f->model->hp.n_vocab * sizeof(float);
+    for (int threads = 1; threads <= 2; threads++) {
+        float *fused = run_alone(f->model, threads, a, 13);
+        setenv("BATON_FUSED_OPS", "0", 1);
+        float *plain = run_alone(f->model, threads, a, 13);
+        unsetenv("BATON_FUSED_OPS");
+        assert_memory_equal(fused, plain, bytes);
+        free(fused);
+        free(plain);
+    }
+}
+
 /* bt_engine_forward_argmax (k 1) and bt_engine_forward_topk (k > 1) give, row for row, the
  * argmax or the k best of the logits bt_engine_forward gives for the same batch: a mixed batch
  * with all, last and no logits rows, more rows than fit the engine's logits buffer at once, then
@@ -430,6 +450,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_engine_chunked_prefill_and_threads_are_bit_identical),
         cmocka_unit_test(test_engine_batched_equals_alone),
+        cmocka_unit_test(test_engine_fused_ops_are_bit_identical),
         cmocka_unit_test(test_engine_forward_argmax_and_topk_match_logits),
         cmocka_unit_test(test_engine_topk_limits),
         cmocka_unit_test(test_engine_layer_hook_reports_each_layer_and_changes_nothing),

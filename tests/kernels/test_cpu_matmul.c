@@ -287,6 +287,61 @@ static void test_matmul_batch_and_thread_invariant(void **state)
     check_invariance(BT_TYPE_F16, 6, 40);
 }
 
+/* The fused forms (bt_matmul_multi, bt_matmul_add, bt_matmul_swiglu) give the bits of their
+ * composition from the plain ops, with weights of different row counts, one pass or several
+ * over the quantization scratch, one thread or two; weights of different types compose. */
+static void check_fused(bt_type_t type, bt_type_t type_v, int64_t m, int threads)
+{
+    const int64_t k = 96, rows[3] = {40, 9, 9};
+    bt_backend_t *be = make_backend(threads, 4, k);
+    weight_t w[3] = {make_weight(type, rows[0], k), make_weight(type, rows[1], k),
+                     make_weight(type_v, rows[2], k)};
+    float *x = rand_vec(m * k), *res = rand_vec(m * rows[0]);
+    float *y[3], *ref[3], *tmp = malloc(sizeof(float) * (size_t)(m * rows[0]));
+    for (int t = 0; t < 3; t++) {
+        y[t] = malloc(sizeof(float) * (size_t)(m * rows[t]));
+        ref[t] = malloc(sizeof(float) * (size_t)(m * rows[t]));
+        bt_matmul(be, ref[t], &w[t].t, x, m);
+    }
+    const bt_tensor_t *wt[3] = {&w[0].t, &w[1].t, &w[2].t};
+    bt_matmul_multi(be, 3, y, wt, x, m);
+    for (int t = 0; t < 3; t++)
+        assert_memory_equal(y[t], ref[t], sizeof(float) * (size_t)(m * rows[t]));
+
+    /* y = res + x . w0^T against matmul then add */
+    memcpy(y[0], res, sizeof(float) * (size_t)(m * rows[0]));
+    bt_matmul_add(be, y[0], &w[0].t, x, m, tmp);
+    bt_add(be, res, ref[0], m * rows[0]);
+    assert_memory_equal(y[0], res, sizeof(float) * (size_t)(m * rows[0]));
+
+    /* silu(x . w1^T) * (x . w2^T) against two matmuls and swiglu (w1, w2: same rows) */
+    bt_matmul_swiglu(be, y[1], &w[1].t, &w[2].t, x, m, tmp);
+    bt_swiglu(be, ref[1], ref[1], ref[2], m * rows[1]);
+    assert_memory_equal(y[1], ref[1], sizeof(float) * (size_t)(m * rows[1]));
+
+    for (int t = 0; t < 3; t++) {
+        free(y[t]);
+        free(ref[t]);
+        free_weight(&w[t]);
+    }
+    free(tmp);
+    free(x);
+    free(res);
+    bt_backend_destroy(be);
+}
+
+static void test_matmul_fused_forms_equal_composition(void **state)
+{
+    static const bt_type_t types[] = {BT_TYPE_F32, BT_TYPE_F16, BT_TYPE_BF16, BT_TYPE_Q8_0};
+    for (int t = 0; t < 4; t++)
+        for (int64_t m = 1; m <= 11; m += 5) {
+            check_fused(types[t], types[t], m, 1);
+            check_fused(types[t], types[t], m, 2);
+        }
+    check_fused(BT_TYPE_Q8_0, BT_TYPE_F16, 3, 2);
+    check_fused(BT_TYPE_BF16, BT_TYPE_F32, 2, 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -295,6 +350,7 @@ int main(void)
         cmocka_unit_test(test_matmul_q8_matches_references),
         cmocka_unit_test(test_matmul_q8_beyond_declared_scratch),
         cmocka_unit_test(test_matmul_batch_and_thread_invariant),
+        cmocka_unit_test(test_matmul_fused_forms_equal_composition),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
