@@ -12,6 +12,8 @@
  * output projection) at the measured copy rate, where a copy of N bytes moves 2N (read and
  * write). Each decode step is timed twice: op by op, and on a second engine whose backend
  * runs decode steps as CUDA graphs (BATON_CUDA_GRAPHS=1 at its creation, 0 for the other).
+ * Both take BATON_FUSED_OPS from the environment as it is (0: the fused matmuls run as their
+ * composition), so that a run with it set measures the unfused forward beside a default one.
  */
 #include <math.h>
 #include <stddef.h>
@@ -303,9 +305,12 @@ static int bench(const cfg_t *c, const bt_model_t *m, const int *batches, int nb
     cudaGetDeviceProperties(&prop, 0);
     const double bw = copy_bandwidth(), rate = gemm_rate(4096, 8192, 8192);
     const double wbytes = step_weight_bytes(m), floor_s = bw > 0 ? wbytes / bw : 0;
+    const char *fused_env = getenv("BATON_FUSED_OPS"); /* read as bt_backend_create reads it */
+    const int fused = !(fused_env && !strcmp(fused_env, "0"));
     printf("device              %s\n", prop.name);
     printf("model               %s (%s weights, bf16 KV, %s)\n", m->hp.name,
            bt_type_name(m->hp.weight_type), c->deterministic ? "deterministic" : "fast paths");
+    printf("fused matmuls       %s\n", fused ? "on" : "off (BATON_FUSED_OPS=0)");
     printf("device copy         %.0f GB/s (read + write)\n", bw / 1e9);
     printf("weight bytes/step   %.3f GB -> read floor %.3f ms\n", wbytes / 1e9, floor_s * 1e3);
     printf("bf16 cuBLAS matmul  %.1f TFLOP/s (4096 x 8192 x 8192)\n", rate / 1e12);
@@ -314,9 +319,9 @@ static int bench(const cfg_t *c, const bt_model_t *m, const int *batches, int nb
     if (js)
         fprintf(js,
                 "{\"device\": \"%s\", \"model\": \"%s\", \"deterministic\": %d, "
-                "\"copy_gbps\": %.1f, \"weight_bytes\": %.0f, \"read_floor_ms\": %.4f, "
-                "\"gemm_tflops\": %.2f, \"decode\": [",
-                prop.name, m->hp.name, c->deterministic, bw / 1e9, wbytes, floor_s * 1e3,
+                "\"fused_ops\": %d, \"copy_gbps\": %.1f, \"weight_bytes\": %.0f, "
+                "\"read_floor_ms\": %.4f, \"gemm_tflops\": %.2f, \"decode\": [",
+                prop.name, m->hp.name, c->deterministic, fused, bw / 1e9, wbytes, floor_s * 1e3,
                 rate / 1e12);
     for (int i = 0; i < nb; i++) {
         double s = run_decode(&r, batches[i], c->ctx, c->steps, max_batch);

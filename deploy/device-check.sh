@@ -3,9 +3,10 @@
 # The GPU device check, in one run on one H100/H200 (about 5 minutes): builds baton with CUDA,
 # runs the gpu-labelled tests (each op against the CPU backend, the engine end to end on the
 # 15m and 1b presets) and benchmarks the engine on the 1b preset in bf16 next to the device's
-# own limits (copy bandwidth -> weight-read floor, bf16 cuBLAS rate) and next to
-# PyTorch/transformers with the same shapes. Figures are printed and written to $OUT (or
-# build-gpu/results). Exits non-zero if a test failed.
+# own limits (copy bandwidth -> weight-read floor, bf16 cuBLAS rate), with the fused matmuls
+# (default) and without (BATON_FUSED_OPS=0), and next to PyTorch/transformers with the same
+# shapes. Figures are printed and written to $OUT (or build-gpu/results). Exits non-zero if a
+# test failed.
 #
 # With BATON_PREBUILT=DIR it runs binaries built elsewhere by deploy/device-prep.sh (for a GPU
 # machine without ZeroMQ, protobuf-c, UCX or cmocka development packages) and builds nothing.
@@ -36,7 +37,7 @@ if [ -n "${BATON_PREBUILT:-}" ]; then
     export UCX_MODULE_DIR=$PRE/lib/ucx
     export TMPDIR=${TMPDIR:-/tmp}
     step "gpu tests (prebuilt)"
-    for t in gpu_test_cuda_ops gpu_test_cuda_engine kvx_test_kvx_gpu; do
+    for t in gpu_test_cuda_ops gpu_test_cuda_engine gpu_test_cuda_attn_fa2 kvx_test_kvx_gpu; do
         echo "-- $t"
         timeout 240 "$PRE/bin/$t" >"$RESULTS/$t.log" 2>&1
         rc=$?
@@ -71,7 +72,7 @@ cmake -S . -B "$BUILD" -DBATON_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTIN
 step "build"
 targets="baton-bench-cuda"
 if [ $have_tests = 1 ]; then
-    targets="$targets gpu_test_cuda_ops gpu_test_cuda_engine"
+    targets="$targets gpu_test_cuda_ops gpu_test_cuda_engine gpu_test_cuda_attn_fa2"
     [ -z "$skip" ] && targets="$targets kvx_test_kvx_gpu"
 fi
 [ -z "$skip" ] &&
@@ -100,6 +101,11 @@ step "baton on the 1b preset (bf16 weights, bf16 KV)"
 MODEL=$BUILD/bench-1b-bf16.gguf
 timeout 200 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" --preset 1b --type bf16 \
     --batches 1,16,64 --ctx 512 --prefills 512,2048 --json "$RESULTS/baton.json" || status=1
+echo "(fused matmuls off: BATON_FUSED_OPS=0, the same decode steps and the 2048-token prefill)"
+# The composition that the fused q/k/v, gate/up/swiglu and projection+residual ops replace,
+# measured in the same run so that the two sets of decode rows compare directly.
+BATON_FUSED_OPS=0 timeout 90 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" --batches 1,16,64 \
+    --ctx 512 --prefills 2048 --json "$RESULTS/baton-unfused.json" || true
 echo "(deterministic mode, decode only)"
 timeout 60 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" --deterministic --batches 1,16,64 \
     --ctx 512 --prefills 512 --reps 1 --json "$RESULTS/baton-deterministic.json" || true
@@ -118,6 +124,12 @@ if [ -x "$ops_bin" ]; then
 fi
 BATON_CUDA_ATTN_CHUNK=64 timeout 60 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" \
     --batches 1,16,64 --ctx 512 --prefills 512 --reps 1 --json "$RESULTS/baton-chunk64.json" || true
+
+step "experiment: FlashAttention-2 prefill attention (BATON_CUDA_PREFILL_ATTN=fa2), prefill only"
+# gpu_test_cuda_attn_fa2 (above) checks it against the CPU and the WMMA kernel; these are the
+# prefill figures to put next to the default's (the WMMA kernel).
+BATON_CUDA_PREFILL_ATTN=fa2 timeout 60 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" \
+    --batches 1 --ctx 512 --prefills 512,2048 --json "$RESULTS/baton-fa2.json" || true
 
 step "PyTorch/transformers, same shapes"
 if python3 -c "import torch, transformers" 2>/dev/null; then

@@ -17,7 +17,7 @@ mkdir -p "$BUILD"
 cmake -S . -B "$BUILD" -DBATON_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_CUDA_ARCHITECTURES=90-real >"$BUILD/prep-configure.log" 2>&1 ||
     { tail -20 "$BUILD/prep-configure.log"; exit 1; }
-tests="gpu_test_cuda_ops gpu_test_cuda_engine kvx_test_kvx_gpu"
+tests="gpu_test_cuda_ops gpu_test_cuda_engine gpu_test_cuda_attn_fa2 kvx_test_kvx_gpu"
 bins="baton baton-router baton-prefill baton-decode baton-colocated baton-kvbench baton-kvx-peer
       baton-bench-cuda"
 # shellcheck disable=SC2086

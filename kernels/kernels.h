@@ -168,7 +168,8 @@ typedef struct bt_backend_ops {
      * weights that differ. */
     void (*matmul_multi)(void *ctx, int n_w, float *const *y, const bt_tensor_t *const *w,
                          const float *x, int64_t m);
-    /* y[m][w.rows] += x . w^T (an output projection and its residual add). */
+    /* y[m][w.rows] += x . w^T (an output projection and its residual add); x must not
+     * overlap y, here and in matmul_swiglu. */
     void (*matmul_add)(void *ctx, float *y, const bt_tensor_t *w, const float *x, int64_t m);
     /* y[m][gate.rows] = silu(x . gate^T) * (x . up^T), gate and up of one type and shape (the
      * wrapper composes others). */

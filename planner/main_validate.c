@@ -325,8 +325,8 @@ static int one_rate(val_t *v, double rate)
            "%.1f / %.1f | %zu | %.2f / %.2f | %.1f |\n",
            rate, 100 * real.attain, 100 * res.attainment, 100 * (res.attainment - real.attain),
            real.ttft_p50, real.ttft_p90, res.ttft_p50_ms, res.ttft_p90_ms, real.tpot_p50,
-           real.tpot_p90, res.tpot_p50_ms, res.tpot_p90_ms, real.n_failed, pct(pf, n_pf, 0.5),
-           busy, loadavg());
+           real.tpot_p90, res.tpot_p50_ms, res.tpot_p90_ms, real.n_failed, pct(pf, n_pf, 0.5), busy,
+           loadavg());
     fflush(stdout);
     return BT_OK;
 }

@@ -27,18 +27,15 @@
 #include <mma.h>
 #include <stdint.h>
 
+#include "attention_tc.cuh"
 #include "cuda_impl.h"
 
 using namespace nvcuda;
 
-#define MMA_WARPS 4
-#define MMA_THREADS (MMA_WARPS * 32)
-#define BQ (MMA_WARPS * 16) /* query vectors per block */
-#define BK 64               /* cached positions per tile */
-#define SP (BK + 4)         /* score row pitch, floats (a multiple of 4, as WMMA requires) */
-#define PP (BK + 8)         /* P row pitch, 16-bit elements (a multiple of 8) */
-#define MMA_MAX_HD 128      /* registers: a lane holds 16 * head_dim / 32 output floats */
-#define RESCALE_LOG2 8.0f   /* the softmax reference moves when exceeded by this (base 2) */
+#define BK 64             /* cached positions per tile */
+#define SP (BK + 4)       /* score row pitch, floats (a multiple of 4, as WMMA requires) */
+#define PP (BK + 8)       /* P row pitch, 16-bit elements (a multiple of 8) */
+#define RESCALE_LOG2 8.0f /* the softmax reference moves when exceeded by this (base 2) */
 
 /* Shared memory of one block for head_dim D. Pitches are padded by 16 bytes (rows start in
  * different banks) and every region starts 32-byte aligned, as WMMA loads and stores need.
@@ -51,21 +48,11 @@ template <int D> struct mma_layout {
     static constexpr size_t P_OFF = (size_t)SCR_FLOATS * 4;
     static constexpr size_t STAT_OFF = P_OFF + (size_t)16 * PP * 2;
     static constexpr size_t WARP_BYTES = STAT_OFF + 32 * 4; /* stats: alpha[16], 1/l[16] */
-    static constexpr size_t BYTES = 2 * KV_BYTES + MMA_WARPS * WARP_BYTES;
+    static constexpr size_t BYTES = 2 * KV_BYTES + TC_WARPS * WARP_BYTES;
     static_assert(KV_BYTES % 32 == 0 && P_OFF % 32 == 0 && STAT_OFF % 32 == 0 &&
                       WARP_BYTES % 32 == 0,
                   "WMMA needs 32-byte aligned tiles");
 };
-
-typedef struct {
-    float *out;
-    const float *q;
-    bt_kv_layer_t kv;
-    const bt_cuda_seq_t *seqs;
-    const int32_t *blocks;
-    int n_heads, group;
-    float scale_log2; /* scale * log2(e): the softmax runs in base 2 */
-} mma_params_t;
 
 template <typename T> static __device__ __forceinline__ T from_f32(float x);
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x)
@@ -85,14 +72,14 @@ static __device__ __forceinline__ float to_f32(__half x)
     return __half2float(x);
 }
 
-/* Query vectors [q_first, q_end) of the tile, rounded to T, into qs [BQ][KP]; zeros past
+/* Query vectors [q_first, q_end) of the tile, rounded to T, into qs [TC_BQ][KP]; zeros past
  * q_end so that inactive fragment rows hold finite values. */
 template <typename T, int D>
-static __device__ void load_q(const mma_params_t &p, const bt_cuda_seq_t &s, int kvh,
+static __device__ void load_q(const tc_params_t &p, const bt_cuda_seq_t &s, int kvh,
                               int64_t q_first, int64_t q_end, T *qs)
 {
     constexpr int KP = mma_layout<D>::KP, V4 = D / 4;
-    for (int e = threadIdx.x; e < BQ * V4; e += MMA_THREADS) {
+    for (int e = threadIdx.x; e < TC_BQ * V4; e += TC_THREADS) {
         const int j = e / V4, c = e % V4;
         const int64_t qi = q_first + j;
         float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -113,13 +100,13 @@ static __device__ void load_q(const mma_params_t &p, const bt_cuda_seq_t &s, int
  * cache already holds T); zeros from len on, where the block table may end, so that masked
  * weights (exactly 0) never meet garbage that could be NaN. */
 template <typename T, int D>
-static __device__ void load_kv(const mma_params_t &p, const bt_cuda_seq_t &s, int kvh, int32_t t0,
+static __device__ void load_kv(const tc_params_t &p, const bt_cuda_seq_t &s, int kvh, int32_t t0,
                                int32_t len, T *ks, T *vs)
 {
     constexpr int KP = mma_layout<D>::KP, V8 = D / 8;
     const bt_kv_layer_t &kv = p.kv;
     const size_t row_bytes = (size_t)kv.n_kv_heads * D * sizeof(T);
-    for (int e = threadIdx.x; e < BK * V8; e += MMA_THREADS) {
+    for (int e = threadIdx.x; e < BK * V8; e += TC_THREADS) {
         const int j = e / V8, c = e % V8;
         const int32_t pos = t0 + j;
         uint4 kx = make_uint4(0, 0, 0, 0), vx = kx;
@@ -257,19 +244,18 @@ scale_rows(wmma::fragment<wmma::accumulator, 16, 16, 16, float> *of, float *scr,
  * y = sequence, z = KV head. A warp's output rows stay in accumulator fragments; lane l holds
  * the softmax state of row l % 16 (m, l, identical in lane l ^ 16). */
 template <typename T, int D>
-static __global__ void __launch_bounds__(MMA_THREADS) attn_mma_kernel(mma_params_t p)
+static __global__ void __launch_bounds__(TC_THREADS) attn_mma_kernel(tc_params_t p)
 {
     using L = mma_layout<D>;
     extern __shared__ __align__(128) unsigned char sm[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const bt_cuda_seq_t s = p.seqs[blockIdx.y];
-    const int kvh = blockIdx.z;
-    const int64_t nq = (int64_t)s.n_new * p.group;
-    const int64_t q_first = (int64_t)(gridDim.x - 1 - blockIdx.x) * BQ;
-    if (q_first >= nq)
+    tc_tile_t t;
+    if (!tc_block_tile(p, &t))
         return;
-    const int64_t q_end = q_first + BQ < nq ? q_first + BQ : nq;
-    const int32_t len = s.n_past + (int32_t)((q_end - 1) / p.group) + 1;
+    const bt_cuda_seq_t &s = t.s;
+    const int kvh = t.kvh;
+    const int64_t q_first = t.q_first, q_end = t.q_end;
+    const int32_t len = t.len;
 
     T *ks = (T *)sm, *vs = (T *)(sm + L::KV_BYTES);
     unsigned char *wsm = sm + 2 * L::KV_BYTES + (size_t)warp * L::WARP_BYTES;
@@ -328,62 +314,5 @@ static __global__ void __launch_bounds__(MMA_THREADS) attn_mma_kernel(mma_params
     }
 }
 
-/* Every supported head_dim: multiples of 16 (the WMMA tile) up to MMA_MAX_HD. */
-#define MMA_HEAD_DIMS(X) X(16) X(32) X(48) X(64) X(80) X(96) X(112) X(128)
-
-template <typename T, int D> static int set_smem(void)
-{
-    return cudaFuncSetAttribute(attn_mma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)mma_layout<D>::BYTES) == cudaSuccess;
-}
-
-template <typename T>
-static void launch(cudaStream_t st, const mma_params_t &p, dim3 grid, int head_dim)
-{
-    switch (head_dim) {
-#define MMA_CASE(d)                                                                                \
-    case d: attn_mma_kernel<T, d><<<grid, MMA_THREADS, mma_layout<d>::BYTES, st>>>(p); break;
-        MMA_HEAD_DIMS(MMA_CASE)
-#undef MMA_CASE
-    default: break; /* excluded by the caller */
-    }
-}
-
-extern "C" int bt_cuda_attention_mma_init(void)
-{
-    int ok = 1;
-#define MMA_INIT(d) ok = ok && set_smem<__nv_bfloat16, d>() && set_smem<__half, d>();
-    MMA_HEAD_DIMS(MMA_INIT)
-#undef MMA_INIT
-    return ok ? BT_OK : BT_ERR_UNSUPPORTED;
-}
-
-extern "C" int bt_cuda_attention_mma_launch(cudaStream_t st, const bt_cuda_attn_args_t *a)
-{
-    const bt_kv_layer_t *kv = a->kv;
-    const int hd = kv->head_dim, n_kv = kv->n_kv_heads;
-    /* 16-byte pieces: Q is read as float4 and K/V rows as uint4. */
-    const uintptr_t align = (uintptr_t)a->q | (uintptr_t)kv->data | (uintptr_t)kv->block_bytes;
-    if ((kv->type != BT_TYPE_BF16 && kv->type != BT_TYPE_F16) || hd <= 0 || hd % 16 ||
-        hd > MMA_MAX_HD || n_kv <= 0 || a->n_heads % n_kv || align % 16)
-        return BT_ERR_UNSUPPORTED;
-    if (a->n_seqs <= 0 || a->max_new <= 0)
-        return BT_OK;
-    mma_params_t p;
-    p.out = a->out;
-    p.q = a->q;
-    p.kv = *kv;
-    p.seqs = a->seqs;
-    p.blocks = a->blocks;
-    p.n_heads = a->n_heads;
-    p.group = a->n_heads / n_kv;
-    p.scale_log2 = a->scale * 1.44269504088896341f;
-    const int64_t gx = ((int64_t)a->max_new * p.group + BQ - 1) / BQ;
-    const dim3 grid((unsigned)gx, (unsigned)a->n_seqs, (unsigned)n_kv);
-    if (kv->type == BT_TYPE_BF16)
-        launch<__nv_bfloat16>(st, p, grid, hd);
-    else
-        launch<__half>(st, p, grid, hd);
-    BT_CUDA_CHECK(cudaGetLastError());
-    return BT_OK;
-}
+/* bt_cuda_attention_mma_init and _launch. */
+TC_ENTRY_POINTS(mma, attn_mma_kernel, mma_layout)

@@ -2,13 +2,14 @@
 /*
  * cuda_backend.c - the "cuda" backend: create/destroy, device memory, the ops table, and the
  * host-side halves of the ops (table staging, matmul dispatch between our GEMV kernels and
- * cuBLAS).
+ * cuBLAS, for the plain and the fused matmuls).
  *
  * The one thing to know: everything runs in order on one stream, and everything an op needs
  * beyond its arguments is allocated here at create time: pinned staging and device buffers for
  * the host-side tables the ops table passes in (attention block tables, gather indices), the
- * bf16 copy of matmul activations for cuBLAS, cuBLAS's workspace and the split-attention
- * partials. Ops never allocate; a call larger than the scratch is done in pieces.
+ * bf16 copy of matmul activations for cuBLAS (and the f32 up product of a cuBLAS swiglu),
+ * cuBLAS's workspace and the split-attention partials. Ops never allocate; a call larger than
+ * the scratch is done in pieces.
  *
  * Graph steps (BATON_CUDA_GRAPHS=1, cuda_graph.c): between step_begin and step_end each op
  * traces its by-value arguments and launches only while the step is captured; its host tables
@@ -23,6 +24,7 @@
  * cuBLAS, and prefill attention runs on tensor cores: much faster prefill, at bf16 precision
  * and no batch invariance.
  */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,6 +164,7 @@ static void cuda_destroy(void *ctx)
     cudaFree(c->topk_vals);
     cudaFree(c->blas_ws);
     cudaFree(c->act16);
+    cudaFree(c->glu_up);
     cudaFree(c->attn_part);
     if (c->stream)
         cudaStreamDestroy(c->stream);
@@ -223,51 +226,178 @@ static void cuda_sync(void *ctx)
 
 /* ---- matmul ---- */
 
-/* y = x . w^T through cuBLAS with bf16/fp16 activations (the weights' type), f32 accumulation
- * and f32 output, in row chunks that fit the activation copy. */
-static void blas_gemm16(bt_cuda_ctx_t *c, float *y, const bt_tensor_t *w, const float *x, int64_t m)
+/* How x . w^T of m rows runs: the GEMV kernels (batch-invariant, any m), or with nondet and
+ * more than gemv_max_m rows, cuBLAS on a 16-bit copy of the activations (BF16/F16 weights) or
+ * in f32 (F32 weights). The fused ops take the same path as the plain matmul of each weight. */
+enum { MM_GEMV, MM_GEMM16, MM_SGEMM };
+
+static int mm_path(const bt_cuda_ctx_t *c, const bt_tensor_t *w, int64_t m)
+{
+    const int big = c->nondet && m > c->gemv_max_m && w->rows < INT32_MAX && w->cols < INT32_MAX &&
+                    m < INT32_MAX;
+    if (big && (w->type == BT_TYPE_BF16 || w->type == BT_TYPE_F16) &&
+        (size_t)w->cols <= c->act16_elems)
+        return MM_GEMM16;
+    if (big && w->type == BT_TYPE_F32)
+        return MM_SGEMM;
+    return MM_GEMV;
+}
+
+/* Rows of x per chunk of the 16-bit activation copy. */
+static int64_t act16_rows(const bt_cuda_ctx_t *c, int64_t k)
+{
+    return (int64_t)(c->act16_elems / (size_t)k);
+}
+
+/* y (mi x w.rows, f32) = act16 . w^T + beta * y: one cublasGemmEx on the activation copy, f32
+ * accumulation. */
+static void gemm16(bt_cuda_ctx_t *c, float *y, const bt_tensor_t *w, int64_t mi, float beta)
 {
     const cudaDataType_t dt = w->type == BT_TYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
-    const int64_t k = w->cols, n = w->rows;
-    int64_t chunk = (int64_t)(c->act16_elems / (size_t)k);
-    const float alpha = 1.0f, beta = 0.0f;
+    const int n = (int)w->rows, k = (int)w->cols;
+    const float alpha = 1.0f;
+    /* Column-major view: y^T (n x mi) = W^T(op T of a k x n matrix) . x^T (k x mi). */
+    BT_CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, (int)mi, k, &alpha, w->data,
+                                 dt, k, c->act16, dt, k, &beta, y, CUDA_R_32F, n,
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+/* y[t] = x . w[t]^T + beta * y[t] for n_w weights of one 16-bit type and column count, in row
+ * chunks that fit the activation copy: each chunk is converted once and every weight's GEMM
+ * reads that copy (a layer's q, k and v share one conversion). */
+static void blas_gemm16(bt_cuda_ctx_t *c, int n_w, float *const *y, const bt_tensor_t *const *w,
+                        const float *x, int64_t m, float beta)
+{
+    const int64_t k = w[0]->cols, chunk = act16_rows(c, k);
     for (int64_t i0 = 0; i0 < m; i0 += chunk) {
-        int64_t mi = m - i0 < chunk ? m - i0 : chunk;
-        bt_cuda_convert_launch(c->stream, c->act16, w->type, x + i0 * k, mi * k);
-        /* Column-major view: y^T (n x mi) = W^T(op T of a k x n matrix) . x^T (k x mi). */
-        BT_CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)mi, (int)k,
-                                     &alpha, w->data, dt, (int)k, c->act16, dt, (int)k, &beta,
-                                     y + i0 * n, CUDA_R_32F, (int)n, CUBLAS_COMPUTE_32F,
-                                     CUBLAS_GEMM_DEFAULT));
+        const int64_t mi = m - i0 < chunk ? m - i0 : chunk;
+        bt_cuda_convert_launch(c->stream, c->act16, w[0]->type, x + i0 * k, mi * k);
+        for (int t = 0; t < n_w; t++)
+            if (w[t]->rows > 0)
+                gemm16(c, y[t] + i0 * w[t]->rows, w[t], mi, beta);
     }
 }
 
-static void blas_sgemm(bt_cuda_ctx_t *c, float *y, const bt_tensor_t *w, const float *x, int64_t m)
+static void blas_sgemm(bt_cuda_ctx_t *c, float *y, const bt_tensor_t *w, const float *x, int64_t m,
+                       float beta)
 {
-    const float alpha = 1.0f, beta = 0.0f;
+    const float alpha = 1.0f;
     const int n = (int)w->rows, k = (int)w->cols;
-    BT_CUBLAS_CHECK(cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, (int)m, k, &alpha, w->data, k,
-                                x, k, &beta, y, n));
+    if (n > 0)
+        BT_CUBLAS_CHECK(cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, (int)m, k, &alpha,
+                                    w->data, k, x, k, &beta, y, n));
 }
+
+/* The plain matmul once its arguments are traced. */
+static void matmul_run(bt_cuda_ctx_t *c, float *y, const bt_tensor_t *w, const float *x, int64_t m)
+{
+    switch (mm_path(c, w, m)) {
+    case MM_GEMM16: blas_gemm16(c, 1, &y, &w, x, m, 0.0f); break;
+    case MM_SGEMM: blas_sgemm(c, y, w, x, m, 0.0f); break;
+    default: bt_cuda_gemv_launch(c->stream, y, w, x, m);
+    }
+}
+
+/* A weight's by-value arguments, as graph steps trace them. */
+#define TENSOR_ARGS(w) (w)->type, (w)->rows, (w)->cols, U((w)->data)
 
 static void cuda_matmul(void *ctx, float *y, const bt_tensor_t *w, const float *x, int64_t m)
 {
     bt_cuda_ctx_t *c = enter(ctx);
-    if (m <= 0 || w->rows <= 0 ||
-        !LAUNCHES(c, "matmul", U(y), w->type, w->rows, w->cols, U(w->data), U(x), m))
+    if (m <= 0 || w->rows <= 0 || !LAUNCHES(c, "matmul", U(y), TENSOR_ARGS(w), U(x), m))
         return;
-    const int big = c->nondet && m > c->gemv_max_m && w->rows < INT32_MAX && w->cols < INT32_MAX &&
-                    m < INT32_MAX;
-    if (big && (w->type == BT_TYPE_BF16 || w->type == BT_TYPE_F16) &&
-        (size_t)w->cols <= c->act16_elems) {
-        blas_gemm16(c, y, w, x, m);
-        return;
+    matmul_run(c, y, w, x, m);
+}
+
+/* ---- fused matmuls: the GEMV kernels' fused forms, or cuBLAS with shared conversions ---- */
+
+static void cuda_matmul_multi(void *ctx, int n_w, float *const *y, const bt_tensor_t *const *w,
+                              const float *x, int64_t m)
+{
+    bt_cuda_ctx_t *c = enter(ctx);
+    assert(n_w <= BT_CUDA_GEMV_MAX_W);
+    /* Every slot is traced, absent ones as zeros, so the hash covers each weight and output. */
+    static const bt_tensor_t none;
+    const bt_tensor_t *tw[BT_CUDA_GEMV_MAX_W];
+    float *ty[BT_CUDA_GEMV_MAX_W];
+    for (int t = 0; t < BT_CUDA_GEMV_MAX_W; t++) {
+        tw[t] = t < n_w ? w[t] : &none;
+        ty[t] = t < n_w ? y[t] : NULL;
     }
-    if (big && w->type == BT_TYPE_F32) {
-        blas_sgemm(c, y, w, x, m);
+    if (m <= 0 || n_w <= 0 ||
+        !LAUNCHES(c, "matmul_multi", n_w, U(ty[0]), TENSOR_ARGS(tw[0]), U(ty[1]),
+                  TENSOR_ARGS(tw[1]), U(ty[2]), TENSOR_ARGS(tw[2]), U(ty[3]), TENSOR_ARGS(tw[3]),
+                  U(x), m))
         return;
+    const int path = mm_path(c, w[0], m);
+    int same = 1;
+    for (int t = 1; t < n_w; t++)
+        same &= w[t]->type == w[0]->type && w[t]->cols == w[0]->cols && mm_path(c, w[t], m) == path;
+    if (same && path == MM_GEMM16) {
+        blas_gemm16(c, n_w, y, w, x, m, 0.0f);
+    } else if (same && path == MM_GEMV) {
+        bt_cuda_gemv_multi_launch(c->stream, n_w, y, w, x, m);
+    } else { /* f32 GEMMs share nothing; weights that differ take their own paths */
+        for (int t = 0; t < n_w; t++)
+            if (w[t]->rows > 0)
+                matmul_run(c, y[t], w[t], x, m);
     }
-    bt_cuda_gemv_launch(c->stream, y, w, x, m);
+}
+
+/* cuBLAS adds to its output with beta = 1; the GEMV kernels add in their epilogue. x must not
+ * overlap y (the kernels write y while other blocks still read x). */
+static void cuda_matmul_add(void *ctx, float *y, const bt_tensor_t *w, const float *x, int64_t m)
+{
+    bt_cuda_ctx_t *c = enter(ctx);
+    if (m <= 0 || w->rows <= 0 || !LAUNCHES(c, "matmul_add", U(y), TENSOR_ARGS(w), U(x), m))
+        return;
+    switch (mm_path(c, w, m)) {
+    case MM_GEMM16: blas_gemm16(c, 1, &y, &w, x, m, 1.0f); break;
+    case MM_SGEMM: blas_sgemm(c, y, w, x, m, 1.0f); break;
+    default: bt_cuda_gemv_add_launch(c->stream, y, w, x, m);
+    }
+}
+
+/* cuBLAS swiglu: per row chunk, the gate's GEMM into y and the up's into glu_up (sharing one
+ * conversion of x for 16-bit weights), then the swiglu kernel; the chunk fits both scratch
+ * buffers (the caller checked that one row does). */
+static void blas_swiglu(bt_cuda_ctx_t *c, int path, float *y, const bt_tensor_t *gate,
+                        const bt_tensor_t *up, const float *x, int64_t m)
+{
+    const int64_t k = gate->cols, n = gate->rows;
+    int64_t chunk = (int64_t)(c->glu_up_floats / (size_t)n);
+    if (path == MM_GEMM16 && act16_rows(c, k) < chunk)
+        chunk = act16_rows(c, k);
+    for (int64_t i0 = 0; i0 < m; i0 += chunk) {
+        const int64_t mi = m - i0 < chunk ? m - i0 : chunk;
+        float *yi = y + i0 * n;
+        if (path == MM_GEMM16) {
+            bt_cuda_convert_launch(c->stream, c->act16, gate->type, x + i0 * k, mi * k);
+            gemm16(c, yi, gate, mi, 0.0f);
+            gemm16(c, c->glu_up, up, mi, 0.0f);
+        } else {
+            blas_sgemm(c, yi, gate, x + i0 * k, mi, 0.0f);
+            blas_sgemm(c, c->glu_up, up, x + i0 * k, mi, 0.0f);
+        }
+        bt_cuda_swiglu_launch(c->stream, yi, yi, c->glu_up, mi * n);
+    }
+}
+
+/* x must not overlap y. The GEMV kernels need no scratch; cuBLAS needs glu_up, and a call
+ * whose single row would not fit it (rows beyond max_cols) takes the GEMV kernels. */
+static void cuda_matmul_swiglu(void *ctx, float *y, const bt_tensor_t *gate, const bt_tensor_t *up,
+                               const float *x, int64_t m)
+{
+    bt_cuda_ctx_t *c = enter(ctx);
+    assert(gate->type == up->type && gate->rows == up->rows && gate->cols == up->cols);
+    if (m <= 0 || gate->rows <= 0 ||
+        !LAUNCHES(c, "matmul_swiglu", U(y), TENSOR_ARGS(gate), TENSOR_ARGS(up), U(x), m))
+        return;
+    const int path = mm_path(c, gate, m);
+    if (path != MM_GEMV && (size_t)gate->rows <= c->glu_up_floats)
+        blas_swiglu(c, path, y, gate, up, x, m);
+    else
+        bt_cuda_gemv_swiglu_launch(c->stream, y, gate, up, x, m);
 }
 
 /* ---- element-wise ops: straight to their launchers ---- */
@@ -482,7 +612,8 @@ static void cuda_attention(void *ctx, float *out, const float *q, const bt_kv_la
                       a.n_seqs, n_heads, fbits(scale), a.max_new, a.max_len, a.n_rows))
             continue;
         if (c->nondet && g.max_new >= MMA_ATTN_MIN_NEW &&
-            bt_cuda_attention_mma_launch(c->stream, &a) == BT_OK)
+            ((c->prefill_fa2 && bt_cuda_attention_fa2_launch(c->stream, &a) == BT_OK) ||
+             bt_cuda_attention_mma_launch(c->stream, &a) == BT_OK))
             continue;
         bt_cuda_attention_launch(c->stream, &a, c->attn_part, c->attn_part_floats, c->n_sm);
     }
@@ -498,6 +629,9 @@ static const bt_backend_ops_t cuda_ops = {
     .download = cuda_download,
     .sync = cuda_sync,
     .matmul = cuda_matmul,
+    .matmul_multi = cuda_matmul_multi,
+    .matmul_add = cuda_matmul_add,
+    .matmul_swiglu = cuda_matmul_swiglu,
     .get_rows = cuda_get_rows,
     .rmsnorm = cuda_rmsnorm,
     .rope = cuda_rope,
@@ -539,6 +673,13 @@ static int alloc_scratch(bt_cuda_ctx_t *c, const bt_backend_params_t *params)
         cudaMalloc(&c->act16, c->act16_elems * 2) != cudaSuccess ||
         cudaMalloc((void **)&c->attn_part, ATTN_PART_BYTES) != cudaSuccess ||
         cudaMalloc(&c->blas_ws, c->blas_ws_bytes) != cudaSuccess)
+        return BT_ERR_NOMEM;
+    /* The up product of a cuBLAS matmul_swiglu, max_rows x max_cols floats: a gate product is
+     * the down projection's input, so max_cols (the widest input) bounds its width and the
+     * engine's calls fit in one piece. Deterministic mode never runs cuBLAS. */
+    c->glu_up_floats = c->nondet ? c->act16_elems : 0;
+    if (c->nondet &&
+        cudaMalloc((void **)&c->glu_up, c->glu_up_floats * sizeof(float)) != cudaSuccess)
         return BT_ERR_NOMEM;
     size_t seq_cap = SEQ_TABLE_BYTES + (size_t)rows * sizeof(bt_cuda_seq_t);
     c->pack = malloc(seq_cap);
@@ -618,6 +759,17 @@ int bt_cuda_backend_create(const bt_backend_params_t *params, const bt_backend_o
     st = bt_cuda_attention_mma_init();
     if (st != BT_OK)
         goto err_ctx;
+    /* BATON_CUDA_PREFILL_ATTN=fa2: nondeterministic prefill attention tries the FlashAttention-2
+     * kernel first (attention_fa2.cu); unset or "wmma": the WMMA kernel, as before. */
+    const char *pa = getenv("BATON_CUDA_PREFILL_ATTN");
+    c->prefill_fa2 = pa && strcmp(pa, "fa2") == 0;
+    if (pa && *pa && !c->prefill_fa2 && strcmp(pa, "wmma") != 0)
+        fprintf(stderr, "cuda: BATON_CUDA_PREFILL_ATTN must be fa2 or wmma; using wmma\n");
+    if (c->prefill_fa2) {
+        st = bt_cuda_attention_fa2_init();
+        if (st != BT_OK)
+            goto err_ctx;
+    }
     *ops = &cuda_ops;
     *ctx = c;
     return BT_OK;

@@ -70,6 +70,8 @@ typedef struct {
     size_t blas_ws_bytes;
     void *act16; /* bf16/f16 copy of a matmul's activations, act16_elems elements */
     size_t act16_elems;
+    float *glu_up; /* with nondet: the up product of a cuBLAS matmul_swiglu, glu_up_floats */
+    size_t glu_up_floats;
     float *attn_part; /* split attention partial states, attn_part_floats floats */
     size_t attn_part_floats;
     bt_cuda_stage_t seqs; /* bt_cuda_seq_t[n_seqs] then the block ids */
@@ -81,6 +83,8 @@ typedef struct {
     uint8_t *pack;  /* host scratch of seqs.cap bytes to build a table before staging */
     int n_sm;       /* streaming multiprocessors, for grid sizing */
     int attn_chunk; /* positions per attention softmax chunk (BT_CUDA_ATTN_CHUNK) */
+    /* 1: nondet prefill attention tries attention_fa2.cu first (BATON_CUDA_PREFILL_ATTN=fa2) */
+    int prefill_fa2;
     /* Decode steps as CUDA graphs (BATON_CUDA_GRAPHS=1, cuda_graph.c); all zero when off. */
     int graphs;          /* 1: step_begin may capture and replay */
     int graph_warned;    /* a replay mismatch was logged */
@@ -139,6 +143,18 @@ void bt_cuda_convert_launch(cudaStream_t st, void *dst, int type, const float *x
 /* matmul.cu: y[m][w->rows] = x . w^T with the batch-invariant GEMV kernels (any m). */
 void bt_cuda_gemv_launch(cudaStream_t st, float *y, const bt_tensor_t *w, const float *x,
                          int64_t m);
+/* The fused forms, each the same bits as the plain launches followed by the element-wise op.
+ * y[t] = x . w[t]^T for n_w <= BT_CUDA_GEMV_MAX_W weights of one type and column count, in
+ * one launch. */
+#define BT_CUDA_GEMV_MAX_W 4
+void bt_cuda_gemv_multi_launch(cudaStream_t st, int n_w, float *const *y,
+                               const bt_tensor_t *const *w, const float *x, int64_t m);
+/* y += x . w^T; x must not overlap y. */
+void bt_cuda_gemv_add_launch(cudaStream_t st, float *y, const bt_tensor_t *w, const float *x,
+                             int64_t m);
+/* y = silu(x . gate^T) * (x . up^T), gate and up of one type and shape; x must not overlap y. */
+void bt_cuda_gemv_swiglu_launch(cudaStream_t st, float *y, const bt_tensor_t *gate,
+                                const bt_tensor_t *up, const float *x, int64_t m);
 
 /* attention.cu. seqs and blocks are device tables; max_new is the largest n_new of the call. */
 void bt_cuda_kv_store_launch(cudaStream_t st, const bt_kv_layer_t *kv, const float *k,
@@ -174,6 +190,13 @@ int bt_cuda_attention_init(void);
 int bt_cuda_attention_mma_launch(cudaStream_t st, const bt_cuda_attn_args_t *a);
 /* Raises the tensor-core kernels' shared memory limits (create time). */
 int bt_cuda_attention_mma_init(void);
+
+/* attention_fa2.cu: the same attention and contract as attention_mma.cu (same arguments, same
+ * calls refused with BT_ERR_UNSUPPORTED), FlashAttention-2 style on raw mma.sync: scores and
+ * weights stay in registers and K/V tiles are double-buffered with cp.async. */
+int bt_cuda_attention_fa2_launch(cudaStream_t st, const bt_cuda_attn_args_t *a);
+/* Raises its kernels' shared memory limits (create time). */
+int bt_cuda_attention_fa2_init(void);
 
 #ifdef __cplusplus
 }

@@ -12,6 +12,7 @@
 #include <cuda_fp16.h>
 
 #include "cuda_impl.h"
+#include "elementwise.cuh"
 
 #define THREADS 256
 #define MAX_GRID 65535
@@ -150,9 +151,7 @@ static __global__ void swiglu_kernel(float *y, const float *gate, const float *u
 {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
-        const float g = gate[i];
-        const float s = __fdiv_rn(g, __fadd_rn(1.0f, expf(-g)));
-        y[i] = __fmul_rn(s, up[i]);
+        y[i] = bt_cuda_silu_mul(gate[i], up[i]);
     }
 }
 
@@ -169,7 +168,7 @@ static __global__ void add_kernel(float *y, const float *x, int64_t n)
 {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = __fadd_rn(y[i], x[i]);
+        y[i] = bt_cuda_add_f32(y[i], x[i]);
 }
 
 extern "C" void bt_cuda_add_launch(cudaStream_t st, float *y, const float *x, int64_t n)

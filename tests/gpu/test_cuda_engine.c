@@ -5,9 +5,10 @@
  * be the same tokens; and on the device alone, a sequence's logits alone and inside a batch are
  * bit-identical (deterministic mode), and decode steps run as CUDA graphs (BATON_CUDA_GRAPHS)
  * give the same logits, greedy ids and top-k candidates bit for bit as the same steps run op by
- * op, across attention chunk boundaries and changing batches, deterministic and not. Presets
- * come from BATON_GPU_TEST_MODELS, a list of preset:type pairs (default "15m:f32,1b:bf16");
- * KV caches are bf16 on both sides.
+ * op, across attention chunk boundaries and changing batches, deterministic and not; and the
+ * backend's fused matmuls give the same logits bit for bit as their composition
+ * (BATON_FUSED_OPS=0). Presets come from BATON_GPU_TEST_MODELS, a list of preset:type pairs
+ * (default "15m:f32,1b:bf16"); KV caches are bf16 on both sides.
  *
  * Skipped (exit 77) where no CUDA device is present or the backend is not built.
  */
@@ -41,6 +42,16 @@ static int type_of(const char *s)
     return !strcmp(s, "bf16") ? BT_TYPE_BF16 : !strcmp(s, "f16") ? BT_TYPE_F16 : BT_TYPE_F32;
 }
 
+/* The rig's engines (cpu unless backend is set), deterministic. */
+static bt_engine_params_t rig_engine_params(const rig_t *r)
+{
+    return (bt_engine_params_t){
+        .max_batch_tokens = 256,
+        .max_seqs = 16,
+        .kv_type = BT_TYPE_BF16,
+        .kv_budget_bytes = 16 * 256 * bt_model_kv_bytes_per_token(&r->m->hp, BT_TYPE_BF16)};
+}
+
 static void rig_open(rig_t *r, const char *preset, int type)
 {
     bt_modelgen_params_t mp;
@@ -55,11 +66,7 @@ static void rig_open(rig_t *r, const char *preset, int type)
     bt_model_params_t p = {.path = r->path};
     assert_int_equal(bt_model_load(&p, &r->m), BT_OK);
     r->n_vocab = r->m->hp.n_vocab;
-    bt_engine_params_t ep = {.max_batch_tokens = 256,
-                             .max_seqs = 16,
-                             .kv_type = BT_TYPE_BF16,
-                             .kv_budget_bytes =
-                                 16 * 256 * bt_model_kv_bytes_per_token(&r->m->hp, BT_TYPE_BF16)};
+    bt_engine_params_t ep = rig_engine_params(r);
     assert_int_equal(bt_engine_create(r->m, &ep, &r->cpu), BT_OK);
     ep.backend = "cuda";
     assert_int_equal(bt_engine_create(r->m, &ep, &r->gpu), BT_OK);
@@ -84,7 +91,8 @@ static double nerr(const float *a, const float *b, size_t n)
     return e / ref;
 }
 
-/* Prompt logits, then GEN greedy steps, on one engine; tokens[] gets the generated ids. */
+/* Prompt logits, then GEN greedy steps, on one engine: logits gets the prompt's logits and
+ * each step's ((1 + GEN) x n_vocab), tokens[] the generated ids. */
 static void run_greedy(rig_t *r, bt_engine_t *e, const int32_t *prompt, float *logits,
                        int32_t *tokens)
 {
@@ -92,24 +100,29 @@ static void run_greedy(rig_t *r, bt_engine_t *e, const int32_t *prompt, float *l
     assert_int_equal(bt_kv_seq_init(&kv, bt_engine_kv_pool(e), PROMPT + GEN + 1), BT_OK);
     bt_batch_seq_t b = {.kv = &kv, .tokens = prompt, .n_tokens = PROMPT, .logits = BT_LOGITS_LAST};
     assert_int_equal(bt_engine_forward(e, &b, 1, logits), BT_OK);
-    float *step = malloc((size_t)r->n_vocab * sizeof(float));
     int32_t tok = bt_argmax(logits, r->n_vocab);
     for (int i = 0; i < GEN; i++) {
         tokens[i] = tok;
+        float *step = logits + (size_t)(i + 1) * r->n_vocab;
         b = (bt_batch_seq_t){.kv = &kv, .tokens = &tok, .n_tokens = 1, .logits = BT_LOGITS_LAST};
         assert_int_equal(bt_engine_forward(e, &b, 1, step), BT_OK);
         tok = bt_argmax(step, r->n_vocab);
     }
-    free(step);
     bt_kv_seq_fini(&kv, bt_engine_kv_pool(e));
+}
+
+static void make_prompt(const rig_t *r, int32_t *prompt)
+{
+    for (int i = 0; i < PROMPT; i++)
+        prompt[i] = 3 + (int32_t)((i * 7919u + 13u) % (uint32_t)(r->n_vocab - 3));
 }
 
 static void check_against_cpu(rig_t *r)
 {
     int32_t prompt[PROMPT], tc[GEN], tg[GEN];
-    for (int i = 0; i < PROMPT; i++)
-        prompt[i] = 3 + (int32_t)((i * 7919u + 13u) % (uint32_t)(r->n_vocab - 3));
-    float *lc = malloc((size_t)r->n_vocab * 4), *lg = malloc((size_t)r->n_vocab * 4);
+    make_prompt(r, prompt);
+    const size_t n = (size_t)(1 + GEN) * r->n_vocab;
+    float *lc = malloc(n * sizeof(float)), *lg = malloc(n * sizeof(float));
     run_greedy(r, r->cpu, prompt, lc, tc);
     run_greedy(r, r->gpu, prompt, lg, tg);
     double e = nerr(lg, lc, (size_t)r->n_vocab);
@@ -274,15 +287,48 @@ static void for_each_model(void (*fn)(rig_t *r))
     }
 }
 
-static void check_cpu_and_batches(rig_t *r)
+/* The rig's gpu engine (fused matmuls, unless BATON_FUSED_OPS=0 was set for the whole test)
+ * against one created with BATON_FUSED_OPS=0, whose backend runs the fused forms as their
+ * composition: a prompt and GEN decode steps, every logit bit for bit (deterministic mode). */
+static void check_fused_matches_composed(rig_t *r)
+{
+    const char *env = getenv("BATON_FUSED_OPS");
+    char *was = env ? strdup(env) : NULL;
+    bt_engine_params_t ep = rig_engine_params(r);
+    ep.backend = "cuda";
+    bt_engine_t *composed = NULL;
+    setenv("BATON_FUSED_OPS", "0", 1);
+    int st = bt_engine_create(r->m, &ep, &composed);
+    if (was)
+        setenv("BATON_FUSED_OPS", was, 1);
+    else
+        unsetenv("BATON_FUSED_OPS");
+    free(was);
+    assert_int_equal(st, BT_OK);
+    int32_t prompt[PROMPT], tf[GEN], tc[GEN];
+    make_prompt(r, prompt);
+    const size_t n = (size_t)(1 + GEN) * r->n_vocab;
+    float *lf = malloc(n * sizeof(float)), *lc = malloc(n * sizeof(float));
+    run_greedy(r, r->gpu, prompt, lf, tf);
+    run_greedy(r, composed, prompt, lc, tc);
+    assert_memory_equal(lf, lc, n * sizeof(float));
+    printf("%s: fused and composed matmuls give the same logits (prompt and %d steps)\n",
+           r->m->hp.name, GEN);
+    free(lf);
+    free(lc);
+    bt_engine_destroy(composed);
+}
+
+static void check_cpu_batches_fused(rig_t *r)
 {
     check_against_cpu(r);
     check_batch_invariance(r);
+    check_fused_matches_composed(r);
 }
 
 static void test_cuda_engine_matches_cpu(void **state)
 {
-    for_each_model(check_cpu_and_batches);
+    for_each_model(check_cpu_batches_fused);
 }
 
 /* Deterministic with 4 sequences (GEMV matmuls); with nondeterministic and 12 sequences the

@@ -2,13 +2,14 @@
 /*
  * test_cuda_ops.c - every op of the "cuda" backend against the CPU backend on fresh random
  * inputs: matmul for F32, F16, BF16 and Q8_0 weights (16-byte and scalar paths, 1 to 64 rows,
- * deterministic GEMV and cuBLAS), get_rows, rmsnorm, rope, swiglu, add, gather_rows, kv_store
- * (byte-exact caches in F32, F16 and BF16) and paged GQA attention over many sequences with
- * scattered block tables and contexts long enough to split, on the SIMT kernel and on tensor
- * cores (nondeterministic prefill, bf16 tolerance). Errors are normalised by the largest
- * reference value. The determinism contract is checked bit for bit on the device: a matmul row
- * alone equals its row in a batch, and a decode row equals the same row inside a batch that
- * takes the other attention launch shape.
+ * deterministic GEMV and cuBLAS), the fused matmul_multi, matmul_add and matmul_swiglu (also
+ * bit for bit against the same backend's composition in deterministic mode), get_rows, rmsnorm,
+ * rope, swiglu, add, gather_rows, kv_store (byte-exact caches in F32, F16 and BF16) and paged
+ * GQA attention over many sequences with scattered block tables and contexts long enough to
+ * split, on the SIMT kernel and on tensor cores (nondeterministic prefill, bf16 tolerance).
+ * Errors are normalised by the largest reference value. The determinism contract is checked bit
+ * for bit on the device: a matmul row alone equals its row in a batch, and a decode row equals
+ * the same row inside a batch that takes the other attention launch shape.
  *
  * Skipped (exit 77) where no CUDA device is present or the backend is not built.
  */
@@ -194,6 +195,195 @@ static void test_cuda_matmul_batch_invariant(void **state)
     free(wh);
     free(x);
     free(wf);
+}
+
+/* ---- fused matmuls ---- */
+
+enum { FUSED_MULTI, FUSED_ADD, FUSED_SWIGLU };
+static const char *const fused_names[] = {"matmul_multi", "matmul_add", "matmul_swiglu"};
+
+typedef struct {
+    int op;      /* FUSED_*: n_w weights for MULTI, 1 for ADD, 2 (gate, up) for SWIGLU */
+    int type;    /* weight type */
+    int n_w;     /* weights */
+    int64_t k;   /* columns of every weight */
+    int64_t m;   /* rows of x */
+    int nondet;  /* on the nondeterministic backend (cuBLAS above 8 rows) */
+    int shifted; /* the last weight's device copy starts 2 bytes into its buffer, so that it
+                  * takes the scalar path and the others the 16-byte one */
+    int64_t rows[4];
+} fused_case_t;
+
+/* The case's op on backend b: fused (the wrappers with the backend's fused ops) or composed
+ * of b's own matmul, add and swiglu. y[] holds one output per weight for MULTI, else one. */
+static void fused_run(bt_backend_t *b, const fused_case_t *fc, float *const *y,
+                      const bt_tensor_t *const *w, const float *x, float *tmp, int fused)
+{
+    const int64_t m = fc->m, n = fc->rows[0];
+    if (fc->op == FUSED_MULTI) {
+        if (fused)
+            bt_matmul_multi(b, fc->n_w, y, w, x, m);
+        else
+            for (int t = 0; t < fc->n_w; t++)
+                bt_matmul(b, y[t], w[t], x, m);
+    } else if (fc->op == FUSED_ADD) {
+        if (fused) {
+            bt_matmul_add(b, y[0], w[0], x, m, tmp);
+        } else {
+            bt_matmul(b, tmp, w[0], x, m);
+            bt_add(b, y[0], tmp, m * n);
+        }
+    } else if (fused) {
+        bt_matmul_swiglu(b, y[0], w[0], w[1], x, m, tmp);
+    } else {
+        bt_matmul(b, y[0], w[0], x, m);
+        bt_matmul(b, tmp, w[1], x, m);
+        bt_swiglu(b, y[0], y[0], tmp, m * n);
+    }
+}
+
+static void expect_same(const char *what, const float *got, const float *ref, size_t n)
+{
+    if (memcmp(got, ref, n * sizeof *got) != 0) {
+        fprintf(stderr, "%s: fused differs from composed (normalised error %.3g)\n", what,
+                nerr(got, ref, n));
+        fail();
+    }
+}
+
+/* Fused against composed on the device (bit for bit in deterministic mode, bf16 tolerance with
+ * cuBLAS), and against the CPU backend's composition. Outputs start as the same random values,
+ * which ADD adds to and the others must overwrite. */
+static void check_fused(const fused_case_t *fc)
+{
+    bt_backend_t *g = fc->nondet ? gpu_nd : gpu;
+    const int n_y = fc->op == FUSED_MULTI ? fc->n_w : 1;
+    const size_t rb = bt_type_row_bytes(fc->type, fc->k);
+    bt_tensor_t wc[4], wg[4];
+    const bt_tensor_t *pc[4], *pg[4];
+    void *wh[4], *wd[4];
+    int64_t max_rows = 0;
+    for (int t = 0; t < fc->n_w; t++) {
+        const int64_t rows = fc->rows[t];
+        const size_t off = fc->shifted && t == fc->n_w - 1 ? 2 : 0;
+        float *wf = rnd_vec((size_t)rows * fc->k);
+        wh[t] = make_weights(fc->type, wf, rows, fc->k);
+        free(wf);
+        wd[t] = bt_backend_alloc(g, rb * (size_t)rows + 16);
+        assert_non_null(wd[t]);
+        bt_backend_upload(g, (uint8_t *)wd[t] + off, wh[t], rb * (size_t)rows);
+        wc[t] = (bt_tensor_t){.type = fc->type, .rows = rows, .cols = fc->k, .data = wh[t]};
+        wg[t] = wc[t];
+        wg[t].data = (uint8_t *)wd[t] + off;
+        pc[t] = &wc[t];
+        pg[t] = &wg[t];
+        max_rows = rows > max_rows ? rows : max_rows;
+    }
+    const size_t xn = (size_t)(fc->m * fc->k), tn = (size_t)(fc->m * max_rows);
+    float *x = rnd_vec(xn), *xg = to_dev(g, x, xn * 4);
+    float *tmpg = bt_backend_alloc(g, tn * 4), *tmpc = malloc(tn * 4);
+    float *yf[4], *yq[4], *yc[4];
+    for (int t = 0; t < n_y; t++) {
+        const size_t n = (size_t)(fc->m * fc->rows[t]);
+        yc[t] = rnd_vec(n);
+        yf[t] = to_dev(g, yc[t], n * 4);
+        yq[t] = to_dev(g, yc[t], n * 4);
+    }
+    fused_run(g, fc, yf, pg, xg, tmpg, 1);
+    fused_run(g, fc, yq, pg, xg, tmpg, 0);
+    fused_run(cpu, fc, yc, pc, x, tmpc, 0);
+    const int lossy =
+        fc->type == BT_TYPE_Q8_0 || (fc->nondet && fc->m > 8 && fc->type != BT_TYPE_F32);
+    for (int t = 0; t < n_y; t++) {
+        const size_t n = (size_t)(fc->m * fc->rows[t]);
+        float *a = from_dev(g, yf[t], n), *b = from_dev(g, yq[t], n);
+        char what[128];
+        snprintf(what, sizeof what, "%s %s output %d n=%ld k=%ld m=%ld%s%s", fused_names[fc->op],
+                 bt_type_name(fc->type), t, (long)fc->rows[t], (long)fc->k, (long)fc->m,
+                 fc->nondet ? " (cuBLAS allowed)" : "", fc->shifted ? " (one weight shifted)" : "");
+        if (fc->nondet)
+            expect_close(what, a, b, n, TOL_BF16);
+        else
+            expect_same(what, a, b, n);
+        expect_close(what, a, yc[t], n, lossy ? TOL_BF16 : TOL_F32);
+        free(a);
+        free(b);
+        bt_backend_free(g, yf[t]);
+        bt_backend_free(g, yq[t]);
+        free(yc[t]);
+    }
+    for (int t = 0; t < fc->n_w; t++) {
+        bt_backend_free(g, wd[t]);
+        free(wh[t]);
+    }
+    bt_backend_free(g, tmpg);
+    bt_backend_free(g, xg);
+    free(tmpc);
+    free(x);
+}
+
+/* The three ops with the 1b layer's shapes (q/k/v 2048/512/512 of 2048 columns) and with row
+ * counts that are not multiples of a block's 8 rows, on the 16-byte path. */
+static void test_cuda_fused_matmuls_match_composed(void **state)
+{
+    static const int types[] = {BT_TYPE_BF16, BT_TYPE_F32};
+    static const int64_t ms[] = {1, 3, 8, 13};
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++)
+        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+            const int ty = types[t];
+            const int64_t m = ms[i];
+            const fused_case_t cases[] = {
+                {FUSED_MULTI, ty, 3, 2048, m, 0, 0, {2048, 512, 512}},
+                {FUSED_MULTI, ty, 4, 256, m, 0, 0, {300, 77, 45, 13}},
+                {FUSED_ADD, ty, 1, 2048, m, 0, 0, {2048}},
+                {FUSED_ADD, ty, 1, 256, m, 0, 0, {300}},
+                {FUSED_SWIGLU, ty, 2, 2048, m, 0, 0, {1000, 1000}},
+                {FUSED_SWIGLU, ty, 2, 256, m, 0, 0, {77, 77}},
+            };
+            for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+                check_fused(&cases[c]);
+        }
+}
+
+/* The scalar path (k = 100), Q8_0, and weights of one call on different paths (one weight's
+ * data not 16-byte aligned): each must still give its own matmul's bits. */
+static void test_cuda_fused_matmuls_other_paths(void **state)
+{
+    static const int64_t ms[] = {1, 3, 8, 13};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+        const int64_t m = ms[i];
+        const fused_case_t cases[] = {
+            {FUSED_MULTI, BT_TYPE_F16, 3, 100, m, 0, 0, {45, 30, 7}},
+            {FUSED_ADD, BT_TYPE_F16, 1, 100, m, 0, 0, {45}},
+            {FUSED_SWIGLU, BT_TYPE_F16, 2, 100, m, 0, 0, {45, 45}},
+            {FUSED_MULTI, BT_TYPE_Q8_0, 3, 256, m, 0, 0, {300, 77, 45}},
+            {FUSED_ADD, BT_TYPE_Q8_0, 1, 256, m, 0, 0, {77}},
+            {FUSED_SWIGLU, BT_TYPE_Q8_0, 2, 256, m, 0, 0, {77, 77}},
+            {FUSED_MULTI, BT_TYPE_BF16, 3, 256, m, 0, 1, {300, 77, 45}},
+            {FUSED_SWIGLU, BT_TYPE_BF16, 2, 256, m, 0, 1, {77, 77}},
+        };
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+            check_fused(&cases[c]);
+    }
+}
+
+/* Nondeterministic mode, 64 rows: cuBLAS (one bf16 conversion shared by the weights, beta = 1
+ * for the add, the up product in scratch) or f32 GEMMs; an FFN wider than the scratch's row
+ * (70000 > max_cols) runs cuBLAS swiglu in row chunks. */
+static void test_cuda_fused_matmuls_cublas(void **state)
+{
+    static const int types[] = {BT_TYPE_BF16, BT_TYPE_F32};
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        const int ty = types[t];
+        const fused_case_t cases[] = {
+            {FUSED_MULTI, ty, 3, 2048, 64, 1, 0, {2048, 512, 512}},
+            {FUSED_ADD, ty, 1, 2048, 64, 1, 0, {2048}},
+            {FUSED_SWIGLU, ty, 2, 2048, 64, 1, 0, {2000, 2000}},
+            {FUSED_SWIGLU, ty, 2, 64, 64, 1, 0, {70000, 70000}},
+        };
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+            check_fused(&cases[c]);
+    }
 }
 
 /* ---- element-wise ---- */
@@ -616,6 +806,9 @@ int main(void)
         cmocka_unit_test(test_cuda_argmax_rows),
         cmocka_unit_test(test_cuda_topk_rows),
         cmocka_unit_test(test_cuda_matmul_batch_invariant),
+        cmocka_unit_test(test_cuda_fused_matmuls_match_composed),
+        cmocka_unit_test(test_cuda_fused_matmuls_other_paths),
+        cmocka_unit_test(test_cuda_fused_matmuls_cublas),
         cmocka_unit_test(test_cuda_get_rows_all_types),
         cmocka_unit_test(test_cuda_rmsnorm_rope_swiglu_add),
         cmocka_unit_test(test_cuda_attention_against_cpu),
