@@ -5,7 +5,9 @@
 # tokens from both (the decode daemon continues from KV shipped between the two processes, so
 # this checks the transfer of a KV pool living in that backend's memory). A colocated cluster
 # on the cpu backend runs the same requests for comparison (reported, not required: backends
-# agree to rounding, not bit for bit). deploy/device-check.sh runs it with the cuda backend.
+# agree to rounding, not bit for bit). With the cuda backend, a colocated cluster whose daemon
+# runs decode steps as CUDA graphs must give the colocated cluster's tokens too.
+# deploy/device-check.sh runs it with the cuda backend.
 #
 #   deploy/serve-check.sh BUILD_DIR BACKEND RESULTS_DIR
 set -uo pipefail
@@ -72,6 +74,19 @@ else
     echo "$BACKEND: colocated and 1P1D differ (or failed):"
     diff "$RESULTS/ids-$BACKEND-colocated.txt" "$RESULTS/ids-$BACKEND-1p1d.txt" | head -20
     status=1
+fi
+if [ "$BACKEND" = cuda ]; then
+    # Decode steps as CUDA graphs in a serving daemon (off by default until this passes on a
+    # device): the same tokens as the colocated cluster above, and a replay that misses its
+    # key stops the daemon (BATON_CUDA_GRAPHS=2) instead of quietly running op by op.
+    if BATON_CUDA_GRAPHS=2 serve cuda-graphs-colocated 5731 --backend cuda --colocated 1 &&
+        cmp -s "$RESULTS/ids-cuda-colocated.txt" "$RESULTS/ids-cuda-graphs-colocated.txt"; then
+        echo "cuda: a colocated daemon on CUDA graphs gave the same tokens for $N_REQ requests"
+    else
+        echo "cuda: the colocated daemon on CUDA graphs differs (or failed):"
+        diff "$RESULTS/ids-cuda-colocated.txt" "$RESULTS/ids-cuda-graphs-colocated.txt" | head -20
+        status=1
+    fi
 fi
 if [ "$BACKEND" != cpu ] && serve cpu-colocated 5721 --backend cpu --colocated 1; then
     same=$(paste -d'\n' "$RESULTS/ids-$BACKEND-colocated.txt" "$RESULTS/ids-cpu-colocated.txt" |

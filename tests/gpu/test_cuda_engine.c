@@ -194,7 +194,7 @@ static void graph_side_open(rig_t *r, graph_side_t *g, int graphs, int nondet, i
         .kv_budget_bytes = 16 * 320 * bt_model_kv_bytes_per_token(&r->m->hp, BT_TYPE_BF16),
         .nondeterministic = nondet,
     };
-    setenv("BATON_CUDA_GRAPHS", graphs ? "1" : "0", 1);
+    setenv("BATON_CUDA_GRAPHS", graphs ? "2" : "0", 1); /* 2: a replay mismatch aborts */
     int st = bt_engine_create(r->m, &ep, &g->e);
     unsetenv("BATON_CUDA_GRAPHS");
     assert_int_equal(st, BT_OK);
