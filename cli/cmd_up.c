@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <limits.h>
 #include <signal.h>
 #include <stddef.h>
@@ -34,7 +35,7 @@
 
 typedef struct {
     char *model, *tokenizer, *policy, *bind, *log_dir, *log_level, *kv_stream, *profile;
-    char *backend, *kv_type;
+    char *backend, *kv_type, *cpus;
     size_t kv_mem;
     float slo_ttft_ms, slo_tpot_ms;
     int prefill, decode, colocated, pairs, port, cluster_port, threads;
@@ -69,6 +70,9 @@ static const bt_cfg_opt_t up_opts[] = {
         "default TPOT objective of the router; 0: the router's"),
     OPT("threads", BT_CFG_INT, "0", 0, 4096, threads,
         "compute threads split between the daemons; 0: all cores"),
+    OPT("cpus", BT_CFG_STRING, NULL, 0, 0, cpus,
+        "CPU sets of the daemons in start order (prefill, decode, colocated, pair members), "
+        "';'-separated, e.g. 0-3;4-7; the router and daemons past the list run anywhere"),
     OPT("kv-mem", BT_CFG_SIZE, "256M", 1024, 1e15, kv_mem, "KV cache of each daemon (K, M, G)"),
     OPT("kv-type", BT_CFG_STRING, "f32", 0, 0, kv_type,
         "KV element type of the daemons: f32, f16, bf16"),
@@ -113,6 +117,8 @@ typedef struct {
     up_proc_t procs[UP_MAX_PROCS];
     int n_procs;
     int cluster_port;
+    cpu_set_t cpus[UP_MAX_PROCS]; /* --cpus: the daemons' sets, in start order */
+    int n_cpus;
 } up_t;
 
 static uint64_t up_now_ms(void)
@@ -182,7 +188,67 @@ static void child_setup(const up_t *u, const char *name)
     }
 }
 
-static int spawn(up_t *u, const char *name, int is_router, char *const argv[])
+/* One CPU set of --cpus ("0-3,8"), checked against the CPUs this process may use. */
+static int parse_cpu_set(const char *s, size_t len, const cpu_set_t *allowed, cpu_set_t *set)
+{
+    CPU_ZERO(set);
+    const char *p = s, *end = s + len;
+    for (;;) { /* a number or a range at p, then ',' and the next, or the end */
+        char *q;
+        errno = 0;
+        long a = strtol(p, &q, 10), b = a;
+        if (q == p || q > end || errno)
+            return -1;
+        if (q < end && *q == '-') {
+            p = q + 1;
+            b = strtol(p, &q, 10);
+            if (q == p || q > end || errno)
+                return -1;
+        }
+        if (a < 0 || b < a || b >= CPU_SETSIZE)
+            return -1;
+        for (long c = a; c <= b; c++) {
+            if (!CPU_ISSET((int)c, allowed)) {
+                fprintf(stderr, "baton up: --cpus: CPU %ld is not available here\n", c);
+                return -1;
+            }
+            CPU_SET((int)c, set);
+        }
+        if (q == end)
+            break;
+        if (*q != ',')
+            return -1;
+        p = q + 1;
+    }
+    return CPU_COUNT(set) > 0 ? 0 : -1;
+}
+
+/* --cpus into u->cpus; 0 when absent. */
+static int parse_cpus(up_t *u)
+{
+    const char *s = u->c->cpus;
+    cpu_set_t allowed;
+    if (!s || !*s)
+        return 0;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0)
+        return -1;
+    while (*s) {
+        size_t len = strcspn(s, ";");
+        if (u->n_cpus == UP_MAX_PROCS ||
+            parse_cpu_set(s, len, &allowed, &u->cpus[u->n_cpus]) != 0) {
+            fprintf(stderr, "baton up: bad --cpus '%s': want sets like 0-3,8 separated by ';'\n",
+                    u->c->cpus);
+            return -1;
+        }
+        u->n_cpus++;
+        s += len + (s[len] == ';');
+    }
+    return 0;
+}
+
+/* Starts argv[0] as a child; cpus (NULL: any CPU) is where it and its threads may run. */
+static int spawn(up_t *u, const char *name, int is_router, const cpu_set_t *cpus,
+                 char *const argv[])
 {
     if (u->n_procs == UP_MAX_PROCS)
         return -1;
@@ -196,6 +262,10 @@ static int spawn(up_t *u, const char *name, int is_router, char *const argv[])
         child_setup(u, name);
         if (getppid() != supervisor)
             _exit(127);
+        if (cpus && sched_setaffinity(0, sizeof *cpus, cpus) != 0) {
+            fprintf(stderr, "baton up: cannot pin %s: %s\n", name, strerror(errno));
+            _exit(127);
+        }
         execv(argv[0], argv);
         fprintf(stderr, "baton up: cannot run %s: %s\n", argv[0], strerror(errno));
         _exit(127);
@@ -268,11 +338,12 @@ static int start_router(up_t *u)
         arg_num(&a, "--slo-tpot-ms", c->slo_tpot_ms);
     arg(&a, "--log-level");
     arg(&a, c->log_level);
-    return spawn(u, "router", 1, a.v);
+    return spawn(u, "router", 1, NULL, a.v);
 }
 
-/* Starts one daemon of kind ("prefill", "decode", "colocated") with threads compute threads. */
-static int start_daemon(up_t *u, const char *kind, int index, int threads)
+/* Starts one daemon of kind ("prefill", "decode", "colocated", "pair") with threads compute
+ * threads, on the CPUs of cpus (NULL: any). */
+static int start_daemon(up_t *u, const char *kind, int index, int threads, const cpu_set_t *cpus)
 {
     const up_cfg_t *c = u->c;
     argv_t a = {.n = 0};
@@ -317,7 +388,7 @@ static int start_daemon(up_t *u, const char *kind, int index, int threads)
         arg(&a, "--serving");
         arg(&a, index % 2 ? "decode" : "prefill");
     }
-    return spawn(u, name, 0, a.v);
+    return spawn(u, name, 0, cpus, a.v);
 }
 
 /* Splits the threads evenly; the remainder goes to the prefill daemons, which are the most
@@ -330,12 +401,12 @@ static int start_daemons(up_t *u, int n_p, int n_d, int n_k)
     if (per < 1)
         per = 1, extra = 0;
     const char *kinds[4] = {"prefill", "decode", "colocated", "pair"};
-    int counts[4] = {n_p, n_d, n_k, n_pair};
+    int counts[4] = {n_p, n_d, n_k, n_pair}, d = 0;
     for (int k = 0; k < 4; k++)
-        for (int i = 0; i < counts[k]; i++) {
+        for (int i = 0; i < counts[k]; i++, d++) {
             int t = per + (extra > 0 ? 1 : 0);
             extra -= extra > 0;
-            if (start_daemon(u, kinds[k], i, t) != 0)
+            if (start_daemon(u, kinds[k], i, t, d < u->n_cpus ? &u->cpus[d] : NULL) != 0)
                 return -1;
         }
     return 0;
@@ -506,6 +577,8 @@ static int up_run(up_t *u)
         fprintf(stderr, "baton up: --kv-stream must be whole or layer\n");
         return 2;
     }
+    if (parse_cpus(u) != 0)
+        return 2;
     if (find_bindir(u) != 0 || (u->c->model ? 0 : default_model(u)) != 0)
         return 1;
     if (u->c->model)

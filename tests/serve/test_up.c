@@ -2,12 +2,14 @@
 /*
  * test_up.c - `baton up` as a user runs it: it prints its endpoint once the cluster is healthy,
  * the cluster serves, SIGTERM stops everything with status 0, and no child outlives it, not
- * even when `baton up` itself is killed with SIGKILL.
+ * even when `baton up` itself is killed with SIGKILL; --cpus pins the daemons, and a bad
+ * --cpus starts nothing.
  */
 // ctest-labels: integration
 #include "testutil.h"
 
 #include <dirent.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,8 +45,9 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Processes whose command line mentions the test's model file: the cluster's. */
-static int count_cluster_procs(const char *model)
+/* Processes whose command line mentions the test's model file: the cluster's. With kind
+ * ("baton-prefill", ...), the pid of the first such process of that kind goes to *pid. */
+static int find_cluster_procs(const char *model, const char *kind, int *pid)
 {
     DIR *d = opendir("/proc");
     struct dirent *e;
@@ -62,13 +65,41 @@ static int count_cluster_procs(const char *model)
         for (size_t i = 0; i < len; i++)
             buf[i] = buf[i] ? buf[i] : ' ';
         buf[len] = 0;
-        n += strstr(buf, model) != NULL && !strstr(buf, "baton up") &&
-             (strstr(buf, "baton-router") || strstr(buf, "baton-prefill") ||
-              strstr(buf, "baton-decode") || strstr(buf, "baton-colocated"));
+        int ours = strstr(buf, model) != NULL && !strstr(buf, "baton up") &&
+                   (strstr(buf, "baton-router") || strstr(buf, "baton-prefill") ||
+                    strstr(buf, "baton-decode") || strstr(buf, "baton-colocated"));
+        if (ours && kind && strstr(buf, kind) && pid && !*pid)
+            *pid = atoi(e->d_name);
+        n += ours;
     }
     if (d)
         closedir(d);
     return n;
+}
+
+static int count_cluster_procs(const char *model)
+{
+    return find_cluster_procs(model, NULL, NULL);
+}
+
+/* The Cpus_allowed_list of the cluster's first process of kind, e.g. "0" or "0-1". */
+static void cpus_of(const char *model, const char *kind, char *out, size_t cap)
+{
+    int pid = 0;
+    find_cluster_procs(model, kind, &pid);
+    assert_true(pid > 0);
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    FILE *fp = fopen(path, "r"); /* procfs files have no size to read them by */
+    assert_non_null(fp);
+    out[0] = 0;
+    while (fgets(line, sizeof line, fp))
+        if (!strncmp(line, "Cpus_allowed_list:", 18)) {
+            const char *v = line + 18 + strspn(line + 18, " \t");
+            snprintf(out, cap, "%.*s", (int)strcspn(v, "\n"), v);
+        }
+    fclose(fp);
+    assert_true(out[0] != 0);
 }
 
 static int wait_no_cluster(const char *model, int timeout_ms)
@@ -83,7 +114,7 @@ static int wait_no_cluster(const char *model, int timeout_ms)
 }
 
 /* One start on a fresh port; 1 once it serves, else 0 with its log in *log. */
-static int up_try(up_fixture_t *f, int colocated, char **log)
+static int up_try(up_fixture_t *f, int colocated, const char *cpus, char **log)
 {
     snprintf(f->port, sizeof f->port, "%d", bt_test_free_port());
     const char *argv[] = {BATON,
@@ -98,6 +129,8 @@ static int up_try(up_fixture_t *f, int colocated, char **log)
                           "8M",
                           colocated ? "--colocated" : "--prefill",
                           "1",
+                          cpus ? "--cpus" : NULL,
+                          cpus,
                           NULL};
     assert_int_equal(bt_proc_start(&f->up, (char *const *)argv), 0);
     uint64_t end = bt_test_now_ms() + 60000;
@@ -116,11 +149,11 @@ static int up_try(up_fixture_t *f, int colocated, char **log)
 /* Starts baton up (1 prefill + 1 decode, or 1 colocated) and waits for its endpoint line. The
  * port was free when picked, but another test's outgoing connection may take it as its local
  * port before the router binds: then the cluster starts again on another. */
-static void up_start(up_fixture_t *f, int colocated)
+static void up_start(up_fixture_t *f, int colocated, const char *cpus)
 {
     for (int attempt = 1;; attempt++) {
         char *log = NULL;
-        if (up_try(f, colocated, &log)) {
+        if (up_try(f, colocated, cpus, &log)) {
             free(log);
             return;
         }
@@ -155,7 +188,7 @@ static void expect_serves(up_fixture_t *f)
 static void test_up_serves_and_stops_cleanly(void **state)
 {
     up_fixture_t *f = *state;
-    up_start(f, 0);
+    up_start(f, 0, NULL);
     assert_int_equal(count_cluster_procs(f->model), 3);
     expect_serves(f);
     kill(f->up.pid, SIGTERM);
@@ -167,11 +200,57 @@ static void test_up_serves_and_stops_cleanly(void **state)
 static void test_up_killed_leaves_no_orphans(void **state)
 {
     up_fixture_t *f = *state;
-    up_start(f, 1);
+    up_start(f, 1, NULL);
     assert_int_equal(count_cluster_procs(f->model), 2);
     expect_serves(f);
     bt_proc_kill(&f->up); /* SIGKILL: the children get SIGTERM from the kernel */
     assert_true(wait_no_cluster(f->model, 30000));
+}
+
+/* --cpus "C;C" puts the prefill and the decode daemon (all their threads) on CPU C, the first
+ * this test may use, and leaves the router where it was; the cluster serves. */
+static void test_up_pins_daemons(void **state)
+{
+    up_fixture_t *f = *state;
+    cpu_set_t mine;
+    assert_int_equal(sched_getaffinity(0, sizeof mine, &mine), 0);
+    int c = 0;
+    while (!CPU_ISSET(c, &mine))
+        c++;
+    char cpus[32], want[16], got[64];
+    snprintf(cpus, sizeof cpus, "%d;%d", c, c);
+    snprintf(want, sizeof want, "%d", c);
+    up_start(f, 0, cpus);
+    cpus_of(f->model, "baton-prefill", got, sizeof got);
+    assert_string_equal(got, want);
+    cpus_of(f->model, "baton-decode", got, sizeof got);
+    assert_string_equal(got, want);
+    if (CPU_COUNT(&mine) > 1) {
+        cpus_of(f->model, "baton-router", got, sizeof got);
+        assert_string_not_equal(got, want);
+    }
+    expect_serves(f);
+    kill(f->up.pid, SIGTERM);
+    assert_true(bt_proc_wait(&f->up, 60000));
+    assert_int_equal(bt_proc_exit_code(&f->up), 0);
+}
+
+/* A --cpus that does not parse, or names a CPU this process cannot use, is refused before
+ * anything starts (exit status 2). */
+static void test_up_refuses_bad_cpus(void **state)
+{
+    up_fixture_t *f = *state;
+    static const char *bad[] = {"0;x", "1-0", "0,", ";", "100000"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *argv[] = {BATON, "up", "--model", f->model, "--cpus", bad[i], NULL};
+        assert_int_equal(bt_proc_start(&f->up, (char *const *)argv), 0);
+        assert_true(bt_proc_wait(&f->up, 10000));
+        assert_int_equal(bt_proc_exit_code(&f->up), 2);
+        char *log = bt_test_read_file(f->up.log, NULL);
+        assert_non_null(strstr(log, "--cpus"));
+        free(log);
+        assert_int_equal(count_cluster_procs(f->model), 0);
+    }
 }
 
 int main(void)
@@ -179,6 +258,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_up_serves_and_stops_cleanly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_up_killed_leaves_no_orphans, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_up_pins_daemons, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_up_refuses_bad_cpus, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
