@@ -11,6 +11,8 @@
 # With BATON_PREBUILT=DIR it runs binaries built elsewhere by deploy/device-prep.sh (for a GPU
 # machine without ZeroMQ, protobuf-c, UCX or cmocka development packages) and builds nothing.
 #
+# BATON_NO_PEER=1 skips the PyTorch/transformers peer (its longest step) when time is short.
+#
 # Otherwise it copes with a machine that lacks some development packages: without UCX headers the transfer
 # library (and what needs it) is not configured; without cmocka the tests are skipped and only
 # the benchmarks run; without PyTorch the peer figures are skipped.
@@ -132,7 +134,9 @@ BATON_CUDA_PREFILL_ATTN=fa2 timeout 60 "$BUILD/bin/baton-bench-cuda" --model "$M
     --batches 1 --ctx 512 --prefills 512,2048 --json "$RESULTS/baton-fa2.json" || true
 
 step "PyTorch/transformers, same shapes"
-if python3 -c "import torch, transformers" 2>/dev/null; then
+if [ -n "${BATON_NO_PEER:-}" ]; then
+    echo "BATON_NO_PEER set: peer figures skipped"
+elif python3 -c "import torch, transformers" 2>/dev/null; then
     timeout 240 python3 bench/torch_llama_peer.py --preset 1b --batches 1,16,64 --ctx 512 \
         --prefills 512,2048 --attn eager,sdpa --json "$RESULTS/torch.json" || true
 else
