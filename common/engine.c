@@ -300,10 +300,9 @@ static void layer_attention(bt_engine_t *e, int32_t l, int32_t rows, int n_seqs)
     const bt_model_hparams_t *hp = &e->model->hp;
     const bt_layer_weights_t *w = &e->model->layers[l];
     acts_t *a = &e->a;
-    bt_rmsnorm(e->be, a->xb, a->x, w->attn_norm, rows, hp->dim, hp->norm_eps);
     float *const qkv[3] = {a->q, a->k, a->v};
     const bt_tensor_t *const wqkv[3] = {&w->wq, &w->wk, &w->wv};
-    bt_matmul_multi(e->be, 3, qkv, wqkv, a->xb, rows);
+    bt_rms_matmul_multi(e->be, 3, qkv, wqkv, a->x, w->attn_norm, hp->norm_eps, rows, a->xb);
     bt_rope(e->be, a->q, a->pos, rows, hp->n_heads, hp->head_dim, e->model->rope_inv_freq);
     bt_rope(e->be, a->k, a->pos, rows, hp->n_kv_heads, hp->head_dim, e->model->rope_inv_freq);
     bt_kv_layer_t kv = bt_kv_pool_layer(e->kv, l);
@@ -319,8 +318,8 @@ static void layer_rest(bt_engine_t *e, int32_t l, float *x, const float *att, in
     const bt_layer_weights_t *w = &e->model->layers[l];
     acts_t *a = &e->a;
     bt_matmul_add(e->be, x, &w->wo, att, rows, a->xb);
-    bt_rmsnorm(e->be, a->xb, x, w->ffn_norm, rows, hp->dim, hp->norm_eps);
-    bt_matmul_swiglu(e->be, a->gate, &w->w_gate, &w->w_up, a->xb, rows, a->up);
+    bt_rms_matmul_swiglu(e->be, a->gate, &w->w_gate, &w->w_up, x, w->ffn_norm, hp->norm_eps, rows,
+                         a->xb, a->up);
     bt_matmul_add(e->be, x, &w->w_down, a->gate, rows, a->xb);
 }
 
@@ -331,9 +330,10 @@ static void compute_logits(bt_engine_t *e, const float *x, int32_t n_out, const 
     acts_t *a = &e->a;
     for (int32_t r0 = 0; r0 < n_out; r0 += e->logit_rows) {
         int32_t n = n_out - r0 < e->logit_rows ? n_out - r0 : e->logit_rows;
-        bt_rmsnorm(e->be, a->xb, x + (size_t)r0 * hp->dim, e->model->out_norm, n, hp->dim,
-                   hp->norm_eps);
-        bt_matmul(e->be, a->logits, &e->model->output, a->xb, n);
+        float *const y[1] = {a->logits};
+        const bt_tensor_t *const out[1] = {&e->model->output};
+        bt_rms_matmul_multi(e->be, 1, y, out, x + (size_t)r0 * hp->dim, e->model->out_norm,
+                            hp->norm_eps, n, a->xb);
         if (o->k == 1)
             bt_argmax_rows(e->be, o->ids + r0, a->logits, n, hp->n_vocab);
         else if (o->k > 1)

@@ -158,13 +158,20 @@ void bt_matmul(bt_backend_t *be, float *y, const bt_tensor_t *w, const float *x,
     be->ops->matmul(be->ctx, y, w, x, m);
 }
 
+/* Whether n_w weights can go to one fused op: a model file may store a layer's q, k and v in
+ * different types. */
+static int same_shape(int n_w, const bt_tensor_t *const *w)
+{
+    int same = n_w >= 1 && n_w <= 4;
+    for (int t = 1; t < n_w; t++)
+        same &= w[t]->type == w[0]->type && w[t]->cols == w[0]->cols;
+    return same;
+}
+
 void bt_matmul_multi(bt_backend_t *be, int n_w, float *const *y, const bt_tensor_t *const *w,
                      const float *x, int64_t m)
 {
-    int same = n_w <= 4; /* a model file may store a layer's q, k and v in different types */
-    for (int t = 1; t < n_w; t++)
-        same &= w[t]->type == w[0]->type && w[t]->cols == w[0]->cols;
-    if (be->fused && be->ops->matmul_multi && same) {
+    if (be->fused && be->ops->matmul_multi && same_shape(n_w, w)) {
         be->ops->matmul_multi(be->ctx, n_w, y, w, x, m);
         return;
     }
@@ -195,6 +202,30 @@ void bt_matmul_swiglu(bt_backend_t *be, float *y, const bt_tensor_t *gate, const
     const bt_tensor_t *const w[2] = {gate, up};
     bt_matmul_multi(be, 2, gu, w, x, m);
     be->ops->swiglu(be->ctx, y, y, tmp, m * gate->rows);
+}
+
+void bt_rms_matmul_multi(bt_backend_t *be, int n_w, float *const *y, const bt_tensor_t *const *w,
+                         const float *x, const float *norm, float eps, int64_t m, float *xn)
+{
+    if (be->fused && be->ops->rms_matmul_multi && same_shape(n_w, w)) {
+        be->ops->rms_matmul_multi(be->ctx, n_w, y, w, x, norm, eps, m);
+        return;
+    }
+    be->ops->rmsnorm(be->ctx, xn, x, norm, m, w[0]->cols, eps);
+    bt_matmul_multi(be, n_w, y, w, xn, m);
+}
+
+void bt_rms_matmul_swiglu(bt_backend_t *be, float *y, const bt_tensor_t *gate,
+                          const bt_tensor_t *up, const float *x, const float *norm, float eps,
+                          int64_t m, float *xn, float *tmp)
+{
+    if (be->fused && be->ops->rms_matmul_swiglu && gate->type == up->type &&
+        gate->rows == up->rows && gate->cols == up->cols) {
+        be->ops->rms_matmul_swiglu(be->ctx, y, gate, up, x, norm, eps, m);
+        return;
+    }
+    be->ops->rmsnorm(be->ctx, xn, x, norm, m, gate->cols, eps);
+    bt_matmul_swiglu(be, y, gate, up, xn, m, tmp);
 }
 
 void bt_get_rows(bt_backend_t *be, float *y, const bt_tensor_t *table, const int32_t *ids,

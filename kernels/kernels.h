@@ -175,6 +175,14 @@ typedef struct bt_backend_ops {
      * wrapper composes others). */
     void (*matmul_swiglu)(void *ctx, float *y, const bt_tensor_t *gate, const bt_tensor_t *up,
                           const float *x, int64_t m);
+    /* Optional: matmul_multi and matmul_swiglu of rmsnorm(x, norm, eps) (x: m rows of the
+     * weights' columns), without writing the normed rows anywhere. Each normed element is
+     * computed exactly as the backend's rmsnorm computes it, so the bits are those of rmsnorm
+     * followed by the op (a pre-norm layer's input and its projections in one go). */
+    void (*rms_matmul_multi)(void *ctx, int n_w, float *const *y, const bt_tensor_t *const *w,
+                             const float *x, const float *norm, float eps, int64_t m);
+    void (*rms_matmul_swiglu)(void *ctx, float *y, const bt_tensor_t *gate, const bt_tensor_t *up,
+                              const float *x, const float *norm, float eps, int64_t m);
     /* Optional (a host-memory backend may leave it NULL): out_host[i] = bt_argmax_f32 of row i
      * of x ([m][n]), so that greedy decoding moves m ids to the host instead of m x n logits. */
     void (*argmax_rows)(void *ctx, int32_t *out_host, const float *x, int64_t m, int64_t n);
@@ -223,6 +231,13 @@ void bt_matmul_add(bt_backend_t *be, float *y, const bt_tensor_t *w, const float
                    float *tmp);
 void bt_matmul_swiglu(bt_backend_t *be, float *y, const bt_tensor_t *gate, const bt_tensor_t *up,
                       const float *x, int64_t m, float *tmp);
+/* The same with the input first normed: rmsnorm(x, norm, eps) into xn ([m][cols] floats of
+ * backend memory) and the op on xn, or the backend's rms_ op (xn then left as it was). */
+void bt_rms_matmul_multi(bt_backend_t *be, int n_w, float *const *y, const bt_tensor_t *const *w,
+                         const float *x, const float *norm, float eps, int64_t m, float *xn);
+void bt_rms_matmul_swiglu(bt_backend_t *be, float *y, const bt_tensor_t *gate,
+                          const bt_tensor_t *up, const float *x, const float *norm, float eps,
+                          int64_t m, float *xn, float *tmp);
 void bt_get_rows(bt_backend_t *be, float *y, const bt_tensor_t *table, const int32_t *ids,
                  int64_t m);
 void bt_rmsnorm(bt_backend_t *be, float *y, const float *x, const float *w, int64_t m, int64_t n,
