@@ -287,8 +287,9 @@ static void test_matmul_batch_and_thread_invariant(void **state)
     check_invariance(BT_TYPE_F16, 6, 40);
 }
 
-/* The fused forms (bt_matmul_multi, bt_matmul_add, bt_matmul_swiglu) give the bits of their
- * composition from the plain ops, with weights of different row counts, one pass or several
+/* The fused forms (bt_matmul_multi, bt_matmul_add, bt_matmul_swiglu, and the pre-norm
+ * bt_rms_matmul_multi and bt_rms_matmul_swiglu) give the bits of their composition from the
+ * plain ops, with weights of different row counts, one pass or several
  * over the quantization scratch, one thread or two; weights of different types compose. */
 static void check_fused(bt_type_t type, bt_type_t type_v, int64_t m, int threads)
 {
@@ -318,6 +319,21 @@ static void check_fused(bt_type_t type, bt_type_t type_v, int64_t m, int threads
     bt_matmul_swiglu(be, y[1], &w[1].t, &w[2].t, x, m, tmp);
     bt_swiglu(be, ref[1], ref[1], ref[2], m * rows[1]);
     assert_memory_equal(y[1], ref[1], sizeof(float) * (size_t)(m * rows[1]));
+
+    /* the pre-norm forms against rmsnorm, then the same fused op */
+    float *norm = rand_vec(k), *xn = malloc(sizeof(float) * (size_t)(m * k));
+    float *xn_ref = malloc(sizeof(float) * (size_t)(m * k));
+    bt_rmsnorm(be, xn_ref, x, norm, m, k, 1e-5f);
+    bt_matmul_multi(be, 3, ref, wt, xn_ref, m);
+    bt_rms_matmul_multi(be, 3, y, wt, x, norm, 1e-5f, m, xn);
+    for (int t = 0; t < 3; t++)
+        assert_memory_equal(y[t], ref[t], sizeof(float) * (size_t)(m * rows[t]));
+    bt_matmul_swiglu(be, ref[1], &w[1].t, &w[2].t, xn_ref, m, tmp);
+    bt_rms_matmul_swiglu(be, y[1], &w[1].t, &w[2].t, x, norm, 1e-5f, m, xn, tmp);
+    assert_memory_equal(y[1], ref[1], sizeof(float) * (size_t)(m * rows[1]));
+    free(norm);
+    free(xn);
+    free(xn_ref);
 
     for (int t = 0; t < 3; t++) {
         free(y[t]);
