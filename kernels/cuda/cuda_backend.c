@@ -7,7 +7,8 @@
  * The one thing to know: everything runs in order on one stream, and everything an op needs
  * beyond its arguments is allocated here at create time: pinned staging and device buffers for
  * the host-side tables the ops table passes in (attention block tables, gather indices), the
- * bf16 copy of matmul activations for cuBLAS (and the f32 up product of a cuBLAS swiglu),
+ * bf16 copy of matmul activations for cuBLAS (read as f32, also the normed rows where an
+ * rmsnorm-fused matmul runs as its composition; and the f32 up product of a cuBLAS swiglu),
  * cuBLAS's workspace and the split-attention partials. Ops never allocate; a call larger than
  * the scratch is done in pieces.
  *
@@ -262,16 +263,29 @@ static void gemm16(bt_cuda_ctx_t *c, float *y, const bt_tensor_t *w, int64_t mi,
                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-/* y[t] = x . w[t]^T + beta * y[t] for n_w weights of one 16-bit type and column count, in row
- * chunks that fit the activation copy: each chunk is converted once and every weight's GEMM
- * reads that copy (a layer's q, k and v share one conversion). */
+/* act16 = mi rows of x (k floats each) in the 16-bit type, or with norm set of rmsnorm(x,
+ * norm, eps): the bits of the rmsnorm op into f32 rows then converted (elementwise.cu), without
+ * the f32 rows. */
+static void to_act16(bt_cuda_ctx_t *c, int type, const float *x, const float *norm, float eps,
+                     int64_t mi, int64_t k)
+{
+    if (norm)
+        bt_cuda_rms_convert_launch(c->stream, c->act16, type, x, norm, mi, k, eps);
+    else
+        bt_cuda_convert_launch(c->stream, c->act16, type, x, mi * k);
+}
+
+/* y[t] = x . w[t]^T + beta * y[t] for n_w weights of one 16-bit type and column count (x
+ * normed first when norm is set), in row chunks that fit the activation copy: each chunk is
+ * converted once and every weight's GEMM reads that copy (a layer's q, k and v share one
+ * conversion). */
 static void blas_gemm16(bt_cuda_ctx_t *c, int n_w, float *const *y, const bt_tensor_t *const *w,
-                        const float *x, int64_t m, float beta)
+                        const float *x, const float *norm, float eps, int64_t m, float beta)
 {
     const int64_t k = w[0]->cols, chunk = act16_rows(c, k);
     for (int64_t i0 = 0; i0 < m; i0 += chunk) {
         const int64_t mi = m - i0 < chunk ? m - i0 : chunk;
-        bt_cuda_convert_launch(c->stream, c->act16, w[0]->type, x + i0 * k, mi * k);
+        to_act16(c, w[0]->type, x + i0 * k, norm, eps, mi, k);
         for (int t = 0; t < n_w; t++)
             if (w[t]->rows > 0)
                 gemm16(c, y[t] + i0 * w[t]->rows, w[t], mi, beta);
@@ -292,7 +306,7 @@ static void blas_sgemm(bt_cuda_ctx_t *c, float *y, const bt_tensor_t *w, const f
 static void matmul_run(bt_cuda_ctx_t *c, float *y, const bt_tensor_t *w, const float *x, int64_t m)
 {
     switch (mm_path(c, w, m)) {
-    case MM_GEMM16: blas_gemm16(c, 1, &y, &w, x, m, 0.0f); break;
+    case MM_GEMM16: blas_gemm16(c, 1, &y, &w, x, NULL, 0.0f, m, 0.0f); break;
     case MM_SGEMM: blas_sgemm(c, y, w, x, m, 0.0f); break;
     default: bt_cuda_gemv_launch(c->stream, y, w, x, m);
     }
@@ -311,30 +325,42 @@ static void cuda_matmul(void *ctx, float *y, const bt_tensor_t *w, const float *
 
 /* ---- fused matmuls: the GEMV kernels' fused forms, or cuBLAS with shared conversions ---- */
 
+/* A multi op's weights and outputs in all BT_CUDA_GEMV_MAX_W slots, absent ones as zeros, so
+ * that a graph step's trace (MULTI_ARGS) covers each weight and output. */
+typedef struct {
+    const bt_tensor_t *w[BT_CUDA_GEMV_MAX_W];
+    float *y[BT_CUDA_GEMV_MAX_W];
+} multi_slots_t;
+
+static multi_slots_t multi_slots(int n_w, float *const *y, const bt_tensor_t *const *w)
+{
+    static const bt_tensor_t none;
+    multi_slots_t s;
+    assert(n_w <= BT_CUDA_GEMV_MAX_W);
+    for (int t = 0; t < BT_CUDA_GEMV_MAX_W; t++) {
+        s.w[t] = t < n_w ? w[t] : &none;
+        s.y[t] = t < n_w ? y[t] : NULL;
+    }
+    return s;
+}
+
+#define MULTI_ARGS(s)                                                                              \
+    U((s).y[0]), TENSOR_ARGS((s).w[0]), U((s).y[1]), TENSOR_ARGS((s).w[1]), U((s).y[2]),           \
+        TENSOR_ARGS((s).w[2]), U((s).y[3]), TENSOR_ARGS((s).w[3])
+
 static void cuda_matmul_multi(void *ctx, int n_w, float *const *y, const bt_tensor_t *const *w,
                               const float *x, int64_t m)
 {
     bt_cuda_ctx_t *c = enter(ctx);
-    assert(n_w <= BT_CUDA_GEMV_MAX_W);
-    /* Every slot is traced, absent ones as zeros, so the hash covers each weight and output. */
-    static const bt_tensor_t none;
-    const bt_tensor_t *tw[BT_CUDA_GEMV_MAX_W];
-    float *ty[BT_CUDA_GEMV_MAX_W];
-    for (int t = 0; t < BT_CUDA_GEMV_MAX_W; t++) {
-        tw[t] = t < n_w ? w[t] : &none;
-        ty[t] = t < n_w ? y[t] : NULL;
-    }
-    if (m <= 0 || n_w <= 0 ||
-        !LAUNCHES(c, "matmul_multi", n_w, U(ty[0]), TENSOR_ARGS(tw[0]), U(ty[1]),
-                  TENSOR_ARGS(tw[1]), U(ty[2]), TENSOR_ARGS(tw[2]), U(ty[3]), TENSOR_ARGS(tw[3]),
-                  U(x), m))
+    const multi_slots_t s = multi_slots(n_w, y, w);
+    if (m <= 0 || n_w <= 0 || !LAUNCHES(c, "matmul_multi", n_w, MULTI_ARGS(s), U(x), m))
         return;
     const int path = mm_path(c, w[0], m);
     int same = 1;
     for (int t = 1; t < n_w; t++)
         same &= w[t]->type == w[0]->type && w[t]->cols == w[0]->cols && mm_path(c, w[t], m) == path;
     if (same && path == MM_GEMM16) {
-        blas_gemm16(c, n_w, y, w, x, m, 0.0f);
+        blas_gemm16(c, n_w, y, w, x, NULL, 0.0f, m, 0.0f);
     } else if (same && path == MM_GEMV) {
         bt_cuda_gemv_multi_launch(c->stream, n_w, y, w, x, m);
     } else { /* f32 GEMMs share nothing; weights that differ take their own paths */
@@ -352,18 +378,21 @@ static void cuda_matmul_add(void *ctx, float *y, const bt_tensor_t *w, const flo
     if (m <= 0 || w->rows <= 0 || !LAUNCHES(c, "matmul_add", U(y), TENSOR_ARGS(w), U(x), m))
         return;
     switch (mm_path(c, w, m)) {
-    case MM_GEMM16: blas_gemm16(c, 1, &y, &w, x, m, 1.0f); break;
+    case MM_GEMM16: blas_gemm16(c, 1, &y, &w, x, NULL, 0.0f, m, 1.0f); break;
     case MM_SGEMM: blas_sgemm(c, y, w, x, m, 1.0f); break;
     default: bt_cuda_gemv_add_launch(c->stream, y, w, x, m);
     }
 }
 
 /* cuBLAS swiglu: per row chunk, the gate's GEMM into y and the up's into glu_up (sharing one
- * conversion of x for 16-bit weights), then the swiglu kernel; the chunk fits both scratch
- * buffers (the caller checked that one row does). */
+ * conversion of x for 16-bit weights, of rmsnorm(x, norm, eps) when norm is set), then the
+ * swiglu kernel; the chunk fits both scratch buffers (the caller checked that one row does).
+ * The f32 GEMMs read x itself: norm must be NULL. */
 static void blas_swiglu(bt_cuda_ctx_t *c, int path, float *y, const bt_tensor_t *gate,
-                        const bt_tensor_t *up, const float *x, int64_t m)
+                        const bt_tensor_t *up, const float *x, const float *norm, float eps,
+                        int64_t m)
 {
+    assert(path == MM_GEMM16 || !norm);
     const int64_t k = gate->cols, n = gate->rows;
     int64_t chunk = (int64_t)(c->glu_up_floats / (size_t)n);
     if (path == MM_GEMM16 && act16_rows(c, k) < chunk)
@@ -372,7 +401,7 @@ static void blas_swiglu(bt_cuda_ctx_t *c, int path, float *y, const bt_tensor_t 
         const int64_t mi = m - i0 < chunk ? m - i0 : chunk;
         float *yi = y + i0 * n;
         if (path == MM_GEMM16) {
-            bt_cuda_convert_launch(c->stream, c->act16, gate->type, x + i0 * k, mi * k);
+            to_act16(c, gate->type, x + i0 * k, norm, eps, mi, k);
             gemm16(c, yi, gate, mi, 0.0f);
             gemm16(c, c->glu_up, up, mi, 0.0f);
         } else {
@@ -395,9 +424,132 @@ static void cuda_matmul_swiglu(void *ctx, float *y, const bt_tensor_t *gate, con
         return;
     const int path = mm_path(c, gate, m);
     if (path != MM_GEMV && (size_t)gate->rows <= c->glu_up_floats)
-        blas_swiglu(c, path, y, gate, up, x, m);
+        blas_swiglu(c, path, y, gate, up, x, NULL, 0.0f, m);
     else
         bt_cuda_gemv_swiglu_launch(c->stream, y, gate, up, x, m);
+}
+
+/* ---- rmsnorm-fused matmuls: rmsnorm(x, norm, eps) as the input, never written out ----
+ *
+ * Each path gives the bits of the rmsnorm op followed by the same backend's fused op: the
+ * pre-norm GEMV kernels and the norm + conversion kernel compute every normed element with the
+ * rmsnorm kernel's own code (elementwise.cuh), and cuBLAS gets the same 16-bit rows in the same
+ * row chunks. Where neither fits (f32 weights on cuBLAS; an x or norm whose alignment would put
+ * the pre-norm GEMV kernel on another path than the plain one on an aligned buffer) the op runs
+ * as that composition, the normed rows going to act16 read as f32: those paths never use act16
+ * themselves. */
+
+/* Rows of normed f32 activations act16 holds: half its 16-bit rows. */
+static int64_t norm_rows(const bt_cuda_ctx_t *c, int64_t k)
+{
+    return (int64_t)(c->act16_elems / 2 / (size_t)k);
+}
+
+/* rmsnorm into act16 a row chunk at a time, then the plain matmuls on it (path MM_SGEMM or
+ * MM_GEMV, chosen for all m rows as the composition would). With no room for one row (act16
+ * holds max_rows / 2 rows of the widest input: only a context of max_rows 1) the pre-norm GEMV
+ * kernels run instead: right for any m, only slower, with their scalar path's bits. */
+static void rms_compose_multi(bt_cuda_ctx_t *c, int path, int n_w, float *const *y,
+                              const bt_tensor_t *const *w, const float *x, const float *norm,
+                              float eps, int64_t m)
+{
+    const int64_t k = w[0]->cols, chunk = norm_rows(c, k);
+    if (chunk < 1) {
+        bt_cuda_gemv_rms_multi_launch(c->stream, n_w, y, w, x, norm, eps, m);
+        return;
+    }
+    float *xn = (float *)c->act16;
+    for (int64_t i0 = 0; i0 < m; i0 += chunk) {
+        const int64_t mi = m - i0 < chunk ? m - i0 : chunk;
+        float *yi[BT_CUDA_GEMV_MAX_W];
+        for (int t = 0; t < n_w; t++)
+            yi[t] = y[t] + i0 * w[t]->rows;
+        bt_cuda_rmsnorm_launch(c->stream, xn, x + i0 * k, norm, mi, k, eps);
+        if (path == MM_SGEMM) {
+            for (int t = 0; t < n_w; t++)
+                blas_sgemm(c, yi[t], w[t], xn, mi, 0.0f);
+        } else {
+            bt_cuda_gemv_multi_launch(c->stream, n_w, yi, w, xn, mi);
+        }
+    }
+}
+
+/* cuda_matmul_multi's paths with the norm folded in; weights on different paths (which the
+ * wrapper's same-type check leaves possible only through mm_path's size limits) each take
+ * their own, as there. */
+static void rms_multi_run(bt_cuda_ctx_t *c, int n_w, float *const *y, const bt_tensor_t *const *w,
+                          const float *x, const float *norm, float eps, int64_t m)
+{
+    const int path = mm_path(c, w[0], m);
+    int same = 1, exact = 1;
+    for (int t = 0; t < n_w; t++) {
+        same &= w[t]->type == w[0]->type && w[t]->cols == w[0]->cols && mm_path(c, w[t], m) == path;
+        exact &= bt_cuda_gemv_rms_exact(w[t], x, norm);
+    }
+    if (!same) {
+        for (int t = 0; t < n_w; t++)
+            if (w[t]->rows > 0)
+                rms_multi_run(c, 1, &y[t], &w[t], x, norm, eps, m);
+    } else if (path == MM_GEMM16) {
+        blas_gemm16(c, n_w, y, w, x, norm, eps, m, 0.0f);
+    } else if (path == MM_GEMV && exact) {
+        bt_cuda_gemv_rms_multi_launch(c->stream, n_w, y, w, x, norm, eps, m);
+    } else {
+        rms_compose_multi(c, path, n_w, y, w, x, norm, eps, m);
+    }
+}
+
+static void cuda_rms_matmul_multi(void *ctx, int n_w, float *const *y, const bt_tensor_t *const *w,
+                                  const float *x, const float *norm, float eps, int64_t m)
+{
+    bt_cuda_ctx_t *c = enter(ctx);
+    const multi_slots_t s = multi_slots(n_w, y, w);
+    if (m <= 0 || n_w <= 0 ||
+        !LAUNCHES(c, "rms_matmul_multi", n_w, MULTI_ARGS(s), U(x), U(norm), fbits(eps), m))
+        return;
+    rms_multi_run(c, n_w, y, w, x, norm, eps, m);
+}
+
+/* As rms_compose_multi, for swiglu on cuBLAS f32 GEMMs (blas) or the GEMV kernels. */
+static void rms_compose_swiglu(bt_cuda_ctx_t *c, int blas, float *y, const bt_tensor_t *gate,
+                               const bt_tensor_t *up, const float *x, const float *norm, float eps,
+                               int64_t m)
+{
+    const int64_t k = gate->cols, n = gate->rows, chunk = norm_rows(c, k);
+    if (chunk < 1) {
+        bt_cuda_gemv_rms_swiglu_launch(c->stream, y, gate, up, x, norm, eps, m);
+        return;
+    }
+    float *xn = (float *)c->act16;
+    for (int64_t i0 = 0; i0 < m; i0 += chunk) {
+        const int64_t mi = m - i0 < chunk ? m - i0 : chunk;
+        bt_cuda_rmsnorm_launch(c->stream, xn, x + i0 * k, norm, mi, k, eps);
+        if (blas)
+            blas_swiglu(c, MM_SGEMM, y + i0 * n, gate, up, xn, NULL, 0.0f, mi);
+        else
+            bt_cuda_gemv_swiglu_launch(c->stream, y + i0 * n, gate, up, xn, mi);
+    }
+}
+
+/* x must not overlap y. The path is cuda_matmul_swiglu's. */
+static void cuda_rms_matmul_swiglu(void *ctx, float *y, const bt_tensor_t *gate,
+                                   const bt_tensor_t *up, const float *x, const float *norm,
+                                   float eps, int64_t m)
+{
+    bt_cuda_ctx_t *c = enter(ctx);
+    assert(gate->type == up->type && gate->rows == up->rows && gate->cols == up->cols);
+    if (m <= 0 || gate->rows <= 0 ||
+        !LAUNCHES(c, "rms_matmul_swiglu", U(y), TENSOR_ARGS(gate), TENSOR_ARGS(up), U(x), U(norm),
+                  fbits(eps), m))
+        return;
+    const int path = mm_path(c, gate, m);
+    const int blas = path != MM_GEMV && (size_t)gate->rows <= c->glu_up_floats;
+    if (blas && path == MM_GEMM16)
+        blas_swiglu(c, path, y, gate, up, x, norm, eps, m);
+    else if (!blas && bt_cuda_gemv_rms_exact(gate, x, norm) && bt_cuda_gemv_rms_exact(up, x, norm))
+        bt_cuda_gemv_rms_swiglu_launch(c->stream, y, gate, up, x, norm, eps, m);
+    else
+        rms_compose_swiglu(c, blas, y, gate, up, x, norm, eps, m);
 }
 
 /* ---- element-wise ops: straight to their launchers ---- */
@@ -632,6 +784,8 @@ static const bt_backend_ops_t cuda_ops = {
     .matmul_multi = cuda_matmul_multi,
     .matmul_add = cuda_matmul_add,
     .matmul_swiglu = cuda_matmul_swiglu,
+    .rms_matmul_multi = cuda_rms_matmul_multi,
+    .rms_matmul_swiglu = cuda_rms_matmul_swiglu,
     .get_rows = cuda_get_rows,
     .rmsnorm = cuda_rmsnorm,
     .rope = cuda_rope,

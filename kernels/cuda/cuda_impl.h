@@ -68,7 +68,9 @@ typedef struct {
     cublasHandle_t blas;
     void *blas_ws; /* cuBLAS workspace, so cuBLAS never allocates after create */
     size_t blas_ws_bytes;
-    void *act16; /* bf16/f16 copy of a matmul's activations, act16_elems elements */
+    /* bf16/f16 copy of a matmul's activations, act16_elems elements; or act16_elems / 2 floats
+     * of normed rows (cuda_backend.c, the rmsnorm-fused matmuls that run as their composition) */
+    void *act16;
     size_t act16_elems;
     float *glu_up; /* with nondet: the up product of a cuBLAS matmul_swiglu, glu_up_floats */
     size_t glu_up_floats;
@@ -140,6 +142,10 @@ void bt_cuda_topk_rows_launch(cudaStream_t st, int32_t *ids, float *vals, const 
                               int64_t n, int32_t k);
 /* dst[i] = x[i] rounded to nearest even, as bf16 (type BT_TYPE_BF16) or fp16 (BT_TYPE_F16). */
 void bt_cuda_convert_launch(cudaStream_t st, void *dst, int type, const float *x, int64_t n);
+/* The two above in one pass: dst ([m][n], 16-bit type) = rmsnorm(x, w, eps) converted; the bits
+ * of bt_cuda_rmsnorm_launch into an f32 buffer followed by bt_cuda_convert_launch of it. */
+void bt_cuda_rms_convert_launch(cudaStream_t st, void *dst, int type, const float *x,
+                                const float *w, int64_t m, int64_t n, float eps);
 
 /* matmul.cu: y[m][w->rows] = x . w^T with the batch-invariant GEMV kernels (any m). */
 void bt_cuda_gemv_launch(cudaStream_t st, float *y, const bt_tensor_t *w, const float *x,
@@ -156,6 +162,20 @@ void bt_cuda_gemv_add_launch(cudaStream_t st, float *y, const bt_tensor_t *w, co
 /* y = silu(x . gate^T) * (x . up^T), gate and up of one type and shape; x must not overlap y. */
 void bt_cuda_gemv_swiglu_launch(cudaStream_t st, float *y, const bt_tensor_t *gate,
                                 const bt_tensor_t *up, const float *x, int64_t m);
+/* The multi and swiglu launches on rmsnorm(x, norm, eps) (norm: w's cols floats), which is not
+ * written anywhere: the bits of bt_cuda_rmsnorm_launch into a 16-byte aligned buffer followed
+ * by the plain launch on it, for every weight with bt_cuda_gemv_rms_exact. A weight without
+ * (x or norm not 16-byte aligned, the weight fit for the 16-byte path) takes the scalar path:
+ * right values, other bits. */
+void bt_cuda_gemv_rms_multi_launch(cudaStream_t st, int n_w, float *const *y,
+                                   const bt_tensor_t *const *w, const float *x, const float *norm,
+                                   float eps, int64_t m);
+void bt_cuda_gemv_rms_swiglu_launch(cudaStream_t st, float *y, const bt_tensor_t *gate,
+                                    const bt_tensor_t *up, const float *x, const float *norm,
+                                    float eps, int64_t m);
+/* 1 if w takes the same dot path in the pre-norm launches on x and norm as in the plain ones on
+ * an aligned buffer (the alignment of x and norm only matters on the 16-byte path). */
+int bt_cuda_gemv_rms_exact(const bt_tensor_t *w, const float *x, const float *norm);
 
 /* attention.cu. seqs and blocks are device tables; max_new is the largest n_new of the call. */
 void bt_cuda_kv_store_launch(cudaStream_t st, const bt_kv_layer_t *kv, const float *k,

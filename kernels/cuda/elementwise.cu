@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * elementwise.cu - the row-wise and element-wise ops on the GPU: get_rows, rmsnorm, rope,
- * swiglu, add, gather_rows, and the f32 -> bf16/fp16 conversion feeding cuBLAS.
+ * swiglu, add, gather_rows, and the f32 -> bf16/fp16 conversion feeding cuBLAS (also fused with
+ * rmsnorm, for the pre-norm projections).
  *
  * The one thing to know: each result depends only on its own row or element. rmsnorm's sum of
  * squares runs in a fixed order (per-thread strided sums, then a fixed shuffle tree over a
@@ -72,21 +73,7 @@ extern "C" void bt_cuda_get_rows_launch(cudaStream_t st, float *y, const bt_tens
 
 /* ---- rmsnorm ---- */
 
-/* Sum over the block of one value per thread, in a fixed order; every thread gets the sum. */
-static __device__ float block_sum(float v, float *red)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0)
-        red[warp] = v;
-    __syncthreads();
-    v = lane < (int)(blockDim.x / 32) ? red[lane] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1)
-        v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
-    __syncthreads(); /* red may be reused by the caller's next call */
-    return v;
-}
+static_assert(THREADS == BT_CUDA_NORM_THREADS, "rmsnorm blocks are the norm's block size");
 
 static __global__ void rmsnorm_kernel(float *y, const float *x, const float *w, int64_t m,
                                       int64_t n, float eps)
@@ -94,13 +81,9 @@ static __global__ void rmsnorm_kernel(float *y, const float *x, const float *w, 
     __shared__ float red[32];
     for (int64_t r = blockIdx.x; r < m; r += gridDim.x) {
         const float *xr = x + r * n;
-        float acc = 0.0f;
+        const float scale = bt_cuda_rms_scale(xr, n, eps, red);
         for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
-            acc = __fmaf_rn(xr[i], xr[i], acc);
-        const float ss = block_sum(acc, red);
-        const float scale = __fdiv_rn(1.0f, sqrtf(__fadd_rn(__fdiv_rn(ss, (float)n), eps)));
-        for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
-            y[r * n + i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+            y[r * n + i] = bt_cuda_rms_elem(xr[i], scale, w[i]);
     }
 }
 
@@ -254,15 +237,20 @@ extern "C" void bt_cuda_argmax_rows_launch(cudaStream_t st, int32_t *out, const 
 
 /* ---- f32 -> bf16 / fp16 ---- */
 
+/* dst[i] = v rounded to nearest even: the one rounding of both conversion kernels. */
+static __device__ __forceinline__ void store16(void *dst, int type, int64_t i, float v)
+{
+    if (type == BT_TYPE_BF16)
+        ((__nv_bfloat16 *)dst)[i] = __float2bfloat16_rn(v);
+    else
+        ((__half *)dst)[i] = __float2half_rn(v);
+}
+
 static __global__ void convert_kernel(void *dst, int type, const float *x, int64_t n)
 {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        if (type == BT_TYPE_BF16)
-            ((__nv_bfloat16 *)dst)[i] = __float2bfloat16_rn(x[i]);
-        else
-            ((__half *)dst)[i] = __float2half_rn(x[i]);
-    }
+         i += (int64_t)gridDim.x * blockDim.x)
+        store16(dst, type, i, x[i]);
 }
 
 extern "C" void bt_cuda_convert_launch(cudaStream_t st, void *dst, int type, const float *x,
@@ -271,5 +259,29 @@ extern "C" void bt_cuda_convert_launch(cudaStream_t st, void *dst, int type, con
     if (n <= 0)
         return;
     convert_kernel<<<grid_for(n), THREADS, 0, st>>>(dst, type, x, n);
+    BT_CUDA_CHECK(cudaGetLastError());
+}
+
+/* rmsnorm_kernel and convert_kernel in one pass: each element is the f32 value rmsnorm would
+ * store, rounded as convert_kernel rounds it, so the 16-bit rows are those bits. */
+static __global__ void rms_convert_kernel(void *dst, int type, const float *x, const float *w,
+                                          int64_t m, int64_t n, float eps)
+{
+    __shared__ float red[32];
+    for (int64_t r = blockIdx.x; r < m; r += gridDim.x) {
+        const float *xr = x + r * n;
+        const float scale = bt_cuda_rms_scale(xr, n, eps, red);
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+            store16(dst, type, r * n + i, bt_cuda_rms_elem(xr[i], scale, w[i]));
+    }
+}
+
+extern "C" void bt_cuda_rms_convert_launch(cudaStream_t st, void *dst, int type, const float *x,
+                                           const float *w, int64_t m, int64_t n, float eps)
+{
+    if (m <= 0)
+        return;
+    int grid = (int)(m < MAX_GRID ? m : MAX_GRID);
+    rms_convert_kernel<<<grid, THREADS, 0, st>>>(dst, type, x, w, m, n, eps);
     BT_CUDA_CHECK(cudaGetLastError());
 }

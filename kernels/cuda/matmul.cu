@@ -24,6 +24,13 @@
  * accumulator in exactly the order of the one-row case; the epilogue then stores the sum, adds
  * it to y, or applies swiglu through the same device functions as the add and swiglu kernels.
  * A fused op therefore gives the bits of the matmuls followed by the element-wise op.
+ *
+ * The pre-norm kernels (template flag NORM; the plain instantiations do not change) multiply
+ * by rmsnorm(x) without it being written: each block first computes the rmsnorm scale of each
+ * of its tokens with the rmsnorm kernel's own reduction (elementwise.cuh; a GEMV block has the
+ * rmsnorm kernel's 256 threads), then the dot policy turns every x element it loads into the
+ * value rmsnorm would have stored before multiplying. The products, and so the results, are
+ * those of rmsnorm followed by the plain kernel on a 16-byte aligned buffer.
  */
 #include <assert.h>
 
@@ -34,6 +41,9 @@
 
 #define GEMV_WARPS 8 /* weight rows per block */
 #define MAX_GRID_Y 65535
+
+static_assert(GEMV_WARPS * 32 == BT_CUDA_NORM_THREADS,
+              "a pre-norm block reduces like the rmsnorm kernel: same thread count");
 
 static __device__ __forceinline__ float warp_sum(float v)
 {
@@ -93,7 +103,37 @@ template <> struct wvec<BT_TYPE_F16> {
  * sums() adds the lane's share of the dot products of NR weight rows (w[r], the same k) with
  * tokens i0 .. i0 + mt - 1 of x into acc[r][i]. Each accumulator only ever sees its own row's
  * products, in the path's fixed order, so acc[r][i] goes through the same rounded operations
- * for NR = 2 as for NR = 1; unrolling changes which instructions interleave, never that order. */
+ * for NR = 2 as for NR = 1; unrolling changes which instructions interleave, never that order.
+ *
+ * With NORM, every x element is first replaced by rmsnorm's value for it, from its token's
+ * scale (scale[i], shared memory) and the norm weight (norm, k floats): the same rounded value
+ * the rmsnorm op stores, so the products that follow are the plain kernel's on rmsnorm's
+ * output. Without it, scale and norm are not touched (they are NULL). */
+
+/* A token's input element as the products take it: x, or with NORM the value the rmsnorm op
+ * would store for it (element e of token i). */
+template <bool NORM>
+static __device__ __forceinline__ float xin(float x, const float *scale, int i, const float *norm,
+                                            int64_t e)
+{
+    if constexpr (NORM)
+        return bt_cuda_rms_elem(x, scale[i], __ldg(norm + e));
+    else
+        return x;
+}
+
+/* N (a multiple of 4) floats from 16-byte aligned p, in order. */
+template <int N> static __device__ __forceinline__ void ldg_f32(const float *p, float *v)
+{
+#pragma unroll
+    for (int q = 0; q < N / 4; q++) {
+        const float4 t = __ldg((const float4 *)p + q);
+        v[4 * q] = t.x;
+        v[4 * q + 1] = t.y;
+        v[4 * q + 2] = t.z;
+        v[4 * q + 3] = t.w;
+    }
+}
 
 /* Row j of an F32, F16 or BF16 weight of k columns. */
 static __device__ __forceinline__ const uint8_t *dense_row(const uint8_t *w, int type, int64_t j,
@@ -108,33 +148,35 @@ template <int TYPE> struct vec_dot {
     {
         return dense_row(w, TYPE, j, k);
     }
-    template <int MT, int NR>
+    template <int MT, int NR, bool NORM>
     __device__ __forceinline__ void sums(float (&acc)[NR][MT], const uint8_t *const (&w)[NR],
-                                         const float *x, int64_t i0, int mt, int64_t k,
-                                         int lane) const
+                                         const float *x, int64_t i0, int mt, int64_t k, int lane,
+                                         const float *scale, const float *norm) const
     {
         constexpr int E = wvec<TYPE>::E;
         const int64_t n_chunks = k / E;
-        /* One token: more weight pieces in flight per lane (the arithmetic order is the same). */
-#pragma unroll(MT == 1 ? 8 : 4)
+        /* One token: more weight pieces in flight per lane (the arithmetic order is the same).
+         * The pre-norm kernels also hold the norm's piece: unrolled as far, four of them spilled
+         * a few bytes (ptxas -v); by 2, none does, with about as many registers. */
+#pragma unroll(NORM ? 2 : MT == 1 ? 8 : 4)
         for (int64_t c = lane; c < n_chunks; c += 32) {
             float wv[NR][E];
 #pragma unroll
             for (int r = 0; r < NR; r++)
                 wvec<TYPE>::unpack(__ldg((const uint4 *)w[r] + c), wv[r]);
+            float nv[NORM ? E : 1]; /* the norm weight's elements of this piece */
+            if constexpr (NORM)
+                ldg_f32<E>(norm + c * E, nv);
 #pragma unroll
             for (int i = 0; i < MT; i++) {
                 if (i >= mt)
                     break;
-                const float4 *xr = (const float4 *)(x + (i0 + i) * k + c * E);
                 float xv[E];
+                ldg_f32<E>(x + (i0 + i) * k + c * E, xv);
+                if constexpr (NORM) {
 #pragma unroll
-                for (int q = 0; q < E / 4; q++) {
-                    const float4 t = __ldg(xr + q);
-                    xv[4 * q] = t.x;
-                    xv[4 * q + 1] = t.y;
-                    xv[4 * q + 2] = t.z;
-                    xv[4 * q + 3] = t.w;
+                    for (int e = 0; e < E; e++)
+                        xv[e] = bt_cuda_rms_elem(xv[e], scale[i], nv[e]);
                 }
 #pragma unroll
                 for (int r = 0; r < NR; r++)
@@ -163,10 +205,10 @@ struct scalar_dot {
     {
         return dense_row(w, type, j, k);
     }
-    template <int MT, int NR>
+    template <int MT, int NR, bool NORM>
     __device__ __forceinline__ void sums(float (&acc)[NR][MT], const uint8_t *const (&w)[NR],
-                                         const float *x, int64_t i0, int mt, int64_t k,
-                                         int lane) const
+                                         const float *x, int64_t i0, int mt, int64_t k, int lane,
+                                         const float *scale, const float *norm) const
     {
         for (int64_t e = lane; e < k; e += 32) {
             float wv[NR];
@@ -176,7 +218,7 @@ struct scalar_dot {
 #pragma unroll
             for (int i = 0; i < MT; i++)
                 if (i < mt) {
-                    const float xv = x[(i0 + i) * k + e];
+                    const float xv = xin<NORM>(x[(i0 + i) * k + e], scale, i, norm, e);
 #pragma unroll
                     for (int r = 0; r < NR; r++)
                         acc[r][i] = __fmaf_rn(xv, wv[r], acc[r][i]);
@@ -192,10 +234,10 @@ struct q8_dot {
     {
         return (const uint8_t *)((const bt_block_q8_0_t *)w + j * (k / BT_QK8_0));
     }
-    template <int MT, int NR>
+    template <int MT, int NR, bool NORM>
     __device__ __forceinline__ void sums(float (&acc)[NR][MT], const uint8_t *const (&w)[NR],
-                                         const float *x, int64_t i0, int mt, int64_t k,
-                                         int lane) const
+                                         const float *x, int64_t i0, int mt, int64_t k, int lane,
+                                         const float *scale, const float *norm) const
     {
         const int64_t nb = k / BT_QK8_0;
         for (int64_t b = lane; b < nb; b += 32) {
@@ -218,7 +260,8 @@ struct q8_dot {
                     float s = 0.0f;
 #pragma unroll
                     for (int l = 0; l < BT_QK8_0; l++)
-                        s = __fmaf_rn(xb[l], q[r][l], s);
+                        s = __fmaf_rn(xin<NORM>(xb[l], scale, i, norm, b * BT_QK8_0 + l), q[r][l],
+                                      s);
                     acc[r][i] = __fmaf_rn(s, d[r], acc[r][i]);
                 }
             }
@@ -249,6 +292,14 @@ typedef struct {
     int n_w;
     int epi;
 } gemv_job_t;
+
+/* A launch's pre-norm: rmsnorm's weight (k floats) and epsilon; w NULL for the plain kernels.
+ * Its own kernel parameter: one more field in gemv_job_t made nvcc copy the job to local
+ * memory in the plain multi-weight kernels. */
+typedef struct {
+    const float *w;
+    float eps;
+} gemv_norm_t;
 
 typedef struct {
     const uint8_t *w; /* the weight's data */
@@ -287,14 +338,38 @@ static __device__ __forceinline__ float epilogue(int epi, const float *y, const 
     return s[0];
 }
 
+/* The rmsnorm scales of the block's up to MT tokens (rows blockIdx.x * MT .. of x, k floats
+ * each), in shared memory, computed exactly as the rmsnorm kernel computes them. Every thread
+ * of the block must call it: the reductions and the final barrier take all of them. */
+template <int MT>
+static __device__ __forceinline__ const float *rms_scales(const float *x, int64_t m, int64_t k,
+                                                          float eps)
+{
+    __shared__ float red[32], scale[MT];
+    const int64_t i0 = (int64_t)blockIdx.x * MT;
+    const int mt = m - i0 < MT ? (int)(m - i0) : MT; /* the same for the whole block */
+    for (int i = 0; i < mt; i++) {
+        const float s = bt_cuda_rms_scale(x + (i0 + i) * k, k, eps, red);
+        if (threadIdx.x == 0)
+            scale[i] = s;
+    }
+    __syncthreads(); /* scale[] written by thread 0, read by every warp */
+    return scale;
+}
+
 /* One warp per global row, up to MT tokens; NR = 2 for EPI_SWIGLU (gate and up rows). A job
  * of one weight runs with NW = 1: the lookup over several weights keeps a few more registers
- * live, which would cost the plain matmul occupancy. */
-template <class DOT, int MT, int NR, int NW>
+ * live, which would cost the plain matmul occupancy. NORM: the pre-norm kernel (nm.w set);
+ * the whole block computes its tokens' scales before any warp past the last row leaves. */
+template <class DOT, int MT, int NR, int NW, bool NORM>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32)
-    gemv_kernel(DOT dot, gemv_job_t jb, const float *x, int64_t m, int64_t k, int64_t row0)
+    gemv_kernel(DOT dot, gemv_job_t jb, gemv_norm_t nm, const float *x, int64_t m, int64_t k,
+                int64_t row0)
 {
     const int lane = threadIdx.x % 32;
+    const float *scale = nullptr;
+    if constexpr (NORM)
+        scale = rms_scales<MT>(x, m, k, nm.eps);
     gemv_row_t r;
     if (!job_row<NW>(jb, row0 + (int64_t)blockIdx.y * GEMV_WARPS + threadIdx.x / 32, &r))
         return;
@@ -310,7 +385,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32)
 #pragma unroll
         for (int i = 0; i < MT; i++)
             acc[q][i] = 0.0f;
-    dot.template sums<MT, NR>(acc, w, x, i0, mt, k, lane);
+    dot.template sums<MT, NR, NORM>(acc, w, x, i0, mt, k, lane, scale, nm.w);
 #pragma unroll
     for (int i = 0; i < MT; i++) {
         float s[NR];
@@ -326,23 +401,41 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32)
 
 /* ---- launches ---- */
 
-/* Which dot policy a weight takes with input x. */
+/* Which dot policy a weight takes with an input whose rows are (x_aligned) or are not 16-byte
+ * aligned. */
 enum { PATH_Q8, PATH_SCALAR, PATH_VEC };
 
-static int gemv_path(const bt_tensor_t *w, const float *x)
+static int weight_path(const bt_tensor_t *w, int x_aligned)
 {
     if (w->type == BT_TYPE_Q8_0)
         return PATH_Q8;
     const int e = w->type == BT_TYPE_F32 ? 4 : 8;
     /* The 16-byte path needs every weight row and activation row 16-byte aligned. */
-    const int vec = w->cols % e == 0 && ((uintptr_t)w->data & 15) == 0 &&
-                    ((uintptr_t)x & 15) == 0 && w->cols % 4 == 0;
+    const int vec =
+        w->cols % e == 0 && ((uintptr_t)w->data & 15) == 0 && x_aligned && w->cols % 4 == 0;
     return vec ? PATH_VEC : PATH_SCALAR;
 }
 
-template <class DOT, int MT, int NR, int NW>
-static void launch_rows(cudaStream_t st, DOT dot, const gemv_job_t &jb, const float *x, int64_t m,
-                        int64_t k)
+static int aligned16(const void *p)
+{
+    return ((uintptr_t)p & 15) == 0;
+}
+
+/* The path for input x, and with a norm weight (pre-norm kernels, which read it as they read
+ * x) for rmsnorm(x); norm NULL for the plain kernels. */
+static int gemv_path(const bt_tensor_t *w, const float *x, const float *norm)
+{
+    return weight_path(w, aligned16(x) && aligned16(norm));
+}
+
+extern "C" int bt_cuda_gemv_rms_exact(const bt_tensor_t *w, const float *x, const float *norm)
+{
+    return gemv_path(w, x, norm) == weight_path(w, 1);
+}
+
+template <class DOT, int MT, int NR, int NW, bool NORM>
+static void launch_rows(cudaStream_t st, DOT dot, const gemv_job_t &jb, gemv_norm_t nm,
+                        const float *x, int64_t m, int64_t k)
 {
     const int64_t n = jb.end[jb.n_w - 1];
     const dim3 block(GEMV_WARPS * 32);
@@ -351,42 +444,57 @@ static void launch_rows(cudaStream_t st, DOT dot, const gemv_job_t &jb, const fl
     for (int64_t row0 = 0; row0 < n; row0 += rows_per_launch) {
         const int64_t nr = n - row0 < rows_per_launch ? n - row0 : rows_per_launch;
         const dim3 grid((unsigned)gx, (unsigned)((nr + GEMV_WARPS - 1) / GEMV_WARPS));
-        gemv_kernel<DOT, MT, NR, NW><<<grid, block, 0, st>>>(dot, jb, x, m, k, row0);
+        gemv_kernel<DOT, MT, NR, NW, NORM><<<grid, block, 0, st>>>(dot, jb, nm, x, m, k, row0);
         BT_CUDA_CHECK(cudaGetLastError());
     }
 }
 
-template <int MT, int NR, int NW>
-static void launch_path(cudaStream_t st, const gemv_job_t &jb, int type, int path, const float *x,
-                        int64_t m, int64_t k)
+template <int MT, int NR, int NW, bool NORM>
+static void launch_path(cudaStream_t st, const gemv_job_t &jb, gemv_norm_t nm, int type, int path,
+                        const float *x, int64_t m, int64_t k)
 {
-    if (path == PATH_Q8)
-        launch_rows<q8_dot, MT, NR, NW>(st, q8_dot{}, jb, x, m, k);
-    else if (path == PATH_SCALAR)
-        launch_rows<scalar_dot, MT, NR, NW>(st, scalar_dot{type}, jb, x, m, k);
-    else if (type == BT_TYPE_BF16)
-        launch_rows<vec_dot<BT_TYPE_BF16>, MT, NR, NW>(st, vec_dot<BT_TYPE_BF16>{}, jb, x, m, k);
-    else if (type == BT_TYPE_F16)
-        launch_rows<vec_dot<BT_TYPE_F16>, MT, NR, NW>(st, vec_dot<BT_TYPE_F16>{}, jb, x, m, k);
-    else
-        launch_rows<vec_dot<BT_TYPE_F32>, MT, NR, NW>(st, vec_dot<BT_TYPE_F32>{}, jb, x, m, k);
+    if (path == PATH_Q8) {
+        launch_rows<q8_dot, MT, NR, NW, NORM>(st, q8_dot{}, jb, nm, x, m, k);
+    } else if (path == PATH_SCALAR) {
+        launch_rows<scalar_dot, MT, NR, NW, NORM>(st, scalar_dot{type}, jb, nm, x, m, k);
+    } else if (type == BT_TYPE_BF16) {
+        using D = vec_dot<BT_TYPE_BF16>;
+        launch_rows<D, MT, NR, NW, NORM>(st, D{}, jb, nm, x, m, k);
+    } else if (type == BT_TYPE_F16) {
+        using D = vec_dot<BT_TYPE_F16>;
+        launch_rows<D, MT, NR, NW, NORM>(st, D{}, jb, nm, x, m, k);
+    } else {
+        using D = vec_dot<BT_TYPE_F32>;
+        launch_rows<D, MT, NR, NW, NORM>(st, D{}, jb, nm, x, m, k);
+    }
 }
 
-/* Runs a job whose weights are all of one type, k and path; nothing for no rows. */
+template <int NR, int NW, bool NORM>
+static void launch_mt(cudaStream_t st, const gemv_job_t &jb, gemv_norm_t nm, int type, int path,
+                      const float *x, int64_t m, int64_t k)
+{
+    if (m >= 8)
+        launch_path<8, NR, NW, NORM>(st, jb, nm, type, path, x, m, k);
+    else if (m >= 4)
+        launch_path<4, NR, NW, NORM>(st, jb, nm, type, path, x, m, k);
+    else if (m >= 2)
+        launch_path<2, NR, NW, NORM>(st, jb, nm, type, path, x, m, k);
+    else
+        launch_path<1, NR, NW, NORM>(st, jb, nm, type, path, x, m, k);
+}
+
+/* Runs a job whose weights are all of one type, k and path, on rmsnorm(x) when nm.w is set;
+ * nothing for no rows. */
 template <int NR, int NW>
-static void launch_job(cudaStream_t st, const gemv_job_t &jb, int type, int path, const float *x,
-                       int64_t m, int64_t k)
+static void launch_job(cudaStream_t st, const gemv_job_t &jb, gemv_norm_t nm, int type, int path,
+                       const float *x, int64_t m, int64_t k)
 {
     if (m <= 0 || jb.n_w <= 0 || jb.end[jb.n_w - 1] <= 0)
         return;
-    if (m >= 8)
-        launch_path<8, NR, NW>(st, jb, type, path, x, m, k);
-    else if (m >= 4)
-        launch_path<4, NR, NW>(st, jb, type, path, x, m, k);
-    else if (m >= 2)
-        launch_path<2, NR, NW>(st, jb, type, path, x, m, k);
+    if (nm.w)
+        launch_mt<NR, NW, true>(st, jb, nm, type, path, x, m, k);
     else
-        launch_path<1, NR, NW>(st, jb, type, path, x, m, k);
+        launch_mt<NR, NW, false>(st, jb, nm, type, path, x, m, k);
 }
 
 /* A job of one weight. */
@@ -401,36 +509,38 @@ static gemv_job_t job_one(float *y, const bt_tensor_t *w, int epi)
     return jb;
 }
 
+static const gemv_norm_t no_norm = {NULL, 0.0f};
+
 static void gemv_one(cudaStream_t st, float *y, const bt_tensor_t *w, const float *x, int64_t m,
-                     int epi)
+                     int epi, gemv_norm_t nm)
 {
-    launch_job<1, 1>(st, job_one(y, w, epi), w->type, gemv_path(w, x), x, m, w->cols);
+    launch_job<1, 1>(st, job_one(y, w, epi), nm, w->type, gemv_path(w, x, nm.w), x, m, w->cols);
 }
 
 extern "C" void bt_cuda_gemv_launch(cudaStream_t st, float *y, const bt_tensor_t *w, const float *x,
                                     int64_t m)
 {
-    gemv_one(st, y, w, x, m, EPI_STORE);
+    gemv_one(st, y, w, x, m, EPI_STORE, no_norm);
 }
 
 /* One launch when every weight takes the same path; a weight whose alignment sends it down
  * another path than the rest runs alone, so that each weight gets the bits its own matmul
  * would. */
-extern "C" void bt_cuda_gemv_multi_launch(cudaStream_t st, int n_w, float *const *y,
-                                          const bt_tensor_t *const *w, const float *x, int64_t m)
+static void gemv_multi(cudaStream_t st, int n_w, float *const *y, const bt_tensor_t *const *w,
+                       const float *x, int64_t m, gemv_norm_t nm)
 {
     if (n_w <= 0)
         return;
     assert(n_w <= GEMV_MAX_W);
-    const int path = gemv_path(w[0], x);
+    const int path = gemv_path(w[0], x, nm.w);
     int same = 1;
     for (int t = 1; t < n_w; t++) {
         assert(w[t]->type == w[0]->type && w[t]->cols == w[0]->cols);
-        same &= gemv_path(w[t], x) == path;
+        same &= gemv_path(w[t], x, nm.w) == path;
     }
     if (!same) {
         for (int t = 0; t < n_w; t++)
-            gemv_one(st, y[t], w[t], x, m, EPI_STORE);
+            gemv_one(st, y[t], w[t], x, m, EPI_STORE, nm);
         return;
     }
     gemv_job_t jb = {};
@@ -444,30 +554,58 @@ extern "C" void bt_cuda_gemv_multi_launch(cudaStream_t st, int n_w, float *const
     jb.n_w = n_w;
     jb.epi = EPI_STORE;
     if (n_w == 1)
-        launch_job<1, 1>(st, jb, w[0]->type, path, x, m, w[0]->cols);
+        launch_job<1, 1>(st, jb, nm, w[0]->type, path, x, m, w[0]->cols);
     else
-        launch_job<1, GEMV_MAX_W>(st, jb, w[0]->type, path, x, m, w[0]->cols);
+        launch_job<1, GEMV_MAX_W>(st, jb, nm, w[0]->type, path, x, m, w[0]->cols);
+}
+
+extern "C" void bt_cuda_gemv_multi_launch(cudaStream_t st, int n_w, float *const *y,
+                                          const bt_tensor_t *const *w, const float *x, int64_t m)
+{
+    gemv_multi(st, n_w, y, w, x, m, no_norm);
+}
+
+extern "C" void bt_cuda_gemv_rms_multi_launch(cudaStream_t st, int n_w, float *const *y,
+                                              const bt_tensor_t *const *w, const float *x,
+                                              const float *norm, float eps, int64_t m)
+{
+    assert(norm);
+    gemv_multi(st, n_w, y, w, x, m, gemv_norm_t{norm, eps});
 }
 
 extern "C" void bt_cuda_gemv_add_launch(cudaStream_t st, float *y, const bt_tensor_t *w,
                                         const float *x, int64_t m)
 {
-    gemv_one(st, y, w, x, m, EPI_ADD);
+    gemv_one(st, y, w, x, m, EPI_ADD, no_norm);
 }
 
 /* Gate and up rows in one warp when both take the same path; otherwise (their alignments
  * differ) the gate's product goes to y first and the up launch applies swiglu to it. */
-extern "C" void bt_cuda_gemv_swiglu_launch(cudaStream_t st, float *y, const bt_tensor_t *gate,
-                                           const bt_tensor_t *up, const float *x, int64_t m)
+static void gemv_swiglu(cudaStream_t st, float *y, const bt_tensor_t *gate, const bt_tensor_t *up,
+                        const float *x, int64_t m, gemv_norm_t nm)
 {
     assert(gate->type == up->type && gate->rows == up->rows && gate->cols == up->cols);
-    const int path = gemv_path(gate, x);
-    if (gemv_path(up, x) != path) {
-        gemv_one(st, y, gate, x, m, EPI_STORE);
-        gemv_one(st, y, up, x, m, EPI_SILU_MUL);
+    const int path = gemv_path(gate, x, nm.w);
+    if (gemv_path(up, x, nm.w) != path) {
+        gemv_one(st, y, gate, x, m, EPI_STORE, nm);
+        gemv_one(st, y, up, x, m, EPI_SILU_MUL, nm);
         return;
     }
     gemv_job_t jb = job_one(y, gate, EPI_SWIGLU);
     jb.up = (const uint8_t *)up->data;
-    launch_job<2, 1>(st, jb, gate->type, path, x, m, gate->cols);
+    launch_job<2, 1>(st, jb, nm, gate->type, path, x, m, gate->cols);
+}
+
+extern "C" void bt_cuda_gemv_swiglu_launch(cudaStream_t st, float *y, const bt_tensor_t *gate,
+                                           const bt_tensor_t *up, const float *x, int64_t m)
+{
+    gemv_swiglu(st, y, gate, up, x, m, no_norm);
+}
+
+extern "C" void bt_cuda_gemv_rms_swiglu_launch(cudaStream_t st, float *y, const bt_tensor_t *gate,
+                                               const bt_tensor_t *up, const float *x,
+                                               const float *norm, float eps, int64_t m)
+{
+    assert(norm);
+    gemv_swiglu(st, y, gate, up, x, m, gemv_norm_t{norm, eps});
 }

@@ -6,7 +6,8 @@
  * bit-identical (deterministic mode), and decode steps run as CUDA graphs (BATON_CUDA_GRAPHS)
  * give the same logits, greedy ids and top-k candidates bit for bit as the same steps run op by
  * op, across attention chunk boundaries and changing batches, deterministic and not; and the
- * backend's fused matmuls give the same logits bit for bit as their composition
+ * backend's fused matmuls (every pre-norm projection and the logits go through the
+ * rmsnorm-fused ones) give the same logits bit for bit as their composition
  * (BATON_FUSED_OPS=0). Presets come from BATON_GPU_TEST_MODELS, a list of preset:type pairs
  * (default "15m:f32,1b:bf16"); KV caches are bf16 on both sides.
  *
@@ -289,7 +290,8 @@ static void for_each_model(void (*fn)(rig_t *r))
 
 /* The rig's gpu engine (fused matmuls, unless BATON_FUSED_OPS=0 was set for the whole test)
  * against one created with BATON_FUSED_OPS=0, whose backend runs the fused forms as their
- * composition: a prompt and GEN decode steps, every logit bit for bit (deterministic mode). */
+ * composition (rmsnorm into a buffer, then one matmul per weight): a prompt (GEMV blocks of 8
+ * tokens) and GEN decode steps (1 token), every logit bit for bit (deterministic mode). */
 static void check_fused_matches_composed(rig_t *r)
 {
     const char *env = getenv("BATON_FUSED_OPS");

@@ -3,7 +3,9 @@
  * test_cuda_ops.c - every op of the "cuda" backend against the CPU backend on fresh random
  * inputs: matmul for F32, F16, BF16 and Q8_0 weights (16-byte and scalar paths, 1 to 64 rows,
  * deterministic GEMV and cuBLAS), the fused matmul_multi, matmul_add and matmul_swiglu (also
- * bit for bit against the same backend's composition in deterministic mode), get_rows, rmsnorm,
+ * bit for bit against the same backend's composition in deterministic mode), the rmsnorm-fused
+ * rms_matmul_multi and rms_matmul_swiglu (bit for bit against rmsnorm followed by the fused
+ * matmul on the same backend, in both modes), get_rows, rmsnorm,
  * rope, swiglu, add, gather_rows, kv_store (byte-exact caches in F32, F16 and BF16) and paged
  * GQA attention over many sequences with scattered block tables and contexts long enough to
  * split, on the SIMT kernel and on tensor cores (nondeterministic prefill, bf16 tolerance).
@@ -251,6 +253,44 @@ static void expect_same(const char *what, const float *got, const float *ref, si
     }
 }
 
+/* n weights of one type and k columns, random, on the host (c, pc) and on backend g (d, pd);
+ * with shifted, the last one's device copy starts 2 bytes into its buffer. */
+typedef struct {
+    bt_tensor_t c[4], d[4];
+    const bt_tensor_t *pc[4], *pd[4];
+    void *host[4], *buf[4];
+    int n;
+} weights_t;
+
+static void weights_make(weights_t *ws, bt_backend_t *g, int type, int n, const int64_t *rows,
+                         int64_t k, int shifted)
+{
+    const size_t rb = bt_type_row_bytes(type, k);
+    ws->n = n;
+    for (int t = 0; t < n; t++) {
+        const size_t off = shifted && t == n - 1 ? 2 : 0;
+        float *wf = rnd_vec((size_t)rows[t] * k);
+        ws->host[t] = make_weights(type, wf, rows[t], k);
+        free(wf);
+        ws->buf[t] = bt_backend_alloc(g, rb * (size_t)rows[t] + 16);
+        assert_non_null(ws->buf[t]);
+        bt_backend_upload(g, (uint8_t *)ws->buf[t] + off, ws->host[t], rb * (size_t)rows[t]);
+        ws->c[t] = (bt_tensor_t){.type = type, .rows = rows[t], .cols = k, .data = ws->host[t]};
+        ws->d[t] = ws->c[t];
+        ws->d[t].data = (uint8_t *)ws->buf[t] + off;
+        ws->pc[t] = &ws->c[t];
+        ws->pd[t] = &ws->d[t];
+    }
+}
+
+static void weights_free(weights_t *ws, bt_backend_t *g)
+{
+    for (int t = 0; t < ws->n; t++) {
+        bt_backend_free(g, ws->buf[t]);
+        free(ws->host[t]);
+    }
+}
+
 /* Fused against composed on the device (bit for bit in deterministic mode, bf16 tolerance with
  * cuBLAS), and against the CPU backend's composition. Outputs start as the same random values,
  * which ADD adds to and the others must overwrite. */
@@ -258,27 +298,11 @@ static void check_fused(const fused_case_t *fc)
 {
     bt_backend_t *g = fc->nondet ? gpu_nd : gpu;
     const int n_y = fc->op == FUSED_MULTI ? fc->n_w : 1;
-    const size_t rb = bt_type_row_bytes(fc->type, fc->k);
-    bt_tensor_t wc[4], wg[4];
-    const bt_tensor_t *pc[4], *pg[4];
-    void *wh[4], *wd[4];
+    weights_t ws;
+    weights_make(&ws, g, fc->type, fc->n_w, fc->rows, fc->k, fc->shifted);
     int64_t max_rows = 0;
-    for (int t = 0; t < fc->n_w; t++) {
-        const int64_t rows = fc->rows[t];
-        const size_t off = fc->shifted && t == fc->n_w - 1 ? 2 : 0;
-        float *wf = rnd_vec((size_t)rows * fc->k);
-        wh[t] = make_weights(fc->type, wf, rows, fc->k);
-        free(wf);
-        wd[t] = bt_backend_alloc(g, rb * (size_t)rows + 16);
-        assert_non_null(wd[t]);
-        bt_backend_upload(g, (uint8_t *)wd[t] + off, wh[t], rb * (size_t)rows);
-        wc[t] = (bt_tensor_t){.type = fc->type, .rows = rows, .cols = fc->k, .data = wh[t]};
-        wg[t] = wc[t];
-        wg[t].data = (uint8_t *)wd[t] + off;
-        pc[t] = &wc[t];
-        pg[t] = &wg[t];
-        max_rows = rows > max_rows ? rows : max_rows;
-    }
+    for (int t = 0; t < fc->n_w; t++)
+        max_rows = fc->rows[t] > max_rows ? fc->rows[t] : max_rows;
     const size_t xn = (size_t)(fc->m * fc->k), tn = (size_t)(fc->m * max_rows);
     float *x = rnd_vec(xn), *xg = to_dev(g, x, xn * 4);
     float *tmpg = bt_backend_alloc(g, tn * 4), *tmpc = malloc(tn * 4);
@@ -289,9 +313,9 @@ static void check_fused(const fused_case_t *fc)
         yf[t] = to_dev(g, yc[t], n * 4);
         yq[t] = to_dev(g, yc[t], n * 4);
     }
-    fused_run(g, fc, yf, pg, xg, tmpg, 1);
-    fused_run(g, fc, yq, pg, xg, tmpg, 0);
-    fused_run(cpu, fc, yc, pc, x, tmpc, 0);
+    fused_run(g, fc, yf, ws.pd, xg, tmpg, 1);
+    fused_run(g, fc, yq, ws.pd, xg, tmpg, 0);
+    fused_run(cpu, fc, yc, ws.pc, x, tmpc, 0);
     const int lossy =
         fc->type == BT_TYPE_Q8_0 || (fc->nondet && fc->m > 8 && fc->type != BT_TYPE_F32);
     for (int t = 0; t < n_y; t++) {
@@ -312,10 +336,7 @@ static void check_fused(const fused_case_t *fc)
         bt_backend_free(g, yq[t]);
         free(yc[t]);
     }
-    for (int t = 0; t < fc->n_w; t++) {
-        bt_backend_free(g, wd[t]);
-        free(wh[t]);
-    }
+    weights_free(&ws, g);
     bt_backend_free(g, tmpg);
     bt_backend_free(g, xg);
     free(tmpc);
@@ -384,6 +405,215 @@ static void test_cuda_fused_matmuls_cublas(void **state)
         for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
             check_fused(&cases[c]);
     }
+}
+
+/* ---- rmsnorm-fused matmuls ---- */
+
+#define RMS_EPS 1e-5f
+
+enum { RMS_MULTI, RMS_SWIGLU };
+static const char *const rms_names[] = {"rms_matmul_multi", "rms_matmul_swiglu"};
+
+/* Where a case moves one input off 16 bytes (each buffer has room for it). */
+enum {
+    SHIFT_NONE,
+    SHIFT_WEIGHT, /* the last weight's data, 2 bytes: the scalar path for it alone */
+    SHIFT_X,      /* x, one float: the pre-norm GEMV kernels would leave the 16-byte path, */
+    SHIFT_NORM,   /* so the op composes through the backend's scratch (same for norm) */
+};
+
+typedef struct {
+    int op;     /* RMS_*: n_w weights for MULTI, 2 (gate, up) for SWIGLU */
+    int type;   /* weight type */
+    int n_w;    /* weights */
+    int64_t k;  /* columns of every weight, and of x and norm */
+    int64_t m;  /* rows of x */
+    int nondet; /* on the nondeterministic backend (cuBLAS above 8 rows) */
+    int shift;  /* SHIFT_* */
+    int64_t rows[4];
+} rms_case_t;
+
+/* The case's op on backend b: fused (the wrapper, with b's rms_ op when it has one) or the
+ * contract's reference, b's rmsnorm into xn and then b's fused matmul on xn. */
+static void rms_run(bt_backend_t *b, const rms_case_t *rc, float *const *y,
+                    const bt_tensor_t *const *w, const float *x, const float *norm, float *xn,
+                    float *tmp, int fused)
+{
+    if (fused && rc->op == RMS_MULTI) {
+        bt_rms_matmul_multi(b, rc->n_w, y, w, x, norm, RMS_EPS, rc->m, xn);
+    } else if (fused) {
+        bt_rms_matmul_swiglu(b, y[0], w[0], w[1], x, norm, RMS_EPS, rc->m, xn, tmp);
+    } else {
+        bt_rmsnorm(b, xn, x, norm, rc->m, rc->k, RMS_EPS);
+        if (rc->op == RMS_MULTI)
+            bt_matmul_multi(b, rc->n_w, y, w, xn, rc->m);
+        else
+            bt_matmul_swiglu(b, y[0], w[0], w[1], xn, rc->m, tmp);
+    }
+}
+
+/* A device buffer of n floats (plus one, for a shifted start) holding v, starting one float in
+ * with shift; *base gets the allocation. */
+static float *to_dev_shifted(bt_backend_t *g, const float *v, size_t n, int shift, void **base)
+{
+    *base = bt_backend_alloc(g, (n + 4) * sizeof(float));
+    assert_non_null(*base);
+    float *d = (float *)*base + (shift ? 1 : 0);
+    bt_backend_upload(g, d, v, n * sizeof(float));
+    return d;
+}
+
+/* The fused op against rmsnorm + the fused matmul on the same backend, bit for bit in both
+ * modes (the cuBLAS path converts the same f32 values in the same row chunks, and the f32 GEMMs
+ * get the same shapes), and against the CPU backend within tolerance. The fused op must leave
+ * xn as it was (it writes no normed rows), unless BATON_FUSED_OPS=0 makes it compose. */
+static void check_rms(const rms_case_t *rc)
+{
+    bt_backend_t *g = rc->nondet ? gpu_nd : gpu;
+    const int n_y = rc->op == RMS_MULTI ? rc->n_w : 1;
+    weights_t ws;
+    weights_make(&ws, g, rc->type, rc->n_w, rc->rows, rc->k, rc->shift == SHIFT_WEIGHT);
+    int64_t max_rows = 0;
+    for (int t = 0; t < rc->n_w; t++)
+        max_rows = rc->rows[t] > max_rows ? rc->rows[t] : max_rows;
+    const size_t xnum = (size_t)(rc->m * rc->k), tn = (size_t)(rc->m * max_rows);
+    float *x = rnd_vec(xnum), *norm = rnd_vec((size_t)rc->k);
+    for (int64_t i = 0; i < rc->k; i++)
+        norm[i] += 1.0f; /* around 1, as trained norms are */
+    void *xbase, *nbase;
+    float *xg = to_dev_shifted(g, x, xnum, rc->shift == SHIFT_X, &xbase);
+    float *ng = to_dev_shifted(g, norm, (size_t)rc->k, rc->shift == SHIFT_NORM, &nbase);
+    float *sentinel = malloc(xnum * 4);
+    assert_non_null(sentinel);
+    memset(sentinel, 0x5a, xnum * 4);
+    float *xng = to_dev(g, sentinel, xnum * 4), *tmpg = bt_backend_alloc(g, tn * 4);
+    float *xnc = malloc(xnum * 4), *tmpc = malloc(tn * 4);
+    float *yf[4], *yq[4], *yc[4];
+    for (int t = 0; t < n_y; t++) {
+        const size_t n = (size_t)(rc->m * rc->rows[t]);
+        yc[t] = rnd_vec(n);
+        yf[t] = to_dev(g, yc[t], n * 4);
+        yq[t] = to_dev(g, yc[t], n * 4);
+    }
+    rms_run(g, rc, yf, ws.pd, xg, ng, xng, tmpg, 1);
+    const char *env = getenv("BATON_FUSED_OPS");
+    if (!(env && !strcmp(env, "0"))) {
+        float *xn = from_dev(g, xng, xnum);
+        assert_memory_equal(xn, sentinel, xnum * 4);
+        free(xn);
+    }
+    rms_run(g, rc, yq, ws.pd, xg, ng, xng, tmpg, 0);
+    rms_run(cpu, rc, yc, ws.pc, x, norm, xnc, tmpc, 0);
+    const int lossy =
+        rc->type == BT_TYPE_Q8_0 || (rc->nondet && rc->m > 8 && rc->type != BT_TYPE_F32);
+    static const char *const shifts[] = {"", " (one weight shifted)", " (x shifted)",
+                                         " (norm shifted)"};
+    for (int t = 0; t < n_y; t++) {
+        const size_t n = (size_t)(rc->m * rc->rows[t]);
+        float *a = from_dev(g, yf[t], n), *b = from_dev(g, yq[t], n);
+        char what[128];
+        snprintf(what, sizeof what, "%s %s output %d n=%ld k=%ld m=%ld%s%s", rms_names[rc->op],
+                 bt_type_name(rc->type), t, (long)rc->rows[t], (long)rc->k, (long)rc->m,
+                 rc->nondet ? " (cuBLAS allowed)" : "", shifts[rc->shift]);
+        expect_same(what, a, b, n);
+        expect_close(what, a, yc[t], n, lossy ? TOL_BF16 : TOL_F32);
+        free(a);
+        free(b);
+        bt_backend_free(g, yf[t]);
+        bt_backend_free(g, yq[t]);
+        free(yc[t]);
+    }
+    weights_free(&ws, g);
+    void *bufs[] = {xbase, nbase, xng, tmpg};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        bt_backend_free(g, bufs[i]);
+    free(sentinel);
+    free(xnc);
+    free(tmpc);
+    free(norm);
+    free(x);
+}
+
+static const int64_t rms_ms[] = {1, 3, 8, 13};
+
+/* The 16-byte path (and Q8_0) with the 1b layer's shapes: q/k/v 2048/512/512 of 2048 columns,
+ * one weight (the logits' n_w = 1), swiglu; row counts off a block's 8. */
+static void test_cuda_rms_matmuls_match_composed(void **state)
+{
+    static const int types[] = {BT_TYPE_BF16, BT_TYPE_F32, BT_TYPE_Q8_0};
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++)
+        for (size_t i = 0; i < sizeof rms_ms / sizeof rms_ms[0]; i++) {
+            const int ty = types[t];
+            const int64_t m = rms_ms[i];
+            const rms_case_t cases[] = {
+                {RMS_MULTI, ty, 3, 2048, m, 0, SHIFT_NONE, {2048, 512, 512}},
+                {RMS_MULTI, ty, 1, 2048, m, 0, SHIFT_NONE, {1000}},
+                {RMS_SWIGLU, ty, 2, 2048, m, 0, SHIFT_NONE, {1000, 1000}},
+            };
+            for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+                check_rms(&cases[c]);
+        }
+}
+
+/* The scalar path (k = 1001, odd, for every dense type; k = 100, under one element per norm
+ * thread), Q8_0 at k = 256, one weight on another path than the rest, and x or norm off 16
+ * bytes (the op then runs as its composition, through the backend's scratch). */
+static void test_cuda_rms_matmuls_other_paths(void **state)
+{
+    static const int dense[] = {BT_TYPE_F16, BT_TYPE_BF16, BT_TYPE_F32};
+    for (size_t i = 0; i < sizeof rms_ms / sizeof rms_ms[0]; i++) {
+        const int64_t m = rms_ms[i];
+        for (size_t t = 0; t < sizeof dense / sizeof dense[0]; t++) {
+            const int ty = dense[t];
+            const rms_case_t cases[] = {
+                {RMS_MULTI, ty, 3, 1001, m, 0, SHIFT_NONE, {45, 30, 7}},
+                {RMS_MULTI, ty, 1, 1001, m, 0, SHIFT_NONE, {77}},
+                {RMS_SWIGLU, ty, 2, 1001, m, 0, SHIFT_NONE, {45, 45}},
+            };
+            for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+                check_rms(&cases[c]);
+        }
+        const rms_case_t cases[] = {
+            {RMS_MULTI, BT_TYPE_F16, 3, 100, m, 0, SHIFT_NONE, {45, 30, 7}},
+            {RMS_SWIGLU, BT_TYPE_F16, 2, 100, m, 0, SHIFT_NONE, {45, 45}},
+            {RMS_MULTI, BT_TYPE_Q8_0, 3, 256, m, 0, SHIFT_NONE, {300, 77, 45}},
+            {RMS_SWIGLU, BT_TYPE_Q8_0, 2, 256, m, 0, SHIFT_NONE, {77, 77}},
+            {RMS_MULTI, BT_TYPE_BF16, 3, 256, m, 0, SHIFT_WEIGHT, {300, 77, 45}},
+            {RMS_SWIGLU, BT_TYPE_BF16, 2, 256, m, 0, SHIFT_WEIGHT, {77, 77}},
+            {RMS_MULTI, BT_TYPE_BF16, 3, 256, m, 0, SHIFT_X, {300, 77, 45}},
+            {RMS_SWIGLU, BT_TYPE_F32, 2, 256, m, 0, SHIFT_X, {77, 77}},
+            {RMS_MULTI, BT_TYPE_F32, 1, 256, m, 0, SHIFT_NORM, {300}},
+            {RMS_SWIGLU, BT_TYPE_BF16, 2, 256, m, 0, SHIFT_NORM, {77, 77}},
+        };
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+            check_rms(&cases[c]);
+    }
+}
+
+/* Nondeterministic mode, 64 rows: BF16 on cuBLAS (the norm + conversion kernel; an FFN wider
+ * than the scratch's row runs in row chunks), F32 as rmsnorm into the scratch + f32 GEMMs, and
+ * Q8_0 on the pre-norm GEMV kernels. */
+static void test_cuda_rms_matmuls_cublas(void **state)
+{
+    static const int types[] = {BT_TYPE_BF16, BT_TYPE_F32};
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        const int ty = types[t];
+        const rms_case_t cases[] = {
+            {RMS_MULTI, ty, 3, 2048, 64, 1, SHIFT_NONE, {2048, 512, 512}},
+            {RMS_MULTI, ty, 1, 2048, 64, 1, SHIFT_NONE, {1000}},
+            {RMS_SWIGLU, ty, 2, 2048, 64, 1, SHIFT_NONE, {2000, 2000}},
+            {RMS_SWIGLU, ty, 2, 64, 64, 1, SHIFT_NONE, {70000, 70000}},
+            {RMS_MULTI, ty, 3, 2048, 64, 1, SHIFT_X, {2048, 512, 512}},
+        };
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+            check_rms(&cases[c]);
+    }
+    const rms_case_t q8[] = {
+        {RMS_MULTI, BT_TYPE_Q8_0, 3, 2048, 64, 1, SHIFT_NONE, {2048, 512, 512}},
+        {RMS_SWIGLU, BT_TYPE_Q8_0, 2, 2048, 64, 1, SHIFT_NONE, {1000, 1000}},
+    };
+    for (size_t c = 0; c < sizeof q8 / sizeof q8[0]; c++)
+        check_rms(&q8[c]);
 }
 
 /* ---- element-wise ---- */
@@ -809,6 +1039,9 @@ int main(void)
         cmocka_unit_test(test_cuda_fused_matmuls_match_composed),
         cmocka_unit_test(test_cuda_fused_matmuls_other_paths),
         cmocka_unit_test(test_cuda_fused_matmuls_cublas),
+        cmocka_unit_test(test_cuda_rms_matmuls_match_composed),
+        cmocka_unit_test(test_cuda_rms_matmuls_other_paths),
+        cmocka_unit_test(test_cuda_rms_matmuls_cublas),
         cmocka_unit_test(test_cuda_get_rows_all_types),
         cmocka_unit_test(test_cuda_rmsnorm_rope_swiglu_add),
         cmocka_unit_test(test_cuda_attention_against_cpu),
