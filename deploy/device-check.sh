@@ -8,8 +8,9 @@
 # shapes. Figures are printed and written to $OUT (or build-gpu/results). Exits non-zero if a
 # test failed.
 #
-# With BATON_PREBUILT=DIR it runs binaries built elsewhere by deploy/device-prep.sh (for a GPU
-# machine without ZeroMQ, protobuf-c, UCX or cmocka development packages) and builds nothing.
+# With BATON_PREBUILT=DIR (or DIR.tar.xz, its packed copy) it runs binaries built elsewhere by
+# deploy/device-prep.sh (for a GPU machine without ZeroMQ, protobuf-c, UCX or cmocka
+# development packages) and builds nothing.
 #
 # BATON_NO_PEER=1 skips the PyTorch/transformers peer (its longest step) when time is short.
 #
@@ -33,7 +34,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 nvcc --version | tail -2 || { echo "no nvcc: cannot build the CUDA backend"; exit 1; }
 
 if [ -n "${BATON_PREBUILT:-}" ]; then
-    # Binaries from deploy/device-prep.sh: no configure or build here.
+    # Binaries from deploy/device-prep.sh: no configure or build here. A .tar.xz is its packed
+    # copy, unpacked beside itself first.
+    if [[ "$BATON_PREBUILT" == *.tar.xz ]]; then
+        tar xJf "$BATON_PREBUILT" -C "$(dirname "$BATON_PREBUILT")" || exit 1
+        BATON_PREBUILT=${BATON_PREBUILT%.tar.xz}
+    fi
     PRE=$(cd "$BATON_PREBUILT" && pwd)
     export LD_LIBRARY_PATH=$PRE/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
     export UCX_MODULE_DIR=$PRE/lib/ucx

@@ -8,6 +8,7 @@
 #
 #   deploy/device-prep.sh                      # here
 #   BATON_PREBUILT=build-dev deploy/device-check.sh   # there, with build-dev carried along
+#   BATON_PREBUILT=build-devpack/build-dev.tar.xz deploy/device-check.sh   # or its packed copy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-build-dev}
@@ -45,3 +46,10 @@ fi
 for m in "$src"/ucx/*.so.0; do [ -e "$m" ] && cp -L "$m" "$DIR/lib/ucx/"; done
 rm -f "$DIR"/lib/ucx/libucx_perftest* "$DIR"/lib/ucx/libuct_ib* "$DIR"/lib/ucx/libuct_rdmacm*
 du -sh "$DIR"
+# Every binary carries the same CUDA kernels (some 5 MB each), so the directory packs small:
+# PACK/DIR.tar.xz, for copying to the GPU machine (BATON_PREBUILT=PACK/DIR.tar.xz there).
+PACK=${BATON_PREP_PACK:-build-devpack}
+rm -rf "$PACK" # only the pack: it is what gets copied
+mkdir -p "$PACK"
+tar cJf "$PACK/$(basename "$DIR").tar.xz" -C "$(dirname "$DIR")" "$(basename "$DIR")"
+du -sh "$PACK/$(basename "$DIR").tar.xz"
