@@ -291,51 +291,79 @@ static void weights_free(weights_t *ws, bt_backend_t *g)
     }
 }
 
+static int64_t rows_max(int n, const int64_t *rows)
+{
+    int64_t r = 0;
+    for (int t = 0; t < n; t++)
+        r = rows[t] > r ? rows[t] : r;
+    return r;
+}
+
+/* A case's n outputs, [m][rows[t]] each, starting as the same random values on the host (c,
+ * for the CPU backend) and twice on backend g (f: the fused op, q: its composition). */
+typedef struct {
+    float *f[4], *q[4], *c[4];
+    int n;
+    int64_t m;
+    const int64_t *rows;
+} outs_t;
+
+static void outs_make(outs_t *o, bt_backend_t *g, int n, int64_t m, const int64_t *rows)
+{
+    *o = (outs_t){.n = n, .m = m, .rows = rows};
+    for (int t = 0; t < n; t++) {
+        const size_t len = (size_t)(m * rows[t]);
+        o->c[t] = rnd_vec(len);
+        o->f[t] = to_dev(g, o->c[t], len * 4);
+        o->q[t] = to_dev(g, o->c[t], len * 4);
+    }
+}
+
+/* Each output: fused against composed (bit for bit when exact, else within bf16 tolerance)
+ * and against the CPU backend's within cpu_tol; frees the outputs. */
+static void outs_check(outs_t *o, bt_backend_t *g, const char *label, int exact, double cpu_tol)
+{
+    for (int t = 0; t < o->n; t++) {
+        const size_t n = (size_t)(o->m * o->rows[t]);
+        float *a = from_dev(g, o->f[t], n), *b = from_dev(g, o->q[t], n);
+        char what[192];
+        snprintf(what, sizeof what, "%s output %d n=%ld", label, t, (long)o->rows[t]);
+        if (exact)
+            expect_same(what, a, b, n);
+        else
+            expect_close(what, a, b, n, TOL_BF16);
+        expect_close(what, a, o->c[t], n, cpu_tol);
+        free(a);
+        free(b);
+        bt_backend_free(g, o->f[t]);
+        bt_backend_free(g, o->q[t]);
+        free(o->c[t]);
+    }
+}
+
 /* Fused against composed on the device (bit for bit in deterministic mode, bf16 tolerance with
  * cuBLAS), and against the CPU backend's composition. Outputs start as the same random values,
  * which ADD adds to and the others must overwrite. */
 static void check_fused(const fused_case_t *fc)
 {
     bt_backend_t *g = fc->nondet ? gpu_nd : gpu;
-    const int n_y = fc->op == FUSED_MULTI ? fc->n_w : 1;
     weights_t ws;
     weights_make(&ws, g, fc->type, fc->n_w, fc->rows, fc->k, fc->shifted);
-    int64_t max_rows = 0;
-    for (int t = 0; t < fc->n_w; t++)
-        max_rows = fc->rows[t] > max_rows ? fc->rows[t] : max_rows;
-    const size_t xn = (size_t)(fc->m * fc->k), tn = (size_t)(fc->m * max_rows);
+    const size_t xn = (size_t)(fc->m * fc->k), tn = (size_t)(fc->m * rows_max(fc->n_w, fc->rows));
     float *x = rnd_vec(xn), *xg = to_dev(g, x, xn * 4);
     float *tmpg = bt_backend_alloc(g, tn * 4), *tmpc = malloc(tn * 4);
-    float *yf[4], *yq[4], *yc[4];
-    for (int t = 0; t < n_y; t++) {
-        const size_t n = (size_t)(fc->m * fc->rows[t]);
-        yc[t] = rnd_vec(n);
-        yf[t] = to_dev(g, yc[t], n * 4);
-        yq[t] = to_dev(g, yc[t], n * 4);
-    }
-    fused_run(g, fc, yf, ws.pd, xg, tmpg, 1);
-    fused_run(g, fc, yq, ws.pd, xg, tmpg, 0);
-    fused_run(cpu, fc, yc, ws.pc, x, tmpc, 0);
+    outs_t o;
+    outs_make(&o, g, fc->op == FUSED_MULTI ? fc->n_w : 1, fc->m, fc->rows);
+    fused_run(g, fc, o.f, ws.pd, xg, tmpg, 1);
+    fused_run(g, fc, o.q, ws.pd, xg, tmpg, 0);
+    fused_run(cpu, fc, o.c, ws.pc, x, tmpc, 0);
     const int lossy =
         fc->type == BT_TYPE_Q8_0 || (fc->nondet && fc->m > 8 && fc->type != BT_TYPE_F32);
-    for (int t = 0; t < n_y; t++) {
-        const size_t n = (size_t)(fc->m * fc->rows[t]);
-        float *a = from_dev(g, yf[t], n), *b = from_dev(g, yq[t], n);
-        char what[128];
-        snprintf(what, sizeof what, "%s %s output %d n=%ld k=%ld m=%ld%s%s", fused_names[fc->op],
-                 bt_type_name(fc->type), t, (long)fc->rows[t], (long)fc->k, (long)fc->m,
-                 fc->nondet ? " (cuBLAS allowed)" : "", fc->shifted ? " (one weight shifted)" : "");
-        if (fc->nondet)
-            expect_close(what, a, b, n, TOL_BF16);
-        else
-            expect_same(what, a, b, n);
-        expect_close(what, a, yc[t], n, lossy ? TOL_BF16 : TOL_F32);
-        free(a);
-        free(b);
-        bt_backend_free(g, yf[t]);
-        bt_backend_free(g, yq[t]);
-        free(yc[t]);
-    }
+    char label[128];
+    snprintf(label, sizeof label, "%s %s k=%ld m=%ld%s%s", fused_names[fc->op],
+             bt_type_name(fc->type), (long)fc->k, (long)fc->m,
+             fc->nondet ? " (cuBLAS allowed)" : "", fc->shifted ? " (one weight shifted)" : "");
+    outs_check(&o, g, label, !fc->nondet, lossy ? TOL_BF16 : TOL_F32);
     weights_free(&ws, g);
     bt_backend_free(g, tmpg);
     bt_backend_free(g, xg);
@@ -470,13 +498,9 @@ static float *to_dev_shifted(bt_backend_t *g, const float *v, size_t n, int shif
 static void check_rms(const rms_case_t *rc)
 {
     bt_backend_t *g = rc->nondet ? gpu_nd : gpu;
-    const int n_y = rc->op == RMS_MULTI ? rc->n_w : 1;
     weights_t ws;
     weights_make(&ws, g, rc->type, rc->n_w, rc->rows, rc->k, rc->shift == SHIFT_WEIGHT);
-    int64_t max_rows = 0;
-    for (int t = 0; t < rc->n_w; t++)
-        max_rows = rc->rows[t] > max_rows ? rc->rows[t] : max_rows;
-    const size_t xnum = (size_t)(rc->m * rc->k), tn = (size_t)(rc->m * max_rows);
+    const size_t xnum = (size_t)(rc->m * rc->k), tn = (size_t)(rc->m * rows_max(rc->n_w, rc->rows));
     float *x = rnd_vec(xnum), *norm = rnd_vec((size_t)rc->k);
     for (int64_t i = 0; i < rc->k; i++)
         norm[i] += 1.0f; /* around 1, as trained norms are */
@@ -488,41 +512,26 @@ static void check_rms(const rms_case_t *rc)
     memset(sentinel, 0x5a, xnum * 4);
     float *xng = to_dev(g, sentinel, xnum * 4), *tmpg = bt_backend_alloc(g, tn * 4);
     float *xnc = malloc(xnum * 4), *tmpc = malloc(tn * 4);
-    float *yf[4], *yq[4], *yc[4];
-    for (int t = 0; t < n_y; t++) {
-        const size_t n = (size_t)(rc->m * rc->rows[t]);
-        yc[t] = rnd_vec(n);
-        yf[t] = to_dev(g, yc[t], n * 4);
-        yq[t] = to_dev(g, yc[t], n * 4);
-    }
-    rms_run(g, rc, yf, ws.pd, xg, ng, xng, tmpg, 1);
+    outs_t o;
+    outs_make(&o, g, rc->op == RMS_MULTI ? rc->n_w : 1, rc->m, rc->rows);
+    rms_run(g, rc, o.f, ws.pd, xg, ng, xng, tmpg, 1);
     const char *env = getenv("BATON_FUSED_OPS");
     if (!(env && !strcmp(env, "0"))) {
         float *xn = from_dev(g, xng, xnum);
         assert_memory_equal(xn, sentinel, xnum * 4);
         free(xn);
     }
-    rms_run(g, rc, yq, ws.pd, xg, ng, xng, tmpg, 0);
-    rms_run(cpu, rc, yc, ws.pc, x, norm, xnc, tmpc, 0);
+    rms_run(g, rc, o.q, ws.pd, xg, ng, xng, tmpg, 0);
+    rms_run(cpu, rc, o.c, ws.pc, x, norm, xnc, tmpc, 0);
     const int lossy =
         rc->type == BT_TYPE_Q8_0 || (rc->nondet && rc->m > 8 && rc->type != BT_TYPE_F32);
     static const char *const shifts[] = {"", " (one weight shifted)", " (x shifted)",
                                          " (norm shifted)"};
-    for (int t = 0; t < n_y; t++) {
-        const size_t n = (size_t)(rc->m * rc->rows[t]);
-        float *a = from_dev(g, yf[t], n), *b = from_dev(g, yq[t], n);
-        char what[128];
-        snprintf(what, sizeof what, "%s %s output %d n=%ld k=%ld m=%ld%s%s", rms_names[rc->op],
-                 bt_type_name(rc->type), t, (long)rc->rows[t], (long)rc->k, (long)rc->m,
-                 rc->nondet ? " (cuBLAS allowed)" : "", shifts[rc->shift]);
-        expect_same(what, a, b, n);
-        expect_close(what, a, yc[t], n, lossy ? TOL_BF16 : TOL_F32);
-        free(a);
-        free(b);
-        bt_backend_free(g, yf[t]);
-        bt_backend_free(g, yq[t]);
-        free(yc[t]);
-    }
+    char label[128];
+    snprintf(label, sizeof label, "%s %s k=%ld m=%ld%s%s", rms_names[rc->op],
+             bt_type_name(rc->type), (long)rc->k, (long)rc->m,
+             rc->nondet ? " (cuBLAS allowed)" : "", shifts[rc->shift]);
+    outs_check(&o, g, label, 1, lossy ? TOL_BF16 : TOL_F32);
     weights_free(&ws, g);
     void *bufs[] = {xbase, nbase, xng, tmpg};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
