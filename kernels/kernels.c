@@ -168,6 +168,12 @@ static int same_shape(int n_w, const bt_tensor_t *const *w)
     return same;
 }
 
+/* Whether gate and up can go to one fused swiglu op: one type and one shape. */
+static int same_pair(const bt_tensor_t *gate, const bt_tensor_t *up)
+{
+    return gate->type == up->type && gate->rows == up->rows && gate->cols == up->cols;
+}
+
 void bt_matmul_multi(bt_backend_t *be, int n_w, float *const *y, const bt_tensor_t *const *w,
                      const float *x, int64_t m)
 {
@@ -193,8 +199,7 @@ void bt_matmul_add(bt_backend_t *be, float *y, const bt_tensor_t *w, const float
 void bt_matmul_swiglu(bt_backend_t *be, float *y, const bt_tensor_t *gate, const bt_tensor_t *up,
                       const float *x, int64_t m, float *tmp)
 {
-    if (be->fused && be->ops->matmul_swiglu && gate->type == up->type && gate->rows == up->rows &&
-        gate->cols == up->cols) {
+    if (be->fused && be->ops->matmul_swiglu && same_pair(gate, up)) {
         be->ops->matmul_swiglu(be->ctx, y, gate, up, x, m);
         return;
     }
@@ -219,8 +224,7 @@ void bt_rms_matmul_swiglu(bt_backend_t *be, float *y, const bt_tensor_t *gate,
                           const bt_tensor_t *up, const float *x, const float *norm, float eps,
                           int64_t m, float *xn, float *tmp)
 {
-    if (be->fused && be->ops->rms_matmul_swiglu && gate->type == up->type &&
-        gate->rows == up->rows && gate->cols == up->cols) {
+    if (be->fused && be->ops->rms_matmul_swiglu && same_pair(gate, up)) {
         be->ops->rms_matmul_swiglu(be->ctx, y, gate, up, x, norm, eps, m);
         return;
     }
