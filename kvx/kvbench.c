@@ -24,13 +24,16 @@ static void usage(FILE *f)
             "                            shm: one host, UCX shared memory for messages and the\n"
             "                            data copied out of the mapped sender pool; cma: one\n"
             "                            host, data through UCX rendezvous (CMA); tcp: UCX over\n"
-            "                            TCP; cuda: both pools in GPU memory (device 0), UCX\n"
+            "                            TCP (data over kvx's own TCP connection, see --stream);\n"
+            "                            cuda: both pools in GPU memory (device 0), UCX\n"
             "                            cuda_ipc (default all: shm, cma, tcp)\n"
             "  --mode whole|layer|all    whole cache or layer-wise (default all)\n"
             "  --sizes LIST              request KV sizes, e.g. 64K,1M,1G (default 64K..1G, x4)\n"
             "  --iters N                 transfers per pass (default: ~1 GiB, 8..2000)\n"
             "  --pack auto|on|off        the sender packs whole layers into one message: auto\n"
             "                            (default) over TCP up to 64 MiB, on: always, off: never\n"
+            "  --stream auto|on|off      data over a TCP connection of kvx's own: auto (default)\n"
+            "                            where UCX would use TCP, off: through UCX\n"
             "  --window N                transfers in flight in the bandwidth pass (default\n"
             "                            4 up to 16 MiB, 2 up to 256 MiB, then 1)\n"
             "  --layers N --kv-heads N --head-dim N --block-size N --dtype f16|f32\n"
@@ -60,6 +63,13 @@ static int parse_size(const char *s, size_t *out)
         return -1;
     *out = (size_t)(v * (double)mul);
     return 0;
+}
+
+/* auto|on|off as 0, 1, -1 (bt_kvx_params_t's convention); -1 returned for anything else. */
+static int parse_auto_on_off(const char *v, int *out)
+{
+    *out = strcmp(v, "on") == 0 ? 1 : strcmp(v, "off") == 0 ? -1 : 0;
+    return strcmp(v, "auto") == 0 || *out ? 0 : -1;
 }
 
 static int parse_sizes(const char *s, kvb_opts_t *o)
@@ -124,10 +134,10 @@ static int parse_opt(kvb_opts_t *o, const char *k, const char *v)
     }
     if (strcmp(k, "--sizes") == 0)
         return parse_sizes(v, o);
-    if (strcmp(k, "--pack") == 0) {
-        o->pack = strcmp(v, "on") == 0 ? 1 : strcmp(v, "off") == 0 ? -1 : 0;
-        return strcmp(v, "auto") == 0 || o->pack ? 0 : -1;
-    }
+    if (strcmp(k, "--pack") == 0)
+        return parse_auto_on_off(v, &o->pack);
+    if (strcmp(k, "--stream") == 0)
+        return parse_auto_on_off(v, &o->stream);
     if (strcmp(k, "--iters") == 0)
         return parse_int(v, 1, 1000000, &o->iters);
     if (strcmp(k, "--window") == 0)

@@ -34,6 +34,7 @@ typedef struct {
     int window; /* 0: by size */
     int json;
     int pack;         /* bt_kvx_params_t.pack, for both sides */
+    int stream;       /* bt_kvx_params_t.stream, for both sides */
     int pin;          /* 1: this process on CPU 0, the sender on CPU 1 */
     int distinct_dst; /* 1: each transfer in flight has blocks of its own; 0: they share them,
                        * as ucx_perftest's outstanding receives share one buffer */

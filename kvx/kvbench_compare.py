@@ -6,10 +6,14 @@ For each size, alternates the two programs so that both see the same machine sta
 everything --repeat times and reports each program's best bandwidth (other jobs on a shared
 machine only ever lower a figure) and the median latency. Both are pinned the same way (receiver/server on
 CPU 0, sender/client on CPU 1). baton-kvbench runs over "shm" (one host, data copied out of the
-mapped sender pool), "cma" (one host, data through UCX rendezvous) and "tcp"; ucx_perftest runs
+mapped sender pool), "cma" (one host, data through UCX rendezvous), "tcp" (kvx's own TCP data
+connection) and "tcp-ucx" (UCX's TCP transport); ucx_perftest runs
 over UCX_TLS=sm (compared with shm and cma) and UCX_TLS=tcp: its two-sided tests (tag_bw,
 ucp_am_bw on the UCX-allocated shared memory it uses by default, tag_bw again on heap memory,
 which is what an engine's pool is) and its one-sided tests (ucp_get, ucp_put_bw).
+
+A layer-wise transfer is one message per layer, so the two-sided tests also run at one layer's
+size (kvbench's default geometry), for the layer-wise column to be read against.
 
 Prints a markdown table (and the raw JSON lines with --raw). Example:
     python3 kvx/kvbench_compare.py --build build --repeat 3
@@ -25,12 +29,20 @@ import time
 
 SIZES = ["64K", "256K", "1M", "4M", "16M", "64M", "256M", "1G"]
 # baton-kvbench transport -> the UCX transports ucx_perftest gets for the same link.
-TLS = {"shm": "sm", "cma": "sm", "tcp": "tcp"}
+TLS = {"shm": "sm", "cma": "sm", "tcp": "tcp", "tcp-ucx": "tcp"}
 TCP_TUNED = {"UCX_TCP_TX_SEG_SIZE": "64K", "UCX_TCP_RX_SEG_SIZE": "256K"}  # as kvx sets them
 TWO_SIDED = [("tag_bw", {}), ("ucp_am_bw", {}), ("tag_bw", {"UCX_ALLOC_PRIO": "heap"}),
              ("tag_bw", TCP_TUNED)]
 ONE_SIDED = [("ucp_get", {}), ("ucp_put_bw", {})]
 ONE_SIDED_TCP_MAX = 16 << 20  # UCX 1.13 emulates RMA over TCP at ~0.1 GB/s: keep it short
+LAYER_BYTES = 64 << 10  # kvbench's default geometry: 64 KiB per block and layer
+MAX_LAYERS = 32
+
+
+def layer_msg_bytes(size):
+    """The size of one layer of a kvbench request (its default Llama-3-8B geometry): a
+    layer-wise transfer is that many messages of this size, released one at a time."""
+    return size // max(1, min(MAX_LAYERS, size // LAYER_BYTES))
 
 
 def size_bytes(s):
@@ -85,7 +97,10 @@ def perftest(test, tls, size, extra_env, budget=1 << 30):
 
 
 def kvbench(binary, transport, size):
-    out = subprocess.run([binary, "--json", "--pin", "--transport", transport, "--sizes", size],
+    # "tcp-ucx": kvbench over UCX's own TCP transport instead of kvx's TCP data connection.
+    args = ["--transport", "tcp", "--stream", "off"] if transport == "tcp-ucx" else \
+        ["--transport", transport]
+    out = subprocess.run([binary, "--json", "--pin", "--sizes", size] + args,
                          capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         sys.stderr.write(out.stderr)
@@ -117,6 +132,16 @@ def main():
             for tls in sorted({TLS[t] for t in transports}):
                 tests = [t for t in TWO_SIDED if tls == "tcp" or t[1] is not TCP_TUNED]
                 tests += ONE_SIDED if tls != "tcp" or size_bytes(sz) <= ONE_SIDED_TCP_MAX else []
+                # The two-sided tests again at one layer's size: what a layer-wise transfer's
+                # messages are (there is no such run where a layer is the whole request).
+                lsz = layer_msg_bytes(size_bytes(sz))
+                for test in ("tag_bw", "ucp_am_bw") if lsz < size_bytes(sz) else ():
+                    gbps = perftest(test, tls, lsz, {})
+                    rec = {"program": "ucx_perftest", "test": test, "tls": tls,
+                           "size_bytes": lsz, "gb_per_s": gbps}
+                    res.setdefault((tls, sz, "layer-" + test), []).append(rec)
+                    if a.raw:
+                        print(json.dumps(rec), flush=True)
                 for test, env in tests:
                     slow = tls == "tcp" and (test, env) in ONE_SIDED
                     gbps = perftest(test, tls, size_bytes(sz), env, 64 << 20 if slow else 1 << 30)
@@ -137,8 +162,9 @@ def main():
     print("| transport | size | kvbench whole GB/s | kvbench layer GB/s | whole p50 / p99 us |"
           " perftest tag / am / tag heap / tag tuned | perftest get / put | best two-sided |"
           " best of all |"
-          " whole / best two-sided | whole / best of all | layer / best of all |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          " whole / best two-sided | whole / best of all | layer / best of all |"
+          " perftest tag / am at a layer's size | layer / best at a layer's size |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     nan = float("nan")
     for tr in transports:
         tls = TLS[tr]
@@ -151,11 +177,14 @@ def main():
             one = [med((tls, sz, n)) for n in ("ucp_get", "ucp_put_bw")]
             best2 = max([x for x in two if x == x] or [nan])
             best = max([x for x in two + one if x == x] or [nan])
+            lay = [med((tls, sz, "layer-" + n)) for n in ("tag_bw", "ucp_am_bw")]
+            lbest = max([x for x in lay if x == x] or [best])
             print(f"| {tr} | {sz} | {w:.2f} | {l:.2f} | {p50:.0f} / {p99:.0f} |"
                   f" {two[0]:.2f} / {two[1]:.2f} / {two[2]:.2f} / {two[3]:.2f} |"
                   f" {one[0]:.2f} / {one[1]:.2f} |"
                   f" {best2:.2f} | {best:.2f} | {w / best2:.0%} | {w / best:.0%} |"
-                  f" {l / best:.0%} |", flush=True)
+                  f" {l / best:.0%} | {lay[0]:.2f} / {lay[1]:.2f} | {l / lbest:.0%} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

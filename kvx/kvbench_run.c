@@ -188,9 +188,9 @@ static int setup_child(bench_t *b, const char *tls, uint8_t *addr, size_t *len)
     if (child_spawn(b) != 0)
         return -1;
     const char *r =
-        child_cmd(b, "init ucx %s prefill llama %d %d %d %d %s %d %d 10000 %d %s %d", tls,
+        child_cmd(b, "init ucx %s prefill llama %d %d %d %d %s %d %d 10000 %d %s %d %d", tls,
                   b->layers, o->kv_heads, o->head_dim, o->block_size, o->f16 ? "f16" : "f32",
-                  b->blocks_max, SEED, map_of(b), pool_backend(b), o->pack);
+                  b->blocks_max, SEED, map_of(b), pool_backend(b), o->pack, o->stream);
     if (strncmp(r, "ok ", 3) != 0) {
         fprintf(stderr, "kvbench: sender process: %s\n", r);
         return -1;
@@ -244,6 +244,7 @@ static int setup(bench_t *b, int blocks_recv)
                           .lease_ms = 10000,
                           .map_peers = map_of(b),
                           .pack = b->o->pack,
+                          .stream = b->o->stream,
                           .device_memory = bt_kv_pool_device_memory(b->pool)};
     if (bt_kvx_create(&kp, &b->kvx) != BT_OK ||
         bt_kvx_connect(b->kvx, addr, len, &b->peer) != BT_OK)

@@ -215,6 +215,7 @@ static void ops_free_all(bt_kvx_t *kvx)
 
 int bt_kvx_progress(bt_kvx_t *kvx)
 {
+    atomic_store(&kvx->armed, 0);
     kvx->ops->progress(kvx->be);
     int64_t now = kvx_now_ms();
     kvx_xfer_poll(kvx, now);
@@ -242,6 +243,9 @@ int bt_kvx_arm(bt_kvx_t *kvx)
 {
     if (kvx->ev_count || kvx_now_ms() >= kvx->next_tick_ms)
         return BT_AGAIN;
+    /* From here a compute thread that marks layers ready wakes the loop (seq_cst on both
+     * sides: either the check below sees its layers or it sees armed). */
+    atomic_store(&kvx->armed, 1);
     drain_fd(kvx->wakefd);
     drain_fd(kvx->timerfd);
     /* A layer marked ready between the last progress and the drain above. */

@@ -85,6 +85,9 @@ typedef struct {
                           * one message instead of one per layer and block run): 0: where it
                           * pays (UCX over TCP, for requests whose runs average under
                           * BT_KVX_PACK_RUN_BYTES); 1: wherever the backend can; -1: never */
+    int stream;          /* "ucx": data to a peer over a kernel TCP connection of its own
+                          * (control stays on UCX): 0: where UCX would use TCP; 1: to every
+                          * peer whose pool is in host memory; -1: never (all data over UCX) */
 } bt_kvx_params_t;
 
 /* Runs of a layer's blocks this big or bigger go as they are by default: over TCP loopback a
@@ -114,6 +117,10 @@ int bt_kvx_connect(bt_kvx_t *kvx, const void *address, size_t len, bt_kvx_peer_t
 const char *bt_kvx_peer_name(const bt_kvx_peer_t *peer);
 /* BT_OK when up, BT_AGAIN while the handshake runs, else the error that took it down. */
 int bt_kvx_peer_status(const bt_kvx_peer_t *peer);
+/* How data to this peer moves now: "mapped" (we copy out of its pool), "stream" (kvx's own TCP
+ * connection; set up just after the peer comes up), the backend's name (its messages), or
+ * "none" while it is not up. */
+const char *bt_kvx_peer_data_path(const bt_kvx_peer_t *peer);
 /* Says goodbye and fails the peer's transfers with BT_ERR_CANCELLED (their final events
  * follow); the peer goes down on both sides. */
 void bt_kvx_peer_close(bt_kvx_peer_t *peer);

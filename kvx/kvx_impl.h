@@ -64,13 +64,19 @@ typedef struct kvx_backend_ops {
     int (*send_ctrl)(void *be, void *ep, uint64_t tag, const void *buf, size_t len);
     /* Returns BT_OK (done, op not kept), BT_AGAIN (op_done follows) or an error. */
     int (*send_data)(void *be, void *ep, uint64_t tag, const void *src, size_t len, kvx_op_t *op);
+    /* Optional, where ep_pack says KVX_PACK_GATHER: sends one message gathered from n pieces
+     * (len bytes in all; the array must stay valid until the op ends). */
+    int (*send_data_iov)(void *be, void *ep, uint64_t tag, const kvx_iov_t *iov, int n, size_t len,
+                         kvx_op_t *op);
     /* Receives the message announced by on_data into dst (len bytes); dst NULL drops it. */
     int (*recv_data)(void *be, void *msg, void *dst, size_t len, kvx_op_t *op);
     /* Optional, with ep_pack: receives it scattered over n pieces (the array must stay valid
      * until the op ends). */
     int (*recv_data_iov)(void *be, void *msg, const kvx_iov_t *iov, int n, kvx_op_t *op);
-    /* Optional: 1 if whole layers should travel packed into one message to this peer (both
-     * pools in host memory, and a transport where a message costs more than a copy: TCP). */
+    /* Optional: whether whole layers should travel packed into one message to this peer:
+     * KVX_PACK_COPY (copied into one buffer: both pools in host memory, and a transport where
+     * a message costs more than a copy), KVX_PACK_GATHER (sent where they lie, with
+     * send_data_iov), or 0. */
     int (*ep_pack)(void *be, void *ep);
     /* Optional: how many bytes of the peer's pool this process can read directly (a peer on the
      * same host whose pool is mapped here); 0: none. */
@@ -99,6 +105,12 @@ int kvx_be_accept_ext(const kvx_backend_ops_t *ops, void *be, void *ep, const vo
  * wire and its buffers come from the cache. Measured over TCP loopback (docs/PERFORMANCE.md,
  * "KV transfer"): bigger messages or windows were slower. */
 #define KVX_PACK_MSG_BYTES ((size_t)1 << 20)
+enum { KVX_PACK_COPY = 1, KVX_PACK_GATHER = 2 };
+/* Gathered, nothing is copied, so messages can be bigger; their pieces are bounded so that one
+ * message is a few system calls. */
+#define KVX_GATHER_MSG_BYTES ((size_t)4 << 20)
+#define KVX_GATHER_PIECES 1024
+#define KVX_GATHER_WINDOW 4
 #define KVX_PACK_LAYER_MAX ((size_t)16 << 20)
 #define KVX_PACK_WINDOW 2
 
@@ -172,7 +184,7 @@ struct bt_kvx_send {
     int32_t *seg_idx; /* (n_segs) first block index of each segment */
     int32_t *seg_len; /* (n_segs) blocks in each segment */
     int32_t n_segs;
-    int pack; /* layers go packed, several to a message (kvx_send_pump) */
+    int pack; /* layers go packed, several to a message: KVX_PACK_* (kvx_send_pump) */
     _Atomic int32_t layers_ready;
     int32_t next_layer; /* next (layer, segment) to post */
     int32_t next_seg;
@@ -250,10 +262,11 @@ struct bt_kvx {
     int ev_cap;
     int ev_head;
     int ev_count;
-    void *msg_held; /* the bytes of the last MESSAGE event popped (freed at the next pop) */
-    int epfd;       /* what bt_kvx_fd returns: backend fd, wake, timer, pidfds */
-    int wakefd;     /* eventfd: a compute thread marked layers ready */
-    int timerfd;    /* housekeeping tick */
+    void *msg_held;    /* the bytes of the last MESSAGE event popped (freed at the next pop) */
+    int epfd;          /* what bt_kvx_fd returns: backend fd, wake, timer, pidfds */
+    int wakefd;        /* eventfd: a compute thread marked layers ready */
+    _Atomic int armed; /* the loop may be asleep on epfd (bt_kvx_arm to the next progress) */
+    int timerfd;       /* housekeeping tick */
     int64_t next_tick_ms;
     kvx_host_t host; /* this process, for same-host peers */
     bt_kvx_stats_t stats;

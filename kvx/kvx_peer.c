@@ -209,6 +209,18 @@ const char *bt_kvx_peer_name(const bt_kvx_peer_t *peer)
     return peer->name;
 }
 
+const char *bt_kvx_peer_data_path(const bt_kvx_peer_t *peer)
+{
+    const bt_kvx_t *kvx = peer->kvx;
+    if (peer->state != KVX_PEER_UP || !peer->ep)
+        return "none";
+    if (peer->readable)
+        return "mapped";
+    if (kvx->ops->ep_pack && kvx->ops->ep_pack(kvx->be, peer->ep) == KVX_PACK_GATHER)
+        return "stream";
+    return kvx->ops->name;
+}
+
 int bt_kvx_peer_status(const bt_kvx_peer_t *peer)
 {
     if (peer->state == KVX_PEER_UP)

@@ -9,9 +9,9 @@
  * that the test on the other end can kill it at a chosen point of a transfer.
  *
  *   init <backend> <tls|-> <name> <model> <layers> <heads> <dim> <bsize> <f32|f16> <nblocks> *
- * <seed> <timeout_ms> [map [pool [pack]]] -> ok <address hex> (map -1: no pool mapping; pool:
- * the backend holding the pool, cpu or cuda; pack: bt_kvx_params_t.pack) connect <hex> -> ok
- * (then "ev up") recv <req> <ntok> auto|<ids>  -> ok <gen> <ids>  (auto: blocks from the pool
+ * <seed> <timeout_ms> [map [pool [pack [stream]]]] -> ok <address hex> (map -1: no pool mapping;
+ * pool: the backend holding the pool, cpu or cuda; pack, stream: bt_kvx_params_t's) connect <hex>
+ * -> ok (then "ev up") recv <req> <ntok> auto|<ids>  -> ok <gen> <ids>  (auto: blocks from the pool
  * allocator) send <req> whole|layer <ntok> <ids> -> ok layers <req> <n> | pace <req> <ms per layer>
  * | finish <req> <token> <meta|-> cancel-send <req> | cancel-recv <req> | drop <req>  (frees a
  * received request's blocks) serve whole|layer <ntok> <ids> -> ok   (every reservation gets a send
@@ -189,7 +189,8 @@ static int cmd_init(peer_t *p, char **a, int n)
                           .map_peers = bt_kv_pool_device_memory(p->pool) ? -1
                                        : n > 13                          ? atoi(a[13])
                                                                          : 0,
-                          .pack = n > 15 ? atoi(a[15]) : 0};
+                          .pack = n > 15 ? atoi(a[15]) : 0,
+                          .stream = n > 16 ? atoi(a[16]) : 0};
     st = bt_kvx_create(&kp, &p->kvx);
     if (st != BT_OK)
         return st;
@@ -306,10 +307,11 @@ static int cmd_stats(peer_t *p)
     bt_kvx_get_stats(p->kvx, &s);
     reply(p,
           "ok sends=%d recvs=%d quarantined=%d stale=%lld dup=%lld rejected=%lld "
-          "msgs_sent=%lld msgs_recv=%lld free=%d",
+          "msgs_sent=%lld msgs_recv=%lld free=%d path=%s",
           s.n_sends, s.n_recvs, s.n_quarantined, (long long)s.n_stale_dropped,
           (long long)s.n_dup_dropped, (long long)s.n_ctrl_rejected, (long long)s.n_data_msgs_sent,
-          (long long)s.n_data_msgs_recv, bt_kv_pool_n_free(p->pool));
+          (long long)s.n_data_msgs_recv, bt_kv_pool_n_free(p->pool),
+          p->peer ? bt_kvx_peer_data_path(p->peer) : "none");
     return 1;
 }
 

@@ -125,16 +125,35 @@ static void send_ready(bt_kvx_send_t *s, int32_t ready)
     kvx_buf_fini(&m);
 }
 
-/* Packs the ready layers from next_layer on, as many as fit one message, into a buffer of
- * the op's and sends them as one message. BT_OK; BT_AGAIN if no buffer could be had, in which
- * case s stops packing and its layers go run by run (the receiver takes both); or an error
- * that has ended s. */
+/* The pieces of layers [a, b) in the order a packed message holds them (the request's blocks
+ * in order, layer after layer), for a gathered send; freed with the op. */
+static kvx_iov_t *packed_iov(const bt_kvx_send_t *s, int32_t a, int32_t b, int *n_out)
+{
+    const bt_kvx_t *kvx = s->kvx;
+    size_t bb = (size_t)kvx->layout.block_bytes;
+    kvx_iov_t *iov = bt_malloc((size_t)(b - a) * (size_t)s->n_segs * sizeof *iov);
+    int n = 0;
+    for (int32_t l = a; iov && l < b; l++)
+        for (int32_t g = 0; g < s->n_segs; g++)
+            iov[n++] = (kvx_iov_t){.base = kvx->base + kvx_pool_off(kvx, l, s->src[s->seg_idx[g]]),
+                                   .len = (size_t)s->seg_len[g] * bb};
+    *n_out = n;
+    return iov;
+}
+
+/* Packs the ready layers from next_layer on, as many as fit one message, and sends them as
+ * one message: copied into a buffer of the op's, or gathered where they lie. BT_OK; BT_AGAIN
+ * if no buffer could be had, in which case s stops packing and its layers go run by run (the
+ * receiver takes both); or an error that has ended s. */
 static int send_packed(bt_kvx_send_t *s, int32_t ready)
 {
     bt_kvx_t *kvx = s->kvx;
+    int gather = s->pack == KVX_PACK_GATHER;
     size_t bb = (size_t)kvx->layout.block_bytes, lb = (size_t)s->n_blocks * bb;
+    size_t cap = gather ? KVX_GATHER_MSG_BYTES : KVX_PACK_MSG_BYTES;
     int32_t a = s->next_layer, b = a + 1;
-    while (b < ready && (size_t)(b + 1 - a) * lb <= KVX_PACK_MSG_BYTES)
+    while (b < ready && (size_t)(b + 1 - a) * lb <= cap &&
+           (!gather || (int64_t)(b + 1 - a) * s->n_segs <= KVX_GATHER_PIECES))
         b++;
     size_t len = (size_t)(b - a) * lb;
     kvx_op_t *op = kvx_op_get(kvx);
@@ -142,31 +161,45 @@ static int send_packed(bt_kvx_send_t *s, int32_t ready)
         send_end_mark(s, BT_ERR_NOMEM, 1);
         return BT_ERR_NOMEM;
     }
-    uint8_t *buf = kvx_op_stage(kvx, op, len);
-    if (!buf) {
+    int n_iov = 0;
+    kvx_iov_t *iov = gather ? packed_iov(s, a, b, &n_iov) : NULL;
+    uint8_t *buf = gather ? NULL : kvx_op_stage(kvx, op, len);
+    if (!iov && !buf) {
         kvx_op_put(kvx, op);
         s->pack = 0;
         return BT_AGAIN;
     }
-    uint8_t *o = buf;
-    for (int32_t l = a; l < b; l++) {
+    for (int32_t l = a; buf && l < b; l++) {
         for (int32_t g = 0; g < s->n_segs; g++) {
             size_t n = (size_t)s->seg_len[g] * bb;
-            memcpy(o, kvx->base + kvx_pool_off(kvx, l, s->src[s->seg_idx[g]]), n);
-            o += n;
+            memcpy(buf, kvx->base + kvx_pool_off(kvx, l, s->src[s->seg_idx[g]]), n);
+            buf += n;
         }
     }
     op->send = s;
     op->len = len;
     s->inflight++;
     s->next_layer = b;
-    int st =
-        kvx->ops->send_data(kvx->be, s->peer->ep, kvx_tag_pack(s->gen, a, b - a), buf, len, op);
+    uint64_t tag = kvx_tag_pack(s->gen, a, b - a);
+    int st;
+    if (gather) {
+        op->stage = iov; /* stage_cap 0: freed, not kept */
+        st = kvx->ops->send_data_iov(kvx->be, s->peer->ep, tag, iov, n_iov, len, op);
+    } else {
+        st = kvx->ops->send_data(kvx->be, s->peer->ep, tag, op->stage, len, op);
+    }
     if (st != BT_AGAIN) {
         kvx_op_put(kvx, op);
         kvx_send_op_end(s, len, st == BT_OK ? BT_OK : BT_ERR_PEER);
     }
     return BT_OK;
+}
+
+static int send_window(const bt_kvx_send_t *s)
+{
+    if (s->pack)
+        return s->pack == KVX_PACK_GATHER ? KVX_GATHER_WINDOW : KVX_PACK_WINDOW;
+    return s->kvx->window;
 }
 
 /* Posts the next messages of the ready layers, up to the window. */
@@ -178,7 +211,7 @@ void kvx_send_pump(bt_kvx_send_t *s)
     if (s->method == KVX_METHOD_MAP && s->state == KVX_X_ACTIVE && s->gen && s->next_layer < ready)
         send_ready(s, ready);
     while (s->method == KVX_METHOD_DATA && s->state == KVX_X_ACTIVE && s->gen &&
-           s->next_layer < ready && s->inflight < (s->pack ? KVX_PACK_WINDOW : kvx->window)) {
+           s->next_layer < ready && s->inflight < send_window(s)) {
         /* One layer of one run goes as it is: packing it would only copy it. */
         if (s->pack && (s->n_segs > 1 || ready - s->next_layer > 1)) {
             int st = send_packed(s, ready);
@@ -263,12 +296,16 @@ static int send_packs(const bt_kvx_send_t *s)
     const bt_kvx_t *kvx = s->kvx;
     size_t lb = (size_t)s->n_blocks * (size_t)kvx->layout.block_bytes;
     if (kvx->pack < 0 || !kvx->ops->ep_pack || !kvx->ops->recv_data_iov ||
-        (kvx->ops->max_msg_bytes && lb > kvx->ops->max_msg_bytes) || lb > KVX_PACK_LAYER_MAX ||
+        (kvx->ops->max_msg_bytes && lb > kvx->ops->max_msg_bytes) ||
         (int64_t)kvx->layout.n_layers * s->n_segs < 2)
         return 0;
-    if (kvx->pack == 0 && lb / (size_t)s->n_segs >= BT_KVX_PACK_RUN_BYTES)
+    int mode = kvx->ops->ep_pack(kvx->be, s->peer->ep);
+    if (mode == KVX_PACK_GATHER) /* nothing is copied: fewer messages always pay */
+        return kvx->ops->send_data_iov ? mode : 0;
+    if (lb > KVX_PACK_LAYER_MAX ||
+        (kvx->pack == 0 && lb / (size_t)s->n_segs >= BT_KVX_PACK_RUN_BYTES))
         return 0;
-    return kvx->ops->ep_pack(kvx->be, s->peer->ep);
+    return mode;
 }
 
 static void send_bind(bt_kvx_send_t *s, uint32_t gen, int method, int32_t n_tokens,
@@ -365,8 +402,9 @@ void bt_kvx_send_layers_ready(bt_kvx_send_t *send, int32_t n_layers_ready)
            !atomic_compare_exchange_weak(&send->layers_ready, &cur, n_layers_ready))
         ;
     uint64_t one = 1;
-    /* Wakes a loop asleep on bt_kvx_fd; a full counter means it is awake anyway. */
-    if (write(send->kvx->wakefd, &one, sizeof one) < 0)
+    /* Wakes a loop that may be asleep on bt_kvx_fd (one that is awake ships the layers at its
+     * next progress; no system call per layer then). A full counter means it is awake. */
+    if (atomic_load(&send->kvx->armed) && write(send->kvx->wakefd, &one, sizeof one) < 0)
         return;
 }
 

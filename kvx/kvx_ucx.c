@@ -22,10 +22,12 @@
  */
 #include "kvx_impl.h"
 #include "kvx_shm.h"
+#include "kvx_stream.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/pidfd.h>
 #include <ucp/api/ucp.h>
 #include <unistd.h>
@@ -45,8 +47,15 @@ typedef struct ucx_ep {
     int peer_mode; /* UCP_ERR_HANDLING_MODE_PEER: can be cut */
     int pack;      /* whole layers go to it packed (ucx_ep_pack) */
     void *close_req;
-    kvx_shm_t peer_pool; /* the peer's pool mapped here (same host); map NULL if not */
+    kvx_shm_t peer_pool;  /* the peer's pool mapped here (same host); map NULL if not */
+    kvx_stream_t *stream; /* data over a kernel TCP connection (kvx_stream.h); NULL if not */
 } ucx_ep_t;
+
+/* What the core gets as a data message: a probed UCX message, or the one a stream holds. */
+typedef struct {
+    ucp_tag_message_h h;
+    kvx_stream_t *stream;
+} ucx_msg_t;
 
 typedef struct ctrl_rx {
     struct ctrl_rx *next;
@@ -85,7 +94,10 @@ struct ucx_be {
     int pack;          /* bt_kvx_params_t.pack */
     int device_memory; /* our pool is in GPU memory */
     kvx_host_t host;
-    kvx_shm_t shm; /* our pool, shared with same-host peers (fd -1 if not) */
+    kvx_shm_t shm;          /* our pool, shared with same-host peers (fd -1 if not) */
+    int stream;             /* bt_kvx_params_t.stream */
+    kvx_streams_t *streams; /* NULL: no TCP data connections */
+    int epfd;               /* with streams: the worker's fd and theirs; else -1 */
     uint8_t scratch[8];
 };
 
@@ -121,14 +133,19 @@ static void defer(ucx_be_t *be, deferred_t d)
     be->deferred[be->n_deferred++] = d;
 }
 
-static void op_end(ucx_be_t *be, kvx_op_t *op, ucs_status_t status)
+static void op_end_st(ucx_be_t *be, kvx_op_t *op, int status)
 {
     if (!op)
         return;
     if (be->in_downcall)
-        defer(be, (deferred_t){.op = op, .status = status_from_ucs(status)});
+        defer(be, (deferred_t){.op = op, .status = status});
     else
-        be->up.op_done(be->up.arg, op, status_from_ucs(status));
+        be->up.op_done(be->up.arg, op, status);
+}
+
+static void op_end(ucx_be_t *be, kvx_op_t *op, ucs_status_t status)
+{
+    op_end_st(be, op, status_from_ucs(status));
 }
 
 static void data_cb(void *req, ucs_status_t status, void *user)
@@ -158,6 +175,26 @@ static void ctrl_recv_cb(void *req, ucs_status_t status, const ucp_tag_recv_info
     c->done = 1;
     c->status = status_from_ucs(status);
     ucp_request_free(req);
+}
+
+/* The stream module's calls back (kvx_stream_cbs_t). */
+static void stream_on_data(void *arg, kvx_stream_t *s, uint64_t tag, size_t len)
+{
+    ucx_be_t *be = arg;
+    ucx_msg_t m = {.stream = s};
+    be->up.on_data(be->up.arg, tag, len, &m);
+}
+
+static void stream_op_end(void *arg, kvx_op_t *op, int status)
+{
+    op_end_st(arg, op, status);
+}
+
+static void stream_failed(void *arg, void *user, int status)
+{
+    ucx_ep_t *e = user;
+    if (e->user) /* deferred: the core may close this endpoint in response */
+        defer(arg, (deferred_t){.ep_user = e->user, .status = status, .is_ep_error = 1});
 }
 
 static void ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
@@ -199,14 +236,25 @@ static int ucx_send_data(void *bep, void *ep, uint64_t tag, const void *src, siz
                          kvx_op_t *op)
 {
     ucx_be_t *be = bep;
+    ucx_ep_t *e = ep;
+    if (kvx_stream_ready(e->stream)) {
+        kvx_iov_t one = {.base = (void *)src, .len = len};
+        return kvx_stream_send(e->stream, tag, &one, 1, len, op);
+    }
     ucp_request_param_t prm = data_param(be, op, src, len);
     prm.cb.send = data_cb;
-    return req_status(ucp_tag_send_nbx(((ucx_ep_t *)ep)->ep, src, len, tag, &prm));
+    return req_status(ucp_tag_send_nbx(e->ep, src, len, tag, &prm));
 }
 
-static int ucx_recv_data(void *bep, void *msg, void *dst, size_t len, kvx_op_t *op)
+/* Only where ucx_ep_pack says gathered (a stream is up). */
+static int ucx_send_data_iov(void *bep, void *ep, uint64_t tag, const kvx_iov_t *iov, int n,
+                             size_t len, kvx_op_t *op)
 {
-    ucx_be_t *be = bep;
+    return kvx_stream_send(((ucx_ep_t *)ep)->stream, tag, iov, n, len, op);
+}
+
+static int recv_handle(ucx_be_t *be, ucp_tag_message_h msg, void *dst, size_t len, kvx_op_t *op)
+{
     if (!dst) {
         dst = be->scratch;
         len = 0;
@@ -214,6 +262,16 @@ static int ucx_recv_data(void *bep, void *msg, void *dst, size_t len, kvx_op_t *
     ucp_request_param_t prm = data_param(be, op, dst, len);
     prm.cb.recv = data_recv_cb;
     return req_status(ucp_tag_msg_recv_nbx(be->worker, dst, len, msg, &prm));
+}
+
+static int ucx_recv_data(void *bep, void *msg, void *dst, size_t len, kvx_op_t *op)
+{
+    const ucx_msg_t *m = msg;
+    if (m->stream) {
+        kvx_iov_t one = {.base = dst, .len = len};
+        return kvx_stream_recv(m->stream, dst ? &one : NULL, 1, op);
+    }
+    return recv_handle(bep, m->h, dst, len, op);
 }
 
 _Static_assert(sizeof(kvx_iov_t) == sizeof(ucp_dt_iov_t) &&
@@ -224,16 +282,22 @@ _Static_assert(sizeof(kvx_iov_t) == sizeof(ucp_dt_iov_t) &&
 static int ucx_recv_data_iov(void *bep, void *msg, const kvx_iov_t *iov, int n, kvx_op_t *op)
 {
     ucx_be_t *be = bep;
+    const ucx_msg_t *m = msg;
+    if (m->stream)
+        return kvx_stream_recv(m->stream, iov, n, op);
     ucp_request_param_t prm = data_param(be, op, NULL, 0);
     prm.op_attr_mask |= UCP_OP_ATTR_FIELD_DATATYPE;
     prm.datatype = ucp_dt_make_iov();
     prm.cb.recv = data_recv_cb;
-    return req_status(ucp_tag_msg_recv_nbx(be->worker, (void *)iov, (size_t)n, msg, &prm));
+    return req_status(ucp_tag_msg_recv_nbx(be->worker, (void *)iov, (size_t)n, m->h, &prm));
 }
 
 static int ucx_ep_pack(void *bep, void *ep)
 {
-    return ((const ucx_ep_t *)ep)->pack;
+    const ucx_ep_t *e = ep;
+    if (kvx_stream_ready(e->stream))
+        return KVX_PACK_GATHER;
+    return e->pack ? KVX_PACK_COPY : 0;
 }
 
 static int ucx_send_ctrl(void *bep, void *ep, uint64_t tag, const void *buf, size_t len)
@@ -261,7 +325,7 @@ static void ctrl_arrived(ucx_be_t *be, ucp_tag_message_h msg, const ucp_tag_recv
     if (!c || !c->buf) {
         if (c)
             bt_free(c);
-        ucx_recv_data(be, msg, NULL, 0, NULL);
+        recv_handle(be, msg, NULL, 0, NULL);
         return;
     }
     c->tag = info->sender_tag;
@@ -340,14 +404,18 @@ static int ucx_progress(void *bep)
         n++;
         be->probe_more = k + 1 == UCX_PROBE_BUDGET;
         uint64_t cls = info.sender_tag & KVX_TAG_CLASS_MASK;
-        if (cls == KVX_TAG_DATA || cls == KVX_TAG_PACK)
-            be->up.on_data(be->up.arg, info.sender_tag, info.length, msg);
-        else if (cls == KVX_TAG_CTRL)
+        if (cls == KVX_TAG_DATA || cls == KVX_TAG_PACK) {
+            ucx_msg_t m = {.h = msg};
+            be->up.on_data(be->up.arg, info.sender_tag, info.length, &m);
+        } else if (cls == KVX_TAG_CTRL) {
             ctrl_arrived(be, msg, &info);
-        else
-            ucx_recv_data(be, msg, NULL, 0, NULL);
+        } else {
+            recv_handle(be, msg, NULL, 0, NULL);
+        }
     }
     ctrl_deliver(be);
+    if (be->streams)
+        n += kvx_streams_progress(be->streams);
     deferred_run(be);
     closes_reap(be);
     return n;
@@ -355,13 +423,15 @@ static int ucx_progress(void *bep)
 
 static int ucx_fd(void *bep)
 {
-    return ((ucx_be_t *)bep)->efd;
+    ucx_be_t *be = bep;
+    return be->epfd >= 0 ? be->epfd : be->efd;
 }
 
 static int ucx_arm(void *bep)
 {
     ucx_be_t *be = bep;
-    if (be->n_deferred || be->probe_more || (be->ctrl_head && be->ctrl_head->done))
+    if (be->n_deferred || be->probe_more || (be->ctrl_head && be->ctrl_head->done) ||
+        (be->streams && kvx_streams_pending(be->streams)))
         return BT_AGAIN;
     ucs_status_t st = ucp_worker_arm(be->worker);
     return st == UCS_OK ? BT_OK : BT_AGAIN;
@@ -388,6 +458,9 @@ static int ucx_address(void *bep, kvx_buf_t *out)
     kvx_buf_u64(out, be->shm.pool_va);
     kvx_buf_u64(out, be->shm.pool_len);
     kvx_buf_u8(out, (uint8_t)!be->device_memory); /* a peer may pack layers for us */
+    kvx_buf_u8(out, be->streams != NULL);         /* where to open a TCP data connection */
+    if (be->streams)
+        kvx_streams_address(be->streams, out);
     return out->err;
 }
 
@@ -458,6 +531,8 @@ typedef struct {
     int32_t shm_fd;
     kvx_shm_t shm; /* the peer's shared interior, as it describes it */
     int host_pool; /* its pool is in host memory */
+    int has_stream;
+    kvx_stream_addr_t stream; /* its TCP data listener, if has_stream */
 } ucx_addr_t;
 
 static int addr_read(const void *p, size_t len, ucx_addr_t *a)
@@ -478,6 +553,9 @@ static int addr_read(const void *p, size_t len, ucx_addr_t *a)
     a->shm.pool_va = kvx_rd_u64(&rd);
     a->shm.pool_len = kvx_rd_u64(&rd);
     a->host_pool = rd.off < rd.len ? kvx_rd_u8(&rd) : 0;
+    a->has_stream = rd.off < rd.len ? kvx_rd_u8(&rd) : 0;
+    if (a->has_stream && kvx_stream_addr_read(&rd, &a->stream) != BT_OK)
+        return BT_ERR_FORMAT;
     return rd.err || !a->worker ? BT_ERR_FORMAT : BT_OK;
 }
 
@@ -493,6 +571,20 @@ static void ep_map_peer_pool(ucx_be_t *be, ucx_ep_t *e, const ucx_addr_t *a)
         return;
     kvx_shm_map(pidfd, a->shm_fd, &a->shm, &e->peer_pool);
     close(pidfd);
+}
+
+/* A TCP data connection to a peer that listens for one, with both pools in host memory: the
+ * initiator connects where UCX itself goes over TCP (or always, if asked); the acceptor just
+ * waits for it, so that the initiator's choice decides. */
+static void ep_stream(ucx_be_t *be, ucx_ep_t *e, const ucx_addr_t *a, int initiator)
+{
+    static const char *const tcp[] = {"tcp/"};
+    if (!be->streams || !a->has_stream || !a->host_pool)
+        return;
+    if (!initiator)
+        e->stream = kvx_stream_expect(be->streams, a->stream.key, e);
+    else if (be->stream > 0 || ep_uses(e->ep, tcp, 1))
+        e->stream = kvx_stream_open(be->streams, &a->stream, kvx_host_same(&be->host, &a->host), e);
 }
 
 static ucx_ep_t *ep_alloc(ucx_be_t *be, void *user)
@@ -537,6 +629,7 @@ static int ucx_ep_create(void *bep, const void *addr, size_t len, void *ep_user,
     }
     ep_map_peer_pool(be, e, &a);
     e->pack = ep_packs(be, e->ep, a.host_pool);
+    ep_stream(be, e, &a, initiator);
     e->next = be->eps;
     be->eps = e;
     *out = e;
@@ -557,8 +650,14 @@ static int ucx_ep_peer_read(void *bep, void *ep, size_t off, void *dst, size_t l
 static void ucx_ep_close(void *bep, void *ep, int force, int *cut)
 {
     ucx_ep_t *e = ep;
+    ucx_be_t *be = bep;
     *cut = force && e->peer_mode;
     kvx_shm_release(&e->peer_pool); /* the core copies nothing out of it any more */
+    /* Its operations end (with errors) after this call, like UCX's. */
+    be->in_downcall++;
+    kvx_stream_close(e->stream);
+    be->in_downcall--;
+    e->stream = NULL;
     ep_close_now(bep, e, force);
 }
 
@@ -567,13 +666,18 @@ static void ucx_ep_close(void *bep, void *ep, int force, int *cut)
  * bandwidth for 1-16 MiB requests over TCP loopback, see docs/kvx.md). UCX 1.13 takes
  * transport settings only from the environment (ucp_config_modify reports them as invalid),
  * so they go there, and only when TCP may be in use. */
+static int tls_tcp(const char *tls)
+{
+    if (!tls)
+        tls = getenv("UCX_TLS");
+    return !tls || strstr(tls, "tcp") || strstr(tls, "all") || tls[0] == '^';
+}
+
 static void config_tune(const char *tls)
 {
     static const char *const tuned[][2] = {{"UCX_TCP_TX_SEG_SIZE", "64K"},
                                            {"UCX_TCP_RX_SEG_SIZE", "256K"}};
-    if (!tls)
-        tls = getenv("UCX_TLS");
-    if (tls && !strstr(tls, "tcp") && !strstr(tls, "all") && tls[0] != '^')
+    if (!tls_tcp(tls))
         return;
     for (size_t i = 0; i < sizeof tuned / sizeof tuned[0]; i++)
         setenv(tuned[i][0], tuned[i][1], 0);
@@ -643,6 +747,26 @@ static int worker_init(ucx_be_t *be, const bt_kvx_params_t *params)
 
 static void ucx_destroy(void *bep);
 
+/* Listens for TCP data connections where TCP may be in use and both sides may be host memory;
+ * without it, data simply goes over UCX. */
+static void streams_init(ucx_be_t *be, const bt_kvx_params_t *params)
+{
+    if (params->stream < 0 || params->device_memory || !params->size_bytes ||
+        (!params->stream && !tls_tcp(params->ucx_tls)))
+        return;
+    kvx_stream_cbs_t cbs = {
+        .arg = be, .on_data = stream_on_data, .op_end = stream_op_end, .failed = stream_failed};
+    struct epoll_event ev = {.events = EPOLLIN};
+    be->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (be->epfd < 0 || epoll_ctl(be->epfd, EPOLL_CTL_ADD, be->efd, &ev) < 0 ||
+        kvx_streams_create(&cbs, be->epfd, &be->streams) != BT_OK) {
+        if (be->epfd >= 0)
+            close(be->epfd);
+        be->epfd = -1;
+        be->streams = NULL;
+    }
+}
+
 static int ucx_create(const bt_kvx_params_t *params, const kvx_upcalls_t *up, void **out)
 {
     ucx_be_t *be = bt_calloc(1, sizeof *be);
@@ -650,6 +774,8 @@ static int ucx_create(const bt_kvx_params_t *params, const kvx_upcalls_t *up, vo
         return BT_ERR_NOMEM;
     be->up = *up;
     be->efd = -1;
+    be->epfd = -1;
+    be->stream = params->stream;
     be->shm.fd = -1;
     be->map_peers = params->map_peers;
     be->pack = params->pack;
@@ -662,6 +788,8 @@ static int ucx_create(const bt_kvx_params_t *params, const kvx_upcalls_t *up, vo
     int st = ctx_init(be, params);
     if (st == BT_OK)
         st = worker_init(be, params);
+    if (st == BT_OK)
+        streams_init(be, params);
     if (st != BT_OK) {
         ucx_destroy(be);
         return st;
@@ -703,6 +831,9 @@ static void ucx_destroy(void *bep)
     }
     if (be->ctx)
         ucp_cleanup(be->ctx);
+    kvx_streams_destroy(be->streams);
+    if (be->epfd >= 0)
+        close(be->epfd);
     while (be->eps) {
         ucx_ep_t *e = be->eps;
         be->eps = e->next;
@@ -729,6 +860,7 @@ const kvx_backend_ops_t kvx_ucx_ops = {
     .ep_close = ucx_ep_close,
     .send_ctrl = ucx_send_ctrl,
     .send_data = ucx_send_data,
+    .send_data_iov = ucx_send_data_iov,
     .recv_data = ucx_recv_data,
     .recv_data_iov = ucx_recv_data_iov,
     .ep_pack = ucx_ep_pack,

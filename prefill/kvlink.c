@@ -42,7 +42,8 @@ int bt_kvlink_create(const bt_kvlink_params_t *p, bt_kvlink_t **out)
                           .map_peers = bt_kv_pool_device_memory(pool) || p->no_map ? -1 : 0,
                           .device_memory = bt_kv_pool_device_memory(pool),
                           .ucx_tls = p->ucx_tls,
-                          .pack = p->pack};
+                          .pack = p->pack,
+                          .stream = p->stream};
     bt_kvx_layout_from_pool(pool, p->model_id, &kp.layout);
     int st = bt_kvx_create(&kp, &l->kvx);
     if (st == BT_OK)
@@ -151,14 +152,24 @@ int bt_kvlink_pump(bt_kvlink_t *l, bt_kvlink_event_fn fn, void *ctx)
     return bt_kvx_fd(l->kvx);
 }
 
+/* An auto|on|off option (NULL: auto) as 0, 1 or -1. */
+static int auto_on_off(const char *name, const char *v, int *out)
+{
+    *out = !v || !strcmp(v, "auto") ? 0 : !strcmp(v, "on") ? 1 : !strcmp(v, "off") ? -1 : 2;
+    if (*out == 2) {
+        bt_error("kvlink: --%s must be auto, on or off, not '%s'", name, v);
+        return BT_ERR_INVAL;
+    }
+    return BT_OK;
+}
+
 int bt_kvlink_create_from_cfg(const bt_kvlink_cfg_t *c, bt_engine_t *engine, const char *name,
                               const char *model_id, bt_kvlink_t **out)
 {
-    const char *pack = c->pack ? c->pack : "auto";
-    if (strcmp(pack, "auto") && strcmp(pack, "on") && strcmp(pack, "off")) {
-        bt_error("kvlink: --kv-pack must be auto, on or off, not '%s'", pack);
+    int pack, tcp;
+    if (auto_on_off("kv-pack", c->pack, &pack) != BT_OK ||
+        auto_on_off("kv-tcp", c->tcp, &tcp) != BT_OK)
         return BT_ERR_INVAL;
-    }
     bt_kvlink_params_t lp = {.engine = engine,
                              .name = name,
                              .model_id = model_id,
@@ -166,9 +177,8 @@ int bt_kvlink_create_from_cfg(const bt_kvlink_cfg_t *c, bt_engine_t *engine, con
                              .ucx_tls = c->tls,
                              .peer_timeout_ms = c->peer_timeout_ms,
                              .no_map = !c->map,
-                             .pack = !strcmp(pack, "on")    ? 1
-                                     : !strcmp(pack, "off") ? -1
-                                                            : 0};
+                             .pack = pack,
+                             .stream = tcp};
     return bt_kvlink_create(&lp, out);
 }
 

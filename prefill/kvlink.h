@@ -30,6 +30,7 @@ typedef struct {
     int peer_wait_ms;    /* how long a transfer waits for its peer's connection */
     int map;             /* a same-host receiver copies out of the sender's mapped pool */
     char *pack;          /* whole layers packed into one message: auto, on, off */
+    char *tcp;           /* data over kvx's own TCP connection: auto, on, off */
 } bt_kvlink_cfg_t;
 
 #define BT_KVLINK_OPT(T, n, t, d, lo, hi, f, h)                                                    \
@@ -50,7 +51,10 @@ typedef struct {
                       "pool (--no-kv-map: through the transport)"),                                \
         BT_KVLINK_OPT(T, "kv-pack", BT_CFG_STRING, "auto", 0, 0, pack,                             \
                       "send whole layers packed into one message: auto (over TCP, small block "    \
-                      "runs), on, off")
+                      "runs), on, off"),                                                           \
+        BT_KVLINK_OPT(T, "kv-tcp", BT_CFG_STRING, "auto", 0, 0, tcp,                               \
+                      "KV data over a TCP connection of kvx's own: auto (where UCX would use "     \
+                      "TCP), on, off (through UCX)")
 
 typedef struct {
     bt_engine_t *engine;  /* borrowed: its KV pool is registered */
@@ -61,6 +65,7 @@ typedef struct {
     int peer_timeout_ms;  /* a silent peer is dead after this; 0: kvx's default */
     int no_map;           /* 1: never copy out of a same-host peer's mapped pool */
     int pack;             /* bt_kvx_params_t.pack */
+    int stream;           /* bt_kvx_params_t.stream */
 } bt_kvlink_params_t;
 
 /* A layer-wise send as the compute thread and the loop thread both see it. Its fields are

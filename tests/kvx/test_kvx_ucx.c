@@ -2,7 +2,8 @@
 /*
  * test_kvx_ucx.c - KV transfer over UCX between this process and a baton-kvx-peer process,
  * on one host with the receiver copying out of the mapped sender pool, over UCX shared memory
- * (UCX_TLS=sm: sysv/posix messages, CMA zero-copy) and over TCP: byte-exact
+ * (UCX_TLS=sm: sysv/posix messages, CMA zero-copy) and over TCP (kvx's own TCP data
+ * connection, "tcp", and UCX's TCP transport, "tcp-ucx"): byte-exact
  * random layouts whole and layer-wise in both directions, cancel in the middle then reuse with
  * a late writer of the old generation, kill -9 of either side in the middle of a transfer,
  * layout mismatch and stale generations.
@@ -40,28 +41,41 @@ typedef struct {
     tl_helper_t h;
 } rig_t;
 
+/* The data path a rig's peers must settle on. */
+static const char *rig_path(const rig_t *r)
+{
+    if (strcmp(r->tls, "tcp") == 0)
+        return "stream";
+    return r->map == 0 ? "mapped" : "ucx";
+}
+
 /* This process and a peer process with the same layout, connected. */
-/* map 0: a same-host receiver copies out of the mapped sender pool; -1: all data through
- * UCX (shared-memory transports and CMA for "sm", sockets for "tcp"). */
+/* map 0: a same-host receiver copies out of the mapped sender pool; -1: all data through the
+ * transport (UCX shared-memory transports and CMA for "sm"; for "tcp", kvx's own TCP data
+ * connection; for "tcp-ucx", UCX's TCP transport). */
 static void rig_up(rig_t *r, const char *tls, int map, const bt_kv_pool_params_t *sh,
                    int timeout_ms)
 {
     memset(r, 0, sizeof *r);
     r->tls = tls;
     r->map = map;
+    int stream = strcmp(tls, "tcp-ucx") == 0 ? -1 : 0;
+    if (stream < 0)
+        tls = "tcp";
     tl_helper_spawn(&r->h);
     tl_pool_init(&r->pool, sh, "llama-test", SEED_LOCAL);
     bt_kvx_params_t kp = tl_kvx_params(&r->pool, "ucx", "test");
     kp.ucx_tls = tls;
     kp.map_peers = map;
+    kp.stream = stream;
     kp.peer_timeout_ms = timeout_ms;
     kp.lease_ms = timeout_ms;
     assert_int_equal(bt_kvx_create(&kp, &r->kvx), BT_OK);
     r->log.kvx = r->kvx;
     char *reply = tl_helper_cmd(
-        &r->h, NULL, "init ucx %s peer llama-test %d %d %d %d %s %d %d %d %d", tls, sh->n_layers,
-        sh->n_kv_heads, sh->head_dim, sh->block_size, sh->type == BT_TYPE_F16 ? "f16" : "f32",
-        sh->n_blocks, SEED_PEER, timeout_ms, map);
+        &r->h, NULL, "init ucx %s peer llama-test %d %d %d %d %s %d %d %d %d cpu 0 %d", tls,
+        sh->n_layers, sh->n_kv_heads, sh->head_dim, sh->block_size,
+        sh->type == BT_TYPE_F16 ? "f16" : "f32", sh->n_blocks, SEED_PEER, timeout_ms, map, stream);
     assert_true(strncmp(reply, "ok ", 3) == 0);
     uint8_t addr[BT_KVX_ADDRESS_MAX];
     size_t len = tl_unhex(reply + 3, addr, sizeof addr);
@@ -73,6 +87,14 @@ static void rig_up(rig_t *r, const char *tls, int map, const bt_kv_pool_params_t
         tl_log_drain(&r->log);
     }
     assert_string_equal(bt_kvx_peer_name(r->peer), "peer");
+    /* kvx's own TCP connection comes up just after the peer: wait for it, so that it is the
+     * path under test from the first transfer on. */
+    int64_t until = tl_now_ms() + 10000;
+    while (strcmp(bt_kvx_peer_data_path(r->peer), rig_path(r)) != 0 && tl_now_ms() < until) {
+        bt_kvx_wait(r->kvx, 5);
+        tl_log_drain(&r->log);
+    }
+    assert_string_equal(bt_kvx_peer_data_path(r->peer), rig_path(r));
 }
 
 static void rig_down(rig_t *r)
@@ -142,7 +164,7 @@ static void recv_from_peer(rig_t *r, uint64_t *rng, uint64_t req, int layerwise)
      * as each is released; otherwise one message (mapped: one copy) per run and layer. */
     int64_t runs = tl_expected_msgs(src, dst, nb, 1);
     int64_t want =
-        strcmp(r->tls, "tcp") == 0 ? (layerwise ? shape.n_layers : 1) : runs * shape.n_layers;
+        strncmp(r->tls, "tcp", 3) == 0 ? (layerwise ? shape.n_layers : 1) : runs * shape.n_layers;
     bt_kvx_get_stats(r->kvx, &st1);
     assert_int_equal(st1.n_data_msgs_recv - st0.n_data_msgs_recv, want);
     bt_kvx_recv_release(rv);
@@ -194,6 +216,9 @@ static void byte_exact(const char *tls, int map)
     char *st = tl_helper_cmd(&r.h, &r.log, "stats");
     assert_non_null(strstr(st, "sends=0 recvs=0 quarantined=0 stale=0"));
     assert_non_null(strstr(st, "free=192"));
+    char path[64];
+    snprintf(path, sizeof path, "path=%s", rig_path(&r));
+    assert_non_null(strstr(st, path)); /* the peer's side took the same path */
     free(st);
     rig_down(&r);
 }
@@ -211,6 +236,11 @@ static void test_shm_cma_byte_exact(void **state)
 static void test_tcp_byte_exact(void **state)
 {
     byte_exact("tcp", -1);
+}
+
+static void test_tcp_ucx_byte_exact(void **state)
+{
+    byte_exact("tcp-ucx", -1);
 }
 
 /* Big layer-wise transfer from the peer, paced; cancel once part of it is here; reuse the
@@ -284,6 +314,11 @@ static void test_shm_cancel_midway_then_reuse(void **state)
 static void test_tcp_cancel_midway_then_reuse(void **state)
 {
     cancel_reuse("tcp");
+}
+
+static void test_tcp_ucx_cancel_midway_then_reuse(void **state)
+{
+    cancel_reuse("tcp-ucx");
 }
 
 /* kill -9 of the peer process in the middle of a transfer, with it as sender or receiver:
@@ -365,11 +400,13 @@ static void test_shm_kill_receiver_midway(void **state)
 static void test_tcp_kill_sender_midway(void **state)
 {
     kill_midway("tcp", -1, 1);
+    kill_midway("tcp-ucx", -1, 1);
 }
 
 static void test_tcp_kill_receiver_midway(void **state)
 {
     kill_midway("tcp", -1, 0);
+    kill_midway("tcp-ucx", -1, 0);
 }
 
 static void test_layout_mismatch_refused(void **state)
@@ -464,8 +501,10 @@ int main(void)
         cmocka_unit_test(test_shm_mapped_byte_exact),
         cmocka_unit_test(test_shm_cma_byte_exact),
         cmocka_unit_test(test_tcp_byte_exact),
+        cmocka_unit_test(test_tcp_ucx_byte_exact),
         cmocka_unit_test(test_shm_cancel_midway_then_reuse),
         cmocka_unit_test(test_tcp_cancel_midway_then_reuse),
+        cmocka_unit_test(test_tcp_ucx_cancel_midway_then_reuse),
         cmocka_unit_test(test_shm_kill_sender_midway),
         cmocka_unit_test(test_shm_kill_receiver_midway),
         cmocka_unit_test(test_tcp_kill_sender_midway),
