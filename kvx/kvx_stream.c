@@ -455,6 +455,11 @@ static ssize_t send_v(int fd, struct iovec *v, int k)
 int kvx_stream_send(kvx_stream_t *s, uint64_t tag, const kvx_iov_t *iov, int n, size_t len,
                     kvx_op_t *op)
 {
+    size_t sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += iov[i].len;
+    if (sum != len)
+        return BT_ERR_INVAL;
     if (!kvx_stream_ready(s))
         return BT_ERR_PEER;
     sout_t *m = bt_malloc(sizeof *m);
@@ -559,19 +564,24 @@ int kvx_stream_recv(kvx_stream_t *s, const kvx_iov_t *iov, int n, kvx_op_t *op)
     return s->in_left ? BT_AGAIN : BT_OK;
 }
 
-/* The body's next pieces from the cursor, then room for the next header. */
+/* The body's next pieces from the cursor, then, if they reach its end, room for the next
+ * header (a header read into the middle of a body would be data lost from it). */
 static int body_fill(kvx_stream_t *s, struct iovec *v)
 {
     int k = 0;
+    size_t n = 0;
     if (!s->in_iov) {
-        size_t n = s->in_left < sizeof s->ss->drop ? s->in_left : sizeof s->ss->drop;
+        n = s->in_left < sizeof s->ss->drop ? s->in_left : sizeof s->ss->drop;
         v[k++] = (struct iovec){s->ss->drop, n};
     } else {
         size_t off = s->in_off;
-        for (int i = s->in_i; i < s->in_n && k < STREAM_IOV; i++, off = 0)
+        for (int i = s->in_i; i < s->in_n && k < STREAM_IOV; i++, off = 0) {
             v[k++] = (struct iovec){(char *)s->in_iov[i].base + off, s->in_iov[i].len - off};
+            n += s->in_iov[i].len - off;
+        }
     }
-    v[k++] = (struct iovec){s->hdr, STREAM_HDR};
+    if (n == s->in_left)
+        v[k++] = (struct iovec){s->hdr, STREAM_HDR};
     return k;
 }
 

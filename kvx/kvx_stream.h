@@ -67,8 +67,8 @@ kvx_stream_t *kvx_stream_expect(kvx_streams_t *ss, uint64_t key, void *user);
 /* 1 once paired: messages may go over it. */
 int kvx_stream_ready(const kvx_stream_t *s);
 /* Sends one message gathered from n pieces (len bytes in all; the pieces must stay valid until
- * the op ends): BT_OK if all of it is in the kernel already, BT_AGAIN (op_end follows), or
- * BT_ERR_PEER if the connection is gone. */
+ * the op ends): BT_OK if all of it is in the kernel already, BT_AGAIN (op_end follows),
+ * BT_ERR_PEER if the connection is gone, BT_ERR_INVAL if the pieces do not add up to len. */
 int kvx_stream_send(kvx_stream_t *s, uint64_t tag, const kvx_iov_t *iov, int n, size_t len,
                     kvx_op_t *op);
 /* From on_data only: receives the message scattered over n pieces (iov NULL: drops it).
