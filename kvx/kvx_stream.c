@@ -799,6 +799,7 @@ static int listen_on(kvx_streams_t *ss, int family)
         ((struct sockaddr_in *)&sa)->sin_addr.s_addr = htonl(INADDR_ANY);
         sl = sizeof(struct sockaddr_in);
     }
+    sock_tune(fd); /* accepted connections inherit the buffers before their handshake */
     if (bind(fd, (struct sockaddr *)&sa, sl) < 0 || listen(fd, 64) < 0 ||
         getsockname(fd, (struct sockaddr *)&sa, &sl) < 0) {
         close(fd);
