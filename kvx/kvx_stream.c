@@ -10,8 +10,10 @@
  * the tag as it does every data message. Measured on TCP loopback (docs/PERFORMANCE.md, "KV
  * transfer"): faster than ucx_perftest's tag and active-message bandwidth over UCX TCP.
  *
- * Every descriptor is level-triggered in one epoll set of this module's own, which the owner
- * nests in its set; progress reads only the connections that set reports. Callbacks can end a
+ * Every descriptor is level-triggered in one epoll set of this module's own, which also holds
+ * the owner's other descriptor and is what the owner sleeps on (one level of nesting fewer:
+ * each arriving segment's wake-up walks every set above the socket); progress reads only the
+ * connections that set reports. Callbacks can end a
  * stream (the owner closes its endpoint): a closed stream is only marked and is freed at the
  * end of progress, and every loop checks the stream's state after a callback.
  */
@@ -701,7 +703,7 @@ int kvx_streams_progress(kvx_streams_t *ss)
     for (int i = 0; i < n; i++) {
         if (!evs[i].data.ptr)
             accept_all(ss);
-        else
+        else if (evs[i].data.ptr != ss) /* the owner's descriptor: its own progress reads it */
             on_event(evs[i].data.ptr, evs[i].events);
     }
     int64_t now = -1;
@@ -811,7 +813,12 @@ static int listen_on(kvx_streams_t *ss, int family)
     return fd;
 }
 
-int kvx_streams_create(const kvx_stream_cbs_t *cbs, int epfd, kvx_streams_t **out)
+int kvx_streams_fd(const kvx_streams_t *ss)
+{
+    return ss->pfd;
+}
+
+int kvx_streams_create(const kvx_stream_cbs_t *cbs, int owner_fd, kvx_streams_t **out)
 {
     kvx_streams_t *ss = bt_calloc(1, sizeof *ss);
     if (!ss)
@@ -822,9 +829,9 @@ int kvx_streams_create(const kvx_stream_cbs_t *cbs, int epfd, kvx_streams_t **ou
         ss->lfd = listen_on(ss, AF_INET);
     ss->pfd = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event lev = {.events = EPOLLIN, .data.ptr = NULL};
-    struct epoll_event pev = {.events = EPOLLIN, .data.fd = ss->pfd};
+    struct epoll_event oev = {.events = EPOLLIN, .data.ptr = ss};
     if (ss->lfd < 0 || ss->pfd < 0 || epoll_ctl(ss->pfd, EPOLL_CTL_ADD, ss->lfd, &lev) < 0 ||
-        epoll_ctl(epfd, EPOLL_CTL_ADD, ss->pfd, &pev) < 0) {
+        epoll_ctl(ss->pfd, EPOLL_CTL_ADD, owner_fd, &oev) < 0) {
         bt_warn("kvx stream: cannot listen for TCP data connections (%s)", strerror(errno));
         if (ss->lfd >= 0)
             close(ss->lfd);

@@ -51,8 +51,11 @@ typedef struct {
     void (*failed)(void *arg, void *user, int status);
 } kvx_stream_cbs_t;
 
-/* Listens on an ephemeral port of every address; adds its descriptors to epfd. */
-int kvx_streams_create(const kvx_stream_cbs_t *cbs, int epfd, kvx_streams_t **out);
+/* Listens on an ephemeral port of every address. Its descriptors go into an epoll set of its
+ * own, together with owner_fd (the owner's other descriptor, only there to wake it). */
+int kvx_streams_create(const kvx_stream_cbs_t *cbs, int owner_fd, kvx_streams_t **out);
+/* What the owner sleeps on: readable when a connection or owner_fd is. */
+int kvx_streams_fd(const kvx_streams_t *ss);
 /* Closes every connection without callbacks. NULL-safe. */
 void kvx_streams_destroy(kvx_streams_t *ss);
 /* Appends the listener's port, key and addresses to an address blob. */

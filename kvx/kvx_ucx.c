@@ -27,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/pidfd.h>
 #include <ucp/api/ucp.h>
 #include <unistd.h>
@@ -97,7 +96,6 @@ struct ucx_be {
     kvx_shm_t shm;          /* our pool, shared with same-host peers (fd -1 if not) */
     int stream;             /* bt_kvx_params_t.stream */
     kvx_streams_t *streams; /* NULL: no TCP data connections */
-    int epfd;               /* with streams: the worker's fd and theirs; else -1 */
     uint8_t scratch[8];
 };
 
@@ -424,7 +422,7 @@ static int ucx_progress(void *bep)
 static int ucx_fd(void *bep)
 {
     ucx_be_t *be = bep;
-    return be->epfd >= 0 ? be->epfd : be->efd;
+    return be->streams ? kvx_streams_fd(be->streams) : be->efd;
 }
 
 static int ucx_arm(void *bep)
@@ -756,15 +754,8 @@ static void streams_init(ucx_be_t *be, const bt_kvx_params_t *params)
         return;
     kvx_stream_cbs_t cbs = {
         .arg = be, .on_data = stream_on_data, .op_end = stream_op_end, .failed = stream_failed};
-    struct epoll_event ev = {.events = EPOLLIN};
-    be->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (be->epfd < 0 || epoll_ctl(be->epfd, EPOLL_CTL_ADD, be->efd, &ev) < 0 ||
-        kvx_streams_create(&cbs, be->epfd, &be->streams) != BT_OK) {
-        if (be->epfd >= 0)
-            close(be->epfd);
-        be->epfd = -1;
+    if (kvx_streams_create(&cbs, be->efd, &be->streams) != BT_OK)
         be->streams = NULL;
-    }
 }
 
 static int ucx_create(const bt_kvx_params_t *params, const kvx_upcalls_t *up, void **out)
@@ -774,7 +765,6 @@ static int ucx_create(const bt_kvx_params_t *params, const kvx_upcalls_t *up, vo
         return BT_ERR_NOMEM;
     be->up = *up;
     be->efd = -1;
-    be->epfd = -1;
     be->stream = params->stream;
     be->shm.fd = -1;
     be->map_peers = params->map_peers;
@@ -832,8 +822,6 @@ static void ucx_destroy(void *bep)
     if (be->ctx)
         ucp_cleanup(be->ctx);
     kvx_streams_destroy(be->streams);
-    if (be->epfd >= 0)
-        close(be->epfd);
     while (be->eps) {
         ucx_ep_t *e = be->eps;
         be->eps = e->next;
