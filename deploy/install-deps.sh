@@ -12,6 +12,7 @@ PACKAGES=(
     libcmocka-dev                           # unit tests
     libopenblas-dev                         # BLAS for non-deterministic f32 GEMMs
     python3 python3-numpy                   # independent reference forward pass in tests
+    python3-yaml                            # Kubernetes manifests (deploy/k8s)
     clang-format                            # style check
     gnuplot-nox                             # baton-bench plots (optional)
 )
