@@ -221,8 +221,10 @@ int bt_cfg_parse(const bt_cfg_table_t *t, void *cfg, int argc, char **argv, int 
 {
     int n_pos = 0;
     for (int i = 0; i < t->n_opts; i++)
-        if (set_value(&t->opts[i], cfg, t->opts[i].def) != BT_OK)
+        if (set_value(&t->opts[i], cfg, t->opts[i].def) != BT_OK) {
+            bt_cfg_free(t, cfg);
             return BT_ERR_INVAL; /* a table bug; its tests catch it */
+        }
     const char *file = find_config_flag(argc, argv, first);
     if ((file && apply_file(t, cfg, file) != BT_OK) || apply_env(t, cfg) != BT_OK)
         goto usage;
@@ -230,6 +232,7 @@ int bt_cfg_parse(const bt_cfg_table_t *t, void *cfg, int argc, char **argv, int 
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             bt_cfg_usage(t, stdout);
+            bt_cfg_free(t, cfg);
             return BT_AGAIN;
         }
         if (!strcmp(a, "--config") || !strncmp(a, "--config=", 9)) {
@@ -251,6 +254,7 @@ int bt_cfg_parse(const bt_cfg_table_t *t, void *cfg, int argc, char **argv, int 
     return BT_OK;
 usage:
     bt_cfg_usage(t, stderr);
+    bt_cfg_free(t, cfg);
     return BT_ERR_INVAL;
 }
 

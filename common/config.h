@@ -46,7 +46,8 @@ typedef struct {
  * Fills cfg (which must start zeroed) from defaults, file, environment and argv[first..argc).
  * Non-flag arguments are collected in order into positional (capacity max_positional; NULL/0 to
  * refuse them), their count in *n_positional. Returns BT_OK; BT_AGAIN when --help was asked (usage
- * printed to stdout); BT_ERR_INVAL after printing the error and the usage to stderr.
+ * printed to stdout); BT_ERR_INVAL after printing the error and the usage to stderr. Unless it
+ * returns BT_OK, the strings it set are freed again (bt_cfg_free) and nothing is left to free.
  */
 int bt_cfg_parse(const bt_cfg_table_t *t, void *cfg, int argc, char **argv, int first,
                  char **positional, int max_positional, int *n_positional);

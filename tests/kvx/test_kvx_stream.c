@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * test_kvx_stream.c - kvx's TCP data connection on its own, two listeners in this process over
- * real loopback sockets: pairing by key, a wrong key refused, gathered sends and scattered
+ * real loopback sockets: pairing by key, a wrong key refused, the next address tried after
+ * one that leads nowhere, gathered sends and scattered
  * receives of more pieces than one system call takes (with the whole message already waiting
  * in the socket, so that one read could run past a piece list), back-to-back messages, drops
  * bigger than the drop buffer followed by an exact message, and the peer closing in the middle
@@ -181,6 +182,29 @@ static void test_pairs_by_key_and_refuses_a_wrong_one(void **state)
     pair_down(&a, &b);
 }
 
+/* A peer elsewhere: its first address leads nowhere (TEST-NET-1, RFC 5737: no answer, or no
+ * route), the next one reaches it; the initiator moves on and pairs. */
+static void test_next_address_after_a_dead_one(void **state)
+{
+    side_t a, b;
+    side_init(&a);
+    side_init(&b);
+    kvx_stream_addr_t ba = side_addr(&b), aa = side_addr(&a);
+    ba.n = 2;
+    ba.addr[0].family = 4;
+    memcpy(ba.addr[0].bytes, (uint8_t[]){192, 0, 2, 1}, 4);
+    ba.addr[1].family = 4;
+    memcpy(ba.addr[1].bytes, (uint8_t[]){127, 0, 0, 1}, 4);
+    a.s = kvx_stream_open(a.ss, &ba, 0, &a);
+    b.s = kvx_stream_expect(b.ss, aa.key, &b);
+    int64_t until = tl_now_ms() + 8000; /* 3 s per address at most */
+    while (!(kvx_stream_ready(a.s) && kvx_stream_ready(b.s)) && tl_now_ms() < until)
+        progress_both(&a, &b, 1);
+    assert_true(kvx_stream_ready(a.s));
+    assert_true(kvx_stream_ready(b.s));
+    pair_down(&a, &b);
+}
+
 /* 600 pieces each way, the whole message waiting in the socket before the receiver reads. */
 static void test_scattered_gathered_message_exact(void **state)
 {
@@ -310,6 +334,7 @@ int main(void)
     bt_log_set_level(BT_LOG_ERROR);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pairs_by_key_and_refuses_a_wrong_one),
+        cmocka_unit_test(test_next_address_after_a_dead_one),
         cmocka_unit_test(test_scattered_gathered_message_exact),
         cmocka_unit_test(test_back_to_back_drops_and_empty),
         cmocka_unit_test(test_wrong_size_receive_refused),
