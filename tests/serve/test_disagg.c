@@ -290,16 +290,16 @@ static void test_disagg_layerwise_streams_during_the_forward(void **state)
     assert_true(fake_router_wait(&f->r, kv_all_free, f->pre_id, 10000));
 }
 
-/* KV through the transport instead of the mapped pool, over UCX's TCP transport, as daemons on
- * two hosts ship it (--kv-tls tcp --no-kv-map): the tiny model's blocks are small, so the
- * layers go packed into one message (kvx's "auto"); whole and layer-wise in chunks, the same
- * tokens as the engine alone, and nothing left reserved. */
-static void test_disagg_kv_over_tcp_matches_engine(void **state)
+/* KV through the transport instead of the mapped pool, over TCP, as daemons on two hosts ship
+ * it (--kv-tls tcp --no-kv-map), on kvx's own TCP connection (--kv-tcp auto, the default) or
+ * through UCX's TCP transport (--kv-tcp off): the tiny model's blocks are small, so the layers
+ * go packed into one message (kvx's "auto"); whole and layer-wise in chunks, the same tokens as
+ * the engine alone, and nothing left reserved. */
+static void kv_over_tcp(pd_fixture_t *f, const char *tcp)
 {
-    pd_fixture_t *f = *state;
-    const char *pre[] = {"--kv-tls",           "tcp", "--no-kv-map", "--kv-stream", "whole",
-                         "--max-batch-tokens", "64",  NULL};
-    const char *dec[] = {"--kv-tls", "tcp", "--no-kv-map", NULL};
+    const char *pre[] = {"--kv-tls",    "tcp",   "--no-kv-map",        "--kv-tcp", tcp,
+                         "--kv-stream", "whole", "--max-batch-tokens", "64",       NULL};
+    const char *dec[] = {"--kv-tls", "tcp", "--no-kv-map", "--kv-tcp", tcp, NULL};
     assert_int_equal(start_with(f, &f->pre, "prefill", f->pre_id, "4M", pre), 0);
     assert_int_equal(start_with(f, &f->dec, "decode", f->dec_id, "4M", dec), 0);
     f->r.ignore_eos = 1;
@@ -311,6 +311,16 @@ static void test_disagg_kv_over_tcp_matches_engine(void **state)
     bt_test_ref_close(ref);
     assert_true(fake_router_wait(&f->r, kv_all_free, f->pre_id, 10000));
     assert_true(fake_router_wait(&f->r, kv_all_free, f->dec_id, 10000));
+}
+
+static void test_disagg_kv_over_tcp_matches_engine(void **state)
+{
+    kv_over_tcp(*state, "auto");
+}
+
+static void test_disagg_kv_over_ucx_tcp_matches_engine(void **state)
+{
+    kv_over_tcp(*state, "off");
 }
 
 /* A streamed ship whose decode peer never connects: it waits --kv-peer-wait-ms from the end of
@@ -358,6 +368,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_disagg_decode_refuses_unreachable_peer, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_disagg_kv_over_tcp_matches_engine, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disagg_kv_over_ucx_tcp_matches_engine, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_disagg_layerwise_streams_during_the_forward, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_disagg_layerwise_without_peer_fails_cleanly, setup,
