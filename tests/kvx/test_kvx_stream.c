@@ -1,19 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * test_kvx_stream.c - kvx's TCP data connection on its own, two listeners in this process over
- * real loopback sockets: pairing by key, a wrong key refused, the next address tried after
- * one that leads nowhere, gathered sends and scattered
- * receives of more pieces than one system call takes (with the whole message already waiting
- * in the socket, so that one read could run past a piece list), back-to-back messages, drops
- * bigger than the drop buffer followed by an exact message, and the peer closing in the middle
- * of a message.
+ * real loopback sockets: pairing by key, a wrong key refused, a garbage hello cut off, the next
+ * address tried after one that leads nowhere, gathered sends and scattered receives of more pieces
+ * than one system call takes (with the whole message already waiting in the socket, so that one
+ * read could run past a piece list), back-to-back messages, drops bigger than the drop buffer
+ * followed by an exact message, and the peer closing in the middle of a message.
  */
 #include "testutil.h"
 
 #include "kvx_testlib.h"
 
 #include <stdlib.h>
+#include <arpa/inet.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "kvx/kvx_stream.h"
@@ -182,6 +183,39 @@ static void test_pairs_by_key_and_refuses_a_wrong_one(void **state)
     pair_down(&a, &b);
 }
 
+/* Whatever connects to the listener and does not say the right hello is cut off, and the
+ * listener goes on pairing. */
+static void test_garbage_hello_cut_off(void **state)
+{
+    side_t a, b;
+    side_init(&a);
+    side_init(&b);
+    kvx_stream_addr_t ba = side_addr(&b), aa = side_addr(&a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(ba.port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    char junk[24];
+    memset(junk, 'x', sizeof junk);
+    assert_int_equal(write(fd, junk, sizeof junk), (ssize_t)sizeof junk);
+    int64_t until = tl_now_ms() + 3000;
+    ssize_t n = 1;
+    while (n != 0 && tl_now_ms() < until) {
+        kvx_streams_progress(b.ss);
+        char c;
+        n = recv(fd, &c, 1, MSG_DONTWAIT);
+    }
+    assert_int_equal(n, 0); /* closed by the listener */
+    close(fd);
+    a.s = kvx_stream_open(a.ss, &ba, 1, &a);
+    b.s = kvx_stream_expect(b.ss, aa.key, &b);
+    until = tl_now_ms() + 5000;
+    while (!(kvx_stream_ready(a.s) && kvx_stream_ready(b.s)) && tl_now_ms() < until)
+        progress_both(&a, &b, 1);
+    assert_true(kvx_stream_ready(a.s) && kvx_stream_ready(b.s));
+    pair_down(&a, &b);
+}
+
 /* A peer elsewhere: its first address leads nowhere (TEST-NET-1, RFC 5737: no answer, or no
  * route), the next one reaches it; the initiator moves on and pairs. */
 static void test_next_address_after_a_dead_one(void **state)
@@ -334,6 +368,7 @@ int main(void)
     bt_log_set_level(BT_LOG_ERROR);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pairs_by_key_and_refuses_a_wrong_one),
+        cmocka_unit_test(test_garbage_hello_cut_off),
         cmocka_unit_test(test_next_address_after_a_dead_one),
         cmocka_unit_test(test_scattered_gathered_message_exact),
         cmocka_unit_test(test_back_to_back_drops_and_empty),
