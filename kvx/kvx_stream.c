@@ -48,6 +48,7 @@
 #define STREAM_CONNECT_MS 3000 /* per address */
 #define STREAM_PAIR_MS 10000   /* an accepted connection waits this long for its endpoint */
 #define STREAM_READ_BUDGET ((size_t)32 << 20) /* bytes read per connection per progress */
+#define STREAM_ACCEPT_PAUSE_MS 100            /* after accept fails for want of descriptors */
 #define STREAM_MSG_MAX ((uint64_t)1 << 40)
 
 enum {
@@ -109,6 +110,7 @@ struct kvx_streams {
     int family;
     uint16_t port;
     uint64_t key;
+    int64_t accept_paused_until; /* 0: the listener is watched */
     kvx_stream_addr_t self;
     kvx_stream_t *list;
     uint8_t drop[64 << 10];
@@ -380,8 +382,16 @@ static void accept_all(kvx_streams_t *ss)
 {
     for (;;) {
         int fd = accept4(ss->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
+        if (fd < 0 && (again() || errno == ECONNABORTED))
             return;
+        if (fd < 0) {
+            /* Out of descriptors (or memory): the connection stays queued and the listener
+             * readable; stop watching it for a while rather than spin on it. */
+            bt_warn("kvx stream: cannot accept a data connection (%s)", strerror(errno));
+            epoll_ctl(ss->pfd, EPOLL_CTL_DEL, ss->lfd, NULL);
+            ss->accept_paused_until = now_ms() + STREAM_ACCEPT_PAUSE_MS;
+            return;
+        }
         kvx_stream_t *s = stream_new(ss, ST_INBOUND, NULL);
         if (!s) {
             close(fd);
@@ -707,6 +717,11 @@ int kvx_streams_progress(kvx_streams_t *ss)
             on_event(evs[i].data.ptr, evs[i].events);
     }
     int64_t now = -1;
+    if (ss->accept_paused_until && (now = now_ms()) >= ss->accept_paused_until) {
+        struct epoll_event lev = {.events = EPOLLIN, .data.ptr = NULL};
+        ss->accept_paused_until = 0;
+        epoll_ctl(ss->pfd, EPOLL_CTL_ADD, ss->lfd, &lev);
+    }
     for (kvx_stream_t *s = ss->list; s; s = s->next) {
         if (s->state == ST_READY && s->broken)
             stream_break(s, "send failed");
