@@ -163,13 +163,13 @@ static void print_result(const kvb_opts_t *o, const kvb_result_t *r)
         printf("{\"program\":\"baton-kvbench\",\"transport\":\"%s\",\"mode\":\"%s\","
                "\"size_bytes\":%zu,\"gb_per_s\":%.3f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
                "\"layers\":%d,\"blocks\":%d,\"msgs_per_transfer\":%d,\"window\":%d,"
-               "\"iters\":%d}\n",
+               "\"iters\":%d,\"path\":\"%s\"}\n",
                r->transport, r->mode, r->size_bytes, r->gb_per_s, r->p50_us, r->p99_us, r->layers,
-               r->blocks, r->msgs, r->window, r->iters);
+               r->blocks, r->msgs, r->window, r->iters, r->path);
     } else {
-        printf("%-4s %-6s %10zu %7.2f %10.1f %10.1f %6d %6d %4d %4d\n", r->transport, r->mode,
+        printf("%-4s %-6s %10zu %7.2f %10.1f %10.1f %6d %6d %4d %4d %s\n", r->transport, r->mode,
                r->size_bytes, r->gb_per_s, r->p50_us, r->p99_us, r->layers, r->blocks, r->msgs,
-               r->window);
+               r->window, r->path);
     }
     fflush(stdout);
 }
@@ -229,8 +229,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "baton-kvbench: cannot pin to CPU 0\n");
     }
     if (!o.json)
-        printf("%-4s %-6s %10s %7s %10s %10s %6s %6s %4s %4s\n", "tr", "mode", "bytes", "GB/s",
-               "p50_us", "p99_us", "layers", "blocks", "msgs", "win");
+        printf("%-4s %-6s %10s %7s %10s %10s %6s %6s %4s %4s %s\n", "tr", "mode", "bytes", "GB/s",
+               "p50_us", "p99_us", "layers", "blocks", "msgs", "win", "path");
     for (int t = 0; t < o.n_transports; t++)
         if (kvb_run_transport(&o, o.transports[t], print_result) != 0)
             return 1;

@@ -46,8 +46,9 @@ typedef struct {
     const char *mode;
     size_t size_bytes;
     int layers;
-    int blocks; /* per layer */
-    int msgs;   /* data messages per transfer, as received (mapped: copies) */
+    int blocks;       /* per layer */
+    int msgs;         /* data messages per transfer, as received (mapped: copies) */
+    const char *path; /* how the data moved (bt_kvx_peer_data_path) at the end */
     int window;
     int iters;
     double gb_per_s; /* 1e9 bytes per second, window transfers in flight */

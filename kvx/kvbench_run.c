@@ -346,6 +346,7 @@ static int latency_pass(bench_t *b, const int32_t *dst, int32_t nb, int iters, k
         return -1;
     bt_kvx_get_stats(b->kvx, &st1);
     r->msgs = (int)((st1.n_data_msgs_recv - st0.n_data_msgs_recv + (iters + 2) / 2) / (iters + 2));
+    r->path = bt_kvx_peer_data_path(b->peer);
     qsort(lat, (size_t)iters, sizeof *lat, cmp_double);
     r->p50_us = lat[iters / 2];
     r->p99_us = lat[(iters * 99) / 100 < iters ? (iters * 99) / 100 : iters - 1];
