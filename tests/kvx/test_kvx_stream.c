@@ -106,21 +106,28 @@ static void progress_both(side_t *a, side_t *b, int ms)
     }
 }
 
-/* a connects to b, b expects a: both paired. */
-static void pair_up(side_t *a, side_t *b)
+/* a connects to b at the addresses ba (loopback first if same_host), b expects a: both end up
+ * paired within ms. */
+static void open_paired(side_t *a, side_t *b, const kvx_stream_addr_t *ba, int same_host, int ms)
 {
-    side_init(a);
-    side_init(b);
-    kvx_stream_addr_t ba = side_addr(b), aa = side_addr(a);
-    a->s = kvx_stream_open(a->ss, &ba, 1, a);
+    kvx_stream_addr_t aa = side_addr(a);
+    a->s = kvx_stream_open(a->ss, ba, same_host, a);
     b->s = kvx_stream_expect(b->ss, aa.key, b);
     assert_non_null(a->s);
     assert_non_null(b->s);
-    int64_t until = tl_now_ms() + 5000;
+    int64_t until = tl_now_ms() + ms;
     while (!(kvx_stream_ready(a->s) && kvx_stream_ready(b->s)) && tl_now_ms() < until)
         progress_both(a, b, 1);
     assert_true(kvx_stream_ready(a->s));
     assert_true(kvx_stream_ready(b->s));
+}
+
+static void pair_up(side_t *a, side_t *b)
+{
+    side_init(a);
+    side_init(b);
+    kvx_stream_addr_t ba = side_addr(b);
+    open_paired(a, b, &ba, 1, 5000);
 }
 
 static void pair_down(side_t *a, side_t *b)
@@ -190,7 +197,7 @@ static void test_garbage_hello_cut_off(void **state)
     side_t a, b;
     side_init(&a);
     side_init(&b);
-    kvx_stream_addr_t ba = side_addr(&b), aa = side_addr(&a);
+    kvx_stream_addr_t ba = side_addr(&b);
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(ba.port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -207,12 +214,7 @@ static void test_garbage_hello_cut_off(void **state)
     }
     assert_int_equal(n, 0); /* closed by the listener */
     close(fd);
-    a.s = kvx_stream_open(a.ss, &ba, 1, &a);
-    b.s = kvx_stream_expect(b.ss, aa.key, &b);
-    until = tl_now_ms() + 5000;
-    while (!(kvx_stream_ready(a.s) && kvx_stream_ready(b.s)) && tl_now_ms() < until)
-        progress_both(&a, &b, 1);
-    assert_true(kvx_stream_ready(a.s) && kvx_stream_ready(b.s));
+    open_paired(&a, &b, &ba, 1, 5000);
     pair_down(&a, &b);
 }
 
@@ -223,19 +225,13 @@ static void test_next_address_after_a_dead_one(void **state)
     side_t a, b;
     side_init(&a);
     side_init(&b);
-    kvx_stream_addr_t ba = side_addr(&b), aa = side_addr(&a);
+    kvx_stream_addr_t ba = side_addr(&b);
     ba.n = 2;
     ba.addr[0].family = 4;
     memcpy(ba.addr[0].bytes, (uint8_t[]){192, 0, 2, 1}, 4);
     ba.addr[1].family = 4;
     memcpy(ba.addr[1].bytes, (uint8_t[]){127, 0, 0, 1}, 4);
-    a.s = kvx_stream_open(a.ss, &ba, 0, &a);
-    b.s = kvx_stream_expect(b.ss, aa.key, &b);
-    int64_t until = tl_now_ms() + 8000; /* 3 s per address at most */
-    while (!(kvx_stream_ready(a.s) && kvx_stream_ready(b.s)) && tl_now_ms() < until)
-        progress_both(&a, &b, 1);
-    assert_true(kvx_stream_ready(a.s));
-    assert_true(kvx_stream_ready(b.s));
+    open_paired(&a, &b, &ba, 0, 8000); /* 3 s per address at most */
     pair_down(&a, &b);
 }
 
