@@ -572,7 +572,8 @@ int kvx_stream_recv(kvx_stream_t *s, const kvx_iov_t *iov, int n, kvx_op_t *op)
     s->in_n = iov ? n : 0;
     s->in_i = 0;
     s->in_off = 0;
-    s->in_op = op;
+    /* An empty message is received already: the caller has its op back, nothing ends later. */
+    s->in_op = s->in_left ? op : NULL;
     return s->in_left ? BT_AGAIN : BT_OK;
 }
 
