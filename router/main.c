@@ -23,6 +23,7 @@ typedef struct {
     int max_prompt_tokens, max_tokens, default_max_tokens;
     int max_queue, max_requests, max_retries, max_instances;
     float slo_ttft_ms, slo_tpot_ms;
+    int busy_poll, io_cpu;
 } cfg_t;
 
 #define OPT(n, t, d, lo, hi, f, h)                                                                 \
@@ -58,6 +59,10 @@ static const bt_cfg_opt_t opts[] = {
     OPT("finish-grace-ms", BT_CFG_INT, "500", 0, 60000, finish_grace_ms,
         "after the last DONE, wait this long for a late prefill DONE or token"),
     OPT("tick-ms", BT_CFG_INT, "10", 1, 1000, tick_ms, "housekeeping period"),
+    OPT("busy-poll", BT_CFG_BOOL, "0", 0, 0, busy_poll,
+        "the event loop polls without sleeping: half the added latency, a whole core busy"),
+    OPT("io-cpu", BT_CFG_INT, "-1", -1, 1023, io_cpu,
+        "CPU for ZeroMQ's I/O thread (with --busy-poll, another core than the loop's); -1: any"),
     OPT("pair-idle-ms", BT_CFG_INT, "1000", 1, 3600000, pair_idle_ms,
         "pairs: a member serving prefill with no prompt this long switches to decode"),
     OPT("pair-switch-ms", BT_CFG_INT, "200", 1, 3600000, pair_switch_ms,
@@ -126,6 +131,8 @@ static void fill_params(const cfg_t *c, router_params_t *p, char *cl, char *cu, 
         .drain_timeout_ms = c->drain_timeout_ms,
         .finish_grace_ms = c->finish_grace_ms,
         .tick_ms = c->tick_ms,
+        .busy_poll = c->busy_poll,
+        .io_cpu = c->io_cpu,
         .pair_idle_ms = c->pair_idle_ms,
         .pair_switch_ms = c->pair_switch_ms,
         .max_prompt_tokens = (uint32_t)c->max_prompt_tokens,

@@ -176,6 +176,11 @@ int router_create(const router_params_t *params, router_t **out)
     r->p.mode = r->p.profile_path = NULL;
     if (st == BT_OK && !(r->zctx = zmq_ctx_new()))
         st = BT_ERR_IO;
+    /* Before the first socket, which starts the I/O thread. */
+    if (st == BT_OK && params->io_cpu >= 0 &&
+        zmq_ctx_set(r->zctx, ZMQ_THREAD_AFFINITY_CPU_ADD, params->io_cpu) != 0)
+        bt_warn("router: cannot pin the I/O thread to CPU %d: %s", params->io_cpu,
+                zmq_strerror(zmq_errno()));
     if (st == BT_OK)
         st = open_socket(r, params->client_endpoint, &r->clients);
     if (st == BT_OK)
@@ -576,7 +581,8 @@ int router_run(router_t *r)
         }
         int which = 3;
         if (idle) {
-            which = wait_sockets(fd, (long)(next_tick > now ? next_tick - now : 0));
+            long wait_ms = r->p.busy_poll ? 0 : (long)(next_tick > now ? next_tick - now : 0);
+            which = wait_sockets(fd, wait_ms);
             if (which < 0) {
                 bt_error("poll: %s", strerror(errno));
                 return BT_ERR_IO;

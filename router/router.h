@@ -40,6 +40,9 @@ typedef struct {
     int max_retries;                 /* failovers one request may take */
     int max_instances;               /* instance table size */
     double slo_ttft_ms, slo_tpot_ms; /* default objectives */
+    int busy_poll; /* the event loop never sleeps: lower latency for a whole core */
+    int io_cpu;    /* CPU for ZeroMQ's I/O thread; -1: wherever the process may run (set it:
+                    * 0 means CPU 0) */
 } router_params_t;
 
 typedef struct router router_t;

@@ -358,9 +358,8 @@ static void test_flow_nospace_waits_for_the_next_heartbeat(void **state)
  * router sends on a socket that has more waiting) is answered well within it. The router
  * sleeps on its sockets' descriptors; a wake-up consumed by a send and not looked for again
  * would leave a message waiting for the tick. */
-static void test_flow_messages_are_served_between_ticks(void **state)
+static void served_between_ticks(void **state, const char *const *extra)
 {
-    const char *const extra[] = {"--tick-ms", "1000", "--dead-after-ms", "60000", NULL};
     rt_cluster_t *c = start(state, extra);
     rt_daemon_t *p = rt_daemon_add(c, "p0", BATON__ROLE__PREFILL);
     rt_daemon_t *d = rt_daemon_add(c, "d0", BATON__ROLE__DECODE);
@@ -397,6 +396,20 @@ static void test_flow_messages_are_served_between_ticks(void **state)
     }
 }
 
+static void test_flow_messages_are_served_between_ticks(void **state)
+{
+    const char *const extra[] = {"--tick-ms", "1000", "--dead-after-ms", "60000", NULL};
+    served_between_ticks(state, extra);
+}
+
+/* The same with the event loop polling instead of sleeping and the I/O thread pinned. */
+static void test_flow_busy_poll_serves_the_same(void **state)
+{
+    const char *const extra[] = {
+        "--tick-ms", "1000", "--dead-after-ms", "60000", "--busy-poll", "--io-cpu", "0", NULL};
+    served_between_ticks(state, extra);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -411,6 +424,7 @@ int main(void)
         cmocka_unit_test_teardown(test_flow_nospace_tries_another_decode, teardown),
         cmocka_unit_test_teardown(test_flow_nospace_waits_for_the_next_heartbeat, teardown),
         cmocka_unit_test_teardown(test_flow_messages_are_served_between_ticks, teardown),
+        cmocka_unit_test_teardown(test_flow_busy_poll_serves_the_same, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
