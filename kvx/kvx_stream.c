@@ -325,6 +325,27 @@ static int hs_read(kvx_stream_t *s, size_t want)
     return 1;
 }
 
+/* Logs a connection's pairing with the address at the other end. */
+static void log_ready(const kvx_stream_t *s)
+{
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (getpeername(s->fd, (struct sockaddr *)&sa, &sl) == 0) {
+        if (sa.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&sa;
+            inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+            port = ntohs(a->sin6_port);
+        } else if (sa.ss_family == AF_INET) {
+            const struct sockaddr_in *a = (const struct sockaddr_in *)&sa;
+            inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+            port = ntohs(a->sin_port);
+        }
+    }
+    bt_info("kvx stream: TCP data connection with [%s]:%d up", host, port);
+}
+
 /* Initiator: the acceptor's answer. */
 static void hello_answer(kvx_stream_t *s)
 {
@@ -336,6 +357,7 @@ static void hello_answer(kvx_stream_t *s)
         return;
     }
     s->state = ST_READY;
+    log_ready(s);
 }
 
 /* Acceptor: pairs the held connection in with the endpoint s, which takes its descriptor. */
@@ -353,6 +375,8 @@ static void pair(kvx_stream_t *s, kvx_stream_t *in)
                    : ST_FAILED;
     if (s->state == ST_FAILED)
         fd_close(s);
+    else
+        log_ready(s);
 }
 
 /* Acceptor: the hello of an accepted connection. */
