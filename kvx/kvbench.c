@@ -15,6 +15,7 @@
 
 #include "common/log.h"
 #include "kvbench.h"
+#include "kvx/kvx.h"
 
 static void usage(FILE *f)
 {
@@ -63,13 +64,6 @@ static int parse_size(const char *s, size_t *out)
         return -1;
     *out = (size_t)(v * (double)mul);
     return 0;
-}
-
-/* auto|on|off as 0, 1, -1 (bt_kvx_params_t's convention); -1 returned for anything else. */
-static int parse_auto_on_off(const char *v, int *out)
-{
-    *out = strcmp(v, "on") == 0 ? 1 : strcmp(v, "off") == 0 ? -1 : 0;
-    return strcmp(v, "auto") == 0 || *out ? 0 : -1;
 }
 
 static int parse_sizes(const char *s, kvb_opts_t *o)
@@ -135,9 +129,9 @@ static int parse_opt(kvb_opts_t *o, const char *k, const char *v)
     if (strcmp(k, "--sizes") == 0)
         return parse_sizes(v, o);
     if (strcmp(k, "--pack") == 0)
-        return parse_auto_on_off(v, &o->pack);
+        return bt_kvx_auto_on_off(v, &o->pack) == BT_OK ? 0 : -1;
     if (strcmp(k, "--stream") == 0)
-        return parse_auto_on_off(v, &o->stream);
+        return bt_kvx_auto_on_off(v, &o->stream) == BT_OK ? 0 : -1;
     if (strcmp(k, "--iters") == 0)
         return parse_int(v, 1, 1000000, &o->iters);
     if (strcmp(k, "--window") == 0)

@@ -48,6 +48,15 @@ const char *bt_kvx_backend_list(void)
 #endif
 }
 
+int bt_kvx_auto_on_off(const char *v, int *out)
+{
+    *out = !v || !strcmp(v, "auto") ? 0 : !strcmp(v, "on") ? 1 : !strcmp(v, "off") ? -1 : 2;
+    if (*out != 2)
+        return BT_OK;
+    *out = 0;
+    return BT_ERR_INVAL;
+}
+
 int64_t kvx_now_ms(void)
 {
     /* The coarse clock (a few ms of resolution, plenty for keepalive, timeouts and leases)

@@ -90,6 +90,10 @@ typedef struct {
                           * peer whose pool is in host memory; -1: never (all data over UCX) */
 } bt_kvx_params_t;
 
+/* Parses a setting of the auto/on/off kind above (pack, stream): "auto" (or NULL) 0, "on" 1,
+ * "off" -1; BT_ERR_INVAL for anything else. */
+int bt_kvx_auto_on_off(const char *v, int *out);
+
 /* Runs of a layer's blocks this big or bigger go as they are by default: over TCP loopback a
  * message of 128 KiB costs about as much as copying it. */
 #define BT_KVX_PACK_RUN_BYTES (128u << 10)

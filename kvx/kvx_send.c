@@ -125,18 +125,26 @@ static void send_ready(bt_kvx_send_t *s, int32_t ready)
     kvx_buf_fini(&m);
 }
 
+/* Where segment g of a layer lies in our pool, and its bytes. */
+static char *seg_src(const bt_kvx_send_t *s, int32_t layer, int32_t g)
+{
+    return s->kvx->base + kvx_pool_off(s->kvx, layer, s->src[s->seg_idx[g]]);
+}
+
+static size_t seg_bytes(const bt_kvx_send_t *s, int32_t g)
+{
+    return (size_t)s->seg_len[g] * (size_t)s->kvx->layout.block_bytes;
+}
+
 /* The pieces of layers [a, b) in the order a packed message holds them (the request's blocks
  * in order, layer after layer), for a gathered send; freed with the op. */
 static kvx_iov_t *packed_iov(const bt_kvx_send_t *s, int32_t a, int32_t b, int *n_out)
 {
-    const bt_kvx_t *kvx = s->kvx;
-    size_t bb = (size_t)kvx->layout.block_bytes;
     kvx_iov_t *iov = bt_malloc((size_t)(b - a) * (size_t)s->n_segs * sizeof *iov);
     int n = 0;
     for (int32_t l = a; iov && l < b; l++)
         for (int32_t g = 0; g < s->n_segs; g++)
-            iov[n++] = (kvx_iov_t){.base = kvx->base + kvx_pool_off(kvx, l, s->src[s->seg_idx[g]]),
-                                   .len = (size_t)s->seg_len[g] * bb};
+            iov[n++] = (kvx_iov_t){.base = seg_src(s, l, g), .len = seg_bytes(s, g)};
     *n_out = n;
     return iov;
 }
@@ -171,9 +179,8 @@ static int send_packed(bt_kvx_send_t *s, int32_t ready)
     }
     for (int32_t l = a; buf && l < b; l++) {
         for (int32_t g = 0; g < s->n_segs; g++) {
-            size_t n = (size_t)s->seg_len[g] * bb;
-            memcpy(buf, kvx->base + kvx_pool_off(kvx, l, s->src[s->seg_idx[g]]), n);
-            buf += n;
+            memcpy(buf, seg_src(s, l, g), seg_bytes(s, g));
+            buf += seg_bytes(s, g);
         }
     }
     op->send = s;
@@ -206,7 +213,6 @@ static int send_window(const bt_kvx_send_t *s)
 void kvx_send_pump(bt_kvx_send_t *s)
 {
     bt_kvx_t *kvx = s->kvx;
-    size_t bb = (size_t)kvx->layout.block_bytes;
     int32_t ready = atomic_load(&s->layers_ready);
     if (s->method == KVX_METHOD_MAP && s->state == KVX_X_ACTIVE && s->gen && s->next_layer < ready)
         send_ready(s, ready);
@@ -219,8 +225,8 @@ void kvx_send_pump(bt_kvx_send_t *s)
                 continue;
             break;
         }
-        int32_t l = s->next_layer, g = s->next_seg, idx = s->seg_idx[g];
-        size_t len = (size_t)s->seg_len[g] * bb;
+        int32_t l = s->next_layer, g = s->next_seg;
+        size_t len = seg_bytes(s, g);
         kvx_op_t *op = kvx_op_get(kvx);
         if (!op) {
             send_end_mark(s, BT_ERR_NOMEM, 1);
@@ -233,8 +239,8 @@ void kvx_send_pump(bt_kvx_send_t *s)
             s->next_seg = 0;
             s->next_layer++;
         }
-        int st = kvx->ops->send_data(kvx->be, s->peer->ep, kvx_tag_data(s->gen, l, idx),
-                                     kvx->base + kvx_pool_off(kvx, l, s->src[idx]), len, op);
+        int st = kvx->ops->send_data(kvx->be, s->peer->ep, kvx_tag_data(s->gen, l, s->seg_idx[g]),
+                                     seg_src(s, l, g), len, op);
         if (st != BT_AGAIN) {
             kvx_op_put(kvx, op);
             kvx_send_op_end(s, len, st == BT_OK ? BT_OK : BT_ERR_PEER);

@@ -30,7 +30,6 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
@@ -116,13 +115,6 @@ struct kvx_streams {
     uint8_t drop[64 << 10];
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void put_u32(uint8_t *p, uint32_t v)
 {
     for (int i = 0; i < 4; i++)
@@ -135,20 +127,12 @@ static void put_u64(uint8_t *p, uint64_t v)
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
-static uint32_t get_u32(const uint8_t *p)
+static size_t iov_bytes(const kvx_iov_t *iov, int n)
 {
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
+    size_t sum = 0;
+    for (int i = 0; iov && i < n; i++)
+        sum += iov[i].len;
+    return sum;
 }
 
 static int again(void)
@@ -282,7 +266,7 @@ static void connect_next(kvx_stream_t *s)
         }
         s->state = ST_CONNECTING;
         s->hs_got = 0;
-        s->deadline_ms = now_ms() + STREAM_CONNECT_MS;
+        s->deadline_ms = kvx_now_ms() + STREAM_CONNECT_MS;
         ep_set(s, EPOLL_CTL_ADD, EPOLLIN | EPOLLOUT);
         s->want_out = 1;
         return;
@@ -352,7 +336,10 @@ static void hello_answer(kvx_stream_t *s)
     int r = hs_read(s, STREAM_ACK);
     if (r == 0)
         return;
-    if (r < 0 || get_u32(s->hs) != STREAM_MAGIC || get_u32(s->hs + 4) != 0) {
+    kvx_rd_t rd;
+    kvx_rd_init(&rd, s->hs, STREAM_ACK);
+    uint32_t magic = kvx_rd_u32(&rd), status = kvx_rd_u32(&rd);
+    if (r < 0 || magic != STREAM_MAGIC || status != 0) {
         connect_next(s); /* the wrong process, or it refused us */
         return;
     }
@@ -386,13 +373,16 @@ static void hello_in(kvx_stream_t *in)
     int r = hs_read(in, STREAM_HELLO);
     if (r == 0)
         return;
-    if (r < 0 || get_u32(in->hs) != STREAM_MAGIC || get_u32(in->hs + 4) != STREAM_VERSION ||
-        get_u64(in->hs + 8) != ss->key) {
+    kvx_rd_t rd;
+    kvx_rd_init(&rd, in->hs, STREAM_HELLO);
+    uint32_t magic = kvx_rd_u32(&rd), version = kvx_rd_u32(&rd);
+    uint64_t ours = kvx_rd_u64(&rd);
+    in->key = kvx_rd_u64(&rd);
+    if (r < 0 || magic != STREAM_MAGIC || version != STREAM_VERSION || ours != ss->key) {
         fd_close(in);
         in->state = ST_CLOSED;
         return;
     }
-    in->key = get_u64(in->hs + 16);
     for (kvx_stream_t *s = ss->list; s; s = s->next) {
         if (s->state == ST_EXPECT && s->key == in->key) {
             pair(s, in);
@@ -413,7 +403,7 @@ static void accept_all(kvx_streams_t *ss)
              * readable; stop watching it for a while rather than spin on it. */
             bt_warn("kvx stream: cannot accept a data connection (%s)", strerror(errno));
             epoll_ctl(ss->pfd, EPOLL_CTL_DEL, ss->lfd, NULL);
-            ss->accept_paused_until = now_ms() + STREAM_ACCEPT_PAUSE_MS;
+            ss->accept_paused_until = kvx_now_ms() + STREAM_ACCEPT_PAUSE_MS;
             return;
         }
         kvx_stream_t *s = stream_new(ss, ST_INBOUND, NULL);
@@ -423,7 +413,7 @@ static void accept_all(kvx_streams_t *ss)
         }
         sock_tune(fd);
         s->fd = fd;
-        s->deadline_ms = now_ms() + STREAM_PAIR_MS;
+        s->deadline_ms = kvx_now_ms() + STREAM_PAIR_MS;
         ep_set(s, EPOLL_CTL_ADD, EPOLLIN);
     }
 }
@@ -491,10 +481,7 @@ static ssize_t send_v(int fd, struct iovec *v, int k)
 int kvx_stream_send(kvx_stream_t *s, uint64_t tag, const kvx_iov_t *iov, int n, size_t len,
                     kvx_op_t *op)
 {
-    size_t sum = 0;
-    for (int i = 0; i < n; i++)
-        sum += iov[i].len;
-    if (sum != len)
+    if (iov_bytes(iov, n) != len)
         return BT_ERR_INVAL;
     if (!kvx_stream_ready(s))
         return BT_ERR_PEER;
@@ -577,11 +564,8 @@ static void flush(kvx_stream_t *s)
 
 int kvx_stream_recv(kvx_stream_t *s, const kvx_iov_t *iov, int n, kvx_op_t *op)
 {
-    size_t sum = 0;
-    for (int i = 0; iov && i < n; i++)
-        sum += iov[i].len;
     s->claimed = 1;
-    if (iov && sum != s->in_left) {
+    if (iov && iov_bytes(iov, n) != s->in_left) {
         iov = NULL; /* not what the message holds: drop it, and say so */
         op = NULL;
         s->in_iov = NULL;
@@ -650,7 +634,9 @@ static void body_done(kvx_stream_t *s)
 /* A header is in: the owner decides where the body goes. 0 to go on, -1 to stop. */
 static int header_in(kvx_stream_t *s)
 {
-    uint64_t tag = get_u64(s->hdr), len = get_u64(s->hdr + 8);
+    kvx_rd_t rd;
+    kvx_rd_init(&rd, s->hdr, STREAM_HDR);
+    uint64_t tag = kvx_rd_u64(&rd), len = kvx_rd_u64(&rd);
     s->hdr_got = 0;
     if (len > STREAM_MSG_MAX) {
         stream_break(s, "malformed message header");
@@ -742,7 +728,7 @@ int kvx_streams_progress(kvx_streams_t *ss)
             on_event(evs[i].data.ptr, evs[i].events);
     }
     int64_t now = -1;
-    if (ss->accept_paused_until && (now = now_ms()) >= ss->accept_paused_until) {
+    if (ss->accept_paused_until && (now = kvx_now_ms()) >= ss->accept_paused_until) {
         struct epoll_event lev = {.events = EPOLLIN, .data.ptr = NULL};
         ss->accept_paused_until = 0;
         epoll_ctl(ss->pfd, EPOLL_CTL_ADD, ss->lfd, &lev);
@@ -756,7 +742,7 @@ int kvx_streams_progress(kvx_streams_t *ss)
             s->state != ST_HELD)
             continue;
         if (now < 0)
-            now = now_ms();
+            now = kvx_now_ms();
         if (now <= s->deadline_ms)
             continue;
         if (s->state == ST_CONNECTING || s->state == ST_HELLO_OUT) {
@@ -881,7 +867,7 @@ int kvx_streams_create(const kvx_stream_cbs_t *cbs, int owner_fd, kvx_streams_t 
         return BT_ERR_IO;
     }
     if (getrandom(&ss->key, sizeof ss->key, 0) != (ssize_t)sizeof ss->key)
-        ss->key = (uint64_t)now_ms() * 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
+        ss->key = (uint64_t)kvx_now_ms() * 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
     ss->key |= 1; /* 0 never names a listener */
     self_addrs(ss);
     ss->self.port = ss->port;

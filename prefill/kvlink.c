@@ -155,12 +155,10 @@ int bt_kvlink_pump(bt_kvlink_t *l, bt_kvlink_event_fn fn, void *ctx)
 /* An auto|on|off option (NULL: auto) as 0, 1 or -1. */
 static int auto_on_off(const char *name, const char *v, int *out)
 {
-    *out = !v || !strcmp(v, "auto") ? 0 : !strcmp(v, "on") ? 1 : !strcmp(v, "off") ? -1 : 2;
-    if (*out == 2) {
+    int st = bt_kvx_auto_on_off(v, out);
+    if (st != BT_OK)
         bt_error("kvlink: --%s must be auto, on or off, not '%s'", name, v);
-        return BT_ERR_INVAL;
-    }
-    return BT_OK;
+    return st;
 }
 
 int bt_kvlink_create_from_cfg(const bt_kvlink_cfg_t *c, bt_engine_t *engine, const char *name,
