@@ -39,7 +39,7 @@ typedef struct {
     size_t kv_mem;
     float slo_ttft_ms, slo_tpot_ms;
     int prefill, decode, colocated, pairs, port, cluster_port, threads;
-    int max_batch_tokens, max_batch_seqs, ctx, ready_timeout_ms, stop_timeout_ms;
+    int max_batch_tokens, max_batch_seqs, ctx, ready_timeout_ms, stop_timeout_ms, step_logs;
 } up_cfg_t;
 
 #define OPT(n, t, d, lo, hi, f, h)                                                                 \
@@ -87,6 +87,8 @@ static const bt_cfg_opt_t up_opts[] = {
         "prefill KV shipping: whole (after prefill) or layer"),
     OPT("log-dir", BT_CFG_STRING, NULL, 0, 0, log_dir,
         "write each process's log to DIR/NAME.log instead of stderr"),
+    OPT("step-logs", BT_CFG_BOOL, "0", 0, 0, step_logs,
+        "each daemon records every forward in DIR/NAME.steps.csv (needs --log-dir)"),
     OPT("log-level", BT_CFG_STRING, "warn", 0, 0, log_level, "log level of the children"),
     OPT("ready-timeout-ms", BT_CFG_INT, "120000", 1, 1 << 30, ready_timeout_ms,
         "give up if the cluster is not healthy by then"),
@@ -378,6 +380,13 @@ static int start_daemon(up_t *u, const char *kind, int index, int threads, const
     arg_int(&a, "--ctx", c->ctx);
     arg(&a, "--log-level");
     arg(&a, c->log_level);
+    if (c->step_logs) {
+        char *dst = a.buf + a.used;
+        int n = snprintf(dst, sizeof a.buf - a.used, "%.3000s/%s.steps.csv", c->log_dir, name);
+        a.used += (size_t)n + 1;
+        arg(&a, "--step-log");
+        arg(&a, dst);
+    }
     if (!strcmp(kind, "prefill")) {
         arg(&a, "--kv-stream");
         arg(&a, c->kv_stream);
@@ -579,6 +588,10 @@ static int up_run(up_t *u)
     }
     if (parse_cpus(u) != 0)
         return 2;
+    if (u->c->step_logs && !u->c->log_dir) {
+        fprintf(stderr, "baton up: --step-logs needs --log-dir\n");
+        return 2;
+    }
     if (find_bindir(u) != 0 || (u->c->model ? 0 : default_model(u)) != 0)
         return 1;
     if (u->c->model)

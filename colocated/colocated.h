@@ -12,6 +12,7 @@
 #define BATON_COLOCATED_H
 
 #include "common/engine.h"
+#include "common/steplog.h"
 #include "common/worker.h"
 
 typedef struct bt_colocated bt_colocated_t;
@@ -20,6 +21,7 @@ typedef struct {
     bt_engine_t *engine;    /* borrowed */
     int32_t max_batch_seqs; /* sequences per forward */
     int32_t max_requests;   /* requests held at once */
+    bt_steplog_t *steplog;  /* borrowed; NULL: steps are not recorded */
 } bt_colocated_params_t;
 
 int bt_colocated_create(const bt_colocated_params_t *p, bt_colocated_t **out);

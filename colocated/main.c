@@ -31,7 +31,11 @@ static int serve(const colo_cfg_t *c, bt_daemon_t *d)
                        ? c->daemon.max_batch_seqs
                        : c->daemon.max_batch_tokens;
     bt_colocated_params_t cp = {
-        .engine = d->engine, .max_batch_seqs = seqs, .max_requests = c->daemon.max_requests};
+        .engine = d->engine,
+        .max_batch_seqs = seqs,
+        .max_requests = c->daemon.max_requests,
+        .steplog = d->steplog,
+    };
     bt_colocated_t *role = NULL;
     bt_worker_t *w = NULL;
     bt_worker_params_t wp;

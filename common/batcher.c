@@ -13,6 +13,7 @@
 
 #include "alloc.h"
 #include "btassert.h"
+#include "clock.h"
 #include "log.h"
 #include "parfor.h"
 #include "reqtable.h"
@@ -359,6 +360,29 @@ static int forward_plan(bt_batcher_t *b, int32_t n_run)
     return engine_forward(b, b->batch, n_run);
 }
 
+/* The step log's line for the plan's n rows (b->rows, as planned): a prefill batch when no
+ * sequence was decoding, a decode step when each computed one token of a decoding sequence. */
+static void log_step(bt_batcher_t *b, int32_t n, double t0, double forward_ms)
+{
+    double sum = 0, sum2 = 0, ctx = 0;
+    int32_t decoding = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const bt_batcher_rows_t *r = &b->rows[i];
+        sum += r->n;
+        sum2 += (double)r->n * r->n;
+        ctx += r->pos0 + r->n;
+        decoding += r->decoding && r->n == 1;
+    }
+    if (decoding == n)
+        bt_steplog_write(b->p.steplog, BT_STEP_DECODE, n, ctx, n, t0, forward_ms,
+                         bt_mono_ms() - t0);
+    else if (decoding == 0)
+        bt_steplog_write(b->p.steplog, BT_STEP_PREFILL, sum, sum2, n, t0, forward_ms,
+                         bt_mono_ms() - t0);
+    else
+        bt_steplog_write(b->p.steplog, BT_STEP_MIXED, n, sum, n, t0, forward_ms, bt_mono_ms() - t0);
+}
+
 int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
 {
     bt_sched_plan_t plan = {.run = b->run, .preempted = b->preempted};
@@ -387,7 +411,9 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
     if (b->p.hooks.planned)
         b->p.hooks.planned(b->p.hooks.arg, w, b->rows, n_run,
                            n_run == 1 && rows > bt_engine_max_batch_tokens(b->p.engine));
+    double t0 = b->p.steplog ? bt_mono_ms() : 0;
     int st = forward_plan(b, n_run);
+    double forward_ms = b->p.steplog ? bt_mono_ms() - t0 : 0;
     /* Every sequence's token first, then streamed in order. Whole rows cost about a
      * millisecond each to sample on a large vocabulary: they go to every core (each sequence's
      * sampler and text are its own); greedy and top-k rows are cheap and stay on this thread. */
@@ -409,6 +435,8 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
         seq_advance(b, w, s, &b->steps[i]);
     }
     bt_worker_flush(w);
+    if (b->p.steplog && st == BT_OK)
+        log_step(b, n_run, t0, forward_ms);
     return BT_OK;
 }
 

@@ -20,6 +20,7 @@
 
 #include "engine.h"
 #include "request.h"
+#include "steplog.h"
 #include "worker.h"
 
 typedef struct bt_batcher bt_batcher_t;
@@ -52,6 +53,7 @@ typedef struct {
     int prefill_first;      /* 1: iterations that admit prompts run them alone (colocated) */
     int32_t max_requests;   /* most sequences held at once */
     bt_batcher_hooks_t hooks;
+    bt_steplog_t *steplog; /* borrowed; NULL: steps are not recorded */
 } bt_batcher_params_t;
 
 int bt_batcher_create(const bt_batcher_params_t *p, bt_batcher_t **out);

@@ -78,6 +78,8 @@ int bt_daemon_setup(const bt_daemon_cfg_t *c, Baton__Role role, bt_daemon_t *d)
     }
     if ((st = bt_model_id_str(&d->model->hp, d->model_id, sizeof d->model_id)) != BT_OK)
         goto err;
+    if (c->step_log && (st = bt_steplog_open(c->step_log, &d->steplog)) != BT_OK)
+        goto err;
     if (c->id) {
         snprintf(d->instance_id, sizeof d->instance_id, "%s", c->id);
     } else {
@@ -98,6 +100,8 @@ err:
 
 void bt_daemon_teardown(bt_daemon_t *d)
 {
+    bt_steplog_close(d->steplog);
+    d->steplog = NULL;
     bt_engine_destroy(d->engine);
     d->engine = NULL;
     bt_model_destroy(d->model);

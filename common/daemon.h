@@ -18,6 +18,7 @@
 #include "config.h"
 #include "engine.h"
 #include "modelid.h"
+#include "steplog.h"
 #include "worker.h"
 
 typedef struct {
@@ -37,6 +38,7 @@ typedef struct {
     int heartbeat_ms;
     int max_requests;     /* requests in flight at most */
     int drain_timeout_ms; /* abort what is left this long after SIGTERM; 0: never */
+    char *step_log;       /* record every forward here (steplog.h); NULL: no */
 } bt_daemon_cfg_t;
 
 #define BT_DAEMON_OPT(T, n, t, d, lo, hi, f, h)                                                    \
@@ -75,6 +77,8 @@ typedef struct {
                       "requests in flight at most; more are refused as overloaded"),               \
         BT_DAEMON_OPT(T, "drain-timeout-ms", BT_CFG_INT, "0", 0, 1 << 30, drain_timeout_ms,        \
                       "after SIGTERM, abort requests still running after this long; 0: never"),    \
+        BT_DAEMON_OPT(T, "step-log", BT_CFG_STRING, NULL, 0, 0, step_log,                          \
+                      "write every forward's shape and time here (CSV; baton-profile --refit)"),   \
         BT_DAEMON_OPT(T, "log-level", BT_CFG_STRING, "info", 0, 0, log_level,                      \
                       "debug, info, warn, error or off")
 
@@ -82,7 +86,8 @@ typedef struct {
 typedef struct {
     bt_model_t *model;
     bt_engine_t *engine;
-    int32_t n_ctx; /* the context length in use */
+    bt_steplog_t *steplog; /* --step-log; NULL without */
+    int32_t n_ctx;         /* the context length in use */
     char model_id[BT_MODEL_ID_MAX];
     char instance_id[256];
 } bt_daemon_t;

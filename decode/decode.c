@@ -86,7 +86,8 @@ int bt_decode_create(const bt_decode_params_t *p, bt_decode_t **out)
     bt_batcher_params_t bp = {.engine = p->engine,
                               .max_batch_seqs = p->max_batch_seqs,
                               .prefill_first = 0,
-                              .max_requests = p->max_requests};
+                              .max_requests = p->max_requests,
+                              .steplog = p->steplog};
     int st = bt_batcher_create(&bp, &d->batcher);
     if (st != BT_OK) {
         bt_decode_destroy(d);

@@ -17,6 +17,7 @@
 #define BATON_DECODE_H
 
 #include "common/engine.h"
+#include "common/steplog.h"
 #include "common/worker.h"
 #include "prefill/kvlink.h"
 
@@ -31,6 +32,7 @@ typedef struct {
                              * peer before it is refused; 0: 5000 */
     int arrival_timeout_ms; /* a reservation whose KV has not arrived after this long is
                              * cancelled (its request fails over); 0: never */
+    bt_steplog_t *steplog;  /* borrowed; NULL: steps are not recorded */
 } bt_decode_params_t;
 
 int bt_decode_create(const bt_decode_params_t *p, bt_decode_t **out);

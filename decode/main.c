@@ -45,7 +45,8 @@ static int serve(const decode_cfg_t *c, bt_daemon_t *d)
                                                        ? dc->max_batch_seqs
                                                        : dc->max_batch_tokens,
                                  .max_requests = dc->max_requests,
-                                 .peer_wait_ms = c->kv.peer_wait_ms};
+                                 .peer_wait_ms = c->kv.peer_wait_ms,
+                                 .steplog = d->steplog};
         st = bt_decode_create(&pp, &role);
     }
     if (st == BT_OK) {

@@ -61,7 +61,8 @@ static int serve(const pair_cfg_t *c, bt_daemon_t *d)
                                .max_requests = dc->max_requests,
                                .peer_wait_ms = c->kv.peer_wait_ms,
                                .sync_rows = c->sync_rows,
-                               .layerwise = strcmp(c->kv_stream, "whole") != 0};
+                               .layerwise = strcmp(c->kv_stream, "whole") != 0,
+                               .steplog = d->steplog};
         st = bt_pair_create(&pp, &role);
     }
     if (st == BT_OK) {

@@ -163,7 +163,8 @@ int bt_pair_create(const bt_pair_params_t *p, bt_pair_t **out)
                                         .planned = p->layerwise ? on_planned_hook : NULL,
                                         .rows = on_rows_hook,
                                         .prefilled = on_prefilled_hook,
-                                        .ended = on_ended_hook}};
+                                        .ended = on_ended_hook},
+                              .steplog = p->steplog};
     int st = pr->handoff && pr->hooked ? bt_batcher_create(&bp, &pr->batcher) : BT_ERR_NOMEM;
     if (st != BT_OK) {
         bt_pair_destroy(pr);

@@ -25,6 +25,7 @@
 #define BATON_PAIR_H
 
 #include "common/engine.h"
+#include "common/steplog.h"
 #include "common/worker.h"
 #include "prefill/kvlink.h"
 
@@ -43,6 +44,7 @@ typedef struct {
                              * prompt (the holder recomputes the rest when it takes over) */
     int layerwise;          /* 1: ship the prompt's KV layer by layer during its forward (a
                              * prompt computed in chunks ships whole after the last one) */
+    bt_steplog_t *steplog;  /* borrowed; NULL: steps are not recorded */
 } bt_pair_params_t;
 
 int bt_pair_create(const bt_pair_params_t *p, bt_pair_t **out);

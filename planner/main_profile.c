@@ -72,8 +72,8 @@ static const bt_cfg_opt_t prof_opts[] = {
     OPT("out", BT_CFG_STRING, NULL, 0, 0, out, "profile file; default stdout"),
     OPT("raw", BT_CFG_STRING, NULL, 0, 0, raw, "also write every measurement here (CSV)"),
     OPT("refit", BT_CFG_STRING, NULL, 0, 0, refit,
-        "fit the measurements of an earlier --raw file instead of measuring (e.g. with another "
-        "--fit-weight); the model is still loaded for its shape"),
+        "fit the measurements of earlier --raw files or daemons' --step-log files (comma-"
+        "separated) instead of measuring; the model is still loaded for its shape"),
     OPT("quiet", BT_CFG_BOOL, "0", 0, 0, quiet, "no progress lines"),
     OPT("log-level", BT_CFG_STRING, "warn", 0, 0, log_level, "debug, info, warn, error"),
 };
@@ -229,14 +229,21 @@ static int profile_model(const prof_cfg_t *c, pl_profiler_params_t *p, const bt_
         snprintf(prof.device, sizeof prof.device, "%s", c->device);
     else
         cpu_name(prof.device, sizeof prof.device, c->threads);
-    snprintf(prof.note, sizeof prof.note,
-             "baton-profile: %s weights, %s KV, %s of %d runs per shape, prefill up to %d "
-             "tokens, decode batch up to %d and context up to %d; fits weighted by %s; "
-             "transfer %s",
-             bt_type_name(m->hp.weight_type), c->kv_type, c->median ? "median" : "fastest", p->reps,
-             p->max_batch_tokens, max_of(p->decode_batches, p->n_decode_batches),
-             max_of(p->decode_ctx, p->n_decode_ctx), c->fit_weight,
-             p->link_gb_per_s > 0 ? "as stated" : "measured with memcpy");
+    if (c->refit)
+        snprintf(prof.note, sizeof prof.note,
+                 "baton-profile --refit: %s weights, %s KV, fitted from %.900s; fits weighted by "
+                 "%s; transfer %s",
+                 bt_type_name(m->hp.weight_type), c->kv_type, c->refit, c->fit_weight,
+                 p->link_gb_per_s > 0 ? "as stated" : "from the files");
+    else
+        snprintf(prof.note, sizeof prof.note,
+                 "baton-profile: %s weights, %s KV, %s of %d runs per shape, prefill up to %d "
+                 "tokens, decode batch up to %d and context up to %d; fits weighted by %s; "
+                 "transfer %s",
+                 bt_type_name(m->hp.weight_type), c->kv_type, c->median ? "median" : "fastest",
+                 p->reps, p->max_batch_tokens, max_of(p->decode_batches, p->n_decode_batches),
+                 max_of(p->decode_ctx, p->n_decode_ctx), c->fit_weight,
+                 p->link_gb_per_s > 0 ? "as stated" : "measured with memcpy");
     p->engine = e;
     st = pl_profiler_run(p, &prof);
     bt_engine_destroy(e);
@@ -264,6 +271,37 @@ static int gen_preset(const prof_cfg_t *c, char *path, size_t cap)
     return bt_modelgen_write(&g, path) == BT_OK ? 0 : -1;
 }
 
+/* The files of --refit (comma-separated) as one stream: the file itself, or a temporary file
+ * holding them one after the other. NULL (logged) when one cannot be read. */
+static FILE *open_refit(const char *list)
+{
+    FILE *all = strchr(list, ',') ? tmpfile() : fopen(list, "r");
+    if (!all)
+        bt_error("cannot read %s", list);
+    if (!all || !strchr(list, ','))
+        return all;
+    char name[4096];
+    for (const char *s = list; all && *s;) {
+        size_t n = strcspn(s, ",");
+        snprintf(name, sizeof name, "%.*s", (int)(n < sizeof name ? n : sizeof name - 1), s);
+        s += n + (s[n] == ',');
+        FILE *f = fopen(name, "r");
+        if (!f) {
+            bt_error("cannot read %s", name);
+            fclose(all);
+            return NULL;
+        }
+        char buf[8192];
+        size_t got;
+        while ((got = fread(buf, 1, sizeof buf, f)) > 0)
+            fwrite(buf, 1, got, all);
+        fclose(f);
+    }
+    if (all)
+        rewind(all);
+    return all;
+}
+
 static int prof_main(const prof_cfg_t *c)
 {
     pl_profiler_params_t p = {0};
@@ -276,9 +314,8 @@ static int prof_main(const prof_cfg_t *c)
     }
     if (c->preset && gen_preset(c, gen, sizeof gen) != 0)
         return 1;
-    p.refit = c->refit ? fopen(c->refit, "r") : NULL;
+    p.refit = c->refit ? open_refit(c->refit) : NULL;
     if (c->refit && !p.refit) {
-        bt_error("cannot read %s", c->refit);
         if (gen[0])
             remove(gen);
         return 1;

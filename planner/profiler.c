@@ -318,7 +318,10 @@ static int grow(void **v, int n, int *cap, size_t size)
 }
 
 /* Fits the measurements of a raw file (pl_profiler_params_t.raw's format) instead of measuring:
- * the same points the run that wrote it fitted. BT_ERR_INVAL for a line it cannot read. */
+ * the same points the run that wrote it fitted. The daemons' step logs (common/steplog.h) read
+ * the same way: pstep and dstep lines are single served batches (sums given), mstep lines are
+ * skipped, and header lines may recur (files concatenated). BT_ERR_INVAL for a line it cannot
+ * read. */
 static int refit(const pl_profiler_params_t *p, bt_profile_t *out)
 {
     pl_prefill_point_t *pp = NULL;
@@ -329,7 +332,7 @@ static int refit(const pl_profiler_params_t *p, bt_profile_t *out)
     while (st == BT_OK && fgets(buf, sizeof buf, p->refit)) {
         line++;
         double n, x, ms;
-        if (line == 1 && strncmp(buf, "kind,", 5) == 0)
+        if (strncmp(buf, "kind,", 5) == 0 || strncmp(buf, "mstep,", 6) == 0)
             continue;
         if (sscanf(buf, "%15[a-z],%lf,%lf,%lf", kind, &n, &x, &ms) != 4 || !(n > 0) || !(x >= 0) ||
             !(ms > 0)) {
@@ -343,6 +346,14 @@ static int refit(const pl_profiler_params_t *p, bt_profile_t *out)
             st = grow((void **)&dp, n_dp, &cap_dp, sizeof *dp);
             if (st == BT_OK) /* as measure_decode counts the attended context */
                 dp[n_dp++] = (pl_decode_point_t){n, n * (x + 2), ms};
+        } else if (strcmp(kind, "pstep") == 0) { /* sum of lengths, sum of their squares */
+            st = grow((void **)&pp, n_pp, &cap_pp, sizeof *pp);
+            if (st == BT_OK)
+                pp[n_pp++] = (pl_prefill_point_t){n, x, ms};
+        } else if (strcmp(kind, "dstep") == 0) { /* sequences, positions attended */
+            st = grow((void **)&dp, n_dp, &cap_dp, sizeof *dp);
+            if (st == BT_OK)
+                dp[n_dp++] = (pl_decode_point_t){n, x, ms};
         } else if (strcmp(kind, "transfer") == 0) {
             if (n_tp < (int)(sizeof tp / sizeof tp[0]) && !(p->link_gb_per_s > 0))
                 tp[n_tp++] = (pl_transfer_point_t){n, ms};

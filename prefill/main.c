@@ -46,7 +46,8 @@ static int serve(const prefill_cfg_t *c, bt_daemon_t *d)
                                                         ? dc->max_batch_seqs
                                                         : dc->max_batch_tokens,
                                   .layerwise = !strcmp(c->kv_stream, "layer"),
-                                  .peer_wait_ms = c->kv.peer_wait_ms};
+                                  .peer_wait_ms = c->kv.peer_wait_ms,
+                                  .steplog = d->steplog};
         st = bt_prefill_create(&pp, &role);
     }
     if (st == BT_OK) {

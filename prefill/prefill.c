@@ -29,6 +29,7 @@
 #include <time.h>
 
 #include "common/alloc.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/parfor.h"
 #include "common/reqtable.h"
@@ -496,9 +497,12 @@ static int pf_step(void *ctx, bt_worker_t *w)
         r->state = 0; /* neither queued nor shipping while it computes */
         bt_req_event(r->req, BATON__EVENT_KIND__PREFILL_BEGIN, 0);
     }
+    double t0 = pf->p.steplog && n > 0 ? bt_mono_ms() : 0, forward_ms = 0;
     int st = n > 0 && pf->p.layerwise ? pf_stream_start(pf, w, n) : BT_OK;
     if (st == BT_OK && n > 0)
         st = pf_forward(pf, n);
+    if (t0 > 0)
+        forward_ms = bt_mono_ms() - t0;
     /* Whole rows cost about a millisecond each to sample on a large vocabulary: on every core;
      * greedy and top-k rows are cheap and stay on this thread. */
     if (st == BT_OK)
@@ -515,6 +519,16 @@ static int pf_step(void *ctx, bt_worker_t *w)
         }
     }
     bt_worker_flush(w);
+    if (t0 > 0 && st == BT_OK) {
+        double sum = 0, sum2 = 0;
+        for (int32_t i = 0; i < n; i++) {
+            double l = PF_OF(pf->picked[i])->req->n_prompt;
+            sum += l;
+            sum2 += l * l;
+        }
+        bt_steplog_write(pf->p.steplog, BT_STEP_PREFILL, sum, sum2, n, t0, forward_ms,
+                         bt_mono_ms() - t0);
+    }
     pf_publish(pf, w);
     return n > 0 ? BT_OK : BT_AGAIN;
 }

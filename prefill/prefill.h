@@ -16,6 +16,7 @@
 #define BATON_PREFILL_H
 
 #include "common/engine.h"
+#include "common/steplog.h"
 #include "common/worker.h"
 #include "kvlink.h"
 
@@ -29,6 +30,7 @@ typedef struct {
                              * (--kv-stream layer); sets the engine's layer hook */
     int peer_wait_ms;       /* how long a finished prefill waits for its decode peer's
                              * connection before failing; 0: 10000 */
+    bt_steplog_t *steplog;  /* borrowed; NULL: forwards are not recorded */
 } bt_prefill_params_t;
 
 int bt_prefill_create(const bt_prefill_params_t *p, bt_prefill_t **out);

@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/modelgen.h"
 #include "common/status.h"
+#include "common/steplog.h"
 #include "planner/profiler.h"
 
 typedef struct {
@@ -144,6 +145,65 @@ static void test_profiler_refit_from_raw(void **state)
     tiny_close(&t);
 }
 
+/* What the daemons' step logs record, --refit fits: served batches of mixed lengths and decode
+ * steps of mixed batches and contexts, timed by known models, give those models back; mixed
+ * steps and a second file's header (logs concatenated) are skipped, and the stated link is
+ * kept. */
+static void test_profiler_refit_from_step_logs(void **state)
+{
+    (void)state;
+    tiny_t t;
+    tiny_open(&t);
+    char path[512];
+    bt_test_tmp_path("tiny-steps.csv", path, sizeof path);
+    bt_steplog_t *l = NULL;
+    assert_int_equal(bt_steplog_open(path, &l), BT_OK);
+    const double pa = 2.0, pb = 0.05, pc = 1e-4, da = 1.5, db = 0.002, dc = 0.3;
+    uint64_t x = 7;
+    for (int i = 0; i < 200; i++) {
+        int k = 1 + i % 4;
+        double sum = 0, sum2 = 0;
+        for (int j = 0; j < k; j++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            double len = 16 + (double)((x >> 33) % 500);
+            sum += len;
+            sum2 += len * len;
+        }
+        bt_steplog_write(l, BT_STEP_PREFILL, sum, sum2, k, i, 1, pa + pb * sum + pc * sum2);
+        double b = 1 + (double)((x >> 20) % 32), ctx = b * (50 + (double)((x >> 8) % 900));
+        bt_steplog_write(l, BT_STEP_DECODE, b, ctx, (int)b, i, 1, da + db * ctx + dc * b);
+    }
+    bt_steplog_write(l, BT_STEP_MIXED, 3, 40, 3, 0, 1, 500);
+    bt_steplog_close(l);
+    FILE *f = fopen(path, "a");
+    assert_non_null(f);
+    fprintf(f, "kind,n,len_or_ctx,ms,forward_ms,seqs,t_ms\ndstep,4,400,%.4f,1,4,0\n",
+            da + db * 400 + dc * 4);
+    fclose(f);
+
+    pl_profiler_params_t p = grid(t.e);
+    p.link_gb_per_s = 7;
+    p.link_latency_ms = 0.25;
+    p.refit = fopen(path, "r");
+    assert_non_null(p.refit);
+    bt_profile_t prof = {.tp = 1};
+    assert_int_equal(pl_profiler_run(&p, &prof), BT_OK);
+    fclose(p.refit);
+    remove(path);
+    /* Times are kept to 1e-4 ms. */
+    assert_true(fabs(prof.prefill.a_ms - pa) < 1e-2 * pa);
+    assert_true(fabs(prof.prefill.b_ms_per_token - pb) < 1e-3 * pb);
+    assert_true(fabs(prof.prefill.c_ms_per_token2 - pc) < 1e-3 * pc);
+    assert_true(fabs(prof.decode.a_ms - da) < 1e-2 * da);
+    assert_true(fabs(prof.decode.b_ms_per_ctx_token - db) < 1e-3 * db);
+    assert_true(fabs(prof.decode.c_ms_per_seq - dc) < 1e-3 * dc);
+    assert_int_equal(prof.decode_knee_batch, 0);
+    assert_int_equal(prof.fit_prefill.n_points, 200);
+    assert_int_equal(prof.fit_decode.n_points, 201);
+    assert_true(prof.transfer_gb_per_s == 7 && prof.transfer_latency_ms == 0.25);
+    tiny_close(&t);
+}
+
 /* Every decode sequence gets KV of its own, so a pool too small for the largest shapes skips
  * them (the ones a daemon with that memory could not run either) and fits the rest, whatever
  * the pool's size (a shape whose context fits but whose next tokens do not is skipped too). */
@@ -193,6 +253,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_profiler_tiny),
         cmocka_unit_test(test_profiler_refit_from_raw),
+        cmocka_unit_test(test_profiler_refit_from_step_logs),
         cmocka_unit_test(test_profiler_skips_shapes_beyond_the_pool),
         cmocka_unit_test(test_profiler_refuses_bad_grids),
     };

@@ -3,7 +3,7 @@
  * test_up.c - `baton up` as a user runs it: it prints its endpoint once the cluster is healthy,
  * the cluster serves, SIGTERM stops everything with status 0, and no child outlives it, not
  * even when `baton up` itself is killed with SIGKILL; --cpus pins the daemons, and a bad
- * --cpus starts nothing.
+ * --cpus starts nothing; --step-logs has each daemon record its forwards.
  */
 // ctest-labels: integration
 #include "testutil.h"
@@ -24,6 +24,7 @@
 typedef struct {
     char model[512];
     char port[16];
+    char log_dir[512]; /* "" unless a test sets it: then --log-dir and --step-logs */
     bt_proc_t up;
 } up_fixture_t;
 
@@ -117,21 +118,29 @@ static int wait_no_cluster(const char *model, int timeout_ms)
 static int up_try(up_fixture_t *f, int colocated, const char *cpus, char **log)
 {
     snprintf(f->port, sizeof f->port, "%d", bt_test_free_port());
-    const char *argv[] = {BATON,
-                          "up",
-                          "--model",
-                          f->model,
-                          "--port",
-                          f->port,
-                          "--threads",
-                          "2",
-                          "--kv-mem",
-                          "8M",
-                          colocated ? "--colocated" : "--prefill",
-                          "1",
-                          cpus ? "--cpus" : NULL,
-                          cpus,
-                          NULL};
+    const char *argv[20] = {BATON,
+                            "up",
+                            "--model",
+                            f->model,
+                            "--port",
+                            f->port,
+                            "--threads",
+                            "2",
+                            "--kv-mem",
+                            "8M",
+                            colocated ? "--colocated" : "--prefill",
+                            "1"};
+    int n = 12;
+    if (cpus) {
+        argv[n++] = "--cpus";
+        argv[n++] = cpus;
+    }
+    if (f->log_dir[0]) {
+        argv[n++] = "--log-dir";
+        argv[n++] = f->log_dir;
+        argv[n++] = "--step-logs";
+    }
+    argv[n] = NULL;
     assert_int_equal(bt_proc_start(&f->up, (char *const *)argv), 0);
     uint64_t end = bt_test_now_ms() + 60000;
     for (;;) {
@@ -235,6 +244,58 @@ static void test_up_pins_daemons(void **state)
     assert_int_equal(bt_proc_exit_code(&f->up), 0);
 }
 
+/* Lines of a step log (steplog.h) of one kind, parsed: x, y and the step's time. */
+static int step_lines(const char *path, const char *kind, double *x, double *y, int cap)
+{
+    char *text = bt_test_read_file(path, NULL), *save = NULL;
+    assert_non_null(text);
+    assert_true(strncmp(text, "kind,n,len_or_ctx,ms,", 21) == 0);
+    int n = 0;
+    for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        char k[16];
+        double a, b, ms, fwd;
+        if (sscanf(l, "%15[a-z],%lf,%lf,%lf,%lf", k, &a, &b, &ms, &fwd) == 5 && !strcmp(k, kind) &&
+            n < cap) {
+            assert_true(ms > 0 && fwd > 0 && fwd <= ms);
+            x[n] = a;
+            y[n++] = b;
+        }
+    }
+    free(text);
+    return n;
+}
+
+/* --step-logs: each daemon records its forwards. One request of an 8-token prompt and 8 output
+ * tokens is one prefill batch (8 tokens, 64 squared) on the prefill daemon and 7 decode steps
+ * of one sequence on the decode daemon, attending 9, 10, ..., 15 positions. */
+static void test_up_step_logs(void **state)
+{
+    up_fixture_t *f = *state;
+    bt_test_tmp_path("up-steps", f->log_dir, sizeof f->log_dir);
+    up_start(f, 0, NULL);
+    expect_serves(f);
+    kill(f->up.pid, SIGTERM);
+    assert_true(bt_proc_wait(&f->up, 60000));
+    assert_int_equal(bt_proc_exit_code(&f->up), 0);
+    char path[600];
+    double x[16], y[16];
+    snprintf(path, sizeof path, "%s/prefill-0.steps.csv", f->log_dir);
+    assert_int_equal(step_lines(path, "pstep", x, y, 16), 1);
+    assert_true(x[0] == 8 && y[0] == 64);
+    remove(path);
+    snprintf(path, sizeof path, "%s/decode-0.steps.csv", f->log_dir);
+    assert_int_equal(step_lines(path, "dstep", x, y, 16), 7);
+    for (int i = 0; i < 7; i++)
+        assert_true(x[i] == 1 && y[i] == 9 + i);
+    remove(path);
+    static const char *const logs[] = {"router", "prefill-0", "decode-0"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s.log", f->log_dir, logs[i]);
+        remove(path);
+    }
+    rmdir(f->log_dir);
+}
+
 /* A --cpus that does not parse, or names a CPU this process cannot use, is refused before
  * anything starts (exit status 2). */
 static void test_up_refuses_bad_cpus(void **state)
@@ -259,6 +320,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_up_serves_and_stops_cleanly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_up_killed_leaves_no_orphans, setup, teardown),
         cmocka_unit_test_setup_teardown(test_up_pins_daemons, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_up_step_logs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_up_refuses_bad_cpus, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
