@@ -13,6 +13,8 @@
 # development packages) and builds nothing.
 #
 # BATON_NO_PEER=1 skips the PyTorch/transformers peer (its longest step) when time is short.
+# BATON_VALIDATE="cuda cpu-1p1d" (any of deploy/validate-check.sh's clusters) also compares the
+# simulator with clusters served on this machine, after everything else.
 #
 # Otherwise it copes with a machine that lacks some development packages: without UCX headers the transfer
 # library (and what needs it) is not configured; without cmocka the tests are skipped and only
@@ -147,6 +149,13 @@ elif python3 -c "import torch, transformers" 2>/dev/null; then
         --prefills 512,2048 --attn eager,sdpa --json "$RESULTS/torch.json" || true
 else
     echo "torch or transformers not importable: peer figures skipped"
+fi
+
+if [ -n "${BATON_VALIDATE:-}" ]; then
+    step "simulator against the served cluster: deploy/validate-check.sh $BATON_VALIDATE"
+    # Opt-in (BATON_VALIDATE="cuda cpu-1p1d", say): some 2 - 4 minutes per cluster.
+    timeout "${BATON_VALIDATE_TIMEOUT:-420}" deploy/validate-check.sh "$BUILD" \
+        "$RESULTS/validate" $BATON_VALIDATE || status=1
 fi
 
 step "done"

@@ -20,7 +20,7 @@ cmake -S . -B "$BUILD" -DBATON_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
     { tail -20 "$BUILD/prep-configure.log"; exit 1; }
 tests="gpu_test_cuda_ops gpu_test_cuda_engine gpu_test_cuda_attn_fa2 kvx_test_kvx_gpu"
 bins="baton baton-router baton-prefill baton-decode baton-colocated baton-kvbench baton-kvx-peer
-      baton-bench-cuda"
+      baton-bench-cuda baton-profile baton-validate"
 # shellcheck disable=SC2086
 cmake --build "$BUILD" -j"$(nproc)" --target $tests $bins
 rm -rf "$DIR"

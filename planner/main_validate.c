@@ -29,7 +29,7 @@
 
 typedef struct {
     pl_cli_workload_t wl;
-    char *endpoint, *profile, *policy, *rates, *csv, *log_level;
+    char *endpoint, *profile, *policy, *rates, *auto_levels, *csv, *log_level;
     int prefill, decode, colocated, max_batch_tokens, max_batch_seqs, block_size, timeout_s;
     float quiet_load;
     size_t kv_mem;
@@ -52,7 +52,11 @@ static const bt_cfg_opt_t val_opts[] = {
     OPT("block-size", BT_CFG_INT, "16", 1, 4096, block_size, "KV tokens per block"),
     OPT("policy", BT_CFG_STRING, "least-loaded", 0, 0, policy, "the router's policy"),
     PL_CLI_WORKLOAD_OPTS(val_cfg_t, wl),
-    OPT("rates", BT_CFG_STRING, "1", 0, 0, rates, "request rates, req/s, e.g. 0.5,1,2"),
+    OPT("rates", BT_CFG_STRING, "1", 0, 0, rates,
+        "request rates, req/s, e.g. 0.5,1,2; auto: where the simulator's attainment falls through "
+        "--auto-levels"),
+    OPT("auto-levels", BT_CFG_STRING, "99,90,75,50,25,10", 0, 0, auto_levels,
+        "with --rates auto: the simulated attainments (%) whose rates are run"),
     OPT("slo-ttft-ms", BT_CFG_FLOAT, "1000", 0.001, 1e9, slo_ttft_ms, "TTFT objective"),
     OPT("slo-tpot-ms", BT_CFG_FLOAT, "100", 0.001, 1e9, slo_tpot_ms, "TPOT objective"),
     OPT("timeout-s", BT_CFG_INT, "600", 1, 86400, timeout_s,
@@ -220,6 +224,8 @@ typedef struct {
     int32_t *ids;
     double *buf; /* (5n): real ttft, real tpot, scratch (2n), prefill over profile */
     FILE *csv;
+    int n_done, n_within;      /* rates run, and those within 2 points */
+    double sum_abs, worst_abs; /* |sim - real| over the rates run, points */
 } val_t;
 
 /* The machine's 1-minute load average: the real side shares the CPUs with whatever else runs,
@@ -328,6 +334,11 @@ static int one_rate(val_t *v, double rate)
            real.tpot_p90, res.tpot_p50_ms, res.tpot_p90_ms, real.n_failed, pct(pf, n_pf, 0.5), busy,
            loadavg());
     fflush(stdout);
+    double d = fabs(100 * (res.attainment - real.attain));
+    v->n_done++;
+    v->n_within += d <= 2.0 + 1e-9;
+    v->sum_abs += d;
+    v->worst_abs = d > v->worst_abs ? d : v->worst_abs;
     return BT_OK;
 }
 
@@ -385,6 +396,9 @@ static int validate(val_t *v, const double *rates, int n_rates)
         }
         st = one_rate(v, rates[i]);
     }
+    if (v->n_done)
+        printf("\nwithin 2 points at %d of %d rates; mean |sim - real| %.1f points, worst %.1f\n",
+               v->n_within, v->n_done, v->sum_abs / v->n_done, v->worst_abs);
     bt_free(v->reqs);
     bt_free(v->real);
     bt_free(v->sim);
@@ -393,10 +407,90 @@ static int validate(val_t *v, const double *rates, int n_rates)
     return st;
 }
 
+/* Simulated attainment of the workload at rate, or < 0 on error. */
+static double sim_attain(const pl_sim_params_t *sp, const pl_workload_t *w, double rate,
+                         pl_req_t *reqs, pl_sim_req_t *out)
+{
+    pl_sim_result_t res;
+    pl_workload_at_rate(w, rate, reqs);
+    return pl_sim_run(sp, reqs, pl_workload_n(w), &res, out) == BT_OK ? res.attainment : -1;
+}
+
+/* --rates auto: for each level (a fraction), the rate at which the simulator's attainment falls
+ * to it, found by bisection on a log scale (attainment is nearly monotone in the rate, as
+ * workload.h arranges). The real run then lands on the curve's knee whatever the machine, where
+ * the comparison is hardest, and not on rates where both sides are trivially 100% or 0%.
+ * Returns how many rates, ascending, or < 0 on error. */
+static int auto_rates(const pl_sim_params_t *sp, const pl_workload_t *w, const double *levels,
+                      int n_levels, double *rates)
+{
+    size_t n = pl_workload_n(w);
+    pl_req_t *reqs = bt_malloc(n * sizeof *reqs);
+    pl_sim_req_t *out = bt_malloc(n * sizeof *out);
+    int n_rates = reqs && out ? 0 : -1;
+    double hi = 1e-3;
+    /* The first rate at which attainment is below every level. */
+    double lowest = 1;
+    for (int i = 0; i < n_levels; i++)
+        lowest = levels[i] < lowest ? levels[i] : lowest;
+    while (n_rates == 0 && hi < 1e9) {
+        double a = sim_attain(sp, w, hi, reqs, out);
+        if (a < 0)
+            n_rates = -1;
+        else if (a < lowest)
+            break;
+        hi *= 2;
+    }
+    for (int i = 0; i < n_levels && n_rates >= 0 && hi < 1e9; i++) {
+        double lo_r = hi / 1e6, hi_r = hi, a0 = sim_attain(sp, w, lo_r, reqs, out);
+        if (a0 >= 0 && a0 < levels[i]) {
+            fprintf(stderr, "baton-validate: %g%% is not attained at any rate; skipped\n",
+                    100 * levels[i]);
+            continue;
+        }
+        for (int k = 0; k < 40 && n_rates >= 0; k++) {
+            double mid = sqrt(lo_r * hi_r), a = sim_attain(sp, w, mid, reqs, out);
+            if (a < 0)
+                n_rates = -1;
+            else if (a >= levels[i])
+                lo_r = mid;
+            else
+                hi_r = mid;
+        }
+        if (n_rates >= 0) { /* a rate it still attains, cut to 4 significant digits */
+            double unit = pow(10, floor(log10(lo_r)) - 3);
+            rates[n_rates++] = floor(lo_r / unit) * unit;
+        }
+    }
+    if (n_rates >= 0 && hi >= 1e9) {
+        fprintf(stderr, "baton-validate: simulated attainment stays above the lowest level at "
+                        "every rate: tighten the objectives or send more requests\n");
+        n_rates = -1;
+    }
+    qsort(rates, (size_t)(n_rates > 0 ? n_rates : 0), sizeof *rates, cmp_double);
+    bt_free(reqs);
+    bt_free(out);
+    return n_rates;
+}
+
 static int val_main(const val_cfg_t *c)
 {
-    double rates[MAX_RATES];
-    int n_rates = pl_cli_numbers(c->rates, rates, MAX_RATES), pol = pl_policy_parse(c->policy);
+    double rates[MAX_RATES], levels[MAX_RATES];
+    int is_auto = !strcmp(c->rates, "auto"), n_levels = 0;
+    int n_rates = is_auto ? 0 : pl_cli_numbers(c->rates, rates, MAX_RATES);
+    int pol = pl_policy_parse(c->policy);
+    if (is_auto) {
+        n_levels = pl_cli_numbers(c->auto_levels, levels, MAX_RATES);
+        for (int i = 0; i < n_levels; i++)
+            if (!(levels[i] > 0 && levels[i] < 100))
+                n_levels = -1;
+        for (int i = 0; i < n_levels; i++)
+            levels[i] /= 100;
+        if (n_levels <= 0) {
+            fprintf(stderr, "baton-validate: --auto-levels wants percentages in (0, 100)\n");
+            return 2;
+        }
+    }
     bt_profile_t prof;
     if (n_rates < 0 || pol < 0 || !c->profile) {
         fprintf(stderr, "baton-validate: need --profile, a known --policy and --rates 1,2\n");
@@ -428,6 +522,19 @@ static int val_main(const val_cfg_t *c)
     if (pl_cli_workload(&c->wl, &trace, &w, desc, sizeof desc) != BT_OK)
         return 1;
     v.w = w;
+    if (is_auto) {
+        n_rates = auto_rates(&sp, w, levels, n_levels, rates);
+        if (n_rates <= 0) {
+            fprintf(stderr, "baton-validate: no rate found for --auto-levels\n");
+            pl_workload_destroy(w);
+            pl_trace_destroy(trace);
+            return 1;
+        }
+        printf("rates from the simulator's attainment (%s%%):", c->auto_levels);
+        for (int i = 0; i < n_rates; i++)
+            printf(" %g", rates[i]);
+        printf("\n");
+    }
     int st = connect_cluster(c, &v.cl, &v.n_vocab);
     v.csv = st == BT_OK && c->csv ? fopen(c->csv, "w") : NULL;
     if (v.csv)
