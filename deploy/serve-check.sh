@@ -11,6 +11,8 @@
 #
 #   deploy/serve-check.sh BUILD_DIR BACKEND RESULTS_DIR
 set -uo pipefail
+# shellcheck source=deploy/up-wait.sh
+. "$(dirname "$0")/up-wait.sh"
 BUILD=$1
 BACKEND=$2
 RESULTS=$3
@@ -35,18 +37,8 @@ serve() {
     : >"$ids"
     "$BIN/baton" up --model "$MODEL" --port "$port" --kv-type bf16 --log-dir "$RESULTS/logs-$name" \
         "$@" >"$log" 2>&1 &
-    local up=$! t=0
-    until grep -q "serving on" "$log"; do
-        if ! kill -0 $up 2>/dev/null || [ $t -ge 120 ]; then
-            echo "$name: the cluster did not come up"
-            tail -20 "$log"
-            kill -INT $up 2>/dev/null
-            wait $up 2>/dev/null
-            return 1
-        fi
-        sleep 0.5
-        t=$((t + 1))
-    done
+    local up=$!
+    up_wait "$name" $up "$log" 60 || return 1
     local i rc=0
     for ((i = 0; i < N_REQ; i++)); do
         local out

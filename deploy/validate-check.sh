@@ -23,6 +23,8 @@
 #
 # Environment: VAL_REQUESTS (requests per rate, default 200), VAL_LEVELS (the attainments, %).
 set -uo pipefail
+# shellcheck source=deploy/up-wait.sh
+. "$(dirname "$0")/up-wait.sh"
 BUILD=$1
 RESULTS=$2
 shift 2
@@ -80,18 +82,8 @@ run() {
     rm -rf "$logs"
     "${REST[@]}" "$BIN/baton" up --model "$model" --port "$port" --log-dir "$logs" --step-logs \
         "${up_opts[@]}" >"$log" 2>&1 &
-    local up=$! t=0
-    until grep -q "serving on" "$log"; do
-        if ! kill -0 $up 2>/dev/null || [ $t -ge 240 ]; then
-            echo "$name: the cluster did not come up"
-            tail -20 "$log"
-            kill -INT $up 2>/dev/null
-            wait $up 2>/dev/null
-            return 1
-        fi
-        sleep 0.5
-        t=$((t + 1))
-    done
+    local up=$!
+    up_wait "$name" $up "$log" 120 || return 1
     local common=(--endpoint "tcp://127.0.0.1:$port" --requests "$REQ" "${WORKLOAD[@]}"
         --rates auto --auto-levels "$LEVELS" --slo-ttft-ms "${slo[0]}" --slo-tpot-ms "${slo[1]}"
         --timeout-s 120 "${val_opts[@]}")
