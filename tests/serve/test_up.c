@@ -296,6 +296,34 @@ static void test_up_step_logs(void **state)
     rmdir(f->log_dir);
 }
 
+/* --step-logs without --log-dir is refused before anything starts (status 2), and a daemon
+ * whose step log cannot be created says so and exits 1 instead of serving without it. */
+static void test_step_log_errors(void **state)
+{
+    up_fixture_t *f = *state;
+    const char *up[] = {BATON, "up", "--model", f->model, "--step-logs", NULL};
+    assert_int_equal(bt_proc_start(&f->up, (char *const *)up), 0);
+    assert_true(bt_proc_wait(&f->up, 10000));
+    assert_int_equal(bt_proc_exit_code(&f->up), 2);
+    char *log = bt_test_read_file(f->up.log, NULL);
+    assert_non_null(strstr(log, "--step-logs needs --log-dir"));
+    free(log);
+    assert_int_equal(count_cluster_procs(f->model), 0);
+
+    const char *daemon[] = {BATON_BINARY_DIR "/bin/baton-colocated",
+                            "--model",
+                            f->model,
+                            "--step-log",
+                            "/nonexistent-dir/steps.csv",
+                            NULL};
+    assert_int_equal(bt_proc_start(&f->up, (char *const *)daemon), 0);
+    assert_true(bt_proc_wait(&f->up, 30000));
+    assert_int_equal(bt_proc_exit_code(&f->up), 1);
+    log = bt_test_read_file(f->up.log, NULL);
+    assert_non_null(strstr(log, "step log /nonexistent-dir/steps.csv"));
+    free(log);
+}
+
 /* A --cpus that does not parse, or names a CPU this process cannot use, is refused before
  * anything starts (exit status 2). */
 static void test_up_refuses_bad_cpus(void **state)
@@ -321,6 +349,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_up_killed_leaves_no_orphans, setup, teardown),
         cmocka_unit_test_setup_teardown(test_up_pins_daemons, setup, teardown),
         cmocka_unit_test_setup_teardown(test_up_step_logs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_step_log_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_up_refuses_bad_cpus, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
