@@ -11,6 +11,7 @@ int cli_model(int argc, char **argv);
 int cli_bench_engine(int argc, char **argv);
 int cli_generate(int argc, char **argv);
 int cli_up(int argc, char **argv);
+int cli_status(int argc, char **argv);
 
 /* Loads a model given --model and optional --tokenizer; logs and returns NULL on failure. */
 #include "common/model.h"

@@ -15,6 +15,7 @@
 #include "cli.h"
 #include "common/config.h"
 #include "common/status.h"
+#include "common/json.h"
 
 typedef struct {
     char *router, *prompt, *prompt_ids, *stop;
@@ -105,45 +106,30 @@ static int parse_ids(const char *s, int32_t **out, size_t *n)
     return k ? 0 : -1;
 }
 
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c < 0x20)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc(c, f);
-    }
-    fputc('"', f);
-}
-
 static void print_json(const bt_client_result_t *r, double ttft_ms)
 {
     printf("{\"request_id\": %llu, \"status\": %d, \"error\": ", (unsigned long long)r->request_id,
            r->status);
-    json_str(stdout, r->error);
+    bt_json_write_str(stdout, r->error);
     printf(", \"finish_reason\": \"%s\", \"n_prompt_tokens\": %u, \"n_output_tokens\": %u, "
            "\"retries\": %u, \"ttft_ms\": %.3f,\n \"prefill_instance\": ",
            bt_client_finish_name(r->finish_reason), r->n_prompt_tokens, r->n_output_tokens,
            r->retries, ttft_ms);
-    json_str(stdout, r->prefill_instance);
+    bt_json_write_str(stdout, r->prefill_instance);
     printf(", \"decode_instance\": ");
-    json_str(stdout, r->decode_instance);
+    bt_json_write_str(stdout, r->decode_instance);
     printf(",\n \"ids\": [");
     for (size_t i = 0; i < r->n_ids; i++)
         printf("%s%d", i ? ", " : "", r->ids[i]);
     printf("],\n \"text\": ");
-    json_str(stdout, r->text);
+    bt_json_write_str(stdout, r->text);
     printf(",\n \"events\": [");
     for (size_t i = 0; i < r->n_events; i++) {
         const bt_client_event_t *e = &r->events[i];
         printf("%s\n  {\"kind\": \"%s\", \"time_ns\": %llu, \"code\": %d, \"instance\": ",
                i ? "," : "", bt_client_lifetime_name(e->kind), (unsigned long long)e->time_ns,
                e->code);
-        json_str(stdout, e->instance);
+        bt_json_write_str(stdout, e->instance);
         printf("}");
     }
     printf("]}\n");

@@ -23,6 +23,7 @@ static const command_t commands[] = {
     {"bench-engine", cli_bench_engine, "measure engine prefill and decode throughput"},
     {"generate", cli_generate, "send a prompt to a running cluster's router; print the text"},
     {"up", cli_up, "start a router and prefill/decode daemons on this machine"},
+    {"status", cli_status, "show a running cluster as its router sees it (exit 0: it can serve)"},
 };
 
 static void usage(FILE *out)

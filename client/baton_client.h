@@ -214,9 +214,12 @@ BT_CLIENT_API int bt_client_health(bt_client_t *c, int timeout_ms, bt_client_hea
 
 typedef struct {
     const char *id;
-    int role; /* 1 prefill, 2 decode, 3 colocated */
+    int role; /* 1 prefill, 2 decode, 3 colocated, 4 pair member */
     int alive;
     uint32_t queue_len, running, kv_free_blocks, kv_total_blocks;
+    int serving;         /* pair members: 1 prefill or 2 decode now; else 0 */
+    const char *partner; /* pair members: the partner's id; else "" */
+    uint32_t replicas;   /* pair members: replicas held */
 } bt_client_instance_t;
 
 typedef struct {

@@ -101,7 +101,7 @@ bt_client_info_t *client_info_make(const Baton__InfoReply *in)
     size_t size = sizeof(bt_client_info_t) + 32 + str_size(in->model) + str_size(in->policy) +
                   in->n_instances * sizeof(bt_client_instance_t);
     for (size_t i = 0; i < in->n_instances; i++)
-        size += str_size(in->instances[i]->id);
+        size += str_size(in->instances[i]->id) + str_size(in->instances[i]->partner);
     char *mem = bt_malloc(size);
     if (!mem)
         return NULL;
@@ -124,8 +124,11 @@ bt_client_info_t *client_info_make(const Baton__InfoReply *in)
                                       .queue_len = x->queue_len,
                                       .running = x->running,
                                       .kv_free_blocks = x->kv_free_blocks,
-                                      .kv_total_blocks = x->kv_total_blocks};
+                                      .kv_total_blocks = x->kv_total_blocks,
+                                      .serving = x->serving,
+                                      .replicas = x->replicas};
         v[i].id = bump_str(&b, x->id);
+        v[i].partner = bump_str(&b, x->partner);
     }
     return info;
 }

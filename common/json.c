@@ -633,3 +633,17 @@ int bt_json_string(const bt_json_value_t *v, const char **s, size_t *len)
         *len = v->len;
     return BT_OK;
 }
+
+void bt_json_write_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const unsigned char *q = (const unsigned char *)(s ? s : ""); *q; q++) {
+        if (*q == '"' || *q == '\\')
+            fprintf(f, "\\%c", *q);
+        else if (*q < 0x20)
+            fprintf(f, "\\u%04x", *q);
+        else
+            fputc(*q, f);
+    }
+    fputc('"', f);
+}

@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 typedef enum {
     BT_JSON_NULL = 0,
@@ -69,5 +70,9 @@ const char *bt_json_key_at(const bt_json_value_t *v, size_t i);
 int bt_json_number(const bt_json_value_t *v, double *out);
 int bt_json_bool(const bt_json_value_t *v, int *out);
 int bt_json_string(const bt_json_value_t *v, const char **s, size_t *len);
+
+/* Writes s (NULL: "") to f as a JSON string: quotes, backslashes and control characters
+ * escaped, other bytes as they are (UTF-8 passes through). */
+void bt_json_write_str(FILE *f, const char *s);
 
 #endif

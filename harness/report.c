@@ -12,24 +12,11 @@
 
 #include "common/log.h"
 #include "common/status.h"
+#include "common/json.h"
 
 static double fin(double x)
 {
     return isfinite(x) ? x : 0;
-}
-
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; s && *s; s++) {
-        if (*s == '"' || *s == '\\')
-            fprintf(f, "\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            fprintf(f, "\\u%04x", *s);
-        else
-            fputc(*s, f);
-    }
-    fputc('"', f);
 }
 
 /* mean_X_ms, median_X_ms, std_X_ms, p90_X_ms, p99_X_ms as vLLM names them. */
@@ -90,15 +77,15 @@ void bb_report_json_summary(FILE *f, const bb_summary_t *s, const char *ind)
 static void json_ctx(FILE *f, const bb_report_ctx_t *c)
 {
     fprintf(f, "{\n  \"backend\": \"baton\",\n  \"endpoint\": ");
-    json_str(f, c->endpoint);
+    bt_json_write_str(f, c->endpoint);
     fprintf(f, ",\n  \"model_id\": ");
-    json_str(f, c->model);
+    bt_json_write_str(f, c->model);
     fprintf(f, ",\n  \"workload\": ");
-    json_str(f, c->workload);
+    bt_json_write_str(f, c->workload);
     fprintf(f, ",\n  \"arrival\": ");
-    json_str(f, c->arrival);
+    bt_json_write_str(f, c->arrival);
     fprintf(f, ",\n  \"mode\": ");
-    json_str(f, c->mode);
+    bt_json_write_str(f, c->mode);
     fprintf(f, ",\n  \"request_rate\": %.6f,\n  \"burstiness_cv\": %.6f,\n", c->request_rate,
             c->cv);
     fprintf(f, "  \"time_scale\": %.6f,\n  \"max_concurrency\": %d,\n  \"seed\": %lld,\n",

@@ -12,24 +12,11 @@
 #include <string.h>
 
 #include "common/status.h"
+#include "common/json.h"
 
 static const char *role_name(pl_role_t r)
 {
     return r == PL_ROLE_PREFILL ? "prefill" : r == PL_ROLE_DECODE ? "decode" : "colocated";
-}
-
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (const unsigned char *q = (const unsigned char *)(s ? s : ""); *q; q++) {
-        if (*q == '"' || *q == '\\')
-            fprintf(f, "\\%c", *q);
-        else if (*q < 0x20)
-            fprintf(f, "\\u%04x", *q);
-        else
-            fputc(*q, f);
-    }
-    fputc('"', f);
 }
 
 static void json_phase(FILE *f, const char *name, const pl_phase_cfg_t *c, int n)
@@ -48,7 +35,7 @@ static void json_head(FILE *f, const pl_plan_params_t *p, const pl_plan_t *plan,
     const pl_cluster_t *k = &p->cluster;
     fprintf(f, "{\n  \"version\": 1,\n  \"algorithm\": \"%s\",\n  \"model\": {\"name\": ",
             pl_algo_name(plan->algo));
-    json_str(f, s->name);
+    bt_json_write_str(f, s->name);
     fprintf(f,
             ", \"layers\": %d, \"dim\": %d, \"heads\": %d, \"kv_heads\": %d, \"ffn\": %d, "
             "\"vocab\": %d, \"weight_bytes\": %.6g, \"kv_bytes_per_token\": %.6g},\n",
@@ -62,7 +49,7 @@ static void json_head(FILE *f, const pl_plan_params_t *p, const pl_plan_t *plan,
     int32_t mx;
     pl_workload_lengths(p->w, &mp, &mo, &mx);
     fputs("  \"workload\": {\"source\": ", f);
-    json_str(f, m && m->workload ? m->workload : "");
+    bt_json_write_str(f, m && m->workload ? m->workload : "");
     fprintf(f,
             ", \"requests\": %zu, \"mean_prompt\": %.6g, \"mean_output\": %.6g, "
             "\"max_total\": %d},\n",

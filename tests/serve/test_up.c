@@ -3,7 +3,8 @@
  * test_up.c - `baton up` as a user runs it: it prints its endpoint once the cluster is healthy,
  * the cluster serves, SIGTERM stops everything with status 0, and no child outlives it, not
  * even when `baton up` itself is killed with SIGKILL; --cpus pins the daemons, and a bad
- * --cpus starts nothing; --step-logs has each daemon record its forwards.
+ * --cpus starts nothing; --step-logs has each daemon record its forwards; `baton status`
+ * shows the cluster.
  */
 // ctest-labels: integration
 #include "testutil.h"
@@ -17,6 +18,8 @@
 #include <unistd.h>
 
 #include "baton_client.h"
+#include "common/json.h"
+#include "common/status.h"
 #include "servetest.h"
 
 #define BATON BATON_BINARY_DIR "/bin/baton"
@@ -296,6 +299,69 @@ static void test_up_step_logs(void **state)
     rmdir(f->log_dir);
 }
 
+/* Runs `baton status` against the fixture's cluster; its exit status, its output in *out. */
+static int run_status(up_fixture_t *f, const char *mode, char **out)
+{
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%s", f->port);
+    const char *argv[] = {BATON, "status", "--router", ep, "--timeout-ms", "2000", mode, NULL};
+    bt_proc_t p;
+    assert_int_equal(bt_proc_start(&p, (char *const *)argv), 0);
+    assert_true(bt_proc_wait(&p, 20000));
+    *out = bt_test_read_file(p.log, NULL);
+    assert_non_null(*out);
+    int rc = bt_proc_exit_code(&p);
+    remove(p.log);
+    return rc;
+}
+
+/* `baton status` shows a serving cluster (exit 0): both instances up with their roles and KV
+ * pools, as text and as JSON; once the cluster is gone it says the router does not answer and
+ * exits 1. */
+static void test_status(void **state)
+{
+    up_fixture_t *f = *state;
+    up_start(f, 0, NULL);
+    expect_serves(f);
+    char *out = NULL;
+    assert_int_equal(run_status(f, "--no-json", &out), 0);
+    assert_non_null(strstr(out, ": can serve"));
+    assert_non_null(strstr(out, "prefill-0"));
+    assert_non_null(strstr(out, "decode-0"));
+    free(out);
+    assert_int_equal(run_status(f, "--json", &out), 0);
+    bt_json_t *doc = NULL;
+    assert_int_equal(bt_json_parse(out, strlen(out), NULL, &doc, NULL, 0), BT_OK);
+    const bt_json_value_t *root = bt_json_root(doc), *inst = bt_json_get(root, "instances");
+    int ok = 0;
+    assert_int_equal(bt_json_bool(bt_json_get(root, "ok"), &ok), BT_OK);
+    assert_true(ok);
+    assert_int_equal(bt_json_len(inst), 2);
+    int seen = 0;
+    for (size_t i = 0; i < 2; i++) {
+        const char *role, *id;
+        size_t n;
+        double total = 0;
+        assert_int_equal(bt_json_string(bt_json_get(bt_json_at(inst, i), "role"), &role, &n),
+                         BT_OK);
+        assert_int_equal(bt_json_string(bt_json_get(bt_json_at(inst, i), "id"), &id, &n), BT_OK);
+        assert_int_equal(bt_json_bool(bt_json_get(bt_json_at(inst, i), "alive"), &ok), BT_OK);
+        assert_int_equal(
+            bt_json_number(bt_json_get(bt_json_at(inst, i), "kv_total_blocks"), &total), BT_OK);
+        assert_true(ok && total > 0);
+        seen |= !strcmp(role, "prefill") && !strcmp(id, "prefill-0") ? 1 : 0;
+        seen |= !strcmp(role, "decode") && !strcmp(id, "decode-0") ? 2 : 0;
+    }
+    assert_int_equal(seen, 3);
+    bt_json_destroy(doc);
+    free(out);
+    kill(f->up.pid, SIGTERM);
+    assert_true(bt_proc_wait(&f->up, 60000));
+    assert_int_equal(run_status(f, "--json", &out), 1);
+    assert_non_null(strstr(out, "baton status: router tcp://127.0.0.1:"));
+    free(out);
+}
+
 /* --step-logs without --log-dir is refused before anything starts (status 2), and a daemon
  * whose step log cannot be created says so and exits 1 instead of serving without it. */
 static void test_step_log_errors(void **state)
@@ -350,6 +416,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_up_pins_daemons, setup, teardown),
         cmocka_unit_test_setup_teardown(test_up_step_logs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_step_log_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_up_refuses_bad_cpus, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
