@@ -40,6 +40,7 @@ typedef struct {
     float slo_ttft_ms, slo_tpot_ms;
     int prefill, decode, colocated, pairs, port, cluster_port, threads;
     int max_batch_tokens, max_batch_seqs, ctx, ready_timeout_ms, stop_timeout_ms, step_logs;
+    int metrics_port;
 } up_cfg_t;
 
 #define OPT(n, t, d, lo, hi, f, h)                                                                 \
@@ -61,6 +62,8 @@ static const bt_cfg_opt_t up_opts[] = {
     OPT("cluster-port", BT_CFG_INT, "0", 0, 65535, cluster_port,
         "TCP port between router and daemons; 0: --port + 1"),
     OPT("bind", BT_CFG_STRING, "127.0.0.1", 0, 0, bind, "address the router binds"),
+    OPT("metrics-port", BT_CFG_INT, "0", 0, 65535, metrics_port,
+        "router's HTTP port for /metrics (Prometheus) and /health; 0: none"),
     OPT("policy", BT_CFG_STRING, "least-loaded", 0, 0, policy,
         "placement policy: round-robin, least-loaded, slo-aware"),
     OPT("profile", BT_CFG_STRING, NULL, 0, 0, profile, "latency profile JSON for slo-aware"),
@@ -338,6 +341,8 @@ static int start_router(up_t *u)
         arg_num(&a, "--slo-ttft-ms", c->slo_ttft_ms);
     if (c->slo_tpot_ms > 0)
         arg_num(&a, "--slo-tpot-ms", c->slo_tpot_ms);
+    if (c->metrics_port > 0)
+        arg_int(&a, "--metrics-port", c->metrics_port);
     arg(&a, "--log-level");
     arg(&a, c->log_level);
     return spawn(u, "router", 1, NULL, a.v);

@@ -23,7 +23,7 @@ typedef struct {
     int max_prompt_tokens, max_tokens, default_max_tokens;
     int max_queue, max_requests, max_retries, max_instances;
     float slo_ttft_ms, slo_tpot_ms;
-    int busy_poll, io_cpu;
+    int busy_poll, io_cpu, metrics_port;
 } cfg_t;
 
 #define OPT(n, t, d, lo, hi, f, h)                                                                 \
@@ -63,6 +63,8 @@ static const bt_cfg_opt_t opts[] = {
         "the event loop polls without sleeping: half the added latency, a whole core busy"),
     OPT("io-cpu", BT_CFG_INT, "-1", -1, 1023, io_cpu,
         "CPU for ZeroMQ's I/O thread (with --busy-poll, another core than the loop's); -1: any"),
+    OPT("metrics-port", BT_CFG_INT, "0", 0, 65535, metrics_port,
+        "HTTP port for GET /metrics (Prometheus) and /health, on --bind; 0: none"),
     OPT("pair-idle-ms", BT_CFG_INT, "1000", 1, 3600000, pair_idle_ms,
         "pairs: a member serving prefill with no prompt this long switches to decode"),
     OPT("pair-switch-ms", BT_CFG_INT, "200", 1, 3600000, pair_switch_ms,
@@ -133,6 +135,8 @@ static void fill_params(const cfg_t *c, router_params_t *p, char *cl, char *cu, 
         .tick_ms = c->tick_ms,
         .busy_poll = c->busy_poll,
         .io_cpu = c->io_cpu,
+        .metrics_port = c->metrics_port,
+        .metrics_addr = c->bind,
         .pair_idle_ms = c->pair_idle_ms,
         .pair_switch_ms = c->pair_switch_ms,
         .max_prompt_tokens = (uint32_t)c->max_prompt_tokens,

@@ -173,7 +173,7 @@ int router_create(const router_params_t *params, router_t **out)
         st = make_tables(r, id);
     set_limits(r);
     r->p.model_path = r->p.tokenizer_path = r->p.model_id = r->p.policy = NULL; /* borrowed */
-    r->p.mode = r->p.profile_path = NULL;
+    r->p.mode = r->p.profile_path = r->p.metrics_addr = NULL;
     if (st == BT_OK && !(r->zctx = zmq_ctx_new()))
         st = BT_ERR_IO;
     /* Before the first socket, which starts the I/O thread. */
@@ -181,6 +181,10 @@ int router_create(const router_params_t *params, router_t **out)
         zmq_ctx_set(r->zctx, ZMQ_THREAD_AFFINITY_CPU_ADD, params->io_cpu) != 0)
         bt_warn("router: cannot pin the I/O thread to CPU %d: %s", params->io_cpu,
                 zmq_strerror(zmq_errno()));
+    router_stats_init(r);
+    if (st == BT_OK && params->metrics_port > 0)
+        st = router_metrics_open(params->metrics_addr, params->metrics_port, router_stats_render, r,
+                                 &r->metrics);
     if (st == BT_OK)
         st = open_socket(r, params->client_endpoint, &r->clients);
     if (st == BT_OK)
@@ -216,6 +220,7 @@ void router_destroy(router_t *r)
         zmq_close(r->cluster);
     if (r->zctx)
         zmq_ctx_term(r->zctx);
+    router_metrics_close(r->metrics);
     router_instances_destroy(r->inst);
     router_policy_destroy(r->policy);
     if (r->model)
@@ -374,7 +379,7 @@ static void on_cancel(router_t *r, const bt_rpc_msg_t *m)
     router_cancel(r, rq);
 }
 
-static void on_health(router_t *r, const bt_rpc_msg_t *m)
+void router_health(const router_t *r, Baton__HealthReply *out)
 {
     Baton__HealthReply h = BATON__HEALTH_REPLY__INIT;
     for (int i = 0; i < router_instances_count(r->inst); i++) {
@@ -389,6 +394,13 @@ static void on_health(router_t *r, const bt_rpc_msg_t *m)
     h.queued = (uint32_t)(r->n_state[RQ_QUEUED] + r->n_state[RQ_ASSIGNING]);
     h.running =
         (uint32_t)(r->n_state[RQ_RUNNING] + r->n_state[RQ_CANCELLING] + r->n_state[RQ_FINISHING]);
+    *out = h;
+}
+
+static void on_health(router_t *r, const bt_rpc_msg_t *m)
+{
+    Baton__HealthReply h;
+    router_health(r, &h);
     bt_rpc_header_t hdr;
     bt_rpc_header_init(&hdr, BATON__METHOD__HEALTH, m->hdr.request_id);
     bt_rpc_send(r->clients, &m->route, &hdr, &h.base, ZMQ_DONTWAIT);
@@ -518,6 +530,7 @@ static void housekeeping(router_t *r, uint64_t now)
     if (r->queue.n)
         router_dispatch_queue(r);
     drain_tick(r, now);
+    router_metrics_poll(r->metrics, now);
 }
 
 /* Serves both sockets in bounded rounds until a round finds nothing. Returns 1 when the sockets

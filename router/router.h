@@ -40,9 +40,11 @@ typedef struct {
     int max_retries;                 /* failovers one request may take */
     int max_instances;               /* instance table size */
     double slo_ttft_ms, slo_tpot_ms; /* default objectives */
-    int busy_poll; /* the event loop never sleeps: lower latency for a whole core */
-    int io_cpu;    /* CPU for ZeroMQ's I/O thread; -1: wherever the process may run (set it:
-                    * 0 means CPU 0) */
+    int busy_poll;            /* the event loop never sleeps: lower latency for a whole core */
+    int metrics_port;         /* HTTP /metrics and /health (metrics.h); 0: none */
+    const char *metrics_addr; /* address it binds; NULL or "*": every interface */
+    int io_cpu; /* CPU for ZeroMQ's I/O thread; -1: wherever the process may run (set it:
+                 * 0 means CPU 0) */
 } router_params_t;
 
 typedef struct router router_t;

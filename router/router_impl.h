@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "common/model.h"
 #include "common/profile.h"
@@ -21,6 +22,7 @@
 #include "common/tokenizer.h"
 #include "instances.h"
 #include "limits.h"
+#include "metrics.h"
 #include "policy.h"
 #include "reqtable.h"
 #include "request.h"
@@ -68,7 +70,18 @@ struct router {
     int scratch_spilled;
 
     uint64_t n_accepted, n_rejected, n_finished, n_failed, n_cancelled, n_failovers;
+    router_metrics_t *metrics;             /* --metrics-port; NULL without */
+    router_hist_t h_ttft, h_tpot, h_total; /* completed requests, seconds, as relayed */
 };
+
+/* The cluster's health as HEALTH reports it (router.c). */
+void router_health(const router_t *r, Baton__HealthReply *h);
+/* A completed request's TTFT, TPOT and duration into the histograms (router_stats.c). */
+void router_stats_observe(router_t *r, const router_request_t *rq, uint64_t now_ns);
+/* GET handler of the metrics endpoint (router_stats.c). */
+int router_stats_render(void *ctx, const char *path, FILE *f);
+/* Sets up the histograms (router_stats.c). */
+void router_stats_init(router_t *r);
 
 /* Monotonic milliseconds: the time base of deadlines and liveness. */
 uint64_t router_now_ms(void);

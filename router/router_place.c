@@ -386,6 +386,8 @@ void router_finish(router_t *r, router_request_t *rq, Baton__FinishReason reason
                 (unsigned long long)rq->client_req_id, bt_status_name(status), rq->error);
     } else if (reason == BATON__FINISH_REASON__FINISH_CANCELLED) {
         r->n_cancelled++;
+    } else {
+        router_stats_observe(r, rq, bt_rpc_now_ns());
     }
     r->n_finished++;
     rq_list_remove(r, rq);
@@ -413,6 +415,10 @@ void router_relay(router_t *r, router_request_t *rq, const rq_relay_t *rel, uint
     if (rq->client_gone || rq->state == RQ_CANCELLING ||
         (rel->n == 0 && rq->text_len == rel->text_from))
         return;
+    if (rel->n) {
+        rq->last_ns = bt_rpc_now_ns();
+        rq->first_ns = rq->first_ns ? rq->first_ns : rq->last_ns;
+    }
     Baton__TokenChunk tc = BATON__TOKEN_CHUNK__INIT;
     tc.ids = rel->n ? rq->out + rel->first : NULL;
     tc.n_ids = rel->n;

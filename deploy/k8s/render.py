@@ -8,7 +8,9 @@
     kubectl apply -f baton.yaml
 
 What it writes (one YAML stream, docs/kubernetes.md):
-- the router: a Deployment of one pod and a Service (clients on port 5555, daemons on 5556);
+- the router: a Deployment of one pod and a Service (clients on port 5555, daemons on 5556),
+  its HTTP /metrics (Prometheus, with the usual scrape annotations) and /health (the pod's
+  readiness probe: ready once the cluster can serve) on port 9090;
   with the slo-aware policy, a ConfigMap holding the latency profile it reads;
 - one Deployment per role the plan uses (prefill, decode, colocated), with the plan's replica
   count, batch limits and KV memory, one GPU per pod on the cuda backend;
@@ -30,6 +32,7 @@ import yaml
 ROUTER = "baton-router"
 CLIENT_PORT = 5555
 CLUSTER_PORT = 5556
+METRICS_PORT = 9090
 ROLES = ("prefill", "decode", "colocated")
 PROFILE_PATH = "/etc/baton/profile.json"
 MODEL_DIR = "/models"
@@ -123,7 +126,8 @@ def router(r, a, model_file):
             "--policy", policy,
             "--model", f"{MODEL_DIR}/{os.path.basename(model_file)}",
             "--slo-ttft-ms", str(r.get("sloTtftMs", 1000)),
-            "--slo-tpot-ms", str(r.get("sloTpotMs", 100))]
+            "--slo-tpot-ms", str(r.get("sloTpotMs", 100)),
+            "--metrics-port", str(METRICS_PORT)]
     mounts = [{"name": "models", "mountPath": MODEL_DIR, "readOnly": True}]
     volumes = [model_volume(a)]
     docs = []
@@ -147,15 +151,24 @@ def router(r, a, model_file):
         volumes.append({"name": "profile", "configMap": {"name": "baton-profile"}})
     c = container("router", a.image, "baton-router", args, 0, mounts)
     c["ports"] = [{"name": "client", "containerPort": CLIENT_PORT},
-                  {"name": "cluster", "containerPort": CLUSTER_PORT}]
-    docs.append(deployment(ROUTER, "router", 1, [c], volumes, grace=a.drain_seconds))
+                  {"name": "cluster", "containerPort": CLUSTER_PORT},
+                  {"name": "metrics", "containerPort": METRICS_PORT}]
+    c["readinessProbe"] = {"httpGet": {"path": "/health", "port": "metrics"},
+                           "periodSeconds": 5, "failureThreshold": 2}
+    d = deployment(ROUTER, "router", 1, [c], volumes, grace=a.drain_seconds)
+    d["spec"]["template"]["metadata"]["annotations"] = {
+        "prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
+        "prometheus.io/path": "/metrics"}
+    docs.append(d)
     docs.append({"apiVersion": "v1", "kind": "Service",
                  "metadata": {"name": ROUTER, "labels": labels("router")},
                  "spec": {"selector": labels("router"),
                           "ports": [{"name": "client", "port": CLIENT_PORT,
                                      "targetPort": "client"},
                                     {"name": "cluster", "port": CLUSTER_PORT,
-                                     "targetPort": "cluster"}]}})
+                                     "targetPort": "cluster"},
+                                    {"name": "metrics", "port": METRICS_PORT,
+                                     "targetPort": "metrics"}]}})
     return docs
 
 

@@ -91,8 +91,16 @@ class RenderTest(unittest.TestCase):
                     self.assertEqual(args["--router"], "tcp://baton-router:5556")
         router_pod = deps["baton-router"]["spec"]["template"]
         self.assertEqual(svc["spec"]["selector"], router_pod["metadata"]["labels"])
-        ports = {p["name"] for p in router_pod["spec"]["containers"][0]["ports"]}
+        rc = router_pod["spec"]["containers"][0]
+        ports = {p["name"] for p in rc["ports"]}
         self.assertEqual({p["targetPort"] for p in svc["spec"]["ports"]}, ports)
+        # readiness is the router's /health on its metrics port, which its args open
+        self.assertEqual(rc["readinessProbe"]["httpGet"], {"path": "/health", "port": "metrics"})
+        metrics = [p["containerPort"] for p in rc["ports"] if p["name"] == "metrics"]
+        rargs = dict(zip(rc["args"][::2], rc["args"][1:][::2]))
+        self.assertEqual([int(rargs["--metrics-port"])], metrics)
+        self.assertEqual(router_pod["metadata"]["annotations"]["prometheus.io/port"],
+                         str(metrics[0]))
         with open(values) as f:
             v = yaml.safe_load(f)
         for role in ("prefill", "decode", "colocated"):
