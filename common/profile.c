@@ -262,22 +262,6 @@ int bt_profile_load(const char *path, bt_profile_t *out)
 
 /* --- writing ------------------------------------------------------------------------------ */
 
-/* A JSON string: quotes, backslashes and control characters escaped; other bytes as they are
- * (the strings come from a loaded profile or from the program, so they are UTF-8 already). */
-static void put_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (const unsigned char *q = (const unsigned char *)s; *q; q++) {
-        if (*q == '"' || *q == '\\')
-            fprintf(f, "\\%c", *q);
-        else if (*q < 0x20)
-            fprintf(f, "\\u%04x", *q);
-        else
-            fputc(*q, f);
-    }
-    fputc('"', f);
-}
-
 static void put_decode(FILE *f, const bt_profile_decode_t *d)
 {
     fprintf(f, "\"a_ms\": %.17g, \"b_ms_per_ctx_token\": %.17g, \"c_ms_per_seq\": %.17g", d->a_ms,
@@ -296,11 +280,11 @@ static void put_fit(FILE *f, const char *name, const bt_profile_fit_t *q, int *f
 int bt_profile_fprint(const bt_profile_t *p, FILE *f)
 {
     fprintf(f, "{\n  \"version\": %d,\n  \"model\": ", BT_PROFILE_VERSION);
-    put_str(f, p->model);
+    bt_json_write_str(f, p->model);
     fputs(",\n  \"backend\": ", f);
-    put_str(f, p->backend);
+    bt_json_write_str(f, p->backend);
     fputs(",\n  \"device\": ", f);
-    put_str(f, p->device);
+    bt_json_write_str(f, p->device);
     fprintf(f,
             ",\n  \"tp\": %d,\n  \"prefill\": {\"a_ms\": %.17g, \"b_ms_per_token\": %.17g, "
             "\"c_ms_per_token2\": %.17g},\n  \"decode\": {",
@@ -327,7 +311,7 @@ int bt_profile_fprint(const bt_profile_t *p, FILE *f)
     }
     if (p->note[0]) {
         fputs(",\n  \"note\": ", f);
-        put_str(f, p->note);
+        bt_json_write_str(f, p->note);
     }
     fputs("\n}\n", f);
     return ferror(f) ? BT_ERR_IO : BT_OK;
