@@ -21,7 +21,9 @@
 #
 #   deploy/validate-check.sh BUILD_DIR RESULTS_DIR [cpu | cpu-1p1d | cpu-colocated] [cuda]
 #
-# Environment: VAL_REQUESTS (requests per rate, default 200), VAL_LEVELS (the attainments, %).
+# Environment: VAL_REQUESTS (requests per rate, default 200), VAL_LEVELS (the attainments, %),
+# VAL_PRESET (the CPU clusters' model preset, default 15m; 110m is slower and closer to a real
+# model's cache behaviour).
 set -uo pipefail
 # shellcheck source=deploy/up-wait.sh
 . "$(dirname "$0")/up-wait.sh"
@@ -32,6 +34,7 @@ KINDS=${*:-cpu}
 BIN=$BUILD/bin
 REQ=${VAL_REQUESTS:-200}
 LEVELS=${VAL_LEVELS:-99,90,75,50,25,10}
+PRESET=${VAL_PRESET:-15m}
 WORKLOAD=(--prompt-len 32 --prompt-max 512 --output-len 16 --output-max 128)
 mkdir -p "$RESULTS"
 
@@ -117,12 +120,12 @@ for kind in $KINDS; do
     case $kind in
     cpu | cpu-1p1d | cpu-colocated)
         KV_TYPE=()
-        model=$RESULTS/validate-15m-q8_0.gguf
-        prof=$RESULTS/profile-15m-cpu.json
+        model=$RESULTS/validate-$PRESET-q8_0.gguf
+        prof=$RESULTS/profile-$PRESET-cpu.json
         [ -s "$model" ] ||
-            "$BIN/baton" model gen --preset 15m --type q8_0 --out "$model" >/dev/null || exit 1
+            "$BIN/baton" model gen --preset "$PRESET" --type q8_0 --out "$model" >/dev/null || exit 1
         if [ ! -s "$prof" ]; then # one profile for both clusters
-            echo "== profiling the 15m preset on CPU $CPU_P (1 thread)"
+            echo "== profiling the $PRESET preset on CPU $CPU_P (1 thread)"
             taskset -c $CPU_P "$BIN/baton-profile" --model "$model" --threads 1 --reps 5 \
                 --median "${GRID[@]}" --out "$prof" || { status=1 && continue; }
         fi
