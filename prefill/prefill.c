@@ -501,8 +501,15 @@ static int pf_step(void *ctx, bt_worker_t *w)
     int st = n > 0 && pf->p.layerwise ? pf_stream_start(pf, w, n) : BT_OK;
     if (st == BT_OK && n > 0)
         st = pf_forward(pf, n);
-    if (t0 > 0)
+    double sum = 0, sum2 = 0; /* the step log's shape, before a first token can free requests */
+    if (t0 > 0) {
         forward_ms = bt_mono_ms() - t0;
+        for (int32_t i = 0; i < n; i++) {
+            double l = PF_OF(pf->picked[i])->req->n_prompt;
+            sum += l;
+            sum2 += l * l;
+        }
+    }
     /* Whole rows cost about a millisecond each to sample on a large vocabulary: on every core;
      * greedy and top-k rows are cheap and stay on this thread. */
     if (st == BT_OK)
@@ -519,16 +526,9 @@ static int pf_step(void *ctx, bt_worker_t *w)
         }
     }
     bt_worker_flush(w);
-    if (t0 > 0 && st == BT_OK) {
-        double sum = 0, sum2 = 0;
-        for (int32_t i = 0; i < n; i++) {
-            double l = PF_OF(pf->picked[i])->req->n_prompt;
-            sum += l;
-            sum2 += l * l;
-        }
+    if (t0 > 0 && st == BT_OK)
         bt_steplog_write(pf->p.steplog, BT_STEP_PREFILL, sum, sum2, n, t0, forward_ms,
                          bt_mono_ms() - t0);
-    }
     pf_publish(pf, w);
     return n > 0 ? BT_OK : BT_AGAIN;
 }
