@@ -145,9 +145,9 @@ for kind in $KINDS; do
         prof=$RESULTS/profile-1b-cuda.json
         echo "== profiling the 1b preset on the GPU (bf16, bf16 KV)"
         taskset -c $CPU_P "$BIN/baton-profile" --model "$model" --backend cuda --kv-type bf16 \
-            "${GRID[@]}" --out "$prof" || { status=1 && continue; }
+            --threads 1 "${GRID[@]}" --out "$prof" || { status=1 && continue; }
         run cuda-colocated "$model" "$prof" 5741 --colocated 1 --backend cuda --kv-type bf16 \
-            --cpus "$CPU_P" -- --prefill 0 --decode 0 --colocated 1 || status=1
+            --threads 1 --cpus "$CPU_P" -- --prefill 0 --decode 0 --colocated 1 || status=1
         rm -f "$model"
         ;;
     *) echo "unknown kind $kind (cpu, cpu-1p1d, cpu-colocated, cuda)" && status=1 ;;
