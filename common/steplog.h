@@ -17,7 +17,8 @@
  *   mstep,SEQS,ROWS,MS,FORWARD_MS,SEQS,T_MS          anything else (prompts recomputed next
  *                                                    to decoding sequences); not fitted
  * MS is the whole step (planning, forward, sampling, sending), FORWARD_MS the engine's part,
- * T_MS the step's start on the monotonic clock. Writing stops (with one warning) after
+ * T_MS the step's start on the monotonic clock. Lines reach the file whole (at least once a
+ * second), so a log can be read while it grows. Writing stops (with one warning) after
  * BT_STEPLOG_MAX_BYTES, so a forgotten log cannot fill a disk.
  *
  * Threads: one writer (the compute thread); open and close on the main thread.

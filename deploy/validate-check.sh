@@ -120,7 +120,7 @@ for kind in $KINDS; do
     case $kind in
     cpu | cpu-1p1d | cpu-colocated)
         KV_TYPE=()
-        model=$RESULTS/validate-$PRESET-q8_0.gguf
+        model=$BUILD/validate-$PRESET-q8_0.gguf
         prof=$RESULTS/profile-$PRESET-cpu.json
         [ -s "$model" ] ||
             "$BIN/baton" model gen --preset "$PRESET" --type q8_0 --out "$model" >/dev/null || exit 1
@@ -140,15 +140,15 @@ for kind in $KINDS; do
         ;;
     cuda)
         KV_TYPE=(--kv-type bf16)
-        model=$RESULTS/validate-1b-bf16.gguf
-        "$BIN/baton" model gen --preset 1b --type bf16 --out "$model" >/dev/null || exit 1
+        model=$BUILD/bench-1b-bf16.gguf # device-check.sh's, when it ran first
+        [ -s "$model" ] ||
+            "$BIN/baton" model gen --preset 1b --type bf16 --out "$model" >/dev/null || exit 1
         prof=$RESULTS/profile-1b-cuda.json
         echo "== profiling the 1b preset on the GPU (bf16, bf16 KV)"
         taskset -c $CPU_P "$BIN/baton-profile" --model "$model" --backend cuda --kv-type bf16 \
             --threads 1 "${GRID[@]}" --out "$prof" || { status=1 && continue; }
         run cuda-colocated "$model" "$prof" 5741 --colocated 1 --backend cuda --kv-type bf16 \
             --threads 1 --cpus "$CPU_P" -- --prefill 0 --decode 0 --colocated 1 || status=1
-        rm -f "$model"
         ;;
     *) echo "unknown kind $kind (cpu, cpu-1p1d, cpu-colocated, cuda)" && status=1 ;;
     esac

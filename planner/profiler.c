@@ -336,6 +336,10 @@ static int refit(const pl_profiler_params_t *p, bt_profile_t *out)
             continue;
         if (sscanf(buf, "%15[a-z],%lf,%lf,%lf", kind, &n, &x, &ms) != 4 || !(n > 0) || !(x >= 0) ||
             !(ms > 0)) {
+            if (!strchr(buf, '\n') && feof(p->refit)) { /* cut short: a log being written */
+                bt_warn("profiler: raw line %d is incomplete; ignored", line);
+                break;
+            }
             bt_error("profiler: raw line %d is not kind,n,len_or_ctx,ms", line);
             st = BT_ERR_INVAL;
         } else if (strcmp(kind, "prefill") == 0) {
