@@ -53,14 +53,16 @@ grep -Eq '^within 2 points at [0-3] of 3 rates; mean \|sim - real\| [0-9.]+ poin
 kill -INT "$up" && wait "$up" || fail "baton up did not stop cleanly"
 up=
 steps=$tmp/logs/colocated-0.steps.csv
-[ "$(grep -c '^pstep,' "$steps")" -ge 40 ] || fail "fewer prefill steps than requests"
+# every prompt of the 3 x 40 requests was prefilled (several to a step when they came together)
+prompts=$(awk -F, '$1 == "pstep" { n += $6 } END { print n + 0 }' "$steps")
+[ "$prompts" -ge 120 ] || fail "$prompts prompts in prefill steps, fewer than the 120 requests"
 grep -q '^dstep,' "$steps" || fail "no decode steps"
 "$BIN/baton-profile" --model "$tmp/tiny.gguf" --refit "$steps" --link-gbps 10 --quiet \
     --out "$tmp/served.json"
 python3 - "$tmp/served.json" <<'PY' || fail "served profile"
 import json, sys
 p = json.load(open(sys.argv[1]))
-assert p["fit"]["prefill"]["points"] >= 40 and p["fit"]["decode"]["points"] > 0, p["fit"]
+assert p["fit"]["prefill"]["points"] >= 3 and p["fit"]["decode"]["points"] > 0, p["fit"]
 assert p["prefill"]["b_ms_per_token"] > 0 and p["transfer"]["gb_per_s"] == 10, p
 assert "--refit" in p["note"], p["note"]
 PY
