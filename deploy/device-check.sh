@@ -14,7 +14,8 @@
 #
 # BATON_NO_PEER=1 skips the PyTorch/transformers peer (its longest step) when time is short.
 # BATON_VALIDATE="cuda cpu-1p1d" (any of deploy/validate-check.sh's clusters) also compares the
-# simulator with clusters served on this machine, after everything else.
+# simulator with clusters served on this machine, after everything else (some 2 - 4 minutes per
+# cluster); with BATON_VALIDATE_ONLY=1 it does only that (a second call, say).
 #
 # Otherwise it copes with a machine that lacks some development packages: without UCX headers the transfer
 # library (and what needs it) is not configured; without cmocka the tests are skipped and only
@@ -30,6 +31,13 @@ exec > >(tee "$RESULTS/device-check.log") 2>&1
 t_start=$(date +%s)
 step() { echo; echo "== $* ($(($(date +%s) - t_start)) s)"; }
 status=0
+# The simulator against clusters served here (BATON_VALIDATE: deploy/validate-check.sh's kinds).
+validate() {
+    local kinds=${BATON_VALIDATE:-cuda}
+    step "simulator against the served cluster: deploy/validate-check.sh $kinds"
+    timeout "${BATON_VALIDATE_TIMEOUT:-420}" deploy/validate-check.sh "$BUILD" \
+        "$RESULTS/validate" $kinds || status=1
+}
 
 step "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
@@ -46,6 +54,7 @@ if [ -n "${BATON_PREBUILT:-}" ]; then
     export LD_LIBRARY_PATH=$PRE/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
     export UCX_MODULE_DIR=$PRE/lib/ucx
     export TMPDIR=${TMPDIR:-/tmp}
+    [ -n "${BATON_VALIDATE_ONLY:-}" ] && BUILD=$PRE && validate && exit $status
     step "gpu tests (prebuilt)"
     for t in gpu_test_cuda_ops gpu_test_cuda_engine gpu_test_cuda_attn_fa2 kvx_test_kvx_gpu; do
         echo "-- $t"
@@ -86,11 +95,16 @@ if [ $have_tests = 1 ]; then
     [ -z "$skip" ] && targets="$targets kvx_test_kvx_gpu"
 fi
 [ -z "$skip" ] &&
-    targets="$targets baton baton-router baton-prefill baton-decode baton-colocated baton-kvbench"
+    targets="$targets baton baton-router baton-prefill baton-decode baton-colocated baton-kvbench
+             baton-profile baton-validate"
 # shellcheck disable=SC2086
 cmake --build "$BUILD" -j"$JOBS" --target $targets >"$RESULTS/build.log" 2>&1 ||
     { grep -E "error|Error" "$RESULTS/build.log" | head -40; exit 1; }
 
+if [ -n "${BATON_VALIDATE_ONLY:-}" ]; then
+    validate
+    exit $status
+fi
 if [ $have_tests = 1 ]; then
     step "gpu tests"
     ctest --test-dir "$BUILD" -R '^(gpu_test_cuda|kvx_test_kvx_gpu)' --output-on-failure \
@@ -151,12 +165,7 @@ else
     echo "torch or transformers not importable: peer figures skipped"
 fi
 
-if [ -n "${BATON_VALIDATE:-}" ]; then
-    step "simulator against the served cluster: deploy/validate-check.sh $BATON_VALIDATE"
-    # Opt-in (BATON_VALIDATE="cuda cpu-1p1d", say): some 2 - 4 minutes per cluster.
-    timeout "${BATON_VALIDATE_TIMEOUT:-420}" deploy/validate-check.sh "$BUILD" \
-        "$RESULTS/validate" $BATON_VALIDATE || status=1
-fi
+[ -n "${BATON_VALIDATE:-}" ] && validate
 
 step "done"
 echo "results in $RESULTS; status $status"
