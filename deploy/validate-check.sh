@@ -11,7 +11,8 @@
 #   2. calibration pass: the workload with seed 2 at those rates, every forward recorded;
 #   3. the serving profile is fitted from those steps;
 #   4. validation pass: the workload with seed 1 (other requests) at the rates the serving
-#      profile gives, real against simulated with it.
+#      profile gives, real against simulated with it (and, in two more columns, with the
+#      profile measured alone).
 # Clusters:
 #   cpu:  1 prefill + 1 decode and 1 colocated, 15m preset (Q8_0), one compute thread per
 #         daemon, each daemon on a CPU of its own (the profile taken on the prefill daemon's);
@@ -103,7 +104,8 @@ run() {
     if [ $rc = 0 ]; then
         echo "$name: validation pass (seed 1), simulated with the profile fitted from the steps"
         "${REST[@]}" "$BIN/baton-validate" "${common[@]}" --seed 1 --profile "$served" \
-            --csv "$RESULTS/validate-$name.csv" | tee "$RESULTS/validate-$name.md"
+            --profile-alt "$profile" --csv "$RESULTS/validate-$name.csv" |
+            tee "$RESULTS/validate-$name.md"
         rc=${PIPESTATUS[0]}
     fi
     kill -INT $up 2>/dev/null

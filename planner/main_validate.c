@@ -29,7 +29,7 @@
 
 typedef struct {
     pl_cli_workload_t wl;
-    char *endpoint, *profile, *policy, *rates, *auto_levels, *csv, *log_level;
+    char *endpoint, *profile, *profile_alt, *policy, *rates, *auto_levels, *csv, *log_level;
     int prefill, decode, colocated, max_batch_tokens, max_batch_seqs, block_size, timeout_s;
     float quiet_load;
     size_t kv_mem;
@@ -41,6 +41,8 @@ static const bt_cfg_opt_t val_opts[] = {
     OPT("endpoint", BT_CFG_STRING, "tcp://127.0.0.1:5555", 0, 0, endpoint, "the router"),
     OPT("profile", BT_CFG_STRING, NULL, 0, 0, profile,
         "latency profile of the cluster's instances (required)"),
+    OPT("profile-alt", BT_CFG_STRING, NULL, 0, 0, profile_alt,
+        "also simulate with this profile (e.g. the one measured alone): two more columns"),
     OPT("prefill", BT_CFG_INT, "1", 0, 1024, prefill, "prefill instances of the cluster"),
     OPT("decode", BT_CFG_INT, "1", 0, 1024, decode, "decode instances of the cluster"),
     OPT("colocated", BT_CFG_INT, "0", 0, 1024, colocated, "colocated instances of the cluster"),
@@ -214,19 +216,28 @@ static void stats(const double *ttft, const double *tpot, size_t n, const val_cf
 typedef struct {
     const val_cfg_t *c;
     const pl_workload_t *w;
-    const pl_sim_params_t *sp;
+    const pl_sim_params_t *sp, *sp_alt; /* sp_alt: --profile-alt, or NULL */
     const bt_profile_t *prof;
     bt_client_t *cl;
     uint32_t n_vocab;
     pl_req_t *reqs;
     real_req_t *real;
-    pl_sim_req_t *sim;
+    pl_sim_req_t *sim, *sim_alt;
     int32_t *ids;
     double *buf; /* (5n): real ttft, real tpot, scratch (2n), prefill over profile */
     FILE *csv;
-    int n_done, n_within;      /* rates run, and those within 2 points */
-    double sum_abs, worst_abs; /* |sim - real| over the rates run, points */
+    int n_done, n_within[2];         /* rates run, and those within 2 points (sim, alt) */
+    double sum_abs[2], worst_abs[2]; /* |sim - real| over the rates run, points */
 } val_t;
+
+/* One more comparison of a simulated attainment with the real one, into the summary. */
+static void tally(val_t *v, int k, double sim, double real)
+{
+    double d = fabs(100 * (sim - real));
+    v->n_within[k] += d <= 2.0 + 1e-9;
+    v->sum_abs[k] += d;
+    v->worst_abs[k] = d > v->worst_abs[k] ? d : v->worst_abs[k];
+}
 
 /* The machine's 1-minute load average: the real side shares the CPUs with whatever else runs,
  * and the table says how busy they were. */
@@ -290,8 +301,10 @@ static int one_rate(val_t *v, double rate)
 {
     size_t n = pl_workload_n(v->w);
     pl_workload_at_rate(v->w, rate, v->reqs);
-    pl_sim_result_t res;
+    pl_sim_result_t res, alt = {0};
     int st = pl_sim_run(v->sp, v->reqs, n, &res, v->sim);
+    if (st == BT_OK && v->sp_alt)
+        st = pl_sim_run(v->sp_alt, v->reqs, n, &alt, v->sim_alt);
     if (st == BT_OK)
         st = real_run(v->c, v->cl, v->reqs, n, v->n_vocab, v->ids, v->real);
     if (st != BT_OK)
@@ -328,17 +341,19 @@ static int one_rate(val_t *v, double rate)
     stats_t real;
     stats(tt, tp, n, v->c, scratch, &real);
     printf("| %g | %.1f%% | %.1f%% | %+.1f | %.0f / %.0f | %.0f / %.0f | %.1f / %.1f | "
-           "%.1f / %.1f | %zu | %.2f / %.2f | %.1f |\n",
+           "%.1f / %.1f | %zu | %.2f / %.2f | %.1f |",
            rate, 100 * real.attain, 100 * res.attainment, 100 * (res.attainment - real.attain),
            real.ttft_p50, real.ttft_p90, res.ttft_p50_ms, res.ttft_p90_ms, real.tpot_p50,
            real.tpot_p90, res.tpot_p50_ms, res.tpot_p90_ms, real.n_failed, pct(pf, n_pf, 0.5), busy,
            loadavg());
+    if (v->sp_alt)
+        printf(" %.1f%% | %+.1f |", 100 * alt.attainment, 100 * (alt.attainment - real.attain));
+    printf("\n");
     fflush(stdout);
-    double d = fabs(100 * (res.attainment - real.attain));
     v->n_done++;
-    v->n_within += d <= 2.0 + 1e-9;
-    v->sum_abs += d;
-    v->worst_abs = d > v->worst_abs ? d : v->worst_abs;
+    tally(v, 0, res.attainment, real.attain);
+    if (v->sp_alt)
+        tally(v, 1, alt.attainment, real.attain);
     return BT_OK;
 }
 
@@ -380,13 +395,17 @@ static int validate(val_t *v, const double *rates, int n_rates)
     v->reqs = bt_malloc(n * sizeof *v->reqs);
     v->real = bt_malloc(n * sizeof *v->real);
     v->sim = bt_malloc(n * sizeof *v->sim);
+    v->sim_alt = v->sp_alt ? bt_malloc(n * sizeof *v->sim_alt) : NULL;
     v->ids = bt_malloc((size_t)max_prompt * sizeof *v->ids);
     v->buf = bt_malloc(5 * n * sizeof *v->buf);
-    int st = v->reqs && v->real && v->sim && v->ids && v->buf ? BT_OK : BT_ERR_NOMEM;
+    int st = v->reqs && v->real && v->sim && v->ids && v->buf && (v->sim_alt || !v->sp_alt)
+                 ? BT_OK
+                 : BT_ERR_NOMEM;
     printf("| rate/s | real | sim | sim - real (pp) | real TTFT p50 / p90 ms | "
            "sim TTFT p50 / p90 | real TPOT p50 / p90 ms | sim TPOT p50 / p90 | real failed | "
-           "prefill / profile (median / busy) | load |\n"
-           "|---|---|---|---|---|---|---|---|---|---|---|\n");
+           "prefill / profile (median / busy) | load |%s\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|%s\n",
+           v->sp_alt ? " sim, --profile-alt | alt - real (pp) |" : "", v->sp_alt ? "---|---|" : "");
     for (int i = 0; i < n_rates && st == BT_OK; i++) {
         settle(v->cl);
         /* On a shared machine, other work slows the real side only: wait for a quiet spell. */
@@ -398,10 +417,15 @@ static int validate(val_t *v, const double *rates, int n_rates)
     }
     if (v->n_done)
         printf("\nwithin 2 points at %d of %d rates; mean |sim - real| %.1f points, worst %.1f\n",
-               v->n_within, v->n_done, v->sum_abs / v->n_done, v->worst_abs);
+               v->n_within[0], v->n_done, v->sum_abs[0] / v->n_done, v->worst_abs[0]);
+    if (v->n_done && v->sp_alt)
+        printf("--profile-alt: within 2 points at %d of %d rates; mean |alt - real| %.1f points, "
+               "worst %.1f\n",
+               v->n_within[1], v->n_done, v->sum_abs[1] / v->n_done, v->worst_abs[1]);
     bt_free(v->reqs);
     bt_free(v->real);
     bt_free(v->sim);
+    bt_free(v->sim_alt);
     bt_free(v->ids);
     bt_free(v->buf);
     return st;
@@ -496,7 +520,9 @@ static int val_main(const val_cfg_t *c)
         fprintf(stderr, "baton-validate: need --profile, a known --policy and --rates 1,2\n");
         return 2;
     }
-    if (bt_profile_load(c->profile, &prof) != BT_OK)
+    bt_profile_t prof_alt;
+    if (bt_profile_load(c->profile, &prof) != BT_OK ||
+        (c->profile_alt && bt_profile_load(c->profile_alt, &prof_alt) != BT_OK))
         return 2;
     int n_inst = c->prefill + c->decode + c->colocated;
     pl_inst_spec_t inst[3 * 1024];
@@ -515,9 +541,20 @@ static int val_main(const val_cfg_t *c)
                           .slo_ttft_ms = c->slo_ttft_ms,
                           .slo_tpot_ms = c->slo_tpot_ms,
                           .block_size = c->block_size};
+    /* The same cluster on the other profile. */
+    static pl_inst_spec_t inst_alt[3 * 1024];
+    pl_sim_params_t sp_alt = sp;
+    if (c->profile_alt) {
+        for (int i = 0; i < n_inst; i++) {
+            inst_alt[i] = inst[i];
+            inst_alt[i].profile = &prof_alt;
+            inst_alt[i].kv_tokens = (int64_t)((double)c->kv_mem / prof_alt.kv_bytes_per_token);
+        }
+        sp_alt.inst = inst_alt;
+    }
     pl_trace_t *trace = NULL;
     char desc[512];
-    val_t v = {.c = c, .sp = &sp, .prof = &prof};
+    val_t v = {.c = c, .sp = &sp, .sp_alt = c->profile_alt ? &sp_alt : NULL, .prof = &prof};
     pl_workload_t *w = NULL;
     if (pl_cli_workload(&c->wl, &trace, &w, desc, sizeof desc) != BT_OK)
         return 1;

@@ -34,7 +34,8 @@ grep -q "serving on" "$tmp/up.log" || fail "the cluster did not come up"
 "$BIN/baton-validate" --endpoint "tcp://127.0.0.1:$port" --profile "$tmp/alone.json" \
     --prefill 0 --decode 0 --colocated 1 --kv-mem 8M --prompt-len 8 --prompt-max 48 \
     --output-len 4 --output-max 12 --requests 40 --rates auto --auto-levels 90,50,20 \
-    --slo-ttft-ms 1 --slo-tpot-ms 0.05 --timeout-s 60 >"$tmp/val.txt"
+    --slo-ttft-ms 1 --slo-tpot-ms 0.05 --timeout-s 60 --profile-alt "$tmp/alone.json" \
+    >"$tmp/val.txt"
 cat "$tmp/val.txt"
 line=$(grep "^rates from the simulator's attainment (90,50,20%):" "$tmp/val.txt") ||
     fail "no auto rates line"
@@ -49,6 +50,11 @@ awk -F'|' '/^\| [0-9]/ { if ($10 + 0 != 0) bad = 1 } END { exit bad }' "$tmp/val
     fail "real requests failed"
 grep -Eq '^within 2 points at [0-3] of 3 rates; mean \|sim - real\| [0-9.]+ points, worst [0-9.]+$' \
     "$tmp/val.txt" || fail "no summary line"
+# --profile-alt with the same profile: the same simulated attainment in its column, every row
+awk -F'|' '/^\| [0-9]/ { if ($4 != $13) bad = 1 } END { exit bad }' "$tmp/val.txt" ||
+    fail "--profile-alt with the same profile simulated something else"
+grep -q '^--profile-alt: within 2 points at [0-3] of 3 rates' "$tmp/val.txt" ||
+    fail "no --profile-alt summary line"
 
 kill -INT "$up" && wait "$up" || fail "baton up did not stop cleanly"
 up=
