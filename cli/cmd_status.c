@@ -78,6 +78,8 @@ static void print_text(const char *router, const bt_client_health_t *h, const bt
     }
     if (in->n_instances == 0)
         printf("(no instance has registered)\n");
+    else
+        printf("(queue, running and KV as of each instance's last heartbeat)\n");
 }
 
 static void print_json(const char *router, const bt_client_health_t *h, const bt_client_info_t *in)

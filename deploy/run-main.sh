@@ -4,7 +4,7 @@
 # daemon on the embedded default model (the synthetic 110m preset in Q8_0, written to
 # build/models the first time), then a short load run goes through the router: one streamed
 # request, then a burst of concurrent ones, each printing its timings and the instances that
-# served it. The cluster is stopped cleanly at the end (or on Ctrl-C).
+# served it, then `baton status`. The cluster is stopped cleanly at the end (or on Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=$(nproc)
@@ -57,6 +57,10 @@ if [ "$failed" -ne 0 ]; then
     echo "some requests failed; logs in build/logs" >&2
     exit 1
 fi
+
+echo
+echo "== the cluster as its router sees it (baton status)"
+build/bin/baton status --router "$ROUTER" || exit 1
 
 stop_cluster
 trap - EXIT
