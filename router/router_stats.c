@@ -61,11 +61,27 @@ static void head(FILE *f, const char *name, const char *type, const char *help)
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* One gauge per instance: name{instance="...",role="..."} value. */
-static void per_instance(router_t *r, FILE *f, const char *name, const char *type, const char *help,
-                         int which)
+/* The per-instance metrics, in the order per_instance knows them by. */
+typedef struct {
+    const char *name, *type, *help;
+} metric_t;
+static const metric_t instance_metrics[] = {
+    {"baton_instance_up", "gauge",
+     "1 when the instance is alive, not draining and serves the cluster's model"},
+    {"baton_instance_queue_length", "gauge", "Requests waiting on the instance (last heartbeat)"},
+    {"baton_instance_running", "gauge",
+     "Requests in the instance's running batch (last heartbeat)"},
+    {"baton_instance_kv_blocks_free", "gauge", "Free KV blocks of the instance (last heartbeat)"},
+    {"baton_instance_kv_blocks_total", "gauge", "KV blocks of the instance's pool"},
+    {"baton_instance_assigned_total", "counter",
+     "Parts of requests the router has assigned to the instance"},
+};
+
+/* One sample per instance of metric which: name{instance="...",role="..."} value. */
+static void per_instance(router_t *r, FILE *f, const metric_t *m, int which)
 {
-    head(f, name, type, help);
+    const char *name = m->name;
+    head(f, name, m->type, m->help);
     for (int i = 0; i < router_instances_count(r->inst); i++) {
         const router_instance_t *x = router_instances_at(r->inst, i);
         uint64_t v = which == 0   ? (uint64_t)(x->alive && !x->draining && x->model_ok)
@@ -111,18 +127,8 @@ int router_stats_render(void *ctx, const char *path, FILE *f)
                                          "finishing"};
     for (int s = 0; s <= RQ_FINISHING; s++)
         fprintf(f, "baton_router_requests{state=\"%s\"} %zu\n", states[s], r->n_state[s]);
-    per_instance(r, f, "baton_instance_up", "gauge",
-                 "1 when the instance is alive, not draining and serves the cluster's model", 0);
-    per_instance(r, f, "baton_instance_queue_length", "gauge",
-                 "Requests waiting on the instance (last heartbeat)", 1);
-    per_instance(r, f, "baton_instance_running", "gauge",
-                 "Requests in the instance's running batch (last heartbeat)", 2);
-    per_instance(r, f, "baton_instance_kv_blocks_free", "gauge",
-                 "Free KV blocks of the instance (last heartbeat)", 3);
-    per_instance(r, f, "baton_instance_kv_blocks_total", "gauge",
-                 "KV blocks of the instance's pool", 4);
-    per_instance(r, f, "baton_instance_assigned_total", "counter",
-                 "Parts of requests the router has assigned to the instance", 5);
+    for (int k = 0; k < N_OF(instance_metrics); k++)
+        per_instance(r, f, &instance_metrics[k], k);
     router_hist_write(&r->h_ttft, f, "baton_router_ttft_seconds",
                       "Time to first token of completed requests, as relayed by the router");
     router_hist_write(&r->h_tpot, f, "baton_router_tpot_seconds",
