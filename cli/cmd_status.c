@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "common/config.h"
 #include "common/json.h"
+#include "common/rpc.h"
 #include "common/status.h"
 
 typedef struct {
@@ -37,12 +38,6 @@ static const bt_cfg_table_t status_table = {
     .n_opts = sizeof status_opts / sizeof status_opts[0],
 };
 
-static const char *role_name(int role)
-{
-    static const char *const names[] = {"none", "prefill", "decode", "colocated", "pair"};
-    return role >= 0 && role < 5 ? names[role] : "unknown";
-}
-
 /* KV blocks in use, percent; 0 when the instance reported no pool. */
 static double kv_used_pct(const bt_client_instance_t *x)
 {
@@ -65,14 +60,14 @@ static void print_text(const char *router, const bt_client_health_t *h, const bt
     for (size_t i = 0; i < in->n_instances; i++) {
         const bt_client_instance_t *x = &in->instances[i];
         char role[32];
-        if (x->role == 4)
-            snprintf(role, sizeof role, "pair/%s", role_name(x->serving));
+        if (x->role == BATON__ROLE__PAIR)
+            snprintf(role, sizeof role, "pair/%s", bt_rpc_role_name(x->serving));
         else
-            snprintf(role, sizeof role, "%s", role_name(x->role));
+            snprintf(role, sizeof role, "%s", bt_rpc_role_name(x->role));
         printf("%-24s %-14s %-5s %6u %8u %8.1f%% %u / %u", x->id, role, x->alive ? "up" : "down",
                x->queue_len, x->running, kv_used_pct(x), x->kv_total_blocks - x->kv_free_blocks,
                x->kv_total_blocks);
-        if (x->role == 4)
+        if (x->role == BATON__ROLE__PAIR)
             printf("  (partner %s, %u replicas)", x->partner, x->replicas);
         printf("\n");
     }
@@ -100,10 +95,10 @@ static void print_json(const char *router, const bt_client_health_t *h, const bt
         bt_json_write_str(stdout, x->id);
         printf(", \"role\": \"%s\", \"alive\": %s, \"queue_len\": %u, \"running\": %u, "
                "\"kv_free_blocks\": %u, \"kv_total_blocks\": %u",
-               role_name(x->role), x->alive ? "true" : "false", x->queue_len, x->running,
+               bt_rpc_role_name(x->role), x->alive ? "true" : "false", x->queue_len, x->running,
                x->kv_free_blocks, x->kv_total_blocks);
-        if (x->role == 4) {
-            printf(", \"serving\": \"%s\", \"partner\": ", role_name(x->serving));
+        if (x->role == BATON__ROLE__PAIR) {
+            printf(", \"serving\": \"%s\", \"partner\": ", bt_rpc_role_name(x->serving));
             bt_json_write_str(stdout, x->partner);
             printf(", \"replicas\": %u", x->replicas);
         }

@@ -9,18 +9,8 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "rpc.h"
 #include "status.h"
-
-static const char *role_name(Baton__Role role)
-{
-    switch (role) {
-    case BATON__ROLE__PREFILL: return "prefill";
-    case BATON__ROLE__DECODE: return "decode";
-    case BATON__ROLE__COLOCATED: return "colocated";
-    case BATON__ROLE__PAIR: return "pair";
-    default: return "daemon";
-    }
-}
 
 int bt_daemon_parse(const bt_cfg_table_t *t, void *cfg, size_t daemon_offset, int argc, char **argv)
 {
@@ -85,8 +75,10 @@ int bt_daemon_setup(const bt_daemon_cfg_t *c, Baton__Role role, bt_daemon_t *d)
     } else {
         char host[64] = "host";
         gethostname(host, sizeof host - 1);
-        snprintf(d->instance_id, sizeof d->instance_id, "%s-%s-%d", role_name(role), host,
-                 (int)getpid());
+        snprintf(d->instance_id, sizeof d->instance_id, "%s-%s-%d",
+                 role >= BATON__ROLE__PREFILL && role <= BATON__ROLE__PAIR ? bt_rpc_role_name(role)
+                                                                           : "daemon",
+                 host, (int)getpid());
     }
     bt_kv_pool_t *pool = bt_engine_kv_pool(d->engine);
     bt_info("%s: model %s (%s), context %d, KV pool %d blocks of %d tokens (%s)", d->instance_id,

@@ -279,3 +279,15 @@ int bt_rpc_unpack(const bt_rpc_msg_t *m, ProtobufCMessage **out)
     *out = msg;
     return BT_OK;
 }
+
+const char *bt_rpc_role_name(int role)
+{
+    switch (role) {
+    case BATON__ROLE__ROLE_NONE: return "none";
+    case BATON__ROLE__PREFILL: return "prefill";
+    case BATON__ROLE__DECODE: return "decode";
+    case BATON__ROLE__COLOCATED: return "colocated";
+    case BATON__ROLE__PAIR: return "pair";
+    default: return "unknown";
+    }
+}

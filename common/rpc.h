@@ -85,4 +85,8 @@ int bt_rpc_socket_setup(void *sock);
 /* Wall-clock nanoseconds (CLOCK_REALTIME), the time base of lifetime events. */
 uint64_t bt_rpc_now_ns(void);
 
+/* An instance role in lower case: "none", "prefill", "decode", "colocated", "pair"; "unknown"
+ * for any other value (a newer peer's). */
+const char *bt_rpc_role_name(int role);
+
 #endif

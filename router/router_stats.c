@@ -50,12 +50,6 @@ static void label(FILE *f, const char *s)
     fputc('"', f);
 }
 
-static const char *role_name(int role)
-{
-    static const char *const names[] = {"none", "prefill", "decode", "colocated", "pair"};
-    return role >= 0 && role < N_OF(names) ? names[role] : "unknown";
-}
-
 static void head(FILE *f, const char *name, const char *type, const char *help)
 {
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -92,7 +86,7 @@ static void per_instance(router_t *r, FILE *f, const metric_t *m, int which)
                                   : x->n_assigned;
         fprintf(f, "%s{instance=", name);
         label(f, x->name);
-        fprintf(f, ",role=\"%s\"} %llu\n", role_name(x->role), (unsigned long long)v);
+        fprintf(f, ",role=\"%s\"} %llu\n", bt_rpc_role_name(x->role), (unsigned long long)v);
     }
 }
 
