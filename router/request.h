@@ -63,7 +63,8 @@ typedef struct router_request {
     uint64_t deadline_ms;       /* monotonic; for the timed list (ASSIGNING, CANCELLING, ...) */
     uint64_t wait_deadline_ms;  /* monotonic; when QUEUED: fail if not placed by then */
     uint64_t issued_ns;         /* wall clock of ISSUED */
-    uint64_t first_ns, last_ns; /* wall clock of the first and the last token relayed; 0: none */
+    uint64_t first_ns, last_ns; /* wall clock of the first and the last token relayed (with
+                                 * --metrics-port only); 0: none */
 
     Baton__GenerateRequest *req; /* owned: sampling and stop settings are sent from here */
     const int32_t *prompt;       /* req->prompt_ids or prompt_owned */

@@ -71,7 +71,8 @@ struct router {
 
     uint64_t n_accepted, n_rejected, n_finished, n_failed, n_cancelled, n_failovers;
     router_metrics_t *metrics;             /* --metrics-port; NULL without */
-    router_hist_t h_ttft, h_tpot, h_total; /* completed requests, seconds, as relayed */
+    router_hist_t h_ttft, h_tpot, h_total; /* completed requests, seconds, as relayed (only
+                                            * with the endpoint: nothing else reads them) */
 };
 
 /* The cluster's health as HEALTH reports it (router.c). */

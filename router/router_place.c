@@ -386,7 +386,7 @@ void router_finish(router_t *r, router_request_t *rq, Baton__FinishReason reason
                 (unsigned long long)rq->client_req_id, bt_status_name(status), rq->error);
     } else if (reason == BATON__FINISH_REASON__FINISH_CANCELLED) {
         r->n_cancelled++;
-    } else {
+    } else if (r->metrics) {
         router_stats_observe(r, rq, bt_rpc_now_ns());
     }
     r->n_finished++;
@@ -415,7 +415,7 @@ void router_relay(router_t *r, router_request_t *rq, const rq_relay_t *rel, uint
     if (rq->client_gone || rq->state == RQ_CANCELLING ||
         (rel->n == 0 && rq->text_len == rel->text_from))
         return;
-    if (rel->n) {
+    if (rel->n && r->metrics) { /* only the metrics endpoint reads them */
         rq->last_ns = bt_rpc_now_ns();
         rq->first_ns = rq->first_ns ? rq->first_ns : rq->last_ns;
     }
