@@ -497,6 +497,21 @@ static int auto_rates(const pl_sim_params_t *sp, const pl_workload_t *w, const d
     return n_rates;
 }
 
+/* The simulator's instances of the cluster c describes, timed by prof (prefill first, then
+ * decode, then colocated, as baton up starts them). */
+static void cluster_of(const val_cfg_t *c, const bt_profile_t *prof, pl_inst_spec_t *inst)
+{
+    for (int i = 0; i < c->prefill + c->decode + c->colocated; i++)
+        inst[i] =
+            (pl_inst_spec_t){.role = i < c->prefill               ? PL_ROLE_PREFILL
+                                     : i < c->prefill + c->decode ? PL_ROLE_DECODE
+                                                                  : PL_ROLE_COLOCATED,
+                             .profile = prof,
+                             .kv_tokens = (int64_t)((double)c->kv_mem / prof->kv_bytes_per_token),
+                             .max_batch_tokens = c->max_batch_tokens,
+                             .max_batch_seqs = c->max_batch_seqs};
+}
+
 static int val_main(const val_cfg_t *c)
 {
     double rates[MAX_RATES], levels[MAX_RATES];
@@ -525,31 +540,17 @@ static int val_main(const val_cfg_t *c)
         (c->profile_alt && bt_profile_load(c->profile_alt, &prof_alt) != BT_OK))
         return 2;
     int n_inst = c->prefill + c->decode + c->colocated;
-    pl_inst_spec_t inst[3 * 1024];
-    for (int i = 0; i < n_inst; i++)
-        inst[i] =
-            (pl_inst_spec_t){.role = i < c->prefill               ? PL_ROLE_PREFILL
-                                     : i < c->prefill + c->decode ? PL_ROLE_DECODE
-                                                                  : PL_ROLE_COLOCATED,
-                             .profile = &prof,
-                             .kv_tokens = (int64_t)((double)c->kv_mem / prof.kv_bytes_per_token),
-                             .max_batch_tokens = c->max_batch_tokens,
-                             .max_batch_seqs = c->max_batch_seqs};
+    pl_inst_spec_t inst[3 * 1024], inst_alt[3 * 1024];
+    cluster_of(c, &prof, inst);
     pl_sim_params_t sp = {.inst = inst,
                           .n_inst = n_inst,
                           .policy = (pl_policy_t)pol,
                           .slo_ttft_ms = c->slo_ttft_ms,
                           .slo_tpot_ms = c->slo_tpot_ms,
                           .block_size = c->block_size};
-    /* The same cluster on the other profile. */
-    static pl_inst_spec_t inst_alt[3 * 1024];
-    pl_sim_params_t sp_alt = sp;
+    pl_sim_params_t sp_alt = sp; /* the same cluster on the other profile */
     if (c->profile_alt) {
-        for (int i = 0; i < n_inst; i++) {
-            inst_alt[i] = inst[i];
-            inst_alt[i].profile = &prof_alt;
-            inst_alt[i].kv_tokens = (int64_t)((double)c->kv_mem / prof_alt.kv_bytes_per_token);
-        }
+        cluster_of(c, &prof_alt, inst_alt);
         sp_alt.inst = inst_alt;
     }
     pl_trace_t *trace = NULL;
