@@ -36,7 +36,9 @@ BIN=$BUILD/bin
 REQ=${VAL_REQUESTS:-200}
 LEVELS=${VAL_LEVELS:-99,90,75,50,25,10}
 PRESET=${VAL_PRESET:-15m}
-WORKLOAD=(--prompt-len 32 --prompt-max 512 --output-len 16 --output-max 128)
+PROMPT=(32 512) OUTPUT=(16 128) # lengths, uniform between the two
+WORKLOAD=(--prompt-len "${PROMPT[0]}" --prompt-max "${PROMPT[1]}" --output-len "${OUTPUT[0]}"
+    --output-max "${OUTPUT[1]}")
 mkdir -p "$RESULTS"
 
 # CPU layout: on a machine with 8 or more CPUs the prefill daemon gets CPU 2, the decode daemon
@@ -48,14 +50,16 @@ else
     CPU_P=0 CPU_D=1 REST=()
 fi
 
-# objectives PROFILE: prints "TTFT_MS TPOT_MS" from the profile's models (see above)
+# objectives PROFILE: prints "TTFT_MS TPOT_MS" from the profile's models and the workload's
+# lengths (see above)
 objectives() {
-    python3 - "$1" <<'EOF'
+    python3 - "$1" "${PROMPT[@]}" "${OUTPUT[@]}" <<'EOF'
 import json, sys
 p = json.load(open(sys.argv[1]))
+lo, hi, out_lo, out_hi = (float(x) for x in sys.argv[2:6])
 pf, dc = p["prefill"], p["decode"]
-ttft = 3 * (pf["a_ms"] + pf["b_ms_per_token"] * 512 + pf["c_ms_per_token2"] * 512 * 512)
-b, ctx = 8, (32 + 512) / 2 + (16 + 128) / 4
+ttft = 3 * (pf["a_ms"] + pf["b_ms_per_token"] * hi + pf["c_ms_per_token2"] * hi * hi)
+b, ctx = 8, (lo + hi) / 2 + (out_lo + out_hi) / 4
 k = p.get("decode_knee")
 if k and b >= k["batch"]:
     dc = k
