@@ -362,18 +362,27 @@ static void test_status(void **state)
     free(out);
 }
 
+/* Runs argv (in the fixture's process slot), which must end within timeout_ms with exit status
+ * code and needle in what it printed. */
+static void expect_exit(up_fixture_t *f, const char *const *argv, int timeout_ms, int code,
+                        const char *needle)
+{
+    assert_int_equal(bt_proc_start(&f->up, (char *const *)argv), 0);
+    assert_true(bt_proc_wait(&f->up, timeout_ms));
+    assert_int_equal(bt_proc_exit_code(&f->up), code);
+    char *log = bt_test_read_file(f->up.log, NULL);
+    assert_non_null(log);
+    assert_non_null(strstr(log, needle));
+    free(log);
+}
+
 /* --step-logs without --log-dir is refused before anything starts (status 2), and a daemon
  * whose step log cannot be created says so and exits 1 instead of serving without it. */
 static void test_step_log_errors(void **state)
 {
     up_fixture_t *f = *state;
     const char *up[] = {BATON, "up", "--model", f->model, "--step-logs", NULL};
-    assert_int_equal(bt_proc_start(&f->up, (char *const *)up), 0);
-    assert_true(bt_proc_wait(&f->up, 10000));
-    assert_int_equal(bt_proc_exit_code(&f->up), 2);
-    char *log = bt_test_read_file(f->up.log, NULL);
-    assert_non_null(strstr(log, "--step-logs needs --log-dir"));
-    free(log);
+    expect_exit(f, up, 10000, 2, "--step-logs needs --log-dir");
     assert_int_equal(count_cluster_procs(f->model), 0);
 
     const char *daemon[] = {BATON_BINARY_DIR "/bin/baton-colocated",
@@ -382,12 +391,7 @@ static void test_step_log_errors(void **state)
                             "--step-log",
                             "/nonexistent-dir/steps.csv",
                             NULL};
-    assert_int_equal(bt_proc_start(&f->up, (char *const *)daemon), 0);
-    assert_true(bt_proc_wait(&f->up, 30000));
-    assert_int_equal(bt_proc_exit_code(&f->up), 1);
-    log = bt_test_read_file(f->up.log, NULL);
-    assert_non_null(strstr(log, "step log /nonexistent-dir/steps.csv"));
-    free(log);
+    expect_exit(f, daemon, 30000, 1, "step log /nonexistent-dir/steps.csv");
 }
 
 /* A --cpus that does not parse, or names a CPU this process cannot use, is refused before
@@ -398,12 +402,7 @@ static void test_up_refuses_bad_cpus(void **state)
     static const char *bad[] = {"0;x", "1-0", "0,", ";", "100000"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         const char *argv[] = {BATON, "up", "--model", f->model, "--cpus", bad[i], NULL};
-        assert_int_equal(bt_proc_start(&f->up, (char *const *)argv), 0);
-        assert_true(bt_proc_wait(&f->up, 10000));
-        assert_int_equal(bt_proc_exit_code(&f->up), 2);
-        char *log = bt_test_read_file(f->up.log, NULL);
-        assert_non_null(strstr(log, "--cpus"));
-        free(log);
+        expect_exit(f, argv, 10000, 2, "--cpus");
         assert_int_equal(count_cluster_procs(f->model), 0);
     }
 }
