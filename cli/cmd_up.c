@@ -16,6 +16,7 @@
 #include <sched.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -285,7 +286,7 @@ static int spawn(up_t *u, const char *name, int is_router, const cpu_set_t *cpus
 typedef struct {
     char *v[UP_MAX_ARGS + 1];
     int n;
-    char buf[4096]; /* numbers formatted for v */
+    char buf[4096]; /* values formatted for v */
     size_t used;
 } argv_t;
 
@@ -296,22 +297,28 @@ static void arg(argv_t *a, const char *s)
     a->v[a->n] = NULL;
 }
 
-static void arg_int(argv_t *a, const char *flag, long x)
+/* flag, then a value formatted into a's buffer. */
+static void __attribute__((format(printf, 3, 4)))
+arg_fmt(argv_t *a, const char *flag, const char *fmt, ...)
 {
     char *dst = a->buf + a->used;
-    int n = snprintf(dst, sizeof a->buf - a->used, "%ld", x);
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(dst, sizeof a->buf - a->used, fmt, ap);
+    va_end(ap);
     a->used += (size_t)n + 1;
     arg(a, flag);
     arg(a, dst);
 }
 
+static void arg_int(argv_t *a, const char *flag, long x)
+{
+    arg_fmt(a, flag, "%ld", x);
+}
+
 static void arg_num(argv_t *a, const char *flag, double x)
 {
-    char *dst = a->buf + a->used;
-    int n = snprintf(dst, sizeof a->buf - a->used, "%.9g", x);
-    a->used += (size_t)n + 1;
-    arg(a, flag);
-    arg(a, dst);
+    arg_fmt(a, flag, "%.9g", x);
 }
 
 static int start_router(up_t *u)
@@ -385,13 +392,8 @@ static int start_daemon(up_t *u, const char *kind, int index, int threads, const
     arg_int(&a, "--ctx", c->ctx);
     arg(&a, "--log-level");
     arg(&a, c->log_level);
-    if (c->step_logs) {
-        char *dst = a.buf + a.used;
-        int n = snprintf(dst, sizeof a.buf - a.used, "%.3000s/%s.steps.csv", c->log_dir, name);
-        a.used += (size_t)n + 1;
-        arg(&a, "--step-log");
-        arg(&a, dst);
-    }
+    if (c->step_logs)
+        arg_fmt(&a, "--step-log", "%.3000s/%s.steps.csv", c->log_dir, name);
     if (!strcmp(kind, "prefill")) {
         arg(&a, "--kv-stream");
         arg(&a, c->kv_stream);
