@@ -135,6 +135,32 @@ static int parse_header(const uint8_t *data, size_t len, bt_rpc_header_t *h)
     return BT_OK;
 }
 
+/* The header and body frames of a message received whole: what bt_rpc_recv makes of them. */
+static int take_frames(const uint8_t *hdr, size_t hlen, const uint8_t *body, size_t blen,
+                       bt_rpc_msg_t *m)
+{
+    int st = parse_header(hdr, hlen, &m->hdr);
+    if (st == BT_OK && blen > 0) {
+        m->body_len = blen;
+        m->body = blen <= sizeof m->small ? m->small : bt_malloc(blen);
+        if (m->body)
+            memcpy(m->body, body, blen);
+        else
+            st = BT_ERR_NOMEM;
+    }
+    return st;
+}
+
+static void msg_clear(bt_rpc_msg_t *m)
+{
+    /* Not memset(m): small need not be cleared, nor route ids past route.n. */
+    m->route.n = 0;
+    memset(m->route.len, 0, sizeof m->route.len);
+    memset(&m->hdr, 0, sizeof m->hdr);
+    m->body = NULL;
+    m->body_len = 0;
+}
+
 /* Route frames a socket type puts before the header: a ROUTER prepends the peer identity. */
 static int route_frames(void *sock)
 {
@@ -150,12 +176,7 @@ int bt_rpc_recv(void *sock, bt_rpc_msg_t *m, int flags)
     zmq_msg_t frames[BT_RPC_MAX_ROUTE + 2];
     int n = 0, more = 1, st = BT_OK, n_route = route_frames(sock);
     size_t sz = sizeof more;
-    /* Not memset(m): small need not be cleared, nor route ids past route.n. */
-    m->route.n = 0;
-    memset(m->route.len, 0, sizeof m->route.len);
-    memset(&m->hdr, 0, sizeof m->hdr);
-    m->body = NULL;
-    m->body_len = 0;
+    msg_clear(m);
     while (more) {
         if (n == n_route + 2) { /* too many frames: drop the rest */
             drain_rest(sock);
@@ -185,15 +206,8 @@ int bt_rpc_recv(void *sock, bt_rpc_msg_t *m, int flags)
     if (st == BT_OK && n != n_route + 2)
         st = BT_ERR_FORMAT;
     if (st == BT_OK)
-        st = parse_header(zmq_msg_data(&frames[n - 2]), zmq_msg_size(&frames[n - 2]), &m->hdr);
-    if (st == BT_OK && zmq_msg_size(&frames[n - 1]) > 0) {
-        m->body_len = zmq_msg_size(&frames[n - 1]);
-        m->body = m->body_len <= sizeof m->small ? m->small : bt_malloc(m->body_len);
-        if (m->body)
-            memcpy(m->body, zmq_msg_data(&frames[n - 1]), m->body_len);
-        else
-            st = BT_ERR_NOMEM;
-    }
+        st = take_frames(zmq_msg_data(&frames[n - 2]), zmq_msg_size(&frames[n - 2]),
+                         zmq_msg_data(&frames[n - 1]), zmq_msg_size(&frames[n - 1]), m);
     for (int i = 0; i < n; i++)
         zmq_msg_close(&frames[i]);
     return st;
@@ -216,53 +230,120 @@ static int send_frame(void *sock, const void *data, size_t len, int flags)
     return BT_OK;
 }
 
-int bt_rpc_send(void *sock, const bt_rpc_route_t *route, const bt_rpc_header_t *h,
-                const ProtobufCMessage *body, int flags)
+/* A message's header and body, packed: the body in stackbuf when it fits, else allocated
+ * (free it when *bbuf != stackbuf). */
+typedef struct {
+    uint8_t hbuf[BT_RPC_MAX_HEADER_BYTES];
+    size_t hlen, blen;
+    uint8_t *bbuf;
+    uint8_t stackbuf[1024];
+} packed_t;
+
+static int pack(const bt_rpc_header_t *h, const ProtobufCMessage *body, packed_t *pk)
 {
     Baton__Header ph = BATON__HEADER__INIT;
-    uint8_t hbuf[BT_RPC_MAX_HEADER_BYTES];
     ph.version = h->version;
     ph.method = h->method;
     ph.request_id = h->request_id;
     ph.status = h->status;
     ph.error = (char *)h->error;
-    size_t hlen = baton__header__get_packed_size(&ph);
-    if (hlen > sizeof hbuf)
+    pk->hlen = baton__header__get_packed_size(&ph);
+    if (pk->hlen > sizeof pk->hbuf)
         return BT_ERR_RANGE;
-    baton__header__pack(&ph, hbuf);
+    baton__header__pack(&ph, pk->hbuf);
 
-    size_t blen = body ? protobuf_c_message_get_packed_size(body) : 0;
-    if (blen > BT_RPC_MAX_BODY_BYTES)
+    pk->blen = body ? protobuf_c_message_get_packed_size(body) : 0;
+    if (pk->blen > BT_RPC_MAX_BODY_BYTES)
         return BT_ERR_RANGE;
-    uint8_t stackbuf[1024], *bbuf = blen <= sizeof stackbuf ? stackbuf : bt_malloc(blen);
-    if (!bbuf)
+    pk->bbuf = pk->blen <= sizeof pk->stackbuf ? pk->stackbuf : bt_malloc(pk->blen);
+    if (!pk->bbuf)
         return BT_ERR_NOMEM;
     if (body)
-        protobuf_c_message_pack(body, bbuf);
+        protobuf_c_message_pack(body, pk->bbuf);
+    return BT_OK;
+}
 
-    int st = BT_OK;
+static void pack_fini(packed_t *pk)
+{
+    if (pk->bbuf != pk->stackbuf)
+        bt_free(pk->bbuf);
+}
+
+int bt_rpc_send(void *sock, const bt_rpc_route_t *route, const bt_rpc_header_t *h,
+                const ProtobufCMessage *body, int flags)
+{
+    packed_t pk;
+    int st = pack(h, body, &pk);
+    if (st != BT_OK)
+        return st;
     for (int i = 0; route && i < route->n && st == BT_OK; i++)
         st = send_frame(sock, route->id[i], route->len[i], flags | ZMQ_SNDMORE);
     if (st == BT_OK)
-        st = send_frame(sock, hbuf, hlen, flags | ZMQ_SNDMORE);
+        st = send_frame(sock, pk.hbuf, pk.hlen, flags | ZMQ_SNDMORE);
     if (st == BT_OK)
-        st = send_frame(sock, bbuf, blen, flags);
-    if (bbuf != stackbuf)
-        bt_free(bbuf);
+        st = send_frame(sock, pk.bbuf, pk.blen, flags);
+    pack_fini(&pk);
     return st;
+}
+
+int bt_rpc_zrecv(bt_zmtp_t *z, bt_rpc_msg_t *m)
+{
+    bt_zmtp_msg_t zm;
+    msg_clear(m);
+    int st = bt_zmtp_recv(z, &zm);
+    if (st != BT_OK)
+        return st;
+    size_t len = zm.id_len < BT_RPC_MAX_ROUTE_BYTES ? zm.id_len : BT_RPC_MAX_ROUTE_BYTES;
+    memcpy(m->route.id[0], zm.id, len);
+    m->route.len[0] = (uint8_t)len;
+    m->route.n = 1;
+    if (zm.n_frames != 2)
+        return BT_ERR_FORMAT;
+    return take_frames(zm.data[0], zm.len[0], zm.data[1], zm.len[1], m);
+}
+
+int bt_rpc_zsend(bt_zmtp_t *z, const bt_rpc_route_t *route, const bt_rpc_header_t *h,
+                 const ProtobufCMessage *body)
+{
+    if (!route || route->n != 1)
+        return BT_ERR_INVAL;
+    packed_t pk;
+    int st = pack(h, body, &pk);
+    if (st != BT_OK)
+        return st;
+    struct iovec iov[2] = {{pk.hbuf, pk.hlen}, {pk.bbuf, pk.blen}};
+    st = bt_zmtp_send(z, route->id[0], route->len[0], iov, 2);
+    pack_fini(&pk);
+    return st == BT_ERR_NOT_FOUND ? BT_ERR_IO : st;
+}
+
+/* The error reply to m: same route, request id and method (RESULT when m's is unknown). */
+static void error_header(const bt_rpc_msg_t *m, int status, const char *fmt, va_list ap,
+                         bt_rpc_header_t *h)
+{
+    bt_rpc_header_init(h, m->hdr.method ? m->hdr.method : BATON__METHOD__RESULT, m->hdr.request_id);
+    if (!method_known(h->method))
+        h->method = BATON__METHOD__RESULT;
+    h->status = status;
+    vsnprintf(h->error, sizeof h->error, fmt, ap);
+}
+
+int bt_rpc_zreply_error(bt_zmtp_t *z, const bt_rpc_msg_t *m, int status, const char *fmt, ...)
+{
+    bt_rpc_header_t h;
+    va_list ap;
+    va_start(ap, fmt);
+    error_header(m, status, fmt, ap, &h);
+    va_end(ap);
+    return bt_rpc_zsend(z, &m->route, &h, NULL);
 }
 
 int bt_rpc_reply_error(void *sock, const bt_rpc_msg_t *m, int status, const char *fmt, ...)
 {
     bt_rpc_header_t h;
-    bt_rpc_header_init(&h, m->hdr.method ? m->hdr.method : BATON__METHOD__RESULT,
-                       m->hdr.request_id);
-    if (!method_known(h.method))
-        h.method = BATON__METHOD__RESULT;
-    h.status = status;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(h.error, sizeof h.error, fmt, ap);
+    error_header(m, status, fmt, ap, &h);
     va_end(ap);
     return bt_rpc_send(sock, &m->route, &h, NULL, ZMQ_DONTWAIT);
 }

@@ -21,6 +21,7 @@
 
 #include <protobuf-c/protobuf-c.h>
 
+#include "common/zmtp.h"
 #include "proto/baton.pb-c.h"
 
 #define BT_RPC_VERSION 1
@@ -68,6 +69,18 @@ int bt_rpc_send(void *sock, const bt_rpc_route_t *route, const bt_rpc_header_t *
 
 /* Replies to m (same route and request id) with an error status and a formatted message. */
 int bt_rpc_reply_error(void *sock, const bt_rpc_msg_t *m, int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/*
+ * The same three on a ROUTER socket served on the caller's thread (zmtp.h): the route is the
+ * one identity frame; sends never block. bt_rpc_zrecv returns BT_AGAIN when nothing is there;
+ * bt_rpc_zsend returns BT_ERR_IO when no connected peer holds the route (as libzmq's
+ * ZMQ_ROUTER_MANDATORY does) and BT_AGAIN when that peer's output queue is full.
+ */
+int bt_rpc_zrecv(bt_zmtp_t *z, bt_rpc_msg_t *m);
+int bt_rpc_zsend(bt_zmtp_t *z, const bt_rpc_route_t *route, const bt_rpc_header_t *h,
+                 const ProtobufCMessage *body);
+int bt_rpc_zreply_error(bt_zmtp_t *z, const bt_rpc_msg_t *m, int status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
 /* The body descriptor a method carries (NULL for methods with an empty body, or unknown). */

@@ -23,7 +23,7 @@ typedef struct {
     int max_prompt_tokens, max_tokens, default_max_tokens;
     int max_queue, max_requests, max_retries, max_instances;
     float slo_ttft_ms, slo_tpot_ms;
-    int busy_poll, io_cpu, metrics_port;
+    int busy_poll, metrics_port;
 } cfg_t;
 
 #define OPT(n, t, d, lo, hi, f, h)                                                                 \
@@ -61,8 +61,6 @@ static const bt_cfg_opt_t opts[] = {
     OPT("tick-ms", BT_CFG_INT, "10", 1, 1000, tick_ms, "housekeeping period"),
     OPT("busy-poll", BT_CFG_BOOL, "0", 0, 0, busy_poll,
         "the event loop polls without sleeping: half the added latency, a whole core busy"),
-    OPT("io-cpu", BT_CFG_INT, "-1", -1, 1023, io_cpu,
-        "CPU for ZeroMQ's I/O thread (with --busy-poll, another core than the loop's); -1: any"),
     OPT("metrics-port", BT_CFG_INT, "0", 0, 65535, metrics_port,
         "HTTP port for GET /metrics (Prometheus) and /health, on --bind; 0: none"),
     OPT("pair-idle-ms", BT_CFG_INT, "1000", 1, 3600000, pair_idle_ms,
@@ -134,7 +132,6 @@ static void fill_params(const cfg_t *c, router_params_t *p, char *cl, char *cu, 
         .finish_grace_ms = c->finish_grace_ms,
         .tick_ms = c->tick_ms,
         .busy_poll = c->busy_poll,
-        .io_cpu = c->io_cpu,
         .metrics_port = c->metrics_port,
         .metrics_addr = c->bind,
         .pair_idle_ms = c->pair_idle_ms,

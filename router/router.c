@@ -14,7 +14,6 @@
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
-#include <zmq.h>
 
 #include "common/alloc.h"
 #include "common/gguf.h"
@@ -108,24 +107,16 @@ static int make_policy(router_t *r)
 
 /* --- sockets -------------------------------------------------------------------------- */
 
-static int open_socket(router_t *r, const char *endpoint, void **out)
+/* Both sockets are served on the loop's thread (zmtp.h): a send to a peer that went away fails
+ * instead of vanishing, so the router learns that a client left or a daemon is unreachable, and
+ * a daemon or client that reconnects with the same identity takes its identity over. */
+static int open_socket(const char *endpoint, bt_zmtp_t **out)
 {
-    int one = 1;
-    void *s = zmq_socket(r->zctx, ZMQ_ROUTER);
-    /* MANDATORY: a send to a peer that went away fails instead of vanishing, so the router
-     * learns that a client left or a daemon is unreachable. HANDOVER: a daemon or client that
-     * reconnects with the same identity takes its identity over. */
-    if (!s || bt_rpc_socket_setup(s) != BT_OK ||
-        zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
-        zmq_setsockopt(s, ZMQ_ROUTER_HANDOVER, &one, sizeof one) != 0 ||
-        zmq_bind(s, endpoint) != 0) {
-        bt_error("cannot bind %s: %s", endpoint, zmq_strerror(zmq_errno()));
-        if (s)
-            zmq_close(s);
-        return BT_ERR_IO;
-    }
-    *out = s;
-    return BT_OK;
+    bt_zmtp_params_t zp = {.max_frame = BT_RPC_MAX_BODY_BYTES + BT_RPC_MAX_HEADER_BYTES};
+    int st = bt_zmtp_bind(endpoint, &zp, out);
+    if (st != BT_OK)
+        bt_error("router: cannot serve %s", endpoint);
+    return st;
 }
 
 static int make_tables(router_t *r, const char *model_id)
@@ -174,21 +165,14 @@ int router_create(const router_params_t *params, router_t **out)
     set_limits(r);
     r->p.model_path = r->p.tokenizer_path = r->p.model_id = r->p.policy = NULL; /* borrowed */
     r->p.mode = r->p.profile_path = r->p.metrics_addr = NULL;
-    if (st == BT_OK && !(r->zctx = zmq_ctx_new()))
-        st = BT_ERR_IO;
-    /* Before the first socket, which starts the I/O thread. */
-    if (st == BT_OK && params->io_cpu >= 0 &&
-        zmq_ctx_set(r->zctx, ZMQ_THREAD_AFFINITY_CPU_ADD, params->io_cpu) != 0)
-        bt_warn("router: cannot pin the I/O thread to CPU %d: %s", params->io_cpu,
-                zmq_strerror(zmq_errno()));
     router_stats_init(r);
     if (st == BT_OK && params->metrics_port > 0)
         st = router_metrics_open(params->metrics_addr, params->metrics_port, router_stats_render, r,
                                  &r->metrics);
     if (st == BT_OK)
-        st = open_socket(r, params->client_endpoint, &r->clients);
+        st = open_socket(params->client_endpoint, &r->clients);
     if (st == BT_OK)
-        st = open_socket(r, params->cluster_endpoint, &r->cluster);
+        st = open_socket(params->cluster_endpoint, &r->cluster);
     if (st != BT_OK) {
         router_destroy(r);
         return st;
@@ -214,12 +198,8 @@ void router_destroy(router_t *r)
         router_reqtable_each(r->table, free_request, NULL);
         router_reqtable_destroy(r->table);
     }
-    if (r->clients)
-        zmq_close(r->clients);
-    if (r->cluster)
-        zmq_close(r->cluster);
-    if (r->zctx)
-        zmq_ctx_term(r->zctx);
+    bt_zmtp_close(r->clients);
+    bt_zmtp_close(r->cluster);
     router_metrics_close(r->metrics);
     router_instances_destroy(r->inst);
     router_policy_destroy(r->policy);
@@ -255,7 +235,7 @@ int router_send_client(router_t *r, router_request_t *rq, Baton__Method method, 
     h.status = status;
     if (error)
         snprintf(h.error, sizeof h.error, "%s", error);
-    int st = bt_rpc_send(r->clients, &route, &h, body, ZMQ_DONTWAIT);
+    int st = bt_rpc_zsend(r->clients, &route, &h, body);
     if (st != BT_OK) {
         rq->client_gone = 1;
         bt_info("req %llu (client %llu): client unreachable (%s); cancelling",
@@ -274,7 +254,7 @@ static void reject(router_t *r, const bt_rpc_msg_t *m, int status, const char *w
     snprintf(h.error, sizeof h.error, "%s", why);
     Baton__GenerateResult res = BATON__GENERATE_RESULT__INIT;
     res.finish_reason = BATON__FINISH_REASON__FINISH_FAILED;
-    bt_rpc_send(r->clients, &m->route, &h, &res.base, ZMQ_DONTWAIT);
+    bt_rpc_zsend(r->clients, &m->route, &h, &res.base);
     r->n_rejected++;
     bt_debug("client request %llu refused: %s: %s", (unsigned long long)m->hdr.request_id,
              bt_status_name(status), why);
@@ -337,9 +317,9 @@ static void on_generate(router_t *r, const bt_rpc_msg_t *m)
     char why[256];
     if (router_reqtable_by_client(r->table, m->route.id[0], m->route.len[0], m->hdr.request_id)) {
         /* Not a RESULT: that would read as the end of the request already in flight. */
-        bt_rpc_reply_error(r->clients, m, BT_ERR_INVAL,
-                           "request id %llu is already in flight on this connection",
-                           (unsigned long long)m->hdr.request_id);
+        bt_rpc_zreply_error(r->clients, m, BT_ERR_INVAL,
+                            "request id %llu is already in flight on this connection",
+                            (unsigned long long)m->hdr.request_id);
         return;
     }
     int st = admit(r, m, why, sizeof why);
@@ -370,8 +350,8 @@ static void on_cancel(router_t *r, const bt_rpc_msg_t *m)
     router_request_t *rq =
         router_reqtable_by_client(r->table, m->route.id[0], m->route.len[0], m->hdr.request_id);
     if (!rq) {
-        bt_rpc_reply_error(r->clients, m, BT_ERR_NOT_FOUND, "no request %llu in flight",
-                           (unsigned long long)m->hdr.request_id);
+        bt_rpc_zreply_error(r->clients, m, BT_ERR_NOT_FOUND, "no request %llu in flight",
+                            (unsigned long long)m->hdr.request_id);
         return;
     }
     bt_debug("req %llu (client %llu): cancel", (unsigned long long)rq->id,
@@ -403,7 +383,7 @@ static void on_health(router_t *r, const bt_rpc_msg_t *m)
     router_health(r, &h);
     bt_rpc_header_t hdr;
     bt_rpc_header_init(&hdr, BATON__METHOD__HEALTH, m->hdr.request_id);
-    bt_rpc_send(r->clients, &m->route, &hdr, &h.base, ZMQ_DONTWAIT);
+    bt_rpc_zsend(r->clients, &m->route, &hdr, &h.base);
 }
 
 static void on_info(router_t *r, const bt_rpc_msg_t *m)
@@ -438,7 +418,7 @@ static void on_info(router_t *r, const bt_rpc_msg_t *m)
     info.instances = iip;
     bt_rpc_header_t hdr;
     bt_rpc_header_init(&hdr, BATON__METHOD__INFO, m->hdr.request_id);
-    bt_rpc_send(r->clients, &m->route, &hdr, &info.base, ZMQ_DONTWAIT);
+    bt_rpc_zsend(r->clients, &m->route, &hdr, &info.base);
     bt_free(ii);
     bt_free(iip);
 }
@@ -452,38 +432,40 @@ static void on_client(router_t *r, const bt_rpc_msg_t *m)
     case BATON__METHOD__INFO: on_info(r, m); break;
     default:
         if (m->hdr.status == BT_OK)
-            bt_rpc_reply_error(r->clients, m, BT_ERR_UNSUPPORTED,
-                               "method %d is not a client method", (int)m->hdr.method);
+            bt_rpc_zreply_error(r->clients, m, BT_ERR_UNSUPPORTED,
+                                "method %d is not a client method", (int)m->hdr.method);
         break;
     }
 }
 
 /* --- the loop ------------------------------------------------------------------------- */
 
-static int serve_socket(router_t *r, void *sock, int budget, int *io_error)
+static int serve_socket(router_t *r, bt_zmtp_t *sock, int budget)
 {
     int n = 0;
     for (; n < budget; n++) {
         bt_rpc_msg_t m;
-        int st = bt_rpc_recv(sock, &m, ZMQ_DONTWAIT);
-        if (st == BT_AGAIN || st == BT_ERR_IO) {
+        int st = bt_rpc_zrecv(sock, &m);
+        if (st == BT_AGAIN) {
             bt_rpc_msg_fini(&m);
-            if (st == BT_ERR_IO && zmq_errno() != EINTR)
-                *io_error = 1;
             break;
         }
         if (st != BT_OK) {
-            if (m.route.n == 1 && m.hdr.status == BT_OK)
-                bt_rpc_reply_error(sock, &m, st, "%s",
-                                   st == BT_ERR_FORMAT ? "malformed message"
-                                                       : "unsupported version or method");
-        } else if (m.route.n == 1 && sock == r->clients) {
+            if (m.hdr.status == BT_OK)
+                bt_rpc_zreply_error(sock, &m, st, "%s",
+                                    st == BT_ERR_FORMAT ? "malformed message"
+                                                        : "unsupported version or method");
+        } else if (sock == r->clients) {
             on_client(r, &m);
-        } else if (m.route.n == 1) {
+        } else {
             router_on_cluster(r, &m);
         }
         bt_rpc_msg_fini(&m);
     }
+    /* Messages handled here may have queued output on either socket: write it now rather than
+     * after the next look for input. */
+    bt_zmtp_flush(r->clients);
+    bt_zmtp_flush(r->cluster);
     return n;
 }
 
@@ -538,14 +520,14 @@ static void housekeeping(router_t *r, uint64_t now)
  * their descriptors alone (see wait_sockets). first: the sockets to read in the first round
  * (bit 0 the cluster, bit 1 the clients); it may leave out a socket that was left empty and
  * whose descriptor has not fired since, as it has nothing new. */
-static int serve_rounds(router_t *r, int first, int *io_error)
+static int serve_rounds(router_t *r, int first)
 {
-    for (int round = 0, which = first; round < 16 && !*io_error; round++, which = 3) {
+    for (int round = 0, which = first; round < 16; round++, which = 3) {
         int got = 0;
         if (which & 1)
-            got += serve_socket(r, r->cluster, ROUTER_BATCH, io_error);
+            got += serve_socket(r, r->cluster, ROUTER_BATCH);
         if (which & 2)
-            got += serve_socket(r, r->clients, ROUTER_BATCH, io_error);
+            got += serve_socket(r, r->clients, ROUTER_BATCH);
         if (r->queue_dirty && r->queue.n) {
             router_dispatch_queue(r);
             continue; /* it may have sent: look again before sleeping */
@@ -557,12 +539,9 @@ static int serve_rounds(router_t *r, int first, int *io_error)
 }
 
 /* Sleeps until a socket's descriptor fires or timeout_ms pass; returns which fired (as in
- * serve_rounds). ZeroMQ signals a socket's descriptor when a command (a message arriving, among
- * others) reaches a socket whose mailbox was found empty; reading a socket empty leaves it so,
- * and only a send on it could consume a signal unseen. So once serve_rounds has read both
- * empty with no send after, the descriptors are all there is to wait on: zmq_poll would check
- * both mailboxes again first, a few system calls per wake that at light load cost more than
- * the router's own work. */
+ * serve_rounds). Each socket's descriptor is its epoll set, readable while any of its
+ * connections has input, a peer to accept, or room for output it queued; serve_rounds has read
+ * both sockets empty (and written what they queued) before the loop sleeps here. */
 static int wait_sockets(const int fd[2], long timeout_ms)
 {
     struct pollfd p[2] = {{.fd = fd[0], .events = POLLIN}, {.fd = fd[1], .events = POLLIN}};
@@ -574,16 +553,10 @@ static int wait_sockets(const int fd[2], long timeout_ms)
 
 int router_run(router_t *r)
 {
-    int fd[2] = {-1, -1};
-    size_t sz = sizeof fd[0];
-    if (zmq_getsockopt(r->cluster, ZMQ_FD, &fd[0], &sz) != 0 ||
-        zmq_getsockopt(r->clients, ZMQ_FD, &fd[1], &sz) != 0) {
-        bt_error("zmq_getsockopt(ZMQ_FD): %s", zmq_strerror(zmq_errno()));
-        return BT_ERR_IO;
-    }
+    const int fd[2] = {bt_zmtp_fd(r->cluster), bt_zmtp_fd(r->clients)};
     uint64_t next_tick = router_now_ms();
-    int io_error = 0, idle = 0;
-    while (!io_error) {
+    int idle = 0;
+    for (;;) {
         uint64_t now = r->now_ms = router_now_ms();
         if (now >= next_tick) {
             housekeeping(r, now);
@@ -602,7 +575,7 @@ int router_run(router_t *r)
             }
             r->now_ms = router_now_ms();
         }
-        idle = which ? serve_rounds(r, which, &io_error) : 1;
+        idle = which ? serve_rounds(r, which) : 1;
         if (atomic_load(&r->stop_requested) && !r->draining)
             next_tick = 0; /* start draining now */
     }
@@ -611,5 +584,7 @@ int router_run(router_t *r)
             (unsigned long long)r->n_accepted, (unsigned long long)r->n_rejected,
             (unsigned long long)r->n_finished, (unsigned long long)r->n_failed,
             (unsigned long long)r->n_cancelled, (unsigned long long)r->n_failovers);
-    return io_error ? BT_ERR_IO : BT_OK;
+    bt_zmtp_flush(r->clients); /* the last results */
+    bt_zmtp_flush(r->cluster);
+    return BT_OK;
 }

@@ -43,8 +43,6 @@ typedef struct {
     int busy_poll;            /* the event loop never sleeps: lower latency for a whole core */
     int metrics_port;         /* HTTP /metrics and /health (metrics.h); 0: none */
     const char *metrics_addr; /* address it binds; NULL or "*": every interface */
-    int io_cpu; /* CPU for ZeroMQ's I/O thread; -1: wherever the process may run (set it:
-                 * 0 means CPU 0) */
 } router_params_t;
 
 typedef struct router router_t;

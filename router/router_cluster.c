@@ -11,7 +11,6 @@
  */
 #include <stdio.h>
 #include <string.h>
-#include <zmq.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
@@ -27,7 +26,7 @@ int router_send_instance(router_t *r, const router_instance_t *inst, Baton__Meth
     memcpy(route.id[0], inst->ident, inst->ident_len);
     bt_rpc_header_t h;
     bt_rpc_header_init(&h, method, id);
-    int st = bt_rpc_send(r->cluster, &route, &h, body, ZMQ_DONTWAIT);
+    int st = bt_rpc_zsend(r->cluster, &route, &h, body);
     if (st != BT_OK)
         bt_debug("send to instance %s failed: %s", inst->name, bt_status_name(st));
     return st;
@@ -100,7 +99,7 @@ static void on_heartbeat(router_t *r, bt_rpc_msg_t *m)
 {
     ProtobufCMessage *body = NULL;
     if (!(body = router_unpack_transient(r, m))) {
-        bt_rpc_reply_error(r->cluster, m, BT_ERR_FORMAT, "heartbeat does not parse");
+        bt_rpc_zreply_error(r->cluster, m, BT_ERR_FORMAT, "heartbeat does not parse");
         return;
     }
     router_instance_t *inst = NULL;
@@ -109,7 +108,7 @@ static void on_heartbeat(router_t *r, bt_rpc_msg_t *m)
                                         (Baton__Heartbeat *)body, r->now_ms, &inst, &ev);
     router_release_transient(r, body);
     if (st == BT_ERR_INVAL) {
-        bt_rpc_reply_error(r->cluster, m, BT_ERR_INVAL, "heartbeat without a role");
+        bt_rpc_zreply_error(r->cluster, m, BT_ERR_INVAL, "heartbeat without a role");
         return;
     }
     if (st != BT_OK) {
@@ -201,7 +200,7 @@ static void on_chunk(router_t *r, bt_rpc_msg_t *m, router_instance_t *inst)
         return;
     ProtobufCMessage *body = NULL;
     if (!(body = router_unpack_transient(r, m))) {
-        bt_rpc_reply_error(r->cluster, m, BT_ERR_FORMAT, "token chunk does not parse");
+        bt_rpc_zreply_error(r->cluster, m, BT_ERR_FORMAT, "token chunk does not parse");
         return;
     }
     take_chunk(r, rq, part, (Baton__TokenChunk *)body);
@@ -283,7 +282,7 @@ static void on_handoff(router_t *r, bt_rpc_msg_t *m, router_instance_t *inst)
         return;
     ProtobufCMessage *body = router_unpack_transient(r, m);
     if (!body) {
-        bt_rpc_reply_error(r->cluster, m, BT_ERR_FORMAT, "handoff does not parse");
+        bt_rpc_zreply_error(r->cluster, m, BT_ERR_FORMAT, "handoff does not parse");
         return;
     }
     uint32_t n = ((Baton__Handoff *)body)->n_output_tokens;
@@ -309,8 +308,8 @@ void router_on_cluster(router_t *r, bt_rpc_msg_t *m)
         break;
     default:
         if (m->hdr.status == BT_OK)
-            bt_rpc_reply_error(r->cluster, m, BT_ERR_UNSUPPORTED,
-                               "method %d is not sent by daemons", (int)m->hdr.method);
+            bt_rpc_zreply_error(r->cluster, m, BT_ERR_UNSUPPORTED,
+                                "method %d is not sent by daemons", (int)m->hdr.method);
         break;
     }
 }

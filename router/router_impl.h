@@ -38,7 +38,7 @@ typedef struct {
 struct router {
     router_params_t p;
     char *policy_name;
-    void *zctx, *clients, *cluster; /* ZeroMQ context and the two ROUTER sockets */
+    bt_zmtp_t *clients, *cluster; /* the two ROUTER sockets */
     router_instances_t *inst;
     router_policy_t *policy;
     router_mode_t mode;

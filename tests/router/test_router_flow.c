@@ -406,7 +406,7 @@ static void test_flow_messages_are_served_between_ticks(void **state)
 static void test_flow_busy_poll_serves_the_same(void **state)
 {
     const char *const extra[] = {
-        "--tick-ms", "1000", "--dead-after-ms", "60000", "--busy-poll", "--io-cpu", "0", NULL};
+        "--tick-ms", "1000", "--dead-after-ms", "60000", "--busy-poll", NULL};
     served_between_ticks(state, extra);
 }
 

@@ -1,0 +1,909 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * zmtp.c - a ZeroMQ ROUTER socket served on the caller's thread (see zmtp.h).
+ *
+ * Each connection has an input buffer that whole messages are parsed from in place (the
+ * caller gets pointers into it) and an output buffer that sends append to. A connection goes
+ * through GREETING (64 bytes each way), READY (the NULL mechanism's one command each way) and
+ * OPEN. Connections with input not yet parsed wait on a ready list and are served one message
+ * at a time in turn; connections with output not yet written wait on a dirty list until the
+ * next flush. A connection that fails is closed at once but freed only on the next
+ * bt_zmtp_recv, since the caller may still hold a message that points into it.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* accept4 */
+#endif
+#include "zmtp.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "log.h"
+#include "status.h"
+
+#define GREETING_BYTES 64
+#define F_MORE 0x01
+#define F_LONG 0x02
+#define F_COMMAND 0x04
+#define IN_MIN (4u << 10)     /* input buffer to start with */
+#define IN_KEEP (1u << 20)    /* an emptied input buffer larger than this is shrunk */
+#define OUT_EAGER (64u << 10) /* queued output written at once past this */
+#define EVENTS 64
+#define POLLS 8             /* epoll rounds one recv may make before it reports nothing */
+#define ACCEPT_PAUSE_MS 100 /* out of descriptors: how long new connections wait */
+
+enum { ST_GREETING, ST_READY, ST_OPEN };
+
+typedef struct conn conn_t;
+typedef struct {
+    conn_t *head, *tail;
+} list_t;
+typedef struct {
+    conn_t *prev, *next;
+    int on;
+} link_t;
+
+struct conn {
+    int fd;
+    int state;
+    int eof;  /* the peer closed: serve what is buffered, then go */
+    int dead; /* closed; freed on the next recv */
+    uint8_t *in;
+    size_t in_cap, in_pos, in_len; /* unparsed input is in[in_pos, in_len) */
+    uint8_t *out;
+    size_t out_cap, out_pos, out_len; /* unwritten output is out[out_pos, out_len) */
+    int want_out;                     /* EPOLLOUT is registered */
+    uint8_t id[BT_ZMTP_MAX_ID];
+    size_t id_len;
+    int has_id; /* in the identity table */
+    conn_t *hnext;
+    link_t ready, dirty, all;
+    conn_t *dnext; /* the dead list */
+};
+
+struct bt_zmtp {
+    int ep, lfd;
+    int unix_path; /* lfd is bound to a file to remove on close */
+    char endpoint[256];
+    size_t max_frame, max_queued;
+    conn_t **buckets;
+    size_t n_buckets, n_ids;
+    list_t ready, dirty, all;
+    conn_t *dead;
+    int n_peers;
+    uint32_t next_gen; /* generated identities */
+    uint8_t listener_tag;
+    uint64_t accept_paused_until; /* ms; 0: the listener is watched */
+};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* --- intrusive lists ------------------------------------------------------------------ */
+
+#define LINK(c, off) ((link_t *)((char *)(c) + (off)))
+
+static void list_push(list_t *l, conn_t *c, size_t off)
+{
+    link_t *k = LINK(c, off);
+    if (k->on)
+        return;
+    k->on = 1;
+    k->next = NULL;
+    k->prev = l->tail;
+    if (l->tail)
+        LINK(l->tail, off)->next = c;
+    else
+        l->head = c;
+    l->tail = c;
+}
+
+static void list_remove(list_t *l, conn_t *c, size_t off)
+{
+    link_t *k = LINK(c, off);
+    if (!k->on)
+        return;
+    if (k->prev)
+        LINK(k->prev, off)->next = k->next;
+    else
+        l->head = k->next;
+    if (k->next)
+        LINK(k->next, off)->prev = k->prev;
+    else
+        l->tail = k->prev;
+    k->on = 0;
+    k->prev = k->next = NULL;
+}
+
+#define READY_OFF offsetof(conn_t, ready)
+#define DIRTY_OFF offsetof(conn_t, dirty)
+#define ALL_OFF offsetof(conn_t, all)
+
+/* --- identities ----------------------------------------------------------------------- */
+
+static size_t id_hash(const uint8_t *id, size_t len)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ id[i]) * 1099511628211ull;
+    return (size_t)(h ^ (h >> 29));
+}
+
+static conn_t *id_find(const bt_zmtp_t *z, const uint8_t *id, size_t len)
+{
+    for (conn_t *c = z->buckets[id_hash(id, len) & (z->n_buckets - 1)]; c; c = c->hnext)
+        if (c->id_len == len && memcmp(c->id, id, len) == 0)
+            return c;
+    return NULL;
+}
+
+static void id_remove(bt_zmtp_t *z, conn_t *c)
+{
+    if (!c->has_id)
+        return;
+    conn_t **p = &z->buckets[id_hash(c->id, c->id_len) & (z->n_buckets - 1)];
+    while (*p != c)
+        p = &(*p)->hnext;
+    *p = c->hnext;
+    c->hnext = NULL;
+    c->has_id = 0;
+    z->n_ids--;
+}
+
+static int id_grow(bt_zmtp_t *z)
+{
+    size_t n = z->n_buckets * 2;
+    conn_t **b = bt_calloc(n, sizeof *b);
+    if (!b)
+        return BT_ERR_NOMEM;
+    for (size_t i = 0; i < z->n_buckets; i++)
+        for (conn_t *c = z->buckets[i], *next; c; c = next) {
+            next = c->hnext;
+            size_t h = id_hash(c->id, c->id_len) & (n - 1);
+            c->hnext = b[h];
+            b[h] = c;
+        }
+    bt_free(z->buckets);
+    z->buckets = b;
+    z->n_buckets = n;
+    return BT_OK;
+}
+
+static void id_insert(bt_zmtp_t *z, conn_t *c)
+{
+    if (z->n_ids >= z->n_buckets)
+        id_grow(z); /* on failure the chains only get longer */
+    size_t h = id_hash(c->id, c->id_len) & (z->n_buckets - 1);
+    c->hnext = z->buckets[h];
+    z->buckets[h] = c;
+    c->has_id = 1;
+    z->n_ids++;
+}
+
+/* A generated identity, as libzmq makes them: a zero byte and a 32-bit counter. */
+static void id_generate(bt_zmtp_t *z, conn_t *c)
+{
+    do {
+        uint32_t v = z->next_gen++;
+        c->id[0] = 0;
+        c->id[1] = (uint8_t)(v >> 24);
+        c->id[2] = (uint8_t)(v >> 16);
+        c->id[3] = (uint8_t)(v >> 8);
+        c->id[4] = (uint8_t)v;
+        c->id_len = 5;
+    } while (id_find(z, c->id, c->id_len));
+}
+
+/* --- connections ---------------------------------------------------------------------- */
+
+static void conn_kill(bt_zmtp_t *z, conn_t *c, const char *why)
+{
+    if (c->dead)
+        return;
+    if (why)
+        bt_debug("zmtp %s: closing a connection: %s", z->endpoint, why);
+    if (c->state == ST_OPEN && !c->eof)
+        z->n_peers--;
+    c->dead = 1;
+    if (c->fd >= 0) {
+        epoll_ctl(z->ep, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        c->fd = -1;
+    }
+    id_remove(z, c);
+    list_remove(&z->ready, c, READY_OFF);
+    list_remove(&z->dirty, c, DIRTY_OFF);
+    list_remove(&z->all, c, ALL_OFF);
+    c->dnext = z->dead;
+    z->dead = c;
+}
+
+static void conn_free(conn_t *c)
+{
+    bt_free(c->in);
+    bt_free(c->out);
+    bt_free(c);
+}
+
+static void reap(bt_zmtp_t *z)
+{
+    while (z->dead) {
+        conn_t *c = z->dead;
+        z->dead = c->dnext;
+        conn_free(c);
+    }
+}
+
+static int events_set(bt_zmtp_t *z, conn_t *c, int want_out)
+{
+    if (c->want_out == want_out || c->fd < 0)
+        return BT_OK;
+    struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0u), .data.ptr = c};
+    if (epoll_ctl(z->ep, EPOLL_CTL_MOD, c->fd, &ev) != 0)
+        return BT_ERR_IO;
+    c->want_out = want_out;
+    return BT_OK;
+}
+
+/* Makes room for need more output bytes. */
+static int out_reserve(conn_t *c, size_t need)
+{
+    if (c->out_pos == c->out_len)
+        c->out_pos = c->out_len = 0;
+    if (c->out_cap - c->out_len >= need)
+        return BT_OK;
+    if (c->out_pos > 0) {
+        memmove(c->out, c->out + c->out_pos, c->out_len - c->out_pos);
+        c->out_len -= c->out_pos;
+        c->out_pos = 0;
+        if (c->out_cap - c->out_len >= need)
+            return BT_OK;
+    }
+    size_t cap = c->out_cap ? c->out_cap : IN_MIN;
+    while (cap - c->out_len < need)
+        cap *= 2;
+    uint8_t *p = bt_realloc(c->out, cap);
+    if (!p)
+        return BT_ERR_NOMEM;
+    c->out = p;
+    c->out_cap = cap;
+    return BT_OK;
+}
+
+/* Writes what c has queued; on a full socket asks epoll to say when it drains. */
+static void conn_write(bt_zmtp_t *z, conn_t *c)
+{
+    list_remove(&z->dirty, c, DIRTY_OFF);
+    while (c->out_pos < c->out_len && !c->dead) {
+        ssize_t n = send(c->fd, c->out + c->out_pos, c->out_len - c->out_pos, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_pos += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (events_set(z, c, 1) != BT_OK)
+                conn_kill(z, c, "epoll_ctl failed");
+            return;
+        } else {
+            conn_kill(z, c, n < 0 ? strerror(errno) : "send wrote nothing");
+            return;
+        }
+    }
+    if (!c->dead) {
+        c->out_pos = c->out_len = 0;
+        if (events_set(z, c, 0) != BT_OK)
+            conn_kill(z, c, "epoll_ctl failed");
+    }
+}
+
+/* Our greeting and READY, queued as the connection opens. */
+static int conn_hello(conn_t *c)
+{
+    static const char props[] = "\x05READY\x0bSocket-Type\x00\x00\x00\x06ROUTER";
+    const size_t plen = sizeof props - 1;
+    int st = out_reserve(c, GREETING_BYTES + 2 + plen);
+    if (st != BT_OK)
+        return st;
+    uint8_t *g = c->out + c->out_len;
+    memset(g, 0, GREETING_BYTES);
+    g[0] = 0xff;
+    g[8] = 1; /* padding (a ZMTP 1.0 peer would read an empty identity) */
+    g[9] = 0x7f;
+    g[10] = 3; /* version 3.0 */
+    g[11] = 0;
+    memcpy(g + 12, "NULL", 4);
+    g[GREETING_BYTES] = F_COMMAND;
+    g[GREETING_BYTES + 1] = (uint8_t)plen;
+    memcpy(g + GREETING_BYTES + 2, props, plen);
+    c->out_len += GREETING_BYTES + 2 + plen;
+    return BT_OK;
+}
+
+/* Out of descriptors or memory, the listener stays readable: it leaves the epoll set for a
+ * while instead of waking the caller in a loop, and pending connections wait in the backlog. */
+static void accept_pause(bt_zmtp_t *z, int err)
+{
+    bt_warn("zmtp %s: cannot accept: %s; new connections wait %d ms", z->endpoint, strerror(err),
+            ACCEPT_PAUSE_MS);
+    epoll_ctl(z->ep, EPOLL_CTL_DEL, z->lfd, NULL);
+    z->accept_paused_until = now_ms() + ACCEPT_PAUSE_MS;
+}
+
+static void accept_resume(bt_zmtp_t *z)
+{
+    if (!z->accept_paused_until || now_ms() < z->accept_paused_until)
+        return;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &z->listener_tag};
+    if (epoll_ctl(z->ep, EPOLL_CTL_ADD, z->lfd, &ev) == 0)
+        z->accept_paused_until = 0;
+}
+
+static void conn_accept(bt_zmtp_t *z)
+{
+    for (;;) {
+        int fd = accept4(z->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == ECONNABORTED || errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                accept_pause(z, errno);
+            return;
+        }
+        int one = 1;
+        if (!strncmp(z->endpoint, "tcp://", 6))
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        conn_t *c = bt_calloc(1, sizeof *c);
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+        if (!c || conn_hello(c) != BT_OK || epoll_ctl(z->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
+            bt_warn("zmtp %s: cannot take a connection: %s", z->endpoint,
+                    c ? strerror(errno) : "out of memory");
+            close(fd);
+            if (c)
+                conn_free(c);
+            continue;
+        }
+        c->fd = fd;
+        c->state = ST_GREETING;
+        list_push(&z->all, c, ALL_OFF);
+        conn_write(z, c);
+    }
+}
+
+/* Reads once into c's input buffer (growing it when a frame needs more room). */
+static void conn_read(bt_zmtp_t *z, conn_t *c)
+{
+    if (c->in_pos == c->in_len)
+        c->in_pos = c->in_len = 0;
+    if (c->in_pos > 0 && c->in_cap - c->in_len < IN_MIN) {
+        memmove(c->in, c->in + c->in_pos, c->in_len - c->in_pos);
+        c->in_len -= c->in_pos;
+        c->in_pos = 0;
+    }
+    if (c->in_cap - c->in_len < IN_MIN / 4) {
+        size_t cap = c->in_cap ? c->in_cap * 2 : IN_MIN;
+        uint8_t *p = bt_realloc(c->in, cap);
+        if (!p) {
+            conn_kill(z, c, "out of memory");
+            return;
+        }
+        c->in = p;
+        c->in_cap = cap;
+    }
+    ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+    if (n > 0) {
+        c->in_len += (size_t)n;
+    } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        /* The peer is gone: what it sent whole is still served. */
+        if (n < 0)
+            bt_debug("zmtp %s: recv: %s", z->endpoint, strerror(errno));
+        if (c->state == ST_OPEN && !c->eof)
+            z->n_peers--;
+        c->eof = 1;
+        id_remove(z, c);
+        epoll_ctl(z->ep, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        c->fd = -1;
+        list_remove(&z->dirty, c, DIRTY_OFF);
+    }
+}
+
+/* The frame at in[*pos]: 1 when whole (data, len, flags filled and *pos moved past it), 0 when
+ * more input is needed (*need: bytes the frame needs in all), -1 when larger than max. */
+static int frame_at(const conn_t *c, size_t *pos, size_t max, const uint8_t **data, size_t *len,
+                    int *flags, size_t *need)
+{
+    size_t p = *pos, have = c->in_len - p;
+    if (have < 2) {
+        *need = 2;
+        return 0;
+    }
+    const uint8_t *b = c->in + p;
+    size_t hdr = (b[0] & F_LONG) ? 9 : 2;
+    if (have < hdr) {
+        *need = hdr;
+        return 0;
+    }
+    uint64_t size = b[1];
+    if (b[0] & F_LONG) {
+        size = 0;
+        for (int i = 1; i <= 8; i++)
+            size = size << 8 | b[i];
+    }
+    if (size > max)
+        return -1;
+    if (have - hdr < size) {
+        *need = hdr + (size_t)size;
+        return 0;
+    }
+    *data = b + hdr;
+    *len = (size_t)size;
+    *flags = b[0];
+    *pos = p + hdr + (size_t)size;
+    return 1;
+}
+
+static int prop_eq(const uint8_t *p, size_t n, const char *s)
+{
+    return n == strlen(s) && strncasecmp((const char *)p, s, n) == 0;
+}
+
+/* The peer's READY: its socket type must suit a ROUTER; its identity, if any, is taken. */
+static int on_ready(bt_zmtp_t *z, conn_t *c, const uint8_t *b, size_t len)
+{
+    if (len < 6 || b[0] != 5 || memcmp(b + 1, "READY", 5) != 0)
+        return -1;
+    size_t p = 6;
+    int typed = 0;
+    c->id_len = 0;
+    while (p < len) {
+        size_t nl = b[p++];
+        if (len - p < nl + 4)
+            return -1;
+        const uint8_t *name = b + p;
+        p += nl;
+        uint32_t vl =
+            (uint32_t)b[p] << 24 | (uint32_t)b[p + 1] << 16 | (uint32_t)b[p + 2] << 8 | b[p + 3];
+        p += 4;
+        if (len - p < vl)
+            return -1;
+        const uint8_t *v = b + p;
+        p += vl;
+        if (prop_eq(name, nl, "Socket-Type")) {
+            if (!prop_eq(v, vl, "DEALER") && !prop_eq(v, vl, "REQ") && !prop_eq(v, vl, "ROUTER"))
+                return -1;
+            typed = 1;
+        } else if (prop_eq(name, nl, "Identity") && vl > 0 && vl <= BT_ZMTP_MAX_ID) {
+            memcpy(c->id, v, vl);
+            c->id_len = vl;
+        }
+    }
+    if (!typed)
+        return -1;
+    if (c->id_len) {
+        conn_t *old = id_find(z, c->id, c->id_len);
+        if (old) { /* handover: the older connection serves on under a new name */
+            id_remove(z, old);
+            id_generate(z, old);
+            id_insert(z, old);
+        }
+    } else {
+        id_generate(z, c);
+    }
+    id_insert(z, c);
+    c->state = ST_OPEN;
+    z->n_peers++;
+    return 0;
+}
+
+static int greeting_ok(const uint8_t *g)
+{
+    static const uint8_t null_mech[20] = "NULL";
+    return g[0] == 0xff && (g[9] & 1) && g[10] >= 3 && memcmp(g + 12, null_mech, 20) == 0;
+}
+
+/* Moves a connection through the handshake as far as its input allows. */
+static void conn_handshake(bt_zmtp_t *z, conn_t *c)
+{
+    if (c->state == ST_GREETING) {
+        if (c->in_len - c->in_pos < GREETING_BYTES)
+            goto short_input;
+        if (!greeting_ok(c->in + c->in_pos)) {
+            conn_kill(z, c, "not a ZMTP 3 greeting with the NULL mechanism");
+            return;
+        }
+        c->in_pos += GREETING_BYTES;
+        c->state = ST_READY;
+    }
+    if (c->state == ST_READY) {
+        const uint8_t *d;
+        size_t len, need, pos = c->in_pos;
+        int flags, got = frame_at(c, &pos, 64u << 10, &d, &len, &flags, &need);
+        if (got == 0)
+            goto short_input;
+        if (got < 0 || !(flags & F_COMMAND) || on_ready(z, c, d, len) != 0) {
+            conn_kill(z, c, "the handshake failed");
+            return;
+        }
+        c->in_pos = pos;
+    }
+    return;
+short_input:
+    if (c->eof)
+        conn_kill(z, c, NULL);
+}
+
+/* A command between messages: PING is answered; the rest (PONG, ...) need nothing. */
+static void on_command(bt_zmtp_t *z, conn_t *c, const uint8_t *b, size_t len)
+{
+    if (len < 7 || b[0] != 4 || memcmp(b + 1, "PING", 4) != 0 || c->eof)
+        return;
+    size_t ctx = len - 7 > 16 ? 16 : len - 7; /* after the 2-byte TTL */
+    if (out_reserve(c, 2 + 5 + ctx) != BT_OK)
+        return;
+    uint8_t *o = c->out + c->out_len;
+    o[0] = F_COMMAND;
+    o[1] = (uint8_t)(5 + ctx);
+    memcpy(o + 2, "\x04PONG", 5);
+    memcpy(o + 7, b + 7, ctx);
+    c->out_len += 7 + ctx;
+    list_push(&z->dirty, c, DIRTY_OFF);
+}
+
+/* Parses the next whole message of c into m: 1 when there is one, 0 when more input is needed
+ * (or c was closed for a protocol error). */
+static int conn_message(bt_zmtp_t *z, conn_t *c, bt_zmtp_msg_t *m)
+{
+    for (;;) {
+        size_t pos = c->in_pos, need = 0;
+        int n = 0, flags = 0, got;
+        const uint8_t *d;
+        size_t len;
+        while ((got = frame_at(c, &pos, z->max_frame, &d, &len, &flags, &need)) == 1) {
+            if (flags & F_COMMAND) {
+                if (n > 0) {
+                    conn_kill(z, c, "a command inside a message");
+                    return 0;
+                }
+                break;
+            }
+            if (n < BT_ZMTP_MAX_FRAMES) {
+                m->data[n] = d;
+                m->len[n] = len;
+            }
+            n++;
+            if (!(flags & F_MORE))
+                break;
+        }
+        if (got < 0) {
+            conn_kill(z, c, "a frame over the size limit");
+            return 0;
+        }
+        if (got == 0) {
+            /* Whole frames of an unfinished message stay in place: the buffer must hold
+             * the message so far plus the frame in progress. */
+            size_t want = (pos - c->in_pos) + need;
+            if (want > c->in_cap) {
+                size_t cap = c->in_cap ? c->in_cap : IN_MIN;
+                while (cap < want)
+                    cap *= 2;
+                if (c->in_pos > 0) {
+                    memmove(c->in, c->in + c->in_pos, c->in_len - c->in_pos);
+                    c->in_len -= c->in_pos;
+                    c->in_pos = 0;
+                }
+                uint8_t *p = bt_realloc(c->in, cap);
+                if (!p) {
+                    conn_kill(z, c, "out of memory");
+                    return 0;
+                }
+                c->in = p;
+                c->in_cap = cap;
+            }
+            if (c->eof)
+                conn_kill(z, c, NULL);
+            return 0;
+        }
+        c->in_pos = pos;
+        if (flags & F_COMMAND) {
+            on_command(z, c, d, len);
+            continue;
+        }
+        m->id = c->id;
+        m->id_len = c->id_len;
+        m->n = n < BT_ZMTP_MAX_FRAMES ? n : BT_ZMTP_MAX_FRAMES;
+        m->n_frames = n;
+        return 1;
+    }
+}
+
+static void conn_event(bt_zmtp_t *z, conn_t *c, uint32_t events)
+{
+    if (events & EPOLLOUT)
+        conn_write(z, c);
+    if (!c->dead && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+        conn_read(z, c);
+    if (!c->dead && c->state != ST_OPEN)
+        conn_handshake(z, c);
+    if (!c->dead && c->state == ST_OPEN && c->in_pos < c->in_len)
+        list_push(&z->ready, c, READY_OFF);
+    else if (!c->dead && c->eof)
+        conn_kill(z, c, NULL);
+}
+
+/* Shrinks a large input buffer once it is empty. */
+static void conn_trim(conn_t *c)
+{
+    if (c->in_pos == c->in_len && c->in_cap > IN_KEEP) {
+        bt_free(c->in);
+        c->in = NULL;
+        c->in_cap = c->in_pos = c->in_len = 0;
+    }
+}
+
+int bt_zmtp_recv(bt_zmtp_t *z, bt_zmtp_msg_t *m)
+{
+    reap(z);
+    accept_resume(z);
+    for (int polls = 0;; polls++) {
+        while (z->ready.head) {
+            conn_t *c = z->ready.head;
+            list_remove(&z->ready, c, READY_OFF);
+            if (conn_message(z, c, m)) {
+                if (c->in_pos < c->in_len)
+                    list_push(&z->ready, c, READY_OFF); /* its turn again after the others */
+                return BT_OK;
+            }
+            if (!c->dead)
+                conn_trim(c);
+        }
+        if (polls == 0)
+            bt_zmtp_flush(z);
+        struct epoll_event ev[EVENTS];
+        int n = polls < POLLS ? epoll_wait(z->ep, ev, EVENTS, 0) : 0;
+        if (n <= 0) {
+            bt_zmtp_flush(z); /* what handshakes and PINGs queued */
+            return BT_AGAIN;
+        }
+        for (int i = 0; i < n; i++) {
+            if (ev[i].data.ptr == &z->listener_tag)
+                conn_accept(z);
+            else
+                conn_event(z, ev[i].data.ptr, ev[i].events);
+        }
+    }
+}
+
+int bt_zmtp_send(bt_zmtp_t *z, const uint8_t *id, size_t id_len, const struct iovec *frames, int n)
+{
+    conn_t *c = id_find(z, id, id_len);
+    if (!c || c->dead || c->eof)
+        return BT_ERR_NOT_FOUND;
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        if (frames[i].iov_len > z->max_frame)
+            return BT_ERR_RANGE;
+        total += frames[i].iov_len + (frames[i].iov_len > 255 ? 9 : 2);
+    }
+    size_t queued = c->out_len - c->out_pos;
+    if (queued > 0 && queued + total > z->max_queued)
+        return BT_AGAIN;
+    if (out_reserve(c, total) != BT_OK)
+        return BT_ERR_NOMEM;
+    uint8_t *o = c->out + c->out_len;
+    for (int i = 0; i < n; i++) {
+        size_t len = frames[i].iov_len;
+        uint8_t f = (uint8_t)(i + 1 < n ? F_MORE : 0);
+        if (len > 255) {
+            *o++ = f | F_LONG;
+            for (int s = 56; s >= 0; s -= 8)
+                *o++ = (uint8_t)((uint64_t)len >> s);
+        } else {
+            *o++ = f;
+            *o++ = (uint8_t)len;
+        }
+        if (len)
+            memcpy(o, frames[i].iov_base, len);
+        o += len;
+    }
+    c->out_len += total;
+    if (c->out_len - c->out_pos >= OUT_EAGER && !c->want_out)
+        conn_write(z, c);
+    else if (!c->want_out)
+        list_push(&z->dirty, c, DIRTY_OFF);
+    return BT_OK;
+}
+
+void bt_zmtp_flush(bt_zmtp_t *z)
+{
+    while (z->dirty.head)
+        conn_write(z, z->dirty.head);
+}
+
+/* --- binding -------------------------------------------------------------------------- */
+
+static int bind_unix(bt_zmtp_t *z, const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t len = strlen(path);
+    if (len == 0 || len >= sizeof sa.sun_path) {
+        bt_error("ipc endpoint: the path must have 1 to %zu bytes", sizeof sa.sun_path - 1);
+        return BT_ERR_INVAL;
+    }
+    memcpy(sa.sun_path, path, len);
+    socklen_t sl = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+    if (path[0] == '@') { /* abstract namespace */
+        sa.sun_path[0] = 0;
+        sl = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+    } else {
+        unlink(path); /* a stale socket file from an earlier run, as libzmq does */
+        z->unix_path = 1;
+    }
+    z->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (z->lfd < 0 || bind(z->lfd, (struct sockaddr *)&sa, sl) != 0) {
+        z->unix_path = 0;
+        bt_error("cannot bind ipc://%s: %s", path, strerror(errno));
+        return BT_ERR_IO;
+    }
+    snprintf(z->endpoint, sizeof z->endpoint, "ipc://%s", path);
+    return BT_OK;
+}
+
+static int parse_port(const char *s, int *port)
+{
+    if (!strcmp(s, "*")) {
+        *port = 0;
+        return BT_OK;
+    }
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || v < 0 || v > 65535)
+        return BT_ERR_INVAL;
+    *port = (int)v;
+    return BT_OK;
+}
+
+static int bind_tcp(bt_zmtp_t *z, const char *hostport)
+{
+    char host[200];
+    const char *colon = strrchr(hostport, ':');
+    int port;
+    if (!colon || (size_t)(colon - hostport) >= sizeof host || colon == hostport ||
+        parse_port(colon + 1, &port) != BT_OK) {
+        bt_error("tcp endpoint tcp://%s: expected HOST:PORT", hostport);
+        return BT_ERR_INVAL;
+    }
+    memcpy(host, hostport, (size_t)(colon - hostport));
+    host[colon - hostport] = 0;
+    struct sockaddr_storage ss = {0};
+    socklen_t sl;
+    if (!strcmp(host, "*")) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        s4->sin_family = AF_INET;
+        s4->sin_addr.s_addr = htonl(INADDR_ANY);
+        sl = sizeof *s4;
+    } else {
+        size_t hl = strlen(host);
+        if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
+            memmove(host, host + 1, hl - 2);
+            host[hl - 2] = 0;
+        }
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG};
+        struct addrinfo *ai = NULL;
+        int rc = getaddrinfo(host, NULL, &hints, &ai);
+        if (rc != 0 || !ai) {
+            bt_error("tcp endpoint tcp://%s: cannot resolve %s: %s", hostport, host,
+                     gai_strerror(rc));
+            return BT_ERR_INVAL;
+        }
+        memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+        sl = ai->ai_addrlen;
+        freeaddrinfo(ai);
+    }
+    if (ss.ss_family == AF_INET)
+        ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+    else
+        ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
+    int one = 1;
+    z->lfd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (z->lfd < 0 || setsockopt(z->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(z->lfd, (struct sockaddr *)&ss, sl) != 0 ||
+        getsockname(z->lfd, (struct sockaddr *)&ss, &sl) != 0) {
+        bt_error("cannot bind tcp://%s: %s", hostport, strerror(errno));
+        return BT_ERR_IO;
+    }
+    char a[INET6_ADDRSTRLEN] = "?";
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &s4->sin_addr, a, sizeof a);
+        snprintf(z->endpoint, sizeof z->endpoint, "tcp://%s:%d", a, ntohs(s4->sin_port));
+    } else {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &s6->sin6_addr, a, sizeof a);
+        snprintf(z->endpoint, sizeof z->endpoint, "tcp://[%s]:%d", a, ntohs(s6->sin6_port));
+    }
+    return BT_OK;
+}
+
+int bt_zmtp_bind(const char *endpoint, const bt_zmtp_params_t *params, bt_zmtp_t **out)
+{
+    int tcp = !strncmp(endpoint, "tcp://", 6), ipc = !strncmp(endpoint, "ipc://", 6);
+    if (!tcp && !ipc) {
+        bt_error("endpoint %s: only tcp:// and ipc:// are served", endpoint);
+        return BT_ERR_INVAL;
+    }
+    bt_zmtp_t *z = bt_calloc(1, sizeof *z);
+    if (!z)
+        return BT_ERR_NOMEM;
+    z->ep = z->lfd = -1;
+    z->max_frame = params && params->max_frame ? params->max_frame : 16u << 20;
+    z->max_queued = params && params->max_queued ? params->max_queued : 64u << 20;
+    z->n_buckets = 64;
+    z->buckets = bt_calloc(z->n_buckets, sizeof *z->buckets);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    z->next_gen = (uint32_t)(ts.tv_nsec ^ (uint32_t)getpid() << 12);
+    int st = z->buckets ? BT_OK : BT_ERR_NOMEM;
+    if (st == BT_OK)
+        st = tcp ? bind_tcp(z, endpoint + 6) : bind_unix(z, endpoint + 6);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &z->listener_tag};
+    if (st == BT_OK && (listen(z->lfd, 1024) != 0 || (z->ep = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
+                        epoll_ctl(z->ep, EPOLL_CTL_ADD, z->lfd, &ev) != 0)) {
+        bt_error("cannot listen on %s: %s", endpoint, strerror(errno));
+        st = BT_ERR_IO;
+    }
+    if (st != BT_OK) {
+        bt_zmtp_close(z);
+        return st;
+    }
+    *out = z;
+    return BT_OK;
+}
+
+void bt_zmtp_close(bt_zmtp_t *z)
+{
+    if (!z)
+        return;
+    while (z->all.head)
+        conn_kill(z, z->all.head, NULL);
+    reap(z);
+    if (z->lfd >= 0)
+        close(z->lfd);
+    if (z->unix_path)
+        unlink(z->endpoint + 6);
+    if (z->ep >= 0)
+        close(z->ep);
+    bt_free(z->buckets);
+    bt_free(z);
+}
+
+const char *bt_zmtp_endpoint(const bt_zmtp_t *z)
+{
+    return z->endpoint;
+}
+
+int bt_zmtp_fd(const bt_zmtp_t *z)
+{
+    return z->ep;
+}
+
+int bt_zmtp_peers(const bt_zmtp_t *z)
+{
+    return z->n_peers;
+}
