@@ -44,6 +44,7 @@
 #define EVENTS 64
 #define POLLS 8             /* epoll rounds one recv may make before it reports nothing */
 #define ACCEPT_PAUSE_MS 100 /* out of descriptors: how long new connections wait */
+#define HANDSHAKE_MS 30000  /* a connection not past its handshake by then is closed */
 
 enum { ST_GREETING, ST_READY, ST_OPEN };
 
@@ -70,7 +71,8 @@ struct conn {
     size_t id_len;
     int has_id; /* in the identity table */
     conn_t *hnext;
-    link_t ready, dirty, all;
+    link_t ready, dirty, all, hs; /* hs: still in the handshake, oldest first */
+    uint64_t accepted_ms;
     conn_t *dnext; /* the dead list */
 };
 
@@ -81,7 +83,7 @@ struct bt_zmtp {
     size_t max_frame, max_queued;
     conn_t **buckets;
     size_t n_buckets, n_ids;
-    list_t ready, dirty, all;
+    list_t ready, dirty, all, hs;
     conn_t *dead;
     int n_peers;
     uint32_t next_gen; /* generated identities */
@@ -135,6 +137,7 @@ static void list_remove(list_t *l, conn_t *c, size_t off)
 #define READY_OFF offsetof(conn_t, ready)
 #define DIRTY_OFF offsetof(conn_t, dirty)
 #define ALL_OFF offsetof(conn_t, all)
+#define HS_OFF offsetof(conn_t, hs)
 
 /* --- identities ----------------------------------------------------------------------- */
 
@@ -231,6 +234,7 @@ static void conn_kill(bt_zmtp_t *z, conn_t *c, const char *why)
     list_remove(&z->ready, c, READY_OFF);
     list_remove(&z->dirty, c, DIRTY_OFF);
     list_remove(&z->all, c, ALL_OFF);
+    list_remove(&z->hs, c, HS_OFF);
     c->dnext = z->dead;
     z->dead = c;
 }
@@ -381,7 +385,9 @@ static void conn_accept(bt_zmtp_t *z)
         }
         c->fd = fd;
         c->state = ST_GREETING;
+        c->accepted_ms = now_ms();
         list_push(&z->all, c, ALL_OFF);
+        list_push(&z->hs, c, HS_OFF);
         conn_write(z, c);
     }
 }
@@ -508,6 +514,7 @@ static int on_ready(bt_zmtp_t *z, conn_t *c, const uint8_t *b, size_t len)
     }
     id_insert(z, c);
     c->state = ST_OPEN;
+    list_remove(&z->hs, c, HS_OFF);
     z->n_peers++;
     return 0;
 }
@@ -657,10 +664,21 @@ static void conn_trim(conn_t *c)
     }
 }
 
+/* Closes connections that have not finished their handshake in time (ZMQ_HANDSHAKE_IVL). */
+static void handshake_expire(bt_zmtp_t *z)
+{
+    if (!z->hs.head)
+        return;
+    uint64_t now = now_ms();
+    while (z->hs.head && now - z->hs.head->accepted_ms > HANDSHAKE_MS)
+        conn_kill(z, z->hs.head, "no handshake in time");
+}
+
 int bt_zmtp_recv(bt_zmtp_t *z, bt_zmtp_msg_t *m)
 {
     reap(z);
     accept_resume(z);
+    handshake_expire(z);
     for (int polls = 0;; polls++) {
         while (z->ready.head) {
             conn_t *c = z->ready.head;

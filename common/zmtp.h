@@ -16,7 +16,10 @@
  *     serving under a generated identity;
  *   - a send to an identity no connected peer holds fails (BT_ERR_NOT_FOUND);
  *   - a peer sending a frame larger than max_frame is disconnected (ZMQ_MAXMSGSIZE);
- *   - messages are delivered whole, in order per peer, round-robin across peers.
+ *   - messages are delivered whole, in order per peer, round-robin across peers;
+ *   - a connection that has not finished its handshake within 30 s is closed
+ *     (ZMQ_HANDSHAKE_IVL), and when descriptors run out, accepting pauses for 100 ms rather
+ *     than spinning.
  * A send never blocks: output is queued per peer up to max_queued bytes (BT_AGAIN past that)
  * and written when the caller runs out of input (bt_zmtp_recv returning BT_AGAIN) or calls
  * bt_zmtp_flush, so that one system call carries every message a burst produced for a peer.

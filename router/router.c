@@ -177,8 +177,8 @@ int router_create(const router_params_t *params, router_t **out)
         router_destroy(r);
         return st;
     }
-    bt_info("router: clients on %s, daemons on %s, policy %s, model %s", params->client_endpoint,
-            params->cluster_endpoint, r->policy_name,
+    bt_info("router: clients on %s, daemons on %s, policy %s, model %s",
+            bt_zmtp_endpoint(r->clients), bt_zmtp_endpoint(r->cluster), r->policy_name,
             id[0] ? id : "(adopted from the first instance)");
     *out = r;
     return BT_OK;
