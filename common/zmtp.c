@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,6 +46,7 @@
 #define POLLS 8             /* epoll rounds one recv may make before it reports nothing */
 #define ACCEPT_PAUSE_MS 100 /* out of descriptors: how long new connections wait */
 #define HANDSHAKE_MS 30000  /* a connection not past its handshake by then is closed */
+#define MAX_MSG_FRAMES 1024 /* frames one message may have */
 
 enum { ST_GREETING, ST_READY, ST_OPEN };
 
@@ -77,8 +79,8 @@ struct conn {
 };
 
 struct bt_zmtp {
-    int ep, lfd;
-    int unix_path; /* lfd is bound to a file to remove on close */
+    int ep, lfd, tfd; /* epoll set, listener, timer (accept pause, handshake deadlines) */
+    int unix_path;    /* lfd is bound to a file to remove on close */
     char endpoint[256];
     size_t max_frame, max_queued;
     conn_t **buckets;
@@ -87,8 +89,9 @@ struct bt_zmtp {
     conn_t *dead;
     int n_peers;
     uint32_t next_gen; /* generated identities */
-    uint8_t listener_tag;
+    uint8_t listener_tag, timer_tag;
     uint64_t accept_paused_until; /* ms; 0: the listener is watched */
+    uint64_t timer_at;            /* ms the timer is armed for; 0: disarmed */
 };
 
 static uint64_t now_ms(void)
@@ -312,6 +315,11 @@ static void conn_write(bt_zmtp_t *z, conn_t *c)
     }
     if (!c->dead) {
         c->out_pos = c->out_len = 0;
+        if (c->out_cap > IN_KEEP) { /* a burst is over: give a large buffer back */
+            bt_free(c->out);
+            c->out = NULL;
+            c->out_cap = 0;
+        }
         if (events_set(z, c, 0) != BT_OK)
             conn_kill(z, c, "epoll_ctl failed");
     }
@@ -340,6 +348,27 @@ static int conn_hello(conn_t *c)
     return BT_OK;
 }
 
+/* Arms the timer for the next deadline: the end of an accept pause or the oldest handshake's.
+ * It wakes a caller that sleeps on bt_zmtp_fd alone, so deadlines hold without traffic. */
+static void timer_arm(bt_zmtp_t *z)
+{
+    uint64_t at = z->accept_paused_until;
+    if (z->hs.head) {
+        uint64_t h = z->hs.head->accepted_ms + HANDSHAKE_MS + 1;
+        if (!at || h < at)
+            at = h;
+    }
+    if (at == z->timer_at)
+        return;
+    struct itimerspec its = {{0, 0}, {0, 0}};
+    if (at) {
+        its.it_value.tv_sec = (time_t)(at / 1000u);
+        its.it_value.tv_nsec = (long)(at % 1000u) * 1000000L;
+    }
+    if (timerfd_settime(z->tfd, TFD_TIMER_ABSTIME, &its, NULL) == 0)
+        z->timer_at = at;
+}
+
 /* Out of descriptors or memory, the listener stays readable: it leaves the epoll set for a
  * while instead of waking the caller in a loop, and pending connections wait in the backlog. */
 static void accept_pause(bt_zmtp_t *z, int err)
@@ -348,6 +377,7 @@ static void accept_pause(bt_zmtp_t *z, int err)
             ACCEPT_PAUSE_MS);
     epoll_ctl(z->ep, EPOLL_CTL_DEL, z->lfd, NULL);
     z->accept_paused_until = now_ms() + ACCEPT_PAUSE_MS;
+    timer_arm(z);
 }
 
 static void accept_resume(bt_zmtp_t *z)
@@ -357,6 +387,9 @@ static void accept_resume(bt_zmtp_t *z)
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &z->listener_tag};
     if (epoll_ctl(z->ep, EPOLL_CTL_ADD, z->lfd, &ev) == 0)
         z->accept_paused_until = 0;
+    else
+        z->accept_paused_until = now_ms() + ACCEPT_PAUSE_MS;
+    timer_arm(z);
 }
 
 static void conn_accept(bt_zmtp_t *z)
@@ -388,6 +421,8 @@ static void conn_accept(bt_zmtp_t *z)
         c->accepted_ms = now_ms();
         list_push(&z->all, c, ALL_OFF);
         list_push(&z->hs, c, HS_OFF);
+        if (!z->timer_at)
+            timer_arm(z);
         conn_write(z, c);
     }
 }
@@ -594,7 +629,10 @@ static int conn_message(bt_zmtp_t *z, conn_t *c, bt_zmtp_msg_t *m)
                 m->data[n] = d;
                 m->len[n] = len;
             }
-            n++;
+            if (++n > MAX_MSG_FRAMES) {
+                conn_kill(z, c, "a message of too many frames");
+                return 0;
+            }
             if (!(flags & F_MORE))
                 break;
         }
@@ -606,6 +644,10 @@ static int conn_message(bt_zmtp_t *z, conn_t *c, bt_zmtp_msg_t *m)
             /* Whole frames of an unfinished message stay in place: the buffer must hold
              * the message so far plus the frame in progress. */
             size_t want = (pos - c->in_pos) + need;
+            if (want > 2 * z->max_frame + (64u << 10)) {
+                conn_kill(z, c, "a message over the size limit");
+                return 0;
+            }
             if (want > c->in_cap) {
                 size_t cap = c->in_cap ? c->in_cap : IN_MIN;
                 while (cap < want)
@@ -674,6 +716,18 @@ static void handshake_expire(bt_zmtp_t *z)
         conn_kill(z, z->hs.head, "no handshake in time");
 }
 
+/* The timer fired: take its expiry count and act on whatever deadline passed. */
+static void on_timer(bt_zmtp_t *z)
+{
+    uint64_t n;
+    if (read(z->tfd, &n, sizeof n) < 0 && errno != EAGAIN)
+        bt_debug("zmtp %s: timer: %s", z->endpoint, strerror(errno));
+    z->timer_at = 0;
+    accept_resume(z);
+    handshake_expire(z);
+    timer_arm(z);
+}
+
 int bt_zmtp_recv(bt_zmtp_t *z, bt_zmtp_msg_t *m)
 {
     reap(z);
@@ -702,6 +756,8 @@ int bt_zmtp_recv(bt_zmtp_t *z, bt_zmtp_msg_t *m)
         for (int i = 0; i < n; i++) {
             if (ev[i].data.ptr == &z->listener_tag)
                 conn_accept(z);
+            else if (ev[i].data.ptr == &z->timer_tag)
+                on_timer(z);
             else
                 conn_event(z, ev[i].data.ptr, ev[i].events);
         }
@@ -869,7 +925,7 @@ int bt_zmtp_bind(const char *endpoint, const bt_zmtp_params_t *params, bt_zmtp_t
     bt_zmtp_t *z = bt_calloc(1, sizeof *z);
     if (!z)
         return BT_ERR_NOMEM;
-    z->ep = z->lfd = -1;
+    z->ep = z->lfd = z->tfd = -1;
     z->max_frame = params && params->max_frame ? params->max_frame : 16u << 20;
     z->max_queued = params && params->max_queued ? params->max_queued : 64u << 20;
     z->n_buckets = 64;
@@ -881,8 +937,12 @@ int bt_zmtp_bind(const char *endpoint, const bt_zmtp_params_t *params, bt_zmtp_t
     if (st == BT_OK)
         st = tcp ? bind_tcp(z, endpoint + 6) : bind_unix(z, endpoint + 6);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &z->listener_tag};
-    if (st == BT_OK && (listen(z->lfd, 1024) != 0 || (z->ep = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
-                        epoll_ctl(z->ep, EPOLL_CTL_ADD, z->lfd, &ev) != 0)) {
+    struct epoll_event tev = {.events = EPOLLIN, .data.ptr = &z->timer_tag};
+    if (st == BT_OK &&
+        (listen(z->lfd, 1024) != 0 || (z->ep = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
+         epoll_ctl(z->ep, EPOLL_CTL_ADD, z->lfd, &ev) != 0 ||
+         (z->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)) < 0 ||
+         epoll_ctl(z->ep, EPOLL_CTL_ADD, z->tfd, &tev) != 0)) {
         bt_error("cannot listen on %s: %s", endpoint, strerror(errno));
         st = BT_ERR_IO;
     }
@@ -907,6 +967,8 @@ void bt_zmtp_close(bt_zmtp_t *z)
         unlink(z->endpoint + 6);
     if (z->ep >= 0)
         close(z->ep);
+    if (z->tfd >= 0)
+        close(z->tfd);
     bt_free(z->buckets);
     bt_free(z);
 }

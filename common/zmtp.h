@@ -15,7 +15,8 @@
  *   - a peer that connects with an identity in use takes it over; the older connection keeps
  *     serving under a generated identity;
  *   - a send to an identity no connected peer holds fails (BT_ERR_NOT_FOUND);
- *   - a peer sending a frame larger than max_frame is disconnected (ZMQ_MAXMSGSIZE);
+ *   - a peer sending a frame larger than max_frame is disconnected (ZMQ_MAXMSGSIZE), and so
+ *     is one sending a message of more than 1024 frames or twice max_frame in all;
  *   - messages are delivered whole, in order per peer, round-robin across peers;
  *   - a connection that has not finished its handshake within 30 s is closed
  *     (ZMQ_HANDSHAKE_IVL), and when descriptors run out, accepting pauses for 100 ms rather
@@ -77,7 +78,7 @@ int bt_zmtp_fd(const bt_zmtp_t *z);
 int bt_zmtp_recv(bt_zmtp_t *z, bt_zmtp_msg_t *m);
 
 /*
- * Queues a message of n frames (n >= 1) to the peer holding identity id. BT_OK;
+ * Queues a copy of a message of n frames (n >= 1) to the peer holding identity id. BT_OK;
  * BT_ERR_NOT_FOUND when no connected peer holds it; BT_AGAIN when the peer's queue is full;
  * BT_ERR_RANGE when a frame is larger than max_frame; BT_ERR_NOMEM.
  */
