@@ -878,7 +878,10 @@ static int bind_tcp(bt_zmtp_t *z, const char *hostport)
             memmove(host, host + 1, hl - 2);
             host[hl - 2] = 0;
         }
-        struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG};
+        /* Names resolve to IPv4 as libzmq's do (without ZMQ_IPV6): "localhost" must not bind
+         * ::1 alone. An IPv6 address is taken when one is written. */
+        struct addrinfo hints = {.ai_family = strchr(host, ':') ? AF_INET6 : AF_INET,
+                                 .ai_socktype = SOCK_STREAM};
         struct addrinfo *ai = NULL;
         int rc = getaddrinfo(host, NULL, &hints, &ai);
         if (rc != 0 || !ai) {
