@@ -405,8 +405,8 @@ static void test_flow_messages_are_served_between_ticks(void **state)
 /* The same with the event loop polling instead of sleeping and the I/O thread pinned. */
 static void test_flow_busy_poll_serves_the_same(void **state)
 {
-    const char *const extra[] = {
-        "--tick-ms", "1000", "--dead-after-ms", "60000", "--busy-poll", NULL};
+    const char *const extra[] = {"--tick-ms", "1000",        "--dead-after-ms",
+                                 "60000",     "--busy-poll", NULL};
     served_between_ticks(state, extra);
 }
 
