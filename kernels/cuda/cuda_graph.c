@@ -144,6 +144,12 @@ static void replay_mismatch(bt_cuda_ctx_t *c)
     if (c->graph_strict)
         abort();
     bt_stepgraph_drop(&c->sg);
+    /* A key that keeps missing would be captured and instantiated anew every other step, on
+     * the request path: after a few misses the daemon stops using graphs. */
+    if (++c->graph_misses >= 4) {
+        c->graphs = 0;
+        fprintf(stderr, "cuda: decode-step graphs keep missing their steps: CUDA graphs off\n");
+    }
 }
 
 int bt_cuda_graph_end(bt_cuda_ctx_t *c)

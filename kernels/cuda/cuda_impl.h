@@ -90,6 +90,7 @@ typedef struct {
     /* Decode steps as CUDA graphs (BATON_CUDA_GRAPHS=1, cuda_graph.c); all zero when off. */
     int graphs;          /* 1: step_begin may capture and replay */
     int graph_warned;    /* a replay mismatch was logged */
+    int graph_misses;    /* replay mismatches so far */
     int graph_strict;    /* BATON_CUDA_GRAPHS=2: a replay mismatch aborts */
     bt_stepgraph_t sg;   /* recorded steps and the step in progress (sg.mode) */
     uint8_t *arena_host; /* pinned, sg.arena_cap bytes: a graph step's inputs */
