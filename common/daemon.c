@@ -118,5 +118,6 @@ void bt_daemon_worker_params(const bt_daemon_cfg_t *c, const bt_daemon_t *d, Bat
         .max_requests = c->max_requests,
         .ops = ops,
         .ctx = ctx,
+        .steplog = d->steplog,
     };
 }

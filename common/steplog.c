@@ -62,6 +62,12 @@ int bt_steplog_open(const char *path, bt_steplog_t **out)
     return BT_OK;
 }
 
+void bt_steplog_flush(bt_steplog_t *l)
+{
+    if (l && !l->full && l->len)
+        flush(l);
+}
+
 void bt_steplog_close(bt_steplog_t *l)
 {
     if (!l)

@@ -17,8 +17,9 @@
  *   mstep,SEQS,ROWS,MS,FORWARD_MS,SEQS,T_MS          anything else (prompts recomputed next
  *                                                    to decoding sequences); not fitted
  * MS is the whole step (planning, forward, sampling, sending), FORWARD_MS the engine's part,
- * T_MS the step's start on the monotonic clock. Lines reach the file whole (at least once a
- * second), so a log can be read while it grows. Writing stops (with one warning) after
+ * T_MS the step's start on the monotonic clock. Lines reach the file whole, at least once a
+ * second while the daemon is busy and as soon as it goes idle, so a log can be read while it
+ * grows. Writing stops (with one warning) after
  * BT_STEPLOG_MAX_BYTES, so a forgotten log cannot fill a disk.
  *
  * Threads: one writer (the compute thread); open and close on the main thread.
@@ -36,6 +37,8 @@ typedef enum { BT_STEP_PREFILL = 0, BT_STEP_DECODE, BT_STEP_MIXED } bt_step_kind
 int bt_steplog_open(const char *path, bt_steplog_t **out);
 /* Flushes and closes; NULL-safe. */
 void bt_steplog_close(bt_steplog_t *l);
+/* Writes out the lines held (NULL-safe): the daemon calls it whenever it goes idle. */
+void bt_steplog_flush(bt_steplog_t *l);
 /* Records one step (NULL-safe: no log, nothing done). x and y as the format above says. */
 void bt_steplog_write(bt_steplog_t *l, bt_step_kind_t kind, double x, double y, int seqs,
                       double t0_ms, double forward_ms, double step_ms);

@@ -147,8 +147,10 @@ static void *compute_main(void *arg)
             w->p.ops->command(w->p.ctx, w, &c);
         if (atomic_load(&w->stop))
             break;
-        if (w->p.ops->step(w->p.ctx, w) == BT_AGAIN &&
-            bt_queue_pop(w->inbox, &c, WORKER_TICK_MS) == BT_OK)
+        int idle = w->p.ops->step(w->p.ctx, w) == BT_AGAIN;
+        if (idle)
+            bt_steplog_flush(w->p.steplog); /* the steps so far reach the file while idle */
+        if (idle && bt_queue_pop(w->inbox, &c, WORKER_TICK_MS) == BT_OK)
             w->p.ops->command(w->p.ctx, w, &c);
         bt_worker_flush(w); /* a role that held and forgot */
     }

@@ -31,6 +31,7 @@
 
 #include "proto/baton.pb-c.h"
 #include "request.h"
+#include "steplog.h"
 
 typedef struct bt_worker bt_worker_t;
 
@@ -137,7 +138,8 @@ typedef struct {
     int32_t max_requests;    /* most requests in flight; more are refused with
                               * BT_ERR_OVERLOADED; 0: 1024 */
     const bt_worker_ops_t *ops;
-    void *ctx; /* borrowed; passed to every op */
+    void *ctx;             /* borrowed; passed to every op */
+    bt_steplog_t *steplog; /* borrowed; written out whenever the compute thread goes idle */
 } bt_worker_params_t;
 
 /* Blocks SIGTERM, SIGINT and SIGPIPE in the calling thread and every thread it creates later.

@@ -13,6 +13,9 @@
 #   4. validation pass: the workload with seed 1 (other requests) at the rates the serving
 #      profile gives, real against simulated with it (and, in two more columns, with the
 #      profile measured alone).
+#   Both passes also simulate each rate on a profile fitted from the steps served during that
+#   rate's own run (baton-validate --window-steps): the simulator's queueing and batching on
+#   their own, with the machine's speed of that minute.
 # Clusters:
 #   cpu:  1 prefill + 1 decode and 1 colocated, 15m preset (Q8_0), one compute thread per
 #         daemon, each daemon on a CPU of its own (the profile taken on the prefill daemon's);
@@ -96,11 +99,15 @@ run() {
         --rates auto --auto-levels "$LEVELS" --slo-ttft-ms "${slo[0]}" --slo-tpot-ms "${slo[1]}"
         --timeout-s 120 "${val_opts[@]}")
     echo "$name: objectives TTFT ${slo[0]} ms, TPOT ${slo[1]} ms (from $(basename "$profile"))"
+    # Every pass is also simulated on each rate's own served steps (--window-steps): the
+    # simulator given the service times of that very run.
+    local served=$RESULTS/profile-served-$name.json steps
+    steps=$(ls "$logs"/*.steps.csv | paste -sd,)
     echo "$name: calibration pass (seed 2), simulated with the profile measured alone"
     "${REST[@]}" "$BIN/baton-validate" "${common[@]}" --seed 2 --profile "$profile" \
-        --csv "$RESULTS/calibrate-$name.csv" | tee "$RESULTS/calibrate-$name.md"
-    local rc=${PIPESTATUS[0]} served=$RESULTS/profile-served-$name.json steps
-    steps=$(ls "$logs"/*.steps.csv | paste -sd,)
+        --window-steps "$steps" --csv "$RESULTS/calibrate-$name.csv" |
+        tee "$RESULTS/calibrate-$name.md"
+    local rc=${PIPESTATUS[0]}
     [ $rc = 0 ] || echo "$name: the calibration pass failed"
     # shellcheck disable=SC2046 # link prints two options
     [ $rc = 0 ] && "$BIN/baton-profile" --model "$model" "${KV_TYPE[@]}" --refit "$steps" \
@@ -108,7 +115,7 @@ run() {
     if [ $rc = 0 ]; then
         echo "$name: validation pass (seed 1), simulated with the profile fitted from the steps"
         "${REST[@]}" "$BIN/baton-validate" "${common[@]}" --seed 1 --profile "$served" \
-            --profile-alt "$profile" --csv "$RESULTS/validate-$name.csv" |
+            --profile-alt "$profile" --window-steps "$steps" --csv "$RESULTS/validate-$name.csv" |
             tee "$RESULTS/validate-$name.md"
         rc=${PIPESTATUS[0]}
     fi

@@ -271,37 +271,6 @@ static int gen_preset(const prof_cfg_t *c, char *path, size_t cap)
     return bt_modelgen_write(&g, path) == BT_OK ? 0 : -1;
 }
 
-/* The files of --refit (comma-separated) as one stream: the file itself, or a temporary file
- * holding them one after the other. NULL (logged) when one cannot be read. */
-static FILE *open_refit(const char *list)
-{
-    FILE *all = strchr(list, ',') ? tmpfile() : fopen(list, "r");
-    if (!all)
-        bt_error("cannot read %s", list);
-    if (!all || !strchr(list, ','))
-        return all;
-    char name[4096];
-    for (const char *s = list; all && *s;) {
-        size_t n = strcspn(s, ",");
-        snprintf(name, sizeof name, "%.*s", (int)(n < sizeof name ? n : sizeof name - 1), s);
-        s += n + (s[n] == ',');
-        FILE *f = fopen(name, "r");
-        if (!f) {
-            bt_error("cannot read %s", name);
-            fclose(all);
-            return NULL;
-        }
-        char buf[8192];
-        size_t got;
-        while ((got = fread(buf, 1, sizeof buf, f)) > 0)
-            fwrite(buf, 1, got, all);
-        fclose(f);
-    }
-    if (all)
-        rewind(all);
-    return all;
-}
-
 static int prof_main(const prof_cfg_t *c)
 {
     pl_profiler_params_t p = {0};
@@ -314,7 +283,7 @@ static int prof_main(const prof_cfg_t *c)
     }
     if (c->preset && gen_preset(c, gen, sizeof gen) != 0)
         return 1;
-    p.refit = c->refit ? open_refit(c->refit) : NULL;
+    p.refit = c->refit ? pl_refit_open(c->refit) : NULL;
     if (c->refit && !p.refit) {
         if (gen[0])
             remove(gen);

@@ -23,13 +23,15 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "plancli.h"
+#include "profiler.h"
 #include "sim.h"
 
 #define MAX_RATES 32
 
 typedef struct {
     pl_cli_workload_t wl;
-    char *endpoint, *profile, *profile_alt, *policy, *rates, *auto_levels, *csv, *log_level;
+    char *endpoint, *profile, *profile_alt, *window_steps, *policy, *rates, *auto_levels, *csv,
+        *log_level;
     int prefill, decode, colocated, max_batch_tokens, max_batch_seqs, block_size, timeout_s;
     float quiet_load;
     size_t kv_mem;
@@ -43,6 +45,9 @@ static const bt_cfg_opt_t val_opts[] = {
         "latency profile of the cluster's instances (required)"),
     OPT("profile-alt", BT_CFG_STRING, NULL, 0, 0, profile_alt,
         "also simulate with this profile (e.g. the one measured alone): two more columns"),
+    OPT("window-steps", BT_CFG_STRING, NULL, 0, 0, window_steps,
+        "the daemons' step logs (comma-separated): also simulate each rate with a profile fitted "
+        "from the steps served during that rate's own run: two more columns"),
     OPT("prefill", BT_CFG_INT, "1", 0, 1024, prefill, "prefill instances of the cluster"),
     OPT("decode", BT_CFG_INT, "1", 0, 1024, decode, "decode instances of the cluster"),
     OPT("colocated", BT_CFG_INT, "0", 0, 1024, colocated, "colocated instances of the cluster"),
@@ -217,17 +222,19 @@ typedef struct {
     const val_cfg_t *c;
     const pl_workload_t *w;
     const pl_sim_params_t *sp, *sp_alt; /* sp_alt: --profile-alt, or NULL */
+    pl_inst_spec_t *inst_win;           /* --window-steps: the cluster on each rate's own fit */
     const bt_profile_t *prof;
     bt_client_t *cl;
     uint32_t n_vocab;
     pl_req_t *reqs;
     real_req_t *real;
-    pl_sim_req_t *sim, *sim_alt;
+    pl_sim_req_t *sim, *sim_alt, *sim_win;
     int32_t *ids;
     double *buf; /* (5n): real ttft, real tpot, scratch (2n), prefill over profile */
     FILE *csv;
-    int n_done, n_within[2];         /* rates run, and those within 2 points (sim, alt) */
-    double sum_abs[2], worst_abs[2]; /* |sim - real| over the rates run, points */
+    int n_done, n_within[3];         /* rates run, and those within 2 points (sim, alt, window) */
+    double sum_abs[3], worst_abs[3]; /* |sim - real| over the rates run, points */
+    int n_win;                       /* rates whose window could be fitted */
 } val_t;
 
 /* One more comparison of a simulated attainment with the real one, into the summary. */
@@ -297,6 +304,46 @@ static size_t forward_ratios(const bt_profile_t *prof, pf_span_t *sp, size_t n, 
     return n_out;
 }
 
+/* The simulator's instances of the cluster c describes, timed by prof (prefill first, then
+ * decode, then colocated, as baton up starts them). */
+static void cluster_of(const val_cfg_t *c, const bt_profile_t *prof, pl_inst_spec_t *inst)
+{
+    for (int i = 0; i < c->prefill + c->decode + c->colocated; i++)
+        inst[i] =
+            (pl_inst_spec_t){.role = i < c->prefill               ? PL_ROLE_PREFILL
+                                     : i < c->prefill + c->decode ? PL_ROLE_DECODE
+                                                                  : PL_ROLE_COLOCATED,
+                             .profile = prof,
+                             .kv_tokens = (int64_t)((double)c->kv_mem / prof->kv_bytes_per_token),
+                             .max_batch_tokens = c->max_batch_tokens,
+                             .max_batch_seqs = c->max_batch_seqs};
+}
+
+/* The rate just run, simulated on a profile fitted from the steps the daemons served between
+ * t0 and t1 (monotonic ms): the simulator given the service times of that very run, so what it
+ * misses is its queueing and batching, not the machine's speed drifting from a profile measured
+ * at another time. 1 and *out filled; 0 when the window has too few steps to fit. */
+static int window_sim(val_t *v, double t0, double t1, size_t n, pl_sim_result_t *out)
+{
+    struct timespec ts = {1, 200000000}; /* the logs reach their files at least once a second */
+    nanosleep(&ts, NULL);
+    bt_profile_t prof = *v->prof;
+    pl_profiler_params_t pp = {.allow_knee = 1,
+                               .fit_weight = PL_FIT_TIME, /* as baton-profile --refit */
+                               .window_from_ms = t0,
+                               .window_to_ms = t1};
+    pp.refit = pl_refit_open(v->c->window_steps);
+    int st = pp.refit ? pl_profiler_refit(&pp, &prof) : BT_ERR_IO;
+    if (pp.refit)
+        fclose(pp.refit);
+    if (st != BT_OK)
+        return 0;
+    cluster_of(v->c, &prof, v->inst_win);
+    pl_sim_params_t sp = *v->sp;
+    sp.inst = v->inst_win;
+    return pl_sim_run(&sp, v->reqs, n, out, v->sim_win) == BT_OK;
+}
+
 static int one_rate(val_t *v, double rate)
 {
     size_t n = pl_workload_n(v->w);
@@ -305,10 +352,14 @@ static int one_rate(val_t *v, double rate)
     int st = pl_sim_run(v->sp, v->reqs, n, &res, v->sim);
     if (st == BT_OK && v->sp_alt)
         st = pl_sim_run(v->sp_alt, v->reqs, n, &alt, v->sim_alt);
+    double t0 = bt_mono_ms();
     if (st == BT_OK)
         st = real_run(v->c, v->cl, v->reqs, n, v->n_vocab, v->ids, v->real);
+    double t1 = bt_mono_ms();
     if (st != BT_OK)
         return st;
+    pl_sim_result_t win = {0};
+    int has_win = v->c->window_steps && window_sim(v, t0, t1, n, &win);
     double *tt = v->buf, *tp = v->buf + n, *scratch = v->buf + 2 * n, *pf = v->buf + 4 * n;
     pf_span_t *spans = bt_malloc(n * sizeof *spans);
     if (!spans)
@@ -348,12 +399,20 @@ static int one_rate(val_t *v, double rate)
            loadavg());
     if (v->sp_alt)
         printf(" %.1f%% | %+.1f |", 100 * alt.attainment, 100 * (alt.attainment - real.attain));
+    if (has_win)
+        printf(" %.1f%% | %+.1f |", 100 * win.attainment, 100 * (win.attainment - real.attain));
+    else if (v->c->window_steps)
+        printf(" (too few steps) | |");
     printf("\n");
     fflush(stdout);
     v->n_done++;
     tally(v, 0, res.attainment, real.attain);
     if (v->sp_alt)
         tally(v, 1, alt.attainment, real.attain);
+    if (has_win) {
+        tally(v, 2, win.attainment, real.attain);
+        v->n_win++;
+    }
     return BT_OK;
 }
 
@@ -396,16 +455,20 @@ static int validate(val_t *v, const double *rates, int n_rates)
     v->real = bt_malloc(n * sizeof *v->real);
     v->sim = bt_malloc(n * sizeof *v->sim);
     v->sim_alt = v->sp_alt ? bt_malloc(n * sizeof *v->sim_alt) : NULL;
+    v->sim_win = v->c->window_steps ? bt_malloc(n * sizeof *v->sim_win) : NULL;
     v->ids = bt_malloc((size_t)max_prompt * sizeof *v->ids);
     v->buf = bt_malloc(5 * n * sizeof *v->buf);
-    int st = v->reqs && v->real && v->sim && v->ids && v->buf && (v->sim_alt || !v->sp_alt)
+    int st = v->reqs && v->real && v->sim && v->ids && v->buf && (v->sim_alt || !v->sp_alt) &&
+                     (v->sim_win || !v->c->window_steps)
                  ? BT_OK
                  : BT_ERR_NOMEM;
     printf("| rate/s | real | sim | sim - real (pp) | real TTFT p50 / p90 ms | "
            "sim TTFT p50 / p90 | real TPOT p50 / p90 ms | sim TPOT p50 / p90 | real failed | "
-           "prefill / profile (median / busy) | load |%s\n"
-           "|---|---|---|---|---|---|---|---|---|---|---|%s\n",
-           v->sp_alt ? " sim, --profile-alt | alt - real (pp) |" : "", v->sp_alt ? "---|---|" : "");
+           "prefill / profile (median / busy) | load |%s%s\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|%s%s\n",
+           v->sp_alt ? " sim, --profile-alt | alt - real (pp) |" : "",
+           v->c->window_steps ? " sim, same-window steps | window - real (pp) |" : "",
+           v->sp_alt ? "---|---|" : "", v->c->window_steps ? "---|---|" : "");
     for (int i = 0; i < n_rates && st == BT_OK; i++) {
         settle(v->cl);
         /* On a shared machine, other work slows the real side only: wait for a quiet spell. */
@@ -422,10 +485,15 @@ static int validate(val_t *v, const double *rates, int n_rates)
         printf("--profile-alt: within 2 points at %d of %d rates; mean |alt - real| %.1f points, "
                "worst %.1f\n",
                v->n_within[1], v->n_done, v->sum_abs[1] / v->n_done, v->worst_abs[1]);
+    if (v->n_win)
+        printf("same-window steps: within 2 points at %d of %d rates; mean |window - real| %.1f "
+               "points, worst %.1f\n",
+               v->n_within[2], v->n_win, v->sum_abs[2] / v->n_win, v->worst_abs[2]);
     bt_free(v->reqs);
     bt_free(v->real);
     bt_free(v->sim);
     bt_free(v->sim_alt);
+    bt_free(v->sim_win);
     bt_free(v->ids);
     bt_free(v->buf);
     return st;
@@ -497,21 +565,6 @@ static int auto_rates(const pl_sim_params_t *sp, const pl_workload_t *w, const d
     return n_rates;
 }
 
-/* The simulator's instances of the cluster c describes, timed by prof (prefill first, then
- * decode, then colocated, as baton up starts them). */
-static void cluster_of(const val_cfg_t *c, const bt_profile_t *prof, pl_inst_spec_t *inst)
-{
-    for (int i = 0; i < c->prefill + c->decode + c->colocated; i++)
-        inst[i] =
-            (pl_inst_spec_t){.role = i < c->prefill               ? PL_ROLE_PREFILL
-                                     : i < c->prefill + c->decode ? PL_ROLE_DECODE
-                                                                  : PL_ROLE_COLOCATED,
-                             .profile = prof,
-                             .kv_tokens = (int64_t)((double)c->kv_mem / prof->kv_bytes_per_token),
-                             .max_batch_tokens = c->max_batch_tokens,
-                             .max_batch_seqs = c->max_batch_seqs};
-}
-
 static int val_main(const val_cfg_t *c)
 {
     double rates[MAX_RATES], levels[MAX_RATES];
@@ -540,7 +593,7 @@ static int val_main(const val_cfg_t *c)
         (c->profile_alt && bt_profile_load(c->profile_alt, &prof_alt) != BT_OK))
         return 2;
     int n_inst = c->prefill + c->decode + c->colocated;
-    pl_inst_spec_t inst[3 * 1024], inst_alt[3 * 1024];
+    static pl_inst_spec_t inst[3 * 1024], inst_alt[3 * 1024], inst_win[3 * 1024];
     cluster_of(c, &prof, inst);
     pl_sim_params_t sp = {.inst = inst,
                           .n_inst = n_inst,
@@ -555,7 +608,11 @@ static int val_main(const val_cfg_t *c)
     }
     pl_trace_t *trace = NULL;
     char desc[512];
-    val_t v = {.c = c, .sp = &sp, .sp_alt = c->profile_alt ? &sp_alt : NULL, .prof = &prof};
+    val_t v = {.c = c,
+               .sp = &sp,
+               .sp_alt = c->profile_alt ? &sp_alt : NULL,
+               .inst_win = inst_win,
+               .prof = &prof};
     pl_workload_t *w = NULL;
     if (pl_cli_workload(&c->wl, &trace, &w, desc, sizeof desc) != BT_OK)
         return 1;

@@ -317,12 +317,52 @@ static int grow(void **v, int n, int *cap, size_t size)
     return BT_OK;
 }
 
+/* The files of --refit (comma-separated) as one stream: the file itself, or a temporary file
+ * holding them one after the other. NULL (logged) when one cannot be read. */
+FILE *pl_refit_open(const char *list)
+{
+    FILE *all = strchr(list, ',') ? tmpfile() : fopen(list, "r");
+    if (!all)
+        bt_error("cannot read %s", list);
+    if (!all || !strchr(list, ','))
+        return all;
+    char name[4096];
+    for (const char *s = list; all && *s;) {
+        size_t n = strcspn(s, ",");
+        snprintf(name, sizeof name, "%.*s", (int)(n < sizeof name ? n : sizeof name - 1), s);
+        s += n + (s[n] == ',');
+        FILE *f = fopen(name, "r");
+        if (!f) {
+            bt_error("cannot read %s", name);
+            fclose(all);
+            return NULL;
+        }
+        char buf[8192];
+        size_t got;
+        while ((got = fread(buf, 1, sizeof buf, f)) > 0)
+            fwrite(buf, 1, got, all);
+        fclose(f);
+    }
+    if (all)
+        rewind(all);
+    return all;
+}
+
 /* Fits the measurements of a raw file (pl_profiler_params_t.raw's format) instead of measuring:
  * the same points the run that wrote it fitted. The daemons' step logs (common/steplog.h) read
  * the same way: pstep and dstep lines are single served batches (sums given), mstep lines are
  * skipped, and header lines may recur (files concatenated). BT_ERR_INVAL for a line it cannot
  * read. */
-static int refit(const pl_profiler_params_t *p, bt_profile_t *out)
+/* A step-log line outside the window of p (its 7th field, T_MS) is not fitted; raw files'
+ * lines have no time and always are. */
+static int in_window(const pl_profiler_params_t *p, int n_fields, double t_ms)
+{
+    if (!(p->window_to_ms > 0) || n_fields < 7)
+        return 1;
+    return t_ms >= p->window_from_ms && t_ms <= p->window_to_ms;
+}
+
+int pl_profiler_refit(const pl_profiler_params_t *p, bt_profile_t *out)
 {
     pl_prefill_point_t *pp = NULL;
     pl_decode_point_t *dp = NULL;
@@ -331,17 +371,20 @@ static int refit(const pl_profiler_params_t *p, bt_profile_t *out)
     char buf[256], kind[16];
     while (st == BT_OK && fgets(buf, sizeof buf, p->refit)) {
         line++;
-        double n, x, ms;
+        double n, x, ms, fwd, seqs, t_ms = 0;
         if (strncmp(buf, "kind,", 5) == 0 || strncmp(buf, "mstep,", 6) == 0)
             continue;
-        if (sscanf(buf, "%15[a-z],%lf,%lf,%lf", kind, &n, &x, &ms) != 4 || !(n > 0) || !(x >= 0) ||
-            !(ms > 0)) {
+        int got =
+            sscanf(buf, "%15[a-z],%lf,%lf,%lf,%lf,%lf,%lf", kind, &n, &x, &ms, &fwd, &seqs, &t_ms);
+        if (got < 4 || !(n > 0) || !(x >= 0) || !(ms > 0)) {
             if (!strchr(buf, '\n') && feof(p->refit)) { /* cut short: a log being written */
                 bt_warn("profiler: raw line %d is incomplete; ignored", line);
                 break;
             }
             bt_error("profiler: raw line %d is not kind,n,len_or_ctx,ms", line);
             st = BT_ERR_INVAL;
+        } else if (!in_window(p, got, t_ms)) {
+            continue;
         } else if (strcmp(kind, "prefill") == 0) {
             st = grow((void **)&pp, n_pp, &cap_pp, sizeof *pp);
             if (st == BT_OK)
@@ -376,7 +419,7 @@ static int refit(const pl_profiler_params_t *p, bt_profile_t *out)
 static int run(prof_t *s, bt_profile_t *out)
 {
     if (s->p->refit)
-        return refit(s->p, out);
+        return pl_profiler_refit(s->p, out);
     const pl_profiler_params_t *p = s->p;
     int np = p->n_prefill_lens * p->n_prefill_counts, nd = p->n_decode_batches * p->n_decode_ctx;
     pl_prefill_point_t *pp = bt_malloc((size_t)np * sizeof *pp);

@@ -46,6 +46,8 @@ typedef struct {
     double link_latency_ms;     /* with link_gb_per_s */
     FILE *raw;                  /* if set, every measurement as CSV (kind,n,len_or_ctx,ms) */
     FILE *refit;                /* if set, fit the measurements of such a file instead */
+    double window_from_ms;      /* with refit, when window_to_ms > 0: only step-log lines whose */
+    double window_to_ms;        /* start (T_MS, monotonic) is within [from, to] */
     int verbose;                /* progress lines on stderr */
 } pl_profiler_params_t;
 
@@ -53,5 +55,14 @@ typedef struct {
  * and the fit quality of out (model, backend, device, tp and note are the caller's). BT_ERR_INVAL
  * for a grid the engine cannot run (logged), BT_ERR_NOMEM/BT_ERR_NOSPACE from the engine. */
 int pl_profiler_run(const pl_profiler_params_t *p, bt_profile_t *out);
+
+/* Fits p->refit's measurements alone (no engine: p's grids are not used): out's prefill and
+ * decode models and their fit quality, and the transfer model when the file has transfers;
+ * the rest of out is kept. BT_ERR_INVAL for a line it cannot read, or too few points. */
+int pl_profiler_refit(const pl_profiler_params_t *p, bt_profile_t *out);
+
+/* The files of a comma-separated list as one stream, rewound: the file itself, or a temporary
+ * file holding them one after the other. NULL (logged) when one cannot be read. */
+FILE *pl_refit_open(const char *list);
 
 #endif

@@ -204,6 +204,70 @@ static void test_profiler_refit_from_step_logs(void **state)
     tiny_close(&t);
 }
 
+/* A window on the step's start time fits only the steps served within it: two minutes of
+ * serving at different speeds, written to two files read as one list, give each minute's own
+ * coefficients, and no engine is needed. */
+static void test_profiler_refit_window(void **state)
+{
+    (void)state;
+    char path[2][512], list[1100];
+    const double pa = 2.0, pb = 0.05, pc = 1e-4, da = 1.5, db = 0.002, dc = 0.3;
+    uint64_t x = 11;
+    for (int f = 0; f < 2; f++) {
+        bt_test_tmp_path(f ? "window-b.csv" : "window-a.csv", path[f], sizeof path[f]);
+        bt_steplog_t *l = NULL;
+        assert_int_equal(bt_steplog_open(path[f], &l), BT_OK);
+        for (int i = 0; i < 200; i++) {
+            double t = 1000.0 * f + 500 * (i >= 100) + i; /* slow from t = 600 in each file */
+            double speed = t >= 600 && t < 1000 ? 2.0 : t >= 1600 ? 2.0 : 1.0;
+            int k = 1 + i % 3;
+            double sum = 0, sum2 = 0;
+            for (int j = 0; j < k; j++) {
+                x = x * 6364136223846793005ull + 1442695040888963407ull;
+                double len = 16 + (double)((x >> 33) % 400);
+                sum += len;
+                sum2 += len * len;
+            }
+            bt_steplog_write(l, BT_STEP_PREFILL, sum, sum2, k, t, 1,
+                             speed * (pa + pb * sum + pc * sum2));
+            double b = 1 + (double)((x >> 20) % 32), ctx = b * (50 + (double)((x >> 8) % 900));
+            bt_steplog_write(l, BT_STEP_DECODE, b, ctx, (int)b, t, 1,
+                             speed * (da + db * ctx + dc * b));
+        }
+        bt_steplog_close(l);
+    }
+    snprintf(list, sizeof list, "%s,%s", path[0], path[1]);
+    const double win[3][2] = {{0, 599}, {600, 999}, {1600, 1800}};
+    const double speed[3] = {1, 2, 2};
+    for (int w = 0; w < 3; w++) {
+        pl_profiler_params_t p = {.allow_knee = 0,
+                                  .fit_weight = PL_FIT_TIME,
+                                  .window_from_ms = win[w][0],
+                                  .window_to_ms = win[w][1]};
+        p.refit = pl_refit_open(list);
+        assert_non_null(p.refit);
+        bt_profile_t prof = {.kv_bytes_per_token = 123};
+        assert_int_equal(pl_profiler_refit(&p, &prof), BT_OK);
+        fclose(p.refit);
+        double k = speed[w];
+        assert_true(fabs(prof.prefill.a_ms - k * pa) < 1e-2 * k * pa);
+        assert_true(fabs(prof.prefill.b_ms_per_token - k * pb) < 1e-3 * k * pb);
+        assert_true(fabs(prof.decode.b_ms_per_ctx_token - k * db) < 1e-3 * k * db);
+        assert_true(fabs(prof.decode.c_ms_per_seq - k * dc) < 1e-3 * k * dc);
+        assert_int_equal(prof.fit_prefill.n_points, 100);
+        assert_true(prof.kv_bytes_per_token == 123); /* the rest of the profile is kept */
+    }
+    /* A window with nothing in it cannot be fitted. */
+    pl_profiler_params_t p = {.window_from_ms = 5000, .window_to_ms = 6000};
+    p.refit = pl_refit_open(list);
+    bt_profile_t prof = {0};
+    assert_int_not_equal(pl_profiler_refit(&p, &prof), BT_OK);
+    fclose(p.refit);
+    assert_null(pl_refit_open("/nonexistent/steps.csv"));
+    remove(path[0]);
+    remove(path[1]);
+}
+
 /* Every decode sequence gets KV of its own, so a pool too small for the largest shapes skips
  * them (the ones a daemon with that memory could not run either) and fits the rest, whatever
  * the pool's size (a shape whose context fits but whose next tokens do not is skipped too). */
@@ -254,6 +318,7 @@ int main(void)
         cmocka_unit_test(test_profiler_tiny),
         cmocka_unit_test(test_profiler_refit_from_raw),
         cmocka_unit_test(test_profiler_refit_from_step_logs),
+        cmocka_unit_test(test_profiler_refit_window),
         cmocka_unit_test(test_profiler_skips_shapes_beyond_the_pool),
         cmocka_unit_test(test_profiler_refuses_bad_grids),
     };

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 # baton-validate end to end on a live cluster (the tiny preset, one colocated daemon recording
 # its steps): --rates auto runs one rate per --auto-levels entry, ascending, found on the
-# simulator; every real request completes; the summary line counts the rates; and
+# simulator; every real request completes; the summary line counts the rates; each rate is
+# also simulated on a profile fitted from its own run's steps (--window-steps); and
 # baton-profile --refit fits the daemon's step log into a profile that loads.
 set -euo pipefail
 BIN=${BATON_BINARY_DIR:?}/bin
@@ -35,7 +36,7 @@ grep -q "serving on" "$tmp/up.log" || fail "the cluster did not come up"
     --prefill 0 --decode 0 --colocated 1 --kv-mem 8M --prompt-len 8 --prompt-max 48 \
     --output-len 4 --output-max 12 --requests 40 --rates auto --auto-levels 90,50,20 \
     --slo-ttft-ms 1 --slo-tpot-ms 0.05 --timeout-s 60 --profile-alt "$tmp/alone.json" \
-    >"$tmp/val.txt"
+    --window-steps "$tmp/logs/colocated-0.steps.csv" >"$tmp/val.txt"
 cat "$tmp/val.txt"
 line=$(grep "^rates from the simulator's attainment (90,50,20%):" "$tmp/val.txt") ||
     fail "no auto rates line"
@@ -55,6 +56,11 @@ awk -F'|' '/^\| [0-9]/ { if ($4 != $13) bad = 1 } END { exit bad }' "$tmp/val.tx
     fail "--profile-alt with the same profile simulated something else"
 grep -q '^--profile-alt: within 2 points at [0-3] of 3 rates' "$tmp/val.txt" ||
     fail "no --profile-alt summary line"
+# --window-steps: every rate simulated on a profile fitted from its own run's steps
+awk -F'|' '/^\| [0-9]/ { if ($15 !~ /^ [0-9.]+% $/ || $16 !~ /^ [-+][0-9.]+ $/) bad = 1 } END { exit bad }' \
+    "$tmp/val.txt" || fail "a rate without its same-window simulation"
+grep -Eq '^same-window steps: within 2 points at [0-3] of 3 rates; mean \|window - real\| [0-9.]+ points' \
+    "$tmp/val.txt" || fail "no same-window summary line"
 
 kill -INT "$up" && wait "$up" || fail "baton up did not stop cleanly"
 up=
