@@ -48,7 +48,7 @@
 
 typedef struct {
     char *mode, *policy, *router, *loads, *rates;
-    int clients, seconds, warmup_ms, prompt_len, tokens, router_cpu, bench_cpu;
+    int clients, seconds, warmup_ms, prompt_len, tokens, router_cpu, bench_cpu, busy_poll;
 } cfg_t;
 
 #define OPT(n, t, d, lo, hi, f, h)                                                                 \
@@ -73,6 +73,8 @@ static const bt_cfg_opt_t opts[] = {
         "pin the router process to this CPU (-1: no pinning)"),
     OPT("bench-cpu", BT_CFG_INT, "-1", -1, 1023, bench_cpu,
         "pin this program (stubs and clients) to this CPU (-1: no pinning)"),
+    OPT("busy-poll", BT_CFG_BOOL, "0", 0, 0, busy_poll,
+        "start the router with --busy-poll (its loop never sleeps; give it a CPU of its own)"),
 };
 static const bt_cfg_table_t table = {
     .prog = "baton-bench-router",
@@ -506,7 +508,7 @@ static pid_t start_router(const cfg_t *c, const char *exe, const char *dir)
         pin(c->router_cpu);
         execl(exe, exe, "--client-endpoint", cl, "--cluster-endpoint", cu, "--model-id", "bench",
               "--policy", c->policy, "--max-queue", "1000000", "--max-requests", "1000000",
-              "--log-level", "warn", (char *)NULL);
+              "--log-level", "warn", c->busy_poll ? "--busy-poll" : (char *)NULL, (char *)NULL);
         _exit(127);
     }
     return pid;
@@ -643,9 +645,9 @@ static void run(const cfg_t *c, const char *exe)
     usleep(500000); /* stubs registered */
     int64_t *samples = malloc(2 * MAX_SAMPLES * sizeof *samples);
     printf("router overhead: mode %s, policy %s, %d clients, prompt %d tokens, %d output tokens,"
-           " %d s per point, router on CPU %d, stubs and clients on CPU %d (-1: any)\n",
+           " %d s per point, router on CPU %d%s, stubs and clients on CPU %d (-1: any)\n",
            c->mode, c->policy, c->clients, c->prompt_len, c->tokens, c->seconds, c->router_cpu,
-           c->bench_cpu);
+           c->busy_poll ? " (busy-polling)" : "", c->bench_cpu);
     printf("%12s %11s %10s %10s %10s %13s %13s %13s %13s\n", "load", "requests/s", "router CPU",
            "CPU us/req", "bench CPU", "direct p50 us", "direct p99 us", "added p50 us",
            "added p99 us");
