@@ -4,10 +4,12 @@
  * SIGINT and the drain that follows, tears down. Exit 0 after a clean drain, 1 on failure,
  * 2 on a usage error. All logic lives in router.c and the modules it uses.
  */
+#include <errno.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "common/config.h"
 #include "common/log.h"
@@ -148,6 +150,20 @@ static void fill_params(const cfg_t *c, router_params_t *p, char *cl, char *cu, 
     };
 }
 
+/* Every client and daemon holds a connection, and so a descriptor, for as long as it is
+ * connected: the soft limit (often 1024) is raised to the hard one, as servers do. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max)
+        return;
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        bt_warn("router: cannot raise the descriptor limit from %llu: %s", (unsigned long long)was,
+                strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
     cfg_t c = {0};
@@ -169,6 +185,7 @@ int main(int argc, char **argv)
     router_params_t p;
     char cl[300], cu[300];
     fill_params(&c, &p, cl, cu, sizeof cl);
+    raise_nofile();
     router_t *r = NULL;
     st = router_create(&p, &r);
     if (st == BT_OK) {
