@@ -149,6 +149,18 @@ static void test_profiler_refit_from_raw(void **state)
  * steps of mixed batches and contexts, timed by known models, give those models back; mixed
  * steps, a second file's header (logs concatenated) and a last line still being written are
  * skipped, and the stated link is kept. */
+/* k prompt lengths from 16 to 15 + span, drawn from *x: their sum and sum of squares. */
+static void random_prompts(uint64_t *x, int k, int span, double *sum, double *sum2)
+{
+    *sum = *sum2 = 0;
+    for (int j = 0; j < k; j++) {
+        *x = *x * 6364136223846793005ull + 1442695040888963407ull;
+        double len = 16 + (double)((*x >> 33) % (uint64_t)span);
+        *sum += len;
+        *sum2 += len * len;
+    }
+}
+
 static void test_profiler_refit_from_step_logs(void **state)
 {
     (void)state;
@@ -162,13 +174,8 @@ static void test_profiler_refit_from_step_logs(void **state)
     uint64_t x = 7;
     for (int i = 0; i < 200; i++) {
         int k = 1 + i % 4;
-        double sum = 0, sum2 = 0;
-        for (int j = 0; j < k; j++) {
-            x = x * 6364136223846793005ull + 1442695040888963407ull;
-            double len = 16 + (double)((x >> 33) % 500);
-            sum += len;
-            sum2 += len * len;
-        }
+        double sum, sum2;
+        random_prompts(&x, k, 500, &sum, &sum2);
         bt_steplog_write(l, BT_STEP_PREFILL, sum, sum2, k, i, 1, pa + pb * sum + pc * sum2);
         double b = 1 + (double)((x >> 20) % 32), ctx = b * (50 + (double)((x >> 8) % 900));
         bt_steplog_write(l, BT_STEP_DECODE, b, ctx, (int)b, i, 1, da + db * ctx + dc * b);
@@ -219,15 +226,10 @@ static void test_profiler_refit_window(void **state)
         assert_int_equal(bt_steplog_open(path[f], &l), BT_OK);
         for (int i = 0; i < 200; i++) {
             double t = 1000.0 * f + 500 * (i >= 100) + i; /* slow from t = 600 in each file */
-            double speed = t >= 600 && t < 1000 ? 2.0 : t >= 1600 ? 2.0 : 1.0;
+            double speed = fmod(t, 1000) >= 600 ? 2.0 : 1.0;
             int k = 1 + i % 3;
-            double sum = 0, sum2 = 0;
-            for (int j = 0; j < k; j++) {
-                x = x * 6364136223846793005ull + 1442695040888963407ull;
-                double len = 16 + (double)((x >> 33) % 400);
-                sum += len;
-                sum2 += len * len;
-            }
+            double sum, sum2;
+            random_prompts(&x, k, 400, &sum, &sum2);
             bt_steplog_write(l, BT_STEP_PREFILL, sum, sum2, k, t, 1,
                              speed * (pa + pb * sum + pc * sum2));
             double b = 1 + (double)((x >> 20) % 32), ctx = b * (50 + (double)((x >> 8) % 900));
