@@ -3,9 +3,9 @@
  * router.c - the router's life cycle, event loop and client methods (see router.h).
  *
  * The loop sleeps on both sockets' descriptors (zmtp.h: the sockets are served on this thread,
- * with no I/O thread of their own), then drains each without blocking in
- * bounded rounds (so that a flood from one side cannot starve the other, and one wake-up serves
- * many messages when the router is busy), then runs the housekeeping tick when it is due:
+ * with no I/O thread of their own), then drains each without blocking in bounded rounds (so
+ * that a flood from one side cannot starve the other, and one wake-up serves many messages
+ * when the router is busy), then runs the housekeeping tick when it is due:
  * instance liveness, request deadlines, the placement queue, and the drain. Messages from
  * daemons are served first in each round because they complete work and free capacity. At
  * light load the cost of a message is mostly system calls and thread wake-ups, not the
