@@ -4,14 +4,18 @@
  * that stops heartbeating mid-stream (the stream continues on another, retries = 1), failover
  * that finds no instance in time, a daemon restart seen through its incarnation, refusals
  * with the contract's error codes, a full queue, malformed and unknown messages from both
- * sides (answered, and the router keeps serving), late messages for finished requests, and
- * the SIGTERM drain.
+ * sides (answered, and the router keeps serving), late messages for finished requests,
+ * connections that break the wire protocol itself, and the SIGTERM drain.
  */
 // ctest-labels: integration
 #include "testutil.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "common/status.h"
@@ -301,6 +305,88 @@ static void test_faults_malformed_and_unknown_messages(void **state)
     bt_rpc_msg_fini(&m);
 }
 
+/* A raw connection to an ipc endpoint ("ipc://PATH"), with bytes written to it at once. */
+static int raw_connect(const char *endpoint, const void *bytes, size_t n)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", endpoint + strlen("ipc://"));
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    if (n)
+        assert_int_equal(write(fd, bytes, n), (ssize_t)n);
+    return fd;
+}
+
+/* Reads fd until the router closes it; 0, or -1 at the deadline. */
+static int closed_by_router(rt_cluster_t *c, int fd)
+{
+    char buf[256];
+    for (int waited = 0; waited < WAIT_MS; waited += 20) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 20) == 1 && read(fd, buf, sizeof buf) <= 0)
+            return 0;
+        rt_pump(c);
+    }
+    return -1;
+}
+
+/* Connections that break ZeroMQ's wire protocol on either endpoint are closed by the router
+ * alone: garbage, a greeting with another security mechanism, a frame claiming a terabyte, a
+ * connection that stops halfway through its greeting. A request in flight meanwhile completes
+ * and the router keeps answering. */
+static void test_faults_broken_connections_do_not_disturb_serving(void **state)
+{
+    rt_cluster_t *c = start(state, NULL);
+    void *cl = rt_client(c);
+    rt_daemon_t *x = rt_daemon_add(c, "c0", BATON__ROLE__COLOCATED);
+    assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
+    uint64_t id = run_colocated(c, x, cl, 21);
+
+    uint8_t greeting[64] = {0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 3, 0};
+    memcpy(greeting + 12, "NULL", 4);
+    uint8_t curve[64];
+    memcpy(curve, greeting, sizeof curve);
+    memcpy(curve + 12, "CURVE", 5);
+    uint8_t huge[64 + 9 + 27];
+    memcpy(huge, greeting, 64);
+    huge[64] = 0x04; /* READY */
+    huge[65] = 25;
+    memcpy(huge + 66,
+           "\x05READY\x0bSocket-Type\x00\x00\x00\x06"
+           "DEALER",
+           25);
+    const uint8_t big[9] = {0x02, 0, 0, 1, 0, 0, 0, 0, 0}; /* a frame of 2^40 bytes */
+    memcpy(huge + 91, big, 9);
+    char garbage[64];
+    memset(garbage, 'G', sizeof garbage);
+    const char *eps[2] = {c->client_ep, c->cluster_ep};
+    int fds[2][4];
+    for (int e = 0; e < 2; e++) {
+        fds[e][0] = raw_connect(eps[e], garbage, sizeof garbage);
+        fds[e][1] = raw_connect(eps[e], curve, sizeof curve);
+        fds[e][2] = raw_connect(eps[e], huge, sizeof huge);
+        fds[e][3] = raw_connect(eps[e], greeting, 30); /* then nothing */
+    }
+    for (int e = 0; e < 2; e++)
+        for (int k = 0; k < 3; k++)
+            assert_int_equal(closed_by_router(c, fds[e][k]), 0);
+
+    int32_t t = 1;
+    rt_chunk(x, BATON__METHOD__FIRST_TOKEN, id, 0, &t, 1);
+    rt_done(x, id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_LENGTH, 1, NULL, 0);
+    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 21, 0), NULL);
+    baton__generate_result__free_unpacked(expect_client(c, cl, BATON__METHOD__RESULT, 21, 0), NULL);
+    bt_rpc_msg_t m;
+    rt_send(cl, BATON__METHOD__HEALTH, 22, 0, NULL);
+    assert_int_equal(rt_recv(c, cl, &m, WAIT_MS), 0);
+    assert_int_equal(m.hdr.method, BATON__METHOD__HEALTH);
+    bt_rpc_msg_fini(&m);
+    for (int e = 0; e < 2; e++)
+        for (int k = 0; k < 4; k++)
+            close(fds[e][k]);
+}
+
 static void test_faults_sigterm_drains_then_exits_zero(void **state)
 {
     rt_cluster_t *c = start(state, NULL);
@@ -346,6 +432,7 @@ int main(void)
         cmocka_unit_test_teardown(test_faults_limits_answer_with_error_codes, teardown),
         cmocka_unit_test_teardown(test_faults_queue_bound_and_queue_timeout, teardown),
         cmocka_unit_test_teardown(test_faults_malformed_and_unknown_messages, teardown),
+        cmocka_unit_test_teardown(test_faults_broken_connections_do_not_disturb_serving, teardown),
         cmocka_unit_test_teardown(test_faults_sigterm_drains_then_exits_zero, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -402,7 +402,7 @@ static void test_flow_messages_are_served_between_ticks(void **state)
     served_between_ticks(state, extra);
 }
 
-/* The same with the event loop polling instead of sleeping and the I/O thread pinned. */
+/* The same with the event loop polling instead of sleeping. */
 static void test_flow_busy_poll_serves_the_same(void **state)
 {
     const char *const extra[] = {"--tick-ms", "1000",        "--dead-after-ms",
