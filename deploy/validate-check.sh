@@ -15,7 +15,8 @@
 #      profile measured alone).
 #   Both passes also simulate each rate on a profile fitted from the steps served during that
 #   rate's own run (baton-validate --window-steps): the simulator's queueing and batching on
-#   their own, with the machine's speed of that minute.
+#   their own, with the machine's speed of that minute; and once more with that speed
+#   replayed in 2-second bins (--speed-bins-ms), a diagnostic of the queueing model alone.
 # Clusters:
 #   cpu:  1 prefill + 1 decode and 1 colocated, 15m preset (Q8_0), one compute thread per
 #         daemon, each daemon on a CPU of its own (the profile taken on the prefill daemon's);
@@ -105,7 +106,7 @@ run() {
     steps=$(ls "$logs"/*.steps.csv | paste -sd,)
     echo "$name: calibration pass (seed 2), simulated with the profile measured alone"
     "${REST[@]}" "$BIN/baton-validate" "${common[@]}" --seed 2 --profile "$profile" \
-        --window-steps "$steps" --csv "$RESULTS/calibrate-$name.csv" |
+        --window-steps "$steps" --speed-bins-ms 2000 --csv "$RESULTS/calibrate-$name.csv" |
         tee "$RESULTS/calibrate-$name.md"
     local rc=${PIPESTATUS[0]}
     [ $rc = 0 ] || echo "$name: the calibration pass failed"
@@ -115,7 +116,8 @@ run() {
     if [ $rc = 0 ]; then
         echo "$name: validation pass (seed 1), simulated with the profile fitted from the steps"
         "${REST[@]}" "$BIN/baton-validate" "${common[@]}" --seed 1 --profile "$served" \
-            --profile-alt "$profile" --window-steps "$steps" --csv "$RESULTS/validate-$name.csv" |
+            --profile-alt "$profile" --window-steps "$steps" --speed-bins-ms 2000 \
+            --csv "$RESULTS/validate-$name.csv" |
             tee "$RESULTS/validate-$name.md"
         rc=${PIPESTATUS[0]}
     fi

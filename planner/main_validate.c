@@ -33,7 +33,7 @@ typedef struct {
     char *endpoint, *profile, *profile_alt, *window_steps, *policy, *rates, *auto_levels, *csv,
         *log_level;
     int prefill, decode, colocated, max_batch_tokens, max_batch_seqs, block_size, timeout_s;
-    float quiet_load;
+    float quiet_load, speed_bins_ms;
     size_t kv_mem;
     float slo_ttft_ms, slo_tpot_ms;
 } val_cfg_t;
@@ -48,6 +48,9 @@ static const bt_cfg_opt_t val_opts[] = {
     OPT("window-steps", BT_CFG_STRING, NULL, 0, 0, window_steps,
         "the daemons' step logs (comma-separated): also simulate each rate with a profile fitted "
         "from the steps served during that rate's own run: two more columns"),
+    OPT("speed-bins-ms", BT_CFG_FLOAT, "0", 0, 1e6, speed_bins_ms,
+        "with --window-steps: also replay the run's speed, bin by bin of this many ms, on that "
+        "profile (a diagnostic of the simulator's queueing): two more columns; 0: off"),
     OPT("prefill", BT_CFG_INT, "1", 0, 1024, prefill, "prefill instances of the cluster"),
     OPT("decode", BT_CFG_INT, "1", 0, 1024, decode, "decode instances of the cluster"),
     OPT("colocated", BT_CFG_INT, "0", 0, 1024, colocated, "colocated instances of the cluster"),
@@ -232,9 +235,9 @@ typedef struct {
     int32_t *ids;
     double *buf; /* (5n): real ttft, real tpot, scratch (2n), prefill over profile */
     FILE *csv;
-    int n_done, n_within[3];         /* rates run, and those within 2 points (sim, alt, window) */
-    double sum_abs[3], worst_abs[3]; /* |sim - real| over the rates run, points */
-    int n_win;                       /* rates whose window could be fitted */
+    int n_done, n_within[4]; /* rates run, and those within 2 points (sim, alt, window, replay) */
+    double sum_abs[4], worst_abs[4]; /* |sim - real| over the rates run, points */
+    int n_win, n_rep;                /* rates whose window could be fitted, and replayed */
 } val_t;
 
 /* One more comparison of a simulated attainment with the real one, into the summary. */
@@ -319,11 +322,50 @@ static void cluster_of(const val_cfg_t *c, const bt_profile_t *prof, pl_inst_spe
                              .max_batch_seqs = c->max_batch_seqs};
 }
 
+#define MAX_BINS 4096
+
+/* The speed of the run between t0 and t1, bin by bin: each bin's served prefill (decode) steps
+ * over prof's times for the same shapes, from the step logs. A bin without steps of a kind
+ * keeps the previous bin's factor (1 at first). */
+static int speed_bins(const val_t *v, const bt_profile_t *prof, double t0, double t1, double *f0,
+                      double *f1, pl_speed_t *out)
+{
+    double bin = v->c->speed_bins_ms, real[2][MAX_BINS] = {{0}}, model[2][MAX_BINS] = {{0}};
+    int n = (int)ceil((t1 - t0) / bin);
+    n = n < 1 ? 1 : n > MAX_BINS ? MAX_BINS : n;
+    FILE *f = pl_refit_open(v->c->window_steps);
+    if (!f)
+        return BT_ERR_IO;
+    char line[256], kind[16];
+    double x, y, ms, fwd, seqs, t;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "%15[a-z],%lf,%lf,%lf,%lf,%lf,%lf", kind, &x, &y, &ms, &fwd, &seqs, &t) ==
+                7 &&
+            t >= t0 && t <= t1) {
+            int k = !strcmp(kind, "pstep") ? 0 : !strcmp(kind, "dstep") ? 1 : -1;
+            int b = (int)((t - t0) / bin);
+            if (k < 0 || b >= n)
+                continue;
+            real[k][b] += ms;
+            model[k][b] +=
+                k == 0 ? bt_profile_prefill_ms(prof, x, y) : bt_profile_decode_ms(prof, y, x);
+        }
+    fclose(f);
+    for (int b = 0; b < n; b++) {
+        f0[b] = model[0][b] > 0 ? real[0][b] / model[0][b] : b ? f0[b - 1] : 1.0;
+        f1[b] = model[1][b] > 0 ? real[1][b] / model[1][b] : b ? f1[b - 1] : 1.0;
+    }
+    *out = (pl_speed_t){.bin_ms = bin, .n_bins = n, .factor = {f0, f1}};
+    return BT_OK;
+}
+
 /* The rate just run, simulated on a profile fitted from the steps the daemons served between
  * t0 and t1 (monotonic ms): the simulator given the service times of that very run, so what it
  * misses is its queueing and batching, not the machine's speed drifting from a profile measured
- * at another time. 1 and *out filled; 0 when the window has too few steps to fit. */
-static int window_sim(val_t *v, double t0, double t1, size_t n, pl_sim_result_t *out)
+ * at another time. With --speed-bins-ms, *replay is the same with the run's speed replayed bin
+ * by bin (*has_replay set). 1 and *out filled; 0 when the window has too few steps to fit. */
+static int window_sim(val_t *v, double t0, double t1, size_t n, pl_sim_result_t *out,
+                      pl_sim_result_t *replay, int *has_replay)
 {
     struct timespec ts = {1, 200000000}; /* the logs reach their files at least once a second */
     nanosleep(&ts, NULL);
@@ -341,7 +383,17 @@ static int window_sim(val_t *v, double t0, double t1, size_t n, pl_sim_result_t 
     cluster_of(v->c, &prof, v->inst_win);
     pl_sim_params_t sp = *v->sp;
     sp.inst = v->inst_win;
-    return pl_sim_run(&sp, v->reqs, n, out, v->sim_win) == BT_OK;
+    if (pl_sim_run(&sp, v->reqs, n, out, v->sim_win) != BT_OK)
+        return 0;
+    static double f0[MAX_BINS], f1[MAX_BINS];
+    pl_speed_t speed;
+    *has_replay = v->c->speed_bins_ms > 0 && speed_bins(v, &prof, t0, t1, f0, f1, &speed) == BT_OK;
+    if (*has_replay) {
+        for (int i = 0; i < sp.n_inst; i++)
+            v->inst_win[i].speed = &speed;
+        *has_replay = pl_sim_run(&sp, v->reqs, n, replay, v->sim_win) == BT_OK;
+    }
+    return 1;
 }
 
 static int one_rate(val_t *v, double rate)
@@ -358,8 +410,8 @@ static int one_rate(val_t *v, double rate)
     double t1 = bt_mono_ms();
     if (st != BT_OK)
         return st;
-    pl_sim_result_t win = {0};
-    int has_win = v->c->window_steps && window_sim(v, t0, t1, n, &win);
+    pl_sim_result_t win = {0}, rep = {0};
+    int has_rep = 0, has_win = v->c->window_steps && window_sim(v, t0, t1, n, &win, &rep, &has_rep);
     double *tt = v->buf, *tp = v->buf + n, *scratch = v->buf + 2 * n, *pf = v->buf + 4 * n;
     pf_span_t *spans = bt_malloc(n * sizeof *spans);
     if (!spans)
@@ -403,6 +455,10 @@ static int one_rate(val_t *v, double rate)
         printf(" %.1f%% | %+.1f |", 100 * win.attainment, 100 * (win.attainment - real.attain));
     else if (v->c->window_steps)
         printf(" (too few steps) | |");
+    if (has_rep)
+        printf(" %.1f%% | %+.1f |", 100 * rep.attainment, 100 * (rep.attainment - real.attain));
+    else if (v->c->speed_bins_ms > 0)
+        printf(" - | |");
     printf("\n");
     fflush(stdout);
     v->n_done++;
@@ -412,6 +468,10 @@ static int one_rate(val_t *v, double rate)
     if (has_win) {
         tally(v, 2, win.attainment, real.attain);
         v->n_win++;
+    }
+    if (has_rep) {
+        tally(v, 3, rep.attainment, real.attain);
+        v->n_rep++;
     }
     return BT_OK;
 }
@@ -462,13 +522,15 @@ static int validate(val_t *v, const double *rates, int n_rates)
                      (v->sim_win || !v->c->window_steps)
                  ? BT_OK
                  : BT_ERR_NOMEM;
+    int replay = v->c->window_steps && v->c->speed_bins_ms > 0;
     printf("| rate/s | real | sim | sim - real (pp) | real TTFT p50 / p90 ms | "
            "sim TTFT p50 / p90 | real TPOT p50 / p90 ms | sim TPOT p50 / p90 | real failed | "
-           "prefill / profile (median / busy) | load |%s%s\n"
-           "|---|---|---|---|---|---|---|---|---|---|---|%s%s\n",
+           "prefill / profile (median / busy) | load |%s%s%s\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|%s%s%s\n",
            v->sp_alt ? " sim, --profile-alt | alt - real (pp) |" : "",
            v->c->window_steps ? " sim, same-window steps | window - real (pp) |" : "",
-           v->sp_alt ? "---|---|" : "", v->c->window_steps ? "---|---|" : "");
+           replay ? " sim, speed replayed | replay - real (pp) |" : "", v->sp_alt ? "---|---|" : "",
+           v->c->window_steps ? "---|---|" : "", replay ? "---|---|" : "");
     for (int i = 0; i < n_rates && st == BT_OK; i++) {
         settle(v->cl);
         /* On a shared machine, other work slows the real side only: wait for a quiet spell. */
@@ -489,6 +551,10 @@ static int validate(val_t *v, const double *rates, int n_rates)
         printf("same-window steps: within 2 points at %d of %d rates; mean |window - real| %.1f "
                "points, worst %.1f\n",
                v->n_within[2], v->n_win, v->sum_abs[2] / v->n_win, v->worst_abs[2]);
+    if (v->n_rep)
+        printf("speed replayed: within 2 points at %d of %d rates; mean |replay - real| %.1f "
+               "points, worst %.1f\n",
+               v->n_within[3], v->n_rep, v->sum_abs[3] / v->n_rep, v->worst_abs[3]);
     bt_free(v->reqs);
     bt_free(v->real);
     bt_free(v->sim);

@@ -155,6 +155,17 @@ static const bt_profile_t *prof(const sim_inst_t *x)
     return x->spec->profile;
 }
 
+/* The speed factor of x for a forward of kind k (0 prefill, 1 decode) starting now. */
+static double speed(const sim_t *s, const sim_inst_t *x, int k)
+{
+    const pl_speed_t *v = x->spec->speed;
+    if (!v || v->n_bins <= 0)
+        return 1.0;
+    double b = floor(s->now / v->bin_ms);
+    int i = b < 0 ? 0 : b >= v->n_bins ? v->n_bins - 1 : (int)b;
+    return v->factor[k][i];
+}
+
 int sim_fits(const sim_inst_t *x, int64_t need)
 {
     return x->spec->kv_tokens <= 0 || x->kv_used + need <= x->spec->kv_tokens;
@@ -247,7 +258,7 @@ static void prefill_try(sim_t *s, int i)
     x->queued_tokens -= (int64_t)sum;
     x->n_running += (int32_t)n;
     sim_fifo_push(s, &x->batches, n);
-    double t = sim_prefill_ms(x, sum, sum2, n), stage = t / x->pp;
+    double t = sim_prefill_ms(x, sum, sum2, n) * speed(s, x, 0), stage = t / x->pp;
     /* Batches leave the pipeline in order: one cannot overtake the one ahead of it. */
     double done = fmax(s->now + t, x->last_done_ms + stage);
     x->last_done_ms = done;
@@ -309,7 +320,8 @@ static void lane_join(sim_t *s, sim_lane_t *l, uint32_t r)
 static void lane_step(sim_t *s, int i, int k)
 {
     sim_lane_t *l = &s->inst[i].lanes[k];
-    double t = bt_profile_decode_ms(prof(&s->inst[i]), l->sum_ctx, l->n_seqs);
+    double t =
+        bt_profile_decode_ms(prof(&s->inst[i]), l->sum_ctx, l->n_seqs) * speed(s, &s->inst[i], 1);
     l->busy = 1;
     sim_ev_push(s, s->now + t, SIM_EV_LANE_DONE, (uint32_t)i, (uint32_t)k);
 }
@@ -356,8 +368,8 @@ static int coloc_prefill(sim_t *s, int i, int k)
     x->queued_tokens -= (int64_t)sum;
     x->n_running += n;
     l->busy = l->in_prefill = 1;
-    sim_ev_push(s, s->now + sim_prefill_ms(x, sum, sum2, (uint32_t)n), SIM_EV_LANE_DONE,
-                (uint32_t)i, (uint32_t)k);
+    sim_ev_push(s, s->now + sim_prefill_ms(x, sum, sum2, (uint32_t)n) * speed(s, x, 0),
+                SIM_EV_LANE_DONE, (uint32_t)i, (uint32_t)k);
     return 1;
 }
 

@@ -44,9 +44,19 @@ typedef enum {
     PL_ROLE_PAIRED, /* a member of an AcceLLM pair: prefills or decodes as its pair decides */
 } pl_role_t;
 
+/* A machine's speed over time, to replay a real run (baton-validate --speed-bins-ms): a
+ * forward of kind k (0 prefill, 1 decode) starting at simulated time t takes the profile's
+ * time times factor[k][t / bin_ms] (the last bin's past the end). */
+typedef struct {
+    double bin_ms;
+    int n_bins;
+    const double *factor[2]; /* (n_bins) each */
+} pl_speed_t;
+
 typedef struct {
     pl_role_t role;
     const bt_profile_t *profile; /* borrowed; the latency model of this instance's parallelism */
+    const pl_speed_t *speed;     /* borrowed; NULL: the profile's times throughout */
     int pp;                      /* pipeline stages, >= 1 (0 counts as 1) */
     int64_t kv_tokens;           /* KV memory in tokens; 0: unlimited */
     int32_t max_batch_tokens;    /* prefill token budget L_m; 0: unlimited */

@@ -184,6 +184,29 @@ static void test_sim_colocated_prefill_first(void **state)
     assert_true(fabs(per[0].tpot_ms - 4) < 1e-9);
 }
 
+/* A replayed speed scales each forward by its kind's factor in the bin where it starts (the last
+ * bin's past the end): the colocated case above with prefills 2x and decode steps 3x from 10 ms. */
+static void test_sim_speed_replay(void **state)
+{
+    (void)state;
+    bt_profile_t p = profile(10, 0, 0, 2, 0, 0);
+    const double pf[2] = {1, 2}, df[2] = {1, 3};
+    pl_speed_t speed = {.bin_ms = 10, .n_bins = 2, .factor = {pf, df}};
+    pl_inst_spec_t inst = {.role = PL_ROLE_COLOCATED, .profile = &p, .speed = &speed};
+    pl_req_t r[2] = {{0, 16, 6}, {13, 16, 2}};
+    pl_sim_params_t sp = one(&inst, 1, PL_SIM_FULL);
+    pl_sim_result_t res;
+    pl_sim_req_t per[2];
+    assert_int_equal(pl_sim_run(&sp, r, 2, &res, per), BT_OK);
+    /* r0: prefill 0-10 (x1), step 10-16 (x3); r1 waits to 16, prefill 16-36 (x2); both step
+     * 36-42, r1 is done; r0 steps 42-48, 48-54, 54-60. */
+    assert_true(fabs(per[0].ttft_ms - 10) < 1e-9);
+    assert_true(fabs(per[1].ttft_ms - 23) < 1e-9);
+    assert_true(fabs(per[1].finish_ms - 42) < 1e-9);
+    assert_true(fabs(per[0].finish_ms - 60) < 1e-9);
+    assert_true(fabs(per[0].tpot_ms - 10) < 1e-9);
+}
+
 /* A prompt over the token budget runs alone, in chunks: each chunk after the first adds the
  * fixed cost. */
 static void test_sim_long_prompt_in_chunks(void **state)
@@ -384,6 +407,7 @@ int main(void)
         cmocka_unit_test(test_sim_decode_unbounded_batch),
         cmocka_unit_test(test_sim_single_request_disagg),
         cmocka_unit_test(test_sim_colocated_prefill_first),
+        cmocka_unit_test(test_sim_speed_replay),
         cmocka_unit_test(test_sim_long_prompt_in_chunks),
         cmocka_unit_test(test_sim_decode_memory_serializes),
         cmocka_unit_test(test_sim_policies),

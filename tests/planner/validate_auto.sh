@@ -3,7 +3,8 @@
 # baton-validate end to end on a live cluster (the tiny preset, one colocated daemon recording
 # its steps): --rates auto runs one rate per --auto-levels entry, ascending, found on the
 # simulator; every real request completes; the summary line counts the rates; each rate is
-# also simulated on a profile fitted from its own run's steps (--window-steps); and
+# also simulated on a profile fitted from its own run's steps (--window-steps), and with the
+# run's speed replayed (--speed-bins-ms); and
 # baton-profile --refit fits the daemon's step log into a profile that loads.
 set -euo pipefail
 BIN=${BATON_BINARY_DIR:?}/bin
@@ -36,7 +37,7 @@ grep -q "serving on" "$tmp/up.log" || fail "the cluster did not come up"
     --prefill 0 --decode 0 --colocated 1 --kv-mem 8M --prompt-len 8 --prompt-max 48 \
     --output-len 4 --output-max 12 --requests 40 --rates auto --auto-levels 90,50,20 \
     --slo-ttft-ms 1 --slo-tpot-ms 0.05 --timeout-s 60 --profile-alt "$tmp/alone.json" \
-    --window-steps "$tmp/logs/colocated-0.steps.csv" >"$tmp/val.txt"
+    --window-steps "$tmp/logs/colocated-0.steps.csv" --speed-bins-ms 5 >"$tmp/val.txt"
 cat "$tmp/val.txt"
 line=$(grep "^rates from the simulator's attainment (90,50,20%):" "$tmp/val.txt") ||
     fail "no auto rates line"
@@ -61,6 +62,11 @@ awk -F'|' '/^\| [0-9]/ { if ($15 !~ /^ [0-9.]+% $/ || $16 !~ /^ [-+][0-9.]+ $/) 
     "$tmp/val.txt" || fail "a rate without its same-window simulation"
 grep -Eq '^same-window steps: within 2 points at [0-3] of 3 rates; mean \|window - real\| [0-9.]+ points' \
     "$tmp/val.txt" || fail "no same-window summary line"
+# --speed-bins-ms: and with the run's speed replayed on that profile
+awk -F'|' '/^\| [0-9]/ { if ($17 !~ /^ [0-9.]+% $/ || $18 !~ /^ [-+][0-9.]+ $/) bad = 1 } END { exit bad }' \
+    "$tmp/val.txt" || fail "a rate without its replayed simulation"
+grep -Eq '^speed replayed: within 2 points at [0-3] of 3 rates' "$tmp/val.txt" ||
+    fail "no speed-replay summary line"
 
 kill -INT "$up" && wait "$up" || fail "baton up did not stop cleanly"
 up=
