@@ -163,25 +163,34 @@ static void test_sim_single_request_disagg(void **state)
     assert_int_equal(res.n_ok, 1);
 }
 
-/* Colocated, prefill first: a prompt arriving mid-decode runs before the next step and stalls
- * the running sequence by exactly its prefill time. */
-static void test_sim_colocated_prefill_first(void **state)
+/* One colocated instance (prefill 10 ms, decode step 2 ms) at the given speed: a request of 6
+ * tokens at 0 and one of 2 at 13; checks the first's TTFT, the second's, when each finished
+ * and the first's TPOT. */
+static void two_colocated(const pl_speed_t *speed, double ttft0, double ttft1, double fin1,
+                          double fin0, double tpot0)
 {
-    (void)state;
     bt_profile_t p = profile(10, 0, 0, 2, 0, 0);
-    pl_inst_spec_t inst = {.role = PL_ROLE_COLOCATED, .profile = &p};
+    pl_inst_spec_t inst = {.role = PL_ROLE_COLOCATED, .profile = &p, .speed = speed};
     pl_req_t r[2] = {{0, 16, 6}, {13, 16, 2}};
     pl_sim_params_t sp = one(&inst, 1, PL_SIM_FULL);
     pl_sim_result_t res;
     pl_sim_req_t per[2];
     assert_int_equal(pl_sim_run(&sp, r, 2, &res, per), BT_OK);
+    assert_true(fabs(per[0].ttft_ms - ttft0) < 1e-9);
+    assert_true(fabs(per[1].ttft_ms - ttft1) < 1e-9);
+    assert_true(fabs(per[1].finish_ms - fin1) < 1e-9);
+    assert_true(fabs(per[0].finish_ms - fin0) < 1e-9);
+    assert_true(fabs(per[0].tpot_ms - tpot0) < 1e-9);
+}
+
+/* Colocated, prefill first: a prompt arriving mid-decode runs before the next step and stalls
+ * the running sequence by exactly its prefill time. */
+static void test_sim_colocated_prefill_first(void **state)
+{
+    (void)state;
     /* r0: prefill 0-10, steps 10-12, 12-14; r1 waits to 14, prefill 14-24; both step 24-26;
      * r1 is done (2 tokens), r0 steps 26-28, 28-30. */
-    assert_true(fabs(per[0].ttft_ms - 10) < 1e-9);
-    assert_true(fabs(per[1].ttft_ms - 11) < 1e-9);
-    assert_true(fabs(per[1].finish_ms - 26) < 1e-9);
-    assert_true(fabs(per[0].finish_ms - 30) < 1e-9);
-    assert_true(fabs(per[0].tpot_ms - 4) < 1e-9);
+    two_colocated(NULL, 10, 11, 26, 30, 4);
 }
 
 /* A replayed speed scales each forward by its kind's factor in the bin where it starts (the last
@@ -189,22 +198,11 @@ static void test_sim_colocated_prefill_first(void **state)
 static void test_sim_speed_replay(void **state)
 {
     (void)state;
-    bt_profile_t p = profile(10, 0, 0, 2, 0, 0);
     const double pf[2] = {1, 2}, df[2] = {1, 3};
     pl_speed_t speed = {.bin_ms = 10, .n_bins = 2, .factor = {pf, df}};
-    pl_inst_spec_t inst = {.role = PL_ROLE_COLOCATED, .profile = &p, .speed = &speed};
-    pl_req_t r[2] = {{0, 16, 6}, {13, 16, 2}};
-    pl_sim_params_t sp = one(&inst, 1, PL_SIM_FULL);
-    pl_sim_result_t res;
-    pl_sim_req_t per[2];
-    assert_int_equal(pl_sim_run(&sp, r, 2, &res, per), BT_OK);
     /* r0: prefill 0-10 (x1), step 10-16 (x3); r1 waits to 16, prefill 16-36 (x2); both step
      * 36-42, r1 is done; r0 steps 42-48, 48-54, 54-60. */
-    assert_true(fabs(per[0].ttft_ms - 10) < 1e-9);
-    assert_true(fabs(per[1].ttft_ms - 23) < 1e-9);
-    assert_true(fabs(per[1].finish_ms - 42) < 1e-9);
-    assert_true(fabs(per[0].finish_ms - 60) < 1e-9);
-    assert_true(fabs(per[0].tpot_ms - 10) < 1e-9);
+    two_colocated(&speed, 10, 23, 42, 60, 10);
 }
 
 /* A prompt over the token budget runs alone, in chunks: each chunk after the first adds the
