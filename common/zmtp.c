@@ -88,7 +88,8 @@ struct bt_zmtp {
     list_t ready, dirty, all, hs;
     conn_t *dead;
     int n_peers;
-    uint32_t next_gen; /* generated identities */
+    uint64_t n_refused; /* connections closed for breaking the protocol or its limits */
+    uint32_t next_gen;  /* generated identities */
     uint8_t listener_tag, timer_tag;
     uint64_t accept_paused_until; /* ms; 0: the listener is watched */
     uint64_t timer_at;            /* ms the timer is armed for; 0: disarmed */
@@ -240,6 +241,15 @@ static void conn_kill(bt_zmtp_t *z, conn_t *c, const char *why)
     list_remove(&z->hs, c, HS_OFF);
     c->dnext = z->dead;
     z->dead = c;
+}
+
+/* Closes a connection that broke the protocol or one of its limits, and counts it. */
+static void conn_refuse(bt_zmtp_t *z, conn_t *c, const char *why)
+{
+    if (c->dead)
+        return;
+    z->n_refused++;
+    conn_kill(z, c, why);
 }
 
 static void conn_free(conn_t *c)
@@ -567,7 +577,7 @@ static void conn_handshake(bt_zmtp_t *z, conn_t *c)
         if (c->in_len - c->in_pos < GREETING_BYTES)
             goto short_input;
         if (!greeting_ok(c->in + c->in_pos)) {
-            conn_kill(z, c, "not a ZMTP 3 greeting with the NULL mechanism");
+            conn_refuse(z, c, "not a ZMTP 3 greeting with the NULL mechanism");
             return;
         }
         c->in_pos += GREETING_BYTES;
@@ -580,7 +590,7 @@ static void conn_handshake(bt_zmtp_t *z, conn_t *c)
         if (got == 0)
             goto short_input;
         if (got < 0 || !(flags & F_COMMAND) || on_ready(z, c, d, len) != 0) {
-            conn_kill(z, c, "the handshake failed");
+            conn_refuse(z, c, "the handshake failed");
             return;
         }
         c->in_pos = pos;
@@ -620,7 +630,7 @@ static int conn_message(bt_zmtp_t *z, conn_t *c, bt_zmtp_msg_t *m)
         while ((got = frame_at(c, &pos, z->max_frame, &d, &len, &flags, &need)) == 1) {
             if (flags & F_COMMAND) {
                 if (n > 0) {
-                    conn_kill(z, c, "a command inside a message");
+                    conn_refuse(z, c, "a command inside a message");
                     return 0;
                 }
                 break;
@@ -630,14 +640,14 @@ static int conn_message(bt_zmtp_t *z, conn_t *c, bt_zmtp_msg_t *m)
                 m->len[n] = len;
             }
             if (++n > MAX_MSG_FRAMES) {
-                conn_kill(z, c, "a message of too many frames");
+                conn_refuse(z, c, "a message of too many frames");
                 return 0;
             }
             if (!(flags & F_MORE))
                 break;
         }
         if (got < 0) {
-            conn_kill(z, c, "a frame over the size limit");
+            conn_refuse(z, c, "a frame over the size limit");
             return 0;
         }
         if (got == 0) {
@@ -645,7 +655,7 @@ static int conn_message(bt_zmtp_t *z, conn_t *c, bt_zmtp_msg_t *m)
              * the message so far plus the frame in progress. */
             size_t want = (pos - c->in_pos) + need;
             if (want > 2 * z->max_frame + (64u << 10)) {
-                conn_kill(z, c, "a message over the size limit");
+                conn_refuse(z, c, "a message over the size limit");
                 return 0;
             }
             if (want > c->in_cap) {
@@ -713,7 +723,7 @@ static void handshake_expire(bt_zmtp_t *z)
         return;
     uint64_t now = now_ms();
     while (z->hs.head && now - z->hs.head->accepted_ms > HANDSHAKE_MS)
-        conn_kill(z, z->hs.head, "no handshake in time");
+        conn_refuse(z, z->hs.head, "no handshake in time");
 }
 
 /* The timer fired: take its expiry count and act on whatever deadline passed. */
@@ -989,4 +999,9 @@ int bt_zmtp_fd(const bt_zmtp_t *z)
 int bt_zmtp_peers(const bt_zmtp_t *z)
 {
     return z->n_peers;
+}
+
+uint64_t bt_zmtp_refused(const bt_zmtp_t *z)
+{
+    return z->n_refused;
 }

@@ -88,5 +88,8 @@ void bt_zmtp_flush(bt_zmtp_t *z);
 
 /* Peers connected and past the handshake. */
 int bt_zmtp_peers(const bt_zmtp_t *z);
+/* Connections closed by this side for breaking the protocol or its limits (a bad greeting or
+ * handshake, none in time, an oversized frame or message), since the bind. */
+uint64_t bt_zmtp_refused(const bt_zmtp_t *z);
 
 #endif

@@ -121,6 +121,19 @@ int router_stats_render(void *ctx, const char *path, FILE *f)
                                          "finishing"};
     for (int s = 0; s <= RQ_FINISHING; s++)
         fprintf(f, "baton_router_requests{state=\"%s\"} %zu\n", states[s], r->n_state[s]);
+    head(f, "baton_router_connections", "gauge",
+         "Connections past the ZeroMQ handshake, by socket (clients, daemons)");
+    fprintf(f,
+            "baton_router_connections{socket=\"clients\"} %d\n"
+            "baton_router_connections{socket=\"cluster\"} %d\n",
+            bt_zmtp_peers(r->clients), bt_zmtp_peers(r->cluster));
+    head(f, "baton_router_connections_refused_total", "counter",
+         "Connections the router closed for breaking the wire protocol or its limits");
+    fprintf(f,
+            "baton_router_connections_refused_total{socket=\"clients\"} %llu\n"
+            "baton_router_connections_refused_total{socket=\"cluster\"} %llu\n",
+            (unsigned long long)bt_zmtp_refused(r->clients),
+            (unsigned long long)bt_zmtp_refused(r->cluster));
     for (int k = 0; k < N_OF(instance_metrics); k++)
         per_instance(r, f, &instance_metrics[k], k);
     router_hist_write(&r->h_ttft, f, "baton_router_ttft_seconds",

@@ -827,6 +827,7 @@ static void test_zmtp_garbage_closes_the_connection(void **state)
             fail_msg("case %d: the connection stayed open", c);
         close(fd);
         assert_int_equal(bt_zmtp_peers(z), 0);
+        assert_int_equal(bt_zmtp_refused(z), c + 1); /* each counted as refused */
     }
 
     /* Gone at once, half a greeting, and a frame cut short after a good handshake. */
@@ -843,6 +844,8 @@ static void test_zmtp_garbage_closes_the_connection(void **state)
     close(fd);
     wait_peers(z, 0);
     wait_fds(z, baseline);
+    /* Peers that left are not refusals. */
+    assert_int_equal(bt_zmtp_refused(z), N_GREETINGS + N_AFTER);
 
     void *d = peer(ZMQ_DEALER, "after", ep);
     wait_peers(z, 1);

@@ -114,8 +114,21 @@ class MetricsTest(unittest.TestCase):
                             "--prompt-ids", "1,40,41,42", "-n", "6", "--ignore-eos"],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.assertEqual(get(mport, "/health")[:3:2], (200, "ok\n"))
+            # a connection that is not ZeroMQ at all: the router closes it and counts it
+            g = socket.create_connection(("127.0.0.1", port), timeout=15)
+            g.sendall(b"G" * 64)
+            got = b""
+            while chunk := g.recv(4096):  # the router's greeting, then its close
+                got += chunk
+            self.assertTrue(got.startswith(b"\xff"), got)
+            g.close()
             s = samples(get(mport, "/metrics")[2])
             self.assertEqual(s[("baton_router_up", "")], 1)
+            self.assertEqual(s[("baton_router_connections", '{socket="cluster"}')], 2)
+            self.assertEqual(
+                s[("baton_router_connections_refused_total", '{socket="clients"}')], 1)
+            self.assertEqual(
+                s[("baton_router_connections_refused_total", '{socket="cluster"}')], 0)
             self.assertEqual(s[("baton_router_requests_total", '{outcome="completed"}')], 1)
             self.assertEqual(s[("baton_router_requests_total", '{outcome="failed"}')], 0)
             for inst, role in (("prefill-0", "prefill"), ("decode-0", "decode")):
