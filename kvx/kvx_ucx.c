@@ -788,12 +788,23 @@ static int ucx_create(const bt_kvx_params_t *params, const kvx_upcalls_t *up, vo
     return BT_OK;
 }
 
+/* Takes and drops the messages still waiting unexpected (a peer's last notices): nobody will
+ * use them now, and the worker would warn about each as it goes. */
+static void unexpected_drop(ucx_be_t *be)
+{
+    ucp_tag_recv_info_t info;
+    ucp_tag_message_h msg;
+    while ((msg = ucp_tag_probe_nb(be->worker, 0, 0, 1, &info)))
+        recv_handle(be, msg, NULL, 0, NULL);
+}
+
 /* Gives closing endpoints a moment to say goodbye before the worker goes. */
 static void closes_drain(ucx_be_t *be)
 {
     int64_t until = kvx_now_ms() + 200;
     for (;;) {
         ucp_worker_progress(be->worker);
+        unexpected_drop(be);
         closes_reap(be);
         int busy = 0;
         for (ucx_ep_t *e = be->eps; e; e = e->next)
@@ -811,6 +822,8 @@ static void ucx_destroy(void *bep)
             if (e->user)
                 ep_close_now(be, e, 1);
         closes_drain(be);
+        ucp_worker_progress(be->worker);
+        unexpected_drop(be);
         /* Whatever is still in flight is completed (cancelled) by the worker's destruction;
          * its callbacks may still look at control buffers and deferred slots, so those go
          * after it. */
