@@ -113,7 +113,11 @@ static int make_policy(router_t *r)
  * a daemon or client that reconnects with the same identity takes its identity over. */
 static int open_socket(const char *endpoint, bt_zmtp_t **out)
 {
-    bt_zmtp_params_t zp = {.max_frame = BT_RPC_MAX_BODY_BYTES + BT_RPC_MAX_HEADER_BYTES};
+    /* A peer that has 8 MiB unread (hundreds of thousands of tokens) is stuck or gone: the
+     * next send to it fails and its requests end, rather than memory growing per such peer.
+     * One message always fits an empty queue, however large. */
+    bt_zmtp_params_t zp = {.max_frame = BT_RPC_MAX_BODY_BYTES + BT_RPC_MAX_HEADER_BYTES,
+                           .max_queued = 8u << 20};
     int st = bt_zmtp_bind(endpoint, &zp, out);
     if (st != BT_OK)
         bt_error("router: cannot serve %s", endpoint);
