@@ -39,8 +39,8 @@
 #define F_MORE 0x01
 #define F_LONG 0x02
 #define F_COMMAND 0x04
-#define IN_MIN (4u << 10)     /* input buffer to start with */
-#define IN_KEEP (1u << 20)    /* an emptied input buffer larger than this is shrunk */
+#define BUF_MIN (4u << 10)    /* a buffer to start with, and the least room a read gets */
+#define BUF_KEEP (1u << 20)   /* an emptied buffer larger than this is given back */
 #define OUT_EAGER (64u << 10) /* queued output written at once past this */
 #define EVENTS 64
 #define POLLS 8             /* epoll rounds one recv may make before it reports nothing */
@@ -49,6 +49,12 @@
 #define MAX_MSG_FRAMES 1024 /* frames one message may have */
 
 enum { ST_GREETING, ST_READY, ST_OPEN };
+
+/* A byte buffer whose bytes [pos, len) are still to be consumed. */
+typedef struct {
+    uint8_t *p;
+    size_t cap, pos, len;
+} buf_t;
 
 typedef struct conn conn_t;
 typedef struct {
@@ -62,13 +68,11 @@ typedef struct {
 struct conn {
     int fd;
     int state;
-    int eof;  /* the peer closed: serve what is buffered, then go */
-    int dead; /* closed; freed on the next recv */
-    uint8_t *in;
-    size_t in_cap, in_pos, in_len; /* unparsed input is in[in_pos, in_len) */
-    uint8_t *out;
-    size_t out_cap, out_pos, out_len; /* unwritten output is out[out_pos, out_len) */
-    int want_out;                     /* EPOLLOUT is registered */
+    int eof;      /* the peer closed: serve what is buffered, then go */
+    int dead;     /* closed; freed on the next recv */
+    buf_t in;     /* unparsed input */
+    buf_t out;    /* unwritten output */
+    int want_out; /* EPOLLOUT is registered */
     uint8_t id[BT_ZMTP_MAX_ID];
     size_t id_len;
     int has_id; /* in the identity table */
@@ -220,23 +224,29 @@ static void id_generate(bt_zmtp_t *z, conn_t *c)
 
 /* --- connections ---------------------------------------------------------------------- */
 
-static void conn_kill(bt_zmtp_t *z, conn_t *c, const char *why)
+/* Closes c's socket: it is no peer any more and takes no sends; its input stays. */
+static void conn_detach(bt_zmtp_t *z, conn_t *c)
 {
-    if (c->dead)
-        return;
-    if (why)
-        bt_debug("zmtp %s: closing a connection: %s", z->endpoint, why);
     if (c->state == ST_OPEN && !c->eof)
         z->n_peers--;
-    c->dead = 1;
     if (c->fd >= 0) {
         epoll_ctl(z->ep, EPOLL_CTL_DEL, c->fd, NULL);
         close(c->fd);
         c->fd = -1;
     }
     id_remove(z, c);
-    list_remove(&z->ready, c, READY_OFF);
     list_remove(&z->dirty, c, DIRTY_OFF);
+}
+
+static void conn_kill(bt_zmtp_t *z, conn_t *c, const char *why)
+{
+    if (c->dead)
+        return;
+    if (why)
+        bt_debug("zmtp %s: closing a connection: %s", z->endpoint, why);
+    conn_detach(z, c);
+    c->dead = 1;
+    list_remove(&z->ready, c, READY_OFF);
     list_remove(&z->all, c, ALL_OFF);
     list_remove(&z->hs, c, HS_OFF);
     c->dnext = z->dead;
@@ -254,8 +264,8 @@ static void conn_refuse(bt_zmtp_t *z, conn_t *c, const char *why)
 
 static void conn_free(conn_t *c)
 {
-    bt_free(c->in);
-    bt_free(c->out);
+    bt_free(c->in.p);
+    bt_free(c->out.p);
     bt_free(c);
 }
 
@@ -279,39 +289,49 @@ static int events_set(bt_zmtp_t *z, conn_t *c, int want_out)
     return BT_OK;
 }
 
-/* Makes room for need more output bytes. */
-static int out_reserve(conn_t *c, size_t need)
+/* Makes room for need more bytes at the end of b: what is left to consume moves to the front
+ * first, then the buffer doubles until they fit. */
+static int buf_reserve(buf_t *b, size_t need)
 {
-    if (c->out_pos == c->out_len)
-        c->out_pos = c->out_len = 0;
-    if (c->out_cap - c->out_len >= need)
+    if (b->pos == b->len)
+        b->pos = b->len = 0;
+    if (b->cap - b->len >= need)
         return BT_OK;
-    if (c->out_pos > 0) {
-        memmove(c->out, c->out + c->out_pos, c->out_len - c->out_pos);
-        c->out_len -= c->out_pos;
-        c->out_pos = 0;
-        if (c->out_cap - c->out_len >= need)
+    if (b->pos > 0) {
+        memmove(b->p, b->p + b->pos, b->len - b->pos);
+        b->len -= b->pos;
+        b->pos = 0;
+        if (b->cap - b->len >= need)
             return BT_OK;
     }
-    size_t cap = c->out_cap ? c->out_cap : IN_MIN;
-    while (cap - c->out_len < need)
+    size_t cap = b->cap ? b->cap : BUF_MIN;
+    while (cap - b->len < need)
         cap *= 2;
-    uint8_t *p = bt_realloc(c->out, cap);
+    uint8_t *p = bt_realloc(b->p, cap);
     if (!p)
         return BT_ERR_NOMEM;
-    c->out = p;
-    c->out_cap = cap;
+    b->p = p;
+    b->cap = cap;
     return BT_OK;
+}
+
+/* Gives a large buffer back once everything in it was consumed (after a burst). */
+static void buf_trim(buf_t *b)
+{
+    if (b->pos == b->len && b->cap > BUF_KEEP) {
+        bt_free(b->p);
+        *b = (buf_t){0};
+    }
 }
 
 /* Writes what c has queued; on a full socket asks epoll to say when it drains. */
 static void conn_write(bt_zmtp_t *z, conn_t *c)
 {
     list_remove(&z->dirty, c, DIRTY_OFF);
-    while (c->out_pos < c->out_len && !c->dead) {
-        ssize_t n = send(c->fd, c->out + c->out_pos, c->out_len - c->out_pos, MSG_NOSIGNAL);
+    while (c->out.pos < c->out.len && !c->dead) {
+        ssize_t n = send(c->fd, c->out.p + c->out.pos, c->out.len - c->out.pos, MSG_NOSIGNAL);
         if (n > 0) {
-            c->out_pos += (size_t)n;
+            c->out.pos += (size_t)n;
         } else if (n < 0 && errno == EINTR) {
             continue;
         } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -324,12 +344,8 @@ static void conn_write(bt_zmtp_t *z, conn_t *c)
         }
     }
     if (!c->dead) {
-        c->out_pos = c->out_len = 0;
-        if (c->out_cap > IN_KEEP) { /* a burst is over: give a large buffer back */
-            bt_free(c->out);
-            c->out = NULL;
-            c->out_cap = 0;
-        }
+        c->out.pos = c->out.len = 0;
+        buf_trim(&c->out);
         if (events_set(z, c, 0) != BT_OK)
             conn_kill(z, c, "epoll_ctl failed");
     }
@@ -340,10 +356,10 @@ static int conn_hello(conn_t *c)
 {
     static const char props[] = "\x05READY\x0bSocket-Type\x00\x00\x00\x06ROUTER";
     const size_t plen = sizeof props - 1;
-    int st = out_reserve(c, GREETING_BYTES + 2 + plen);
+    int st = buf_reserve(&c->out, GREETING_BYTES + 2 + plen);
     if (st != BT_OK)
         return st;
-    uint8_t *g = c->out + c->out_len;
+    uint8_t *g = c->out.p + c->out.len;
     memset(g, 0, GREETING_BYTES);
     g[0] = 0xff;
     g[8] = 1; /* padding (a ZMTP 1.0 peer would read an empty identity) */
@@ -354,7 +370,7 @@ static int conn_hello(conn_t *c)
     g[GREETING_BYTES] = F_COMMAND;
     g[GREETING_BYTES + 1] = (uint8_t)plen;
     memcpy(g + GREETING_BYTES + 2, props, plen);
-    c->out_len += GREETING_BYTES + 2 + plen;
+    c->out.len += GREETING_BYTES + 2 + plen;
     return BT_OK;
 }
 
@@ -440,38 +456,19 @@ static void conn_accept(bt_zmtp_t *z)
 /* Reads once into c's input buffer (growing it when a frame needs more room). */
 static void conn_read(bt_zmtp_t *z, conn_t *c)
 {
-    if (c->in_pos == c->in_len)
-        c->in_pos = c->in_len = 0;
-    if (c->in_pos > 0 && c->in_cap - c->in_len < IN_MIN) {
-        memmove(c->in, c->in + c->in_pos, c->in_len - c->in_pos);
-        c->in_len -= c->in_pos;
-        c->in_pos = 0;
+    if (buf_reserve(&c->in, BUF_MIN) != BT_OK) {
+        conn_kill(z, c, "out of memory");
+        return;
     }
-    if (c->in_cap - c->in_len < IN_MIN / 4) {
-        size_t cap = c->in_cap ? c->in_cap * 2 : IN_MIN;
-        uint8_t *p = bt_realloc(c->in, cap);
-        if (!p) {
-            conn_kill(z, c, "out of memory");
-            return;
-        }
-        c->in = p;
-        c->in_cap = cap;
-    }
-    ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+    ssize_t n = recv(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len, 0);
     if (n > 0) {
-        c->in_len += (size_t)n;
+        c->in.len += (size_t)n;
     } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
         /* The peer is gone: what it sent whole is still served. */
         if (n < 0)
             bt_debug("zmtp %s: recv: %s", z->endpoint, strerror(errno));
-        if (c->state == ST_OPEN && !c->eof)
-            z->n_peers--;
+        conn_detach(z, c);
         c->eof = 1;
-        id_remove(z, c);
-        epoll_ctl(z->ep, EPOLL_CTL_DEL, c->fd, NULL);
-        close(c->fd);
-        c->fd = -1;
-        list_remove(&z->dirty, c, DIRTY_OFF);
     }
 }
 
@@ -480,12 +477,12 @@ static void conn_read(bt_zmtp_t *z, conn_t *c)
 static int frame_at(const conn_t *c, size_t *pos, size_t max, const uint8_t **data, size_t *len,
                     int *flags, size_t *need)
 {
-    size_t p = *pos, have = c->in_len - p;
+    size_t p = *pos, have = c->in.len - p;
     if (have < 2) {
         *need = 2;
         return 0;
     }
-    const uint8_t *b = c->in + p;
+    const uint8_t *b = c->in.p + p;
     size_t hdr = (b[0] & F_LONG) ? 9 : 2;
     if (have < hdr) {
         *need = hdr;
@@ -574,18 +571,18 @@ static int greeting_ok(const uint8_t *g)
 static void conn_handshake(bt_zmtp_t *z, conn_t *c)
 {
     if (c->state == ST_GREETING) {
-        if (c->in_len - c->in_pos < GREETING_BYTES)
+        if (c->in.len - c->in.pos < GREETING_BYTES)
             goto short_input;
-        if (!greeting_ok(c->in + c->in_pos)) {
+        if (!greeting_ok(c->in.p + c->in.pos)) {
             conn_refuse(z, c, "not a ZMTP 3 greeting with the NULL mechanism");
             return;
         }
-        c->in_pos += GREETING_BYTES;
+        c->in.pos += GREETING_BYTES;
         c->state = ST_READY;
     }
     if (c->state == ST_READY) {
         const uint8_t *d;
-        size_t len, need, pos = c->in_pos;
+        size_t len, need, pos = c->in.pos;
         int flags, got = frame_at(c, &pos, 64u << 10, &d, &len, &flags, &need);
         if (got == 0)
             goto short_input;
@@ -593,7 +590,7 @@ static void conn_handshake(bt_zmtp_t *z, conn_t *c)
             conn_refuse(z, c, "the handshake failed");
             return;
         }
-        c->in_pos = pos;
+        c->in.pos = pos;
     }
     return;
 short_input:
@@ -607,14 +604,14 @@ static void on_command(bt_zmtp_t *z, conn_t *c, const uint8_t *b, size_t len)
     if (len < 7 || b[0] != 4 || memcmp(b + 1, "PING", 4) != 0 || c->eof)
         return;
     size_t ctx = len - 7 > 16 ? 16 : len - 7; /* after the 2-byte TTL */
-    if (out_reserve(c, 2 + 5 + ctx) != BT_OK)
+    if (buf_reserve(&c->out, 2 + 5 + ctx) != BT_OK)
         return;
-    uint8_t *o = c->out + c->out_len;
+    uint8_t *o = c->out.p + c->out.len;
     o[0] = F_COMMAND;
     o[1] = (uint8_t)(5 + ctx);
     memcpy(o + 2, "\x04PONG", 5);
     memcpy(o + 7, b + 7, ctx);
-    c->out_len += 7 + ctx;
+    c->out.len += 7 + ctx;
     list_push(&z->dirty, c, DIRTY_OFF);
 }
 
@@ -623,7 +620,7 @@ static void on_command(bt_zmtp_t *z, conn_t *c, const uint8_t *b, size_t len)
 static int conn_message(bt_zmtp_t *z, conn_t *c, bt_zmtp_msg_t *m)
 {
     for (;;) {
-        size_t pos = c->in_pos, need = 0;
+        size_t pos = c->in.pos, need = 0;
         int n = 0, flags = 0, got;
         const uint8_t *d;
         size_t len;
@@ -653,33 +650,20 @@ static int conn_message(bt_zmtp_t *z, conn_t *c, bt_zmtp_msg_t *m)
         if (got == 0) {
             /* Whole frames of an unfinished message stay in place: the buffer must hold
              * the message so far plus the frame in progress. */
-            size_t want = (pos - c->in_pos) + need;
+            size_t want = (pos - c->in.pos) + need;
             if (want > 2 * z->max_frame + (64u << 10)) {
                 conn_refuse(z, c, "a message over the size limit");
                 return 0;
             }
-            if (want > c->in_cap) {
-                size_t cap = c->in_cap ? c->in_cap : IN_MIN;
-                while (cap < want)
-                    cap *= 2;
-                if (c->in_pos > 0) {
-                    memmove(c->in, c->in + c->in_pos, c->in_len - c->in_pos);
-                    c->in_len -= c->in_pos;
-                    c->in_pos = 0;
-                }
-                uint8_t *p = bt_realloc(c->in, cap);
-                if (!p) {
-                    conn_kill(z, c, "out of memory");
-                    return 0;
-                }
-                c->in = p;
-                c->in_cap = cap;
+            if (buf_reserve(&c->in, want - (c->in.len - c->in.pos)) != BT_OK) {
+                conn_kill(z, c, "out of memory");
+                return 0;
             }
             if (c->eof)
                 conn_kill(z, c, NULL);
             return 0;
         }
-        c->in_pos = pos;
+        c->in.pos = pos;
         if (flags & F_COMMAND) {
             on_command(z, c, d, len);
             continue;
@@ -700,20 +684,10 @@ static void conn_event(bt_zmtp_t *z, conn_t *c, uint32_t events)
         conn_read(z, c);
     if (!c->dead && c->state != ST_OPEN)
         conn_handshake(z, c);
-    if (!c->dead && c->state == ST_OPEN && c->in_pos < c->in_len)
+    if (!c->dead && c->state == ST_OPEN && c->in.pos < c->in.len)
         list_push(&z->ready, c, READY_OFF);
     else if (!c->dead && c->eof)
         conn_kill(z, c, NULL);
-}
-
-/* Shrinks a large input buffer once it is empty. */
-static void conn_trim(conn_t *c)
-{
-    if (c->in_pos == c->in_len && c->in_cap > IN_KEEP) {
-        bt_free(c->in);
-        c->in = NULL;
-        c->in_cap = c->in_pos = c->in_len = 0;
-    }
 }
 
 /* Closes connections that have not finished their handshake in time (ZMQ_HANDSHAKE_IVL). */
@@ -748,12 +722,12 @@ int bt_zmtp_recv(bt_zmtp_t *z, bt_zmtp_msg_t *m)
             conn_t *c = z->ready.head;
             list_remove(&z->ready, c, READY_OFF);
             if (conn_message(z, c, m)) {
-                if (c->in_pos < c->in_len)
+                if (c->in.pos < c->in.len)
                     list_push(&z->ready, c, READY_OFF); /* its turn again after the others */
                 return BT_OK;
             }
             if (!c->dead)
-                conn_trim(c);
+                buf_trim(&c->in);
         }
         if (polls == 0)
             bt_zmtp_flush(z);
@@ -785,12 +759,12 @@ int bt_zmtp_send(bt_zmtp_t *z, const uint8_t *id, size_t id_len, const struct io
             return BT_ERR_RANGE;
         total += frames[i].iov_len + (frames[i].iov_len > 255 ? 9 : 2);
     }
-    size_t queued = c->out_len - c->out_pos;
+    size_t queued = c->out.len - c->out.pos;
     if (queued > 0 && queued + total > z->max_queued)
         return BT_AGAIN;
-    if (out_reserve(c, total) != BT_OK)
+    if (buf_reserve(&c->out, total) != BT_OK)
         return BT_ERR_NOMEM;
-    uint8_t *o = c->out + c->out_len;
+    uint8_t *o = c->out.p + c->out.len;
     for (int i = 0; i < n; i++) {
         size_t len = frames[i].iov_len;
         uint8_t f = (uint8_t)(i + 1 < n ? F_MORE : 0);
@@ -806,8 +780,8 @@ int bt_zmtp_send(bt_zmtp_t *z, const uint8_t *id, size_t id_len, const struct io
             memcpy(o, frames[i].iov_base, len);
         o += len;
     }
-    c->out_len += total;
-    if (c->out_len - c->out_pos >= OUT_EAGER && !c->want_out)
+    c->out.len += total;
+    if (c->out.len - c->out.pos >= OUT_EAGER && !c->want_out)
         conn_write(z, c);
     else if (!c->want_out)
         list_push(&z->dirty, c, DIRTY_OFF);
