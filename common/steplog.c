@@ -78,6 +78,13 @@ void bt_steplog_close(bt_steplog_t *l)
     bt_free(l);
 }
 
+int bt_steplog_parse(const char *line, bt_steplog_line_t *out)
+{
+    memset(out, 0, sizeof *out);
+    return sscanf(line, "%15[a-z],%lf,%lf,%lf,%lf,%lf,%lf", out->kind, &out->x, &out->y, &out->ms,
+                  &out->forward_ms, &out->seqs, &out->t_ms);
+}
+
 void bt_steplog_write(bt_steplog_t *l, bt_step_kind_t kind, double x, double y, int seqs,
                       double t0_ms, double forward_ms, double step_ms)
 {

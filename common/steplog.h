@@ -39,6 +39,16 @@ int bt_steplog_open(const char *path, bt_steplog_t **out);
 void bt_steplog_close(bt_steplog_t *l);
 /* Writes out the lines held (NULL-safe): the daemon calls it whenever it goes idle. */
 void bt_steplog_flush(bt_steplog_t *l);
+/* One line of a step log, or of a profiler's raw file (its first four fields). */
+typedef struct {
+    char kind[16]; /* pstep, dstep, mstep; a raw file's prefill, decode, transfer */
+    double x, y, ms, forward_ms, seqs, t_ms;
+} bt_steplog_line_t;
+
+/* Reads line into out; returns the fields read: 7 for a step-log line, 4 for a raw file's,
+ * fewer for anything else (a header, a line cut short). */
+int bt_steplog_parse(const char *line, bt_steplog_line_t *out);
+
 /* Records one step (NULL-safe: no log, nothing done). x and y as the format above says. */
 void bt_steplog_write(bt_steplog_t *l, bt_step_kind_t kind, double x, double y, int seqs,
                       double t0_ms, double forward_ms, double step_ms);

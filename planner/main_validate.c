@@ -22,6 +22,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "common/steplog.h"
 #include "plancli.h"
 #include "profiler.h"
 #include "sim.h"
@@ -336,20 +337,19 @@ static int speed_bins(const val_t *v, const bt_profile_t *prof, double t0, doubl
     FILE *f = pl_refit_open(v->c->window_steps);
     if (!f)
         return BT_ERR_IO;
-    char line[256], kind[16];
-    double x, y, ms, fwd, seqs, t;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "%15[a-z],%lf,%lf,%lf,%lf,%lf,%lf", kind, &x, &y, &ms, &fwd, &seqs, &t) ==
-                7 &&
-            t >= t0 && t <= t1) {
-            int k = !strcmp(kind, "pstep") ? 0 : !strcmp(kind, "dstep") ? 1 : -1;
-            int b = (int)((t - t0) / bin);
-            if (k < 0 || b >= n)
-                continue;
-            real[k][b] += ms;
-            model[k][b] +=
-                k == 0 ? bt_profile_prefill_ms(prof, x, y) : bt_profile_decode_ms(prof, y, x);
-        }
+    char line[256];
+    bt_steplog_line_t l;
+    while (fgets(line, sizeof line, f)) {
+        if (bt_steplog_parse(line, &l) != 7 || l.t_ms < t0 || l.t_ms > t1)
+            continue;
+        int k = !strcmp(l.kind, "pstep") ? 0 : !strcmp(l.kind, "dstep") ? 1 : -1;
+        int b = (int)((l.t_ms - t0) / bin);
+        if (k < 0 || b >= n)
+            continue;
+        real[k][b] += l.ms;
+        model[k][b] +=
+            k == 0 ? bt_profile_prefill_ms(prof, l.x, l.y) : bt_profile_decode_ms(prof, l.y, l.x);
+    }
     fclose(f);
     for (int b = 0; b < n; b++) {
         f0[b] = model[0][b] > 0 ? real[0][b] / model[0][b] : b ? f0[b - 1] : 1.0;

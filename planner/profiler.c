@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/sampler.h"
 #include "common/status.h"
+#include "common/steplog.h"
 #include "fit.h"
 
 #define MAX_SEQS 256
@@ -368,14 +369,15 @@ int pl_profiler_refit(const pl_profiler_params_t *p, bt_profile_t *out)
     pl_decode_point_t *dp = NULL;
     pl_transfer_point_t tp[32];
     int n_pp = 0, n_dp = 0, n_tp = 0, cap_pp = 0, cap_dp = 0, line = 0, st = BT_OK;
-    char buf[256], kind[16];
+    char buf[256];
     while (st == BT_OK && fgets(buf, sizeof buf, p->refit)) {
         line++;
-        double n, x, ms, fwd, seqs, t_ms = 0;
         if (strncmp(buf, "kind,", 5) == 0 || strncmp(buf, "mstep,", 6) == 0)
             continue;
-        int got =
-            sscanf(buf, "%15[a-z],%lf,%lf,%lf,%lf,%lf,%lf", kind, &n, &x, &ms, &fwd, &seqs, &t_ms);
+        bt_steplog_line_t l;
+        int got = bt_steplog_parse(buf, &l);
+        const char *kind = l.kind;
+        double n = l.x, x = l.y, ms = l.ms;
         if (got < 4 || !(n > 0) || !(x >= 0) || !(ms > 0)) {
             if (!strchr(buf, '\n') && feof(p->refit)) { /* cut short: a log being written */
                 bt_warn("profiler: raw line %d is incomplete; ignored", line);
@@ -383,7 +385,7 @@ int pl_profiler_refit(const pl_profiler_params_t *p, bt_profile_t *out)
             }
             bt_error("profiler: raw line %d is not kind,n,len_or_ctx,ms", line);
             st = BT_ERR_INVAL;
-        } else if (!in_window(p, got, t_ms)) {
+        } else if (!in_window(p, got, l.t_ms)) {
             continue;
         } else if (strcmp(kind, "prefill") == 0) {
             st = grow((void **)&pp, n_pp, &cap_pp, sizeof *pp);
