@@ -373,14 +373,17 @@ static void log_step(bt_batcher_t *b, int32_t n, double t0, double forward_ms)
         ctx += r->pos0 + r->n;
         decoding += r->decoding && r->n == 1;
     }
-    if (decoding == n)
-        bt_steplog_write(b->p.steplog, BT_STEP_DECODE, n, ctx, n, t0, forward_ms,
-                         bt_mono_ms() - t0);
-    else if (decoding == 0)
-        bt_steplog_write(b->p.steplog, BT_STEP_PREFILL, sum, sum2, n, t0, forward_ms,
-                         bt_mono_ms() - t0);
-    else
-        bt_steplog_write(b->p.steplog, BT_STEP_MIXED, n, sum, n, t0, forward_ms, bt_mono_ms() - t0);
+    bt_step_kind_t kind = BT_STEP_MIXED; /* sequences, rows */
+    double x = n, y = sum;
+    if (decoding == n) { /* sequences, positions attended */
+        kind = BT_STEP_DECODE;
+        y = ctx;
+    } else if (decoding == 0) { /* sum of prompt rows, sum of their squares */
+        kind = BT_STEP_PREFILL;
+        x = sum;
+        y = sum2;
+    }
+    bt_steplog_write(b->p.steplog, kind, x, y, n, t0, forward_ms, bt_mono_ms() - t0);
 }
 
 int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
