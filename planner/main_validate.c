@@ -326,19 +326,17 @@ static void cluster_of(const val_cfg_t *c, const bt_profile_t *prof, pl_inst_spe
 #define MAX_BINS 4096
 
 /* The speed of the run between t0 and t1, bin by bin: each bin's served prefill (decode) steps
- * over prof's times for the same shapes, from the step logs. A bin without steps of a kind
- * keeps the previous bin's factor (1 at first). */
-static int speed_bins(const val_t *v, const bt_profile_t *prof, double t0, double t1, double *f0,
-                      double *f1, pl_speed_t *out)
+ * over prof's times for the same shapes, from the step logs in f (read from its start). A bin
+ * without steps of a kind keeps the previous bin's factor (1 at first). */
+static void speed_bins(const val_t *v, FILE *f, const bt_profile_t *prof, double t0, double t1,
+                       double *f0, double *f1, pl_speed_t *out)
 {
     double bin = v->c->speed_bins_ms, real[2][MAX_BINS] = {{0}}, model[2][MAX_BINS] = {{0}};
     int n = (int)ceil((t1 - t0) / bin);
     n = n < 1 ? 1 : n > MAX_BINS ? MAX_BINS : n;
-    FILE *f = pl_refit_open(v->c->window_steps);
-    if (!f)
-        return BT_ERR_IO;
     char line[256];
     bt_steplog_line_t l;
+    rewind(f);
     while (fgets(line, sizeof line, f)) {
         if (bt_steplog_parse(line, &l) != 7 || l.t_ms < t0 || l.t_ms > t1)
             continue;
@@ -350,13 +348,11 @@ static int speed_bins(const val_t *v, const bt_profile_t *prof, double t0, doubl
         model[k][b] +=
             k == 0 ? bt_profile_prefill_ms(prof, l.x, l.y) : bt_profile_decode_ms(prof, l.y, l.x);
     }
-    fclose(f);
     for (int b = 0; b < n; b++) {
         f0[b] = model[0][b] > 0 ? real[0][b] / model[0][b] : b ? f0[b - 1] : 1.0;
         f1[b] = model[1][b] > 0 ? real[1][b] / model[1][b] : b ? f1[b - 1] : 1.0;
     }
     *out = (pl_speed_t){.bin_ms = bin, .n_bins = n, .factor = {f0, f1}};
-    return BT_OK;
 }
 
 /* The rate just run, simulated on a profile fitted from the steps the daemons served between
@@ -374,26 +370,25 @@ static int window_sim(val_t *v, double t0, double t1, size_t n, pl_sim_result_t 
                                .fit_weight = PL_FIT_TIME, /* as baton-profile --refit */
                                .window_from_ms = t0,
                                .window_to_ms = t1};
-    pp.refit = pl_refit_open(v->c->window_steps);
-    int st = pp.refit ? pl_profiler_refit(&pp, &prof) : BT_ERR_IO;
-    if (pp.refit)
-        fclose(pp.refit);
-    if (st != BT_OK)
+    pp.refit = pl_refit_open(v->c->window_steps); /* read once for the fit and the bins */
+    if (!pp.refit)
         return 0;
+    int ok = pl_profiler_refit(&pp, &prof) == BT_OK;
     cluster_of(v->c, &prof, v->inst_win);
     pl_sim_params_t sp = *v->sp;
     sp.inst = v->inst_win;
-    if (pl_sim_run(&sp, v->reqs, n, out, v->sim_win) != BT_OK)
-        return 0;
+    ok = ok && pl_sim_run(&sp, v->reqs, n, out, v->sim_win) == BT_OK;
     static double f0[MAX_BINS], f1[MAX_BINS];
     pl_speed_t speed;
-    *has_replay = v->c->speed_bins_ms > 0 && speed_bins(v, &prof, t0, t1, f0, f1, &speed) == BT_OK;
+    *has_replay = ok && v->c->speed_bins_ms > 0;
     if (*has_replay) {
+        speed_bins(v, pp.refit, &prof, t0, t1, f0, f1, &speed);
         for (int i = 0; i < sp.n_inst; i++)
             v->inst_win[i].speed = &speed;
         *has_replay = pl_sim_run(&sp, v->reqs, n, replay, v->sim_win) == BT_OK;
     }
-    return 1;
+    fclose(pp.refit);
+    return ok;
 }
 
 static int one_rate(val_t *v, double rate)
