@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "alloc.h"
+#include "clock.h"
 #include "log.h"
 #include "status.h"
 
@@ -98,13 +99,6 @@ struct bt_zmtp {
     uint64_t accept_paused_until; /* ms; 0: the listener is watched */
     uint64_t timer_at;            /* ms the timer is armed for; 0: disarmed */
 };
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* --- intrusive lists ------------------------------------------------------------------ */
 
@@ -402,19 +396,19 @@ static void accept_pause(bt_zmtp_t *z, int err)
     bt_warn("zmtp %s: cannot accept: %s; new connections wait %d ms", z->endpoint, strerror(err),
             ACCEPT_PAUSE_MS);
     epoll_ctl(z->ep, EPOLL_CTL_DEL, z->lfd, NULL);
-    z->accept_paused_until = now_ms() + ACCEPT_PAUSE_MS;
+    z->accept_paused_until = (uint64_t)bt_mono_ms() + ACCEPT_PAUSE_MS;
     timer_arm(z);
 }
 
 static void accept_resume(bt_zmtp_t *z)
 {
-    if (!z->accept_paused_until || now_ms() < z->accept_paused_until)
+    if (!z->accept_paused_until || (uint64_t)bt_mono_ms() < z->accept_paused_until)
         return;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &z->listener_tag};
     if (epoll_ctl(z->ep, EPOLL_CTL_ADD, z->lfd, &ev) == 0)
         z->accept_paused_until = 0;
     else
-        z->accept_paused_until = now_ms() + ACCEPT_PAUSE_MS;
+        z->accept_paused_until = (uint64_t)bt_mono_ms() + ACCEPT_PAUSE_MS;
     timer_arm(z);
 }
 
@@ -444,7 +438,7 @@ static void conn_accept(bt_zmtp_t *z)
         }
         c->fd = fd;
         c->state = ST_GREETING;
-        c->accepted_ms = now_ms();
+        c->accepted_ms = (uint64_t)bt_mono_ms();
         list_push(&z->all, c, ALL_OFF);
         list_push(&z->hs, c, HS_OFF);
         if (!z->timer_at)
@@ -695,7 +689,7 @@ static void handshake_expire(bt_zmtp_t *z)
 {
     if (!z->hs.head)
         return;
-    uint64_t now = now_ms();
+    uint64_t now = (uint64_t)bt_mono_ms();
     while (z->hs.head && now - z->hs.head->accepted_ms > HANDSHAKE_MS)
         conn_refuse(z, z->hs.head, "no handshake in time");
 }
