@@ -8,7 +8,10 @@
  * OPEN. Connections with input not yet parsed wait on a ready list and are served one message
  * at a time in turn; connections with output not yet written wait on a dirty list until the
  * next flush. A connection that fails is closed at once but freed only on the next
- * bt_zmtp_recv, since the caller may still hold a message that points into it.
+ * bt_zmtp_recv, since the caller may still hold a message that points into it. A connection
+ * this side made (bt_zmtp_connect) is in the identity table from the start, under the caller's
+ * name for it; messages sent to it before the peer's READY wait in a buffer of their own,
+ * since a libzmq peer takes none before it has sent its own READY.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* accept4 */
@@ -69,24 +72,27 @@ typedef struct {
 struct conn {
     int fd;
     int state;
-    int eof;      /* the peer closed: serve what is buffered, then go */
-    int dead;     /* closed; freed on the next recv */
-    buf_t in;     /* unparsed input */
-    buf_t out;    /* unwritten output */
-    int want_out; /* EPOLLOUT is registered */
+    int eof;        /* the peer closed: serve what is buffered, then go */
+    int dead;       /* closed; freed on the next recv */
+    buf_t in;       /* unparsed input */
+    buf_t out;      /* unwritten output */
+    buf_t held;     /* messages sent to an outgoing connection before its handshake ended */
+    int want_out;   /* EPOLLOUT is registered */
+    int outgoing;   /* made by bt_zmtp_connect: its id is the caller's name for the peer */
+    int connecting; /* outgoing, and the connect has not completed */
     uint8_t id[BT_ZMTP_MAX_ID];
     size_t id_len;
     int has_id; /* in the identity table */
     conn_t *hnext;
     link_t ready, dirty, all, hs; /* hs: still in the handshake, oldest first */
-    uint64_t accepted_ms;
-    conn_t *dnext; /* the dead list */
+    uint64_t accepted_ms;         /* or when the connect began */
+    conn_t *dnext;                /* the dead list */
 };
 
 struct bt_zmtp {
-    int ep, lfd, tfd; /* epoll set, listener, timer (accept pause, handshake deadlines) */
-    int unix_path;    /* lfd is bound to a file to remove on close */
-    char endpoint[256];
+    int ep, lfd, tfd;   /* epoll set, listener, timer (accept pause, handshake deadlines) */
+    int unix_path;      /* lfd is bound to a file to remove on close */
+    char endpoint[256]; /* as bound; empty for a socket that only connects */
     size_t max_frame, max_queued;
     conn_t **buckets;
     size_t n_buckets, n_ids;
@@ -99,6 +105,12 @@ struct bt_zmtp {
     uint64_t accept_paused_until; /* ms; 0: the listener is watched */
     uint64_t timer_at;            /* ms the timer is armed for; 0: disarmed */
 };
+
+/* The socket's name in the log. */
+static const char *zname(const bt_zmtp_t *z)
+{
+    return z->endpoint[0] ? z->endpoint : "(connecting)";
+}
 
 /* --- intrusive lists ------------------------------------------------------------------ */
 
@@ -237,7 +249,7 @@ static void conn_kill(bt_zmtp_t *z, conn_t *c, const char *why)
     if (c->dead)
         return;
     if (why)
-        bt_debug("zmtp %s: closing a connection: %s", z->endpoint, why);
+        bt_debug("zmtp %s: closing a connection: %s", zname(z), why);
     conn_detach(z, c);
     c->dead = 1;
     list_remove(&z->ready, c, READY_OFF);
@@ -260,6 +272,7 @@ static void conn_free(conn_t *c)
 {
     bt_free(c->in.p);
     bt_free(c->out.p);
+    bt_free(c->held.p);
     bt_free(c);
 }
 
@@ -322,6 +335,8 @@ static void buf_trim(buf_t *b)
 static void conn_write(bt_zmtp_t *z, conn_t *c)
 {
     list_remove(&z->dirty, c, DIRTY_OFF);
+    if (c->connecting)
+        return; /* EPOLLOUT is watched: the output goes once the connect completes */
     while (c->out.pos < c->out.len && !c->dead) {
         ssize_t n = send(c->fd, c->out.p + c->out.pos, c->out.len - c->out.pos, MSG_NOSIGNAL);
         if (n > 0) {
@@ -345,11 +360,13 @@ static void conn_write(bt_zmtp_t *z, conn_t *c)
     }
 }
 
-/* Our greeting and READY, queued as the connection opens. */
-static int conn_hello(conn_t *c)
+/* Our greeting and READY, queued as the connection opens; READY announces identity when
+ * id_len > 0 (the ZMQ_ROUTING_ID of a connecting socket). */
+static int conn_hello(conn_t *c, const uint8_t *identity, size_t id_len)
 {
     static const char props[] = "\x05READY\x0bSocket-Type\x00\x00\x00\x06ROUTER";
-    const size_t plen = sizeof props - 1;
+    static const char id_prop[] = "\x08Identity";
+    size_t plen = sizeof props - 1 + (id_len ? sizeof id_prop - 1 + 4 + id_len : 0);
     int st = buf_reserve(&c->out, GREETING_BYTES + 2 + plen);
     if (st != BT_OK)
         return st;
@@ -363,7 +380,16 @@ static int conn_hello(conn_t *c)
     memcpy(g + 12, "NULL", 4);
     g[GREETING_BYTES] = F_COMMAND;
     g[GREETING_BYTES + 1] = (uint8_t)plen;
-    memcpy(g + GREETING_BYTES + 2, props, plen);
+    uint8_t *p = g + GREETING_BYTES + 2;
+    memcpy(p, props, sizeof props - 1);
+    p += sizeof props - 1;
+    if (id_len) {
+        memcpy(p, id_prop, sizeof id_prop - 1);
+        p += sizeof id_prop - 1;
+        for (int s = 24; s >= 0; s -= 8)
+            *p++ = (uint8_t)(id_len >> s);
+        memcpy(p, identity, id_len);
+    }
     c->out.len += GREETING_BYTES + 2 + plen;
     return BT_OK;
 }
@@ -393,7 +419,7 @@ static void timer_arm(bt_zmtp_t *z)
  * while instead of waking the caller in a loop, and pending connections wait in the backlog. */
 static void accept_pause(bt_zmtp_t *z, int err)
 {
-    bt_warn("zmtp %s: cannot accept: %s; new connections wait %d ms", z->endpoint, strerror(err),
+    bt_warn("zmtp %s: cannot accept: %s; new connections wait %d ms", zname(z), strerror(err),
             ACCEPT_PAUSE_MS);
     epoll_ctl(z->ep, EPOLL_CTL_DEL, z->lfd, NULL);
     z->accept_paused_until = (uint64_t)bt_mono_ms() + ACCEPT_PAUSE_MS;
@@ -428,8 +454,9 @@ static void conn_accept(bt_zmtp_t *z)
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         conn_t *c = bt_calloc(1, sizeof *c);
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-        if (!c || conn_hello(c) != BT_OK || epoll_ctl(z->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
-            bt_warn("zmtp %s: cannot take a connection: %s", z->endpoint,
+        if (!c || conn_hello(c, NULL, 0) != BT_OK ||
+            epoll_ctl(z->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
+            bt_warn("zmtp %s: cannot take a connection: %s", zname(z),
                     c ? strerror(errno) : "out of memory");
             close(fd);
             if (c)
@@ -460,7 +487,7 @@ static void conn_read(bt_zmtp_t *z, conn_t *c)
     } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
         /* The peer is gone: what it sent whole is still served. */
         if (n < 0)
-            bt_debug("zmtp %s: recv: %s", z->endpoint, strerror(errno));
+            bt_debug("zmtp %s: recv: %s", zname(z), strerror(errno));
         conn_detach(z, c);
         c->eof = 1;
     }
@@ -506,14 +533,16 @@ static int prop_eq(const uint8_t *p, size_t n, const char *s)
     return n == strlen(s) && strncasecmp((const char *)p, s, n) == 0;
 }
 
-/* The peer's READY: its socket type must suit a ROUTER; its identity, if any, is taken. */
+/* The peer's READY: its socket type must suit a ROUTER; its identity, if any, is taken (a
+ * connection we made keeps the name the caller gave it). */
 static int on_ready(bt_zmtp_t *z, conn_t *c, const uint8_t *b, size_t len)
 {
     if (len < 6 || b[0] != 5 || memcmp(b + 1, "READY", 5) != 0)
         return -1;
     size_t p = 6;
     int typed = 0;
-    c->id_len = 0;
+    uint8_t id[BT_ZMTP_MAX_ID];
+    size_t id_len = 0;
     while (p < len) {
         size_t nl = b[p++];
         if (len - p < nl + 4)
@@ -532,26 +561,39 @@ static int on_ready(bt_zmtp_t *z, conn_t *c, const uint8_t *b, size_t len)
                 return -1;
             typed = 1;
         } else if (prop_eq(name, nl, "Identity") && vl > 0 && vl <= BT_ZMTP_MAX_ID) {
-            memcpy(c->id, v, vl);
-            c->id_len = vl;
+            memcpy(id, v, vl);
+            id_len = vl;
         }
     }
     if (!typed)
         return -1;
-    if (c->id_len) {
-        conn_t *old = id_find(z, c->id, c->id_len);
-        if (old) { /* handover: the older connection serves on under a new name */
-            id_remove(z, old);
-            id_generate(z, old);
-            id_insert(z, old);
+    if (!c->outgoing) { /* (an outgoing one is named, and in the table, since its connect) */
+        if (id_len) {
+            memcpy(c->id, id, id_len);
+            c->id_len = id_len;
+            conn_t *old = id_find(z, c->id, c->id_len);
+            if (old) { /* handover: the older connection serves on under a new name */
+                id_remove(z, old);
+                id_generate(z, old);
+                id_insert(z, old);
+            }
+        } else {
+            id_generate(z, c);
         }
-    } else {
-        id_generate(z, c);
+        id_insert(z, c);
     }
-    id_insert(z, c);
     c->state = ST_OPEN;
     list_remove(&z->hs, c, HS_OFF);
     z->n_peers++;
+    if (c->held.len) { /* a peer takes messages only once its READY is sent */
+        if (buf_reserve(&c->out, c->held.len) != BT_OK)
+            return -1;
+        memcpy(c->out.p + c->out.len, c->held.p, c->held.len);
+        c->out.len += c->held.len;
+        bt_free(c->held.p);
+        c->held = (buf_t){0};
+        list_push(&z->dirty, c, DIRTY_OFF);
+    }
     return 0;
 }
 
@@ -670,9 +712,25 @@ static int conn_message(bt_zmtp_t *z, conn_t *c, bt_zmtp_msg_t *m)
     }
 }
 
+/* An outgoing connection's connect has ended, one way or the other. */
+static void connect_done(bt_zmtp_t *z, conn_t *c)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        err = errno;
+    c->connecting = 0;
+    if (err) {
+        bt_warn("zmtp: a connect failed: %s", strerror(err));
+        conn_kill(z, c, NULL);
+    }
+}
+
 static void conn_event(bt_zmtp_t *z, conn_t *c, uint32_t events)
 {
-    if (events & EPOLLOUT)
+    if (c->connecting)
+        connect_done(z, c);
+    if (!c->dead && (events & EPOLLOUT))
         conn_write(z, c);
     if (!c->dead && (events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
         conn_read(z, c);
@@ -699,7 +757,7 @@ static void on_timer(bt_zmtp_t *z)
 {
     uint64_t n;
     if (read(z->tfd, &n, sizeof n) < 0 && errno != EAGAIN)
-        bt_debug("zmtp %s: timer: %s", z->endpoint, strerror(errno));
+        bt_debug("zmtp %s: timer: %s", zname(z), strerror(errno));
     z->timer_at = 0;
     accept_resume(z);
     handshake_expire(z);
@@ -753,12 +811,14 @@ int bt_zmtp_send(bt_zmtp_t *z, const uint8_t *id, size_t id_len, const struct io
             return BT_ERR_RANGE;
         total += frames[i].iov_len + (frames[i].iov_len > 255 ? 9 : 2);
     }
-    size_t queued = c->out.len - c->out.pos;
+    /* Until the handshake ends, messages wait apart from the greeting and READY. */
+    buf_t *b = c->state == ST_OPEN ? &c->out : &c->held;
+    size_t queued = c->out.len - c->out.pos + c->held.len;
     if (queued > 0 && queued + total > z->max_queued)
         return BT_AGAIN;
-    if (buf_reserve(&c->out, total) != BT_OK)
+    if (buf_reserve(b, total) != BT_OK)
         return BT_ERR_NOMEM;
-    uint8_t *o = c->out.p + c->out.len;
+    uint8_t *o = b->p + b->len;
     for (int i = 0; i < n; i++) {
         size_t len = frames[i].iov_len;
         uint8_t f = (uint8_t)(i + 1 < n ? F_MORE : 0);
@@ -774,7 +834,9 @@ int bt_zmtp_send(bt_zmtp_t *z, const uint8_t *id, size_t id_len, const struct io
             memcpy(o, frames[i].iov_base, len);
         o += len;
     }
-    c->out.len += total;
+    b->len += total;
+    if (b == &c->held)
+        return BT_OK;
     if (c->out.len - c->out.pos >= OUT_EAGER && !c->want_out)
         conn_write(z, c);
     else if (!c->want_out)
@@ -788,103 +850,124 @@ void bt_zmtp_flush(bt_zmtp_t *z)
         conn_write(z, z->dirty.head);
 }
 
-/* --- binding -------------------------------------------------------------------------- */
+/* --- endpoints ------------------------------------------------------------------------ */
 
-static int bind_unix(bt_zmtp_t *z, const char *path)
+static int parse_port(const char *s, int listening, int *port)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    size_t len = strlen(path);
-    if (len == 0 || len >= sizeof sa.sun_path) {
-        bt_error("ipc endpoint: the path must have 1 to %zu bytes", sizeof sa.sun_path - 1);
-        return BT_ERR_INVAL;
-    }
-    memcpy(sa.sun_path, path, len);
-    socklen_t sl = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
-    if (path[0] == '@') { /* abstract namespace */
-        sa.sun_path[0] = 0;
-        sl = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
-    } else {
-        unlink(path); /* a stale socket file from an earlier run, as libzmq does */
-        z->unix_path = 1;
-    }
-    z->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (z->lfd < 0 || bind(z->lfd, (struct sockaddr *)&sa, sl) != 0) {
-        z->unix_path = 0;
-        bt_error("cannot bind ipc://%s: %s", path, strerror(errno));
-        return BT_ERR_IO;
-    }
-    snprintf(z->endpoint, sizeof z->endpoint, "ipc://%s", path);
-    return BT_OK;
-}
-
-static int parse_port(const char *s, int *port)
-{
-    if (!strcmp(s, "*")) {
+    if (listening && !strcmp(s, "*")) {
         *port = 0;
         return BT_OK;
     }
     char *end;
     long v = strtol(s, &end, 10);
-    if (!*s || *end || v < 0 || v > 65535)
+    if (!*s || *end || v < 0 || v > 65535 || (!listening && v == 0))
         return BT_ERR_INVAL;
     *port = (int)v;
     return BT_OK;
 }
 
-static int bind_tcp(bt_zmtp_t *z, const char *hostport)
+static int unix_addr(const char *path, struct sockaddr_storage *ss, socklen_t *sl)
+{
+    struct sockaddr_un *sa = (struct sockaddr_un *)ss;
+    size_t len = strlen(path);
+    if (len == 0 || len >= sizeof sa->sun_path) {
+        bt_error("ipc endpoint: the path must have 1 to %zu bytes", sizeof sa->sun_path - 1);
+        return BT_ERR_INVAL;
+    }
+    sa->sun_family = AF_UNIX;
+    memcpy(sa->sun_path, path, len);
+    *sl = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+    if (path[0] == '@') { /* abstract namespace */
+        sa->sun_path[0] = 0;
+        *sl = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+    }
+    return BT_OK;
+}
+
+/* HOST:PORT; HOST * (any, IPv4) and PORT * (any) only when listening. */
+static int tcp_addr(const char *hostport, int listening, struct sockaddr_storage *ss, socklen_t *sl)
 {
     char host[200];
     const char *colon = strrchr(hostport, ':');
     int port;
     if (!colon || (size_t)(colon - hostport) >= sizeof host || colon == hostport ||
-        parse_port(colon + 1, &port) != BT_OK) {
+        parse_port(colon + 1, listening, &port) != BT_OK) {
         bt_error("tcp endpoint tcp://%s: expected HOST:PORT", hostport);
         return BT_ERR_INVAL;
     }
     memcpy(host, hostport, (size_t)(colon - hostport));
     host[colon - hostport] = 0;
-    struct sockaddr_storage ss = {0};
-    socklen_t sl;
-    if (!strcmp(host, "*")) {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    if (listening && !strcmp(host, "*")) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
         s4->sin_family = AF_INET;
         s4->sin_addr.s_addr = htonl(INADDR_ANY);
-        sl = sizeof *s4;
-    } else {
-        size_t hl = strlen(host);
-        if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
-            memmove(host, host + 1, hl - 2);
-            host[hl - 2] = 0;
-        }
-        /* Names resolve to IPv4 as libzmq's do (without ZMQ_IPV6): "localhost" must not bind
-         * ::1 alone. An IPv6 address is taken when one is written. */
-        struct addrinfo hints = {.ai_family = strchr(host, ':') ? AF_INET6 : AF_INET,
-                                 .ai_socktype = SOCK_STREAM};
-        struct addrinfo *ai = NULL;
-        int rc = getaddrinfo(host, NULL, &hints, &ai);
-        if (rc != 0 || !ai) {
-            bt_error("tcp endpoint tcp://%s: cannot resolve %s: %s", hostport, host,
-                     gai_strerror(rc));
-            return BT_ERR_INVAL;
-        }
-        memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
-        sl = ai->ai_addrlen;
-        freeaddrinfo(ai);
+        s4->sin_port = htons((uint16_t)port);
+        *sl = sizeof *s4;
+        return BT_OK;
     }
-    if (ss.ss_family == AF_INET)
-        ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+    size_t hl = strlen(host);
+    if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
+        memmove(host, host + 1, hl - 2);
+        host[hl - 2] = 0;
+    }
+    /* Names resolve to IPv4 as libzmq's do (without ZMQ_IPV6): "localhost" must not bind
+     * ::1 alone. An IPv6 address is taken when one is written. */
+    struct addrinfo hints = {.ai_family = strchr(host, ':') ? AF_INET6 : AF_INET,
+                             .ai_socktype = SOCK_STREAM};
+    struct addrinfo *ai = NULL;
+    int rc = getaddrinfo(host, NULL, &hints, &ai);
+    if (rc != 0 || !ai) {
+        bt_error("tcp endpoint tcp://%s: cannot resolve %s: %s", hostport, host, gai_strerror(rc));
+        return BT_ERR_INVAL;
+    }
+    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+    *sl = ai->ai_addrlen;
+    freeaddrinfo(ai);
+    if (ss->ss_family == AF_INET)
+        ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
     else
-        ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
-    int one = 1;
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
+    return BT_OK;
+}
+
+/* The address of a tcp:// or ipc:// endpoint. */
+static int endpoint_addr(const char *endpoint, int listening, struct sockaddr_storage *ss,
+                         socklen_t *sl)
+{
+    memset(ss, 0, sizeof *ss);
+    if (!strncmp(endpoint, "tcp://", 6))
+        return tcp_addr(endpoint + 6, listening, ss, sl);
+    if (!strncmp(endpoint, "ipc://", 6))
+        return unix_addr(endpoint + 6, ss, sl);
+    bt_error("endpoint %s: only tcp:// and ipc:// are served", endpoint);
+    return BT_ERR_INVAL;
+}
+
+/* Binds z's listener to endpoint and notes the endpoint as bound. */
+static int listen_on(bt_zmtp_t *z, const char *endpoint)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int st = endpoint_addr(endpoint, 1, &ss, &sl);
+    if (st != BT_OK)
+        return st;
+    int one = 1, unix_file = ss.ss_family == AF_UNIX && endpoint[6] != '@';
+    if (unix_file)
+        unlink(endpoint + 6); /* a stale socket file from an earlier run, as libzmq does */
     z->lfd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (z->lfd < 0 || setsockopt(z->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+    if (z->lfd < 0 ||
+        (ss.ss_family != AF_UNIX &&
+         setsockopt(z->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) ||
         bind(z->lfd, (struct sockaddr *)&ss, sl) != 0 ||
         getsockname(z->lfd, (struct sockaddr *)&ss, &sl) != 0) {
-        bt_error("cannot bind tcp://%s: %s", hostport, strerror(errno));
+        bt_error("cannot bind %s: %s", endpoint, strerror(errno));
         return BT_ERR_IO;
     }
+    z->unix_path = unix_file;
     char a[INET6_ADDRSTRLEN] = "?";
-    if (ss.ss_family == AF_INET) {
+    if (ss.ss_family == AF_UNIX) {
+        snprintf(z->endpoint, sizeof z->endpoint, "%s", endpoint);
+    } else if (ss.ss_family == AF_INET) {
         struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
         inet_ntop(AF_INET, &s4->sin_addr, a, sizeof a);
         snprintf(z->endpoint, sizeof z->endpoint, "tcp://%s:%d", a, ntohs(s4->sin_port));
@@ -896,13 +979,8 @@ static int bind_tcp(bt_zmtp_t *z, const char *hostport)
     return BT_OK;
 }
 
-int bt_zmtp_bind(const char *endpoint, const bt_zmtp_params_t *params, bt_zmtp_t **out)
+int bt_zmtp_new(const bt_zmtp_params_t *params, bt_zmtp_t **out)
 {
-    int tcp = !strncmp(endpoint, "tcp://", 6), ipc = !strncmp(endpoint, "ipc://", 6);
-    if (!tcp && !ipc) {
-        bt_error("endpoint %s: only tcp:// and ipc:// are served", endpoint);
-        return BT_ERR_INVAL;
-    }
     bt_zmtp_t *z = bt_calloc(1, sizeof *z);
     if (!z)
         return BT_ERR_NOMEM;
@@ -914,16 +992,32 @@ int bt_zmtp_bind(const char *endpoint, const bt_zmtp_params_t *params, bt_zmtp_t
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     z->next_gen = (uint32_t)(ts.tv_nsec ^ (uint32_t)getpid() << 12);
-    int st = z->buckets ? BT_OK : BT_ERR_NOMEM;
-    if (st == BT_OK)
-        st = tcp ? bind_tcp(z, endpoint + 6) : bind_unix(z, endpoint + 6);
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &z->listener_tag};
     struct epoll_event tev = {.events = EPOLLIN, .data.ptr = &z->timer_tag};
+    if (!z->buckets) {
+        bt_zmtp_close(z);
+        return BT_ERR_NOMEM;
+    }
+    if ((z->ep = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
+        (z->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)) < 0 ||
+        epoll_ctl(z->ep, EPOLL_CTL_ADD, z->tfd, &tev) != 0) {
+        bt_error("zmtp: cannot make an epoll set and a timer: %s", strerror(errno));
+        bt_zmtp_close(z);
+        return BT_ERR_IO;
+    }
+    *out = z;
+    return BT_OK;
+}
+
+int bt_zmtp_bind(const char *endpoint, const bt_zmtp_params_t *params, bt_zmtp_t **out)
+{
+    bt_zmtp_t *z;
+    int st = bt_zmtp_new(params, &z);
+    if (st != BT_OK)
+        return st;
+    st = listen_on(z, endpoint);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &z->listener_tag};
     if (st == BT_OK &&
-        (listen(z->lfd, 1024) != 0 || (z->ep = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
-         epoll_ctl(z->ep, EPOLL_CTL_ADD, z->lfd, &ev) != 0 ||
-         (z->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)) < 0 ||
-         epoll_ctl(z->ep, EPOLL_CTL_ADD, z->tfd, &tev) != 0)) {
+        (listen(z->lfd, 1024) != 0 || epoll_ctl(z->ep, EPOLL_CTL_ADD, z->lfd, &ev) != 0)) {
         bt_error("cannot listen on %s: %s", endpoint, strerror(errno));
         st = BT_ERR_IO;
     }
@@ -932,6 +1026,55 @@ int bt_zmtp_bind(const char *endpoint, const bt_zmtp_params_t *params, bt_zmtp_t
         return st;
     }
     *out = z;
+    return BT_OK;
+}
+
+int bt_zmtp_connect(bt_zmtp_t *z, const char *endpoint, const uint8_t *identity, size_t id_len,
+                    const uint8_t *name, size_t name_len)
+{
+    if (!name_len || name_len > BT_ZMTP_MAX_ID || id_len > BT_ZMTP_MAX_ID)
+        return BT_ERR_INVAL;
+    if (id_find(z, name, name_len))
+        return BT_ERR_INVAL; /* a connected peer holds the name */
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int st = endpoint_addr(endpoint, 0, &ss, &sl);
+    if (st != BT_OK)
+        return st;
+    conn_t *c = bt_calloc(1, sizeof *c);
+    if (!c || conn_hello(c, identity, id_len) != BT_OK) {
+        if (c)
+            conn_free(c);
+        return BT_ERR_NOMEM;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
+    if (fd >= 0 && ss.ss_family != AF_UNIX)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    int rc = fd < 0 ? -1 : connect(fd, (struct sockaddr *)&ss, sl);
+    c->connecting = rc != 0 && errno == EINPROGRESS;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+    if ((rc != 0 && !c->connecting) || epoll_ctl(z->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        /* A unix socket whose listener's backlog is full says EAGAIN: try again later. */
+        st = errno == EAGAIN ? BT_AGAIN : BT_ERR_IO;
+        bt_warn("zmtp: cannot connect to %s: %s", endpoint, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        conn_free(c);
+        return st;
+    }
+    c->fd = fd;
+    c->want_out = 1;
+    c->outgoing = 1;
+    c->state = ST_GREETING;
+    c->accepted_ms = (uint64_t)bt_mono_ms();
+    memcpy(c->id, name, name_len);
+    c->id_len = name_len;
+    id_insert(z, c);
+    list_push(&z->all, c, ALL_OFF);
+    list_push(&z->hs, c, HS_OFF);
+    if (!z->timer_at)
+        timer_arm(z);
+    list_push(&z->dirty, c, DIRTY_OFF);
     return BT_OK;
 }
 

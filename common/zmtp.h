@@ -7,7 +7,9 @@
  * and the caller's thread (a wake-up each way, on a busy or a halted core). This socket speaks
  * the wire protocol itself (ZMTP 3.0, NULL security; RFC 23 and 37) on non-blocking sockets
  * watched by one epoll descriptor: a message is read, handled and answered by one thread, and
- * peers on the other side are ordinary libzmq DEALER (or REQ, ROUTER) sockets.
+ * peers on the other side are ordinary libzmq DEALER (or REQ, ROUTER) sockets. The same socket
+ * can also connect out (bt_zmtp_connect, as a libzmq ROUTER can), which the router's load
+ * generator uses to drive many connections from one thread.
  *
  * What it keeps of a libzmq ROUTER with ZMQ_ROUTER_MANDATORY and ZMQ_ROUTER_HANDOVER set:
  *   - each peer is known by the identity it announces (ZMQ_ROUTING_ID), or by a generated
@@ -60,10 +62,27 @@ typedef struct {
 /* Listens on endpoint. BT_ERR_INVAL for an endpoint it cannot parse, BT_ERR_IO when the
  * address cannot be bound (the reason is logged). */
 int bt_zmtp_bind(const char *endpoint, const bt_zmtp_params_t *params, bt_zmtp_t **out);
+/* A socket with no listener, for bt_zmtp_connect alone. BT_ERR_IO when the system refuses
+ * an epoll set or a timer. */
+int bt_zmtp_new(const bt_zmtp_params_t *params, bt_zmtp_t **out);
+/*
+ * Connects to a ZeroMQ socket bound at endpoint (tcp://HOST:PORT or ipc://PATH; a ROUTER,
+ * DEALER or REQ there), announcing identity (id_len 0: none), and knows that peer by name
+ * (as ZMQ_CONNECT_ROUTING_ID): messages from it carry name as their identity, and sends to
+ * name reach it. The connect and the handshake complete inside bt_zmtp_recv; messages sent
+ * before then are queued and leave once they do. There is no reconnection: when the peer
+ * goes (or the connect fails, which is logged), the name is released and sends to it fail.
+ * BT_OK; BT_ERR_INVAL for a bad endpoint or a name a connected peer holds; BT_AGAIN when a
+ * unix listener's backlog is full; BT_ERR_IO when the connect fails at once (ipc:// with no
+ * listener); BT_ERR_NOMEM.
+ */
+int bt_zmtp_connect(bt_zmtp_t *z, const char *endpoint, const uint8_t *identity, size_t id_len,
+                    const uint8_t *name, size_t name_len);
 /* Closes every connection at once (queued output is dropped, as with ZMQ_LINGER 0). */
 void bt_zmtp_close(bt_zmtp_t *z);
 
-/* The endpoint as bound, with a port chosen for * filled in (ZMQ_LAST_ENDPOINT). */
+/* The endpoint as bound, with a port chosen for * filled in (ZMQ_LAST_ENDPOINT); "" when
+ * the socket only connects. */
 const char *bt_zmtp_endpoint(const bt_zmtp_t *z);
 /* A descriptor that polls readable whenever bt_zmtp_recv may have something to do: new input,
  * a new or closed connection, or a peer ready for output that was queued. */

@@ -1213,6 +1213,211 @@ static void test_zmtp_ipv6_loopback(void **state)
     zt_close(z);
 }
 
+static bt_zmtp_t *new_ok(void)
+{
+    bt_zmtp_t *z = NULL;
+    assert_int_equal(bt_zmtp_new(&g_defaults, &z), BT_OK);
+    zt_track(z);
+    assert_string_equal(bt_zmtp_endpoint(z), "");
+    return z;
+}
+
+/* Serves both sockets until a receives a message (b must receive none meanwhile). */
+static void recv_pair(bt_zmtp_t *a, bt_zmtp_t *b, bt_zmtp_msg_t *m)
+{
+    double end = bt_mono_ms() + WAIT_MS;
+    for (;;) {
+        bt_zmtp_msg_t other;
+        assert_int_equal(bt_zmtp_recv(b, &other), BT_AGAIN);
+        int rc = bt_zmtp_recv(a, m);
+        if (rc == BT_OK)
+            return;
+        assert_int_equal(rc, BT_AGAIN);
+        int left = left_ms(end);
+        if (left == 0)
+            fail_msg("nothing arrived in %d ms", WAIT_MS);
+        struct pollfd p[2] = {{.fd = bt_zmtp_fd(a), .events = POLLIN},
+                              {.fd = bt_zmtp_fd(b), .events = POLLIN}};
+        poll(p, 2, left);
+    }
+}
+
+/* Serves z until no peer holds name any more (its connection failed or closed). */
+static void wait_gone(bt_zmtp_t *z, const char *name)
+{
+    double end = bt_mono_ms() + WAIT_MS;
+    while (zt_send_strs(z, ID(name), "x", NULL) != BT_ERR_NOT_FOUND) {
+        bt_zmtp_msg_t m;
+        assert_int_equal(bt_zmtp_recv(z, &m), BT_AGAIN);
+        int left = left_ms(end);
+        if (left == 0)
+            fail_msg("%s still connected after %d ms", name, WAIT_MS);
+        struct pollfd p = {.fd = bt_zmtp_fd(z), .events = POLLIN};
+        poll(&p, 1, left < 20 ? left : 20);
+    }
+}
+
+/* Connecting to libzmq sockets bound on ipc:// and tcp://: a ROUTER sees the identity
+ * announced (or one it generates when none is), a DEALER sees bare messages; the messages
+ * queued before the handshake arrive first, and replies come back under the caller's name. */
+static void test_zmtp_connect_to_libzmq(void **state)
+{
+    char ipc[300];
+    snprintf(ipc, sizeof ipc, "ipc://%s/up.sock", g_dir);
+    const char *eps[2] = {ipc, "tcp://127.0.0.1:*"};
+    for (int e = 0; e < 2; e++) {
+        void *r = peer_new(ZMQ_ROUTER, NULL), *d = peer_new(ZMQ_DEALER, NULL);
+        char ep_r[300], ep_d[300];
+        size_t sz = sizeof ep_r;
+        assert_int_equal(zmq_bind(r, eps[e]), 0);
+        assert_int_equal(zmq_getsockopt(r, ZMQ_LAST_ENDPOINT, ep_r, &sz), 0);
+        if (e == 0)
+            snprintf(ipc, sizeof ipc, "ipc://%s/up2.sock", g_dir);
+        sz = sizeof ep_d;
+        assert_int_equal(zmq_bind(d, eps[e]), 0);
+        assert_int_equal(zmq_getsockopt(d, ZMQ_LAST_ENDPOINT, ep_d, &sz), 0);
+
+        bt_zmtp_t *z = new_ok();
+        assert_int_equal(bt_zmtp_connect(z, ep_r, ID("me"), ID("router")), BT_OK);
+        assert_int_equal(bt_zmtp_connect(z, ep_r, NULL, 0, ID("anon")), BT_OK);
+        assert_int_equal(bt_zmtp_connect(z, ep_d, ID("me"), ID("dealer")), BT_OK);
+        assert_int_equal(bt_zmtp_connect(z, ep_d, NULL, 0, ID("dealer")), BT_ERR_INVAL);
+        assert_int_equal(zt_send_strs(z, ID("router"), "early", "bird", NULL), BT_OK);
+        assert_int_equal(zt_send_strs(z, ID("dealer"), "early", NULL), BT_OK);
+        wait_peers(z, 3);
+        assert_int_equal(zt_send_strs(z, ID("router"), "later", NULL), BT_OK);
+        assert_int_equal(zt_send_strs(z, ID("anon"), "who", NULL), BT_OK);
+
+        /* The ROUTER takes its two connections' messages in turn: per connection in order. */
+        zmsg_t m;
+        int from_me = 0;
+        for (int i = 0; i < 3; i++) {
+            peer_recv(z, r, &m);
+            if (zframe_is(&m, 0, "me", 2) && from_me++ == 0) {
+                check_zmsg(&m, "me", "early", "bird", NULL);
+            } else if (zframe_is(&m, 0, "me", 2)) {
+                check_zmsg(&m, "me", "later", NULL);
+            } else {
+                assert_int_equal(m.n, 2);
+                assert_int_equal(zmq_msg_size(&m.f[0]), 5); /* generated: a zero byte, 4 more */
+                assert_int_equal(((uint8_t *)zmq_msg_data(&m.f[0]))[0], 0);
+                assert_true(zframe_is(&m, 1, "who", 3));
+                zmsg_close(&m);
+            }
+        }
+        assert_int_equal(from_me, 2);
+        peer_recv(z, d, &m);
+        check_zmsg(&m, "early", NULL);
+
+        peer_send_strs(r, "me", "back", NULL);
+        bt_zmtp_msg_t got;
+        assert_int_equal(recv_wait(z, &got, WAIT_MS), BT_OK);
+        check_msg(&got, "router", "back", NULL);
+        peer_send_strs(d, "from", "dealer", NULL);
+        assert_int_equal(recv_wait(z, &got, WAIT_MS), BT_OK);
+        check_msg(&got, "dealer", "from", "dealer", NULL);
+
+        /* The peer goes: the name is released, and can be connected again. */
+        peer_close(d);
+        wait_gone(z, "dealer");
+        assert_int_equal(bt_zmtp_peers(z), 2);
+        d = peer_new(ZMQ_DEALER, NULL);
+        assert_int_equal(zmq_bind(d, ep_d), 0);
+        assert_int_equal(bt_zmtp_connect(z, ep_d, NULL, 0, ID("dealer")), BT_OK);
+        assert_int_equal(zt_send_strs(z, ID("dealer"), "again", NULL), BT_OK);
+        peer_recv(z, d, &m);
+        check_zmsg(&m, "again", NULL);
+        zt_close(z);
+        peer_close(d);
+        peer_close(r);
+    }
+    for (int i = 0; i < 2; i++) { /* what libzmq's listeners may leave behind */
+        snprintf(ipc, sizeof ipc, "%s/up%s.sock", g_dir, i ? "2" : "");
+        unlink(ipc);
+    }
+}
+
+/* One of these sockets connecting to another: identities both ways, before and after the
+ * handshake, over ipc:// and tcp://. */
+static void test_zmtp_connect_to_zmtp(void **state)
+{
+    char ipc[300];
+    snprintf(ipc, sizeof ipc, "ipc://%s/zz.sock", g_dir);
+    const char *eps[2] = {ipc, "tcp://127.0.0.1:*"};
+    for (int e = 0; e < 2; e++) {
+        bt_zmtp_t *srv = bind_ok(eps[e], NULL), *cli = new_ok();
+        assert_int_equal(bt_zmtp_connect(cli, bt_zmtp_endpoint(srv), ID("down"), ID("up")), BT_OK);
+        assert_int_equal(zt_send_strs(cli, ID("up"), "a", "bc", NULL), BT_OK);
+        bt_zmtp_msg_t m;
+        recv_pair(srv, cli, &m);
+        check_msg(&m, "down", "a", "bc", NULL);
+        assert_int_equal(bt_zmtp_peers(srv), 1);
+        assert_int_equal(zt_send_strs(srv, ID("down"), "reply", NULL), BT_OK);
+        recv_pair(cli, srv, &m);
+        check_msg(&m, "up", "reply", NULL);
+        assert_int_equal(bt_zmtp_peers(cli), 1);
+        static uint8_t big[300 << 10];
+        fill(big, sizeof big, 7);
+        struct iovec iov = {.iov_base = big, .iov_len = sizeof big};
+        assert_int_equal(bt_zmtp_send(cli, ID("up"), &iov, 1), BT_OK);
+        recv_pair(srv, cli, &m);
+        assert_int_equal(m.n, 1);
+        assert_int_equal(m.len[0], sizeof big);
+        assert_true(filled(m.data[0], m.len[0], 7));
+
+        /* The server goes: the client's name for it is released. */
+        zt_close(srv);
+        wait_gone(cli, "up");
+        assert_int_equal(bt_zmtp_peers(cli), 0);
+        zt_close(cli);
+    }
+}
+
+static void test_zmtp_connect_errors(void **state)
+{
+    bt_zmtp_t *z = new_ok();
+    char ep[300];
+    snprintf(ep, sizeof ep, "ipc://%s/nobody.sock", g_dir);
+    assert_int_equal(bt_zmtp_connect(z, ep, NULL, 0, ID("x")), BT_ERR_IO);
+    assert_int_equal(bt_zmtp_connect(z, "tcp://127.0.0.1:*", NULL, 0, ID("x")), BT_ERR_INVAL);
+    assert_int_equal(bt_zmtp_connect(z, "tcp://*:5555", NULL, 0, ID("x")), BT_ERR_INVAL);
+    assert_int_equal(bt_zmtp_connect(z, "udp://127.0.0.1:5555", NULL, 0, ID("x")), BT_ERR_INVAL);
+    assert_int_equal(bt_zmtp_connect(z, "ipc://x", NULL, 0, NULL, 0), BT_ERR_INVAL);
+    assert_int_equal(zt_send_strs(z, ID("x"), "y", NULL), BT_ERR_NOT_FOUND);
+
+    /* A tcp port nobody listens on: the connect fails later, inside recv, and the name goes. */
+    bt_zmtp_t *closed = bind_tcp(NULL);
+    snprintf(ep, sizeof ep, "%s", bt_zmtp_endpoint(closed));
+    zt_close(closed);
+    assert_int_equal(bt_zmtp_connect(z, ep, NULL, 0, ID("x")), BT_OK);
+    assert_int_equal(zt_send_strs(z, ID("x"), "queued", NULL), BT_OK);
+    wait_gone(z, "x");
+    assert_int_equal(bt_zmtp_peers(z), 0);
+
+    /* Something that is not ZMTP answering: the handshake fails and the name goes. */
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sl), 0);
+    assert_int_equal(listen(lfd, 4), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", ntohs(sa.sin_port));
+    assert_int_equal(bt_zmtp_connect(z, ep, NULL, 0, ID("http")), BT_OK);
+    bt_zmtp_msg_t m;
+    assert_int_equal(bt_zmtp_recv(z, &m), BT_AGAIN);
+    int fd = accept(lfd, NULL, NULL);
+    assert_true(fd >= 0);
+    const char *junk = "HTTP/1.1 400 Bad Request\r\n\r\n................................"
+                       "................................";
+    assert_true(write(fd, junk, strlen(junk)) > 0);
+    uint64_t refused = bt_zmtp_refused(z);
+    wait_gone(z, "http");
+    assert_int_equal(bt_zmtp_refused(z), refused + 1);
+    close(fd);
+    close(lfd);
+    zt_close(z);
+}
+
 static int setup(void **state)
 {
     const char *tmp = getenv("TMPDIR");
@@ -1252,6 +1457,9 @@ int main(void)
         T(test_zmtp_heartbeats_are_answered),
         T(test_zmtp_wire_format_byte_by_byte),
         T(test_zmtp_ipv6_loopback),
+        T(test_zmtp_connect_to_libzmq),
+        T(test_zmtp_connect_to_zmtp),
+        T(test_zmtp_connect_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
