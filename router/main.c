@@ -25,7 +25,7 @@ typedef struct {
     int max_prompt_tokens, max_tokens, default_max_tokens;
     int max_queue, max_requests, max_retries, max_instances;
     float slo_ttft_ms, slo_tpot_ms;
-    int busy_poll, metrics_port;
+    int busy_poll, poll_us, metrics_port;
 } cfg_t;
 
 #define OPT(n, t, d, lo, hi, f, h)                                                                 \
@@ -63,6 +63,9 @@ static const bt_cfg_opt_t opts[] = {
     OPT("tick-ms", BT_CFG_INT, "10", 1, 1000, tick_ms, "housekeeping period"),
     OPT("busy-poll", BT_CFG_BOOL, "0", 0, 0, busy_poll,
         "the event loop polls without sleeping: half the added latency, a whole core busy"),
+    OPT("poll-us", BT_CFG_INT, "50", 0, 1000000, poll_us,
+        "after each burst of work the event loop polls this many microseconds before it "
+        "sleeps: no wake-up on the path of a message that follows within that time"),
     OPT("metrics-port", BT_CFG_INT, "0", 0, 65535, metrics_port,
         "HTTP port for GET /metrics (Prometheus) and /health, on --bind; 0: none"),
     OPT("pair-idle-ms", BT_CFG_INT, "1000", 1, 3600000, pair_idle_ms,
@@ -134,6 +137,7 @@ static void fill_params(const cfg_t *c, router_params_t *p, char *cl, char *cu, 
         .finish_grace_ms = c->finish_grace_ms,
         .tick_ms = c->tick_ms,
         .busy_poll = c->busy_poll,
+        .poll_us = c->poll_us,
         .metrics_port = c->metrics_port,
         .metrics_addr = c->bind,
         .pair_idle_ms = c->pair_idle_ms,

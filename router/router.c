@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/clock.h"
 #include "common/gguf.h"
 #include "common/log.h"
 #include "common/modelid.h"
@@ -560,6 +561,7 @@ int router_run(router_t *r)
 {
     const int fd[2] = {bt_zmtp_fd(r->cluster), bt_zmtp_fd(r->clients)};
     uint64_t next_tick = router_now_ms();
+    double spin_until = 0; /* ms: poll without sleeping until then (--poll-us) */
     int idle = 0;
     for (;;) {
         uint64_t now = r->now_ms = router_now_ms();
@@ -572,13 +574,16 @@ int router_run(router_t *r)
         }
         int which = 3;
         if (idle) {
-            long wait_ms = r->p.busy_poll ? 0 : (long)(next_tick > now ? next_tick - now : 0);
+            int spin = r->p.busy_poll || (spin_until > 0 && bt_mono_ms() < spin_until);
+            long wait_ms = spin ? 0 : (long)(next_tick > now ? next_tick - now : 0);
             which = wait_sockets(fd, wait_ms);
             if (which < 0) {
                 bt_error("poll: %s", strerror(errno));
                 return BT_ERR_IO;
             }
             r->now_ms = router_now_ms();
+            if (which && r->p.poll_us)
+                spin_until = bt_mono_ms() + r->p.poll_us / 1000.0;
         }
         idle = which ? serve_rounds(r, which) : 1;
         if (atomic_load(&r->stop_requested) && !r->draining)
