@@ -45,10 +45,11 @@
 #include "common/config.h"
 #include "common/rpc.h"
 #include "common/status.h"
+#include "common/zmtp.h"
 
 typedef struct {
-    char *mode, *policy, *router, *loads, *rates;
-    int clients, seconds, warmup_ms, prompt_len, tokens, router_cpu, bench_cpu, busy_poll;
+    char *mode, *policy, *router, *loads, *rates, *generator;
+    int clients, seconds, warmup_ms, prompt_len, tokens, router_cpu, bench_cpu, busy_poll, poll_us;
 } cfg_t;
 
 #define OPT(n, t, d, lo, hi, f, h)                                                                 \
@@ -75,6 +76,11 @@ static const bt_cfg_opt_t opts[] = {
         "pin this program (stubs and clients) to this CPU (-1: no pinning)"),
     OPT("busy-poll", BT_CFG_BOOL, "0", 0, 0, busy_poll,
         "start the router with --busy-poll (its loop never sleeps; give it a CPU of its own)"),
+    OPT("poll-us", BT_CFG_INT, "50", 0, 1000000, poll_us,
+        "start the router with --poll-us N (it polls N us after each burst before it sleeps)"),
+    OPT("generator", BT_CFG_STRING, "libzmq", 0, 0, generator,
+        "libzmq (stubs and clients on threads of their own, libzmq sockets) or zmtp (all on one "
+        "thread that never sleeps, ZMTP sockets of this project's own)"),
 };
 static const bt_cfg_table_t table = {
     .prog = "baton-bench-router",
@@ -108,11 +114,28 @@ static void *socket_at(void *ctx, int type, const char *identity, const char *en
     return s;
 }
 
-static void send_msg(void *sock, Baton__Method method, uint64_t id, const ProtobufCMessage *body)
+/* Where a message goes: a libzmq socket, or a connection of a ZMTP socket (--generator zmtp),
+ * by its name. */
+typedef struct {
+    void *sock;
+    bt_zmtp_t *z;
+    bt_rpc_route_t route;
+} port_t;
+
+static port_t zmq_port(void *sock)
+{
+    return (port_t){.sock = sock};
+}
+
+static void send_msg(const port_t *p, Baton__Method method, uint64_t id,
+                     const ProtobufCMessage *body)
 {
     bt_rpc_header_t h;
     bt_rpc_header_init(&h, method, id);
-    bt_rpc_send(sock, NULL, &h, body, 0);
+    if (p->z)
+        bt_rpc_zsend(p->z, &p->route, &h, body);
+    else
+        bt_rpc_send(p->sock, NULL, &h, body, 0);
 }
 
 /* ---- stub daemons --------------------------------------------------------------------- */
@@ -125,14 +148,14 @@ typedef struct {
     int n;           /* 2: [0] decode, [1] prefill; 1: [0] colocated */
     char id[2][32];
     Baton__Role role[2];
-    void *sock[2];
-    void *direct[MAX_CLIENTS]; /* the prefill's (or colocated's) direct path to each client */
+    port_t port[2];
+    port_t direct[MAX_CLIENTS]; /* the prefill's (or colocated's) direct path to each client */
     int tokens, n_clients;
     atomic_int *stop;
     pthread_t thread;
 } stubs_t;
 
-static void heartbeat(void *sock, const char *id, Baton__Role role)
+static void heartbeat(const port_t *sock, const char *id, Baton__Role role)
 {
     Baton__Heartbeat hb = BATON__HEARTBEAT__INIT;
     hb.instance_id = (char *)id;
@@ -144,7 +167,7 @@ static void heartbeat(void *sock, const char *id, Baton__Role role)
     send_msg(sock, BATON__METHOD__HEARTBEAT, 0, &hb.base);
 }
 
-static void send_chunk(void *sock, Baton__Method method, uint64_t id, uint32_t index, int n,
+static void send_chunk(const port_t *sock, Baton__Method method, uint64_t id, uint32_t index, int n,
                        uint64_t stamp)
 {
     int32_t ids[256];
@@ -158,7 +181,7 @@ static void send_chunk(void *sock, Baton__Method method, uint64_t id, uint32_t i
     send_msg(sock, method, id, &tc.base);
 }
 
-static void send_done(void *sock, uint64_t id, Baton__Role part, uint32_t n_out)
+static void send_done(const port_t *sock, uint64_t id, Baton__Role part, uint32_t n_out)
 {
     Baton__Done d = BATON__DONE__INIT;
     d.part = part;
@@ -167,7 +190,7 @@ static void send_done(void *sock, uint64_t id, Baton__Role part, uint32_t n_out)
     send_msg(sock, BATON__METHOD__DONE, id, &d.base);
 }
 
-static void reply_assign(void *sock, uint64_t id, Baton__Role part)
+static void reply_assign(const port_t *sock, uint64_t id, Baton__Role part)
 {
     Baton__AssignReply r = BATON__ASSIGN_REPLY__INIT;
     Baton__KvReservation kv = BATON__KV_RESERVATION__INIT;
@@ -184,7 +207,7 @@ static void reply_assign(void *sock, uint64_t id, Baton__Role part)
 
 /* The first token, to the router and (the direct path) to the client the prompt names:
  * prompt[0] is the client's index, prompt[1] its request id. */
-static void first_token(const stubs_t *s, void *sock, const bt_rpc_msg_t *m)
+static void first_token(const stubs_t *s, const port_t *sock, const bt_rpc_msg_t *m)
 {
     ProtobufCMessage *b = NULL;
     if (bt_rpc_unpack(m, &b) != BT_OK)
@@ -194,7 +217,7 @@ static void first_token(const stubs_t *s, void *sock, const bt_rpc_msg_t *m)
     uint64_t stamp = now_ns();
     /* The direct copy goes first, so its head start counts against the router, not for it. */
     if (client >= 0 && client < s->n_clients)
-        send_chunk(s->direct[client], BATON__METHOD__TOKENS, (uint64_t)a->prompt_ids[1], 0, 1,
+        send_chunk(&s->direct[client], BATON__METHOD__TOKENS, (uint64_t)a->prompt_ids[1], 0, 1,
                    stamp);
     send_chunk(sock, BATON__METHOD__FIRST_TOKEN, m->hdr.request_id, 0, 1, stamp);
     protobuf_c_message_free_unpacked(b, NULL);
@@ -207,13 +230,13 @@ static void first_token(const stubs_t *s, void *sock, const bt_rpc_msg_t *m)
 static void stub_assign(const stubs_t *s, int i, const bt_rpc_msg_t *m)
 {
     uint64_t id = m->hdr.request_id;
-    reply_assign(s->sock[i], id, s->role[i]);
+    reply_assign(&s->port[i], id, s->role[i]);
     if (s->role[i] == BATON__ROLE__DECODE)
         return;
-    first_token(s, s->sock[i], m);
+    first_token(s, &s->port[i], m);
     if (s->role[i] == BATON__ROLE__PREFILL)
-        send_done(s->sock[i], id, BATON__ROLE__PREFILL, 1);
-    void *out = s->sock[0]; /* the decode stub, or the colocated one itself */
+        send_done(&s->port[i], id, BATON__ROLE__PREFILL, 1);
+    const port_t *out = &s->port[0]; /* the decode stub, or the colocated one itself */
     if (s->tokens > 1)
         send_chunk(out, BATON__METHOD__STREAM, id, 1, s->tokens - 1, now_ns());
     send_done(out, id, s->role[0], (uint32_t)s->tokens);
@@ -226,24 +249,24 @@ static void *stubs_main(void *arg)
     snprintf(ep, sizeof ep, "ipc://%s/cluster", s->dir);
     zmq_pollitem_t items[2];
     for (int i = 0; i < s->n; i++) {
-        s->sock[i] = socket_at(s->ctx, ZMQ_DEALER, s->id[i], ep, 0);
-        items[i] = (zmq_pollitem_t){s->sock[i], 0, ZMQ_POLLIN, 0};
+        s->port[i] = zmq_port(socket_at(s->ctx, ZMQ_DEALER, s->id[i], ep, 0));
+        items[i] = (zmq_pollitem_t){s->port[i].sock, 0, ZMQ_POLLIN, 0};
     }
     for (int i = 0; i < s->n_clients; i++) {
         snprintf(ep, sizeof ep, "ipc://%s/direct-%d", s->dir, i);
-        s->direct[i] = socket_at(s->ctx, ZMQ_PUSH, NULL, ep, 0);
+        s->direct[i] = zmq_port(socket_at(s->ctx, ZMQ_PUSH, NULL, ep, 0));
     }
     uint64_t next_hb = 0;
     while (!atomic_load(s->stop)) {
         if (now_ns() >= next_hb) {
             for (int i = 0; i < s->n; i++)
-                heartbeat(s->sock[i], s->id[i], s->role[i]);
+                heartbeat(&s->port[i], s->id[i], s->role[i]);
             next_hb = now_ns() + 200000000ull;
         }
         zmq_poll(items, s->n, 10);
         for (int i = 0; i < s->n; i++) {
             bt_rpc_msg_t m;
-            while (bt_rpc_recv(s->sock[i], &m, ZMQ_DONTWAIT) == BT_OK) {
+            while (bt_rpc_recv(s->port[i].sock, &m, ZMQ_DONTWAIT) == BT_OK) {
                 if (m.hdr.method == BATON__METHOD__ASSIGN)
                     stub_assign(s, i, &m);
                 bt_rpc_msg_fini(&m);
@@ -252,10 +275,25 @@ static void *stubs_main(void *arg)
         }
     }
     for (int i = 0; i < s->n_clients; i++)
-        zmq_close(s->direct[i]);
+        zmq_close(s->direct[i].sock);
     for (int i = 0; i < s->n; i++)
-        zmq_close(s->sock[i]);
+        zmq_close(s->port[i].sock);
     return NULL;
+}
+
+static void stubs_init(const cfg_t *c, void *ctx, const char *dir, atomic_int *stop, stubs_t *s)
+{
+    int pd = strcmp(c->mode, "colocated") != 0;
+    *s =
+        (stubs_t){.ctx = ctx,
+                  .dir = dir,
+                  .n = pd ? 2 : 1,
+                  .role = {pd ? BATON__ROLE__DECODE : BATON__ROLE__COLOCATED, BATON__ROLE__PREFILL},
+                  .tokens = c->tokens,
+                  .n_clients = c->clients,
+                  .stop = stop};
+    for (int i = 0; i < s->n; i++)
+        snprintf(s->id[i], sizeof s->id[i], "stub-%d", i);
 }
 
 /* ---- clients --------------------------------------------------------------------------- */
@@ -281,9 +319,13 @@ typedef struct {
     slot_t *slots; /* (mask + 1), by request id */
     uint64_t mask;
     pthread_t thread;
+    /* --generator zmtp: the client's state in the one generator thread */
+    port_t up;
+    int in_flight;
+    uint64_t next_id, rng, next_send;
 } client_t;
 
-static void send_generate(client_t *c, void *sock, uint64_t id)
+static void send_generate(client_t *c, const port_t *sock, uint64_t id)
 {
     int32_t prompt[4096];
     prompt[0] = c->index;
@@ -332,17 +374,22 @@ static int client_take(client_t *c, const bt_rpc_msg_t *m, uint64_t t)
     return 1;
 }
 
+/* The direct copy of a first token arrived at t. */
+static void direct_arrival(client_t *c, const bt_rpc_msg_t *m, uint64_t t)
+{
+    first_arrival(c, m->hdr.request_id, t, 1);
+    ProtobufCMessage *b = NULL;
+    if (atomic_load(c->measure) && c->n_direct < c->cap_added && bt_rpc_unpack(m, &b) == BT_OK)
+        c->direct_ns[c->n_direct++] = (int64_t)(t - ((Baton__TokenChunk *)b)->time_ns);
+    if (b)
+        protobuf_c_message_free_unpacked(b, NULL);
+}
+
 static void client_direct(client_t *c, void *pull)
 {
     bt_rpc_msg_t m;
     while (bt_rpc_recv(pull, &m, ZMQ_DONTWAIT) == BT_OK) {
-        uint64_t t = now_ns();
-        first_arrival(c, m.hdr.request_id, t, 1);
-        ProtobufCMessage *b = NULL;
-        if (atomic_load(c->measure) && c->n_direct < c->cap_added && bt_rpc_unpack(&m, &b) == BT_OK)
-            c->direct_ns[c->n_direct++] = (int64_t)(t - ((Baton__TokenChunk *)b)->time_ns);
-        if (b)
-            protobuf_c_message_free_unpacked(b, NULL);
+        direct_arrival(c, &m, now_ns());
         bt_rpc_msg_fini(&m);
     }
     bt_rpc_msg_fini(&m);
@@ -364,10 +411,11 @@ static int client_results(client_t *c, void *sock)
 /* Closed loop: `outstanding` requests in flight, a new one as soon as one ends. */
 static void client_closed(client_t *c, void *sock, void *pull)
 {
+    port_t up = zmq_port(sock);
     uint64_t next_id = 1;
     int in_flight = 0;
     for (; in_flight < c->outstanding; in_flight++)
-        send_generate(c, sock, next_id++);
+        send_generate(c, &up, next_id++);
     zmq_pollitem_t it[2] = {{sock, 0, ZMQ_POLLIN, 0}, {pull, 0, ZMQ_POLLIN, 0}};
     while (in_flight > 0) {
         zmq_poll(it, 2, 100);
@@ -375,7 +423,7 @@ static void client_closed(client_t *c, void *sock, void *pull)
         for (int ended = client_results(c, sock); ended > 0; ended--) {
             in_flight--;
             if (!atomic_load(c->stop)) {
-                send_generate(c, sock, next_id++);
+                send_generate(c, &up, next_id++);
                 in_flight++;
             }
         }
@@ -417,6 +465,7 @@ static uint64_t arrival_gap_ns(uint64_t *rng, double rate)
  * population of independent users would send them. */
 static void client_open(client_t *c, void *sock, void *pull)
 {
+    port_t up = zmq_port(sock);
     uint64_t rng = 0x9e3779b97f4a7c15ull * (uint64_t)(c->index + 1), next_id = 1;
     uint64_t next_send = now_ns() + arrival_gap_ns(&rng, c->rate);
     int in_flight = 0;
@@ -431,7 +480,7 @@ static void client_open(client_t *c, void *sock, void *pull)
                 c->skipped++;
                 continue;
             }
-            send_generate(c, sock, next_id++);
+            send_generate(c, &up, next_id++);
             in_flight++;
         }
         wait_readable(sock, pull, stopping ? 100000000u : next_send - now);
@@ -455,6 +504,197 @@ static void *client_main(void *arg)
     zmq_close(pull);
     zmq_close(sock);
     return NULL;
+}
+
+/* ---- the one-thread load generator (--generator zmtp) ------------------------------------ */
+
+/*
+ * The stubs and every client on one thread that never sleeps, over this project's ZMTP socket
+ * (common/zmtp.c) rather than libzmq: no I/O threads, no mailboxes, one system call per burst
+ * per connection, so that the load generator's own cost and wake-ups stay small beside the
+ * router's and its queue does not set the tails. `up` holds every connection the generator
+ * makes: the stubs' to the cluster endpoint (as stub-0, stub-1; named {'s', i} here), client
+ * i's to the client endpoint ({'c', i}) and the direct paths ({'d', i}) to `direct`, where
+ * client i's direct copies arrive from "direct-i".
+ */
+typedef struct {
+    bt_zmtp_t *up, *direct;
+    stubs_t stubs;
+    uint64_t next_hb;
+    /* one load point */
+    client_t *cl;
+    int n_clients;
+    atomic_int *stop, *measure;
+    uint64_t busy_ns; /* time in loop rounds that did something, while measuring */
+    uint64_t lost;    /* requests still in flight when the point gave up on them */
+} gen_t;
+
+static port_t gen_port(bt_zmtp_t *z, char kind, int i)
+{
+    port_t p = {.z = z};
+    p.route.n = 1;
+    p.route.id[0][0] = (uint8_t)kind;
+    p.route.id[0][1] = (uint8_t)i;
+    p.route.len[0] = 2;
+    return p;
+}
+
+static void gen_heartbeats(gen_t *g)
+{
+    uint64_t now = now_ns();
+    if (now < g->next_hb)
+        return;
+    for (int i = 0; i < g->stubs.n; i++)
+        heartbeat(&g->stubs.port[i], g->stubs.id[i], g->stubs.role[i]);
+    g->next_hb = now + 200000000ull;
+}
+
+/* A request of c ended: in closed loop the next one goes out at once. */
+static void gen_ended(gen_t *g, client_t *c)
+{
+    c->in_flight--;
+    if (c->rate <= 0 && !atomic_load(g->stop)) {
+        send_generate(c, &c->up, c->next_id++);
+        c->in_flight++;
+    }
+}
+
+/* Takes everything both sockets have; returns how many messages that was. */
+static int gen_serve(gen_t *g)
+{
+    int n = 0, rc;
+    bt_rpc_msg_t m;
+    while ((rc = bt_rpc_zrecv(g->up, &m)) != BT_AGAIN) {
+        int kind = m.route.id[0][0], i = m.route.id[0][1];
+        if (rc == BT_OK && kind == 's' && i < g->stubs.n && m.hdr.method == BATON__METHOD__ASSIGN)
+            stub_assign(&g->stubs, i, &m);
+        else if (rc == BT_OK && kind == 'c' && i < g->n_clients &&
+                 client_take(&g->cl[i], &m, now_ns()))
+            gen_ended(g, &g->cl[i]);
+        bt_rpc_msg_fini(&m);
+        n++;
+    }
+    while ((rc = bt_rpc_zrecv(g->direct, &m)) != BT_AGAIN) {
+        int i = m.route.len[0] > 7 ? atoi((const char *)m.route.id[0] + 7) : -1;
+        if (rc == BT_OK && i >= 0 && i < g->n_clients)
+            direct_arrival(&g->cl[i], &m, now_ns());
+        bt_rpc_msg_fini(&m);
+        n++;
+    }
+    return n;
+}
+
+/* Open loop: the sends whose arrival time has come. */
+static int gen_send_due(gen_t *g, uint64_t now)
+{
+    int n = 0;
+    for (int i = 0; i < g->n_clients; i++) {
+        client_t *c = &g->cl[i];
+        for (; c->rate > 0 && c->next_send <= now;
+             c->next_send += arrival_gap_ns(&c->rng, c->rate)) {
+            if (c->in_flight >= OPEN_MAX_IN_FLIGHT) {
+                c->skipped++;
+                continue;
+            }
+            send_generate(c, &c->up, c->next_id++);
+            c->in_flight++;
+            n++;
+        }
+    }
+    return n;
+}
+
+/* One load point's thread: serves until told to stop and every request has ended. */
+static void *gen_main(void *arg)
+{
+    gen_t *g = arg;
+    uint64_t start = now_ns(), stop_at = 0;
+    for (int i = 0; i < g->n_clients; i++) {
+        client_t *c = &g->cl[i];
+        c->up = gen_port(g->up, 'c', i);
+        c->next_id = 1;
+        c->rng = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1);
+        c->next_send = start + (c->rate > 0 ? arrival_gap_ns(&c->rng, c->rate) : 0);
+        for (; c->rate <= 0 && c->in_flight < c->outstanding; c->in_flight++)
+            send_generate(c, &c->up, c->next_id++);
+    }
+    for (;;) {
+        uint64_t t0 = now_ns();
+        int in_flight = 0;
+        for (int i = 0; i < g->n_clients; i++)
+            in_flight += g->cl[i].in_flight;
+        if (atomic_load(g->stop)) {
+            stop_at = stop_at ? stop_at : t0;
+            if (in_flight == 0 || t0 - stop_at > 10000000000ull) {
+                g->lost += (uint64_t)in_flight;
+                break;
+            }
+        }
+        gen_heartbeats(g);
+        int work = atomic_load(g->stop) ? 0 : gen_send_due(g, t0);
+        work += gen_serve(g);
+        bt_zmtp_flush(g->up);
+        if (work && atomic_load(g->measure))
+            g->busy_ns += now_ns() - t0;
+    }
+    return NULL;
+}
+
+static void gen_close(gen_t *g)
+{
+    bt_zmtp_close(g->up);
+    bt_zmtp_close(g->direct);
+}
+
+/* Connects the stubs, the clients and the direct paths, and serves until all are connected
+ * and the stubs have been heard (half a second). */
+static int gen_open(const cfg_t *c, const char *dir, gen_t *g)
+{
+    char ep[160], direct[160], id[160];
+    *g = (gen_t){0};
+    stubs_init(c, NULL, dir, NULL, &g->stubs);
+    snprintf(direct, sizeof direct, "ipc://%s/direct", dir);
+    if (bt_zmtp_new(NULL, &g->up) != BT_OK || bt_zmtp_bind(direct, NULL, &g->direct) != BT_OK)
+        return -1;
+    int st = BT_OK;
+    for (int tries = 0; tries < 500; tries++) { /* the router's endpoints, once it has bound */
+        snprintf(ep, sizeof ep, "%s/cluster", dir);
+        snprintf(id, sizeof id, "%s/client", dir);
+        if (access(ep, F_OK) == 0 && access(id, F_OK) == 0)
+            break;
+        usleep(10000);
+    }
+    snprintf(ep, sizeof ep, "ipc://%s/cluster", dir);
+    for (int i = 0; i < g->stubs.n; i++) {
+        g->stubs.port[i] = gen_port(g->up, 's', i);
+        st |= bt_zmtp_connect(g->up, ep, (const uint8_t *)g->stubs.id[i], strlen(g->stubs.id[i]),
+                              g->stubs.port[i].route.id[0], 2);
+    }
+    snprintf(ep, sizeof ep, "ipc://%s/client", dir);
+    for (int i = 0; i < c->clients; i++) {
+        port_t p = gen_port(g->up, 'c', i);
+        st |= bt_zmtp_connect(g->up, ep, NULL, 0, p.route.id[0], 2);
+        g->stubs.direct[i] = gen_port(g->up, 'd', i);
+        snprintf(id, sizeof id, "direct-%d", i);
+        st |= bt_zmtp_connect(g->up, direct, (const uint8_t *)id, strlen(id),
+                              g->stubs.direct[i].route.id[0], 2);
+    }
+    atomic_int no = 0;
+    g->stop = g->measure = &no;
+    for (uint64_t end = now_ns() + 500000000ull; st == BT_OK && now_ns() < end;) {
+        gen_heartbeats(g);
+        gen_serve(g);
+        bt_zmtp_flush(g->up);
+        usleep(1000);
+    }
+    g->stop = g->measure = NULL;
+    if (st != BT_OK || bt_zmtp_peers(g->up) != g->stubs.n + 2 * c->clients ||
+        bt_zmtp_peers(g->direct) != c->clients) {
+        fprintf(stderr, "baton-bench-router: the generator could not connect (%d of %d)\n",
+                bt_zmtp_peers(g->up), g->stubs.n + 2 * c->clients);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- the run --------------------------------------------------------------------------- */
@@ -503,12 +743,15 @@ static pid_t start_router(const cfg_t *c, const char *exe, const char *dir)
     char cl[160], cu[160];
     snprintf(cl, sizeof cl, "ipc://%s/client", dir);
     snprintf(cu, sizeof cu, "ipc://%s/cluster", dir);
+    char poll_us[16];
+    snprintf(poll_us, sizeof poll_us, "%d", c->poll_us);
     pid_t pid = fork();
     if (pid == 0) {
         pin(c->router_cpu);
         execl(exe, exe, "--client-endpoint", cl, "--cluster-endpoint", cu, "--model-id", "bench",
               "--policy", c->policy, "--max-queue", "1000000", "--max-requests", "1000000",
-              "--log-level", "warn", c->busy_poll ? "--busy-poll" : (char *)NULL, (char *)NULL);
+              "--log-level", "warn", "--poll-us", poll_us,
+              c->busy_poll ? "--busy-poll" : (char *)NULL, (char *)NULL);
         _exit(127);
     }
     return pid;
@@ -520,10 +763,9 @@ typedef struct {
     uint64_t errors, skipped;
 } point_t;
 
-static void join_clients(client_t *cl, int n, int64_t *samples, point_t *pt, uint64_t *done)
+static void collect_clients(client_t *cl, int n, int64_t *samples, point_t *pt, uint64_t *done)
 {
     for (int i = 0; i < n; i++) {
-        pthread_join(cl[i].thread, NULL);
         *done += cl[i].completed;
         pt->errors += cl[i].errors;
         pt->skipped += cl[i].skipped;
@@ -545,8 +787,8 @@ static void join_clients(client_t *cl, int n, int64_t *samples, point_t *pt, uin
 
 /* One load point: clients keep `outstanding` requests each in flight (closed loop), or offer
  * `rate` requests/s in all (open loop, when rate > 0); warm up, measure. */
-static point_t run_point(const cfg_t *c, void *ctx, const char *dir, pid_t router, int outstanding,
-                         double rate, int64_t *samples)
+static point_t run_point(const cfg_t *c, void *ctx, gen_t *g, const char *dir, pid_t router,
+                         int outstanding, double rate, int64_t *samples)
 {
     atomic_int stop = 0, measure = 0;
     client_t cl[MAX_CLIENTS];
@@ -571,7 +813,17 @@ static point_t run_point(const cfg_t *c, void *ctx, const char *dir, pid_t route
                            .cap_added = per,
                            .mask = mask - 1};
         cl[i].slots = calloc(mask, sizeof *cl[i].slots);
-        pthread_create(&cl[i].thread, NULL, client_main, &cl[i]);
+        if (!g)
+            pthread_create(&cl[i].thread, NULL, client_main, &cl[i]);
+    }
+    pthread_t gen_thread;
+    if (g) {
+        g->cl = cl;
+        g->n_clients = c->clients;
+        g->stop = &stop;
+        g->measure = &measure;
+        g->busy_ns = g->lost = 0;
+        pthread_create(&gen_thread, NULL, gen_main, g);
     }
     usleep((useconds_t)c->warmup_ms * 1000);
     double cpu0 = cpu_seconds(router), self0 = cpu_seconds(getpid());
@@ -583,26 +835,17 @@ static point_t run_point(const cfg_t *c, void *ctx, const char *dir, pid_t route
     point_t pt = {.router_cpu = (cpu_seconds(router) - cpu0) / secs,
                   .bench_cpu = (cpu_seconds(getpid()) - self0) / secs};
     atomic_store(&stop, 1);
+    for (int i = 0; i < c->clients && !g; i++)
+        pthread_join(cl[i].thread, NULL);
+    if (g) {
+        pthread_join(gen_thread, NULL);
+        pt.bench_cpu = (double)g->busy_ns / 1e9 / secs; /* it never sleeps: its busy share */
+        pt.errors += g->lost;
+    }
     uint64_t done = 0;
-    join_clients(cl, c->clients, samples, &pt, &done);
+    collect_clients(cl, c->clients, samples, &pt, &done);
     pt.rps = (double)done / secs;
     return pt;
-}
-
-static void start_stubs(const cfg_t *c, void *ctx, const char *dir, atomic_int *stop, stubs_t *s)
-{
-    int pd = strcmp(c->mode, "colocated") != 0;
-    *s =
-        (stubs_t){.ctx = ctx,
-                  .dir = dir,
-                  .n = pd ? 2 : 1,
-                  .role = {pd ? BATON__ROLE__DECODE : BATON__ROLE__COLOCATED, BATON__ROLE__PREFILL},
-                  .tokens = c->tokens,
-                  .n_clients = c->clients,
-                  .stop = stop};
-    for (int i = 0; i < s->n; i++)
-        snprintf(s->id[i], sizeof s->id[i], "stub-%d", i);
-    pthread_create(&s->thread, NULL, stubs_main, s);
 }
 
 static void print_point(const char *load, const point_t *r)
@@ -621,6 +864,8 @@ static void cleanup_dir(const char *dir, int n_clients)
     unlink(path);
     snprintf(path, sizeof path, "%s/cluster", dir);
     unlink(path);
+    snprintf(path, sizeof path, "%s/direct", dir);
+    unlink(path);
     for (int i = 0; i < n_clients; i++) {
         snprintf(path, sizeof path, "%s/direct-%d", dir, i);
         unlink(path);
@@ -637,24 +882,38 @@ static void run(const cfg_t *c, const char *exe)
     pin(c->bench_cpu); /* after the fork: threads made from here on inherit it */
     /* The stubs and the clients stand for separate processes: each side has its own ZeroMQ
      * context, so its own I/O thread, as it would in a deployment. */
-    void *ctx = zmq_ctx_new(), *cctx = zmq_ctx_new();
+    void *ctx = NULL, *cctx = NULL;
     atomic_int stop = 0;
     stubs_t stubs;
+    gen_t gen, *g = strcmp(c->generator, "zmtp") ? NULL : &gen;
     usleep(200000);
-    start_stubs(c, ctx, dir, &stop, &stubs);
-    usleep(500000); /* stubs registered */
+    if (g && gen_open(c, dir, g) != 0) {
+        gen_close(g);
+        kill(router, SIGTERM);
+        waitpid(router, NULL, 0);
+        cleanup_dir(dir, c->clients);
+        return;
+    }
+    if (!g) {
+        ctx = zmq_ctx_new();
+        cctx = zmq_ctx_new();
+        stubs_init(c, ctx, dir, &stop, &stubs);
+        pthread_create(&stubs.thread, NULL, stubs_main, &stubs);
+        usleep(500000); /* stubs registered */
+    }
     int64_t *samples = malloc(2 * MAX_SAMPLES * sizeof *samples);
     printf("router overhead: mode %s, policy %s, %d clients, prompt %d tokens, %d output tokens,"
-           " %d s per point, router on CPU %d%s, stubs and clients on CPU %d (-1: any)\n",
+           " %d s per point, router on CPU %d%s, stubs and clients (%s) on CPU %d (-1: any)\n",
            c->mode, c->policy, c->clients, c->prompt_len, c->tokens, c->seconds, c->router_cpu,
-           c->busy_poll ? " (busy-polling)" : "", c->bench_cpu);
+           c->busy_poll ? " (busy-polling)" : "",
+           g ? "one busy-polling thread, ZMTP" : "threads, libzmq", c->bench_cpu);
     printf("%12s %11s %10s %10s %10s %13s %13s %13s %13s\n", "load", "requests/s", "router CPU",
            "CPU us/req", "bench CPU", "direct p50 us", "direct p99 us", "added p50 us",
            "added p99 us");
     char label[32];
     for (const char *p = c->loads ? c->loads : ""; samples && *p;) {
         int load = atoi(p) > 0 ? atoi(p) : 1;
-        point_t r = run_point(c, cctx, dir, router, load, 0, samples);
+        point_t r = run_point(c, cctx, g, dir, router, load, 0, samples);
         snprintf(label, sizeof label, "%d in flight", load * c->clients);
         print_point(label, &r);
         p = strchr(p, ',');
@@ -663,7 +922,7 @@ static void run(const cfg_t *c, const char *exe)
     for (const char *p = c->rates ? c->rates : ""; samples && *p;) {
         double rate = atof(p);
         if (rate > 0) {
-            point_t r = run_point(c, cctx, dir, router, 1, rate, samples);
+            point_t r = run_point(c, cctx, g, dir, router, 1, rate, samples);
             snprintf(label, sizeof label, "%.0f/s", rate);
             print_point(label, &r);
         }
@@ -671,11 +930,15 @@ static void run(const cfg_t *c, const char *exe)
         p = p ? p + 1 : "";
     }
     atomic_store(&stop, 1);
-    pthread_join(stubs.thread, NULL);
+    if (g) {
+        gen_close(g);
+    } else {
+        pthread_join(stubs.thread, NULL);
+        zmq_ctx_term(cctx);
+        zmq_ctx_term(ctx);
+    }
     kill(router, SIGTERM);
     waitpid(router, NULL, 0);
-    zmq_ctx_term(cctx);
-    zmq_ctx_term(ctx);
     free(samples);
     cleanup_dir(dir, c->clients);
 }

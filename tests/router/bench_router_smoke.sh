@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# baton-bench-router end to end, briefly, with each load generator: the libzmq one (stubs and
+# clients on their own threads and libzmq sockets) and the ZMTP one (all on one thread, over
+# common/zmtp.c's connecting sockets). A real router process serves stub daemons and clients;
+# every point must complete requests at about the rate offered, with none failed or lost, and
+# report latency samples. The figures themselves are not judged here (this is a shared CI
+# machine); docs/PERFORMANCE.md has them.
+set -euo pipefail
+BIN=${BATON_BINARY_DIR:?}/bin
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+for gen in libzmq zmtp; do
+    for extra in "" "--busy-poll"; do
+        out=$("$BIN/baton-bench-router" --generator "$gen" $extra --loads 1,8 --rates 500 \
+            --seconds 1 --warmup-ms 300)
+        echo "$out"
+        grep -q "(errors!)" <<<"$out" && fail "$gen $extra: a point had failed or lost requests"
+        grep -q "could not send" <<<"$out" && fail "$gen $extra: the open loop fell behind"
+        # load, requests/s, ..., added p99: each point's rate and samples must be there
+        awk -v gen="$gen" '
+            /in flight|\/s / && $1 != "load" {
+                n++
+                rate = ($2 == "in") ? $4 : $2
+                if ($0 ~ /\/s /) { offered = $1; sub(/\/s/, "", offered) }
+                if (rate <= 0) { print gen ": no requests completed: " $0; bad = 1 }
+                if ($0 ~ /\/s / && (rate < 0.8 * offered || rate > 1.2 * offered)) {
+                    print gen ": " rate "/s for " offered "/s offered"; bad = 1
+                }
+                if ($NF <= 0) { print gen ": no added-latency samples: " $0; bad = 1 }
+            }
+            END { if (n != 3) { print gen ": " n " points, want 3"; bad = 1 } exit bad }
+        ' <<<"$out" || fail "$gen $extra: points missing or empty"
+    done
+done
+echo "ok"
