@@ -352,7 +352,7 @@ static int post_try(bt_decode_t *d, post_t *q)
     if (st == BT_AGAIN)
         return 0;
     if (st != BT_OK) {
-        post_refuse(d, q, BT_ERR_UNAVAILABLE, "cannot reach the prefill peer for the KV");
+        post_refuse(d, q, BT_ERR_PEER, "cannot reach the prefill peer for the KV");
         return 2;
     }
     bt_reservation_t resv = {.id = m->req_id,
@@ -430,7 +430,7 @@ static void dc_retry_parked(bt_decode_t *d)
         if (done)
             continue;
         if (now >= q->deadline_ms) {
-            post_refuse(d, q, BT_ERR_UNAVAILABLE, "the prefill peer did not connect in time");
+            post_refuse(d, q, BT_ERR_PEER, "the prefill peer did not connect in time");
             pos = 0;
         }
     }

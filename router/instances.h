@@ -53,7 +53,8 @@ typedef struct router_instance {
     /* The router's own bookkeeping. */
     uint64_t last_seen_ms; /* monotonic time of the last message from it */
     int alive;
-    int full;              /* refused an ASSIGN with BT_ERR_NOSPACE since its last heartbeat */
+    int full; /* no new work until its next heartbeat: it refused an ASSIGN with BT_ERR_NOSPACE,
+               * did not answer one, or a decode instance could not reach it for the KV */
     uint32_t pend_reqs;    /* ASSIGNs sent since its last heartbeat */
     uint64_t pend_tokens;  /* their prompt tokens */
     uint32_t pend_prompts; /* pairs: prompts (not replicas) assigned since its last heartbeat */

@@ -285,7 +285,9 @@ void router_decode_accepted(router_t *r, router_request_t *rq, const Baton__Assi
 }
 
 /* An instance refused a part: NOSPACE and DRAINING are back-pressure (try again, elsewhere or
- * later); any other refusal counts as a failed attempt. */
+ * later); any other refusal counts as a failed attempt. A decode instance that cannot reach its
+ * prefill peer (PEER: dead or restarted, and not yet noticed here) gives that prefill no new
+ * work until it heartbeats again, so that the failover does not spend every retry on it. */
 void router_refused(router_t *r, router_request_t *rq, router_instance_t *inst, int status,
                     const char *why)
 {
@@ -293,6 +295,9 @@ void router_refused(router_t *r, router_request_t *rq, router_instance_t *inst, 
         inst->full = 1;
     else if (status == BT_ERR_DRAINING)
         inst->draining = 1;
+    else if (status == BT_ERR_PEER && !rq->pair && !rq->colocated && inst == rq->decode.inst &&
+             rq->prefill.inst)
+        rq->prefill.inst->full = 1;
     if (status != BT_ERR_NOSPACE && status != BT_ERR_DRAINING) {
         router_failover(r, rq, status, why);
         return;

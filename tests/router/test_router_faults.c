@@ -2,16 +2,18 @@
 /*
  * test_router_faults.c - a real baton-router process under faults, with fake daemons: a decode
  * that stops heartbeating mid-stream (the stream continues on another, retries = 1), failover
- * that finds no instance in time, a daemon restart seen through its incarnation, refusals
- * with the contract's error codes, a full queue, malformed and unknown messages from both
- * sides (answered, and the router keeps serving), late messages for finished requests,
- * connections that break the wire protocol itself, and the SIGTERM drain.
+ * that finds no instance in time, a daemon restart seen through its incarnation, a prefill that
+ * its decode peer cannot reach (avoided by the failover), refusals with the contract's error
+ * codes, a full queue, malformed and unknown messages from both sides (answered, and the router
+ * keeps serving), late messages for finished requests, connections that break the wire
+ * protocol itself, and the SIGTERM drain.
  */
 // ctest-labels: integration
 #include "testutil.h"
 
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -169,6 +171,63 @@ static void test_faults_restart_is_seen_through_the_incarnation(void **state)
     baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 6, 0), NULL);
     Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, 6, 0);
     assert_int_equal(r->retries, 1);
+    baton__generate_result__free_unpacked(r, NULL);
+}
+
+/* The next ASSIGN{DECODE} on d; its cluster id, and the prefill peer it names in peer. */
+static uint64_t expect_decode_assign(rt_cluster_t *c, rt_daemon_t *d, char *peer, size_t cap)
+{
+    bt_rpc_msg_t m;
+    assert_int_equal(rt_expect(c, d->sock, BATON__METHOD__ASSIGN, &m, WAIT_MS, NULL), 0);
+    Baton__Assignment *a = rt_body(&m);
+    assert_int_equal(a->part, BATON__ROLE__DECODE);
+    assert_non_null(a->peer_instance);
+    snprintf(peer, cap, "%s", a->peer_instance);
+    uint64_t id = m.hdr.request_id;
+    baton__assignment__free_unpacked(a, NULL);
+    bt_rpc_msg_fini(&m);
+    return id;
+}
+
+/* A prefill that died is still alive for the router until its dead-after runs out; the decode
+ * side cannot reach it and refuses with BT_ERR_PEER. The failover must go to the other prefill
+ * instead of spending every retry on the dead one (the request would fail within a
+ * millisecond). */
+static void test_faults_unreachable_prefill_peer_is_avoided(void **state)
+{
+    rt_cluster_t *c = start(state, NULL); /* dead-after 3000 ms: longer than this test */
+    rt_daemon_t *p[2] = {rt_daemon_add(c, "p0", BATON__ROLE__PREFILL),
+                         rt_daemon_add(c, "p1", BATON__ROLE__PREFILL)};
+    rt_daemon_t *d = rt_daemon_add(c, "d0", BATON__ROLE__DECODE);
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 3, WAIT_MS), 0);
+    assert_int_equal(rt_generate(cl, 8, prompt, 3, 2), 0);
+    char dead[64], peer[64];
+    uint64_t id = expect_decode_assign(c, d, dead, sizeof dead);
+    rt_daemon_t *gone = strcmp(dead, "p0") == 0 ? p[0] : p[1];
+    rt_daemon_t *live = gone == p[0] ? p[1] : p[0];
+    gone->silent = 1;
+    rt_assign_reply(d, id, BATON__ROLE__DECODE, BT_ERR_PEER);
+    uint64_t id2 = expect_decode_assign(c, d, peer, sizeof peer);
+    assert_true(id2 != id);
+    assert_string_equal(peer, live->id);
+    rt_assign_reply(d, id2, BATON__ROLE__DECODE, 0);
+    assert_int_equal(expect_assign(c, live, BATON__ROLE__PREFILL, NULL), id2);
+    int32_t t0 = 40, t1 = 41;
+    rt_chunk(live, BATON__METHOD__FIRST_TOKEN, id2, 0, &t0, 1);
+    rt_done(live, id2, BATON__ROLE__PREFILL, BATON__FINISH_REASON__FINISH_LENGTH, 1, NULL, 0);
+    rt_chunk(d, BATON__METHOD__STREAM, id2, 1, &t1, 1);
+    rt_done(d, id2, BATON__ROLE__DECODE, BATON__FINISH_REASON__FINISH_LENGTH, 2, NULL, 0);
+    for (uint32_t have = 0; have < 2;) {
+        Baton__TokenChunk *tc = expect_client(c, cl, BATON__METHOD__TOKENS, 8, 0);
+        have += (uint32_t)tc->n_ids;
+        baton__token_chunk__free_unpacked(tc, NULL);
+    }
+    Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, 8, 0);
+    assert_int_equal(r->finish_reason, BATON__FINISH_REASON__FINISH_LENGTH);
+    assert_int_equal(r->retries, 1);
+    assert_int_equal(r->n_ids, 2);
+    assert_string_equal(r->prefill_instance, live->id);
     baton__generate_result__free_unpacked(r, NULL);
 }
 
@@ -429,6 +488,7 @@ int main(void)
                                   teardown),
         cmocka_unit_test_teardown(test_faults_failover_gives_up_after_its_timeout, teardown),
         cmocka_unit_test_teardown(test_faults_restart_is_seen_through_the_incarnation, teardown),
+        cmocka_unit_test_teardown(test_faults_unreachable_prefill_peer_is_avoided, teardown),
         cmocka_unit_test_teardown(test_faults_limits_answer_with_error_codes, teardown),
         cmocka_unit_test_teardown(test_faults_queue_bound_and_queue_timeout, teardown),
         cmocka_unit_test_teardown(test_faults_malformed_and_unknown_messages, teardown),
