@@ -107,7 +107,9 @@ static int run_generate(run_state_t *r, const run_cfg_t *c, bt_sampler_t *smp, b
     if (!piece || !text)
         n = -1;
     bt_detok_init(&dt, tok);
-    if (n == 0 && c->bos && bt_tokenizer_bos(tok) >= 0)
+    /* Text straight after BOS loses its leading space (as sentencepiece and llama2.c decode);
+     * a continuation of a prompt keeps it, as the served text does. */
+    if (n == 0 && c->bos && (!c->prompt || !c->prompt[0]) && bt_tokenizer_bos(tok) >= 0)
         bt_detok_push(&dt, bt_tokenizer_bos(tok), piece, cap_piece); /* control: no text */
     while (n >= 0 && *why == BT_STOP_NONE) {
         int32_t next = bt_sampler_sample(smp, r->logits);
