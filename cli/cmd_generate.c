@@ -122,7 +122,7 @@ static void print_json(const bt_client_result_t *r, double ttft_ms)
     for (size_t i = 0; i < r->n_ids; i++)
         printf("%s%d", i ? ", " : "", r->ids[i]);
     printf("],\n \"text\": ");
-    bt_json_write_str(stdout, r->text);
+    bt_json_write_strn(stdout, r->text, r->text_len);
     printf(",\n \"events\": [");
     for (size_t i = 0; i < r->n_events; i++) {
         const bt_client_event_t *e = &r->events[i];
@@ -165,7 +165,8 @@ static int report(const gen_cfg_t *c, const gen_state_t *g, const bt_client_resu
     else if (c->stream)
         printf("\n");
     else
-        printf("%s\n", r->text);
+        fwrite(r->text, 1, r->text_len, stdout);
+    fputc('\n', stdout);
     fflush(stdout);
     fprintf(stderr,
             "%s: %u prompt + %u output tokens, first token %.1f ms, total %.1f ms, "

@@ -137,7 +137,8 @@ typedef struct {
     bt_client_finish_t finish_reason;
     const int32_t *ids; /* every generated token */
     size_t n_ids;
-    const char *text; /* when return_text; NUL-terminated */
+    const char *text; /* when return_text; NUL-terminated, and text_len long: a model may
+                       * generate a NUL byte of its own (a byte token 0x00) */
     size_t text_len;
     uint32_t n_prompt_tokens;
     uint32_t n_output_tokens;
@@ -162,7 +163,8 @@ typedef struct {
     const int32_t *ids;
     size_t n_ids;
     const char *text; /* their text when return_text (may be "" while a character or a
-                       * possible stop string is held back); NUL-terminated */
+                       * possible stop string is held back); NUL-terminated, and text_len
+                       * long (it may hold NULs of its own) */
     size_t text_len;
     uint64_t time_ns; /* when the daemon produced them (its CLOCK_REALTIME) */
 } bt_client_chunk_t;

@@ -43,6 +43,8 @@ struct bt_client {
     client_idset_t inflight;
     rec_t *head, *tail;      /* events waiting for bt_client_next */
     Baton__TokenChunk *held; /* the chunk last handed out */
+    char *text;              /* the text last handed out, NUL-terminated */
+    size_t text_cap;
 };
 
 static int64_t now_ms(void)
@@ -103,6 +105,7 @@ void bt_client_close(bt_client_t *c)
     if (c->zctx)
         zmq_ctx_term(c->zctx);
     client_idset_fini(&c->inflight);
+    bt_free(c->text);
     bt_free(c);
 }
 
@@ -188,15 +191,32 @@ static rec_t *dequeue(bt_client_t *c)
     return r;
 }
 
-static void fill_chunk(const Baton__TokenChunk *tc, uint64_t id, bt_client_chunk_t *out)
+/* The chunk as the caller sees it; its text is copied with a NUL after it (the message's own
+ * bytes have none, and may hold NULs of their own). */
+static void fill_chunk(bt_client_t *c, const Baton__TokenChunk *tc, uint64_t id,
+                       bt_client_chunk_t *out)
 {
     out->request_id = id;
     out->index = tc->index;
     out->ids = tc->ids;
     out->n_ids = tc->n_ids;
-    out->text = tc->text ? tc->text : "";
-    out->text_len = strlen(out->text);
+    out->text = "";
+    out->text_len = 0;
     out->time_ns = tc->time_ns;
+    size_t n = tc->text.data ? tc->text.len : 0;
+    if (n + 1 > c->text_cap) {
+        char *t = bt_realloc(c->text, n + 1);
+        if (!t)
+            return; /* the ids still go through */
+        c->text = t;
+        c->text_cap = n + 1;
+    }
+    if (n) {
+        memcpy(c->text, tc->text.data, n);
+        c->text[n] = 0;
+        out->text = c->text;
+        out->text_len = n;
+    }
 }
 
 /* --- sending -------------------------------------------------------------------------- */
@@ -293,7 +313,7 @@ int bt_client_next(bt_client_t *c, int timeout_ms, bt_client_next_t *out)
         out->kind = BT_CLIENT_NEXT_CHUNK;
         c->held = r->tc;
         r->tc = NULL;
-        fill_chunk(c->held, r->id, &out->chunk);
+        fill_chunk(c, c->held, r->id, &out->chunk);
     } else {
         out->kind = BT_CLIENT_NEXT_RESULT;
         out->result = r->result;
@@ -314,7 +334,7 @@ static int own_record(bt_client_t *c, rec_t *r, bt_client_chunk_fn on_chunk, voi
         return 1;
     }
     bt_client_chunk_t ch;
-    fill_chunk(r->tc, r->id, &ch);
+    fill_chunk(c, r->tc, r->id, &ch);
     if (on_chunk && on_chunk(user, &ch) != 0)
         bt_client_cancel(c, r->id);
     rec_free(r);

@@ -37,6 +37,17 @@ static const char *bump_str(bump_t *b, const char *s)
     return d;
 }
 
+/* len bytes that may hold NULs, and a NUL after them. */
+static const char *bump_bytes(bump_t *b, const ProtobufCBinaryData *d)
+{
+    size_t n = d && d->data ? d->len : 0;
+    char *p = bump(b, n + 1, 1);
+    if (n)
+        memcpy(p, d->data, n);
+    p[n] = 0;
+    return p;
+}
+
 static size_t str_size(const char *s)
 {
     return (s ? strlen(s) : 0) + 1;
@@ -49,7 +60,7 @@ bt_client_result_t *client_result_make(uint64_t id, int status, const char *erro
     size_t size = sizeof(bt_client_result_t) + 64 + n_ev * sizeof(bt_client_event_t) +
                   n_ids * sizeof(int32_t) + str_size(error);
     if (g) {
-        size += str_size(g->text) + str_size(g->prefill_instance) + str_size(g->decode_instance);
+        size += g->text.len + 1 + str_size(g->prefill_instance) + str_size(g->decode_instance);
         for (size_t i = 0; i < n_ev; i++)
             size += str_size(g->events[i]->instance);
     }
@@ -76,8 +87,8 @@ bt_client_result_t *client_result_make(uint64_t id, int status, const char *erro
     r->n_events = n_ev;
     r->ids = ids;
     r->n_ids = n_ids;
-    r->text = bump_str(&b, g ? g->text : NULL);
-    r->text_len = strlen(r->text);
+    r->text = bump_bytes(&b, g ? &g->text : NULL);
+    r->text_len = g && g->text.data ? g->text.len : 0;
     r->prefill_instance = bump_str(&b, g ? g->prefill_instance : NULL);
     r->decode_instance = bump_str(&b, g ? g->decode_instance : NULL);
     if (g) {

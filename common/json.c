@@ -634,16 +634,22 @@ int bt_json_string(const bt_json_value_t *v, const char **s, size_t *len)
     return BT_OK;
 }
 
-void bt_json_write_str(FILE *f, const char *s)
+void bt_json_write_strn(FILE *f, const char *s, size_t len)
 {
     fputc('"', f);
-    for (const unsigned char *q = (const unsigned char *)(s ? s : ""); *q; q++) {
-        if (*q == '"' || *q == '\\')
-            fprintf(f, "\\%c", *q);
-        else if (*q < 0x20)
-            fprintf(f, "\\u%04x", *q);
+    const unsigned char *q = (const unsigned char *)s;
+    for (size_t i = 0; i < len; i++) {
+        if (q[i] == '"' || q[i] == '\\')
+            fprintf(f, "\\%c", q[i]);
+        else if (q[i] < 0x20)
+            fprintf(f, "\\u%04x", q[i]);
         else
-            fputc(*q, f);
+            fputc(q[i], f);
     }
     fputc('"', f);
+}
+
+void bt_json_write_str(FILE *f, const char *s)
+{
+    bt_json_write_strn(f, s ? s : "", s ? strlen(s) : 0);
 }

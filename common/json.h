@@ -74,5 +74,7 @@ int bt_json_string(const bt_json_value_t *v, const char **s, size_t *len);
 /* Writes s (NULL: "") to f as a JSON string: quotes, backslashes and control characters
  * escaped, other bytes as they are (UTF-8 passes through). */
 void bt_json_write_str(FILE *f, const char *s);
+/* The same for the len bytes at s, which may include NUL bytes (written as \u0000). */
+void bt_json_write_strn(FILE *f, const char *s, size_t len);
 
 #endif

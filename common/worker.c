@@ -238,7 +238,7 @@ static void send_chunk(bt_worker_t *w, const bt_out_t *o)
     Baton__TokenChunk c = BATON__TOKEN_CHUNK__INIT;
     c.ids = (int32_t *)o->ids;
     c.n_ids = (size_t)o->n_ids;
-    c.text = (char *)o->text;
+    c.text = (ProtobufCBinaryData){o->text ? o->n_text : 0, (uint8_t *)o->text};
     c.index = o->index;
     c.time_ns = o->time_ns;
     Baton__Method m =

@@ -169,8 +169,8 @@ static void take_chunk(router_t *r, router_request_t *rq, rq_part_t *part,
         }
     }
     rq_relay_t rel;
-    const char *text = c->text ? c->text : "";
-    int st = router_request_push(rq, c->index, c->ids, c->n_ids, text, strlen(text), &rel);
+    const char *text = c->text.data ? (const char *)c->text.data : "";
+    int st = router_request_push(rq, c->index, c->ids, c->n_ids, text, c->text.len, &rel);
     if (rel.diverged)
         bt_warn("req %llu: a replayed token differs from the one delivered (index %u)",
                 (unsigned long long)rq->id, c->index);

@@ -343,7 +343,8 @@ static void send_result(router_t *r, router_request_t *rq)
     res.finish_reason = rq->finish;
     res.ids = rq->out;
     res.n_ids = rq->n_out;
-    res.text = rq->return_text && rq->text ? rq->text : "";
+    if (rq->return_text && rq->text)
+        res.text = (ProtobufCBinaryData){rq->text_len, (uint8_t *)rq->text};
     res.n_prompt_tokens = rq->n_prompt;
     res.n_output_tokens = rq->n_out;
     for (int i = 0; ev && evp && i < rq->n_events; i++) {
@@ -430,7 +431,8 @@ void router_relay(router_t *r, router_request_t *rq, const rq_relay_t *rel, uint
     tc.index = rel->first;
     tc.time_ns = time_ns;
     if (rq->return_text && rq->text)
-        tc.text = rq->text + rel->text_from;
+        tc.text = (ProtobufCBinaryData){rq->text_len - rel->text_from,
+                                        (uint8_t *)rq->text + rel->text_from};
     router_send_client(r, rq, BATON__METHOD__TOKENS, BT_OK, NULL, &tc.base);
 }
 

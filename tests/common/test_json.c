@@ -8,6 +8,7 @@
 #include "testutil.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/alloc.h"
@@ -196,6 +197,36 @@ static void test_json_file(void **state)
     assert_int_equal(bt_json_parse_file(path, NULL, &doc, err, sizeof err), BT_ERR_IO);
 }
 
+/* Written strings parse back to the same bytes, NULs and control characters included. */
+static void test_json_write_round_trips_bytes(void **state)
+{
+    (void)state;
+    const char in[] = "a\0\"b\\\n\x01\xc3\xa9z";
+    char *buf = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream(&buf, &size);
+    assert_non_null(f);
+    fputc('[', f);
+    bt_json_write_strn(f, in, sizeof in - 1);
+    fputc(',', f);
+    bt_json_write_str(f, "x\"y");
+    fputc(']', f);
+    fclose(f);
+    assert_non_null(strstr(buf, "\\u0000"));
+    bt_json_t *doc = NULL;
+    char err[128];
+    assert_int_equal(parse(buf, &doc, err, sizeof err), BT_OK);
+    free(buf);
+    const char *s;
+    size_t len;
+    assert_int_equal(bt_json_string(bt_json_at(bt_json_root(doc), 0), &s, &len), BT_OK);
+    assert_int_equal(len, sizeof in - 1);
+    assert_memory_equal(s, in, len);
+    assert_int_equal(bt_json_string(bt_json_at(bt_json_root(doc), 1), &s, &len), BT_OK);
+    assert_string_equal(s, "x\"y");
+    bt_json_destroy(doc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -206,6 +237,7 @@ int main(void)
         cmocka_unit_test(test_json_many_keys_and_duplicates),
         cmocka_unit_test(test_json_allocation_failures),
         cmocka_unit_test(test_json_file),
+        cmocka_unit_test(test_json_write_round_trips_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

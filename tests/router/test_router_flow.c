@@ -205,6 +205,58 @@ static void test_flow_colocated_only_cluster(void **state)
     baton__generate_result__free_unpacked(r, NULL);
 }
 
+/* A chunk of ids with text (len bytes, which may hold NULs). */
+static void chunk_with_text(rt_daemon_t *d, Baton__Method method, uint64_t id, uint32_t index,
+                            int32_t tok, const char *text, size_t len)
+{
+    Baton__TokenChunk tc = BATON__TOKEN_CHUNK__INIT;
+    tc.ids = &tok;
+    tc.n_ids = 1;
+    tc.index = index;
+    tc.text = (ProtobufCBinaryData){len, (uint8_t *)text};
+    assert_int_equal(rt_send(d->sock, method, id, 0, &tc.base), 0);
+}
+
+/* Text is bytes: a NUL the model generated (a byte token 0x00) reaches the client in the
+ * stream and in the result, with what follows it. */
+static void test_flow_text_with_nul_bytes_is_relayed_whole(void **state)
+{
+    rt_cluster_t *c = start(state, NULL);
+    rt_daemon_t *x = rt_daemon_add(c, "c0", BATON__ROLE__COLOCATED);
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
+    Baton__GenerateRequest g = BATON__GENERATE_REQUEST__INIT;
+    Baton__SamplingParams sp = BATON__SAMPLING_PARAMS__INIT;
+    g.prompt_ids = (int32_t *)prompt;
+    g.n_prompt_ids = 4;
+    g.max_tokens = 2;
+    g.sampling = &sp;
+    g.return_text = 1;
+    assert_int_equal(rt_send(cl, BATON__METHOD__GENERATE, 12, 0, &g.base), 0);
+    uint64_t id = expect_assign(c, x, BATON__ROLE__COLOCATED, NULL);
+    rt_assign_reply(x, id, BATON__ROLE__COLOCATED, 0);
+    chunk_with_text(x, BATON__METHOD__FIRST_TOKEN, id, 0, 3, "a\0b", 3);
+    chunk_with_text(x, BATON__METHOD__STREAM, id, 1, 3, "\0", 1);
+    rt_done(x, id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_LENGTH, 2, NULL, 0);
+    char streamed[16];
+    size_t n = 0;
+    for (uint32_t have = 0; have < 2;) {
+        Baton__TokenChunk *tc = expect_tokens(c, cl, 12);
+        have += (uint32_t)tc->n_ids;
+        assert_true(n + tc->text.len <= sizeof streamed);
+        if (tc->text.len)
+            memcpy(streamed + n, tc->text.data, tc->text.len);
+        n += tc->text.len;
+        baton__token_chunk__free_unpacked(tc, NULL);
+    }
+    assert_int_equal(n, 4);
+    assert_memory_equal(streamed, "a\0b\0", 4);
+    Baton__GenerateResult *r = expect_result(c, cl, 12, 0);
+    assert_int_equal(r->text.len, 4);
+    assert_memory_equal(r->text.data, "a\0b\0", 4);
+    baton__generate_result__free_unpacked(r, NULL);
+}
+
 static void test_flow_health_and_info(void **state)
 {
     rt_cluster_t *c = start(state, (const char *const[]){"--policy", "round-robin", NULL});
@@ -418,6 +470,7 @@ int main(void)
         cmocka_unit_test_teardown(test_flow_holds_decode_chunk_that_beats_the_first_token,
                                   teardown),
         cmocka_unit_test_teardown(test_flow_colocated_only_cluster, teardown),
+        cmocka_unit_test_teardown(test_flow_text_with_nul_bytes_is_relayed_whole, teardown),
         cmocka_unit_test_teardown(test_flow_health_and_info, teardown),
         cmocka_unit_test_teardown(test_flow_cancel_aborts_parts_and_ends_cancelled, teardown),
         cmocka_unit_test_teardown(test_flow_cancel_does_not_wait_for_a_silent_daemon, teardown),
