@@ -428,6 +428,30 @@ static int start_daemons(up_t *u, int n_p, int n_d, int n_k)
     return 0;
 }
 
+/* With --log-dir, a child's output is in its file rather than on our stderr: when it exits,
+ * the end of that file says why (e.g. its port was taken). */
+static void log_tail(const up_t *u, const char *name)
+{
+    if (!u->c->log_dir)
+        return;
+    char path[PATH_MAX], buf[1024];
+    snprintf(path, sizeof path, "%.*s/%s.log", PATH_MAX - 64, u->c->log_dir, name);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    long at = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : 0;
+    fseek(f, at > (long)sizeof buf - 1 ? at - (long)sizeof buf + 1 : 0, SEEK_SET);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *from = buf;
+    if (at > (long)sizeof buf - 1 && strchr(buf, '\n'))
+        from = strchr(buf, '\n') + 1; /* a whole first line */
+    if (*from)
+        fprintf(stderr, "baton up: the end of %s:\n%s%s", path, from,
+                from[strlen(from) - 1] == '\n' ? "" : "\n");
+}
+
 /* Reaps exited children; returns how many of them were still expected to run. */
 static int reap(up_t *u, int report)
 {
@@ -438,10 +462,12 @@ static int reap(up_t *u, int report)
             continue;
         p->pid = 0;
         lost++;
-        if (report)
+        if (report) {
             fprintf(stderr, "baton up: %s exited (%s %d)\n", p->name,
                     WIFEXITED(p->status) ? "status" : "signal",
                     WIFEXITED(p->status) ? WEXITSTATUS(p->status) : WTERMSIG(p->status));
+            log_tail(u, p->name);
+        }
     }
     return lost;
 }

@@ -9,12 +9,15 @@
 // ctest-labels: integration
 #include "testutil.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "baton_client.h"
@@ -394,6 +397,33 @@ static void test_step_log_errors(void **state)
     expect_exit(f, daemon, 30000, 1, "step log /nonexistent-dir/steps.csv");
 }
 
+/* With --log-dir a daemon's output goes to its file; when one exits during start, baton up
+ * shows the end of that file, so that the reason is on the terminal (here: the port taken). */
+static void test_up_shows_why_a_daemon_exited(void **state)
+{
+    up_fixture_t *f = *state;
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    socklen_t sl = sizeof sa;
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sl), 0);
+    assert_int_equal(listen(lfd, 1), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
+    snprintf(f->port, sizeof f->port, "%d", ntohs(sa.sin_port));
+    bt_test_tmp_path("up-taken", f->log_dir, sizeof f->log_dir);
+    const char *argv[] = {BATON,       "up",       "--model",  f->model, "--port", f->port,
+                          "--log-dir", f->log_dir, "--kv-mem", "8M",     NULL};
+    expect_exit(f, argv, 60000, 1, "Address already in use");
+    close(lfd);
+    assert_int_equal(count_cluster_procs(f->model), 0);
+    static const char *const logs[] = {"router", "prefill-0", "decode-0"};
+    char path[600];
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s.log", f->log_dir, logs[i]);
+        remove(path);
+    }
+    rmdir(f->log_dir);
+}
+
 /* A --cpus that does not parse, or names a CPU this process cannot use, is refused before
  * anything starts (exit status 2). */
 static void test_up_refuses_bad_cpus(void **state)
@@ -417,6 +447,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_step_log_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_up_refuses_bad_cpus, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_up_shows_why_a_daemon_exited, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
