@@ -364,6 +364,177 @@ static void test_faults_malformed_and_unknown_messages(void **state)
     bt_rpc_msg_fini(&m);
 }
 
+static uint32_t fz_next(uint64_t *r)
+{
+    *r ^= *r << 13;
+    *r ^= *r >> 7;
+    *r ^= *r << 17;
+    return (uint32_t)(*r >> 32);
+}
+
+/* A valid message of one of the kinds a client (side 0) or a daemon (side 1) sends, packed
+ * into hbuf and bbuf. */
+static void fz_template(uint64_t *rng, int side, uint8_t *hbuf, size_t *hlen, uint8_t *bbuf,
+                        size_t *blen)
+{
+    static int32_t ids[8] = {5, 6, 7, 8, 9, 10, 11, 12};
+    static char *stops[2] = {"ab", "\n\n"};
+    Baton__Header h = BATON__HEADER__INIT;
+    h.version = 1;
+    h.request_id = 1 + fz_next(rng) % 64;
+    ProtobufCMessage *body = NULL;
+    Baton__GenerateRequest g = BATON__GENERATE_REQUEST__INIT;
+    Baton__SamplingParams sp = BATON__SAMPLING_PARAMS__INIT;
+    Baton__Slo slo = BATON__SLO__INIT;
+    Baton__Heartbeat hb = BATON__HEARTBEAT__INIT;
+    Baton__AssignReply ar = BATON__ASSIGN_REPLY__INIT;
+    Baton__TokenChunk tc = BATON__TOKEN_CHUNK__INIT;
+    Baton__Done dn = BATON__DONE__INIT;
+    int kind = (int)(fz_next(rng) % 4);
+    if (side == 0 && kind < 2) {
+        h.method = BATON__METHOD__GENERATE;
+        g.prompt_ids = ids;
+        g.n_prompt_ids = 1 + fz_next(rng) % 8;
+        g.max_tokens = 1 + fz_next(rng) % 8;
+        sp.temperature = 0.7f;
+        sp.top_k = 40;
+        sp.seed = fz_next(rng);
+        sp.stop = stops;
+        sp.n_stop = fz_next(rng) % 3;
+        g.sampling = &sp;
+        slo.ttft_ms = 500;
+        slo.tpot_ms = 50;
+        g.slo = &slo;
+        g.return_text = kind;
+        body = &g.base;
+    } else if (side == 0) {
+        h.method = kind == 2 ? BATON__METHOD__CANCEL : BATON__METHOD__INFO;
+    } else if (kind == 0) {
+        h.method = BATON__METHOD__HEARTBEAT;
+        hb.instance_id = "fz";
+        hb.role = BATON__ROLE__COLOCATED;
+        hb.model_id = RT_MODEL_ID;
+        hb.kv_free_blocks = hb.kv_total_blocks = 64;
+        hb.kv_block_size = 16;
+        body = &hb.base;
+    } else if (kind == 1) {
+        h.method = BATON__METHOD__ASSIGN_REPLY;
+        ar.part = BATON__ROLE__COLOCATED;
+        body = &ar.base;
+    } else if (kind == 2) {
+        h.method = fz_next(rng) % 2 ? BATON__METHOD__FIRST_TOKEN : BATON__METHOD__STREAM;
+        tc.ids = ids;
+        tc.n_ids = 1 + fz_next(rng) % 8;
+        tc.index = fz_next(rng) % 4;
+        tc.text = (ProtobufCBinaryData){3, (uint8_t *)"a\0b"};
+        body = &tc.base;
+    } else {
+        h.method = BATON__METHOD__DONE;
+        dn.part = BATON__ROLE__COLOCATED;
+        dn.finish_reason = BATON__FINISH_REASON__FINISH_LENGTH;
+        dn.n_output_tokens = fz_next(rng) % 8;
+        body = &dn.base;
+    }
+    *hlen = baton__header__pack(&h, hbuf);
+    *blen = body ? protobuf_c_message_pack(body, bbuf) : 0;
+}
+
+/* Flips, replaces, inserts or removes a byte, or cuts the buffer short. */
+static void fz_mutate(uint64_t *rng, uint8_t *p, size_t *n, size_t cap)
+{
+    size_t at = *n ? fz_next(rng) % *n : 0;
+    switch (fz_next(rng) % 5) {
+    case 0:
+        if (*n)
+            p[at] ^= (uint8_t)(1u << (fz_next(rng) % 8));
+        break;
+    case 1:
+        if (*n)
+            p[at] = (uint8_t)fz_next(rng);
+        break;
+    case 2:
+        if (*n < cap) {
+            memmove(p + at + 1, p + at, *n - at);
+            p[at] = (uint8_t)fz_next(rng);
+            (*n)++;
+        }
+        break;
+    case 3:
+        if (*n) {
+            memmove(p + at, p + at + 1, *n - at - 1);
+            (*n)--;
+        }
+        break;
+    default: *n = at;
+    }
+}
+
+/* Mutated messages from a client and from a daemon: valid protocol messages of every kind
+ * each side sends, with a few bytes of the header or the body changed, inserted or removed,
+ * sometimes as one frame or three. The router answers what it can, and afterwards still
+ * serves a request end to end and answers HEALTH. */
+static void test_faults_mutated_messages(void **state)
+{
+    rt_cluster_t *c = start(state, (const char *const[]){"--dead-after-ms", "500", NULL});
+    rt_auto_start(c, "auto0", NULL);
+    rt_daemon_t *fz = rt_daemon_add(c, "fz", BATON__ROLE__COLOCATED);
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 2, WAIT_MS), 0);
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    uint8_t hbuf[256], bbuf[1024];
+    for (int i = 0; i < 3000; i++) {
+        int side = (int)(fz_next(&rng) % 2);
+        size_t hlen, blen;
+        fz_template(&rng, side, hbuf, &hlen, bbuf, &blen);
+        for (int k = 1 + (int)(fz_next(&rng) % 3); k > 0; k--) {
+            if (fz_next(&rng) % 2)
+                fz_mutate(&rng, hbuf, &hlen, sizeof hbuf);
+            else
+                fz_mutate(&rng, bbuf, &blen, sizeof bbuf);
+        }
+        const char *frames[3] = {(const char *)hbuf, (const char *)bbuf, "x"};
+        size_t lens[3] = {hlen, blen, 1};
+        int nf = fz_next(&rng) % 8 == 0 ? 1 + 2 * (int)(fz_next(&rng) % 2) : 2;
+        send_frames(side ? fz->sock : cl, frames, lens, nf);
+        if (i % 100 == 99) { /* take what came back, so that no queue fills */
+            bt_rpc_msg_t m;
+            while (rt_recv(c, cl, &m, 0) == 0)
+                bt_rpc_msg_fini(&m);
+            while (rt_recv(c, fz->sock, &m, 0) == 0)
+                bt_rpc_msg_fini(&m);
+        }
+    }
+    /* The fuzzing daemon (and any instance its mutated heartbeats made up) goes quiet and is
+     * dropped; a fresh client's request then runs on the automatic daemon. */
+    fz->silent = 1;
+    usleep(1500 * 1000);
+    void *cl2 = rt_client(c);
+    assert_int_equal(rt_generate(cl2, 77, prompt, 3, 4), 0);
+    for (;;) {
+        bt_rpc_msg_t m;
+        assert_int_equal(rt_recv(c, cl2, &m, WAIT_MS), 0);
+        int done = m.hdr.method == BATON__METHOD__RESULT;
+        if (done) {
+            assert_int_equal(m.hdr.request_id, 77);
+            assert_int_equal(m.hdr.status, 0);
+            Baton__GenerateResult *r = rt_body(&m);
+            assert_int_equal(r->n_ids, 4);
+            assert_int_equal(r->ids[0], prompt[0] * 100);
+            baton__generate_result__free_unpacked(r, NULL);
+        }
+        bt_rpc_msg_fini(&m);
+        if (done)
+            break;
+    }
+    rt_send(cl2, BATON__METHOD__HEALTH, 78, 0, NULL);
+    bt_rpc_msg_t m;
+    assert_int_equal(rt_recv(c, cl2, &m, WAIT_MS), 0);
+    assert_int_equal(m.hdr.method, BATON__METHOD__HEALTH);
+    assert_int_equal(m.hdr.request_id, 78);
+    assert_int_equal(m.hdr.status, 0);
+    bt_rpc_msg_fini(&m);
+}
+
 /* A raw connection to an ipc endpoint ("ipc://PATH"), with bytes written to it at once. */
 static int raw_connect(const char *endpoint, const void *bytes, size_t n)
 {
@@ -492,6 +663,7 @@ int main(void)
         cmocka_unit_test_teardown(test_faults_limits_answer_with_error_codes, teardown),
         cmocka_unit_test_teardown(test_faults_queue_bound_and_queue_timeout, teardown),
         cmocka_unit_test_teardown(test_faults_malformed_and_unknown_messages, teardown),
+        cmocka_unit_test_teardown(test_faults_mutated_messages, teardown),
         cmocka_unit_test_teardown(test_faults_broken_connections_do_not_disturb_serving, teardown),
         cmocka_unit_test_teardown(test_faults_sigterm_drains_then_exits_zero, teardown),
     };
