@@ -27,7 +27,9 @@
  * (as if the KV had arrived) streams the remaining tokens in one STREAM and sends DONE. With
  * --mode colocated one stub does all. Both stubs run on one thread.
  */
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -37,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -48,7 +51,7 @@
 #include "common/zmtp.h"
 
 typedef struct {
-    char *mode, *policy, *router, *loads, *rates, *generator;
+    char *mode, *policy, *router, *loads, *rates, *generator, *transport;
     int clients, seconds, warmup_ms, prompt_len, tokens, router_cpu, bench_cpu, busy_poll, poll_us;
 } cfg_t;
 
@@ -78,6 +81,8 @@ static const bt_cfg_opt_t opts[] = {
         "start the router with --busy-poll (its loop never sleeps; give it a CPU of its own)"),
     OPT("poll-us", BT_CFG_INT, "50", 0, 1000000, poll_us,
         "start the router with --poll-us N (it polls N us after each burst before it sleeps)"),
+    OPT("transport", BT_CFG_STRING, "ipc", 0, 0, transport,
+        "ipc (unix sockets in a fresh directory) or tcp (loopback, free ports)"),
     OPT("generator", BT_CFG_STRING, "libzmq", 0, 0, generator,
         "libzmq (stubs and clients on threads of their own, libzmq sockets) or zmtp (all on one "
         "thread that never sleeps, ZMTP sockets of this project's own)"),
@@ -93,6 +98,12 @@ static const bt_cfg_table_t table = {
 #define MAX_SAMPLES (1 << 22)
 #define OPEN_SLOTS (1u << 16)    /* request slots of an open-loop client */
 #define OPEN_MAX_IN_FLIGHT 16384 /* beyond this an open-loop client skips sends (reported) */
+
+/* Every endpoint of a run: the router's two, and where each client takes its direct copies
+ * (direct[i] for the libzmq generator's client i; zdirect for the ZMTP generator's one socket). */
+static struct {
+    char client[128], cluster[128], zdirect[128], direct[MAX_CLIENTS][128];
+} g_ep;
 
 static uint64_t now_ns(void)
 {
@@ -144,8 +155,7 @@ static void send_msg(const port_t *p, Baton__Method method, uint64_t id,
  * thread each only adds wake-ups that the load generator pays for, not the router. */
 typedef struct {
     void *ctx;
-    const char *dir; /* endpoints: DIR/cluster, DIR/direct-<client> */
-    int n;           /* 2: [0] decode, [1] prefill; 1: [0] colocated */
+    int n; /* 2: [0] decode, [1] prefill; 1: [0] colocated */
     char id[2][32];
     Baton__Role role[2];
     port_t port[2];
@@ -245,17 +255,13 @@ static void stub_assign(const stubs_t *s, int i, const bt_rpc_msg_t *m)
 static void *stubs_main(void *arg)
 {
     stubs_t *s = arg;
-    char ep[160];
-    snprintf(ep, sizeof ep, "ipc://%s/cluster", s->dir);
     zmq_pollitem_t items[2];
     for (int i = 0; i < s->n; i++) {
-        s->port[i] = zmq_port(socket_at(s->ctx, ZMQ_DEALER, s->id[i], ep, 0));
+        s->port[i] = zmq_port(socket_at(s->ctx, ZMQ_DEALER, s->id[i], g_ep.cluster, 0));
         items[i] = (zmq_pollitem_t){s->port[i].sock, 0, ZMQ_POLLIN, 0};
     }
-    for (int i = 0; i < s->n_clients; i++) {
-        snprintf(ep, sizeof ep, "ipc://%s/direct-%d", s->dir, i);
-        s->direct[i] = zmq_port(socket_at(s->ctx, ZMQ_PUSH, NULL, ep, 0));
-    }
+    for (int i = 0; i < s->n_clients; i++)
+        s->direct[i] = zmq_port(socket_at(s->ctx, ZMQ_PUSH, NULL, g_ep.direct[i], 0));
     uint64_t next_hb = 0;
     while (!atomic_load(s->stop)) {
         if (now_ns() >= next_hb) {
@@ -281,12 +287,11 @@ static void *stubs_main(void *arg)
     return NULL;
 }
 
-static void stubs_init(const cfg_t *c, void *ctx, const char *dir, atomic_int *stop, stubs_t *s)
+static void stubs_init(const cfg_t *c, void *ctx, atomic_int *stop, stubs_t *s)
 {
     int pd = strcmp(c->mode, "colocated") != 0;
     *s =
         (stubs_t){.ctx = ctx,
-                  .dir = dir,
                   .n = pd ? 2 : 1,
                   .role = {pd ? BATON__ROLE__DECODE : BATON__ROLE__COLOCATED, BATON__ROLE__PREFILL},
                   .tokens = c->tokens,
@@ -305,7 +310,6 @@ typedef struct {
 
 typedef struct {
     void *ctx;
-    const char *dir;
     int index, outstanding, prompt_len, tokens;
     double rate;         /* open loop: requests/s this client offers; 0: closed loop */
     atomic_int *stop;    /* stop sending */
@@ -492,11 +496,8 @@ static void client_open(client_t *c, void *sock, void *pull)
 static void *client_main(void *arg)
 {
     client_t *c = arg;
-    char ep[160];
-    snprintf(ep, sizeof ep, "ipc://%s/client", c->dir);
-    void *sock = socket_at(c->ctx, ZMQ_DEALER, NULL, ep, 0);
-    snprintf(ep, sizeof ep, "ipc://%s/direct-%d", c->dir, c->index);
-    void *pull = socket_at(c->ctx, ZMQ_PULL, NULL, ep, 1);
+    void *sock = socket_at(c->ctx, ZMQ_DEALER, NULL, g_ep.client, 0);
+    void *pull = socket_at(c->ctx, ZMQ_PULL, NULL, g_ep.direct[c->index], 1);
     if (c->rate > 0)
         client_open(c, sock, pull);
     else
@@ -504,6 +505,63 @@ static void *client_main(void *arg)
     zmq_close(pull);
     zmq_close(sock);
     return NULL;
+}
+
+/* ---- endpoints --------------------------------------------------------------------------- */
+
+/* A loopback TCP port that nobody listens on now. */
+static int free_port(void)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sl) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
+        port = ntohs(sa.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+/* Whether something listens at an ipc:// or tcp://127.0.0.1:PORT endpoint. */
+static int endpoint_listens(const char *ep)
+{
+    if (!strncmp(ep, "ipc://", 6))
+        return access(ep + 6, F_OK) == 0;
+    const char *colon = strrchr(ep, ':');
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    sa.sin_port = htons((uint16_t)atoi(colon ? colon + 1 : "0"));
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+static int set_endpoints(const cfg_t *c, const char *dir)
+{
+    int tcp = !strcmp(c->transport, "tcp");
+    if (!tcp && strcmp(c->transport, "ipc")) {
+        fprintf(stderr, "baton-bench-router: --transport is ipc or tcp\n");
+        return -1;
+    }
+    const char *names[3] = {"client", "cluster", "direct"};
+    char *eps[3] = {g_ep.client, g_ep.cluster, g_ep.zdirect};
+    for (int i = 0; i < 3; i++) {
+        if (tcp && i == 2)
+            snprintf(eps[i], sizeof g_ep.client, "tcp://127.0.0.1:*");
+        else if (tcp)
+            snprintf(eps[i], sizeof g_ep.client, "tcp://127.0.0.1:%d", free_port());
+        else
+            snprintf(eps[i], sizeof g_ep.client, "ipc://%s/%s", dir, names[i]);
+    }
+    for (int i = 0; i < c->clients; i++) {
+        if (tcp)
+            snprintf(g_ep.direct[i], sizeof g_ep.direct[i], "tcp://127.0.0.1:%d", free_port());
+        else
+            snprintf(g_ep.direct[i], sizeof g_ep.direct[i], "ipc://%s/direct-%d", dir, i);
+    }
+    return 0;
 }
 
 /* ---- the one-thread load generator (--generator zmtp) ------------------------------------ */
@@ -559,29 +617,55 @@ static void gen_ended(gen_t *g, client_t *c)
     }
 }
 
-/* Takes everything both sockets have; returns how many messages that was. */
-static int gen_serve(gen_t *g)
+/* The client a direct copy is for, from its connection's identity "direct-N" (-1: none). The
+ * route's bytes are not NUL-terminated. */
+static int direct_index(const bt_rpc_route_t *r)
+{
+    int len = r->n ? r->len[0] : 0, i = 0;
+    if (len <= 7 || memcmp(r->id[0], "direct-", 7) != 0)
+        return -1;
+    for (int k = 7; k < len; k++) {
+        if (r->id[0][k] < '0' || r->id[0][k] > '9' || i > MAX_CLIENTS)
+            return -1;
+        i = i * 10 + (r->id[0][k] - '0');
+    }
+    return i;
+}
+
+/* Takes the direct copies that have arrived; returns how many. */
+static int gen_drain_direct(gen_t *g)
 {
     int n = 0, rc;
     bt_rpc_msg_t m;
-    while ((rc = bt_rpc_zrecv(g->up, &m)) != BT_AGAIN) {
-        int kind = m.route.id[0][0], i = m.route.id[0][1];
-        if (rc == BT_OK && kind == 's' && i < g->stubs.n && m.hdr.method == BATON__METHOD__ASSIGN)
-            stub_assign(&g->stubs, i, &m);
-        else if (rc == BT_OK && kind == 'c' && i < g->n_clients &&
-                 client_take(&g->cl[i], &m, now_ns()))
-            gen_ended(g, &g->cl[i]);
-        bt_rpc_msg_fini(&m);
-        n++;
-    }
     while ((rc = bt_rpc_zrecv(g->direct, &m)) != BT_AGAIN) {
-        int i = m.route.len[0] > 7 ? atoi((const char *)m.route.id[0] + 7) : -1;
+        int i = direct_index(&m.route);
         if (rc == BT_OK && i >= 0 && i < g->n_clients)
             direct_arrival(&g->cl[i], &m, now_ns());
         bt_rpc_msg_fini(&m);
         n++;
     }
     return n;
+}
+
+/* Takes everything both sockets have; returns how many messages that was. Before a relayed
+ * chunk is stamped, the direct copies already there are taken: a direct copy that came first
+ * is always stamped first (its head start counts against the router, never for it). */
+static int gen_serve(gen_t *g)
+{
+    int n = gen_drain_direct(g), rc;
+    bt_rpc_msg_t m;
+    while ((rc = bt_rpc_zrecv(g->up, &m)) != BT_AGAIN) {
+        int kind = m.route.id[0][0], i = m.route.id[0][1];
+        if (rc == BT_OK && kind == 's' && i < g->stubs.n && m.hdr.method == BATON__METHOD__ASSIGN)
+            stub_assign(&g->stubs, i, &m);
+        if (rc == BT_OK && kind == 'c' && m.hdr.method == BATON__METHOD__TOKENS)
+            n += gen_drain_direct(g);
+        if (rc == BT_OK && kind == 'c' && i < g->n_clients && client_take(&g->cl[i], &m, now_ns()))
+            gen_ended(g, &g->cl[i]);
+        bt_rpc_msg_fini(&m);
+        n++;
+    }
+    return n + gen_drain_direct(g);
 }
 
 /* Open loop: the sends whose arrival time has come. */
@@ -648,32 +732,28 @@ static void gen_close(gen_t *g)
 
 /* Connects the stubs, the clients and the direct paths, and serves until all are connected
  * and the stubs have been heard (half a second). */
-static int gen_open(const cfg_t *c, const char *dir, gen_t *g)
+static int gen_open(const cfg_t *c, gen_t *g)
 {
-    char ep[160], direct[160], id[160];
+    char id[32];
     *g = (gen_t){0};
-    stubs_init(c, NULL, dir, NULL, &g->stubs);
-    snprintf(direct, sizeof direct, "ipc://%s/direct", dir);
-    if (bt_zmtp_new(NULL, &g->up) != BT_OK || bt_zmtp_bind(direct, NULL, &g->direct) != BT_OK)
+    stubs_init(c, NULL, NULL, &g->stubs);
+    if (bt_zmtp_new(NULL, &g->up) != BT_OK || bt_zmtp_bind(g_ep.zdirect, NULL, &g->direct) != BT_OK)
         return -1;
-    int st = BT_OK;
-    for (int tries = 0; tries < 500; tries++) { /* the router's endpoints, once it has bound */
-        snprintf(ep, sizeof ep, "%s/cluster", dir);
-        snprintf(id, sizeof id, "%s/client", dir);
-        if (access(ep, F_OK) == 0 && access(id, F_OK) == 0)
+    const char *direct = bt_zmtp_endpoint(g->direct); /* with the port chosen for tcp */
+    for (int tries = 0; tries < 500; tries++) {       /* the router, once it has bound */
+        if (endpoint_listens(g_ep.client) && endpoint_listens(g_ep.cluster))
             break;
         usleep(10000);
     }
-    snprintf(ep, sizeof ep, "ipc://%s/cluster", dir);
+    int st = BT_OK;
     for (int i = 0; i < g->stubs.n; i++) {
         g->stubs.port[i] = gen_port(g->up, 's', i);
-        st |= bt_zmtp_connect(g->up, ep, (const uint8_t *)g->stubs.id[i], strlen(g->stubs.id[i]),
-                              g->stubs.port[i].route.id[0], 2);
+        st |= bt_zmtp_connect(g->up, g_ep.cluster, (const uint8_t *)g->stubs.id[i],
+                              strlen(g->stubs.id[i]), g->stubs.port[i].route.id[0], 2);
     }
-    snprintf(ep, sizeof ep, "ipc://%s/client", dir);
     for (int i = 0; i < c->clients; i++) {
         port_t p = gen_port(g->up, 'c', i);
-        st |= bt_zmtp_connect(g->up, ep, NULL, 0, p.route.id[0], 2);
+        st |= bt_zmtp_connect(g->up, g_ep.client, NULL, 0, p.route.id[0], 2);
         g->stubs.direct[i] = gen_port(g->up, 'd', i);
         snprintf(id, sizeof id, "direct-%d", i);
         st |= bt_zmtp_connect(g->up, direct, (const uint8_t *)id, strlen(id),
@@ -738,19 +818,16 @@ static void pin(int cpu)
         perror("sched_setaffinity");
 }
 
-static pid_t start_router(const cfg_t *c, const char *exe, const char *dir)
+static pid_t start_router(const cfg_t *c, const char *exe)
 {
-    char cl[160], cu[160];
-    snprintf(cl, sizeof cl, "ipc://%s/client", dir);
-    snprintf(cu, sizeof cu, "ipc://%s/cluster", dir);
     char poll_us[16];
     snprintf(poll_us, sizeof poll_us, "%d", c->poll_us);
     pid_t pid = fork();
     if (pid == 0) {
         pin(c->router_cpu);
-        execl(exe, exe, "--client-endpoint", cl, "--cluster-endpoint", cu, "--model-id", "bench",
-              "--policy", c->policy, "--max-queue", "1000000", "--max-requests", "1000000",
-              "--log-level", "warn", "--poll-us", poll_us,
+        execl(exe, exe, "--client-endpoint", g_ep.client, "--cluster-endpoint", g_ep.cluster,
+              "--model-id", "bench", "--policy", c->policy, "--max-queue", "1000000",
+              "--max-requests", "1000000", "--log-level", "warn", "--poll-us", poll_us,
               c->busy_poll ? "--busy-poll" : (char *)NULL, (char *)NULL);
         _exit(127);
     }
@@ -787,8 +864,8 @@ static void collect_clients(client_t *cl, int n, int64_t *samples, point_t *pt, 
 
 /* One load point: clients keep `outstanding` requests each in flight (closed loop), or offer
  * `rate` requests/s in all (open loop, when rate > 0); warm up, measure. */
-static point_t run_point(const cfg_t *c, void *ctx, gen_t *g, const char *dir, pid_t router,
-                         int outstanding, double rate, int64_t *samples)
+static point_t run_point(const cfg_t *c, void *ctx, gen_t *g, pid_t router, int outstanding,
+                         double rate, int64_t *samples)
 {
     atomic_int stop = 0, measure = 0;
     client_t cl[MAX_CLIENTS];
@@ -800,7 +877,6 @@ static point_t run_point(const cfg_t *c, void *ctx, gen_t *g, const char *dir, p
         mask = OPEN_SLOTS;
     for (int i = 0; i < c->clients; i++) {
         cl[i] = (client_t){.ctx = ctx,
-                           .dir = dir,
                            .index = i,
                            .outstanding = outstanding,
                            .prompt_len = c->prompt_len,
@@ -878,7 +954,11 @@ static void run(const cfg_t *c, const char *exe)
     char dir[64] = "/tmp/baton-bench-XXXXXX";
     if (!mkdtemp(dir))
         return;
-    pid_t router = start_router(c, exe, dir);
+    if (set_endpoints(c, dir) != 0) {
+        rmdir(dir);
+        return;
+    }
+    pid_t router = start_router(c, exe);
     pin(c->bench_cpu); /* after the fork: threads made from here on inherit it */
     /* The stubs and the clients stand for separate processes: each side has its own ZeroMQ
      * context, so its own I/O thread, as it would in a deployment. */
@@ -887,7 +967,7 @@ static void run(const cfg_t *c, const char *exe)
     stubs_t stubs;
     gen_t gen, *g = strcmp(c->generator, "zmtp") ? NULL : &gen;
     usleep(200000);
-    if (g && gen_open(c, dir, g) != 0) {
+    if (g && gen_open(c, g) != 0) {
         gen_close(g);
         kill(router, SIGTERM);
         waitpid(router, NULL, 0);
@@ -897,15 +977,16 @@ static void run(const cfg_t *c, const char *exe)
     if (!g) {
         ctx = zmq_ctx_new();
         cctx = zmq_ctx_new();
-        stubs_init(c, ctx, dir, &stop, &stubs);
+        stubs_init(c, ctx, &stop, &stubs);
         pthread_create(&stubs.thread, NULL, stubs_main, &stubs);
         usleep(500000); /* stubs registered */
     }
     int64_t *samples = malloc(2 * MAX_SAMPLES * sizeof *samples);
     printf("router overhead: mode %s, policy %s, %d clients, prompt %d tokens, %d output tokens,"
-           " %d s per point, router on CPU %d%s, stubs and clients (%s) on CPU %d (-1: any)\n",
-           c->mode, c->policy, c->clients, c->prompt_len, c->tokens, c->seconds, c->router_cpu,
-           c->busy_poll ? " (busy-polling)" : "",
+           " %d s per point, %s endpoints, router on CPU %d%s, stubs and clients (%s) on CPU %d"
+           " (-1: any)\n",
+           c->mode, c->policy, c->clients, c->prompt_len, c->tokens, c->seconds, c->transport,
+           c->router_cpu, c->busy_poll ? " (busy-polling)" : "",
            g ? "one busy-polling thread, ZMTP" : "threads, libzmq", c->bench_cpu);
     printf("%12s %11s %10s %10s %10s %13s %13s %13s %13s\n", "load", "requests/s", "router CPU",
            "CPU us/req", "bench CPU", "direct p50 us", "direct p99 us", "added p50 us",
@@ -913,7 +994,7 @@ static void run(const cfg_t *c, const char *exe)
     char label[32];
     for (const char *p = c->loads ? c->loads : ""; samples && *p;) {
         int load = atoi(p) > 0 ? atoi(p) : 1;
-        point_t r = run_point(c, cctx, g, dir, router, load, 0, samples);
+        point_t r = run_point(c, cctx, g, router, load, 0, samples);
         snprintf(label, sizeof label, "%d in flight", load * c->clients);
         print_point(label, &r);
         p = strchr(p, ',');
@@ -922,7 +1003,7 @@ static void run(const cfg_t *c, const char *exe)
     for (const char *p = c->rates ? c->rates : ""; samples && *p;) {
         double rate = atof(p);
         if (rate > 0) {
-            point_t r = run_point(c, cctx, g, dir, router, 1, rate, samples);
+            point_t r = run_point(c, cctx, g, router, 1, rate, samples);
             snprintf(label, sizeof label, "%.0f/s", rate);
             print_point(label, &r);
         }
