@@ -2,17 +2,19 @@
 # SPDX-License-Identifier: MIT
 # baton-bench-router end to end, briefly, with each load generator: the libzmq one (stubs and
 # clients on their own threads and libzmq sockets) and the ZMTP one (all on one thread, over
-# common/zmtp.c's connecting sockets). A real router process serves stub daemons and clients;
-# every point must complete requests at about the rate offered, with none failed or lost, and
-# report latency samples. The figures themselves are not judged here (this is a shared CI
+# common/zmtp.c's connecting sockets), on ipc and on loopback TCP endpoints, with the router
+# polling or busy-polling. A real router process serves stub daemons and clients; every point
+# must complete requests at about the rate offered, with none failed or lost, and report
+# latency samples. The figures themselves are not judged here (this is a shared CI
 # machine); docs/PERFORMANCE.md has them.
 set -euo pipefail
 BIN=${BATON_BINARY_DIR:?}/bin
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 for gen in libzmq zmtp; do
-    for extra in "" "--busy-poll"; do
-        out=$("$BIN/baton-bench-router" --generator "$gen" $extra --loads 1,8 --rates 500 \
+    for extra in "" "--busy-poll" "--transport tcp"; do
+        read -r -a xa <<<"$extra"
+        out=$("$BIN/baton-bench-router" --generator "$gen" "${xa[@]}" --loads 1,8 --rates 500 \
             --seconds 1 --warmup-ms 300)
         echo "$out"
         grep -q "(errors!)" <<<"$out" && fail "$gen $extra: a point had failed or lost requests"
