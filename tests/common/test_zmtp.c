@@ -856,14 +856,6 @@ static void test_zmtp_garbage_closes_the_connection(void **state)
     zt_close(z);
 }
 
-static uint32_t fz_next(uint64_t *r)
-{
-    *r ^= *r << 13;
-    *r ^= *r >> 7;
-    *r ^= *r << 17;
-    return (uint32_t)(*r >> 32);
-}
-
 /* Takes everything z has; every message must be whole and within the limits, and none may
  * claim the good peer's identity. */
 static int fz_drain(bt_zmtp_t *z, size_t max_frame)
@@ -900,31 +892,31 @@ static void test_zmtp_mutated_streams(void **state)
         char id[32];
         snprintf(id, sizeof id, "fuzz-peer-%d", round);
         size_t n = handshake(s, id);
-        for (int k = 1 + (int)(fz_next(&rng) % 4); k > 0; k--) {
-            int frames = 1 + (int)(fz_next(&rng) % 3);
+        for (int k = 1 + (int)(bt_test_rand(&rng) % 4); k > 0; k--) {
+            int frames = 1 + (int)(bt_test_rand(&rng) % 3);
             for (int f = 0; f < frames; f++) {
-                size_t len =
-                    fz_next(&rng) % 4 == 0 ? 256 + fz_next(&rng) % 2200 : fz_next(&rng) % 40;
+                size_t len = bt_test_rand(&rng) % 4 == 0 ? 256 + bt_test_rand(&rng) % 2200
+                                                         : bt_test_rand(&rng) % 40;
                 n += put_frame(s + n, f + 1 < frames ? 0x01 : 0x00, data, len);
             }
-            if (fz_next(&rng) % 3 == 0)
+            if (bt_test_rand(&rng) % 3 == 0)
                 n += put_frame(s + n, 0x04,
                                "\x04PING\x00\x0a"
                                "ctx",
                                10);
         }
-        for (int k = 1 + (int)(fz_next(&rng) % 4); k > 0; k--) {
-            size_t at = fz_next(&rng) % n;
-            switch (fz_next(&rng) % 4) {
-            case 0: s[at] ^= (uint8_t)(1u << (fz_next(&rng) % 8)); break;
-            case 1: s[at] = (uint8_t)fz_next(&rng); break;
+        for (int k = 1 + (int)(bt_test_rand(&rng) % 4); k > 0; k--) {
+            size_t at = bt_test_rand(&rng) % n;
+            switch (bt_test_rand(&rng) % 4) {
+            case 0: s[at] ^= (uint8_t)(1u << (bt_test_rand(&rng) % 8)); break;
+            case 1: s[at] = (uint8_t)bt_test_rand(&rng); break;
             case 2:
                 memmove(s + at + 1, s + at, n - at);
-                s[at] = (uint8_t)fz_next(&rng);
+                s[at] = (uint8_t)bt_test_rand(&rng);
                 n++;
                 break;
             default:
-                if (fz_next(&rng) % 2) {
+                if (bt_test_rand(&rng) % 2) {
                     memmove(s + at, s + at + 1, n - at - 1);
                     n--;
                 } else {
@@ -934,7 +926,7 @@ static void test_zmtp_mutated_streams(void **state)
         }
         int fd = raw_connect(ep);
         for (size_t at = 0; at < n;) {
-            size_t piece = 1 + fz_next(&rng) % 700;
+            size_t piece = 1 + bt_test_rand(&rng) % 700;
             piece = piece < n - at ? piece : n - at;
             if (send(fd, s + at, piece, MSG_NOSIGNAL) < 0)
                 break; /* closed by the socket: what it has refused */
@@ -942,7 +934,8 @@ static void test_zmtp_mutated_streams(void **state)
             delivered += fz_drain(z, params.max_frame);
         }
         delivered += fz_drain(z, params.max_frame);
-        if (n_open == 8 || fz_next(&rng) % 2) { /* some peers stay a while, some leave at once */
+        if (n_open == 8 ||
+            bt_test_rand(&rng) % 2) { /* some peers stay a while, some leave at once */
             close(fd);
         } else {
             open_fds[n_open++] = fd;

@@ -38,17 +38,26 @@ static rt_cluster_t *start(void **state, const char *const *extra)
     return &c;
 }
 
-static uint64_t expect_assign(rt_cluster_t *c, rt_daemon_t *d, Baton__Role part, uint32_t *skip)
+/* The next ASSIGN on d, for part; its cluster id in *id. The caller frees the body. */
+static Baton__Assignment *next_assign(rt_cluster_t *c, rt_daemon_t *d, Baton__Role part,
+                                      uint64_t *id)
 {
     bt_rpc_msg_t m;
     assert_int_equal(rt_expect(c, d->sock, BATON__METHOD__ASSIGN, &m, WAIT_MS, NULL), 0);
     Baton__Assignment *a = rt_body(&m);
     assert_int_equal(a->part, part);
+    *id = m.hdr.request_id;
+    bt_rpc_msg_fini(&m);
+    return a;
+}
+
+static uint64_t expect_assign(rt_cluster_t *c, rt_daemon_t *d, Baton__Role part, uint32_t *skip)
+{
+    uint64_t id;
+    Baton__Assignment *a = next_assign(c, d, part, &id);
     if (skip)
         *skip = a->skip_tokens;
-    uint64_t id = m.hdr.request_id;
     baton__assignment__free_unpacked(a, NULL);
-    bt_rpc_msg_fini(&m);
     return id;
 }
 
@@ -177,15 +186,11 @@ static void test_faults_restart_is_seen_through_the_incarnation(void **state)
 /* The next ASSIGN{DECODE} on d; its cluster id, and the prefill peer it names in peer. */
 static uint64_t expect_decode_assign(rt_cluster_t *c, rt_daemon_t *d, char *peer, size_t cap)
 {
-    bt_rpc_msg_t m;
-    assert_int_equal(rt_expect(c, d->sock, BATON__METHOD__ASSIGN, &m, WAIT_MS, NULL), 0);
-    Baton__Assignment *a = rt_body(&m);
-    assert_int_equal(a->part, BATON__ROLE__DECODE);
+    uint64_t id;
+    Baton__Assignment *a = next_assign(c, d, BATON__ROLE__DECODE, &id);
     assert_non_null(a->peer_instance);
     snprintf(peer, cap, "%s", a->peer_instance);
-    uint64_t id = m.hdr.request_id;
     baton__assignment__free_unpacked(a, NULL);
-    bt_rpc_msg_fini(&m);
     return id;
 }
 
@@ -364,14 +369,6 @@ static void test_faults_malformed_and_unknown_messages(void **state)
     bt_rpc_msg_fini(&m);
 }
 
-static uint32_t fz_next(uint64_t *r)
-{
-    *r ^= *r << 13;
-    *r ^= *r >> 7;
-    *r ^= *r << 17;
-    return (uint32_t)(*r >> 32);
-}
-
 /* A valid message of one of the kinds a client (side 0) or a daemon (side 1) sends, packed
  * into hbuf and bbuf. */
 static void fz_template(uint64_t *rng, int side, uint8_t *hbuf, size_t *hlen, uint8_t *bbuf,
@@ -381,7 +378,7 @@ static void fz_template(uint64_t *rng, int side, uint8_t *hbuf, size_t *hlen, ui
     static char *stops[2] = {"ab", "\n\n"};
     Baton__Header h = BATON__HEADER__INIT;
     h.version = 1;
-    h.request_id = 1 + fz_next(rng) % 64;
+    h.request_id = 1 + bt_test_rand(rng) % 64;
     ProtobufCMessage *body = NULL;
     Baton__GenerateRequest g = BATON__GENERATE_REQUEST__INIT;
     Baton__SamplingParams sp = BATON__SAMPLING_PARAMS__INIT;
@@ -390,17 +387,17 @@ static void fz_template(uint64_t *rng, int side, uint8_t *hbuf, size_t *hlen, ui
     Baton__AssignReply ar = BATON__ASSIGN_REPLY__INIT;
     Baton__TokenChunk tc = BATON__TOKEN_CHUNK__INIT;
     Baton__Done dn = BATON__DONE__INIT;
-    int kind = (int)(fz_next(rng) % 4);
+    int kind = (int)(bt_test_rand(rng) % 4);
     if (side == 0 && kind < 2) {
         h.method = BATON__METHOD__GENERATE;
         g.prompt_ids = ids;
-        g.n_prompt_ids = 1 + fz_next(rng) % 8;
-        g.max_tokens = 1 + fz_next(rng) % 8;
+        g.n_prompt_ids = 1 + bt_test_rand(rng) % 8;
+        g.max_tokens = 1 + bt_test_rand(rng) % 8;
         sp.temperature = 0.7f;
         sp.top_k = 40;
-        sp.seed = fz_next(rng);
+        sp.seed = bt_test_rand(rng);
         sp.stop = stops;
-        sp.n_stop = fz_next(rng) % 3;
+        sp.n_stop = bt_test_rand(rng) % 3;
         g.sampling = &sp;
         slo.ttft_ms = 500;
         slo.tpot_ms = 50;
@@ -422,17 +419,17 @@ static void fz_template(uint64_t *rng, int side, uint8_t *hbuf, size_t *hlen, ui
         ar.part = BATON__ROLE__COLOCATED;
         body = &ar.base;
     } else if (kind == 2) {
-        h.method = fz_next(rng) % 2 ? BATON__METHOD__FIRST_TOKEN : BATON__METHOD__STREAM;
+        h.method = bt_test_rand(rng) % 2 ? BATON__METHOD__FIRST_TOKEN : BATON__METHOD__STREAM;
         tc.ids = ids;
-        tc.n_ids = 1 + fz_next(rng) % 8;
-        tc.index = fz_next(rng) % 4;
+        tc.n_ids = 1 + bt_test_rand(rng) % 8;
+        tc.index = bt_test_rand(rng) % 4;
         tc.text = (ProtobufCBinaryData){3, (uint8_t *)"a\0b"};
         body = &tc.base;
     } else {
         h.method = BATON__METHOD__DONE;
         dn.part = BATON__ROLE__COLOCATED;
         dn.finish_reason = BATON__FINISH_REASON__FINISH_LENGTH;
-        dn.n_output_tokens = fz_next(rng) % 8;
+        dn.n_output_tokens = bt_test_rand(rng) % 8;
         body = &dn.base;
     }
     *hlen = baton__header__pack(&h, hbuf);
@@ -442,20 +439,20 @@ static void fz_template(uint64_t *rng, int side, uint8_t *hbuf, size_t *hlen, ui
 /* Flips, replaces, inserts or removes a byte, or cuts the buffer short. */
 static void fz_mutate(uint64_t *rng, uint8_t *p, size_t *n, size_t cap)
 {
-    size_t at = *n ? fz_next(rng) % *n : 0;
-    switch (fz_next(rng) % 5) {
+    size_t at = *n ? bt_test_rand(rng) % *n : 0;
+    switch (bt_test_rand(rng) % 5) {
     case 0:
         if (*n)
-            p[at] ^= (uint8_t)(1u << (fz_next(rng) % 8));
+            p[at] ^= (uint8_t)(1u << (bt_test_rand(rng) % 8));
         break;
     case 1:
         if (*n)
-            p[at] = (uint8_t)fz_next(rng);
+            p[at] = (uint8_t)bt_test_rand(rng);
         break;
     case 2:
         if (*n < cap) {
             memmove(p + at + 1, p + at, *n - at);
-            p[at] = (uint8_t)fz_next(rng);
+            p[at] = (uint8_t)bt_test_rand(rng);
             (*n)++;
         }
         break;
@@ -483,18 +480,18 @@ static void test_faults_mutated_messages(void **state)
     uint64_t rng = 0x9e3779b97f4a7c15ull;
     uint8_t hbuf[256], bbuf[1024];
     for (int i = 0; i < 3000; i++) {
-        int side = (int)(fz_next(&rng) % 2);
+        int side = (int)(bt_test_rand(&rng) % 2);
         size_t hlen, blen;
         fz_template(&rng, side, hbuf, &hlen, bbuf, &blen);
-        for (int k = 1 + (int)(fz_next(&rng) % 3); k > 0; k--) {
-            if (fz_next(&rng) % 2)
+        for (int k = 1 + (int)(bt_test_rand(&rng) % 3); k > 0; k--) {
+            if (bt_test_rand(&rng) % 2)
                 fz_mutate(&rng, hbuf, &hlen, sizeof hbuf);
             else
                 fz_mutate(&rng, bbuf, &blen, sizeof bbuf);
         }
         const char *frames[3] = {(const char *)hbuf, (const char *)bbuf, "x"};
         size_t lens[3] = {hlen, blen, 1};
-        int nf = fz_next(&rng) % 8 == 0 ? 1 + 2 * (int)(fz_next(&rng) % 2) : 2;
+        int nf = bt_test_rand(&rng) % 8 == 0 ? 1 + 2 * (int)(bt_test_rand(&rng) % 2) : 2;
         send_frames(side ? fz->sock : cl, frames, lens, nf);
         if (i % 100 == 99) { /* take what came back, so that no queue fills */
             bt_rpc_msg_t m;

@@ -57,3 +57,11 @@ char *bt_test_read_file(const char *path, size_t *len)
     }
     return buf;
 }
+
+uint32_t bt_test_rand(uint64_t *state)
+{
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    return (uint32_t)(*state >> 32);
+}

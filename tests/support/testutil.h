@@ -30,4 +30,7 @@ const char *bt_test_tmp_path(const char *stem, char *buf, size_t cap);
 /* Reads a whole file into a malloc'ed buffer (NUL-terminated); NULL on failure. */
 char *bt_test_read_file(const char *path, size_t *len);
 
+/* The next of a seeded pseudo-random sequence (xorshift64; *state must not be 0). */
+uint32_t bt_test_rand(uint64_t *state);
+
 #endif
