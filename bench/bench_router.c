@@ -105,13 +105,6 @@ static struct {
     char client[128], cluster[128], zdirect[128], direct[MAX_CLIENTS][128];
 } g_ep;
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void *socket_at(void *ctx, int type, const char *identity, const char *endpoint, int bind)
 {
     void *s = zmq_socket(ctx, type);
@@ -173,7 +166,7 @@ static void heartbeat(const port_t *sock, const char *id, Baton__Role role)
     hb.model_id = "bench";
     hb.kv_free_blocks = hb.kv_total_blocks = 1 << 20;
     hb.kv_block_size = 16;
-    hb.time_ns = now_ns();
+    hb.time_ns = bt_rpc_now_ns();
     send_msg(sock, BATON__METHOD__HEARTBEAT, 0, &hb.base);
 }
 
@@ -224,7 +217,7 @@ static void first_token(const stubs_t *s, const port_t *sock, const bt_rpc_msg_t
         return;
     Baton__Assignment *a = (Baton__Assignment *)b;
     int32_t client = a->n_prompt_ids >= 2 ? a->prompt_ids[0] : -1;
-    uint64_t stamp = now_ns();
+    uint64_t stamp = bt_rpc_now_ns();
     /* The direct copy goes first, so its head start counts against the router, not for it. */
     if (client >= 0 && client < s->n_clients)
         send_chunk(&s->direct[client], BATON__METHOD__TOKENS, (uint64_t)a->prompt_ids[1], 0, 1,
@@ -248,7 +241,7 @@ static void stub_assign(const stubs_t *s, int i, const bt_rpc_msg_t *m)
         send_done(&s->port[i], id, BATON__ROLE__PREFILL, 1);
     const port_t *out = &s->port[0]; /* the decode stub, or the colocated one itself */
     if (s->tokens > 1)
-        send_chunk(out, BATON__METHOD__STREAM, id, 1, s->tokens - 1, now_ns());
+        send_chunk(out, BATON__METHOD__STREAM, id, 1, s->tokens - 1, bt_rpc_now_ns());
     send_done(out, id, s->role[0], (uint32_t)s->tokens);
 }
 
@@ -264,10 +257,10 @@ static void *stubs_main(void *arg)
         s->direct[i] = zmq_port(socket_at(s->ctx, ZMQ_PUSH, NULL, g_ep.direct[i], 0));
     uint64_t next_hb = 0;
     while (!atomic_load(s->stop)) {
-        if (now_ns() >= next_hb) {
+        if (bt_rpc_now_ns() >= next_hb) {
             for (int i = 0; i < s->n; i++)
                 heartbeat(&s->port[i], s->id[i], s->role[i]);
-            next_hb = now_ns() + 200000000ull;
+            next_hb = bt_rpc_now_ns() + 200000000ull;
         }
         zmq_poll(items, s->n, 10);
         for (int i = 0; i < s->n; i++) {
@@ -393,7 +386,7 @@ static void client_direct(client_t *c, void *pull)
 {
     bt_rpc_msg_t m;
     while (bt_rpc_recv(pull, &m, ZMQ_DONTWAIT) == BT_OK) {
-        direct_arrival(c, &m, now_ns());
+        direct_arrival(c, &m, bt_rpc_now_ns());
         bt_rpc_msg_fini(&m);
     }
     bt_rpc_msg_fini(&m);
@@ -405,7 +398,7 @@ static int client_results(client_t *c, void *sock)
     int ended = 0;
     bt_rpc_msg_t m;
     while (bt_rpc_recv(sock, &m, ZMQ_DONTWAIT) == BT_OK) {
-        ended += client_take(c, &m, now_ns());
+        ended += client_take(c, &m, bt_rpc_now_ns());
         bt_rpc_msg_fini(&m);
     }
     bt_rpc_msg_fini(&m);
@@ -471,14 +464,14 @@ static void client_open(client_t *c, void *sock, void *pull)
 {
     port_t up = zmq_port(sock);
     uint64_t rng = 0x9e3779b97f4a7c15ull * (uint64_t)(c->index + 1), next_id = 1;
-    uint64_t next_send = now_ns() + arrival_gap_ns(&rng, c->rate);
+    uint64_t next_send = bt_rpc_now_ns() + arrival_gap_ns(&rng, c->rate);
     int in_flight = 0;
     prctl(PR_SET_TIMERSLACK, 1UL); /* wake on schedule, not up to 50 us late */
     for (;;) {
         int stopping = atomic_load(c->stop);
         if (stopping && in_flight == 0)
             break;
-        uint64_t now = now_ns();
+        uint64_t now = bt_rpc_now_ns();
         for (; !stopping && next_send <= now; next_send += arrival_gap_ns(&rng, c->rate)) {
             if (in_flight >= OPEN_MAX_IN_FLIGHT) {
                 c->skipped++;
@@ -599,7 +592,7 @@ static port_t gen_port(bt_zmtp_t *z, char kind, int i)
 
 static void gen_heartbeats(gen_t *g)
 {
-    uint64_t now = now_ns();
+    uint64_t now = bt_rpc_now_ns();
     if (now < g->next_hb)
         return;
     for (int i = 0; i < g->stubs.n; i++)
@@ -640,7 +633,7 @@ static int gen_drain_direct(gen_t *g)
     while ((rc = bt_rpc_zrecv(g->direct, &m)) != BT_AGAIN) {
         int i = direct_index(&m.route);
         if (rc == BT_OK && i >= 0 && i < g->n_clients)
-            direct_arrival(&g->cl[i], &m, now_ns());
+            direct_arrival(&g->cl[i], &m, bt_rpc_now_ns());
         bt_rpc_msg_fini(&m);
         n++;
     }
@@ -660,7 +653,8 @@ static int gen_serve(gen_t *g)
             stub_assign(&g->stubs, i, &m);
         if (rc == BT_OK && kind == 'c' && m.hdr.method == BATON__METHOD__TOKENS)
             n += gen_drain_direct(g);
-        if (rc == BT_OK && kind == 'c' && i < g->n_clients && client_take(&g->cl[i], &m, now_ns()))
+        if (rc == BT_OK && kind == 'c' && i < g->n_clients &&
+            client_take(&g->cl[i], &m, bt_rpc_now_ns()))
             gen_ended(g, &g->cl[i]);
         bt_rpc_msg_fini(&m);
         n++;
@@ -692,7 +686,7 @@ static int gen_send_due(gen_t *g, uint64_t now)
 static void *gen_main(void *arg)
 {
     gen_t *g = arg;
-    uint64_t start = now_ns(), stop_at = 0;
+    uint64_t start = bt_rpc_now_ns(), stop_at = 0;
     for (int i = 0; i < g->n_clients; i++) {
         client_t *c = &g->cl[i];
         c->up = gen_port(g->up, 'c', i);
@@ -703,7 +697,7 @@ static void *gen_main(void *arg)
             send_generate(c, &c->up, c->next_id++);
     }
     for (;;) {
-        uint64_t t0 = now_ns();
+        uint64_t t0 = bt_rpc_now_ns();
         int in_flight = 0;
         for (int i = 0; i < g->n_clients; i++)
             in_flight += g->cl[i].in_flight;
@@ -719,7 +713,7 @@ static void *gen_main(void *arg)
         work += gen_serve(g);
         bt_zmtp_flush(g->up);
         if (work && atomic_load(g->measure))
-            g->busy_ns += now_ns() - t0;
+            g->busy_ns += bt_rpc_now_ns() - t0;
     }
     return NULL;
 }
@@ -761,7 +755,7 @@ static int gen_open(const cfg_t *c, gen_t *g)
     }
     atomic_int no = 0;
     g->stop = g->measure = &no;
-    for (uint64_t end = now_ns() + 500000000ull; st == BT_OK && now_ns() < end;) {
+    for (uint64_t end = bt_rpc_now_ns() + 500000000ull; st == BT_OK && bt_rpc_now_ns() < end;) {
         gen_heartbeats(g);
         gen_serve(g);
         bt_zmtp_flush(g->up);
@@ -904,10 +898,10 @@ static point_t run_point(const cfg_t *c, void *ctx, gen_t *g, pid_t router, int 
     usleep((useconds_t)c->warmup_ms * 1000);
     double cpu0 = cpu_seconds(router), self0 = cpu_seconds(getpid());
     atomic_store(&measure, 1);
-    uint64_t t0 = now_ns();
+    uint64_t t0 = bt_rpc_now_ns();
     usleep((useconds_t)c->seconds * 1000000);
     atomic_store(&measure, 0);
-    double secs = (double)(now_ns() - t0) / 1e9;
+    double secs = (double)(bt_rpc_now_ns() - t0) / 1e9;
     point_t pt = {.router_cpu = (cpu_seconds(router) - cpu0) / secs,
                   .bench_cpu = (cpu_seconds(getpid()) - self0) / secs};
     atomic_store(&stop, 1);

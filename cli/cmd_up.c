@@ -172,6 +172,12 @@ static int default_model(up_t *u)
     return 0;
 }
 
+/* Where a child logs with --log-dir: DIR/NAME.log. */
+static void log_path(const up_t *u, const char *name, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%.*s/%s.log", PATH_MAX - 64, u->c->log_dir, name);
+}
+
 /* In the child: own process group, SIGTERM when the supervisor dies, default signals, log. */
 static void child_setup(const up_t *u, const char *name)
 {
@@ -182,7 +188,7 @@ static void child_setup(const up_t *u, const char *name)
     sigprocmask(SIG_SETMASK, &none, NULL);
     if (u->c->log_dir) {
         char path[PATH_MAX];
-        snprintf(path, sizeof path, "%.*s/%s.log", PATH_MAX - 64, u->c->log_dir, name);
+        log_path(u, name, path, sizeof path);
         int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
@@ -435,7 +441,7 @@ static void log_tail(const up_t *u, const char *name)
     if (!u->c->log_dir)
         return;
     char path[PATH_MAX], buf[1024];
-    snprintf(path, sizeof path, "%.*s/%s.log", PATH_MAX - 64, u->c->log_dir, name);
+    log_path(u, name, path, sizeof path);
     FILE *f = fopen(path, "r");
     if (!f)
         return;

@@ -27,9 +27,9 @@ static void *bump(bump_t *b, size_t n, size_t align)
     return (void *)at;
 }
 
-static const char *bump_str(bump_t *b, const char *s)
+/* n bytes at s (which may hold NULs), and a NUL after them. */
+static const char *bump_text(bump_t *b, const void *s, size_t n)
 {
-    size_t n = s ? strlen(s) : 0;
     char *d = bump(b, n + 1, 1);
     if (n)
         memcpy(d, s, n);
@@ -37,15 +37,9 @@ static const char *bump_str(bump_t *b, const char *s)
     return d;
 }
 
-/* len bytes that may hold NULs, and a NUL after them. */
-static const char *bump_bytes(bump_t *b, const ProtobufCBinaryData *d)
+static const char *bump_str(bump_t *b, const char *s)
 {
-    size_t n = d && d->data ? d->len : 0;
-    char *p = bump(b, n + 1, 1);
-    if (n)
-        memcpy(p, d->data, n);
-    p[n] = 0;
-    return p;
+    return bump_text(b, s, s ? strlen(s) : 0);
 }
 
 static size_t str_size(const char *s)
@@ -87,8 +81,8 @@ bt_client_result_t *client_result_make(uint64_t id, int status, const char *erro
     r->n_events = n_ev;
     r->ids = ids;
     r->n_ids = n_ids;
-    r->text = bump_bytes(&b, g ? &g->text : NULL);
     r->text_len = g && g->text.data ? g->text.len : 0;
+    r->text = bump_text(&b, r->text_len ? g->text.data : NULL, r->text_len);
     r->prefill_instance = bump_str(&b, g ? g->prefill_instance : NULL);
     r->decode_instance = bump_str(&b, g ? g->decode_instance : NULL);
     if (g) {
