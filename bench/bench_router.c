@@ -52,7 +52,8 @@
 
 typedef struct {
     char *mode, *policy, *router, *loads, *rates, *generator, *transport;
-    int clients, seconds, warmup_ms, prompt_len, tokens, router_cpu, bench_cpu, busy_poll, poll_us;
+    int clients, seconds, warmup_ms, prompt_len, tokens, router_cpu, bench_cpu, busy_poll, poll_us,
+        stall_probe_ms;
 } cfg_t;
 
 #define OPT(n, t, d, lo, hi, f, h)                                                                 \
@@ -86,6 +87,9 @@ static const bt_cfg_opt_t opts[] = {
     OPT("generator", BT_CFG_STRING, "libzmq", 0, 0, generator,
         "libzmq (stubs and clients on threads of their own, libzmq sockets) or zmtp (all on one "
         "thread that never sleeps, ZMTP sockets of this project's own)"),
+    OPT("stall-probe-ms", BT_CFG_INT, "0", 0, 60000, stall_probe_ms,
+        "before each point, spin this long on the router's and the generator's CPUs and report "
+        "the gaps over 20 us the machine put between two clock reads (0: off)"),
 };
 static const bt_cfg_table_t table = {
     .prog = "baton-bench-router",
@@ -812,6 +816,70 @@ static void pin(int cpu)
         perror("sched_setaffinity");
 }
 
+/* ---- the machine's own stalls ---------------------------------------------------------- */
+
+/* What a thread that never sleeps loses on one CPU: the gaps between two consecutive clock
+ * reads longer than STALL_NS. On a virtual machine these are mostly its virtual CPU not
+ * running (the host's business); a message that arrives in such a gap waits for its end,
+ * and the work that piled up behind it, whatever the router does. Both CPUs are probed at
+ * once, as both carry the benchmark. */
+#define STALL_NS 20000
+
+typedef struct {
+    int cpu, ms;
+    uint64_t n, n100, lost_ns, max_ns;
+    pthread_t thread;
+} probe_t;
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *probe_main(void *arg)
+{
+    probe_t *p = arg;
+    pin(p->cpu);
+    uint64_t prev = mono_ns(), end = prev + (uint64_t)p->ms * 1000000ull;
+    while (prev < end) {
+        uint64_t t = mono_ns(), d = t - prev;
+        prev = t;
+        if (d > STALL_NS) {
+            p->n++;
+            p->n100 += d > 100000;
+            p->lost_ns += d;
+            p->max_ns = d > p->max_ns ? d : p->max_ns;
+        }
+    }
+    return NULL;
+}
+
+static void stall_probe(const cfg_t *c)
+{
+    int cpus[2] = {c->router_cpu, c->bench_cpu};
+    probe_t p[2];
+    if (cpus[0] < 0 || cpus[1] < 0 || cpus[0] == cpus[1]) {
+        printf("%12s not probed: needs --router-cpu and --bench-cpu, two different CPUs\n",
+               "stalls");
+        return;
+    }
+    for (int i = 0; i < 2; i++) {
+        p[i] = (probe_t){.cpu = cpus[i], .ms = c->stall_probe_ms};
+        pthread_create(&p[i].thread, NULL, probe_main, &p[i]);
+    }
+    printf("%12s", "stalls");
+    for (int i = 0; i < 2; i++) {
+        pthread_join(p[i].thread, NULL);
+        printf("%s CPU %d: %.2f%% of %d ms lost in %llu gaps > 20 us (%llu > 100 us, max %.0f us)",
+               i ? ";" : "", p[i].cpu, (double)p[i].lost_ns / 1e4 / c->stall_probe_ms,
+               c->stall_probe_ms, (unsigned long long)p[i].n, (unsigned long long)p[i].n100,
+               (double)p[i].max_ns / 1e3);
+    }
+    printf("\n");
+}
+
 static pid_t start_router(const cfg_t *c, const char *exe)
 {
     char poll_us[16];
@@ -988,6 +1056,8 @@ static void run(const cfg_t *c, const char *exe)
     char label[32];
     for (const char *p = c->loads ? c->loads : ""; samples && *p;) {
         int load = atoi(p) > 0 ? atoi(p) : 1;
+        if (c->stall_probe_ms)
+            stall_probe(c);
         point_t r = run_point(c, cctx, g, router, load, 0, samples);
         snprintf(label, sizeof label, "%d in flight", load * c->clients);
         print_point(label, &r);
@@ -997,6 +1067,8 @@ static void run(const cfg_t *c, const char *exe)
     for (const char *p = c->rates ? c->rates : ""; samples && *p;) {
         double rate = atof(p);
         if (rate > 0) {
+            if (c->stall_probe_ms)
+                stall_probe(c);
             point_t r = run_point(c, cctx, g, router, 1, rate, samples);
             snprintf(label, sizeof label, "%.0f/s", rate);
             print_point(label, &r);

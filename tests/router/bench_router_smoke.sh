@@ -3,7 +3,7 @@
 # baton-bench-router end to end, briefly, with each load generator: the libzmq one (stubs and
 # clients on their own threads and libzmq sockets) and the ZMTP one (all on one thread, over
 # common/zmtp.c's connecting sockets), on ipc and on loopback TCP endpoints, with the router
-# polling or busy-polling. A real router process serves stub daemons and clients; every point
+# polling or busy-polling; and the probe of the machine's own stalls. A real router process serves stub daemons and clients; every point
 # must complete requests at about the rate offered, with none failed or lost, and report
 # latency samples. The figures themselves are not judged here (this is a shared CI
 # machine); docs/PERFORMANCE.md has them.
@@ -35,4 +35,11 @@ for gen in libzmq zmtp; do
         ' <<<"$out" || fail "$gen $extra: points missing or empty"
     done
 done
+
+# --stall-probe-ms: before each point, a line with the share of a busy loop's time each CPU lost
+out=$("$BIN/baton-bench-router" --generator zmtp --loads 1 --seconds 1 --warmup-ms 100 \
+    --stall-probe-ms 200 --router-cpu 1 --bench-cpu 0)
+echo "$out"
+n=$(grep -cE '^ *stalls CPU [01]: [0-9.]+% of 200 ms lost in [0-9]+ gaps .*; CPU [01]: [0-9.]+% of 200 ms' <<<"$out" || true)
+[ "$n" = 1 ] || fail "--stall-probe-ms: $n stall lines, want 1"
 echo "ok"
