@@ -44,6 +44,17 @@ typedef struct {
     char error[256];
 } bt_rpc_header_t;
 
+/* Most bytes bt_rpc_header_encode writes: five keys, three 10-byte varints, a 5-byte one, an
+ * error's length and text. */
+#define BT_RPC_HEADER_ENCODED_MAX (5 + 3 * 10 + 5 + 2 + 255)
+
+/* The Header message of proto/baton.proto, coded directly (the same bytes protobuf-c writes
+ * and reads; see rpc.c). decode: BT_OK, or BT_ERR_FORMAT for bytes protobuf-c would refuse;
+ * it does not judge the version or method. encode: writes at most BT_RPC_HEADER_ENCODED_MAX
+ * bytes (an error is sent up to its first NUL); returns how many. */
+int bt_rpc_header_decode(const uint8_t *data, size_t len, bt_rpc_header_t *h);
+size_t bt_rpc_header_encode(const bt_rpc_header_t *h, uint8_t *out);
+
 typedef struct {
     bt_rpc_route_t route;
     bt_rpc_header_t hdr;

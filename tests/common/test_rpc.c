@@ -2,7 +2,10 @@
 /*
  * test_rpc.c - framing over real ZeroMQ sockets (DEALER -> ROUTER over inproc and tcp):
  * round trips, and malformed, truncated, unknown-version and unknown-method messages that
- * must come back as statuses with the route kept, so the server can answer and go on.
+ * must come back as statuses with the route kept, so the server can answer and go on. And
+ * the header's own coder (rpc.c) against protobuf-c's on the same inputs: random headers
+ * encode to the same bytes, and random, unusual and damaged byte strings decode to the same
+ * fields or are refused by both.
  */
 // ctest-labels: unit
 #include "testutil.h"
@@ -198,12 +201,184 @@ static void test_rpc_small_and_large_bodies_and_long_error(void **state)
     bt_rpc_msg_fini(&m);
 }
 
+/* ---- the header coder against protobuf-c -------------------------------------------------- */
+
+static uint64_t rand64(uint64_t *rng)
+{
+    return (uint64_t)bt_test_rand(rng) << 32 | bt_test_rand(rng);
+}
+
+/* A value of the kinds that matter for varints: 0, small, at byte boundaries, negative,
+ * any. */
+static uint64_t some_value(uint64_t *rng)
+{
+    switch (bt_test_rand(rng) % 6) {
+    case 0: return 0;
+    case 1: return bt_test_rand(rng) % 300;
+    case 2: return (1ull << (bt_test_rand(rng) % 64)) - (bt_test_rand(rng) % 2);
+    case 3: return (uint64_t)(int64_t) - (int64_t)(bt_test_rand(rng) % 1000 + 1);
+    case 4: return bt_test_rand(rng);
+    default: return rand64(rng);
+    }
+}
+
+static size_t put_varint_n(uint8_t *o, uint64_t v, int extra)
+{
+    size_t n = 0;
+    for (; v >= 0x80 || extra > 0; v >>= 7, extra -= v < 0x80)
+        o[n++] = (uint8_t)(v | 0x80);
+    o[n++] = (uint8_t)v;
+    return n;
+}
+
+/* One field: a known one (now and then with a wrong wire type), an unknown one of any wire
+ * type, a key of up to 6 bytes, overlong varints, lengths near the end. */
+static size_t some_field(uint64_t *rng, uint8_t *o, size_t room)
+{
+    if (room < 40)
+        return 0;
+    uint32_t field = bt_test_rand(rng) % 8 ? 1 + bt_test_rand(rng) % 6 : bt_test_rand(rng);
+    int wt = field == 5 ? 2 : 0;
+    if (field > 5 || bt_test_rand(rng) % 16 == 0)
+        wt = (int)(bt_test_rand(rng) % 8);
+    size_t n = put_varint_n(o, (uint64_t)field << 3 | (uint64_t)wt,
+                            bt_test_rand(rng) % 16 ? 0 : (int)(bt_test_rand(rng) % 3));
+    int overlong = bt_test_rand(rng) % 16 ? 0 : (int)(bt_test_rand(rng) % 4);
+    switch (wt) {
+    case 0: n += put_varint_n(o + n, some_value(rng), overlong); break;
+    case 1: n += 8; break; /* whatever bytes are there */
+    case 5: n += 4; break;
+    case 2: {
+        size_t len = bt_test_rand(rng) % 4 ? bt_test_rand(rng) % 24 : bt_test_rand(rng) % 300;
+        len = len < room - n - 12 ? len : room - n - 12;
+        n += put_varint_n(o + n, len, overlong);
+        for (size_t i = 0; i < len; i++)
+            o[n + i] = bt_test_rand(rng) % 8 ? (uint8_t)('a' + bt_test_rand(rng) % 26)
+                                             : (uint8_t)bt_test_rand(rng);
+        n += len;
+        break;
+    }
+    default: break;
+    }
+    return n;
+}
+
+static void mutate(uint64_t *rng, uint8_t *b, size_t *n, size_t cap)
+{
+    size_t at = *n ? bt_test_rand(rng) % *n : 0;
+    switch (bt_test_rand(rng) % 4) {
+    case 0:
+        if (*n)
+            b[at] ^= (uint8_t)(1u << bt_test_rand(rng) % 8);
+        break;
+    case 1:
+        if (*n < cap) {
+            memmove(b + at + 1, b + at, *n - at);
+            b[at] = (uint8_t)bt_test_rand(rng);
+            (*n)++;
+        }
+        break;
+    case 2:
+        if (*n) {
+            memmove(b + at, b + at + 1, *n - at - 1);
+            (*n)--;
+        }
+        break;
+    default: *n = at; break;
+    }
+}
+
+/* What parse_header keeps of protobuf-c's unpacked error: up to the first NUL, 255 bytes. */
+static void expect_same(const uint8_t *b, size_t n, uint64_t seed)
+{
+    Baton__Header *ref = baton__header__unpack(NULL, n, b);
+    bt_rpc_header_t got;
+    int st = bt_rpc_header_decode(b, n, &got);
+    if (!ref) {
+        if (st != BT_ERR_FORMAT)
+            fail_msg("case %llu: protobuf-c refuses %zu bytes, the coder takes them",
+                     (unsigned long long)seed, n);
+        return;
+    }
+    if (st != BT_OK)
+        fail_msg("case %llu: protobuf-c takes %zu bytes, the coder refuses them",
+                 (unsigned long long)seed, n);
+    char err[256];
+    snprintf(err, sizeof err, "%s", ref->error ? ref->error : "");
+    if (got.version != ref->version || got.method != ref->method ||
+        got.request_id != ref->request_id || got.status != ref->status ||
+        strcmp(got.error, err) != 0)
+        fail_msg("case %llu: fields differ (version %u/%u method %d/%d id %llu/%llu status "
+                 "%d/%d)",
+                 (unsigned long long)seed, got.version, ref->version, (int)got.method,
+                 (int)ref->method, (unsigned long long)got.request_id,
+                 (unsigned long long)ref->request_id, got.status, ref->status);
+    baton__header__free_unpacked(ref, NULL);
+}
+
+static void test_rpc_header_coder_matches_protobuf_c(void **state)
+{
+    (void)state;
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    static uint8_t a[BT_RPC_HEADER_ENCODED_MAX], b[4096];
+    size_t accepted = 0, refused = 0;
+    for (uint64_t k = 0; k < 20000; k++) {
+        /* Encoding: the same bytes as protobuf-c, and back to the same fields. */
+        bt_rpc_header_t h = {.version = (uint32_t)some_value(&rng),
+                             .method = (Baton__Method)(int32_t)some_value(&rng),
+                             .request_id = some_value(&rng),
+                             .status = (int32_t)some_value(&rng)};
+        size_t elen = bt_test_rand(&rng) % 3 ? 0 : bt_test_rand(&rng) % 256;
+        for (size_t i = 0; i < elen; i++)
+            h.error[i] = (char)(1 + bt_test_rand(&rng) % 255);
+        Baton__Header ph = BATON__HEADER__INIT;
+        ph.version = h.version;
+        ph.method = h.method;
+        ph.request_id = h.request_id;
+        ph.status = h.status;
+        ph.error = h.error;
+        size_t n = bt_rpc_header_encode(&h, a);
+        assert_true(n <= BT_RPC_HEADER_ENCODED_MAX);
+        if (k == 0) { /* the longest header there is: each field at its longest */
+            bt_rpc_header_t big = {
+                .version = UINT32_MAX, .method = -1, .request_id = UINT64_MAX, .status = -1};
+            memset(big.error, 'e', sizeof big.error - 1);
+            assert_int_equal(bt_rpc_header_encode(&big, b), BT_RPC_HEADER_ENCODED_MAX);
+        }
+        assert_int_equal(n, baton__header__get_packed_size(&ph));
+        assert_int_equal(baton__header__pack(&ph, b), n);
+        assert_memory_equal(a, b, n);
+        expect_same(a, n, k);
+
+        /* Decoding: random fields, then damaged. */
+        n = 0;
+        for (int f = (int)(bt_test_rand(&rng) % 8); f > 0; f--)
+            n += some_field(&rng, b + n, sizeof b - n);
+        if (n > sizeof b - 64)
+            n = sizeof b - 64;
+        uint64_t seed = rng;
+        expect_same(b, n, seed);
+        for (int m = (int)(bt_test_rand(&rng) % 4); m > 0; m--) {
+            mutate(&rng, b, &n, sizeof b);
+            expect_same(b, n, seed);
+        }
+        bt_rpc_header_t tmp;
+        if (bt_rpc_header_decode(b, n, &tmp) == BT_OK)
+            accepted++;
+        else
+            refused++;
+    }
+    /* Both outcomes were exercised in earnest. */
+    assert_true(accepted > 2000 && refused > 2000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rpc_round_trip_with_reply),
         cmocka_unit_test(test_rpc_malformed_messages_are_reported),
         cmocka_unit_test(test_rpc_small_and_large_bodies_and_long_error),
+        cmocka_unit_test(test_rpc_header_coder_matches_protobuf_c),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
