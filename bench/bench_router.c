@@ -107,6 +107,8 @@ static const bt_cfg_table_t table = {
  * (direct[i] for the libzmq generator's client i; zdirect for the ZMTP generator's one socket). */
 static struct {
     char client[128], cluster[128], zdirect[128], direct[MAX_CLIENTS][128];
+    void *pull[MAX_CLIENTS]; /* the libzmq generator's: bound once, handed to each point's
+                                client thread (a socket may change threads across a join) */
 } g_ep;
 
 static void *socket_at(void *ctx, int type, const char *identity, const char *endpoint, int bind)
@@ -494,12 +496,11 @@ static void *client_main(void *arg)
 {
     client_t *c = arg;
     void *sock = socket_at(c->ctx, ZMQ_DEALER, NULL, g_ep.client, 0);
-    void *pull = socket_at(c->ctx, ZMQ_PULL, NULL, g_ep.direct[c->index], 1);
+    void *pull = g_ep.pull[c->index];
     if (c->rate > 0)
         client_open(c, sock, pull);
     else
         client_closed(c, sock, pull);
-    zmq_close(pull);
     zmq_close(sock);
     return NULL;
 }
@@ -553,10 +554,28 @@ static int set_endpoints(const cfg_t *c, const char *dir)
             snprintf(eps[i], sizeof g_ep.client, "ipc://%s/%s", dir, names[i]);
     }
     for (int i = 0; i < c->clients; i++) {
-        if (tcp)
-            snprintf(g_ep.direct[i], sizeof g_ep.direct[i], "tcp://127.0.0.1:%d", free_port());
+        if (tcp) /* the port is chosen when bound (bind_direct) */
+            snprintf(g_ep.direct[i], sizeof g_ep.direct[i], "tcp://127.0.0.1:*");
         else
             snprintf(g_ep.direct[i], sizeof g_ep.direct[i], "ipc://%s/direct-%d", dir, i);
+    }
+    return 0;
+}
+
+/* The libzmq generator's direct paths: each client's PULL socket, bound before the stubs
+ * connect to it, on a port the system picks (no other process can take it meanwhile). */
+static int bind_direct(void *cctx, int n)
+{
+    for (int i = 0; i < n; i++) {
+        g_ep.pull[i] = zmq_socket(cctx, ZMQ_PULL);
+        bt_rpc_socket_setup(g_ep.pull[i]);
+        size_t len = sizeof g_ep.direct[i];
+        if (zmq_bind(g_ep.pull[i], g_ep.direct[i]) != 0 ||
+            zmq_getsockopt(g_ep.pull[i], ZMQ_LAST_ENDPOINT, g_ep.direct[i], &len) != 0) {
+            fprintf(stderr, "baton-bench-router: cannot bind %s: %s\n", g_ep.direct[i],
+                    zmq_strerror(zmq_errno()));
+            return -1;
+        }
     }
     return 0;
 }
@@ -896,6 +915,37 @@ static pid_t start_router(const cfg_t *c, const char *exe)
     return pid;
 }
 
+/* Starts the router and waits until it serves both endpoints. Its TCP ports were free when
+ * chosen, but another process may take one before the router binds it (a listener there then
+ * proves nothing): the router exits, and is started again on other ports. Returns its pid, or
+ * -1. */
+static pid_t launch_router(const cfg_t *c, const char *exe, const char *dir)
+{
+    for (int attempt = 1; attempt <= 5; attempt++) {
+        if (attempt > 1 && set_endpoints(c, dir) != 0)
+            return -1;
+        pid_t pid = start_router(c, exe);
+        int up = 0, gone = 0;
+        for (int tries = 0; tries < 500 && !up && !gone; tries++) {
+            up = endpoint_listens(g_ep.client) && endpoint_listens(g_ep.cluster);
+            gone = waitpid(pid, NULL, WNOHANG) == pid;
+            if (!up && !gone)
+                usleep(10000);
+        }
+        if (!gone)
+            usleep(100000); /* a router that cannot bind exits at once */
+        if (!gone && up && waitpid(pid, NULL, WNOHANG) == 0)
+            return pid;
+        if (!gone) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+        }
+        fprintf(stderr, "baton-bench-router: the router did not start on %s and %s (attempt %d)\n",
+                g_ep.client, g_ep.cluster, attempt);
+    }
+    return -1;
+}
+
 typedef struct {
     double rps, router_cpu, bench_cpu, added_p50, added_p99, direct_p50, direct_p99;
     size_t n, n_direct;
@@ -1011,16 +1061,16 @@ static void cleanup_dir(const char *dir, int n_clients)
     rmdir(dir);
 }
 
-static void run(const cfg_t *c, const char *exe)
+static int run(const cfg_t *c, const char *exe)
 {
     char dir[64] = "/tmp/baton-bench-XXXXXX";
     if (!mkdtemp(dir))
-        return;
-    if (set_endpoints(c, dir) != 0) {
-        rmdir(dir);
-        return;
+        return -1;
+    pid_t router = set_endpoints(c, dir) == 0 ? launch_router(c, exe, dir) : -1;
+    if (router < 0) {
+        cleanup_dir(dir, c->clients);
+        return -1;
     }
-    pid_t router = start_router(c, exe);
     pin(c->bench_cpu); /* after the fork: threads made from here on inherit it */
     /* The stubs and the clients stand for separate processes: each side has its own ZeroMQ
      * context, so its own I/O thread, as it would in a deployment. */
@@ -1028,17 +1078,22 @@ static void run(const cfg_t *c, const char *exe)
     atomic_int stop = 0;
     stubs_t stubs;
     gen_t gen, *g = strcmp(c->generator, "zmtp") ? NULL : &gen;
-    usleep(200000);
-    if (g && gen_open(c, g) != 0) {
-        gen_close(g);
+    int failed = g ? gen_open(c, g) != 0 : bind_direct(cctx = zmq_ctx_new(), c->clients) != 0;
+    if (failed) {
+        if (g)
+            gen_close(g);
+        for (int i = 0; i < c->clients && !g; i++)
+            if (g_ep.pull[i])
+                zmq_close(g_ep.pull[i]);
+        if (cctx)
+            zmq_ctx_term(cctx);
         kill(router, SIGTERM);
         waitpid(router, NULL, 0);
         cleanup_dir(dir, c->clients);
-        return;
+        return -1;
     }
     if (!g) {
         ctx = zmq_ctx_new();
-        cctx = zmq_ctx_new();
         stubs_init(c, ctx, &stop, &stubs);
         pthread_create(&stubs.thread, NULL, stubs_main, &stubs);
         usleep(500000); /* stubs registered */
@@ -1081,13 +1136,17 @@ static void run(const cfg_t *c, const char *exe)
         gen_close(g);
     } else {
         pthread_join(stubs.thread, NULL);
+        for (int i = 0; i < c->clients; i++)
+            zmq_close(g_ep.pull[i]);
         zmq_ctx_term(cctx);
         zmq_ctx_term(ctx);
     }
     kill(router, SIGTERM);
     waitpid(router, NULL, 0);
+    int st = samples ? 0 : -1;
     free(samples);
     cleanup_dir(dir, c->clients);
+    return st;
 }
 
 int main(int argc, char **argv)
@@ -1110,7 +1169,7 @@ int main(int argc, char **argv)
         bt_cfg_free(&table, &c);
         return 1;
     }
-    run(&c, exe);
+    st = run(&c, exe);
     bt_cfg_free(&table, &c);
-    return 0;
+    return st == 0 ? 0 : 1;
 }

@@ -3,7 +3,8 @@
 # baton-bench-router end to end, briefly, with each load generator: the libzmq one (stubs and
 # clients on their own threads and libzmq sockets) and the ZMTP one (all on one thread, over
 # common/zmtp.c's connecting sockets), on ipc and on loopback TCP endpoints, with the router
-# polling or busy-polling; and the probe of the machine's own stalls. A real router process serves stub daemons and clients; every point
+# polling or busy-polling; a router that cannot start; and the probe of the machine's own
+# stalls. A real router process serves stub daemons and clients; every point
 # must complete requests at about the rate offered, with none failed or lost, and report
 # latency samples. The figures themselves are not judged here (this is a shared CI
 # machine); docs/PERFORMANCE.md has them.
@@ -35,6 +36,14 @@ for gen in libzmq zmtp; do
         ' <<<"$out" || fail "$gen $extra: points missing or empty"
     done
 done
+
+# A router that does not start (here: one that exits at once, as one whose port another
+# process took) is tried again on other ports, then reported with a failing status, not a hang
+if out=$("$BIN/baton-bench-router" --router /bin/false --transport tcp --loads 1 --seconds 1 2>&1); then
+    fail "a router that never started was not reported: $out"
+fi
+[ "$(grep -c 'the router did not start on tcp://127.0.0.1:' <<<"$out")" = 5 ] ||
+    fail "want five attempts on fresh ports: $out"
 
 # --stall-probe-ms: before each point, a line with the share of a busy loop's time each CPU lost
 out=$("$BIN/baton-bench-router" --generator zmtp --loads 1 --seconds 1 --warmup-ms 100 \
