@@ -263,31 +263,6 @@ static size_t some_field(uint64_t *rng, uint8_t *o, size_t room)
     return n;
 }
 
-static void mutate(uint64_t *rng, uint8_t *b, size_t *n, size_t cap)
-{
-    size_t at = *n ? bt_test_rand(rng) % *n : 0;
-    switch (bt_test_rand(rng) % 4) {
-    case 0:
-        if (*n)
-            b[at] ^= (uint8_t)(1u << bt_test_rand(rng) % 8);
-        break;
-    case 1:
-        if (*n < cap) {
-            memmove(b + at + 1, b + at, *n - at);
-            b[at] = (uint8_t)bt_test_rand(rng);
-            (*n)++;
-        }
-        break;
-    case 2:
-        if (*n) {
-            memmove(b + at, b + at + 1, *n - at - 1);
-            (*n)--;
-        }
-        break;
-    default: *n = at; break;
-    }
-}
-
 /* What parse_header keeps of protobuf-c's unpacked error: up to the first NUL, 255 bytes. */
 static void expect_same(const uint8_t *b, size_t n, uint64_t seed)
 {
@@ -359,7 +334,7 @@ static void test_rpc_header_coder_matches_protobuf_c(void **state)
         uint64_t seed = rng;
         expect_same(b, n, seed);
         for (int m = (int)(bt_test_rand(&rng) % 4); m > 0; m--) {
-            mutate(&rng, b, &n, sizeof b);
+            bt_test_mutate(&rng, b, &n, sizeof b);
             expect_same(b, n, seed);
         }
         bt_rpc_header_t tmp;

@@ -905,25 +905,8 @@ static void test_zmtp_mutated_streams(void **state)
                                "ctx",
                                10);
         }
-        for (int k = 1 + (int)(bt_test_rand(&rng) % 4); k > 0; k--) {
-            size_t at = bt_test_rand(&rng) % n;
-            switch (bt_test_rand(&rng) % 4) {
-            case 0: s[at] ^= (uint8_t)(1u << (bt_test_rand(&rng) % 8)); break;
-            case 1: s[at] = (uint8_t)bt_test_rand(&rng); break;
-            case 2:
-                memmove(s + at + 1, s + at, n - at);
-                s[at] = (uint8_t)bt_test_rand(&rng);
-                n++;
-                break;
-            default:
-                if (bt_test_rand(&rng) % 2) {
-                    memmove(s + at, s + at + 1, n - at - 1);
-                    n--;
-                } else {
-                    n = at + 1; /* cut short */
-                }
-            }
-        }
+        for (int k = 1 + (int)(bt_test_rand(&rng) % 4); k > 0; k--)
+            bt_test_mutate(&rng, s, &n, sizeof s);
         int fd = raw_connect(ep);
         for (size_t at = 0; at < n;) {
             size_t piece = 1 + bt_test_rand(&rng) % 700;

@@ -437,35 +437,6 @@ static void fz_template(uint64_t *rng, int side, uint8_t *hbuf, size_t *hlen, ui
 }
 
 /* Flips, replaces, inserts or removes a byte, or cuts the buffer short. */
-static void fz_mutate(uint64_t *rng, uint8_t *p, size_t *n, size_t cap)
-{
-    size_t at = *n ? bt_test_rand(rng) % *n : 0;
-    switch (bt_test_rand(rng) % 5) {
-    case 0:
-        if (*n)
-            p[at] ^= (uint8_t)(1u << (bt_test_rand(rng) % 8));
-        break;
-    case 1:
-        if (*n)
-            p[at] = (uint8_t)bt_test_rand(rng);
-        break;
-    case 2:
-        if (*n < cap) {
-            memmove(p + at + 1, p + at, *n - at);
-            p[at] = (uint8_t)bt_test_rand(rng);
-            (*n)++;
-        }
-        break;
-    case 3:
-        if (*n) {
-            memmove(p + at, p + at + 1, *n - at - 1);
-            (*n)--;
-        }
-        break;
-    default: *n = at;
-    }
-}
-
 /* Mutated messages from a client and from a daemon: valid protocol messages of every kind
  * each side sends, with a few bytes of the header or the body changed, inserted or removed,
  * sometimes as one frame or three. The router answers what it can, and afterwards still
@@ -485,9 +456,9 @@ static void test_faults_mutated_messages(void **state)
         fz_template(&rng, side, hbuf, &hlen, bbuf, &blen);
         for (int k = 1 + (int)(bt_test_rand(&rng) % 3); k > 0; k--) {
             if (bt_test_rand(&rng) % 2)
-                fz_mutate(&rng, hbuf, &hlen, sizeof hbuf);
+                bt_test_mutate(&rng, hbuf, &hlen, sizeof hbuf);
             else
-                fz_mutate(&rng, bbuf, &blen, sizeof bbuf);
+                bt_test_mutate(&rng, bbuf, &blen, sizeof bbuf);
         }
         const char *frames[3] = {(const char *)hbuf, (const char *)bbuf, "x"};
         size_t lens[3] = {hlen, blen, 1};

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -64,4 +65,33 @@ uint32_t bt_test_rand(uint64_t *state)
     *state ^= *state >> 7;
     *state ^= *state << 17;
     return (uint32_t)(*state >> 32);
+}
+
+void bt_test_mutate(uint64_t *state, uint8_t *p, size_t *n, size_t cap)
+{
+    size_t at = *n ? bt_test_rand(state) % *n : 0;
+    switch (bt_test_rand(state) % 5) {
+    case 0:
+        if (*n)
+            p[at] ^= (uint8_t)(1u << (bt_test_rand(state) % 8));
+        break;
+    case 1:
+        if (*n)
+            p[at] = (uint8_t)bt_test_rand(state);
+        break;
+    case 2:
+        if (*n < cap) {
+            memmove(p + at + 1, p + at, *n - at);
+            p[at] = (uint8_t)bt_test_rand(state);
+            (*n)++;
+        }
+        break;
+    case 3:
+        if (*n) {
+            memmove(p + at, p + at + 1, *n - at - 1);
+            (*n)--;
+        }
+        break;
+    default: *n = at;
+    }
 }

@@ -33,4 +33,8 @@ char *bt_test_read_file(const char *path, size_t *len);
 /* The next of a seeded pseudo-random sequence (xorshift64; *state must not be 0). */
 uint32_t bt_test_rand(uint64_t *state);
 
+/* One random edit of p[0..*n) (capacity cap), as damage in transit would make: a bit flipped,
+ * a byte replaced, a byte inserted, a byte removed, or the rest cut off. */
+void bt_test_mutate(uint64_t *state, uint8_t *p, size_t *n, size_t cap);
+
 #endif
