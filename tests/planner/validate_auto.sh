@@ -8,6 +8,7 @@
 # baton-profile --refit fits the daemon's step log into a profile that loads.
 set -euo pipefail
 BIN=${BATON_BINARY_DIR:?}/bin
+SUPPORT=$(cd "$(dirname "$0")/../support" && pwd)
 tmp=$(mktemp -d)
 up=
 cleanup() {
@@ -22,16 +23,26 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
     --prefill-counts 1,2 --max-batch-tokens 128 --decode-batches 1,2,4,8 --decode-ctx 16,64 \
     --kv-mem 8M --quiet --out "$tmp/alone.json"
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$BIN/baton" up --model "$tmp/tiny.gguf" --colocated 1 --threads 1 --kv-mem 8M --port "$port" \
-    --cluster-port $((port + 1)) --log-dir "$tmp/logs" --step-logs >"$tmp/up.log" 2>&1 &
-up=$!
-for _ in $(seq 600); do
+# Ports free when drawn may be taken before the router binds them: then again on others.
+for attempt in 1 2 3 4 5; do
+    read -r port cport < <(python3 "$SUPPORT/free_ports.py" 2)
+    "$BIN/baton" up --model "$tmp/tiny.gguf" --colocated 1 --threads 1 --kv-mem 8M \
+        --port "$port" --cluster-port "$cport" --log-dir "$tmp/logs" --step-logs \
+        >"$tmp/up.log" 2>&1 &
+    up=$!
+    for _ in $(seq 600); do
+        grep -q "serving on" "$tmp/up.log" && break
+        kill -0 "$up" 2>/dev/null || break
+        sleep 0.1
+    done
     grep -q "serving on" "$tmp/up.log" && break
-    kill -0 "$up" 2>/dev/null || { cat "$tmp/up.log"; fail "baton up exited"; }
-    sleep 0.1
+    kill -INT "$up" 2>/dev/null
+    wait "$up" 2>/dev/null || true
+    up=
+    grep -q "Address already in use" "$tmp/up.log" || { cat "$tmp/up.log"; fail "baton up exited"; }
+    echo "ports $port/$cport were taken (attempt $attempt): again on others"
 done
-grep -q "serving on" "$tmp/up.log" || fail "the cluster did not come up"
+[ -n "$up" ] || fail "the cluster did not come up"
 
 "$BIN/baton-validate" --endpoint "tcp://127.0.0.1:$port" --profile "$tmp/alone.json" \
     --prefill 0 --decode 0 --colocated 1 --kv-mem 8M --prompt-len 8 --prompt-max 48 \
@@ -68,7 +79,7 @@ awk -F'|' '/^\| [0-9]/ { if ($17 !~ /^ [0-9.]+% $/ || $18 !~ /^ [-+][0-9.]+ $/) 
 grep -Eq '^speed replayed: within 2 points at [0-3] of 3 rates' "$tmp/val.txt" ||
     fail "no speed-replay summary line"
 
-kill -INT "$up" && wait "$up" || fail "baton up did not stop cleanly"
+{ kill -INT "$up" && wait "$up"; } || fail "baton up did not stop cleanly"
 up=
 steps=$tmp/logs/colocated-0.steps.csv
 # every prompt of the 3 x 40 requests was prefilled (several to a step when they came together)

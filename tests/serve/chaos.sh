@@ -233,7 +233,7 @@ PY
 
 mkdir -p "$tmp/logs" "$tmp/expect" "$tmp/chaos" "$tmp/final"
 "$BIN/baton" model gen --preset tiny --ctx 2048 --out "$tmp/tiny.gguf" >/dev/null
-mport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mport=$(python3 "$(dirname "$0")/../support/free_ports.py")
 "$BIN/baton-router" --model "$tmp/tiny.gguf" --client-endpoint "$CLIENT_EP" \
     --cluster-endpoint "$CLUSTER_EP" --bind 127.0.0.1 --metrics-port "$mport" \
     --dead-after-ms 1000 --failover-timeout-ms 5000 --queue-timeout-ms 5000 \

@@ -109,19 +109,38 @@ void bt_proc_dump_log(const bt_proc_t *p)
     free(s);
 }
 
-int bt_test_free_port(void)
+/* Whether port is free on 127.0.0.1 now (0: any; *port then says which). */
+static int port_free(int *port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)*port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t len = sizeof a;
-    int port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
+    int ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+             getsockname(fd, (struct sockaddr *)&a, &len) == 0;
+    if (ok)
+        *port = ntohs(a.sin_port);
     if (fd >= 0)
         close(fd);
-    return port;
+    return ok;
+}
+
+/* Drawn at random below the system's ephemeral ports (32768 and up by default): those are also
+ * the source ports of outgoing connections, which tests running beside each other make by the
+ * hundred, and one may land on a port chosen here before its listener binds it (tests/support/
+ * free_ports.py does the same for the scripts). */
+int bt_test_free_port(void)
+{
+    static uint64_t rng;
+    if (!rng)
+        rng = ((uint64_t)getpid() << 32 | (uint64_t)time(NULL)) | 1;
+    for (int tries = 0; tries < 200; tries++) {
+        int port = 20000 + (int)(bt_test_rand(&rng) % 12000);
+        if (port_free(&port))
+            return port;
+    }
+    int port = 0;
+    return port_free(&port) ? port : -1;
 }
 
 int bt_test_make_model(const char *preset, char *buf, size_t cap)
