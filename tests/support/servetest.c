@@ -263,7 +263,7 @@ static void on_chunk(fake_req_t *q, const bt_rpc_msg_t *m)
             q->n_ids = (int)at + 1;
     }
     size_t n = c->text.data ? c->text.len : 0;
-    if (q->n_text + n < sizeof q->text) {
+    if (n && q->n_text + n < sizeof q->text) {
         memcpy(q->text + q->n_text, c->text.data, n);
         q->n_text += n;
         q->text[q->n_text] = 0;
