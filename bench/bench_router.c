@@ -45,6 +45,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/clock.h"
 #include "common/config.h"
 #include "common/rpc.h"
 #include "common/status.h"
@@ -757,11 +758,6 @@ static int gen_open(const cfg_t *c, gen_t *g)
     if (bt_zmtp_new(NULL, &g->up) != BT_OK || bt_zmtp_bind(g_ep.zdirect, NULL, &g->direct) != BT_OK)
         return -1;
     const char *direct = bt_zmtp_endpoint(g->direct); /* with the port chosen for tcp */
-    for (int tries = 0; tries < 500; tries++) {       /* the router, once it has bound */
-        if (endpoint_listens(g_ep.client) && endpoint_listens(g_ep.cluster))
-            break;
-        usleep(10000);
-    }
     int st = BT_OK;
     for (int i = 0; i < g->stubs.n; i++) {
         g->stubs.port[i] = gen_port(g->up, 's', i);
@@ -850,20 +846,14 @@ typedef struct {
     pthread_t thread;
 } probe_t;
 
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void *probe_main(void *arg)
 {
     probe_t *p = arg;
     pin(p->cpu);
-    uint64_t prev = mono_ns(), end = prev + (uint64_t)p->ms * 1000000ull;
+    double prev = bt_mono_ms(), end = prev + p->ms;
     while (prev < end) {
-        uint64_t t = mono_ns(), d = t - prev;
+        double t = bt_mono_ms();
+        uint64_t d = (uint64_t)((t - prev) * 1e6);
         prev = t;
         if (d > STALL_NS) {
             p->n++;
@@ -975,10 +965,13 @@ static void collect_clients(client_t *cl, int n, int64_t *samples, point_t *pt, 
 }
 
 /* One load point: clients keep `outstanding` requests each in flight (closed loop), or offer
- * `rate` requests/s in all (open loop, when rate > 0); warm up, measure. */
+ * `rate` requests/s in all (open loop, when rate > 0); probe the machine's stalls if asked,
+ * warm up, measure. */
 static point_t run_point(const cfg_t *c, void *ctx, gen_t *g, pid_t router, int outstanding,
                          double rate, int64_t *samples)
 {
+    if (c->stall_probe_ms)
+        stall_probe(c);
     atomic_int stop = 0, measure = 0;
     client_t cl[MAX_CLIENTS];
     size_t per = MAX_SAMPLES / (size_t)c->clients;
@@ -1111,8 +1104,6 @@ static int run(const cfg_t *c, const char *exe)
     char label[32];
     for (const char *p = c->loads ? c->loads : ""; samples && *p;) {
         int load = atoi(p) > 0 ? atoi(p) : 1;
-        if (c->stall_probe_ms)
-            stall_probe(c);
         point_t r = run_point(c, cctx, g, router, load, 0, samples);
         snprintf(label, sizeof label, "%d in flight", load * c->clients);
         print_point(label, &r);
@@ -1122,8 +1113,6 @@ static int run(const cfg_t *c, const char *exe)
     for (const char *p = c->rates ? c->rates : ""; samples && *p;) {
         double rate = atof(p);
         if (rate > 0) {
-            if (c->stall_probe_ms)
-                stall_probe(c);
             point_t r = run_point(c, cctx, g, router, 1, rate, samples);
             snprintf(label, sizeof label, "%.0f/s", rate);
             print_point(label, &r);
