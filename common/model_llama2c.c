@@ -29,7 +29,7 @@ typedef struct {
 
 static int check_header(const l2c_header_t *h, const char *path)
 {
-    int32_t vocab = h->vocab_size < 0 ? -h->vocab_size : h->vocab_size;
+    int64_t vocab = h->vocab_size < 0 ? -(int64_t)h->vocab_size : h->vocab_size; /* INT32_MIN too */
     const char *why = NULL;
     if (h->dim <= 0 || h->hidden_dim <= 0 || h->n_layers <= 0 || h->n_heads <= 0 ||
         h->n_kv_heads <= 0 || h->vocab_size == 0 || h->vocab_size == INT32_MIN || h->seq_len <= 0)
