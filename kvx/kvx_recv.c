@@ -441,15 +441,18 @@ void kvx_recv_on_source(bt_kvx_peer_t *peer, kvx_rd_t *rd)
         return;
     }
     int32_t *src = n == r->n_blocks ? bt_malloc((size_t)n * sizeof *src) : NULL;
-    int bad = !src;
+    int st = n != r->n_blocks ? BT_ERR_FORMAT : src ? BT_OK : BT_ERR_NOMEM;
     for (int32_t i = 0; src && i < n; i++) {
         src[i] = kvx_rd_i32(rd);
-        bad |= src[i] < 0 || src[i] >= peer->layout.n_blocks;
+        if (src[i] < 0 || src[i] >= peer->layout.n_blocks)
+            st = BT_ERR_FORMAT;
     }
-    if (bad || rd->err) {
+    if (st == BT_OK && rd->err)
+        st = BT_ERR_FORMAT;
+    if (st != BT_OK) {
         bt_warn("kvx %s: bad source list from '%s'", peer->kvx->name, peer->name);
         bt_free(src);
-        kvx_recv_end(r, src ? BT_ERR_FORMAT : BT_ERR_NOMEM, 1);
+        kvx_recv_end(r, st, 1);
         return;
     }
     r->src = src;
