@@ -160,6 +160,23 @@ void bt_batcher_add_prompt(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req)
     bt_sched_decode_add(&b->sched, &s->item);
 }
 
+/* Tokens that came from another daemon (a prefill's first token, a partner's output) go
+ * into the next forward with the rest of the batch: one outside the vocabulary would fail the
+ * whole step, so it ends only its own request. 1 when it did. */
+static int bad_tokens(bt_batcher_t *b, bt_worker_t *w, seq_t *s, const int32_t *ids, int32_t k)
+{
+    for (int32_t i = 0; i < k; i++) {
+        if (ids[i] < 0 || ids[i] >= b->model->hp.n_vocab) {
+            bt_error("req %llu: token %d from the peer is outside the vocabulary",
+                     (unsigned long long)s->req->id, ids[i]);
+            seq_finish(b, w, s, BATON__FINISH_REASON__FINISH_FAILED, BT_ERR_FORMAT,
+                       "a token from the peer is outside the vocabulary");
+            return 1;
+        }
+    }
+    return 0;
+}
+
 void bt_batcher_add_continued(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt_kv_seq_t *kv,
                               int32_t first_token)
 {
@@ -173,6 +190,8 @@ void bt_batcher_add_continued(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt
     memset(kv, 0, sizeof *kv);
     s->decoding = 1;
     bt_req_event(req, BATON__EVENT_KIND__DECODE_QUEUED, 0);
+    if (bad_tokens(b, w, s, &first_token, 1))
+        return;
     bt_seqgen_step_t st;
     bt_seqgen_append(s->gen, first_token, &st);
     if (st.finish != BATON__FINISH_REASON__FINISH_NONE) { /* the first token ended it */
@@ -198,6 +217,8 @@ void bt_batcher_add_resumed(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt_k
     memset(kv, 0, sizeof *kv);
     s->decoding = 1;
     bt_req_event(req, BATON__EVENT_KIND__RESUMED, 0);
+    if (bad_tokens(b, w, s, ids, k))
+        return;
     for (int32_t i = 0; i < k; i++) {
         bt_seqgen_step_t st;
         bt_seqgen_append(s->gen, ids[i], &st);
