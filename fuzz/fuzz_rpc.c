@@ -10,10 +10,13 @@
  *   2: a body, unpacked as the message of a method the next byte picks, then checked where a
  *      daemon checks it: an Assignment by bt_req_from_assignment for each role (what it admits
  *      must fit the daemon's limits), a GenerateRequest by the router's admission checks, a
- *      Heartbeat by the router's instance table.
+ *      Heartbeat by the router's instance table; a GenerateResult and an InfoReply by the
+ *      client library, which copies each into one block (every string terminated inside it,
+ *      as the sanitizers check).
  */
 #include <string.h>
 
+#include "client/client_impl.h"
 #include "common/alloc.h"
 #include "common/request.h"
 #include "common/rpc.h"
@@ -166,6 +169,39 @@ static void check_heartbeat(const Baton__Heartbeat *hb)
     router_instances_destroy(set);
 }
 
+/* Every string of a copy reads to its NUL; the text to its length. */
+static size_t str_sum(const char *s)
+{
+    FUZZ_CHECK(s != NULL, "a NULL string in a copy");
+    return strlen(s);
+}
+
+static void check_result(const Baton__GenerateResult *g, const bt_rpc_header_t *h)
+{
+    bt_client_result_t *r = client_result_make(h->request_id, h->status, h->error, g);
+    FUZZ_CHECK(r != NULL, "no copy");
+    size_t n = str_sum(r->error) + str_sum(r->prefill_instance) + str_sum(r->decode_instance);
+    for (size_t i = 0; i < r->n_events; i++)
+        n += str_sum(r->events[i].instance);
+    FUZZ_CHECK(r->n_ids == g->n_ids &&
+                   (r->n_ids == 0 || r->ids[r->n_ids - 1] == g->ids[g->n_ids - 1]),
+               "ids");
+    FUZZ_CHECK(r->text[r->text_len] == 0, "text not terminated at its length (%zu)", n);
+    bt_client_result_free(r);
+}
+
+static void check_info(const Baton__InfoReply *in)
+{
+    bt_client_info_t *info = client_info_make(in);
+    FUZZ_CHECK(info != NULL, "no copy");
+    size_t n = str_sum(info->model) + str_sum(info->policy);
+    for (size_t i = 0; i < info->n_instances; i++)
+        n += str_sum(info->instances[i].id) + str_sum(info->instances[i].partner);
+    FUZZ_CHECK(info->n_instances == in->n_instances, "%zu instances of %zu (%zu)",
+               info->n_instances, in->n_instances, n);
+    bt_client_info_free(info);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fuzz_in_t in = {data, size};
@@ -200,11 +236,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case BATON__METHOD__ASSIGN: check_assignment((Baton__Assignment *)body, &in); break;
         case BATON__METHOD__GENERATE: check_generate((Baton__GenerateRequest *)body); break;
         case BATON__METHOD__HEARTBEAT: check_heartbeat((Baton__Heartbeat *)body); break;
+        case BATON__METHOD__RESULT: check_result((Baton__GenerateResult *)body, &m.hdr); break;
         default: break;
         }
     }
     if (body)
         protobuf_c_message_free_unpacked(body, NULL);
+    if (method == BATON__METHOD__INFO) { /* the router's reply: an InfoReply (client.c: call) */
+        Baton__InfoReply *info = baton__info_reply__unpack(NULL, m.body_len, m.body);
+        if (info) {
+            check_info(info);
+            baton__info_reply__free_unpacked(info, NULL);
+        }
+    }
     bt_free(m.body);
     return 0;
 }
