@@ -206,8 +206,10 @@ void bt_cpu_quantize_row_q8(const float *x, int8_t *qs, float *d, int64_t n)
             amax = fabsf(xb[l]) > amax ? fabsf(xb[l]) : amax;
         float dd = amax / 127.0f;
         float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+        /* The clamp changes nothing for finite rows (|x * id| <= 127 up to rounding); a NaN or
+         * an infinity, which a corrupt model's weights can make, would convert out of range. */
         for (int l = 0; l < BT_QK8_0; l++)
-            qb[l] = (int8_t)nearbyintf(xb[l] * id);
+            qb[l] = (int8_t)nearbyintf(fminf(fmaxf(xb[l] * id, -127.0f), 127.0f));
 #endif
         d[b] = dd;
     }
