@@ -237,11 +237,6 @@ static int draining_seen(fake_router_t *r, void *arg)
     return in && in->last && in->last->draining;
 }
 
-static int replied(fake_router_t *r, void *arg)
-{
-    return fake_router_req(r, *(uint64_t *)arg)->replied > 0;
-}
-
 static void test_colocated_sigterm_drains(void **state)
 {
     colo_fixture_t *f = *state;
@@ -253,14 +248,14 @@ static void test_colocated_sigterm_drains(void **state)
     for (uint64_t rid = 30; rid < 34; rid++) {
         assert_int_equal(
             fake_router_assign(&f->r, f->id, rid, BATON__ROLE__COLOCATED, prompt, 16, 800, 0), 0);
-        assert_true(fake_router_wait(&f->r, replied, &rid, 10000));
+        assert_true(fake_router_wait_replied(&f->r, rid, 10000));
     }
     kill(f->proc.pid, SIGTERM);
     assert_true(fake_router_wait(&f->r, draining_seen, f->id, 10000));
     uint64_t late = 40;
     assert_int_equal(
         fake_router_assign(&f->r, f->id, late, BATON__ROLE__COLOCATED, prompt, 16, 4, 0), 0);
-    assert_true(fake_router_wait(&f->r, replied, &late, 10000));
+    assert_true(fake_router_wait_replied(&f->r, late, 10000));
     assert_int_equal(fake_router_req(&f->r, late)->reply_status, BT_ERR_DRAINING);
     for (uint64_t rid = 30; rid < 34; rid++) {
         assert_true(fake_router_wait_done(&f->r, rid, 60000));
@@ -290,7 +285,7 @@ static void send_with_header(colo_fixture_t *f, uint32_t version, int method, ui
 
 static void expect_reply(colo_fixture_t *f, uint64_t rid, int32_t status)
 {
-    assert_true(fake_router_wait(&f->r, replied, &rid, 10000));
+    assert_true(fake_router_wait_replied(&f->r, rid, 10000));
     fake_req_t *q = fake_router_req(&f->r, rid);
     assert_int_equal(q->reply_status, status);
     assert_int_equal(q->done, 0);

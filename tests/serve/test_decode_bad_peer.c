@@ -108,11 +108,6 @@ static void start_peer(bp_fixture_t *f)
     assert_true(f->peer_addr_len > 0);
 }
 
-static int replied(fake_router_t *r, void *arg)
-{
-    return fake_router_req(r, *(uint64_t *)arg)->replied > 0;
-}
-
 static int streaming(fake_router_t *r, void *arg)
 {
     return fake_router_req(r, *(uint64_t *)arg)->n_chunks > 0;
@@ -154,7 +149,7 @@ static void ship(bp_fixture_t *f, uint64_t rid, int max_tokens, int32_t src, int
     a.peer_kvx_address.len = f->peer_addr_len;
     fake_router_req(&f->r, rid);
     assert_int_equal(fake_router_send(&f->r, f->dec_id, BATON__METHOD__ASSIGN, rid, &a.base), 0);
-    assert_true(fake_router_wait(&f->r, replied, &rid, 10000));
+    assert_true(fake_router_wait_replied(&f->r, rid, 10000));
     fake_req_t *q = fake_router_req(&f->r, rid);
     assert_int_equal(q->reply_status, BT_OK);
     assert_int_equal(q->n_resv_blocks, (N_PROMPT + 15) / 16);

@@ -82,11 +82,6 @@ static int teardown(void **state)
     return 0;
 }
 
-static int replied(fake_router_t *r, void *arg)
-{
-    return fake_router_req(r, *(uint64_t *)arg)->replied > 0;
-}
-
 /* Sends an assignment with a peer and, for prefill, the reservation the decode answered. */
 static void assign(pd_fixture_t *f, const char *to, uint64_t rid, Baton__Role part,
                    const int32_t *prompt, int n, int max_tokens, uint32_t skip, const char *peer,
@@ -125,7 +120,7 @@ static fake_req_t *run_one(pd_fixture_t *f, uint64_t rid, const int32_t *prompt,
                            int max_tokens, uint32_t skip)
 {
     assign(f, f->dec_id, rid, BATON__ROLE__DECODE, prompt, n, max_tokens, skip, f->pre_id, NULL);
-    assert_true(fake_router_wait(&f->r, replied, &rid, 10000));
+    assert_true(fake_router_wait_replied(&f->r, rid, 10000));
     fake_req_t *q = fake_router_req(&f->r, rid);
     assert_int_equal(q->reply_status, 0);
     assert_int_equal(q->n_resv_blocks, (n + 15) / 16);
@@ -207,10 +202,10 @@ static void test_disagg_decode_nospace_and_abort_frees(void **state)
     bt_test_prompt(5, 40, 512, prompt);
     uint64_t a = 10, b = 11;
     assign(f, f->dec_id, a, BATON__ROLE__DECODE, prompt, 40, 8, 0, f->pre_id, NULL);
-    assert_true(fake_router_wait(&f->r, replied, &a, 10000));
+    assert_true(fake_router_wait_replied(&f->r, a, 10000));
     assert_int_equal(fake_router_req(&f->r, a)->reply_status, 0);
     assign(f, f->dec_id, b, BATON__ROLE__DECODE, prompt, 20, 8, 0, f->pre_id, NULL);
-    assert_true(fake_router_wait(&f->r, replied, &b, 10000));
+    assert_true(fake_router_wait_replied(&f->r, b, 10000));
     assert_int_equal(fake_router_req(&f->r, b)->reply_status, BT_ERR_NOSPACE);
     assert_int_equal(fake_router_req(&f->r, b)->done, 0); /* refused: nothing owed */
     assert_int_equal(fake_router_send(&f->r, f->dec_id, BATON__METHOD__ABORT, a, NULL), 0);
@@ -244,7 +239,7 @@ static void test_disagg_prefill_without_peer_fails_cleanly(void **state)
     /* A prefill assignment without a reservation is refused. */
     uint64_t bad = 21;
     assign(f, f->pre_id, bad, BATON__ROLE__PREFILL, prompt, 30, 8, 0, "decode-nobody", NULL);
-    assert_true(fake_router_wait(&f->r, replied, &bad, 10000));
+    assert_true(fake_router_wait_replied(&f->r, bad, 10000));
     assert_int_equal(fake_router_req(&f->r, bad)->reply_status, BT_ERR_INVAL);
 }
 
@@ -351,7 +346,7 @@ static void test_disagg_decode_refuses_unreachable_peer(void **state)
     bt_test_prompt(7, 30, 512, prompt);
     uint64_t rid = 30; /* no address for the peer at all */
     assign(f, f->dec_id, rid, BATON__ROLE__DECODE, prompt, 30, 8, 0, "prefill-nobody", NULL);
-    assert_true(fake_router_wait(&f->r, replied, &rid, 10000));
+    assert_true(fake_router_wait_replied(&f->r, rid, 10000));
     assert_int_equal(fake_router_req(&f->r, rid)->reply_status, BT_ERR_INVAL);
     assert_true(fake_router_wait(&f->r, kv_all_free, f->dec_id, 10000));
 }

@@ -379,6 +379,16 @@ int fake_router_wait_done(fake_router_t *r, uint64_t rid, int timeout_ms)
     return fake_router_wait(r, req_done, &rid, timeout_ms);
 }
 
+static int req_replied(fake_router_t *r, void *arg)
+{
+    return fake_router_req(r, *(uint64_t *)arg)->replied > 0;
+}
+
+int fake_router_wait_replied(fake_router_t *r, uint64_t rid, int timeout_ms)
+{
+    return fake_router_wait(r, req_replied, &rid, timeout_ms);
+}
+
 int fake_router_send_raw(fake_router_t *r, const char *id, const void *const *frames,
                          const size_t *lens, int n)
 {

@@ -123,6 +123,8 @@ int fake_router_wait(fake_router_t *r, int (*pred)(fake_router_t *, void *), voi
                      int timeout_ms);
 /* Waits for DONE of request rid. */
 int fake_router_wait_done(fake_router_t *r, uint64_t rid, int timeout_ms);
+/* Waits for the ASSIGN_REPLY to request rid. */
+int fake_router_wait_replied(fake_router_t *r, uint64_t rid, int timeout_ms);
 
 /* ---- a real cluster: baton-router and daemons -------------------------------------------- */
 
