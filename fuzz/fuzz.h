@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "router/limits.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
@@ -52,6 +54,28 @@ static inline uint32_t fuzz_u32(fuzz_in_t *in)
         v |= (uint32_t)fuzz_u8(in) << (8 * i);
     return v;
 }
+
+static inline uint64_t fuzz_u64(fuzz_in_t *in)
+{
+    uint64_t lo = fuzz_u32(in);
+    return lo | (uint64_t)fuzz_u32(in) << 32;
+}
+
+/* A file in memory that the code under test opens by its path, as it would one on disk. */
+typedef struct {
+    int fd;
+    char path[32]; /* /proc/self/fd/N */
+} fuzz_file_t;
+
+void fuzz_file_open(fuzz_file_t *f, const char *name);
+/* Makes the file's content data[0..n). */
+void fuzz_file_set(const fuzz_file_t *f, const void *data, size_t n);
+
+/* A client's GenerateRequest through the router's admission checks: what is admitted fits the
+ * limits (prompt length, output length, token ids, objectives), what is refused says why and
+ * holds nothing. Returns router_limits_check's status and leaves its message in err. */
+int fuzz_admit(const router_limits_t *lim, const Baton__GenerateRequest *req, char *err,
+               size_t cap);
 
 /* 1 when s[0..n) is valid UTF-8 throughout (common/unicode.h's strict check). */
 int fuzz_utf8_valid(const void *s, size_t n);

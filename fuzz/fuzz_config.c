@@ -12,7 +12,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "common/config.h"
@@ -40,18 +39,17 @@ static const bt_cfg_opt_t g_opts[] = {
 };
 static const bt_cfg_table_t g_table = {"fuzz", "the fuzz target's options", g_opts,
                                        sizeof g_opts / sizeof g_opts[0], "BATON_FUZZ_CFG_"};
-static int g_fd = -1, g_null = -1;
-static char g_path[64];
+static fuzz_file_t g_file;
+static int g_null = -1;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
     fuzz_quiet_log();
-    g_fd = memfd_create("baton-fuzz-config", MFD_CLOEXEC);
+    fuzz_file_open(&g_file, "baton-fuzz-config");
     g_null = open("/dev/null", O_WRONLY | O_CLOEXEC);
-    FUZZ_CHECK(g_fd >= 0 && g_null >= 0, "memfd_create");
-    snprintf(g_path, sizeof g_path, "/proc/self/fd/%d", g_fd);
+    FUZZ_CHECK(g_null >= 0, "/dev/null");
     return 0;
 }
 
@@ -59,13 +57,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const uint8_t *nul = memchr(data, 0, size);
     size_t file_len = nul ? (size_t)(nul - data) : size;
-    FUZZ_CHECK(ftruncate(g_fd, 0) == 0 && pwrite(g_fd, data, file_len, 0) == (ssize_t)file_len,
-               "memory file");
+    fuzz_file_set(&g_file, data, file_len);
     /* argv: the program, --config FILE, then the flags (copied: the parser may keep none) */
     char *copy = malloc(size - file_len + 1);
     memcpy(copy, data + file_len, size - file_len);
     copy[size - file_len] = 0;
-    char *argv[20] = {"fuzz", "--config", g_path};
+    char *argv[20] = {"fuzz", "--config", g_file.path};
     int argc = 3;
     for (size_t i = nul ? 1 : size - file_len; i < size - file_len && argc < 19;) {
         argv[argc++] = copy + i;

@@ -122,10 +122,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 static uint64_t pick_req(fuzz_in_t *in)
 {
     uint8_t r = fuzz_u8(in);
-    if (r != 0xff)
-        return r % 8;
-    uint64_t lo = fuzz_u32(in);
-    return lo | (uint64_t)fuzz_u32(in) << 32;
+    return r != 0xff ? r % 8 : fuzz_u64(in);
 }
 
 /* 0, a generation near the start b's counter was given (the n-th receive posted has start +
@@ -161,6 +158,15 @@ static int32_t pick_field(fuzz_in_t *in, int32_t small, int32_t max)
 }
 
 /* ---- the daemon's side: events and bookkeeping ---- */
+
+/* Reads every byte an event hands over, so that the sanitizers see each one. */
+static void touch(const void *p, size_t n)
+{
+    volatile uint8_t sink = 0;
+    for (size_t i = 0; i < n; i++)
+        sink ^= ((const uint8_t *)p)[i];
+    (void)sink;
+}
 
 static void blocks_reserve(state_t *st, const int32_t *blocks, int32_t n)
 {
@@ -275,10 +281,7 @@ static void on_final(state_t *st, int is_b, const bt_kvx_event_t *ev)
     FUZZ_CHECK(ev->req_id == r->req, "request %llu", (unsigned long long)ev->req_id);
     if (ev->status == BT_OK && ev->meta_len) {
         FUZZ_CHECK(ev->meta_len <= BT_KVX_META_MAX, "%zu bytes of metadata", ev->meta_len);
-        volatile uint8_t sink = 0;
-        for (size_t i = 0; i < ev->meta_len; i++)
-            sink ^= ((const uint8_t *)ev->meta)[i];
-        (void)sink;
+        touch(ev->meta, ev->meta_len);
     }
     r->finals++;
     if (!r->early)
@@ -314,13 +317,7 @@ static void on_event(state_t *st, int is_b, const bt_kvx_event_t *ev)
     case BT_KVX_EV_RESERVED: break;
     case BT_KVX_EV_SEND_DONE:
     case BT_KVX_EV_RECV_DONE: on_final(st, is_b, ev); break;
-    case BT_KVX_EV_MESSAGE: {
-        volatile uint8_t sink = 0;
-        for (size_t i = 0; i < ev->meta_len; i++)
-            sink ^= ((const uint8_t *)ev->meta)[i];
-        (void)sink;
-        break;
-    }
+    case BT_KVX_EV_MESSAGE: touch(ev->meta, ev->meta_len); break;
     default: FUZZ_CHECK(0, "event type %d", (int)ev->type);
     }
 }
@@ -398,6 +395,13 @@ static void put_hello(state_t *st, int to_b, kvx_buf_t *m, fuzz_in_t *in)
     kvx_buf_bytes(m, g_data, ext == 7 ? 0 : ext);
 }
 
+/* The transfer a message is about: its request and generation. */
+static void put_ref(const state_t *st, kvx_buf_t *m, fuzz_in_t *in)
+{
+    kvx_buf_u64(m, pick_req(in));
+    kvx_buf_u32(m, pick_gen(st, in));
+}
+
 static void put_fields(state_t *st, int to_b, int type, kvx_buf_t *m, fuzz_in_t *in)
 {
     switch (type) {
@@ -411,8 +415,7 @@ static void put_fields(state_t *st, int to_b, int type, kvx_buf_t *m, fuzz_in_t 
         break;
     }
     case KVX_MSG_RESERVE: {
-        kvx_buf_u64(m, pick_req(in));
-        kvx_buf_u32(m, pick_gen(st, in));
+        put_ref(st, m, in);
         kvx_buf_u8(m, fuzz_u8(in) % 3);
         kvx_buf_i32(m, pick_i32(in));
         int32_t n = pick_i32(in);
@@ -426,8 +429,7 @@ static void put_fields(state_t *st, int to_b, int type, kvx_buf_t *m, fuzz_in_t 
         kvx_buf_i32(m, pick_i32(in));
         break;
     case KVX_MSG_FINISH: {
-        kvx_buf_u64(m, pick_req(in));
-        kvx_buf_u32(m, pick_gen(st, in));
+        put_ref(st, m, in);
         kvx_buf_i32(m, pick_i32(in));
         kvx_buf_i32(m, pick_i32(in));
         uint8_t v = fuzz_u8(in);
@@ -438,18 +440,15 @@ static void put_fields(state_t *st, int to_b, int type, kvx_buf_t *m, fuzz_in_t 
     }
     case KVX_MSG_CANCEL:
         kvx_buf_u8(m, fuzz_u8(in) % 4);
-        kvx_buf_u64(m, pick_req(in));
-        kvx_buf_u32(m, pick_gen(st, in));
+        put_ref(st, m, in);
         kvx_buf_i32(m, pick_status(in));
         break;
     case KVX_MSG_RELEASE:
-        kvx_buf_u64(m, pick_req(in));
-        kvx_buf_u32(m, pick_gen(st, in));
+        put_ref(st, m, in);
         kvx_buf_i32(m, pick_status(in));
         break;
     case KVX_MSG_SOURCE: {
-        kvx_buf_u64(m, pick_req(in));
-        kvx_buf_u32(m, pick_gen(st, in));
+        put_ref(st, m, in);
         kvx_buf_i32(m, pick_i32(in));
         int32_t n = pick_i32(in);
         kvx_buf_i32(m, n);
@@ -457,14 +456,10 @@ static void put_fields(state_t *st, int to_b, int type, kvx_buf_t *m, fuzz_in_t 
         break;
     }
     case KVX_MSG_READY:
-        kvx_buf_u64(m, pick_req(in));
-        kvx_buf_u32(m, pick_gen(st, in));
+        put_ref(st, m, in);
         kvx_buf_i32(m, pick_i32(in));
         break;
-    case KVX_MSG_CONFIRM:
-        kvx_buf_u64(m, pick_req(in));
-        kvx_buf_u32(m, pick_gen(st, in));
-        break;
+    case KVX_MSG_CONFIRM: put_ref(st, m, in); break;
     case KVX_MSG_APP: kvx_buf_bytes(m, g_data, (size_t)fuzz_u8(in) * 16); break;
     default: break; /* PING, BYE, and a type nobody knows: nothing more */
     }
@@ -510,11 +505,7 @@ static void record_data(state_t *st, int op, fuzz_in_t *in)
     switch (c & 3) {
     case 0: tag = kvx_tag_data(gen, layer, idx); break;
     case 1: tag = kvx_tag_pack(gen, layer, idx); break;
-    case 2: {
-        uint64_t lo = fuzz_u32(in);
-        tag = lo | (uint64_t)fuzz_u32(in) << 32;
-        break;
-    }
+    case 2: tag = fuzz_u64(in); break;
     default: /* a data tag under another class's bits */
         tag = (kvx_tag_data(gen, layer, idx) & ~KVX_TAG_CLASS_MASK) | (uint64_t)(c >> 2 & 1) << 62;
         break;

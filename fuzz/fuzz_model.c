@@ -13,7 +13,6 @@
  * (a corrupt weight may be NaN; a crash or an out-of-bounds read never is).
  */
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "common/engine.h"
@@ -23,18 +22,17 @@
 #include "common/tokenizer.h"
 #include "fuzz.h"
 
-static int g_fd = -1;
-static char g_tok_path[64]; /* a llama2.c tokenizer of 512 tokens, for llama2.c checkpoints */
+static fuzz_file_t g_file; /* the input */
+static fuzz_file_t g_tok;  /* a llama2.c tokenizer of 512 tokens, for llama2.c checkpoints */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
     fuzz_quiet_log();
-    g_fd = memfd_create("baton-fuzz-model", MFD_CLOEXEC);
-    int tfd = memfd_create("baton-fuzz-tokenizer", MFD_CLOEXEC);
-    FUZZ_CHECK(g_fd >= 0 && tfd >= 0, "memfd_create");
-    FILE *f = fdopen(dup(tfd), "wb");
+    fuzz_file_open(&g_file, "baton-fuzz-model");
+    fuzz_file_open(&g_tok, "baton-fuzz-tokenizer");
+    FILE *f = fdopen(dup(g_tok.fd), "wb");
     int32_t max_len = 16;
     fwrite(&max_len, 4, 1, f);
     for (int i = 0; i < 512; i++) {
@@ -49,7 +47,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         fwrite(piece, 1, (size_t)len, f);
     }
     fclose(f);
-    snprintf(g_tok_path, sizeof g_tok_path, "/proc/self/fd/%d", tfd);
     return 0;
 }
 
@@ -169,11 +166,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bt_model_hparams_t hp;
     bt_model_llama2c_header(data, size, "fuzz", &hp);
 
-    FUZZ_CHECK(ftruncate(g_fd, 0) == 0 && pwrite(g_fd, data, size, 0) == (ssize_t)size,
-               "memory file");
-    char path[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", g_fd);
-    bt_model_params_t mp = {.path = path, .tokenizer_path = g_tok_path};
+    fuzz_file_set(&g_file, data, size);
+    bt_model_params_t mp = {.path = g_file.path, .tokenizer_path = g_tok.path};
     bt_model_t *m = NULL;
     if (bt_model_load(&mp, &m) == BT_OK) {
         use_model(m);
