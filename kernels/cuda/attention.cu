@@ -9,8 +9,9 @@
  * tile in position order (scores are fixed-order dot products, tile sums a fixed shuffle
  * tree); the chunk states are then merged in chunk order. A launch either walks the chunks of
  * a block's queries one after the other (prefill, big batches) or gives each chunk its own
- * block and merges the written partial states in a second kernel (decode of few sequences over
- * long contexts); both apply the same merge to the same chunk states, so the result does not
+ * block, whose partial state the last of them to finish merges in chunk order (decode of few
+ * sequences over long contexts); both apply the same merge to the same chunk states, so the
+ * result does not
  * depend on the launch shape, the batch, or whether the row came from a prefill or a decode
  * step. All arithmetic that matters uses the explicitly rounded intrinsics, so the compiler
  * cannot contract it differently in the two kernels.
@@ -18,7 +19,8 @@
  * A block is four warps over one (sequence, KV head): QPW query vectors per warp (the heads of
  * the group for one row, then the next rows), sharing each K/V tile, which the block converts
  * to f32 in shared memory (rows padded by one float so the per-lane score loop is free of bank
- * conflicts). This is a SIMT kernel; in nondeterministic mode prefills run on tensor cores
+ * conflicts); the next tile's loads are issued into registers before the current one is
+ * computed. This is a SIMT kernel; in nondeterministic mode prefills run on tensor cores
  * instead (attention_mma.cu).
  */
 #include <cuda_bf16.h>
@@ -89,7 +91,9 @@ typedef struct {
     bt_kv_layer_t kv;
     const bt_cuda_seq_t *seqs;
     const int32_t *blocks;
-    float *part; /* split partials: [row][head][chunk][2 + head_dim] */
+    float *part;    /* split partials: [row][head][chunk][2 + head_dim] */
+    int32_t *count; /* split: chunk blocks done per (query block, sequence, KV head); zero between
+                       launches */
     int n_heads, group;
     int n_chunks; /* chunks of the longest query: the partials' chunk stride */
     int chunk;    /* positions per chunk, a multiple of TILE */
@@ -170,31 +174,105 @@ static __device__ __forceinline__ int kv_unpack16(uint4 r, int type, float *out)
     return 8;
 }
 
-/* K and V of positions [t0, t0 + TILE) into shared memory as f32; zeros past len. Each thread
- * moves whole 16-byte pieces of a position's head slice when the layout allows, so a tile is a
- * couple of independent loads per thread instead of dozens of dependent 2-byte ones (the
- * values, and so every result, are the same either way). */
+/* Where the 16-byte path applies: head slices, blocks and the pool 16-byte aligned. */
+static __device__ __forceinline__ bool kv_vec_ok(const bt_kv_layer_t &kv)
+{
+    return (kv.head_dim * elem_size(kv.type)) % 16 == 0 && (kv.block_bytes % 16) == 0 &&
+           ((uintptr_t)kv.data % 16) == 0;
+}
+
+/* Position pos's K slice of KV head kvh; its V slice is block_size rows further. */
+static __device__ __forceinline__ const uint8_t *
+kv_row(const attn_params_t &p, const bt_cuda_seq_t &s, int kvh, int32_t pos)
+{
+    const bt_kv_layer_t &kv = p.kv;
+    const size_t es = (size_t)elem_size(kv.type),
+                 row_bytes = (size_t)kv.n_kv_heads * kv.head_dim * es;
+    return (const uint8_t *)kv.data +
+           (size_t)p.blocks[s.blk + pos / kv.block_size] * kv.block_bytes +
+           (size_t)(pos % kv.block_size) * row_bytes + (size_t)kvh * kv.head_dim * es;
+}
+
+/* A tile's K and V in flight on the 16-byte path: piece threadIdx.x + i * blockDim.x of the
+ * tile (position piece / per_pos, 16 bytes c = piece % per_pos of it) in k[i] and v[i]. The
+ * kernel fetches the next tile into these registers before it computes the current one, so the
+ * loads (and the block table's, ahead of them) land while it works. */
+#define PF 4 /* pieces per thread; tiles of more (wide heads of F32) load without prefetch */
+typedef struct {
+    uint4 k[PF], v[PF];
+} tile_regs_t;
+
+/* Pieces of a tile per thread on the 16-byte path. */
+static __device__ __forceinline__ int tile_pieces(const bt_kv_layer_t &kv)
+{
+    const int per_pos = kv.head_dim * elem_size(kv.type) / 16;
+    return (TILE * per_pos + (int)blockDim.x - 1) / (int)blockDim.x;
+}
+
+/* Issues the loads of the tile at t0 (zeros past len); needs tile_pieces() <= PF. */
+static __device__ __forceinline__ void fetch_tile(const attn_params_t &p, const bt_cuda_seq_t &s,
+                                                  int kvh, int32_t t0, int32_t len, tile_regs_t &r)
+{
+    const bt_kv_layer_t &kv = p.kv;
+    const int per_pos = kv.head_dim * elem_size(kv.type) / 16;
+    const size_t v_off = (size_t)kv.block_size * kv.n_kv_heads * kv.head_dim * elem_size(kv.type);
+#pragma unroll
+    for (int i = 0; i < PF; i++) {
+        const int e = (int)threadIdx.x + i * (int)blockDim.x;
+        const int32_t pos = t0 + e / per_pos;
+        r.k[i] = r.v[i] = make_uint4(0, 0, 0, 0);
+        if (e < TILE * per_pos && pos < len) {
+            const uint8_t *kp = kv_row(p, s, kvh, pos) + (size_t)(e % per_pos) * 16;
+            r.k[i] = __ldg((const uint4 *)kp);
+            r.v[i] = __ldg((const uint4 *)(kp + v_off));
+        }
+    }
+}
+
+/* The fetched pieces widened to f32 into the shared tiles (rows of pitch hd + 1). */
+static __device__ __forceinline__ void put_tile(const bt_kv_layer_t &kv, const tile_regs_t &r,
+                                                float *ks, float *vs)
+{
+    const int hd = kv.head_dim, pitch = hd + 1, piece = 16 / elem_size(kv.type);
+    const int per_pos = hd / piece;
+#pragma unroll
+    for (int i = 0; i < PF; i++) {
+        const int e = (int)threadIdx.x + i * (int)blockDim.x;
+        if (e >= TILE * per_pos)
+            break;
+        const int j = e / per_pos, c = e % per_pos;
+        float kx[8], vx[8];
+        kv_unpack16(r.k[i], kv.type, kx);
+        kv_unpack16(r.v[i], kv.type, vx);
+#pragma unroll
+        for (int q = 0; q < 8; q++) { /* static indices: kx, vx stay in registers */
+            if (q < piece) {
+                ks[j * pitch + c * piece + q] = kx[q];
+                vs[j * pitch + c * piece + q] = vx[q];
+            }
+        }
+    }
+}
+
+/* K and V of positions [t0, t0 + TILE) into shared memory as f32; zeros past len: whole
+ * 16-byte pieces where the layout allows (kv_vec_ok), else element by element. The kernel uses
+ * this where it does not prefetch; the values, and so every result, are the same either way. */
 static __device__ void load_tile(const attn_params_t &p, const bt_cuda_seq_t &s, int kvh,
                                  int32_t t0, int32_t len, float *ks, float *vs)
 {
     const bt_kv_layer_t &kv = p.kv;
     const int hd = kv.head_dim, pitch = hd + 1, es = elem_size(kv.type);
-    const size_t row_bytes = (size_t)kv.n_kv_heads * hd * es;
-    if ((hd * es) % 16 == 0 && (kv.block_bytes % 16) == 0 && ((uintptr_t)kv.data % 16) == 0) {
+    const size_t v_off = (size_t)kv.block_size * kv.n_kv_heads * hd * es;
+    if (kv_vec_ok(kv)) {
         const int piece = 16 / es, per_pos = hd / piece;
         for (int e = threadIdx.x; e < TILE * per_pos; e += blockDim.x) {
             const int j = e / per_pos, c = e % per_pos;
             const int32_t pos = t0 + j;
             float kx[8] = {0}, vx[8] = {0};
             if (pos < len) {
-                const uint8_t *kp = (const uint8_t *)kv.data +
-                                    (size_t)p.blocks[s.blk + pos / kv.block_size] * kv.block_bytes +
-                                    (size_t)(pos % kv.block_size) * row_bytes +
-                                    (size_t)kvh * hd * es + (size_t)c * 16;
-                const uint4 kr = __ldg((const uint4 *)kp);
-                const uint4 vr = __ldg((const uint4 *)(kp + (size_t)kv.block_size * row_bytes));
-                kv_unpack16(kr, kv.type, kx);
-                kv_unpack16(vr, kv.type, vx);
+                const uint8_t *kp = kv_row(p, s, kvh, pos) + (size_t)c * 16;
+                kv_unpack16(__ldg((const uint4 *)kp), kv.type, kx);
+                kv_unpack16(__ldg((const uint4 *)(kp + v_off)), kv.type, vx);
             }
 #pragma unroll
             for (int i = 0; i < 8; i++) { /* static indices: kx, vx stay in registers */
@@ -211,11 +289,9 @@ static __device__ void load_tile(const attn_params_t &p, const bt_cuda_seq_t &s,
         const int32_t pos = t0 + j;
         float kx = 0.0f, vx = 0.0f;
         if (pos < len) {
-            const uint8_t *kp = (const uint8_t *)kv.data +
-                                (size_t)p.blocks[s.blk + pos / kv.block_size] * kv.block_bytes +
-                                (size_t)(pos % kv.block_size) * row_bytes + (size_t)kvh * hd * es;
+            const uint8_t *kp = kv_row(p, s, kvh, pos);
             kx = kv_load(kp, kv.type, d);
-            vx = kv_load(kp + (size_t)kv.block_size * row_bytes, kv.type, d);
+            vx = kv_load(kp + v_off, kv.type, d);
         }
         ks[j * pitch + d] = kx;
         vs[j * pitch + d] = vx;
@@ -287,6 +363,25 @@ static __device__ void write_out(const attn_params_t &p, int64_t row, int h, con
     }
 }
 
+/* Split launches: one warp merges the chunk partials of query (row, head), whose context is
+ * len positions, in chunk order, and writes its output. The partials were written by other
+ * blocks: read through L2 (__ldcg), never from a stale L1 line. */
+static __device__ void merge_partials(const attn_params_t &p, int64_t row, int h, int32_t len)
+{
+    const int hd = p.kv.head_dim, lane = threadIdx.x % 32;
+    attn_state_t tot;
+    state_clear(&tot);
+    for (int c = 0; c * p.chunk < len; c++) {
+        const float *pp = p.part + ((row * p.n_heads + h) * p.n_chunks + c) * (hd + 2);
+        float acc[ND];
+#pragma unroll
+        for (int i = 0; i < ND; i++)
+            acc[i] = lane + 32 * i < hd ? __ldcg(pp + 2 + lane + 32 * i) : 0.0f;
+        state_merge(&tot, __ldcg(pp), __ldcg(pp + 1), acc);
+    }
+    write_out(p, row, h, tot);
+}
+
 /* blockIdx: x = query block (reversed: long contexts first), y = sequence, z = KV head + n_kv
  * * chunk (split launches; sequential launches have z < n_kv and walk all chunks). */
 template <int QPW>
@@ -336,6 +431,13 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(attn_params
 #pragma unroll
     for (int t = 0; t < QPW; t++)
         state_clear(&tot[t]);
+    /* Tiles are contiguous across chunks: with prefetch, the one after t0 is always t0 + TILE,
+     * up to the block's last position. */
+    const int32_t stop = c1 * chunk < len_max ? c1 * chunk : len_max;
+    const bool pf = kv_vec_ok(p.kv) && tile_pieces(p.kv) <= PF;
+    tile_regs_t nx;
+    if (pf)
+        fetch_tile(p, s, kvh, c0 * chunk, len_max, nx);
     for (int c = c0; c < c1; c++) {
 #pragma unroll
         for (int t = 0; t < QPW; t++)
@@ -343,7 +445,13 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(attn_params
         const int32_t t_end = (c + 1) * chunk < len_max ? (c + 1) * chunk : len_max;
         for (int32_t t0 = c * chunk; t0 < t_end; t0 += TILE) {
             __syncthreads(); /* the previous tile (and the queries, first time) are done */
-            load_tile(p, s, kvh, t0, len_max, ks, vs);
+            if (pf) {
+                put_tile(p.kv, nx, ks, vs);
+                if (t0 + TILE < stop)
+                    fetch_tile(p, s, kvh, t0 + TILE, len_max, nx);
+            } else {
+                load_tile(p, s, kvh, t0, len_max, ks, vs);
+            }
             __syncthreads();
             tile_step<QPW>(ks, vs, wq, hd, p.scale, t0, len, cs);
         }
@@ -366,36 +474,35 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(attn_params
                     pp[2 + lane + 32 * i] = cs[t].acc[i];
         }
     }
-    if (split)
+    if (split) {
+        /* The last of the group's chunk blocks to finish merges the partials of its queries, in
+         * chunk order; the counter only decides which block that is, so the arithmetic is the
+         * same whichever it is. Writers: stores, fence, then the count (as CUDA's threadfence
+         * reduction). The last block resets the counter for the next launch. */
+        __shared__ int last;
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int32_t *cnt = p.count + ((int64_t)blockIdx.y * gridDim.x + blockIdx.x) * n_kv + kvh;
+            const int live = (len_max + chunk - 1) / chunk;
+            last = atomicAdd(cnt, 1) == live - 1;
+            if (last)
+                *cnt = 0;
+        }
+        __syncthreads();
+        if (!last)
+            return;
+        __threadfence();
+#pragma unroll
+        for (int t = 0; t < QPW; t++)
+            if (len[t])
+                merge_partials(p, row[t], head[t], len[t]);
         return;
+    }
 #pragma unroll
     for (int t = 0; t < QPW; t++)
         if (len[t])
             write_out(p, row[t], head[t], tot[t]);
-}
-
-/* Split launches: one warp per (row, head) merges the row's chunk partials in order. */
-static __global__ void __launch_bounds__(ATT_WARPS * 32) attn_combine_kernel(attn_params_t p)
-{
-    const int hd = p.kv.head_dim, lane = threadIdx.x % 32;
-    const bt_cuda_seq_t s = p.seqs[blockIdx.y];
-    const int32_t r = blockIdx.x;
-    const int h = blockIdx.z * ATT_WARPS + threadIdx.x / 32;
-    if (r >= s.n_new || h >= p.n_heads)
-        return;
-    const int64_t row = s.row0 + r;
-    const int32_t len = s.n_past + r + 1;
-    attn_state_t tot;
-    state_clear(&tot);
-    for (int c = 0; c * p.chunk < len; c++) {
-        const float *pp = p.part + ((row * p.n_heads + h) * p.n_chunks + c) * (hd + 2);
-        float acc[ND];
-#pragma unroll
-        for (int i = 0; i < ND; i++)
-            acc[i] = lane + 32 * i < hd ? pp[2 + lane + 32 * i] : 0.0f;
-        state_merge(&tot, pp[0], pp[1], acc);
-    }
-    write_out(p, row, h, tot);
 }
 
 static size_t smem_bytes(int head_dim, int qpw)
@@ -423,7 +530,8 @@ extern "C" int bt_cuda_attention_init(void)
 }
 
 extern "C" void bt_cuda_attention_launch(cudaStream_t st, const bt_cuda_attn_args_t *a, float *part,
-                                         size_t part_floats, int n_sm)
+                                         size_t part_floats, int32_t *count, size_t count_n,
+                                         int n_sm)
 {
     const bt_kv_layer_t *kv = a->kv;
     const int n_kv = kv->n_kv_heads, hd = kv->head_dim;
@@ -434,6 +542,7 @@ extern "C" void bt_cuda_attention_launch(cudaStream_t st, const bt_cuda_attn_arg
     p.seqs = a->seqs;
     p.blocks = a->blocks;
     p.part = part;
+    p.count = count;
     p.n_heads = a->n_heads;
     p.group = a->n_heads / n_kv;
     p.chunk = a->chunk;
@@ -443,6 +552,7 @@ extern "C" void bt_cuda_attention_launch(cudaStream_t st, const bt_cuda_attn_arg
     const int64_t qb1 = (nq + ATT_WARPS - 1) / ATT_WARPS;
     /* Split when one block per (sequence, KV head, query block) would leave most SMs idle. */
     const int split = p.n_chunks > 1 && qb1 * a->n_seqs * n_kv < 4 * (int64_t)n_sm &&
+                      (size_t)(qb1 * a->n_seqs * n_kv) <= count_n &&
                       (int64_t)n_kv * p.n_chunks <= MAX_GRID_YZ &&
                       (size_t)a->n_rows * a->n_heads * p.n_chunks * (hd + 2) <= part_floats;
     const int qpw = !split && nq >= 4 * ATT_WARPS ? 4 : 1;
@@ -453,11 +563,5 @@ extern "C" void bt_cuda_attention_launch(cudaStream_t st, const bt_cuda_attn_arg
         attn_kernel<4><<<grid, ATT_WARPS * 32, smem, st>>>(p, 0);
     else
         attn_kernel<1><<<grid, ATT_WARPS * 32, smem, st>>>(p, split);
-    BT_CUDA_CHECK(cudaGetLastError());
-    if (!split)
-        return;
-    const dim3 cgrid((unsigned)a->max_new, (unsigned)a->n_seqs,
-                     (unsigned)((a->n_heads + ATT_WARPS - 1) / ATT_WARPS));
-    attn_combine_kernel<<<cgrid, ATT_WARPS * 32, 0, st>>>(p);
     BT_CUDA_CHECK(cudaGetLastError());
 }

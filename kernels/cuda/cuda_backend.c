@@ -167,6 +167,7 @@ static void cuda_destroy(void *ctx)
     cudaFree(c->act16);
     cudaFree(c->glu_up);
     cudaFree(c->attn_part);
+    cudaFree(c->attn_count);
     if (c->stream)
         cudaStreamDestroy(c->stream);
     free(c->pack);
@@ -767,7 +768,8 @@ static void cuda_attention(void *ctx, float *out, const float *q, const bt_kv_la
             ((c->prefill_fa2 && bt_cuda_attention_fa2_launch(c->stream, &a) == BT_OK) ||
              bt_cuda_attention_mma_launch(c->stream, &a) == BT_OK))
             continue;
-        bt_cuda_attention_launch(c->stream, &a, c->attn_part, c->attn_part_floats, c->n_sm);
+        bt_cuda_attention_launch(c->stream, &a, c->attn_part, c->attn_part_floats, c->attn_count,
+                                 c->attn_count_n, c->n_sm);
     }
 }
 
@@ -828,6 +830,12 @@ static int alloc_scratch(bt_cuda_ctx_t *c, const bt_backend_params_t *params)
         cudaMalloc((void **)&c->attn_part, ATTN_PART_BYTES) != cudaSuccess ||
         cudaMalloc(&c->blas_ws, c->blas_ws_bytes) != cudaSuccess)
         return BT_ERR_NOMEM;
+    /* Split attention launches have fewer than 4 x n_sm groups (attention.cu). */
+    c->attn_count_n = (size_t)4 * (size_t)c->n_sm;
+    if (cudaMalloc((void **)&c->attn_count, c->attn_count_n * sizeof(int32_t)) != cudaSuccess)
+        return BT_ERR_NOMEM;
+    if (cudaMemset(c->attn_count, 0, c->attn_count_n * sizeof(int32_t)) != cudaSuccess)
+        return BT_ERR_INTERNAL;
     /* The up product of a cuBLAS matmul_swiglu, max_rows x max_cols floats: a gate product is
      * the down projection's input, so max_cols (the widest input) bounds its width and the
      * engine's calls fit in one piece. Deterministic mode never runs cuBLAS. */

@@ -76,6 +76,8 @@ typedef struct {
     size_t glu_up_floats;
     float *attn_part; /* split attention partial states, attn_part_floats floats */
     size_t attn_part_floats;
+    int32_t *attn_count; /* split attention: chunk blocks done per group, attn_count_n, zeroed */
+    size_t attn_count_n;
     bt_cuda_stage_t seqs; /* bt_cuda_seq_t[n_seqs] then the block ids */
     bt_cuda_stage_t rows; /* gather_rows indices */
     int32_t *argmax_out;  /* argmax_rows results, argmax_cap of them */
@@ -196,9 +198,10 @@ typedef struct {
     int32_t n_rows;  /* rows of q/out covered by the call (max of row0 + n_new) */
     int32_t chunk;   /* positions per softmax chunk (the context's) */
 } bt_cuda_attn_args_t;
-/* Chooses split or sequential chunks (same bits either way); part is the split scratch. */
+/* Chooses split or sequential chunks (same bits either way); part is the split scratch, count
+ * count_n zeroed counters (the kernels leave them zeroed), at least 4 x n_sm of them. */
 void bt_cuda_attention_launch(cudaStream_t st, const bt_cuda_attn_args_t *a, float *part,
-                              size_t part_floats, int n_sm);
+                              size_t part_floats, int32_t *count, size_t count_n, int n_sm);
 /* Bytes of dynamic shared memory the attention kernel needs for head_dim; 0 if unsupported. */
 size_t bt_cuda_attention_smem_bytes(int head_dim);
 /* Raises the kernels' shared memory limit for head dims up to BT_MAX_HEAD_DIM (create time). */

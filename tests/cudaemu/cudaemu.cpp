@@ -1,0 +1,590 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cudaemu.cpp - the host emulation behind cudaemu.h: fibers for a block's threads, barriers
+ * and shuffles between them, and the part of the CUDA runtime and cuBLAS the backend calls
+ * (device memory is host memory, the one stream runs everything at once, cuBLAS is a plain f32
+ * reference GEMM). Graph capture is refused, as a device without it would.
+ *
+ * The one thing to know: within a block, a thread runs until it has to wait (a barrier, or a
+ * shuffle whose warp has not all arrived), then the next one runs; a round in which no thread
+ * got further means the block can never finish (a barrier some threads skip), and the launch
+ * aborts naming the kernel's block. Blocks run in a shuffled order so that a kernel relying on
+ * any order fails here as it could on a device.
+ */
+#include "cudaemu.h"
+
+#include <cublas_v2.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+#define EMU_MAX_THREADS 1024
+#define EMU_STACK (256 * 1024)
+
+/* ---- fibers ---- */
+
+#if defined(__x86_64__)
+/* emu_switch(save, to): saves the callee-saved registers and the stack pointer in *save, and
+ * resumes the context whose stack pointer is to. */
+extern "C" void emu_switch(void **save, void *to);
+__asm__(".text\n"
+        ".globl emu_switch\n"
+        ".type emu_switch,@function\n"
+        "emu_switch:\n"
+        "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+        "  movq %rsp, (%rdi)\n"
+        "  movq %rsi, %rsp\n"
+        "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
+        "  ret\n"
+        ".size emu_switch,.-emu_switch\n");
+#endif
+
+typedef struct {
+#if defined(__x86_64__)
+    void *sp;
+#else
+    ucontext_t uc;
+#endif
+    uint8_t *stack;
+    uint3 tid;
+    int lane, warp;
+    int done;
+} emu_fiber_t;
+
+typedef struct {
+    uint32_t val[2][32];
+    int arrived[2];
+    uint64_t gen;
+    int live;
+} emu_warp_t;
+
+static struct {
+    emu_fiber_t fib[EMU_MAX_THREADS];
+    emu_warp_t warp[EMU_MAX_THREADS / 32];
+#if defined(__x86_64__)
+    void *sched_sp;
+#else
+    ucontext_t sched_uc;
+#endif
+    emu_fiber_t *cur;
+    uint3 block_idx;
+    dim3 grid, block;
+    void *smem;
+    void (*body)(void *);
+    void *arg;
+    int live;
+    int bar_arrived;
+    uint64_t bar_gen;
+    uint64_t progress; /* bumped whenever a thread gets further than a wait */
+} E;
+
+static void emu_yield(void)
+{
+    emu_fiber_t *f = E.cur;
+#if defined(__x86_64__)
+    emu_switch(&f->sp, E.sched_sp);
+#else
+    swapcontext(&f->uc, &E.sched_uc);
+#endif
+}
+
+/* Opens the block's barrier once every live thread waits at it, and warp w's shuffle once
+ * every live lane of it has arrived. */
+static void emu_release(int w)
+{
+    if (E.bar_arrived > 0 && E.bar_arrived == E.live) {
+        E.bar_arrived = 0;
+        E.bar_gen++;
+        E.progress++;
+    }
+    emu_warp_t *wp = &E.warp[w];
+    const int s = (int)(wp->gen & 1);
+    if (wp->arrived[s] > 0 && wp->arrived[s] == wp->live) {
+        wp->arrived[s] = 0;
+        wp->gen++;
+        E.progress++;
+    }
+}
+
+static void emu_entry(void)
+{
+    E.body(E.arg);
+    emu_fiber_t *f = E.cur;
+    f->done = 1;
+    E.live--;
+    E.warp[f->warp].live--;
+    E.progress++;
+    emu_release(f->warp);
+    emu_yield();
+    abort(); /* a finished fiber is never resumed */
+}
+
+static void emu_fiber_start(emu_fiber_t *f)
+{
+    if (!f->stack) {
+        f->stack = (uint8_t *)mmap(NULL, EMU_STACK, PROT_READ | PROT_WRITE,
+                                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (f->stack == MAP_FAILED) {
+            fprintf(stderr, "cudaemu: no memory for a thread's stack\n");
+            abort();
+        }
+    }
+#if defined(__x86_64__)
+    /* As if emu_switch had saved it: six registers, then emu_entry as the return address, then
+     * a slot that leaves the stack aligned as at a function's entry. */
+    uintptr_t *top = (uintptr_t *)(f->stack + EMU_STACK);
+    top[-1] = 0;
+    top[-2] = (uintptr_t)emu_entry;
+    for (int i = 3; i <= 8; i++)
+        top[-i] = 0;
+    f->sp = top - 8;
+#else
+    getcontext(&f->uc);
+    f->uc.uc_stack.ss_sp = f->stack;
+    f->uc.uc_stack.ss_size = EMU_STACK;
+    f->uc.uc_link = NULL;
+    makecontext(&f->uc, emu_entry, 0);
+#endif
+}
+
+static void emu_resume(emu_fiber_t *f)
+{
+    E.cur = f;
+#if defined(__x86_64__)
+    emu_switch(&E.sched_sp, f->sp);
+#else
+    swapcontext(&E.sched_uc, &f->uc);
+#endif
+    E.cur = NULL;
+}
+
+uint3 emu_thread_idx(void)
+{
+    return E.cur->tid;
+}
+
+uint3 emu_block_idx(void)
+{
+    return E.block_idx;
+}
+
+dim3 emu_block_dim(void)
+{
+    return E.block;
+}
+
+dim3 emu_grid_dim(void)
+{
+    return E.grid;
+}
+
+void *emu_dyn_smem(void)
+{
+    return E.smem;
+}
+
+void emu_syncthreads(void)
+{
+    const uint64_t gen = E.bar_gen;
+    E.bar_arrived++;
+    E.progress++;
+    emu_release(E.cur->warp);
+    while (E.bar_gen == gen)
+        emu_yield();
+}
+
+uint32_t emu_shfl(uint32_t v, int src_or_mask, int xor_mode)
+{
+    emu_fiber_t *f = E.cur;
+    emu_warp_t *w = &E.warp[f->warp];
+    const uint64_t gen = w->gen;
+    const int s = (int)(gen & 1);
+    w->val[s][f->lane] = v;
+    w->arrived[s]++;
+    E.progress++;
+    emu_release(f->warp);
+    while (w->gen == gen)
+        emu_yield();
+    const int src = xor_mode ? (f->lane ^ src_or_mask) : src_or_mask;
+    return w->val[s][src & 31];
+}
+
+static void emu_block(void)
+{
+    const int n = (int)(E.block.x * E.block.y * E.block.z);
+    E.live = n;
+    E.bar_arrived = 0;
+    for (int w = 0; w < (n + 31) / 32; w++) {
+        E.warp[w].arrived[0] = E.warp[w].arrived[1] = 0;
+        E.warp[w].live = n - 32 * w < 32 ? n - 32 * w : 32;
+    }
+    for (int i = 0; i < n; i++) {
+        emu_fiber_t *f = &E.fib[i];
+        f->tid = make_uint3((unsigned)i % E.block.x, (unsigned)i / E.block.x % E.block.y,
+                            (unsigned)i / (E.block.x * E.block.y));
+        f->lane = i % 32;
+        f->warp = i / 32;
+        f->done = 0;
+        emu_fiber_start(f);
+    }
+    int stuck = 0;
+    while (E.live > 0) {
+        const uint64_t before = E.progress;
+        for (int i = 0; i < n; i++)
+            if (!E.fib[i].done)
+                emu_resume(&E.fib[i]);
+        if (E.progress != before) {
+            stuck = 0;
+        } else if (++stuck > 2) {
+            fprintf(stderr,
+                    "cudaemu: block (%u, %u, %u) of a %u x %u x %u grid cannot finish: %d "
+                    "threads wait at a barrier or shuffle that the other %d never reach\n",
+                    E.block_idx.x, E.block_idx.y, E.block_idx.z, E.grid.x, E.grid.y, E.grid.z,
+                    E.live, n - E.live);
+            abort();
+        }
+    }
+}
+
+void emu_run(const emu_cfg_t *cfg, void (*body)(void *), void *arg)
+{
+    const dim3 g = cfg->grid, b = cfg->block;
+    const uint64_t n_blocks = (uint64_t)g.x * g.y * g.z;
+    const uint64_t n_threads = (uint64_t)b.x * b.y * b.z;
+    if (n_blocks == 0 || n_threads == 0 || n_threads > EMU_MAX_THREADS || cfg->smem > 227 * 1024) {
+        fprintf(stderr, "cudaemu: invalid launch (%u x %u x %u blocks of %u x %u x %u, %zu B)\n",
+                g.x, g.y, g.z, b.x, b.y, b.z, cfg->smem);
+        abort();
+    }
+    if (E.cur) {
+        fprintf(stderr, "cudaemu: a launch from inside a kernel\n");
+        abort();
+    }
+    E.grid = g;
+    E.block = b;
+    E.body = body;
+    E.arg = arg;
+    /* Uninitialised shared memory reads as NaN (0xff bytes), never as zeros by luck. */
+    E.smem = cfg->smem ? malloc(cfg->smem) : NULL;
+    /* Blocks in an order of their own: i -> (a i + c) mod n with a odd and coprime to n. */
+    uint64_t a = 2 * (n_blocks / 3) + 1;
+    while (n_blocks > 1) {
+        uint64_t x = a, y = n_blocks;
+        while (y) {
+            const uint64_t t = x % y;
+            x = y;
+            y = t;
+        }
+        if (x == 1)
+            break;
+        a += 2;
+    }
+    for (uint64_t i = 0; i < n_blocks; i++) {
+        const uint64_t j = (a * i + n_blocks / 2) % n_blocks;
+        E.block_idx = make_uint3((unsigned)(j % g.x), (unsigned)(j / g.x % g.y),
+                                 (unsigned)(j / ((uint64_t)g.x * g.y)));
+        if (E.smem)
+            memset(E.smem, 0xff, cfg->smem);
+        emu_block();
+    }
+    free(E.smem);
+    E.smem = NULL;
+}
+
+/* ---- the runtime: one device, host memory, one synchronous stream ---- */
+
+struct CUstream_st {
+    int unused;
+};
+struct CUevent_st {
+    int unused;
+};
+static CUstream_st the_stream;
+static CUevent_st the_event;
+
+extern "C" {
+
+cudaError_t cudaGetDeviceCount(int *count)
+{
+    *count = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device)
+{
+    return device == 0 ? cudaSuccess : cudaErrorInvalidDevice;
+}
+
+cudaError_t cudaGetLastError(void)
+{
+    return cudaSuccess;
+}
+
+const char *cudaGetErrorString(cudaError_t err)
+{
+    return err == cudaSuccess ? "no error" : "error (emulated device)";
+}
+
+cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device)
+{
+    (void)device;
+    /* A small device, so that the launchers' "too few blocks for the SMs" paths run. */
+    *value = attr == cudaDevAttrMultiProcessorCount ? 8 : 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, int value)
+{
+    (void)func;
+    (void)attr;
+    return value <= 227 * 1024 ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags)
+{
+    (void)flags;
+    *s = &the_stream;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t s)
+{
+    (void)s;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t s)
+{
+    (void)s;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void **p, size_t bytes)
+{
+    *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
+    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaFree(void *p)
+{
+    free(p);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void **p, size_t bytes)
+{
+    return cudaMalloc(p, bytes);
+}
+
+cudaError_t cudaFreeHost(void *p)
+{
+    free(p);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+                            cudaStream_t s)
+{
+    (void)kind;
+    (void)s;
+    memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
+{
+    return cudaMemcpyAsync(dst, src, bytes, kind, NULL);
+}
+
+cudaError_t cudaMemset(void *p, int v, size_t bytes)
+{
+    memset(p, v, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void *p, int v, size_t bytes, cudaStream_t s)
+{
+    (void)s;
+    return cudaMemset(p, v, bytes);
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags)
+{
+    (void)flags;
+    *e = &the_event;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
+{
+    (void)e;
+    (void)s;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t e)
+{
+    (void)e;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t e)
+{
+    (void)e;
+    return cudaSuccess;
+}
+
+/* No graphs: capture is refused, so the backend runs every step op by op. */
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode mode)
+{
+    (void)s;
+    (void)mode;
+    return cudaErrorNotSupported;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
+{
+    (void)s;
+    (void)g;
+    return cudaErrorNotSupported;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long flags)
+{
+    (void)e;
+    (void)g;
+    (void)flags;
+    return cudaErrorNotSupported;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s)
+{
+    (void)e;
+    (void)s;
+    return cudaErrorNotSupported;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e)
+{
+    (void)e;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t g)
+{
+    (void)g;
+    return cudaSuccess;
+}
+
+/* ---- cuBLAS: a reference GEMM, f32 accumulation ---- */
+
+struct cublasContext {
+    int unused;
+};
+static cublasContext the_blas;
+
+cublasStatus_t cublasCreate(cublasHandle_t *h)
+{
+    *h = &the_blas;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasDestroy(cublasHandle_t h)
+{
+    (void)h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s)
+{
+    (void)h;
+    (void)s;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetWorkspace(cublasHandle_t h, void *ws, size_t bytes)
+{
+    (void)h;
+    (void)ws;
+    (void)bytes;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+static float emu_elem(const void *p, cudaDataType t, size_t i)
+{
+    if (t == CUDA_R_32F)
+        return ((const float *)p)[i];
+    if (t == CUDA_R_16BF)
+        return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    return __half2float(((const __half *)p)[i]);
+}
+
+/* Column-major C (m x n) = alpha op(A) op(B) + beta C, each product summed in k order. The
+ * operands are widened first into rows of k floats: a[i] is op(A)'s row i, b[j] op(B)'s
+ * column j. */
+static cublasStatus_t emu_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                               const float *alpha, const void *A, cudaDataType at, int lda,
+                               const void *B, cudaDataType bt, int ldb, const float *beta, void *C,
+                               cudaDataType ct, int ldc)
+{
+    if (ct != CUDA_R_32F)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    float *a = (float *)malloc((size_t)m * k * sizeof(float));
+    float *b = (float *)malloc((size_t)n * k * sizeof(float));
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return CUBLAS_STATUS_ALLOC_FAILED;
+    }
+    for (int i = 0; i < m; i++)
+        for (int l = 0; l < k; l++)
+            a[(size_t)i * k + l] =
+                emu_elem(A, at, ta == CUBLAS_OP_N ? (size_t)l * lda + i : (size_t)i * lda + l);
+    for (int j = 0; j < n; j++)
+        for (int l = 0; l < k; l++)
+            b[(size_t)j * k + l] =
+                emu_elem(B, bt, tb == CUBLAS_OP_N ? (size_t)j * ldb + l : (size_t)l * ldb + j);
+    float *c = (float *)C;
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            const float *ai = a + (size_t)i * k, *bj = b + (size_t)j * k;
+            float s = 0.0f;
+            for (int l = 0; l < k; l++)
+                s = fmaf(ai[l], bj[l], s);
+            float *cij = &c[(size_t)j * ldc + i];
+            *cij = *alpha * s + (*beta != 0.0f ? *beta * *cij : 0.0f);
+        }
+    free(a);
+    free(b);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                            int n, int k, const void *alpha, const void *A, cudaDataType at,
+                            int lda, const void *B, cudaDataType bt, int ldb, const void *beta,
+                            void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t algo)
+{
+    (void)h;
+    (void)algo;
+    if (compute != CUBLAS_COMPUTE_32F)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    return emu_gemm(ta, tb, m, n, k, (const float *)alpha, A, at, lda, B, bt, ldb,
+                    (const float *)beta, C, ct, ldc);
+}
+
+cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                           int n, int k, const float *alpha, const float *A, int lda,
+                           const float *B, int ldb, const float *beta, float *C, int ldc)
+{
+    (void)h;
+    return emu_gemm(ta, tb, m, n, k, alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, beta, C,
+                    CUDA_R_32F, ldc);
+}
+
+} /* extern "C" */
