@@ -318,9 +318,8 @@ static void layer_rest(bt_engine_t *e, int32_t l, float *x, const float *att, in
     const bt_layer_weights_t *w = &e->model->layers[l];
     acts_t *a = &e->a;
     bt_matmul_add(e->be, x, &w->wo, att, rows, a->xb);
-    bt_rms_matmul_swiglu(e->be, a->gate, &w->w_gate, &w->w_up, x, w->ffn_norm, hp->norm_eps, rows,
-                         a->xb, a->up);
-    bt_matmul_add(e->be, x, &w->w_down, a->gate, rows, a->xb);
+    bt_rms_ffn(e->be, x, &w->w_gate, &w->w_up, &w->w_down, w->ffn_norm, hp->norm_eps, rows, a->gate,
+               a->xb, a->up);
 }
 
 /* Final norm and output projection of n_out rows of x, chunked through the logits buffer. */

@@ -232,6 +232,18 @@ void bt_rms_matmul_swiglu(bt_backend_t *be, float *y, const bt_tensor_t *gate,
     bt_matmul_swiglu(be, y, gate, up, xn, m, tmp);
 }
 
+void bt_rms_ffn(bt_backend_t *be, float *x, const bt_tensor_t *gate, const bt_tensor_t *up,
+                const bt_tensor_t *down, const float *norm, float eps, int64_t m, float *h,
+                float *xn, float *tmp)
+{
+    if (be->fused && be->ops->rms_ffn && same_pair(gate, up)) {
+        be->ops->rms_ffn(be->ctx, x, gate, up, down, norm, eps, m, h);
+        return;
+    }
+    bt_rms_matmul_swiglu(be, h, gate, up, x, norm, eps, m, xn, tmp);
+    bt_matmul_add(be, x, down, h, m, xn);
+}
+
 void bt_get_rows(bt_backend_t *be, float *y, const bt_tensor_t *table, const int32_t *ids,
                  int64_t m)
 {

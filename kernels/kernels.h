@@ -183,6 +183,14 @@ typedef struct bt_backend_ops {
                              const float *x, const float *norm, float eps, int64_t m);
     void (*rms_matmul_swiglu)(void *ctx, float *y, const bt_tensor_t *gate, const bt_tensor_t *up,
                               const float *x, const float *norm, float eps, int64_t m);
+    /* Optional: a pre-norm layer's whole FFN in place, x += silu(n . gate^T) * (n . up^T) .
+     * down^T with n = rmsnorm(x, norm, eps): rms_matmul_swiglu into h ([m][gate.rows] floats,
+     * the backend's to use or not), then matmul_add of down. In the deterministic mode it
+     * gives exactly that composition's bits; otherwise the backend may keep the intermediate
+     * products in lower precision (within the same tolerance as its other nondeterministic
+     * matmuls), and h need not be written. */
+    void (*rms_ffn)(void *ctx, float *x, const bt_tensor_t *gate, const bt_tensor_t *up,
+                    const bt_tensor_t *down, const float *norm, float eps, int64_t m, float *h);
     /* Optional (a host-memory backend may leave it NULL): out_host[i] = bt_argmax_f32 of row i
      * of x ([m][n]), so that greedy decoding moves m ids to the host instead of m x n logits. */
     void (*argmax_rows)(void *ctx, int32_t *out_host, const float *x, int64_t m, int64_t n);
@@ -238,6 +246,12 @@ void bt_rms_matmul_multi(bt_backend_t *be, int n_w, float *const *y, const bt_te
 void bt_rms_matmul_swiglu(bt_backend_t *be, float *y, const bt_tensor_t *gate,
                           const bt_tensor_t *up, const float *x, const float *norm, float eps,
                           int64_t m, float *xn, float *tmp);
+/* The pre-norm FFN in place (ops table, rms_ffn): x += swiglu of rmsnorm(x) through gate and
+ * up, then down; h holds the swiglu rows ([m][gate.rows]) where it is composed, xn and tmp are
+ * bt_rms_matmul_swiglu's, and xn is also matmul_add's tmp. */
+void bt_rms_ffn(bt_backend_t *be, float *x, const bt_tensor_t *gate, const bt_tensor_t *up,
+                const bt_tensor_t *down, const float *norm, float eps, int64_t m, float *h,
+                float *xn, float *tmp);
 void bt_get_rows(bt_backend_t *be, float *y, const bt_tensor_t *table, const int32_t *ids,
                  int64_t m);
 void bt_rmsnorm(bt_backend_t *be, float *y, const float *x, const float *w, int64_t m, int64_t n,

@@ -145,6 +145,10 @@ void bt_cuda_topk_rows_launch(cudaStream_t st, int32_t *ids, float *vals, const 
                               int64_t n, int32_t k);
 /* dst[i] = x[i] rounded to nearest even, as bf16 (type BT_TYPE_BF16) or fp16 (BT_TYPE_F16). */
 void bt_cuda_convert_launch(cudaStream_t st, void *dst, int type, const float *x, int64_t n);
+/* h[i] = silu(gate[i]) * up[i] for n elements of one 16-bit type (BF16 or F16), computed in
+ * f32 as the swiglu op and rounded to nearest even (a cuBLAS FFN's products to its down input). */
+void bt_cuda_swiglu16_launch(cudaStream_t st, void *h, const void *gate, const void *up, int type,
+                             int64_t n);
 /* The two above in one pass: dst ([m][n], 16-bit type) = rmsnorm(x, w, eps) converted; the bits
  * of bt_cuda_rmsnorm_launch into an f32 buffer followed by bt_cuda_convert_launch of it. */
 void bt_cuda_rms_convert_launch(cudaStream_t st, void *dst, int type, const float *x,

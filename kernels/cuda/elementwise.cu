@@ -11,6 +11,7 @@
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <string.h>
 
 #include "cuda_impl.h"
 #include "elementwise.cuh"
@@ -251,6 +252,61 @@ static __global__ void convert_kernel(void *dst, int type, const float *x, int64
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
         store16(dst, type, i, x[i]);
+}
+
+/* A 16-bit element of type (BF16 or F16) widened exactly, and a float rounded to one. */
+static __device__ __forceinline__ float widen16(uint16_t b, int type)
+{
+    if (type == BT_TYPE_BF16)
+        return __uint_as_float((uint32_t)b << 16);
+    return __half2float(__ushort_as_half(b));
+}
+
+static __device__ __forceinline__ uint16_t narrow16(float v, int type)
+{
+    uint16_t b;
+    if (type == BT_TYPE_BF16) {
+        const __nv_bfloat16 r = __float2bfloat16_rn(v);
+        memcpy(&b, &r, 2);
+    } else {
+        const __half r = __float2half_rn(v);
+        memcpy(&b, &r, 2);
+    }
+    return b;
+}
+
+/* vec: all three pointers 16-byte aligned, so threads take 8 elements (16 bytes of each) at a
+ * time and the last n % 8 one by one. */
+static __global__ void swiglu16_kernel(uint16_t *h, const uint16_t *gate, const uint16_t *up,
+                                       int type, int64_t n, int vec)
+{
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    const int64_t n8 = vec ? n / 8 : 0;
+    for (int64_t v = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; v < n8; v += stride) {
+        const uint4 gr = ((const uint4 *)gate)[v], ur = ((const uint4 *)up)[v];
+        uint16_t g[8], u[8], o[8];
+        memcpy(g, &gr, 16);
+        memcpy(u, &ur, 16);
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            o[i] = narrow16(bt_cuda_silu_mul(widen16(g[i], type), widen16(u[i], type)), type);
+        uint4 orr;
+        memcpy(&orr, o, 16);
+        ((uint4 *)h)[v] = orr;
+    }
+    for (int64_t i = n8 * 8 + blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += stride)
+        h[i] = narrow16(bt_cuda_silu_mul(widen16(gate[i], type), widen16(up[i], type)), type);
+}
+
+extern "C" void bt_cuda_swiglu16_launch(cudaStream_t st, void *h, const void *gate, const void *up,
+                                        int type, int64_t n)
+{
+    if (n <= 0)
+        return;
+    const int vec = (((uintptr_t)h | (uintptr_t)gate | (uintptr_t)up) % 16) == 0;
+    swiglu16_kernel<<<grid_for(vec ? (n + 7) / 8 : n), THREADS, 0, st>>>(
+        (uint16_t *)h, (const uint16_t *)gate, (const uint16_t *)up, type, n, vec);
+    BT_CUDA_CHECK(cudaGetLastError());
 }
 
 extern "C" void bt_cuda_convert_launch(cudaStream_t st, void *dst, int type, const float *x,

@@ -532,7 +532,7 @@ static cublasStatus_t emu_gemm(cublasOperation_t ta, cublasOperation_t tb, int m
                                const void *B, cudaDataType bt, int ldb, const float *beta, void *C,
                                cudaDataType ct, int ldc)
 {
-    if (ct != CUDA_R_32F)
+    if (ct != CUDA_R_32F && ct != CUDA_R_16BF && ct != CUDA_R_16F)
         return CUBLAS_STATUS_NOT_SUPPORTED;
     float *a = (float *)malloc((size_t)m * k * sizeof(float));
     float *b = (float *)malloc((size_t)n * k * sizeof(float));
@@ -549,15 +549,20 @@ static cublasStatus_t emu_gemm(cublasOperation_t ta, cublasOperation_t tb, int m
         for (int l = 0; l < k; l++)
             b[(size_t)j * k + l] =
                 emu_elem(B, bt, tb == CUBLAS_OP_N ? (size_t)j * ldb + l : (size_t)l * ldb + j);
-    float *c = (float *)C;
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++) {
             const float *ai = a + (size_t)i * k, *bj = b + (size_t)j * k;
             float s = 0.0f;
             for (int l = 0; l < k; l++)
                 s = fmaf(ai[l], bj[l], s);
-            float *cij = &c[(size_t)j * ldc + i];
-            *cij = *alpha * s + (*beta != 0.0f ? *beta * *cij : 0.0f);
+            const size_t ci = (size_t)j * ldc + i;
+            const float v = *alpha * s + (*beta != 0.0f ? *beta * emu_elem(C, ct, ci) : 0.0f);
+            if (ct == CUDA_R_32F)
+                ((float *)C)[ci] = v;
+            else if (ct == CUDA_R_16BF)
+                ((__nv_bfloat16 *)C)[ci] = __float2bfloat16_rn(v);
+            else
+                ((__half *)C)[ci] = __float2half_rn(v);
         }
     free(a);
     free(b);

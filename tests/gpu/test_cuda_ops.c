@@ -5,7 +5,7 @@
  * deterministic GEMV and cuBLAS), the fused matmul_multi, matmul_add and matmul_swiglu (also
  * bit for bit against the same backend's composition in deterministic mode), the rmsnorm-fused
  * rms_matmul_multi and rms_matmul_swiglu (bit for bit against rmsnorm followed by the fused
- * matmul on the same backend, in both modes), get_rows, rmsnorm,
+ * matmul on the same backend, in both modes), the pre-norm FFN rms_ffn, get_rows, rmsnorm,
  * rope, swiglu, add, gather_rows, kv_store (byte-exact caches in F32, F16 and BF16) and paged
  * GQA attention over many sequences with scattered block tables and contexts long enough to
  * split, on the SIMT kernel and on tensor cores (nondeterministic prefill, bf16 tolerance).
@@ -625,6 +625,67 @@ static void test_cuda_rms_matmuls_cublas(void **state)
         check_rms(&q8[c]);
 }
 
+/* ---- the pre-norm FFN (rms_ffn) ---- */
+
+/* x += down(swiglu of rmsnorm(x) through gate and up), k = dim, n = the FFN's width: fused on
+ * the device against the same backend's composition (rms_matmul_swiglu, then matmul_add),
+ * bit for bit in deterministic mode and within bf16 tolerance on cuBLAS (where the fused op
+ * keeps the gate and up products in 16 bits), and against the CPU backend's composition. */
+static void check_ffn(int type, int64_t k, int64_t n, int64_t m, int nondet)
+{
+    bt_backend_t *g = nondet ? gpu_nd : gpu;
+    weights_t gu, dn;
+    const int64_t gu_rows[2] = {n, n}, dn_rows[1] = {k};
+    weights_make(&gu, g, type, 2, gu_rows, k, 0);
+    weights_make(&dn, g, type, 1, dn_rows, n, 0);
+    float *norm = rnd_vec((size_t)k);
+    for (int64_t i = 0; i < k; i++)
+        norm[i] += 1.0f;
+    float *ng = to_dev(g, norm, (size_t)k * 4);
+    const size_t hn = (size_t)(m * n), xn = (size_t)(m * k);
+    float *hg = bt_backend_alloc(g, hn * 4), *xng = bt_backend_alloc(g, xn * 4);
+    float *tmpg = bt_backend_alloc(g, hn * 4);
+    float *hc = malloc(hn * 4), *xnc = malloc(xn * 4), *tmpc = malloc(hn * 4);
+    assert_true(hg && xng && tmpg && hc && xnc && tmpc);
+    outs_t o;
+    outs_make(&o, g, 1, m, dn_rows);
+    bt_rms_ffn(g, o.f[0], gu.pd[0], gu.pd[1], dn.pd[0], ng, RMS_EPS, m, hg, xng, tmpg);
+    bt_rms_matmul_swiglu(g, hg, gu.pd[0], gu.pd[1], o.q[0], ng, RMS_EPS, m, xng, tmpg);
+    bt_matmul_add(g, o.q[0], dn.pd[0], hg, m, xng);
+    bt_rms_matmul_swiglu(cpu, hc, gu.pc[0], gu.pc[1], o.c[0], norm, RMS_EPS, m, xnc, tmpc);
+    bt_matmul_add(cpu, o.c[0], dn.pc[0], hc, m, xnc);
+    const int lossy = type == BT_TYPE_Q8_0 || (nondet && m > 8 && type != BT_TYPE_F32);
+    char label[128];
+    snprintf(label, sizeof label, "rms_ffn %s k=%ld n=%ld m=%ld%s", bt_type_name(type), (long)k,
+             (long)n, (long)m, nondet ? " (cuBLAS allowed)" : "");
+    outs_check(&o, g, label, !lossy || type == BT_TYPE_Q8_0, lossy ? TOL_BF16 : TOL_F32);
+    weights_free(&gu, g);
+    weights_free(&dn, g);
+    void *bufs[] = {ng, hg, xng, tmpg};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        bt_backend_free(g, bufs[i]);
+    free(hc);
+    free(xnc);
+    free(tmpc);
+    free(norm);
+}
+
+/* GEMV rows (1, 3, 8) compose on both backends; 13 and 64 rows on the nondeterministic one take
+ * cuBLAS: BF16 and F16 through the 16-bit FFN (FFN widths on and off 8 elements, so both the
+ * 16-byte and the element-wise swiglu run), F32 and Q8_0 as the composition. */
+static void test_cuda_rms_ffn(void **state)
+{
+    static const int64_t ms[] = {1, 3, 8, 13, 64};
+    static const int types[] = {BT_TYPE_BF16, BT_TYPE_F16, BT_TYPE_F32, BT_TYPE_Q8_0};
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++)
+        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+            check_ffn(types[t], 256, 704, ms[i], 0);
+            check_ffn(types[t], 256, 704, ms[i], 1);
+            if (types[t] == BT_TYPE_BF16 || types[t] == BT_TYPE_F16)
+                check_ffn(types[t], 96, 100, ms[i], 1);
+        }
+}
+
 /* ---- element-wise ---- */
 
 static void test_cuda_get_rows_all_types(void **state)
@@ -1051,6 +1112,7 @@ int main(void)
         cmocka_unit_test(test_cuda_rms_matmuls_match_composed),
         cmocka_unit_test(test_cuda_rms_matmuls_other_paths),
         cmocka_unit_test(test_cuda_rms_matmuls_cublas),
+        cmocka_unit_test(test_cuda_rms_ffn),
         cmocka_unit_test(test_cuda_get_rows_all_types),
         cmocka_unit_test(test_cuda_rmsnorm_rope_swiglu_add),
         cmocka_unit_test(test_cuda_attention_against_cpu),
