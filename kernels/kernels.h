@@ -165,7 +165,7 @@ typedef struct bt_backend_ops {
      * so in the deterministic mode a backend's fused and composed forms agree bit for bit.
      * matmul_multi: y[t][m][w[t].rows] = x . w[t]^T for n_w (<= 4) weights of one type and
      * column count, all reading the same input x (a layer's q, k and v); the wrapper composes
-     * weights that differ. */
+     * weights that differ. In every fused op x must not overlap any output. */
     void (*matmul_multi)(void *ctx, int n_w, float *const *y, const bt_tensor_t *const *w,
                          const float *x, int64_t m);
     /* y[m][w.rows] += x . w^T (an output projection and its residual add); x must not

@@ -46,10 +46,15 @@ static void slot_clear(bt_stepgraph_t *g, bt_stepgraph_slot_t *s)
     s->trace = trace;
 }
 
-void bt_stepgraph_fini(bt_stepgraph_t *g)
+void bt_stepgraph_clear(bt_stepgraph_t *g)
 {
     for (int i = 0; i < BT_STEPGRAPH_SLOTS; i++)
         slot_clear(g, &g->slots[i]);
+}
+
+void bt_stepgraph_fini(bt_stepgraph_t *g)
+{
+    bt_stepgraph_clear(g);
     free(g->traces);
     memset(g, 0, sizeof *g);
 }

@@ -88,6 +88,8 @@ int bt_stepgraph_init(bt_stepgraph_t *g, size_t arena_bytes, bt_stepgraph_destro
                       void *arg);
 /* Destroys every recorded step and frees the traces. Not during a step. */
 void bt_stepgraph_fini(bt_stepgraph_t *g);
+/* Destroys every recorded step; the table stays usable. Not during a step. */
+void bt_stepgraph_clear(bt_stepgraph_t *g);
 
 /* The key of a shape; chunk is the attention's chunk length (positions). */
 void bt_stepgraph_key_make(const bt_step_shape_t *shape, int32_t chunk, bt_stepgraph_key_t *key);

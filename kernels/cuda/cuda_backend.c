@@ -455,7 +455,8 @@ static int64_t norm_rows(const bt_cuda_ctx_t *c, int64_t k)
 /* rmsnorm into act16 a row chunk at a time, then the plain matmuls on it (path MM_SGEMM or
  * MM_GEMV, chosen for all m rows as the composition would). With no room for one row (act16
  * holds max_rows / 2 rows of the widest input: only a context of max_rows 1) the pre-norm GEMV
- * kernels run instead: right for any m, only slower, with their scalar path's bits. */
+ * kernels run instead: right for any m, only slower (on the SGEMM path their bits are then the
+ * GEMV kernels', not cuBLAS's). */
 static void rms_compose_multi(bt_cuda_ctx_t *c, int path, int n_w, float *const *y,
                               const bt_tensor_t *const *w, const float *x, const float *norm,
                               float eps, int64_t m)
@@ -481,6 +482,13 @@ static void rms_compose_multi(bt_cuda_ctx_t *c, int path, int n_w, float *const 
     }
 }
 
+/* Rows up to which the pre-norm GEMV kernels run; above, rmsnorm and the plain kernels (the same
+ * bits). A pre-norm kernel norms every x element it loads once per weight row, two multiplies
+ * beside each row's multiply-add: free while one or two tokens share a weight read (the kernel
+ * waits on memory), but at 8 tokens a block does about three times the arithmetic of the plain
+ * kernel and becomes bound by it. */
+#define PRENORM_MAX_M 4
+
 /* cuda_matmul_multi's paths with the norm folded in; weights on different paths (which the
  * wrapper's same-type check leaves possible only through mm_path's size limits) each take
  * their own, as there. */
@@ -499,7 +507,7 @@ static void rms_multi_run(bt_cuda_ctx_t *c, int n_w, float *const *y, const bt_t
                 rms_multi_run(c, 1, &y[t], &w[t], x, norm, eps, m);
     } else if (path == MM_GEMM16) {
         blas_gemm16(c, n_w, y, w, x, norm, eps, m, 0.0f);
-    } else if (path == MM_GEMV && exact) {
+    } else if (path == MM_GEMV && exact && m <= PRENORM_MAX_M) {
         bt_cuda_gemv_rms_multi_launch(c->stream, n_w, y, w, x, norm, eps, m);
     } else {
         rms_compose_multi(c, path, n_w, y, w, x, norm, eps, m);
@@ -553,7 +561,8 @@ static void cuda_rms_matmul_swiglu(void *ctx, float *y, const bt_tensor_t *gate,
     const int blas = path != MM_GEMV && (size_t)gate->rows <= c->glu_up_floats;
     if (blas && path == MM_GEMM16)
         blas_swiglu(c, path, y, gate, up, x, norm, eps, m);
-    else if (!blas && bt_cuda_gemv_rms_exact(gate, x, norm) && bt_cuda_gemv_rms_exact(up, x, norm))
+    else if (!blas && m <= PRENORM_MAX_M && bt_cuda_gemv_rms_exact(gate, x, norm) &&
+             bt_cuda_gemv_rms_exact(up, x, norm))
         bt_cuda_gemv_rms_swiglu_launch(c->stream, y, gate, up, x, norm, eps, m);
     else
         rms_compose_swiglu(c, blas, y, gate, up, x, norm, eps, m);

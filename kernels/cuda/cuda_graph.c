@@ -13,7 +13,9 @@
  * replay whose arguments differ from its capture's (a key that missed something) is caught
  * before the graph runs instead of computing wrong results.
  *
- * Nothing here allocates after create except cudaGraphInstantiate on a key's first capture.
+ * Nothing here allocates after create except a key's capture (cudaStreamEndCapture's graph and
+ * cudaGraphInstantiate), once per key, and again after a replay mismatch dropped it (at most
+ * four times: then graphs are off).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -148,6 +150,7 @@ static void replay_mismatch(bt_cuda_ctx_t *c)
      * the request path: after a few misses the daemon stops using graphs. */
     if (++c->graph_misses >= 4) {
         c->graphs = 0;
+        bt_stepgraph_clear(&c->sg); /* their device memory back, now rather than at destroy */
         fprintf(stderr, "cuda: decode-step graphs keep missing their steps: CUDA graphs off\n");
     }
 }

@@ -197,8 +197,13 @@ static void test_stepgraph_evicts_least_recently_used(void **state)
     key_of(1, 10, &k);
     assert_int_equal(bt_stepgraph_begin(&g, &k), BT_STEPGRAPH_REPLAY);
     bt_stepgraph_finish(&g);
-    bt_stepgraph_fini(&g);
+    bt_stepgraph_clear(&g); /* every slot's graph goes, and the table still records */
     assert_int_equal(d.destroyed, 1 + 1 + BT_STEPGRAPH_SLOTS - 1);
+    assert_int_equal(bt_stepgraph_begin(&g, &k), BT_STEPGRAPH_CAPTURE);
+    bt_stepgraph_keep(&g, &execs[0]);
+    bt_stepgraph_finish(&g);
+    bt_stepgraph_fini(&g);
+    assert_int_equal(d.destroyed, 1 + 1 + BT_STEPGRAPH_SLOTS);
 }
 
 static void test_stepgraph_refuses_what_does_not_fit(void **state)
