@@ -303,10 +303,9 @@ static void layer_attention(bt_engine_t *e, int32_t l, int32_t rows, int n_seqs)
     float *const qkv[3] = {a->q, a->k, a->v};
     const bt_tensor_t *const wqkv[3] = {&w->wq, &w->wk, &w->wv};
     bt_rms_matmul_multi(e->be, 3, qkv, wqkv, a->x, w->attn_norm, hp->norm_eps, rows, a->xb);
-    bt_rope(e->be, a->q, a->pos, rows, hp->n_heads, hp->head_dim, e->model->rope_inv_freq);
-    bt_rope(e->be, a->k, a->pos, rows, hp->n_kv_heads, hp->head_dim, e->model->rope_inv_freq);
     bt_kv_layer_t kv = bt_kv_pool_layer(e->kv, l);
-    bt_kv_store(e->be, &kv, a->k, a->v, e->h_seqs, n_seqs);
+    bt_rope_kv_store(e->be, a->q, a->k, a->v, a->pos, rows, hp->n_heads, e->model->rope_inv_freq,
+                     &kv, e->h_seqs, n_seqs);
     bt_attention(e->be, a->att, a->q, &kv, e->h_seqs, n_seqs, hp->n_heads,
                  1.0f / sqrtf((float)hp->head_dim));
 }

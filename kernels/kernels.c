@@ -244,6 +244,19 @@ void bt_rms_ffn(bt_backend_t *be, float *x, const bt_tensor_t *gate, const bt_te
     bt_matmul_add(be, x, down, h, m, xn);
 }
 
+void bt_rope_kv_store(bt_backend_t *be, float *q, float *k, const float *v, const int32_t *pos,
+                      int64_t m, int n_heads, const float *inv_freq, const bt_kv_layer_t *kv,
+                      const bt_attn_seq_t *seqs, int n_seqs)
+{
+    if (be->fused && be->ops->rope_kv_store) {
+        be->ops->rope_kv_store(be->ctx, q, k, v, pos, m, n_heads, inv_freq, kv, seqs, n_seqs);
+        return;
+    }
+    be->ops->rope(be->ctx, q, pos, m, n_heads, kv->head_dim, inv_freq);
+    be->ops->rope(be->ctx, k, pos, m, kv->n_kv_heads, kv->head_dim, inv_freq);
+    be->ops->kv_store(be->ctx, kv, k, v, seqs, n_seqs);
+}
+
 void bt_get_rows(bt_backend_t *be, float *y, const bt_tensor_t *table, const int32_t *ids,
                  int64_t m)
 {

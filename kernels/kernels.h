@@ -191,6 +191,12 @@ typedef struct bt_backend_ops {
      * matmuls), and h need not be written. */
     void (*rms_ffn)(void *ctx, float *x, const bt_tensor_t *gate, const bt_tensor_t *up,
                     const bt_tensor_t *down, const float *norm, float eps, int64_t m, float *h);
+    /* Optional: rope of q (n_heads heads) and of k (kv's n_kv_heads) in place, then kv_store of
+     * k and v: the three ops of a layer's attention input in one, with their bits. Every row
+     * of q, k and v belongs to one of the sequences (rows 0 .. m - 1 are theirs). */
+    void (*rope_kv_store)(void *ctx, float *q, float *k, const float *v, const int32_t *pos,
+                          int64_t m, int n_heads, const float *inv_freq, const bt_kv_layer_t *kv,
+                          const bt_attn_seq_t *seqs, int n_seqs);
     /* Optional (a host-memory backend may leave it NULL): out_host[i] = bt_argmax_f32 of row i
      * of x ([m][n]), so that greedy decoding moves m ids to the host instead of m x n logits. */
     void (*argmax_rows)(void *ctx, int32_t *out_host, const float *x, int64_t m, int64_t n);
@@ -252,6 +258,10 @@ void bt_rms_matmul_swiglu(bt_backend_t *be, float *y, const bt_tensor_t *gate,
 void bt_rms_ffn(bt_backend_t *be, float *x, const bt_tensor_t *gate, const bt_tensor_t *up,
                 const bt_tensor_t *down, const float *norm, float eps, int64_t m, float *h,
                 float *xn, float *tmp);
+/* rope of q and k (head_dim: kv's), then kv_store (ops table, rope_kv_store). */
+void bt_rope_kv_store(bt_backend_t *be, float *q, float *k, const float *v, const int32_t *pos,
+                      int64_t m, int n_heads, const float *inv_freq, const bt_kv_layer_t *kv,
+                      const bt_attn_seq_t *seqs, int n_seqs);
 void bt_get_rows(bt_backend_t *be, float *y, const bt_tensor_t *table, const int32_t *ids,
                  int64_t m);
 void bt_rmsnorm(bt_backend_t *be, float *y, const float *x, const float *w, int64_t m, int64_t n,

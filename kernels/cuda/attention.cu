@@ -28,6 +28,7 @@
 #include <math.h>
 
 #include "cuda_impl.h"
+#include "elementwise.cuh"
 
 #define ATT_WARPS 4
 #define TILE BT_CUDA_ATTN_TILE
@@ -80,6 +81,52 @@ extern "C" void bt_cuda_kv_store_launch(cudaStream_t st, const bt_kv_layer_t *kv
         return;
     const dim3 grid((unsigned)max_new, (unsigned)n_seqs);
     kv_store_kernel<<<grid, 128, 0, st>>>(*kv, k, v, seqs, blocks);
+    BT_CUDA_CHECK(cudaGetLastError());
+}
+
+/* rope of q and k, then kv_store of k and v, for one row per block (blockIdx.x of sequence
+ * blockIdx.y): the rope and kv_store kernels' arithmetic on the same elements (a head's pair
+ * (2i, 2i + 1) is its element pair t = head * head_dim / 2 + i, at 2t of the row). */
+static __global__ void rope_kv_store_kernel(float *q, float *k, const float *v, const int32_t *pos,
+                                            int n_heads, const float *inv_freq, bt_kv_layer_t kv,
+                                            const bt_cuda_seq_t *seqs, const int32_t *blocks)
+{
+    const bt_cuda_seq_t s = seqs[blockIdx.y];
+    const int32_t r = blockIdx.x;
+    if (r >= s.n_new)
+        return;
+    const int64_t row = s.row0 + r;
+    const int half = kv.head_dim / 2;
+    const int32_t p = pos[row];
+    float *qr = q + row * n_heads * kv.head_dim;
+    for (int t = threadIdx.x; t < n_heads * half; t += blockDim.x)
+        bt_cuda_rope_pair(qr + 2 * t, p, inv_freq[t % half]);
+    const int64_t row_elems = (int64_t)kv.n_kv_heads * kv.head_dim;
+    const size_t row_bytes = (size_t)row_elems * elem_size(kv.type);
+    const int32_t at = s.n_past + r;
+    uint8_t *kd = (uint8_t *)kv.data + (size_t)blocks[s.blk + at / kv.block_size] * kv.block_bytes +
+                  (size_t)(at % kv.block_size) * row_bytes;
+    uint8_t *vd = kd + (size_t)kv.block_size * row_bytes;
+    float *kr = k + row * row_elems;
+    const float *vr = v + row * row_elems;
+    for (int t = threadIdx.x; t < kv.n_kv_heads * half; t += blockDim.x) {
+        bt_cuda_rope_pair(kr + 2 * t, p, inv_freq[t % half]);
+        store_elem(kd, kv.type, 2 * t, kr[2 * t]);
+        store_elem(kd, kv.type, 2 * t + 1, kr[2 * t + 1]);
+        store_elem(vd, kv.type, 2 * t, vr[2 * t]);
+        store_elem(vd, kv.type, 2 * t + 1, vr[2 * t + 1]);
+    }
+}
+
+extern "C" void bt_cuda_rope_kv_store_launch(cudaStream_t st, float *q, float *k, const float *v,
+                                             const int32_t *pos, int n_heads, const float *inv_freq,
+                                             const bt_kv_layer_t *kv, const bt_cuda_seq_t *seqs,
+                                             const int32_t *blocks, int n_seqs, int32_t max_new)
+{
+    if (n_seqs <= 0 || max_new <= 0)
+        return;
+    const dim3 grid((unsigned)max_new, (unsigned)n_seqs);
+    rope_kv_store_kernel<<<grid, 128, 0, st>>>(q, k, v, pos, n_heads, inv_freq, *kv, seqs, blocks);
     BT_CUDA_CHECK(cudaGetLastError());
 }
 

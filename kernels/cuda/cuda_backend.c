@@ -792,6 +792,34 @@ static void cuda_kv_store(void *ctx, const bt_kv_layer_t *kv, const float *k, co
     }
 }
 
+/* One kernel per table group: each row's rope and store in one block. Rows outside every
+ * sequence (which the op's contract excludes) would miss their rope, so such a call composes. */
+static void cuda_rope_kv_store(void *ctx, float *q, float *k, const float *v, const int32_t *pos,
+                               int64_t m, int n_heads, const float *inv_freq,
+                               const bt_kv_layer_t *kv, const bt_attn_seq_t *seqs, int n_seqs)
+{
+    bt_cuda_ctx_t *c = enter(ctx);
+    int64_t covered = 0;
+    for (int s = 0; s < n_seqs; s++)
+        covered += seqs[s].n_new;
+    if (covered != m || kv->head_dim % 2) {
+        cuda_rope(ctx, q, pos, m, n_heads, kv->head_dim, inv_freq);
+        cuda_rope(ctx, k, pos, m, kv->n_kv_heads, kv->head_dim, inv_freq);
+        cuda_kv_store(ctx, kv, k, v, seqs, n_seqs);
+        return;
+    }
+    for (int s0 = 0; s0 < n_seqs;) {
+        seq_group_t g;
+        s0 = pack_group(c, kv, seqs, s0, n_seqs, &g);
+        if (g.max_new > 0 &&
+            LAUNCHES(c, "rope_kv_store", U(q), U(k), U(v), U(pos), n_heads, U(inv_freq),
+                     U(kv->data), kv->type, kv->block_size, kv->n_kv_heads, kv->head_dim,
+                     kv->block_bytes, U(g.seqs), U(g.blocks), g.n_seqs, g.max_new))
+            bt_cuda_rope_kv_store_launch(c->stream, q, k, v, pos, n_heads, inv_freq, kv, g.seqs,
+                                         g.blocks, g.n_seqs, g.max_new);
+    }
+}
+
 /* With nondet, calls with at least this many new rows in one sequence run on the tensor-core
  * kernel (whole call: its decode rows too); fewer leave too little to fill a query tile. */
 #define MMA_ATTN_MIN_NEW 16
@@ -863,6 +891,7 @@ static const bt_backend_ops_t cuda_ops = {
     .argmax_rows = cuda_argmax_rows,
     .topk_rows = cuda_topk_rows,
     .kv_store = cuda_kv_store,
+    .rope_kv_store = cuda_rope_kv_store,
     .attention = cuda_attention,
     .step_begin = cuda_step_begin,
     .step_end = cuda_step_end,

@@ -202,6 +202,12 @@ typedef struct {
     int32_t n_rows;  /* rows of q/out covered by the call (max of row0 + n_new) */
     int32_t chunk;   /* positions per softmax chunk (the context's) */
 } bt_cuda_attn_args_t;
+/* rope of q (n_heads) and k (kv->n_kv_heads) in place, then their rows' kv_store: one block per
+ * row of each sequence of the staged table (max_new: the largest n_new). */
+void bt_cuda_rope_kv_store_launch(cudaStream_t st, float *q, float *k, const float *v,
+                                  const int32_t *pos, int n_heads, const float *inv_freq,
+                                  const bt_kv_layer_t *kv, const bt_cuda_seq_t *seqs,
+                                  const int32_t *blocks, int n_seqs, int32_t max_new);
 /* Chooses split or sequential chunks (same bits either way); part is the split scratch, count
  * count_n zeroed counters (the kernels leave them zeroed), at least 4 x n_sm of them. */
 void bt_cuda_attention_launch(cudaStream_t st, const bt_cuda_attn_args_t *a, float *part,

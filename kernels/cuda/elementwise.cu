@@ -110,12 +110,7 @@ static __global__ void rope_kernel(float *x, const int32_t *pos, int64_t m, int 
         const int i = (int)(t % half);
         const int64_t rh = t / half; /* row * n_heads + head */
         const int64_t r = rh / n_heads;
-        float sn, cs;
-        sincosf(__fmul_rn((float)pos[r], inv_freq[i]), &sn, &cs);
-        float *p = x + rh * head_dim + 2 * i;
-        const float x0 = p[0], x1 = p[1];
-        p[0] = __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
-        p[1] = __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, cs));
+        bt_cuda_rope_pair(x + rh * head_dim + 2 * i, pos[r], inv_freq[i]);
     }
 }
 

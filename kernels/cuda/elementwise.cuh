@@ -28,6 +28,16 @@ static __device__ __forceinline__ float bt_cuda_silu_mul(float gate, float up)
     return __fmul_rn(s, up);
 }
 
+/* The rope op on one pair (p[0], p[1]) at position pos with inverse frequency inv. */
+static __device__ __forceinline__ void bt_cuda_rope_pair(float *p, int32_t pos, float inv)
+{
+    float sn, cs;
+    sincosf(__fmul_rn((float)pos, inv), &sn, &cs);
+    const float x0 = p[0], x1 = p[1];
+    p[0] = __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
+    p[1] = __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, cs));
+}
+
 /* The block size of every kernel that computes an rmsnorm scale. */
 #define BT_CUDA_NORM_THREADS 256
 

@@ -5,7 +5,8 @@
  * deterministic GEMV and cuBLAS), the fused matmul_multi, matmul_add and matmul_swiglu (also
  * bit for bit against the same backend's composition in deterministic mode), the rmsnorm-fused
  * rms_matmul_multi and rms_matmul_swiglu (bit for bit against rmsnorm followed by the fused
- * matmul on the same backend, in both modes), the pre-norm FFN rms_ffn, get_rows, rmsnorm,
+ * matmul on the same backend, in both modes), the pre-norm FFN rms_ffn, rope_kv_store (bit for
+ * bit against rope, rope and kv_store), get_rows, rmsnorm,
  * rope, swiglu, add, gather_rows, kv_store (byte-exact caches in F32, F16 and BF16) and paged
  * GQA attention over many sequences with scattered block tables and contexts long enough to
  * split, on the SIMT kernel and on tensor cores (nondeterministic prefill, bf16 tolerance).
@@ -920,6 +921,107 @@ static void test_cuda_attention_against_cpu(void **state)
     }
 }
 
+/* rope_kv_store: the fused op against rope, rope and kv_store on the same backend (q, k and
+ * the cache bit for bit), and q and k against the CPU backend. Every row belongs to one of the
+ * case's sequences; positions are each row's place in its sequence. */
+static void check_rope_kv_store(const attn_case_t *c)
+{
+    attn_batch_t b;
+    batch_init(&b, c);
+    const int hd = c->hd;
+    const size_t es = c->type == BT_TYPE_F32 ? 4 : 2;
+    const size_t kvrow = (size_t)c->n_kv * hd, qrow = (size_t)c->n_heads * hd;
+    const size_t block_bytes = 2 * (size_t)c->block_size * kvrow * es;
+    const size_t pool = block_bytes * N_BLOCKS;
+    const size_t rows = (size_t)b.rows;
+    int32_t *pos = malloc(rows * sizeof(int32_t));
+    float *inv = malloc((size_t)hd / 2 * sizeof(float));
+    assert_true(pos && inv);
+    for (int s = 0; s < c->n_seqs; s++)
+        for (int32_t r = 0; r < c->n_new[s]; r++)
+            pos[b.seqs[s].row0 + r] = c->n_past[s] + r;
+    for (int i = 0; i < hd / 2; i++)
+        inv[i] = powf(500000.0f, -2.0f * i / hd);
+    float *q = rnd_vec(rows * qrow), *k = rnd_vec(rows * kvrow), *v = rnd_vec(rows * kvrow);
+    bt_kv_layer_t kf = {.type = c->type,
+                        .block_size = c->block_size,
+                        .n_kv_heads = c->n_kv,
+                        .head_dim = hd,
+                        .block_bytes = block_bytes};
+    bt_kv_layer_t kq = kf;
+    uint8_t *zero = calloc(1, pool);
+    kf.data = to_dev(gpu, zero, pool);
+    kq.data = to_dev(gpu, zero, pool);
+    float *qf = to_dev(gpu, q, rows * qrow * 4), *kfd = to_dev(gpu, k, rows * kvrow * 4);
+    float *qq = to_dev(gpu, q, rows * qrow * 4), *kqd = to_dev(gpu, k, rows * kvrow * 4);
+    float *vg = to_dev(gpu, v, rows * kvrow * 4), *ig = to_dev(gpu, inv, (size_t)hd / 2 * 4);
+    int32_t *pg = to_dev(gpu, pos, rows * sizeof(int32_t));
+
+    bt_rope_kv_store(gpu, qf, kfd, vg, pg, b.rows, c->n_heads, ig, &kf, b.seqs, c->n_seqs);
+    bt_rope(gpu, qq, pg, b.rows, c->n_heads, hd, ig);
+    bt_rope(gpu, kqd, pg, b.rows, c->n_kv, hd, ig);
+    bt_kv_store(gpu, &kq, kqd, vg, b.seqs, c->n_seqs);
+    bt_rope(cpu, q, pos, b.rows, c->n_heads, hd, inv);
+    bt_rope(cpu, k, pos, b.rows, c->n_kv, hd, inv);
+
+    char what[96];
+    snprintf(what, sizeof what, "rope_kv_store %s hd=%d group=%d", bt_type_name(c->type), hd,
+             c->n_heads / c->n_kv);
+    float *a = from_dev(gpu, qf, rows * qrow), *z = from_dev(gpu, qq, rows * qrow);
+    expect_same(what, a, z, rows * qrow);
+    expect_close(what, a, q, rows * qrow, TOL_F32);
+    free(a);
+    free(z);
+    a = from_dev(gpu, kfd, rows * kvrow);
+    z = from_dev(gpu, kqd, rows * kvrow);
+    expect_same(what, a, z, rows * kvrow);
+    expect_close(what, a, k, rows * kvrow, TOL_F32);
+    free(a);
+    free(z);
+    uint8_t *cf = malloc(pool), *cq = malloc(pool);
+    bt_backend_download(gpu, cf, kf.data, pool);
+    bt_backend_download(gpu, cq, kq.data, pool);
+    assert_memory_equal(cf, cq, pool);
+
+    free(cf);
+    free(cq);
+    void *bufs[] = {kf.data, kq.data, qf, kfd, qq, kqd, vg, ig, pg};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        bt_backend_free(gpu, bufs[i]);
+    free(zero);
+    free(q);
+    free(k);
+    free(v);
+    free(pos);
+    free(inv);
+    batch_fini(&b, c->n_seqs);
+}
+
+static void test_cuda_rope_kv_store(void **state)
+{
+    static const int types[] = {BT_TYPE_F32, BT_TYPE_F16, BT_TYPE_BF16};
+    for (size_t t = 0; t < 3; t++) {
+        attn_case_t a = {.type = types[t],
+                         .n_kv = 2,
+                         .hd = 64,
+                         .n_heads = 8,
+                         .block_size = 16,
+                         .n_seqs = 4,
+                         .n_past = {0, 700, 31, 5},
+                         .n_new = {37, 1, 1, 20}};
+        check_rope_kv_store(&a);
+        attn_case_t b = {.type = types[t],
+                         .n_kv = 3,
+                         .hd = 80,
+                         .n_heads = 3,
+                         .block_size = 7,
+                         .n_seqs = 2,
+                         .n_past = {300, 0},
+                         .n_new = {2, 90}};
+        check_rope_kv_store(&b);
+    }
+}
+
 /* Prefill on tensor cores (the nondeterministic backend) against the CPU: one call with a
  * one-row sequence, short and long prefills, chunks continuing earlier ones (n_past > 0) and a
  * decode row; GQA group 4 at head_dim 64 and 128, and group 12 (query tiles end mid-row) at
@@ -1115,6 +1217,7 @@ int main(void)
         cmocka_unit_test(test_cuda_rms_ffn),
         cmocka_unit_test(test_cuda_get_rows_all_types),
         cmocka_unit_test(test_cuda_rmsnorm_rope_swiglu_add),
+        cmocka_unit_test(test_cuda_rope_kv_store),
         cmocka_unit_test(test_cuda_attention_against_cpu),
         cmocka_unit_test(test_cuda_attention_launch_shapes_agree),
         cmocka_unit_test(test_cuda_attention_mma_prefill),
