@@ -155,6 +155,32 @@ step "experiment: FlashAttention-2 prefill attention (BATON_CUDA_PREFILL_ATTN=fa
 BATON_CUDA_PREFILL_ATTN=fa2 timeout 60 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" \
     --batches 1 --ctx 512 --prefills 512,2048 --json "$RESULTS/baton-fa2.json" || true
 
+step "where the time goes: kernel summaries (nsys) of decode at batch 1 and a 2048-token prefill"
+NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+if [ -n "$NSYS" ]; then
+    # Decode: graphs traced node by node; prefill with the FlashAttention-2 kernel. The CSVs
+    # list every kernel's total time, calls and share, largest first.
+    for what in decode prefill; do
+        if [ $what = decode ]; then
+            args="--batches 1 --prefills 16 --steps 16 --reps 1"
+            envs="BATON_CUDA_GRAPHS=1"
+        else
+            args="--batches 1 --steps 1 --prefills 2048 --reps 2"
+            envs="BATON_CUDA_PREFILL_ATTN=fa2"
+        fi
+        env $envs timeout 150 "$NSYS" profile -t cuda --cuda-graph-trace=node --force-overwrite true \
+            -o "$RESULTS/nsys-$what" "$BUILD/bin/baton-bench-cuda" --model "$MODEL" $args \
+            >"$RESULTS/nsys-$what.log" 2>&1 &&
+            timeout 90 "$NSYS" stats -r cuda_gpu_kern_sum -f csv -o "$RESULTS/nsys-$what" \
+                "$RESULTS/nsys-$what.nsys-rep" >>"$RESULTS/nsys-$what.log" 2>&1 &&
+            echo "-- $what" && head -16 "$RESULTS/nsys-${what}_cuda_gpu_kern_sum.csv" ||
+            { echo "nsys $what failed:"; tail -5 "$RESULTS/nsys-$what.log"; }
+        rm -f "$RESULTS/nsys-$what.nsys-rep" "$RESULTS/nsys-$what.sqlite"
+    done
+else
+    echo "no nsys: skipped"
+fi
+
 step "PyTorch/transformers, same shapes"
 if [ -n "${BATON_NO_PEER:-}" ]; then
     echo "BATON_NO_PEER set: peer figures skipped"
