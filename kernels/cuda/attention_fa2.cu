@@ -18,8 +18,10 @@
  * softmax state stay in registers for the whole block. Per tile of 64 cached positions:
  *   1. the block waits for the tile's K and V (one barrier), then issues the cp.async copies
  *      of the next tile into the other stage, which land while this one is computed: 16-byte
- *      pieces, each position's cache block read from the block table a tile ahead (so the
- *      table's latency is hidden too), zeros past the block's last position;
+ *      pieces at each position's cache offset, zeros past the block's last position. The
+ *      offsets come from shared memory, where a thread per position put them (its block from
+ *      the table, its row in the block: the only divisions by the block size) from a load
+ *      issued a tile before, so the table's latency is hidden too;
  *   2. S = Q K^T, 16 x 64 f32 scores per warp in 8 m16n8 accumulators, K by ldmatrix;
  *   3. online softmax on the accumulators (f32, base 2, scale folded in), masked by position
  *      only in tiles that reach past the warp's first position; a row's max and sum are shared
@@ -42,11 +44,12 @@
  * [position][d] are then B's columns as they stand, and V rows [position][d] B's rows once
  * transposed.
  *
- * Shared memory: two stages of K and V, each [64 positions][D + 8] 16-bit elements, so 36 KiB
- * at D = 64 and 68 KiB at D = 128. Rows are padded by 16 bytes: the row pitch is then 4 x (an
- * odd number) of 4-byte words, the 8 rows an ldmatrix phase reads start 4 banks apart and cover
- * all 32 banks once. Padding, not an XOR swizzle, because it holds for every head dim taken
- * (multiples of 16), where a 128-byte swizzle needs multiples of 64.
+ * Shared memory: two stages of K and V, each [64 positions][D + 8] 16-bit elements, then the
+ * two stages' position offsets (int64, 1 KiB), so 37 KiB at D = 64 and 69 KiB at D = 128.
+ * Rows are padded by 16 bytes: the row pitch is then 4 x (an odd number) of 4-byte words, the
+ * 8 rows an ldmatrix phase reads start 4 banks apart and cover all 32 banks once. Padding, not
+ * an XOR swizzle, because it holds for every head dim taken (multiples of 16), where a 128-byte
+ * swizzle needs multiples of 64.
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -63,7 +66,8 @@ template <int D> struct fa_layout {
     static constexpr int KP = D + 8; /* K and V row pitch, 16-bit elements */
     static constexpr uint32_t TILE_BYTES = (uint32_t)FA_BK * KP * 2; /* one K or V tile */
     static constexpr uint32_t STAGE_BYTES = 2 * TILE_BYTES;          /* K, then V */
-    static constexpr uint32_t BYTES = 2 * STAGE_BYTES;
+    static constexpr uint32_t OFFS = 2 * STAGE_BYTES; /* [2][FA_BK] int64: the stages' offsets */
+    static constexpr uint32_t BYTES = OFFS + 2 * FA_BK * sizeof(int64_t);
     static_assert(D % 16 == 0 && TILE_BYTES % 128 == 0, "16-byte rows, aligned tiles");
 };
 
@@ -80,10 +84,14 @@ template <> struct fa_type<__nv_bfloat16> {
     static __device__ __forceinline__ void mma(float *d, const uint32_t *a, uint32_t b0,
                                                uint32_t b1)
     {
+#ifdef BATON_CUDAEMU
+        emu_mma_m16n8k16_bf16(d, a, b0, b1);
+#else
         asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
             "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
     }
 };
 template <> struct fa_type<__half> {
@@ -97,48 +105,73 @@ template <> struct fa_type<__half> {
     static __device__ __forceinline__ void mma(float *d, const uint32_t *a, uint32_t b0,
                                                uint32_t b1)
     {
+#ifdef BATON_CUDAEMU
+        emu_mma_m16n8k16_f16(d, a, b0, b1);
+#else
         asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
             "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
     }
 };
 
 /* Memory operations in inline PTX carry a "memory" clobber so that the compiler keeps them in
- * order with __syncthreads and with each other. */
+ * order with __syncthreads and with each other. Each wrapper's BATON_CUDAEMU body is the
+ * instruction on the emulated device (tests/cudaemu/cudaemu.h), for testing without one. */
 static __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int src_bytes)
 {
     /* src_bytes = 0: no read, 16 zero bytes written. */
+#ifdef BATON_CUDAEMU
+    emu_cp_async_cg16(dst, src, src_bytes);
+#else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
                  "r"(src_bytes)
                  : "memory");
+#endif
 }
 
 static __device__ __forceinline__ void cp_async_commit(void)
 {
+#ifdef BATON_CUDAEMU
+    emu_cp_async_commit_group();
+#else
     asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
 }
 
 /* Waits until at most n of this thread's committed groups are still in flight. */
 template <int n> static __device__ __forceinline__ void cp_async_wait(void)
 {
+#ifdef BATON_CUDAEMU
+    emu_cp_async_wait_group(n);
+#else
     asm volatile("cp.async.wait_group %0;" ::"n"(n) : "memory");
+#endif
 }
 
 static __device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t *r)
 {
+#ifdef BATON_CUDAEMU
+    emu_ldmatrix_x4(addr, r, 0);
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr)
                  : "memory");
+#endif
 }
 
 static __device__ __forceinline__ void ldsm_x4_trans(uint32_t addr, uint32_t *r)
 {
+#ifdef BATON_CUDAEMU
+    emu_ldmatrix_x4(addr, r, 1);
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr)
                  : "memory");
+#endif
 }
 
 /* 2^x on the special function unit. Flushing results below 2^-126 to zero changes no weight
@@ -146,9 +179,13 @@ static __device__ __forceinline__ void ldsm_x4_trans(uint32_t addr, uint32_t *r)
  * unit. 2^-inf = +0, which the masking relies on. */
 static __device__ __forceinline__ float fast_exp2(float x)
 {
+#ifdef BATON_CUDAEMU
+    return emu_ex2_approx_ftz(x);
+#else
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
+#endif
 }
 
 /* The A fragments of query vectors qi0 (rows g) and qi0 + 8 (rows g + 8) over all of head_dim,
@@ -192,42 +229,41 @@ template <int D> struct fa_share {
     }
 };
 
-/* The cache blocks holding this thread's positions of the tile at t0 (0 from len on, where the
- * table may end). Read a tile ahead of load_tile, so that the table's latency is hidden behind
- * a tile's math instead of delaying the copies. */
-template <int D>
-static __device__ __forceinline__ void load_ids(const tc_params_t &p, const bt_cuda_seq_t &s,
-                                                int32_t t0, int32_t len,
-                                                int32_t (&ids)[fa_share<D>::N])
+/* The byte offset in the cache of position pos's K row (all KV heads), or -1 from len on (where
+ * the table may end): its block from the table, its row in the block. One thread per position
+ * and tile computes it, instead of every thread for each of its copies. */
+template <typename T, int D>
+static __device__ __forceinline__ int64_t pos_offset(const tc_params_t &p, const bt_cuda_seq_t &s,
+                                                     int32_t pos, int32_t len)
 {
-#pragma unroll
-    for (int i = 0; i < fa_share<D>::N; i++) {
-        const int32_t pos = t0 + fa_share<D>::pos(i);
-        ids[i] = pos < len ? p.blocks[s.blk + pos / p.kv.block_size] : 0;
-    }
+    if (pos >= len)
+        return -1;
+    const bt_kv_layer_t &kv = p.kv;
+    const int64_t row_bytes = (int64_t)kv.n_kv_heads * D * (int64_t)sizeof(T);
+    return (int64_t)p.blocks[s.blk + pos / kv.block_size] * (int64_t)kv.block_bytes +
+           (pos % kv.block_size) * row_bytes;
 }
 
-/* Issues the cp.async copies of K and V of positions [t0, t0 + FA_BK) into the stage at stage
- * (a shared address): [FA_BK][KP] K, then the same for V. Positions from len on are zeros, so
- * that masked weights (exactly 0) never meet garbage that could be NaN. */
+/* Issues the cp.async copies of K and V of a tile's positions, at offs ([FA_BK], from
+ * pos_offset), into the stage at stage (a shared address): [FA_BK][KP] K, then the same for V.
+ * Positions from len on are zeros, so that masked weights (exactly 0) never meet garbage that
+ * could be NaN. */
 template <typename T, int D>
-static __device__ __forceinline__ void load_tile(const tc_params_t &p, int kvh, int32_t t0,
-                                                 int32_t len, const int32_t (&ids)[fa_share<D>::N],
+static __device__ __forceinline__ void load_tile(const tc_params_t &p, int kvh, const int64_t *offs,
                                                  uint32_t stage)
 {
     using L = fa_layout<D>;
     const bt_kv_layer_t &kv = p.kv;
-    const size_t row_bytes = (size_t)kv.n_kv_heads * D * sizeof(T);
-    const size_t v_off = (size_t)kv.block_size * row_bytes;
+    const size_t v_off = (size_t)kv.block_size * kv.n_kv_heads * D * sizeof(T);
+    const uint8_t *head = (const uint8_t *)kv.data + (size_t)kvh * D * sizeof(T);
 #pragma unroll
     for (int i = 0; i < fa_share<D>::N; i++) {
         const int j = fa_share<D>::pos(i), c = fa_share<D>::col(i);
-        const int32_t pos = t0 + j;
+        const int64_t off = offs[j];
         const uint8_t *k = (const uint8_t *)kv.data, *v = k;
         int bytes = 0;
-        if (pos < len) {
-            k += (size_t)ids[i] * kv.block_bytes + (size_t)(pos % kv.block_size) * row_bytes +
-                 ((size_t)kvh * D + 8 * c) * sizeof(T);
+        if (off >= 0) {
+            k = head + off + 8 * c * sizeof(T);
             v = k + v_off;
             bytes = 16;
         }
@@ -383,11 +419,18 @@ static __global__ void __launch_bounds__(TC_THREADS) attn_fa2_kernel(tc_params_t
     const int32_t len = t.len;
     const int n_tiles = (len + FA_BK - 1) / FA_BK;
     const uint32_t base = (uint32_t)__cvta_generic_to_shared(sm);
-    int32_t ids[fa_share<D>::N];
-    load_ids<D>(p, s, 0, len, ids);
-    load_tile<T, D>(p, kvh, 0, len, ids, base);
+    /* Tile t's position offsets are at offs + (t & 1) * FA_BK, thread j < FA_BK writing
+     * position j's. next: this thread's position in the tile after the one whose copies were
+     * issued last, loaded from the table a tile before it is stored, so that the store does not
+     * wait on the load. The first tile's are needed at once (one more barrier). */
+    int64_t *offs = (int64_t *)(sm + L::OFFS), next = -1;
+    if (threadIdx.x < FA_BK) {
+        offs[threadIdx.x] = pos_offset<T, D>(p, s, threadIdx.x, len);
+        next = pos_offset<T, D>(p, s, FA_BK + threadIdx.x, len);
+    }
+    __syncthreads();
+    load_tile<T, D>(p, kvh, offs, base);
     cp_async_commit();
-    load_ids<D>(p, s, FA_BK, len, ids);
 
     /* Positions of this lane's two rows (-1: none) and of the warp's first and last query
      * vectors (-1: the warp has none). */
@@ -417,14 +460,19 @@ static __global__ void __launch_bounds__(TC_THREADS) attn_fa2_kernel(tc_params_t
 
     for (int i = 0; i < n_tiles; i++) {
         cp_async_wait<0>(); /* tile i, the only group in flight, has landed for this thread */
-        /* ... and for every thread; and every warp is done with tile i - 1, so its stage
-         * ((i + 1) & 1) may be refilled with tile i + 1 while tile i is computed. */
+        /* Tile i + 1's offsets, over tile i - 1's, which were read before the last barrier. */
+        if (threadIdx.x < FA_BK)
+            offs[((i + 1) & 1) * FA_BK + threadIdx.x] = next;
+        /* After it tile i has landed for every thread and tile i + 1's offsets are there for
+         * every thread; and every warp is done with tile i - 1, so its stage ((i + 1) & 1) may
+         * be refilled with tile i + 1 while tile i is computed. */
         __syncthreads();
         if (i + 1 < n_tiles) {
-            load_tile<T, D>(p, kvh, (i + 1) * FA_BK, len, ids,
+            load_tile<T, D>(p, kvh, offs + ((i + 1) & 1) * FA_BK,
                             base + ((i + 1) & 1) * L::STAGE_BYTES);
             cp_async_commit();
-            load_ids<D>(p, s, (i + 2) * FA_BK, len, ids);
+            if (threadIdx.x < FA_BK)
+                next = pos_offset<T, D>(p, s, (i + 2) * FA_BK + threadIdx.x, len);
         }
         const int32_t t0 = i * FA_BK;
         if (t0 > w_hi) /* warp-uniform: every weight of the tile would be 0 */

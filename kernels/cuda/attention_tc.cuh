@@ -121,6 +121,14 @@ static int tc_launch(cudaStream_t st, const bt_cuda_attn_args_t *a)
     return BT_OK;
 }
 
+/* A kernel as cudaLaunchKernel takes it: on the emulated device (tests/cudaemu), where a bare
+ * pointer cannot be called, with its parameter types recorded. */
+#ifdef BATON_CUDAEMU
+#define TC_KERNEL_PTR(...) emu_kernel(__VA_ARGS__)
+#else
+#define TC_KERNEL_PTR(...) (const void *)__VA_ARGS__
+#endif
+
 /* The extern "C" bt_cuda_attention_NAME_init and bt_cuda_attention_NAME_launch of the kernel
  * template KERNEL<T, D> whose shared memory is LAYOUT<D>::BYTES (cuda_impl.h declares them). */
 #define TC_ENTRY_POINTS(NAME, KERNEL, LAYOUT)                                                      \
@@ -128,7 +136,7 @@ static int tc_launch(cudaStream_t st, const bt_cuda_attn_args_t *a)
         static constexpr size_t BYTES = LAYOUT<D>::BYTES;                                          \
         static const void *fn(void)                                                                \
         {                                                                                          \
-            return (const void *)KERNEL<T, D>;                                                     \
+            return TC_KERNEL_PTR(KERNEL<T, D>);                                                    \
         }                                                                                          \
     };                                                                                             \
     extern "C" int bt_cuda_attention_##NAME##_init(void)                                           \

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * cudaemu.cpp - the host emulation behind cudaemu.h: fibers for a block's threads, barriers
- * and shuffles between them, and the part of the CUDA runtime and cuBLAS the backend calls
- * (device memory is host memory, the one stream runs everything at once, cuBLAS is a plain f32
- * reference GEMM). Graph capture is refused, as a device without it would.
+ * cudaemu.cpp - the host emulation behind cudaemu.h: fibers for a block's threads, barriers,
+ * shuffles and warp exchanges between them, and the part of the CUDA runtime and cuBLAS the
+ * backend calls (device memory is host memory, the one stream runs everything at once,
+ * cudaLaunchKernel runs the kernels emu_kernel has named, cuBLAS is a plain f32 reference
+ * GEMM). Graph capture is refused, as a device without it would.
  *
  * The one thing to know: within a block, a thread runs until it has to wait (a barrier, or a
  * shuffle whose warp has not all arrived), then the next one runs; a round in which no thread
@@ -25,6 +26,7 @@
 
 #define EMU_MAX_THREADS 1024
 #define EMU_STACK (256 * 1024)
+#define EMU_MAX_KERNELS 256 /* kernels cudaLaunchKernel can find (emu_kernel) */
 
 /* ---- fibers ---- */
 
@@ -56,8 +58,16 @@ typedef struct {
     int done;
 } emu_fiber_t;
 
+/* A warp's collective operations (shuffles, exchanges): each live lane deposits its operand in
+ * the slot of the current generation (lane l's n bytes at l n) and waits for the rest; the
+ * last arrival opens the generation, and the lanes read every deposit before any of them can
+ * reach the slot again (two generations later). kind is what the generation's first lane does
+ * (0: a shuffle, else an exchange's byte count): a lane doing anything else is a kernel whose
+ * lanes disagree on which collective they are in, and aborts rather than mixing operands. */
 typedef struct {
-    uint32_t val[2][32];
+    unsigned char val[2][32 * EMU_XCHG_BYTES];
+    uint32_t mask[2]; /* the lanes that deposited */
+    int kind[2];
     int arrived[2];
     uint64_t gen;
     int live;
@@ -75,6 +85,8 @@ static struct {
     uint3 block_idx;
     dim3 grid, block;
     void *smem;
+    size_t smem_bytes;
+    uint64_t block_serial; /* counts blocks run, so that per-block state elsewhere can reset */
     void (*body)(void *);
     void *arg;
     int live;
@@ -188,6 +200,26 @@ void *emu_dyn_smem(void)
     return E.smem;
 }
 
+size_t emu_dyn_smem_bytes(void)
+{
+    return E.smem_bytes;
+}
+
+uint64_t emu_block_serial(void)
+{
+    return E.block_serial;
+}
+
+int emu_lane(void)
+{
+    return E.cur->lane;
+}
+
+int emu_thread_rank(void)
+{
+    return (int)(E.cur - E.fib);
+}
+
 void emu_syncthreads(void)
 {
     const uint64_t gen = E.bar_gen;
@@ -198,20 +230,55 @@ void emu_syncthreads(void)
         emu_yield();
 }
 
-uint32_t emu_shfl(uint32_t v, int src_or_mask, int xor_mode)
+/* Deposits this lane's bytes for a collective of the given kind and waits until every live
+ * lane of the warp has; returns the slot that holds the deposits. */
+static int emu_warp_arrive(const void *v, int bytes, int kind)
 {
     emu_fiber_t *f = E.cur;
     emu_warp_t *w = &E.warp[f->warp];
     const uint64_t gen = w->gen;
     const int s = (int)(gen & 1);
-    w->val[s][f->lane] = v;
+    if (w->arrived[s] == 0) {
+        w->kind[s] = kind;
+        w->mask[s] = 0;
+    } else if (w->kind[s] != kind) {
+        fprintf(stderr,
+                "cudaemu: block (%u, %u, %u), warp %d: lane %d is in a different warp-collective "
+                "operation from its warp's other lanes\n",
+                E.block_idx.x, E.block_idx.y, E.block_idx.z, f->warp, f->lane);
+        abort();
+    }
+    memcpy(w->val[s] + f->lane * bytes, v, (size_t)bytes);
+    w->mask[s] |= 1u << f->lane;
     w->arrived[s]++;
     E.progress++;
     emu_release(f->warp);
     while (w->gen == gen)
         emu_yield();
+    return s;
+}
+
+uint32_t emu_shfl(uint32_t v, int src_or_mask, int xor_mode)
+{
+    emu_fiber_t *f = E.cur;
+    const int s = emu_warp_arrive(&v, 4, 0);
     const int src = xor_mode ? (f->lane ^ src_or_mask) : src_or_mask;
-    return w->val[s][src & 31];
+    uint32_t u;
+    memcpy(&u, E.warp[f->warp].val[s] + 4 * (src & 31), 4);
+    return u;
+}
+
+uint32_t emu_warp_exchange(const void *mine, void *all, int bytes)
+{
+    if (bytes <= 0 || bytes > EMU_XCHG_BYTES) {
+        fprintf(stderr, "cudaemu: a warp exchange of %d bytes\n", bytes);
+        abort();
+    }
+    emu_fiber_t *f = E.cur;
+    const int s = emu_warp_arrive(mine, bytes, bytes);
+    const emu_warp_t *w = &E.warp[f->warp];
+    memcpy(all, w->val[s], 32 * (size_t)bytes);
+    return w->mask[s];
 }
 
 static void emu_block(void)
@@ -270,7 +337,8 @@ void emu_run(const emu_cfg_t *cfg, void (*body)(void *), void *arg)
     E.body = body;
     E.arg = arg;
     /* Uninitialised shared memory reads as NaN (0xff bytes), never as zeros by luck. */
-    E.smem = cfg->smem ? malloc(cfg->smem) : NULL;
+    E.smem = cfg->smem ? aligned_alloc(256, (cfg->smem + 255) / 256 * 256) : NULL;
+    E.smem_bytes = cfg->smem;
     /* Blocks in an order of their own: i -> (a i + c) mod n with a odd and coprime to n. */
     uint64_t a = 2 * (n_blocks / 3) + 1;
     while (n_blocks > 1) {
@@ -290,10 +358,34 @@ void emu_run(const emu_cfg_t *cfg, void (*body)(void *), void *arg)
                                  (unsigned)(j / ((uint64_t)g.x * g.y)));
         if (E.smem)
             memset(E.smem, 0xff, cfg->smem);
+        E.block_serial++;
         emu_block();
     }
     free(E.smem);
     E.smem = NULL;
+    E.smem_bytes = 0;
+}
+
+static struct {
+    const void *fn;
+    emu_launcher_t launch;
+} emu_kernels[EMU_MAX_KERNELS];
+static int emu_n_kernels;
+
+const void *emu_register_kernel(const void *fn, emu_launcher_t launch)
+{
+    for (int i = 0; i < emu_n_kernels; i++)
+        if (emu_kernels[i].fn == fn)
+            return fn;
+    if (emu_n_kernels == EMU_MAX_KERNELS) {
+        fprintf(stderr, "cudaemu: more than %d kernels launched by cudaLaunchKernel\n",
+                EMU_MAX_KERNELS);
+        abort();
+    }
+    emu_kernels[emu_n_kernels].fn = fn;
+    emu_kernels[emu_n_kernels].launch = launch;
+    emu_n_kernels++;
+    return fn;
 }
 
 /* ---- the runtime: one device, host memory, one synchronous stream ---- */
@@ -336,6 +428,21 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
     /* A small device, so that the launchers' "too few blocks for the SMs" paths run. */
     *value = attr == cudaDevAttrMultiProcessorCount ? 8 : 0;
     return cudaSuccess;
+}
+
+/* A kernel named by its pointer alone: one that emu_kernel has recorded, or an error. */
+cudaError_t cudaLaunchKernel(const void *func, dim3 grid, dim3 block, void **args, size_t smem,
+                             cudaStream_t s)
+{
+    (void)s;
+    for (int i = 0; i < emu_n_kernels; i++)
+        if (emu_kernels[i].fn == func) {
+            const emu_cfg_t cfg = {grid, block, smem};
+            emu_kernels[i].launch(func, &cfg, args);
+            return cudaSuccess;
+        }
+    fprintf(stderr, "cudaemu: cudaLaunchKernel of a kernel not named through emu_kernel\n");
+    return cudaErrorInvalidDeviceFunction;
 }
 
 cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, int value)

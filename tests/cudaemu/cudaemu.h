@@ -11,8 +11,9 @@
  * thread of a block as a fiber on one OS thread: a thread runs until it waits at a barrier or a
  * shuffle, and the waits are checked (a barrier no thread can pass aborts as a deadlock rather
  * than hanging). So static __shared__ variables are ordinary statics (one block lives at a
- * time), and the kernels' own code, unchanged, is what runs. Tensor-core kernels (inline PTX)
- * are not emulated.
+ * time), and the kernels' own code, unchanged, is what runs. A kernel written in inline PTX
+ * gives its asm wrappers other bodies under #ifdef BATON_CUDAEMU (defined for the emulated
+ * build only), which call the instructions' emulations declared at the end (cudaemu_tc.cpp).
  */
 #ifndef BATON_CUDAEMU_H
 #define BATON_CUDAEMU_H
@@ -29,6 +30,7 @@
 
 #include <tuple>
 #include <type_traits>
+#include <utility>
 
 #undef __global__
 #undef __device__
@@ -52,6 +54,16 @@ dim3 emu_grid_dim(void);
 void *emu_dyn_smem(void);
 void emu_syncthreads(void);
 uint32_t emu_shfl(uint32_t v, int src_lane_or_mask, int xor_mode);
+/* The warp-collective operations' common step: every live lane of the warp gives bytes (at most
+ * EMU_XCHG_BYTES, the same count in every lane) from mine and gets every lane's in all, lane by
+ * lane (32 x bytes; a lane that has exited leaves stale bytes). Returns the mask of the lanes
+ * that took part. */
+#define EMU_XCHG_BYTES 64
+uint32_t emu_warp_exchange(const void *mine, void *all, int bytes);
+size_t emu_dyn_smem_bytes(void);
+uint64_t emu_block_serial(void); /* changes with every block run */
+int emu_lane(void);
+int emu_thread_rank(void); /* the thread's linear index in its block */
 
 #define threadIdx (emu_thread_idx())
 #define blockIdx (emu_block_idx())
@@ -85,6 +97,27 @@ template <typename... P> struct emu_bound {
             &c);
     }
 };
+
+/* cudaLaunchKernel names a kernel by an untyped pointer and its arguments by pointers to them:
+ * emu_kernel(k) is k as that pointer, with a launcher for its parameter types recorded, which
+ * cudaemu.cpp's cudaLaunchKernel finds by the pointer. */
+typedef void (*emu_launcher_t)(const void *kernel, const emu_cfg_t *cfg, void **args);
+const void *emu_register_kernel(const void *kernel, emu_launcher_t launch);
+
+template <typename... P, size_t... I>
+static inline void emu_launch_args(void (*kernel)(P...), const emu_cfg_t *cfg, void **args,
+                                   std::index_sequence<I...>)
+{
+    emu_bound<P...>{kernel, *cfg}(*(const std::decay_t<P> *)args[I]...);
+}
+
+template <typename... P> static inline const void *emu_kernel(void (*kernel)(P...))
+{
+    return emu_register_kernel(
+        (const void *)kernel, [](const void *k, const emu_cfg_t *cfg, void **args) {
+            emu_launch_args((void (*)(P...))k, cfg, args, std::index_sequence_for<P...>{});
+        });
+}
 
 template <typename... P>
 static inline emu_bound<P...> emu_bind(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem = 0,
@@ -195,6 +228,48 @@ static inline float __int_as_float(int32_t u)
 static inline int32_t __float_as_int(float f)
 {
     return (int32_t)emu_bits(f);
+}
+
+/* ---- inline PTX of the tensor-core kernels (cudaemu_tc.cpp) ----
+ *
+ * Semantics as the PTX ISA gives them. A shared-memory address is an offset into the block's
+ * dynamic shared memory (what __cvta_generic_to_shared returns here), which the instructions
+ * check (alignment, bounds) and translate back. A 32-bit register holding two 16-bit elements
+ * has the lower-indexed one in its low half. The .sync.aligned instructions exchange their
+ * operands across the warp (emu_warp_exchange) and abort unless all 32 lanes take part. */
+
+/* __cvta_generic_to_shared, for the dynamic shared array only (static __shared__ variables
+ * are host statics here, outside the block's shared memory). */
+size_t __cvta_generic_to_shared(const void *p);
+
+/* mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 with d as both C and D: A
+ * 16x16 row-major in a[4] (g = lane / 4, c = lane % 4: a[0] row g, k 2c, 2c+1; a[1] row g+8;
+ * a[2] row g, k 2c+8, 2c+9; a[3] row g+8, k 2c+8, 2c+9), B 16x8 column-major in b0 (k 2c, 2c+1;
+ * column g) and b1 (k 2c+8, 2c+9), C/D f32 in d[4] (row g, columns 2c, 2c+1; then row g+8).
+ * Each element is C plus the 16 exact products summed in double, rounded once to f32. */
+void emu_mma_m16n8k16_bf16(float *d, const uint32_t *a, uint32_t b0, uint32_t b1);
+void emu_mma_m16n8k16_f16(float *d, const uint32_t *a, uint32_t b0, uint32_t b1);
+
+/* ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lanes 8i..8i+7 give the shared addresses of
+ * rows 0..7 of matrix i (16 bytes each, 16-byte aligned); lane t gets in r[i] matrix i's
+ * (row t / 4, elements 2 (t % 4) and 2 (t % 4) + 1), or with trans (rows 2 (t % 4) and
+ * 2 (t % 4) + 1, element t / 4). */
+void emu_ldmatrix_x4(uint32_t addr, uint32_t *r, int trans);
+
+/* cp.async.cg.shared.global [dst], [src], 16, src_bytes: src_bytes of src, then zeros to 16
+ * (src not read at 0). The copy is this thread's until a wait_group lands it: its 16 bytes
+ * read as NaN meanwhile, and an ldmatrix of them aborts, as does a second copy to them. */
+void emu_cp_async_cg16(uint32_t dst, const void *src, int src_bytes);
+void emu_cp_async_commit_group(void); /* cp.async.commit_group */
+void emu_cp_async_wait_group(int n);  /* cp.async.wait_group n: all but the newest n groups */
+
+/* ex2.approx.ftz.f32: 2^x, subnormal inputs and results flushed to zero (exp2f's precision). */
+static inline float emu_ex2_approx_ftz(float x)
+{
+    if (fabsf(x) < 1.17549435e-38f)
+        x = 0.0f;
+    const float y = exp2f(x);
+    return y < 1.17549435e-38f ? 0.0f : y;
 }
 
 #endif

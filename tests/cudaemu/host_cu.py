@@ -4,8 +4,9 @@
 
 Two rewrites, nothing else: a launch `kernel<T...><<<grid, block, smem, stream>>>(args)`
 becomes `emu_bind(kernel<T...>, grid, block, smem, stream)(args)`, and a dynamic shared
-array `extern __shared__ T name[];` becomes `T *name = (T *)emu_dyn_smem();`. A #line
-directive keeps compiler messages pointing at the .cu file.
+array `extern __shared__ [__align__(N)] T name[];` becomes `T *name = (T *)emu_dyn_smem();`
+(the emulator's shared memory is 256-byte aligned). A #line directive keeps
+compiler messages pointing at the .cu file.
 """
 import re
 import sys
@@ -20,7 +21,8 @@ def main():
     src, n_close = re.subn(r">>>\s*\(", ")(", src)
     if n_launch != n_close:
         sys.exit(f"{src_path}: {n_launch} launches opened, {n_close} closed")
-    src = re.sub(r"extern\s+__shared__\s+([A-Za-z_][\w ]*?)\s+(\w+)\s*\[\s*\]\s*;",
+    src = re.sub(r"extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s+)?"
+                 r"([A-Za-z_][\w ]*?)\s+(\w+)\s*\[\s*\]\s*;",
                  r"\1 *\2 = (\1 *)emu_dyn_smem();", src)
     with open(out_path, "w", encoding="utf-8") as f:
         f.write('#include "cudaemu.h"\n')
