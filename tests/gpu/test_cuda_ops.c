@@ -824,6 +824,29 @@ static void batch_fini(attn_batch_t *b, int n)
         free(b->tables[s]);
 }
 
+/* A case's row widths (elements) and its cache layer of N_BLOCKS blocks at data. */
+typedef struct {
+    size_t kvrow, qrow, pool; /* pool: bytes */
+} attn_geom_t;
+
+static attn_geom_t attn_geom(const attn_case_t *c)
+{
+    const size_t es = c->type == BT_TYPE_F32 ? 4 : 2, kvrow = (size_t)c->n_kv * c->hd;
+    return (attn_geom_t){.kvrow = kvrow,
+                         .qrow = (size_t)c->n_heads * c->hd,
+                         .pool = 2 * (size_t)c->block_size * kvrow * es * N_BLOCKS};
+}
+
+static bt_kv_layer_t attn_layer(const attn_case_t *c, void *data)
+{
+    return (bt_kv_layer_t){.type = c->type,
+                           .block_size = c->block_size,
+                           .n_kv_heads = c->n_kv,
+                           .head_dim = c->hd,
+                           .block_bytes = attn_geom(c).pool / N_BLOCKS,
+                           .data = data};
+}
+
 /* Fills every sequence's past positions by kv_store calls of the past rows (on both sides),
  * then stores the new rows and runs attention; compares caches bytes and outputs. */
 static void check_attention(const attn_case_t *c)
@@ -831,19 +854,10 @@ static void check_attention(const attn_case_t *c)
     bt_backend_t *g = c->nondet ? gpu_nd : gpu;
     attn_batch_t b;
     batch_init(&b, c);
-    const size_t es = c->type == BT_TYPE_F32 ? 4 : 2;
-    const size_t kvrow = (size_t)c->n_kv * c->hd, qrow = (size_t)c->n_heads * c->hd;
-    const size_t block_bytes = 2 * (size_t)c->block_size * kvrow * es;
-    const size_t pool = block_bytes * N_BLOCKS;
-    bt_kv_layer_t kc = {.type = c->type,
-                        .block_size = c->block_size,
-                        .n_kv_heads = c->n_kv,
-                        .head_dim = c->hd,
-                        .block_bytes = block_bytes};
-    bt_kv_layer_t kg = kc;
-    kc.data = calloc(1, pool);
+    const attn_geom_t ge = attn_geom(c);
+    const size_t kvrow = ge.kvrow, qrow = ge.qrow, pool = ge.pool;
     void *zero = calloc(1, pool);
-    kg.data = to_dev(g, zero, pool);
+    bt_kv_layer_t kc = attn_layer(c, calloc(1, pool)), kg = attn_layer(c, to_dev(g, zero, pool));
 
     /* Past rows: one kv_store per sequence of its n_past rows (as a prefill would). */
     int32_t max_past = 0;
@@ -894,33 +908,6 @@ static void check_attention(const attn_case_t *c)
     batch_fini(&b, c->n_seqs);
 }
 
-static void test_cuda_attention_against_cpu(void **state)
-{
-    static const int types[] = {BT_TYPE_F32, BT_TYPE_F16, BT_TYPE_BF16};
-    for (size_t t = 0; t < 3; t++) {
-        /* Decode rows over short and long (split) contexts, plus prefills, GQA group 4. */
-        attn_case_t a = {.type = types[t],
-                         .n_kv = 2,
-                         .hd = 64,
-                         .n_heads = 8,
-                         .block_size = 16,
-                         .n_seqs = 5,
-                         .n_past = {0, 700, 31, 0, 1200},
-                         .n_new = {37, 1, 1, 1, 20}};
-        check_attention(&a);
-        /* head_dim not a multiple of 32, MHA, odd block size. */
-        attn_case_t b = {.type = types[t],
-                         .n_kv = 3,
-                         .hd = 80,
-                         .n_heads = 3,
-                         .block_size = 7,
-                         .n_seqs = 3,
-                         .n_past = {5, 300, 0},
-                         .n_new = {1, 2, 90}};
-        check_attention(&b);
-    }
-}
-
 /* rope_kv_store: the fused op against rope, rope and kv_store on the same backend (q, k and
  * the cache bit for bit), and q and k against the CPU backend. Every row belongs to one of the
  * case's sequences; positions are each row's place in its sequence. */
@@ -929,11 +916,8 @@ static void check_rope_kv_store(const attn_case_t *c)
     attn_batch_t b;
     batch_init(&b, c);
     const int hd = c->hd;
-    const size_t es = c->type == BT_TYPE_F32 ? 4 : 2;
-    const size_t kvrow = (size_t)c->n_kv * hd, qrow = (size_t)c->n_heads * hd;
-    const size_t block_bytes = 2 * (size_t)c->block_size * kvrow * es;
-    const size_t pool = block_bytes * N_BLOCKS;
-    const size_t rows = (size_t)b.rows;
+    const attn_geom_t ge = attn_geom(c);
+    const size_t kvrow = ge.kvrow, qrow = ge.qrow, pool = ge.pool, rows = (size_t)b.rows;
     int32_t *pos = malloc(rows * sizeof(int32_t));
     float *inv = malloc((size_t)hd / 2 * sizeof(float));
     assert_true(pos && inv);
@@ -943,15 +927,9 @@ static void check_rope_kv_store(const attn_case_t *c)
     for (int i = 0; i < hd / 2; i++)
         inv[i] = powf(500000.0f, -2.0f * i / hd);
     float *q = rnd_vec(rows * qrow), *k = rnd_vec(rows * kvrow), *v = rnd_vec(rows * kvrow);
-    bt_kv_layer_t kf = {.type = c->type,
-                        .block_size = c->block_size,
-                        .n_kv_heads = c->n_kv,
-                        .head_dim = hd,
-                        .block_bytes = block_bytes};
-    bt_kv_layer_t kq = kf;
     uint8_t *zero = calloc(1, pool);
-    kf.data = to_dev(gpu, zero, pool);
-    kq.data = to_dev(gpu, zero, pool);
+    bt_kv_layer_t kf = attn_layer(c, to_dev(gpu, zero, pool));
+    bt_kv_layer_t kq = attn_layer(c, to_dev(gpu, zero, pool));
     float *qf = to_dev(gpu, q, rows * qrow * 4), *kfd = to_dev(gpu, k, rows * kvrow * 4);
     float *qq = to_dev(gpu, q, rows * qrow * 4), *kqd = to_dev(gpu, k, rows * kvrow * 4);
     float *vg = to_dev(gpu, v, rows * kvrow * 4), *ig = to_dev(gpu, inv, (size_t)hd / 2 * 4);
@@ -997,27 +975,32 @@ static void check_rope_kv_store(const attn_case_t *c)
     batch_fini(&b, c->n_seqs);
 }
 
-static void test_cuda_rope_kv_store(void **state)
+/* Attention against the CPU, and rope_kv_store against its composition, on the same cases. */
+static void test_cuda_attention_against_cpu(void **state)
 {
     static const int types[] = {BT_TYPE_F32, BT_TYPE_F16, BT_TYPE_BF16};
     for (size_t t = 0; t < 3; t++) {
+        /* Decode rows over short and long (split) contexts, plus prefills, GQA group 4. */
         attn_case_t a = {.type = types[t],
                          .n_kv = 2,
                          .hd = 64,
                          .n_heads = 8,
                          .block_size = 16,
-                         .n_seqs = 4,
-                         .n_past = {0, 700, 31, 5},
-                         .n_new = {37, 1, 1, 20}};
+                         .n_seqs = 5,
+                         .n_past = {0, 700, 31, 0, 1200},
+                         .n_new = {37, 1, 1, 1, 20}};
+        check_attention(&a);
         check_rope_kv_store(&a);
+        /* head_dim not a multiple of 32, MHA, odd block size. */
         attn_case_t b = {.type = types[t],
                          .n_kv = 3,
                          .hd = 80,
                          .n_heads = 3,
                          .block_size = 7,
-                         .n_seqs = 2,
-                         .n_past = {300, 0},
-                         .n_new = {2, 90}};
+                         .n_seqs = 3,
+                         .n_past = {5, 300, 0},
+                         .n_new = {1, 2, 90}};
+        check_attention(&b);
         check_rope_kv_store(&b);
     }
 }
@@ -1217,7 +1200,6 @@ int main(void)
         cmocka_unit_test(test_cuda_rms_ffn),
         cmocka_unit_test(test_cuda_get_rows_all_types),
         cmocka_unit_test(test_cuda_rmsnorm_rope_swiglu_add),
-        cmocka_unit_test(test_cuda_rope_kv_store),
         cmocka_unit_test(test_cuda_attention_against_cpu),
         cmocka_unit_test(test_cuda_attention_launch_shapes_agree),
         cmocka_unit_test(test_cuda_attention_mma_prefill),
