@@ -2,23 +2,37 @@
 /*
  * cudaemu.cpp - the host emulation behind cudaemu.h: fibers for a block's threads, barriers,
  * shuffles and warp exchanges between them, and the part of the CUDA runtime and cuBLAS the
- * backend calls (device memory is host memory, the one stream runs everything at once,
- * cudaLaunchKernel runs the kernels emu_kernel has named, cuBLAS is a plain f32 reference
- * GEMM). Graph capture is refused, as a device without it would.
+ * backend calls (device memory is host memory, a stream runs its work at once, in call
+ * order, cudaLaunchKernel runs the kernels emu_kernel has named, cuBLAS is a plain f32
+ * reference GEMM), and stream capture and graphs.
  *
  * The one thing to know: within a block, a thread runs until it has to wait (a barrier, or a
  * shuffle whose warp has not all arrived), then the next one runs; a round in which no thread
  * got further means the block can never finish (a barrier some threads skip), and the launch
  * aborts naming the kernel's block. Blocks run in a shuffled order so that a kernel relying on
  * any order fails here as it could on a device.
+ *
+ * Capture is a device's: between cudaStreamBeginCapture and cudaStreamEndCapture nothing given
+ * to the stream runs. Launches (their arguments copied), copies and memsets (pointers: a copy
+ * reads its source when the graph runs) and cuBLAS GEMMs (alpha and beta by value) become the
+ * graph's nodes, which each cudaGraphLaunch runs in order. What a device forbids meanwhile
+ * fails as there and invalidates the capture: synchronizing the stream, waiting on an event
+ * recorded in it, a copy to or from pageable host memory, and from the capturing thread the
+ * calls that may synchronize (cudaMalloc, cudaFree, synchronous copies and memsets).
  */
 #include "cudaemu.h"
 
 #include <cublas_v2.h>
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+
+#include <map>
+#include <memory>
+#include <set>
+#include <vector>
 
 #if !defined(__x86_64__)
 #include <ucontext.h>
@@ -318,7 +332,7 @@ static void emu_block(void)
     }
 }
 
-void emu_run(const emu_cfg_t *cfg, void (*body)(void *), void *arg)
+static void emu_check_launch(const emu_cfg_t *cfg)
 {
     const dim3 g = cfg->grid, b = cfg->block;
     const uint64_t n_blocks = (uint64_t)g.x * g.y * g.z;
@@ -328,12 +342,19 @@ void emu_run(const emu_cfg_t *cfg, void (*body)(void *), void *arg)
                 g.x, g.y, g.z, b.x, b.y, b.z, cfg->smem);
         abort();
     }
+}
+
+void emu_run(const emu_cfg_t *cfg, void (*body)(void *), void *arg)
+{
+    const dim3 g = cfg->grid;
+    const uint64_t n_blocks = (uint64_t)g.x * g.y * g.z;
+    emu_check_launch(cfg);
     if (E.cur) {
         fprintf(stderr, "cudaemu: a launch from inside a kernel\n");
         abort();
     }
     E.grid = g;
-    E.block = b;
+    E.block = cfg->block;
     E.body = body;
     E.arg = arg;
     /* Uninitialised shared memory reads as NaN (0xff bytes), never as zeros by luck. */
@@ -388,16 +409,175 @@ const void *emu_register_kernel(const void *fn, emu_launcher_t launch)
     return fn;
 }
 
-/* ---- the runtime: one device, host memory, one synchronous stream ---- */
+/* ---- the runtime: one device, host memory, streams that run their work at once ---- */
 
+/* A graph's node: a kernel launch (which owns its heap copy of the launch's arguments), a copy
+ * or memset (pointers and sizes only: a copy reads its source when the node runs, as a device's
+ * copy out of pinned memory does), or a cuBLAS GEMM (its by-value arguments, alpha and beta as
+ * their values at the call: host pointer mode, the only one emulated, captures the values). A
+ * graph and its executables share nodes by reference count, so either may be destroyed first. */
+typedef struct {
+    cublasOperation_t ta, tb;
+    int m, n, k;
+    float alpha, beta;
+    const void *A, *B;
+    void *C;
+    cudaDataType at, bt, ct;
+    int lda, ldb, ldc;
+} emu_gemm_t;
+
+struct emu_node_t {
+    enum { KERNEL, COPY, SET, GEMM } kind;
+    emu_cfg_t cfg;
+    void (*body)(void *);
+    void *arg;
+    void (*drop)(void *);
+    void *dst;
+    const void *src;
+    size_t bytes;
+    int value;
+    emu_gemm_t gemm;
+
+    ~emu_node_t()
+    {
+        if (drop)
+            drop(arg);
+    }
+};
+typedef std::vector<std::shared_ptr<emu_node_t>> emu_nodes_t;
+
+/* A stream runs its work at once unless it is capturing: then its work goes to nodes, until an
+ * operation the capture forbids invalidates it (further work is dropped, and the capture ends
+ * without a graph). */
 struct CUstream_st {
-    int unused;
+    cudaStreamCaptureStatus status;
+    cudaStreamCaptureMode mode;
+    pthread_t thread; /* the capture's */
+    emu_nodes_t nodes;
 };
 struct CUevent_st {
-    int unused;
+    int captured; /* last recorded in a capturing stream: not to be waited on */
 };
-static CUstream_st the_stream;
-static CUevent_st the_event;
+struct CUgraph_st {
+    emu_nodes_t nodes;
+};
+struct CUgraphExec_st {
+    emu_nodes_t nodes;
+};
+
+/* Handles alive, so that a stale one (a graph launched after its destroy) is an error here, as
+ * on a device, rather than a read of freed memory that may happen to work. */
+static std::set<CUstream_st *> emu_streams;
+static std::set<const void *> emu_graphs, emu_execs;
+/* cudaMalloc's (false) and cudaMallocHost's (true) blocks by address, to tell pinned host
+ * memory from pageable in a captured copy. */
+static std::map<uintptr_t, std::pair<size_t, bool>> emu_blocks;
+static thread_local cudaError_t emu_last_error = cudaSuccess;
+
+static cudaError_t emu_fail(cudaError_t err)
+{
+    emu_last_error = err;
+    return err;
+}
+
+/* Whether p .. p + bytes lies in one block: of cudaMallocHost (pinned) or of cudaMalloc. */
+static bool emu_in_block(const void *p, size_t bytes, bool pinned)
+{
+    auto it = emu_blocks.upper_bound((uintptr_t)p);
+    if (it == emu_blocks.begin())
+        return false;
+    --it;
+    return it->second.second == pinned && (uintptr_t)p + bytes <= it->first + it->second.first;
+}
+
+/* A captured copy's sides: the host side pinned (a device refuses a pageable one it would
+ * have to synchronize for, device to host, and a graph that read a pageable source at every
+ * launch would not do what the call did, which copies the source out before it returns), and
+ * each side within its allocation (the graph copies the same bytes at every launch). */
+static bool emu_copy_capturable(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind)
+{
+    const bool src_pinned = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyHostToHost;
+    const bool dst_pinned = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyHostToHost;
+    if (kind == cudaMemcpyDefault)
+        return (emu_in_block(src, bytes, true) || emu_in_block(src, bytes, false)) &&
+               (emu_in_block(dst, bytes, true) || emu_in_block(dst, bytes, false));
+    return emu_in_block(src, bytes, src_pinned) && emu_in_block(dst, bytes, dst_pinned);
+}
+
+/* Whether stream s's capture bars this thread from potentially unsafe calls (cudaMalloc,
+ * synchronous copies; cuda_runtime_api.h, cudaThreadExchangeStreamCaptureMode), for a thread
+ * in the default interaction mode: s is captured by this thread in any mode but relaxed, or by
+ * another one in global mode. */
+static bool emu_bars(const CUstream_st *s)
+{
+    if (s->status == cudaStreamCaptureStatusNone)
+        return false;
+    return pthread_equal(s->thread, pthread_self()) ? s->mode != cudaStreamCaptureModeRelaxed
+                                                    : s->mode == cudaStreamCaptureModeGlobal;
+}
+
+/* A potentially unsafe call: an error where a capture bars it, and the captures that bar it
+ * are invalidated, so that their cudaStreamEndCapture fails too. */
+static cudaError_t emu_unsafe(const char *what)
+{
+    bool barred = false;
+    for (CUstream_st *s : emu_streams)
+        if (emu_bars(s)) {
+            s->status = cudaStreamCaptureStatusInvalidated;
+            barred = true;
+        }
+    if (!barred)
+        return cudaSuccess;
+    fprintf(stderr, "cudaemu: %s while a stream is captured\n", what);
+    return emu_fail(cudaErrorStreamCaptureUnsupported);
+}
+
+/* An operation that conflicts with s's capture: it fails, and the capture is invalidated. */
+static cudaError_t emu_conflict(CUstream_st *s, const char *what)
+{
+    fprintf(stderr, "cudaemu: %s on a stream that is being captured\n", what);
+    s->status = cudaStreamCaptureStatusInvalidated;
+    return emu_fail(cudaErrorStreamCaptureUnsupported);
+}
+
+/* Appends a node to s's capture; dropped (and its launch's arguments freed) if the capture was
+ * invalidated. */
+static cudaError_t emu_record(CUstream_st *s, std::shared_ptr<emu_node_t> n)
+{
+    if (s->status == cudaStreamCaptureStatusInvalidated)
+        return emu_fail(cudaErrorStreamCaptureInvalidated);
+    s->nodes.push_back(std::move(n));
+    return cudaSuccess;
+}
+
+static void emu_gemm_run(const emu_gemm_t *g);
+
+static void emu_node_run(const emu_node_t *n)
+{
+    switch (n->kind) {
+    case emu_node_t::KERNEL: emu_run(&n->cfg, n->body, n->arg); break;
+    case emu_node_t::COPY: memmove(n->dst, n->src, n->bytes); break;
+    case emu_node_t::SET: memset(n->dst, n->value, n->bytes); break;
+    case emu_node_t::GEMM: emu_gemm_run(&n->gemm); break;
+    }
+}
+
+int emu_capturing(cudaStream_t s)
+{
+    return s && s->status != cudaStreamCaptureStatusNone;
+}
+
+void emu_record_launch(const emu_cfg_t *cfg, void (*body)(void *), void *arg, void (*drop)(void *))
+{
+    auto n = std::make_shared<emu_node_t>();
+    n->kind = emu_node_t::KERNEL;
+    n->cfg = *cfg;
+    n->body = body;
+    n->arg = arg;
+    n->drop = drop;
+    emu_check_launch(cfg); /* a device refuses a bad launch when it is made, not when it runs */
+    emu_record(cfg->stream, std::move(n));
+}
 
 extern "C" {
 
@@ -409,17 +589,33 @@ cudaError_t cudaGetDeviceCount(int *count)
 
 cudaError_t cudaSetDevice(int device)
 {
-    return device == 0 ? cudaSuccess : cudaErrorInvalidDevice;
+    return device == 0 ? cudaSuccess : emu_fail(cudaErrorInvalidDevice);
 }
 
 cudaError_t cudaGetLastError(void)
 {
-    return cudaSuccess;
+    const cudaError_t err = emu_last_error;
+    emu_last_error = cudaSuccess;
+    return err;
 }
 
 const char *cudaGetErrorString(cudaError_t err)
 {
-    return err == cudaSuccess ? "no error" : "error (emulated device)";
+    switch (err) {
+    case cudaSuccess: return "no error";
+    case cudaErrorStreamCaptureUnsupported:
+        return "operation not permitted when stream is capturing (emulated device)";
+    case cudaErrorStreamCaptureInvalidated:
+        return "operation failed due to a previous error during capture (emulated device)";
+    case cudaErrorStreamCaptureWrongThread:
+        return "capture ended in another thread than the one that began it (emulated device)";
+    case cudaErrorCapturedEvent:
+        return "operation not permitted on an event last recorded in a capturing stream "
+               "(emulated device)";
+    case cudaErrorIllegalState: return "operation not permitted in this state (emulated device)";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle (emulated device)";
+    default: return "error (emulated device)";
+    }
 }
 
 cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device)
@@ -434,62 +630,85 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
 cudaError_t cudaLaunchKernel(const void *func, dim3 grid, dim3 block, void **args, size_t smem,
                              cudaStream_t s)
 {
-    (void)s;
     for (int i = 0; i < emu_n_kernels; i++)
         if (emu_kernels[i].fn == func) {
-            const emu_cfg_t cfg = {grid, block, smem};
+            const emu_cfg_t cfg = {grid, block, smem, s};
             emu_kernels[i].launch(func, &cfg, args);
             return cudaSuccess;
         }
     fprintf(stderr, "cudaemu: cudaLaunchKernel of a kernel not named through emu_kernel\n");
-    return cudaErrorInvalidDeviceFunction;
+    return emu_fail(cudaErrorInvalidDeviceFunction);
 }
 
 cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, int value)
 {
     (void)func;
     (void)attr;
-    return value <= 227 * 1024 ? cudaSuccess : cudaErrorInvalidValue;
+    return value <= 227 * 1024 ? cudaSuccess : emu_fail(cudaErrorInvalidValue);
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags)
 {
     (void)flags;
-    *s = &the_stream;
+    *s = new CUstream_st{cudaStreamCaptureStatusNone, cudaStreamCaptureModeGlobal, pthread_t(), {}};
+    emu_streams.insert(*s);
     return cudaSuccess;
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t s)
 {
-    (void)s;
+    if (!emu_streams.count(s))
+        return emu_fail(cudaErrorInvalidResourceHandle);
+    if (emu_capturing(s))
+        return emu_conflict(s, "cudaStreamDestroy");
+    emu_streams.erase(s);
+    delete s;
     return cudaSuccess;
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
-    (void)s;
+    if (emu_capturing(s))
+        return emu_conflict(s, "cudaStreamSynchronize");
     return cudaSuccess;
 }
 
 cudaError_t cudaMalloc(void **p, size_t bytes)
 {
+    if (cudaError_t err = emu_unsafe("cudaMalloc"))
+        return err;
     *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
-    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+    if (!*p)
+        return emu_fail(cudaErrorMemoryAllocation);
+    emu_blocks[(uintptr_t)*p] = {bytes, false};
+    return cudaSuccess;
 }
 
 cudaError_t cudaFree(void *p)
 {
+    if (cudaError_t err = emu_unsafe("cudaFree")) /* it synchronizes the device */
+        return err;
+    emu_blocks.erase((uintptr_t)p);
     free(p);
     return cudaSuccess;
 }
 
 cudaError_t cudaMallocHost(void **p, size_t bytes)
 {
-    return cudaMalloc(p, bytes);
+    if (cudaError_t err = emu_unsafe("cudaMallocHost"))
+        return err;
+    *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
+    if (!*p)
+        return emu_fail(cudaErrorMemoryAllocation);
+    emu_blocks[(uintptr_t)*p] = {bytes, true};
+    return cudaSuccess;
 }
 
 cudaError_t cudaFreeHost(void *p)
 {
+    if (cudaError_t err = emu_unsafe("cudaFreeHost"))
+        return err;
+    emu_blocks.erase((uintptr_t)p);
     free(p);
     return cudaSuccess;
 }
@@ -497,120 +716,200 @@ cudaError_t cudaFreeHost(void *p)
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
                             cudaStream_t s)
 {
-    (void)kind;
-    (void)s;
-    memmove(dst, src, bytes);
-    return cudaSuccess;
+    if (!emu_capturing(s)) {
+        memmove(dst, src, bytes);
+        return cudaSuccess;
+    }
+    if (!emu_copy_capturable(dst, src, bytes, kind))
+        return emu_conflict(s, "a copy to or from pageable host memory (or past its block)");
+    auto n = std::make_shared<emu_node_t>();
+    n->kind = emu_node_t::COPY;
+    n->dst = dst;
+    n->src = src;
+    n->bytes = bytes;
+    return emu_record(s, std::move(n));
 }
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
 {
-    return cudaMemcpyAsync(dst, src, bytes, kind, NULL);
+    (void)kind;
+    if (cudaError_t err = emu_unsafe("cudaMemcpy"))
+        return err;
+    memmove(dst, src, bytes);
+    return cudaSuccess;
 }
 
 cudaError_t cudaMemset(void *p, int v, size_t bytes)
 {
+    if (cudaError_t err = emu_unsafe("cudaMemset"))
+        return err;
     memset(p, v, bytes);
     return cudaSuccess;
 }
 
 cudaError_t cudaMemsetAsync(void *p, int v, size_t bytes, cudaStream_t s)
 {
-    (void)s;
-    return cudaMemset(p, v, bytes);
+    if (!emu_capturing(s)) {
+        memset(p, v, bytes);
+        return cudaSuccess;
+    }
+    auto n = std::make_shared<emu_node_t>();
+    n->kind = emu_node_t::SET;
+    n->dst = p;
+    n->value = v;
+    n->bytes = bytes;
+    return emu_record(s, std::move(n));
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags)
 {
     (void)flags;
-    *e = &the_event;
+    *e = new CUevent_st{0};
     return cudaSuccess;
 }
 
+/* Recorded in a capturing stream, an event marks a point of the capture, not of the stream's
+ * work: waiting on it is an error until it is recorded outside a capture again. */
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
 {
-    (void)e;
-    (void)s;
+    e->captured = emu_capturing(s);
+    if (s && s->status == cudaStreamCaptureStatusInvalidated)
+        return emu_fail(cudaErrorStreamCaptureInvalidated);
     return cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t e)
 {
-    (void)e;
+    if (e->captured) {
+        fprintf(stderr, "cudaemu: cudaEventSynchronize of an event recorded in a capture\n");
+        return emu_fail(cudaErrorCapturedEvent);
+    }
     return cudaSuccess;
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t e)
 {
-    (void)e;
+    delete e;
     return cudaSuccess;
 }
 
-/* No graphs: capture is refused, so the backend runs every step op by op. */
+/* ---- capture and graphs ---- */
+
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode mode)
 {
-    (void)s;
-    (void)mode;
-    return cudaErrorNotSupported;
+    if (!s) /* the legacy stream cannot be captured */
+        return emu_fail(cudaErrorStreamCaptureUnsupported);
+    if (!emu_streams.count(s))
+        return emu_fail(cudaErrorInvalidResourceHandle);
+    if (s->status != cudaStreamCaptureStatusNone)
+        return emu_fail(cudaErrorIllegalState);
+    if (mode != cudaStreamCaptureModeGlobal && mode != cudaStreamCaptureModeThreadLocal &&
+        mode != cudaStreamCaptureModeRelaxed)
+        return emu_fail(cudaErrorInvalidValue);
+    s->status = cudaStreamCaptureStatusActive;
+    s->mode = mode;
+    s->thread = pthread_self();
+    s->nodes.clear();
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, enum cudaStreamCaptureStatus *status)
+{
+    *status = s ? s->status : cudaStreamCaptureStatusNone;
+    return cudaSuccess;
 }
 
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
 {
-    (void)s;
-    (void)g;
-    return cudaErrorNotSupported;
+    if (!s || !emu_streams.count(s) || s->status == cudaStreamCaptureStatusNone)
+        return emu_fail(cudaErrorIllegalState);
+    if (s->mode != cudaStreamCaptureModeRelaxed && !pthread_equal(s->thread, pthread_self()))
+        return emu_fail(cudaErrorStreamCaptureWrongThread);
+    const bool invalid = s->status == cudaStreamCaptureStatusInvalidated;
+    s->status = cudaStreamCaptureStatusNone;
+    if (invalid) {
+        s->nodes.clear();
+        *g = NULL;
+        return emu_fail(cudaErrorStreamCaptureInvalidated);
+    }
+    *g = new CUgraph_st{std::move(s->nodes)};
+    s->nodes.clear();
+    emu_graphs.insert(*g);
+    return cudaSuccess;
 }
 
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long flags)
 {
-    (void)e;
-    (void)g;
-    (void)flags;
-    return cudaErrorNotSupported;
+    const unsigned long long known =
+        cudaGraphInstantiateFlagAutoFreeOnLaunch | cudaGraphInstantiateFlagUpload |
+        cudaGraphInstantiateFlagDeviceLaunch | cudaGraphInstantiateFlagUseNodePriority;
+    if (!emu_graphs.count(g))
+        return emu_fail(cudaErrorInvalidResourceHandle);
+    if (flags & ~known)
+        return emu_fail(cudaErrorInvalidValue);
+    *e = new CUgraphExec_st{g->nodes};
+    emu_execs.insert(*e);
+    return cudaSuccess;
 }
 
+/* Runs the graph's nodes in capture order, or into a capturing stream adds them to its capture
+ * (a device adds the graph as one child node: the same work in the same order). */
 cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s)
 {
-    (void)e;
-    (void)s;
-    return cudaErrorNotSupported;
+    if (!emu_execs.count(e)) {
+        fprintf(stderr, "cudaemu: cudaGraphLaunch of a graph that is not instantiated\n");
+        return emu_fail(cudaErrorInvalidResourceHandle);
+    }
+    if (emu_capturing(s)) {
+        for (const auto &n : e->nodes)
+            if (cudaError_t err = emu_record(s, n))
+                return err;
+        return cudaSuccess;
+    }
+    for (const auto &n : e->nodes)
+        emu_node_run(n.get());
+    return cudaSuccess;
 }
 
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e)
 {
-    (void)e;
+    if (!emu_execs.erase(e))
+        return emu_fail(cudaErrorInvalidResourceHandle);
+    delete e;
     return cudaSuccess;
 }
 
 cudaError_t cudaGraphDestroy(cudaGraph_t g)
 {
-    (void)g;
+    if (!emu_graphs.erase(g))
+        return emu_fail(cudaErrorInvalidResourceHandle);
+    delete g;
     return cudaSuccess;
 }
 
 /* ---- cuBLAS: a reference GEMM, f32 accumulation ---- */
 
+/* A handle's stream decides whether its calls run or are captured. Host pointer mode only
+ * (cublasSetPointerMode is not emulated): alpha and beta are host values. */
 struct cublasContext {
-    int unused;
+    cudaStream_t stream;
 };
-static cublasContext the_blas;
 
 cublasStatus_t cublasCreate(cublasHandle_t *h)
 {
-    *h = &the_blas;
+    *h = new cublasContext{NULL};
     return CUBLAS_STATUS_SUCCESS;
 }
 
 cublasStatus_t cublasDestroy(cublasHandle_t h)
 {
-    (void)h;
+    delete h;
     return CUBLAS_STATUS_SUCCESS;
 }
 
 cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s)
 {
-    (void)h;
-    (void)s;
+    h->stream = s;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -621,6 +920,8 @@ cublasStatus_t cublasSetWorkspace(cublasHandle_t h, void *ws, size_t bytes)
     (void)bytes;
     return CUBLAS_STATUS_SUCCESS;
 }
+
+} /* extern "C" */
 
 static float emu_elem(const void *p, cudaDataType t, size_t i)
 {
@@ -634,47 +935,62 @@ static float emu_elem(const void *p, cudaDataType t, size_t i)
 /* Column-major C (m x n) = alpha op(A) op(B) + beta C, each product summed in k order. The
  * operands are widened first into rows of k floats: a[i] is op(A)'s row i, b[j] op(B)'s
  * column j. */
-static cublasStatus_t emu_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                               const float *alpha, const void *A, cudaDataType at, int lda,
-                               const void *B, cudaDataType bt, int ldb, const float *beta, void *C,
-                               cudaDataType ct, int ldc)
+static void emu_gemm_run(const emu_gemm_t *g)
 {
-    if (ct != CUDA_R_32F && ct != CUDA_R_16BF && ct != CUDA_R_16F)
-        return CUBLAS_STATUS_NOT_SUPPORTED;
+    const int m = g->m, n = g->n, k = g->k;
     float *a = (float *)malloc((size_t)m * k * sizeof(float));
     float *b = (float *)malloc((size_t)n * k * sizeof(float));
     if (!a || !b) {
-        free(a);
-        free(b);
-        return CUBLAS_STATUS_ALLOC_FAILED;
+        fprintf(stderr, "cudaemu: no memory for a GEMM's operands\n");
+        abort();
     }
     for (int i = 0; i < m; i++)
         for (int l = 0; l < k; l++)
             a[(size_t)i * k + l] =
-                emu_elem(A, at, ta == CUBLAS_OP_N ? (size_t)l * lda + i : (size_t)i * lda + l);
+                emu_elem(g->A, g->at,
+                         g->ta == CUBLAS_OP_N ? (size_t)l * g->lda + i : (size_t)i * g->lda + l);
     for (int j = 0; j < n; j++)
         for (int l = 0; l < k; l++)
             b[(size_t)j * k + l] =
-                emu_elem(B, bt, tb == CUBLAS_OP_N ? (size_t)j * ldb + l : (size_t)l * ldb + j);
+                emu_elem(g->B, g->bt,
+                         g->tb == CUBLAS_OP_N ? (size_t)j * g->ldb + l : (size_t)l * g->ldb + j);
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++) {
             const float *ai = a + (size_t)i * k, *bj = b + (size_t)j * k;
             float s = 0.0f;
             for (int l = 0; l < k; l++)
                 s = fmaf(ai[l], bj[l], s);
-            const size_t ci = (size_t)j * ldc + i;
-            const float v = *alpha * s + (*beta != 0.0f ? *beta * emu_elem(C, ct, ci) : 0.0f);
-            if (ct == CUDA_R_32F)
-                ((float *)C)[ci] = v;
-            else if (ct == CUDA_R_16BF)
-                ((__nv_bfloat16 *)C)[ci] = __float2bfloat16_rn(v);
+            const size_t ci = (size_t)j * g->ldc + i;
+            const float v =
+                g->alpha * s + (g->beta != 0.0f ? g->beta * emu_elem(g->C, g->ct, ci) : 0.0f);
+            if (g->ct == CUDA_R_32F)
+                ((float *)g->C)[ci] = v;
+            else if (g->ct == CUDA_R_16BF)
+                ((__nv_bfloat16 *)g->C)[ci] = __float2bfloat16_rn(v);
             else
-                ((__half *)C)[ci] = __float2half_rn(v);
+                ((__half *)g->C)[ci] = __float2half_rn(v);
         }
     free(a);
     free(b);
-    return CUBLAS_STATUS_SUCCESS;
 }
+
+/* Runs the GEMM, or records it where the handle's stream is capturing. */
+static cublasStatus_t emu_gemm(cublasHandle_t h, const emu_gemm_t *g)
+{
+    if (g->ct != CUDA_R_32F && g->ct != CUDA_R_16BF && g->ct != CUDA_R_16F)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (!emu_capturing(h->stream)) {
+        emu_gemm_run(g);
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    auto n = std::make_shared<emu_node_t>();
+    n->kind = emu_node_t::GEMM;
+    n->gemm = *g;
+    return emu_record(h->stream, std::move(n)) == cudaSuccess ? CUBLAS_STATUS_SUCCESS
+                                                              : CUBLAS_STATUS_EXECUTION_FAILED;
+}
+
+extern "C" {
 
 cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
                             int n, int k, const void *alpha, const void *A, cudaDataType at,
@@ -682,21 +998,22 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
                             void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
                             cublasGemmAlgo_t algo)
 {
-    (void)h;
     (void)algo;
     if (compute != CUBLAS_COMPUTE_32F)
         return CUBLAS_STATUS_NOT_SUPPORTED;
-    return emu_gemm(ta, tb, m, n, k, (const float *)alpha, A, at, lda, B, bt, ldb,
-                    (const float *)beta, C, ct, ldc);
+    const emu_gemm_t g = {
+        ta, tb, m,   n,   k,  *(const float *)alpha, *(const float *)beta, A, B, C, at,
+        bt, ct, lda, ldb, ldc};
+    return emu_gemm(h, &g);
 }
 
 cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
                            int n, int k, const float *alpha, const float *A, int lda,
                            const float *B, int ldb, const float *beta, float *C, int ldc)
 {
-    (void)h;
-    return emu_gemm(ta, tb, m, n, k, alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, beta, C,
-                    CUDA_R_32F, ldc);
+    const emu_gemm_t g = {ta, tb, m,          n,          k,          *alpha, *beta, A,
+                          B,  C,  CUDA_R_32F, CUDA_R_32F, CUDA_R_32F, lda,    ldb,   ldc};
+    return emu_gemm(h, &g);
 }
 
 } /* extern "C" */

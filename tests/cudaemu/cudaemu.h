@@ -14,6 +14,8 @@
  * time), and the kernels' own code, unchanged, is what runs. A kernel written in inline PTX
  * gives its asm wrappers other bodies under #ifdef BATON_CUDAEMU (defined for the emulated
  * build only), which call the instructions' emulations declared at the end (cudaemu_tc.cpp).
+ * A launch into a stream that is being captured runs nothing: its arguments are copied and the
+ * launch becomes a node of the graph (cudaemu.cpp), which runs it at each cudaGraphLaunch.
  */
 #ifndef BATON_CUDAEMU_H
 #define BATON_CUDAEMU_H
@@ -73,10 +75,18 @@ int emu_thread_rank(void); /* the thread's linear index in its block */
 typedef struct {
     dim3 grid, block;
     size_t smem;
+    cudaStream_t stream;
 } emu_cfg_t;
 
 /* Runs body on every thread of every block of the launch, and returns when all have ended. */
 void emu_run(const emu_cfg_t *cfg, void (*body)(void *), void *arg);
+
+/* Whether a launch into stream is recorded instead of run: the stream is capturing (or its
+ * capture was invalidated, which drops the launch). */
+int emu_capturing(cudaStream_t stream);
+/* Records a launch into its stream's capture: arg is the launch's own heap copy of its
+ * arguments, which the graph's node owns from here on (drop frees it). */
+void emu_record_launch(const emu_cfg_t *cfg, void (*body)(void *), void *arg, void (*drop)(void *));
 
 template <typename... P> struct emu_bound {
     void (*kernel)(P...);
@@ -87,14 +97,26 @@ template <typename... P> struct emu_bound {
         struct call {
             void (*kernel)(P...);
             std::tuple<std::decay_t<P>...> args;
-        } c{kernel, std::tuple<std::decay_t<P>...>(a...)};
-        emu_run(
-            &cfg,
-            [](void *p) {
+
+            static void body(void *p)
+            {
                 call *cp = (call *)p;
                 std::apply(cp->kernel, cp->args); /* each thread gets its own parameter copies */
-            },
-            &c);
+            }
+            static void drop(void *p)
+            {
+                delete (call *)p;
+            }
+        };
+        /* A captured launch takes its arguments' values now, as a kernel node does: the caller's
+         * variables may change or die before the graph runs. */
+        if (emu_capturing(cfg.stream)) {
+            emu_record_launch(&cfg, call::body,
+                              new call{kernel, std::tuple<std::decay_t<P>...>(a...)}, call::drop);
+            return;
+        }
+        call c{kernel, std::tuple<std::decay_t<P>...>(a...)};
+        emu_run(&cfg, call::body, &c);
     }
 };
 
@@ -123,8 +145,8 @@ template <typename... P>
 static inline emu_bound<P...> emu_bind(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem = 0,
                                        cudaStream_t stream = 0)
 {
-    (void)stream; /* one stream: everything runs in order, at once */
-    return emu_bound<P...>{kernel, {grid, block, smem}};
+    /* Every stream runs its work at once, in call order, unless it is capturing. */
+    return emu_bound<P...>{kernel, {grid, block, smem, stream}};
 }
 
 /* As cuda_runtime.h's overload, for a kernel named by its function. */
