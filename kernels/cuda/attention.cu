@@ -52,6 +52,19 @@ static __device__ __forceinline__ int elem_size(int type)
     return type == BT_TYPE_F32 ? 4 : 2;
 }
 
+/* Where row r of sequence s goes in the cache: its K row (all KV heads) in *kd, its V row in
+ * *vd. */
+static __device__ __forceinline__ void cache_rows(const bt_kv_layer_t &kv, const bt_cuda_seq_t &s,
+                                                  const int32_t *blocks, int32_t r, uint8_t **kd,
+                                                  uint8_t **vd)
+{
+    const size_t row_bytes = (size_t)kv.n_kv_heads * kv.head_dim * elem_size(kv.type);
+    const int32_t pos = s.n_past + r;
+    *kd = (uint8_t *)kv.data + (size_t)blocks[s.blk + pos / kv.block_size] * kv.block_bytes +
+          (size_t)(pos % kv.block_size) * row_bytes;
+    *vd = *kd + (size_t)kv.block_size * row_bytes;
+}
+
 static __global__ void kv_store_kernel(bt_kv_layer_t kv, const float *k, const float *v,
                                        const bt_cuda_seq_t *seqs, const int32_t *blocks)
 {
@@ -60,12 +73,8 @@ static __global__ void kv_store_kernel(bt_kv_layer_t kv, const float *k, const f
     if (r >= s.n_new)
         return;
     const int64_t row_elems = (int64_t)kv.n_kv_heads * kv.head_dim;
-    const size_t row_bytes = (size_t)row_elems * elem_size(kv.type);
-    const int32_t pos = s.n_past + r;
-    uint8_t *kd = (uint8_t *)kv.data +
-                  (size_t)blocks[s.blk + pos / kv.block_size] * kv.block_bytes +
-                  (size_t)(pos % kv.block_size) * row_bytes;
-    uint8_t *vd = kd + (size_t)kv.block_size * row_bytes;
+    uint8_t *kd, *vd;
+    cache_rows(kv, s, blocks, r, &kd, &vd);
     const int64_t src = (int64_t)(s.row0 + r) * row_elems;
     for (int64_t i = threadIdx.x; i < row_elems; i += blockDim.x) {
         store_elem(kd, kv.type, i, k[src + i]);
@@ -102,11 +111,8 @@ static __global__ void rope_kv_store_kernel(float *q, float *k, const float *v, 
     for (int t = threadIdx.x; t < n_heads * half; t += blockDim.x)
         bt_cuda_rope_pair(qr + 2 * t, p, inv_freq[t % half]);
     const int64_t row_elems = (int64_t)kv.n_kv_heads * kv.head_dim;
-    const size_t row_bytes = (size_t)row_elems * elem_size(kv.type);
-    const int32_t at = s.n_past + r;
-    uint8_t *kd = (uint8_t *)kv.data + (size_t)blocks[s.blk + at / kv.block_size] * kv.block_bytes +
-                  (size_t)(at % kv.block_size) * row_bytes;
-    uint8_t *vd = kd + (size_t)kv.block_size * row_bytes;
+    uint8_t *kd, *vd;
+    cache_rows(kv, s, blocks, r, &kd, &vd);
     float *kr = k + row * row_elems;
     const float *vr = v + row * row_elems;
     for (int t = threadIdx.x; t < kv.n_kv_heads * half; t += blockDim.x) {

@@ -251,12 +251,18 @@ static int64_t act16_rows(const bt_cuda_ctx_t *c, int64_t k)
     return (int64_t)(c->act16_elems / (size_t)k);
 }
 
+/* cuBLAS's name for a 16-bit weight type (BF16 or F16). */
+static cudaDataType_t blas16_type(int type)
+{
+    return type == BT_TYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+}
+
 /* y (mi x w.rows, of type yt: f32, or the weight's 16-bit type) = act16 . w^T + beta * y: one
  * cublasGemmEx on the activation copy, f32 accumulation, rounded once on output. */
 static void gemm16_to(bt_cuda_ctx_t *c, void *y, cudaDataType_t yt, const bt_tensor_t *w,
                       int64_t mi, float beta)
 {
-    const cudaDataType_t dt = w->type == BT_TYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    const cudaDataType_t dt = blas16_type(w->type);
     const int n = (int)w->rows, k = (int)w->cols;
     const float alpha = 1.0f;
     /* Column-major view: y^T (n x mi) = W^T(op T of a k x n matrix) . x^T (k x mi). */
@@ -606,7 +612,7 @@ static void cuda_rms_ffn(void *ctx, float *x, const bt_tensor_t *gate, const bt_
                   U(norm), fbits(eps), m))
         return;
     const int64_t k = gate->cols, n = gate->rows;
-    const cudaDataType_t dt = gate->type == BT_TYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    const cudaDataType_t dt = blas16_type(gate->type);
     for (int64_t i0 = 0; i0 < m; i0 += chunk) {
         const int64_t mi = m - i0 < chunk ? m - i0 : chunk;
         uint16_t *g16 = (uint16_t *)c->glu_up, *u16 = g16 + mi * n;
