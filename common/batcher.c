@@ -333,7 +333,7 @@ static void sample_one(void *arg, int i)
 {
     bt_batcher_t *b = arg;
     seq_t *s = SEQ_OF(b->run[i]);
-    bt_seqgen_sample_row(s->gen, &b->out, i, b->model->hp.n_vocab, &b->steps[i]);
+    bt_seqgen_sample_row(s->gen, b->p.engine, &b->out, i, &b->steps[i]);
 }
 
 /* One forward of the plan's rows, into what their sampling needs (b->out.k). */
@@ -368,7 +368,7 @@ static int forward_plan(bt_batcher_t *b, int32_t n_run)
     b->out.k = 1;
     for (int32_t i = 0; i < n_run; i++) {
         seq_t *s = SEQ_OF(b->run[i]);
-        b->out.k = bt_sampler_cands_merge(b->out.k, &s->req->sampling);
+        bt_seqgen_out_want(&s->req->sampling, &b->out, i);
         int32_t n = s->item.n_total - s->kv.n_tokens;
         b->batch[i] = (bt_batch_seq_t){.kv = &s->kv,
                                        .tokens = bt_seqgen_tokens(s->gen) + s->kv.n_tokens,

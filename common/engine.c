@@ -44,6 +44,8 @@ struct bt_engine {
     int32_t max_tokens; /* rows per forward */
     int32_t max_seqs;
     int32_t logit_rows; /* rows of the logits buffer; larger requests are chunked */
+    int32_t logits_r0;  /* the last forward's output rows still in it: [r0, r0 + n) */
+    int32_t logits_n;
     /* Host-side scratch, sized at creation. */
     int32_t *h_ids;         /* (T) */
     int32_t *h_pos;         /* (T) */
@@ -321,6 +323,17 @@ static void layer_rest(bt_engine_t *e, int32_t l, float *x, const float *att, in
                a->xb, a->up);
 }
 
+/* Whether any of rows [r0, r0 + n) wants its window total (bt_engine_out_t.tau). */
+static int wants_totals(const bt_engine_out_t *o, int32_t r0, int32_t n)
+{
+    if (o->k <= 1 || !o->tau)
+        return 0;
+    for (int32_t r = r0; r < r0 + n; r++)
+        if (o->tau[r] > 0)
+            return 1;
+    return 0;
+}
+
 /* Final norm and output projection of n_out rows of x, chunked through the logits buffer. */
 static void compute_logits(bt_engine_t *e, const float *x, int32_t n_out, const bt_engine_out_t *o)
 {
@@ -328,16 +341,20 @@ static void compute_logits(bt_engine_t *e, const float *x, int32_t n_out, const 
     acts_t *a = &e->a;
     for (int32_t r0 = 0; r0 < n_out; r0 += e->logit_rows) {
         int32_t n = n_out - r0 < e->logit_rows ? n_out - r0 : e->logit_rows;
+        e->logits_r0 = r0; /* what bt_engine_logits_row can still read */
+        e->logits_n = n;
         float *const y[1] = {a->logits};
         const bt_tensor_t *const out[1] = {&e->model->output};
         bt_rms_matmul_multi(e->be, 1, y, out, x + (size_t)r0 * hp->dim, e->model->out_norm,
                             hp->norm_eps, n, a->xb);
         if (o->k == 1)
             bt_argmax_rows(e->be, o->ids + r0, a->logits, n, hp->n_vocab);
-        else if (o->k > 1)
+        else if (o->k > 1) {
             bt_topk_rows(e->be, o->ids + (size_t)r0 * o->k, o->vals + (size_t)r0 * o->k, a->logits,
                          n, hp->n_vocab, o->k);
-        else
+            if (wants_totals(o, r0, n))
+                bt_window_totals(e->be, o->totals + r0, a->logits, o->tau + r0, n, hp->n_vocab);
+        } else
             bt_backend_download(e->be, o->logits + (size_t)r0 * hp->n_vocab, a->logits,
                                 (size_t)n * hp->n_vocab * sizeof(float));
     }
@@ -356,9 +373,10 @@ static int decode_shape(const bt_engine_t *e, int n_seqs, int32_t rows, int32_t 
         .n_seqs = n_seqs,
         .rows = rows,
         .n_out = n_out,
-        .out_kind = o->k == 0   ? BT_STEP_OUT_LOGITS
-                    : o->k == 1 ? BT_STEP_OUT_ARGMAX
-                                : BT_STEP_OUT_TOPK,
+        .out_kind = o->k == 0                   ? BT_STEP_OUT_LOGITS
+                    : o->k == 1                 ? BT_STEP_OUT_ARGMAX
+                    : wants_totals(o, 0, n_out) ? BT_STEP_OUT_TOPK_TOTALS
+                                                : BT_STEP_OUT_TOPK,
         .k = o->k,
         .n_layers = e->model->hp.n_layers,
         .block_size = bs,
@@ -408,6 +426,7 @@ static int forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, const bt_en
     int st = batch_prepare(e, seqs, n_seqs, &rows, &n_out);
     if (st != BT_OK)
         return st;
+    e->logits_n = 0;
     st = batch_reserve(e, seqs, n_seqs);
     if (st != BT_OK)
         return st;
@@ -425,6 +444,14 @@ static int forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, const bt_en
     return BT_OK;
 }
 
+/* forward with o->k checked: 0 (logits), 1 (argmax) or a top-k the engine can give. */
+static int forward_out(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, const bt_engine_out_t *o)
+{
+    if (o->k < 0 || o->k > BT_TOPK_MAX || o->k > e->model->hp.n_vocab || (o->k > 1 && !o->vals))
+        return BT_ERR_INVAL;
+    return forward(e, seqs, n_seqs, o);
+}
+
 int bt_engine_forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, float *logits)
 {
     return forward(e, seqs, n_seqs, &(bt_engine_out_t){.logits = logits});
@@ -438,9 +465,9 @@ int bt_engine_forward_argmax(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, i
 int bt_engine_forward_topk(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, int32_t k,
                            int32_t *ids, float *vals)
 {
-    if (k < 1 || k > BT_TOPK_MAX || k > e->model->hp.n_vocab)
+    if (k < 1)
         return BT_ERR_INVAL;
-    return forward(e, seqs, n_seqs, &(bt_engine_out_t){.k = k, .ids = ids, .vals = vals});
+    return forward_out(e, seqs, n_seqs, &(bt_engine_out_t){.k = k, .ids = ids, .vals = vals});
 }
 
 int bt_engine_out_init(bt_engine_out_t *o, int32_t max_rows, int32_t n_vocab)
@@ -449,7 +476,9 @@ int bt_engine_out_init(bt_engine_out_t *o, int32_t max_rows, int32_t n_vocab)
     o->logits = bt_malloc((size_t)max_rows * (size_t)n_vocab * sizeof(float));
     o->ids = bt_malloc((size_t)max_rows * BT_TOPK_MAX * sizeof(int32_t));
     o->vals = bt_malloc((size_t)max_rows * BT_TOPK_MAX * sizeof(float));
-    if (!o->logits || !o->ids || !o->vals) {
+    o->tau = bt_calloc((size_t)max_rows, sizeof(float));
+    o->totals = bt_calloc((size_t)max_rows, sizeof(double));
+    if (!o->logits || !o->ids || !o->vals || !o->tau || !o->totals) {
         bt_engine_out_fini(o);
         return BT_ERR_NOMEM;
     }
@@ -461,6 +490,8 @@ void bt_engine_out_fini(bt_engine_out_t *o)
     bt_free(o->logits);
     bt_free(o->ids);
     bt_free(o->vals);
+    bt_free(o->tau);
+    bt_free(o->totals);
     *o = (bt_engine_out_t){0};
 }
 
@@ -468,7 +499,15 @@ int bt_engine_forward_out(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, bt_e
 {
     if (o->k > e->model->hp.n_vocab)
         o->k = 0; /* a vocabulary smaller than the candidates asked for: the whole rows */
-    if (o->k > 1)
-        return bt_engine_forward_topk(e, seqs, n_seqs, o->k, o->ids, o->vals);
-    return forward(e, seqs, n_seqs, o);
+    return forward_out(e, seqs, n_seqs, o);
+}
+
+int bt_engine_logits_row(bt_engine_t *e, int32_t row, float *out)
+{
+    const int32_t nv = e->model->hp.n_vocab;
+    if (row < e->logits_r0 || row >= e->logits_r0 + e->logits_n)
+        return BT_ERR_RANGE;
+    bt_backend_download(e->be, out, e->a.logits + (size_t)(row - e->logits_r0) * nv,
+                        (size_t)nv * sizeof(float));
+    return BT_OK;
 }

@@ -88,6 +88,10 @@ typedef struct {
     float *logits; /* [rows][n_vocab] */
     int32_t *ids;  /* [rows][k]; rows of 1 id when k is 1 */
     float *vals;   /* [rows][k] */
+    /* With k > 1: each row's window total (bt_window_totals) at tau[row] where that is > 0
+     * (bt_sampler_params_tau; the caller sets it per row, or leaves tau NULL), to totals. */
+    float *tau;     /* [rows] */
+    double *totals; /* [rows] */
 } bt_engine_out_t;
 /* Buffers for up to max_rows rows of any k (k starts at 0). BT_ERR_NOMEM. */
 int bt_engine_out_init(bt_engine_out_t *o, int32_t max_rows, int32_t n_vocab);
@@ -95,5 +99,11 @@ void bt_engine_out_fini(bt_engine_out_t *o);
 /* bt_engine_forward, bt_engine_forward_argmax or bt_engine_forward_topk as o->k says; a k
  * beyond the vocabulary becomes 0 (whole rows). */
 int bt_engine_forward_out(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, bt_engine_out_t *o);
+/* Row `row` of the last forward's logits (the batch order of its outputs), to out (n_vocab
+ * floats, host memory): for a sampler that the candidates could not decide
+ * (BT_SAMPLER_NEED_ROW). Valid until the next forward; BT_ERR_RANGE for a row the last forward
+ * did not leave on the device (one without outputs, or one of a forward with more rows than
+ * the logits buffer, whose earlier pieces are gone). */
+int bt_engine_logits_row(bt_engine_t *e, int32_t row, float *out);
 
 #endif

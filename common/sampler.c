@@ -12,6 +12,7 @@
 #include <stdlib.h>
 
 #include "../kernels/kernels.h"
+#include "../kernels/window.h"
 #include "alloc.h"
 #include "log.h"
 #include "status.h"
@@ -33,6 +34,14 @@ struct bt_sampler {
     int32_t n_sorted; /* cand[0, n_sorted) is in cand_cmp order (the rest: not yet) */
     int32_t head_ids[BT_TOPK_MAX];
     float head_vals[BT_TOPK_MAX];
+    /* Without top-k, where the window comes from: the row (rows, NULL from candidates), how
+     * much of it is at hand (cand[0, n_cand)), whether that is all of it, and its total at
+     * total_tau as the candidates came with it. */
+    const float *row;
+    int32_t n_cand;
+    int complete;
+    double total;
+    float total_tau;
 };
 
 static uint64_t splitmix64(uint64_t *x)
@@ -139,35 +148,33 @@ static int cand_cmp(const void *a, const void *b)
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
-/* Keeps candidates whose logit is within CAND_WINDOW of the maximum: the rest have relative
- * probability below e^-40 (their total stays under 1e-12 even for 128k-token vocabularies),
- * so dropping them changes no draw in practice. */
-#define CAND_WINDOW 40.0f
-
-/* A real model's logits put most of a 128k vocabulary within the window, and sorting all of
+/* Candidates are the logits within BT_CAND_WINDOW of the maximum (window.h): the rest have
+ * relative probability below e^-40 (their total stays under 1e-12 even for 128k-token
+ * vocabularies), so dropping them changes no draw in practice.
+ *
+ * A real model's logits put most of a 128k vocabulary within the window, and sorting all of
  * it took 15 ms a token. Candidates are sorted lazily instead: the best CAND_HEAD come sorted
  * (bt_topk_f32, the same order), the rest follow unsorted, and a filter or the draw that walks
  * past the sorted prefix extends it (cand_sort_more). Walks see the same sorted order either
- * way; only the order in which a total over the unsorted tail is summed differs (rounding in
- * the last place of a double). */
+ * way. */
 #define CAND_HEAD BT_TOPK_MAX
 
 static int32_t cand_collect(bt_sampler_t *s, const float *logits)
 {
     const int32_t nv = s->n_vocab;
-    float max_l = logits[bt_argmax(logits, nv)];
+    const float max_l = bt_max_f32(logits, nv);
     int32_t n = 0;
     s->n_sorted = 0;
     if (nv <= 2 * CAND_HEAD) {
         for (int32_t i = 0; i < nv; i++)
-            if (logits[i] >= max_l - CAND_WINDOW)
+            if (logits[i] >= max_l - BT_CAND_WINDOW)
                 s->cand[n++] = (cand_t){i, logits[i]};
         qsort(s->cand, (size_t)n, sizeof(cand_t), cand_cmp);
         s->n_sorted = n;
         return n;
     }
     bt_topk_f32(logits, nv, CAND_HEAD, s->head_ids, s->head_vals);
-    while (n < CAND_HEAD && s->head_vals[n] >= max_l - CAND_WINDOW) {
+    while (n < CAND_HEAD && s->head_vals[n] >= max_l - BT_CAND_WINDOW) {
         s->cand[n] = (cand_t){s->head_ids[n], s->head_vals[n]};
         n++;
     }
@@ -178,17 +185,17 @@ static int32_t cand_collect(bt_sampler_t *s, const float *logits)
     const cand_t last = s->cand[CAND_HEAD - 1];
     for (int32_t i = 0; i < nv; i++) {
         cand_t c = {i, logits[i]};
-        if (logits[i] >= max_l - CAND_WINDOW && cand_cmp(&c, &last) > 0)
+        if (logits[i] >= max_l - BT_CAND_WINDOW && cand_cmp(&c, &last) > 0)
             s->cand[n++] = c;
     }
     return n;
 }
 
-/* Candidate i's weight relative to the best at a temperature: exp((logit - max) / temp), in
- * float (a whole vocabulary of them is summed for every draw without top-k). */
+/* Candidate i's weight relative to the best at a temperature: the weight the window total
+ * sums (bt_window_weight), so that walks and totals agree to the bit on any backend. */
 static double cand_weight(const bt_sampler_t *s, int32_t i, float temp)
 {
-    return (double)expf((s->cand[i].logit - s->cand[0].logit) / temp);
+    return (double)bt_window_weight(s->cand[i].logit, s->cand[0].logit, temp);
 }
 
 static void cand_swap(cand_t *c, int32_t i, int32_t j)
@@ -231,8 +238,8 @@ static void cand_select(cand_t *c, int32_t n, int32_t k)
 }
 
 /* Extends the sorted prefix of cand[0, n) once a walk reaches its end: the next best of the
- * tail, as many as are sorted already (at least CAND_HEAD), selected, sorted and given their
- * weights (cand_weight). Doubling keeps a walk that goes far linear. */
+ * tail, as many as are sorted already (at least CAND_HEAD), selected and sorted, with their
+ * weights at temp. Doubling keeps a walk that goes far linear. */
 static void cand_sort_more(bt_sampler_t *s, int32_t n, float temp)
 {
     int32_t from = s->n_sorted, k = from > CAND_HEAD ? from : CAND_HEAD;
@@ -247,6 +254,8 @@ static void cand_sort_more(bt_sampler_t *s, int32_t n, float temp)
     for (int32_t i = from; i < from + k; i++)
         s->w[i] = cand_weight(s, i, temp);
 }
+
+/* ---- with top-k: the filters and the draw see only the top_k best, all at hand ---- */
 
 /* Probabilities at temperature 1 (top-p and min-p see them before temperature, as in
  * llama.cpp), relative to the most likely candidate. */
@@ -290,11 +299,6 @@ static int32_t cand_filter(bt_sampler_t *s, int32_t n)
     return n;
 }
 
-void bt_sampler_set_position(bt_sampler_t *s, uint64_t n_drawn)
-{
-    s->n_drawn = n_drawn;
-}
-
 /* The seeded draw among the first n candidates at the temperature, walking them in sorted
  * order. */
 static int32_t cand_draw(bt_sampler_t *s, int32_t n)
@@ -318,6 +322,106 @@ static int32_t cand_draw(bt_sampler_t *s, int32_t n)
     return s->cand[n - 1].id;
 }
 
+/* ---- without top-k: the window, whose total comes from the row or with the candidates ---- */
+
+/* Makes candidate i sorted and at hand: 1; 0 past the window's end; NEED_MORE past the
+ * candidates a device gave when the window goes on beyond them. */
+#define NEED_MORE (-1)
+
+static int cand_get(bt_sampler_t *s, int32_t i)
+{
+    if (i < s->n_sorted)
+        return 1;
+    if (i >= s->n_cand)
+        return s->complete ? 0 : NEED_MORE;
+    cand_sort_more(s, s->n_cand, 1.0f); /* from the row: n_cand is the whole window */
+    return 1;
+}
+
+/* The window total at tau: from the row, or the one given with the candidates (NAN when that
+ * is at another temperature). */
+static double window_total(const bt_sampler_t *s, float tau)
+{
+    if (s->row)
+        return bt_window_total_f32(s->row, s->n_vocab, tau);
+    return s->total_tau == tau ? s->total : NAN;
+}
+
+/* top-p, min-p and the draw over the window, walking it in sorted order; the same steps and
+ * bits from the row or from its best candidates and total, or BT_SAMPLER_NEED_ROW when the
+ * candidates end before the walk does (the draw is not counted then). */
+static int32_t window_sample(bt_sampler_t *s)
+{
+    const int32_t all = INT32_MAX; /* no filter cut: the whole window */
+    int32_t keep = all;
+    int g;
+    if (s->n_cand == 0) { /* NaN logits leave no candidate: nothing sensible to draw */
+        s->n_drawn++;
+        return 0;
+    }
+    if (s->p.top_p > 0 && s->p.top_p < 1) {
+        const double total = window_total(s, 1.0f);
+        double cum = 0;
+        if (total != total)
+            return BT_SAMPLER_NEED_ROW;
+        for (int32_t i = 0; keep == all; i++) {
+            if ((g = cand_get(s, i)) <= 0) {
+                if (g == NEED_MORE)
+                    return BT_SAMPLER_NEED_ROW;
+                break;
+            }
+            cum += cand_weight(s, i, 1.0f) / total;
+            if (cum >= s->p.top_p)
+                keep = i + 1;
+        }
+        if (s->complete && keep >= s->n_cand)
+            keep = all; /* the mass reached p only with the window's last candidate */
+    }
+    if (s->p.min_p > 0) {
+        for (int32_t i = 1; i < keep; i++) {
+            if ((g = cand_get(s, i)) <= 0) {
+                if (g == NEED_MORE)
+                    return BT_SAMPLER_NEED_ROW;
+                break;
+            }
+            if (cand_weight(s, i, 1.0f) < s->p.min_p)
+                keep = i;
+        }
+    }
+    const float temp = s->p.temperature;
+    double sum = 0;
+    if (keep == all) {
+        sum = window_total(s, temp);
+        if (sum != sum)
+            return BT_SAMPLER_NEED_ROW;
+    } else {
+        for (int32_t i = 0; i < keep; i++) /* walked above: sorted and at hand */
+            sum += cand_weight(s, i, temp);
+    }
+    double r = rng_uniform(s) * sum;
+    int32_t pick = -1;
+    for (int32_t i = 0; i < keep && pick < 0; i++) {
+        if ((g = cand_get(s, i)) <= 0) {
+            if (g == NEED_MORE)
+                return BT_SAMPLER_NEED_ROW;
+            pick = i - 1; /* rounding walked past the window's last */
+            break;
+        }
+        const double w = cand_weight(s, i, temp);
+        if (r < w)
+            pick = i;
+        else
+            r -= w;
+    }
+    s->n_drawn++;
+    return s->cand[pick >= 0 ? pick : keep - 1].id;
+}
+
+void bt_sampler_set_position(bt_sampler_t *s, uint64_t n_drawn)
+{
+    s->n_drawn = n_drawn;
+}
+
 int32_t bt_sampler_sample(bt_sampler_t *s, float *logits)
 {
     apply_penalty(s, logits);
@@ -325,7 +429,15 @@ int32_t bt_sampler_sample(bt_sampler_t *s, float *logits)
         s->n_drawn++;
         return bt_argmax(logits, s->n_vocab);
     }
-    return cand_draw(s, cand_filter(s, cand_collect(s, logits)));
+    const int32_t n = cand_collect(s, logits);
+    if (s->p.top_k > 0)
+        return cand_draw(s, cand_filter(s, n));
+    s->row = logits;
+    s->n_cand = n;
+    s->complete = 1;
+    const int32_t token = window_sample(s);
+    s->row = NULL;
+    return token;
 }
 
 int32_t bt_sampler_params_cands(const bt_sampler_params_t *p)
@@ -334,7 +446,18 @@ int32_t bt_sampler_params_cands(const bt_sampler_params_t *p)
         return 1;
     if (p->repeat_penalty != 0 && p->repeat_penalty != 1)
         return 0; /* the penalty may lift any recent token into the top k */
-    return p->top_k > 0 && p->top_k <= BT_TOPK_MAX ? p->top_k : 0;
+    if (p->top_k == 0)
+        return BT_TOPK_MAX; /* the window's best, with its total */
+    return p->top_k <= BT_TOPK_MAX ? p->top_k : 0;
+}
+
+float bt_sampler_params_tau(const bt_sampler_params_t *p)
+{
+    if (bt_sampler_params_cands(p) != BT_TOPK_MAX || p->top_k != 0)
+        return 0;
+    if (p->top_p > 0 && p->top_p < 1)
+        return 1.0f;                          /* top-p's mass */
+    return p->min_p > 0 ? 0 : p->temperature; /* min-p cuts in the best, or the draw's total */
 }
 
 int32_t bt_sampler_cands_merge(int32_t k, const bt_sampler_params_t *p)
@@ -343,17 +466,26 @@ int32_t bt_sampler_cands_merge(int32_t k, const bt_sampler_params_t *p)
     return k == 0 || need == 0 ? 0 : need > k ? need : k;
 }
 
-/* The candidates are the row's best, in the order cand_collect sorts them in, and the filters
- * look at no more than the first top_k of them: the same steps as on the whole row. */
-int32_t bt_sampler_sample_top(bt_sampler_t *s, const int32_t *ids, const float *vals, int32_t n)
+/* The candidates are the row's best, in the order cand_collect sorts them in. With top-k the
+ * filters look at no more than the first top_k of them: the same steps as on the whole row.
+ * Without it, the walks go as far as they go on the whole row, and the window's total comes
+ * with the candidates: the same steps again, until a walk would go past the candidates. */
+int32_t bt_sampler_sample_top(bt_sampler_t *s, const int32_t *ids, const float *vals, int32_t n,
+                              double total)
 {
     if (s->p.temperature == 0 || n == 1) {
         s->n_drawn++;
         return n > 0 ? ids[0] : 0;
     }
     int32_t m = 0;
-    for (; m < n && vals[m] >= vals[0] - CAND_WINDOW; m++)
+    for (; m < n && vals[m] >= vals[0] - BT_CAND_WINDOW; m++)
         s->cand[m] = (cand_t){ids[m], vals[m]};
     s->n_sorted = m;
-    return cand_draw(s, cand_filter(s, m));
+    if (s->p.top_k > 0)
+        return cand_draw(s, cand_filter(s, m));
+    s->n_cand = m;
+    s->complete = m < n || n >= s->n_vocab; /* the window ends inside the candidates */
+    s->total = total;
+    s->total_tau = bt_sampler_params_tau(&s->p);
+    return window_sample(s);
 }

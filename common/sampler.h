@@ -35,9 +35,14 @@ int bt_sampler_params_check(const bt_sampler_params_t *params);
 int bt_sampler_params_greedy(const bt_sampler_params_t *params);
 
 /* How many of a row's best logits (bt_topk_rows) sampling with params needs: 1 when greedy,
- * top_k when top-k is on (up to BT_TOPK_MAX) without a repetition penalty, 0 when it needs the
- * whole row. */
+ * top_k when top-k is on (up to BT_TOPK_MAX), BT_TOPK_MAX when it is off (with the row's
+ * window total at bt_sampler_params_tau), all without a repetition penalty; 0 when it needs
+ * the whole row. */
 int32_t bt_sampler_params_cands(const bt_sampler_params_t *params);
+/* The temperature at which sampling from candidates needs the row's window total
+ * (bt_window_total_f32): 1 with top-p, the temperature when no filter may cut the window, 0
+ * when no total is needed. */
+float bt_sampler_params_tau(const bt_sampler_params_t *params);
 /* Folds one more sequence into a batch's candidate count k (start at 1): the most any of them
  * needs, or 0 once one needs the whole row. */
 int32_t bt_sampler_cands_merge(int32_t k, const bt_sampler_params_t *params);
@@ -45,10 +50,15 @@ int32_t bt_sampler_cands_merge(int32_t k, const bt_sampler_params_t *params);
 /* Picks the next token from logits (n_vocab floats; modified in place). Greedy picks the
  * lowest id among equal maxima. Does not record the token: call bt_sampler_accept. */
 int32_t bt_sampler_sample(bt_sampler_t *s, float *logits);
-/* Picks the next token from the row's n best logits (bt_topk_rows: ids and values, best first),
- * n >= bt_sampler_params_cands(params) > 0; the same token bt_sampler_sample picks from the
- * whole row. With n == 1 only ids is read. */
-int32_t bt_sampler_sample_top(bt_sampler_t *s, const int32_t *ids, const float *vals, int32_t n);
+/* What bt_sampler_sample_top returns when the candidates do not decide the token (a walk
+ * without top-k goes past them): sample the whole row then. Nothing was drawn. */
+#define BT_SAMPLER_NEED_ROW (-1)
+/* Picks the next token from the row's n best logits (bt_topk_rows: ids and values, best
+ * first), n >= bt_sampler_params_cands(params) > 0, and total, the row's window total at
+ * bt_sampler_params_tau(params) (NAN when that is 0): the same token bt_sampler_sample picks
+ * from the whole row, or BT_SAMPLER_NEED_ROW. With n == 1 only ids is read. */
+int32_t bt_sampler_sample_top(bt_sampler_t *s, const int32_t *ids, const float *vals, int32_t n,
+                              double total);
 /* Sets how many tokens this sequence has already sampled (0 at creation): the draw for the
  * token at output position i depends only on (seed, i), so an instance that continues a
  * sequence (or replays it after a failover) sets the position and draws what the first would. */

@@ -7,9 +7,11 @@
  */
 #include "seqgen.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "alloc.h"
+#include "btassert.h"
 #include "sampler.h"
 #include "status.h"
 #include "stopcond.h"
@@ -21,6 +23,7 @@ struct bt_seqgen {
     bt_detok_t detok;
     int32_t *tokens; /* (req->max_ctx) prompt then generated */
     int32_t len;
+    int32_t n_vocab;
     char *piece; /* (cap_piece) one token's text */
     size_t cap_piece;
     char *text; /* (cap_text) text released by one step, flush included */
@@ -34,6 +37,7 @@ int bt_seqgen_create(const bt_req_t *req, const bt_tokenizer_t *tok, int32_t n_v
     if (!g)
         return BT_ERR_NOMEM;
     g->req = req;
+    g->n_vocab = n_vocab;
     g->cap_piece = bt_detok_max_bytes(tok);
     g->cap_text = 2 * g->cap_piece + 2 * BT_STOP_MAX_STRING_BYTES + 32;
     g->tokens = bt_malloc((size_t)req->max_ctx * sizeof(int32_t));
@@ -110,13 +114,30 @@ void bt_seqgen_sample(bt_seqgen_t *g, float *logits, bt_seqgen_step_t *out)
     record(g, bt_sampler_sample(g->smp, logits), out);
 }
 
-void bt_seqgen_sample_row(bt_seqgen_t *g, const bt_engine_out_t *o, int32_t row, int32_t n_vocab,
+void bt_seqgen_out_want(const bt_sampler_params_t *p, bt_engine_out_t *o, int32_t row)
+{
+    o->k = bt_sampler_cands_merge(o->k, p);
+    o->tau[row] = bt_sampler_params_tau(p);
+}
+
+void bt_seqgen_sample_row(bt_seqgen_t *g, bt_engine_t *e, bt_engine_out_t *o, int32_t row,
                           bt_seqgen_step_t *out)
 {
+    const int32_t nv = g->n_vocab;
     bt_sampler_set_position(g->smp, (uint64_t)(g->len - g->req->n_prompt));
-    size_t at = (size_t)row * (size_t)(o->k ? o->k : n_vocab);
-    int32_t token = o->k ? bt_sampler_sample_top(g->smp, o->ids + at, o->vals + at, o->k)
-                         : bt_sampler_sample(g->smp, o->logits + at);
+    float *logits = o->logits + (size_t)row * (size_t)nv;
+    int32_t token = BT_SAMPLER_NEED_ROW;
+    if (o->k) {
+        size_t at = (size_t)row * (size_t)o->k;
+        double total = o->tau && o->tau[row] > 0 ? o->totals[row] : NAN;
+        token = bt_sampler_sample_top(g->smp, o->ids + at, o->vals + at, o->k, total);
+        if (token == BT_SAMPLER_NEED_ROW) {
+            int st = bt_engine_logits_row(e, row, logits);
+            BT_ASSERT(st == BT_OK); /* a forward with candidates leaves its rows (forward_out) */
+        }
+    }
+    if (token == BT_SAMPLER_NEED_ROW)
+        token = bt_sampler_sample(g->smp, logits);
     record(g, token, out);
 }
 

@@ -41,9 +41,15 @@ void bt_seqgen_destroy(bt_seqgen_t *g);
 
 /* Samples the next token from the logits of the sequence's last token (modified in place). */
 void bt_seqgen_sample(bt_seqgen_t *g, float *logits, bt_seqgen_step_t *out);
-/* Samples it from row `row` of a forward's output, whatever o->k (the logits are modified in
- * place): the same token as from the whole row. */
-void bt_seqgen_sample_row(bt_seqgen_t *g, const bt_engine_out_t *o, int32_t row, int32_t n_vocab,
+/* Asks forwards into o for what sampling this sequence's token needs, as output row `row`:
+ * folds its candidate count into o->k (bt_sampler_cands_merge; start at 1) and sets the row's
+ * window-total temperature (bt_sampler_params_tau). */
+void bt_seqgen_out_want(const bt_sampler_params_t *p, bt_engine_out_t *o, int32_t row);
+/* Samples it from row `row` of e's last forward's output o, whatever o->k (the logits are
+ * modified in place): the same token as from the whole row. When the candidates cannot decide
+ * it, the row is read back from e into o->logits, so a forward with candidates (o->k > 1) must
+ * be sampled on the thread that runs e. */
+void bt_seqgen_sample_row(bt_seqgen_t *g, bt_engine_t *e, bt_engine_out_t *o, int32_t row,
                           bt_seqgen_step_t *out);
 /* Appends a token sampled elsewhere, with the same effect as having sampled it here. */
 void bt_seqgen_append(bt_seqgen_t *g, int32_t token, bt_seqgen_step_t *out);

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "window.h"
+
 struct bt_backend {
     const bt_backend_ops_t *ops;
     void *ctx;
@@ -325,6 +327,43 @@ void bt_topk_rows(bt_backend_t *be, int32_t *ids_host, float *vals_host, const f
     assert(!be->ops->device_memory);
     for (int64_t i = 0; i < m; i++)
         bt_topk_f32(x + i * n, n, k, ids_host + i * k, vals_host + i * k);
+}
+
+void bt_window_totals(bt_backend_t *be, double *totals_host, const float *x, const float *tau_host,
+                      int64_t m, int64_t n)
+{
+    if (be->ops->window_totals) {
+        be->ops->window_totals(be->ctx, totals_host, x, tau_host, m, n);
+        return;
+    }
+    assert(!be->ops->device_memory);
+    for (int64_t i = 0; i < m; i++)
+        totals_host[i] = tau_host[i] > 0 ? bt_window_total_f32(x + i * n, n, tau_host[i]) : 0;
+}
+
+float bt_max_f32(const float *x, int64_t n)
+{
+    float m = -INFINITY;
+    for (int64_t i = 0; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+double bt_window_total_f32(const float *x, int64_t n, float tau)
+{
+    const float max = bt_max_f32(x, n);
+    if (!isfinite(max))
+        return 0;
+    /* Lane l takes x[l], x[l + LANES], ...: a whole block of LANES at a time, which the
+     * compiler vectorizes (branch-free weights), then the rest. */
+    double lane[BT_WINDOW_LANES] = {0};
+    int64_t i = 0;
+    for (; i + BT_WINDOW_LANES <= n; i += BT_WINDOW_LANES)
+        for (int l = 0; l < BT_WINDOW_LANES; l++)
+            lane[l] += bt_window_weight(x[i + l], max, tau);
+    for (int l = 0; i + l < n; l++)
+        lane[l] += bt_window_weight(x[i + l], max, tau);
+    return bt_window_lanes_sum(lane);
 }
 
 /* Whether (ka, ia) ranks before (kb, ib). */

@@ -92,9 +92,10 @@ typedef struct {
 
 /* What leaves the device at the end of a step (bt_step_shape_t.out_kind). */
 typedef enum {
-    BT_STEP_OUT_LOGITS = 0, /* the logits rows (download) */
-    BT_STEP_OUT_ARGMAX = 1, /* each row's greedy token (argmax_rows) */
-    BT_STEP_OUT_TOPK = 2,   /* each row's k best logits (topk_rows) */
+    BT_STEP_OUT_LOGITS = 0,      /* the logits rows (download) */
+    BT_STEP_OUT_ARGMAX = 1,      /* each row's greedy token (argmax_rows) */
+    BT_STEP_OUT_TOPK = 2,        /* each row's k best logits (topk_rows) */
+    BT_STEP_OUT_TOPK_TOTALS = 3, /* the same and the rows' window totals (window_totals) */
 } bt_step_out_t;
 
 /* A pure decode step as the engine knows it before running it: one new token and its logits
@@ -103,11 +104,12 @@ typedef enum {
  * what varies between steps of one shape (token ids, positions, block tables, each sequence's
  * context length) is data the ops upload. */
 typedef struct {
-    int32_t n_seqs;      /* sequences of the batch */
-    int32_t rows;        /* new tokens (rows) of the batch */
-    int32_t n_out;       /* rows whose logits are wanted, all in one piece */
-    int32_t out_kind;    /* bt_step_out_t */
-    int32_t k;           /* candidates per row: 1 for ARGMAX, 2..BT_TOPK_MAX for TOPK, else 0 */
+    int32_t n_seqs;   /* sequences of the batch */
+    int32_t rows;     /* new tokens (rows) of the batch */
+    int32_t n_out;    /* rows whose logits are wanted, all in one piece */
+    int32_t out_kind; /* bt_step_out_t */
+    /* candidates per row: 1 for ARGMAX, 2..BT_TOPK_MAX for TOPK and TOPK_TOTALS, else 0 */
+    int32_t k;
     int32_t n_layers;    /* layers of the model */
     int32_t block_size;  /* KV tokens per block */
     int32_t n_kv_blocks; /* KV blocks in all the batch's block tables together */
@@ -204,6 +206,11 @@ typedef struct bt_backend_ops {
      * so that top-k sampling moves m x k candidates to the host instead of m x n logits. */
     void (*topk_rows)(void *ctx, int32_t *ids_host, float *vals_host, const float *x, int64_t m,
                       int64_t n, int32_t k);
+    /* Optional: for each row i of x ([m][n]) with tau_host[i] > 0, its window total at that
+     * temperature (bt_window_total_f32, the same bits) to totals_host[i]; 0 for the others. So
+     * that sampling at a temperature without top-k can draw from the row's best candidates. */
+    void (*window_totals)(void *ctx, double *totals_host, const float *x, const float *tau_host,
+                          int64_t m, int64_t n);
     /* Optional, both or neither (NULL: every step runs op by op). step_begin: the ops up to
      * step_end are a pure decode step of this shape (read during the call, not kept); returns
      * 1 if the backend takes it as one recorded step (recorded on the first step of its kind,
@@ -300,6 +307,17 @@ void bt_topk_rows(bt_backend_t *be, int32_t *ids_host, float *vals_host, const f
  * (-0 equals +0) by lower index, NaNs after every number. The order the sampler sorts its
  * candidates in, so its first k candidates are these. Host memory. */
 void bt_topk_f32(const float *x, int64_t n, int32_t k, int32_t *ids, float *vals);
+/* The largest number of x[0, n) (NaNs ignored): the value bt_topk_f32 puts first; -inf when
+ * there is none. Host memory. */
+float bt_max_f32(const float *x, int64_t n);
+/* The window total of x[0, n) at temperature tau > 0 (window.h): the sum of the weights
+ * bt_window_weight(x[i], max, tau) in window.h's fixed order, max the largest number of x; 0
+ * when that is not finite. Host memory. */
+double bt_window_total_f32(const float *x, int64_t n, float tau);
+/* Each row's window total at tau_host[i] to totals_host[i] (0 where tau_host[i] is not
+ * positive), rows [m][n] in backend memory. */
+void bt_window_totals(bt_backend_t *be, double *totals_host, const float *x, const float *tau_host,
+                      int64_t m, int64_t n);
 /* The order bt_topk_f32 ranks values by, as an unsigned key (larger is better): NaN lowest,
  * -0 and +0 equal. */
 static inline uint32_t bt_topk_key(float v)

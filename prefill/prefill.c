@@ -362,7 +362,7 @@ static void pf_sample_first(void *arg, int i)
     pf->gens[i] = NULL;
     pf->gen_st[i] = bt_seqgen_create(r->req, pf->model->tok, pf->model->hp.n_vocab, &pf->gens[i]);
     if (pf->gen_st[i] == BT_OK)
-        bt_seqgen_sample_row(pf->gens[i], &pf->out, i, pf->model->hp.n_vocab, &pf->steps[i]);
+        bt_seqgen_sample_row(pf->gens[i], pf->p.engine, &pf->out, i, &pf->steps[i]);
 }
 
 /* Sends the i-th request's first token (pf_sample_first) as FIRST_TOKEN, and ships the KV
@@ -456,7 +456,7 @@ static int pf_forward(bt_prefill_t *pf, int32_t n)
     pf->out.k = 1;
     for (int32_t i = 0; i < n; i++) {
         pf_req_t *r = PF_OF(pf->picked[i]);
-        pf->out.k = bt_sampler_cands_merge(pf->out.k, &r->req->sampling);
+        bt_seqgen_out_want(&r->req->sampling, &pf->out, i);
         pf->batch[i] = (bt_batch_seq_t){.kv = &r->kv,
                                         .tokens = r->req->prompt,
                                         .n_tokens = r->req->n_prompt,

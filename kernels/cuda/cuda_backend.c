@@ -6,11 +6,12 @@
  *
  * The one thing to know: everything runs in order on one stream, and everything an op needs
  * beyond its arguments is allocated here at create time: pinned staging and device buffers for
- * the host-side tables the ops table passes in (attention block tables, gather indices), the
- * bf16 copy of matmul activations for cuBLAS (read as f32, also the normed rows where an
- * rmsnorm-fused matmul runs as its composition; and the f32 up product of a cuBLAS swiglu),
- * cuBLAS's workspace and the split-attention partials. Ops never allocate; a call larger than
- * the scratch is done in pieces.
+ * the host-side tables the ops table passes in (attention block tables, gather indices,
+ * sampling temperatures), the bf16 copy of matmul activations for cuBLAS (read as f32, also
+ * the normed rows where an rmsnorm-fused matmul runs as its composition; and the f32 up
+ * product of a cuBLAS swiglu), cuBLAS's workspace and the split-attention partials, and the
+ * results of the sampling ops (argmax, top-k, window totals). Ops never allocate; a call
+ * larger than the scratch is done in pieces.
  *
  * Graph steps (BATON_CUDA_GRAPHS=1, cuda_graph.c): between step_begin and step_end each op
  * traces its by-value arguments and launches only while the step is captured; its host tables
@@ -160,9 +161,11 @@ static void cuda_destroy(void *ctx)
         cublasDestroy(c->blas);
     stage_fini(&c->seqs);
     stage_fini(&c->rows);
+    stage_fini(&c->tau);
     cudaFree(c->argmax_out);
     cudaFree(c->topk_ids);
     cudaFree(c->topk_vals);
+    cudaFree(c->win_totals);
     cudaFree(c->blas_ws);
     cudaFree(c->act16);
     cudaFree(c->glu_up);
@@ -681,10 +684,10 @@ static void cuda_gather_rows(void *ctx, float *y, const float *x, const int32_t 
     }
 }
 
-/* Results of argmax_rows/topk_rows to the host: in stream order, or in a graph step queued
- * for step_end (the host buffers are pageable, so the copies cannot be captured). A graph step
- * therefore has room for one piece only: a second would overwrite the scratch before step_end
- * downloads the first (step_begin admits no step that needs two). */
+/* Results of argmax_rows, topk_rows and window_totals to the host: in stream order, or in a
+ * graph step queued for step_end (the host buffers are pageable, so the copies cannot be
+ * captured). A graph step therefore has room for one piece only: a second would overwrite the
+ * scratch before step_end downloads the first (step_begin admits no step that needs two). */
 static void copy_out(bt_cuda_ctx_t *c, void *dst_host, const void *src, size_t bytes, int64_t r0)
 {
     if (c->sg.mode == BT_STEPGRAPH_OFF) {
@@ -722,6 +725,26 @@ static void cuda_topk_rows(void *ctx, int32_t *ids_host, float *vals_host, const
             bt_cuda_topk_rows_launch(c->stream, c->topk_ids, c->topk_vals, x + r0 * n, mr, n, k);
         copy_out(c, ids_host + r0 * k, c->topk_ids, bytes, r0);
         copy_out(c, vals_host + r0 * k, c->topk_vals, bytes, r0);
+    }
+    if (c->sg.mode == BT_STEPGRAPH_OFF)
+        BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+/* The temperatures are a host table like gather_rows' indices: staged, or in a graph step an
+ * input of the arena (they change from step to step; the graph's copy node moves them). */
+static void cuda_window_totals(void *ctx, double *totals_host, const float *x,
+                               const float *tau_host, int64_t m, int64_t n)
+{
+    bt_cuda_ctx_t *c = enter(ctx);
+    for (int64_t r0 = 0; r0 < m; r0 += c->argmax_cap) {
+        int64_t mr = m - r0 < c->argmax_cap ? m - r0 : c->argmax_cap;
+        const size_t bytes = (size_t)mr * sizeof(float);
+        const float *tau = c->sg.mode == BT_STEPGRAPH_OFF
+                               ? stage_put(c, &c->tau, tau_host + r0, bytes)
+                               : bt_cuda_graph_input(c, tau_host + r0, bytes);
+        if (LAUNCHES(c, "window_totals", U(c->win_totals), U(x + r0 * n), U(tau), mr, n))
+            bt_cuda_window_totals_launch(c->stream, c->win_totals, x + r0 * n, tau, mr, n);
+        copy_out(c, totals_host + r0, c->win_totals, (size_t)mr * sizeof(double), r0);
     }
     if (c->sg.mode == BT_STEPGRAPH_OFF)
         BT_CUDA_CHECK(cudaStreamSynchronize(c->stream));
@@ -896,6 +919,7 @@ static const bt_backend_ops_t cuda_ops = {
     .gather_rows = cuda_gather_rows,
     .argmax_rows = cuda_argmax_rows,
     .topk_rows = cuda_topk_rows,
+    .window_totals = cuda_window_totals,
     .kv_store = cuda_kv_store,
     .rope_kv_store = cuda_rope_kv_store,
     .attention = cuda_attention,
@@ -927,6 +951,7 @@ static int alloc_scratch(bt_cuda_ctx_t *c, const bt_backend_params_t *params)
     if (cudaMalloc((void **)&c->argmax_out, (size_t)rows * sizeof(int32_t)) != cudaSuccess ||
         cudaMalloc((void **)&c->topk_ids, topk_elems * sizeof(int32_t)) != cudaSuccess ||
         cudaMalloc((void **)&c->topk_vals, topk_elems * sizeof(float)) != cudaSuccess ||
+        cudaMalloc((void **)&c->win_totals, (size_t)rows * sizeof(double)) != cudaSuccess ||
         cudaMalloc(&c->act16, c->act16_elems * 2) != cudaSuccess ||
         cudaMalloc((void **)&c->attn_part, ATTN_PART_BYTES) != cudaSuccess ||
         cudaMalloc(&c->blas_ws, c->blas_ws_bytes) != cudaSuccess)
@@ -951,6 +976,8 @@ static int alloc_scratch(bt_cuda_ctx_t *c, const bt_backend_params_t *params)
     int st = stage_init(&c->seqs, seq_cap);
     if (st == BT_OK)
         st = stage_init(&c->rows, (size_t)rows * sizeof(int32_t));
+    if (st == BT_OK)
+        st = stage_init(&c->tau, (size_t)rows * sizeof(float));
     return st;
 }
 

@@ -6,12 +6,12 @@
  *
  * The one thing to know: between step_begin and step_end every op runs in one of two modes.
  * Capturing, ops launch as usual into the captured stream, their host inputs (token ids,
- * positions, block tables) go through fixed offsets of the input arena as pinned-host to
- * device copies that the graph records, and their downloads wait for step_end. Replaying, ops
- * launch nothing: they write their host inputs at the same offsets, which the graph's copy
- * nodes then move, and queue the same downloads. Each op traces its by-value arguments, so a
- * replay whose arguments differ from its capture's (a key that missed something) is caught
- * before the graph runs instead of computing wrong results.
+ * positions, block tables, sampling temperatures) go through fixed offsets of the input arena
+ * as pinned-host to device copies that the graph records, and their downloads wait for
+ * step_end. Replaying, ops launch nothing: they write their host inputs at the same offsets,
+ * which the graph's copy nodes then move, and queue the same downloads. Each op traces its
+ * by-value arguments, so a replay whose arguments differ from its capture's (a key that missed
+ * something) is caught before the graph runs instead of computing wrong results.
  *
  * Nothing here allocates after create except a key's capture (cudaStreamEndCapture's graph and
  * cudaGraphInstantiate), once per key, and again after a replay mismatch dropped it (at most
@@ -78,17 +78,19 @@ static int out_valid(const bt_step_shape_t *s)
     switch (s->out_kind) {
     case BT_STEP_OUT_LOGITS: return s->k == 0;
     case BT_STEP_OUT_ARGMAX: return s->k == 1;
-    case BT_STEP_OUT_TOPK: return s->k >= 2 && s->k <= BT_TOPK_MAX;
+    case BT_STEP_OUT_TOPK:
+    case BT_STEP_OUT_TOPK_TOTALS: return s->k >= 2 && s->k <= BT_TOPK_MAX;
     }
     return 0;
 }
 
-/* Whether the step can be one graph. Its outputs must come out of one launch each (argmax and
- * top-k write one scratch buffer that a later piece would overwrite before step_end downloads
- * it), its attention table must go out in one group (one slot, one launch per layer), and its
- * inputs must fit the arena: ids and positions, the table (all layers send the same one), and
- * two gathers of the output rows, which a decode step whose every row is an output never
- * needs but which keep the bound true for any step. */
+/* Whether the step can be one graph. Its outputs must come out of one launch each (argmax,
+ * top-k and window totals write one scratch buffer each that a later piece would overwrite
+ * before step_end downloads it; three downloads at most, well within the queue), its attention
+ * table must go out in one group (one slot, one launch per layer), and its inputs must fit the
+ * arena: ids and positions, the table (all layers send the same one), two gathers of the
+ * output rows, which a decode step whose every row is an output never needs but which keep the
+ * bound true for any step, and with window totals the output rows' temperatures. */
 static int step_fits(const bt_cuda_ctx_t *c, const bt_step_shape_t *s,
                      const bt_stepgraph_key_t *key)
 {
@@ -102,6 +104,8 @@ static int step_fits(const bt_cuda_ctx_t *c, const bt_step_shape_t *s,
         return 0;
     size_t need = 2 * align_up((size_t)s->rows * sizeof(int32_t)) + align_up(slot) +
                   2 * align_up((size_t)s->n_out * sizeof(int32_t));
+    if (s->out_kind == BT_STEP_OUT_TOPK_TOTALS)
+        need += align_up((size_t)s->n_out * sizeof(float));
     return need <= c->sg.arena_cap;
 }
 

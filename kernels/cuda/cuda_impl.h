@@ -84,9 +84,11 @@ typedef struct {
     int64_t argmax_cap;
     int32_t *topk_ids; /* topk_rows results, argmax_cap rows of BT_TOPK_MAX */
     float *topk_vals;
-    uint8_t *pack;  /* host scratch of seqs.cap bytes to build a table before staging */
-    int n_sm;       /* streaming multiprocessors, for grid sizing */
-    int attn_chunk; /* positions per attention softmax chunk (BT_CUDA_ATTN_CHUNK) */
+    bt_cuda_stage_t tau; /* window_totals temperatures, argmax_cap floats */
+    double *win_totals;  /* window_totals results, argmax_cap of them */
+    uint8_t *pack;       /* host scratch of seqs.cap bytes to build a table before staging */
+    int n_sm;            /* streaming multiprocessors, for grid sizing */
+    int attn_chunk;      /* positions per attention softmax chunk (BT_CUDA_ATTN_CHUNK) */
     /* 1: nondet prefill attention tries attention_fa2.cu first (BATON_CUDA_PREFILL_ATTN=fa2) */
     int prefill_fa2;
     /* Decode steps as CUDA graphs (BATON_CUDA_GRAPHS=1, cuda_graph.c); all zero when off. */
@@ -143,6 +145,10 @@ void bt_cuda_argmax_rows_launch(cudaStream_t st, int32_t *out, const float *x, i
  * arrays of [m][k]. 1 <= k <= BT_TOPK_MAX, k <= n. */
 void bt_cuda_topk_rows_launch(cudaStream_t st, int32_t *ids, float *vals, const float *x, int64_t m,
                               int64_t n, int32_t k);
+/* topk.cu: row i's window total at tau[i] (bt_window_total_f32's bits; 0 where tau[i] is not
+ * positive) to totals[i]; totals and tau are device arrays of m. */
+void bt_cuda_window_totals_launch(cudaStream_t st, double *totals, const float *x, const float *tau,
+                                  int64_t m, int64_t n);
 /* dst[i] = x[i] rounded to nearest even, as bf16 (type BT_TYPE_BF16) or fp16 (BT_TYPE_F16). */
 void bt_cuda_convert_launch(cudaStream_t st, void *dst, int type, const float *x, int64_t n);
 /* h[i] = silu(gate[i]) * up[i] for n elements of one 16-bit type (BF16 or F16), computed in

@@ -12,10 +12,17 @@
  * which a block-wide scan over contiguous index ranges picks in index order. The k winners are
  * then sorted in shared memory by a bitonic network. Counting and selection are exact integer
  * work, so the result is the host's, bit for bit.
+ *
+ * Sampling at a temperature without top-k draws from these candidates and the row's window
+ * total (window.h), which the device computes here too: one block of BT_WINDOW_LANES threads
+ * per row, thread t being lane t of window.h's order, so that the total is the host's
+ * bt_window_total_f32 to the last bit.
  */
 #include <stdint.h>
 
 #include "cuda_impl.h"
+
+#include "../window.h"
 
 #define TK_THREADS 512
 #define TK_MAX_GRID 65535
@@ -171,5 +178,67 @@ extern "C" void bt_cuda_topk_rows_launch(cudaStream_t st, int32_t *ids, float *v
         return;
     int grid = (int)(m < TK_MAX_GRID ? m : TK_MAX_GRID);
     topk_kernel<<<grid, TK_THREADS, 0, st>>>(ids, vals, x, m, n, k);
+    BT_CUDA_CHECK(cudaGetLastError());
+}
+
+/* Row r's window total at tau[r] to totals[r] (0 if tau[r] is not positive or the row has no
+ * finite largest number). The largest number is the same whatever order it is found in, so a
+ * tree suffices; the sum follows window.h's order exactly: lane t adds the weights of elements
+ * t, t + LANES, ... in turn, in double, and the lanes are combined as bt_window_lanes_sum does,
+ * halving with a barrier between rounds. */
+static __global__ void __launch_bounds__(BT_WINDOW_LANES)
+    window_totals_kernel(double *totals, const float *x, const float *tau, int64_t m, int64_t n)
+{
+    __shared__ float s_max[BT_WINDOW_LANES];
+    __shared__ double lane[BT_WINDOW_LANES];
+    const int t = threadIdx.x;
+    for (int64_t r = blockIdx.x; r < m; r += gridDim.x) {
+        const float *row = x + r * n;
+        const float tr = tau[r];
+        if (!(tr > 0.0f)) { /* the same for every thread of the block */
+            if (t == 0)
+                totals[r] = 0.0;
+            continue;
+        }
+        float mx = -INFINITY; /* NaNs never win: bt_max_f32 */
+        for (int64_t i = t; i < n; i += BT_WINDOW_LANES)
+            mx = row[i] > mx ? row[i] : mx;
+        s_max[t] = mx;
+        __syncthreads();
+        for (int s = BT_WINDOW_LANES / 2; s > 0; s >>= 1) {
+            if (t < s)
+                s_max[t] = s_max[t + s] > s_max[t] ? s_max[t + s] : s_max[t];
+            __syncthreads();
+        }
+        const float max = s_max[0];
+        __syncthreads(); /* s_max is read before the next row rewrites it */
+        if (!(max > -INFINITY && max < INFINITY)) { /* never NaN: -inf (none) or +inf */
+            if (t == 0)
+                totals[r] = 0.0;
+            continue;
+        }
+        double acc = 0.0;
+        for (int64_t i = t; i < n; i += BT_WINDOW_LANES)
+            acc = BT_WIN_DADD(acc, (double)bt_window_weight(row[i], max, tr));
+        lane[t] = acc;
+        __syncthreads();
+        for (int s = BT_WINDOW_LANES / 2; s > 0; s >>= 1) {
+            if (t < s)
+                lane[t] = BT_WIN_DADD(lane[t], lane[t + s]);
+            __syncthreads();
+        }
+        if (t == 0)
+            totals[r] = lane[0];
+        __syncthreads(); /* lane[0] is read before the next row rewrites it */
+    }
+}
+
+extern "C" void bt_cuda_window_totals_launch(cudaStream_t st, double *totals, const float *x,
+                                             const float *tau, int64_t m, int64_t n)
+{
+    if (m <= 0)
+        return;
+    int grid = (int)(m < TK_MAX_GRID ? m : TK_MAX_GRID);
+    window_totals_kernel<<<grid, BT_WINDOW_LANES, 0, st>>>(totals, x, tau, m, n);
     BT_CUDA_CHECK(cudaGetLastError());
 }

@@ -132,9 +132,10 @@ static void test_engine_fused_ops_are_bit_identical(void **state)
 }
 
 /* bt_engine_forward_argmax (k 1) and bt_engine_forward_topk (k > 1) give, row for row, the
- * argmax or the k best of the logits bt_engine_forward gives for the same batch: a mixed batch
- * with all, last and no logits rows, more rows than fit the engine's logits buffer at once, then
- * a decode step. */
+ * argmax or the k best of the logits bt_engine_forward gives for the same batch (and with
+ * BT_TOPK_MAX the asked rows' window totals, and the last piece's rows read back): a mixed
+ * batch with all, last and no logits rows, more rows than fit the engine's logits buffer at
+ * once, then a decode step. */
 static void forward_k_matches_logits(const bt_model_t *m, int32_t k)
 {
     int32_t V = m->hp.n_vocab, a[40], b[9], c[3];
@@ -142,6 +143,7 @@ static void forward_k_matches_logits(const bt_model_t *m, int32_t k)
     float *logits = malloc((size_t)64 * V * sizeof(float));
     int32_t *ids = malloc((size_t)64 * k * sizeof(int32_t)), best[BT_TOPK_MAX];
     float *vals = malloc((size_t)64 * k * sizeof(float)), wvals[BT_TOPK_MAX];
+    float *wrow = malloc((size_t)V * sizeof(float));
     bt_engine_t *e1 = make_engine(m, 2, 0), *e2 = make_engine(m, 2, 0);
     bt_kv_seq_t k1[3], k2[3];
     for (int i = 0; i < 3; i++) {
@@ -171,12 +173,41 @@ static void forward_k_matches_logits(const bt_model_t *m, int32_t k)
                 assert_int_equal(ids[r], bt_argmax_f32(logits + (size_t)r * V, V));
             continue;
         }
-        assert_int_equal(bt_engine_forward_topk(e2, s2, 3, k, ids, vals), BT_OK);
+        /* With k = BT_TOPK_MAX, also the window totals of rows that ask (bt_engine_out_t.tau). */
+        float tau[64];
+        double totals[64];
+        for (int r = 0; r < rows; r++)
+            tau[r] = r % 3 == 0 ? 0 : r % 3 == 1 ? 1.0f : 0.7f;
+        bt_engine_out_t o = {.k = k, .ids = ids, .vals = vals, .tau = tau, .totals = totals};
+        if (k == BT_TOPK_MAX)
+            assert_int_equal(bt_engine_forward_out(e2, s2, 3, &o), BT_OK);
+        else
+            assert_int_equal(bt_engine_forward_topk(e2, s2, 3, k, ids, vals), BT_OK);
         for (int r = 0; r < rows; r++) {
-            bt_topk_f32(logits + (size_t)r * V, V, k, best, wvals);
+            const float *row = logits + (size_t)r * V;
+            bt_topk_f32(row, V, k, best, wvals);
             assert_memory_equal(ids + (size_t)r * k, best, (size_t)k * sizeof(int32_t));
             assert_memory_equal(vals + (size_t)r * k, wvals, (size_t)k * sizeof(float));
+            if (k == BT_TOPK_MAX && tau[r] > 0) {
+                double want = bt_window_total_f32(row, V, tau[r]);
+                assert_memory_equal(&totals[r], &want, sizeof want);
+            }
         }
+        /* The rows still in the logits buffer read back as they were; earlier pieces of a
+         * forward with more rows than it holds are gone. */
+        int back = 0;
+        for (int r = 0; r < rows; r++) {
+            int st = bt_engine_logits_row(e2, r, wrow);
+            if (st == BT_OK) {
+                assert_memory_equal(wrow, logits + (size_t)r * V, (size_t)V * sizeof(float));
+                back++;
+            } else {
+                assert_int_equal(st, BT_ERR_RANGE);
+                assert_true(back == 0); /* only the last piece is kept */
+            }
+        }
+        assert_true(back > 0 && (step == 1 ? back == rows : back < rows));
+        assert_int_equal(bt_engine_logits_row(e2, rows, wrow), BT_ERR_RANGE);
     }
     for (int i = 0; i < 3; i++) {
         assert_int_equal(k1[i].n_tokens, k2[i].n_tokens);
@@ -188,6 +219,7 @@ static void forward_k_matches_logits(const bt_model_t *m, int32_t k)
     free(logits);
     free(ids);
     free(vals);
+    free(wrow);
 }
 
 static void test_engine_forward_argmax_and_topk_match_logits(void **state)

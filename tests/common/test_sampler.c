@@ -212,9 +212,19 @@ static void model_like(float *l, int32_t n, uint32_t seed)
     l[lcg(&x) % (uint32_t)n] = -1e30f;
 }
 
+/* bt_sampler_sample_top with the window total a backend sends with the candidates
+ * (bt_window_totals: bt_window_total_f32 of the row at bt_sampler_params_tau). */
+static int32_t sample_top(bt_sampler_t *s, const bt_sampler_params_t *p, const float *row,
+                          int32_t nv, const int32_t *ids, const float *vals, int32_t k)
+{
+    float tau = bt_sampler_params_tau(p);
+    return bt_sampler_sample_top(s, ids, vals, k,
+                                 tau > 0 ? bt_window_total_f32(row, nv, tau) : NAN);
+}
+
 /* Sampling from a row's best candidates (what a device sends back) draws exactly what sampling
  * the whole row draws, for every setting that asks for candidates, whatever larger k the rest of
- * the batch asked for. */
+ * the batch asked for; without top-k, it does or says that it needs the row. */
 static void test_sampler_top_candidates_draw_the_same(void **state)
 {
     enum { NV = 5000 };
@@ -229,8 +239,16 @@ static void test_sampler_top_candidates_draw_the_same(void **state)
         {.temperature = 1.0f, .top_k = 256, .top_p = 0.95f, .min_p = 0.02f, .seed = 8},
         {.temperature = 3.0f, .top_k = 100, .seed = 9},
         {.temperature = 0.7f, .top_k = 12, .repeat_penalty = 1.0f, .seed = 10},
+        /* without top-k: the best BT_TOPK_MAX and the window's total */
+        {.temperature = 0.8f, .seed = 11},
+        {.temperature = 1.0f, .top_p = 0.9f, .seed = 12},
+        {.temperature = 0.7f, .min_p = 0.05f, .seed = 13},
+        {.temperature = 1.3f, .top_p = 0.95f, .min_p = 0.01f, .seed = 14},
+        {.temperature = 4.0f, .seed = 15},
+        {.temperature = 0.9f, .top_p = 0.9999f, .seed = 16},
     };
-    int draws = 0;
+    enum { NP = sizeof ps / sizeof ps[0] };
+    int draws = 0, from_row = 0;
     for (size_t pi = 0; pi < sizeof ps / sizeof ps[0]; pi++) {
         int32_t need = bt_sampler_params_cands(&ps[pi]);
         assert_true(need >= 1 && need <= BT_TOPK_MAX);
@@ -241,17 +259,26 @@ static void test_sampler_top_candidates_draw_the_same(void **state)
         for (uint32_t step = 0; step < 60; step++) {
             int32_t k = ks[step % 3];
             model_like(l, NV, 1000u * (uint32_t)pi + step);
-            memcpy(row, l, NV * sizeof(float));
             bt_topk_f32(l, NV, k, ids, vals);
             bt_sampler_set_position(a, step);
             bt_sampler_set_position(b, step);
-            assert_int_equal(bt_sampler_sample_top(b, ids, vals, k), bt_sampler_sample(a, row));
+            int32_t tb = sample_top(b, &ps[pi], l, NV, ids, vals, k);
+            if (tb == BT_SAMPLER_NEED_ROW) { /* as a daemon does: the row, read back */
+                memcpy(row, l, NV * sizeof(float));
+                tb = bt_sampler_sample(b, row);
+                from_row++;
+            }
+            memcpy(row, l, NV * sizeof(float));
+            assert_int_equal(tb, bt_sampler_sample(a, row));
             draws++;
         }
         bt_sampler_destroy(a);
         bt_sampler_destroy(b);
     }
-    assert_int_equal(draws, 7 * 60);
+    assert_int_equal(draws, NP * 60);
+    /* Most draws without top-k were decided by the candidates; a flat temperature (4.0) and
+     * top-p 0.9999 walk past them and read the row back. */
+    assert_true(from_row > 0 && from_row < 3 * 60);
     bt_free(l);
     bt_free(row);
 }
@@ -304,7 +331,10 @@ static void test_sampler_lazy_sort_draws_the_same(void **state)
                 vals[i] = l[ids[i]];
             bt_sampler_set_position(a, step);
             bt_sampler_set_position(b, step);
-            assert_int_equal(bt_sampler_sample(a, row), bt_sampler_sample_top(b, ids, vals, NV));
+            float tau = bt_sampler_params_tau(&ps[pi]);
+            double total = tau > 0 ? bt_window_total_f32(l, NV, tau) : NAN;
+            assert_int_equal(bt_sampler_sample(a, row),
+                             bt_sampler_sample_top(b, ids, vals, NV, total));
         }
         bt_sampler_destroy(a);
         bt_sampler_destroy(b);
@@ -315,8 +345,9 @@ static void test_sampler_lazy_sort_draws_the_same(void **state)
     bt_free(ids);
 }
 
-/* What a batch asks the engine for: 1 while every sequence is greedy, the largest top_k, and 0
- * (whole rows) once one needs them: a penalty, top-k off, or more than BT_TOPK_MAX. */
+/* What a batch asks the engine for: 1 while every sequence is greedy, the largest top_k,
+ * BT_TOPK_MAX with top-k off, and 0 (whole rows) once one needs them: a penalty, or top-k over
+ * BT_TOPK_MAX. */
 static void test_sampler_cands_merge(void **state)
 {
     bt_sampler_params_t greedy = {0}, k40 = {.temperature = 1, .top_k = 40},
@@ -326,7 +357,7 @@ static void test_sampler_cands_merge(void **state)
                         gpen = {.repeat_penalty = 1.2f};
     assert_int_equal(bt_sampler_params_cands(&greedy), 1);
     assert_int_equal(bt_sampler_params_cands(&k40), 40);
-    assert_int_equal(bt_sampler_params_cands(&all), 0);
+    assert_int_equal(bt_sampler_params_cands(&all), BT_TOPK_MAX); /* with the window total */
     assert_int_equal(bt_sampler_params_cands(&pen), 0);
     assert_int_equal(bt_sampler_params_cands(&big), 0);
     assert_int_equal(bt_sampler_params_cands(&gpen), 0);
@@ -335,8 +366,22 @@ static void test_sampler_cands_merge(void **state)
     k = bt_sampler_cands_merge(k, &k40);
     k = bt_sampler_cands_merge(k, &k7);
     assert_int_equal(k, 40);
-    assert_int_equal(bt_sampler_cands_merge(k, &all), 0);
+    assert_int_equal(bt_sampler_cands_merge(k, &all), BT_TOPK_MAX);
+    assert_int_equal(bt_sampler_cands_merge(k, &pen), 0);
     assert_int_equal(bt_sampler_cands_merge(0, &k7), 0);
+    /* The window total's temperature: top-p's mass at 1, the draw's at the temperature, none
+     * when min-p cuts first or top-k, greed or a penalty decide the candidates. */
+    bt_sampler_params_t t07 = {.temperature = 0.7f}, p09 = {.temperature = 0.7f, .top_p = 0.9f},
+                        mp = {.temperature = 0.7f, .min_p = 0.1f},
+                        pmp = {.temperature = 0.7f, .top_p = 0.9f, .min_p = 0.1f},
+                        wpen = {.temperature = 0.7f, .repeat_penalty = 1.1f};
+    assert_true(bt_sampler_params_tau(&t07) == 0.7f);
+    assert_true(bt_sampler_params_tau(&p09) == 1.0f);
+    assert_true(bt_sampler_params_tau(&pmp) == 1.0f);
+    assert_true(bt_sampler_params_tau(&mp) == 0);
+    assert_true(bt_sampler_params_tau(&k40) == 0);
+    assert_true(bt_sampler_params_tau(&greedy) == 0);
+    assert_true(bt_sampler_params_tau(&wpen) == 0);
 }
 
 /* NaN logits (a broken model) leave no candidate; the sampler answers a token id, not garbage. */

@@ -235,6 +235,10 @@ static inline float __fsqrt_rn(float a)
 {
     return sqrtf(a);
 }
+static inline double __dadd_rn(double a, double b)
+{
+    return a + b;
+}
 static inline float __uint_as_float(uint32_t u)
 {
     return emu_from_bits<float>(u);

@@ -176,9 +176,18 @@ typedef struct {
     bt_engine_t *e;
     bt_kv_seq_t kv[G_MAX_SEQS];
     float *logits; /* (G_MAX_SEQS, n_vocab) */
-    int32_t ids[G_MAX_SEQS * G_TOPK];
-    float vals[G_MAX_SEQS * G_TOPK];
+    int32_t ids[G_MAX_SEQS * BT_TOPK_MAX];
+    float vals[G_MAX_SEQS * BT_TOPK_MAX];
+    float tau[G_MAX_SEQS];
+    double totals[G_MAX_SEQS];
 } graph_side_t;
+
+/* The top-k steps alternate between G_TOPK candidates and BT_TOPK_MAX with window totals (for
+ * sampling without top-k) of the rows whose tau is > 0. */
+static int step_totals(int step)
+{
+    return step % 3 == 2 && (step / 3) % 2 == 1;
+}
 
 /* Contexts before decoding: some a few steps short of the 256-token attention chunk, so the
  * batch's attention bucket changes during the run, the rest spread out. */
@@ -231,16 +240,22 @@ static void graph_side_step(graph_side_t *g, const int *use, int n, int step)
         b[i] = (bt_batch_seq_t){
             .kv = &g->kv[use[i]], .tokens = &tok[i], .n_tokens = 1, .logits = BT_LOGITS_LAST};
     }
-    int st = step % 3 == 0   ? bt_engine_forward(g->e, b, n, g->logits)
-             : step % 3 == 1 ? bt_engine_forward_argmax(g->e, b, n, g->ids)
-                             : bt_engine_forward_topk(g->e, b, n, G_TOPK, g->ids, g->vals);
+    for (int i = 0; i < n; i++)
+        g->tau[i] = (use[i] + step) % 3 == 0 ? 0 : (use[i] + step) % 3 == 1 ? 1.0f : 0.8f;
+    bt_engine_out_t o = {
+        .k = BT_TOPK_MAX, .ids = g->ids, .vals = g->vals, .tau = g->tau, .totals = g->totals};
+    int st = step % 3 == 0       ? bt_engine_forward(g->e, b, n, g->logits)
+             : step % 3 == 1     ? bt_engine_forward_argmax(g->e, b, n, g->ids)
+             : step_totals(step) ? bt_engine_forward_out(g->e, b, n, &o)
+                                 : bt_engine_forward_topk(g->e, b, n, G_TOPK, g->ids, g->vals);
     assert_int_equal(st, BT_OK);
 }
 
 /* The same decode run, every step compared bit for bit, on an engine with CUDA graphs and on
  * one without: G_STEPS steps of n_seqs sequences (every fourth step only the even ones, so
- * keys change and come back), logits, greedy ids and top-k candidates in turn; graphs are
- * captured on the first step of each key and replayed after. */
+ * keys change and come back), logits, greedy ids and top-k candidates in turn (every other
+ * time the best BT_TOPK_MAX with window totals, checked against the host's total of the row
+ * read back); graphs are captured on the first step of each key and replayed after. */
 static void check_graphs_match_eager(rig_t *r, int nondet, int n_seqs)
 {
     graph_side_t eager, graphs;
@@ -258,9 +273,24 @@ static void check_graphs_match_eager(rig_t *r, int nondet, int n_seqs)
                                 (size_t)n * r->n_vocab * sizeof(float));
         else if (step % 3 == 1)
             assert_memory_equal(graphs.ids, eager.ids, (size_t)n * sizeof(int32_t));
-        else {
+        else if (!step_totals(step)) {
             assert_memory_equal(graphs.ids, eager.ids, (size_t)n * G_TOPK * sizeof(int32_t));
             assert_memory_equal(graphs.vals, eager.vals, (size_t)n * G_TOPK * sizeof(float));
+        } else {
+            /* The candidates, the totals (0 where tau is 0) and each row read back. */
+            size_t kc = (size_t)n * BT_TOPK_MAX;
+            assert_memory_equal(graphs.ids, eager.ids, kc * sizeof(int32_t));
+            assert_memory_equal(graphs.vals, eager.vals, kc * sizeof(float));
+            assert_memory_equal(graphs.totals, eager.totals, (size_t)n * sizeof(double));
+            for (int i = 0; i < n; i++) {
+                assert_int_equal(bt_engine_logits_row(graphs.e, i, graphs.logits), BT_OK);
+                assert_int_equal(bt_engine_logits_row(eager.e, i, eager.logits), BT_OK);
+                assert_memory_equal(graphs.logits, eager.logits, r->n_vocab * sizeof(float));
+                double want = eager.tau[i] > 0
+                                  ? bt_window_total_f32(eager.logits, r->n_vocab, eager.tau[i])
+                                  : 0;
+                assert_memory_equal(&eager.totals[i], &want, sizeof want);
+            }
         }
     }
     printf("%s: %d graph decode steps of %d sequences%s match op by op\n", r->m->hp.name, G_STEPS,

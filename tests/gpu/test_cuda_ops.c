@@ -7,7 +7,8 @@
  * rms_matmul_multi and rms_matmul_swiglu (bit for bit against rmsnorm followed by the fused
  * matmul on the same backend, in both modes), the pre-norm FFN rms_ffn, rope_kv_store (bit for
  * bit against rope, rope and kv_store), get_rows, rmsnorm,
- * rope, swiglu, add, gather_rows, kv_store (byte-exact caches in F32, F16 and BF16) and paged
+ * rope, swiglu, add, gather_rows, kv_store (byte-exact caches in F32, F16 and BF16), the
+ * sampling ops argmax_rows, topk_rows and window_totals (exactly the host's results), and paged
  * GQA attention over many sequences with scattered block tables and contexts long enough to
  * split, on the SIMT kernel and on tensor cores (nondeterministic prefill, bf16 tolerance).
  * Errors are normalised by the largest reference value. The determinism contract is checked bit
@@ -26,6 +27,7 @@
 
 #include "kernels/fp16.h"
 #include "kernels/kernels.h"
+#include "kernels/window.h"
 
 #define MAX_ROWS 1024
 #define MAX_COLS 4096
@@ -1174,6 +1176,105 @@ static void test_cuda_topk_rows(void **state)
     free(x);
 }
 
+/* A normal deviate of standard deviation sd (Box-Muller on two uniforms in (0, 1]). */
+static float rnd_normal(float sd)
+{
+    double u = ((double)rnd_u32() + 1.0) / 4294967296.0, v = (double)rnd_u32() / 4294967296.0;
+    return (float)(sd * sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
+}
+
+/* Rows of logits N(0, 3) with a few planted large values, each row given its own case below. */
+static float *window_rows(int64_t m, int64_t n)
+{
+    float *x = malloc((size_t)(m * n) * sizeof *x);
+    assert_non_null(x);
+    for (int64_t i = 0; i < m * n; i++)
+        x[i] = rnd_normal(3.0f);
+    for (int64_t r = 0; r < m; r++)
+        for (int j = 0; j < 4; j++)
+            x[r * n + rnd_u32() % (uint32_t)n] = 14.0f + (float)j;
+    return x;
+}
+
+/* The op's totals for rows x ([m][n]) at tau to got[m], checked against bt_window_total_f32 bit
+ * for bit (0 where tau is not positive). */
+static void check_window_totals(double *got, const float *x, const float *tau, int64_t m, int64_t n)
+{
+    float *xd = to_dev(gpu, x, (size_t)(m * n) * sizeof(float));
+    bt_window_totals(gpu, got, xd, tau, m, n);
+    for (int64_t r = 0; r < m; r++) {
+        double want = tau[r] > 0 ? bt_window_total_f32(x + r * n, n, tau[r]) : 0.0;
+        if (memcmp(&got[r], &want, sizeof want) != 0) {
+            fprintf(stderr, "window total of row %ld (n %ld, tau %g): %.17g, host %.17g\n", (long)r,
+                    (long)n, tau[r], got[r], want);
+            fail();
+        }
+    }
+    bt_backend_free(gpu, xd);
+}
+
+/* window_totals against bt_window_total_f32, bit for bit: Llama 2 and Llama 3 vocabularies,
+ * temperatures from 0 (a total of 0) through 0.05 (most weights underflow) to 1.3, rows with
+ * NaNs, -inf entries, a +inf entry, nothing but NaNs, a window of one element and one whose
+ * edge (max - BT_CAND_WINDOW) is a logit; then short rows, more than one launch takes, at
+ * random temperatures. */
+static void test_cuda_window_totals(void **state)
+{
+    (void)state;
+    const int64_t m = 10, n = 32000;
+    float *x = window_rows(m, n);
+    static const float taus[] = {1.0f, 0.7f, 1.3f, 0.05f, 0.0f, 1.0f, 0.7f, 1.3f, 1.3f, 1.0f};
+    float tau[MAX_ROWS + 7];
+    double got[MAX_ROWS + 7];
+    for (int64_t r = 0; r < m; r++) {
+        float *row = x + r * n;
+        tau[r] = taus[r];
+        switch (r) {
+        case 1: /* the window's edge: 20 - BT_CAND_WINDOW is in it, the next float below is not */
+            row[7] = 20.0f;
+            row[100] = 20.0f - BT_CAND_WINDOW;
+            row[101] = nextafterf(20.0f - BT_CAND_WINDOW, -INFINITY);
+            break;
+        case 5:
+            for (int j = 0; j < 100; j++)
+                row[rnd_u32() % (uint32_t)n] = NAN;
+            row[0] = NAN;
+            break;
+        case 6:
+            for (int j = 0; j < 100; j++)
+                row[rnd_u32() % (uint32_t)n] = -INFINITY;
+            break;
+        case 7:
+            for (int64_t i = 0; i < n; i++)
+                row[i] = NAN;
+            break;
+        case 8: row[n / 2] = 100.0f; break; /* alone in its window: a total of exactly 1 */
+        case 9: row[n - 1] = INFINITY; break;
+        default: break;
+        }
+    }
+    check_window_totals(got, x, tau, m, n);
+    for (int64_t r = 0; r < m; r++) /* and what the cases are for */
+        assert_true(r == 4 || r == 7 || r == 9 ? got[r] == 0.0 : got[r] >= 1.0);
+    assert_true(got[8] == 1.0);
+    free(x);
+
+    const int64_t m3 = 1, n3 = 128256;
+    x = window_rows(m3, n3);
+    tau[0] = 0.7f;
+    check_window_totals(got, x, tau, m3, n3);
+    free(x);
+
+    const int64_t ms = MAX_ROWS + 7, ns = BT_WINDOW_LANES + 1;
+    x = window_rows(ms, ns);
+    for (int64_t r = 0; r < ms; r++)
+        tau[r] = r % 9 == 0   ? 0.0f
+                 : r % 9 == 4 ? -1.0f
+                              : 0.05f + (float)(rnd_u32() % 2000) / 1000.0f;
+    check_window_totals(got, x, tau, ms, ns);
+    free(x);
+}
+
 int main(void)
 {
     bt_backend_params_t p = {.max_rows = MAX_ROWS, .max_cols = MAX_COLS};
@@ -1190,6 +1291,7 @@ int main(void)
         cmocka_unit_test(test_cuda_matmul_types_and_shapes),
         cmocka_unit_test(test_cuda_argmax_rows),
         cmocka_unit_test(test_cuda_topk_rows),
+        cmocka_unit_test(test_cuda_window_totals),
         cmocka_unit_test(test_cuda_matmul_batch_invariant),
         cmocka_unit_test(test_cuda_fused_matmuls_match_composed),
         cmocka_unit_test(test_cuda_fused_matmuls_other_paths),

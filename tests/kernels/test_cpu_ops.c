@@ -14,6 +14,7 @@
 
 #include "kernels/fp16.h"
 #include "kernels/kernels.h"
+#include "kernels/window.h"
 
 static uint64_t rng_state = 0x243f6a8885a308d3ull;
 
@@ -358,6 +359,65 @@ static void test_topk_matches_definition(void **state)
     free(x);
 }
 
+/* bt_exp_det against libm's exp (in double) over the range the window uses, and exactly at
+ * the ends: 1 at 0, 0 below -87, NaN for NaN. */
+static void test_exp_det_is_accurate(void **state)
+{
+    (void)state;
+    double worst = 0;
+    for (int i = 0; i <= 1000000; i++) {
+        float x = -87.0f * (float)i / 1000000.0f;
+        double want = exp((double)x), got = bt_exp_det(x);
+        double rel = fabs(got - want) / want;
+        worst = rel > worst ? rel : worst;
+    }
+    assert_true(worst < 3e-7); /* a few float ulps */
+    assert_true(bt_exp_det(0.0f) == 1.0f && bt_exp_det(-0.0f) == 1.0f);
+    assert_true(bt_exp_det(-87.5f) == 0.0f && bt_exp_det(-INFINITY) == 0.0f);
+    assert_true(isnan(bt_exp_det(NAN)));
+}
+
+/* The window total: the weights of the numbers within BT_CAND_WINDOW of the largest, summed
+ * (to rounding) as a plain double sum would; NaNs and what lies below the window count 0; a row
+ * without a finite largest number totals 0. Through a backend, the same bits per row, and 0
+ * for rows that do not ask. */
+static void test_window_total_matches_definition(void **state)
+{
+    (void)state;
+    enum { N = 30011 };
+    float *x = malloc(N * sizeof(float));
+    const float taus[] = {1.0f, 0.7f, 2.5f, 0.05f};
+    for (int rep = 0; rep < 4; rep++) {
+        for (int i = 0; i < N; i++)
+            x[i] = 3.0f * rnd_f();
+        x[rnd_u32() % N] = 30.0f; /* a favourite: the window reaches down to -10 */
+        x[rnd_u32() % N] = NAN;
+        x[rnd_u32() % N] = -INFINITY;
+        float tau = taus[rep];
+        double want = 0;
+        for (int i = 0; i < N; i++)
+            if (x[i] >= 30.0f - BT_CAND_WINDOW)
+                want += exp(((double)x[i] - 30.0) / tau);
+        double got = bt_window_total_f32(x, N, tau);
+        assert_true(fabs(got - want) <= 1e-6 * want);
+    }
+    float none[3] = {NAN, NAN, NAN}, inf[2] = {INFINITY, 1.0f}, one[2] = {50.0f, 1.0f};
+    assert_true(bt_window_total_f32(none, 3, 1.0f) == 0);
+    assert_true(bt_window_total_f32(inf, 2, 1.0f) == 0);
+    assert_true(bt_window_total_f32(one, 2, 1.0f) == 1.0); /* 1 lies below the window */
+
+    bt_backend_t *be = make_backend(2);
+    float tau[3] = {1.0f, 0, 0.8f};
+    double totals[3] = {-1, -1, -1};
+    bt_window_totals(be, totals, x, tau, 3, N / 3);
+    for (int r = 0; r < 3; r++) {
+        double want = tau[r] > 0 ? bt_window_total_f32(x + r * (N / 3), N / 3, tau[r]) : 0;
+        assert_memory_equal(&totals[r], &want, sizeof want);
+    }
+    bt_backend_destroy(be);
+    free(x);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -369,6 +429,8 @@ int main(void)
         cmocka_unit_test(test_rope_rotates_adjacent_pairs),
         cmocka_unit_test(test_swiglu_matches_reference),
         cmocka_unit_test(test_add_and_gather_rows),
+        cmocka_unit_test(test_exp_det_is_accurate),
+        cmocka_unit_test(test_window_total_matches_definition),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -155,6 +155,29 @@ static void test_colocated_sampling_matches_engine(void **state)
     expect_reference_tokens(f, N, 3000, 20, prompt_len, sp);
 }
 
+/* Sampling without top-k and without a penalty, in every batch: each forward sends each row's
+ * best candidates and window total, and a row the candidates cannot decide (a flat
+ * distribution, top-p near 1) is read back from the engine. Each request still gets exactly
+ * the tokens its own sampler draws from whole rows. */
+static void test_colocated_window_sampling_matches_engine(void **state)
+{
+    colo_fixture_t *f = *state;
+    assert_int_equal(colo_start(f, "4M", NULL), 0);
+    enum { N = 16 };
+    Baton__SamplingParams sp[N];
+    for (int i = 0; i < N; i++) {
+        sp[i] = (Baton__SamplingParams)BATON__SAMPLING_PARAMS__INIT;
+        sp[i].seed = 500 + (uint64_t)i;
+        switch (i % 4) {
+        case 0: sp[i].temperature = 0.7f; break;
+        case 1: sp[i].temperature = 1.0f, sp[i].top_p = 0.9f; break;
+        case 2: sp[i].temperature = 0.8f, sp[i].min_p = 0.05f; break;
+        default: sp[i].temperature = 1.5f, sp[i].top_p = 0.99f, sp[i].min_p = 0.001f;
+        }
+    }
+    expect_reference_tokens(f, N, 4000, 20, prompt_len, sp);
+}
+
 static int short_len(int i)
 {
     return 8 + (i * 13) % 50;
@@ -395,6 +418,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_colocated_matches_engine, setup_tiny, teardown),
         cmocka_unit_test_setup_teardown(test_colocated_preempts_and_matches, setup_tiny, teardown),
+        cmocka_unit_test_setup_teardown(test_colocated_window_sampling_matches_engine, setup_tiny,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_colocated_sampling_matches_engine, setup_tiny,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_colocated_bad_input_answered, setup_tiny, teardown),
