@@ -499,6 +499,17 @@ int bt_engine_forward_out(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, bt_e
 {
     if (o->k > e->model->hp.n_vocab)
         o->k = 0; /* a vocabulary smaller than the candidates asked for: the whole rows */
+    if (o->k > 1 && o->tau) {
+        /* Rows the candidates cannot decide are read back from the logits buffer, so a
+         * forward with more output rows than it holds sends the whole rows instead. */
+        int64_t n_out = 0;
+        for (int s = 0; s < n_seqs; s++)
+            n_out += seqs[s].logits == BT_LOGITS_ALL    ? seqs[s].n_tokens
+                     : seqs[s].logits == BT_LOGITS_LAST ? 1
+                                                        : 0;
+        if (n_out > e->logit_rows)
+            o->k = 0;
+    }
     return forward_out(e, seqs, n_seqs, o);
 }
 

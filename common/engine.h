@@ -97,7 +97,9 @@ typedef struct {
 int bt_engine_out_init(bt_engine_out_t *o, int32_t max_rows, int32_t n_vocab);
 void bt_engine_out_fini(bt_engine_out_t *o);
 /* bt_engine_forward, bt_engine_forward_argmax or bt_engine_forward_topk as o->k says; a k
- * beyond the vocabulary becomes 0 (whole rows). */
+ * beyond the vocabulary becomes 0 (whole rows), and so does a k > 1 with o->tau when the
+ * forward has more output rows than the logits buffer holds (bt_engine_logits_row could not
+ * read them all back). */
 int bt_engine_forward_out(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, bt_engine_out_t *o);
 /* Row `row` of the last forward's logits (the batch order of its outputs), to out (n_vocab
  * floats, host memory): for a sampler that the candidates could not decide

@@ -144,6 +144,7 @@ static void forward_k_matches_logits(const bt_model_t *m, int32_t k)
     int32_t *ids = malloc((size_t)64 * k * sizeof(int32_t)), best[BT_TOPK_MAX];
     float *vals = malloc((size_t)64 * k * sizeof(float)), wvals[BT_TOPK_MAX];
     float *wrow = malloc((size_t)V * sizeof(float));
+    float *olog = malloc((size_t)64 * V * sizeof(float));
     bt_engine_t *e1 = make_engine(m, 2, 0), *e2 = make_engine(m, 2, 0);
     bt_kv_seq_t k1[3], k2[3];
     for (int i = 0; i < 3; i++) {
@@ -178,12 +179,17 @@ static void forward_k_matches_logits(const bt_model_t *m, int32_t k)
         double totals[64];
         for (int r = 0; r < rows; r++)
             tau[r] = r % 3 == 0 ? 0 : r % 3 == 1 ? 1.0f : 0.7f;
-        bt_engine_out_t o = {.k = k, .ids = ids, .vals = vals, .tau = tau, .totals = totals};
-        if (k == BT_TOPK_MAX)
+        bt_engine_out_t o = {
+            .k = k, .logits = olog, .ids = ids, .vals = vals, .tau = tau, .totals = totals};
+        if (k == BT_TOPK_MAX) {
             assert_int_equal(bt_engine_forward_out(e2, s2, 3, &o), BT_OK);
-        else
+            /* More output rows than the logits buffer (8) holds: whole rows instead. */
+            assert_int_equal(o.k, rows > 8 ? 0 : k);
+            if (o.k == 0)
+                assert_memory_equal(olog, logits, (size_t)rows * V * sizeof(float));
+        } else
             assert_int_equal(bt_engine_forward_topk(e2, s2, 3, k, ids, vals), BT_OK);
-        for (int r = 0; r < rows; r++) {
+        for (int r = 0; r < rows && o.k; r++) {
             const float *row = logits + (size_t)r * V;
             bt_topk_f32(row, V, k, best, wvals);
             assert_memory_equal(ids + (size_t)r * k, best, (size_t)k * sizeof(int32_t));
@@ -220,6 +226,7 @@ static void forward_k_matches_logits(const bt_model_t *m, int32_t k)
     free(ids);
     free(vals);
     free(wrow);
+    free(olog);
 }
 
 static void test_engine_forward_argmax_and_topk_match_logits(void **state)
@@ -252,6 +259,20 @@ static void test_engine_topk_limits(void **state)
     assert_int_equal(bt_engine_forward_out(e, &b, 1, &o), BT_OK);
     assert_int_equal(o.k, 0);
     assert_int_equal(kv.n_tokens, 4);
+    /* Candidates with window totals for more output rows than the logits buffer holds: whole
+     * rows instead, since a row the candidates cannot decide must be readable afterwards. */
+    bt_engine_out_fini(&o);
+    assert_int_equal(bt_engine_out_init(&o, 64, V), BT_OK);
+    int32_t many[40];
+    make_tokens(many, 40, V, 10);
+    bt_kv_seq_t kv2;
+    assert_int_equal(bt_kv_seq_init(&kv2, bt_engine_kv_pool(e), 64), BT_OK);
+    bt_batch_seq_t all = {.kv = &kv2, .tokens = many, .n_tokens = 40, .logits = BT_LOGITS_ALL};
+    o.k = BT_TOPK_MAX < V ? BT_TOPK_MAX : V;
+    assert_int_equal(bt_engine_forward_out(e, &all, 1, &o), BT_OK);
+    assert_int_equal(o.k, 0);
+    assert_int_equal(bt_engine_logits_row(e, 0, o.logits), BT_ERR_RANGE);
+    bt_kv_seq_fini(&kv2, bt_engine_kv_pool(e));
     bt_engine_out_fini(&o);
     bt_kv_seq_fini(&kv, bt_engine_kv_pool(e));
     bt_engine_destroy(e);
