@@ -41,6 +41,7 @@ struct bt_batcher {
     bt_batch_seq_t *batch;       /* (max_batch_seqs) */
     bt_engine_out_t out;         /* (max_batch_seqs) rows: logits, greedy ids or top-k */
     bt_seqgen_step_t *steps;     /* (max_batch_seqs) the forward's tokens, sampled first */
+    bt_seqgen_t **gens;          /* (max_batch_seqs) the generators of the forward's rows */
     bt_parfor_t *par;            /* helpers for sampling whole rows; NULL: one core */
     bt_batcher_rows_t *rows;     /* (max_batch_seqs) what a forward computes, for the hooks */
 };
@@ -69,7 +70,8 @@ int bt_batcher_create(const bt_batcher_params_t *p, bt_batcher_t **out)
     b->batch = bt_malloc(n * sizeof *b->batch);
     b->rows = bt_malloc(n * sizeof *b->rows);
     b->steps = bt_malloc(n * sizeof *b->steps);
-    if (!b->run || !b->preempted || !b->batch || !b->rows || !b->steps ||
+    b->gens = bt_malloc(n * sizeof *b->gens);
+    if (!b->run || !b->preempted || !b->batch || !b->rows || !b->steps || !b->gens ||
         bt_parfor_create(0, &b->par) != BT_OK ||
         bt_engine_out_init(&b->out, p->max_batch_seqs, b->model->hp.n_vocab) != BT_OK) {
         bt_batcher_destroy(b);
@@ -102,6 +104,7 @@ void bt_batcher_destroy(bt_batcher_t *b)
     bt_engine_out_fini(&b->out);
     bt_parfor_destroy(b->par);
     bt_free(b->steps);
+    bt_free(b->gens);
     bt_free(b->batch);
     bt_free(b->preempted);
     bt_free(b->run);
@@ -328,14 +331,6 @@ static void seq_advance(bt_batcher_t *b, bt_worker_t *w, seq_t *s, const bt_seqg
     s->item.n_total = bt_seqgen_len(s->gen);
 }
 
-/* Samples row i of the forward for the plan's i-th sequence (any thread). */
-static void sample_one(void *arg, int i)
-{
-    bt_batcher_t *b = arg;
-    seq_t *s = SEQ_OF(b->run[i]);
-    bt_seqgen_sample_row(s->gen, b->p.engine, &b->out, i, &b->steps[i]);
-}
-
 /* One forward of the plan's rows, into what their sampling needs (b->out.k). */
 static int engine_forward(bt_batcher_t *b, bt_batch_seq_t *seqs, int n)
 {
@@ -368,7 +363,8 @@ static int forward_plan(bt_batcher_t *b, int32_t n_run)
     b->out.k = 1;
     for (int32_t i = 0; i < n_run; i++) {
         seq_t *s = SEQ_OF(b->run[i]);
-        bt_seqgen_out_want(&s->req->sampling, &b->out, i);
+        bt_seqgen_out_want(&s->req->sampling, bt_seqgen_tokens(s->gen), bt_seqgen_len(s->gen),
+                           b->model->hp.n_vocab, &b->out, i);
         int32_t n = s->item.n_total - s->kv.n_tokens;
         b->batch[i] = (bt_batch_seq_t){.kv = &s->kv,
                                        .tokens = bt_seqgen_tokens(s->gen) + s->kv.n_tokens,
@@ -441,8 +437,11 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w)
     /* Every sequence's token first, then streamed in order. Whole rows cost about a
      * millisecond each to sample on a large vocabulary: they go to every core (each sequence's
      * sampler and text are its own); greedy and top-k rows are cheap and stay on this thread. */
-    if (st == BT_OK)
-        bt_parfor_run(b->out.k == 0 ? b->par : NULL, n_run, sample_one, b);
+    if (st == BT_OK) {
+        for (int32_t i = 0; i < n_run; i++)
+            b->gens[i] = SEQ_OF(b->run[i])->gen;
+        bt_seqgen_sample_rows(b->gens, n_run, b->p.engine, &b->out, b->par, b->steps);
+    }
     bt_worker_hold(w);
     if (st == BT_OK && b->p.hooks.rows)
         b->p.hooks.rows(b->p.hooks.arg, w, b->rows, n_run);

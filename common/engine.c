@@ -334,6 +334,17 @@ static int wants_totals(const bt_engine_out_t *o, int32_t r0, int32_t n)
     return 0;
 }
 
+/* Whether any of rows [r0, r0 + n) has a repetition penalty to apply (bt_engine_out_t.pen_n). */
+static int wants_penalty(const bt_engine_out_t *o, int32_t r0, int32_t n)
+{
+    if (o->k < 1 || !o->pen_n)
+        return 0;
+    for (int32_t r = r0; r < r0 + n; r++)
+        if (o->pen_n[r] > 0)
+            return 1;
+    return 0;
+}
+
 /* Final norm and output projection of n_out rows of x, chunked through the logits buffer. */
 static void compute_logits(bt_engine_t *e, const float *x, int32_t n_out, const bt_engine_out_t *o)
 {
@@ -347,6 +358,10 @@ static void compute_logits(bt_engine_t *e, const float *x, int32_t n_out, const 
         const bt_tensor_t *const out[1] = {&e->model->output};
         bt_rms_matmul_multi(e->be, 1, y, out, x + (size_t)r0 * hp->dim, e->model->out_norm,
                             hp->norm_eps, n, a->xb);
+        if (wants_penalty(o, r0, n))
+            bt_penalize_rows(e->be, a->logits, n, hp->n_vocab,
+                             o->pen_ids + (size_t)r0 * BT_PENALTY_MAX, o->pen_n + r0, o->pen + r0,
+                             BT_PENALTY_MAX);
         if (o->k == 1)
             bt_argmax_rows(e->be, o->ids + r0, a->logits, n, hp->n_vocab);
         else if (o->k > 1) {
@@ -366,7 +381,9 @@ static void compute_logits(bt_engine_t *e, const float *x, int32_t n_out, const 
 static int decode_shape(const bt_engine_t *e, int n_seqs, int32_t rows, int32_t n_out,
                         const bt_engine_out_t *o, bt_step_shape_t *sh)
 {
-    if (e->layer_fn || rows != n_seqs || n_out != rows || n_out > e->logit_rows)
+    /* A step with penalties runs op by op: their id lists change size from step to step. */
+    if (e->layer_fn || rows != n_seqs || n_out != rows || n_out > e->logit_rows ||
+        wants_penalty(o, 0, n_out))
         return 0;
     const int32_t bs = bt_kv_pool_block_size(e->kv);
     *sh = (bt_step_shape_t){
@@ -478,7 +495,12 @@ int bt_engine_out_init(bt_engine_out_t *o, int32_t max_rows, int32_t n_vocab)
     o->vals = bt_malloc((size_t)max_rows * BT_TOPK_MAX * sizeof(float));
     o->tau = bt_calloc((size_t)max_rows, sizeof(float));
     o->totals = bt_calloc((size_t)max_rows, sizeof(double));
-    if (!o->logits || !o->ids || !o->vals || !o->tau || !o->totals) {
+    o->pen_ids = bt_calloc((size_t)max_rows * BT_PENALTY_MAX, sizeof(int32_t));
+    o->pen_n = bt_calloc((size_t)max_rows, sizeof(int32_t));
+    o->pen = bt_calloc((size_t)max_rows, sizeof(float));
+    o->whole = bt_malloc((size_t)max_rows * sizeof(int32_t));
+    if (!o->logits || !o->ids || !o->vals || !o->tau || !o->totals || !o->pen_ids || !o->pen_n ||
+        !o->pen || !o->whole) {
         bt_engine_out_fini(o);
         return BT_ERR_NOMEM;
     }
@@ -492,6 +514,10 @@ void bt_engine_out_fini(bt_engine_out_t *o)
     bt_free(o->vals);
     bt_free(o->tau);
     bt_free(o->totals);
+    bt_free(o->pen_ids);
+    bt_free(o->pen_n);
+    bt_free(o->pen);
+    bt_free(o->whole);
     *o = (bt_engine_out_t){0};
 }
 

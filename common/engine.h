@@ -92,6 +92,13 @@ typedef struct {
      * (bt_sampler_params_tau; the caller sets it per row, or leaves tau NULL), to totals. */
     float *tau;     /* [rows] */
     double *totals; /* [rows] */
+    /* With k >= 1: the repetition penalty applied where the logits are, before the rest:
+     * pen_n[row] distinct ids at pen_ids[row * BT_PENALTY_MAX], factor pen[row]
+     * (bt_penalize_rows; the caller sets them per row, or leaves pen_n NULL). */
+    int32_t *pen_ids; /* [rows][BT_PENALTY_MAX] */
+    int32_t *pen_n;   /* [rows] */
+    float *pen;       /* [rows] */
+    int32_t *whole;   /* [rows] scratch: the rows a sampler needs whole (bt_seqgen_sample_rows) */
 } bt_engine_out_t;
 /* Buffers for up to max_rows rows of any k (k starts at 0). BT_ERR_NOMEM. */
 int bt_engine_out_init(bt_engine_out_t *o, int32_t max_rows, int32_t n_vocab);

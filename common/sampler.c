@@ -123,10 +123,15 @@ int32_t bt_argmax(const float *x, int32_t n)
     return bt_argmax_f32(x, n);
 }
 
+static int penalty_on(const bt_sampler_params_t *p)
+{
+    return p->repeat_penalty != 0 && p->repeat_penalty != 1;
+}
+
 static void apply_penalty(bt_sampler_t *s, float *logits)
 {
     float pen = s->p.repeat_penalty;
-    if (pen == 0 || pen == 1)
+    if (!penalty_on(&s->p))
         return;
     /* Each distinct recent token is penalized once, however often it occurred. */
     for (int32_t i = 0; i < s->n_recent; i++) {
@@ -136,8 +141,26 @@ static void apply_penalty(bt_sampler_t *s, float *logits)
         for (int32_t j = 0; j < i && !seen; j++)
             seen = s->recent[j] == t;
         if (!seen)
-            logits[t] = logits[t] > 0 ? logits[t] / pen : logits[t] * pen;
+            logits[t] = bt_penalize_logit(logits[t], pen);
     }
+}
+
+int32_t bt_sampler_penalty_ids(const bt_sampler_params_t *p, const int32_t *hist, int32_t n_hist,
+                               int32_t n_vocab, int32_t *ids)
+{
+    if (!penalty_on(p))
+        return 0;
+    int32_t last_n = p->repeat_last_n ? p->repeat_last_n : 64, n = 0;
+    for (int32_t i = n_hist > last_n ? n_hist - last_n : 0; i < n_hist; i++) {
+        int32_t t = hist[i], seen = 0;
+        if (t < 0 || t >= n_vocab)
+            continue;
+        for (int32_t j = 0; j < n && !seen; j++)
+            seen = ids[j] == t;
+        if (!seen)
+            ids[n++] = t;
+    }
+    return n;
 }
 
 static int cand_cmp(const void *a, const void *b)
@@ -425,6 +448,11 @@ void bt_sampler_set_position(bt_sampler_t *s, uint64_t n_drawn)
 int32_t bt_sampler_sample(bt_sampler_t *s, float *logits)
 {
     apply_penalty(s, logits);
+    return bt_sampler_sample_penalized(s, logits);
+}
+
+int32_t bt_sampler_sample_penalized(bt_sampler_t *s, float *logits)
+{
     if (s->p.temperature == 0) {
         s->n_drawn++;
         return bt_argmax(logits, s->n_vocab);
@@ -442,10 +470,10 @@ int32_t bt_sampler_sample(bt_sampler_t *s, float *logits)
 
 int32_t bt_sampler_params_cands(const bt_sampler_params_t *p)
 {
-    if (bt_sampler_params_greedy(p))
+    if (penalty_on(p) && (p->repeat_last_n ? p->repeat_last_n : 64) > BT_PENALTY_MAX)
+        return 0; /* more recent tokens than a backend penalizes where the logits are */
+    if (p->temperature == 0)
         return 1;
-    if (p->repeat_penalty != 0 && p->repeat_penalty != 1)
-        return 0; /* the penalty may lift any recent token into the top k */
     if (p->top_k == 0)
         return BT_TOPK_MAX; /* the window's best, with its total */
     return p->top_k <= BT_TOPK_MAX ? p->top_k : 0;

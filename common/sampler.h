@@ -34,10 +34,12 @@ int bt_sampler_params_check(const bt_sampler_params_t *params);
  * that the token can be chosen where the logits are (bt_engine_forward_argmax). */
 int bt_sampler_params_greedy(const bt_sampler_params_t *params);
 
-/* How many of a row's best logits (bt_topk_rows) sampling with params needs: 1 when greedy,
- * top_k when top-k is on (up to BT_TOPK_MAX), BT_TOPK_MAX when it is off (with the row's
- * window total at bt_sampler_params_tau), all without a repetition penalty; 0 when it needs
- * the whole row. */
+/* How many of a row's best logits (bt_topk_rows) sampling with params needs: 1 at
+ * temperature 0, top_k when top-k is on (up to BT_TOPK_MAX), BT_TOPK_MAX when it is off (with
+ * the row's window total at bt_sampler_params_tau); 0 when it needs the whole row (top-k over
+ * BT_TOPK_MAX, or a repetition penalty looking back further than BT_PENALTY_MAX tokens). With
+ * a repetition penalty the candidates are those of the penalized row (bt_penalize_rows with
+ * bt_sampler_penalty_ids). */
 int32_t bt_sampler_params_cands(const bt_sampler_params_t *params);
 /* The temperature at which sampling from candidates needs the row's window total
  * (bt_window_total_f32): 1 with top-p, the temperature when no filter may cut the window, 0
@@ -50,6 +52,15 @@ int32_t bt_sampler_cands_merge(int32_t k, const bt_sampler_params_t *params);
 /* Picks the next token from logits (n_vocab floats; modified in place). Greedy picks the
  * lowest id among equal maxima. Does not record the token: call bt_sampler_accept. */
 int32_t bt_sampler_sample(bt_sampler_t *s, float *logits);
+/* The same for logits the repetition penalty was already applied to (bt_penalize_rows with
+ * bt_sampler_penalty_ids), such as a row read back after bt_sampler_sample_top asked for it. */
+int32_t bt_sampler_sample_penalized(bt_sampler_t *s, float *logits);
+/* The distinct tokens the repetition penalty of params applies to after the tokens hist[0,
+ * n_hist) (prompt then generated: what the sampler has accepted), to ids (room for
+ * BT_PENALTY_MAX when bt_sampler_params_cands(params) > 0, else for repeat_last_n); their
+ * count, 0 without a penalty. */
+int32_t bt_sampler_penalty_ids(const bt_sampler_params_t *params, const int32_t *hist,
+                               int32_t n_hist, int32_t n_vocab, int32_t *ids);
 /* What bt_sampler_sample_top returns when the candidates do not decide the token (a walk
  * without top-k goes past them): sample the whole row then. Nothing was drawn. */
 #define BT_SAMPLER_NEED_ROW (-1)

@@ -114,31 +114,68 @@ void bt_seqgen_sample(bt_seqgen_t *g, float *logits, bt_seqgen_step_t *out)
     record(g, bt_sampler_sample(g->smp, logits), out);
 }
 
-void bt_seqgen_out_want(const bt_sampler_params_t *p, bt_engine_out_t *o, int32_t row)
+void bt_seqgen_out_want(const bt_sampler_params_t *p, const int32_t *hist, int32_t n_hist,
+                        int32_t n_vocab, bt_engine_out_t *o, int32_t row)
 {
     o->k = bt_sampler_cands_merge(o->k, p);
     o->tau[row] = bt_sampler_params_tau(p);
+    o->pen[row] = p->repeat_penalty;
+    o->pen_n[row] = bt_sampler_params_cands(p) > 0
+                        ? bt_sampler_penalty_ids(p, hist, n_hist, n_vocab,
+                                                 o->pen_ids + (size_t)row * BT_PENALTY_MAX)
+                        : 0;
 }
 
-void bt_seqgen_sample_row(bt_seqgen_t *g, bt_engine_t *e, bt_engine_out_t *o, int32_t row,
-                          bt_seqgen_step_t *out)
+typedef struct {
+    bt_seqgen_t *const *gens;
+    const bt_engine_out_t *o;
+    bt_seqgen_step_t *steps;
+    const int32_t *rows; /* the rows to sample whole: these (read back), or all (NULL) */
+} rows_job_t;
+
+/* Row i of a job, sampled whole: as it came (o->k 0), or read back with its penalty applied. */
+static void sample_whole(void *arg, int i)
 {
-    const int32_t nv = g->n_vocab;
+    const rows_job_t *j = arg;
+    int32_t row = j->rows ? j->rows[i] : i;
+    bt_seqgen_t *g = j->gens[row];
+    if (!g)
+        return;
+    float *logits = j->o->logits + (size_t)row * (size_t)g->n_vocab;
     bt_sampler_set_position(g->smp, (uint64_t)(g->len - g->req->n_prompt));
-    float *logits = o->logits + (size_t)row * (size_t)nv;
-    int32_t token = BT_SAMPLER_NEED_ROW;
-    if (o->k) {
-        size_t at = (size_t)row * (size_t)o->k;
-        double total = o->tau && o->tau[row] > 0 ? o->totals[row] : NAN;
-        token = bt_sampler_sample_top(g->smp, o->ids + at, o->vals + at, o->k, total);
-        if (token == BT_SAMPLER_NEED_ROW) {
-            int st = bt_engine_logits_row(e, row, logits);
-            BT_ASSERT(st == BT_OK); /* a forward with candidates leaves its rows (forward_out) */
-        }
+    record(g,
+           j->o->k ? bt_sampler_sample_penalized(g->smp, logits)
+                   : bt_sampler_sample(g->smp, logits),
+           &j->steps[row]);
+}
+
+void bt_seqgen_sample_rows(bt_seqgen_t *const *gens, int32_t n, bt_engine_t *e, bt_engine_out_t *o,
+                           bt_parfor_t *par, bt_seqgen_step_t *steps)
+{
+    rows_job_t job = {.gens = gens, .o = o, .steps = steps};
+    if (!o->k) {
+        bt_parfor_run(par, n, sample_whole, &job);
+        return;
     }
-    if (token == BT_SAMPLER_NEED_ROW)
-        token = bt_sampler_sample(g->smp, logits);
-    record(g, token, out);
+    int32_t n_whole = 0;
+    for (int32_t i = 0; i < n; i++) {
+        bt_seqgen_t *g = gens[i];
+        if (!g)
+            continue;
+        bt_sampler_set_position(g->smp, (uint64_t)(g->len - g->req->n_prompt));
+        size_t at = (size_t)i * (size_t)o->k;
+        double total = o->tau && o->tau[i] > 0 ? o->totals[i] : NAN;
+        int32_t token = bt_sampler_sample_top(g->smp, o->ids + at, o->vals + at, o->k, total);
+        if (token != BT_SAMPLER_NEED_ROW) {
+            record(g, token, &steps[i]);
+            continue;
+        }
+        int st = bt_engine_logits_row(e, i, o->logits + (size_t)i * (size_t)g->n_vocab);
+        BT_ASSERT(st == BT_OK); /* a forward with candidates leaves its rows (forward_out) */
+        o->whole[n_whole++] = i;
+    }
+    job.rows = o->whole;
+    bt_parfor_run(n_whole > 1 ? par : NULL, n_whole, sample_whole, &job);
 }
 
 void bt_seqgen_append(bt_seqgen_t *g, int32_t token, bt_seqgen_step_t *out)

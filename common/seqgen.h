@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "engine.h"
+#include "parfor.h"
 #include "request.h"
 #include "tokenizer.h"
 
@@ -41,16 +42,19 @@ void bt_seqgen_destroy(bt_seqgen_t *g);
 
 /* Samples the next token from the logits of the sequence's last token (modified in place). */
 void bt_seqgen_sample(bt_seqgen_t *g, float *logits, bt_seqgen_step_t *out);
-/* Asks forwards into o for what sampling this sequence's token needs, as output row `row`:
- * folds its candidate count into o->k (bt_sampler_cands_merge; start at 1) and sets the row's
- * window-total temperature (bt_sampler_params_tau). */
-void bt_seqgen_out_want(const bt_sampler_params_t *p, bt_engine_out_t *o, int32_t row);
-/* Samples it from row `row` of e's last forward's output o, whatever o->k (the logits are
- * modified in place): the same token as from the whole row. When the candidates cannot decide
- * it, the row is read back from e into o->logits, so a forward with candidates (o->k > 1) must
- * be sampled on the thread that runs e. */
-void bt_seqgen_sample_row(bt_seqgen_t *g, bt_engine_t *e, bt_engine_out_t *o, int32_t row,
-                          bt_seqgen_step_t *out);
+/* Asks a forward into o for what sampling a sequence's next token with p needs, as output row
+ * `row`, after the tokens hist[0, n_hist) (prompt then generated): folds its candidate count
+ * into o->k (bt_sampler_cands_merge; start at 1), and sets the row's window-total temperature
+ * (bt_sampler_params_tau) and repetition penalty (bt_sampler_penalty_ids). */
+void bt_seqgen_out_want(const bt_sampler_params_t *p, const int32_t *hist, int32_t n_hist,
+                        int32_t n_vocab, bt_engine_out_t *o, int32_t row);
+/* Samples the next token of each of n sequences, gens[i] (NULL: skipped) from output row i of
+ * e's last forward into o, into steps[i], whatever o->k: the same tokens as from the whole
+ * rows. Whole rows (o->k 0) are sampled on par's threads (NULL: this one). With candidates,
+ * each is sampled here, and the rows they cannot decide are read back from e (on this thread,
+ * which must be the one that runs e) and then sampled whole on par's threads. */
+void bt_seqgen_sample_rows(bt_seqgen_t *const *gens, int32_t n, bt_engine_t *e, bt_engine_out_t *o,
+                           bt_parfor_t *par, bt_seqgen_step_t *steps);
 /* Appends a token sampled elsewhere, with the same effect as having sampled it here. */
 void bt_seqgen_append(bt_seqgen_t *g, int32_t token, bt_seqgen_step_t *out);
 

@@ -329,6 +329,21 @@ void bt_topk_rows(bt_backend_t *be, int32_t *ids_host, float *vals_host, const f
         bt_topk_f32(x + i * n, n, k, ids_host + i * k, vals_host + i * k);
 }
 
+void bt_penalize_rows(bt_backend_t *be, float *x, int64_t m, int64_t n, const int32_t *ids_host,
+                      const int32_t *n_ids_host, const float *pen_host, int32_t cap)
+{
+    if (be->ops->penalize_rows) {
+        be->ops->penalize_rows(be->ctx, x, m, n, ids_host, n_ids_host, pen_host, cap);
+        return;
+    }
+    assert(!be->ops->device_memory);
+    for (int64_t i = 0; i < m; i++)
+        for (int32_t j = 0; j < n_ids_host[i]; j++) {
+            float *l = x + i * n + ids_host[i * cap + j];
+            *l = bt_penalize_logit(*l, pen_host[i]);
+        }
+}
+
 void bt_window_totals(bt_backend_t *be, double *totals_host, const float *x, const float *tau_host,
                       int64_t m, int64_t n)
 {

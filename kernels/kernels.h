@@ -206,6 +206,12 @@ typedef struct bt_backend_ops {
      * so that top-k sampling moves m x k candidates to the host instead of m x n logits. */
     void (*topk_rows)(void *ctx, int32_t *ids_host, float *vals_host, const float *x, int64_t m,
                       int64_t n, int32_t k);
+    /* Optional: the repetition penalty on rows of x ([m][n]) in place, before their argmax,
+     * candidates or totals: for row i, each of the n_ids_host[i] (<= cap) distinct ids in
+     * ids_host[i * cap ...] (all < n) has its logit l replaced by l / pen_host[i] if l > 0,
+     * else by l * pen_host[i] (bt_penalize_logit). */
+    void (*penalize_rows)(void *ctx, float *x, int64_t m, int64_t n, const int32_t *ids_host,
+                          const int32_t *n_ids_host, const float *pen_host, int32_t cap);
     /* Optional: for each row i of x ([m][n]) with tau_host[i] > 0, its window total at that
      * temperature (bt_window_total_f32, the same bits) to totals_host[i]; 0 for the others. So
      * that sampling at a temperature without top-k can draw from the row's best candidates. */
@@ -307,6 +313,17 @@ void bt_topk_rows(bt_backend_t *be, int32_t *ids_host, float *vals_host, const f
  * (-0 equals +0) by lower index, NaNs after every number. The order the sampler sorts its
  * candidates in, so its first k candidates are these. Host memory. */
 void bt_topk_f32(const float *x, int64_t n, int32_t k, int32_t *ids, float *vals);
+/* Most distinct recent tokens a row's repetition penalty names when it is applied where the
+ * logits are (bt_penalize_rows); a sampler that looks further back takes whole rows. */
+#define BT_PENALTY_MAX 256
+/* The repetition penalty of one logit (llama.cpp's rule): the sampler's and every backend's. */
+static inline float bt_penalize_logit(float l, float pen)
+{
+    return l > 0 ? l / pen : l * pen;
+}
+/* The penalize_rows op (rows [m][n] in backend memory), or in place on host memory. */
+void bt_penalize_rows(bt_backend_t *be, float *x, int64_t m, int64_t n, const int32_t *ids_host,
+                      const int32_t *n_ids_host, const float *pen_host, int32_t cap);
 /* The largest number of x[0, n) (NaNs ignored): the value bt_topk_f32 puts first; -inf when
  * there is none. Host memory. */
 float bt_max_f32(const float *x, int64_t n);

@@ -353,16 +353,17 @@ static void pf_fail(bt_prefill_t *pf, bt_worker_t *w, pf_req_t *r, int32_t statu
     }
 }
 
-/* Samples the first token of the forward's i-th request from its row into pf->steps[i] (any
- * thread: each request's sampler is its own). */
-static void pf_sample_first(void *arg, int i)
+/* The first tokens of the forward's n requests into pf->steps, each from its own new sampler
+ * (pf->gens[i]; NULL with pf->gen_st[i] when it could not be created). */
+static void pf_sample_first(bt_prefill_t *pf, int32_t n)
 {
-    bt_prefill_t *pf = arg;
-    pf_req_t *r = PF_OF(pf->picked[i]);
-    pf->gens[i] = NULL;
-    pf->gen_st[i] = bt_seqgen_create(r->req, pf->model->tok, pf->model->hp.n_vocab, &pf->gens[i]);
-    if (pf->gen_st[i] == BT_OK)
-        bt_seqgen_sample_row(pf->gens[i], pf->p.engine, &pf->out, i, &pf->steps[i]);
+    for (int32_t i = 0; i < n; i++) {
+        pf_req_t *r = PF_OF(pf->picked[i]);
+        pf->gens[i] = NULL;
+        pf->gen_st[i] =
+            bt_seqgen_create(r->req, pf->model->tok, pf->model->hp.n_vocab, &pf->gens[i]);
+    }
+    bt_seqgen_sample_rows(pf->gens, n, pf->p.engine, &pf->out, pf->par, pf->steps);
 }
 
 /* Sends the i-th request's first token (pf_sample_first) as FIRST_TOKEN, and ships the KV
@@ -456,7 +457,8 @@ static int pf_forward(bt_prefill_t *pf, int32_t n)
     pf->out.k = 1;
     for (int32_t i = 0; i < n; i++) {
         pf_req_t *r = PF_OF(pf->picked[i]);
-        bt_seqgen_out_want(&r->req->sampling, &pf->out, i);
+        bt_seqgen_out_want(&r->req->sampling, r->req->prompt, r->req->n_prompt,
+                           pf->model->hp.n_vocab, &pf->out, i);
         pf->batch[i] = (bt_batch_seq_t){.kv = &r->kv,
                                         .tokens = r->req->prompt,
                                         .n_tokens = r->req->n_prompt,
@@ -510,10 +512,10 @@ static int pf_step(void *ctx, bt_worker_t *w)
             sum2 += l * l;
         }
     }
-    /* Whole rows cost about a millisecond each to sample on a large vocabulary: on every core;
-     * greedy and top-k rows are cheap and stay on this thread. */
+    /* Whole rows cost about a millisecond each to sample on a large vocabulary: on every core
+     * (bt_seqgen_sample_rows); candidates are cheap and stay on this thread. */
     if (st == BT_OK)
-        bt_parfor_run(pf->out.k == 0 ? pf->par : NULL, n, pf_sample_first, pf);
+        pf_sample_first(pf, n);
     bt_worker_hold(w);
     for (int32_t i = 0; i < n; i++) {
         pf_req_t *r = PF_OF(pf->picked[i]);

@@ -7,9 +7,9 @@
  * The one thing to know: everything runs in order on one stream, and everything an op needs
  * beyond its arguments is allocated here at create time: pinned staging and device buffers for
  * the host-side tables the ops table passes in (attention block tables, gather indices,
- * sampling temperatures), the bf16 copy of matmul activations for cuBLAS (read as f32, also
- * the normed rows where an rmsnorm-fused matmul runs as its composition; and the f32 up
- * product of a cuBLAS swiglu), cuBLAS's workspace and the split-attention partials, and the
+ * sampling temperatures, repetition penalties), the bf16 copy of matmul activations for cuBLAS
+ * (read as f32, also the normed rows where an rmsnorm-fused matmul runs as its composition; and the
+ * f32 up product of a cuBLAS swiglu), cuBLAS's workspace and the split-attention partials, and the
  * results of the sampling ops (argmax, top-k, window totals). Ops never allocate; a call
  * larger than the scratch is done in pieces.
  *
@@ -162,6 +162,9 @@ static void cuda_destroy(void *ctx)
     stage_fini(&c->seqs);
     stage_fini(&c->rows);
     stage_fini(&c->tau);
+    stage_fini(&c->pen_ids);
+    stage_fini(&c->pen_n);
+    stage_fini(&c->pen_f);
     cudaFree(c->argmax_out);
     cudaFree(c->topk_ids);
     cudaFree(c->topk_vals);
@@ -684,6 +687,55 @@ static void cuda_gather_rows(void *ctx, float *y, const float *x, const int32_t 
     }
 }
 
+/* A penalize_rows table the kernel indexes rows and ids with: checked on the host, where a bad
+ * count or id is a message rather than a write outside the logits. */
+static void penalize_check(const int32_t *ids, const int32_t *n_ids, int64_t m, int64_t n,
+                           int32_t cap)
+{
+    if (cap < 0 || cap > BT_PENALTY_MAX) {
+        fprintf(stderr, "cuda: penalize_rows cap %d outside [0, %d]\n", cap, BT_PENALTY_MAX);
+        abort();
+    }
+    for (int64_t i = 0; i < m; i++) {
+        if (n_ids[i] < 0 || n_ids[i] > cap) {
+            fprintf(stderr, "cuda: penalize_rows row %lld names %d ids (cap %d)\n", (long long)i,
+                    n_ids[i], cap);
+            abort();
+        }
+        for (int32_t j = 0; j < n_ids[i]; j++)
+            if (ids[i * cap + j] < 0 || ids[i * cap + j] >= n) {
+                fprintf(stderr, "cuda: penalize_rows id %d of row %lld outside [0, %lld)\n",
+                        ids[i * cap + j], (long long)i, (long long)n);
+                abort();
+            }
+    }
+}
+
+/* The ids, counts and penalties are host tables, staged like gather_rows' indices a piece of
+ * argmax_cap rows at a time; the kernel runs in stream order, and the argmax, top-k or totals
+ * after it wait for it. Not in a graph step: the engine runs a step with penalties op by op,
+ * and a step's shape has no room for their tables in the input arena. */
+static void cuda_penalize_rows(void *ctx, float *x, int64_t m, int64_t n, const int32_t *ids_host,
+                               const int32_t *n_ids_host, const float *pen_host, int32_t cap)
+{
+    bt_cuda_ctx_t *c = enter(ctx);
+    if (c->sg.mode != BT_STEPGRAPH_OFF) {
+        fprintf(stderr, "cuda: penalize_rows inside a graph step (such steps run op by op)\n");
+        abort();
+    }
+    penalize_check(ids_host, n_ids_host, m, n, cap);
+    if (cap == 0)
+        return;
+    for (int64_t r0 = 0; r0 < m; r0 += c->argmax_cap) {
+        int64_t mr = m - r0 < c->argmax_cap ? m - r0 : c->argmax_cap;
+        const size_t id_bytes = (size_t)mr * (size_t)cap * sizeof(int32_t);
+        const int32_t *ids = stage_put(c, &c->pen_ids, ids_host + r0 * cap, id_bytes);
+        const int32_t *cnt = stage_put(c, &c->pen_n, n_ids_host + r0, (size_t)mr * sizeof(int32_t));
+        const float *pen = stage_put(c, &c->pen_f, pen_host + r0, (size_t)mr * sizeof(float));
+        bt_cuda_penalize_rows_launch(c->stream, x + r0 * n, mr, n, ids, cnt, pen, cap);
+    }
+}
+
 /* Results of argmax_rows, topk_rows and window_totals to the host: in stream order, or in a
  * graph step queued for step_end (the host buffers are pageable, so the copies cannot be
  * captured). A graph step therefore has room for one piece only: a second would overwrite the
@@ -919,6 +971,7 @@ static const bt_backend_ops_t cuda_ops = {
     .gather_rows = cuda_gather_rows,
     .argmax_rows = cuda_argmax_rows,
     .topk_rows = cuda_topk_rows,
+    .penalize_rows = cuda_penalize_rows,
     .window_totals = cuda_window_totals,
     .kv_store = cuda_kv_store,
     .rope_kv_store = cuda_rope_kv_store,
@@ -978,6 +1031,12 @@ static int alloc_scratch(bt_cuda_ctx_t *c, const bt_backend_params_t *params)
         st = stage_init(&c->rows, (size_t)rows * sizeof(int32_t));
     if (st == BT_OK)
         st = stage_init(&c->tau, (size_t)rows * sizeof(float));
+    if (st == BT_OK)
+        st = stage_init(&c->pen_ids, (size_t)rows * BT_PENALTY_MAX * sizeof(int32_t));
+    if (st == BT_OK)
+        st = stage_init(&c->pen_n, (size_t)rows * sizeof(int32_t));
+    if (st == BT_OK)
+        st = stage_init(&c->pen_f, (size_t)rows * sizeof(float));
     return st;
 }
 

@@ -91,6 +91,9 @@ typedef struct {
     int attn_chunk;      /* positions per attention softmax chunk (BT_CUDA_ATTN_CHUNK) */
     /* 1: nondet prefill attention tries attention_fa2.cu first (BATON_CUDA_PREFILL_ATTN=fa2) */
     int prefill_fa2;
+    /* penalize_rows tables: ids (argmax_cap rows of BT_PENALTY_MAX int32), their counts
+     * (argmax_cap int32) and the penalties (argmax_cap floats) */
+    bt_cuda_stage_t pen_ids, pen_n, pen_f;
     /* Decode steps as CUDA graphs (BATON_CUDA_GRAPHS=1, cuda_graph.c); all zero when off. */
     int graphs;          /* 1: step_begin may capture and replay */
     int graph_warned;    /* a replay mismatch was logged */
@@ -149,6 +152,12 @@ void bt_cuda_topk_rows_launch(cudaStream_t st, int32_t *ids, float *vals, const 
  * positive) to totals[i]; totals and tau are device arrays of m. */
 void bt_cuda_window_totals_launch(cudaStream_t st, double *totals, const float *x, const float *tau,
                                   int64_t m, int64_t n);
+/* topk.cu: the repetition penalty in place on rows of x ([m][n]): for row i, the n_ids[i]
+ * (<= cap) distinct ids at ids[i * cap] (all < n) get bt_penalize_logit(l, pen[i]), the host's
+ * bits. ids ([m][cap]), n_ids and pen ([m]) are device arrays. */
+void bt_cuda_penalize_rows_launch(cudaStream_t st, float *x, int64_t m, int64_t n,
+                                  const int32_t *ids, const int32_t *n_ids, const float *pen,
+                                  int32_t cap);
 /* dst[i] = x[i] rounded to nearest even, as bf16 (type BT_TYPE_BF16) or fp16 (BT_TYPE_F16). */
 void bt_cuda_convert_launch(cudaStream_t st, void *dst, int type, const float *x, int64_t n);
 /* h[i] = silu(gate[i]) * up[i] for n elements of one 16-bit type (BF16 or F16), computed in

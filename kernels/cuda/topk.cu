@@ -17,6 +17,10 @@
  * total (window.h), which the device computes here too: one block of BT_WINDOW_LANES threads
  * per row, thread t being lane t of window.h's order, so that the total is the host's
  * bt_window_total_f32 to the last bit.
+ *
+ * The repetition penalty goes before all of these, in place on the logits: one block per row,
+ * its threads over the row's few ids, each logit divided or multiplied once with the IEEE
+ * intrinsics, so that it is the host's bt_penalize_logit bit for bit.
  */
 #include <stdint.h>
 
@@ -240,5 +244,37 @@ extern "C" void bt_cuda_window_totals_launch(cudaStream_t st, double *totals, co
         return;
     int grid = (int)(m < TK_MAX_GRID ? m : TK_MAX_GRID);
     window_totals_kernel<<<grid, BT_WINDOW_LANES, 0, st>>>(totals, x, tau, m, n);
+    BT_CUDA_CHECK(cudaGetLastError());
+}
+
+#define PEN_THREADS 128
+
+/* Row r's logits at its n_ids[r] ids (from ids + r * cap; distinct, all < n) penalized by
+ * pen[r] in place: bt_penalize_logit, the quotient and product rounded as the host's (no
+ * reciprocal, no contraction whatever the compiler flags). A NaN logit stays NaN, but the
+ * device's NaN may have other bits than the host's. */
+static __global__ void __launch_bounds__(PEN_THREADS)
+    penalize_rows_kernel(float *x, int64_t m, int64_t n, const int32_t *ids, const int32_t *n_ids,
+                         const float *pen, int32_t cap)
+{
+    for (int64_t r = blockIdx.x; r < m; r += gridDim.x) {
+        float *row = x + r * n;
+        const int32_t *rid = ids + r * cap;
+        const float p = pen[r];
+        for (int32_t j = threadIdx.x; j < n_ids[r]; j += PEN_THREADS) {
+            const float l = row[rid[j]];
+            row[rid[j]] = l > 0.0f ? __fdiv_rn(l, p) : __fmul_rn(l, p);
+        }
+    }
+}
+
+extern "C" void bt_cuda_penalize_rows_launch(cudaStream_t st, float *x, int64_t m, int64_t n,
+                                             const int32_t *ids, const int32_t *n_ids,
+                                             const float *pen, int32_t cap)
+{
+    if (m <= 0)
+        return;
+    int grid = (int)(m < TK_MAX_GRID ? m : TK_MAX_GRID);
+    penalize_rows_kernel<<<grid, PEN_THREADS, 0, st>>>(x, m, n, ids, n_ids, pen, cap);
     BT_CUDA_CHECK(cudaGetLastError());
 }

@@ -246,9 +246,15 @@ static void test_sampler_top_candidates_draw_the_same(void **state)
         {.temperature = 1.3f, .top_p = 0.95f, .min_p = 0.01f, .seed = 14},
         {.temperature = 4.0f, .seed = 15},
         {.temperature = 0.9f, .top_p = 0.9999f, .seed = 16},
+        /* a repetition penalty, applied where the logits are (bt_penalize_rows) */
+        {.temperature = 0, .repeat_penalty = 1.5f, .repeat_last_n = 32},
+        {.temperature = 0.9f, .top_k = 30, .repeat_penalty = 1.3f, .repeat_last_n = 16},
+        {.temperature = 0.8f, .top_p = 0.95f, .repeat_penalty = 0.7f, .seed = 17},
     };
     enum { NP = sizeof ps / sizeof ps[0] };
     int draws = 0, from_row = 0;
+    float *pl = bt_malloc(NV * sizeof(float));
+    int32_t hist[64];
     for (size_t pi = 0; pi < sizeof ps / sizeof ps[0]; pi++) {
         int32_t need = bt_sampler_params_cands(&ps[pi]);
         assert_true(need >= 1 && need <= BT_TOPK_MAX);
@@ -256,20 +262,31 @@ static void test_sampler_top_candidates_draw_the_same(void **state)
         assert_int_equal(bt_sampler_create(&ps[pi], NV, &a), BT_OK);
         assert_int_equal(bt_sampler_create(&ps[pi], NV, &b), BT_OK);
         const int32_t ks[] = {need, need + 3 < BT_TOPK_MAX ? need + 3 : BT_TOPK_MAX, BT_TOPK_MAX};
+        int32_t n_hist = 0;
         for (uint32_t step = 0; step < 60; step++) {
             int32_t k = ks[step % 3];
             model_like(l, NV, 1000u * (uint32_t)pi + step);
-            bt_topk_f32(l, NV, k, ids, vals);
+            /* History: the last few steps' best tokens (so the penalty hits favourites). */
+            int32_t pids[BT_PENALTY_MAX];
+            int32_t np = bt_sampler_penalty_ids(&ps[pi], hist, n_hist, NV, pids);
+            memcpy(pl, l, NV * sizeof(float));
+            for (int32_t j = 0; j < np; j++)
+                pl[pids[j]] = bt_penalize_logit(pl[pids[j]], ps[pi].repeat_penalty);
+            bt_topk_f32(pl, NV, k, ids, vals);
             bt_sampler_set_position(a, step);
             bt_sampler_set_position(b, step);
-            int32_t tb = sample_top(b, &ps[pi], l, NV, ids, vals, k);
+            int32_t tb = sample_top(b, &ps[pi], pl, NV, ids, vals, k);
             if (tb == BT_SAMPLER_NEED_ROW) { /* as a daemon does: the row, read back */
-                memcpy(row, l, NV * sizeof(float));
-                tb = bt_sampler_sample(b, row);
+                memcpy(row, pl, NV * sizeof(float));
+                tb = bt_sampler_sample_penalized(b, row);
                 from_row++;
             }
             memcpy(row, l, NV * sizeof(float));
-            assert_int_equal(tb, bt_sampler_sample(a, row));
+            int32_t ta = bt_sampler_sample(a, row);
+            assert_int_equal(tb, ta);
+            hist[n_hist++] = ta;
+            bt_sampler_accept(a, ta);
+            bt_sampler_accept(b, ta);
             draws++;
         }
         bt_sampler_destroy(a);
@@ -279,6 +296,7 @@ static void test_sampler_top_candidates_draw_the_same(void **state)
     /* Most draws without top-k were decided by the candidates; a flat temperature (4.0) and
      * top-p 0.9999 walk past them and read the row back. */
     assert_true(from_row > 0 && from_row < 3 * 60);
+    bt_free(pl);
     bt_free(l);
     bt_free(row);
 }
@@ -346,8 +364,8 @@ static void test_sampler_lazy_sort_draws_the_same(void **state)
 }
 
 /* What a batch asks the engine for: 1 while every sequence is greedy, the largest top_k,
- * BT_TOPK_MAX with top-k off, and 0 (whole rows) once one needs them: a penalty, or top-k over
- * BT_TOPK_MAX. */
+ * BT_TOPK_MAX with top-k off, and 0 (whole rows) once one needs them: top-k over BT_TOPK_MAX,
+ * or a penalty looking back further than a backend applies one. */
 static void test_sampler_cands_merge(void **state)
 {
     bt_sampler_params_t greedy = {0}, k40 = {.temperature = 1, .top_k = 40},
@@ -358,19 +376,22 @@ static void test_sampler_cands_merge(void **state)
     assert_int_equal(bt_sampler_params_cands(&greedy), 1);
     assert_int_equal(bt_sampler_params_cands(&k40), 40);
     assert_int_equal(bt_sampler_params_cands(&all), BT_TOPK_MAX); /* with the window total */
-    assert_int_equal(bt_sampler_params_cands(&pen), 0);
+    assert_int_equal(bt_sampler_params_cands(&pen), 7);           /* from the penalized row */
     assert_int_equal(bt_sampler_params_cands(&big), 0);
-    assert_int_equal(bt_sampler_params_cands(&gpen), 0);
+    assert_int_equal(bt_sampler_params_cands(&gpen), 1);
+    bt_sampler_params_t far = pen;
+    far.repeat_last_n = BT_PENALTY_MAX + 1; /* more recent tokens than a backend penalizes */
+    assert_int_equal(bt_sampler_params_cands(&far), 0);
     int32_t k = bt_sampler_cands_merge(1, &greedy);
     assert_int_equal(k, 1);
     k = bt_sampler_cands_merge(k, &k40);
     k = bt_sampler_cands_merge(k, &k7);
     assert_int_equal(k, 40);
     assert_int_equal(bt_sampler_cands_merge(k, &all), BT_TOPK_MAX);
-    assert_int_equal(bt_sampler_cands_merge(k, &pen), 0);
+    assert_int_equal(bt_sampler_cands_merge(k, &far), 0);
     assert_int_equal(bt_sampler_cands_merge(0, &k7), 0);
     /* The window total's temperature: top-p's mass at 1, the draw's at the temperature, none
-     * when min-p cuts first or top-k, greed or a penalty decide the candidates. */
+     * when min-p cuts first or top-k or greed decide the candidates. */
     bt_sampler_params_t t07 = {.temperature = 0.7f}, p09 = {.temperature = 0.7f, .top_p = 0.9f},
                         mp = {.temperature = 0.7f, .min_p = 0.1f},
                         pmp = {.temperature = 0.7f, .top_p = 0.9f, .min_p = 0.1f},
@@ -381,7 +402,7 @@ static void test_sampler_cands_merge(void **state)
     assert_true(bt_sampler_params_tau(&mp) == 0);
     assert_true(bt_sampler_params_tau(&k40) == 0);
     assert_true(bt_sampler_params_tau(&greedy) == 0);
-    assert_true(bt_sampler_params_tau(&wpen) == 0);
+    assert_true(bt_sampler_params_tau(&wpen) == 0.7f);
 }
 
 /* NaN logits (a broken model) leave no candidate; the sampler answers a token id, not garbage. */

@@ -8,7 +8,8 @@
  * matmul on the same backend, in both modes), the pre-norm FFN rms_ffn, rope_kv_store (bit for
  * bit against rope, rope and kv_store), get_rows, rmsnorm,
  * rope, swiglu, add, gather_rows, kv_store (byte-exact caches in F32, F16 and BF16), the
- * sampling ops argmax_rows, topk_rows and window_totals (exactly the host's results), and paged
+ * sampling ops argmax_rows, topk_rows and window_totals and the repetition penalty before them,
+ * penalize_rows (exactly the host's results), and paged
  * GQA attention over many sequences with scattered block tables and contexts long enough to
  * split, on the SIMT kernel and on tensor cores (nondeterministic prefill, bf16 tolerance).
  * Errors are normalised by the largest reference value. The determinism contract is checked bit
@@ -1275,6 +1276,78 @@ static void test_cuda_window_totals(void **state)
     free(x);
 }
 
+/* penalize_rows on m random rows of n logits against bt_penalize_logit on the host, bit for
+ * bit over the whole rows (so the logits it must not touch too): row r names 0, 1, 17 or cap
+ * (at most cap) distinct random ids at a penalty of 1.3, 0.8 or 2.0, every pair of the two
+ * occurring, and its first ids have exact zeros of both signs, subnormals and logits whose
+ * penalized value overflows. The ids past a row's count are -1, which the op must not read. */
+static void check_penalize(int64_t m, int64_t n, int32_t cap)
+{
+    static const float pens[] = {1.3f, 0.8f, 2.0f};
+    static const float odd[] = {0.0f, -0.0f, 1e-40f, -1e-40f, 3e38f, -3e38f, 1.0f, -1.0f};
+    const int32_t counts[] = {0, 1, 17, cap};
+    const size_t bytes = (size_t)(m * n) * sizeof(float);
+    float *x = rnd_vec((size_t)(m * n)), *want = malloc(bytes);
+    float *pen = malloc((size_t)m * sizeof *pen);
+    int32_t *ids = malloc((size_t)(m * cap) * sizeof *ids);
+    int32_t *n_ids = malloc((size_t)m * sizeof *n_ids), *perm = malloc((size_t)n * sizeof *perm);
+    assert_true(want && pen && ids && n_ids && perm);
+    for (int64_t i = 0; i < n; i++)
+        perm[i] = (int32_t)i;
+    for (int64_t r = 0; r < m; r++) {
+        n_ids[r] = counts[r % 4] < cap ? counts[r % 4] : cap;
+        pen[r] = pens[r % 3];
+        for (int32_t j = 0; j < cap; j++) { /* a partial shuffle: distinct ids */
+            if (j >= n_ids[r]) {
+                ids[r * cap + j] = -1;
+                continue;
+            }
+            int64_t k = j + (int64_t)(rnd_u32() % (uint32_t)(n - j));
+            int32_t t = perm[j];
+            perm[j] = perm[k];
+            perm[k] = t;
+            ids[r * cap + j] = perm[j];
+            if (j < (int32_t)(sizeof odd / sizeof odd[0]))
+                x[r * n + perm[j]] = odd[j];
+        }
+    }
+    memcpy(want, x, bytes);
+    for (int64_t r = 0; r < m; r++)
+        for (int32_t j = 0; j < n_ids[r]; j++) {
+            float *l = want + r * n + ids[r * cap + j];
+            *l = bt_penalize_logit(*l, pen[r]);
+        }
+    assert_true(memcmp(want, x, bytes) != 0);
+    float *xd = to_dev(gpu, x, bytes);
+    bt_penalize_rows(gpu, xd, m, n, ids, n_ids, pen, cap);
+    float *got = from_dev(gpu, xd, (size_t)(m * n));
+    for (int64_t i = 0; i < m * n; i++)
+        if (memcmp(&got[i], &want[i], sizeof(float)) != 0) {
+            fprintf(stderr,
+                    "penalize_rows (m %ld, n %ld, cap %d): row %ld logit %ld %a -> %a, host %a\n",
+                    (long)m, (long)n, cap, (long)(i / n), (long)(i % n), x[i], got[i], want[i]);
+            fail();
+        }
+    bt_backend_free(gpu, xd);
+    free(got);
+    free(perm);
+    free(n_ids);
+    free(ids);
+    free(pen);
+    free(want);
+    free(x);
+}
+
+/* The Llama 2 vocabulary; short rows, more than one piece of staged tables takes (argmax_cap is
+ * MAX_ROWS); a cap below BT_PENALTY_MAX, so rows of ids are cap apart. */
+static void test_cuda_penalize_rows(void **state)
+{
+    (void)state;
+    check_penalize(5, 32000, BT_PENALTY_MAX);
+    check_penalize(MAX_ROWS + 6, 300, BT_PENALTY_MAX);
+    check_penalize(40, 300, 17);
+}
+
 int main(void)
 {
     bt_backend_params_t p = {.max_rows = MAX_ROWS, .max_cols = MAX_COLS};
@@ -1292,6 +1365,7 @@ int main(void)
         cmocka_unit_test(test_cuda_argmax_rows),
         cmocka_unit_test(test_cuda_topk_rows),
         cmocka_unit_test(test_cuda_window_totals),
+        cmocka_unit_test(test_cuda_penalize_rows),
         cmocka_unit_test(test_cuda_matmul_batch_invariant),
         cmocka_unit_test(test_cuda_fused_matmuls_match_composed),
         cmocka_unit_test(test_cuda_fused_matmuls_other_paths),

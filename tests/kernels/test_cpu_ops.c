@@ -418,6 +418,31 @@ static void test_window_total_matches_definition(void **state)
     free(x);
 }
 
+/* The repetition penalty through a backend: each named logit divided (positive) or multiplied
+ * (zero or negative) by its row's factor, nothing else touched. */
+static void test_penalize_rows(void **state)
+{
+    (void)state;
+    enum { M = 3, N = 50, CAP = 4 };
+    float x[M * N], want[M * N];
+    for (int i = 0; i < M * N; i++)
+        x[i] = want[i] = 4.0f * rnd_f();
+    x[7] = want[7] = 0.0f;
+    x[N + 3] = want[N + 3] = -0.0f;
+    const int32_t ids[M * CAP] = {7, 1, 2, 49, 3, 0, 0, 0, 9, 8, 0, 0};
+    const int32_t n_ids[M] = {4, 1, 0};
+    const float pen[M] = {1.3f, 0.5f, 2.0f};
+    for (int r = 0; r < M; r++)
+        for (int j = 0; j < n_ids[r]; j++) {
+            float *l = &want[r * N + ids[r * CAP + j]];
+            *l = *l > 0 ? *l / pen[r] : *l * pen[r];
+        }
+    bt_backend_t *be = make_backend(1);
+    bt_penalize_rows(be, x, M, N, ids, n_ids, pen, CAP);
+    assert_memory_equal(x, want, sizeof x);
+    bt_backend_destroy(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -431,6 +456,7 @@ int main(void)
         cmocka_unit_test(test_add_and_gather_rows),
         cmocka_unit_test(test_exp_det_is_accurate),
         cmocka_unit_test(test_window_total_matches_definition),
+        cmocka_unit_test(test_penalize_rows),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
