@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../kernels/kernels.h"
 #include "../kernels/window.h"
@@ -151,12 +152,28 @@ int32_t bt_sampler_penalty_ids(const bt_sampler_params_t *p, const int32_t *hist
     if (!penalty_on(p))
         return 0;
     int32_t last_n = p->repeat_last_n ? p->repeat_last_n : 64, n = 0;
+    /* Seen tokens in an open-addressing set (a daemon asks for every row of every step); a
+     * longer look-back, which only whole rows take, compares with each id so far instead. */
+    enum { SLOTS = 2 * BT_PENALTY_MAX, BITS = 9 };
+    _Static_assert(1 << BITS == SLOTS, "SLOTS is 2^BITS");
+    int32_t set[SLOTS];
+    const int hashed = last_n <= BT_PENALTY_MAX;
+    if (hashed)
+        memset(set, 0xff, sizeof set); /* -1: empty */
     for (int32_t i = n_hist > last_n ? n_hist - last_n : 0; i < n_hist; i++) {
         int32_t t = hist[i], seen = 0;
         if (t < 0 || t >= n_vocab)
             continue;
-        for (int32_t j = 0; j < n && !seen; j++)
-            seen = ids[j] == t;
+        if (hashed) {
+            uint32_t h = ((uint32_t)t * 2654435761u) >> (32 - BITS);
+            while (set[h] >= 0 && set[h] != t)
+                h = (h + 1) & (SLOTS - 1);
+            seen = set[h] == t;
+            set[h] = t;
+        } else {
+            for (int32_t j = 0; j < n && !seen; j++)
+                seen = ids[j] == t;
+        }
         if (!seen)
             ids[n++] = t;
     }

@@ -405,6 +405,35 @@ static void test_sampler_cands_merge(void **state)
     assert_true(bt_sampler_params_tau(&wpen) == 0.7f);
 }
 
+/* The tokens a penalty names: the distinct in-vocabulary ones among the last repeat_last_n, in
+ * order of first appearance; none without a penalty. */
+static void test_sampler_penalty_ids(void **state)
+{
+    (void)state;
+    int32_t hist[600], ids[600], want[600];
+    uint32_t x = 5;
+    for (int i = 0; i < 600; i++)
+        hist[i] = (int32_t)(lcg(&x) % 300) - 10; /* repeats, and ids below 0 */
+    const int32_t lasts[] = {1, 16, 64, 256, 600};
+    for (size_t li = 0; li < sizeof lasts / sizeof lasts[0]; li++) {
+        bt_sampler_params_t p = {
+            .temperature = 1, .repeat_penalty = 1.2f, .repeat_last_n = lasts[li]};
+        int32_t nw = 0;
+        for (int i = 600 - lasts[li]; i < 600; i++) {
+            int seen = hist[i] < 0 || hist[i] >= 250; /* a vocabulary of 250 */
+            for (int j = 0; j < nw && !seen; j++)
+                seen = want[j] == hist[i];
+            if (!seen)
+                want[nw++] = hist[i];
+        }
+        int32_t n = bt_sampler_penalty_ids(&p, hist, 600, 250, ids);
+        assert_int_equal(n, nw);
+        assert_memory_equal(ids, want, (size_t)n * sizeof(int32_t));
+    }
+    bt_sampler_params_t off = {.temperature = 1, .repeat_penalty = 1.0f};
+    assert_int_equal(bt_sampler_penalty_ids(&off, hist, 600, 250, ids), 0);
+}
+
 /* NaN logits (a broken model) leave no candidate; the sampler answers a token id, not garbage. */
 static void test_sampler_nan_row_gives_a_valid_token(void **state)
 {
@@ -455,6 +484,7 @@ int main(void)
         cmocka_unit_test(test_sampler_rejects_bad_params),
         cmocka_unit_test(test_sampler_top_candidates_draw_the_same),
         cmocka_unit_test(test_sampler_cands_merge),
+        cmocka_unit_test(test_sampler_penalty_ids),
         cmocka_unit_test(test_sampler_lazy_sort_draws_the_same),
         cmocka_unit_test(test_sampler_nan_row_gives_a_valid_token),
     };
