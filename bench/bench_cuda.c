@@ -230,8 +230,23 @@ static double run_prefill(run_t *r, int t)
     return st == BT_OK ? now_s() - t0 : -1;
 }
 
-/* Seconds per decode step of n sequences that each hold ctx tokens. */
-static double run_decode(run_t *r, int n, int ctx, int steps, int32_t max_batch)
+/* What a decode step sends to the host. */
+enum { OUT_LOGITS, OUT_ARGMAX, OUT_TOPP };
+
+/* One forward of r's batch of n into o as `out` says: the logits rows, each row's greedy
+ * token, or what top-p sampling without top-k takes (the best BT_TOPK_MAX and the window
+ * total at temperature 1, docs/cuda.md). */
+static int forward_as(run_t *r, int n, int out, bt_engine_out_t *o)
+{
+    o->k = out == OUT_LOGITS ? 0 : out == OUT_ARGMAX ? 1 : BT_TOPK_MAX;
+    for (int i = 0; i < n; i++)
+        o->tau[i] = out == OUT_TOPP ? 1.0f : 0;
+    return bt_engine_forward_out(r->e, r->b, n, o);
+}
+
+/* Seconds per decode step of n sequences that each hold ctx tokens, sending `out`. */
+static double run_decode(run_t *r, int n, int ctx, int steps, int32_t max_batch, int out,
+                         bt_engine_out_t *o)
 {
     seqs_reset(r, n, ctx + steps + 2);
     /* Fill the contexts, as many whole prompts per forward as fit. */
@@ -250,11 +265,11 @@ static double run_decode(run_t *r, int n, int ctx, int steps, int32_t max_batch)
     for (int i = 0; i < n; i++)
         r->b[i] = (bt_batch_seq_t){
             .kv = &r->kv[i], .tokens = &tok, .n_tokens = 1, .logits = BT_LOGITS_LAST};
-    if (bt_engine_forward(r->e, r->b, n, r->logits) != BT_OK) /* warm-up step */
+    if (forward_as(r, n, out, o) != BT_OK) /* warm-up step */
         return -1;
     double t0 = now_s();
     for (int step = 0; step < steps; step++)
-        if (bt_engine_forward(r->e, r->b, n, r->logits) != BT_OK)
+        if (forward_as(r, n, out, o) != BT_OK)
             return -1;
     return (now_s() - t0) / steps;
 }
@@ -323,18 +338,31 @@ static int bench(const cfg_t *c, const bt_model_t *m, const int *batches, int nb
                 "\"read_floor_ms\": %.4f, \"gemm_tflops\": %.2f, \"decode\": [",
                 prop.name, m->hp.name, c->deterministic, fused, bw / 1e9, wbytes, floor_s * 1e3,
                 rate / 1e12);
+    bt_engine_out_t o;
+    if (bt_engine_out_init(&o, max_b, m->hp.n_vocab) != BT_OK)
+        return 1;
     for (int i = 0; i < nb; i++) {
-        double s = run_decode(&r, batches[i], c->ctx, c->steps, max_batch);
-        double sg = run_decode(&rg, batches[i], c->ctx, c->steps, max_batch);
-        printf("decode  batch %-4d  ctx %d: %8.3f ms/step  (%.2fx floor, %.0f tok/s)\n", batches[i],
-               c->ctx, s * 1e3, floor_s > 0 ? s / floor_s : 0, batches[i] / s);
+        const int b = batches[i];
+        double s = run_decode(&r, b, c->ctx, c->steps, max_batch, OUT_LOGITS, &o);
+        double sg = run_decode(&rg, b, c->ctx, c->steps, max_batch, OUT_LOGITS, &o);
+        double sa = run_decode(&rg, b, c->ctx, c->steps, max_batch, OUT_ARGMAX, &o);
+        double sp = run_decode(&rg, b, c->ctx, c->steps, max_batch, OUT_TOPP, &o);
+        printf("decode  batch %-4d  ctx %d: %8.3f ms/step  (%.2fx floor, %.0f tok/s; logits to "
+               "the host)\n",
+               b, c->ctx, s * 1e3, floor_s > 0 ? s / floor_s : 0, b / s);
         printf("  with CUDA graphs          %8.3f ms/step  (%.2fx floor, %.0f tok/s)\n", sg * 1e3,
-               floor_s > 0 ? sg / floor_s : 0, batches[i] / sg);
+               floor_s > 0 ? sg / floor_s : 0, b / sg);
+        printf("  graphs, greedy ids        %8.3f ms/step  (%.2fx floor, %.0f tok/s)\n", sa * 1e3,
+               floor_s > 0 ? sa / floor_s : 0, b / sa);
+        printf("  graphs, top-p candidates  %8.3f ms/step  (%.2fx floor, %.0f tok/s)\n", sp * 1e3,
+               floor_s > 0 ? sp / floor_s : 0, b / sp);
         if (js)
             fprintf(js,
-                    "%s{\"batch\": %d, \"ctx\": %d, \"step_ms\": %.4f, \"graph_step_ms\": %.4f}",
-                    i ? ", " : "", batches[i], c->ctx, s * 1e3, sg * 1e3);
+                    "%s{\"batch\": %d, \"ctx\": %d, \"step_ms\": %.4f, \"graph_step_ms\": %.4f, "
+                    "\"graph_argmax_step_ms\": %.4f, \"graph_topp_step_ms\": %.4f}",
+                    i ? ", " : "", b, c->ctx, s * 1e3, sg * 1e3, sa * 1e3, sp * 1e3);
     }
+    bt_engine_out_fini(&o);
     if (js)
         fprintf(js, "], \"prefill\": [");
     seqs_reset(&r, max_b, 1);
