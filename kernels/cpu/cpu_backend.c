@@ -59,6 +59,46 @@ static void cpu_copy(void *ctx, void *dst, const void *src, size_t size_bytes)
 
 static void cpu_sync(void *ctx) {}
 
+/* The sampling ops' rows on every core: each row's result is the host function's, whichever
+ * thread computes it. */
+typedef struct {
+    const float *x;
+    int64_t n;
+    int32_t k;
+    int32_t *ids;
+    float *vals;
+    const float *tau;
+    double *totals;
+} rows_job_t;
+
+static void topk_task(void *arg, int64_t i, int thread)
+{
+    const rows_job_t *j = arg;
+    bt_topk_f32(j->x + i * j->n, j->n, j->k, j->ids + i * j->k, j->vals + i * j->k);
+}
+
+static void cpu_topk_rows(void *ctx, int32_t *ids_host, float *vals_host, const float *x, int64_t m,
+                          int64_t n, int32_t k)
+{
+    bt_cpu_ctx_t *c = ctx;
+    rows_job_t j = {.x = x, .n = n, .k = k, .ids = ids_host, .vals = vals_host};
+    bt_cpu_pool_run(c->pool, topk_task, &j, m);
+}
+
+static void totals_task(void *arg, int64_t i, int thread)
+{
+    const rows_job_t *j = arg;
+    j->totals[i] = j->tau[i] > 0 ? bt_window_total_f32(j->x + i * j->n, j->n, j->tau[i]) : 0;
+}
+
+static void cpu_window_totals(void *ctx, double *totals_host, const float *x, const float *tau_host,
+                              int64_t m, int64_t n)
+{
+    bt_cpu_ctx_t *c = ctx;
+    rows_job_t j = {.x = x, .n = n, .tau = tau_host, .totals = totals_host};
+    bt_cpu_pool_run(c->pool, totals_task, &j, m);
+}
+
 static const bt_backend_ops_t cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -77,6 +117,8 @@ static const bt_backend_ops_t cpu_ops = {
     .gather_rows = bt_cpu_gather_rows,
     .kv_store = bt_cpu_kv_store,
     .attention = bt_cpu_attention,
+    .topk_rows = cpu_topk_rows,
+    .window_totals = cpu_window_totals,
 };
 
 static int resolve_threads(int n_threads)
