@@ -437,12 +437,16 @@ static void forward_ops(bt_engine_t *e, int32_t rows, int n_seqs, int32_t n_out,
         compute_logits(e, n_out == rows ? a->x : a->x2, n_out, o);
 }
 
-static int forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, const bt_engine_out_t *o)
+static int forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, bt_engine_out_t *o)
 {
     int32_t rows, n_out;
     int st = batch_prepare(e, seqs, n_seqs, &rows, &n_out);
     if (st != BT_OK)
         return st;
+    /* Rows the candidates cannot decide are read back from the logits buffer, so a forward
+     * with more output rows than it holds sends the whole rows instead. */
+    if (o->k > 1 && o->tau && n_out > e->logit_rows)
+        o->k = 0;
     e->logits_n = 0;
     st = batch_reserve(e, seqs, n_seqs);
     if (st != BT_OK)
@@ -462,7 +466,7 @@ static int forward(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, const bt_en
 }
 
 /* forward with o->k checked: 0 (logits), 1 (argmax) or a top-k the engine can give. */
-static int forward_out(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, const bt_engine_out_t *o)
+static int forward_out(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, bt_engine_out_t *o)
 {
     if (o->k < 0 || o->k > BT_TOPK_MAX || o->k > e->model->hp.n_vocab || (o->k > 1 && !o->vals))
         return BT_ERR_INVAL;
@@ -525,17 +529,6 @@ int bt_engine_forward_out(bt_engine_t *e, bt_batch_seq_t *seqs, int n_seqs, bt_e
 {
     if (o->k > e->model->hp.n_vocab)
         o->k = 0; /* a vocabulary smaller than the candidates asked for: the whole rows */
-    if (o->k > 1 && o->tau) {
-        /* Rows the candidates cannot decide are read back from the logits buffer, so a
-         * forward with more output rows than it holds sends the whole rows instead. */
-        int64_t n_out = 0;
-        for (int s = 0; s < n_seqs; s++)
-            n_out += seqs[s].logits == BT_LOGITS_ALL    ? seqs[s].n_tokens
-                     : seqs[s].logits == BT_LOGITS_LAST ? 1
-                                                        : 0;
-        if (n_out > e->logit_rows)
-            o->k = 0;
-    }
     return forward_out(e, seqs, n_seqs, o);
 }
 

@@ -114,11 +114,6 @@ void bt_sampler_accept(bt_sampler_t *s, int32_t token)
         s->n_recent++;
 }
 
-int bt_sampler_params_greedy(const bt_sampler_params_t *params)
-{
-    return params->temperature == 0 && (params->repeat_penalty == 0 || params->repeat_penalty == 1);
-}
-
 int32_t bt_argmax(const float *x, int32_t n)
 {
     return bt_argmax_f32(x, n);

@@ -30,9 +30,6 @@ int bt_sampler_create(const bt_sampler_params_t *params, int32_t n_vocab, bt_sam
 void bt_sampler_destroy(bt_sampler_t *s);
 /* Checks parameters without creating anything (for request validation). */
 int bt_sampler_params_check(const bt_sampler_params_t *params);
-/* Whether params pick the plain argmax of the logits (temperature 0, no repetition penalty), so
- * that the token can be chosen where the logits are (bt_engine_forward_argmax). */
-int bt_sampler_params_greedy(const bt_sampler_params_t *params);
 
 /* How many of a row's best logits (bt_topk_rows) sampling with params needs: 1 at
  * temperature 0, top_k when top-k is on (up to BT_TOPK_MAX), BT_TOPK_MAX when it is off (with

@@ -142,11 +142,12 @@ static void sample_whole(void *arg, int i)
     if (!g)
         return;
     float *logits = j->o->logits + (size_t)row * (size_t)g->n_vocab;
+    if (!j->o->k) {
+        bt_seqgen_sample(g, logits, &j->steps[row]);
+        return;
+    }
     bt_sampler_set_position(g->smp, (uint64_t)(g->len - g->req->n_prompt));
-    record(g,
-           j->o->k ? bt_sampler_sample_penalized(g->smp, logits)
-                   : bt_sampler_sample(g->smp, logits),
-           &j->steps[row]);
+    record(g, bt_sampler_sample_penalized(g->smp, logits), &j->steps[row]);
 }
 
 void bt_seqgen_sample_rows(bt_seqgen_t *const *gens, int32_t n, bt_engine_t *e, bt_engine_out_t *o,
