@@ -673,44 +673,46 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s)
     return cudaSuccess;
 }
 
-cudaError_t cudaMalloc(void **p, size_t bytes)
+/* cudaMalloc and cudaMallocHost: a tracked block of bytes, pinned host memory or not. */
+static cudaError_t emu_alloc(const char *what, void **p, size_t bytes, bool pinned)
 {
-    if (cudaError_t err = emu_unsafe("cudaMalloc"))
+    if (cudaError_t err = emu_unsafe(what))
         return err;
     *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
     if (!*p)
         return emu_fail(cudaErrorMemoryAllocation);
-    emu_blocks[(uintptr_t)*p] = {bytes, false};
+    emu_blocks[(uintptr_t)*p] = {bytes, pinned};
     return cudaSuccess;
+}
+
+/* cudaFree and cudaFreeHost (both synchronize the device). */
+static cudaError_t emu_release(const char *what, void *p)
+{
+    if (cudaError_t err = emu_unsafe(what))
+        return err;
+    emu_blocks.erase((uintptr_t)p);
+    free(p);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void **p, size_t bytes)
+{
+    return emu_alloc("cudaMalloc", p, bytes, false);
 }
 
 cudaError_t cudaFree(void *p)
 {
-    if (cudaError_t err = emu_unsafe("cudaFree")) /* it synchronizes the device */
-        return err;
-    emu_blocks.erase((uintptr_t)p);
-    free(p);
-    return cudaSuccess;
+    return emu_release("cudaFree", p);
 }
 
 cudaError_t cudaMallocHost(void **p, size_t bytes)
 {
-    if (cudaError_t err = emu_unsafe("cudaMallocHost"))
-        return err;
-    *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
-    if (!*p)
-        return emu_fail(cudaErrorMemoryAllocation);
-    emu_blocks[(uintptr_t)*p] = {bytes, true};
-    return cudaSuccess;
+    return emu_alloc("cudaMallocHost", p, bytes, true);
 }
 
 cudaError_t cudaFreeHost(void *p)
 {
-    if (cudaError_t err = emu_unsafe("cudaFreeHost"))
-        return err;
-    emu_blocks.erase((uintptr_t)p);
-    free(p);
-    return cudaSuccess;
+    return emu_release("cudaFreeHost", p);
 }
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,

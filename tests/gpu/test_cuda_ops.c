@@ -68,6 +68,15 @@ static void *to_dev(bt_backend_t *be, const void *host, size_t bytes)
     return d;
 }
 
+/* Frees the n device buffers of bufs; DEV_FREE(be, a, b, ...) counts them. */
+static void dev_free(bt_backend_t *be, void *const *bufs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        bt_backend_free(be, bufs[i]);
+}
+#define DEV_FREE(be, ...)                                                                          \
+    dev_free(be, (void *[]){__VA_ARGS__}, sizeof((void *[]){__VA_ARGS__}) / sizeof(void *))
+
 static float *from_dev(bt_backend_t *be, const void *dev, size_t n)
 {
     float *h = malloc(n * sizeof *h);
@@ -537,9 +546,7 @@ static void check_rms(const rms_case_t *rc)
              rc->nondet ? " (cuBLAS allowed)" : "", shifts[rc->shift]);
     outs_check(&o, g, label, 1, lossy ? TOL_BF16 : TOL_F32);
     weights_free(&ws, g);
-    void *bufs[] = {xbase, nbase, xng, tmpg};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        bt_backend_free(g, bufs[i]);
+    DEV_FREE(g, xbase, nbase, xng, tmpg);
     free(sentinel);
     free(xnc);
     free(tmpc);
@@ -665,9 +672,7 @@ static void check_ffn(int type, int64_t k, int64_t n, int64_t m, int nondet)
     outs_check(&o, g, label, !lossy || type == BT_TYPE_Q8_0, lossy ? TOL_BF16 : TOL_F32);
     weights_free(&gu, g);
     weights_free(&dn, g);
-    void *bufs[] = {ng, hg, xng, tmpg};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        bt_backend_free(g, bufs[i]);
+    DEV_FREE(g, ng, hg, xng, tmpg);
     free(hc);
     free(xnc);
     free(tmpc);
@@ -769,9 +774,7 @@ static void test_cuda_rmsnorm_rope_swiglu_add(void **state)
     assert_memory_equal(y, yc, 5 * n * 4);
     free(y);
 
-    void *bufs[] = {xg, wg, ug, ig, pg, yg};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        bt_backend_free(gpu, bufs[i]);
+    DEV_FREE(gpu, xg, wg, ug, ig, pg, yg);
     free(yc);
     free(x);
     free(w);
@@ -898,9 +901,7 @@ static void check_attention(const attn_case_t *c)
     free(o);
     free(oc);
     free(cache);
-    void *bufs[] = {og, qg, kgd, vgd, pkg, pvg, kg.data};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        bt_backend_free(g, bufs[i]);
+    DEV_FREE(g, og, qg, kgd, vgd, pkg, pvg, kg.data);
     free(q);
     free(k);
     free(v);
@@ -966,9 +967,7 @@ static void check_rope_kv_store(const attn_case_t *c)
 
     free(cf);
     free(cq);
-    void *bufs[] = {kf.data, kq.data, qf, kfd, qq, kqd, vg, ig, pg};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        bt_backend_free(gpu, bufs[i]);
+    DEV_FREE(gpu, kf.data, kq.data, qf, kfd, qq, kqd, vg, ig, pg);
     free(zero);
     free(q);
     free(k);
@@ -1086,9 +1085,7 @@ static void test_cuda_attention_launch_shapes_agree(void **state)
     free(alone);
     free(batched);
     free(prefill);
-    void *bufs[] = {kg, vg, qg, og, kv.data};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        bt_backend_free(gpu, bufs[i]);
+    DEV_FREE(gpu, kg, vg, qg, og, kv.data);
     free(k);
     free(v);
     free(q);
