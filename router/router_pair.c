@@ -183,8 +183,14 @@ void router_pair_holder_replied(router_t *r, router_request_t *rq, int status,
         rq->prefill.done = 1;
     }
     rq->deadline_ms = r->now_ms + (uint64_t)r->p.dead_after_ms; /* now the owner's turn */
-    if (send_pair_assign(r, rq, &rq->decode, 0, resv ? rq->prefill.inst : NULL, resv) != BT_OK)
-        router_failover(r, rq, BT_ERR_UNAVAILABLE, "cannot send the owner its assignment");
+    if (send_pair_assign(r, rq, &rq->decode, 0, resv ? rq->prefill.inst : NULL, resv) != BT_OK) {
+        /* The owner's connection is gone (it died or restarts, and its heartbeats have not yet
+         * told): the holder gives its reservation back, and the request is placed again without
+         * that member. Sent again and again to it, it would spend every retry in a moment. */
+        bt_warn("req %llu: cannot send ASSIGN to %s; trying elsewhere", (unsigned long long)rq->id,
+                rq->decode.inst->name);
+        router_place_elsewhere(r, rq, rq->decode.inst);
+    }
 }
 
 /* Tells the owner (decode part) to continue from its replica after the tokens delivered. */
@@ -194,8 +200,11 @@ static void send_resume(router_t *r, router_request_t *rq)
     res.output_ids = rq->out;
     res.n_output_ids = rq->n_out;
     rq->decode.accepted = 0; /* until its RESUME reply */
-    if (router_send_instance(r, rq->decode.inst, BATON__METHOD__RESUME, rq->id, &res.base) != BT_OK)
+    if (router_send_instance(r, rq->decode.inst, BATON__METHOD__RESUME, rq->id, &res.base) !=
+        BT_OK) {
+        rq->decode.inst->full = 1; /* unreachable: the failover places it elsewhere */
         router_failover(r, rq, BT_ERR_UNAVAILABLE, "cannot send RESUME");
+    }
 }
 
 /* The parts swap: the holder becomes the owner and is told to resume; the old owner (if it is

@@ -133,6 +133,15 @@ static void retract(router_t *r, router_request_t *rq)
     rq->pair = 0;
 }
 
+void router_place_elsewhere(router_t *r, router_request_t *rq, router_instance_t *inst)
+{
+    if (inst)
+        inst->full = 1;
+    retract(r, rq);
+    requeue(r, rq);
+    r->queue_dirty = 1;
+}
+
 /* --- placement ----------------------------------------------------------------------- */
 
 static int build_cands(router_t *r, router_cands_t *c)
@@ -213,10 +222,11 @@ static void place_pair(router_t *r, router_request_t *rq)
     set_timed(r, rq, RQ_ASSIGNING, r->p.dead_after_ms);
     bt_debug("req %llu: placed on pair member %s%s%s", (unsigned long long)rq->id, owner->name,
              holder ? ", replica on " : "", holder ? holder->name : "");
-    if (router_pair_start(r, rq) != BT_OK) {
-        (holder ? holder : owner)->full = 1;
-        retract(r, rq);
-        requeue(r, rq);
+    if (router_pair_start(r, rq) != BT_OK) { /* the holder is told first, if there is one */
+        router_instance_t *x = holder ? holder : owner;
+        bt_warn("req %llu: cannot send ASSIGN to %s; trying elsewhere", (unsigned long long)rq->id,
+                x->name);
+        router_place_elsewhere(r, rq, x);
     }
 }
 
@@ -248,9 +258,7 @@ void router_place(router_t *r, router_request_t *rq)
     if (router_send_assign(r, rq, &rq->decode, role, 0, pl.prefill, NULL) != BT_OK) {
         bt_warn("req %llu: cannot send ASSIGN to %s; trying elsewhere", (unsigned long long)rq->id,
                 rq->decode_name);
-        pl.decode->full = 1;
-        retract(r, rq);
-        requeue(r, rq);
+        router_place_elsewhere(r, rq, pl.decode);
     }
 }
 
@@ -455,11 +463,7 @@ static void timed_out(router_t *r, router_request_t *rq)
         rq_part_t *p = rq->decode.accepted ? &rq->prefill : &rq->decode;
         bt_warn("req %llu: no ASSIGN_REPLY from %s within %d ms; trying elsewhere",
                 (unsigned long long)rq->id, p->inst ? p->inst->name : "?", r->p.dead_after_ms);
-        if (p->inst)
-            p->inst->full = 1; /* not answering: give it no more work until it heartbeats */
-        retract(r, rq);
-        requeue(r, rq);
-        r->queue_dirty = 1;
+        router_place_elsewhere(r, rq, p->inst);
         break;
     }
     case RQ_CANCELLING:

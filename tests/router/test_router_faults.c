@@ -3,7 +3,8 @@
  * test_router_faults.c - a real baton-router process under faults, with fake daemons: a decode
  * that stops heartbeating mid-stream (the stream continues on another, retries = 1), failover
  * that finds no instance in time, a daemon restart seen through its incarnation, a prefill that
- * its decode peer cannot reach (avoided by the failover), refusals with the contract's error
+ * its decode peer cannot reach (avoided by the failover), a pair owner whose connection is gone
+ * (avoided without a failover), refusals with the contract's error
  * codes, a full queue, malformed and unknown messages from both sides (answered, and the router
  * keeps serving), late messages for finished requests, connections that break the wire
  * protocol itself, and the SIGTERM drain.
@@ -233,6 +234,53 @@ static void test_faults_unreachable_prefill_peer_is_avoided(void **state)
     assert_int_equal(r->retries, 1);
     assert_int_equal(r->n_ids, 2);
     assert_string_equal(r->prefill_instance, live->id);
+    baton__generate_result__free_unpacked(r, NULL);
+}
+
+/* A pair member that died is still alive for the router until its dead-after runs out, but
+ * its connection is gone: the owner's ASSIGN cannot be sent once the holder has reserved. The
+ * holder must give its reservation back and the request go to the live member alone, not be
+ * placed on the dead owner again and again until its retries run out (which took 14 ms in a
+ * fault-injection run). */
+static void test_faults_unreachable_pair_owner_is_avoided(void **state)
+{
+    rt_cluster_t *c = start(state, NULL); /* dead-after 3000 ms: longer than this test */
+    rt_daemon_t *a = rt_pair_add(c, "pa", "pb", BATON__ROLE__PREFILL);
+    rt_daemon_t *b = rt_pair_add(c, "pb", "pa", BATON__ROLE__DECODE);
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 2, WAIT_MS), 0);
+    assert_int_equal(rt_generate(cl, 9, prompt, 3, 1), 0);
+    /* The owner is the member serving prefill; the holder is told first. */
+    uint64_t id;
+    Baton__Assignment *as = next_assign(c, b, BATON__ROLE__PAIR, &id);
+    assert_true(as->replica);
+    baton__assignment__free_unpacked(as, NULL);
+    rt_daemon_close(a); /* pa dies before the holder answers */
+    rt_sleep(c, 200);   /* the router sees its connection end */
+    rt_assign_reply(b, id, BATON__ROLE__PAIR, 0);
+
+    /* pb's reservation is given back, and pb now owns the request alone. */
+    bt_rpc_msg_t m;
+    assert_int_equal(rt_expect(c, b->sock, BATON__METHOD__ABORT, &m, WAIT_MS, NULL), 0);
+    assert_int_equal(m.hdr.request_id, id);
+    bt_rpc_msg_fini(&m);
+    uint64_t id2;
+    as = next_assign(c, b, BATON__ROLE__PAIR, &id2);
+    assert_false(as->replica);
+    assert_int_equal(as->skip_tokens, 0);
+    baton__assignment__free_unpacked(as, NULL);
+    assert_true(id2 != id);
+    rt_assign_reply(b, id2, BATON__ROLE__PAIR, 0);
+    int32_t t0 = 50;
+    rt_chunk(b, BATON__METHOD__FIRST_TOKEN, id2, 0, &t0, 1);
+    rt_done(b, id2, BATON__ROLE__PAIR, BATON__FINISH_REASON__FINISH_LENGTH, 1, NULL, 0);
+    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 9, 0), NULL);
+    Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, 9, 0);
+    assert_int_equal(r->finish_reason, BATON__FINISH_REASON__FINISH_LENGTH);
+    assert_int_equal(r->retries, 0); /* nothing had started on pa: no failover */
+    assert_int_equal(r->n_ids, 1);
+    assert_int_equal(r->ids[0], 50);
+    assert_string_equal(r->decode_instance, "pb");
     baton__generate_result__free_unpacked(r, NULL);
 }
 
@@ -628,6 +676,7 @@ int main(void)
         cmocka_unit_test_teardown(test_faults_failover_gives_up_after_its_timeout, teardown),
         cmocka_unit_test_teardown(test_faults_restart_is_seen_through_the_incarnation, teardown),
         cmocka_unit_test_teardown(test_faults_unreachable_prefill_peer_is_avoided, teardown),
+        cmocka_unit_test_teardown(test_faults_unreachable_pair_owner_is_avoided, teardown),
         cmocka_unit_test_teardown(test_faults_limits_answer_with_error_codes, teardown),
         cmocka_unit_test_teardown(test_faults_queue_bound_and_queue_timeout, teardown),
         cmocka_unit_test_teardown(test_faults_malformed_and_unknown_messages, teardown),

@@ -71,7 +71,7 @@ int rt_stop(rt_cluster_t *c)
     while (c->n_autos)
         rt_auto_stop(c, c->autos[0]);
     for (int i = 0; i < c->n_d; i++)
-        zmq_close(c->d[i].sock);
+        rt_daemon_close(&c->d[i]);
     for (int i = 0; i < c->n_clients; i++)
         zmq_close(c->clients[i]);
     c->n_d = c->n_clients = 0;
@@ -120,7 +120,8 @@ static void *dealer(rt_cluster_t *c, const char *identity, const char *endpoint)
     return s;
 }
 
-rt_daemon_t *rt_daemon_add(rt_cluster_t *c, const char *id, Baton__Role role)
+static rt_daemon_t *daemon_add(rt_cluster_t *c, const char *id, Baton__Role role,
+                               const char *partner, Baton__Role serving)
 {
     if (c->n_d == RT_MAX_DAEMONS)
         return NULL;
@@ -132,9 +133,29 @@ rt_daemon_t *rt_daemon_add(rt_cluster_t *c, const char *id, Baton__Role role)
     d->incarnation = 1;
     d->kv_free_blocks = 1000;
     d->kv_total_blocks = 1000;
+    snprintf(d->partner, sizeof d->partner, "%s", partner ? partner : "");
+    d->serving = serving;
     d->sock = dealer(c, id, c->cluster_ep);
     rt_heartbeat(c, d);
     return d;
+}
+
+rt_daemon_t *rt_daemon_add(rt_cluster_t *c, const char *id, Baton__Role role)
+{
+    return daemon_add(c, id, role, NULL, BATON__ROLE__ROLE_NONE);
+}
+
+rt_daemon_t *rt_pair_add(rt_cluster_t *c, const char *id, const char *partner, Baton__Role serving)
+{
+    return daemon_add(c, id, BATON__ROLE__PAIR, partner, serving);
+}
+
+void rt_daemon_close(rt_daemon_t *d)
+{
+    if (d->sock)
+        zmq_close(d->sock);
+    d->sock = NULL;
+    d->silent = 1;
 }
 
 void *rt_client(rt_cluster_t *c)
@@ -204,6 +225,10 @@ void rt_heartbeat(rt_cluster_t *c, rt_daemon_t *d)
     hb.draining = d->draining;
     hb.time_ns = bt_rpc_now_ns();
     hb.incarnation = d->incarnation;
+    if (d->role == BATON__ROLE__PAIR) {
+        hb.partner = d->partner;
+        hb.serving = d->serving;
+    }
     rt_send(d->sock, BATON__METHOD__HEARTBEAT, 0, 0, &hb.base);
 }
 
@@ -289,7 +314,7 @@ int rt_assign_reply(rt_daemon_t *d, uint64_t id, Baton__Role part, int status)
     Baton__KvReservation kv = BATON__KV_RESERVATION__INIT;
     int32_t blocks[1] = {7};
     r.part = part;
-    if (part == BATON__ROLE__DECODE && status == 0) {
+    if ((part == BATON__ROLE__DECODE || part == BATON__ROLE__PAIR) && status == 0) {
         kv.reservation_id = id ^ 0x5a5a;
         kv.generation = 3;
         kv.block_ids = blocks;

@@ -32,6 +32,8 @@ typedef struct {
     uint32_t queue_len, running, kv_free_blocks, kv_total_blocks;
     uint64_t queued_tokens;
     int draining;
+    char partner[64];    /* PAIR: the partner's id */
+    Baton__Role serving; /* PAIR: PREFILL or DECODE */
 } rt_daemon_t;
 
 typedef struct {
@@ -61,6 +63,10 @@ int rt_signal_wait(rt_cluster_t *c, int sig, int timeout_ms);
 
 /* A fake daemon that registers with one heartbeat at once. */
 rt_daemon_t *rt_daemon_add(rt_cluster_t *c, const char *id, Baton__Role role);
+/* A fake AcceLLM pair member (role PAIR) with its partner's id, serving PREFILL or DECODE. */
+rt_daemon_t *rt_pair_add(rt_cluster_t *c, const char *id, const char *partner, Baton__Role serving);
+/* Closes d's socket, as a process that died would (its connection ends; no more heartbeats). */
+void rt_daemon_close(rt_daemon_t *d);
 /* Waits until the router counts n alive instances (INFO); 0, or -1 at the deadline. Heartbeats
  * of different daemons reach the router in no particular order: tests that depend on which
  * instances it knows wait here. */
@@ -93,7 +99,7 @@ int rt_send(void *sock, Baton__Method method, uint64_t id, int status,
             const ProtobufCMessage *body);
 /* GENERATE with token ids, greedy sampling. */
 int rt_generate(void *client, uint64_t id, const int32_t *prompt, size_t n, uint32_t max_tokens);
-/* ASSIGN_REPLY for part; a decode reply carries a reservation of one block. */
+/* ASSIGN_REPLY for part; a decode (or pair) reply carries a reservation of one block. */
 int rt_assign_reply(rt_daemon_t *d, uint64_t id, Baton__Role part, int status);
 /* FIRST_TOKEN or STREAM chunk. */
 int rt_chunk(rt_daemon_t *d, Baton__Method method, uint64_t id, uint32_t index, const int32_t *ids,
