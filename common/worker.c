@@ -61,6 +61,7 @@ struct bt_worker {
     int holding;             /* compute thread: bt_worker_hold in effect */
     int wake_pending;        /* compute thread: outputs queued since the loop was last woken */
     uint64_t stuck_since_ms; /* sends have failed since then (no connection); 0: fine */
+    int wait_cap_ms;         /* loop thread: the coming wait's limit (bt_worker_wait_at_most) */
 };
 
 static uint64_t now_ms(void)
@@ -612,8 +613,15 @@ static void reconnect_if_stuck(bt_worker_t *w)
         w->stuck_since_ms = now_ms(); /* try again later */
 }
 
+void bt_worker_wait_at_most(bt_worker_t *w, int ms)
+{
+    if (ms < w->wait_cap_ms)
+        w->wait_cap_ms = ms;
+}
+
 static void loop_once(bt_worker_t *w)
 {
+    w->wait_cap_ms = WORKER_TICK_MS;
     int role_fd = w->p.ops->loop_fd ? w->p.ops->loop_fd(w->p.ctx, w) : -1;
     zmq_pollitem_t items[4] = {{w->sock, 0, ZMQ_POLLIN, 0},
                                {NULL, w->efd, ZMQ_POLLIN, 0},
@@ -621,8 +629,8 @@ static void loop_once(bt_worker_t *w)
                                {NULL, role_fd, ZMQ_POLLIN, 0}};
     uint64_t now = now_ms();
     long timeout = w->next_hb_ms > now ? (long)(w->next_hb_ms - now) : 0;
-    if (timeout > WORKER_TICK_MS)
-        timeout = WORKER_TICK_MS;
+    if (timeout > w->wait_cap_ms)
+        timeout = w->wait_cap_ms;
     if (zmq_poll(items, role_fd >= 0 ? 4 : 3, timeout) < 0 && zmq_errno() != EINTR)
         bt_warn("worker: zmq_poll failed: %s", zmq_strerror(zmq_errno()));
     if (items[2].revents)

@@ -174,6 +174,9 @@ int bt_worker_command(bt_worker_t *w, const bt_cmd_t *cmd);
 /* loop: sends o to the router now, as if the compute thread had emitted it, and frees it (the
  * role's loop code answers without a round trip through the compute thread). */
 void bt_worker_send(bt_worker_t *w, bt_out_t *o);
+/* loop: the coming wait lasts at most ms (from loop_fd: work is left that its fd will not
+ * announce). */
+void bt_worker_wait_at_most(bt_worker_t *w, int ms);
 /* The instance id (any thread). */
 const char *bt_worker_id(const bt_worker_t *w);
 

@@ -440,7 +440,7 @@ static int dc_loop_fd(void *ctx, bt_worker_t *w)
 {
     bt_decode_t *d = ctx;
     d->w = w;
-    return bt_kvlink_pump(d->p.link, dc_on_event, d);
+    return bt_kvlink_loop_fd(d->p.link, w, dc_on_event, d);
 }
 
 static void dc_loop_poll(void *ctx, bt_worker_t *w)

@@ -828,6 +828,14 @@ static void ucx_destroy(void *bep)
          * its callbacks may still look at control buffers and deferred slots, so those go
          * after it. */
         be->in_downcall++;
+        /* A close still in flight (a flush to a peer that died over shared memory never ends)
+         * is let go: the worker frees it as it destroys the endpoint, which it refuses to do
+         * for a request the caller still holds. */
+        for (ucx_ep_t *e = be->eps; e; e = e->next)
+            if (e->close_req) {
+                ucp_request_free(e->close_req);
+                e->close_req = NULL;
+            }
         if (be->memh)
             ucp_mem_unmap(be->ctx, be->memh);
         ucp_worker_destroy(be->worker);

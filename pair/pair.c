@@ -1085,7 +1085,7 @@ static int pr_loop_fd(void *ctx, bt_worker_t *w)
 {
     bt_pair_t *pr = ctx;
     pr->w = w;
-    return bt_kvlink_pump(pr->p.link, pr_on_event, pr);
+    return bt_kvlink_loop_fd(pr->p.link, w, pr_on_event, pr);
 }
 
 static void pr_loop_poll(void *ctx, bt_worker_t *w)

@@ -8,11 +8,27 @@
 #include "kvlink.h"
 
 #include <string.h>
+#include <time.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
 
 #define KVLINK_MAX_PEERS 256
+#define PUMP_ROUNDS 32    /* progress rounds one pump makes at most to arm the context */
+#define BUSY_SPIN_MS 5    /* busy this long: the loop stops spinning and waits 1 ms at a time */
+#define BUSY_WARN_MS 1000 /* busy this long: say so (once per busy spell) */
+#define FAILS_MAX 16      /* addresses whose connect failed, remembered for the back-off */
+#define RETRY_FIRST_MS 50 /* the first wait before connecting again to a failed address */
+#define RETRY_MAX_MS 2000
+
+/* An address a connect failed to: not tried again before until_ms (doubling waits), so that a
+ * loop that asks for a dead peer's connection at every turn neither spins on it nor fills the
+ * log. A new address (the peer restarted) is tried at once. */
+typedef struct {
+    char name[BT_KVX_NAME_MAX];
+    uint64_t addr_hash, until_ms;
+    int wait_ms;
+} link_fail_t;
 
 typedef struct {
     char name[BT_KVX_NAME_MAX];
@@ -25,6 +41,10 @@ struct bt_kvlink {
     size_t address_len;
     link_peer_t peers[KVLINK_MAX_PEERS];
     int n_peers;
+    uint64_t busy_since_ms; /* the pumps have not armed the context since then; 0: armed */
+    int busy_warned;
+    link_fail_t fails[FAILS_MAX];
+    int n_fails;
 };
 
 int bt_kvlink_create(const bt_kvlink_params_t *p, bt_kvlink_t **out)
@@ -95,18 +115,79 @@ static link_peer_t *add(bt_kvlink_t *l, const char *name, bt_kvx_peer_t *peer)
     return e;
 }
 
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t fnv1a(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+static link_fail_t *fail_find(bt_kvlink_t *l, const char *name)
+{
+    for (int i = 0; i < l->n_fails; i++)
+        if (!strncmp(l->fails[i].name, name, BT_KVX_NAME_MAX - 1))
+            return &l->fails[i];
+    return NULL;
+}
+
+/* A connect to name at the address hashed h failed: the next try waits (the oldest record
+ * makes room when all are taken). */
+static void fail_note(bt_kvlink_t *l, const char *name, uint64_t h, int st)
+{
+    link_fail_t *f = fail_find(l, name);
+    if (f && f->addr_hash != h)
+        f->wait_ms = 0; /* another address: a new spell */
+    if (!f) {
+        if (l->n_fails == FAILS_MAX)
+            memmove(l->fails, l->fails + 1, (FAILS_MAX - 1) * sizeof *l->fails);
+        else
+            l->n_fails++;
+        f = &l->fails[l->n_fails - 1];
+        memset(f, 0, sizeof *f);
+        strncpy(f->name, name, sizeof f->name - 1);
+    }
+    if (!f->wait_ms)
+        bt_warn("kvlink: cannot connect to %s: %s; trying again from time to time", name,
+                bt_status_str(st));
+    f->addr_hash = h;
+    f->wait_ms = f->wait_ms ? (f->wait_ms * 2 < RETRY_MAX_MS ? f->wait_ms * 2 : RETRY_MAX_MS)
+                            : RETRY_FIRST_MS;
+    f->until_ms = now_ms() + (uint64_t)f->wait_ms;
+}
+
+static void fail_forget(bt_kvlink_t *l, const char *name)
+{
+    link_fail_t *f = fail_find(l, name);
+    if (f)
+        *f = l->fails[--l->n_fails];
+}
+
 bt_kvx_peer_t *bt_kvlink_peer(bt_kvlink_t *l, const char *name, const void *address,
                               size_t address_len, int connect)
 {
     link_peer_t *e = find(l, name);
     if (e || !connect || !address || !address_len)
         return e ? e->peer : NULL;
+    uint64_t h = fnv1a(address, address_len);
+    link_fail_t *f = fail_find(l, name);
+    if (f && f->addr_hash == h && now_ms() < f->until_ms)
+        return NULL; /* the last try at this address failed a moment ago */
     bt_kvx_peer_t *peer = NULL;
     int st = bt_kvx_connect(l->kvx, address, address_len, &peer);
     if (st != BT_OK) {
-        bt_warn("kvlink: cannot connect to %s: %s", name, bt_status_str(st));
+        fail_note(l, name, h, st);
         return NULL;
     }
+    fail_forget(l, name);
     bt_info("kvlink: connecting to %s", name);
     if (!add(l, name, peer)) {
         bt_kvx_peer_close(peer);
@@ -139,7 +220,10 @@ static void track(bt_kvlink_t *l, const bt_kvx_event_t *ev)
 
 int bt_kvlink_pump(bt_kvlink_t *l, bt_kvlink_event_fn fn, void *ctx)
 {
-    do {
+    uint64_t now = now_ms();
+    /* Busy for a while: one round per wait of the loop, not PUMP_ROUNDS per millisecond. */
+    int rounds = l->busy_since_ms && now - l->busy_since_ms >= BUSY_SPIN_MS ? 1 : PUMP_ROUNDS;
+    for (int round = 0; round < rounds; round++) {
         bt_kvx_progress(l->kvx);
         bt_kvx_event_t ev;
         while (bt_kvx_next_event(l->kvx, &ev)) {
@@ -148,8 +232,31 @@ int bt_kvlink_pump(bt_kvlink_t *l, bt_kvlink_event_fn fn, void *ctx)
             if (ev.type == BT_KVX_EV_PEER_DOWN)
                 bt_kvx_peer_release(ev.peer);
         }
-    } while (bt_kvx_arm(l->kvx) != BT_OK);
+        if (bt_kvx_arm(l->kvx) == BT_OK) {
+            if (l->busy_warned)
+                bt_info("kvlink: the transfer context can wait for events again");
+            l->busy_since_ms = 0;
+            l->busy_warned = 0;
+            return bt_kvx_fd(l->kvx);
+        }
+    }
+    if (!l->busy_since_ms)
+        l->busy_since_ms = now;
+    else if (!l->busy_warned && now - l->busy_since_ms >= BUSY_WARN_MS) {
+        bt_warn("kvlink: the transfer context has stayed busy for %llu ms (a transport that "
+                "cannot flush an endpoint to a dead peer); polling it every millisecond",
+                (unsigned long long)(now - l->busy_since_ms));
+        l->busy_warned = 1;
+    }
     return bt_kvx_fd(l->kvx);
+}
+
+int bt_kvlink_loop_fd(bt_kvlink_t *l, bt_worker_t *w, bt_kvlink_event_fn fn, void *ctx)
+{
+    int fd = bt_kvlink_pump(l, fn, ctx);
+    if (l->busy_since_ms)
+        bt_worker_wait_at_most(w, now_ms() - l->busy_since_ms < BUSY_SPIN_MS ? 0 : 1);
+    return fd;
 }
 
 /* An auto|on|off option (NULL: auto) as 0, 1 or -1. */

@@ -18,6 +18,7 @@
 #include <stddef.h>
 
 #include "common/engine.h"
+#include "common/worker.h"
 #include "kvx/kvx.h"
 
 typedef struct bt_kvlink bt_kvlink_t;
@@ -100,8 +101,14 @@ const void *bt_kvlink_address(const bt_kvlink_t *l, size_t *len);
 bt_kvx_peer_t *bt_kvlink_peer(bt_kvlink_t *l, const char *name, const void *address,
                               size_t address_len, int connect);
 
-/* Does pending transfer work and hands every event to fn. Returns the fd to poll for more (the
- * context is armed: nothing is pending once this returns). */
+/* Does pending transfer work and hands every event to fn. Returns the fd to poll for more. The
+ * context is then armed (nothing is pending that the fd will not announce) unless it could not
+ * be within a few rounds. The pump never loops until it is, since a transport may stay busy for
+ * good (UCX cannot flush a shared-memory endpoint whose peer died), and the daemon's loop must
+ * go on (heartbeats, the router's messages). */
 int bt_kvlink_pump(bt_kvlink_t *l, bt_kvlink_event_fn fn, void *ctx);
+/* A daemon loop's loop_fd: the pump, and when it left the context busy, a cap on the loop's
+ * coming wait (none for the first few milliseconds of a busy spell, then one millisecond). */
+int bt_kvlink_loop_fd(bt_kvlink_t *l, bt_worker_t *w, bt_kvlink_event_fn fn, void *ctx);
 
 #endif

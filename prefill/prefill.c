@@ -688,7 +688,7 @@ static int pf_loop_fd(void *ctx, bt_worker_t *w)
 {
     bt_prefill_t *pf = ctx;
     pf->w = w;
-    return bt_kvlink_pump(pf->p.link, pf_on_event, pf);
+    return bt_kvlink_loop_fd(pf->p.link, w, pf_on_event, pf);
 }
 
 static void pf_loop_poll(void *ctx, bt_worker_t *w)
