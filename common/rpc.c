@@ -45,6 +45,7 @@ const ProtobufCMessageDescriptor *bt_rpc_body_type(Baton__Method method)
     case BATON__METHOD__INFO: return &baton__empty__descriptor;
     case BATON__METHOD__CANCEL:
     case BATON__METHOD__ABORT:
+    case BATON__METHOD__RESET:
     case BATON__METHOD__DRAIN: return &baton__empty__descriptor;
     case BATON__METHOD__HEARTBEAT: return &baton__heartbeat__descriptor;
     case BATON__METHOD__ASSIGN: return &baton__assignment__descriptor;

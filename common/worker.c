@@ -403,6 +403,15 @@ static void on_abort(bt_worker_t *w, uint64_t rid, int32_t status)
         bt_error("req %llu: cannot queue ABORT", (unsigned long long)rid);
 }
 
+/* Every request in flight (a pair's replicas included) is aborted; each still ends with DONE. */
+static void abort_all(bt_worker_t *w, int32_t status)
+{
+    size_t pos = 0;
+    uint64_t rid;
+    while (bt_reqtable_next(&w->inflight, &pos, &rid))
+        on_abort(w, rid, status);
+}
+
 /* RESUME and SET_ROLE (pair daemons): to the compute thread. */
 static void on_pair_command(bt_worker_t *w, const bt_rpc_msg_t *m)
 {
@@ -498,6 +507,16 @@ static void on_message(bt_worker_t *w, bt_rpc_msg_t *m, int st)
     case BATON__METHOD__ASSIGN: on_assign(w, m); break;
     case BATON__METHOD__ABORT: on_abort(w, m->hdr.request_id, BT_ERR_CANCELLED); break;
     case BATON__METHOD__DRAIN: start_drain(w, "DRAIN from the router"); break;
+    case BATON__METHOD__RESET:
+        /* The router (re)registered this instance knowing nothing of what it holds: it wrote it
+         * off while it was silent (stopped, starved, cut off) and placed its requests elsewhere,
+         * or it restarted. Nobody would end what is still here. */
+        if (bt_reqtable_len(&w->inflight))
+            bt_warn("worker %s: RESET from the router, which knows nothing of what is here: "
+                    "dropping the %zu requests and replicas held",
+                    w->id, bt_reqtable_len(&w->inflight));
+        abort_all(w, BT_ERR_CANCELLED);
+        break;
     case BATON__METHOD__RESUME:
     case BATON__METHOD__SET_ROLE:
         if (w->p.limits.role == BATON__ROLE__PAIR) {
@@ -557,10 +576,7 @@ static void drain_timeout_check(bt_worker_t *w)
     w->drain_aborted = 1;
     bt_warn("worker %s: drain timeout, aborting %zu requests", w->id,
             bt_reqtable_len(&w->inflight));
-    size_t pos = 0;
-    uint64_t rid;
-    while (bt_reqtable_next(&w->inflight, &pos, &rid))
-        on_abort(w, rid, BT_ERR_TIMEOUT);
+    abort_all(w, BT_ERR_TIMEOUT);
 }
 
 static int loop_done(bt_worker_t *w)

@@ -157,6 +157,7 @@ int router_instances_heartbeat(router_instances_t *set, const uint8_t *ident, si
         return BT_ERR_INVAL;
     router_instance_t *r = router_instances_find(set, ident, ident_len);
     int fresh = !r || !r->alive;
+    int revived = r && !r->alive && (!hb->incarnation || hb->incarnation == r->incarnation);
     int restarted =
         !fresh && hb->incarnation && r->incarnation && hb->incarnation != r->incarnation;
     if (!r && !(r = add_record(set, ident, ident_len)))
@@ -173,12 +174,17 @@ int router_instances_heartbeat(router_instances_t *set, const uint8_t *ident, si
     if (fresh || restarted) {
         r->told_partner = 0;
         bt_info("instance %s %s: role %s, model %s, version %u", r->name,
-                restarted ? "restarted" : "registered",
+                restarted ? "restarted"
+                : revived ? "is back (the same process)"
+                          : "registered",
                 protobuf_c_enum_descriptor_get_value(&baton__role__descriptor, r->role)->name,
                 r->model_id, r->version);
     }
     *out = r;
-    *ev = fresh ? ROUTER_HB_NEW : restarted ? ROUTER_HB_RESTARTED : ROUTER_HB_REFRESH;
+    *ev = revived     ? ROUTER_HB_REVIVED
+          : fresh     ? ROUTER_HB_NEW
+          : restarted ? ROUTER_HB_RESTARTED
+                      : ROUTER_HB_REFRESH;
     return BT_OK;
 }
 

@@ -77,7 +77,10 @@ void router_instances_destroy(router_instances_t *set);
 
 typedef enum {
     ROUTER_HB_REFRESH = 0, /* a known, alive instance */
-    ROUTER_HB_NEW,         /* first heard of, or back after being declared dead */
+    ROUTER_HB_NEW,         /* first heard of, or back after being declared dead by another
+                              process (a new incarnation) */
+    ROUTER_HB_REVIVED,     /* back after being declared dead, the same process: it may still
+                              hold what was failed over meanwhile */
     ROUTER_HB_RESTARTED,   /* alive, but its incarnation changed: what it had is lost */
 } router_hb_event_t;
 

@@ -117,6 +117,11 @@ static void on_heartbeat(router_t *r, bt_rpc_msg_t *m)
     }
     if (ev == ROUTER_HB_RESTARTED)
         router_on_instance_lost(r, inst);
+    /* Whatever a (re)registered instance holds, the router knows nothing of it any more (it
+     * was failed over, or the router restarted): the instance drops it, before anything new
+     * is placed there. An instance written off long enough ago is not even remembered. */
+    if (ev == ROUTER_HB_NEW || ev == ROUTER_HB_REVIVED)
+        router_send_instance(r, inst, BATON__METHOD__RESET, 0, NULL);
     if (r->queue.n)
         r->queue_dirty = 1;
 }

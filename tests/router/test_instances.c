@@ -71,8 +71,8 @@ static void test_instances_liveness(void **state)
     router_instances_expire(s, 12000, on_dead, NULL); /* reported once */
     assert_int_equal(n_dead, 1);
 
-    assert_ptr_equal(beat(s, "d0", &hb, 13000, &ev), x); /* back: same record */
-    assert_int_equal(ev, ROUTER_HB_NEW);
+    assert_ptr_equal(beat(s, "d0", &hb, 13000, &ev), x); /* back: same record, same process */
+    assert_int_equal(ev, ROUTER_HB_REVIVED);
     assert_true(x->alive);
     beat(s, "d0", &hb, 13100, &ev);
     assert_int_equal(ev, ROUTER_HB_REFRESH);

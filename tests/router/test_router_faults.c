@@ -4,7 +4,8 @@
  * that stops heartbeating mid-stream (the stream continues on another, retries = 1), failover
  * that finds no instance in time, a daemon restart seen through its incarnation, a prefill that
  * its decode peer cannot reach (avoided by the failover), a pair owner whose connection is gone
- * (avoided without a failover), refusals with the contract's error
+ * (avoided without a failover), RESET on registration (a written-off daemon that comes back drops
+ * what it holds), refusals with the contract's error
  * codes, a full queue, malformed and unknown messages from both sides (answered, and the router
  * keeps serving), late messages for finished requests, connections that break the wire
  * protocol itself, and the SIGTERM drain.
@@ -281,6 +282,45 @@ static void test_faults_unreachable_pair_owner_is_avoided(void **state)
     assert_int_equal(r->n_ids, 1);
     assert_int_equal(r->ids[0], 50);
     assert_string_equal(r->decode_instance, "pb");
+    baton__generate_result__free_unpacked(r, NULL);
+}
+
+/* Waits until d has had n RESETs, with no other message to it meanwhile. */
+static void wait_resets(rt_cluster_t *c, rt_daemon_t *d, int n)
+{
+    for (uint64_t end = bt_test_now_ms() + WAIT_MS; d->resets < n;) {
+        assert_true(bt_test_now_ms() < end);
+        bt_rpc_msg_t m;
+        assert_int_not_equal(rt_recv(c, d->sock, &m, 20), 0);
+    }
+    assert_int_equal(d->resets, n);
+}
+
+/* Every registration starts with RESET: a daemon the router wrote off (silent past
+ * dead-after) that heartbeats again as the same process drops what it still holds, since the
+ * router failed it over; and then serves again. */
+static void test_faults_revived_instance_is_reset(void **state)
+{
+    rt_cluster_t *c = start(state, (const char *const[]){"--dead-after-ms", "300",
+                                                         "--failover-timeout-ms", "300", NULL});
+    rt_daemon_t *x = rt_daemon_add(c, "c0", BATON__ROLE__COLOCATED);
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
+    wait_resets(c, x, 1);
+    run_colocated(c, x, cl, 11);
+    x->silent = 1;
+    Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, 11, BT_ERR_UNAVAILABLE);
+    baton__generate_result__free_unpacked(r, NULL); /* written off: nowhere to fail over to */
+    x->silent = 0; /* it was only stopped: back, still holding the request */
+    rt_heartbeat(c, x);
+    wait_resets(c, x, 2);
+    assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
+    uint64_t id = run_colocated(c, x, cl, 12); /* and it serves again */
+    int32_t t0 = 4;
+    rt_chunk(x, BATON__METHOD__FIRST_TOKEN, id, 0, &t0, 1);
+    rt_done(x, id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_EOS, 1, NULL, 0);
+    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 12, 0), NULL);
+    r = expect_client(c, cl, BATON__METHOD__RESULT, 12, 0);
     baton__generate_result__free_unpacked(r, NULL);
 }
 
@@ -677,6 +717,7 @@ int main(void)
         cmocka_unit_test_teardown(test_faults_restart_is_seen_through_the_incarnation, teardown),
         cmocka_unit_test_teardown(test_faults_unreachable_prefill_peer_is_avoided, teardown),
         cmocka_unit_test_teardown(test_faults_unreachable_pair_owner_is_avoided, teardown),
+        cmocka_unit_test_teardown(test_faults_revived_instance_is_reset, teardown),
         cmocka_unit_test_teardown(test_faults_limits_answer_with_error_codes, teardown),
         cmocka_unit_test_teardown(test_faults_queue_bound_and_queue_timeout, teardown),
         cmocka_unit_test_teardown(test_faults_malformed_and_unknown_messages, teardown),

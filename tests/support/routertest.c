@@ -259,6 +259,15 @@ int rt_recv(rt_cluster_t *c, void *sock, bt_rpc_msg_t *m, int timeout_ms)
     for (;;) {
         rt_pump(c);
         int st = bt_rpc_recv(sock, m, ZMQ_DONTWAIT);
+        rt_daemon_t *d = NULL;
+        for (int i = 0; st == BT_OK && m->hdr.method == BATON__METHOD__RESET && i < c->n_d; i++)
+            if (c->d[i].sock == sock)
+                d = &c->d[i];
+        if (d) {
+            d->resets++;
+            bt_rpc_msg_fini(m);
+            continue;
+        }
         if (st != BT_AGAIN)
             return st == BT_OK ? 0 : -1;
         bt_rpc_msg_fini(m);

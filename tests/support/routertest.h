@@ -34,6 +34,7 @@ typedef struct {
     int draining;
     char partner[64];    /* PAIR: the partner's id */
     Baton__Role serving; /* PAIR: PREFILL or DECODE */
+    int resets;          /* RESETs received (rt_recv counts them and reads on) */
 } rt_daemon_t;
 
 typedef struct {
@@ -82,7 +83,8 @@ void rt_sleep(rt_cluster_t *c, int ms);
 void *rt_client(rt_cluster_t *c);
 
 /* Receives one message on sock (a fake daemon's or a client's), heartbeating meanwhile.
- * 0 on success (release m with bt_rpc_msg_fini), -1 at the deadline. */
+ * 0 on success (release m with bt_rpc_msg_fini), -1 at the deadline. A RESET to a fake daemon
+ * (the router sends one on every registration) is counted in its resets, not returned. */
 int rt_recv(rt_cluster_t *c, void *sock, bt_rpc_msg_t *m, int timeout_ms);
 /* Receives until a message with this method arrives (others are dropped, counted in
  * *skipped when not NULL); 0 or -1. */
