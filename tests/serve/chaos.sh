@@ -18,9 +18,12 @@
 #   (completed, failed or cancelled), and every daemon's KV blocks all free again
 #   (`baton status --json` and /metrics);
 # - SIGTERM then stops the daemons and the router, each with exit status 0.
+# BATON_CHAOS_MODE=pairs runs the same on two AcceLLM pairs (`baton-pair`, docs/pairs.md) instead:
+# a killed owner's requests resume on their replicas, role switches and hand-offs go on under
+# the faults, and at the end every replica's blocks must be free too.
 # BATON_CHAOS_SEED (default 1) seeds the fault schedule and the clients' choice of prompts;
 # BATON_CHAOS_SECONDS (default 75) is how long the faults go on; BATON_CHAOS_LOGS=DIR keeps the
-# logs and the requests' results there.
+# logs and the requests' results there; BATON_CHAOS_LOG_LEVEL (default info) is the daemons'.
 set -euo pipefail
 BIN=${BATON_BINARY_DIR:?}/bin
 SEED=${BATON_CHAOS_SEED:-1}
@@ -30,7 +33,15 @@ HANG_S=45 # hard limit on one `baton generate`: the router must end every reques
 tmp=$(mktemp -d)
 CLIENT_EP=ipc://$tmp/clients.sock
 CLUSTER_EP=ipc://$tmp/cluster.sock
-DAEMONS=(prefill-0 prefill-1 decode-0 decode-1)
+MODE=${BATON_CHAOS_MODE:-disagg}
+case $MODE in
+disagg) DAEMONS=(prefill-0 prefill-1 decode-0 decode-1) ;;
+pairs) DAEMONS=(pair-0a pair-0b pair-1a pair-1b) ;;
+*)
+    echo "BATON_CHAOS_MODE: disagg or pairs, not $MODE" >&2
+    exit 2
+    ;;
+esac
 declare -A pid=()
 router=
 loops=() # client loops and other background requests
@@ -68,7 +79,26 @@ logs() {
 fail() {
     echo "FAIL: $*" >&2
     logs
+    stacks
     exit 1
+}
+# With BATON_CHAOS_STACKS=1 (and gdb), the threads' stacks of every daemon still running, so
+# that a daemon that stopped answering shows where it is.
+stacks() {
+    local d
+    [ "${BATON_CHAOS_STACKS:-0}" = 1 ] && command -v gdb >/dev/null || return 0
+    local k t0 t1
+    for d in "${!pid[@]}"; do
+        alive "${pid[$d]}" || continue
+        t0=$(awk '{print $14 + $15}' "/proc/${pid[$d]}/stat")
+        sleep 1
+        t1=$(awk '{print $14 + $15}' "/proc/${pid[$d]}/stat")
+        echo "--- stacks of $d (pid ${pid[$d]}; $((t1 - t0)) CPU ticks in the last second)" >&2
+        for k in 1 2 3; do
+            gdb -p "${pid[$d]}" -batch -ex 'thread apply all bt' 2>/dev/null |
+                grep -E '^(Thread|#)' >&2 || true
+        done
+    done
 }
 alive() { # a process of ours that has not exited (a stopped one is alive; a zombie is not)
     local state
@@ -77,10 +107,18 @@ alive() { # a process of ours that has not exited (a stopped one is alive; a zom
 msleep() { sleep "$(printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)))"; }
 
 start_daemon() {
-    local name=$1
+    local name=$1 extra=()
+    # A pair member names its partner (pair-0a <-> pair-0b); the a members start serving prefill.
+    if [ "$MODE" = pairs ]; then
+        case $name in
+        *a) extra=(--partner "${name%a}b" --serving prefill) ;;
+        *b) extra=(--partner "${name%b}a" --serving decode) ;;
+        esac
+    fi
     "$BIN/baton-${name%-*}" --router "$CLUSTER_EP" --id "$name" --model "$tmp/tiny.gguf" \
         --threads 1 --kv-mem 8M --heartbeat-ms 100 --kv-peer-timeout-ms 1000 \
-        --kv-peer-wait-ms 2000 --log-level info >>"$tmp/logs/$name.log" 2>&1 &
+        --kv-peer-wait-ms 2000 --log-level "${BATON_CHAOS_LOG_LEVEL:-info}" "${extra[@]}" \
+        >>"$tmp/logs/$name.log" 2>&1 &
     pid[$name]=$!
 }
 
@@ -352,7 +390,7 @@ check "$tmp/expect" "$tmp/final" final || fail "requests failed after the faults
 
 # Nothing left behind: no request in flight at the router, every KV block free everywhere.
 settled=
-for _ in $(seq 50); do
+for _ in $(seq 150); do # 15 s: a cancelled receive waits out its quarantine (kvx's 3 s lease)
     m=$(metrics) || fail "no /metrics"
     if python3 -c '
 import re, sys
@@ -382,6 +420,7 @@ sys.exit(not ok)' "${DAEMONS[@]}" <<<"$m" && wait_cluster idle; then
 done
 if [ -z "$settled" ]; then
     grep -E '^baton_(router_requests|router_failovers|instance_(up|running|queue|kv))' <<<"$m" >&2
+    "$BIN/baton" status --router "$CLIENT_EP" --json >&2 || true
     fail "requests or KV blocks still held after the faults stopped"
 fi
 grep -E '^baton_router_(requests_total|failovers_total)' <<<"$m"
