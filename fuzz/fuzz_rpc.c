@@ -208,7 +208,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         BATON__METHOD__HEARTBEAT, BATON__METHOD__ASSIGN,      BATON__METHOD__ASSIGN_REPLY,
         BATON__METHOD__DONE,      BATON__METHOD__HANDOFF,     BATON__METHOD__RESUME,
         BATON__METHOD__SET_ROLE,  BATON__METHOD__FIRST_TOKEN, BATON__METHOD__HEALTH,
-        BATON__METHOD__INFO,
+        BATON__METHOD__INFO,      BATON__METHOD__RESET,
     };
     Baton__Method method = methods[fuzz_u8(&in) % (sizeof methods / sizeof methods[0])];
     /* The first two bytes of the rest size the body; what follows it feeds the checks. */
