@@ -59,7 +59,8 @@ static const bt_cfg_opt_t opts[] = {
     OPT("drain-timeout-ms", BT_CFG_INT, "30000", 0, 3600000, drain_timeout_ms,
         "on SIGTERM, requests still running after this fail"),
     OPT("finish-grace-ms", BT_CFG_INT, "500", 0, 60000, finish_grace_ms,
-        "after the last DONE, wait this long for a late prefill DONE or token"),
+        "after the last DONE, wait this long for a late prefill DONE or token (then run what is "
+        "missing again)"),
     OPT("tick-ms", BT_CFG_INT, "10", 1, 1000, tick_ms, "housekeeping period"),
     OPT("busy-poll", BT_CFG_BOOL, "0", 0, 0, busy_poll,
         "the event loop polls without sleeping: half the added latency, a whole core busy"),

@@ -474,9 +474,12 @@ static void timed_out(router_t *r, router_request_t *rq)
             router_finish(r, rq, rq->finish, BT_OK, NULL);
             break;
         }
+        /* Every part said DONE but tokens never came (lost with a daemon that died after its
+         * DONE left, say): run it again from what the client has; the replay gives the same
+         * tokens (greedy, or sampling seeded by position). */
         snprintf(msg, sizeof msg, "stream incomplete: %u of %u tokens arrived", rq->n_out,
                  rq->n_expected);
-        router_finish(r, rq, BATON__FINISH_REASON__FINISH_FAILED, BT_ERR_INTERNAL, msg);
+        router_failover(r, rq, BT_ERR_INTERNAL, msg);
         break;
     default: break;
     }

@@ -5,7 +5,7 @@
  * that finds no instance in time, a daemon restart seen through its incarnation, a prefill that
  * its decode peer cannot reach (avoided by the failover), a pair owner whose connection is gone
  * (avoided without a failover), RESET on registration (a written-off daemon that comes back drops
- * what it holds), refusals with the contract's error
+ * what it holds), a stream lost after its DONE (run again), refusals with the contract's error
  * codes, a full queue, malformed and unknown messages from both sides (answered, and the router
  * keeps serving), late messages for finished requests, connections that break the wire
  * protocol itself, and the SIGTERM drain.
@@ -321,6 +321,40 @@ static void test_faults_revived_instance_is_reset(void **state)
     rt_done(x, id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_EOS, 1, NULL, 0);
     baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 12, 0), NULL);
     r = expect_client(c, cl, BATON__METHOD__RESULT, 12, 0);
+    baton__generate_result__free_unpacked(r, NULL);
+}
+
+/* The daemon says DONE but its tokens never come (lost on the way): past the finish grace the
+ * request runs again from what the client has, instead of failing. */
+static void test_faults_lost_stream_runs_again(void **state)
+{
+    rt_cluster_t *c = start(state, (const char *const[]){"--finish-grace-ms", "200", NULL});
+    rt_daemon_t *x = rt_daemon_add(c, "c0", BATON__ROLE__COLOCATED);
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
+    uint64_t id = run_colocated(c, x, cl, 13);
+    int32_t t0 = 30;
+    rt_chunk(x, BATON__METHOD__FIRST_TOKEN, id, 0, &t0, 1);
+    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 13, 0), NULL);
+    rt_done(x, id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_LENGTH, 3, NULL, 0);
+    uint32_t skip = 0;
+    uint64_t id2 = expect_assign(c, x, BATON__ROLE__COLOCATED, &skip); /* tokens 1, 2 lost */
+    assert_true(id2 != id);
+    assert_int_equal(skip, 1);
+    rt_assign_reply(x, id2, BATON__ROLE__COLOCATED, 0);
+    int32_t t012[3] = {30, 31, 32};
+    rt_chunk(x, BATON__METHOD__FIRST_TOKEN, id2, 0, t012, 1);
+    rt_chunk(x, BATON__METHOD__STREAM, id2, 1, t012 + 1, 2);
+    rt_done(x, id2, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_LENGTH, 3, NULL, 0);
+    Baton__TokenChunk *tc = expect_client(c, cl, BATON__METHOD__TOKENS, 13, 0);
+    assert_int_equal(tc->index, 1);
+    assert_int_equal(tc->n_ids, 2);
+    baton__token_chunk__free_unpacked(tc, NULL);
+    Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, 13, 0);
+    assert_int_equal(r->finish_reason, BATON__FINISH_REASON__FINISH_LENGTH);
+    assert_int_equal(r->retries, 1);
+    assert_int_equal(r->n_ids, 3);
+    assert_int_equal(r->ids[2], 32);
     baton__generate_result__free_unpacked(r, NULL);
 }
 
@@ -718,6 +752,7 @@ int main(void)
         cmocka_unit_test_teardown(test_faults_unreachable_prefill_peer_is_avoided, teardown),
         cmocka_unit_test_teardown(test_faults_unreachable_pair_owner_is_avoided, teardown),
         cmocka_unit_test_teardown(test_faults_revived_instance_is_reset, teardown),
+        cmocka_unit_test_teardown(test_faults_lost_stream_runs_again, teardown),
         cmocka_unit_test_teardown(test_faults_limits_answer_with_error_codes, teardown),
         cmocka_unit_test_teardown(test_faults_queue_bound_and_queue_timeout, teardown),
         cmocka_unit_test_teardown(test_faults_malformed_and_unknown_messages, teardown),
