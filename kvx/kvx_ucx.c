@@ -65,6 +65,13 @@ typedef struct ctrl_rx {
     int status;
 } ctrl_rx_t;
 
+/* A control message's copy while UCX sends it; freed by its completion, or at destroy for a
+ * send that never completes (to a peer that died over shared memory). A ring with a head. */
+typedef struct ctrl_tx {
+    struct ctrl_tx *prev, *next;
+    uint8_t data[];
+} ctrl_tx_t;
+
 /* An upcall that could not be made where it arose (inside a downcall). */
 typedef struct {
     kvx_op_t *op;
@@ -84,6 +91,7 @@ struct ucx_be {
     ucx_ep_t *eps;
     ctrl_rx_t *ctrl_head;
     ctrl_rx_t *ctrl_tail;
+    ctrl_tx_t tx; /* control sends in flight (head of the ring) */
     deferred_t *deferred;
     int n_deferred;
     int cap_deferred;
@@ -160,8 +168,15 @@ static void data_recv_cb(void *req, ucs_status_t status, const ucp_tag_recv_info
     data_cb(req, status, user);
 }
 
+static void ctrl_tx_unlink(ctrl_tx_t *t)
+{
+    t->prev->next = t->next;
+    t->next->prev = t->prev;
+}
+
 static void ctrl_sent_cb(void *req, ucs_status_t status, void *user)
 {
+    ctrl_tx_unlink(user);
     bt_free(user);
     ucp_request_free(req);
 }
@@ -300,17 +315,24 @@ static int ucx_ep_pack(void *bep, void *ep)
 
 static int ucx_send_ctrl(void *bep, void *ep, uint64_t tag, const void *buf, size_t len)
 {
-    void *copy = bt_malloc(len ? len : 1);
-    if (!copy)
+    ucx_be_t *be = bep;
+    ctrl_tx_t *t = bt_malloc(sizeof *t + (len ? len : 1));
+    if (!t)
         return BT_ERR_NOMEM;
-    memcpy(copy, buf, len);
+    memcpy(t->data, buf, len);
+    t->prev = &be->tx;
+    t->next = be->tx.next;
+    t->next->prev = t;
+    be->tx.next = t;
     ucp_request_param_t prm = {.op_attr_mask =
                                    UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
                                .cb.send = ctrl_sent_cb,
-                               .user_data = copy};
-    int st = req_status(ucp_tag_send_nbx(((ucx_ep_t *)ep)->ep, copy, len, tag, &prm));
-    if (st != BT_AGAIN)
-        bt_free(copy);
+                               .user_data = t};
+    int st = req_status(ucp_tag_send_nbx(((ucx_ep_t *)ep)->ep, t->data, len, tag, &prm));
+    if (st != BT_AGAIN) {
+        ctrl_tx_unlink(t);
+        bt_free(t);
+    }
     return st == BT_AGAIN ? BT_OK : st;
 }
 
@@ -763,6 +785,7 @@ static int ucx_create(const bt_kvx_params_t *params, const kvx_upcalls_t *up, vo
     ucx_be_t *be = bt_calloc(1, sizeof *be);
     if (!be)
         return BT_ERR_NOMEM;
+    be->tx.prev = be->tx.next = &be->tx;
     be->up = *up;
     be->efd = -1;
     be->stream = params->stream;
@@ -842,6 +865,13 @@ static void ucx_destroy(void *bep)
     }
     if (be->ctx)
         ucp_cleanup(be->ctx);
+    /* Control sends the worker's destruction left without completion (UCX warns that their
+     * requests were not returned): their copies are ours to free. */
+    while (be->tx.next != &be->tx) {
+        ctrl_tx_t *t = be->tx.next;
+        ctrl_tx_unlink(t);
+        bt_free(t);
+    }
     kvx_streams_destroy(be->streams);
     while (be->eps) {
         ucx_ep_t *e = be->eps;

@@ -248,6 +248,26 @@ static void test_pairs_role_switch_under_load(void **state)
     assert_int_equal(stopped, 0);
 }
 
+/* Submits requests 0 .. n - 1 of max_tokens and reads their streams (checking each chunk
+ * continues its stream) until every one has delivered at least `at` tokens. */
+static void submit_until_streaming(bt_client_t *cl, int n, int max_tokens, uint32_t at,
+                                   uint32_t *next)
+{
+    for (int i = 0; i < n; i++)
+        submit(cl, i, max_tokens);
+    for (int streaming = 0; streaming < n;) {
+        bt_client_next_t ev;
+        assert_int_equal(bt_client_next(cl, 60000, &ev), BT_CLIENT_OK);
+        assert_int_equal(ev.kind, BT_CLIENT_NEXT_CHUNK);
+        int i = (int)ev.chunk.request_id - 1;
+        assert_true(i >= 0 && i < n);
+        assert_int_equal(ev.chunk.index, next[i]);
+        if (next[i] < at && next[i] + ev.chunk.n_ids >= at)
+            streaming++;
+        next[i] += (uint32_t)ev.chunk.n_ids;
+    }
+}
+
 /* The member decoding the requests is killed with SIGKILL mid-stream: the router resumes each
  * request on the partner's replica (a RESUMED event, no second prefill) and the client gets
  * the undisturbed greedy stream. */
@@ -262,21 +282,9 @@ static void test_pairs_kill_owner_mid_stream(void **state)
     enum { N = 4, T = 300 };
     bt_client_result_t *res[N] = {0};
     uint32_t next[N] = {0};
-    for (int i = 0; i < N; i++)
-        submit(cl, i, T);
     /* wait until every request streams, then kill the member that decodes (pair-1 serves
      * decode: pair-0 hands its prefills off to it) */
-    int streaming = 0;
-    while (streaming < N) {
-        bt_client_next_t ev;
-        assert_int_equal(bt_client_next(cl, 60000, &ev), BT_CLIENT_OK);
-        assert_int_equal(ev.kind, BT_CLIENT_NEXT_CHUNK);
-        int i = (int)ev.chunk.request_id - 1;
-        assert_int_equal(ev.chunk.index, next[i]);
-        if (next[i] < 20 && next[i] + ev.chunk.n_ids >= 20)
-            streaming++;
-        next[i] += (uint32_t)ev.chunk.n_ids;
-    }
+    submit_until_streaming(cl, N, T, 20, next);
     bt_proc_kill(&c.daemons[1]);
     collect(&c, cl, N, res, next);
     int32_t prompt[128];
@@ -332,20 +340,8 @@ static void test_pairs_revived_holder_lets_go_of_its_replicas(void **state)
     enum { N = 4, T = 900 };
     bt_client_result_t *res[N] = {0};
     uint32_t next[N] = {0};
-    for (int i = 0; i < N; i++)
-        submit(cl, i, T);
     /* every request handed off to pair-1 and streaming; pair-0 holds their replicas */
-    int streaming = 0;
-    while (streaming < N) {
-        bt_client_next_t ev;
-        assert_int_equal(bt_client_next(cl, 60000, &ev), BT_CLIENT_OK);
-        assert_int_equal(ev.kind, BT_CLIENT_NEXT_CHUNK);
-        int i = (int)ev.chunk.request_id - 1;
-        assert_int_equal(ev.chunk.index, next[i]);
-        if (next[i] < 10 && next[i] + ev.chunk.n_ids >= 10)
-            streaming++;
-        next[i] += (uint32_t)ev.chunk.n_ids;
-    }
+    submit_until_streaming(cl, N, T, 10, next);
     assert_int_equal(kill(c.daemons[0].pid, SIGSTOP), 0);
     int alive = 1;
     for (uint64_t end = bt_test_now_ms() + 5000; alive && bt_test_now_ms() < end; sleep_ms(20))
@@ -367,7 +363,10 @@ static void test_pairs_revived_holder_lets_go_of_its_replicas(void **state)
     }
     assert_true(freed);
     bt_client_close(cl);
-    assert_int_equal(bt_cluster_stop(&c), 0);
+    int stopped = bt_cluster_stop(&c);
+    if (stopped != 0)
+        bt_cluster_dump_logs(&c);
+    assert_int_equal(stopped, 0);
 }
 
 int main(void)
