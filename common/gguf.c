@@ -20,6 +20,7 @@
 
 #include "../kernels/kernels.h"
 #include "alloc.h"
+#include "hash.h"
 #include "log.h"
 #include "status.h"
 
@@ -138,14 +139,6 @@ static size_t scalar_size(uint32_t type)
     return 0;
 }
 
-static uint64_t hash_name(const char *s, size_t len)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (uint8_t)s[i]) * 1099511628211ull;
-    return h;
-}
-
 static int index_init(name_index_t *ix, int64_t n)
 {
     size_t cap = 16;
@@ -172,7 +165,7 @@ static void name_at(const bt_gguf_t *g, const name_index_t *ix, uint32_t i, cons
 static int64_t index_find(const bt_gguf_t *g, const name_index_t *ix, const char *s, size_t len,
                           int64_t insert)
 {
-    for (size_t h = hash_name(s, len) & ix->mask;; h = (h + 1) & ix->mask) {
+    for (size_t h = bt_fnv1a(s, len) & ix->mask;; h = (h + 1) & ix->mask) {
         uint32_t slot = ix->slots[h];
         if (slot == 0) {
             if (insert >= 0)

@@ -36,6 +36,7 @@
 
 #include "alloc.h"
 #include "clock.h"
+#include "hash.h"
 #include "log.h"
 #include "status.h"
 
@@ -157,9 +158,7 @@ static void list_remove(list_t *l, conn_t *c, size_t off)
 
 static size_t id_hash(const uint8_t *id, size_t len)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ id[i]) * 1099511628211ull;
+    uint64_t h = bt_fnv1a(id, len);
     return (size_t)(h ^ (h >> 29));
 }
 

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/hash.h"
 #include "common/log.h"
 
 #define NCCL_HDR_ID 0xffffffffu  /* control "peer id" that marks a data header */
@@ -79,10 +80,7 @@ struct nccl_be {
 
 static uint64_t id_key(const ncclUniqueId *id)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < sizeof id->internal; i++)
-        h = (h ^ (uint8_t)id->internal[i]) * 1099511628211ull;
-    return h;
+    return bt_fnv1a(id->internal, sizeof id->internal);
 }
 
 static void use_device(const nccl_be_t *be)

@@ -8,9 +8,10 @@
 #include "kvlink.h"
 
 #include <string.h>
-#include <time.h>
 
 #include "common/alloc.h"
+#include "common/clock.h"
+#include "common/hash.h"
 #include "common/log.h"
 
 #define KVLINK_MAX_PEERS 256
@@ -117,18 +118,7 @@ static link_peer_t *add(bt_kvlink_t *l, const char *name, bt_kvx_peer_t *peer)
 
 static uint64_t now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static uint64_t fnv1a(const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * 1099511628211ull;
-    return h;
+    return (uint64_t)bt_mono_ms();
 }
 
 static link_fail_t *fail_find(bt_kvlink_t *l, const char *name)
@@ -177,7 +167,7 @@ bt_kvx_peer_t *bt_kvlink_peer(bt_kvlink_t *l, const char *name, const void *addr
     link_peer_t *e = find(l, name);
     if (e || !connect || !address || !address_len)
         return e ? e->peer : NULL;
-    uint64_t h = fnv1a(address, address_len);
+    uint64_t h = bt_fnv1a(address, address_len);
     link_fail_t *f = fail_find(l, name);
     if (f && f->addr_hash == h && now_ms() < f->until_ms)
         return NULL; /* the last try at this address failed a moment ago */
