@@ -105,8 +105,9 @@ void router_refused(router_t *r, router_request_t *rq, router_instance_t *inst, 
 void router_abort_part(router_t *r, router_request_t *rq, rq_part_t *part);
 /* A placement inst could not take (its connection gone, no answer in time): inst gets no new
  * work until it heartbeats again, and the request, nothing of it started, goes back to the
- * head of the queue to be placed elsewhere (no retry counted). */
-void router_place_elsewhere(router_t *r, router_request_t *rq, router_instance_t *inst);
+ * head of the queue to be placed elsewhere (no retry counted). With unsent set, says that the
+ * ASSIGN could not be sent to inst (else the caller has said why). */
+void router_place_elsewhere(router_t *r, router_request_t *rq, router_instance_t *inst, int unsent);
 /* Sends part's instance its ASSIGN (role; replica: a pair's replica part; peer and resv may be
  * NULL) and counts it on the instance. */
 int router_send_assign(router_t *r, router_request_t *rq, rq_part_t *part, Baton__Role role,

@@ -187,9 +187,7 @@ void router_pair_holder_replied(router_t *r, router_request_t *rq, int status,
         /* The owner's connection is gone (it died or restarts, and its heartbeats have not yet
          * told): the holder gives its reservation back, and the request is placed again without
          * that member. Sent again and again to it, it would spend every retry in a moment. */
-        bt_warn("req %llu: cannot send ASSIGN to %s; trying elsewhere", (unsigned long long)rq->id,
-                rq->decode.inst->name);
-        router_place_elsewhere(r, rq, rq->decode.inst);
+        router_place_elsewhere(r, rq, rq->decode.inst, 1);
     }
 }
 

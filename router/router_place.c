@@ -133,8 +133,11 @@ static void retract(router_t *r, router_request_t *rq)
     rq->pair = 0;
 }
 
-void router_place_elsewhere(router_t *r, router_request_t *rq, router_instance_t *inst)
+void router_place_elsewhere(router_t *r, router_request_t *rq, router_instance_t *inst, int unsent)
 {
+    if (unsent)
+        bt_warn("req %llu: cannot send ASSIGN to %s; trying elsewhere", (unsigned long long)rq->id,
+                inst->name);
     if (inst)
         inst->full = 1;
     retract(r, rq);
@@ -222,12 +225,8 @@ static void place_pair(router_t *r, router_request_t *rq)
     set_timed(r, rq, RQ_ASSIGNING, r->p.dead_after_ms);
     bt_debug("req %llu: placed on pair member %s%s%s", (unsigned long long)rq->id, owner->name,
              holder ? ", replica on " : "", holder ? holder->name : "");
-    if (router_pair_start(r, rq) != BT_OK) { /* the holder is told first, if there is one */
-        router_instance_t *x = holder ? holder : owner;
-        bt_warn("req %llu: cannot send ASSIGN to %s; trying elsewhere", (unsigned long long)rq->id,
-                x->name);
-        router_place_elsewhere(r, rq, x);
-    }
+    if (router_pair_start(r, rq) != BT_OK) /* the holder is told first, if there is one */
+        router_place_elsewhere(r, rq, holder ? holder : owner, 1);
 }
 
 void router_place(router_t *r, router_request_t *rq)
@@ -255,11 +254,8 @@ void router_place(router_t *r, router_request_t *rq)
              pl.prefill ? " after " : "", pl.prefill ? rq->prefill_name : "", pl.ttft_ms,
              pl.tpot_ms);
     Baton__Role role = pl.colocated ? BATON__ROLE__COLOCATED : BATON__ROLE__DECODE;
-    if (router_send_assign(r, rq, &rq->decode, role, 0, pl.prefill, NULL) != BT_OK) {
-        bt_warn("req %llu: cannot send ASSIGN to %s; trying elsewhere", (unsigned long long)rq->id,
-                rq->decode_name);
-        router_place_elsewhere(r, rq, pl.decode);
-    }
+    if (router_send_assign(r, rq, &rq->decode, role, 0, pl.prefill, NULL) != BT_OK)
+        router_place_elsewhere(r, rq, pl.decode, 1);
 }
 
 void router_dispatch_queue(router_t *r)
@@ -463,7 +459,7 @@ static void timed_out(router_t *r, router_request_t *rq)
         rq_part_t *p = rq->decode.accepted ? &rq->prefill : &rq->decode;
         bt_warn("req %llu: no ASSIGN_REPLY from %s within %d ms; trying elsewhere",
                 (unsigned long long)rq->id, p->inst ? p->inst->name : "?", r->p.dead_after_ms);
-        router_place_elsewhere(r, rq, p->inst);
+        router_place_elsewhere(r, rq, p->inst, 0);
         break;
     }
     case RQ_CANCELLING:
