@@ -142,7 +142,16 @@ class MetricsTest(unittest.TestCase):
                 self.assertEqual(values, sorted(values), name)
                 self.assertEqual(s[(name + "_bucket", '{le="+Inf"}')], 1)
                 self.assertEqual(s[(name + "_count", "")], 1)
-                self.assertGreater(s[(name + "_sum", "")], 0)
+            # TPOT is what the client saw: (last relay - first relay) / (tokens - 1). When the
+            # decode side's tokens reach the router before the prefill side's first token, all
+            # of them go to the client in one message and the observation is exactly 0.
+            tpot = s[("baton_router_tpot_seconds_sum", "")]
+            total = s[("baton_router_request_duration_seconds_sum", "")]
+            ttft = s[("baton_router_ttft_seconds_sum", "")]
+            self.assertGreater(ttft, 0)
+            self.assertLessEqual(ttft, total + 1e-6)
+            self.assertGreaterEqual(tpot, 0)
+            self.assertLessEqual(tpot * 5, total - ttft + 1e-6)  # printed to 9 digits
 
             def status(data, pieces=1):
                 return int(raw(mport, data, pieces).split(b" ")[1])
