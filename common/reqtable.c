@@ -93,6 +93,16 @@ void *bt_reqtable_get(const bt_reqtable_t *t, uint64_t id)
     return i == SIZE_MAX ? NULL : t->vals[i];
 }
 
+void *bt_reqtable_set(bt_reqtable_t *t, uint64_t id, void *val)
+{
+    size_t i = val ? find(t, id) : SIZE_MAX;
+    if (i == SIZE_MAX)
+        return NULL;
+    void *old = t->vals[i];
+    t->vals[i] = val;
+    return old;
+}
+
 /* Backward-shift deletion: later members of the probe run move up into the hole, so no
  * lookup ever has to step over a tombstone. */
 void *bt_reqtable_del(bt_reqtable_t *t, uint64_t id)

@@ -28,11 +28,15 @@ void bt_reqtable_fini(bt_reqtable_t *t);
 int bt_reqtable_put(bt_reqtable_t *t, uint64_t id, void *val);
 /* The value for id, or NULL. */
 void *bt_reqtable_get(const bt_reqtable_t *t, uint64_t id);
+/* Replaces id's value (val != NULL) where it lies, so the table keeps its shape and an
+ * iteration may go on; returns the old value, or NULL (and changes nothing) if id is absent. */
+void *bt_reqtable_set(bt_reqtable_t *t, uint64_t id, void *val);
 /* Removes id; returns its value, or NULL if it was not there. */
 void *bt_reqtable_del(bt_reqtable_t *t, uint64_t id);
 size_t bt_reqtable_len(const bt_reqtable_t *t);
 /* Iteration: *pos starts at 0; returns the next value and its key, NULL at the end. The table
- * must not change during an iteration. */
+ * must not change during an iteration except through bt_reqtable_set: a deletion moves later
+ * entries back into its hole, where the iteration may have passed already. */
 void *bt_reqtable_next(const bt_reqtable_t *t, size_t *pos, uint64_t *id);
 
 #endif

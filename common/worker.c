@@ -396,8 +396,9 @@ static void on_abort(bt_worker_t *w, uint64_t rid, int32_t status)
     }
     if (v == INFLIGHT_ABORTED)
         return;
-    bt_reqtable_del(&w->inflight, rid);
-    bt_reqtable_put(&w->inflight, rid, INFLIGHT_ABORTED); /* the slot just freed: no allocation */
+    /* in place: abort_all calls this while it walks the table, which a deletion would
+     * reshape (an entry moved back behind the walk would never be aborted) */
+    bt_reqtable_set(&w->inflight, rid, INFLIGHT_ABORTED);
     bt_cmd_t c = {.kind = BT_CMD_ABORT, .request_id = rid, .status = status};
     if (bt_queue_push(w->inbox, &c, -1) != BT_OK)
         bt_error("req %llu: cannot queue ABORT", (unsigned long long)rid);

@@ -114,6 +114,39 @@ static void test_reqtable_put_get_del_grow(void **state)
     bt_reqtable_fini(&t);
 }
 
+/* A worker marks each request aborted while it walks its table (RESET, drain timeout): a walk
+ * that sets values in place sees every id exactly once, however the probe runs lie. */
+static void test_reqtable_set_during_iteration(void **state)
+{
+    enum { N = 90 };
+    static int before[N], after;
+    for (uint64_t seed = 1; seed <= 200; seed++) {
+        bt_reqtable_t t;
+        bt_reqtable_init(&t);
+        uint64_t x = seed;
+        for (int i = 0; i < N; i++) { /* ids as the router makes them: large, scattered */
+            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+            assert_int_equal(bt_reqtable_put(&t, x >> 8, &before[i]), BT_OK);
+        }
+        assert_null(bt_reqtable_set(&t, 1ULL << 60, &after)); /* absent: nothing added */
+        assert_null(bt_reqtable_set(&t, x >> 8, NULL));       /* NULL is not a value */
+        assert_int_equal(bt_reqtable_len(&t), N);
+        size_t pos = 0, seen = 0;
+        uint64_t id;
+        void *v;
+        while ((v = bt_reqtable_next(&t, &pos, &id)) != NULL) {
+            assert_ptr_not_equal(v, &after); /* each id once */
+            assert_ptr_equal(bt_reqtable_set(&t, id, &after), v);
+            seen++;
+        }
+        assert_int_equal(seen, N);
+        pos = 0;
+        while ((v = bt_reqtable_next(&t, &pos, NULL)) != NULL)
+            assert_ptr_equal(v, &after);
+        bt_reqtable_fini(&t);
+    }
+}
+
 static void test_reqtable_allocation_failure(void **state)
 {
     bt_reqtable_t t;
@@ -377,6 +410,7 @@ int main(void)
         cmocka_unit_test(test_queue_threads_keep_order),
         cmocka_unit_test(test_queue_wake_releases_waiter),
         cmocka_unit_test(test_reqtable_put_get_del_grow),
+        cmocka_unit_test(test_reqtable_set_during_iteration),
         cmocka_unit_test(test_reqtable_allocation_failure),
         cmocka_unit_test(test_request_copies_and_checks),
         cmocka_unit_test(test_request_refuses_bad_input),
