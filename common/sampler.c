@@ -274,7 +274,8 @@ static void cand_select(cand_t *c, int32_t n, int32_t k)
 
 /* Extends the sorted prefix of cand[0, n) once a walk reaches its end: the next best of the
  * tail, as many as are sorted already (at least CAND_HEAD), selected and sorted, with their
- * weights at temp. Doubling keeps a walk that goes far linear. */
+ * weights at temp (temp 0: none, for the window's walks, which weigh as they go). Doubling
+ * keeps a walk that goes far linear. */
 static void cand_sort_more(bt_sampler_t *s, int32_t n, float temp)
 {
     int32_t from = s->n_sorted, k = from > CAND_HEAD ? from : CAND_HEAD;
@@ -286,7 +287,7 @@ static void cand_sort_more(bt_sampler_t *s, int32_t n, float temp)
         cand_select(s->cand + from, n - from, k);
     qsort(s->cand + from, (size_t)k, sizeof(cand_t), cand_cmp);
     s->n_sorted = from + k;
-    for (int32_t i = from; i < from + k; i++)
+    for (int32_t i = from; temp > 0 && i < from + k; i++)
         s->w[i] = cand_weight(s, i, temp);
 }
 
@@ -369,7 +370,7 @@ static int cand_get(bt_sampler_t *s, int32_t i)
         return 1;
     if (i >= s->n_cand)
         return s->complete ? 0 : NEED_MORE;
-    cand_sort_more(s, s->n_cand, 1.0f); /* from the row: n_cand is the whole window */
+    cand_sort_more(s, s->n_cand, 0); /* from the row: n_cand is the whole window */
     return 1;
 }
 
