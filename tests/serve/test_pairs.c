@@ -5,11 +5,13 @@
  * own generation whichever member decodes (replica consistency: a request handed off after its
  * prefill continues on the partner's replica); roles switch under bursty load with no token
  * dropped or repeated; kill -9 of the member that decodes lets every one of its requests
- * continue on the partner's replica (RESUMED, no new prefill) with the same tokens.
+ * continue on the partner's replica (RESUMED, no new prefill) with the same tokens; a holder
+ * stopped until the router wrote it off lets go of every replica when it comes back (RESET).
  */
 // ctest-labels: integration
 #include "testutil.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,26 +165,42 @@ static void test_pairs_replica_consistency(void **state)
     assert_int_equal(bt_cluster_stop(&c), 0);
 }
 
-/* What the router says instance id serves now (ROLE_NONE if unknown). */
-static int serving_of(const bt_cluster_t *c, const char *id)
+/* What the router's INFO says of the two members (from their heartbeats): 0 on success. */
+typedef struct {
+    int alive, serving;
+    uint32_t running, replicas, kv_free, kv_total;
+} member_t;
+
+static int members(const bt_cluster_t *c, member_t m[2])
 {
     Baton__InfoReply *info = NULL;
-    int role = BATON__ROLE__ROLE_NONE;
+    memset(m, 0, 2 * sizeof *m);
     if (bt_cluster_call(c, BATON__METHOD__INFO, &baton__info_reply__descriptor,
                         (ProtobufCMessage **)&info) != 0)
-        return role;
-    for (size_t i = 0; i < info->n_instances; i++)
-        if (!strcmp(info->instances[i]->id, id))
-            role = info->instances[i]->serving;
+        return -1;
+    for (size_t i = 0; i < info->n_instances; i++) {
+        const Baton__InstanceInfo *in = info->instances[i];
+        int k = !strcmp(in->id, "pair-0") ? 0 : !strcmp(in->id, "pair-1") ? 1 : -1;
+        if (k >= 0)
+            m[k] = (member_t){in->alive,    in->serving,        in->running,
+                              in->replicas, in->kv_free_blocks, in->kv_total_blocks};
+    }
     baton__info_reply__free_unpacked(info, NULL);
-    return role;
+    return 0;
+}
+
+/* What the router says pair-k serves now (ROLE_NONE if unknown). */
+static int serving_of(const bt_cluster_t *c, int k)
+{
+    member_t m[2];
+    return members(c, m) == 0 ? m[k].serving : BATON__ROLE__ROLE_NONE;
 }
 
 /* Waits up to ms for either member to serve role; 1 if one does. */
 static int wait_serving(const bt_cluster_t *c, int role, int ms)
 {
     for (uint64_t end = bt_test_now_ms() + (uint64_t)ms; bt_test_now_ms() < end; sleep_ms(20))
-        if (serving_of(c, "pair-0") == role || serving_of(c, "pair-1") == role)
+        if (serving_of(c, 0) == role || serving_of(c, 1) == role)
             return 1;
     return 0;
 }
@@ -215,8 +233,8 @@ static void test_pairs_role_switch_under_load(void **state)
         /* idle: the prefill member goes back to decode (both decode then) */
         sleep_ms(200);
         for (uint64_t end = bt_test_now_ms() + 6000; bt_test_now_ms() < end; sleep_ms(20))
-            if (serving_of(&c, "pair-0") == BATON__ROLE__DECODE &&
-                serving_of(&c, "pair-1") == BATON__ROLE__DECODE) {
+            if (serving_of(&c, 0) == BATON__ROLE__DECODE &&
+                serving_of(&c, 1) == BATON__ROLE__DECODE) {
                 to_decode++;
                 break;
             }
@@ -235,28 +253,37 @@ static void test_pairs_role_switch_under_load(void **state)
     assert_int_equal(stopped, 0);
 }
 
+/* Submits requests 0 .. n - 1 of max_tokens and reads their streams (checking each chunk
+ * continues its stream) until every one has delivered at least `at` tokens. */
+static void submit_until_streaming(bt_client_t *cl, int n, int max_tokens, uint32_t at,
+                                   uint32_t *next)
+{
+    for (int i = 0; i < n; i++)
+        submit(cl, i, max_tokens);
+    for (int streaming = 0; streaming < n;) {
+        bt_client_next_t ev;
+        assert_int_equal(bt_client_next(cl, 60000, &ev), BT_CLIENT_OK);
+        assert_int_equal(ev.kind, BT_CLIENT_NEXT_CHUNK);
+        int i = (int)ev.chunk.request_id - 1;
+        assert_true(i >= 0 && i < n);
+        assert_int_equal(ev.chunk.index, next[i]);
+        if (next[i] < at && next[i] + ev.chunk.n_ids >= at)
+            streaming++;
+        next[i] += (uint32_t)ev.chunk.n_ids;
+    }
+}
+
 /* The daemon index (0 or 1) of the member running the most requests, its partner holding
  * replicas; waits up to 5 s for a heartbeat that shows one, then says pair-1. */
 static int owner_of(const bt_cluster_t *c)
 {
     for (uint64_t end = bt_test_now_ms() + 5000; bt_test_now_ms() < end; sleep_ms(20)) {
-        Baton__InfoReply *info = NULL;
-        if (bt_cluster_call(c, BATON__METHOD__INFO, &baton__info_reply__descriptor,
-                            (ProtobufCMessage **)&info) != 0)
+        member_t m[2];
+        if (members(c, m) != 0)
             continue;
-        uint32_t running[2] = {0}, replicas[2] = {0};
-        for (size_t i = 0; i < info->n_instances; i++) {
-            const Baton__InstanceInfo *in = info->instances[i];
-            int k = !strcmp(in->id, "pair-0") ? 0 : !strcmp(in->id, "pair-1") ? 1 : -1;
-            if (k >= 0 && in->alive) {
-                running[k] = in->running;
-                replicas[k] = in->replicas;
-            }
-        }
-        baton__info_reply__free_unpacked(info, NULL);
-        int best = running[1] >= running[0] ? 1 : 0;
-        if (running[best] > 0 && replicas[1 - best] > 0)
-            return best;
+        int k = m[1].running >= m[0].running ? 1 : 0;
+        if (m[k].alive && m[k].running > 0 && m[1 - k].replicas > 0)
+            return k;
     }
     return 1;
 }
@@ -275,20 +302,8 @@ static void test_pairs_kill_owner_mid_stream(void **state)
     enum { N = 4, T = 300 };
     bt_client_result_t *res[N] = {0};
     uint32_t next[N] = {0};
-    for (int i = 0; i < N; i++)
-        submit(cl, i, T);
     /* wait until every request streams, then kill the member that decodes them */
-    int streaming = 0;
-    while (streaming < N) {
-        bt_client_next_t ev;
-        assert_int_equal(bt_client_next(cl, 60000, &ev), BT_CLIENT_OK);
-        assert_int_equal(ev.kind, BT_CLIENT_NEXT_CHUNK);
-        int i = (int)ev.chunk.request_id - 1;
-        assert_int_equal(ev.chunk.index, next[i]);
-        if (next[i] < 20 && next[i] + ev.chunk.n_ids >= 20)
-            streaming++;
-        next[i] += (uint32_t)ev.chunk.n_ids;
-    }
+    submit_until_streaming(cl, N, T, 20, next);
     /* Which member that is, the router's INFO says (running, from the heartbeats). Most often
      * pair-1: pair-0 serves prefill and hands each request off. On a slow machine the router
      * may have switched pair-0 back to decode before the prompts came, and then it owns some. */
@@ -314,12 +329,76 @@ static void test_pairs_kill_owner_mid_stream(void **state)
     bt_cluster_stop(&c);
 }
 
+/* Whether both members are alive with all their KV blocks free and no replica (printed when
+ * verbose). */
+static int all_free(const bt_cluster_t *c, int verbose)
+{
+    member_t m[2];
+    if (members(c, m) != 0)
+        return 0;
+    int ok = 1;
+    for (int k = 0; k < 2; k++) {
+        ok = ok && m[k].alive && m[k].kv_total && m[k].kv_free == m[k].kv_total && !m[k].replicas;
+        if (verbose)
+            fprintf(stderr, "pair-%d: alive %d, %u of %u blocks free, %u replicas, %u running\n", k,
+                    m[k].alive, m[k].kv_free, m[k].kv_total, m[k].replicas, m[k].running);
+    }
+    return ok;
+}
+
+/* The member holding the replicas stops (SIGSTOP) past the router's dead-after, the requests
+ * end on the owner meanwhile (the router cannot tell a dead holder to let go), and the holder
+ * comes back: the router tells it to drop what it held (RESET), or its replicas' blocks would
+ * stay taken for good. Every one of them must go. */
+static void test_pairs_revived_holder_lets_go_of_its_replicas(void **state)
+{
+    need_pair();
+    pair_fixture_t *f = *state;
+    bt_cluster_t c;
+    const char *extra[] = {"--ctx", "1024", "--kv-mem", "96M", NULL};
+    assert_int_equal(bt_cluster_start_pairs(&c, f->m15, 1, extra), 0);
+    bt_client_t *cl = connect_client(&c);
+    enum { N = 4, T = 900 };
+    bt_client_result_t *res[N] = {0};
+    uint32_t next[N] = {0};
+    /* every request handed off to pair-1 and streaming; pair-0 holds their replicas */
+    submit_until_streaming(cl, N, T, 10, next);
+    int holder = 1 - owner_of(&c);
+    assert_int_equal(kill(c.daemons[holder].pid, SIGSTOP), 0);
+    member_t m[2] = {{.alive = 1}, {.alive = 1}};
+    for (uint64_t end = bt_test_now_ms() + 5000; m[holder].alive && bt_test_now_ms() < end;
+         sleep_ms(20))
+        members(&c, m);
+    assert_int_equal(m[holder].alive, 0); /* written off (dead-after 1 s), requests running */
+    collect(&c, cl, N, res, next);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(res[i]->n_ids, T); /* they ended after the holder was written off */
+    assert_int_equal(kill(c.daemons[holder].pid, SIGCONT), 0);
+    check_all(f, res, next, N, T);
+    /* A receive the RESET cancelled ends once nothing can still write into its blocks (its
+     * quarantine, bounded by kvx's 3 s lease), which a loaded machine stretches. */
+    int freed = 0;
+    for (uint64_t end = bt_test_now_ms() + 15000; !freed && bt_test_now_ms() < end; sleep_ms(50))
+        freed = all_free(&c, 0);
+    if (!freed) {
+        all_free(&c, 1);
+        bt_cluster_dump_logs(&c);
+    }
+    assert_true(freed);
+    bt_client_close(cl);
+    int stopped = bt_cluster_stop(&c);
+    if (stopped != 0)
+        bt_cluster_dump_logs(&c);
+    assert_int_equal(stopped, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pairs_replica_consistency),
         cmocka_unit_test(test_pairs_role_switch_under_load),
         cmocka_unit_test(test_pairs_kill_owner_mid_stream),
+        cmocka_unit_test(test_pairs_revived_holder_lets_go_of_its_replicas),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
