@@ -65,6 +65,12 @@ typedef struct {
     const char *endpoint; /* the router, e.g. "tcp://127.0.0.1:5555"; copied */
     int timeout_ms;       /* blocking calls give up after this long without a reply (for
                            * bt_client_generate: without a chunk); 0: 60000; < 0: never */
+    int max_resubmits;    /* when the connection to the router drops (the router died or
+                           * restarted), the requests in flight are sent again on a new one
+                           * with the tokens already received, and their streams go on with
+                           * no gap or repeat (result.retries counts it); at most this many
+                           * times per request, then it ends with BT_CLIENT_ERR_UNAVAILABLE
+                           * and the tokens it has. 0: 3; < 0: never */
 } bt_client_params_t;
 
 /* Connects (ZeroMQ connects lazily: a router that is not up yet is waited for by the calls,

@@ -7,6 +7,14 @@
  * and queued, in arrival order, for bt_client_next; nothing is ever lost or reordered per
  * request. A chunk handed to the caller is kept (as the unpacked message it points into) until
  * the next call, which is what makes its pointers valid without a copy.
+ *
+ * A lost router: a monitor on the socket reports a connection that dropped (the router died,
+ * restarted, or the network cut it). Whatever the router knew of this client's requests is
+ * then gone, so the library opens a new socket to the same endpoint and sends every request in
+ * flight again, with the tokens it has already received (resume_ids): the router continues
+ * after them, as its own failover does, and sampling is a function of seed and position, so
+ * the stream goes on with no gap and no repeat. Each request keeps its packed GenerateRequest
+ * and its tokens for that.
  */
 #include <errno.h>
 #include <string.h>
@@ -15,6 +23,7 @@
 
 #include "client_impl.h"
 #include "common/alloc.h"
+#include "common/reqtable.h"
 #include "common/rpc.h"
 #include "common/status.h"
 
@@ -28,6 +37,7 @@ _Static_assert(BT_CLIENT_ERR_OVERLOADED == BT_ERR_OVERLOADED &&
                "client status codes mirror bt_status_t");
 
 #define CLIENT_DEFAULT_TIMEOUT_MS 60000
+#define CLIENT_DEFAULT_RESUBMITS 3
 
 typedef struct rec {
     struct rec *next;
@@ -36,11 +46,26 @@ typedef struct rec {
     bt_client_result_t *result; /* a result */
 } rec_t;
 
+/* A request in flight: what sending it again takes. */
+typedef struct {
+    uint8_t *body; /* the packed GenerateRequest as first sent */
+    size_t body_len;
+    int32_t *ids; /* the output tokens received, in order */
+    uint32_t n_ids, cap_ids;
+    int untracked;      /* a token could not be kept: it cannot be resumed */
+    uint32_t resubmits; /* times sent again after a lost connection */
+} creq_t;
+
 struct bt_client {
     void *zctx, *sock;
+    void *mon; /* PAIR: the socket's connection events */
+    char *endpoint;
     int timeout_ms;
+    int max_resubmits;  /* < 0: never */
+    uint32_t n_sockets; /* sockets opened so far: names each monitor */
+    int requeued;       /* a lost connection left records in the queue: a blocking call looks */
     uint64_t next_id;
-    client_idset_t inflight;
+    bt_reqtable_t inflight;  /* id -> creq_t */
     rec_t *head, *tail;      /* events waiting for bt_client_next */
     Baton__TokenChunk *held; /* the chunk last handed out */
     char *text;              /* the text last handed out, NUL-terminated */
@@ -54,6 +79,41 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static void creq_free(creq_t *q)
+{
+    if (q) {
+        bt_free(q->body);
+        bt_free(q->ids);
+        bt_free(q);
+    }
+}
+
+static void close_socket(bt_client_t *c)
+{
+    if (c->mon)
+        zmq_close(c->mon);
+    if (c->sock)
+        zmq_close(c->sock);
+    c->mon = c->sock = NULL;
+}
+
+/* A DEALER to the endpoint with a monitor of its connections (a dropped one means the router
+ * lost what it knew of this client). */
+static int open_socket(bt_client_t *c)
+{
+    char ep[64];
+    snprintf(ep, sizeof ep, "inproc://baton-client-%p-%u", (void *)c, c->n_sockets++);
+    c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
+    if (!c->sock || bt_rpc_socket_setup(c->sock) != BT_OK)
+        return BT_ERR_IO;
+    if (zmq_socket_monitor(c->sock, ep, ZMQ_EVENT_DISCONNECTED) != 0 ||
+        !(c->mon = zmq_socket(c->zctx, ZMQ_PAIR)) || zmq_connect(c->mon, ep) != 0)
+        return BT_ERR_IO;
+    if (zmq_connect(c->sock, c->endpoint) != 0)
+        return zmq_errno() == EINVAL ? BT_ERR_INVAL : BT_ERR_IO;
+    return BT_OK;
+}
+
 int bt_client_connect(const bt_client_params_t *params, bt_client_t **out)
 {
     if (!params || !params->endpoint || !out)
@@ -62,12 +122,18 @@ int bt_client_connect(const bt_client_params_t *params, bt_client_t **out)
     if (!c)
         return BT_ERR_NOMEM;
     c->timeout_ms = params->timeout_ms ? params->timeout_ms : CLIENT_DEFAULT_TIMEOUT_MS;
+    c->max_resubmits = params->max_resubmits ? params->max_resubmits : CLIENT_DEFAULT_RESUBMITS;
     c->next_id = 1;
-    c->zctx = zmq_ctx_new();
-    c->sock = c->zctx ? zmq_socket(c->zctx, ZMQ_DEALER) : NULL;
-    if (!c->sock || bt_rpc_socket_setup(c->sock) != BT_OK ||
-        zmq_connect(c->sock, params->endpoint) != 0) {
-        int st = c->sock && zmq_errno() == EINVAL ? BT_ERR_INVAL : BT_ERR_IO;
+    bt_reqtable_init(&c->inflight);
+    size_t n = strlen(params->endpoint);
+    c->endpoint = bt_malloc(n + 1);
+    c->zctx = c->endpoint ? zmq_ctx_new() : NULL;
+    int st = c->zctx ? BT_OK : BT_ERR_NOMEM;
+    if (st == BT_OK) {
+        memcpy(c->endpoint, params->endpoint, n + 1);
+        st = open_socket(c);
+    }
+    if (st != BT_OK) {
         bt_client_close(c);
         return st;
     }
@@ -100,27 +166,159 @@ void bt_client_close(bt_client_t *c)
         c->head = r->next;
         rec_free(r);
     }
-    if (c->sock)
-        zmq_close(c->sock);
+    close_socket(c);
     if (c->zctx)
         zmq_ctx_term(c->zctx);
-    client_idset_fini(&c->inflight);
+    size_t pos = 0;
+    creq_t *q;
+    while ((q = bt_reqtable_next(&c->inflight, &pos, NULL)) != NULL)
+        creq_free(q);
+    bt_reqtable_fini(&c->inflight);
+    bt_free(c->endpoint);
     bt_free(c->text);
     bt_free(c);
 }
 
 size_t bt_client_in_flight(const bt_client_t *c)
 {
-    return c->inflight.n;
+    return bt_reqtable_len(&c->inflight);
+}
+
+static void enqueue(bt_client_t *c, rec_t *r);
+
+/* Ends request id here, with what it received so far (a result the router never sent). */
+static void fail_local(bt_client_t *c, uint64_t id, creq_t *q, int status, const char *why)
+{
+    Baton__GenerateResult g = BATON__GENERATE_RESULT__INIT;
+    g.finish_reason = BATON__FINISH_REASON__FINISH_FAILED;
+    g.ids = q->ids;
+    g.n_ids = q->n_ids;
+    g.n_output_tokens = q->n_ids;
+    g.retries = q->resubmits;
+    rec_t *r = bt_calloc(1, sizeof *r);
+    if (r && (r->result = client_result_make(id, status, why, &g)) != NULL) {
+        r->id = id;
+        enqueue(c, r);
+    } else {
+        bt_free(r); /* out of memory: the caller's timeout ends the wait */
+    }
+    creq_free(bt_reqtable_del(&c->inflight, id));
+}
+
+/* Sends request id (again, after a lost connection: with the tokens received). */
+static int send_again(bt_client_t *c, uint64_t id, creq_t *q)
+{
+    Baton__GenerateRequest *g = (Baton__GenerateRequest *)protobuf_c_message_unpack(
+        &baton__generate_request__descriptor, NULL, q->body_len, q->body);
+    if (!g)
+        return BT_ERR_NOMEM;
+    int32_t *keep = g->resume_ids;
+    size_t n_keep = g->n_resume_ids;
+    g->resume_ids = q->ids;
+    g->n_resume_ids = q->n_ids;
+    bt_rpc_header_t h;
+    bt_rpc_header_init(&h, BATON__METHOD__GENERATE, id);
+    int st = bt_rpc_send(c->sock, NULL, &h, &g->base, ZMQ_DONTWAIT);
+    g->resume_ids = keep;
+    g->n_resume_ids = n_keep;
+    protobuf_c_message_free_unpacked(&g->base, NULL);
+    return st;
+}
+
+/* Messages that reached the old socket before its connection dropped: kept as records. */
+static rec_t *to_record(bt_client_t *c, const bt_rpc_msg_t *m);
+
+static void drain_old(bt_client_t *c)
+{
+    bt_rpc_msg_t m;
+    while (bt_rpc_recv(c->sock, &m, ZMQ_DONTWAIT) == BT_OK) {
+        rec_t *r = to_record(c, &m);
+        if (r)
+            enqueue(c, r);
+        bt_rpc_msg_fini(&m);
+    }
+    bt_rpc_msg_fini(&m);
+}
+
+/* Whether the socket's connection dropped since the last look. */
+static int connection_dropped(bt_client_t *c)
+{
+    int dropped = 0;
+    for (;;) {
+        zmq_msg_t f;
+        zmq_msg_init(&f);
+        if (zmq_msg_recv(&f, c->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&f);
+            return dropped;
+        }
+        uint16_t ev = 0;
+        if (zmq_msg_size(&f) >= sizeof ev)
+            memcpy(&ev, zmq_msg_data(&f), sizeof ev);
+        int more = zmq_msg_more(&f);
+        zmq_msg_close(&f);
+        while (more) { /* the endpoint's frame */
+            zmq_msg_init(&f);
+            more = zmq_msg_recv(&f, c->mon, 0) >= 0 && zmq_msg_more(&f);
+            zmq_msg_close(&f);
+        }
+        dropped |= ev == ZMQ_EVENT_DISCONNECTED;
+    }
+}
+
+/* After a dropped connection: a new socket, and every request in flight sent on it again (or
+ * ended here past max_resubmits). 1 when that happened: the caller looks at the queue again. */
+static int reconnect_if_lost(bt_client_t *c)
+{
+    if (!c->mon || !connection_dropped(c))
+        return 0;
+    drain_old(c);
+    close_socket(c);
+    int st = open_socket(c);
+    size_t n = bt_reqtable_len(&c->inflight), k = 0, pos = 0;
+    uint64_t *ids = bt_malloc((n ? n : 1) * sizeof *ids);
+    while (ids && bt_reqtable_next(&c->inflight, &pos, &ids[k]) != NULL)
+        k++;
+    for (size_t i = 0; i < k; i++) { /* ending one changes the table: not while walking it */
+        creq_t *q = bt_reqtable_get(&c->inflight, ids[i]);
+        const char *why = NULL;
+        if (st != BT_OK)
+            why = "the connection to the router was lost and cannot be opened again";
+        else if (c->max_resubmits < 0 || q->resubmits >= (uint32_t)c->max_resubmits)
+            why = "the connection to the router was lost (the router restarted or died)";
+        else if (q->untracked)
+            why = "the connection to the router was lost, and the tokens received could not "
+                  "all be kept to resume";
+        if (!why) {
+            q->resubmits++;
+            if (send_again(c, ids[i], q) != BT_OK)
+                why = "the connection to the router was lost; sending the request again failed";
+        }
+        if (why)
+            fail_local(c, ids[i], q, BT_ERR_UNAVAILABLE, why);
+    }
+    bt_free(ids); /* out of memory: nothing was sent again; the callers' timeouts end them */
+    if (st != BT_OK)
+        close_socket(c);
+    c->requeued = 1;
+    return 1;
 }
 
 /* --- receiving ------------------------------------------------------------------------ */
 
-/* One message, waiting until deadline (< 0: forever). BT_ERR_TIMEOUT when none came. */
+/* One message, waiting until deadline (< 0: forever). BT_ERR_TIMEOUT when none came;
+ * BT_AGAIN when the connection was opened again meanwhile (requests were sent again, or ended
+ * with records in the queue). */
 static int recv_msg(bt_client_t *c, int64_t deadline, bt_rpc_msg_t *m)
 {
-    zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
     for (;;) {
+        if (reconnect_if_lost(c)) {
+            memset(m, 0, sizeof *m);
+            return BT_AGAIN;
+        }
+        if (!c->sock) {
+            memset(m, 0, sizeof *m);
+            return BT_ERR_IO;
+        }
         int st = bt_rpc_recv(c->sock, m, ZMQ_DONTWAIT);
         if (st != BT_AGAIN)
             return st;
@@ -128,9 +326,45 @@ static int recv_msg(bt_client_t *c, int64_t deadline, bt_rpc_msg_t *m)
         long wait = deadline < 0 ? -1 : (long)(deadline - now_ms());
         if (deadline >= 0 && wait <= 0)
             return BT_ERR_TIMEOUT;
-        if (zmq_poll(&it, 1, wait) < 0 && zmq_errno() != EINTR)
+        zmq_pollitem_t it[2] = {{c->sock, 0, ZMQ_POLLIN, 0}, {c->mon, 0, ZMQ_POLLIN, 0}};
+        if (zmq_poll(it, c->mon ? 2 : 1, wait) < 0 && zmq_errno() != EINTR)
             return BT_ERR_IO;
     }
+}
+
+/* Keeps the tokens of a chunk of request q; 0 when the chunk holds none it lacks (a
+ * resubmission's overlap), and then it is dropped. A chunk that overlaps is cut to what is
+ * new (without its text, which cannot be cut at a token). */
+static int track(creq_t *q, Baton__TokenChunk *tc)
+{
+    if (tc->index + tc->n_ids <= q->n_ids && tc->n_ids)
+        return 0;
+    if (tc->index < q->n_ids) {
+        size_t skip = q->n_ids - tc->index;
+        memmove(tc->ids, tc->ids + skip, (tc->n_ids - skip) * sizeof *tc->ids);
+        tc->n_ids -= skip;
+        tc->index += (uint32_t)skip;
+        tc->text.len = 0;
+    }
+    if (tc->index != q->n_ids) { /* a gap: the router never sends one */
+        q->untracked = 1;
+        return 1;
+    }
+    if (q->n_ids + tc->n_ids > q->cap_ids) {
+        uint32_t cap = q->cap_ids ? q->cap_ids : 64;
+        while (cap < q->n_ids + tc->n_ids)
+            cap *= 2;
+        int32_t *ids = bt_realloc(q->ids, cap * sizeof *ids);
+        if (!ids) {
+            q->untracked = 1;
+            return 1;
+        }
+        q->ids = ids;
+        q->cap_ids = cap;
+    }
+    memcpy(q->ids + q->n_ids, tc->ids, tc->n_ids * sizeof *tc->ids);
+    q->n_ids += (uint32_t)tc->n_ids;
+    return 1;
 }
 
 /* Turns a message about a request in flight into a record; NULL for anything else. */
@@ -139,8 +373,8 @@ static rec_t *to_record(bt_client_t *c, const bt_rpc_msg_t *m)
     uint64_t id = m->hdr.request_id;
     int is_result = m->hdr.method == BATON__METHOD__RESULT ||
                     (m->hdr.method == BATON__METHOD__GENERATE && m->hdr.status != BT_OK);
-    if (!client_idset_has(&c->inflight, id) ||
-        !(is_result || (m->hdr.method == BATON__METHOD__TOKENS && m->hdr.status == BT_OK)))
+    creq_t *q = bt_reqtable_get(&c->inflight, id);
+    if (!q || !(is_result || (m->hdr.method == BATON__METHOD__TOKENS && m->hdr.status == BT_OK)))
         return NULL;
     rec_t *r = bt_calloc(1, sizeof *r);
     if (!r)
@@ -153,6 +387,10 @@ static rec_t *to_record(bt_client_t *c, const bt_rpc_msg_t *m)
             return NULL;
         }
         r->tc = (Baton__TokenChunk *)body;
+        if (!track(q, r->tc)) {
+            rec_free(r);
+            return NULL;
+        }
         return r;
     }
     int status = m->hdr.status;
@@ -166,7 +404,8 @@ static rec_t *to_record(bt_client_t *c, const bt_rpc_msg_t *m)
         bt_free(r);
         return NULL;
     }
-    client_idset_del(&c->inflight, id);
+    r->result->retries += q->resubmits;
+    creq_free(bt_reqtable_del(&c->inflight, id));
     return r;
 }
 
@@ -189,6 +428,24 @@ static rec_t *dequeue(bt_client_t *c)
             c->tail = NULL;
     }
     return r;
+}
+
+/* The first queued record of request id, taken out of the queue; NULL if none. */
+static rec_t *dequeue_id(bt_client_t *c, uint64_t id)
+{
+    rec_t *prev = NULL;
+    for (rec_t *r = c->head; r; prev = r, r = r->next) {
+        if (r->id != id)
+            continue;
+        if (prev)
+            prev->next = r->next;
+        else
+            c->head = r->next;
+        if (c->tail == r)
+            c->tail = prev;
+        return r;
+    }
+    return NULL;
 }
 
 /* The chunk as the caller sees it; its text is copied with a NUL after it (the message's own
@@ -248,6 +505,15 @@ static int send_request(bt_client_t *c, const bt_client_gen_params_t *p, uint64_
     slo.tpot_ms = p->slo_tpot_ms;
     g.sampling = &s;
     g.slo = &slo;
+    /* kept packed, to send again if the router is lost */
+    creq_t *q = bt_reqtable_get(&c->inflight, id);
+    q->body_len = protobuf_c_message_get_packed_size(&g.base);
+    q->body = bt_malloc(q->body_len ? q->body_len : 1);
+    if (!q->body)
+        return BT_ERR_NOMEM;
+    protobuf_c_message_pack(&g.base, q->body);
+    if (!c->sock)
+        return BT_ERR_IO;
     bt_rpc_header_t h;
     bt_rpc_header_init(&h, BATON__METHOD__GENERATE, id);
     return bt_rpc_send(c->sock, NULL, &h, &g.base, ZMQ_DONTWAIT);
@@ -257,19 +523,23 @@ int bt_client_submit(bt_client_t *c, const bt_client_gen_params_t *p, uint64_t *
 {
     if (!c || !p)
         return BT_ERR_INVAL;
+    reconnect_if_lost(c); /* send on a connection that still holds */
     uint64_t id = p->request_id;
     if (!id) {
         do
             id = c->next_id++;
-        while (!id || client_idset_has(&c->inflight, id));
+        while (!id || bt_reqtable_get(&c->inflight, id));
     }
-    if (client_idset_has(&c->inflight, id))
+    if (bt_reqtable_get(&c->inflight, id))
         return BT_ERR_INVAL;
-    if (client_idset_add(&c->inflight, id) != BT_OK)
+    creq_t *q = bt_calloc(1, sizeof *q);
+    if (!q || bt_reqtable_put(&c->inflight, id, q) != BT_OK) {
+        bt_free(q);
         return BT_ERR_NOMEM;
+    }
     int st = send_request(c, p, id);
     if (st != BT_OK) {
-        client_idset_del(&c->inflight, id);
+        creq_free(bt_reqtable_del(&c->inflight, id));
         return st == BT_AGAIN ? BT_ERR_OVERLOADED : st;
     }
     if (request_id)
@@ -281,8 +551,10 @@ int bt_client_cancel(bt_client_t *c, uint64_t request_id)
 {
     if (!c)
         return BT_ERR_INVAL;
-    if (!client_idset_has(&c->inflight, request_id))
+    if (!bt_reqtable_get(&c->inflight, request_id))
         return BT_ERR_NOT_FOUND;
+    if (!c->sock)
+        return BT_ERR_IO;
     bt_rpc_header_t h;
     bt_rpc_header_init(&h, BATON__METHOD__CANCEL, request_id);
     return bt_rpc_send(c->sock, NULL, &h, NULL, ZMQ_DONTWAIT);
@@ -298,7 +570,7 @@ int bt_client_next(bt_client_t *c, int timeout_ms, bt_client_next_t *out)
     int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
     rec_t *r = dequeue(c);
     while (!r) {
-        if (c->inflight.n == 0)
+        if (bt_reqtable_len(&c->inflight) == 0)
             return BT_ERR_NOT_FOUND;
         bt_rpc_msg_t m;
         int st = recv_msg(c, deadline, &m);
@@ -307,6 +579,8 @@ int bt_client_next(bt_client_t *c, int timeout_ms, bt_client_next_t *out)
         bt_rpc_msg_fini(&m);
         if (st == BT_ERR_TIMEOUT || st == BT_ERR_IO)
             return st;
+        if (!r)
+            r = dequeue(c); /* records of a lost connection */
     }
     memset(out, 0, sizeof *out);
     if (r->tc) {
@@ -353,13 +627,22 @@ int bt_client_generate(bt_client_t *c, const bt_client_gen_params_t *p, bt_clien
         return st;
     int64_t deadline = c->timeout_ms < 0 ? -1 : now_ms() + c->timeout_ms;
     for (;;) {
+        /* its records of a lost connection first, or its end here */
+        rec_t *r = c->requeued ? dequeue_id(c, id) : NULL;
+        if (c->requeued && !r)
+            c->requeued = 0;
+        if (r) {
+            if (own_record(c, r, on_chunk, user, result))
+                return BT_OK;
+            continue;
+        }
         bt_rpc_msg_t m;
         st = recv_msg(c, deadline, &m);
-        rec_t *r = st == BT_OK ? to_record(c, &m) : NULL;
+        r = st == BT_OK ? to_record(c, &m) : NULL;
         bt_rpc_msg_fini(&m);
         if (st == BT_ERR_TIMEOUT || st == BT_ERR_IO) {
             bt_client_cancel(c, id);
-            client_idset_del(&c->inflight, id); /* abandoned: its late messages are dropped */
+            creq_free(bt_reqtable_del(&c->inflight, id)); /* abandoned: late messages dropped */
             return st;
         }
         if (r && r->id != id) {
@@ -390,10 +673,11 @@ static int unpack_reply(const bt_rpc_msg_t *m, ProtobufCMessage **out)
 /* Sends an empty-bodied call and waits for its reply; other requests' events are queued. */
 static int call(bt_client_t *c, Baton__Method method, int timeout_ms, ProtobufCMessage **reply)
 {
+    reconnect_if_lost(c);
     uint64_t id = c->next_id++;
     bt_rpc_header_t h;
     bt_rpc_header_init(&h, method, id);
-    int st = bt_rpc_send(c->sock, NULL, &h, NULL, ZMQ_DONTWAIT);
+    int st = c->sock ? bt_rpc_send(c->sock, NULL, &h, NULL, ZMQ_DONTWAIT) : BT_ERR_IO;
     if (st != BT_OK)
         return st == BT_AGAIN ? BT_ERR_IO : st;
     int t = timeout_ms ? timeout_ms : c->timeout_ms;
@@ -412,6 +696,8 @@ static int call(bt_client_t *c, Baton__Method method, int timeout_ms, ProtobufCM
             enqueue(c, r);
         if (st == BT_ERR_TIMEOUT || st == BT_ERR_IO)
             return st;
+        if (st == BT_AGAIN && c->sock) /* a new connection: ask again there */
+            bt_rpc_send(c->sock, NULL, &h, NULL, ZMQ_DONTWAIT);
     }
 }
 

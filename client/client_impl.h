@@ -11,17 +11,6 @@
 #include "baton_client.h"
 #include "proto/baton.pb-c.h"
 
-/* Request ids in flight: an open-addressing set (0 is never an id). */
-typedef struct {
-    uint64_t *v; /* (cap) ids, 0 = empty */
-    size_t cap, n;
-} client_idset_t;
-
-int client_idset_add(client_idset_t *s, uint64_t id);
-int client_idset_has(const client_idset_t *s, uint64_t id);
-void client_idset_del(client_idset_t *s, uint64_t id);
-void client_idset_fini(client_idset_t *s);
-
 /* One-allocation copies of the router's replies (NULL when out of memory). g may be NULL
  * (an error reply without a body). */
 bt_client_result_t *client_result_make(uint64_t id, int status, const char *error,

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * client_msg.c - what the client library builds from the router's messages: results and info
- * as single allocations the caller frees in one call, and the set of request ids in flight.
+ * as single allocations the caller frees in one call.
  *
  * A result is laid out in one block (struct, events, ids, strings) so that a caller who keeps
  * thousands of them pays one malloc and one free each, and cannot free half of one.
@@ -164,84 +164,4 @@ const char *bt_client_finish_name(bt_client_finish_t reason)
     static const char *const names[] = {"NONE",        "LENGTH",    "EOS",   "STOP_TOKEN",
                                         "STOP_STRING", "CANCELLED", "FAILED"};
     return (unsigned)reason < sizeof names / sizeof names[0] ? names[reason] : "UNKNOWN";
-}
-
-/* --- the set of ids in flight (open addressing, 0 = empty) ---------------------------- */
-
-static size_t slot_of(uint64_t id, size_t mask)
-{
-    id ^= id >> 33;
-    id *= 0xff51afd7ed558ccdull;
-    id ^= id >> 33;
-    return (size_t)id & mask;
-}
-
-int client_idset_has(const client_idset_t *s, uint64_t id)
-{
-    if (!s->cap || !id)
-        return 0;
-    for (size_t i = slot_of(id, s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
-        if (s->v[i] == id)
-            return 1;
-        if (!s->v[i])
-            return 0;
-    }
-}
-
-static int idset_grow(client_idset_t *s)
-{
-    size_t cap = s->cap ? s->cap * 2 : 64;
-    uint64_t *v = bt_calloc(cap, sizeof *v);
-    if (!v)
-        return BT_ERR_NOMEM;
-    for (size_t i = 0; i < s->cap; i++) {
-        if (!s->v[i])
-            continue;
-        size_t j = slot_of(s->v[i], cap - 1);
-        while (v[j])
-            j = (j + 1) & (cap - 1);
-        v[j] = s->v[i];
-    }
-    bt_free(s->v);
-    s->v = v;
-    s->cap = cap;
-    return BT_OK;
-}
-
-int client_idset_add(client_idset_t *s, uint64_t id)
-{
-    if (2 * (s->n + 1) > s->cap && idset_grow(s) != BT_OK)
-        return BT_ERR_NOMEM;
-    size_t i = slot_of(id, s->cap - 1);
-    while (s->v[i])
-        i = (i + 1) & (s->cap - 1);
-    s->v[i] = id;
-    s->n++;
-    return BT_OK;
-}
-
-/* Removal with backward shift, so lookups never need tombstones. */
-void client_idset_del(client_idset_t *s, uint64_t id)
-{
-    if (!client_idset_has(s, id))
-        return;
-    size_t mask = s->cap - 1, i = slot_of(id, mask);
-    while (s->v[i] != id)
-        i = (i + 1) & mask;
-    for (size_t j = (i + 1) & mask; s->v[j]; j = (j + 1) & mask) {
-        size_t home = slot_of(s->v[j], mask);
-        /* Move v[j] into the hole at i if its home is not in (i, j]. */
-        if (((j - home) & mask) >= ((j - i) & mask)) {
-            s->v[i] = s->v[j];
-            i = j;
-        }
-    }
-    s->v[i] = 0;
-    s->n--;
-}
-
-void client_idset_fini(client_idset_t *s)
-{
-    bt_free(s->v);
-    memset(s, 0, sizeof *s);
 }

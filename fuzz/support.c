@@ -57,6 +57,12 @@ int fuzz_admit(const router_limits_t *lim, const Baton__GenerateRequest *req, ch
         FUZZ_CHECK(adm.prompt[i] >= 0 && adm.prompt[i] < lim->n_vocab, "admitted token id %d",
                    adm.prompt[i]);
     FUZZ_CHECK(adm.slo_ttft_ms > 0 && adm.slo_tpot_ms > 0, "objectives");
+    FUZZ_CHECK(req->n_resume_ids <= adm.max_tokens, "admitted %zu resume ids", req->n_resume_ids);
+    for (size_t i = 0; i < req->n_resume_ids; i++)
+        FUZZ_CHECK(req->resume_ids[i] >= 0 && req->resume_ids[i] < lim->n_vocab,
+                   "admitted resume id %d", req->resume_ids[i]);
+    FUZZ_CHECK(!req->n_resume_ids || !req->return_text || lim->tok,
+               "admitted a resumption with text and no tokenizer");
     bt_free(adm.prompt_owned);
     return st;
 }

@@ -121,6 +121,22 @@ static int check_slo(const router_limits_t *lim, const Baton__Slo *slo, router_a
     return BT_OK;
 }
 
+/* A resubmission's tokens: no more than it may generate, each in the vocabulary; its text
+ * must be made here (a daemon's text of the tokens already out would never come again). */
+static int check_resume(const router_limits_t *lim, const Baton__GenerateRequest *req,
+                        const router_admit_t *out, char *err, size_t cap)
+{
+    if (req->n_resume_ids == 0)
+        return BT_OK;
+    if (req->n_resume_ids > out->max_tokens)
+        return refuse(err, cap, BT_ERR_RANGE, "resume_ids has %zu tokens, over max_tokens %u",
+                      req->n_resume_ids, out->max_tokens);
+    if (req->return_text && !lim->tok)
+        return refuse(err, cap, BT_ERR_UNSUPPORTED,
+                      "resuming with return_text needs the router's tokenizer (--model)");
+    return check_ids(lim, req->resume_ids, req->n_resume_ids, "resume_ids", err, cap);
+}
+
 int router_limits_check(const router_limits_t *lim, const Baton__GenerateRequest *req,
                         router_admit_t *out, char *err, size_t cap)
 {
@@ -134,6 +150,8 @@ int router_limits_check(const router_limits_t *lim, const Baton__GenerateRequest
     int st = check_sampling(lim, req->sampling, err, cap);
     if (st == BT_OK)
         st = check_slo(lim, req->slo, out, err, cap);
+    if (st == BT_OK)
+        st = check_resume(lim, req, out, err, cap);
     if (st == BT_OK)
         st = check_prompt(lim, req, out, err, cap);
     if (st != BT_OK) {

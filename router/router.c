@@ -304,6 +304,19 @@ static int accept_request(router_t *r, const bt_rpc_msg_t *m, Baton__GenerateReq
     memcpy(rq->client, m->route.id[0], rq->client_len);
     rq->issued_ns = bt_rpc_now_ns();
     rq->wait_deadline_ms = r->now_ms + (uint64_t)r->p.queue_timeout_ms;
+    if (req->n_resume_ids) {
+        /* the client has these already: taken as delivered (text made too), placed as a
+         * failover is, with skip_tokens past them */
+        rq_relay_t had;
+        st = router_request_push(rq, 0, req->resume_ids, req->n_resume_ids, NULL, 0, &had);
+        if (st != BT_OK) {
+            router_request_destroy(rq);
+            return st;
+        }
+        bt_debug("req %llu (client %llu): a resubmission after %zu tokens",
+                 (unsigned long long)rq->id, (unsigned long long)rq->client_req_id,
+                 req->n_resume_ids);
+    }
     if ((st = router_request_event(rq, BATON__EVENT_KIND__ISSUED, rq->issued_ns, "router", 0)) !=
             BT_OK ||
         (st = router_reqtable_insert(r->table, rq)) != BT_OK) {

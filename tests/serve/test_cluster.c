@@ -452,6 +452,101 @@ static void test_cluster_kill_colocated_mid_stream(void **state)
     run_kill_mid_stream(*state, 0, 0, 2, "colocated");
 }
 
+/* The router is killed mid-stream and a new one started on the same ports: the client library
+ * sees its connection drop and sends its requests again with the tokens they have (the new
+ * router knows nothing of them), the daemons re-register and drop what the old router had
+ * placed there (RESET). Every stream goes on with no gap and no repeat, greedy and seeded
+ * requests end with exactly the engine's tokens, the text streamed is the result's text, which
+ * is the tokens' text, and no KV is left held. */
+static void test_cluster_router_restart_mid_stream(void **state)
+{
+    cluster_fixture_t *f = *state;
+    need_daemons(1, 1);
+    bt_cluster_t c;
+    const char *extra[] = {"--ctx", "1024", "--kv-mem", "128M", NULL};
+    assert_int_equal(bt_cluster_start(&c, f->m15, 1, 1, 0, extra), 0);
+    bt_client_t *cl = connect_client(&c);
+    enum { N = 4, T = 200 };
+    int32_t prompt[256];
+    for (int i = 0; i < N; i++) { /* 0, 2 greedy; 1, 3 seeded sampling */
+        Baton__SamplingParams sp = sampling_of(i);
+        bt_test_prompt((uint32_t)i, prompt_len(i), 32000, prompt);
+        bt_client_gen_params_t p = {.prompt_ids = prompt,
+                                    .n_prompt_ids = (size_t)prompt_len(i),
+                                    .max_tokens = T,
+                                    .ignore_eos = 1,
+                                    .temperature = sp.temperature,
+                                    .top_k = sp.top_k,
+                                    .top_p = sp.top_p,
+                                    .seed = sp.seed,
+                                    .return_text = 1,
+                                    .request_id = 1 + (uint64_t)i};
+        assert_int_equal(bt_client_submit(cl, &p, NULL), BT_CLIENT_OK);
+    }
+    enum { TEXT_CAP = 64 * T };
+    char *text = calloc(N, TEXT_CAP), *want_text = malloc(TEXT_CAP);
+    size_t text_len[N] = {0};
+    uint32_t next[N] = {0};
+    bt_client_result_t *res[N] = {0};
+    int restarted = 0;
+    for (int got = 0, streaming = 0; got < N;) {
+        bt_client_next_t ev;
+        int st = bt_client_next(cl, 60000, &ev);
+        if (st != BT_CLIENT_OK)
+            bt_cluster_dump_logs(&c);
+        assert_int_equal(st, BT_CLIENT_OK);
+        if (ev.kind == BT_CLIENT_NEXT_RESULT) {
+            int i = (int)ev.result->request_id - 1;
+            assert_true(i >= 0 && i < N && !res[i]);
+            res[i] = ev.result;
+            got++;
+            continue;
+        }
+        int i = (int)ev.chunk.request_id - 1;
+        assert_true(i >= 0 && i < N);
+        assert_int_equal(ev.chunk.index, next[i]); /* no gap, no repeat, across the restart */
+        streaming += next[i] < 5 && next[i] + ev.chunk.n_ids >= 5;
+        next[i] += (uint32_t)ev.chunk.n_ids;
+        assert_true(text_len[i] + ev.chunk.text_len < TEXT_CAP);
+        memcpy(text + (size_t)i * TEXT_CAP + text_len[i], ev.chunk.text, ev.chunk.text_len);
+        text_len[i] += ev.chunk.text_len;
+        if (!restarted && streaming == N) { /* all stream, none near its end */
+            assert_int_equal(bt_cluster_restart_router(&c), 0);
+            restarted = 1;
+        }
+    }
+    assert_true(restarted);
+    bt_test_ref_t *ref = bt_test_ref_open(f->m15);
+    assert_non_null(ref);
+    int32_t *want = malloc(T * sizeof(int32_t));
+    for (int i = 0; i < N; i++) {
+        Baton__SamplingParams sp = sampling_of(i);
+        bt_test_prompt((uint32_t)i, prompt_len(i), 32000, prompt);
+        int nw = bt_test_ref_run_sampled(ref, prompt, prompt_len(i), T, &sp, 1, want);
+        if (res[i]->status != 0)
+            fprintf(stderr, "request %d: %s\n", i, res[i]->error);
+        assert_int_equal(res[i]->status, 0);
+        assert_int_equal((int)res[i]->n_ids, nw);
+        assert_memory_equal(res[i]->ids, want, (size_t)nw * sizeof(int32_t));
+        assert_int_equal((int)next[i], nw); /* the stream carried each token once */
+        assert_true(res[i]->retries >= 1);  /* it was sent again */
+        bt_test_ref_text(ref, prompt[prompt_len(i) - 1], want, nw, want_text, TEXT_CAP);
+        assert_int_equal(res[i]->text_len, strlen(want_text));
+        assert_memory_equal(res[i]->text, want_text, res[i]->text_len);
+        assert_int_equal(text_len[i], res[i]->text_len); /* streamed text: the same, once */
+        assert_memory_equal(text + (size_t)i * TEXT_CAP, res[i]->text, text_len[i]);
+        bt_client_result_free(res[i]);
+    }
+    free(want);
+    free(text);
+    free(want_text);
+    bt_test_ref_close(ref);
+    assert_true(all_kv_free(&c, 2, 20000)); /* the old router's requests were dropped */
+    bt_client_close(cl);
+    if (bt_cluster_stop(&c) != 0)
+        bt_cluster_dump_logs(&c);
+}
+
 /* Text through the cluster: the streamed chunks and the result carry the detokenized text of
  * exactly the ids; a stop string taken from that text ends the same request right before it,
  * across the prefill/decode boundary (held-back text included). */
@@ -557,6 +652,7 @@ int main(void)
         cmocka_unit_test(test_cluster_cancel_frees_kv_colocated),
         cmocka_unit_test(test_cluster_kill_decode_mid_stream),
         cmocka_unit_test(test_cluster_kill_colocated_mid_stream),
+        cmocka_unit_test(test_cluster_router_restart_mid_stream),
         cmocka_unit_test(test_cluster_sigterm_drains_1p1d),
         cmocka_unit_test(test_cluster_text_and_stop_1p1d),
         cmocka_unit_test(test_cluster_text_and_stop_colocated),

@@ -498,6 +498,34 @@ int bt_cluster_wait_instances(bt_cluster_t *c, int n, int timeout_ms)
     return ok;
 }
 
+/* Starts the router on c's ports; 0 once it answers, -1 when it exited first (most likely a
+ * port was taken) or did not answer in 10 s. */
+static int spawn_router(bt_cluster_t *c)
+{
+    char exe[512], port[16], cport[16];
+    snprintf(exe, sizeof exe, "%s/bin/baton-router", BATON_BINARY_DIR);
+    snprintf(port, sizeof port, "%d", c->port);
+    snprintf(cport, sizeof cport, "%d", c->cluster_port);
+    const char *argv[] = {
+        exe,         "--port",  port,     "--cluster-port",  cport,  "--bind",
+        "127.0.0.1", "--model", c->model, "--dead-after-ms", "1000", "--log-level",
+        "info",      NULL};
+    if (bt_proc_start(&c->router, (char *const *)argv) != 0)
+        return -1;
+    uint64_t end = bt_test_now_ms() + 10000;
+    while (bt_test_now_ms() < end) {
+        Baton__HealthReply *h = NULL;
+        if (bt_cluster_call(c, BATON__METHOD__HEALTH, &baton__health_reply__descriptor,
+                            (ProtobufCMessage **)&h) == 0) {
+            baton__health_reply__free_unpacked(h, NULL);
+            return 0;
+        }
+        if (bt_proc_wait(&c->router, 0))
+            return -1;
+    }
+    return -1;
+}
+
 /* Starts the router on two free ports and waits until it answers. A free port can be taken
  * by another process before the router binds it (the router then exits): new ports, up to
  * three times. */
@@ -511,29 +539,24 @@ static int start_router(bt_cluster_t *c, const char *model)
             c->cluster_port = bt_test_free_port();
         while (c->cluster_port == c->port);
         snprintf(c->client_ep, sizeof c->client_ep, "tcp://127.0.0.1:%d", c->port);
-        char exe[512], port[16], cport[16];
-        snprintf(exe, sizeof exe, "%s/bin/baton-router", BATON_BINARY_DIR);
-        snprintf(port, sizeof port, "%d", c->port);
-        snprintf(cport, sizeof cport, "%d", c->cluster_port);
-        const char *argv[] = {
-            exe,         "--port",  port,  "--cluster-port",  cport,  "--bind",
-            "127.0.0.1", "--model", model, "--dead-after-ms", "1000", "--log-level",
-            "info",      NULL};
-        if (bt_proc_start(&c->router, (char *const *)argv) != 0)
-            return -1;
-        uint64_t end = bt_test_now_ms() + 10000;
-        while (bt_test_now_ms() < end) {
-            Baton__HealthReply *h = NULL;
-            if (bt_cluster_call(c, BATON__METHOD__HEALTH, &baton__health_reply__descriptor,
-                                (ProtobufCMessage **)&h) == 0) {
-                baton__health_reply__free_unpacked(h, NULL);
-                return 0;
-            }
-            if (bt_proc_wait(&c->router, 0)) /* exited: most likely a port was taken */
-                break;
-        }
+        if (spawn_router(c) == 0)
+            return 0;
         fprintf(stderr, "router on ports %d/%d did not come up (attempt %d)\n", c->port,
                 c->cluster_port, attempt);
+        bt_proc_dump_log(&c->router);
+        bt_proc_kill(&c->router);
+        bt_proc_wait(&c->router, 5000);
+    }
+    return -1;
+}
+
+int bt_cluster_restart_router(bt_cluster_t *c)
+{
+    bt_proc_kill(&c->router);
+    bt_proc_wait(&c->router, 5000);
+    for (int attempt = 1; attempt <= 3; attempt++) {
+        if (spawn_router(c) == 0)
+            return 0;
         bt_proc_dump_log(&c->router);
         bt_proc_kill(&c->router);
         bt_proc_wait(&c->router, 5000);

@@ -157,6 +157,9 @@ int bt_cluster_wait_instances(bt_cluster_t *c, int n, int timeout_ms);
  * *out with protobuf_c_message_free_unpacked. 0 on success. */
 int bt_cluster_call(const bt_cluster_t *c, Baton__Method method,
                     const ProtobufCMessageDescriptor *reply, ProtobufCMessage **out);
+/* SIGKILL to the router, and a new one on the same ports (the daemons and clients reconnect
+ * by themselves); 0 once it answers. */
+int bt_cluster_restart_router(bt_cluster_t *c);
 /* SIGTERM to the router then the daemons; waits; SIGKILL what is left. Returns 0 when every
  * process exited 0 in time. */
 int bt_cluster_stop(bt_cluster_t *c);
