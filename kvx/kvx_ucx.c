@@ -67,8 +67,12 @@ typedef struct ctrl_rx {
 
 /* A control message's copy while UCX sends it; freed by its completion, or at destroy for a
  * send that never completes (to a peer that died over shared memory). A ring with a head. */
-typedef struct ctrl_tx {
-    struct ctrl_tx *prev, *next;
+typedef struct ctrl_link {
+    struct ctrl_link *prev, *next;
+} ctrl_link_t;
+
+typedef struct {
+    ctrl_link_t link; /* first: a link is its message */
     uint8_t data[];
 } ctrl_tx_t;
 
@@ -91,7 +95,7 @@ struct ucx_be {
     ucx_ep_t *eps;
     ctrl_rx_t *ctrl_head;
     ctrl_rx_t *ctrl_tail;
-    ctrl_tx_t tx; /* control sends in flight (head of the ring) */
+    ctrl_link_t tx; /* control sends in flight (head of the ring) */
     deferred_t *deferred;
     int n_deferred;
     int cap_deferred;
@@ -170,8 +174,8 @@ static void data_recv_cb(void *req, ucs_status_t status, const ucp_tag_recv_info
 
 static void ctrl_tx_unlink(ctrl_tx_t *t)
 {
-    t->prev->next = t->next;
-    t->next->prev = t->prev;
+    t->link.prev->next = t->link.next;
+    t->link.next->prev = t->link.prev;
 }
 
 static void ctrl_sent_cb(void *req, ucs_status_t status, void *user)
@@ -320,10 +324,10 @@ static int ucx_send_ctrl(void *bep, void *ep, uint64_t tag, const void *buf, siz
     if (!t)
         return BT_ERR_NOMEM;
     memcpy(t->data, buf, len);
-    t->prev = &be->tx;
-    t->next = be->tx.next;
-    t->next->prev = t;
-    be->tx.next = t;
+    t->link.prev = &be->tx;
+    t->link.next = be->tx.next;
+    t->link.next->prev = &t->link;
+    be->tx.next = &t->link;
     ucp_request_param_t prm = {.op_attr_mask =
                                    UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
                                .cb.send = ctrl_sent_cb,
@@ -868,7 +872,7 @@ static void ucx_destroy(void *bep)
     /* Control sends the worker's destruction left without completion (UCX warns that their
      * requests were not returned): their copies are ours to free. */
     while (be->tx.next != &be->tx) {
-        ctrl_tx_t *t = be->tx.next;
+        ctrl_tx_t *t = (ctrl_tx_t *)be->tx.next;
         ctrl_tx_unlink(t);
         bt_free(t);
     }

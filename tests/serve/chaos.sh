@@ -21,6 +21,10 @@
 # BATON_CHAOS_MODE=pairs runs the same on two AcceLLM pairs (`baton-pair`, docs/pairs.md) instead:
 # a killed owner's requests resume on their replicas, role switches and hand-offs go on under
 # the faults, and at the end every replica's blocks must be free too.
+# BATON_CHAOS_ROUTER=1 adds router faults: about one fault in six SIGKILLs the router and starts
+# a new one on the same endpoints after a pause; the clients' library sends its requests again
+# with the tokens they have, which must then end as above (the router-side counts that span the
+# whole run are not checked then: each router counts only its own requests).
 # BATON_CHAOS_SEED (default 1) seeds the fault schedule and the clients' choice of prompts;
 # BATON_CHAOS_SECONDS (default 75) is how long the faults go on; BATON_CHAOS_LOGS=DIR keeps the
 # logs and the requests' results there; BATON_CHAOS_LOG_LEVEL (default info) is the daemons'.
@@ -34,6 +38,7 @@ tmp=$(mktemp -d)
 CLIENT_EP=ipc://$tmp/clients.sock
 CLUSTER_EP=ipc://$tmp/cluster.sock
 MODE=${BATON_CHAOS_MODE:-disagg}
+ROUTER_FAULTS=${BATON_CHAOS_ROUTER:-0}
 case $MODE in
 disagg) DAEMONS=(prefill-0 prefill-1 decode-0 decode-1) ;;
 pairs) DAEMONS=(pair-0a pair-0b pair-1a pair-1b) ;;
@@ -272,11 +277,14 @@ PY
 mkdir -p "$tmp/logs" "$tmp/expect" "$tmp/chaos" "$tmp/final"
 "$BIN/baton" model gen --preset tiny --ctx 2048 --out "$tmp/tiny.gguf" >/dev/null
 mport=$(python3 "$(dirname "$0")/../support/free_ports.py")
-"$BIN/baton-router" --model "$tmp/tiny.gguf" --client-endpoint "$CLIENT_EP" \
-    --cluster-endpoint "$CLUSTER_EP" --bind 127.0.0.1 --metrics-port "$mport" \
-    --dead-after-ms 1000 --failover-timeout-ms 5000 --queue-timeout-ms 5000 \
-    --log-level info >"$tmp/logs/router.log" 2>&1 &
-router=$!
+start_router() {
+    "$BIN/baton-router" --model "$tmp/tiny.gguf" --client-endpoint "$CLIENT_EP" \
+        --cluster-endpoint "$CLUSTER_EP" --bind 127.0.0.1 --metrics-port "$mport" \
+        --dead-after-ms 1000 --failover-timeout-ms 5000 --queue-timeout-ms 5000 \
+        --log-level info >>"$tmp/logs/router.log" 2>&1 &
+    router=$!
+}
+start_router
 for d in "${DAEMONS[@]}"; do
     start_daemon "$d"
 done
@@ -334,6 +342,7 @@ done
 RANDOM=$SEED
 kills=0
 stops=0
+router_kills=0
 faults=0
 end=$((SECONDS + DURATION))
 while [ $SECONDS -lt $end ]; do
@@ -344,7 +353,15 @@ while [ $SECONDS -lt $end ]; do
     alive "$router" || fail "the router died"
     d=${DAEMONS[$((RANDOM % ${#DAEMONS[@]}))]}
     faults=$((faults + 1))
-    if [ $faults = 3 ] || [ $((RANDOM % 5)) = 0 ]; then
+    if [ "$ROUTER_FAULTS" = 1 ] && { [ $faults = 2 ] || [ $((RANDOM % 6)) = 0 ]; }; then
+        pause=$((100 + RANDOM % 900))
+        echo "fault $faults at ${SECONDS}s: SIGKILL the router, restart after $pause ms"
+        kill -KILL "$router"
+        wait "$router" 2>/dev/null || true
+        msleep "$pause"
+        start_router
+        router_kills=$((router_kills + 1))
+    elif [ $faults = 3 ] || [ $((RANDOM % 5)) = 0 ]; then
         echo "fault $faults at ${SECONDS}s: SIGSTOP $d for 2.5 s"
         kill -STOP "${pid[$d]}"
         sleep 2.5
@@ -360,7 +377,7 @@ while [ $SECONDS -lt $end ]; do
         kills=$((kills + 1))
     fi
 done
-echo "faults done: $kills kills and restarts, $stops stops"
+echo "faults done: $kills kills and restarts, $stops stops, $router_kills router restarts"
 { [ $kills -ge 1 ] && [ $stops -ge 1 ]; } || fail "the faults did not include a kill and a stop"
 for d in "${DAEMONS[@]}"; do
     alive "${pid[$d]}" || fail "$d died by itself"
@@ -426,7 +443,7 @@ fi
 grep -E '^baton_router_(requests_total|failovers_total)' <<<"$m"
 # Every `baton generate` reached the router, and the faults did hit requests in flight.
 sent=$(find "$tmp/expect" "$tmp/chaos" "$tmp/final" -name '*.meta' | wc -l)
-python3 -c '
+[ "$router_kills" -gt 0 ] || python3 -c '
 import sys
 m = dict(l.rsplit(" ", 1) for l in sys.stdin.read().splitlines() if l and l[0] != "#")
 n = float(m["baton_router_requests_total{outcome=\"accepted\"}"]) + float(
