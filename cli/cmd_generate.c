@@ -19,7 +19,7 @@
 
 typedef struct {
     char *router, *prompt, *prompt_ids, *stop;
-    int n_predict, top_k, stream, json, ignore_eos, bos, timeout_ms;
+    int n_predict, top_k, stream, json, ignore_eos, bos, timeout_ms, max_resubmits;
     float temp, top_p, min_p, repeat_penalty, slo_ttft_ms, slo_tpot_ms;
     int64_t seed;
 } gen_cfg_t;
@@ -51,6 +51,9 @@ static const bt_cfg_opt_t gen_opts[] = {
     OPT("slo-tpot-ms", 0, BT_CFG_FLOAT, "0", 0, 1e9, slo_tpot_ms, "TPOT objective; 0: cluster's"),
     OPT("timeout-ms", 0, BT_CFG_INT, "120000", 1, 1 << 30, timeout_ms,
         "give up after this long without a token"),
+    OPT("max-resubmits", 0, BT_CFG_INT, "3", 0, 1000, max_resubmits,
+        "send the request again (with the tokens received) at most this many times when the "
+        "router connection drops; 0: never, the request then fails at once"),
 };
 static const bt_cfg_table_t gen_table = {
     .prog = "baton generate",
@@ -179,7 +182,9 @@ static int report(const gen_cfg_t *c, const gen_state_t *g, const bt_client_resu
 
 static int run_request(const gen_cfg_t *c, bt_client_gen_params_t *p)
 {
-    bt_client_params_t cp = {.endpoint = c->router, .timeout_ms = c->timeout_ms};
+    bt_client_params_t cp = {.endpoint = c->router,
+                             .timeout_ms = c->timeout_ms,
+                             .max_resubmits = c->max_resubmits ? c->max_resubmits : -1};
     bt_client_t *cl = NULL;
     int st = bt_client_connect(&cp, &cl);
     if (st != 0) {
