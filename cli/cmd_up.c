@@ -10,6 +10,11 @@
  * whatever has not exited after --stop-timeout-ms gets SIGKILL, and a second Ctrl-C kills at
  * once. The children run in their own process group, so a Ctrl-C at the terminal reaches only
  * this supervisor, and they get SIGTERM if it dies (PR_SET_PDEATHSIG): no orphans.
+ *
+ * Once the cluster serves, a child that exits is started again with the same command line
+ * (--restart, on by default), after 0.5 s, doubling up to 10 s while it keeps dying within
+ * 10 s of its start: a restarted daemon registers anew, and the clients' library sends the
+ * requests a dead router held to the new one, so nothing is lost.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,7 +46,7 @@ typedef struct {
     float slo_ttft_ms, slo_tpot_ms;
     int prefill, decode, colocated, pairs, port, cluster_port, threads;
     int max_batch_tokens, max_batch_seqs, ctx, ready_timeout_ms, stop_timeout_ms, step_logs;
-    int metrics_port;
+    int metrics_port, restart;
 } up_cfg_t;
 
 #define OPT(n, t, d, lo, hi, f, h)                                                                 \
@@ -98,6 +103,8 @@ static const bt_cfg_opt_t up_opts[] = {
         "give up if the cluster is not healthy by then"),
     OPT("stop-timeout-ms", BT_CFG_INT, "30000", 1, 1 << 30, stop_timeout_ms,
         "on stop, SIGKILL what has not exited after this long"),
+    OPT("restart", BT_CFG_BOOL, "1", 0, 0, restart,
+        "start a router or daemon that exits while serving again (0: a dead router stops all)"),
 };
 static const bt_cfg_table_t up_table = {
     .prog = "baton up",
@@ -113,7 +120,13 @@ typedef struct {
     char name[32];
     pid_t pid; /* 0 once reaped */
     int is_router;
-    int status; /* waitpid status */
+    int status;  /* waitpid status */
+    char **argv; /* its command line, to start it again (one allocation) */
+    int pinned;  /* cpus holds where it runs */
+    cpu_set_t cpus;
+    int down; /* reaped, not yet seen by the supervisor */
+    uint64_t started_ms, restart_at_ms;
+    int backoff_ms;
 } up_proc_t;
 
 typedef struct {
@@ -258,12 +271,28 @@ static int parse_cpus(up_t *u)
     return 0;
 }
 
-/* Starts argv[0] as a child; cpus (NULL: any CPU) is where it and its threads may run. */
-static int spawn(up_t *u, const char *name, int is_router, const cpu_set_t *cpus,
-                 char *const argv[])
+/* A copy of a NULL-terminated argv in one allocation (NULL when out of memory). */
+static char **argv_dup(char *const argv[])
 {
-    if (u->n_procs == UP_MAX_PROCS)
-        return -1;
+    size_t n = 0, bytes = 0;
+    for (; argv[n]; n++)
+        bytes += strlen(argv[n]) + 1;
+    char **v = malloc((n + 1) * sizeof *v + bytes);
+    if (!v)
+        return NULL;
+    char *s = (char *)(v + n + 1);
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(argv[i]) + 1;
+        v[i] = memcpy(s, argv[i], len);
+        s += len;
+    }
+    v[n] = NULL;
+    return v;
+}
+
+/* Starts p's command line as a child, pinned where p says. */
+static int launch(up_t *u, up_proc_t *p)
+{
     pid_t supervisor = getpid();
     pid_t pid = fork();
     if (pid < 0) {
@@ -271,21 +300,40 @@ static int spawn(up_t *u, const char *name, int is_router, const cpu_set_t *cpus
         return -1;
     }
     if (pid == 0) {
-        child_setup(u, name);
+        child_setup(u, p->name);
         if (getppid() != supervisor)
             _exit(127);
-        if (cpus && sched_setaffinity(0, sizeof *cpus, cpus) != 0) {
-            fprintf(stderr, "baton up: cannot pin %s: %s\n", name, strerror(errno));
+        if (p->pinned && sched_setaffinity(0, sizeof p->cpus, &p->cpus) != 0) {
+            fprintf(stderr, "baton up: cannot pin %s: %s\n", p->name, strerror(errno));
             _exit(127);
         }
-        execv(argv[0], argv);
-        fprintf(stderr, "baton up: cannot run %s: %s\n", argv[0], strerror(errno));
+        execv(p->argv[0], p->argv);
+        fprintf(stderr, "baton up: cannot run %s: %s\n", p->argv[0], strerror(errno));
         _exit(127);
     }
-    up_proc_t *p = &u->procs[u->n_procs++];
-    snprintf(p->name, sizeof p->name, "%s", name);
     p->pid = pid;
+    p->started_ms = up_now_ms();
+    return 0;
+}
+
+/* Starts argv[0] as a child; cpus (NULL: any CPU) is where it and its threads may run. */
+static int spawn(up_t *u, const char *name, int is_router, const cpu_set_t *cpus,
+                 char *const argv[])
+{
+    if (u->n_procs == UP_MAX_PROCS)
+        return -1;
+    up_proc_t *p = &u->procs[u->n_procs];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", name);
     p->is_router = is_router;
+    p->pinned = cpus != NULL;
+    if (cpus)
+        p->cpus = *cpus;
+    if (!(p->argv = argv_dup(argv)) || launch(u, p) != 0) {
+        free(p->argv);
+        return -1;
+    }
+    u->n_procs++;
     return 0;
 }
 
@@ -467,6 +515,7 @@ static int reap(up_t *u, int report)
         if (p->pid == 0 || waitpid(p->pid, &p->status, WNOHANG) != p->pid)
             continue;
         p->pid = 0;
+        p->down = 1;
         lost++;
         if (report) {
             fprintf(stderr, "baton up: %s exited (%s %d)\n", p->name,
@@ -579,16 +628,50 @@ static int wait_healthy(up_t *u, int n_daemons)
     return rc;
 }
 
-/* Serves until an interrupt, or until the router is gone. Returns the exit status. */
+/* Children that exited: each is started again after its back-off (--restart). Returns how
+ * many wait for their time. */
+static int restart_exited(up_t *u)
+{
+    uint64_t now = up_now_ms();
+    int waiting = 0;
+    for (int i = 0; i < u->n_procs; i++) {
+        up_proc_t *p = &u->procs[i];
+        if (p->down) { /* quick deaths double the wait; a long run resets it */
+            p->down = 0;
+            p->backoff_ms = now - p->started_ms >= 10000 || !p->backoff_ms ? 500
+                            : p->backoff_ms >= 5000                        ? 10000
+                                                                           : 2 * p->backoff_ms;
+            p->restart_at_ms = now + (uint64_t)p->backoff_ms;
+            fprintf(stderr, "baton up: starting %s again in %d ms\n", p->name, p->backoff_ms);
+        }
+        if (p->pid || !p->restart_at_ms)
+            continue;
+        if (now < p->restart_at_ms || launch(u, p) != 0) {
+            waiting++;
+            continue;
+        }
+        p->restart_at_ms = 0;
+        fprintf(stderr, "baton up: %s started again (pid %d)\n", p->name, (int)p->pid);
+    }
+    return waiting;
+}
+
+/* Serves until an interrupt, or (without --restart) until the router is gone. Returns the
+ * exit status. */
 static int supervise(up_t *u)
 {
+    int waiting = 0;
     for (;;) {
-        int sig = wait_signal(1000);
+        int sig = wait_signal(waiting ? 50 : 1000);
         if (sig == SIGINT || sig == SIGTERM) {
             fprintf(stderr, "baton up: stopping\n");
             return 0;
         }
         reap(u, 1);
+        if (u->c->restart) {
+            waiting = restart_exited(u);
+            continue;
+        }
         if (!router_alive(u)) {
             fprintf(stderr, "baton up: the router is gone; stopping the daemons\n");
             return 1;
@@ -677,6 +760,8 @@ int cli_up(int argc, char **argv)
     if (u) {
         u->c = &c;
         rc = up_run(u);
+        for (int i = 0; i < u->n_procs; i++)
+            free(u->procs[i].argv);
         free(u);
     }
     bt_cfg_free(&up_table, &c);

@@ -2,7 +2,8 @@
 /*
  * test_up.c - `baton up` as a user runs it: it prints its endpoint once the cluster is healthy,
  * the cluster serves, SIGTERM stops everything with status 0, and no child outlives it, not
- * even when `baton up` itself is killed with SIGKILL; --cpus pins the daemons, and a bad
+ * even when `baton up` itself is killed with SIGKILL; a router or daemon that dies while it
+ * serves is started again and no request is lost; --cpus pins the daemons, and a bad
  * --cpus starts nothing; --step-logs has each daemon record its forwards; `baton status`
  * shows the cluster.
  */
@@ -220,6 +221,68 @@ static void test_up_killed_leaves_no_orphans(void **state)
     expect_serves(f);
     bt_proc_kill(&f->up); /* SIGKILL: the children get SIGTERM from the kernel */
     assert_true(wait_no_cluster(f->model, 30000));
+}
+
+/* Whatever dies while the cluster serves is started again: the router, killed mid-stream (the
+ * client's request goes on, sent again to the new router, and ends whole), then a daemon; the
+ * cluster serves again with all three processes, and stops cleanly. */
+static void test_up_restarts_what_dies(void **state)
+{
+    up_fixture_t *f = *state;
+    up_start(f, 0, NULL);
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%s", f->port);
+    bt_client_params_t cp = {.endpoint = ep, .timeout_ms = 30000};
+    bt_client_t *cl = NULL;
+    assert_int_equal(bt_client_connect(&cp, &cl), BT_CLIENT_OK);
+    int32_t prompt[4] = {1, 40, 41, 42};
+    enum { T = 400 };
+    bt_client_gen_params_t p = {
+        .prompt_ids = prompt, .n_prompt_ids = 4, .max_tokens = T, .ignore_eos = 1};
+    assert_int_equal(bt_client_submit(cl, &p, NULL), BT_CLIENT_OK);
+    uint32_t next = 0;
+    bt_client_result_t *r = NULL;
+    int killed = 0;
+    while (!r) {
+        bt_client_next_t ev;
+        assert_int_equal(bt_client_next(cl, 30000, &ev), BT_CLIENT_OK);
+        if (ev.kind == BT_CLIENT_NEXT_RESULT) {
+            r = ev.result;
+            break;
+        }
+        assert_int_equal(ev.chunk.index, next); /* no gap, no repeat */
+        next += (uint32_t)ev.chunk.n_ids;
+        if (!killed && next >= 4) {
+            int router = 0;
+            find_cluster_procs(f->model, "baton-router", &router);
+            assert_true(router > 0);
+            kill(router, SIGKILL);
+            killed = 1;
+        }
+    }
+    assert_int_equal(r->status, 0);
+    assert_int_equal((int)r->n_ids, T);
+    assert_int_equal(next, T);
+    assert_true(r->retries >= 1);
+    bt_client_result_free(r);
+    bt_client_close(cl);
+    int decode = 0, again = 0;
+    find_cluster_procs(f->model, "baton-decode", &decode);
+    assert_true(decode > 0);
+    kill(decode, SIGKILL);
+    for (uint64_t end = bt_test_now_ms() + 20000; bt_test_now_ms() < end; usleep(50000)) {
+        again = 0;
+        find_cluster_procs(f->model, "baton-decode", &again);
+        if (again > 0 && again != decode)
+            break;
+    }
+    assert_true(again > 0 && again != decode);
+    expect_serves(f);
+    assert_int_equal(count_cluster_procs(f->model), 3);
+    kill(f->up.pid, SIGTERM);
+    assert_true(bt_proc_wait(&f->up, 60000));
+    assert_int_equal(bt_proc_exit_code(&f->up), 0);
+    assert_true(wait_no_cluster(f->model, 5000));
 }
 
 /* --cpus "C;C" puts the prefill and the decode daemon (all their threads) on CPU C, the first
@@ -442,6 +505,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_up_serves_and_stops_cleanly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_up_killed_leaves_no_orphans, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_up_restarts_what_dies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_up_pins_daemons, setup, teardown),
         cmocka_unit_test_setup_teardown(test_up_step_logs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_step_log_errors, setup, teardown),
