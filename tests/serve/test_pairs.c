@@ -288,26 +288,35 @@ static int owner_of(const bt_cluster_t *c)
     return 1;
 }
 
+/* One pair (context 1024), n requests of t tokens streaming at least `at` tokens each: returns
+ * the daemon index of the member decoding them (owner_of). */
+static int pair_streaming(pair_fixture_t *f, bt_cluster_t *c, bt_client_t **cl, int n, int t,
+                          uint32_t at, uint32_t *next)
+{
+    need_pair();
+    const char *extra[] = {"--ctx", "1024", "--kv-mem", "96M", NULL};
+    assert_int_equal(bt_cluster_start_pairs(c, f->m15, 1, extra), 0);
+    *cl = connect_client(c);
+    submit_until_streaming(*cl, n, t, at, next);
+    return owner_of(c);
+}
+
 /* The member decoding the requests is killed with SIGKILL mid-stream: the router resumes each
  * request on the partner's replica (a RESUMED event, no second prefill) and the client gets
  * the undisturbed greedy stream. */
 static void test_pairs_kill_owner_mid_stream(void **state)
 {
-    need_pair();
     pair_fixture_t *f = *state;
     bt_cluster_t c;
-    const char *extra[] = {"--ctx", "1024", "--kv-mem", "96M", NULL};
-    assert_int_equal(bt_cluster_start_pairs(&c, f->m15, 1, extra), 0);
-    bt_client_t *cl = connect_client(&c);
+    bt_client_t *cl;
     enum { N = 4, T = 300 };
     bt_client_result_t *res[N] = {0};
     uint32_t next[N] = {0};
-    /* wait until every request streams, then kill the member that decodes them */
-    submit_until_streaming(cl, N, T, 20, next);
-    /* Which member that is, the router's INFO says (running, from the heartbeats). Most often
-     * pair-1: pair-0 serves prefill and hands each request off. On a slow machine the router
-     * may have switched pair-0 back to decode before the prompts came, and then it owns some. */
-    int victim = owner_of(&c);
+    /* Once every request streams, the member that decodes them is killed. Which member that
+     * is, the router's INFO says (running, from the heartbeats). Most often pair-1: pair-0
+     * serves prefill and hands each request off. On a slow machine the router may have
+     * switched pair-0 back to decode before the prompts came, and then it owns some. */
+    int victim = pair_streaming(f, &c, &cl, N, T, 20, next);
     fprintf(stderr, "killing pair-%d\n", victim);
     bt_proc_kill(&c.daemons[victim]);
     collect(&c, cl, N, res, next);
@@ -352,18 +361,14 @@ static int all_free(const bt_cluster_t *c, int verbose)
  * stay taken for good. Every one of them must go. */
 static void test_pairs_revived_holder_lets_go_of_its_replicas(void **state)
 {
-    need_pair();
     pair_fixture_t *f = *state;
     bt_cluster_t c;
-    const char *extra[] = {"--ctx", "1024", "--kv-mem", "96M", NULL};
-    assert_int_equal(bt_cluster_start_pairs(&c, f->m15, 1, extra), 0);
-    bt_client_t *cl = connect_client(&c);
+    bt_client_t *cl;
     enum { N = 4, T = 900 };
     bt_client_result_t *res[N] = {0};
     uint32_t next[N] = {0};
-    /* every request handed off to pair-1 and streaming; pair-0 holds their replicas */
-    submit_until_streaming(cl, N, T, 10, next);
-    int holder = 1 - owner_of(&c);
+    /* every request streaming on one member (pair-1, handed off); the other holds replicas */
+    int holder = 1 - pair_streaming(f, &c, &cl, N, T, 10, next);
     assert_int_equal(kill(c.daemons[holder].pid, SIGSTOP), 0);
     member_t m[2] = {{.alive = 1}, {.alive = 1}};
     for (uint64_t end = bt_test_now_ms() + 5000; m[holder].alive && bt_test_now_ms() < end;
