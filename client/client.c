@@ -337,7 +337,9 @@ static int recv_msg(bt_client_t *c, int64_t deadline, bt_rpc_msg_t *m)
  * new (without its text, which cannot be cut at a token). */
 static int track(creq_t *q, Baton__TokenChunk *tc)
 {
-    if (tc->index + tc->n_ids <= q->n_ids && tc->n_ids)
+    if (tc->n_ids == 0) /* text only (held back until now): nothing to keep */
+        return 1;
+    if (tc->index + tc->n_ids <= q->n_ids)
         return 0;
     if (tc->index < q->n_ids) {
         size_t skip = q->n_ids - tc->index;

@@ -67,8 +67,11 @@ static int recv_generate(void *s, int ms, bt_rpc_msg_t *m, Baton__GenerateReques
     return 0;
 }
 
-/* (The fake runs on its own thread: it records failures for the test to assert.) */
-static void send_tokens(fake_t *f, void *s, const bt_rpc_msg_t *m, int from, int to)
+/* Tokens [from, to) of the stream, with text when given (a chunk of text alone when
+ * from == to, as a router sends held-back text at the end). (The fake runs on its own thread:
+ * it records failures for the test to assert.) */
+static void send_tokens(fake_t *f, void *s, const bt_rpc_msg_t *m, int from, int to,
+                        const char *text)
 {
     int32_t ids[256];
     for (int k = from; k < to; k++)
@@ -77,6 +80,8 @@ static void send_tokens(fake_t *f, void *s, const bt_rpc_msg_t *m, int from, int
     tc.ids = ids;
     tc.n_ids = (size_t)(to - from);
     tc.index = (uint32_t)from;
+    if (text)
+        tc.text = (ProtobufCBinaryData){strlen(text), (uint8_t *)text};
     bt_rpc_header_t h;
     bt_rpc_header_init(&h, BATON__METHOD__TOKENS, m->hdr.request_id);
     f->send_failed |= bt_rpc_send(s, &m->route, &h, &tc.base, 0) != BT_OK;
@@ -105,9 +110,10 @@ static void *fake_router(void *arg)
         have = (int)g->n_resume_ids;
         int from = have > f->overlap ? have - f->overlap : 0;
         if (conn < f->drops) {
-            send_tokens(f, s, &m, from, have + f->per);
+            send_tokens(f, s, &m, from, have + f->per, NULL);
         } else {
-            send_tokens(f, s, &m, from, f->total);
+            send_tokens(f, s, &m, from, f->total, NULL);
+            send_tokens(f, s, &m, f->total, f->total, "!");
             int32_t ids[256];
             for (int k = 0; k < f->total; k++)
                 ids[k] = TOKEN0 + k;
