@@ -498,8 +498,8 @@ int bt_cluster_wait_instances(bt_cluster_t *c, int n, int timeout_ms)
     return ok;
 }
 
-/* Starts the router on c's ports; 0 once it answers, -1 when it exited first (most likely a
- * port was taken) or did not answer in 10 s. */
+/* Starts the router on c's ports; 0 once it answers. -1 when it exited first (most likely a
+ * port was taken) or did not answer in 10 s: then its log is printed and it is stopped. */
 static int spawn_router(bt_cluster_t *c)
 {
     char exe[512], port[16], cport[16];
@@ -521,8 +521,12 @@ static int spawn_router(bt_cluster_t *c)
             return 0;
         }
         if (bt_proc_wait(&c->router, 0))
-            return -1;
+            break;
     }
+    fprintf(stderr, "router on ports %d/%d did not come up\n", c->port, c->cluster_port);
+    bt_proc_dump_log(&c->router);
+    bt_proc_kill(&c->router);
+    bt_proc_wait(&c->router, 5000);
     return -1;
 }
 
@@ -541,11 +545,6 @@ static int start_router(bt_cluster_t *c, const char *model)
         snprintf(c->client_ep, sizeof c->client_ep, "tcp://127.0.0.1:%d", c->port);
         if (spawn_router(c) == 0)
             return 0;
-        fprintf(stderr, "router on ports %d/%d did not come up (attempt %d)\n", c->port,
-                c->cluster_port, attempt);
-        bt_proc_dump_log(&c->router);
-        bt_proc_kill(&c->router);
-        bt_proc_wait(&c->router, 5000);
     }
     return -1;
 }
@@ -554,13 +553,9 @@ int bt_cluster_restart_router(bt_cluster_t *c)
 {
     bt_proc_kill(&c->router);
     bt_proc_wait(&c->router, 5000);
-    for (int attempt = 1; attempt <= 3; attempt++) {
+    for (int attempt = 1; attempt <= 3; attempt++)
         if (spawn_router(c) == 0)
             return 0;
-        bt_proc_dump_log(&c->router);
-        bt_proc_kill(&c->router);
-        bt_proc_wait(&c->router, 5000);
-    }
     return -1;
 }
 
