@@ -124,7 +124,6 @@ typedef struct {
     char **argv; /* its command line, to start it again (one allocation) */
     int pinned;  /* cpus holds where it runs */
     cpu_set_t cpus;
-    int down; /* reaped, not yet seen by the supervisor */
     uint64_t started_ms, restart_at_ms;
     int backoff_ms;
 } up_proc_t;
@@ -515,7 +514,6 @@ static int reap(up_t *u, int report)
         if (p->pid == 0 || waitpid(p->pid, &p->status, WNOHANG) != p->pid)
             continue;
         p->pid = 0;
-        p->down = 1;
         lost++;
         if (report) {
             fprintf(stderr, "baton up: %s exited (%s %d)\n", p->name,
@@ -636,16 +634,16 @@ static int restart_exited(up_t *u)
     int waiting = 0;
     for (int i = 0; i < u->n_procs; i++) {
         up_proc_t *p = &u->procs[i];
-        if (p->down) { /* quick deaths double the wait; a long run resets it */
-            p->down = 0;
+        if (p->pid)
+            continue;
+        if (!p->restart_at_ms) { /* just exited: quick deaths double the wait, a long run
+                                  * resets it */
             p->backoff_ms = now - p->started_ms >= 10000 || !p->backoff_ms ? 500
                             : p->backoff_ms >= 5000                        ? 10000
                                                                            : 2 * p->backoff_ms;
             p->restart_at_ms = now + (uint64_t)p->backoff_ms;
             fprintf(stderr, "baton up: starting %s again in %d ms\n", p->name, p->backoff_ms);
         }
-        if (p->pid || !p->restart_at_ms)
-            continue;
         if (now < p->restart_at_ms || launch(u, p) != 0) {
             waiting++;
             continue;
