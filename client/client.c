@@ -518,7 +518,7 @@ static int send_request(bt_client_t *c, const bt_client_gen_params_t *p, uint64_
         return BT_ERR_IO;
     bt_rpc_header_t h;
     bt_rpc_header_init(&h, BATON__METHOD__GENERATE, id);
-    return bt_rpc_send(c->sock, NULL, &h, &g.base, ZMQ_DONTWAIT);
+    return bt_rpc_send_bytes(c->sock, NULL, &h, q->body, q->body_len, ZMQ_DONTWAIT);
 }
 
 int bt_client_submit(bt_client_t *c, const bt_client_gen_params_t *p, uint64_t *request_id)

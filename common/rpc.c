@@ -341,6 +341,19 @@ static void pack_fini(packed_t *pk)
         bt_free(pk->bbuf);
 }
 
+static int send_frames(void *sock, const bt_rpc_route_t *route, const uint8_t *hbuf, size_t hlen,
+                       const uint8_t *body, size_t body_len, int flags)
+{
+    int st = BT_OK;
+    for (int i = 0; route && i < route->n && st == BT_OK; i++)
+        st = send_frame(sock, route->id[i], route->len[i], flags | ZMQ_SNDMORE);
+    if (st == BT_OK)
+        st = send_frame(sock, hbuf, hlen, flags | ZMQ_SNDMORE);
+    if (st == BT_OK)
+        st = send_frame(sock, body, body_len, flags);
+    return st;
+}
+
 int bt_rpc_send(void *sock, const bt_rpc_route_t *route, const bt_rpc_header_t *h,
                 const ProtobufCMessage *body, int flags)
 {
@@ -348,14 +361,19 @@ int bt_rpc_send(void *sock, const bt_rpc_route_t *route, const bt_rpc_header_t *
     int st = pack(h, body, &pk);
     if (st != BT_OK)
         return st;
-    for (int i = 0; route && i < route->n && st == BT_OK; i++)
-        st = send_frame(sock, route->id[i], route->len[i], flags | ZMQ_SNDMORE);
-    if (st == BT_OK)
-        st = send_frame(sock, pk.hbuf, pk.hlen, flags | ZMQ_SNDMORE);
-    if (st == BT_OK)
-        st = send_frame(sock, pk.bbuf, pk.blen, flags);
+    st = send_frames(sock, route, pk.hbuf, pk.hlen, pk.bbuf, pk.blen, flags);
     pack_fini(&pk);
     return st;
+}
+
+int bt_rpc_send_bytes(void *sock, const bt_rpc_route_t *route, const bt_rpc_header_t *h,
+                      const uint8_t *body, size_t body_len, int flags)
+{
+    if (body_len > BT_RPC_MAX_BODY_BYTES)
+        return BT_ERR_RANGE;
+    uint8_t hbuf[BT_RPC_HEADER_ENCODED_MAX];
+    size_t hlen = bt_rpc_header_encode(h, hbuf);
+    return send_frames(sock, route, hbuf, hlen, body, body_len, flags);
 }
 
 int bt_rpc_zrecv(bt_zmtp_t *z, bt_rpc_msg_t *m)

@@ -77,6 +77,9 @@ void bt_rpc_msg_fini(bt_rpc_msg_t *m);
  * BT_AGAIN if it would block with ZMQ_DONTWAIT; BT_ERR_IO on failure. */
 int bt_rpc_send(void *sock, const bt_rpc_route_t *route, const bt_rpc_header_t *h,
                 const ProtobufCMessage *body, int flags);
+/* The same with a body already packed (body_len bytes; 0: empty body). */
+int bt_rpc_send_bytes(void *sock, const bt_rpc_route_t *route, const bt_rpc_header_t *h,
+                      const uint8_t *body, size_t body_len, int flags);
 
 /* Replies to m (same route and request id) with an error status and a formatted message. */
 int bt_rpc_reply_error(void *sock, const bt_rpc_msg_t *m, int status, const char *fmt, ...)
