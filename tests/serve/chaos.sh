@@ -20,11 +20,18 @@
 # - SIGTERM then stops the daemons and the router, each with exit status 0.
 # BATON_CHAOS_MODE=pairs runs the same on two AcceLLM pairs (`baton-pair`, docs/pairs.md) instead:
 # a killed owner's requests resume on their replicas, role switches and hand-offs go on under
-# the faults, and at the end every replica's blocks must be free too.
+# the faults, and at the end every replica's blocks must be free too. BATON_CHAOS_MODE=colocated
+# runs it on 3 colocated daemons (both phases in one; a failover recomputes the prompt and the
+# tokens delivered on another), and BATON_CHAOS_MODE=mixed on a prefill, a decode and a
+# colocated daemon (the router places on the pair while it has both, else on the colocated one,
+# so failovers cross from one kind to the other).
 # BATON_CHAOS_ROUTER=1 adds router faults: about one fault in six SIGKILLs the router and starts
 # a new one on the same endpoints after a pause; the clients' library sends its requests again
 # with the tokens they have, which must then end as above (the router-side counts that span the
 # whole run are not checked then: each router counts only its own requests).
+# BATON_CHAOS_KV_MEM (default 8M: 1024 blocks, room for every request at once) sizes each
+# daemon's KV pool; 2M (256 blocks, 4096 tokens, against up to 4 requests of up to 1,900) makes
+# decoding sequences preempt one another (dropped and recomputed) under the faults.
 # BATON_CHAOS_SEED (default 1) seeds the fault schedule and the clients' choice of prompts;
 # BATON_CHAOS_SECONDS (default 75) is how long the faults go on; BATON_CHAOS_LOGS=DIR keeps the
 # logs and the requests' results there; BATON_CHAOS_LOG_LEVEL (default info) is the daemons'.
@@ -39,11 +46,14 @@ CLIENT_EP=ipc://$tmp/clients.sock
 CLUSTER_EP=ipc://$tmp/cluster.sock
 MODE=${BATON_CHAOS_MODE:-disagg}
 ROUTER_FAULTS=${BATON_CHAOS_ROUTER:-0}
+KV_MEM=${BATON_CHAOS_KV_MEM:-8M}
 case $MODE in
 disagg) DAEMONS=(prefill-0 prefill-1 decode-0 decode-1) ;;
 pairs) DAEMONS=(pair-0a pair-0b pair-1a pair-1b) ;;
+colocated) DAEMONS=(colocated-0 colocated-1 colocated-2) ;;
+mixed) DAEMONS=(prefill-0 decode-0 colocated-0) ;;
 *)
-    echo "BATON_CHAOS_MODE: disagg or pairs, not $MODE" >&2
+    echo "BATON_CHAOS_MODE: disagg, pairs, colocated or mixed, not $MODE" >&2
     exit 2
     ;;
 esac
@@ -112,17 +122,17 @@ alive() { # a process of ours that has not exited (a stopped one is alive; a zom
 msleep() { sleep "$(printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)))"; }
 
 start_daemon() {
-    local name=$1 extra=()
+    local name=$1 extra=(--kv-peer-timeout-ms 1000 --kv-peer-wait-ms 2000)
     # A pair member names its partner (pair-0a <-> pair-0b); the a members start serving prefill.
-    if [ "$MODE" = pairs ]; then
-        case $name in
-        *a) extra=(--partner "${name%a}b" --serving prefill) ;;
-        *b) extra=(--partner "${name%b}a" --serving decode) ;;
-        esac
-    fi
+    # A colocated daemon ships no KV.
+    case $name in
+    pair-*a) extra+=(--partner "${name%a}b" --serving prefill) ;;
+    pair-*b) extra+=(--partner "${name%b}a" --serving decode) ;;
+    colocated-*) extra=() ;;
+    esac
     "$BIN/baton-${name%-*}" --router "$CLUSTER_EP" --id "$name" --model "$tmp/tiny.gguf" \
-        --threads 1 --kv-mem 8M --heartbeat-ms 100 --kv-peer-timeout-ms 1000 \
-        --kv-peer-wait-ms 2000 --log-level "${BATON_CHAOS_LOG_LEVEL:-info}" "${extra[@]}" \
+        --threads 1 --kv-mem "$KV_MEM" --heartbeat-ms 100 \
+        --log-level "${BATON_CHAOS_LOG_LEVEL:-info}" "${extra[@]}" \
         >>"$tmp/logs/$name.log" 2>&1 &
     pid[$name]=$!
 }
@@ -451,7 +461,9 @@ n = float(m["baton_router_requests_total{outcome=\"accepted\"}"]) + float(
 sys.exit(n != int(sys.argv[1]) or float(m["baton_router_failovers_total"]) < 1)' "$sent" <<<"$m" ||
     fail "$sent requests sent, not all counted by the router, or no failover at all"
 mid=$(grep -c 'failover .*, [1-9][0-9]* tokens delivered' "$tmp/logs/router.log" || true)
-echo "$sent requests; failovers after tokens were delivered (replayed mid-stream): $mid"
+preempted=$(cat "$tmp"/logs/*.log | grep -c ': preempted (KV of' || true)
+echo "$sent requests; failovers after tokens were delivered (replayed mid-stream): $mid;" \
+    "preemptions: $preempted"
 
 # A clean stop: SIGTERM drains each daemon, then the router; all exit 0.
 for d in "${DAEMONS[@]}"; do
