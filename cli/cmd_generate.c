@@ -75,16 +75,14 @@ typedef struct {
     double t_send, t_first;
 } gen_state_t;
 
-static int on_chunk(void *user, const bt_client_chunk_t *ch)
+static void on_chunk(gen_state_t *g, const bt_client_chunk_t *ch)
 {
-    gen_state_t *g = user;
     if (g->t_first == 0)
         g->t_first = cli_now();
     if (g->stream && ch->text_len) {
         fwrite(ch->text, 1, ch->text_len, stdout);
         fflush(stdout);
     }
-    return interrupted;
 }
 
 /* "1,2,3" into a malloc'ed array; -1 on a malformed list. */
@@ -194,9 +192,35 @@ static int run_request(const gen_cfg_t *c, bt_client_gen_params_t *p)
     }
     gen_state_t g = {.stream = c->stream && !c->json, .t_send = cli_now()};
     bt_client_result_t *r = NULL;
+    uint64_t id = 0;
     signal(SIGINT, on_sigint);
-    st = bt_client_generate(cl, p, on_chunk, &g, &r);
+    st = bt_client_submit(cl, p, &id);
+    /* Short waits, so that Ctrl-C cancels at once even while nothing arrives (the request
+     * queued, or failing over); a second Ctrl-C ends the program. --timeout-ms is for
+     * silence, as in bt_client_generate. */
+    double heard = cli_now();
+    int cancelled = 0;
+    while (st == 0 && !r) {
+        bt_client_next_t ev;
+        st = bt_client_next(cl, 100, &ev);
+        if (st == 0) {
+            heard = cli_now();
+            if (ev.kind == BT_CLIENT_NEXT_CHUNK)
+                on_chunk(&g, &ev.chunk);
+            else
+                r = ev.result;
+        } else if (st == BT_CLIENT_ERR_TIMEOUT && (cli_now() - heard) * 1e3 < c->timeout_ms) {
+            st = 0;
+        }
+        if (interrupted && !cancelled && !r) {
+            signal(SIGINT, SIG_DFL);
+            bt_client_cancel(cl, id);
+            cancelled = 1;
+        }
+    }
     signal(SIGINT, SIG_DFL);
+    if (st == BT_CLIENT_ERR_TIMEOUT)
+        bt_client_cancel(cl, id); /* the router may yet hear it */
     int rc = 1;
     if (st != 0)
         fprintf(stderr, "baton generate: %s (router %s)\n", bt_client_strerror(st), c->router);

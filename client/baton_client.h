@@ -205,7 +205,9 @@ typedef struct {
 BT_CLIENT_API int bt_client_next(bt_client_t *c, int timeout_ms, bt_client_next_t *out);
 
 /* Asks the router to cancel a request in flight; its result (FINISH_CANCELLED, with the tokens
- * generated so far) still comes. BT_CLIENT_ERR_NOT_FOUND if it is not in flight. */
+ * generated so far) still comes. If the connection to the router drops first, the request is
+ * not sent again: the library ends it so, with the tokens received. BT_CLIENT_ERR_NOT_FOUND if
+ * it is not in flight. */
 BT_CLIENT_API int bt_client_cancel(bt_client_t *c, uint64_t request_id);
 
 /* Requests in flight on this client. */

@@ -53,6 +53,7 @@ typedef struct {
     int32_t *ids; /* the output tokens received, in order */
     uint32_t n_ids, cap_ids;
     int untracked;      /* a token could not be kept: it cannot be resumed */
+    int cancelled;      /* the caller cancelled it: never sent again */
     uint32_t resubmits; /* times sent again after a lost connection */
 } creq_t;
 
@@ -186,11 +187,13 @@ size_t bt_client_in_flight(const bt_client_t *c)
 
 static void enqueue(bt_client_t *c, rec_t *r);
 
-/* Ends request id here, with what it received so far (a result the router never sent). */
-static void fail_local(bt_client_t *c, uint64_t id, creq_t *q, int status, const char *why)
+/* Ends request id here, with what it received so far (a result the router never sent): failed
+ * with status and why, or cancelled when status is BT_OK. */
+static void end_local(bt_client_t *c, uint64_t id, creq_t *q, int status, const char *why)
 {
     Baton__GenerateResult g = BATON__GENERATE_RESULT__INIT;
-    g.finish_reason = BATON__FINISH_REASON__FINISH_FAILED;
+    g.finish_reason = status == BT_OK ? BATON__FINISH_REASON__FINISH_CANCELLED
+                                      : BATON__FINISH_REASON__FINISH_FAILED;
     g.ids = q->ids;
     g.n_ids = q->n_ids;
     g.n_output_tokens = q->n_ids;
@@ -281,6 +284,10 @@ static int reconnect_if_lost(bt_client_t *c)
     for (size_t i = 0; i < k; i++) { /* ending one changes the table: not while walking it */
         creq_t *q = bt_reqtable_get(&c->inflight, ids[i]);
         const char *why = NULL;
+        if (q->cancelled) { /* what the router would have answered */
+            end_local(c, ids[i], q, BT_OK, NULL);
+            continue;
+        }
         if (st != BT_OK)
             why = "the connection to the router was lost and cannot be opened again";
         else if (c->max_resubmits < 0 || q->resubmits >= (uint32_t)c->max_resubmits)
@@ -294,7 +301,7 @@ static int reconnect_if_lost(bt_client_t *c)
                 why = "the connection to the router was lost; sending the request again failed";
         }
         if (why)
-            fail_local(c, ids[i], q, BT_ERR_UNAVAILABLE, why);
+            end_local(c, ids[i], q, BT_ERR_UNAVAILABLE, why);
     }
     bt_free(ids); /* out of memory: nothing was sent again; the callers' timeouts end them */
     if (st != BT_OK)
@@ -553,8 +560,10 @@ int bt_client_cancel(bt_client_t *c, uint64_t request_id)
 {
     if (!c)
         return BT_ERR_INVAL;
-    if (!bt_reqtable_get(&c->inflight, request_id))
+    creq_t *q = bt_reqtable_get(&c->inflight, request_id);
+    if (!q)
         return BT_ERR_NOT_FOUND;
+    q->cancelled = 1;
     if (!c->sock)
         return BT_ERR_IO;
     bt_rpc_header_t h;

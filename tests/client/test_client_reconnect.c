@@ -6,7 +6,8 @@
  * send each request in flight again with exactly the tokens it received (resume_ids), drop what
  * a resubmission's stream repeats, and hand the caller one gap-free stream and a result that
  * counts the resubmissions; with resubmission off, or past its limit, the requests end at once
- * with BT_CLIENT_ERR_UNAVAILABLE and the tokens they had.
+ * with BT_CLIENT_ERR_UNAVAILABLE and the tokens they had; a request cancelled before the drop
+ * ends cancelled, without being sent again.
  */
 #include "testutil.h"
 
@@ -278,6 +279,42 @@ static void test_reconnect_limit_ends_the_request(void **state)
     run_lost_for_good(1, 2, 1);
 }
 
+/* A request cancelled before the connection drops, its cancel never answered: it is not sent
+ * again, and ends cancelled with the tokens it had. */
+static void test_reconnect_cancelled_is_not_resubmitted(void **state)
+{
+    (void)state;
+    fake_t f = {.drops = 1, .per = 3, .total = 64};
+    pthread_t t;
+    start_fake(&f, &t);
+    bt_client_t *cl = connect_to(&f, 0);
+    uint64_t id = 0;
+    assert_int_equal(bt_client_submit(cl, &gen, &id), BT_CLIENT_OK);
+    uint32_t next = 0;
+    bt_client_result_t *r = NULL;
+    while (!r) {
+        bt_client_next_t ev;
+        assert_int_equal(bt_client_next(cl, 20000, &ev), BT_CLIENT_OK);
+        if (ev.kind == BT_CLIENT_NEXT_CHUNK) {
+            check_chunk(&ev.chunk, &next);
+            assert_int_equal(bt_client_cancel(cl, id), BT_CLIENT_OK);
+        } else {
+            r = ev.result;
+        }
+    }
+    assert_int_equal(r->status, 0);
+    assert_int_equal(r->finish_reason, BT_CLIENT_FINISH_CANCELLED);
+    assert_int_equal((int)r->n_ids, 3);
+    for (int k = 0; k < 3; k++)
+        assert_int_equal(r->ids[k], TOKEN0 + k);
+    assert_int_equal(r->retries, 0);
+    assert_int_equal(bt_client_in_flight(cl), 0);
+    bt_client_result_free(r);
+    pthread_join(t, NULL); /* it waited for a resubmission that never came */
+    assert_int_equal(f.generates, 1);
+    bt_client_close(cl);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -285,6 +322,7 @@ int main(void)
         cmocka_unit_test(test_reconnect_blocking_generate),
         cmocka_unit_test(test_reconnect_off_ends_at_once),
         cmocka_unit_test(test_reconnect_limit_ends_the_request),
+        cmocka_unit_test(test_reconnect_cancelled_is_not_resubmitted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
