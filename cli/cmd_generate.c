@@ -64,10 +64,13 @@ static const bt_cfg_table_t gen_table = {
 
 static volatile sig_atomic_t interrupted;
 
+/* The first Ctrl-C cancels (or, once the result is in, is ignored); the second one ends the
+ * program. */
 static void on_sigint(int sig)
 {
     (void)sig;
     interrupted = 1;
+    signal(SIGINT, SIG_DFL);
 }
 
 typedef struct {
@@ -213,12 +216,10 @@ static int run_request(const gen_cfg_t *c, bt_client_gen_params_t *p)
             st = 0;
         }
         if (interrupted && !cancelled && !r) {
-            signal(SIGINT, SIG_DFL);
             bt_client_cancel(cl, id);
             cancelled = 1;
         }
     }
-    signal(SIGINT, SIG_DFL);
     if (st == BT_CLIENT_ERR_TIMEOUT)
         bt_client_cancel(cl, id); /* the router may yet hear it */
     int rc = 1;

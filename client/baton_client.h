@@ -70,7 +70,7 @@ typedef struct {
                            * with the tokens already received, and their streams go on with
                            * no gap or repeat (result.retries counts it); at most this many
                            * times per request, then it ends with BT_CLIENT_ERR_UNAVAILABLE
-                           * and the tokens it has. 0: 3; < 0: never */
+                           * and the tokens and text it has. 0: 3; < 0: never */
 } bt_client_params_t;
 
 /* Connects (ZeroMQ connects lazily: a router that is not up yet is waited for by the calls,
@@ -206,8 +206,8 @@ BT_CLIENT_API int bt_client_next(bt_client_t *c, int timeout_ms, bt_client_next_
 
 /* Asks the router to cancel a request in flight; its result (FINISH_CANCELLED, with the tokens
  * generated so far) still comes. If the connection to the router drops first, the request is
- * not sent again: the library ends it so, with the tokens received. BT_CLIENT_ERR_NOT_FOUND if
- * it is not in flight. */
+ * not sent again: the library ends it so, with the tokens and text received.
+ * BT_CLIENT_ERR_NOT_FOUND if it is not in flight. */
 BT_CLIENT_API int bt_client_cancel(bt_client_t *c, uint64_t request_id);
 
 /* Requests in flight on this client. */

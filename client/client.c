@@ -52,7 +52,9 @@ typedef struct {
     size_t body_len;
     int32_t *ids; /* the output tokens received, in order */
     uint32_t n_ids, cap_ids;
-    int untracked;      /* a token could not be kept: it cannot be resumed */
+    uint8_t *text; /* their text, as streamed */
+    size_t text_len, text_cap;
+    int untracked;      /* a token or its text could not be kept: it cannot be resumed */
     int cancelled;      /* the caller cancelled it: never sent again */
     uint32_t resubmits; /* times sent again after a lost connection */
 } creq_t;
@@ -85,6 +87,7 @@ static void creq_free(creq_t *q)
     if (q) {
         bt_free(q->body);
         bt_free(q->ids);
+        bt_free(q->text);
         bt_free(q);
     }
 }
@@ -197,6 +200,7 @@ static void end_local(bt_client_t *c, uint64_t id, creq_t *q, int status, const 
     g.ids = q->ids;
     g.n_ids = q->n_ids;
     g.n_output_tokens = q->n_ids;
+    g.text = (ProtobufCBinaryData){q->text_len, q->text};
     g.retries = q->resubmits;
     rec_t *r = bt_calloc(1, sizeof *r);
     if (r && (r->result = client_result_make(id, status, why, &g)) != NULL) {
@@ -339,13 +343,36 @@ static int recv_msg(bt_client_t *c, int64_t deadline, bt_rpc_msg_t *m)
     }
 }
 
-/* Keeps the tokens of a chunk of request q; 0 when the chunk holds none it lacks (a
+/* Appends a chunk's text to what q keeps (a request ended here carries it); 0 when out of
+ * memory. */
+static int keep_text(creq_t *q, const ProtobufCBinaryData *t)
+{
+    if (t->len == 0)
+        return 1;
+    if (q->text_len + t->len > q->text_cap) {
+        size_t cap = q->text_cap ? q->text_cap : 256;
+        while (cap < q->text_len + t->len)
+            cap *= 2;
+        uint8_t *text = bt_realloc(q->text, cap);
+        if (!text)
+            return 0;
+        q->text = text;
+        q->text_cap = cap;
+    }
+    memcpy(q->text + q->text_len, t->data, t->len);
+    q->text_len += t->len;
+    return 1;
+}
+
+/* Keeps the tokens and text of a chunk of request q; 0 when the chunk holds none it lacks (a
  * resubmission's overlap), and then it is dropped. A chunk that overlaps is cut to what is
  * new (without its text, which cannot be cut at a token). */
 static int track(creq_t *q, Baton__TokenChunk *tc)
 {
-    if (tc->n_ids == 0) /* text only (held back until now): nothing to keep */
+    if (tc->n_ids == 0) { /* text only (held back until now) */
+        q->untracked |= !keep_text(q, &tc->text);
         return 1;
+    }
     if (tc->index + tc->n_ids <= q->n_ids)
         return 0;
     if (tc->index < q->n_ids) {
@@ -373,6 +400,7 @@ static int track(creq_t *q, Baton__TokenChunk *tc)
     }
     memcpy(q->ids + q->n_ids, tc->ids, tc->n_ids * sizeof *tc->ids);
     q->n_ids += (uint32_t)tc->n_ids;
+    q->untracked |= !keep_text(q, &tc->text);
     return 1;
 }
 

@@ -23,6 +23,7 @@
 #include "servetest.h"
 
 #define TOKEN0 100 /* token k of the fake's stream is TOKEN0 + k */
+#define TEXT_OF(k) ((char)('a' + (k) % 26))
 
 typedef struct {
     char ep[64];
@@ -68,15 +69,21 @@ static int recv_generate(void *s, int ms, bt_rpc_msg_t *m, Baton__GenerateReques
     return 0;
 }
 
-/* Tokens [from, to) of the stream, with text when given (a chunk of text alone when
- * from == to, as a router sends held-back text at the end). (The fake runs on its own thread:
- * it records failures for the test to assert.) */
+/* Tokens [from, to) of the stream, with their text (token k's is TEXT_OF(k)), or with text
+ * when given (a chunk of text alone when from == to, as a router sends held-back text at the
+ * end). (The fake runs on its own thread: it records failures for the test to assert.) */
 static void send_tokens(fake_t *f, void *s, const bt_rpc_msg_t *m, int from, int to,
                         const char *text)
 {
     int32_t ids[256];
-    for (int k = from; k < to; k++)
+    char own[256];
+    for (int k = from; k < to; k++) {
         ids[k - from] = TOKEN0 + k;
+        own[k - from] = TEXT_OF(k);
+    }
+    own[to - from] = 0;
+    if (!text)
+        text = own;
     Baton__TokenChunk tc = BATON__TOKEN_CHUNK__INIT;
     tc.ids = ids;
     tc.n_ids = (size_t)(to - from);
@@ -165,6 +172,14 @@ static void check_chunk(const bt_client_chunk_t *ch, uint32_t *next)
     for (size_t k = 0; k < ch->n_ids; k++)
         assert_int_equal(ch->ids[k], TOKEN0 + (int)(*next + k));
     *next += (uint32_t)ch->n_ids;
+}
+
+/* A result the library made itself carries the text streamed for its tokens. */
+static void check_text(const bt_client_result_t *r, uint32_t n)
+{
+    assert_int_equal(r->text_len, n);
+    for (uint32_t k = 0; k < n; k++)
+        assert_int_equal(r->text[k], TEXT_OF(k));
 }
 
 static void check_result(const bt_client_result_t *r, int total, uint32_t retries)
@@ -259,6 +274,7 @@ static void run_lost_for_good(int max_resubmits, int drops, uint32_t retries)
     assert_int_equal(next, 3 * (retries + 1)); /* every token received, once */
     for (uint32_t k = 0; k < next; k++)
         assert_int_equal(r->ids[k], TOKEN0 + (int)k);
+    check_text(r, next);
     assert_int_equal(r->retries, retries);
     assert_int_equal(bt_client_in_flight(cl), 0);
     bt_client_result_free(r);
@@ -307,6 +323,7 @@ static void test_reconnect_cancelled_is_not_resubmitted(void **state)
     assert_int_equal((int)r->n_ids, 3);
     for (int k = 0; k < 3; k++)
         assert_int_equal(r->ids[k], TOKEN0 + k);
+    check_text(r, 3);
     assert_int_equal(r->retries, 0);
     assert_int_equal(bt_client_in_flight(cl), 0);
     bt_client_result_free(r);

@@ -4,13 +4,15 @@
 # long outputs): a router and 2 prefill + 2 decode daemons, each a process of this script's,
 # with 100 ms heartbeats and a 1 s dead-after. The expected output of 16 prompts (greedy, and a
 # few seeded samplings) comes from a fault-free pass through the cluster, itself checked against
-# `baton run`. Then client loops send those prompts with `baton generate --json` while a seeded
+# `baton run`. Then client loops send those prompts with `baton generate --json` (one of them
+# interrupting its requests after a random time: they are cancelled) while a seeded
 # fault loop kills a random daemon with SIGKILL and restarts it after a random pause, and now
 # and then stops one with SIGSTOP for longer than the dead-after time before SIGCONT. Checked:
 # - every request ends by itself (a client timeout or one past the hard limit is a hang);
-# - each ends either finished with exactly the expected tokens and finish reason, or with an
-#   explicit error status (counted per status), and the tokens it delivered before an error are
-#   a prefix of the expected ones: never wrong, duplicated or truncated tokens;
+# - each ends either finished with exactly the expected tokens and finish reason, cancelled
+#   (only an interrupted one), or with an explicit error status (counted per status), and the
+#   tokens it delivered before a cancel or an error are a prefix of the expected ones: never
+#   wrong, duplicated or truncated tokens;
 # - no daemon and not the router dies other than by the fault loop's hand;
 # - once the faults stop and every daemon is back, a final batch of every prompt succeeds with
 #   the expected tokens, and within a few seconds the router's /metrics shows no request queued,
@@ -193,12 +195,14 @@ PROMPTS=(
 )
 NP=${#PROMPTS[@]}
 
-# gen N OUT: prompt N through the router; OUT.json (the result), OUT.err, OUT.meta
-# ("N exit-status milliseconds"). Runs under a hard time limit: exit status 124 or 137 is a hang.
+# gen N OUT [CANCEL_MS]: prompt N through the router; OUT.json (the result), OUT.err, OUT.meta
+# ("N exit-status milliseconds cancel-ms"). With CANCEL_MS, the request is interrupted (SIGINT,
+# Ctrl-C: `baton generate` cancels it) that long after it starts. Runs under a hard time limit:
+# exit status 124 or 137 is a hang.
 # Always run in the background (its own subshell): SIGTERM (the clean-up) kills the request's
 # process group (timeout leads one) and waits for it.
 gen() {
-    local temp n eos seed text args t0 child='' rc=0
+    local temp n eos seed text args t0 child='' rc=0 cancel=${3:-0} timer=''
     IFS='|' read -r temp n eos seed text <<<"${PROMPTS[$1]}"
     args=(--router "$CLIENT_EP" --prompt "$text" -n "$n" --temp "$temp" --seed "$seed"
         --json --timeout-ms 20000)
@@ -211,8 +215,13 @@ gen() {
     t0=$(date +%s%N)
     timeout -k 5 "$HANG_S" "$BIN/baton" generate "${args[@]}" >"$2.json" 2>"$2.err" &
     child=$!
+    if [ "$cancel" -gt 0 ]; then # timeout passes the SIGINT on to baton generate
+        { msleep "$cancel"; kill -INT "$child" 2>/dev/null; } &
+        timer=$!
+    fi
     wait "$child" || rc=$?
-    echo "$1 $rc $((($(date +%s%N) - t0) / 1000000))" >"$2.meta"
+    [ -z "$timer" ] || { kill "$timer" 2>/dev/null; wait "$timer" 2>/dev/null; } || true
+    echo "$1 $rc $((($(date +%s%N) - t0) / 1000000)) $cancel" >"$2.meta"
 }
 
 # check EXPECTED_DIR RESULT_DIR MODE: every result in RESULT_DIR against the expected ids;
@@ -229,12 +238,17 @@ bad = []
 retries = 0
 for meta in sorted(glob.glob(os.path.join(res_dir, "*.meta"))):
     base = meta[:-5]
-    idx, rc, ms = (int(x) for x in open(meta).read().split())
+    idx, rc, ms, cancel = (int(x) for x in open(meta).read().split())
     err = open(base + ".err").read().strip()
     name = "%s (prompt %d, %d ms)" % (os.path.basename(base), idx, ms)
     if rc in (124, 137):
         bad.append("%s: hung (no end within the hard limit)" % name)
         counts["HANG"] += 1
+        continue
+    if cancel and rc == 130 and not os.path.getsize(base + ".json"):
+        # SIGINT's default action: it came before `baton generate` set its handler, which
+        # it does before it sends the request. Nothing was sent.
+        counts["interrupted before sending"] += 1
         continue
     try:
         r = json.load(open(base + ".json"))
@@ -259,6 +273,13 @@ for meta in sorted(glob.glob(os.path.join(res_dir, "*.meta"))):
         if r["n_output_tokens"] != len(r["ids"]):
             bad.append("%s: n_output_tokens %d for %d ids" % (name, r["n_output_tokens"],
                                                               len(r["ids"])))
+        continue
+    # Interrupted: cancelled (exit status 1, status OK), with a prefix of the answer.
+    if cancel and r["finish_reason"] == "CANCELLED" and r["status"] == 0 and rc == 1:
+        if r["ids"] != e["ids"][:len(r["ids"])]:
+            bad.append("%s: cancelled after %d tokens that are not a prefix of the expected ones"
+                       % (name, len(r["ids"])))
+        counts["cancelled"] += 1
         continue
     # An explicit error: it must say so, and what it delivered must be a prefix of the answer.
     key = "%s %d (%s)" % (r["finish_reason"], r["status"], r["error"])
@@ -324,9 +345,10 @@ sys.exit(not (r["status"] == 0 and r["ids"] and t == run))' \
 done
 echo "expected answers of $NP prompts computed"
 
-# Client loops: prompts in a seeded order, one request at a time each, until told to stop.
+# Client loops: prompts in a seeded order, one request at a time each, until told to stop. The
+# last one interrupts each of its requests (Ctrl-C) 0.15 - 0.8 s after it starts (most take longer).
 client_loop() {
-    local c=$1 k=0 child=
+    local c=$1 k=0 child= cancel=0
     RANDOM=$((SEED * 1000 + c))
     trap 'if [ -n "$child" ]; then
         kill -TERM "$child" 2>/dev/null
@@ -335,7 +357,8 @@ client_loop() {
     exit 0' TERM
     while [ ! -e "$tmp/stop" ]; do
         k=$((k + 1))
-        gen $((RANDOM % NP)) "$tmp/chaos/$c-$k" &
+        [ "$c" != "$CLIENTS" ] || cancel=$((150 + RANDOM % 650))
+        gen $((RANDOM % NP)) "$tmp/chaos/$c-$k" "$cancel" &
         child=$!
         wait "$child" || true
         child=
