@@ -5,9 +5,10 @@
 # with 100 ms heartbeats and a 1 s dead-after. The expected output of 16 prompts (greedy, and a
 # few seeded samplings) comes from a fault-free pass through the cluster, itself checked against
 # `baton run`. Then client loops send those prompts with `baton generate --json` (one of them
-# interrupting its requests after a random time: they are cancelled) while a seeded
-# fault loop kills a random daemon with SIGKILL and restarts it after a random pause, and now
-# and then stops one with SIGSTOP for longer than the dead-after time before SIGCONT. Checked:
+# interrupting its requests after a random time, or killing its client: they are cancelled)
+# while a seeded fault loop kills a random daemon with SIGKILL and restarts it after a random
+# pause, and now and then stops one with SIGSTOP for longer than the dead-after time before
+# SIGCONT. Checked:
 # - every request ends by itself (a client timeout or one past the hard limit is a hang);
 # - each ends either finished with exactly the expected tokens and finish reason, cancelled
 #   (only an interrupted one), or with an explicit error status (counted per status), and the
@@ -195,14 +196,15 @@ PROMPTS=(
 )
 NP=${#PROMPTS[@]}
 
-# gen N OUT [CANCEL_MS]: prompt N through the router; OUT.json (the result), OUT.err, OUT.meta
-# ("N exit-status milliseconds cancel-ms"). With CANCEL_MS, the request is interrupted (SIGINT,
-# Ctrl-C: `baton generate` cancels it) that long after it starts. Runs under a hard time limit:
-# exit status 124 or 137 is a hang.
+# gen N OUT [CANCEL_MS [KILL]]: prompt N through the router; OUT.json (the result), OUT.err,
+# OUT.meta ("N exit-status milliseconds cancel-ms killed"). With CANCEL_MS, the request is
+# interrupted (SIGINT, Ctrl-C: `baton generate` cancels it) that long after it starts; with KILL
+# 1 its client is SIGKILLed then instead (the router must notice the dead client and cancel).
+# Runs under a hard time limit: exit status 124 or 137 is a hang (unless killed on purpose).
 # Always run in the background (its own subshell): SIGTERM (the clean-up) kills the request's
 # process group (timeout leads one) and waits for it.
 gen() {
-    local temp n eos seed text args t0 child='' rc=0 cancel=${3:-0} timer=''
+    local temp n eos seed text args t0 child='' rc=0 cancel=${3:-0} killed=${4:-0} timer=''
     IFS='|' read -r temp n eos seed text <<<"${PROMPTS[$1]}"
     args=(--router "$CLIENT_EP" --prompt "$text" -n "$n" --temp "$temp" --seed "$seed"
         --json --timeout-ms 20000)
@@ -215,13 +217,16 @@ gen() {
     t0=$(date +%s%N)
     timeout -k 5 "$HANG_S" "$BIN/baton" generate "${args[@]}" >"$2.json" 2>"$2.err" &
     child=$!
-    if [ "$cancel" -gt 0 ]; then # timeout passes the SIGINT on to baton generate
+    if [ "$cancel" -gt 0 ] && [ "$killed" = 1 ]; then # baton generate is timeout's child
+        { msleep "$cancel"; pkill -KILL -P "$child" 2>/dev/null; } &
+        timer=$!
+    elif [ "$cancel" -gt 0 ]; then # timeout passes the SIGINT on to baton generate
         { msleep "$cancel"; kill -INT "$child" 2>/dev/null; } &
         timer=$!
     fi
     wait "$child" || rc=$?
     [ -z "$timer" ] || { kill "$timer" 2>/dev/null; wait "$timer" 2>/dev/null; } || true
-    echo "$1 $rc $((($(date +%s%N) - t0) / 1000000)) $cancel" >"$2.meta"
+    echo "$1 $rc $((($(date +%s%N) - t0) / 1000000)) $cancel $killed" >"$2.meta"
 }
 
 # check EXPECTED_DIR RESULT_DIR MODE: every result in RESULT_DIR against the expected ids;
@@ -238,9 +243,12 @@ bad = []
 retries = 0
 for meta in sorted(glob.glob(os.path.join(res_dir, "*.meta"))):
     base = meta[:-5]
-    idx, rc, ms, cancel = (int(x) for x in open(meta).read().split())
+    idx, rc, ms, cancel, killed = (int(x) for x in open(meta).read().split())
     err = open(base + ".err").read().strip()
     name = "%s (prompt %d, %d ms)" % (os.path.basename(base), idx, ms)
+    if killed and rc == 137 and ms < 10000:  # its client killed on purpose, at cancel ms
+        counts["client killed"] += 1
+        continue
     if rc in (124, 137):
         bad.append("%s: hung (no end within the hard limit)" % name)
         counts["HANG"] += 1
@@ -346,9 +354,10 @@ done
 echo "expected answers of $NP prompts computed"
 
 # Client loops: prompts in a seeded order, one request at a time each, until told to stop. The
-# last one interrupts each of its requests (Ctrl-C) 0.15 - 0.8 s after it starts (most take longer).
+# last one interrupts each of its requests (Ctrl-C) 0.3 - 1 s after it starts, or kills its
+# client then (one in four).
 client_loop() {
-    local c=$1 k=0 child= cancel=0
+    local c=$1 k=0 child= cancel=0 killed=0
     RANDOM=$((SEED * 1000 + c))
     trap 'if [ -n "$child" ]; then
         kill -TERM "$child" 2>/dev/null
@@ -357,8 +366,11 @@ client_loop() {
     exit 0' TERM
     while [ ! -e "$tmp/stop" ]; do
         k=$((k + 1))
-        [ "$c" != "$CLIENTS" ] || cancel=$((150 + RANDOM % 650))
-        gen $((RANDOM % NP)) "$tmp/chaos/$c-$k" "$cancel" &
+        if [ "$c" = "$CLIENTS" ]; then
+            cancel=$((300 + RANDOM % 700))
+            killed=$((RANDOM % 4 == 0))
+        fi
+        gen $((RANDOM % NP)) "$tmp/chaos/$c-$k" "$cancel" "$killed" &
         child=$!
         wait "$child" || true
         child=
