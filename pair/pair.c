@@ -76,6 +76,7 @@ typedef struct {
 typedef struct {
     stream_t stream; /* layer-wise ships: shared with the loop until the ship ends */
     uint64_t id;
+    int cancelled; /* its request is over here: the ship was told to stop */
     int32_t n;
     int32_t blocks[];
 } shipref_t;
@@ -818,12 +819,31 @@ static void pr_command(void *ctx, bt_worker_t *w, const bt_cmd_t *c)
     }
 }
 
+/* Ships of requests that are over here (finished, cancelled, or their replica dropped after a
+ * hand-off): nobody will use that KV, and a ship whose receiver never reserved for it (the
+ * partner's receive ended first) would otherwise wait for it forever, holding its blocks. */
+static void ships_orphaned(bt_pair_t *pr, bt_worker_t *w)
+{
+    size_t pos = 0;
+    uint64_t id;
+    shipref_t *sr;
+    while ((sr = bt_reqtable_next(&pr->srefs, &pos, &id)) != NULL) {
+        if (sr->cancelled || bt_reqtable_get(&pr->owns, id) || bt_reqtable_get(&pr->reps, id))
+            continue;
+        bt_debug("req %llu: over here; its replica's ship stops", (unsigned long long)id);
+        sr->cancelled = 1;
+        pm_emit(w, pm_new(PM_CANCEL_SHIP, id, 0, 0));
+    }
+}
+
 static int pr_step(void *ctx, bt_worker_t *w)
 {
     bt_pair_t *pr = ctx;
     pr_make_room(pr, w);
     int st = bt_batcher_step(pr->batcher, w);
     streams_settle(pr, w);
+    if (bt_reqtable_len(&pr->srefs))
+        ships_orphaned(pr, w);
     for (int i = 0; i < pr->n_handoff; i++)
         pr_handoff(pr, w, pr->handoff[i]);
     pr->n_handoff = 0;

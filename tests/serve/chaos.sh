@@ -35,6 +35,7 @@
 # BATON_CHAOS_KV_MEM (default 8M: 1024 blocks, room for every request at once) sizes each
 # daemon's KV pool; 2M (256 blocks, 4096 tokens, against up to 4 requests of up to 1,900) makes
 # decoding sequences preempt one another (dropped and recomputed) under the faults.
+# BATON_CHAOS_CANCELS=0 leaves out the interrupted and killed clients.
 # BATON_CHAOS_SEED (default 1) seeds the fault schedule and the clients' choice of prompts;
 # BATON_CHAOS_SECONDS (default 75) is how long the faults go on; BATON_CHAOS_LOGS=DIR keeps the
 # logs and the requests' results there; BATON_CHAOS_LOG_LEVEL (default info) is the daemons'.
@@ -50,6 +51,7 @@ CLUSTER_EP=ipc://$tmp/cluster.sock
 MODE=${BATON_CHAOS_MODE:-disagg}
 ROUTER_FAULTS=${BATON_CHAOS_ROUTER:-0}
 KV_MEM=${BATON_CHAOS_KV_MEM:-8M}
+CANCELS=${BATON_CHAOS_CANCELS:-1}
 case $MODE in
 disagg) DAEMONS=(prefill-0 prefill-1 decode-0 decode-1) ;;
 pairs) DAEMONS=(pair-0a pair-0b pair-1a pair-1b) ;;
@@ -220,8 +222,8 @@ gen() {
     if [ "$cancel" -gt 0 ] && [ "$killed" = 1 ]; then # baton generate is timeout's child
         { msleep "$cancel"; pkill -KILL -P "$child" 2>/dev/null; } &
         timer=$!
-    elif [ "$cancel" -gt 0 ]; then # timeout passes the SIGINT on to baton generate
-        { msleep "$cancel"; kill -INT "$child" 2>/dev/null; } &
+    elif [ "$cancel" -gt 0 ]; then # not through timeout: it would pass it on twice
+        { msleep "$cancel"; pkill -INT -P "$child" 2>/dev/null; } &
         timer=$!
     fi
     wait "$child" || rc=$?
@@ -366,7 +368,7 @@ client_loop() {
     exit 0' TERM
     while [ ! -e "$tmp/stop" ]; do
         k=$((k + 1))
-        if [ "$c" = "$CLIENTS" ]; then
+        if [ "$c" = "$CLIENTS" ] && [ "$CANCELS" = 1 ]; then
             cancel=$((300 + RANDOM % 700))
             killed=$((RANDOM % 4 == 0))
         fi
