@@ -149,6 +149,10 @@ int bt_kvx_recv_post(bt_kvx_peer_t *peer, const bt_kvx_recv_params_t *params, bt
  * every receive already under way has finished, or the lease expired and the connection was
  * cut. No-op once the transfer has ended. */
 void bt_kvx_recv_cancel(bt_kvx_recv_t *recv);
+/* Refuses an offer (BT_KVX_EV_OFFERED) this side will never post a receive for: the peer's
+ * send of req_id that has no reservation yet ends with status (< 0), instead of waiting for
+ * one. A receive posted for req_id later is not affected. */
+void bt_kvx_decline(bt_kvx_peer_t *peer, uint64_t req_id, int status);
 uint32_t bt_kvx_recv_gen(const bt_kvx_recv_t *recv);
 /* Frees the handle after its final event (or, before it, cancels first and frees once it
  * ends: the blocks are then not safe until bt_kvx_stats says nothing is quarantined). */

@@ -190,6 +190,13 @@ void bt_kvx_recv_cancel(bt_kvx_recv_t *recv)
     kvx_recv_end(recv, BT_ERR_CANCELLED, 1);
 }
 
+void bt_kvx_decline(bt_kvx_peer_t *peer, uint64_t req_id, int status)
+{
+    /* generation 0: the send that has not seen a reservation (kvx_send_on_cancel) */
+    kvx_send_cancel_msg(peer, KVX_CANCEL_TO_SEND, req_id, 0,
+                        status < 0 ? status : BT_ERR_CANCELLED);
+}
+
 uint32_t bt_kvx_recv_gen(const bt_kvx_recv_t *recv)
 {
     return recv->gen;

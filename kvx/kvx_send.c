@@ -505,7 +505,8 @@ void kvx_send_on_cancel(bt_kvx_peer_t *peer, uint64_t req, uint32_t gen, int sta
             pp = &r->next;
         }
     }
-    bt_kvx_send_t *s = gen ? send_find(peer, req, gen) : NULL;
+    /* gen 0: the receiver declined our offer (bt_kvx_decline) */
+    bt_kvx_send_t *s = send_find(peer, req, gen);
     if (s)
         kvx_send_end(s, status, 0);
 }

@@ -1054,6 +1054,16 @@ static void pr_on_event(void *ctx, const bt_kvx_event_t *ev)
         }
         return;
     }
+    if (ev->type == BT_KVX_EV_OFFERED) {
+        /* The partner ships a prompt this member holds no receive for (it ended, or was never
+         * posted here): it would wait for a reservation that never comes. */
+        if (!bt_reqtable_get(&pr->posts, ev->req_id)) {
+            bt_debug("req %llu: declining the partner's ship (no replica here)",
+                     (unsigned long long)ev->req_id);
+            bt_kvx_decline(ev->peer, ev->req_id, BT_ERR_NOT_FOUND);
+        }
+        return;
+    }
     int recv = ev->type == BT_KVX_EV_RECV_DONE;
     if (!recv && ev->type != BT_KVX_EV_SEND_DONE)
         return;

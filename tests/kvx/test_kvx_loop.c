@@ -660,6 +660,33 @@ static void test_sender_cancel_and_mismatched_reservation(void **state)
     pair_down(&p);
 }
 
+/* An offer the receiver will never post for (in pairs: the replica's receive ended first) is
+ * declined: the send, which would wait for a reservation forever, ends with the status given;
+ * the same request id then goes through when a receive is posted. */
+static void test_declined_offer_ends_the_send(void **state)
+{
+    (void)state;
+    pair_t p;
+    pair_up(&p, &default_shape, &default_shape, 0, -1);
+    int32_t src[2] = {0, 1}, dst[2] = {2, 3};
+    bt_kvx_send_params_t sp = {.req_id = 3, .blocks = src, .n_blocks = 1, .n_tokens = 4};
+    bt_kvx_send_t *s;
+    assert_int_equal(bt_kvx_send_start(p.ab, &sp, &s), BT_OK);
+    assert_int_equal(bt_kvx_send_finish(s, 1, NULL, 0), BT_OK);
+    pump_until(&p, &p.lb, BT_KVX_EV_OFFERED, 3);
+    pump(&p, 20);
+    assert_int_equal(tl_log_find(&p.la, BT_KVX_EV_SEND_DONE, 3), -1); /* it waits */
+    bt_kvx_decline(p.ba, 3, BT_ERR_NOT_FOUND);
+    int k = pump_until(&p, &p.la, BT_KVX_EV_SEND_DONE, 3);
+    assert_int_equal(p.la.ev[k].status, BT_ERR_NOT_FOUND);
+    bt_kvx_send_release(s);
+    bt_kvx_decline(p.ba, 99, BT_ERR_NOT_FOUND); /* no such send: nothing happens */
+    pump(&p, 5);
+    p.la.n = p.lb.n = 0;
+    transfer(&p, 3, src, dst, 4, 0, 0);
+    pair_down(&p);
+}
+
 /* The sender cancels while its data sits unread at a receiver that stopped running: after
  * the lease the connection is cut, and the send ends anyway. */
 static void test_lease_bounds_a_stuck_peer(void **state)
@@ -837,6 +864,7 @@ int main(void)
         cmocka_unit_test(test_layout_mismatch_refused),
         cmocka_unit_test(test_peer_death_mid_transfer),
         cmocka_unit_test(test_sender_cancel_and_mismatched_reservation),
+        cmocka_unit_test(test_declined_offer_ends_the_send),
         cmocka_unit_test(test_lease_bounds_a_stuck_peer),
         cmocka_unit_test(test_close_and_reconnect),
         cmocka_unit_test(test_bad_arguments),
