@@ -51,7 +51,8 @@ typedef struct {
     uint8_t *body; /* the packed GenerateRequest as first sent */
     size_t body_len;
     int32_t *ids; /* the output tokens received, in order */
-    uint32_t n_ids, cap_ids;
+    uint32_t n_ids;
+    size_t cap_ids;
     uint8_t *text; /* their text, as streamed */
     size_t text_len, text_cap;
     int untracked;      /* a token or its text could not be kept: it cannot be resumed */
@@ -343,22 +344,31 @@ static int recv_msg(bt_client_t *c, int64_t deadline, bt_rpc_msg_t *m)
     }
 }
 
+/* buf (*cap elements of elem bytes) grown to hold need, by doubling: the new buffer, or NULL
+ * when out of memory (buf and *cap unchanged then). */
+static void *reserve(void *buf, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return buf;
+    size_t n = *cap ? *cap : 64;
+    while (n < need)
+        n *= 2;
+    void *p = bt_realloc(buf, n * elem);
+    if (p)
+        *cap = n;
+    return p;
+}
+
 /* Appends a chunk's text to what q keeps (a request ended here carries it); 0 when out of
  * memory. */
 static int keep_text(creq_t *q, const ProtobufCBinaryData *t)
 {
     if (t->len == 0)
         return 1;
-    if (q->text_len + t->len > q->text_cap) {
-        size_t cap = q->text_cap ? q->text_cap : 256;
-        while (cap < q->text_len + t->len)
-            cap *= 2;
-        uint8_t *text = bt_realloc(q->text, cap);
-        if (!text)
-            return 0;
-        q->text = text;
-        q->text_cap = cap;
-    }
+    uint8_t *text = reserve(q->text, &q->text_cap, q->text_len + t->len, 1);
+    if (!text)
+        return 0;
+    q->text = text;
     memcpy(q->text + q->text_len, t->data, t->len);
     q->text_len += t->len;
     return 1;
@@ -386,18 +396,12 @@ static int track(creq_t *q, Baton__TokenChunk *tc)
         q->untracked = 1;
         return 1;
     }
-    if (q->n_ids + tc->n_ids > q->cap_ids) {
-        uint32_t cap = q->cap_ids ? q->cap_ids : 64;
-        while (cap < q->n_ids + tc->n_ids)
-            cap *= 2;
-        int32_t *ids = bt_realloc(q->ids, cap * sizeof *ids);
-        if (!ids) {
-            q->untracked = 1;
-            return 1;
-        }
-        q->ids = ids;
-        q->cap_ids = cap;
+    int32_t *ids = reserve(q->ids, &q->cap_ids, q->n_ids + tc->n_ids, sizeof *ids);
+    if (!ids) {
+        q->untracked = 1;
+        return 1;
     }
+    q->ids = ids;
     memcpy(q->ids + q->n_ids, tc->ids, tc->n_ids * sizeof *tc->ids);
     q->n_ids += (uint32_t)tc->n_ids;
     q->untracked |= !keep_text(q, &tc->text);

@@ -182,13 +182,40 @@ static void check_text(const bt_client_result_t *r, uint32_t n)
         assert_int_equal(r->text[k], TEXT_OF(k));
 }
 
+/* The result holds the stream's first n tokens. */
+static void check_ids(const bt_client_result_t *r, uint32_t n)
+{
+    assert_int_equal(r->n_ids, n);
+    for (uint32_t k = 0; k < n; k++)
+        assert_int_equal(r->ids[k], TOKEN0 + (int)k);
+}
+
 static void check_result(const bt_client_result_t *r, int total, uint32_t retries)
 {
     assert_int_equal(r->status, 0);
-    assert_int_equal((int)r->n_ids, total);
-    for (int k = 0; k < total; k++)
-        assert_int_equal(r->ids[k], TOKEN0 + k);
+    check_ids(r, (uint32_t)total);
     assert_int_equal(r->retries, retries);
+}
+
+/* Submits the request and reads it until its result, each chunk checked to continue the
+ * stream (*next: its tokens so far); with cancel, the request is cancelled at every chunk.
+ * *last_ms (may be NULL): when the last chunk came. */
+static bt_client_result_t *read_stream(bt_client_t *cl, uint32_t *next, int cancel,
+                                       uint64_t *last_ms)
+{
+    uint64_t id = 0;
+    assert_int_equal(bt_client_submit(cl, &gen, &id), BT_CLIENT_OK);
+    for (;;) {
+        bt_client_next_t ev;
+        assert_int_equal(bt_client_next(cl, 20000, &ev), BT_CLIENT_OK);
+        if (ev.kind == BT_CLIENT_NEXT_RESULT)
+            return ev.result;
+        check_chunk(&ev.chunk, next);
+        if (last_ms)
+            *last_ms = bt_test_now_ms();
+        if (cancel)
+            assert_int_equal(bt_client_cancel(cl, id), BT_CLIENT_OK);
+    }
 }
 
 static void test_reconnect_resubmits_with_tokens(void **state)
@@ -198,17 +225,8 @@ static void test_reconnect_resubmits_with_tokens(void **state)
     pthread_t t;
     start_fake(&f, &t);
     bt_client_t *cl = connect_to(&f, 0);
-    assert_int_equal(bt_client_submit(cl, &gen, NULL), BT_CLIENT_OK);
     uint32_t next = 0;
-    bt_client_result_t *r = NULL;
-    while (!r) {
-        bt_client_next_t ev;
-        assert_int_equal(bt_client_next(cl, 20000, &ev), BT_CLIENT_OK);
-        if (ev.kind == BT_CLIENT_NEXT_CHUNK)
-            check_chunk(&ev.chunk, &next);
-        else
-            r = ev.result;
-    }
+    bt_client_result_t *r = read_stream(cl, &next, 0, NULL);
     pthread_join(t, NULL);
     assert_int_equal(next, 10); /* the repeated token of each resubmission was dropped */
     check_result(r, 10, 2);
@@ -252,28 +270,15 @@ static void run_lost_for_good(int max_resubmits, int drops, uint32_t retries)
     pthread_t t;
     start_fake(&f, &t);
     bt_client_t *cl = connect_to(&f, max_resubmits);
-    assert_int_equal(bt_client_submit(cl, &gen, NULL), BT_CLIENT_OK);
     uint32_t next = 0;
-    bt_client_result_t *r = NULL;
     uint64_t t0 = 0;
-    while (!r) {
-        bt_client_next_t ev;
-        assert_int_equal(bt_client_next(cl, 20000, &ev), BT_CLIENT_OK);
-        if (ev.kind == BT_CLIENT_NEXT_CHUNK) {
-            check_chunk(&ev.chunk, &next);
-            t0 = bt_test_now_ms();
-        } else {
-            r = ev.result;
-        }
-    }
+    bt_client_result_t *r = read_stream(cl, &next, 0, &t0);
     assert_true(bt_test_now_ms() - t0 < 10000); /* the drop, not the 20 s timeout */
     assert_int_equal(r->status, BT_CLIENT_ERR_UNAVAILABLE);
     assert_int_equal(r->finish_reason, BT_CLIENT_FINISH_FAILED);
     assert_non_null(strstr(r->error, "connection to the router was lost"));
-    assert_int_equal((int)r->n_ids, (int)next);
     assert_int_equal(next, 3 * (retries + 1)); /* every token received, once */
-    for (uint32_t k = 0; k < next; k++)
-        assert_int_equal(r->ids[k], TOKEN0 + (int)k);
+    check_ids(r, next);
     check_text(r, next);
     assert_int_equal(r->retries, retries);
     assert_int_equal(bt_client_in_flight(cl), 0);
@@ -304,25 +309,11 @@ static void test_reconnect_cancelled_is_not_resubmitted(void **state)
     pthread_t t;
     start_fake(&f, &t);
     bt_client_t *cl = connect_to(&f, 0);
-    uint64_t id = 0;
-    assert_int_equal(bt_client_submit(cl, &gen, &id), BT_CLIENT_OK);
     uint32_t next = 0;
-    bt_client_result_t *r = NULL;
-    while (!r) {
-        bt_client_next_t ev;
-        assert_int_equal(bt_client_next(cl, 20000, &ev), BT_CLIENT_OK);
-        if (ev.kind == BT_CLIENT_NEXT_CHUNK) {
-            check_chunk(&ev.chunk, &next);
-            assert_int_equal(bt_client_cancel(cl, id), BT_CLIENT_OK);
-        } else {
-            r = ev.result;
-        }
-    }
+    bt_client_result_t *r = read_stream(cl, &next, 1, NULL);
     assert_int_equal(r->status, 0);
     assert_int_equal(r->finish_reason, BT_CLIENT_FINISH_CANCELLED);
-    assert_int_equal((int)r->n_ids, 3);
-    for (int k = 0; k < 3; k++)
-        assert_int_equal(r->ids[k], TOKEN0 + k);
+    check_ids(r, 3);
     check_text(r, 3);
     assert_int_equal(r->retries, 0);
     assert_int_equal(bt_client_in_flight(cl), 0);

@@ -206,7 +206,7 @@ NP=${#PROMPTS[@]}
 # Always run in the background (its own subshell): SIGTERM (the clean-up) kills the request's
 # process group (timeout leads one) and waits for it.
 gen() {
-    local temp n eos seed text args t0 child='' rc=0 cancel=${3:-0} killed=${4:-0} timer=''
+    local temp n eos seed text args t0 child='' rc=0 cancel=${3:-0} killed=${4:-0} timer='' sig
     IFS='|' read -r temp n eos seed text <<<"${PROMPTS[$1]}"
     args=(--router "$CLIENT_EP" --prompt "$text" -n "$n" --temp "$temp" --seed "$seed"
         --json --timeout-ms 20000)
@@ -219,11 +219,11 @@ gen() {
     t0=$(date +%s%N)
     timeout -k 5 "$HANG_S" "$BIN/baton" generate "${args[@]}" >"$2.json" 2>"$2.err" &
     child=$!
-    if [ "$cancel" -gt 0 ] && [ "$killed" = 1 ]; then # baton generate is timeout's child
-        { msleep "$cancel"; pkill -KILL -P "$child" 2>/dev/null; } &
-        timer=$!
-    elif [ "$cancel" -gt 0 ]; then # not through timeout: it would pass it on twice
-        { msleep "$cancel"; pkill -INT -P "$child" 2>/dev/null; } &
+    if [ "$cancel" -gt 0 ]; then # to baton generate, timeout's child (timeout would pass a
+        # SIGINT on twice)
+        sig=INT
+        [ "$killed" = 1 ] && sig=KILL
+        { msleep "$cancel"; pkill -"$sig" -P "$child" 2>/dev/null; } &
         timer=$!
     fi
     wait "$child" || rc=$?
