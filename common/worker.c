@@ -51,6 +51,7 @@ struct bt_worker {
     pthread_mutex_t stats_mu;
     bt_worker_stats_t stats; /* under stats_mu */
     bt_reqtable_t inflight;  /* loop thread: accepted request ids (INFLIGHT, INFLIGHT_ABORTED) */
+    uint64_t *held;          /* loop thread: max_requests ids, the heartbeat's held list */
     int draining;
     int forced; /* a second signal: stop now */
     uint64_t drain_start_ms;
@@ -210,6 +211,15 @@ static void send_heartbeat(bt_worker_t *w)
     hb.replicas = s.replicas;
     hb.replica_blocks = s.replica_blocks;
     hb.decoding = s.decoding;
+    /* what it holds and has not been told to abort: the router ABORTs what it does not know */
+    size_t pos = 0, n = 0;
+    uint64_t rid;
+    void *v;
+    while (n < (size_t)w->p.max_requests && (v = bt_reqtable_next(&w->inflight, &pos, &rid)))
+        if (v != INFLIGHT_ABORTED)
+            w->held[n++] = rid;
+    hb.held = w->held;
+    hb.n_held = n;
     if (w->p.ops->heartbeat)
         w->p.ops->heartbeat(w->p.ctx, &hb);
     send_msg(w, BATON__METHOD__HEARTBEAT, 0, 0, NULL, &hb.base);
@@ -735,7 +745,8 @@ int bt_worker_create(const bt_worker_params_t *p, bt_worker_t **out)
     w->id = bt_strdup(p->instance_id);
     w->router = bt_strdup(p->router);
     w->model_id = bt_strdup(p->model_id);
-    if (!w->id || !w->router || !w->model_id ||
+    w->held = bt_calloc((size_t)w->p.max_requests, sizeof *w->held);
+    if (!w->id || !w->router || !w->model_id || !w->held ||
         bt_queue_create(sizeof(bt_cmd_t), n_cmd, &w->inbox) != BT_OK ||
         bt_queue_create(sizeof(bt_out_t *), 4096, &w->outbox) != BT_OK)
         goto err;
@@ -779,6 +790,7 @@ void bt_worker_destroy(bt_worker_t *w)
     bt_queue_destroy(w->outbox);
     bt_queue_destroy(w->inbox);
     bt_reqtable_fini(&w->inflight);
+    bt_free(w->held);
     pthread_mutex_destroy(&w->stats_mu);
     bt_free(w->model_id);
     bt_free(w->router);

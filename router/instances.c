@@ -46,6 +46,7 @@ static void record_free(router_instance_t *inst)
 {
     if (inst) {
         bt_free(inst->kvx_address);
+        bt_free(inst->suspects);
         bt_free(inst);
     }
 }

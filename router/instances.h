@@ -61,6 +61,9 @@ typedef struct router_instance {
     uint32_t n_active;     /* requests with a part on it now */
     uint64_t n_assigned;   /* ASSIGNs sent over its lifetime */
     uint64_t seq;          /* registration order (stable order for round-robin) */
+    uint64_t *suspects;    /* ids it held at its last heartbeat that the router does not place
+                            * there (owned; n_suspects of them): ABORTed if held at the next */
+    uint32_t n_suspects;
 } router_instance_t;
 
 typedef struct router_instances router_instances_t;

@@ -95,6 +95,47 @@ static int all_accepted(const router_request_t *rq)
     return rq->decode.accepted && (rq->colocated || (rq->prefill.sent && rq->prefill.accepted));
 }
 
+static int suspect_before(const router_instance_t *inst, uint64_t id)
+{
+    for (uint32_t i = 0; i < inst->n_suspects; i++)
+        if (inst->suspects[i] == id)
+            return 1;
+    return 0;
+}
+
+/* What an instance holds (Heartbeat.held) against what the router placed there. A request the
+ * router does not place there (it forgot the part, or the ASSIGN reached a process that
+ * restarted in between) would hold its KV forever: it is ABORTed once two heartbeats in a row
+ * list it, so that an ABORT already on its way (the heartbeat left before it arrived) is not
+ * mistaken for a lost one. */
+static void reconcile(router_t *r, router_instance_t *inst, const uint64_t *held, size_t n)
+{
+    uint64_t *next = NULL; /* allocated only when something is amiss */
+    uint32_t n_next = 0;
+    for (size_t i = 0; i < n; i++) {
+        router_request_t *rq = router_reqtable_by_id(r->table, held[i]);
+        rq_part_t *part = rq ? part_of(rq, inst) : NULL;
+        if (part && part->sent && !part->done)
+            continue;
+        if (suspect_before(inst, held[i])) {
+            bt_warn("req %llu: %s still holds it, but the router does not place it there "
+                    "(%s); ABORT sent",
+                    (unsigned long long)held[i], inst->name,
+                    !rq     ? "the request is over"
+                    : !part ? "placed elsewhere"
+                            : "that part ended");
+            r->n_orphans++;
+            router_send_instance(r, inst, BATON__METHOD__ABORT, held[i], NULL);
+        }
+        if (!next && !(next = bt_malloc(n * sizeof *next)))
+            break; /* checked again at the next heartbeats */
+        next[n_next++] = held[i];
+    }
+    bt_free(inst->suspects);
+    inst->suspects = next;
+    inst->n_suspects = n_next;
+}
+
 static void on_heartbeat(router_t *r, bt_rpc_msg_t *m)
 {
     ProtobufCMessage *body = NULL;
@@ -106,6 +147,12 @@ static void on_heartbeat(router_t *r, bt_rpc_msg_t *m)
     router_hb_event_t ev;
     int st = router_instances_heartbeat(r->inst, m->route.id[0], m->route.len[0],
                                         (Baton__Heartbeat *)body, r->now_ms, &inst, &ev);
+    if (st == BT_OK && (ev == ROUTER_HB_REFRESH || ev == ROUTER_HB_RESTARTED)) {
+        const Baton__Heartbeat *hb = (const Baton__Heartbeat *)body;
+        reconcile(r, inst, hb->held, hb->n_held);
+    } else if (st == BT_OK) { /* the RESET below drops all it holds */
+        reconcile(r, inst, NULL, 0);
+    }
     router_release_transient(r, body);
     if (st == BT_ERR_INVAL) {
         bt_rpc_zreply_error(r->cluster, m, BT_ERR_INVAL, "heartbeat without a role");

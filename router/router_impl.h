@@ -70,6 +70,7 @@ struct router {
     int scratch_spilled;
 
     uint64_t n_accepted, n_rejected, n_finished, n_failed, n_cancelled, n_failovers;
+    uint64_t n_orphans; /* ABORTs of what an instance held that the router did not place there */
     router_metrics_t *metrics;             /* --metrics-port; NULL without */
     router_hist_t h_ttft, h_tpot, h_total; /* completed requests, seconds, as relayed (only
                                             * with the endpoint: nothing else reads them) */

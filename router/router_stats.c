@@ -116,6 +116,9 @@ int router_stats_render(void *ctx, const char *path, FILE *f)
             (unsigned long long)r->n_cancelled);
     head(f, "baton_router_failovers_total", "counter", "Requests placed again after a failure");
     fprintf(f, "baton_router_failovers_total %llu\n", (unsigned long long)r->n_failovers);
+    head(f, "baton_router_orphans_aborted_total", "counter",
+         "Requests an instance still held that the router did not place there, ABORTed");
+    fprintf(f, "baton_router_orphans_aborted_total %llu\n", (unsigned long long)r->n_orphans);
     head(f, "baton_router_requests", "gauge", "Requests held by the router, by state");
     static const char *const states[] = {"queued", "assigning", "running", "cancelling",
                                          "finishing"};

@@ -5,7 +5,8 @@
  * that finds no instance in time, a daemon restart seen through its incarnation, a prefill that
  * its decode peer cannot reach (avoided by the failover), a pair owner whose connection is gone
  * (avoided without a failover), RESET on registration (a written-off daemon that comes back drops
- * what it holds), a stream lost after its DONE (run again), refusals with the contract's error
+ * what it holds), requests a daemon holds that the router does not place there (ABORTed), a
+ * stream lost after its DONE (run again), refusals with the contract's error
  * codes, a full queue, malformed and unknown messages from both sides (answered, and the router
  * keeps serving), late messages for finished requests, connections that break the wire
  * protocol itself, and the SIGTERM drain.
@@ -322,6 +323,46 @@ static void test_faults_revived_instance_is_reset(void **state)
     baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 12, 0), NULL);
     r = expect_client(c, cl, BATON__METHOD__RESULT, 12, 0);
     baton__generate_result__free_unpacked(r, NULL);
+}
+
+/* The next message to d is an ABORT of id. */
+static void expect_abort(rt_cluster_t *c, rt_daemon_t *d, uint64_t id)
+{
+    bt_rpc_msg_t m;
+    assert_int_equal(rt_recv(c, d->sock, &m, WAIT_MS), 0);
+    assert_int_equal(m.hdr.method, BATON__METHOD__ABORT);
+    assert_int_equal(m.hdr.request_id, id);
+    bt_rpc_msg_fini(&m);
+}
+
+/* A daemon's heartbeats list what it holds. What the router placed there is left alone; what
+ * it does not place there (an id it never gave out, or a request that is over) gets an ABORT,
+ * so nothing a daemon holds by mistake holds its memory forever. */
+static void test_faults_held_requests_the_router_does_not_know_are_aborted(void **state)
+{
+    rt_cluster_t *c = start(state, NULL);
+    rt_daemon_t *x = rt_daemon_add(c, "c0", BATON__ROLE__COLOCATED);
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
+    wait_resets(c, x, 1);
+    uint64_t id = run_colocated(c, x, cl, 31);
+    x->held[0] = id;
+    x->n_held = 1;
+    bt_rpc_msg_t m;
+    assert_int_not_equal(rt_recv(c, x->sock, &m, 10 * RT_HEARTBEAT_MS), 0); /* placed here */
+    x->held[1] = id + 1000;                                                 /* never given out */
+    x->n_held = 2;
+    expect_abort(c, x, id + 1000);
+    x->n_held = 1;
+    int32_t t0 = 4;
+    rt_chunk(x, BATON__METHOD__FIRST_TOKEN, id, 0, &t0, 1);
+    rt_done(x, id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_EOS, 1, NULL, 0);
+    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 31, 0), NULL);
+    Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, 31, 0);
+    baton__generate_result__free_unpacked(r, NULL);
+    expect_abort(c, x, id); /* over, yet still listed */
+    x->n_held = 0;
+    assert_int_not_equal(rt_recv(c, x->sock, &m, 10 * RT_HEARTBEAT_MS), 0);
 }
 
 /* The daemon says DONE but its tokens never come (lost on the way): past the finish grace the
@@ -752,6 +793,8 @@ int main(void)
         cmocka_unit_test_teardown(test_faults_unreachable_prefill_peer_is_avoided, teardown),
         cmocka_unit_test_teardown(test_faults_unreachable_pair_owner_is_avoided, teardown),
         cmocka_unit_test_teardown(test_faults_revived_instance_is_reset, teardown),
+        cmocka_unit_test_teardown(test_faults_held_requests_the_router_does_not_know_are_aborted,
+                                  teardown),
         cmocka_unit_test_teardown(test_faults_lost_stream_runs_again, teardown),
         cmocka_unit_test_teardown(test_faults_limits_answer_with_error_codes, teardown),
         cmocka_unit_test_teardown(test_faults_queue_bound_and_queue_timeout, teardown),

@@ -35,6 +35,8 @@ typedef struct {
     char partner[64];    /* PAIR: the partner's id */
     Baton__Role serving; /* PAIR: PREFILL or DECODE */
     int resets;          /* RESETs received (rt_recv counts them and reads on) */
+    uint64_t held[8];    /* request ids its heartbeats say it holds (n_held of them) */
+    int n_held;
 } rt_daemon_t;
 
 typedef struct {
