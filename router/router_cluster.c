@@ -104,10 +104,9 @@ static int suspect_before(const router_instance_t *inst, uint64_t id)
 }
 
 /* What an instance holds (Heartbeat.held) against what the router placed there. A request the
- * router does not place there (it forgot the part, or the ASSIGN reached a process that
- * restarted in between) would hold its KV forever: it is ABORTed once two heartbeats in a row
- * list it, so that an ABORT already on its way (the heartbeat left before it arrived) is not
- * mistaken for a lost one. */
+ * router does not place there would hold its KV forever: it is ABORTed once two heartbeats in a
+ * row list it, so that an ABORT already on its way (the heartbeat left before it arrived) is not
+ * mistaken for a lost one. A backstop: every known path ends a part with its own ABORT. */
 static void reconcile(router_t *r, router_instance_t *inst, const uint64_t *held, size_t n)
 {
     uint64_t *next = NULL; /* allocated only when something is amiss */
