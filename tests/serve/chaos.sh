@@ -499,8 +499,11 @@ sys.exit(n != int(sys.argv[1]) or float(m["baton_router_failovers_total"]) < 1)'
     fail "$sent requests sent, not all counted by the router, or no failover at all"
 mid=$(grep -c 'failover .*, [1-9][0-9]* tokens delivered' "$tmp/logs/router.log" || true)
 preempted=$(cat "$tmp"/logs/*.log | grep -c ': preempted (KV of' || true)
+# The router's backstop: ABORTs of requests a daemon held that the router did not place there.
+orphans=$(grep -c 'still holds it, but the router does not place it there' \
+    "$tmp/logs/router.log" || true)
 echo "$sent requests; failovers after tokens were delivered (replayed mid-stream): $mid;" \
-    "preemptions: $preempted"
+    "preemptions: $preempted; held requests the router had lost (ABORTed): $orphans"
 
 # A clean stop: SIGTERM drains each daemon, then the router; all exit 0.
 for d in "${DAEMONS[@]}"; do
