@@ -49,9 +49,11 @@ static void colo_command(void *ctx, bt_worker_t *w, const bt_cmd_t *cmd)
     switch (cmd->kind) {
     case BT_CMD_ASSIGN: bt_batcher_add_prompt(c->batcher, w, cmd->req); break;
     case BT_CMD_ABORT:
-        if (bt_batcher_abort(c->batcher, w, cmd->request_id, cmd->status) != BT_OK)
+        if (bt_batcher_abort(c->batcher, w, cmd->request_id, cmd->status) != BT_OK) {
             bt_debug("req %llu: abort of a request already finished",
                      (unsigned long long)cmd->request_id);
+            bt_worker_forget(w, cmd->request_id);
+        }
         break;
     case BT_CMD_KV: break; /* no transfers here */
     case BT_CMD_RESUME:

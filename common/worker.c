@@ -128,6 +128,13 @@ void bt_worker_flush(bt_worker_t *w)
         wake_loop(w);
 }
 
+void bt_worker_forget(bt_worker_t *w, uint64_t request_id)
+{
+    bt_out_t *o = bt_out_new(BT_OUT_FORGET, request_id, 0);
+    if (o)
+        bt_worker_emit(w, o);
+}
+
 void bt_worker_publish(bt_worker_t *w, const bt_worker_stats_t *stats)
 {
     pthread_mutex_lock(&w->stats_mu);
@@ -294,6 +301,13 @@ void bt_worker_send(bt_worker_t *w, bt_out_t *o)
         send_msg(w, BATON__METHOD__HANDOFF, o->request_id, 0, NULL, &h.base);
         break;
     }
+    case BT_OUT_FORGET:
+        if (bt_reqtable_get(&w->inflight, o->request_id) == INFLIGHT_ABORTED) {
+            bt_warn("req %llu: aborted, but nothing of it was left to end; forgotten",
+                    (unsigned long long)o->request_id);
+            bt_reqtable_del(&w->inflight, o->request_id);
+        }
+        break;
     case BT_OUT_ROLE:
         if (w->p.ops->loop_output) {
             w->p.ops->loop_output(w->p.ctx, w, o);

@@ -68,6 +68,7 @@ typedef enum {
     BT_OUT_DONE,
     BT_OUT_ROLE,    /* for the role's loop_output (e.g. a KV send to post) */
     BT_OUT_HANDOFF, /* pair: stopped decoding after n_output tokens; holds the replica now */
+    BT_OUT_FORGET,  /* an ABORT found nothing of the request here (bt_worker_forget) */
 } bt_out_kind_t;
 
 #define BT_OUT_MAX_ERROR 160
@@ -165,6 +166,10 @@ void bt_worker_emit(bt_worker_t *w, bt_out_t *o);
  * emitted before it (a layer-wise ship) must reach the loop while it runs. */
 void bt_worker_hold(bt_worker_t *w);
 void bt_worker_flush(bt_worker_t *w);
+/* compute: an ABORT found nothing of request_id in the role (it ended, and its DONE, if any,
+ * was emitted before). The loop forgets the id if it is still waiting for the abort to end, so
+ * that an id the role lost track of cannot hold a slot, or a drain, forever. */
+void bt_worker_forget(bt_worker_t *w, uint64_t request_id);
 /* compute: publishes the numbers the next heartbeat reports. */
 void bt_worker_publish(bt_worker_t *w, const bt_worker_stats_t *stats);
 /* compute: whether the worker is stopping (the role abandons its work). */

@@ -223,8 +223,10 @@ static void dc_abort(bt_decode_t *d, bt_worker_t *w, uint64_t id, int32_t status
         }
         return;
     }
-    if (bt_batcher_abort(d->batcher, w, id, status) != BT_OK)
+    if (bt_batcher_abort(d->batcher, w, id, status) != BT_OK) {
         bt_debug("req %llu: abort of a request no longer here", (unsigned long long)id);
+        bt_worker_forget(w, id);
+    }
 }
 
 /* The receive ended: admit the request with its KV, or end it. */

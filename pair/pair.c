@@ -627,6 +627,7 @@ static void pr_abort(bt_pair_t *pr, bt_worker_t *w, uint64_t id, int32_t status)
     rep_t *r = bt_reqtable_get(&pr->reps, id);
     if (!r) {
         bt_debug("req %llu: abort of a request no longer here", (unsigned long long)id);
+        bt_worker_forget(w, id);
         return;
     }
     if (r->posted && !r->complete) { /* the receive's final event ends it */

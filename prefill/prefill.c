@@ -252,6 +252,7 @@ static void pf_abort(bt_prefill_t *pf, bt_worker_t *w, uint64_t id, int32_t stat
     pf_req_t *r = bt_reqtable_get(&pf->reqs, id);
     if (!r) {
         bt_debug("req %llu: abort of a request no longer here", (unsigned long long)id);
+        bt_worker_forget(w, id);
         return;
     }
     if (r->state == PF_QUEUED) {

@@ -218,6 +218,19 @@ static int idle_and_free(fake_router_t *r, void *arg)
            in->last->kv_total_blocks > 0 && in->last->kv_free_blocks == in->last->kv_total_blocks;
 }
 
+/* A heartbeat's held list is exactly the ids rid0 .. rid0 + n - 1, in any order. */
+static void expect_held(const Baton__Heartbeat *hb, uint64_t rid0, size_t n)
+{
+    assert_non_null(hb);
+    assert_int_equal(hb->n_held, n);
+    for (size_t i = 0; i < n; i++) {
+        int found = 0;
+        for (size_t j = 0; j < hb->n_held; j++)
+            found += hb->held[j] == rid0 + i;
+        assert_int_equal(found, 1);
+    }
+}
+
 static void test_colocated_cancel_frees_kv(void **state)
 {
     colo_fixture_t *f = *state;
@@ -233,6 +246,9 @@ static void test_colocated_cancel_frees_kv(void **state)
     }
     progress_t p = {10, 3, 2};
     assert_true(fake_router_wait(&f->r, all_have_tokens, &p, 30000));
+    /* The heartbeats list what is held (the router's check against what it placed here). */
+    assert_true(fake_router_wait_heartbeats(&f->r, f->id, 1, 10000));
+    expect_held(fake_router_inst(&f->r, f->id)->last, 10, 3);
     for (int i = 0; i < 3; i++)
         assert_int_equal(
             fake_router_send(&f->r, f->id, BATON__METHOD__ABORT, 10 + (uint64_t)i, NULL), 0);
@@ -244,6 +260,8 @@ static void test_colocated_cancel_frees_kv(void **state)
         assert_int_equal(q->done, 1);
     }
     assert_true(fake_router_wait(&f->r, idle_and_free, f->id, 10000));
+    assert_true(fake_router_wait_heartbeats(&f->r, f->id, 1, 10000));
+    expect_held(fake_router_inst(&f->r, f->id)->last, 0, 0);
     /* An abort of something already finished is ignored. */
     assert_int_equal(fake_router_send(&f->r, f->id, BATON__METHOD__ABORT, 10, NULL), 0);
     f->r.ignore_eos = 0;
