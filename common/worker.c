@@ -590,9 +590,19 @@ static void on_signal(bt_worker_t *w)
 static void drain_timeout_check(bt_worker_t *w)
 {
     if (w->draining && now_ms() >= w->drain_note_ms) { /* say what the drain waits for */
-        if (w->drain_note_ms)
-            bt_info("worker %s: draining: %zu requests in flight, %zu outputs to send", w->id,
-                    bt_reqtable_len(&w->inflight), bt_queue_len(w->outbox));
+        if (w->drain_note_ms) {
+            char ids[8 * 24] = "";
+            size_t pos = 0, len = 0;
+            uint64_t rid;
+            void *v;
+            for (int i = 0; i < 8 && (v = bt_reqtable_next(&w->inflight, &pos, &rid)); i++)
+                len += (size_t)snprintf(ids + len, sizeof ids - len, " %llu%s",
+                                        (unsigned long long)rid, v == INFLIGHT_ABORTED ? "*" : "");
+            bt_info("worker %s: draining: %zu requests in flight (%s%s; * aborted), %zu outputs "
+                    "to send",
+                    w->id, bt_reqtable_len(&w->inflight), ids[0] ? "ids" : "none", ids,
+                    bt_queue_len(w->outbox));
+        }
         w->drain_note_ms = now_ms() + 2000;
     }
     if (!w->draining || w->drain_aborted || w->p.drain_timeout_ms <= 0 ||

@@ -485,6 +485,12 @@ done
 if [ -z "$settled" ]; then
     grep -E '^baton_(router_requests|router_failovers|instance_(up|running|queue|kv))' <<<"$m" >&2
     "$BIN/baton" status --router "$CLIENT_EP" --json >&2 || true
+    # The daemons' drains name the request ids they still wait for (after 2 s): the log tails
+    # printed below then say which requests to look for.
+    for d in "${DAEMONS[@]}"; do
+        kill -TERM "${pid[$d]}" 2>/dev/null || true
+    done
+    sleep 3
     fail "requests or KV blocks still held after the faults stopped"
 fi
 grep -E '^baton_router_(requests_total|failovers_total)' <<<"$m"
