@@ -491,6 +491,12 @@ if [ -z "$settled" ]; then
         kill -TERM "${pid[$d]}" 2>/dev/null || true
     done
     sleep 3
+    held_ids=$(grep -ho 'requests in flight (ids [0-9* ]*' "$tmp"/logs/*.log |
+        grep -o '[0-9][0-9]*' | sort -u | head -n 8 || true)
+    for id in $held_ids; do
+        echo "--- what the logs say of req $id" >&2
+        grep -h "req $id" "$tmp"/logs/*.log | sort | tail -n 40 >&2 || true
+    done
     fail "requests or KV blocks still held after the faults stopped"
 fi
 grep -E '^baton_router_(requests_total|failovers_total)' <<<"$m"
