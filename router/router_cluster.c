@@ -10,6 +10,7 @@
  * never answers an error reply with an error reply (that could ping-pong forever).
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/alloc.h"
@@ -95,12 +96,20 @@ static int all_accepted(const router_request_t *rq)
     return rq->decode.accepted && (rq->colocated || (rq->prefill.sent && rq->prefill.accepted));
 }
 
+/* Held ids looked at per heartbeat: a daemon holds at most its --max-requests (1024 by
+ * default); a heartbeat listing more is not believed past this. */
+#define HELD_MAX 65536
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 static int suspect_before(const router_instance_t *inst, uint64_t id)
 {
-    for (uint32_t i = 0; i < inst->n_suspects; i++)
-        if (inst->suspects[i] == id)
-            return 1;
-    return 0;
+    return inst->n_suspects &&
+           bsearch(&id, inst->suspects, inst->n_suspects, sizeof id, cmp_u64) != NULL;
 }
 
 /* What an instance holds (Heartbeat.held) against what the router placed there. A request the
@@ -111,6 +120,8 @@ static void reconcile(router_t *r, router_instance_t *inst, const uint64_t *held
 {
     uint64_t *next = NULL; /* allocated only when something is amiss */
     uint32_t n_next = 0;
+    if (n > HELD_MAX)
+        n = HELD_MAX;
     for (size_t i = 0; i < n; i++) {
         router_request_t *rq = router_reqtable_by_id(r->table, held[i]);
         rq_part_t *part = rq ? part_of(rq, inst) : NULL;
@@ -130,6 +141,8 @@ static void reconcile(router_t *r, router_instance_t *inst, const uint64_t *held
             break; /* checked again at the next heartbeats */
         next[n_next++] = held[i];
     }
+    if (n_next > 1)
+        qsort(next, n_next, sizeof *next, cmp_u64);
     bt_free(inst->suspects);
     inst->suspects = next;
     inst->n_suspects = n_next;
