@@ -119,7 +119,7 @@ static int suspect_before(const router_instance_t *inst, uint64_t id)
 static void reconcile(router_t *r, router_instance_t *inst, const uint64_t *held, size_t n)
 {
     uint64_t *next = NULL; /* allocated only when something is amiss */
-    uint32_t n_next = 0;
+    uint32_t n_next = 0, n_aborted = 0;
     if (n > HELD_MAX)
         n = HELD_MAX;
     for (size_t i = 0; i < n; i++) {
@@ -128,12 +128,13 @@ static void reconcile(router_t *r, router_instance_t *inst, const uint64_t *held
         if (part && part->sent && !part->done)
             continue;
         if (suspect_before(inst, held[i])) {
-            bt_warn("req %llu: %s still holds it, but the router does not place it there "
-                    "(%s); ABORT sent",
-                    (unsigned long long)held[i], inst->name,
-                    !rq     ? "the request is over"
-                    : !part ? "placed elsewhere"
-                            : "that part ended");
+            if (n_aborted++ < 8) /* the count says the rest */
+                bt_warn("req %llu: %s still holds it, but the router does not place it there "
+                        "(%s); ABORT sent",
+                        (unsigned long long)held[i], inst->name,
+                        !rq     ? "the request is over"
+                        : !part ? "placed elsewhere"
+                                : "that part ended");
             r->n_orphans++;
             router_send_instance(r, inst, BATON__METHOD__ABORT, held[i], NULL);
         }
@@ -141,6 +142,8 @@ static void reconcile(router_t *r, router_instance_t *inst, const uint64_t *held
             break; /* checked again at the next heartbeats */
         next[n_next++] = held[i];
     }
+    if (n_aborted > 8)
+        bt_warn("%s: %u more requests it held ABORTed the same way", inst->name, n_aborted - 8);
     if (n_next > 1)
         qsort(next, n_next, sizeof *next, cmp_u64);
     bt_free(inst->suspects);

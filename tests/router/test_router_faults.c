@@ -17,6 +17,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -325,6 +326,18 @@ static void test_faults_revived_instance_is_reset(void **state)
     baton__generate_result__free_unpacked(r, NULL);
 }
 
+/* Streams one token of id (client id cid) from colocated x, ends it, and checks the client's
+ * TOKENS and RESULT. */
+static void finish_colocated(rt_cluster_t *c, rt_daemon_t *x, void *cl, uint64_t id, uint64_t cid)
+{
+    int32_t t0 = 4;
+    rt_chunk(x, BATON__METHOD__FIRST_TOKEN, id, 0, &t0, 1);
+    rt_done(x, id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_EOS, 1, NULL, 0);
+    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, cid, 0), NULL);
+    Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, cid, 0);
+    baton__generate_result__free_unpacked(r, NULL);
+}
+
 /* The next message to d is an ABORT of id. */
 static void expect_abort(rt_cluster_t *c, rt_daemon_t *d, uint64_t id)
 {
@@ -346,23 +359,42 @@ static void test_faults_held_requests_the_router_does_not_know_are_aborted(void 
     assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
     wait_resets(c, x, 1);
     uint64_t id = run_colocated(c, x, cl, 31);
-    x->held[0] = id;
+    uint64_t held[2] = {id, id + 1000}; /* the second was never given out */
+    x->held = held;
     x->n_held = 1;
     bt_rpc_msg_t m;
     assert_int_not_equal(rt_recv(c, x->sock, &m, 10 * RT_HEARTBEAT_MS), 0); /* placed here */
-    x->held[1] = id + 1000;                                                 /* never given out */
     x->n_held = 2;
     expect_abort(c, x, id + 1000);
     x->n_held = 1;
-    int32_t t0 = 4;
-    rt_chunk(x, BATON__METHOD__FIRST_TOKEN, id, 0, &t0, 1);
-    rt_done(x, id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_EOS, 1, NULL, 0);
-    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 31, 0), NULL);
-    Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, 31, 0);
-    baton__generate_result__free_unpacked(r, NULL);
+    finish_colocated(c, x, cl, id, 31);
     expect_abort(c, x, id); /* over, yet still listed */
     x->n_held = 0;
     assert_int_not_equal(rt_recv(c, x->sock, &m, 10 * RT_HEARTBEAT_MS), 0);
+
+    /* Two heartbeats listing far more than any daemon holds: the router looks at a bounded
+     * number of them, aborts those, and goes on serving. */
+    size_t n_big = 200000;
+    uint64_t *big = malloc(n_big * sizeof *big);
+    assert_non_null(big);
+    for (size_t i = 0; i < n_big; i++)
+        big[i] = id + 5000 + i;
+    x->held = big;
+    x->n_held = n_big;
+    rt_heartbeat(c, x);
+    rt_heartbeat(c, x);
+    x->n_held = 0;
+    assert_int_equal(rt_expect(c, x->sock, BATON__METHOD__ABORT, &m, WAIT_MS, NULL), 0);
+    bt_rpc_msg_fini(&m);
+    assert_int_equal(rt_generate(cl, 32, prompt, 3, 6), 0);
+    int aborts = 0; /* the rest of them, those sent before the ASSIGN */
+    assert_int_equal(rt_expect(c, x->sock, BATON__METHOD__ASSIGN, &m, WAIT_MS, &aborts), 0);
+    uint64_t id2 = m.hdr.request_id;
+    bt_rpc_msg_fini(&m);
+    assert_true(aborts < 65536);
+    rt_assign_reply(x, id2, BATON__ROLE__COLOCATED, 0);
+    finish_colocated(c, x, cl, id2, 32);
+    free(big);
 }
 
 /* The daemon says DONE but its tokens never come (lost on the way): past the finish grace the

@@ -225,8 +225,8 @@ void rt_heartbeat(rt_cluster_t *c, rt_daemon_t *d)
     hb.draining = d->draining;
     hb.time_ns = bt_rpc_now_ns();
     hb.incarnation = d->incarnation;
-    hb.held = d->held;
-    hb.n_held = (size_t)d->n_held;
+    hb.held = (uint64_t *)d->held;
+    hb.n_held = d->n_held;
     if (d->role == BATON__ROLE__PAIR) {
         hb.partner = d->partner;
         hb.serving = d->serving;

@@ -32,11 +32,11 @@ typedef struct {
     uint32_t queue_len, running, kv_free_blocks, kv_total_blocks;
     uint64_t queued_tokens;
     int draining;
-    char partner[64];    /* PAIR: the partner's id */
-    Baton__Role serving; /* PAIR: PREFILL or DECODE */
-    int resets;          /* RESETs received (rt_recv counts them and reads on) */
-    uint64_t held[8];    /* request ids its heartbeats say it holds (n_held of them) */
-    int n_held;
+    char partner[64];     /* PAIR: the partner's id */
+    Baton__Role serving;  /* PAIR: PREFILL or DECODE */
+    int resets;           /* RESETs received (rt_recv counts them and reads on) */
+    const uint64_t *held; /* request ids its heartbeats say it holds (n_held of them) */
+    size_t n_held;
 } rt_daemon_t;
 
 typedef struct {
