@@ -89,6 +89,18 @@ static uint64_t run_colocated(rt_cluster_t *c, rt_daemon_t *x, void *cl, uint64_
     return id;
 }
 
+/* Streams one token of id (client id cid) from colocated x, ends it, and checks the client's
+ * TOKENS and RESULT. */
+static void finish_colocated(rt_cluster_t *c, rt_daemon_t *x, void *cl, uint64_t id, uint64_t cid)
+{
+    int32_t t0 = 4;
+    rt_chunk(x, BATON__METHOD__FIRST_TOKEN, id, 0, &t0, 1);
+    rt_done(x, id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_EOS, 1, NULL, 0);
+    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, cid, 0), NULL);
+    Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, cid, 0);
+    baton__generate_result__free_unpacked(r, NULL);
+}
+
 static void test_faults_decode_dies_mid_stream_and_the_stream_continues(void **state)
 {
     rt_cluster_t *c = start(state, (const char *const[]){"--dead-after-ms", "600", NULL});
@@ -318,24 +330,7 @@ static void test_faults_revived_instance_is_reset(void **state)
     wait_resets(c, x, 2);
     assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
     uint64_t id = run_colocated(c, x, cl, 12); /* and it serves again */
-    int32_t t0 = 4;
-    rt_chunk(x, BATON__METHOD__FIRST_TOKEN, id, 0, &t0, 1);
-    rt_done(x, id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_EOS, 1, NULL, 0);
-    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 12, 0), NULL);
-    r = expect_client(c, cl, BATON__METHOD__RESULT, 12, 0);
-    baton__generate_result__free_unpacked(r, NULL);
-}
-
-/* Streams one token of id (client id cid) from colocated x, ends it, and checks the client's
- * TOKENS and RESULT. */
-static void finish_colocated(rt_cluster_t *c, rt_daemon_t *x, void *cl, uint64_t id, uint64_t cid)
-{
-    int32_t t0 = 4;
-    rt_chunk(x, BATON__METHOD__FIRST_TOKEN, id, 0, &t0, 1);
-    rt_done(x, id, BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_EOS, 1, NULL, 0);
-    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, cid, 0), NULL);
-    Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, cid, 0);
-    baton__generate_result__free_unpacked(r, NULL);
+    finish_colocated(c, x, cl, id, 12);
 }
 
 /* The next message to d is an ABORT of id. */
