@@ -512,8 +512,10 @@ sys.exit(n != int(sys.argv[1]) or float(m["baton_router_failovers_total"]) < 1)'
 mid=$(grep -c 'failover .*, [1-9][0-9]* tokens delivered' "$tmp/logs/router.log" || true)
 preempted=$(cat "$tmp"/logs/*.log | grep -c ': preempted (KV of' || true)
 # The router's backstop: ABORTs of requests a daemon held that the router did not place there.
-orphans=$(grep -c 'still holds it, but the router does not place it there' \
-    "$tmp/logs/router.log" || true)
+# The router names the first 8 per heartbeat and counts the rest in one line.
+orphan_re='still holds it, but the router does not place it there|: [0-9]+ more requests it held ABORTed'
+orphans=$(grep -oE "$orphan_re" "$tmp/logs/router.log" |
+    awk '/more requests/ { n += $2; next } { n++ } END { print n + 0 }' || true)
 echo "$sent requests; failovers after tokens were delivered (replayed mid-stream): $mid;" \
     "preemptions: $preempted; held requests the router had lost (ABORTed): $orphans"
 
