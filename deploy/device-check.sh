@@ -149,6 +149,15 @@ fi
 BATON_CUDA_ATTN_CHUNK=64 timeout 60 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" \
     --batches 1,16,64 --ctx 512 --prefills 512 --reps 1 --json "$RESULTS/baton-chunk64.json" || true
 
+step "experiment: GEMVs as programmatic dependent launches (BATON_CUDA_PDL=1), decode only"
+# gpu_test_cuda_engine (above) checks PDL steps against plain ones bit for bit; these decode
+# figures go next to the default's, then with 64-position attention chunks as well.
+BATON_CUDA_PDL=1 timeout 60 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" \
+    --batches 1,16,64 --ctx 512 --prefills 512 --reps 1 --json "$RESULTS/baton-pdl.json" || true
+BATON_CUDA_PDL=1 BATON_CUDA_ATTN_CHUNK=64 timeout 60 "$BUILD/bin/baton-bench-cuda" \
+    --model "$MODEL" --batches 1,16,64 --ctx 512 --prefills 512 --reps 1 \
+    --json "$RESULTS/baton-pdl-chunk64.json" || true
+
 step "experiment: FlashAttention-2 prefill attention (BATON_CUDA_PREFILL_ATTN=fa2), prefill only"
 # gpu_test_cuda_attn_fa2 (above) checks it against the CPU and the WMMA kernel; these are the
 # prefill figures to put next to the default's (the WMMA kernel).

@@ -29,6 +29,7 @@
 
 #include "cuda_impl.h"
 #include "elementwise.cuh"
+#include "launch.cuh"
 
 #define ATT_WARPS 4
 #define TILE BT_CUDA_ATTN_TILE
@@ -441,6 +442,7 @@ template <int QPW>
 static __global__ void __launch_bounds__(ATT_WARPS * 32) attn_kernel(attn_params_t p, int split)
 {
     extern __shared__ float sm[];
+    bt_cuda_pdl_trigger(); /* a PDL-launched GEMV after it may fetch its weights meanwhile */
     const int hd = p.kv.head_dim, n_kv = p.kv.n_kv_heads;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const bt_cuda_seq_t s = p.seqs[blockIdx.y];

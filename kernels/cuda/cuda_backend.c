@@ -239,6 +239,12 @@ static void cuda_sync(void *ctx)
  * in f32 (F32 weights). The fused ops take the same path as the plain matmul of each weight. */
 enum { MM_GEMV, MM_GEMM16, MM_SGEMM };
 
+/* The GEMV launchers' stream and launch mode. */
+static bt_cuda_launch_t gemv_launch_of(const bt_cuda_ctx_t *c)
+{
+    return (bt_cuda_launch_t){c->stream, c->pdl, c->pdl_prefetch};
+}
+
 static int mm_path(const bt_cuda_ctx_t *c, const bt_tensor_t *w, int64_t m)
 {
     const int big = c->nondet && m > c->gemv_max_m && w->rows < INT32_MAX && w->cols < INT32_MAX &&
@@ -327,7 +333,7 @@ static void matmul_run(bt_cuda_ctx_t *c, float *y, const bt_tensor_t *w, const f
     switch (mm_path(c, w, m)) {
     case MM_GEMM16: blas_gemm16(c, 1, &y, &w, x, NULL, 0.0f, m, 0.0f); break;
     case MM_SGEMM: blas_sgemm(c, y, w, x, m, 0.0f); break;
-    default: bt_cuda_gemv_launch(c->stream, y, w, x, m);
+    default: bt_cuda_gemv_launch(gemv_launch_of(c), y, w, x, m);
     }
 }
 
@@ -381,7 +387,7 @@ static void cuda_matmul_multi(void *ctx, int n_w, float *const *y, const bt_tens
     if (same && path == MM_GEMM16) {
         blas_gemm16(c, n_w, y, w, x, NULL, 0.0f, m, 0.0f);
     } else if (same && path == MM_GEMV) {
-        bt_cuda_gemv_multi_launch(c->stream, n_w, y, w, x, m);
+        bt_cuda_gemv_multi_launch(gemv_launch_of(c), n_w, y, w, x, m);
     } else { /* f32 GEMMs share nothing; weights that differ take their own paths */
         for (int t = 0; t < n_w; t++)
             if (w[t]->rows > 0)
@@ -399,7 +405,7 @@ static void cuda_matmul_add(void *ctx, float *y, const bt_tensor_t *w, const flo
     switch (mm_path(c, w, m)) {
     case MM_GEMM16: blas_gemm16(c, 1, &y, &w, x, NULL, 0.0f, m, 1.0f); break;
     case MM_SGEMM: blas_sgemm(c, y, w, x, m, 1.0f); break;
-    default: bt_cuda_gemv_add_launch(c->stream, y, w, x, m);
+    default: bt_cuda_gemv_add_launch(gemv_launch_of(c), y, w, x, m);
     }
 }
 
@@ -445,7 +451,7 @@ static void cuda_matmul_swiglu(void *ctx, float *y, const bt_tensor_t *gate, con
     if (path != MM_GEMV && (size_t)gate->rows <= c->glu_up_floats)
         blas_swiglu(c, path, y, gate, up, x, NULL, 0.0f, m);
     else
-        bt_cuda_gemv_swiglu_launch(c->stream, y, gate, up, x, m);
+        bt_cuda_gemv_swiglu_launch(gemv_launch_of(c), y, gate, up, x, m);
 }
 
 /* ---- rmsnorm-fused matmuls: rmsnorm(x, norm, eps) as the input, never written out ----
@@ -475,7 +481,7 @@ static void rms_compose_multi(bt_cuda_ctx_t *c, int path, int n_w, float *const 
 {
     const int64_t k = w[0]->cols, chunk = norm_rows(c, k);
     if (chunk < 1) {
-        bt_cuda_gemv_rms_multi_launch(c->stream, n_w, y, w, x, norm, eps, m);
+        bt_cuda_gemv_rms_multi_launch(gemv_launch_of(c), n_w, y, w, x, norm, eps, m);
         return;
     }
     float *xn = (float *)c->act16;
@@ -489,7 +495,7 @@ static void rms_compose_multi(bt_cuda_ctx_t *c, int path, int n_w, float *const 
             for (int t = 0; t < n_w; t++)
                 blas_sgemm(c, yi[t], w[t], xn, mi, 0.0f);
         } else {
-            bt_cuda_gemv_multi_launch(c->stream, n_w, yi, w, xn, mi);
+            bt_cuda_gemv_multi_launch(gemv_launch_of(c), n_w, yi, w, xn, mi);
         }
     }
 }
@@ -520,7 +526,7 @@ static void rms_multi_run(bt_cuda_ctx_t *c, int n_w, float *const *y, const bt_t
     } else if (path == MM_GEMM16) {
         blas_gemm16(c, n_w, y, w, x, norm, eps, m, 0.0f);
     } else if (path == MM_GEMV && exact && m <= PRENORM_MAX_M) {
-        bt_cuda_gemv_rms_multi_launch(c->stream, n_w, y, w, x, norm, eps, m);
+        bt_cuda_gemv_rms_multi_launch(gemv_launch_of(c), n_w, y, w, x, norm, eps, m);
     } else {
         rms_compose_multi(c, path, n_w, y, w, x, norm, eps, m);
     }
@@ -544,7 +550,7 @@ static void rms_compose_swiglu(bt_cuda_ctx_t *c, int blas, float *y, const bt_te
 {
     const int64_t k = gate->cols, n = gate->rows, chunk = norm_rows(c, k);
     if (chunk < 1) {
-        bt_cuda_gemv_rms_swiglu_launch(c->stream, y, gate, up, x, norm, eps, m);
+        bt_cuda_gemv_rms_swiglu_launch(gemv_launch_of(c), y, gate, up, x, norm, eps, m);
         return;
     }
     float *xn = (float *)c->act16;
@@ -554,7 +560,7 @@ static void rms_compose_swiglu(bt_cuda_ctx_t *c, int blas, float *y, const bt_te
         if (blas)
             blas_swiglu(c, MM_SGEMM, y + i0 * n, gate, up, xn, NULL, 0.0f, mi);
         else
-            bt_cuda_gemv_swiglu_launch(c->stream, y + i0 * n, gate, up, xn, mi);
+            bt_cuda_gemv_swiglu_launch(gemv_launch_of(c), y + i0 * n, gate, up, xn, mi);
     }
 }
 
@@ -575,7 +581,7 @@ static void cuda_rms_matmul_swiglu(void *ctx, float *y, const bt_tensor_t *gate,
         blas_swiglu(c, path, y, gate, up, x, norm, eps, m);
     else if (!blas && m <= PRENORM_MAX_M && bt_cuda_gemv_rms_exact(gate, x, norm) &&
              bt_cuda_gemv_rms_exact(up, x, norm))
-        bt_cuda_gemv_rms_swiglu_launch(c->stream, y, gate, up, x, norm, eps, m);
+        bt_cuda_gemv_rms_swiglu_launch(gemv_launch_of(c), y, gate, up, x, norm, eps, m);
     else
         rms_compose_swiglu(c, blas, y, gate, up, x, norm, eps, m);
 }
@@ -1097,6 +1103,11 @@ int bt_cuda_backend_create(const bt_backend_params_t *params, const bt_backend_o
     /* Off by default: an H200 run showed graph and op-by-op steps bit-identical and the graphs
      * faster, but no serving daemon has run on graphs yet (docs/cuda.md). 2: as 1, and a replay
      * that misses its key aborts instead of running op by op (the tests' setting). */
+    /* BATON_CUDA_PDL=1: GEMVs as programmatic dependent launches (launch.cuh), off until a
+     * device run has measured them; the same bits either way. */
+    c->pdl = env_int("BATON_CUDA_PDL", 0) == 1;
+    const int64_t mb = env_int("BATON_CUDA_PDL_PREFETCH_MB", 16); /* 0: no prefetch */
+    c->pdl_prefetch = (mb <= 65536 ? mb : 16) << 20;
     const int graphs = env_int("BATON_CUDA_GRAPHS", 0);
     if (graphs == 1 || graphs == 2) {
         c->graph_strict = graphs == 2;

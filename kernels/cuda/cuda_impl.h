@@ -43,6 +43,17 @@ void bt_cublas_check(int status, const char *what, const char *file, int line);
 #define BT_CUDA_ATTN_CHUNK 256
 #define BT_CUDA_MAX_GROUP_SEQS 65535 /* sequences per attention launch: the kernels' grid.y */
 
+/* Where and how a launcher launches: the backend's stream, and whether its kernels go as
+ * programmatic dependent launches (launch.cuh). Only the GEMV launchers take it: with
+ * BATON_CUDA_PDL=1 a GEMV's blocks may start while the kernel before it ends, pull the first
+ * prefetch_bytes of the launch's weight rows into L2, and wait for it; the results are the
+ * same bits either way. */
+typedef struct {
+    cudaStream_t stream;
+    int pdl;
+    int64_t prefetch_bytes; /* with pdl; BATON_CUDA_PDL_PREFETCH_MB, default 16 */
+} bt_cuda_launch_t;
+
 /* One sequence of an attention call as the kernels see it (bt_attn_seq_t with its block table
  * moved into the packed device table: blocks are at table + blk). */
 typedef struct {
@@ -84,11 +95,13 @@ typedef struct {
     int64_t argmax_cap;
     int32_t *topk_ids; /* topk_rows results, argmax_cap rows of BT_TOPK_MAX */
     float *topk_vals;
-    bt_cuda_stage_t tau; /* window_totals temperatures, argmax_cap floats */
-    double *win_totals;  /* window_totals results, argmax_cap of them */
-    uint8_t *pack;       /* host scratch of seqs.cap bytes to build a table before staging */
-    int n_sm;            /* streaming multiprocessors, for grid sizing */
-    int attn_chunk;      /* positions per attention softmax chunk (BT_CUDA_ATTN_CHUNK) */
+    bt_cuda_stage_t tau;  /* window_totals temperatures, argmax_cap floats */
+    double *win_totals;   /* window_totals results, argmax_cap of them */
+    uint8_t *pack;        /* host scratch of seqs.cap bytes to build a table before staging */
+    int n_sm;             /* streaming multiprocessors, for grid sizing */
+    int attn_chunk;       /* positions per attention softmax chunk (BT_CUDA_ATTN_CHUNK) */
+    int pdl;              /* 1: GEMVs as programmatic dependent launches (BATON_CUDA_PDL=1) */
+    int64_t pdl_prefetch; /* bytes of a PDL GEMV's weights asked of L2 before its wait */
     /* 1: nondet prefill attention tries attention_fa2.cu first (BATON_CUDA_PREFILL_ATTN=fa2) */
     int prefill_fa2;
     /* penalize_rows tables: ids (argmax_cap rows of BT_PENALTY_MAX int32), their counts
@@ -170,29 +183,29 @@ void bt_cuda_rms_convert_launch(cudaStream_t st, void *dst, int type, const floa
                                 const float *w, int64_t m, int64_t n, float eps);
 
 /* matmul.cu: y[m][w->rows] = x . w^T with the batch-invariant GEMV kernels (any m). */
-void bt_cuda_gemv_launch(cudaStream_t st, float *y, const bt_tensor_t *w, const float *x,
+void bt_cuda_gemv_launch(bt_cuda_launch_t ln, float *y, const bt_tensor_t *w, const float *x,
                          int64_t m);
 /* The fused forms, each the same bits as the plain launches followed by the element-wise op.
  * y[t] = x . w[t]^T for n_w <= BT_CUDA_GEMV_MAX_W weights of one type and column count, in
  * one launch. */
 #define BT_CUDA_GEMV_MAX_W 4
-void bt_cuda_gemv_multi_launch(cudaStream_t st, int n_w, float *const *y,
+void bt_cuda_gemv_multi_launch(bt_cuda_launch_t ln, int n_w, float *const *y,
                                const bt_tensor_t *const *w, const float *x, int64_t m);
 /* y += x . w^T; x must not overlap y. */
-void bt_cuda_gemv_add_launch(cudaStream_t st, float *y, const bt_tensor_t *w, const float *x,
+void bt_cuda_gemv_add_launch(bt_cuda_launch_t ln, float *y, const bt_tensor_t *w, const float *x,
                              int64_t m);
 /* y = silu(x . gate^T) * (x . up^T), gate and up of one type and shape; x must not overlap y. */
-void bt_cuda_gemv_swiglu_launch(cudaStream_t st, float *y, const bt_tensor_t *gate,
+void bt_cuda_gemv_swiglu_launch(bt_cuda_launch_t ln, float *y, const bt_tensor_t *gate,
                                 const bt_tensor_t *up, const float *x, int64_t m);
 /* The multi and swiglu launches on rmsnorm(x, norm, eps) (norm: w's cols floats), which is not
  * written anywhere: the bits of bt_cuda_rmsnorm_launch into a 16-byte aligned buffer followed
  * by the plain launch on it, for every weight with bt_cuda_gemv_rms_exact. A weight without
  * (x or norm not 16-byte aligned, the weight fit for the 16-byte path) takes the scalar path:
  * right values, other bits. */
-void bt_cuda_gemv_rms_multi_launch(cudaStream_t st, int n_w, float *const *y,
+void bt_cuda_gemv_rms_multi_launch(bt_cuda_launch_t ln, int n_w, float *const *y,
                                    const bt_tensor_t *const *w, const float *x, const float *norm,
                                    float eps, int64_t m);
-void bt_cuda_gemv_rms_swiglu_launch(cudaStream_t st, float *y, const bt_tensor_t *gate,
+void bt_cuda_gemv_rms_swiglu_launch(bt_cuda_launch_t ln, float *y, const bt_tensor_t *gate,
                                     const bt_tensor_t *up, const float *x, const float *norm,
                                     float eps, int64_t m);
 /* 1 if w takes the same dot path in the pre-norm launches on x and norm as in the plain ones on

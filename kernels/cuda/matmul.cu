@@ -38,6 +38,7 @@
 
 #include "cuda_impl.h"
 #include "elementwise.cuh"
+#include "launch.cuh"
 
 #define GEMV_WARPS 8 /* weight rows per block */
 #define MAX_GRID_Y 65535
@@ -148,6 +149,10 @@ template <int TYPE> struct vec_dot {
     {
         return dense_row(w, TYPE, j, k);
     }
+    __device__ __forceinline__ int64_t row_bytes(int64_t k) const
+    {
+        return k * (TYPE == BT_TYPE_F32 ? 4 : 2);
+    }
     template <int MT, int NR, bool NORM>
     __device__ __forceinline__ void sums(float (&acc)[NR][MT], const uint8_t *const (&w)[NR],
                                          const float *x, int64_t i0, int mt, int64_t k, int lane,
@@ -205,6 +210,10 @@ struct scalar_dot {
     {
         return dense_row(w, type, j, k);
     }
+    __device__ __forceinline__ int64_t row_bytes(int64_t k) const
+    {
+        return k * (type == BT_TYPE_F32 ? 4 : 2);
+    }
     template <int MT, int NR, bool NORM>
     __device__ __forceinline__ void sums(float (&acc)[NR][MT], const uint8_t *const (&w)[NR],
                                          const float *x, int64_t i0, int mt, int64_t k, int lane,
@@ -233,6 +242,10 @@ struct q8_dot {
     __device__ __forceinline__ const uint8_t *row(const uint8_t *w, int64_t j, int64_t k) const
     {
         return (const uint8_t *)((const bt_block_q8_0_t *)w + j * (k / BT_QK8_0));
+    }
+    __device__ __forceinline__ int64_t row_bytes(int64_t k) const
+    {
+        return k / BT_QK8_0 * (int64_t)sizeof(bt_block_q8_0_t);
     }
     template <int MT, int NR, bool NORM>
     __device__ __forceinline__ void sums(float (&acc)[NR][MT], const uint8_t *const (&w)[NR],
@@ -360,25 +373,43 @@ static __device__ __forceinline__ const float *rms_scales(const float *x, int64_
 /* One warp per global row, up to MT tokens; NR = 2 for EPI_SWIGLU (gate and up rows). A job
  * of one weight runs with NW = 1: the lookup over several weights keeps a few more registers
  * live, which would cost the plain matmul occupancy. NORM: the pre-norm kernel (nm.w set);
- * the whole block computes its tokens' scales before any warp past the last row leaves. */
+ * the whole block computes its tokens' scales before any warp past the last row leaves.
+ *
+ * Launched with PDL (launch.cuh), the blocks whose rows lie in the first prefetch bytes of the
+ * launch's weights (x = 0 only) ask L2 for those rows, which no kernel writes, while the kernel
+ * before it may still run: the rows needed first, and no more than L2 keeps while that kernel
+ * streams its own. Every thread then waits for that kernel before it reads x or writes y. */
 template <class DOT, int MT, int NR, int NW, bool NORM>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32)
     gemv_kernel(DOT dot, gemv_job_t jb, gemv_norm_t nm, const float *x, int64_t m, int64_t k,
-                int64_t row0)
+                int64_t row0, int64_t prefetch)
 {
     const int lane = threadIdx.x % 32;
+    bt_cuda_pdl_trigger();
+    gemv_row_t r;
+    const bool has_row =
+        job_row<NW>(jb, row0 + (int64_t)blockIdx.y * GEMV_WARPS + threadIdx.x / 32, &r);
+    const uint8_t *w[NR];
+    if (has_row) {
+        w[0] = dot.row(r.w, r.j, k);
+        if constexpr (NR == 2)
+            w[1] = dot.row(jb.up, r.j, k);
+        const int64_t bytes = dot.row_bytes(k);
+        if (blockIdx.x == 0 && (int64_t)blockIdx.y * GEMV_WARPS * NR * bytes < prefetch) {
+#pragma unroll
+            for (int q = 0; q < NR; q++)
+                for (int64_t off = (int64_t)lane * 128; off < bytes; off += 32 * 128)
+                    bt_cuda_prefetch_l2(w[q] + off);
+        }
+    }
+    bt_cuda_pdl_wait();
     const float *scale = nullptr;
     if constexpr (NORM)
         scale = rms_scales<MT>(x, m, k, nm.eps);
-    gemv_row_t r;
-    if (!job_row<NW>(jb, row0 + (int64_t)blockIdx.y * GEMV_WARPS + threadIdx.x / 32, &r))
+    if (!has_row)
         return;
     const int64_t i0 = (int64_t)blockIdx.x * MT;
     const int mt = m - i0 < MT ? (int)(m - i0) : MT;
-    const uint8_t *w[NR];
-    w[0] = dot.row(r.w, r.j, k);
-    if constexpr (NR == 2)
-        w[1] = dot.row(jb.up, r.j, k);
     float acc[NR][MT];
 #pragma unroll
     for (int q = 0; q < NR; q++)
@@ -434,7 +465,7 @@ extern "C" int bt_cuda_gemv_rms_exact(const bt_tensor_t *w, const float *x, cons
 }
 
 template <class DOT, int MT, int NR, int NW, bool NORM>
-static void launch_rows(cudaStream_t st, DOT dot, const gemv_job_t &jb, gemv_norm_t nm,
+static void launch_rows(const bt_cuda_launch_t &ln, DOT dot, const gemv_job_t &jb, gemv_norm_t nm,
                         const float *x, int64_t m, int64_t k)
 {
     const int64_t n = jb.end[jb.n_w - 1];
@@ -444,57 +475,58 @@ static void launch_rows(cudaStream_t st, DOT dot, const gemv_job_t &jb, gemv_nor
     for (int64_t row0 = 0; row0 < n; row0 += rows_per_launch) {
         const int64_t nr = n - row0 < rows_per_launch ? n - row0 : rows_per_launch;
         const dim3 grid((unsigned)gx, (unsigned)((nr + GEMV_WARPS - 1) / GEMV_WARPS));
-        gemv_kernel<DOT, MT, NR, NW, NORM><<<grid, block, 0, st>>>(dot, jb, nm, x, m, k, row0);
+        bt_cuda_launch(ln, gemv_kernel<DOT, MT, NR, NW, NORM>, grid, block, 0, dot, jb, nm, x, m, k,
+                       row0, ln.pdl ? ln.prefetch_bytes : (int64_t)0);
         BT_CUDA_CHECK(cudaGetLastError());
     }
 }
 
 template <int MT, int NR, int NW, bool NORM>
-static void launch_path(cudaStream_t st, const gemv_job_t &jb, gemv_norm_t nm, int type, int path,
-                        const float *x, int64_t m, int64_t k)
+static void launch_path(const bt_cuda_launch_t &ln, const gemv_job_t &jb, gemv_norm_t nm, int type,
+                        int path, const float *x, int64_t m, int64_t k)
 {
     if (path == PATH_Q8) {
-        launch_rows<q8_dot, MT, NR, NW, NORM>(st, q8_dot{}, jb, nm, x, m, k);
+        launch_rows<q8_dot, MT, NR, NW, NORM>(ln, q8_dot{}, jb, nm, x, m, k);
     } else if (path == PATH_SCALAR) {
-        launch_rows<scalar_dot, MT, NR, NW, NORM>(st, scalar_dot{type}, jb, nm, x, m, k);
+        launch_rows<scalar_dot, MT, NR, NW, NORM>(ln, scalar_dot{type}, jb, nm, x, m, k);
     } else if (type == BT_TYPE_BF16) {
         using D = vec_dot<BT_TYPE_BF16>;
-        launch_rows<D, MT, NR, NW, NORM>(st, D{}, jb, nm, x, m, k);
+        launch_rows<D, MT, NR, NW, NORM>(ln, D{}, jb, nm, x, m, k);
     } else if (type == BT_TYPE_F16) {
         using D = vec_dot<BT_TYPE_F16>;
-        launch_rows<D, MT, NR, NW, NORM>(st, D{}, jb, nm, x, m, k);
+        launch_rows<D, MT, NR, NW, NORM>(ln, D{}, jb, nm, x, m, k);
     } else {
         using D = vec_dot<BT_TYPE_F32>;
-        launch_rows<D, MT, NR, NW, NORM>(st, D{}, jb, nm, x, m, k);
+        launch_rows<D, MT, NR, NW, NORM>(ln, D{}, jb, nm, x, m, k);
     }
 }
 
 template <int NR, int NW, bool NORM>
-static void launch_mt(cudaStream_t st, const gemv_job_t &jb, gemv_norm_t nm, int type, int path,
-                      const float *x, int64_t m, int64_t k)
+static void launch_mt(const bt_cuda_launch_t &ln, const gemv_job_t &jb, gemv_norm_t nm, int type,
+                      int path, const float *x, int64_t m, int64_t k)
 {
     if (m >= 8)
-        launch_path<8, NR, NW, NORM>(st, jb, nm, type, path, x, m, k);
+        launch_path<8, NR, NW, NORM>(ln, jb, nm, type, path, x, m, k);
     else if (m >= 4)
-        launch_path<4, NR, NW, NORM>(st, jb, nm, type, path, x, m, k);
+        launch_path<4, NR, NW, NORM>(ln, jb, nm, type, path, x, m, k);
     else if (m >= 2)
-        launch_path<2, NR, NW, NORM>(st, jb, nm, type, path, x, m, k);
+        launch_path<2, NR, NW, NORM>(ln, jb, nm, type, path, x, m, k);
     else
-        launch_path<1, NR, NW, NORM>(st, jb, nm, type, path, x, m, k);
+        launch_path<1, NR, NW, NORM>(ln, jb, nm, type, path, x, m, k);
 }
 
 /* Runs a job whose weights are all of one type, k and path, on rmsnorm(x) when nm.w is set;
  * nothing for no rows. */
 template <int NR, int NW>
-static void launch_job(cudaStream_t st, const gemv_job_t &jb, gemv_norm_t nm, int type, int path,
-                       const float *x, int64_t m, int64_t k)
+static void launch_job(const bt_cuda_launch_t &ln, const gemv_job_t &jb, gemv_norm_t nm, int type,
+                       int path, const float *x, int64_t m, int64_t k)
 {
     if (m <= 0 || jb.n_w <= 0 || jb.end[jb.n_w - 1] <= 0)
         return;
     if (nm.w)
-        launch_mt<NR, NW, true>(st, jb, nm, type, path, x, m, k);
+        launch_mt<NR, NW, true>(ln, jb, nm, type, path, x, m, k);
     else
-        launch_mt<NR, NW, false>(st, jb, nm, type, path, x, m, k);
+        launch_mt<NR, NW, false>(ln, jb, nm, type, path, x, m, k);
 }
 
 /* A job of one weight. */
@@ -511,23 +543,23 @@ static gemv_job_t job_one(float *y, const bt_tensor_t *w, int epi)
 
 static const gemv_norm_t no_norm = {NULL, 0.0f};
 
-static void gemv_one(cudaStream_t st, float *y, const bt_tensor_t *w, const float *x, int64_t m,
-                     int epi, gemv_norm_t nm)
+static void gemv_one(const bt_cuda_launch_t &ln, float *y, const bt_tensor_t *w, const float *x,
+                     int64_t m, int epi, gemv_norm_t nm)
 {
-    launch_job<1, 1>(st, job_one(y, w, epi), nm, w->type, gemv_path(w, x, nm.w), x, m, w->cols);
+    launch_job<1, 1>(ln, job_one(y, w, epi), nm, w->type, gemv_path(w, x, nm.w), x, m, w->cols);
 }
 
-extern "C" void bt_cuda_gemv_launch(cudaStream_t st, float *y, const bt_tensor_t *w, const float *x,
-                                    int64_t m)
+extern "C" void bt_cuda_gemv_launch(bt_cuda_launch_t ln, float *y, const bt_tensor_t *w,
+                                    const float *x, int64_t m)
 {
-    gemv_one(st, y, w, x, m, EPI_STORE, no_norm);
+    gemv_one(ln, y, w, x, m, EPI_STORE, no_norm);
 }
 
 /* One launch when every weight takes the same path; a weight whose alignment sends it down
  * another path than the rest runs alone, so that each weight gets the bits its own matmul
  * would. */
-static void gemv_multi(cudaStream_t st, int n_w, float *const *y, const bt_tensor_t *const *w,
-                       const float *x, int64_t m, gemv_norm_t nm)
+static void gemv_multi(const bt_cuda_launch_t &ln, int n_w, float *const *y,
+                       const bt_tensor_t *const *w, const float *x, int64_t m, gemv_norm_t nm)
 {
     if (n_w <= 0)
         return;
@@ -540,7 +572,7 @@ static void gemv_multi(cudaStream_t st, int n_w, float *const *y, const bt_tenso
     }
     if (!same) {
         for (int t = 0; t < n_w; t++)
-            gemv_one(st, y[t], w[t], x, m, EPI_STORE, nm);
+            gemv_one(ln, y[t], w[t], x, m, EPI_STORE, nm);
         return;
     }
     gemv_job_t jb = {};
@@ -554,58 +586,59 @@ static void gemv_multi(cudaStream_t st, int n_w, float *const *y, const bt_tenso
     jb.n_w = n_w;
     jb.epi = EPI_STORE;
     if (n_w == 1)
-        launch_job<1, 1>(st, jb, nm, w[0]->type, path, x, m, w[0]->cols);
+        launch_job<1, 1>(ln, jb, nm, w[0]->type, path, x, m, w[0]->cols);
     else
-        launch_job<1, GEMV_MAX_W>(st, jb, nm, w[0]->type, path, x, m, w[0]->cols);
+        launch_job<1, GEMV_MAX_W>(ln, jb, nm, w[0]->type, path, x, m, w[0]->cols);
 }
 
-extern "C" void bt_cuda_gemv_multi_launch(cudaStream_t st, int n_w, float *const *y,
+extern "C" void bt_cuda_gemv_multi_launch(bt_cuda_launch_t ln, int n_w, float *const *y,
                                           const bt_tensor_t *const *w, const float *x, int64_t m)
 {
-    gemv_multi(st, n_w, y, w, x, m, no_norm);
+    gemv_multi(ln, n_w, y, w, x, m, no_norm);
 }
 
-extern "C" void bt_cuda_gemv_rms_multi_launch(cudaStream_t st, int n_w, float *const *y,
+extern "C" void bt_cuda_gemv_rms_multi_launch(bt_cuda_launch_t ln, int n_w, float *const *y,
                                               const bt_tensor_t *const *w, const float *x,
                                               const float *norm, float eps, int64_t m)
 {
     assert(norm);
-    gemv_multi(st, n_w, y, w, x, m, gemv_norm_t{norm, eps});
+    gemv_multi(ln, n_w, y, w, x, m, gemv_norm_t{norm, eps});
 }
 
-extern "C" void bt_cuda_gemv_add_launch(cudaStream_t st, float *y, const bt_tensor_t *w,
+extern "C" void bt_cuda_gemv_add_launch(bt_cuda_launch_t ln, float *y, const bt_tensor_t *w,
                                         const float *x, int64_t m)
 {
-    gemv_one(st, y, w, x, m, EPI_ADD, no_norm);
+    gemv_one(ln, y, w, x, m, EPI_ADD, no_norm);
 }
 
 /* Gate and up rows in one warp when both take the same path; otherwise (their alignments
  * differ) the gate's product goes to y first and the up launch applies swiglu to it. */
-static void gemv_swiglu(cudaStream_t st, float *y, const bt_tensor_t *gate, const bt_tensor_t *up,
-                        const float *x, int64_t m, gemv_norm_t nm)
+static void gemv_swiglu(const bt_cuda_launch_t &ln, float *y, const bt_tensor_t *gate,
+                        const bt_tensor_t *up, const float *x, int64_t m, gemv_norm_t nm)
 {
     assert(gate->type == up->type && gate->rows == up->rows && gate->cols == up->cols);
     const int path = gemv_path(gate, x, nm.w);
     if (gemv_path(up, x, nm.w) != path) {
-        gemv_one(st, y, gate, x, m, EPI_STORE, nm);
-        gemv_one(st, y, up, x, m, EPI_SILU_MUL, nm);
+        gemv_one(ln, y, gate, x, m, EPI_STORE, nm);
+        gemv_one(ln, y, up, x, m, EPI_SILU_MUL, nm);
         return;
     }
     gemv_job_t jb = job_one(y, gate, EPI_SWIGLU);
     jb.up = (const uint8_t *)up->data;
-    launch_job<2, 1>(st, jb, nm, gate->type, path, x, m, gate->cols);
+    launch_job<2, 1>(ln, jb, nm, gate->type, path, x, m, gate->cols);
 }
 
-extern "C" void bt_cuda_gemv_swiglu_launch(cudaStream_t st, float *y, const bt_tensor_t *gate,
+extern "C" void bt_cuda_gemv_swiglu_launch(bt_cuda_launch_t ln, float *y, const bt_tensor_t *gate,
                                            const bt_tensor_t *up, const float *x, int64_t m)
 {
-    gemv_swiglu(st, y, gate, up, x, m, no_norm);
+    gemv_swiglu(ln, y, gate, up, x, m, no_norm);
 }
 
-extern "C" void bt_cuda_gemv_rms_swiglu_launch(cudaStream_t st, float *y, const bt_tensor_t *gate,
-                                               const bt_tensor_t *up, const float *x,
-                                               const float *norm, float eps, int64_t m)
+extern "C" void bt_cuda_gemv_rms_swiglu_launch(bt_cuda_launch_t ln, float *y,
+                                               const bt_tensor_t *gate, const bt_tensor_t *up,
+                                               const float *x, const float *norm, float eps,
+                                               int64_t m)
 {
     assert(norm);
-    gemv_swiglu(st, y, gate, up, x, m, gemv_norm_t{norm, eps});
+    gemv_swiglu(ln, y, gate, up, x, m, gemv_norm_t{norm, eps});
 }

@@ -193,7 +193,11 @@ static int step_totals(int step)
  * batch's attention bucket changes during the run, the rest spread out. */
 static const int32_t g_prompt[G_MAX_SEQS] = {5, 130, 235, 250, 17, 64, 200, 255, 1, 99, 180, 240};
 
-static void graph_side_open(rig_t *r, graph_side_t *g, int graphs, int nondet, int n_seqs)
+/* How a side's backend launches: CUDA graphs of decode steps, and programmatic dependent
+ * launches of its GEMVs (BATON_CUDA_PDL). */
+enum { SIDE_GRAPHS = 1, SIDE_PDL = 2 };
+
+static void graph_side_open(rig_t *r, graph_side_t *g, int mode, int nondet, int n_seqs)
 {
     memset(g, 0, sizeof *g);
     bt_engine_params_t ep = {
@@ -204,9 +208,12 @@ static void graph_side_open(rig_t *r, graph_side_t *g, int graphs, int nondet, i
         .kv_budget_bytes = 16 * 320 * bt_model_kv_bytes_per_token(&r->m->hp, BT_TYPE_BF16),
         .nondeterministic = nondet,
     };
-    setenv("BATON_CUDA_GRAPHS", graphs ? "2" : "0", 1); /* 2: a replay mismatch aborts */
+    /* 2: a replay mismatch aborts */
+    setenv("BATON_CUDA_GRAPHS", mode & SIDE_GRAPHS ? "2" : "0", 1);
+    setenv("BATON_CUDA_PDL", mode & SIDE_PDL ? "1" : "0", 1);
     int st = bt_engine_create(r->m, &ep, &g->e);
     unsetenv("BATON_CUDA_GRAPHS");
+    unsetenv("BATON_CUDA_PDL");
     assert_int_equal(st, BT_OK);
     g->logits = malloc((size_t)G_MAX_SEQS * r->n_vocab * sizeof(float));
     assert_non_null(g->logits);
@@ -251,16 +258,17 @@ static void graph_side_step(graph_side_t *g, const int *use, int n, int step)
     assert_int_equal(st, BT_OK);
 }
 
-/* The same decode run, every step compared bit for bit, on an engine with CUDA graphs and on
- * one without: G_STEPS steps of n_seqs sequences (every fourth step only the even ones, so
- * keys change and come back), logits, greedy ids and top-k candidates in turn (every other
- * time the best BT_TOPK_MAX with window totals, checked against the host's total of the row
- * read back); graphs are captured on the first step of each key and replayed after. */
-static void check_graphs_match_eager(rig_t *r, int nondet, int n_seqs)
+/* The same decode run, every step compared bit for bit, on an engine launching as mode says
+ * (CUDA graphs, PDL) and on one with plain launches op by op: G_STEPS steps of n_seqs
+ * sequences (every fourth step only the even ones, so keys change and come back), logits,
+ * greedy ids and top-k candidates in turn (every other time the best BT_TOPK_MAX with window
+ * totals, checked against the host's total of the row read back); graphs are captured on the
+ * first step of each key and replayed after. */
+static void check_graphs_match_eager(rig_t *r, int mode, int nondet, int n_seqs)
 {
     graph_side_t eager, graphs;
     graph_side_open(r, &eager, 0, nondet, n_seqs);
-    graph_side_open(r, &graphs, 1, nondet, n_seqs);
+    graph_side_open(r, &graphs, mode, nondet, n_seqs);
     for (int step = 0; step < G_STEPS; step++) {
         int use[G_MAX_SEQS], n = 0;
         for (int s = 0; s < n_seqs; s++)
@@ -293,8 +301,10 @@ static void check_graphs_match_eager(rig_t *r, int nondet, int n_seqs)
             }
         }
     }
-    printf("%s: %d graph decode steps of %d sequences%s match op by op\n", r->m->hp.name, G_STEPS,
-           n_seqs, nondet ? " (nondeterministic)" : "");
+    printf("%s: %d decode steps of %d sequences%s%s%s match plain launches op by op\n",
+           r->m->hp.name, G_STEPS, n_seqs, nondet ? " (nondeterministic)" : "",
+           mode & SIDE_GRAPHS ? ", as graphs" : "",
+           mode & SIDE_PDL ? ", GEMVs launched with PDL" : "");
     graph_side_close(&graphs, n_seqs);
     graph_side_close(&eager, n_seqs);
 }
@@ -364,11 +374,20 @@ static void test_cuda_engine_matches_cpu(void **state)
 }
 
 /* Deterministic with 4 sequences (GEMV matmuls); with nondeterministic and 12 sequences the
- * matmuls of the step go to cuBLAS inside the graph. */
+ * matmuls of the step go to cuBLAS inside the graph. Then the GEMVs as programmatic dependent
+ * launches, in graphs (PDL edges) and op by op: the same bits as plain launches, which a GEMV
+ * that read its input before the kernel writing it had finished would not give. An emulated
+ * device runs launches one after another, PDL or not, so there they would repeat the first. */
 static void check_graphs(rig_t *r)
 {
-    check_graphs_match_eager(r, 0, 4);
-    check_graphs_match_eager(r, 1, G_MAX_SEQS);
+    check_graphs_match_eager(r, SIDE_GRAPHS, 0, 4);
+    check_graphs_match_eager(r, SIDE_GRAPHS, 1, G_MAX_SEQS);
+    if (getenv("BATON_CUDA_EMULATED")) {
+        printf("%s: PDL steps not compared (emulated device)\n", r->m->hp.name);
+        return;
+    }
+    check_graphs_match_eager(r, SIDE_GRAPHS | SIDE_PDL, 0, 4);
+    check_graphs_match_eager(r, SIDE_PDL, 0, 4);
 }
 
 static void test_cuda_engine_graphs_match_eager(void **state)
