@@ -497,6 +497,10 @@ static void on_pair_command(bt_worker_t *w, const bt_rpc_msg_t *m)
         Baton__AssignReply r = BATON__ASSIGN_REPLY__INIT;
         r.part = BATON__ROLE__PAIR;
         send_msg(w, BATON__METHOD__ASSIGN_REPLY, rid, st, why, &r.base);
+        /* The router takes the refusal as "nothing here" and will not end the replica: end it
+         * now (its DONE is ignored there). */
+        if (v == INFLIGHT)
+            on_abort(w, rid, BT_ERR_CANCELLED);
     }
 }
 

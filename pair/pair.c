@@ -749,10 +749,22 @@ bad:
 static void pr_resume(bt_pair_t *pr, bt_worker_t *w, const bt_cmd_t *c)
 {
     rep_t *r = bt_reqtable_get(&pr->reps, c->request_id);
+    if (r && r->n_resume && !r->abort_status) {
+        /* a second RESUME: the first one's reply answers it (an error here would make the
+         * worker forget a request that goes on) */
+        bt_warn("req %llu: RESUME again; the first one goes on", (unsigned long long)c->request_id);
+        bt_free(c->ids);
+        return;
+    }
     if (!r || r->abort_status || r->n_resume || c->n_ids > r->req->max_ctx - r->req->n_prompt) {
         bt_free(c->ids);
-        /* an ASSIGN_REPLY error means "nothing in flight here": drop the replica with it */
-        if (r && !r->n_resume && !(r->posted && !r->complete)) {
+        /* An ASSIGN_REPLY error means "nothing in flight here" (the worker forgets the id, and
+         * so would drop a later ABORT): drop the replica with it. One whose KV is still arriving
+         * ends when its receive does, with a DONE the router ignores. */
+        if (r && !r->abort_status && r->posted && !r->complete) {
+            r->abort_status = BT_ERR_CANCELLED;
+            pm_emit(w, pm_new(PM_CANCEL_POST, c->request_id, 0, 0));
+        } else if (r && !r->abort_status) {
             bt_reqtable_del(&pr->reps, c->request_id);
             rep_free(pr, r);
         }

@@ -342,11 +342,24 @@ static void on_done(router_t *r, bt_rpc_msg_t *m, router_instance_t *inst)
     router_release_transient(r, body);
 }
 
+/* HANDOFF: the owner stopped decoding and keeps the request's KV as a replica. From a member
+ * that the router does not hold as the request's owner, or as its replica's holder (the
+ * request is over, or was failed over without it), nothing will ever end that replica: it
+ * gets an ABORT at once. */
 static void on_handoff(router_t *r, bt_rpc_msg_t *m, router_instance_t *inst)
 {
     router_request_t *rq = router_reqtable_by_id(r->table, m->hdr.request_id);
-    if (!rq || !rq->pair || !inst || rq->decode.inst != inst || rq->decode.done)
+    if (!inst)
         return;
+    if (!rq || !rq->pair || rq->decode.inst != inst || rq->decode.done) {
+        if (!rq || part_of(rq, inst) != &rq->prefill || rq->prefill.done) {
+            bt_info("req %llu: hand-off from %s, which the router does not hold as the owner; "
+                    "its replica is ABORTed",
+                    (unsigned long long)m->hdr.request_id, inst->name);
+            router_send_instance(r, inst, BATON__METHOD__ABORT, m->hdr.request_id, NULL);
+        }
+        return;
+    }
     ProtobufCMessage *body = router_unpack_transient(r, m);
     if (!body) {
         bt_rpc_zreply_error(r->cluster, m, BT_ERR_FORMAT, "handoff does not parse");

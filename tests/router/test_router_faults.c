@@ -6,7 +6,8 @@
  * its decode peer cannot reach (avoided by the failover), a pair owner whose connection is gone
  * (avoided without a failover), RESET on registration (a written-off daemon that comes back drops
  * what it holds), requests a daemon holds that the router does not place there (ABORTed), a
- * stream lost after its DONE (run again), refusals with the contract's error
+ * pair hand-off and hand-offs from members that do not own the request (ABORTed), a stream
+ * lost after its DONE (run again), refusals with the contract's error
  * codes, a full queue, malformed and unknown messages from both sides (answered, and the router
  * keeps serving), late messages for finished requests, connections that break the wire
  * protocol itself, and the SIGTERM drain.
@@ -390,6 +391,73 @@ static void test_faults_held_requests_the_router_does_not_know_are_aborted(void 
     rt_assign_reply(x, id2, BATON__ROLE__COLOCATED, 0);
     finish_colocated(c, x, cl, id2, 32);
     free(big);
+}
+
+/* The next ABORT to d, skipping anything else, is of id. */
+static void expect_abort_of(rt_cluster_t *c, rt_daemon_t *d, uint64_t id)
+{
+    bt_rpc_msg_t m;
+    assert_int_equal(rt_expect(c, d->sock, BATON__METHOD__ABORT, &m, WAIT_MS, NULL), 0);
+    assert_int_equal(m.hdr.request_id, id);
+    bt_rpc_msg_fini(&m);
+}
+
+static void send_handoff(rt_daemon_t *d, uint64_t id, uint32_t n_tokens)
+{
+    Baton__Handoff h = BATON__HANDOFF__INIT;
+    h.n_output_tokens = n_tokens;
+    assert_int_equal(rt_send(d->sock, BATON__METHOD__HANDOFF, id, 0, &h.base), 0);
+}
+
+/* A pair owner that hands off keeps the KV as the replica, and the holder resumes. A hand-off
+ * from a member the router does not hold as the owner (the request is over, or was never
+ * there) would leave a replica nothing ever ends: it is ABORTed at once. */
+static void test_faults_handoff_from_a_non_owner_is_aborted(void **state)
+{
+    rt_cluster_t *c = start(state, NULL);
+    rt_daemon_t *a = rt_pair_add(c, "pa", "pb", BATON__ROLE__PREFILL);
+    rt_daemon_t *b = rt_pair_add(c, "pb", "pa", BATON__ROLE__DECODE);
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 2, WAIT_MS), 0);
+    assert_int_equal(rt_generate(cl, 41, prompt, 3, 3), 0);
+    uint64_t id, id_owner;
+    Baton__Assignment *as = next_assign(c, b, BATON__ROLE__PAIR, &id);
+    assert_true(as->replica);
+    baton__assignment__free_unpacked(as, NULL);
+    rt_assign_reply(b, id, BATON__ROLE__PAIR, 0);
+    as = next_assign(c, a, BATON__ROLE__PAIR, &id_owner);
+    assert_false(as->replica);
+    baton__assignment__free_unpacked(as, NULL);
+    assert_int_equal(id_owner, id);
+    rt_assign_reply(a, id, BATON__ROLE__PAIR, 0);
+    int32_t t[3] = {4, 5, 6};
+    rt_chunk(a, BATON__METHOD__FIRST_TOKEN, id, 0, t, 1);
+    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 41, 0), NULL);
+
+    /* The owner hands off: the holder is told to resume after the one token. */
+    send_handoff(a, id, 1);
+    bt_rpc_msg_t m;
+    assert_int_equal(rt_expect(c, b->sock, BATON__METHOD__RESUME, &m, WAIT_MS, NULL), 0);
+    assert_int_equal(m.hdr.request_id, id);
+    Baton__Resume *res = rt_body(&m);
+    assert_int_equal(res->n_output_ids, 1);
+    baton__resume__free_unpacked(res, NULL);
+    bt_rpc_msg_fini(&m);
+    rt_assign_reply(b, id, BATON__ROLE__PAIR, 0);
+    rt_chunk(b, BATON__METHOD__STREAM, id, 1, t + 1, 2);
+    rt_done(b, id, BATON__ROLE__PAIR, BATON__FINISH_REASON__FINISH_LENGTH, 3, NULL, 0);
+    expect_abort_of(c, a, id); /* pa's replica is not needed any more */
+    baton__token_chunk__free_unpacked(expect_client(c, cl, BATON__METHOD__TOKENS, 41, 0), NULL);
+    Baton__GenerateResult *r = expect_client(c, cl, BATON__METHOD__RESULT, 41, 0);
+    assert_int_equal(r->n_ids, 3);
+    assert_string_equal(r->decode_instance, "pb");
+    baton__generate_result__free_unpacked(r, NULL);
+
+    /* A late hand-off of the finished request, and one of an id never given out. */
+    send_handoff(a, id, 2);
+    expect_abort_of(c, a, id);
+    send_handoff(b, id + 777, 1);
+    expect_abort_of(c, b, id + 777);
 }
 
 /* The daemon says DONE but its tokens never come (lost on the way): past the finish grace the
@@ -822,6 +890,7 @@ int main(void)
         cmocka_unit_test_teardown(test_faults_revived_instance_is_reset, teardown),
         cmocka_unit_test_teardown(test_faults_held_requests_the_router_does_not_know_are_aborted,
                                   teardown),
+        cmocka_unit_test_teardown(test_faults_handoff_from_a_non_owner_is_aborted, teardown),
         cmocka_unit_test_teardown(test_faults_lost_stream_runs_again, teardown),
         cmocka_unit_test_teardown(test_faults_limits_answer_with_error_codes, teardown),
         cmocka_unit_test_teardown(test_faults_queue_bound_and_queue_timeout, teardown),

@@ -6,7 +6,8 @@
  * prefill continues on the partner's replica); roles switch under bursty load with no token
  * dropped or repeated; kill -9 of the member that decodes lets every one of its requests
  * continue on the partner's replica (RESUMED, no new prefill) with the same tokens; a holder
- * stopped until the router wrote it off lets go of every replica when it comes back (RESET).
+ * stopped until the router wrote it off lets go of every replica when it comes back (RESET); a
+ * RESUME the member refuses ends what it held of the request.
  */
 // ctest-labels: integration
 #include "testutil.h"
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include "baton_client.h"
+#include "common/status.h"
 #include "servetest.h"
 
 typedef struct {
@@ -397,6 +399,79 @@ static void test_pairs_revived_holder_lets_go_of_its_replicas(void **state)
     assert_int_equal(stopped, 0);
 }
 
+static int two_replies(fake_router_t *r, void *arg)
+{
+    return fake_router_req(r, *(uint64_t *)arg)->replied >= 2;
+}
+
+static int holds_nothing(fake_router_t *r, void *arg)
+{
+    fake_inst_t *in = fake_router_inst(r, arg);
+    return in && in->last && in->last->n_held == 0 && in->last->running == 0 &&
+           in->last->kv_total_blocks > 0 && in->last->kv_free_blocks == in->last->kv_total_blocks;
+}
+
+/* A RESUME the daemon refuses (here: no tokens in it) is an error reply, which the router takes
+ * as "nothing of the request here" and fails it over: the member must not go on holding the
+ * request, or nothing would ever end it. A pair member alone under a fake router, its partner
+ * never there. */
+static void test_pairs_refused_resume_ends_what_is_held(void **state)
+{
+    pair_fixture_t *f = *state;
+    need_pair();
+    fake_router_t r;
+    assert_int_equal(fake_router_open(&r), 0);
+    char id[64];
+    snprintf(id, sizeof id, "pair-alone-%d", (int)getpid());
+    const char *argv[] = {BATON_BINARY_DIR "/bin/baton-pair",
+                          "--model",
+                          f->m15,
+                          "--router",
+                          r.endpoint,
+                          "--id",
+                          id,
+                          "--partner",
+                          "pair-nobody",
+                          "--threads",
+                          "1",
+                          "--heartbeat-ms",
+                          "50",
+                          "--kv-mem",
+                          "64M",
+                          "--ctx",
+                          "2048",
+                          "--log-level",
+                          "debug",
+                          NULL};
+    bt_proc_t proc;
+    assert_int_equal(bt_proc_start(&proc, (char *const *)argv), 0);
+    if (!fake_router_wait_heartbeats(&r, id, 1, 20000))
+        bt_proc_dump_log(&proc);
+    r.ignore_eos = 1;
+    int32_t prompt[16];
+    bt_test_prompt(3, 16, 32000, prompt);
+    uint64_t rid = 7;
+    assert_int_equal(fake_router_assign(&r, id, rid, BATON__ROLE__PAIR, prompt, 16, 2000, 0), 0);
+    for (uint64_t end = bt_test_now_ms() + 30000;
+         fake_router_req(&r, rid)->n_ids < 2 && bt_test_now_ms() < end;)
+        fake_router_poll(&r, 50);
+    assert_true(fake_router_req(&r, rid)->n_ids >= 2);
+    Baton__Resume res = BATON__RESUME__INIT; /* no tokens: refused */
+    assert_int_equal(fake_router_send(&r, id, BATON__METHOD__RESUME, rid, &res.base), 0);
+    assert_true(fake_router_wait(&r, two_replies, &rid, 10000));
+    fake_req_t *q = fake_router_req(&r, rid);
+    assert_int_equal(q->reply_status, BT_ERR_RANGE);
+    assert_true(fake_router_wait_done(&r, rid, 10000));
+    assert_int_equal(q->finish, BATON__FINISH_REASON__FINISH_CANCELLED);
+    assert_true(q->n_ids < 2000);
+    int ok = fake_router_wait(&r, holds_nothing, id, 10000);
+    if (!ok)
+        bt_proc_dump_log(&proc);
+    assert_true(ok);
+    bt_proc_kill(&proc);
+    fake_router_close(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -404,6 +479,7 @@ int main(void)
         cmocka_unit_test(test_pairs_role_switch_under_load),
         cmocka_unit_test(test_pairs_kill_owner_mid_stream),
         cmocka_unit_test(test_pairs_revived_holder_lets_go_of_its_replicas),
+        cmocka_unit_test(test_pairs_refused_resume_ends_what_is_held),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
