@@ -84,14 +84,16 @@ typedef enum {
                               process (a new incarnation) */
     ROUTER_HB_REVIVED,     /* back after being declared dead, the same process: it may still
                               hold what was failed over meanwhile */
-    ROUTER_HB_RESTARTED,   /* alive, but its incarnation changed: what it had is lost */
+    ROUTER_HB_RESTARTED,   /* alive, but its incarnation changed: what it had is lost, and
+                              what was sent to its id meanwhile may have reached the new one */
 } router_hb_event_t;
 
 /* Registers or refreshes the sender of a heartbeat. BT_ERR_NOSPACE when the table is full,
  * BT_ERR_INVAL for a heartbeat without a role; the record otherwise (*out) and what happened
  * (*ev). An instance that comes back after being declared dead is alive again; the requests it
  * had were failed over already, so nothing it sends about them is used. On RESTARTED the
- * caller fails over the requests it had, as for a dead instance. */
+ * caller fails over the requests it had, as for a dead instance. On every event but REFRESH the
+ * caller tells the instance to drop whatever it holds (RESET). */
 int router_instances_heartbeat(router_instances_t *set, const uint8_t *ident, size_t ident_len,
                                const Baton__Heartbeat *hb, uint64_t now_ms, router_instance_t **out,
                                router_hb_event_t *ev);

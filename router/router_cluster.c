@@ -162,7 +162,7 @@ static void on_heartbeat(router_t *r, bt_rpc_msg_t *m)
     router_hb_event_t ev;
     int st = router_instances_heartbeat(r->inst, m->route.id[0], m->route.len[0],
                                         (Baton__Heartbeat *)body, r->now_ms, &inst, &ev);
-    if (st == BT_OK && (ev == ROUTER_HB_REFRESH || ev == ROUTER_HB_RESTARTED)) {
+    if (st == BT_OK && ev == ROUTER_HB_REFRESH) {
         const Baton__Heartbeat *hb = (const Baton__Heartbeat *)body;
         reconcile(r, inst, hb->held, hb->n_held);
     } else if (st == BT_OK) { /* the RESET below drops all it holds */
@@ -177,13 +177,16 @@ static void on_heartbeat(router_t *r, bt_rpc_msg_t *m)
         bt_warn("heartbeat refused: %s (raise --max-instances?)", bt_status_str(st));
         return;
     }
-    if (ev == ROUTER_HB_RESTARTED)
-        router_on_instance_lost(r, inst);
     /* Whatever a (re)registered instance holds, the router knows nothing of it any more (it
      * was failed over, or the router restarted): the instance drops it, before anything new
-     * is placed there. An instance written off long enough ago is not even remembered. */
-    if (ev == ROUTER_HB_NEW || ev == ROUTER_HB_REVIVED)
+     * is placed there. An instance written off long enough ago is not even remembered. A
+     * restarted one (a new incarnation) may hold what was sent to its id between its start
+     * and this first heartbeat, meant for the process before it, whose requests are failed
+     * over just below: the RESET goes first, so that a failover placed back on it survives. */
+    if (ev == ROUTER_HB_NEW || ev == ROUTER_HB_REVIVED || ev == ROUTER_HB_RESTARTED)
         router_send_instance(r, inst, BATON__METHOD__RESET, 0, NULL);
+    if (ev == ROUTER_HB_RESTARTED)
+        router_on_instance_lost(r, inst);
     if (r->queue.n)
         r->queue_dirty = 1;
 }
