@@ -44,7 +44,7 @@ static __device__ __forceinline__ void bt_cuda_pdl_trigger(void)
 static __device__ __forceinline__ void bt_cuda_prefetch_l2(const void *p)
 {
 #if !defined(BATON_CUDAEMU) && defined(__CUDA_ARCH__)
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+    asm volatile("prefetch.L2 [%0];" ::"l"(p)); /* generic address */
 #else
     (void)p;
 #endif
