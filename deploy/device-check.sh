@@ -12,7 +12,9 @@
 # deploy/device-prep.sh (for a GPU machine without ZeroMQ, protobuf-c, UCX or cmocka
 # development packages) and builds nothing.
 #
-# BATON_NO_PEER=1 skips the PyTorch/transformers peer (its longest step) when time is short.
+# BATON_NO_PEER=1 skips the PyTorch/transformers peer (its longest step) when time is short;
+# BATON_NO_EXPERIMENTS=1 skips the experiments (settings measured to choose defaults: attention
+# chunks, programmatic dependent launches, the FlashAttention-2 prefill) and the kernel profiles.
 # BATON_VALIDATE="cuda cpu-1p1d" (any of deploy/validate-check.sh's clusters) also compares the
 # simulator with clusters served on this machine, after everything else (some 2 - 4 minutes per
 # cluster); with BATON_VALIDATE_ONLY=1 it does only that (a second call, say).
@@ -21,7 +23,7 @@
 # library (and what needs it) is not configured; without cmocka the tests are skipped and only
 # the benchmarks run; without PyTorch the peer figures are skipped.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 BUILD=${BATON_GPU_BUILD:-build-gpu}
 RESULTS=${OUT:-$BUILD/results}
 JOBS=$(nproc)
@@ -134,6 +136,7 @@ echo "(deterministic mode, decode only)"
 timeout 60 "$BUILD/bin/baton-bench-cuda" --model "$MODEL" --deterministic --batches 1,16,64 \
     --ctx 512 --prefills 512 --reps 1 --json "$RESULTS/baton-deterministic.json" || true
 
+if [ -z "${BATON_NO_EXPERIMENTS:-}" ]; then
 step "experiment: attention chunks of 64 positions (BATON_CUDA_ATTN_CHUNK=64), decode only"
 # Chunks are how many blocks a decode row's attention spreads over: 3 per KV head at context
 # 512 with the default 256, against 9 with 64. The ops test checks split and sequential
@@ -189,6 +192,7 @@ if [ -n "$NSYS" ]; then
 else
     echo "no nsys: skipped"
 fi
+fi # BATON_NO_EXPERIMENTS
 
 step "PyTorch/transformers, same shapes"
 if [ -n "${BATON_NO_PEER:-}" ]; then
