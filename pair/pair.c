@@ -749,6 +749,15 @@ bad:
 static void pr_resume(bt_pair_t *pr, bt_worker_t *w, const bt_cmd_t *c)
 {
     rep_t *r = bt_reqtable_get(&pr->reps, c->request_id);
+    if (!r && bt_reqtable_get(&pr->owns, c->request_id)) {
+        /* running here already (a RESUME again, after the first one resumed it): an error
+         * would make the worker forget a request that goes on and could then not be aborted */
+        bt_warn("req %llu: RESUME of a request running here; it goes on",
+                (unsigned long long)c->request_id);
+        bt_free(c->ids);
+        reply(w, c->request_id, BT_OK, NULL, NULL);
+        return;
+    }
     if (r && r->n_resume && !r->abort_status) {
         /* a second RESUME: the first one's reply answers it (an error here would make the
          * worker forget a request that goes on) */

@@ -404,6 +404,11 @@ static int two_replies(fake_router_t *r, void *arg)
     return fake_router_req(r, *(uint64_t *)arg)->replied >= 2;
 }
 
+static int three_replies(fake_router_t *r, void *arg)
+{
+    return fake_router_req(r, *(uint64_t *)arg)->replied >= 3;
+}
+
 static int holds_nothing(fake_router_t *r, void *arg)
 {
     fake_inst_t *in = fake_router_inst(r, arg);
@@ -411,7 +416,9 @@ static int holds_nothing(fake_router_t *r, void *arg)
            in->last->kv_total_blocks > 0 && in->last->kv_free_blocks == in->last->kv_total_blocks;
 }
 
-/* A RESUME the daemon refuses (here: no tokens in it) is an error reply, which the router takes
+/* A RESUME of a request the member already runs is answered ok and changes nothing (an error
+ * would make the worker forget the id, and the router's ABORT would then find nothing). A
+ * RESUME the daemon refuses (here: no tokens in it) is an error reply, which the router takes
  * as "nothing of the request here" and fails it over: the member must not go on holding the
  * request, or nothing would ever end it. A pair member alone under a fake router, its partner
  * never there. */
@@ -456,10 +463,20 @@ static void test_pairs_refused_resume_ends_what_is_held(void **state)
          fake_router_req(&r, rid)->n_ids < 2 && bt_test_now_ms() < end;)
         fake_router_poll(&r, 50);
     assert_true(fake_router_req(&r, rid)->n_ids >= 2);
-    Baton__Resume res = BATON__RESUME__INIT; /* no tokens: refused */
+    /* A RESUME of the request it runs: answered ok, and the request goes on, still its own. */
+    Baton__Resume res = BATON__RESUME__INIT;
+    int32_t first = fake_router_req(&r, rid)->ids[0];
+    res.output_ids = &first;
+    res.n_output_ids = 1;
     assert_int_equal(fake_router_send(&r, id, BATON__METHOD__RESUME, rid, &res.base), 0);
     assert_true(fake_router_wait(&r, two_replies, &rid, 10000));
     fake_req_t *q = fake_router_req(&r, rid);
+    assert_int_equal(q->reply_status, 0);
+    assert_int_equal(q->done, 0);
+    /* One with no tokens: refused, and the request ends. */
+    res.n_output_ids = 0;
+    assert_int_equal(fake_router_send(&r, id, BATON__METHOD__RESUME, rid, &res.base), 0);
+    assert_true(fake_router_wait(&r, three_replies, &rid, 10000));
     assert_int_equal(q->reply_status, BT_ERR_RANGE);
     assert_true(fake_router_wait_done(&r, rid, 10000));
     assert_int_equal(q->finish, BATON__FINISH_REASON__FINISH_CANCELLED);
