@@ -269,8 +269,9 @@ for meta in sorted(glob.glob(os.path.join(res_dir, "*.meta"))):
     e = expect[idx]
     retries += r["retries"]
     if r["status"] == 0 and r["finish_reason"] in ("LENGTH", "EOS", "STOP"):
-        if rc != 0:
-            bad.append("%s: finished but exit status %d" % (name, rc))
+        if rc != 0:  # its stderr says why (a sanitizer's report, in that build)
+            bad.append("%s: finished but exit status %d; its stderr ends:\n%s"
+                       % (name, rc, "\n".join(err.splitlines()[-40:])))
         if r["ids"] != e["ids"] or r["finish_reason"] != e["finish_reason"]:
             bad.append("%s: finished %s with %d tokens, expected %s with %d; first difference at %d"
                        % (name, r["finish_reason"], len(r["ids"]), e["finish_reason"],
