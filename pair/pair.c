@@ -765,17 +765,20 @@ static void pr_resume(bt_pair_t *pr, bt_worker_t *w, const bt_cmd_t *c)
         bt_free(c->ids);
         return;
     }
-    if (!r || r->abort_status || r->n_resume || c->n_ids > r->req->max_ctx - r->req->n_prompt) {
+    /* (past the check above, a replica with n_resume set is already ending: abort_status) */
+    if (!r || r->abort_status || c->n_ids > r->req->max_ctx - r->req->n_prompt) {
         bt_free(c->ids);
         /* An ASSIGN_REPLY error means "nothing in flight here" (the worker forgets the id, and
          * so would drop a later ABORT): drop the replica with it. One whose KV is still arriving
          * ends when its receive does, with a DONE the router ignores. */
-        if (r && !r->abort_status && r->posted && !r->complete) {
-            r->abort_status = BT_ERR_CANCELLED;
-            pm_emit(w, pm_new(PM_CANCEL_POST, c->request_id, 0, 0));
-        } else if (r && !r->abort_status) {
-            bt_reqtable_del(&pr->reps, c->request_id);
-            rep_free(pr, r);
+        if (r && !r->abort_status) {
+            if (r->posted && !r->complete) {
+                r->abort_status = BT_ERR_CANCELLED;
+                pm_emit(w, pm_new(PM_CANCEL_POST, c->request_id, 0, 0));
+            } else {
+                bt_reqtable_del(&pr->reps, c->request_id);
+                rep_free(pr, r);
+            }
         }
         reply(w, c->request_id, BT_ERR_NOT_FOUND, "no usable replica here", NULL);
         return;

@@ -99,6 +99,7 @@ static int all_accepted(const router_request_t *rq)
 /* Held ids looked at per heartbeat: a daemon holds at most its --max-requests (1024 by
  * default); a heartbeat listing more is not believed past this. */
 #define HELD_MAX 65536
+#define HELD_WARN_MAX 8 /* warnings per heartbeat; one more line counts the rest */
 
 static int cmp_u64(const void *a, const void *b)
 {
@@ -128,7 +129,7 @@ static void reconcile(router_t *r, router_instance_t *inst, const uint64_t *held
         if (part && part->sent && !part->done)
             continue;
         if (suspect_before(inst, held[i])) {
-            if (n_aborted++ < 8) /* the count says the rest */
+            if (n_aborted++ < HELD_WARN_MAX)
                 bt_warn("req %llu: %s still holds it, but the router does not place it there "
                         "(%s); ABORT sent",
                         (unsigned long long)held[i], inst->name,
@@ -142,8 +143,9 @@ static void reconcile(router_t *r, router_instance_t *inst, const uint64_t *held
             break; /* checked again at the next heartbeats */
         next[n_next++] = held[i];
     }
-    if (n_aborted > 8)
-        bt_warn("%s: %u more requests it held ABORTed the same way", inst->name, n_aborted - 8);
+    if (n_aborted > HELD_WARN_MAX)
+        bt_warn("%s: %u more requests it held ABORTed the same way", inst->name,
+                n_aborted - HELD_WARN_MAX);
     if (n_next > 1)
         qsort(next, n_next, sizeof *next, cmp_u64);
     bt_free(inst->suspects);

@@ -1100,14 +1100,14 @@ int bt_cuda_backend_create(const bt_backend_params_t *params, const bt_backend_o
     st = blas_init(c);
     if (st != BT_OK)
         goto err_ctx;
-    /* Off by default: an H200 run showed graph and op-by-op steps bit-identical and the graphs
-     * faster, but no serving daemon has run on graphs yet (docs/cuda.md). 2: as 1, and a replay
-     * that misses its key aborts instead of running op by op (the tests' setting). */
     /* BATON_CUDA_PDL=1: GEMVs as programmatic dependent launches (launch.cuh), off until a
      * device run has measured them; the same bits either way. */
     c->pdl = env_int("BATON_CUDA_PDL", 0) == 1;
     const int64_t mb = env_int("BATON_CUDA_PDL_PREFETCH_MB", 16); /* 0: no prefetch */
     c->pdl_prefetch = (mb <= 65536 ? mb : 16) << 20;
+    /* Off by default: an H200 run showed graph and op-by-op steps bit-identical and the graphs
+     * faster, but no serving daemon has run on graphs yet (docs/cuda.md). 2: as 1, and a replay
+     * that misses its key aborts instead of running op by op (the tests' setting). */
     const int graphs = env_int("BATON_CUDA_GRAPHS", 0);
     if (graphs == 1 || graphs == 2) {
         c->graph_strict = graphs == 2;

@@ -399,14 +399,16 @@ static void test_pairs_revived_holder_lets_go_of_its_replicas(void **state)
     assert_int_equal(stopped, 0);
 }
 
-static int two_replies(fake_router_t *r, void *arg)
-{
-    return fake_router_req(r, *(uint64_t *)arg)->replied >= 2;
-}
+typedef struct {
+    uint64_t rid;
+    int n;
+} replies_t;
 
-static int three_replies(fake_router_t *r, void *arg)
+/* Request rid has had n ASSIGN_REPLYs (the assignment's, then one per RESUME). */
+static int replied_n(fake_router_t *r, void *arg)
 {
-    return fake_router_req(r, *(uint64_t *)arg)->replied >= 3;
+    const replies_t *p = arg;
+    return fake_router_req(r, p->rid)->replied >= p->n;
 }
 
 static int holds_nothing(fake_router_t *r, void *arg)
@@ -452,8 +454,10 @@ static void test_pairs_refused_resume_ends_what_is_held(void **state)
                           NULL};
     bt_proc_t proc;
     assert_int_equal(bt_proc_start(&proc, (char *const *)argv), 0);
-    if (!fake_router_wait_heartbeats(&r, id, 1, 20000))
+    int up = fake_router_wait_heartbeats(&r, id, 1, 20000);
+    if (!up)
         bt_proc_dump_log(&proc);
+    assert_true(up);
     r.ignore_eos = 1;
     int32_t prompt[16];
     bt_test_prompt(3, 16, 32000, prompt);
@@ -469,14 +473,14 @@ static void test_pairs_refused_resume_ends_what_is_held(void **state)
     res.output_ids = &first;
     res.n_output_ids = 1;
     assert_int_equal(fake_router_send(&r, id, BATON__METHOD__RESUME, rid, &res.base), 0);
-    assert_true(fake_router_wait(&r, two_replies, &rid, 10000));
+    assert_true(fake_router_wait(&r, replied_n, &(replies_t){rid, 2}, 10000));
     fake_req_t *q = fake_router_req(&r, rid);
     assert_int_equal(q->reply_status, 0);
     assert_int_equal(q->done, 0);
     /* One with no tokens: refused, and the request ends. */
     res.n_output_ids = 0;
     assert_int_equal(fake_router_send(&r, id, BATON__METHOD__RESUME, rid, &res.base), 0);
-    assert_true(fake_router_wait(&r, three_replies, &rid, 10000));
+    assert_true(fake_router_wait(&r, replied_n, &(replies_t){rid, 3}, 10000));
     assert_int_equal(q->reply_status, BT_ERR_RANGE);
     assert_true(fake_router_wait_done(&r, rid, 10000));
     assert_int_equal(q->finish, BATON__FINISH_REASON__FINISH_CANCELLED);
