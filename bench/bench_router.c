@@ -17,7 +17,13 @@
  * and the same chunk straight to the client (a PUSH socket to the client's PULL socket, same
  * transport, same serialization); the client reads the clock when each arrives. The router's
  * relay minus the direct copy, per request, is what the router adds: its event loop, one more
- * ZeroMQ hop, and any queueing in front of it. All stamps come from one host's clock. The
+ * ZeroMQ hop, and any queueing in front of it. All stamps come from one host's clock.
+ *
+ * Over TCP, the ZMTP generator also takes each copy's arrival from the kernel's receive stamp
+ * (SO_TIMESTAMPING, software, taken on loopback in the sender's send call) instead of the
+ * time the generator read it. These "socket" figures leave out the generator's own delays in
+ * reading (its queue, its CPU not running), which are not the router's. The
+ * router's path keeps everything that happens on it: its queue, its CPU's stalls, its sends. The
  * router's own CPU time (from /proc) per request is reported too: unlike rates and latencies
  * it barely depends on what else runs on the machine. So is this program's (stubs and clients
  * together): near one core per pinned CPU, the load generator itself is the limit.
@@ -305,8 +311,18 @@ static void stubs_init(const cfg_t *c, void *ctx, atomic_int *stop, stubs_t *s)
 
 typedef struct {
     uint64_t id;
-    uint64_t t_router, t_direct; /* arrival of the first token by each path */
+    uint64_t t_router, t_direct; /* arrival of the first token by each path, as read */
+    uint64_t k_router, k_direct; /* the same from the kernel's receive stamps (0: none yet) */
 } slot_t;
+
+/* The latency samples a client keeps, per request (ns). */
+enum {
+    ADDED,    /* relayed minus direct arrival, as read */
+    DIRECT,   /* the direct path alone: arrival, as read, minus the stub's stamp */
+    K_ADDED,  /* ADDED from the kernel's receive stamps */
+    K_DIRECT, /* DIRECT from the kernel's receive stamp */
+    N_SERIES
+};
 
 typedef struct {
     void *ctx;
@@ -317,9 +333,8 @@ typedef struct {
     uint64_t completed;  /* results while measuring */
     uint64_t errors;
     uint64_t skipped;   /* open loop: sends not made because OPEN_MAX_IN_FLIGHT were out */
-    int64_t *added_ns;  /* per-request samples: relayed minus direct arrival */
-    int64_t *direct_ns; /* the direct path alone: arrival minus the stub's stamp */
-    size_t n_added, n_direct, cap_added;
+    int64_t *series[N_SERIES]; /* samples, cap each */
+    size_t n[N_SERIES], cap;
     slot_t *slots; /* (mask + 1), by request id */
     uint64_t mask;
     pthread_t thread;
@@ -347,24 +362,34 @@ static void send_generate(client_t *c, const port_t *sock, uint64_t id)
     send_msg(sock, BATON__METHOD__GENERATE, id, &g.base);
 }
 
-/* A first token arrived by one path; a sample once both have. */
-static void first_arrival(client_t *c, uint64_t id, uint64_t t, int direct)
+static void sample(client_t *c, int series, int64_t v)
+{
+    if (atomic_load(c->measure) && c->n[series] < c->cap)
+        c->series[series][c->n[series]++] = v;
+}
+
+/* A first token arrived by one path at t (read) and tk (kernel stamp; 0: none); a sample
+ * once both have. */
+static void first_arrival(client_t *c, uint64_t id, uint64_t t, uint64_t tk, int direct)
 {
     slot_t *s = &c->slots[id & c->mask];
     if (s->id != id)
         return;
     *(direct ? &s->t_direct : &s->t_router) = t;
-    if (s->t_direct && s->t_router && atomic_load(c->measure) && c->n_added < c->cap_added)
-        c->added_ns[c->n_added++] = (int64_t)(s->t_router - s->t_direct);
+    *(direct ? &s->k_direct : &s->k_router) = tk;
+    if (s->t_direct && s->t_router)
+        sample(c, ADDED, (int64_t)(s->t_router - s->t_direct));
+    if (s->t_direct && s->t_router && s->k_direct && s->k_router)
+        sample(c, K_ADDED, (int64_t)(s->k_router - s->k_direct));
 }
 
-/* Handles one message from the router; returns 1 when a request ended. */
+/* Handles one message from the router, read at t; returns 1 when a request ended. */
 static int client_take(client_t *c, const bt_rpc_msg_t *m, uint64_t t)
 {
     if (m->hdr.method == BATON__METHOD__TOKENS) {
         ProtobufCMessage *b = NULL;
         if (bt_rpc_unpack(m, &b) == BT_OK && ((Baton__TokenChunk *)b)->index == 0)
-            first_arrival(c, m->hdr.request_id, t, 0);
+            first_arrival(c, m->hdr.request_id, t, m->rx_ns, 0);
         if (b)
             protobuf_c_message_free_unpacked(b, NULL);
         return 0;
@@ -378,13 +403,17 @@ static int client_take(client_t *c, const bt_rpc_msg_t *m, uint64_t t)
     return 1;
 }
 
-/* The direct copy of a first token arrived at t. */
+/* The direct copy of a first token, read at t. */
 static void direct_arrival(client_t *c, const bt_rpc_msg_t *m, uint64_t t)
 {
-    first_arrival(c, m->hdr.request_id, t, 1);
+    first_arrival(c, m->hdr.request_id, t, m->rx_ns, 1);
     ProtobufCMessage *b = NULL;
-    if (atomic_load(c->measure) && c->n_direct < c->cap_added && bt_rpc_unpack(m, &b) == BT_OK)
-        c->direct_ns[c->n_direct++] = (int64_t)(t - ((Baton__TokenChunk *)b)->time_ns);
+    if (atomic_load(c->measure) && bt_rpc_unpack(m, &b) == BT_OK) {
+        uint64_t stamp = ((Baton__TokenChunk *)b)->time_ns;
+        sample(c, DIRECT, (int64_t)(t - stamp));
+        if (m->rx_ns)
+            sample(c, K_DIRECT, (int64_t)(m->rx_ns - stamp));
+    }
     if (b)
         protobuf_c_message_free_unpacked(b, NULL);
 }
@@ -755,7 +784,8 @@ static int gen_open(const cfg_t *c, gen_t *g)
     char id[32];
     *g = (gen_t){0};
     stubs_init(c, NULL, NULL, &g->stubs);
-    if (bt_zmtp_new(NULL, &g->up) != BT_OK || bt_zmtp_bind(g_ep.zdirect, NULL, &g->direct) != BT_OK)
+    bt_zmtp_params_t zp = {.rx_stamps = !strcmp(c->transport, "tcp")};
+    if (bt_zmtp_new(&zp, &g->up) != BT_OK || bt_zmtp_bind(g_ep.zdirect, &zp, &g->direct) != BT_OK)
         return -1;
     const char *direct = bt_zmtp_endpoint(g->direct); /* with the port chosen for tcp */
     int st = BT_OK;
@@ -937,31 +967,32 @@ static pid_t launch_router(const cfg_t *c, const char *exe, const char *dir)
 }
 
 typedef struct {
-    double rps, router_cpu, bench_cpu, added_p50, added_p99, direct_p50, direct_p99;
-    size_t n, n_direct;
+    double rps, router_cpu, bench_cpu, p50[N_SERIES], p99[N_SERIES];
+    size_t n[N_SERIES];
     uint64_t errors, skipped;
 } point_t;
 
+/* Gathers the clients' samples, series by series, at samples + series * MAX_SAMPLES (where
+ * the clients' own shares already lie). */
 static void collect_clients(client_t *cl, int n, int64_t *samples, point_t *pt, uint64_t *done)
 {
     for (int i = 0; i < n; i++) {
         *done += cl[i].completed;
         pt->errors += cl[i].errors;
         pt->skipped += cl[i].skipped;
-        memmove(samples + pt->n, cl[i].added_ns, cl[i].n_added * sizeof *samples);
-        pt->n += cl[i].n_added;
-        memmove(samples + MAX_SAMPLES + pt->n_direct, cl[i].direct_ns,
-                cl[i].n_direct * sizeof *samples);
-        pt->n_direct += cl[i].n_direct;
+        for (int k = 0; k < N_SERIES; k++) {
+            memmove(samples + (size_t)k * MAX_SAMPLES + pt->n[k], cl[i].series[k],
+                    cl[i].n[k] * sizeof *samples);
+            pt->n[k] += cl[i].n[k];
+        }
         free(cl[i].slots);
     }
-    qsort(samples, pt->n, sizeof *samples, cmp_i64);
-    pt->added_p50 = pct_us(samples, pt->n, 0.50);
-    pt->added_p99 = pct_us(samples, pt->n, 0.99);
-    int64_t *direct = samples + MAX_SAMPLES;
-    qsort(direct, pt->n_direct, sizeof *direct, cmp_i64);
-    pt->direct_p50 = pct_us(direct, pt->n_direct, 0.50);
-    pt->direct_p99 = pct_us(direct, pt->n_direct, 0.99);
+    for (int k = 0; k < N_SERIES; k++) {
+        int64_t *v = samples + (size_t)k * MAX_SAMPLES;
+        qsort(v, pt->n[k], sizeof *v, cmp_i64);
+        pt->p50[k] = pct_us(v, pt->n[k], 0.50);
+        pt->p99[k] = pct_us(v, pt->n[k], 0.99);
+    }
 }
 
 /* One load point: clients keep `outstanding` requests each in flight (closed loop), or offer
@@ -989,10 +1020,10 @@ static point_t run_point(const cfg_t *c, void *ctx, gen_t *g, pid_t router, int 
                            .rate = rate / c->clients,
                            .stop = &stop,
                            .measure = &measure,
-                           .added_ns = samples + (size_t)i * per,
-                           .direct_ns = samples + MAX_SAMPLES + (size_t)i * per,
-                           .cap_added = per,
+                           .cap = per,
                            .mask = mask - 1};
+        for (int k = 0; k < N_SERIES; k++)
+            cl[i].series[k] = samples + (size_t)k * MAX_SAMPLES + (size_t)i * per;
         cl[i].slots = calloc(mask, sizeof *cl[i].slots);
         if (!g)
             pthread_create(&cl[i].thread, NULL, client_main, &cl[i]);
@@ -1029,11 +1060,15 @@ static point_t run_point(const cfg_t *c, void *ctx, gen_t *g, pid_t router, int 
     return pt;
 }
 
-static void print_point(const char *load, const point_t *r)
+static void print_point(const char *load, const point_t *r, int stamps)
 {
-    printf("%12s %11.0f %9.0f%% %10.1f %9.0f%% %13.1f %13.1f %13.1f %13.1f%s%s\n", load, r->rps,
+    printf("%12s %11.0f %9.0f%% %10.1f %9.0f%% %13.1f %13.1f %13.1f %13.1f", load, r->rps,
            r->router_cpu * 100, r->rps > 0 ? r->router_cpu / r->rps * 1e6 : 0, r->bench_cpu * 100,
-           r->direct_p50, r->direct_p99, r->added_p50, r->added_p99, r->errors ? "  (errors!)" : "",
+           r->p50[DIRECT], r->p99[DIRECT], r->p50[ADDED], r->p99[ADDED]);
+    if (stamps)
+        printf(" %13.1f %13.1f %13.1f %13.1f", r->p50[K_DIRECT], r->p99[K_DIRECT], r->p50[K_ADDED],
+               r->p99[K_ADDED]);
+    printf("%s%s\n", r->errors ? "  (errors!)" : "",
            r->skipped ? "  (could not send on schedule)" : "");
     fflush(stdout);
 }
@@ -1091,22 +1126,27 @@ static int run(const cfg_t *c, const char *exe)
         pthread_create(&stubs.thread, NULL, stubs_main, &stubs);
         usleep(500000); /* stubs registered */
     }
-    int64_t *samples = malloc(2 * MAX_SAMPLES * sizeof *samples);
+    int64_t *samples = malloc(N_SERIES * MAX_SAMPLES * sizeof *samples);
+    int stamps = g && !strcmp(c->transport, "tcp"); /* the kernel's receive stamps */
     printf("router overhead: mode %s, policy %s, %d clients, prompt %d tokens, %d output tokens,"
            " %d s per point, %s endpoints, router on CPU %d%s, stubs and clients (%s) on CPU %d"
            " (-1: any)\n",
            c->mode, c->policy, c->clients, c->prompt_len, c->tokens, c->seconds, c->transport,
            c->router_cpu, c->busy_poll ? " (busy-polling)" : "",
            g ? "one busy-polling thread, ZMTP" : "threads, libzmq", c->bench_cpu);
-    printf("%12s %11s %10s %10s %10s %13s %13s %13s %13s\n", "load", "requests/s", "router CPU",
+    printf("%12s %11s %10s %10s %10s %13s %13s %13s %13s", "load", "requests/s", "router CPU",
            "CPU us/req", "bench CPU", "direct p50 us", "direct p99 us", "added p50 us",
            "added p99 us");
+    if (stamps)
+        printf(" %13s %13s %13s %13s", "sock dir p50", "sock dir p99", "sock add p50",
+               "sock add p99");
+    printf("\n");
     char label[32];
     for (const char *p = c->loads ? c->loads : ""; samples && *p;) {
         int load = atoi(p) > 0 ? atoi(p) : 1;
         point_t r = run_point(c, cctx, g, router, load, 0, samples);
         snprintf(label, sizeof label, "%d in flight", load * c->clients);
-        print_point(label, &r);
+        print_point(label, &r, stamps);
         p = strchr(p, ',');
         p = p ? p + 1 : "";
     }
@@ -1115,7 +1155,7 @@ static int run(const cfg_t *c, const char *exe)
         if (rate > 0) {
             point_t r = run_point(c, cctx, g, router, 1, rate, samples);
             snprintf(label, sizeof label, "%.0f/s", rate);
-            print_point(label, &r);
+            print_point(label, &r, stamps);
         }
         p = strchr(p, ',');
         p = p ? p + 1 : "";

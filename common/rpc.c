@@ -240,6 +240,7 @@ static void msg_clear(bt_rpc_msg_t *m)
     memset(&m->hdr, 0, sizeof m->hdr);
     m->body = NULL;
     m->body_len = 0;
+    m->rx_ns = 0;
 }
 
 /* Route frames a socket type puts before the header: a ROUTER prepends the peer identity. */
@@ -387,6 +388,7 @@ int bt_rpc_zrecv(bt_zmtp_t *z, bt_rpc_msg_t *m)
     memcpy(m->route.id[0], zm.id, len);
     m->route.len[0] = (uint8_t)len;
     m->route.n = 1;
+    m->rx_ns = zm.rx_ns;
     if (zm.n_frames != 2)
         return BT_ERR_FORMAT;
     return take_frames(zm.data[0], zm.len[0], zm.data[1], zm.len[1], m);

@@ -61,6 +61,7 @@ typedef struct {
     uint8_t *body; /* owned; NULL when the body frame is empty; may point into small */
     size_t body_len;
     uint8_t small[512]; /* holds small bodies: most messages need no allocation */
+    uint64_t rx_ns;     /* bt_rpc_zrecv: the kernel's receive stamp (bt_zmtp_msg_t); 0: none */
 } bt_rpc_msg_t;
 
 /*

@@ -19,6 +19,7 @@
 #include "zmtp.h"
 
 #include <arpa/inet.h>
+#include <linux/net_tstamp.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -88,6 +89,7 @@ struct conn {
     link_t ready, dirty, all, hs; /* hs: still in the handshake, oldest first */
     uint64_t accepted_ms;         /* or when the connect began */
     conn_t *dnext;                /* the dead list */
+    uint64_t rx_ns;               /* rx_stamps: the kernel's stamp of the last read */
 };
 
 struct bt_zmtp {
@@ -95,6 +97,7 @@ struct bt_zmtp {
     int unix_path;      /* lfd is bound to a file to remove on close */
     char endpoint[256]; /* as bound; empty for a socket that only connects */
     size_t max_frame, max_queued;
+    int rx_stamps;
     conn_t **buckets;
     size_t n_buckets, n_ids;
     list_t ready, dirty, all, hs;
@@ -437,6 +440,15 @@ static void accept_resume(bt_zmtp_t *z)
     timer_arm(z);
 }
 
+/* A tcp connection's options: no Nagle delay, and the kernel's receive stamps if asked for. */
+static void tcp_options(const bt_zmtp_t *z, int fd)
+{
+    int one = 1, stamps = SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (z->rx_stamps && setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPING, &stamps, sizeof stamps) != 0)
+        bt_warn("zmtp %s: no receive stamps: %s", zname(z), strerror(errno));
+}
+
 static void conn_accept(bt_zmtp_t *z)
 {
     for (;;) {
@@ -448,9 +460,8 @@ static void conn_accept(bt_zmtp_t *z)
                 accept_pause(z, errno);
             return;
         }
-        int one = 1;
         if (!strncmp(z->endpoint, "tcp://", 6))
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            tcp_options(z, fd);
         conn_t *c = bt_calloc(1, sizeof *c);
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         if (!c || conn_hello(c, NULL, 0) != BT_OK ||
@@ -473,6 +484,27 @@ static void conn_accept(bt_zmtp_t *z)
     }
 }
 
+/* recv, noting the kernel's software receive stamp of what it read in c->rx_ns. */
+static ssize_t recv_stamped(conn_t *c, void *p, size_t len)
+{
+    union {
+        char buf[CMSG_SPACE(3 * sizeof(struct timespec))];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {p, len};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+                        .msg_controllen = sizeof ctl.buf};
+    ssize_t n = recvmsg(c->fd, &mh, 0);
+    for (struct cmsghdr *cm = n > 0 ? CMSG_FIRSTHDR(&mh) : NULL; cm; cm = CMSG_NXTHDR(&mh, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPING) {
+            struct timespec ts[3];
+            memcpy(ts, CMSG_DATA(cm), sizeof ts);
+            c->rx_ns = (uint64_t)ts[0].tv_sec * 1000000000ull + (uint64_t)ts[0].tv_nsec;
+        }
+    }
+    return n;
+}
+
 /* Reads once into c's input buffer (growing it when a frame needs more room). */
 static void conn_read(bt_zmtp_t *z, conn_t *c)
 {
@@ -480,7 +512,9 @@ static void conn_read(bt_zmtp_t *z, conn_t *c)
         conn_kill(z, c, "out of memory");
         return;
     }
-    ssize_t n = recv(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len, 0);
+    void *p = c->in.p + c->in.len;
+    size_t room = c->in.cap - c->in.len;
+    ssize_t n = z->rx_stamps ? recv_stamped(c, p, room) : recv(c->fd, p, room, 0);
     if (n > 0) {
         c->in.len += (size_t)n;
     } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
@@ -707,6 +741,7 @@ static int conn_message(bt_zmtp_t *z, conn_t *c, bt_zmtp_msg_t *m)
         m->id_len = c->id_len;
         m->n = n < BT_ZMTP_MAX_FRAMES ? n : BT_ZMTP_MAX_FRAMES;
         m->n_frames = n;
+        m->rx_ns = c->rx_ns;
         return 1;
     }
 }
@@ -986,6 +1021,7 @@ int bt_zmtp_new(const bt_zmtp_params_t *params, bt_zmtp_t **out)
     z->ep = z->lfd = z->tfd = -1;
     z->max_frame = params && params->max_frame ? params->max_frame : 16u << 20;
     z->max_queued = params && params->max_queued ? params->max_queued : 64u << 20;
+    z->rx_stamps = params && params->rx_stamps;
     z->n_buckets = 64;
     z->buckets = bt_calloc(z->n_buckets, sizeof *z->buckets);
     struct timespec ts;
@@ -1046,9 +1082,9 @@ int bt_zmtp_connect(bt_zmtp_t *z, const char *endpoint, const uint8_t *identity,
             conn_free(c);
         return BT_ERR_NOMEM;
     }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd >= 0 && ss.ss_family != AF_UNIX)
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        tcp_options(z, fd);
     int rc = fd < 0 ? -1 : connect(fd, (struct sockaddr *)&ss, sl);
     c->connecting = rc != 0 && errno == EINPROGRESS;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};

@@ -48,6 +48,7 @@ typedef struct bt_zmtp bt_zmtp_t;
 typedef struct {
     size_t max_frame;  /* largest frame a peer may send; 0: 16 MiB */
     size_t max_queued; /* output bytes queued to one peer before sends fail; 0: 64 MiB */
+    int rx_stamps;     /* tcp: note when the kernel received each read's bytes (msg rx_ns) */
 } bt_zmtp_params_t;
 
 typedef struct {
@@ -57,6 +58,13 @@ typedef struct {
     int n_frames; /* frames the message had */
     const uint8_t *data[BT_ZMTP_MAX_FRAMES];
     size_t len[BT_ZMTP_MAX_FRAMES];
+    /* With rx_stamps, on a tcp connection: when the kernel queued the last bytes of the read
+     * that completed the message (CLOCK_REALTIME ns, the software receive stamp, taken on
+     * loopback by the sender's send call): the message's arrival in the socket, or a little
+     * after it when one read took several sends. It leaves out how long the message then
+     * waited to be read. 0: not known (also for a moment after the first socket asks, until
+     * the kernel has turned stamping on). */
+    uint64_t rx_ns;
 } bt_zmtp_msg_t;
 
 /* Listens on endpoint. BT_ERR_INVAL for an endpoint it cannot parse, BT_ERR_IO when the

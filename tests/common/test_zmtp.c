@@ -8,7 +8,7 @@
  * check the bytes on the wire (input split at every byte), garbage and broken handshakes,
  * mutated streams, a peer gone while output is written to it, and running out of descriptors.
  * Connections made by the socket itself go to libzmq ROUTER and DEALER sockets and to another
- * of these sockets.
+ * of these sockets. Over tcp, the kernel's receive stamps are passed on when asked for.
  *
  * The socket does its work only inside bt_zmtp_recv and bt_zmtp_flush, so every wait here
  * serves it: the helpers call bt_zmtp_recv and then sleep on bt_zmtp_fd (and the libzmq peer)
@@ -30,6 +30,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -1461,6 +1462,66 @@ static void test_zmtp_connect_to_zmtp(void **state)
     }
 }
 
+static uint64_t real_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Sends "x" from one socket to the other and waits 30 ms before reading it: the message's
+ * stamp, with [*t0, *t1] the times before the send and before the read. */
+static uint64_t stamp_of_a_wait(bt_zmtp_t *from, bt_zmtp_t *to, int way, uint64_t *t0,
+                                uint64_t *t1)
+{
+    const char *name = way ? "down" : "up"; /* from's name for the other */
+    *t0 = real_ns();
+    assert_int_equal(zt_send_strs(from, ID(name), "x", NULL), BT_OK);
+    bt_zmtp_flush(from);
+    usleep(30000);
+    *t1 = real_ns();
+    bt_zmtp_msg_t m;
+    recv_pair(to, from, &m);
+    check_msg(&m, way ? "up" : "down", "x", NULL);
+    return m.rx_ns;
+}
+
+/* With rx_stamps, a message over tcp carries when it reached the socket (taken by the kernel
+ * as the peer sent it), not when it was read: both ways, on an accepted connection and on one
+ * the socket made. Without them, or over ipc, it carries 0. */
+static void test_zmtp_receive_stamps(void **state)
+{
+    const bt_zmtp_params_t stamped = {.rx_stamps = 1};
+    char ipc[300];
+    snprintf(ipc, sizeof ipc, "ipc://%s/st.sock", g_dir);
+    const char *eps[3] = {"tcp://127.0.0.1:*", "tcp://127.0.0.1:*", ipc};
+    for (int e = 0; e < 3; e++) {
+        const bt_zmtp_params_t *p = e == 1 ? &g_defaults : &stamped;
+        bt_zmtp_t *srv = bind_ok(eps[e], p), *cli = NULL;
+        assert_int_equal(bt_zmtp_new(p, &cli), BT_OK);
+        zt_track(cli);
+        assert_int_equal(bt_zmtp_connect(cli, bt_zmtp_endpoint(srv), ID("down"), ID("up")), BT_OK);
+        assert_int_equal(zt_send_strs(cli, ID("up"), "hello", NULL), BT_OK);
+        bt_zmtp_msg_t m;
+        recv_pair(srv, cli, &m); /* both handshakes are done */
+        uint64_t t0, t1;
+        /* The kernel turns stamping on a moment after a socket first asks for it. */
+        for (int tries = 0; e == 0 && tries < 100 && !stamp_of_a_wait(cli, srv, 0, &t0, &t1);)
+            tries++;
+        for (int way = 0; way < 2; way++) {
+            uint64_t rx = stamp_of_a_wait(way ? srv : cli, way ? cli : srv, way, &t0, &t1);
+            if (e == 0) {
+                assert_true(rx >= t0);
+                assert_true(rx + 20000000ull <= t1);
+            } else {
+                assert_int_equal(rx, 0);
+            }
+        }
+        zt_close(cli);
+        zt_close(srv);
+    }
+}
+
 static void test_zmtp_connect_errors(void **state)
 {
     bt_zmtp_t *z = new_ok();
@@ -1549,6 +1610,7 @@ int main(void)
         T(test_zmtp_connect_to_libzmq),
         T(test_zmtp_connect_to_zmtp),
         T(test_zmtp_connect_errors),
+        T(test_zmtp_receive_stamps),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
