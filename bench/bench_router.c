@@ -332,7 +332,7 @@ typedef struct {
     atomic_int *measure; /* count and sample now */
     uint64_t completed;  /* results while measuring */
     uint64_t errors;
-    uint64_t skipped;   /* open loop: sends not made because OPEN_MAX_IN_FLIGHT were out */
+    uint64_t skipped;          /* open loop: sends not made because OPEN_MAX_IN_FLIGHT were out */
     int64_t *series[N_SERIES]; /* samples, cap each */
     size_t n[N_SERIES], cap;
     slot_t *slots; /* (mask + 1), by request id */

@@ -492,9 +492,11 @@ static ssize_t recv_stamped(conn_t *c, void *p, size_t len)
         struct cmsghdr align;
     } ctl;
     struct iovec iov = {p, len};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
-                        .msg_controllen = sizeof ctl.buf};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
     ssize_t n = recvmsg(c->fd, &mh, 0);
+    if (n > 0)
+        c->rx_ns = 0; /* bytes the kernel did not stamp: not known, rather than an older stamp */
     for (struct cmsghdr *cm = n > 0 ? CMSG_FIRSTHDR(&mh) : NULL; cm; cm = CMSG_NXTHDR(&mh, cm)) {
         if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPING) {
             struct timespec ts[3];

@@ -1471,8 +1471,7 @@ static uint64_t real_ns(void)
 
 /* Sends "x" from one socket to the other and waits 30 ms before reading it: the message's
  * stamp, with [*t0, *t1] the times before the send and before the read. */
-static uint64_t stamp_of_a_wait(bt_zmtp_t *from, bt_zmtp_t *to, int way, uint64_t *t0,
-                                uint64_t *t1)
+static uint64_t stamp_of_a_wait(bt_zmtp_t *from, bt_zmtp_t *to, int way, uint64_t *t0, uint64_t *t1)
 {
     const char *name = way ? "down" : "up"; /* from's name for the other */
     *t0 = real_ns();
