@@ -17,16 +17,16 @@
  * and the same chunk straight to the client (a PUSH socket to the client's PULL socket, same
  * transport, same serialization); the client reads the clock when each arrives. The router's
  * relay minus the direct copy, per request, is what the router adds: its event loop, one more
- * ZeroMQ hop, and any queueing in front of it. All stamps come from one host's clock.
+ * ZeroMQ hop, and any queueing in front of it. All stamps come from one host's clock. The
+ * router's own CPU time (from /proc) per request is reported too: unlike rates and latencies
+ * it barely depends on what else runs on the machine. So is this program's (stubs and clients
+ * together): near one core per pinned CPU, the load generator itself is the limit.
  *
  * Over TCP, the ZMTP generator also takes each copy's arrival from the kernel's receive stamp
  * (SO_TIMESTAMPING, software, taken on loopback in the sender's send call) instead of the
  * time the generator read it. These "socket" figures leave out the generator's own delays in
- * reading (its queue, its CPU not running), which are not the router's. The
- * router's path keeps everything that happens on it: its queue, its CPU's stalls, its sends. The
- * router's own CPU time (from /proc) per request is reported too: unlike rates and latencies
- * it barely depends on what else runs on the machine. So is this program's (stubs and clients
- * together): near one core per pinned CPU, the load generator itself is the limit.
+ * reading (its queue, its CPU not running), which are not the router's; the router's path
+ * keeps everything that happens on it: its queue, its CPU's stalls, its sends.
  *
  * The stubs: with --mode pd, a decode stub reserves (ASSIGN_REPLY with a reservation) and a
  * prefill stub answers ASSIGN_REPLY, FIRST_TOKEN and DONE at once, after which the decode stub
@@ -379,7 +379,7 @@ static void first_arrival(client_t *c, uint64_t id, uint64_t t, uint64_t tk, int
     *(direct ? &s->k_direct : &s->k_router) = tk;
     if (s->t_direct && s->t_router)
         sample(c, ADDED, (int64_t)(s->t_router - s->t_direct));
-    if (s->t_direct && s->t_router && s->k_direct && s->k_router)
+    if (s->k_direct && s->k_router) /* set with t_direct and t_router */
         sample(c, K_ADDED, (int64_t)(s->k_router - s->k_direct));
 }
 
