@@ -25,7 +25,7 @@ typedef struct {
     int max_prompt_tokens, max_tokens, default_max_tokens;
     int max_queue, max_requests, max_retries, max_instances;
     float slo_ttft_ms, slo_tpot_ms;
-    int busy_poll, poll_us, metrics_port;
+    int busy_poll, poll_us, metrics_port, stamp_input;
 } cfg_t;
 
 #define OPT(n, t, d, lo, hi, f, h)                                                                 \
@@ -69,6 +69,9 @@ static const bt_cfg_opt_t opts[] = {
         "sleeps: no wake-up on the path of a message that follows within that time"),
     OPT("metrics-port", BT_CFG_INT, "0", 0, 65535, metrics_port,
         "HTTP port for GET /metrics (Prometheus) and /health, on --bind; 0: none"),
+    OPT("stamp-input", BT_CFG_BOOL, "0", 0, 0, stamp_input,
+        "note how long each message waits in the router's TCP sockets before it is read (the "
+        "kernel's receive stamps): baton_router_input_wait_seconds on /metrics"),
     OPT("pair-idle-ms", BT_CFG_INT, "1000", 1, 3600000, pair_idle_ms,
         "pairs: a member serving prefill with no prompt this long switches to decode"),
     OPT("pair-switch-ms", BT_CFG_INT, "200", 1, 3600000, pair_switch_ms,
@@ -140,6 +143,7 @@ static void fill_params(const cfg_t *c, router_params_t *p, char *cl, char *cu, 
         .busy_poll = c->busy_poll,
         .poll_us = c->poll_us,
         .metrics_port = c->metrics_port,
+        .stamp_input = c->stamp_input,
         .metrics_addr = c->bind,
         .pair_idle_ms = c->pair_idle_ms,
         .pair_switch_ms = c->pair_switch_ms,

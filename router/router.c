@@ -112,13 +112,14 @@ static int make_policy(router_t *r)
 /* Both sockets are served on the loop's thread (zmtp.h): a send to a peer that went away fails
  * instead of vanishing, so the router learns that a client left or a daemon is unreachable, and
  * a daemon or client that reconnects with the same identity takes its identity over. */
-static int open_socket(const char *endpoint, bt_zmtp_t **out)
+static int open_socket(const char *endpoint, int stamp_input, bt_zmtp_t **out)
 {
     /* A peer that has 8 MiB unread (hundreds of thousands of tokens) is stuck or gone: the
      * next send to it fails and its requests end, rather than memory growing per such peer.
      * One message always fits an empty queue, however large. */
     bt_zmtp_params_t zp = {.max_frame = BT_RPC_MAX_BODY_BYTES + BT_RPC_MAX_HEADER_BYTES,
-                           .max_queued = 8u << 20};
+                           .max_queued = 8u << 20,
+                           .rx_stamps = stamp_input};
     int st = bt_zmtp_bind(endpoint, &zp, out);
     if (st != BT_OK)
         bt_error("router: cannot serve %s", endpoint);
@@ -176,9 +177,9 @@ int router_create(const router_params_t *params, router_t **out)
         st = router_metrics_open(params->metrics_addr, params->metrics_port, router_stats_render, r,
                                  &r->metrics);
     if (st == BT_OK)
-        st = open_socket(params->client_endpoint, &r->clients);
+        st = open_socket(params->client_endpoint, params->stamp_input, &r->clients);
     if (st == BT_OK)
-        st = open_socket(params->cluster_endpoint, &r->cluster);
+        st = open_socket(params->cluster_endpoint, params->stamp_input, &r->cluster);
     if (st != BT_OK) {
         router_destroy(r);
         return st;
@@ -469,6 +470,8 @@ static int serve_socket(router_t *r, bt_zmtp_t *sock, int budget)
             bt_rpc_msg_fini(&m);
             break;
         }
+        if (m.rx_ns)
+            router_stats_input_wait(r, m.rx_ns);
         if (st != BT_OK) {
             if (m.hdr.status == BT_OK)
                 bt_rpc_zreply_error(sock, &m, st, "%s",

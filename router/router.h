@@ -42,7 +42,8 @@ typedef struct {
     double slo_ttft_ms, slo_tpot_ms; /* default objectives */
     int busy_poll; /* the event loop never sleeps: lower latency for a whole core */
     int poll_us;   /* after work, the loop polls this long before it sleeps (0: sleeps at once) */
-    int metrics_port;         /* HTTP /metrics and /health (metrics.h); 0: none */
+    int metrics_port; /* HTTP /metrics and /health (metrics.h); 0: none */
+    int stamp_input;  /* tcp: how long each message waited in the sockets before it was read */
     const char *metrics_addr; /* address it binds; NULL or "*": every interface */
 } router_params_t;
 

@@ -74,6 +74,7 @@ struct router {
     router_metrics_t *metrics;             /* --metrics-port; NULL without */
     router_hist_t h_ttft, h_tpot, h_total; /* completed requests, seconds, as relayed (only
                                             * with the endpoint: nothing else reads them) */
+    router_hist_t h_wait; /* stamp_input: messages' time in the sockets before being read */
 };
 
 /* The cluster's health as HEALTH reports it (router.c). */
@@ -82,6 +83,8 @@ void router_health(const router_t *r, Baton__HealthReply *h);
 void router_stats_observe(router_t *r, const router_request_t *rq, uint64_t now_ns);
 /* GET handler of the metrics endpoint (router_stats.c). */
 int router_stats_render(void *ctx, const char *path, FILE *f);
+/* A message the kernel stamped at rx_ns (realtime ns) is being read now (router_stats.c). */
+void router_stats_input_wait(router_t *r, uint64_t rx_ns);
 /* Sets up the histograms (router_stats.c). */
 void router_stats_init(router_t *r);
 

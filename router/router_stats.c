@@ -14,6 +14,8 @@ static const double latency_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                         0.5,   1,      2.5,   5,    10,    30,   60};
 static const double tpot_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                      0.05,   0.1,   0.25,   0.5,   1};
+static const double wait_bounds[] = {5e-6,  1e-5,   2.5e-5, 5e-5, 1e-4,  2.5e-4, 5e-4,
+                                     0.001, 0.0025, 0.005,  0.01, 0.025, 0.1};
 #define N_OF(a) ((int)(sizeof(a) / sizeof(a)[0]))
 
 void router_stats_init(router_t *r)
@@ -21,6 +23,13 @@ void router_stats_init(router_t *r)
     router_hist_init(&r->h_ttft, latency_bounds, N_OF(latency_bounds));
     router_hist_init(&r->h_tpot, tpot_bounds, N_OF(tpot_bounds));
     router_hist_init(&r->h_total, latency_bounds, N_OF(latency_bounds));
+    router_hist_init(&r->h_wait, wait_bounds, N_OF(wait_bounds));
+}
+
+void router_stats_input_wait(router_t *r, uint64_t rx_ns)
+{
+    uint64_t now = bt_rpc_now_ns();
+    router_hist_observe(&r->h_wait, now > rx_ns ? (double)(now - rx_ns) / 1e9 : 0);
 }
 
 void router_stats_observe(router_t *r, const router_request_t *rq, uint64_t now_ns)
@@ -145,5 +154,9 @@ int router_stats_render(void *ctx, const char *path, FILE *f)
                       "Time per output token after the first, of completed requests");
     router_hist_write(&r->h_total, f, "baton_router_request_duration_seconds",
                       "From arrival to result, of completed requests");
+    if (r->p.stamp_input)
+        router_hist_write(&r->h_wait, f, "baton_router_input_wait_seconds",
+                          "How long messages waited in the router's TCP sockets before it read "
+                          "them (the kernel's receive stamps)");
     return 200;
 }

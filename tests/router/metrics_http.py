@@ -5,7 +5,9 @@
 - a router alone (no instance yet): /health answers 503 and baton_router_up is 0;
 - a 1 prefill + 1 decode cluster after one request: /health 200, the request counted as
   completed, both instances up with their KV pools, one TTFT / TPOT / duration observation in
-  well-formed histograms (cumulative buckets, +Inf equal to the count);
+  well-formed histograms (cumulative buckets, +Inf equal to the count); with --stamp-input,
+  every message read over TCP in the histogram of its wait in the router's sockets (absent
+  without the option);
 - bad requests get their status and the endpoint keeps answering: unknown path 404, POST 405,
   garbage 400, an oversized head 431, a request sent in pieces 200, and a request behind a full
   set of idle connections is answered once they time out.
@@ -93,6 +95,7 @@ class MetricsTest(unittest.TestCase):
             self.assertEqual(code, 200)
             self.assertIn("text/plain; version=0.0.4", head)
             self.assertEqual(samples(body)[("baton_router_up", "")], 0)
+            self.assertNotIn("baton_router_input_wait_seconds", body)
         finally:
             p.terminate()
             self.assertEqual(p.wait(30), 0)
@@ -106,7 +109,8 @@ class MetricsTest(unittest.TestCase):
         up = subprocess.Popen([f"{BIN}/baton", "up", "--model", model, "--port", str(port),
                                "--cluster-port", str(free_port()), "--threads", "2",
                                "--kv-mem", "8M", "--metrics-port", str(mport)],
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, BATON_STAMP_INPUT="1"))
         try:
             self.assertIn("serving on", up.stdout.readline())
             subprocess.run([f"{BIN}/baton", "generate", "--router", f"tcp://127.0.0.1:{port}",
@@ -135,13 +139,19 @@ class MetricsTest(unittest.TestCase):
                 self.assertEqual(s[("baton_instance_up", lab)], 1)
                 self.assertGreater(s[("baton_instance_kv_blocks_total", lab)], 0)
                 self.assertEqual(s[("baton_instance_assigned_total", lab)], 1)
-            for h in ("ttft", "tpot", "request_duration"):
+            for h in ("ttft", "tpot", "request_duration", "input_wait"):
                 name = f"baton_router_{h}_seconds"
                 buckets = [(k[1], v) for k, v in s.items() if k[0] == name + "_bucket"]
                 values = [v for _, v in buckets]
                 self.assertEqual(values, sorted(values), name)
-                self.assertEqual(s[(name + "_bucket", '{le="+Inf"}')], 1)
-                self.assertEqual(s[(name + "_count", "")], 1)
+                n = s[(name + "_count", "")]
+                self.assertEqual(s[(name + "_bucket", '{le="+Inf"}')], n)
+                # input_wait: every message read (the request's six or more, heartbeats...)
+                self.assertGreaterEqual(n, 6) if h == "input_wait" else self.assertEqual(n, 1)
+            wait = s[("baton_router_input_wait_seconds_sum", "")]
+            n_wait = s[("baton_router_input_wait_seconds_count", "")]
+            self.assertGreaterEqual(wait, 0)
+            self.assertLess(wait / n_wait, 0.1)  # read as they come, not once a tick
             # TPOT is what the client saw: (last relay - first relay) / (tokens - 1). When the
             # decode side's tokens reach the router before the prefill side's first token, all
             # of them go to the client in one message and the observation is exactly 0.
