@@ -26,7 +26,10 @@
  * (SO_TIMESTAMPING, software, taken on loopback in the sender's send call) instead of the
  * time the generator read it. These "socket" figures leave out the generator's own delays in
  * reading (its queue, its CPU not running), which are not the router's; the router's path
- * keeps everything that happens on it: its queue, its CPU's stalls, its sends.
+ * keeps everything that happens on it: its queue, its CPU's stalls, its sends. Over TCP the
+ * router also runs with --stamp-input, and after each point an "input wait" line gives, from
+ * its /metrics, how long the messages it read waited in its sockets: the part of the path in
+ * front of the router's loop.
  *
  * The stubs: with --mode pd, a decode stub reserves (ASSIGN_REPLY with a reservation) and a
  * prefill stub answers ASSIGN_REPLY, FIRST_TOKEN and DONE at once, after which the decode stub
@@ -114,6 +117,7 @@ static const bt_cfg_table_t table = {
  * (direct[i] for the libzmq generator's client i; zdirect for the ZMTP generator's one socket). */
 static struct {
     char client[128], cluster[128], zdirect[128], direct[MAX_CLIENTS][128];
+    int metrics_port;        /* tcp: the router's /metrics, for its input-wait histogram; 0: none */
     void *pull[MAX_CLIENTS]; /* the libzmq generator's: bound once, handed to each point's
                                 client thread (a socket may change threads across a join) */
 } g_ep;
@@ -583,6 +587,7 @@ static int set_endpoints(const cfg_t *c, const char *dir)
         else
             snprintf(eps[i], sizeof g_ep.client, "ipc://%s/%s", dir, names[i]);
     }
+    g_ep.metrics_port = tcp ? free_port() : 0;
     for (int i = 0; i < c->clients; i++) {
         if (tcp) /* the port is chosen when bound (bind_direct) */
             snprintf(g_ep.direct[i], sizeof g_ep.direct[i], "tcp://127.0.0.1:*");
@@ -921,18 +926,95 @@ static void stall_probe(const cfg_t *c)
 
 static pid_t start_router(const cfg_t *c, const char *exe)
 {
-    char poll_us[16];
+    char poll_us[16], mport[16];
     snprintf(poll_us, sizeof poll_us, "%d", c->poll_us);
+    snprintf(mport, sizeof mport, "%d", g_ep.metrics_port);
+    const char *argv[32] = {exe,          "--client-endpoint", g_ep.client, "--cluster-endpoint",
+                            g_ep.cluster, "--model-id",        "bench",     "--policy",
+                            c->policy,    "--max-queue",       "1000000",   "--max-requests",
+                            "1000000",    "--log-level",       "warn",      "--poll-us",
+                            poll_us};
+    int n = 17;
+    if (c->busy_poll)
+        argv[n++] = "--busy-poll";
+    if (g_ep.metrics_port) { /* over tcp: how long messages wait in the router's sockets */
+        argv[n++] = "--stamp-input";
+        argv[n++] = "--metrics-port";
+        argv[n++] = mport;
+        argv[n++] = "--bind";
+        argv[n++] = "127.0.0.1";
+    }
     pid_t pid = fork();
     if (pid == 0) {
         pin(c->router_cpu);
-        execl(exe, exe, "--client-endpoint", g_ep.client, "--cluster-endpoint", g_ep.cluster,
-              "--model-id", "bench", "--policy", c->policy, "--max-queue", "1000000",
-              "--max-requests", "1000000", "--log-level", "warn", "--poll-us", poll_us,
-              c->busy_poll ? "--busy-poll" : (char *)NULL, (char *)NULL);
+        execv(exe, (char *const *)argv);
         _exit(127);
     }
     return pid;
+}
+
+/* ---- the router's own view: how long messages waited in its sockets -------------------- */
+
+#define WAIT_BUCKETS 16
+
+/* The router's baton_router_input_wait_seconds histogram (cumulative counts per bound). */
+typedef struct {
+    int n;
+    double le[WAIT_BUCKETS]; /* seconds; the last one read may be +Inf (HUGE_VAL) */
+    double cum[WAIT_BUCKETS];
+} wait_hist_t;
+
+/* GET /metrics from the router and its input-wait histogram; 0 when read. */
+static int scrape_wait(wait_hist_t *h)
+{
+    *h = (wait_hist_t){0};
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)g_ep.metrics_port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = g_ep.metrics_port ? socket(AF_INET, SOCK_STREAM, 0) : -1;
+    struct timeval tv = {.tv_sec = 2};
+    static char buf[1 << 16];
+    size_t len = 0;
+    if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0 &&
+        connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+        static const char req[] = "GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n";
+        ssize_t k = write(fd, req, sizeof req - 1);
+        while (k > 0 && len < sizeof buf - 1 && (k = read(fd, buf + len, sizeof buf - 1 - len)) > 0)
+            len += (size_t)k;
+    }
+    if (fd >= 0)
+        close(fd);
+    buf[len] = 0;
+    static const char key[] = "baton_router_input_wait_seconds_bucket{le=\"";
+    for (const char *p = strstr(buf, key); p && h->n < WAIT_BUCKETS; p = strstr(p, key)) {
+        p += sizeof key - 1;
+        h->le[h->n] = strncmp(p, "+Inf", 4) ? strtod(p, NULL) : HUGE_VAL;
+        const char *v = strstr(p, "} ");
+        if (!v)
+            break;
+        h->cum[h->n++] = strtod(v + 2, NULL);
+    }
+    return h->n > 0 && h->le[h->n - 1] == HUGE_VAL ? 0 : -1;
+}
+
+/* What the router read during a point (after minus before): its message count, the bounds
+ * its median and 99th percentile lie under, and the share that waited over 100 µs. */
+static void print_wait(const wait_hist_t *a, const wait_hist_t *b)
+{
+    if (a->n != b->n || a->n == 0) {
+        printf("%12s not read (the router's /metrics did not answer)\n", "input wait");
+        return;
+    }
+    double total = b->cum[a->n - 1] - a->cum[a->n - 1], p50 = HUGE_VAL, p99 = HUGE_VAL, le100 = 0;
+    for (int i = a->n - 1; i >= 0; i--) {
+        double d = b->cum[i] - a->cum[i];
+        p50 = d >= 0.50 * total ? b->le[i] : p50;
+        p99 = d >= 0.99 * total ? b->le[i] : p99;
+        le100 = fabs(b->le[i] - 1e-4) < 1e-12 ? d : le100; /* the 100 us bound's count */
+    }
+    printf("%12s the router read %.0f messages; p50 <= %g us, p99 <= %g us; %.2f%% waited "
+           "over 100 us in its sockets\n",
+           "input wait", total, p50 * 1e6, p99 * 1e6, total > 0 ? 100 * (1 - le100 / total) : 0);
 }
 
 /* Starts the router and waits until it serves both endpoints. Its TCP ports were free when
@@ -970,6 +1052,7 @@ typedef struct {
     double rps, router_cpu, bench_cpu, p50[N_SERIES], p99[N_SERIES];
     size_t n[N_SERIES];
     uint64_t errors, skipped;
+    wait_hist_t wait0, wait1; /* the router's input-wait histogram before and after (tcp) */
 } point_t;
 
 /* Gathers the clients' samples, series by series, at samples + series * MAX_SAMPLES (where
@@ -1038,14 +1121,20 @@ static point_t run_point(const cfg_t *c, void *ctx, gen_t *g, pid_t router, int 
         pthread_create(&gen_thread, NULL, gen_main, g);
     }
     usleep((useconds_t)c->warmup_ms * 1000);
+    wait_hist_t w0 = {0}, w1 = {0};
+    int waits = g_ep.metrics_port && scrape_wait(&w0) == 0;
     double cpu0 = cpu_seconds(router), self0 = cpu_seconds(getpid());
     atomic_store(&measure, 1);
     uint64_t t0 = bt_rpc_now_ns();
     usleep((useconds_t)c->seconds * 1000000);
     atomic_store(&measure, 0);
+    if (waits && scrape_wait(&w1) != 0)
+        w1 = (wait_hist_t){0};
     double secs = (double)(bt_rpc_now_ns() - t0) / 1e9;
     point_t pt = {.router_cpu = (cpu_seconds(router) - cpu0) / secs,
-                  .bench_cpu = (cpu_seconds(getpid()) - self0) / secs};
+                  .bench_cpu = (cpu_seconds(getpid()) - self0) / secs,
+                  .wait0 = w0,
+                  .wait1 = w1};
     atomic_store(&stop, 1);
     for (int i = 0; i < c->clients && !g; i++)
         pthread_join(cl[i].thread, NULL);
@@ -1070,6 +1159,8 @@ static void print_point(const char *load, const point_t *r, int stamps)
                r->p99[K_ADDED]);
     printf("%s%s\n", r->errors ? "  (errors!)" : "",
            r->skipped ? "  (could not send on schedule)" : "");
+    if (g_ep.metrics_port)
+        print_wait(&r->wait0, &r->wait1);
     fflush(stdout);
 }
 

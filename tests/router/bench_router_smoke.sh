@@ -3,7 +3,8 @@
 # baton-bench-router end to end, briefly, with each load generator: the libzmq one (stubs and
 # clients on their own threads and libzmq sockets) and the ZMTP one (all on one thread, over
 # common/zmtp.c's connecting sockets), on ipc and on loopback TCP endpoints, with the router
-# polling or busy-polling; a router that cannot start; and the probe of the machine's own
+# polling or busy-polling (over TCP, the ZMTP generator's kernel-stamped columns and the
+# router's own input wait); a router that cannot start; and the probe of the machine's own
 # stalls. A real router process serves stub daemons and clients; every point
 # must complete requests at about the rate offered, with none failed or lost, and report
 # latency samples. The figures themselves are not judged here (this is a shared CI
@@ -34,6 +35,13 @@ for gen in libzmq zmtp; do
             }
             END { if (n != 3) { print gen ": " n " points, want 3"; bad = 1 } exit bad }
         ' <<<"$out" || fail "$gen $extra: points missing or empty"
+        if [ "$gen $extra" = "zmtp --transport tcp" ]; then
+            # the kernel's receive stamps: the socket columns, and the router's own input wait
+            # after each of the three points
+            grep -q "sock add p99" <<<"$out" || fail "zmtp over tcp: no socket-stamped columns"
+            [ "$(grep -c "input wait the router read [1-9]" <<<"$out")" = 3 ] ||
+                fail "zmtp over tcp: the router's input wait is missing after a point"
+        fi
     done
 done
 
