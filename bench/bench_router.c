@@ -934,7 +934,9 @@ static pid_t start_router(const cfg_t *c, const char *exe)
                             c->policy,    "--max-queue",       "1000000",   "--max-requests",
                             "1000000",    "--log-level",       "warn",      "--poll-us",
                             poll_us};
-    int n = 17;
+    int n = 0;
+    while (argv[n])
+        n++;
     if (c->busy_poll)
         argv[n++] = "--busy-poll";
     if (g_ep.metrics_port) { /* over tcp: how long messages wait in the router's sockets */
