@@ -481,11 +481,27 @@ static void timed_out(router_t *r, router_request_t *rq)
     }
 }
 
+/* Whether the cluster has instances to serve a request, full or not: a request that waited out
+ * its time behind full instances was refused for want of room (BT_ERR_OVERLOADED), not for
+ * want of instances (BT_ERR_UNAVAILABLE). */
+static int cluster_can_serve(router_t *r)
+{
+    int prefill = 0, decode = 0;
+    for (int i = 0, n = router_instances_count(r->inst); i < n; i++) {
+        const router_instance_t *x = router_instances_at(r->inst, i);
+        if (!x->alive || x->draining || !x->model_ok)
+            continue;
+        if (x->role == BATON__ROLE__COLOCATED)
+            return 1;
+        prefill |= x->role == BATON__ROLE__PREFILL;
+        decode |= x->role == BATON__ROLE__DECODE;
+    }
+    return (prefill && decode) || router_pairs_present(r);
+}
+
 static void wait_expired(router_t *r, router_request_t *rq)
 {
-    router_cands_t c;
-    int any = build_cands(r, &c) == BT_OK && (c.n_colocated > 0 || (c.n_prefill && c.n_decode));
-    any = any || router_pairs_present(r);
+    int any = cluster_can_serve(r);
     char msg[160];
     int st = rq->retries == 0 && any ? BT_ERR_OVERLOADED : BT_ERR_UNAVAILABLE;
     snprintf(msg, sizeof msg, "%s within %d ms",

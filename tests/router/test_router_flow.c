@@ -405,6 +405,25 @@ static void test_flow_nospace_waits_for_the_next_heartbeat(void **state)
     baton__generate_result__free_unpacked(r, NULL);
 }
 
+/* A request that waits out --queue-timeout-ms behind instances that are there but full was
+ * refused for want of room (BT_ERR_OVERLOADED), not for want of instances (UNAVAILABLE). */
+static void test_flow_nospace_until_the_queue_timeout_is_overloaded(void **state)
+{
+    rt_cluster_t *c = start(state, (const char *const[]){"--queue-timeout-ms", "300", NULL});
+    rt_daemon_t *p = rt_daemon_add(c, "p0", BATON__ROLE__PREFILL);
+    rt_daemon_t *d = rt_daemon_add(c, "d0", BATON__ROLE__DECODE);
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 2, WAIT_MS), 0);
+    d->silent = 1; /* no heartbeat to say it has room again */
+    rt_generate(cl, 3, prompt, 4, 1);
+    uint64_t id = expect_assign(c, d, BATON__ROLE__DECODE, NULL);
+    rt_assign_reply(d, id, BATON__ROLE__DECODE, BT_ERR_NOSPACE);
+    Baton__GenerateResult *r = expect_result(c, cl, 3, BT_ERR_OVERLOADED);
+    assert_int_equal(r->finish_reason, BATON__FINISH_REASON__FINISH_FAILED);
+    baton__generate_result__free_unpacked(r, NULL);
+    expect_silence(c, p->sock, 50); /* the prefill side was never asked */
+}
+
 /* Messages are served as they come, not at the next housekeeping tick: with a tick of a second,
  * every step of many requests (each with a HEALTH sent right behind its GENERATE, so that the
  * router sends on a socket that has more waiting) is answered well within it. The router
@@ -476,6 +495,8 @@ int main(void)
         cmocka_unit_test_teardown(test_flow_cancel_does_not_wait_for_a_silent_daemon, teardown),
         cmocka_unit_test_teardown(test_flow_nospace_tries_another_decode, teardown),
         cmocka_unit_test_teardown(test_flow_nospace_waits_for_the_next_heartbeat, teardown),
+        cmocka_unit_test_teardown(test_flow_nospace_until_the_queue_timeout_is_overloaded,
+                                  teardown),
         cmocka_unit_test_teardown(test_flow_messages_are_served_between_ticks, teardown),
         cmocka_unit_test_teardown(test_flow_busy_poll_serves_the_same, teardown),
     };
