@@ -27,7 +27,7 @@ typedef struct {
     int prefill, decode, colocated, pairs, prefill_pp, decode_pp, max_batch_tokens, max_batch_seqs;
     int block_size, goodput;
     int64_t kv_tokens;
-    float slo_ttft_ms, slo_tpot_ms, target;
+    float slo_ttft_ms, slo_tpot_ms, target, queue_timeout_ms;
     float pair_switch_ms, pair_idle_ms, pair_tick_ms, pair_heartbeat_ms, pair_rtt_ms, pair_step_ms;
 } sim_cfg_t;
 
@@ -63,6 +63,10 @@ static const bt_cfg_opt_t sim_opts[] = {
     OPT("max-batch-seqs", BT_CFG_INT, "256", 1, 1 << 20, max_batch_seqs,
         "prompts per prefill batch, sequences per decode batch"),
     OPT("block-size", BT_CFG_INT, "16", 1, 4096, block_size, "KV tokens per block"),
+    OPT("queue-timeout-ms", BT_CFG_FLOAT, "0", 0, 1e9, queue_timeout_ms,
+        "admit as baton's router does (the decode side reserves the prompt's KV at placement; "
+        "a request without room waits in the router's queue and fails after this long); "
+        "0: DistServe's pull (decode reserves the whole sequence after prefill)"),
     OPT("policy", BT_CFG_STRING, "least-loaded", 0, 0, policy,
         "router policy: round-robin, least-loaded, slo-aware"),
     PL_CLI_WORKLOAD_OPTS(sim_cfg_t, wl),
@@ -141,10 +145,11 @@ static int run_rates(const sim_cfg_t *c, const pl_workload_t *w, const pl_sim_pa
         return BT_ERR_NOMEM;
     }
     printf("| rate/s | attain | TTFT ok | TPOT ok | TTFT p50 | TTFT p90 | TTFT p99 | TPOT p50 | "
-           "TPOT p90 | TPOT p99 | JCT mean | JCT p90 | finished | sim s | M req/min |%s\n"
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|%s\n",
+           "TPOT p90 | TPOT p99 | JCT mean | JCT p90 | finished | sim s | M req/min |%s%s\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|%s%s\n",
+           c->queue_timeout_ms > 0 ? " expired in queue |" : "",
            c->pairs > 0 ? " switches | handed off | replicas dropped | replicas refused |" : "",
-           c->pairs > 0 ? "---|---|---|---|" : "");
+           c->queue_timeout_ms > 0 ? "---|" : "", c->pairs > 0 ? "---|---|---|---|" : "");
     int st = BT_OK;
     for (int i = 0; i < n_rates && st == BT_OK; i++) {
         pl_workload_at_rate(w, rates[i], reqs);
@@ -160,6 +165,8 @@ static int run_rates(const sim_cfg_t *c, const pl_workload_t *w, const pl_sim_pa
                r.ttft_p50_ms, r.ttft_p90_ms, r.ttft_p99_ms, r.tpot_p50_ms, r.tpot_p90_ms,
                r.tpot_p99_ms, r.jct_mean_ms, r.jct_p90_ms, r.n_finished, t,
                n / (t > 0 ? t : 1e-9) * 60 / 1e6);
+        if (c->queue_timeout_ms > 0)
+            printf(" %zu |", r.n_expired);
         if (c->pairs > 0)
             printf(" %llu | %llu | %llu | %llu |", (unsigned long long)r.n_switches,
                    (unsigned long long)r.n_moved, (unsigned long long)r.n_replicas_dropped,
@@ -204,6 +211,7 @@ static int sim_main(const sim_cfg_t *c)
                           .slo_ttft_ms = c->slo_ttft_ms,
                           .slo_tpot_ms = c->slo_tpot_ms,
                           .block_size = c->block_size,
+                          .queue_timeout_ms = c->queue_timeout_ms,
                           .pairs = {.switch_ms = pair_ms(c->pair_switch_ms),
                                     .idle_ms = pair_ms(c->pair_idle_ms),
                                     .tick_ms = c->pair_tick_ms,

@@ -36,7 +36,7 @@ typedef struct {
     int prefill, decode, colocated, max_batch_tokens, max_batch_seqs, block_size, timeout_s;
     float quiet_load, speed_bins_ms;
     size_t kv_mem;
-    float slo_ttft_ms, slo_tpot_ms;
+    float slo_ttft_ms, slo_tpot_ms, queue_timeout_ms;
 } val_cfg_t;
 
 #define OPT(n, t, d, lo, hi, f, h) PL_CLI_OPT(n, t, d, lo, hi, val_cfg_t, f, h)
@@ -62,6 +62,10 @@ static const bt_cfg_opt_t val_opts[] = {
         "sequences per forward of each daemon (as baton up)"),
     OPT("block-size", BT_CFG_INT, "16", 1, 4096, block_size, "KV tokens per block"),
     OPT("policy", BT_CFG_STRING, "least-loaded", 0, 0, policy, "the router's policy"),
+    OPT("queue-timeout-ms", BT_CFG_FLOAT, "10000", 0, 1e9, queue_timeout_ms,
+        "the router's --queue-timeout-ms: the simulator admits as the router does (the decode "
+        "side reserves the prompt's KV at placement; a request without room waits in the "
+        "router's queue and fails after this long); 0: DistServe's pull"),
     PL_CLI_WORKLOAD_OPTS(val_cfg_t, wl),
     OPT("rates", BT_CFG_STRING, "1", 0, 0, rates,
         "request rates, req/s, e.g. 0.5,1,2; auto: where the simulator's attainment falls through "
@@ -661,7 +665,8 @@ static int val_main(const val_cfg_t *c)
                           .policy = (pl_policy_t)pol,
                           .slo_ttft_ms = c->slo_ttft_ms,
                           .slo_tpot_ms = c->slo_tpot_ms,
-                          .block_size = c->block_size};
+                          .block_size = c->block_size,
+                          .queue_timeout_ms = c->queue_timeout_ms};
     pl_sim_params_t sp_alt = sp; /* the same cluster on the other profile */
     if (c->profile_alt) {
         cluster_of(c, &prof_alt, inst_alt);

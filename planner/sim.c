@@ -270,9 +270,12 @@ static void prefill_try(sim_t *s, int i)
 
 static void decode_admit(sim_t *s, int di);
 
+static void router_dispatch(sim_t *s);
+
 static void on_prefill_done(sim_t *s, int i)
 {
     sim_inst_t *x = &s->inst[i];
+    int freed = 0;
     uint32_t n = sim_fifo_pop(&x->batches);
     if (x->pp == 1)
         x->stage_busy = 0;
@@ -283,8 +286,11 @@ static void on_prefill_done(sim_t *s, int i)
         sim_first_token(s, r);
         if (s->p->mode == PL_SIM_PREFILL_ONLY || q->output <= 1) {
             x->kv_used -= sim_round(s, q->prompt);
-            if (q->d >= 0)
+            if (q->d >= 0) {
                 s->inst[q->d].n_waiting--;
+                s->inst[q->d].kv_used -= q->held;
+                freed |= q->held > 0;
+            }
             sim_finish(s, r);
             continue;
         }
@@ -293,6 +299,8 @@ static void on_prefill_done(sim_t *s, int i)
         decode_admit(s, q->d);
     }
     prefill_try(s, i);
+    if (freed)
+        router_dispatch(s);
 }
 
 static void on_transfer_done(sim_t *s, uint32_t r)
@@ -396,8 +404,10 @@ static void decode_admit(sim_t *s, int di)
     while (d->queue.len > 0) {
         uint32_t r = sim_fifo_peek(&d->queue);
         const sim_req_t *q = &s->req[r];
-        int64_t need = sim_round(s, (int64_t)q->prompt + q->output);
-        if (!sim_fits(d, need))
+        /* With the router's admission the prompt's KV is held since placement and the rest is
+         * taken as the sequence grows (a daemon over its memory would preempt). */
+        int64_t need = sim_round(s, (int64_t)q->prompt + q->output) - q->held;
+        if (!s->admit && !sim_fits(d, need))
             break;
         sim_fifo_pop(&d->queue);
         d->kv_used += need;
@@ -451,10 +461,12 @@ static void on_lane_done(sim_t *s, int i, int k)
         x->n_running--;
         sim_finish(s, r);
     }
-    if (x->spec->role == PL_ROLE_DECODE)
+    if (x->spec->role == PL_ROLE_DECODE) {
+        router_dispatch(s);
         decode_admit(s, i);
-    else
+    } else {
         lanes_run(s, i);
+    }
 }
 
 double sim_ctx_tokens(const sim_inst_t *x)
@@ -467,14 +479,10 @@ double sim_ctx_tokens(const sim_inst_t *x)
 
 /* --- the run --------------------------------------------------------------------------------- */
 
-static void on_arrival(sim_t *s, uint32_t r)
+/* A placed request joins its instance. */
+static void start(sim_t *s, uint32_t r)
 {
     sim_req_t *q = &s->req[r];
-    if (s->n_pairs > 0) {
-        sim_pairs_arrival(s, r);
-        return;
-    }
-    sim_place(s, r);
     if (s->p->mode == PL_SIM_DECODE_ONLY) {
         sim_first_token(s, r);
         if (q->output <= 1) {
@@ -496,6 +504,47 @@ static void on_arrival(sim_t *s, uint32_t r)
         lanes_run(s, i);
 }
 
+/* Router admission: places what waits in the router's queue while there is room, in order
+ * (every request needs a decode side, so the rest would wait too, as in router_place.c). */
+static void router_dispatch(sim_t *s)
+{
+    while (s->admit && s->waiting.len > 0) {
+        uint32_t r = sim_fifo_peek(&s->waiting);
+        if (!sim_place(s, r))
+            return;
+        sim_fifo_pop(&s->waiting);
+        start(s, r);
+    }
+}
+
+static void on_arrival(sim_t *s, uint32_t r)
+{
+    if (s->n_pairs > 0) {
+        sim_pairs_arrival(s, r);
+        return;
+    }
+    if (s->admit && (s->waiting.len > 0 || !sim_place(s, r))) {
+        sim_fifo_push(s, &s->waiting, r);
+        sim_ev_push(s, s->now + s->p->queue_timeout_ms, SIM_EV_QUEUE_EXPIRE, r, 0);
+        return;
+    }
+    if (!s->admit)
+        sim_place(s, r);
+    start(s, r);
+}
+
+/* A request's time in the router's queue is up: it fails there unless it was placed. Requests
+ * join the queue in arrival order and all wait as long, so the one whose time is up is at its
+ * head if it is still in it. */
+static void on_queue_expire(sim_t *s, uint32_t r)
+{
+    if (s->waiting.len == 0 || sim_fifo_peek(&s->waiting) != r)
+        return;
+    sim_fifo_pop(&s->waiting);
+    sim_fail(s, r);
+    s->n_expired++;
+}
+
 static void on_event(sim_t *s, const sim_ev_t *e)
 {
     switch (e->kind) {
@@ -506,6 +555,7 @@ static void on_event(sim_t *s, const sim_ev_t *e)
     case SIM_EV_PREFILL_DONE: on_prefill_done(s, (int)e->a); break;
     case SIM_EV_TRANSFER_DONE: on_transfer_done(s, e->a); break;
     case SIM_EV_LANE_DONE: on_lane_done(s, (int)e->a, (int)e->b); break;
+    case SIM_EV_QUEUE_EXPIRE: on_queue_expire(s, e->a); break;
     default: sim_pairs_event(s, e);
     }
 }
@@ -553,6 +603,8 @@ static const char *check(const pl_sim_params_t *p, const pl_req_t *reqs, size_t 
     }
     if (!(p->slo_ttft_ms > 0) || !(p->slo_tpot_ms > 0))
         return "objectives must be > 0";
+    if (!(p->queue_timeout_ms >= 0) || !isfinite(p->queue_timeout_ms))
+        return "the queue timeout must be finite and >= 0";
     if (p->mode == PL_SIM_FULL && !(n_role[0] && n_role[1]) && !n_role[2] && !n_role[3])
         return "a full run needs prefill and decode instances, or colocated ones";
     if (p->mode == PL_SIM_PREFILL_ONLY && !n_role[0])
@@ -598,6 +650,9 @@ static int setup(sim_t *s, const pl_sim_params_t *p, const pl_req_t *reqs, size_
                                 .output = reqs[i].output,
                                 .p = -1,
                                 .d = -1};
+    s->admit = p->queue_timeout_ms > 0 && p->mode == PL_SIM_FULL &&
+               s->n_role[PL_ROLE_PREFILL] > 0 && s->n_role[PL_ROLE_DECODE] > 0 &&
+               s->n_role[PL_ROLE_PAIRED] == 0;
     return s->n_role[PL_ROLE_PAIRED] > 0 ? sim_pairs_setup(s) : BT_OK;
 }
 
@@ -617,6 +672,7 @@ static void teardown(sim_t *s)
         bt_free(x->lanes);
     }
     sim_pairs_teardown(s);
+    bt_free(s->waiting.buf);
     bt_free(s->inst);
     bt_free(s->req);
     for (int r = 0; r < 4; r++)
@@ -684,6 +740,7 @@ static void summarize(const sim_t *s, double *scratch, pl_sim_result_t *res)
     res->n_replicas_dropped = s->n_dropped;
     res->n_replicas_refused = s->n_rep_refused;
     res->n_refused = s->n_refused;
+    res->n_expired = s->n_expired;
     res->makespan_ms = s->now;
     res->n_events = s->n_events;
 }

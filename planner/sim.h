@@ -13,7 +13,9 @@
  *    finish each after t, in order;
  *  - transfer: decode pulls (DistServe): a prefilled request waits FCFS until its decode instance
  *    can reserve KV for prompt + output, then its KV crosses the prefill instance's link (one
- *    transfer at a time per link) in latency + bytes / bandwidth;
+ *    transfer at a time per link) in latency + bytes / bandwidth; or, with queue_timeout_ms, as
+ *    baton's router admits requests (the decode side reserves the prompt's KV at placement, and
+ *    a request with no room anywhere waits in the router's queue, see pl_sim_params_t);
  *  - decode: continuous batching at iteration level, pp micro-batches that step independently
  *    (DistServe's model of a pipelined decode), each with a batch-size limit; memory is reserved
  *    for the whole sequence at admission, so nothing is ever preempted;
@@ -107,6 +109,16 @@ typedef struct {
     double inter_gb_per_s, inter_latency_ms;
     size_t max_failures;     /* stop once more requests than this missed; 0: run to the end */
     pl_pairs_params_t pairs; /* clusters of PL_ROLE_PAIRED instances */
+    /* The router's admission (router/router_place.c), for clusters of prefill and decode
+     * instances in the full mode: > 0: a request is placed only where a decode instance has
+     * room for its prompt's KV, which that instance reserves at once (before the prefill, as
+     * the router's ASSIGN to the decode side does), keeping a block free for each sequence it
+     * runs; the rest of the sequence's KV is taken as it decodes (over memory, the daemon
+     * would preempt; here it runs on). A request no decode instance has room for waits, FCFS,
+     * in the router's queue, and fails after queue_timeout_ms there (--queue-timeout-ms).
+     * 0: DistServe's pull (a prefilled request waits at its decode instance until the whole
+     * sequence's KV fits; no router queue). */
+    double queue_timeout_ms;
 } pl_sim_params_t;
 
 /* What happened to one request. */
@@ -134,6 +146,7 @@ typedef struct {
      * at a turn to prefill), replicas dropped for memory, replicas the holder refused (no room),
      * and requests longer than a member's memory (refused). */
     uint64_t n_switches, n_moved, n_replicas_dropped, n_replicas_refused, n_refused;
+    size_t n_expired; /* queue_timeout_ms > 0: requests that waited it out in the router's queue */
 } pl_sim_result_t;
 
 /* Simulates the n requests (arrival_ms non-decreasing) on the cluster. A cluster is either all

@@ -59,6 +59,7 @@ typedef struct {
     double link_free_ms;   /* prefill: when its KV link is free */
     sim_lane_t *lanes;     /* (pp) decode, colocated, paired */
     uint64_t seq;          /* registration order (round-robin, ties) */
+    int full;              /* router admission: no room for the request being placed */
     /* Paired instances only (a continuous batcher each). queue: prompts assigned here, FCFS;
      * ready: resumed sequences, joining the batch at its next iteration; lanes[0]: the batch,
      * lanes[0].prefill: the prompts of the running iteration. */
@@ -101,6 +102,7 @@ typedef struct {
     double arrival, first, finish;
     int32_t prompt, output;
     int32_t p, d;
+    int32_t held; /* router admission: KV tokens its decode instance reserved at placement */
     uint8_t failed, done;
 } sim_req_t;
 
@@ -119,6 +121,7 @@ enum {
     SIM_EV_PAIR_LANE_DONE, /* a: instance */
     SIM_EV_PAIR_RESUME,    /* a: request, b: the instance told to RESUME it */
     SIM_EV_PAIR_CHECK,     /* a: pair; a router tick */
+    SIM_EV_QUEUE_EXPIRE,   /* a: request; its time in the router's queue is up */
 };
 
 typedef struct {
@@ -143,11 +146,16 @@ typedef struct {
     pl_pairs_params_t pp; /* the thresholds with defaults applied */
     uint32_t *buf;        /* (n_req) scratch for the sequences of a hand-over */
     uint64_t n_switches, n_moved, n_dropped, n_refused, n_rep_refused;
+    int admit;          /* the router's admission (pl_sim_params_t.queue_timeout_ms) */
+    sim_fifo_t waiting; /* with it: requests in the router's queue, in arrival order */
+    size_t n_expired;
 } sim_t;
 
 /* The placement for request r: its prefill and decode instances (decode only, or colocated
- * only, as the mode and the cluster say). Set in s->req[r].p and .d. */
-void sim_place(sim_t *s, uint32_t r);
+ * only, as the mode and the cluster say). Set in s->req[r].p and .d. With the router's
+ * admission (s->admit), only where a decode instance has room for the prompt's KV, which it
+ * reserves (s->req[r].held); returns 0, placing nothing, when none has. */
+int sim_place(sim_t *s, uint32_t r);
 
 /* Block-rounded tokens. */
 static inline int64_t sim_round(const sim_t *s, int64_t tokens)

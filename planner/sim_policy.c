@@ -84,12 +84,14 @@ static int load_less(load_t a, load_t b)
 
 static int least_loaded(const sim_t *s, pl_role_t role)
 {
-    int best = s->by_role[role][0];
-    load_t lb = load_of(s, &s->inst[best]);
-    for (int j = 1; j < s->n_role[role]; j++) {
+    int best = -1;
+    load_t lb = {{0}};
+    for (int j = 0; j < s->n_role[role]; j++) {
         int i = s->by_role[role][j];
+        if (s->inst[i].full)
+            continue;
         load_t l = load_of(s, &s->inst[i]);
-        if (load_less(l, lb)) {
+        if (best < 0 || load_less(l, lb)) {
             best = i;
             lb = l;
         }
@@ -154,6 +156,8 @@ static int slo_pick(const sim_t *s, pl_role_t role, const sim_req_t *q, int pair
     double bv = 0;
     for (int j = 0; j < s->n_role[role]; j++) {
         const sim_inst_t *x = &s->inst[s->by_role[role][j]];
+        if (x->full)
+            continue;
         double v = role == PL_ROLE_PREFILL  ? predict_ttft(x, q, pair)
                    : role == PL_ROLE_DECODE ? predict_tpot(x, q)
                                             : -colocated_slack(s, x, q);
@@ -170,11 +174,39 @@ static int pick(sim_t *s, pl_role_t role, const sim_req_t *q, int pair)
     switch (s->p->policy) {
     case PL_POLICY_LEAST_LOADED: return least_loaded(s, role);
     case PL_POLICY_SLO_AWARE: return slo_pick(s, role, q, pair);
-    default: return s->by_role[role][s->rr[role]++ % s->n_role[role]];
+    default:
+        for (int k = 0; k < s->n_role[role]; k++) {
+            int i = s->by_role[role][s->rr[role]++ % s->n_role[role]];
+            if (!s->inst[i].full)
+                return i;
+        }
+        return -1;
     }
 }
 
-void sim_place(sim_t *s, uint32_t r)
+/* Router admission: marks the decode instances without room for q's prompt (router_place.c
+ * skips an instance that refused with BT_ERR_NOSPACE; decode/decode.c refuses a prompt that
+ * would leave fewer free blocks than it runs sequences). Returns whether any has room. */
+static int decode_room(sim_t *s, const sim_req_t *q)
+{
+    int any = 0;
+    int64_t need = sim_round(s, q->prompt);
+    for (int j = 0; j < s->n_role[PL_ROLE_DECODE]; j++) {
+        sim_inst_t *x = &s->inst[s->by_role[PL_ROLE_DECODE][j]];
+        x->full = x->spec->kv_tokens > 0 &&
+                  x->kv_used + need + (int64_t)x->n_running * s->block > x->spec->kv_tokens;
+        any |= !x->full;
+    }
+    return any;
+}
+
+static void decode_room_clear(sim_t *s)
+{
+    for (int j = 0; j < s->n_role[PL_ROLE_DECODE]; j++)
+        s->inst[s->by_role[PL_ROLE_DECODE][j]].full = 0;
+}
+
+int sim_place(sim_t *s, uint32_t r)
 {
     sim_req_t *q = &s->req[r];
     switch (s->p->mode) {
@@ -183,12 +215,22 @@ void sim_place(sim_t *s, uint32_t r)
     default:
         if (s->n_role[PL_ROLE_PREFILL] > 0 && s->n_role[PL_ROLE_DECODE] > 0) {
             /* The router picks the decode side first (its ASSIGN reserves the KV). */
+            if (s->admit && !decode_room(s, q)) {
+                decode_room_clear(s);
+                return 0;
+            }
             q->d = pick(s, PL_ROLE_DECODE, q, 1);
             q->p = pick(s, PL_ROLE_PREFILL, q, 1);
+            if (s->admit) {
+                decode_room_clear(s);
+                q->held = (int32_t)sim_round(s, q->prompt);
+                s->inst[q->d].kv_used += q->held;
+            }
         } else {
             q->d = pick(s, PL_ROLE_COLOCATED, q, 0);
         }
     }
     if (q->d >= 0 && s->inst[q->d].spec->role == PL_ROLE_DECODE)
         s->inst[q->d].n_waiting++;
+    return 1;
 }

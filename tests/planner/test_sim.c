@@ -241,6 +241,64 @@ static void test_sim_decode_memory_serializes(void **state)
     assert_true(fabs(per[1].finish_ms - 41) < 1e-4);
 }
 
+/* The router's admission (queue_timeout_ms): decode memory for two prompts (32 tokens), three
+ * prompts of 16 at 0, one prompt per prefill batch of 1 ms, decode steps of 1 ms, transfers
+ * of a few nanoseconds. r0 and r1 are placed at once (their decode instance reserves 16 tokens
+ * each), r2 waits in the router's queue. r0 and r1 prefill at 0 - 1 and 1 - 2 and decode their 20
+ * steps from 1 and 3 (a sequence joins the batch at a step boundary), finishing at 21 and 23. At 21
+ * the decode instance has 48 tokens in use (over its 32: the rest of each sequence is taken as it
+ * grows), so only at 23 is there room for r2's prompt and a block for each running sequence:
+ * r2 prefills 23 - 24 and finishes at 44. With 10 ms in the queue allowed, r2 fails there. With
+ * unlimited memory the admission changes nothing. */
+static void test_sim_router_admission(void **state)
+{
+    (void)state;
+    bt_profile_t p = profile(1, 0, 0, 1, 0, 0);
+    p.transfer_latency_ms = 0;
+    p.transfer_gb_per_s = 1e6;
+    pl_inst_spec_t inst[2] = {{.role = PL_ROLE_PREFILL, .profile = &p, .max_batch_seqs = 1},
+                              {.role = PL_ROLE_DECODE, .profile = &p, .kv_tokens = 32}};
+    pl_req_t r[3] = {{0, 16, 21}, {0, 16, 21}, {0, 16, 21}};
+    pl_sim_params_t sp = one(inst, 2, PL_SIM_FULL);
+    sp.queue_timeout_ms = 1000;
+    pl_sim_result_t res;
+    pl_sim_req_t per[3];
+    assert_int_equal(pl_sim_run(&sp, r, 3, &res, per), BT_OK);
+    assert_int_equal(res.n_finished, 3);
+    assert_int_equal(res.n_expired, 0);
+    assert_true(fabs(per[0].finish_ms - 21) < 1e-4);
+    assert_true(fabs(per[1].finish_ms - 23) < 1e-4);
+    assert_true(fabs(per[2].ttft_ms - 24) < 1e-4);
+    assert_true(fabs(per[2].finish_ms - 44) < 1e-4);
+
+    sp.queue_timeout_ms = 10;
+    assert_int_equal(pl_sim_run(&sp, r, 3, &res, per), BT_OK);
+    assert_int_equal(res.n_finished, 2);
+    assert_int_equal(res.n_expired, 1);
+    assert_int_equal(res.n_ok, 2);
+    assert_true(per[2].ttft_ms < 0 && per[2].finish_ms < 0);
+
+    /* Unlimited memory: the same run, request for request, as DistServe's pull. */
+    const size_t n = 2000;
+    bt_profile_t q = profile(5, 0.1, 1e-4, 3, 0.01, 0.5);
+    pl_inst_spec_t big[3] = {{.role = PL_ROLE_PREFILL, .profile = &q},
+                             {.role = PL_ROLE_DECODE, .profile = &q},
+                             {.role = PL_ROLE_DECODE, .profile = &q}};
+    pl_req_t *w = poisson(n, 0.05, 3, 100, 0, 20);
+    pl_sim_req_t *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+    pl_sim_params_t pull = one(big, 3, PL_SIM_FULL), adm = pull;
+    adm.queue_timeout_ms = 1000;
+    pl_sim_result_t ra, rb;
+    assert_int_equal(pl_sim_run(&pull, w, n, &ra, a), BT_OK);
+    assert_int_equal(pl_sim_run(&adm, w, n, &rb, b), BT_OK);
+    assert_int_equal(ra.n_finished, n);
+    assert_int_equal(rb.n_finished, n);
+    assert_memory_equal(a, b, n * sizeof *a);
+    free(w);
+    free(a);
+    free(b);
+}
+
 /* Round-robin alternates; least-loaded avoids the busy prefill; slo-aware sends prompts to the
  * faster instance. */
 static void test_sim_policies(void **state)
@@ -408,6 +466,7 @@ int main(void)
         cmocka_unit_test(test_sim_speed_replay),
         cmocka_unit_test(test_sim_long_prompt_in_chunks),
         cmocka_unit_test(test_sim_decode_memory_serializes),
+        cmocka_unit_test(test_sim_router_admission),
         cmocka_unit_test(test_sim_policies),
         cmocka_unit_test(test_sim_deterministic),
         cmocka_unit_test(test_sim_stops_early),
