@@ -46,6 +46,7 @@ static int serve(const decode_cfg_t *c, bt_daemon_t *d)
                                                        : dc->max_batch_tokens,
                                  .max_requests = dc->max_requests,
                                  .peer_wait_ms = c->kv.peer_wait_ms,
+                                 .arrival_timeout_ms = c->arrival_timeout_ms,
                                  .steplog = d->steplog};
         st = bt_decode_create(&pp, &role);
     }

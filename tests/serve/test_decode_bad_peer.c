@@ -69,15 +69,17 @@ static int teardown(void **state)
     return 0;
 }
 
-/* baton-decode with a context long enough for the long request, registered. */
-static void start_decode(bp_fixture_t *f)
+/* baton-decode with a context long enough for the long request, registered; KV reservations
+ * lapse after arrival_ms. */
+static void start_decode(bp_fixture_t *f, const char *arrival_ms)
 {
     char exe[512];
     snprintf(exe, sizeof exe, "%s/bin/baton-decode", BATON_BINARY_DIR);
-    const char *argv[] = {
-        exe,       "--model",        f->model, "--router",    f->r.endpoint, "--id",
-        f->dec_id, "--threads",      "1",      "--kv-mem",    "8M",          "--ctx",
-        "4096",    "--heartbeat-ms", "50",     "--log-level", "info",        NULL};
+    const char *argv[] = {exe,           "--model",        f->model,  "--router",
+                          f->r.endpoint, "--id",           f->dec_id, "--threads",
+                          "1",           "--kv-mem",       "8M",      "--ctx",
+                          "4096",        "--heartbeat-ms", "50",      "--kv-arrival-timeout-ms",
+                          arrival_ms,    "--log-level",    "info",    NULL};
     assert_int_equal(bt_proc_start(&f->dec, (char *const *)argv), 0);
     if (!fake_router_wait_heartbeats(&f->r, f->dec_id, 1, 20000))
         bt_proc_dump_log(&f->dec);
@@ -129,10 +131,9 @@ static void peer_expect(bp_fixture_t *f, const char *what, uint64_t rid)
     free(tl_helper_take(&f->peer, NULL, prefix, 10000));
 }
 
-/* One request's KV from the peer: the decode part is assigned with the peer as its prefill,
- * the reservation comes back, and the peer ships blocks src, src + 1, ... of its pool into it
- * and ends the transfer with first_token. */
-static void ship(bp_fixture_t *f, uint64_t rid, int max_tokens, int32_t src, int32_t first_token)
+/* The decode part of a request is assigned with the peer as its prefill, and its reservation
+ * comes back. */
+static fake_req_t *reserve(bp_fixture_t *f, uint64_t rid, int max_tokens)
 {
     int32_t prompt[N_PROMPT];
     bt_test_prompt((uint32_t)rid, N_PROMPT, 512, prompt);
@@ -154,6 +155,14 @@ static void ship(bp_fixture_t *f, uint64_t rid, int max_tokens, int32_t src, int
     assert_int_equal(q->reply_status, BT_OK);
     assert_int_equal(q->n_resv_blocks, (N_PROMPT + 15) / 16);
     peer_expect(f, "ev reserved BT_OK", rid);
+    return q;
+}
+
+/* One request's KV from the peer: reserved, then the peer ships blocks src, src + 1, ... of
+ * its pool into it and ends the transfer with first_token. */
+static void ship(bp_fixture_t *f, uint64_t rid, int max_tokens, int32_t src, int32_t first_token)
+{
+    fake_req_t *q = reserve(f, rid, max_tokens);
     char list[64];
     int32_t ids[(N_PROMPT + 15) / 16];
     for (int i = 0; i < q->n_resv_blocks; i++)
@@ -178,7 +187,7 @@ static void assert_streamed(const fake_req_t *q, int n)
 static void test_decode_bad_first_token_fails_only_its_request(void **state)
 {
     bp_fixture_t *f = *state;
-    start_decode(f);
+    start_decode(f, "120000");
     start_peer(f);
     uint64_t c = 1, a = 2, b = 3;
 
@@ -233,11 +242,38 @@ static void test_decode_bad_first_token_fails_only_its_request(void **state)
     free(tl_helper_cmd(&f->peer, NULL, "exit"));
 }
 
+/* A reservation whose KV never comes (the peer reserved and then sent nothing) lapses after
+ * --kv-arrival-timeout-ms: the request ends FAILED with BT_ERR_TIMEOUT, its blocks come back,
+ * and the daemon goes on serving. */
+static void test_decode_reservation_lapses(void **state)
+{
+    bp_fixture_t *f = *state;
+    start_decode(f, "500");
+    start_peer(f);
+    uint64_t lost = 1, next = 2;
+    reserve(f, lost, SHORT_TOKENS);
+    if (!fake_router_wait_done(&f->r, lost, 10000))
+        bt_proc_dump_log(&f->dec);
+    fake_req_t *q = fake_router_req(&f->r, lost);
+    assert_int_equal(q->done, 1);
+    assert_int_equal(q->done_status, BT_ERR_TIMEOUT);
+    assert_int_equal(q->finish, BATON__FINISH_REASON__FINISH_FAILED);
+    assert_true(fake_router_wait(&f->r, kv_all_free, f->dec_id, 10000));
+
+    ship(f, next, SHORT_TOKENS, 0, 5);
+    assert_true(fake_router_wait_done(&f->r, next, 10000));
+    fake_req_t *qn = fake_router_req(&f->r, next);
+    assert_int_equal(qn->done_status, BT_OK);
+    assert_streamed(qn, SHORT_TOKENS);
+    free(tl_helper_cmd(&f->peer, NULL, "exit"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_decode_bad_first_token_fails_only_its_request, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_decode_reservation_lapses, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
