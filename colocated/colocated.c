@@ -23,6 +23,7 @@ int bt_colocated_create(const bt_colocated_params_t *p, bt_colocated_t **out)
     bt_batcher_params_t bp = {.engine = p->engine,
                               .max_batch_seqs = p->max_batch_seqs,
                               .prefill_first = 1,
+                              .growth_reserve = p->growth_reserve,
                               .max_requests = p->max_requests,
                               .steplog = p->steplog};
     int st = bt_batcher_create(&bp, &c->batcher);

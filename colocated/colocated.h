@@ -21,6 +21,7 @@ typedef struct {
     bt_engine_t *engine;    /* borrowed */
     int32_t max_batch_seqs; /* sequences per forward */
     int32_t max_requests;   /* requests held at once */
+    float growth_reserve;   /* bt_batcher_params_t */
     bt_steplog_t *steplog;  /* borrowed; NULL: steps are not recorded */
 } bt_colocated_params_t;
 

@@ -13,10 +13,13 @@
 
 typedef struct {
     bt_daemon_cfg_t daemon;
+    float growth_reserve;
 } colo_cfg_t;
 
 static const bt_cfg_opt_t colo_opts[] = {
     BT_DAEMON_OPTS(colo_cfg_t),
+    {"growth-reserve", 0, BT_CFG_FLOAT, "0", 0, 1, offsetof(colo_cfg_t, growth_reserve),
+     BT_GROWTH_RESERVE_HELP},
 };
 static const bt_cfg_table_t colo_table = {
     .prog = "baton-colocated",
@@ -34,6 +37,7 @@ static int serve(const colo_cfg_t *c, bt_daemon_t *d)
         .engine = d->engine,
         .max_batch_seqs = seqs,
         .max_requests = c->daemon.max_requests,
+        .growth_reserve = c->growth_reserve,
         .steplog = d->steplog,
     };
     bt_colocated_t *role = NULL;

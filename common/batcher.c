@@ -61,7 +61,8 @@ int bt_batcher_create(const bt_batcher_params_t *p, bt_batcher_t **out)
     bt_sched_decode_params_t sp = {.max_batch_tokens = bt_engine_max_batch_tokens(p->engine),
                                    .max_batch_seqs = p->max_batch_seqs,
                                    .block_size = bt_kv_pool_block_size(b->pool),
-                                   .prefill_first = p->prefill_first};
+                                   .prefill_first = p->prefill_first,
+                                   .growth_reserve = p->growth_reserve};
     bt_sched_decode_init(&b->sched, &sp);
     bt_reqtable_init(&b->seqs);
     size_t n = (size_t)p->max_batch_seqs;
@@ -160,6 +161,7 @@ void bt_batcher_add_prompt(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req)
     }
     bt_req_event(req, BATON__EVENT_KIND__PREFILL_QUEUED, 0);
     s->item.n_total = req->n_prompt;
+    s->item.n_max = req->max_ctx;
     bt_sched_decode_add(&b->sched, &s->item);
 }
 
@@ -204,6 +206,7 @@ void bt_batcher_add_continued(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt
     s->item.n_kv = s->kv.n_tokens;
     s->item.n_blocks = s->kv.n_blocks;
     s->item.n_total = bt_seqgen_len(s->gen);
+    s->item.n_max = req->max_ctx;
     bt_sched_decode_add(&b->sched, &s->item);
 }
 
@@ -236,6 +239,7 @@ void bt_batcher_add_resumed(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt_k
     s->item.n_kv = s->kv.n_tokens;
     s->item.n_blocks = s->kv.n_blocks;
     s->item.n_total = bt_seqgen_len(s->gen);
+    s->item.n_max = req->max_ctx;
     bt_sched_decode_add(&b->sched, &s->item);
 }
 

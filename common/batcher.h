@@ -51,6 +51,8 @@ typedef struct {
     bt_engine_t *engine;    /* borrowed; the batcher is its only user */
     int32_t max_batch_seqs; /* most sequences per forward (<= the engine's) */
     int prefill_first;      /* 1: iterations that admit prompts run them alone (colocated) */
+    float growth_reserve;   /* admission keeps free this fraction of the running sequences'
+                             * remaining growth (bt_sched_decode_params_t); 0: none */
     int32_t max_requests;   /* most sequences held at once */
     bt_batcher_hooks_t hooks;
     bt_steplog_t *steplog; /* borrowed; NULL: steps are not recorded */

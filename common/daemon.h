@@ -82,6 +82,12 @@ typedef struct {
         BT_DAEMON_OPT(T, "log-level", BT_CFG_STRING, "info", 0, 0, log_level,                      \
                       "debug, info, warn, error or off")
 
+/* The help of --growth-reserve (the decode and colocated daemons). */
+#define BT_GROWTH_RESERVE_HELP                                                                     \
+    "admit a sequence only while the free KV also covers this fraction of the remaining growth "   \
+    "(to max tokens) of it and of every running one; 0: none (growth that overruns the pool "      \
+    "preempts a sequence, to be recomputed)"
+
 /* What a daemon builds from its config before the worker runs. */
 typedef struct {
     bt_model_t *model;

@@ -106,13 +106,19 @@ int32_t bt_sched_decode_plan(bt_sched_decode_t *s, int32_t free_blocks, bt_sched
     int32_t growth = make_room(s, &free_blocks, plan);
     int32_t n_running = s->running.len;
     int pf = s->p.prefill_first;
+    int32_t reserve = 0;
+    for (bt_sched_item_t *it = bt_sched_list_first(&s->running); it && s->p.growth_reserve > 0;
+         it = bt_sched_list_next(&s->running, it))
+        reserve += bt_sched_growth_blocks(it, s->p.block_size, s->p.growth_reserve);
     bt_sched_budget_t b = {.tokens = s->p.max_batch_tokens - (pf ? 0 : n_running),
                            .seqs = s->p.max_batch_seqs - n_running,
-                           .blocks = free_blocks - growth};
+                           .blocks = free_blocks - growth - reserve,
+                           .growth = s->p.growth_reserve};
     bt_sched_item_t **picked = plan->run + n_running;
     int32_t n_picked = bt_sched_prefill_pick(&s->waiting, &b, pf || n_running == 0, picked);
     if (n_picked == 0 && n_running == 0 && bt_sched_prefill_len(&s->waiting) > 0) {
         b.blocks = free_blocks;
+        b.growth = 0; /* the oldest always makes progress, reserve or not */
         if (evict_waiting(s, &b.blocks, plan))
             n_picked = bt_sched_prefill_pick(&s->waiting, &b, 1, picked);
     }

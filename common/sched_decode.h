@@ -7,6 +7,11 @@
  * iteration plans one forward: every running sequence feeds its last token, and waiting ones are
  * admitted while the token budget, the batch-size limit and the free KV blocks allow.
  *
+ * With growth_reserve, admission also keeps free the blocks that a fraction of the running
+ * sequences' remaining growth (up to their most tokens) will take, so that growth seldom
+ * overruns the pool: a recompute costs a prefill of the whole sequence in the middle of every
+ * running sequence's decoding (SGLang reserves the same way, with an estimated ratio).
+ *
  * Memory pressure never fails a request. When the running sequences cannot all grow by one
  * token, the newest running one is preempted by recompute: its KV is dropped and it waits again
  * with its prompt and generated tokens, to be fed whole when there is room (batch invariance
@@ -34,6 +39,10 @@ typedef struct {
     int32_t max_batch_seqs;   /* sequences of one forward, hence most running sequences */
     int32_t block_size;       /* KV tokens per block */
     int prefill_first;        /* 1: iterations that admit prompts run them alone */
+    float growth_reserve;     /* a waiting sequence is admitted only while, after it, the free
+                               * blocks also cover this fraction of every running sequence's
+                               * remaining growth and of its own (items' n_max); 0: no reserve,
+                               * growth that overruns the pool preempts */
 } bt_sched_decode_params_t;
 
 typedef struct {

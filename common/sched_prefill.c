@@ -5,6 +5,8 @@
  */
 #include "sched_prefill.h"
 
+#include <math.h>
+
 #include "btassert.h"
 
 void bt_sched_list_init(bt_sched_list_t *l)
@@ -114,6 +116,16 @@ int32_t bt_sched_blocks_needed(const bt_sched_item_t *it, int32_t block_size)
     return need > 0 ? need : 0;
 }
 
+int32_t bt_sched_growth_blocks(const bt_sched_item_t *it, int32_t block_size, float ratio)
+{
+    if (ratio <= 0 || it->n_max <= it->n_total)
+        return 0;
+    int64_t grow = (int64_t)ceilf(ratio * (float)(it->n_max - it->n_total));
+    int64_t now = (it->n_total + block_size - 1) / block_size;
+    int64_t then = (it->n_total + grow + block_size - 1) / block_size;
+    return (int32_t)(then - now);
+}
+
 int32_t bt_sched_prefill_pick(bt_sched_prefill_t *s, bt_sched_budget_t *budget, int allow_oversized,
                               bt_sched_item_t **out)
 {
@@ -121,12 +133,13 @@ int32_t bt_sched_prefill_pick(bt_sched_prefill_t *s, bt_sched_budget_t *budget, 
     bt_sched_item_t *it;
     while (budget->seqs > 0 && (it = bt_sched_list_first(&s->queue)) != NULL) {
         int32_t feed = feed_of(it), blocks = bt_sched_blocks_needed(it, s->block_size);
+        int32_t reserve = bt_sched_growth_blocks(it, s->block_size, budget->growth);
         int alone_ok = allow_oversized && n == 0;
-        if ((feed > budget->tokens && !alone_ok) || blocks > budget->blocks)
+        if ((feed > budget->tokens && !alone_ok) || blocks + reserve > budget->blocks)
             break; /* FCFS: nobody overtakes the first that does not fit */
         bt_sched_prefill_remove(s, it);
         budget->tokens -= feed < budget->tokens ? feed : budget->tokens;
-        budget->blocks -= blocks;
+        budget->blocks -= blocks + reserve;
         budget->seqs--;
         out[n++] = it;
     }

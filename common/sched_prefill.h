@@ -27,6 +27,7 @@ typedef struct bt_sched_item {
     int32_t n_kv;     /* tokens whose K/V are in the cache */
     int32_t n_total;  /* tokens of the sequence; the next forward feeds [n_kv, n_total) */
     int32_t n_blocks; /* KV blocks the sequence holds now */
+    int32_t n_max;    /* most tokens the sequence may reach (prompt + max new); 0: unknown */
     uint64_t order;   /* arrival order (smaller is older); kept across preemption */
     int where;        /* BT_SCHED_NONE, _WAITING or _RUNNING */
 } bt_sched_item_t;
@@ -55,6 +56,8 @@ typedef struct {
     int32_t tokens; /* new tokens (rows of the forward) */
     int32_t seqs;   /* sequences */
     int32_t blocks; /* free KV blocks */
+    float growth;   /* decode admission: a picked sequence must also find free the blocks this
+                     * fraction of its remaining growth would take (bt_sched_growth_blocks) */
 } bt_sched_budget_t;
 
 typedef struct {
@@ -76,6 +79,9 @@ int64_t bt_sched_prefill_tokens(const bt_sched_prefill_t *s);
 
 /* New blocks an item needs to hold its n_total tokens. */
 int32_t bt_sched_blocks_needed(const bt_sched_item_t *it, int32_t block_size);
+/* Blocks beyond those for its n_total tokens that the fraction ratio of its remaining growth
+ * (n_max - n_total tokens) would take; 0 when n_max is unknown or ratio <= 0. */
+int32_t bt_sched_growth_blocks(const bt_sched_item_t *it, int32_t block_size, float ratio);
 
 /*
  * Picks the next batch from the head of the queue within budget (which is decreased by what

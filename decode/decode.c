@@ -86,6 +86,7 @@ int bt_decode_create(const bt_decode_params_t *p, bt_decode_t **out)
     bt_batcher_params_t bp = {.engine = p->engine,
                               .max_batch_seqs = p->max_batch_seqs,
                               .prefill_first = 0,
+                              .growth_reserve = p->growth_reserve,
                               .max_requests = p->max_requests,
                               .steplog = p->steplog};
     int st = bt_batcher_create(&bp, &d->batcher);

@@ -28,6 +28,7 @@ typedef struct {
     bt_kvlink_t *link;      /* borrowed; used on the loop thread only */
     int32_t max_batch_seqs; /* sequences per forward */
     int32_t max_requests;   /* requests held at once */
+    float growth_reserve;   /* bt_batcher_params_t */
     int peer_wait_ms;       /* how long an assignment waits for the connection to its prefill
                              * peer before it is refused; 0: 5000 */
     int arrival_timeout_ms; /* a reservation whose KV has not arrived after this long is

@@ -15,6 +15,7 @@ typedef struct {
     bt_daemon_cfg_t daemon;
     bt_kvlink_cfg_t kv;
     int arrival_timeout_ms;
+    float growth_reserve;
 } decode_cfg_t;
 
 static const bt_cfg_opt_t decode_opts[] = {
@@ -23,6 +24,8 @@ static const bt_cfg_opt_t decode_opts[] = {
     {"kv-arrival-timeout-ms", 0, BT_CFG_INT, "120000", 0, 1 << 30,
      offsetof(decode_cfg_t, arrival_timeout_ms),
      "cancel a reservation whose KV has not arrived after this long; 0: never"},
+    {"growth-reserve", 0, BT_CFG_FLOAT, "0", 0, 1, offsetof(decode_cfg_t, growth_reserve),
+     BT_GROWTH_RESERVE_HELP},
 };
 static const bt_cfg_table_t decode_table = {
     .prog = "baton-decode",
@@ -47,6 +50,7 @@ static int serve(const decode_cfg_t *c, bt_daemon_t *d)
                                  .max_requests = dc->max_requests,
                                  .peer_wait_ms = c->kv.peer_wait_ms,
                                  .arrival_timeout_ms = c->arrival_timeout_ms,
+                                 .growth_reserve = c->growth_reserve,
                                  .steplog = d->steplog};
         st = bt_decode_create(&pp, &role);
     }

@@ -166,6 +166,55 @@ static void test_decode_preempts_newest_under_pressure(void **state)
     assert_int_equal(it[2].n_total - it[2].n_kv, 5);
 }
 
+/* --growth-reserve: admission also keeps free the blocks that the given fraction of each
+ * sequence's remaining growth (to n_max) takes, its own and the running ones'; the oldest
+ * still always runs. */
+static void test_decode_growth_reserve(void **state)
+{
+    bt_sched_item_t g = item(8, 9, 2);
+    assert_int_equal(bt_sched_growth_blocks(&g, 4, 1), 0); /* n_max unknown */
+    g.n_max = 25;
+    assert_int_equal(bt_sched_growth_blocks(&g, 4, 0), 0);
+    assert_int_equal(bt_sched_growth_blocks(&g, 4, 0.5f), 2); /* 9 + 8 tokens: blocks 3 -> 5 */
+    assert_int_equal(bt_sched_growth_blocks(&g, 4, 1), 4);    /* 25 tokens: 7 blocks */
+
+    bt_sched_decode_params_t p = dparams;
+    p.growth_reserve = 1;
+    bt_sched_decode_t s;
+    bt_sched_decode_init(&s, &p);
+    bt_sched_item_t a = item(8, 9, 2), b = item(8, 9, 2);
+    a.n_max = b.n_max = 24; /* each may grow to 6 blocks */
+    bt_sched_decode_add(&s, &a);
+    bt_sched_decode_add(&s, &b);
+    bt_sched_item_t *run[4], *pre[4];
+    bt_sched_plan_t plan = {.run = run, .preempted = pre};
+    /* 4 free: a takes 1 for its next token and keeps 3 for the rest; b must wait. */
+    assert_int_equal(bt_sched_decode_plan(&s, 4, &plan), 1);
+    assert_ptr_equal(run[0], &a);
+    a.n_kv = 9, a.n_total = 10, a.n_blocks = 3;
+    /* 3 free, all of them a's reserve: b still waits, a is not preempted. */
+    assert_int_equal(bt_sched_decode_plan(&s, 3, &plan), 1);
+    assert_int_equal(plan.n_preempted, 0);
+    assert_int_equal(bt_sched_decode_n_waiting(&s), 1);
+    /* Without the reserve both would have run. */
+    bt_sched_decode_t s0;
+    bt_sched_decode_init(&s0, &dparams);
+    bt_sched_item_t c = item(8, 9, 2), d = item(8, 9, 2);
+    c.n_max = d.n_max = 24;
+    bt_sched_decode_add(&s0, &c);
+    bt_sched_decode_add(&s0, &d);
+    assert_int_equal(bt_sched_decode_plan(&s0, 4, &plan), 2);
+
+    /* Nothing runs and the head's growth cannot be covered: it runs anyway. */
+    bt_sched_decode_t s1;
+    bt_sched_decode_init(&s1, &p);
+    bt_sched_item_t e = item(8, 9, 2);
+    e.n_max = 400;
+    bt_sched_decode_add(&s1, &e);
+    assert_int_equal(bt_sched_decode_plan(&s1, 1, &plan), 1);
+    assert_ptr_equal(run[0], &e);
+}
+
 static void test_decode_prefill_first_runs_prompts_alone(void **state)
 {
     bt_sched_decode_params_t p = dparams;
@@ -252,6 +301,7 @@ int main(void)
         cmocka_unit_test(test_prefill_requeue_keeps_arrival_order),
         cmocka_unit_test(test_decode_admits_arrivals_and_runs_all),
         cmocka_unit_test(test_decode_preempts_newest_under_pressure),
+        cmocka_unit_test(test_decode_growth_reserve),
         cmocka_unit_test(test_decode_prefill_first_runs_prompts_alone),
         cmocka_unit_test(test_decode_batch_size_limit),
         cmocka_unit_test(test_decode_takes_kv_from_waiting_when_stuck),
