@@ -477,6 +477,11 @@ int32_t bt_batcher_n_running(const bt_batcher_t *b)
     return bt_sched_decode_n_running(&b->sched);
 }
 
+int32_t bt_batcher_growth_blocks(const bt_batcher_t *b)
+{
+    return bt_sched_decode_growth_blocks(&b->sched);
+}
+
 int64_t bt_batcher_running_tokens(const bt_batcher_t *b)
 {
     return bt_sched_decode_running_tokens(&b->sched);

@@ -103,6 +103,8 @@ int bt_batcher_step(bt_batcher_t *b, bt_worker_t *w);
 
 int32_t bt_batcher_n_waiting(const bt_batcher_t *b);
 int32_t bt_batcher_n_running(const bt_batcher_t *b);
+/* Blocks kept for the running sequences' growth past their next token (--growth-reserve). */
+int32_t bt_batcher_growth_blocks(const bt_batcher_t *b);
 /* Context tokens of the running sequences. */
 int64_t bt_batcher_running_tokens(const bt_batcher_t *b);
 /* Prompt tokens still to be computed (waiting sequences). */

@@ -55,6 +55,15 @@ int64_t bt_sched_decode_running_tokens(const bt_sched_decode_t *s)
     return n;
 }
 
+int32_t bt_sched_decode_growth_blocks(const bt_sched_decode_t *s)
+{
+    int32_t n = 0;
+    for (bt_sched_item_t *it = bt_sched_list_first(&s->running); it && s->p.growth_reserve > 0;
+         it = bt_sched_list_next(&s->running, it))
+        n += bt_sched_growth_blocks(it, s->p.block_size, s->p.growth_reserve);
+    return n;
+}
+
 /* Drops its KV in the books and puts it back in the waiting queue at its arrival place. */
 static void preempt(bt_sched_decode_t *s, bt_sched_item_t *it, bt_sched_plan_t *plan)
 {
@@ -106,10 +115,7 @@ int32_t bt_sched_decode_plan(bt_sched_decode_t *s, int32_t free_blocks, bt_sched
     int32_t growth = make_room(s, &free_blocks, plan);
     int32_t n_running = s->running.len;
     int pf = s->p.prefill_first;
-    int32_t reserve = 0;
-    for (bt_sched_item_t *it = bt_sched_list_first(&s->running); it && s->p.growth_reserve > 0;
-         it = bt_sched_list_next(&s->running, it))
-        reserve += bt_sched_growth_blocks(it, s->p.block_size, s->p.growth_reserve);
+    int32_t reserve = bt_sched_decode_growth_blocks(s);
     bt_sched_budget_t b = {.tokens = s->p.max_batch_tokens - (pf ? 0 : n_running),
                            .seqs = s->p.max_batch_seqs - n_running,
                            .blocks = free_blocks - growth - reserve,

@@ -71,6 +71,9 @@ int32_t bt_sched_decode_n_waiting(const bt_sched_decode_t *s);
 int32_t bt_sched_decode_n_running(const bt_sched_decode_t *s);
 /* Context tokens of the running sequences (for heartbeats). */
 int64_t bt_sched_decode_running_tokens(const bt_sched_decode_t *s);
+/* The blocks growth_reserve keeps for the running sequences' growth beyond their next token
+ * (0 without a reserve): what must stay free besides a block for each of them. */
+int32_t bt_sched_decode_growth_blocks(const bt_sched_decode_t *s);
 
 /*
  * Plans the next forward given the pool's free blocks. plan->run and plan->preempted must have

@@ -171,10 +171,12 @@ static void dc_assign(bt_decode_t *d, bt_worker_t *w, bt_req_t *req)
         dc_refuse(w, req, BT_ERR_INVAL, "no prefill peer address in the assignment");
         return;
     }
-    /* Keep one block per running sequence for its growth: reserving those for arrivals would
-     * only preempt running sequences to make room again. */
+    /* Keep one block per running sequence for its growth, and what --growth-reserve keeps for
+     * the rest of it: reserving those for arrivals would only preempt running sequences to
+     * make room again. */
     int32_t need = bt_blocks_for(req->n_prompt, bt_kv_pool_block_size(d->pool));
-    if (bt_kv_pool_n_free(d->pool) - need < bt_batcher_n_running(d->batcher)) {
+    if (bt_kv_pool_n_free(d->pool) - need <
+        bt_batcher_n_running(d->batcher) + bt_batcher_growth_blocks(d->batcher)) {
         dc_refuse(w, req, BT_ERR_NOSPACE, "no free KV blocks for the prompt");
         return;
     }

@@ -21,6 +21,9 @@
 #   cpu:  1 prefill + 1 decode and 1 colocated, 15m preset (Q8_0), one compute thread per
 #         daemon, each daemon on a CPU of its own (the profile taken on the prefill daemon's);
 #   cuda: 1 colocated daemon on the GPU, 1b preset in bf16 (bf16 KV).
+# The decode and colocated daemons run with --growth-reserve 1 (BATON_GROWTH_RESERVE, unless
+# set): they preempt nothing, which is what the simulator models; a recompute would stall every
+# running sequence for a whole prefill.
 # Reports: RESULTS/calibrate-*.md and validate-*.md (tables ending "within 2 points at N of M
 # rates"), every request in the matching .csv, the profiles as profile-*.json.
 #
@@ -44,6 +47,7 @@ PROMPT=(32 512) OUTPUT=(16 128) # lengths, uniform between the two
 WORKLOAD=(--prompt-len "${PROMPT[0]}" --prompt-max "${PROMPT[1]}" --output-len "${OUTPUT[0]}"
     --output-max "${OUTPUT[1]}")
 mkdir -p "$RESULTS"
+export BATON_GROWTH_RESERVE=${BATON_GROWTH_RESERVE:-1}
 
 # CPU layout: on a machine with 8 or more CPUs the prefill daemon gets CPU 2, the decode daemon
 # CPU 3 and everything else 4 - 7 (CPUs 0 and 1 take the system's interrupts); with fewer, the

@@ -343,7 +343,15 @@ static void lane_admit(sim_t *s, sim_inst_t *x, sim_lane_t *l)
                         ? x->spec->max_batch_seqs
                         : share;
     while (x->ready.len > 0 && l->n_seqs < limit) {
-        uint32_t r = sim_fifo_pop(&x->ready);
+        uint32_t r = sim_fifo_peek(&x->ready);
+        if (s->admit) { /* --growth-reserve 1: the whole sequence must fit, unless it is alone */
+            const sim_req_t *q = &s->req[r];
+            int64_t rest = sim_round(s, (int64_t)q->prompt + q->output) - q->held;
+            if (!sim_fits(x, rest) && x->n_running > 0)
+                break;
+            x->kv_used += rest;
+        }
+        sim_fifo_pop(&x->ready);
         lane_join(s, l, r);
         x->n_running++;
         x->n_waiting--;
@@ -404,10 +412,10 @@ static void decode_admit(sim_t *s, int di)
     while (d->queue.len > 0) {
         uint32_t r = sim_fifo_peek(&d->queue);
         const sim_req_t *q = &s->req[r];
-        /* With the router's admission the prompt's KV is held since placement and the rest is
-         * taken as the sequence grows (a daemon over its memory would preempt). */
-        int64_t need = sim_round(s, (int64_t)q->prompt + q->output) - q->held;
-        if (!s->admit && !sim_fits(d, need))
+        /* With the router's admission the prompt's KV is held since placement: the transfer
+         * starts at once, and the rest is reserved when the sequence joins a batch. */
+        int64_t need = s->admit ? 0 : sim_round(s, (int64_t)q->prompt + q->output);
+        if (!sim_fits(d, need))
             break;
         sim_fifo_pop(&d->queue);
         d->kv_used += need;

@@ -113,9 +113,11 @@ typedef struct {
      * instances in the full mode: > 0: a request is placed only where a decode instance has
      * room for its prompt's KV, which that instance reserves at once (before the prefill, as
      * the router's ASSIGN to the decode side does), keeping a block free for each sequence it
-     * runs; the rest of the sequence's KV is taken as it decodes (over memory, the daemon
-     * would preempt; here it runs on). A request no decode instance has room for waits, FCFS,
-     * in the router's queue, and fails after queue_timeout_ms there (--queue-timeout-ms).
+     * runs; its KV is shipped as soon as it is prefilled, and the rest of the sequence's KV is
+     * reserved when it joins a decode batch, which it waits for unless nothing runs there (the
+     * decode daemon with --growth-reserve 1: nothing is preempted). A request no decode
+     * instance has room for waits, FCFS, in the router's queue, and fails after
+     * queue_timeout_ms there (--queue-timeout-ms).
      * 0: DistServe's pull (a prefilled request waits at its decode instance until the whole
      * sequence's KV fits; no router queue). */
     double queue_timeout_ms;

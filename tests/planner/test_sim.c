@@ -242,14 +242,16 @@ static void test_sim_decode_memory_serializes(void **state)
 }
 
 /* The router's admission (queue_timeout_ms): decode memory for two prompts (32 tokens), three
- * prompts of 16 at 0, one prompt per prefill batch of 1 ms, decode steps of 1 ms, transfers
- * of a few nanoseconds. r0 and r1 are placed at once (their decode instance reserves 16 tokens
- * each), r2 waits in the router's queue. r0 and r1 prefill at 0 - 1 and 1 - 2 and decode their 20
- * steps from 1 and 3 (a sequence joins the batch at a step boundary), finishing at 21 and 23. At 21
- * the decode instance has 48 tokens in use (over its 32: the rest of each sequence is taken as it
- * grows), so only at 23 is there room for r2's prompt and a block for each running sequence:
- * r2 prefills 23 - 24 and finishes at 44. With 10 ms in the queue allowed, r2 fails there. With
- * unlimited memory the admission changes nothing. */
+ * prompts of 16 at 0 with 21 tokens out (48 tokens of KV each), one prompt per prefill batch
+ * of 1 ms, decode steps of 1 ms, transfers of a few nanoseconds. r0 and r1 are placed at once
+ * (their decode instance reserves 16 tokens each); r2 waits in the router's queue. r0 prefills
+ * at 0 - 1 and, alone on the decode instance, joins its batch whatever the memory; it decodes
+ * 20 steps to 21. r1, prefilled at 1 - 2, waits for room for the rest of its sequence (32
+ * tokens) while r0 runs. r0's end leaves 16 tokens in use (r1's prompt): room for r2's prompt
+ * with no sequence running, so r2 is placed at 21 and prefills at 21 - 22; r1, alone now,
+ * joins at 21 whatever the memory and finishes at 41; r2 waits for it and decodes 41 - 61.
+ * With 10 ms in the queue allowed, r2 fails there. With unlimited memory the admission
+ * changes nothing. */
 static void test_sim_router_admission(void **state)
 {
     (void)state;
@@ -267,9 +269,9 @@ static void test_sim_router_admission(void **state)
     assert_int_equal(res.n_finished, 3);
     assert_int_equal(res.n_expired, 0);
     assert_true(fabs(per[0].finish_ms - 21) < 1e-4);
-    assert_true(fabs(per[1].finish_ms - 23) < 1e-4);
-    assert_true(fabs(per[2].ttft_ms - 24) < 1e-4);
-    assert_true(fabs(per[2].finish_ms - 44) < 1e-4);
+    assert_true(fabs(per[1].finish_ms - 41) < 1e-4);
+    assert_true(fabs(per[2].ttft_ms - 22) < 1e-4);
+    assert_true(fabs(per[2].finish_ms - 61) < 1e-4);
 
     sp.queue_timeout_ms = 10;
     assert_int_equal(pl_sim_run(&sp, r, 3, &res, per), BT_OK);

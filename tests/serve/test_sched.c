@@ -192,6 +192,7 @@ static void test_decode_growth_reserve(void **state)
     assert_int_equal(bt_sched_decode_plan(&s, 4, &plan), 1);
     assert_ptr_equal(run[0], &a);
     a.n_kv = 9, a.n_total = 10, a.n_blocks = 3;
+    assert_int_equal(bt_sched_decode_growth_blocks(&s), 3); /* 24 tokens: 6 blocks */
     /* 3 free, all of them a's reserve: b still waits, a is not preempted. */
     assert_int_equal(bt_sched_decode_plan(&s, 3, &plan), 1);
     assert_int_equal(plan.n_preempted, 0);
