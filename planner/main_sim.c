@@ -64,9 +64,10 @@ static const bt_cfg_opt_t sim_opts[] = {
         "prompts per prefill batch, sequences per decode batch"),
     OPT("block-size", BT_CFG_INT, "16", 1, 4096, block_size, "KV tokens per block"),
     OPT("queue-timeout-ms", BT_CFG_FLOAT, "0", 0, 1e9, queue_timeout_ms,
-        "admit as baton's router does (the decode side reserves the prompt's KV at placement; "
-        "a request without room waits in the router's queue and fails after this long); "
-        "0: DistServe's pull (decode reserves the whole sequence after prefill)"),
+        "admit as baton's router does (the decode side reserves the prompt's KV at placement, "
+        "the rest when the sequence joins a batch, as baton-decode --growth-reserve 1; a request "
+        "without room waits in the router's queue and fails after this long); 0: DistServe's "
+        "pull (decode reserves the whole sequence after prefill)"),
     OPT("policy", BT_CFG_STRING, "least-loaded", 0, 0, policy,
         "router policy: round-robin, least-loaded, slo-aware"),
     PL_CLI_WORKLOAD_OPTS(sim_cfg_t, wl),

@@ -64,8 +64,9 @@ static const bt_cfg_opt_t val_opts[] = {
     OPT("policy", BT_CFG_STRING, "least-loaded", 0, 0, policy, "the router's policy"),
     OPT("queue-timeout-ms", BT_CFG_FLOAT, "10000", 0, 1e9, queue_timeout_ms,
         "the router's --queue-timeout-ms: the simulator admits as the router does (the decode "
-        "side reserves the prompt's KV at placement; a request without room waits in the "
-        "router's queue and fails after this long); 0: DistServe's pull"),
+        "side reserves the prompt's KV at placement, the rest when the sequence joins a batch, "
+        "as baton-decode --growth-reserve 1; a request without room waits in the router's queue "
+        "and fails after this long); 0: DistServe's pull"),
     PL_CLI_WORKLOAD_OPTS(val_cfg_t, wl),
     OPT("rates", BT_CFG_STRING, "1", 0, 0, rates,
         "request rates, req/s, e.g. 0.5,1,2; auto: where the simulator's attainment falls through "
