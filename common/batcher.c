@@ -146,6 +146,7 @@ static seq_t *seq_new(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req)
         return NULL;
     }
     s->req = req;
+    s->item.n_max = req->max_ctx;
     return s;
 }
 
@@ -161,7 +162,6 @@ void bt_batcher_add_prompt(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req)
     }
     bt_req_event(req, BATON__EVENT_KIND__PREFILL_QUEUED, 0);
     s->item.n_total = req->n_prompt;
-    s->item.n_max = req->max_ctx;
     bt_sched_decode_add(&b->sched, &s->item);
 }
 
@@ -206,7 +206,6 @@ void bt_batcher_add_continued(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt
     s->item.n_kv = s->kv.n_tokens;
     s->item.n_blocks = s->kv.n_blocks;
     s->item.n_total = bt_seqgen_len(s->gen);
-    s->item.n_max = req->max_ctx;
     bt_sched_decode_add(&b->sched, &s->item);
 }
 
@@ -239,7 +238,6 @@ void bt_batcher_add_resumed(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt_k
     s->item.n_kv = s->kv.n_tokens;
     s->item.n_blocks = s->kv.n_blocks;
     s->item.n_total = bt_seqgen_len(s->gen);
-    s->item.n_max = req->max_ctx;
     bt_sched_decode_add(&b->sched, &s->item);
 }
 

@@ -58,7 +58,9 @@ int64_t bt_sched_decode_running_tokens(const bt_sched_decode_t *s)
 int32_t bt_sched_decode_growth_blocks(const bt_sched_decode_t *s)
 {
     int32_t n = 0;
-    for (bt_sched_item_t *it = bt_sched_list_first(&s->running); it && s->p.growth_reserve > 0;
+    if (s->p.growth_reserve <= 0)
+        return 0;
+    for (bt_sched_item_t *it = bt_sched_list_first(&s->running); it;
          it = bt_sched_list_next(&s->running, it))
         n += bt_sched_growth_blocks(it, s->p.block_size, s->p.growth_reserve);
     return n;

@@ -59,7 +59,6 @@ typedef struct {
     double link_free_ms;   /* prefill: when its KV link is free */
     sim_lane_t *lanes;     /* (pp) decode, colocated, paired */
     uint64_t seq;          /* registration order (round-robin, ties) */
-    int full;              /* router admission: no room for the request being placed */
     /* Paired instances only (a continuous batcher each). queue: prompts assigned here, FCFS;
      * ready: resumed sequences, joining the batch at its next iteration; lanes[0]: the batch,
      * lanes[0].prefill: the prompts of the running iteration. */

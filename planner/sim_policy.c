@@ -82,13 +82,23 @@ static int load_less(load_t a, load_t b)
     return 0;
 }
 
-static int least_loaded(const sim_t *s, pl_role_t role)
+/* Router admission: whether x is a decode instance without room for q's prompt (router_place.c
+ * skips an instance that refused with BT_ERR_NOSPACE; decode/decode.c refuses a prompt that
+ * would leave fewer free blocks than it runs sequences). */
+static int no_room(const sim_t *s, const sim_inst_t *x, const sim_req_t *q)
+{
+    return s->admit && x->spec->role == PL_ROLE_DECODE && x->spec->kv_tokens > 0 &&
+           x->kv_used + sim_round(s, q->prompt) + (int64_t)x->n_running * s->block >
+               x->spec->kv_tokens;
+}
+
+static int least_loaded(const sim_t *s, pl_role_t role, const sim_req_t *q)
 {
     int best = -1;
     load_t lb = {{0}};
     for (int j = 0; j < s->n_role[role]; j++) {
         int i = s->by_role[role][j];
-        if (s->inst[i].full)
+        if (no_room(s, &s->inst[i], q))
             continue;
         load_t l = load_of(s, &s->inst[i]);
         if (best < 0 || load_less(l, lb)) {
@@ -156,7 +166,7 @@ static int slo_pick(const sim_t *s, pl_role_t role, const sim_req_t *q, int pair
     double bv = 0;
     for (int j = 0; j < s->n_role[role]; j++) {
         const sim_inst_t *x = &s->inst[s->by_role[role][j]];
-        if (x->full)
+        if (no_room(s, x, q))
             continue;
         double v = role == PL_ROLE_PREFILL  ? predict_ttft(x, q, pair)
                    : role == PL_ROLE_DECODE ? predict_tpot(x, q)
@@ -172,38 +182,16 @@ static int slo_pick(const sim_t *s, pl_role_t role, const sim_req_t *q, int pair
 static int pick(sim_t *s, pl_role_t role, const sim_req_t *q, int pair)
 {
     switch (s->p->policy) {
-    case PL_POLICY_LEAST_LOADED: return least_loaded(s, role);
+    case PL_POLICY_LEAST_LOADED: return least_loaded(s, role, q);
     case PL_POLICY_SLO_AWARE: return slo_pick(s, role, q, pair);
     default:
         for (int k = 0; k < s->n_role[role]; k++) {
             int i = s->by_role[role][s->rr[role]++ % s->n_role[role]];
-            if (!s->inst[i].full)
+            if (!no_room(s, &s->inst[i], q))
                 return i;
         }
         return -1;
     }
-}
-
-/* Router admission: marks the decode instances without room for q's prompt (router_place.c
- * skips an instance that refused with BT_ERR_NOSPACE; decode/decode.c refuses a prompt that
- * would leave fewer free blocks than it runs sequences). Returns whether any has room. */
-static int decode_room(sim_t *s, const sim_req_t *q)
-{
-    int any = 0;
-    int64_t need = sim_round(s, q->prompt);
-    for (int j = 0; j < s->n_role[PL_ROLE_DECODE]; j++) {
-        sim_inst_t *x = &s->inst[s->by_role[PL_ROLE_DECODE][j]];
-        x->full = x->spec->kv_tokens > 0 &&
-                  x->kv_used + need + (int64_t)x->n_running * s->block > x->spec->kv_tokens;
-        any |= !x->full;
-    }
-    return any;
-}
-
-static void decode_room_clear(sim_t *s)
-{
-    for (int j = 0; j < s->n_role[PL_ROLE_DECODE]; j++)
-        s->inst[s->by_role[PL_ROLE_DECODE][j]].full = 0;
 }
 
 int sim_place(sim_t *s, uint32_t r)
@@ -215,14 +203,11 @@ int sim_place(sim_t *s, uint32_t r)
     default:
         if (s->n_role[PL_ROLE_PREFILL] > 0 && s->n_role[PL_ROLE_DECODE] > 0) {
             /* The router picks the decode side first (its ASSIGN reserves the KV). */
-            if (s->admit && !decode_room(s, q)) {
-                decode_room_clear(s);
-                return 0;
-            }
             q->d = pick(s, PL_ROLE_DECODE, q, 1);
+            if (q->d < 0)
+                return 0; /* router admission: no decode instance has room */
             q->p = pick(s, PL_ROLE_PREFILL, q, 1);
             if (s->admit) {
-                decode_room_clear(s);
                 q->held = (int32_t)sim_round(s, q->prompt);
                 s->inst[q->d].kv_used += q->held;
             }

@@ -222,9 +222,14 @@ void router_instance_note_assign(router_instance_t *inst, uint32_t n_prompt_toke
     inst->n_assigned++;
 }
 
+int router_instance_serving(const router_instance_t *inst)
+{
+    return inst->alive && !inst->draining && inst->model_ok;
+}
+
 int router_instance_eligible(const router_instance_t *inst)
 {
-    return inst->alive && !inst->draining && !inst->full && inst->model_ok;
+    return router_instance_serving(inst) && !inst->full;
 }
 
 int router_instances_count(const router_instances_t *set)

@@ -112,7 +112,9 @@ void router_instances_expire(router_instances_t *set, uint64_t now_ms,
 
 /* Counts an ASSIGN the router sent (reset by the next heartbeat). */
 void router_instance_note_assign(router_instance_t *inst, uint32_t n_prompt_tokens);
-/* Whether a request may be placed on it now: alive, not draining, not full, same model. */
+/* Whether it serves requests at all: alive, not draining, same model (full or not). */
+int router_instance_serving(const router_instance_t *inst);
+/* Whether a request may be placed on it now: serving and not full. */
 int router_instance_eligible(const router_instance_t *inst);
 
 int router_instances_count(const router_instances_t *set);

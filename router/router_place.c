@@ -489,7 +489,7 @@ static int cluster_can_serve(router_t *r)
     int prefill = 0, decode = 0;
     for (int i = 0, n = router_instances_count(r->inst); i < n; i++) {
         const router_instance_t *x = router_instances_at(r->inst, i);
-        if (!x->alive || x->draining || !x->model_ok)
+        if (!router_instance_serving(x))
             continue;
         if (x->role == BATON__ROLE__COLOCATED)
             return 1;
