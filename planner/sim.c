@@ -413,9 +413,10 @@ static void decode_admit(sim_t *s, int di)
         uint32_t r = sim_fifo_peek(&d->queue);
         const sim_req_t *q = &s->req[r];
         /* With the router's admission the prompt's KV is held since placement: the transfer
-         * starts at once, and the rest is reserved when the sequence joins a batch. */
+         * starts at once, whatever the instance's memory holds now, and the rest is reserved
+         * when the sequence joins a batch. */
         int64_t need = s->admit ? 0 : sim_round(s, (int64_t)q->prompt + q->output);
-        if (!sim_fits(d, need))
+        if (!s->admit && !sim_fits(d, need))
             break;
         sim_fifo_pop(&d->queue);
         d->kv_used += need;

@@ -273,6 +273,19 @@ static void test_sim_router_admission(void **state)
     assert_true(fabs(per[2].ttft_ms - 22) < 1e-4);
     assert_true(fabs(per[2].finish_ms - 61) < 1e-4);
 
+    /* Transfers of 5 ms (one at a time on the prefill's link): r0 ships 1 - 6 and decodes 6 -
+     * 26, over its instance's memory; r1's KV ships 6 - 11 all the same (the prompt's blocks
+     * were reserved at placement) and it joins at 26, finishing at 46; r2 is placed at 26,
+     * prefills 26 - 27 and ships 27 - 32 while the instance is over its memory, then decodes
+     * 46 - 66. */
+    p.transfer_latency_ms = 5;
+    assert_int_equal(pl_sim_run(&sp, r, 3, &res, per), BT_OK);
+    assert_true(fabs(per[0].finish_ms - 26) < 1e-4);
+    assert_true(fabs(per[1].finish_ms - 46) < 1e-4);
+    assert_true(fabs(per[2].ttft_ms - 27) < 1e-4);
+    assert_true(fabs(per[2].finish_ms - 66) < 1e-4);
+    p.transfer_latency_ms = 0;
+
     sp.queue_timeout_ms = 10;
     assert_int_equal(pl_sim_run(&sp, r, 3, &res, per), BT_OK);
     assert_int_equal(res.n_finished, 2);
