@@ -229,7 +229,7 @@ int router_instance_serving(const router_instance_t *inst)
 
 int router_instance_eligible(const router_instance_t *inst)
 {
-    return router_instance_serving(inst) && !inst->full;
+    return router_instance_serving(inst) && !inst->full && !inst->probe_out;
 }
 
 int router_instances_count(const router_instances_t *set)

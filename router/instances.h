@@ -55,7 +55,9 @@ typedef struct router_instance {
     int alive;
     int full; /* no new work until its next heartbeat: it refused an ASSIGN with BT_ERR_NOSPACE,
                * did not answer one, or a decode instance could not reach it for the KV */
-    uint32_t pend_reqs;    /* ASSIGNs sent since its last heartbeat */
+    int probe_out;      /* an ASSIGN placed from the router's queue is unanswered: no other until it
+                         * is, so that what fits cannot overtake what came first (router_place) */
+    uint32_t pend_reqs; /* ASSIGNs sent since its last heartbeat */
     uint64_t pend_tokens;  /* their prompt tokens */
     uint32_t pend_prompts; /* pairs: prompts (not replicas) assigned since its last heartbeat */
     uint32_t n_active;     /* requests with a part on it now */
@@ -114,7 +116,7 @@ void router_instances_expire(router_instances_t *set, uint64_t now_ms,
 void router_instance_note_assign(router_instance_t *inst, uint32_t n_prompt_tokens);
 /* Whether it serves requests at all: alive, not draining, same model (full or not). */
 int router_instance_serving(const router_instance_t *inst);
-/* Whether a request may be placed on it now: serving and not full. */
+/* Whether a request may be placed on it now: serving, not full, no probe unanswered. */
 int router_instance_eligible(const router_instance_t *inst);
 
 int router_instances_count(const router_instances_t *set);

@@ -38,6 +38,7 @@ typedef struct {
     int accepted;            /* ASSIGN_REPLY ok (or a token seen) */
     int done;                /* DONE received (or nothing more is expected from it) */
     int streamed;            /* it sent a token */
+    int probe;               /* its ASSIGN is its instance's probe (router_instance_t.probe_out) */
 } rq_part_t;
 
 typedef struct {

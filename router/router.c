@@ -328,7 +328,7 @@ static int accept_request(router_t *r, const bt_rpc_msg_t *m, Baton__GenerateReq
     r->n_accepted++;
     rq_list_push(&r->queue, rq, RQ_LIST_QUEUE, 0);
     if (rq == r->queue.head) /* nothing ahead of it: place it now */
-        router_place(r, rq);
+        router_place(r, rq, 0);
     return BT_OK;
 }
 

@@ -202,6 +202,8 @@ static void on_assign_reply(router_t *r, bt_rpc_msg_t *m, router_instance_t *ins
         status == BT_OK)
         status = BT_ERR_FORMAT;
     rq_part_t *part = rq ? part_of(rq, inst) : NULL;
+    if (part)
+        router_probe_answered(r, part);
     if (!part || !part->sent || part->accepted || part->done) {
         if (!rq && inst && status == BT_OK) /* a reservation nobody will use */
             router_send_instance(r, inst, BATON__METHOD__ABORT, m->hdr.request_id, NULL);

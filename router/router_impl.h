@@ -97,7 +97,9 @@ void rq_list_remove(router_t *r, router_request_t *rq);
 void rq_set_state(router_t *r, router_request_t *rq, rq_state_t state);
 
 /* The request life cycle (router_place.c). */
-void router_place(router_t *r, router_request_t *rq);
+void router_place(router_t *r, router_request_t *rq, int probe);
+/* The part's ASSIGN was answered (or the part ends): a probe no longer holds its instance. */
+void router_probe_answered(router_t *r, rq_part_t *part);
 void router_dispatch_queue(router_t *r);
 void router_failover(router_t *r, router_request_t *rq, int status, const char *why);
 void router_finish(router_t *r, router_request_t *rq, Baton__FinishReason reason, int status,

@@ -113,10 +113,21 @@ void router_abort_part(router_t *r, router_request_t *rq, rq_part_t *part)
         router_send_instance(r, part->inst, BATON__METHOD__ABORT, rq->id, NULL);
 }
 
+void router_probe_answered(router_t *r, rq_part_t *part)
+{
+    if (!part->probe)
+        return;
+    part->probe = 0;
+    part->inst->probe_out = 0;
+    r->queue_dirty = 1;
+}
+
 void router_detach_parts(router_request_t *rq)
 {
     rq_part_t *parts[2] = {&rq->prefill, &rq->decode};
     for (int i = 0; i < 2; i++) {
+        if (parts[i]->probe)
+            parts[i]->inst->probe_out = 0;
         if (parts[i]->inst)
             parts[i]->inst->n_active--;
         memset(parts[i], 0, sizeof *parts[i]);
@@ -229,7 +240,13 @@ static void place_pair(router_t *r, router_request_t *rq)
         router_place_elsewhere(r, rq, holder ? holder : owner, 1);
 }
 
-void router_place(router_t *r, router_request_t *rq)
+/* From the router's queue (probe), a request goes to an instance that is not known to have room:
+ * it refused one for want of KV, or had none, or requests queued for another reason. Until that
+ * ASSIGN is answered the instance gets no other, so a request that fits cannot overtake an older
+ * one that did not (which would wait there again, and again, until its queue timeout): the
+ * queue stays first come, first served, as the daemons' own queues are. One probe per instance
+ * at a time costs a round trip per request only while requests queue. */
+void router_place(router_t *r, router_request_t *rq, int probe)
 {
     router_cands_t c;
     router_placement_t pl;
@@ -254,8 +271,14 @@ void router_place(router_t *r, router_request_t *rq)
              pl.prefill ? " after " : "", pl.prefill ? rq->prefill_name : "", pl.ttft_ms,
              pl.tpot_ms);
     Baton__Role role = pl.colocated ? BATON__ROLE__COLOCATED : BATON__ROLE__DECODE;
-    if (router_send_assign(r, rq, &rq->decode, role, 0, pl.prefill, NULL) != BT_OK)
+    if (router_send_assign(r, rq, &rq->decode, role, 0, pl.prefill, NULL) != BT_OK) {
         router_place_elsewhere(r, rq, pl.decode, 1);
+        return;
+    }
+    if (probe) {
+        rq->decode.probe = 1;
+        pl.decode->probe_out = 1;
+    }
 }
 
 void router_dispatch_queue(router_t *r)
@@ -263,7 +286,7 @@ void router_dispatch_queue(router_t *r)
     r->queue_dirty = 0;
     while (r->queue.head) {
         router_request_t *rq = r->queue.head;
-        router_place(r, rq);
+        router_place(r, rq, 1);
         if (rq->state == RQ_QUEUED)
             break; /* every request needs the same kinds of instance: the rest would wait too */
     }
@@ -334,7 +357,7 @@ void router_failover(router_t *r, router_request_t *rq, int status, const char *
             rq->n_out);
     rq->wait_deadline_ms = r->now_ms + (uint64_t)r->p.failover_timeout_ms;
     requeue(r, rq);
-    router_place(r, rq);
+    router_place(r, rq, r->queue.n > 1); /* a probe when others wait behind it */
 }
 
 /* --- the end of a request ------------------------------------------------------------ */

@@ -405,6 +405,65 @@ static void test_flow_nospace_waits_for_the_next_heartbeat(void **state)
     baton__generate_result__free_unpacked(r, NULL);
 }
 
+/* The ASSIGN to the instance comes; its prompt has n tokens (which tells the requests apart). */
+static uint64_t expect_assign_of(rt_cluster_t *c, rt_daemon_t *d, size_t n)
+{
+    Baton__Assignment *a;
+    uint64_t id = expect_assign(c, d, BATON__ROLE__COLOCATED, &a);
+    assert_int_equal(a->n_prompt_ids, n);
+    baton__assignment__free_unpacked(a, NULL);
+    return id;
+}
+
+/* While requests queue, an instance gets one of them at a time, oldest first: a request that
+ * fits must not overtake an older one that the instance refused for want of room (it would be
+ * refused again at every try, behind every newer one that fits, until its queue timeout). */
+static void test_flow_queue_is_first_come_first_served(void **state)
+{
+    rt_cluster_t *c = start(state, NULL);
+    rt_daemon_t *x = rt_daemon_add(c, "c0", BATON__ROLE__COLOCATED);
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
+    x->silent = 1;                    /* heartbeats by hand from here on */
+    rt_generate(cl, 1, prompt, 4, 1); /* the old, big one */
+    rt_assign_reply(x, expect_assign_of(c, x, 4), BATON__ROLE__COLOCATED, BT_ERR_NOSPACE);
+    rt_generate(cl, 2, prompt, 3, 1);
+    rt_generate(cl, 3, prompt, 2, 1);
+    expect_silence(c, x->sock, 100); /* all three queue behind the full instance */
+
+    rt_heartbeat(c, x); /* room again: the oldest alone is tried */
+    uint64_t id = expect_assign_of(c, x, 4);
+    expect_silence(c, x->sock, 150);
+    rt_assign_reply(x, id, BATON__ROLE__COLOCATED, BT_ERR_NOSPACE); /* still too big */
+    expect_silence(c, x->sock, 150);
+
+    rt_heartbeat(c, x);
+    uint64_t ids[3];
+    ids[0] = expect_assign_of(c, x, 4);
+    expect_silence(c, x->sock, 100);
+    rt_assign_reply(x, ids[0], BATON__ROLE__COLOCATED, 0); /* taken: the next one comes */
+    ids[1] = expect_assign_of(c, x, 3);
+    expect_silence(c, x->sock, 100);
+    rt_assign_reply(x, ids[1], BATON__ROLE__COLOCATED, 0);
+    ids[2] = expect_assign_of(c, x, 2);
+    rt_assign_reply(x, ids[2], BATON__ROLE__COLOCATED, 0);
+    for (int i = 0; i < 3; i++) {
+        int32_t t = 9;
+        rt_chunk(x, BATON__METHOD__FIRST_TOKEN, ids[i], 0, &t, 1);
+        rt_done(x, ids[i], BATON__ROLE__COLOCATED, BATON__FINISH_REASON__FINISH_LENGTH, 1, NULL, 0);
+        Baton__TokenChunk *tc = expect_tokens(c, cl, (uint64_t)i + 1);
+        baton__token_chunk__free_unpacked(tc, NULL);
+        Baton__GenerateResult *r = expect_result(c, cl, (uint64_t)i + 1, 0);
+        assert_int_equal(r->n_ids, 1);
+        baton__generate_result__free_unpacked(r, NULL);
+    }
+    /* The queue is empty: a new request goes out at once, without waiting for any answer. */
+    rt_generate(cl, 4, prompt, 1, 1);
+    rt_generate(cl, 5, prompt, 2, 1);
+    expect_assign_of(c, x, 1);
+    expect_assign_of(c, x, 2);
+}
+
 /* A request that waits out --queue-timeout-ms behind instances that are there but full was
  * refused for want of room (BT_ERR_OVERLOADED), not for want of instances (UNAVAILABLE). */
 static void test_flow_nospace_until_the_queue_timeout_is_overloaded(void **state)
@@ -497,6 +556,7 @@ int main(void)
         cmocka_unit_test_teardown(test_flow_nospace_waits_for_the_next_heartbeat, teardown),
         cmocka_unit_test_teardown(test_flow_nospace_until_the_queue_timeout_is_overloaded,
                                   teardown),
+        cmocka_unit_test_teardown(test_flow_queue_is_first_come_first_served, teardown),
         cmocka_unit_test_teardown(test_flow_messages_are_served_between_ticks, teardown),
         cmocka_unit_test_teardown(test_flow_busy_poll_serves_the_same, teardown),
     };
