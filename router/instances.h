@@ -55,9 +55,10 @@ typedef struct router_instance {
     int alive;
     int full; /* no new work until its next heartbeat: it refused an ASSIGN with BT_ERR_NOSPACE,
                * did not answer one, or a decode instance could not reach it for the KV */
-    int probe_out;      /* an ASSIGN placed from the router's queue is unanswered: no other until it
-                         * is, so that what fits cannot overtake what came first (router_place) */
-    uint32_t pend_reqs; /* ASSIGNs sent since its last heartbeat */
+    /* An ASSIGN placed from the router's queue is unanswered: no other until it is, so that
+     * what fits cannot overtake what came first (router_place). */
+    int probe_out;
+    uint32_t pend_reqs;    /* ASSIGNs sent since its last heartbeat */
     uint64_t pend_tokens;  /* their prompt tokens */
     uint32_t pend_prompts; /* pairs: prompts (not replicas) assigned since its last heartbeat */
     uint32_t n_active;     /* requests with a part on it now */
