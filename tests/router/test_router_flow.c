@@ -382,13 +382,22 @@ static void test_flow_nospace_tries_another_decode(void **state)
     baton__generate_result__free_unpacked(r, NULL);
 }
 
+/* A cluster of one colocated instance, c0, whose heartbeats the test sends by hand. */
+static rt_daemon_t *start_one_colocated(void **state, rt_cluster_t **c, void **cl)
+{
+    *c = start(state, NULL);
+    rt_daemon_t *x = rt_daemon_add(*c, "c0", BATON__ROLE__COLOCATED);
+    *cl = rt_client(*c);
+    assert_int_equal(rt_wait_instances(*c, 1, WAIT_MS), 0);
+    x->silent = 1;
+    return x;
+}
+
 static void test_flow_nospace_waits_for_the_next_heartbeat(void **state)
 {
-    rt_cluster_t *c = start(state, NULL);
-    rt_daemon_t *x = rt_daemon_add(c, "c0", BATON__ROLE__COLOCATED);
-    void *cl = rt_client(c);
-    assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
-    x->silent = 1; /* heartbeats by hand from here on */
+    rt_cluster_t *c;
+    void *cl;
+    rt_daemon_t *x = start_one_colocated(state, &c, &cl);
     rt_generate(cl, 2, prompt, 4, 1);
     uint64_t id0 = expect_assign(c, x, BATON__ROLE__COLOCATED, NULL);
     rt_assign_reply(x, id0, BATON__ROLE__COLOCATED, BT_ERR_NOSPACE);
@@ -420,11 +429,9 @@ static uint64_t expect_assign_of(rt_cluster_t *c, rt_daemon_t *d, size_t n)
  * refused again at every try, behind every newer one that fits, until its queue timeout). */
 static void test_flow_queue_is_first_come_first_served(void **state)
 {
-    rt_cluster_t *c = start(state, NULL);
-    rt_daemon_t *x = rt_daemon_add(c, "c0", BATON__ROLE__COLOCATED);
-    void *cl = rt_client(c);
-    assert_int_equal(rt_wait_instances(c, 1, WAIT_MS), 0);
-    x->silent = 1;                    /* heartbeats by hand from here on */
+    rt_cluster_t *c;
+    void *cl;
+    rt_daemon_t *x = start_one_colocated(state, &c, &cl);
     rt_generate(cl, 1, prompt, 4, 1); /* the old, big one */
     rt_assign_reply(x, expect_assign_of(c, x, 4), BATON__ROLE__COLOCATED, BT_ERR_NOSPACE);
     rt_generate(cl, 2, prompt, 3, 1);
