@@ -240,12 +240,11 @@ static void place_pair(router_t *r, router_request_t *rq)
         router_place_elsewhere(r, rq, holder ? holder : owner, 1);
 }
 
-/* From the router's queue (probe), a request goes to an instance that is not known to have room:
- * it refused one for want of KV, or had none, or requests queued for another reason. Until that
- * ASSIGN is answered the instance gets no other, so a request that fits cannot overtake an older
- * one that did not (which would wait there again, and again, until its queue timeout): the
- * queue stays first come, first served, as the daemons' own queues are. One probe per instance
- * at a time costs a round trip per request only while requests queue. */
+/* probe: rq comes from the router's queue, where requests wait only while instances have no
+ * room (or none is there). Until the instance answers this ASSIGN it gets no other, so that a
+ * request that fits cannot overtake an older one that did not (refused again at every try, the
+ * older one would wait until its queue timeout): the queue stays first come, first served. That
+ * costs a round trip per placement, and only while requests queue. Pairs are placed without. */
 void router_place(router_t *r, router_request_t *rq, int probe)
 {
     router_cands_t c;
