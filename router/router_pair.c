@@ -122,6 +122,8 @@ int router_pair_place(router_t *r, router_instance_t **owner, router_instance_t 
         if (x->role != BATON__ROLE__PAIR || !router_instance_eligible(x))
             continue;
         router_instance_t *y = router_pair_partner(r, x);
+        if (y && y->probe_out)
+            continue; /* the pair waits for its owner's answer, not only that member */
         int y_ok = y && router_instance_eligible(y);
         if (y_ok && x->seq > y->seq)
             continue; /* each pair once */
@@ -219,6 +221,8 @@ static void swap_and_resume(router_t *r, router_request_t *rq, int old_owner_ali
     } else {
         if (old.inst)
             old.inst->n_active--;
+        if (old.probe)
+            old.inst->probe_out = 0;
         memset(&rq->prefill, 0, sizeof rq->prefill);
     }
     memcpy(rq->decode_name, rq->decode.inst->name, ROUTER_INSTANCE_NAME_MAX);

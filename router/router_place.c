@@ -218,8 +218,8 @@ static void attach(rq_part_t *part, router_instance_t *inst, char *name)
     memcpy(name, inst->name, ROUTER_INSTANCE_NAME_MAX); /* both NUL-terminated in this size */
 }
 
-/* Places rq on an AcceLLM pair (router_pair.c). */
-static void place_pair(router_t *r, router_request_t *rq)
+/* Places rq on an AcceLLM pair (router_pair.c); probe as in router_place, held by the owner. */
+static void place_pair(router_t *r, router_request_t *rq, int probe)
 {
     router_instance_t *owner, *holder;
     if (router_pair_place(r, &owner, &holder) != BT_OK)
@@ -233,6 +233,10 @@ static void place_pair(router_t *r, router_request_t *rq)
         rq->prefill.inst = holder;
         holder->n_active++;
     }
+    if (probe) {
+        rq->decode.probe = 1;
+        owner->probe_out = 1;
+    }
     set_timed(r, rq, RQ_ASSIGNING, r->p.dead_after_ms);
     bt_debug("req %llu: placed on pair member %s%s%s", (unsigned long long)rq->id, owner->name,
              holder ? ", replica on " : "", holder ? holder->name : "");
@@ -244,13 +248,13 @@ static void place_pair(router_t *r, router_request_t *rq)
  * room (or none is there). Until the instance answers this ASSIGN it gets no other, so that a
  * request that fits cannot overtake an older one that did not (refused again at every try, the
  * older one would wait until its queue timeout): the queue stays first come, first served. That
- * costs a round trip per placement, and only while requests queue. Pairs are placed without. */
+ * costs a round trip per placement, and only while requests queue. */
 void router_place(router_t *r, router_request_t *rq, int probe)
 {
     router_cands_t c;
     router_placement_t pl;
     if (r->mode == ROUTER_MODE_AUTO && router_pairs_present(r)) {
-        place_pair(r, rq);
+        place_pair(r, rq, probe);
         return;
     }
     router_job_t job = {rq->n_prompt, rq->max_tokens, rq->slo_ttft_ms, rq->slo_tpot_ms};

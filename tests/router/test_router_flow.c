@@ -471,6 +471,83 @@ static void test_flow_queue_is_first_come_first_served(void **state)
     expect_assign_of(c, x, 2);
 }
 
+/* The next ASSIGN on the pair member d: a replica (the holder's) or not (the owner's), for a
+ * prompt of n tokens. Returns its cluster id. */
+static uint64_t expect_pair_assign(rt_cluster_t *c, rt_daemon_t *d, int replica, size_t n)
+{
+    Baton__Assignment *a;
+    uint64_t id = expect_assign(c, d, BATON__ROLE__PAIR, &a);
+    assert_int_equal(a->replica, replica);
+    assert_int_equal(a->n_prompt_ids, n);
+    baton__assignment__free_unpacked(a, NULL);
+    return id;
+}
+
+/* The same on an AcceLLM pair, whose owner holds the probe for both members: while the owner
+ * has not answered, its partner does not take the next request alone (as it does while the
+ * owner is full), or that one could overtake the probe. */
+static void test_flow_pair_queue_is_first_come_first_served(void **state)
+{
+    rt_cluster_t *c = start(state, (const char *const[]){"--pair-idle-ms", "3600000", NULL});
+    rt_daemon_t *a = rt_pair_add(c, "pa", "pb", BATON__ROLE__PREFILL); /* the owner */
+    rt_daemon_t *b = rt_pair_add(c, "pb", "pa", BATON__ROLE__DECODE);  /* the holder */
+    void *cl = rt_client(c);
+    assert_int_equal(rt_wait_instances(c, 2, WAIT_MS), 0);
+    a->silent = b->silent = 1;
+    bt_rpc_msg_t m; /* each member is introduced to its partner first */
+    assert_int_equal(rt_expect(c, a->sock, BATON__METHOD__SET_ROLE, &m, WAIT_MS, NULL), 0);
+    bt_rpc_msg_fini(&m);
+    assert_int_equal(rt_expect(c, b->sock, BATON__METHOD__SET_ROLE, &m, WAIT_MS, NULL), 0);
+    bt_rpc_msg_fini(&m);
+
+    rt_generate(cl, 1, prompt, 4, 1);
+    rt_assign_reply(b, expect_pair_assign(c, b, 1, 4), BATON__ROLE__PAIR, 0);
+    uint64_t id = expect_pair_assign(c, a, 0, 4);
+    rt_assign_reply(a, id, BATON__ROLE__PAIR, BT_ERR_NOSPACE); /* the owner is full */
+    assert_int_equal(rt_expect(c, b->sock, BATON__METHOD__ABORT, &m, WAIT_MS, NULL), 0);
+    assert_int_equal(m.hdr.request_id, id); /* the replica's reservation given back */
+    bt_rpc_msg_fini(&m);
+    uint64_t alone = expect_pair_assign(c, b, 0, 4); /* pb takes it alone, from the queue */
+    rt_generate(cl, 2, prompt, 3, 1);
+    rt_generate(cl, 3, prompt, 2, 1);
+    rt_heartbeat(c, a); /* pa has room again, but pb's answer is owed first */
+    expect_silence(c, a->sock, 150);
+    expect_silence(c, b->sock, 50);
+
+    rt_assign_reply(b, alone, BATON__ROLE__PAIR, 0); /* taken: the next one, on the pair */
+    uint64_t ids[2];
+    rt_assign_reply(b, expect_pair_assign(c, b, 1, 3), BATON__ROLE__PAIR, 0);
+    ids[0] = expect_pair_assign(c, a, 0, 3);
+    expect_silence(c, b->sock, 100);
+    rt_assign_reply(a, ids[0], BATON__ROLE__PAIR, 0);
+    rt_assign_reply(b, expect_pair_assign(c, b, 1, 2), BATON__ROLE__PAIR, 0);
+    ids[1] = expect_pair_assign(c, a, 0, 2);
+    rt_assign_reply(a, ids[1], BATON__ROLE__PAIR, 0);
+
+    int32_t t = 9;
+    rt_chunk(b, BATON__METHOD__FIRST_TOKEN, alone, 0, &t, 1);
+    rt_done(b, alone, BATON__ROLE__PAIR, BATON__FINISH_REASON__FINISH_LENGTH, 1, NULL, 0);
+    for (int i = 0; i < 2; i++) {
+        rt_chunk(a, BATON__METHOD__FIRST_TOKEN, ids[i], 0, &t, 1);
+        rt_done(a, ids[i], BATON__ROLE__PAIR, BATON__FINISH_REASON__FINISH_LENGTH, 1, NULL, 0);
+    }
+    int tokens[4] = {0}, results[4] = {0}; /* a pair's RESULT also waits for its replica */
+    for (int k = 0; k < 6; k++) {
+        assert_int_equal(rt_recv(c, cl, &m, WAIT_MS), 0);
+        assert_true(m.hdr.request_id >= 1 && m.hdr.request_id <= 3);
+        assert_int_equal(m.hdr.status, 0);
+        if (m.hdr.method == BATON__METHOD__TOKENS)
+            tokens[m.hdr.request_id]++;
+        else if (m.hdr.method == BATON__METHOD__RESULT)
+            results[m.hdr.request_id]++;
+        bt_rpc_msg_fini(&m);
+    }
+    for (int i = 1; i <= 3; i++) {
+        assert_int_equal(tokens[i], 1);
+        assert_int_equal(results[i], 1);
+    }
+}
+
 /* A request that waits out --queue-timeout-ms behind instances that are there but full was
  * refused for want of room (BT_ERR_OVERLOADED), not for want of instances (UNAVAILABLE). */
 static void test_flow_nospace_until_the_queue_timeout_is_overloaded(void **state)
@@ -564,6 +641,7 @@ int main(void)
         cmocka_unit_test_teardown(test_flow_nospace_until_the_queue_timeout_is_overloaded,
                                   teardown),
         cmocka_unit_test_teardown(test_flow_queue_is_first_come_first_served, teardown),
+        cmocka_unit_test_teardown(test_flow_pair_queue_is_first_come_first_served, teardown),
         cmocka_unit_test_teardown(test_flow_messages_are_served_between_ticks, teardown),
         cmocka_unit_test_teardown(test_flow_busy_poll_serves_the_same, teardown),
     };
