@@ -414,6 +414,25 @@ static void test_flow_nospace_waits_for_the_next_heartbeat(void **state)
     baton__generate_result__free_unpacked(r, NULL);
 }
 
+/* Asks HEALTH until the router has n requests in its queue. */
+static void wait_queued(rt_cluster_t *c, void *cl, uint32_t n)
+{
+    uint64_t deadline = bt_test_now_ms() + WAIT_MS;
+    for (uint64_t id = 9000;; id++) {
+        bt_rpc_msg_t m;
+        assert_int_equal(rt_send(cl, BATON__METHOD__HEALTH, id, 0, NULL), 0);
+        assert_int_equal(rt_expect(c, cl, BATON__METHOD__HEALTH, &m, WAIT_MS, NULL), 0);
+        Baton__HealthReply *h = rt_body_as(&m, &baton__health_reply__descriptor);
+        bt_rpc_msg_fini(&m);
+        uint32_t queued = h->queued;
+        baton__health_reply__free_unpacked(h, NULL);
+        if (queued == n)
+            return;
+        assert_true(bt_test_now_ms() < deadline);
+        rt_sleep(c, 5);
+    }
+}
+
 /* The ASSIGN to the instance comes; its prompt has n tokens (which tells the requests apart). */
 static uint64_t expect_assign_of(rt_cluster_t *c, rt_daemon_t *d, size_t n)
 {
@@ -434,6 +453,7 @@ static void test_flow_queue_is_first_come_first_served(void **state)
     rt_daemon_t *x = start_one_colocated(state, &c, &cl);
     rt_generate(cl, 1, prompt, 4, 1); /* the old, big one */
     rt_assign_reply(x, expect_assign_of(c, x, 4), BATON__ROLE__COLOCATED, BT_ERR_NOSPACE);
+    wait_queued(c, cl, 1); /* the refusal is in: what comes now queues behind it */
     rt_generate(cl, 2, prompt, 3, 1);
     rt_generate(cl, 3, prompt, 2, 1);
     expect_silence(c, x->sock, 100); /* all three queue behind the full instance */
