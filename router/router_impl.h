@@ -98,7 +98,9 @@ void rq_set_state(router_t *r, router_request_t *rq, rq_state_t state);
 
 /* The request life cycle (router_place.c). */
 void router_place(router_t *r, router_request_t *rq, int probe);
-/* The part's ASSIGN was answered (or the part ends): a probe no longer holds its instance. */
+/* The part no longer holds its instance as a probe (it ends, or moves); returns whether it did. */
+int router_probe_drop(rq_part_t *part);
+/* The part's ASSIGN was answered: its probe, if it is one, lets the queue go on. */
 void router_probe_answered(router_t *r, rq_part_t *part);
 void router_dispatch_queue(router_t *r);
 void router_failover(router_t *r, router_request_t *rq, int status, const char *why);

@@ -221,8 +221,7 @@ static void swap_and_resume(router_t *r, router_request_t *rq, int old_owner_ali
     } else {
         if (old.inst)
             old.inst->n_active--;
-        if (old.probe)
-            old.inst->probe_out = 0;
+        router_probe_drop(&old);
         memset(&rq->prefill, 0, sizeof rq->prefill);
     }
     memcpy(rq->decode_name, rq->decode.inst->name, ROUTER_INSTANCE_NAME_MAX);

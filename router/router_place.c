@@ -113,21 +113,33 @@ void router_abort_part(router_t *r, router_request_t *rq, rq_part_t *part)
         router_send_instance(r, part->inst, BATON__METHOD__ABORT, rq->id, NULL);
 }
 
-void router_probe_answered(router_t *r, rq_part_t *part)
+/* The part's ASSIGN becomes its instance's probe (router_place). */
+static void probe_hold(rq_part_t *part)
+{
+    part->probe = 1;
+    part->inst->probe_out = 1;
+}
+
+int router_probe_drop(rq_part_t *part)
 {
     if (!part->probe)
-        return;
+        return 0;
     part->probe = 0;
     part->inst->probe_out = 0;
-    r->queue_dirty = 1;
+    return 1;
+}
+
+void router_probe_answered(router_t *r, rq_part_t *part)
+{
+    if (router_probe_drop(part))
+        r->queue_dirty = 1;
 }
 
 void router_detach_parts(router_request_t *rq)
 {
     rq_part_t *parts[2] = {&rq->prefill, &rq->decode};
     for (int i = 0; i < 2; i++) {
-        if (parts[i]->probe)
-            parts[i]->inst->probe_out = 0;
+        router_probe_drop(parts[i]);
         if (parts[i]->inst)
             parts[i]->inst->n_active--;
         memset(parts[i], 0, sizeof *parts[i]);
@@ -233,10 +245,8 @@ static void place_pair(router_t *r, router_request_t *rq, int probe)
         rq->prefill.inst = holder;
         holder->n_active++;
     }
-    if (probe) {
-        rq->decode.probe = 1;
-        owner->probe_out = 1;
-    }
+    if (probe)
+        probe_hold(&rq->decode);
     set_timed(r, rq, RQ_ASSIGNING, r->p.dead_after_ms);
     bt_debug("req %llu: placed on pair member %s%s%s", (unsigned long long)rq->id, owner->name,
              holder ? ", replica on " : "", holder ? holder->name : "");
@@ -278,10 +288,8 @@ void router_place(router_t *r, router_request_t *rq, int probe)
         router_place_elsewhere(r, rq, pl.decode, 1);
         return;
     }
-    if (probe) {
-        rq->decode.probe = 1;
-        pl.decode->probe_out = 1;
-    }
+    if (probe)
+        probe_hold(&rq->decode);
 }
 
 void router_dispatch_queue(router_t *r)
