@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "log.h"
 #include "status.h"
 
 static const bt_cfg_opt_t *find_opt(const bt_cfg_table_t *t, const char *name, size_t len)
@@ -287,4 +288,22 @@ void bt_cfg_free(const bt_cfg_table_t *t, void *cfg)
             bt_free(*field);
             *field = NULL;
         }
+}
+
+int bt_cfg_run(const bt_cfg_table_t *t, void *cfg, size_t log_level_offset, int argc, char **argv,
+               bt_cfg_main_fn main_fn)
+{
+    int st = bt_cfg_parse(t, cfg, argc, argv, 1, NULL, 0, NULL);
+    if (st != BT_OK)
+        return st == BT_AGAIN ? 0 : 2; /* the parse freed what it set */
+    const char *name = *(char *const *)((const char *)cfg + log_level_offset);
+    int level = bt_log_level_parse(name), rc = 2;
+    if (level < 0) {
+        fprintf(stderr, "%s: unknown --log-level %s\n", t->prog, name);
+    } else {
+        bt_log_set_level((bt_log_level_t)level);
+        rc = main_fn(cfg);
+    }
+    bt_cfg_free(t, cfg);
+    return rc;
 }

@@ -56,4 +56,15 @@ void bt_cfg_usage(const bt_cfg_table_t *t, FILE *out);
 /* Frees the strings the config owns. */
 void bt_cfg_free(const bt_cfg_table_t *t, void *cfg);
 
+/* A tool's work on its parsed config (borrowed); returns the process's exit status. */
+typedef int (*bt_cfg_main_fn)(const void *cfg);
+/*
+ * The whole main() of a command-line tool: parses argv[1..argc) with table t into cfg (zeroed),
+ * sets the log level from the string option at log_level_offset, runs main_fn(cfg) and frees the
+ * config. Returns the exit status: 0 after --help, 2 for a bad option or an unknown log level
+ * ("<prog>: unknown --log-level NAME" on stderr), else main_fn's.
+ */
+int bt_cfg_run(const bt_cfg_table_t *t, void *cfg, size_t log_level_offset, int argc, char **argv,
+               bt_cfg_main_fn main_fn);
+
 #endif

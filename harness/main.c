@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -458,8 +459,9 @@ static int write_compare(const char *dir, const bb_cfg_t *c, double a, double b)
     return fclose(f) == 0 ? BT_OK : BT_ERR_IO;
 }
 
-static int bench_main(const bb_cfg_t *c)
+static int bench_main(const void *cfg)
 {
+    const bb_cfg_t *c = cfg;
     bench_t b = {.c = c, .arrival = bb_arrival_parse(c->arrival)};
     if (!c->out || b.arrival < 0) {
         fprintf(stderr, "baton-bench: need --out DIR and a known --arrival\n");
@@ -500,16 +502,5 @@ static int bench_main(const bb_cfg_t *c)
 int main(int argc, char **argv)
 {
     bb_cfg_t c = {0};
-    int st = bt_cfg_parse(&table, &c, argc, argv, 1, NULL, 0, NULL), rc;
-    if (st != BT_OK) {
-        rc = st == BT_AGAIN ? 0 : 2;
-    } else if (bt_log_level_parse(c.log_level) < 0) {
-        fprintf(stderr, "baton-bench: unknown --log-level %s\n", c.log_level);
-        rc = 2;
-    } else {
-        bt_log_set_level((bt_log_level_t)bt_log_level_parse(c.log_level));
-        rc = bench_main(&c);
-    }
-    bt_cfg_free(&table, &c);
-    return rc;
+    return bt_cfg_run(&table, &c, offsetof(bb_cfg_t, log_level), argc, argv, bench_main);
 }

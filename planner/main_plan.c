@@ -6,6 +6,7 @@
  *
  * The human summary goes to stderr; the plan JSON to --out (stdout by default).
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -266,8 +267,9 @@ static int write_to(const char *path, writer_fn fn, const pl_plan_params_t *p,
     return st;
 }
 
-static int plan_main(const plan_cfg_t *c)
+static int plan_main(const void *cfg)
 {
+    const plan_cfg_t *c = cfg;
     bt_profile_t prof[MAX_PROFILES];
     const char *paths[MAX_PROFILES];
     char list[4096];
@@ -311,16 +313,5 @@ static int plan_main(const plan_cfg_t *c)
 int main(int argc, char **argv)
 {
     plan_cfg_t c = {0};
-    int st = bt_cfg_parse(&plan_table, &c, argc, argv, 1, NULL, 0, NULL), rc;
-    if (st != BT_OK) {
-        rc = st == BT_AGAIN ? 0 : 2;
-    } else if (bt_log_level_parse(c.log_level) < 0) {
-        fprintf(stderr, "baton-plan: unknown --log-level %s\n", c.log_level);
-        rc = 2;
-    } else {
-        bt_log_set_level((bt_log_level_t)bt_log_level_parse(c.log_level));
-        rc = plan_main(&c);
-    }
-    bt_cfg_free(&plan_table, &c);
-    return rc;
+    return bt_cfg_run(&plan_table, &c, offsetof(plan_cfg_t, log_level), argc, argv, plan_main);
 }

@@ -8,6 +8,7 @@
  * The model is a GGUF file (--model) or one of baton's synthetic presets generated into a
  * temporary file for the run (--preset).
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -271,8 +272,9 @@ static int gen_preset(const prof_cfg_t *c, char *path, size_t cap)
     return bt_modelgen_write(&g, path) == BT_OK ? 0 : -1;
 }
 
-static int prof_main(const prof_cfg_t *c)
+static int prof_main(const void *cfg)
 {
+    const prof_cfg_t *c = cfg;
     pl_profiler_params_t p = {0};
     char gen[1024] = "";
     if (grids(c, &p) != 0)
@@ -315,16 +317,5 @@ static int prof_main(const prof_cfg_t *c)
 int main(int argc, char **argv)
 {
     prof_cfg_t c = {0};
-    int st = bt_cfg_parse(&prof_table, &c, argc, argv, 1, NULL, 0, NULL), rc;
-    if (st != BT_OK) {
-        rc = st == BT_AGAIN ? 0 : 2;
-    } else if (bt_log_level_parse(c.log_level) < 0) {
-        fprintf(stderr, "baton-profile: unknown --log-level %s\n", c.log_level);
-        rc = 2;
-    } else {
-        bt_log_set_level((bt_log_level_t)bt_log_level_parse(c.log_level));
-        rc = prof_main(&c);
-    }
-    bt_cfg_free(&prof_table, &c);
-    return rc;
+    return bt_cfg_run(&prof_table, &c, offsetof(prof_cfg_t, log_level), argc, argv, prof_main);
 }

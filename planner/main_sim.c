@@ -6,6 +6,7 @@
  * every request's outcome as CSV. It is how the simulator is compared with a real cluster
  * (docs/PERFORMANCE.md) and how a plan is looked at more closely.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,6 @@
 
 #include "common/alloc.h"
 #include "common/config.h"
-#include "common/log.h"
 #include "common/status.h"
 #include "plancli.h"
 #include "search.h"
@@ -187,8 +187,9 @@ static double pair_ms(float v)
     return v > 0 ? v : -1;
 }
 
-static int sim_main(const sim_cfg_t *c)
+static int sim_main(const void *cfg)
 {
+    const sim_cfg_t *c = cfg;
     double rates[MAX_RATES];
     int n_rates = pl_cli_numbers(c->rates, rates, MAX_RATES), pol = pl_policy_parse(c->policy);
     if (n_rates < 0 || pol < 0) {
@@ -255,16 +256,5 @@ static int sim_main(const sim_cfg_t *c)
 int main(int argc, char **argv)
 {
     sim_cfg_t c = {0};
-    int st = bt_cfg_parse(&sim_table, &c, argc, argv, 1, NULL, 0, NULL), rc;
-    if (st != BT_OK) {
-        rc = st == BT_AGAIN ? 0 : 2;
-    } else if (bt_log_level_parse(c.log_level) < 0) {
-        fprintf(stderr, "baton-sim: unknown --log-level %s\n", c.log_level);
-        rc = 2;
-    } else {
-        bt_log_set_level((bt_log_level_t)bt_log_level_parse(c.log_level));
-        rc = sim_main(&c);
-    }
-    bt_cfg_free(&sim_table, &c);
-    return rc;
+    return bt_cfg_run(&sim_table, &c, offsetof(sim_cfg_t, log_level), argc, argv, sim_main);
 }

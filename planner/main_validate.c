@@ -11,6 +11,7 @@
  * outputs have fixed lengths (EOS ignored).
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -631,8 +632,9 @@ static int auto_rates(const pl_sim_params_t *sp, const pl_workload_t *w, const d
     return n_rates;
 }
 
-static int val_main(const val_cfg_t *c)
+static int val_main(const void *cfg)
 {
+    const val_cfg_t *c = cfg;
     double rates[MAX_RATES], levels[MAX_RATES];
     int is_auto = !strcmp(c->rates, "auto"), n_levels = 0;
     int n_rates = is_auto ? 0 : pl_cli_numbers(c->rates, rates, MAX_RATES);
@@ -721,16 +723,5 @@ static int val_main(const val_cfg_t *c)
 int main(int argc, char **argv)
 {
     val_cfg_t c = {0};
-    int st = bt_cfg_parse(&val_table, &c, argc, argv, 1, NULL, 0, NULL), rc;
-    if (st != BT_OK) {
-        rc = st == BT_AGAIN ? 0 : 2;
-    } else if (bt_log_level_parse(c.log_level) < 0) {
-        fprintf(stderr, "baton-validate: unknown --log-level %s\n", c.log_level);
-        rc = 2;
-    } else {
-        bt_log_set_level((bt_log_level_t)bt_log_level_parse(c.log_level));
-        rc = val_main(&c);
-    }
-    bt_cfg_free(&val_table, &c);
-    return rc;
+    return bt_cfg_run(&val_table, &c, offsetof(val_cfg_t, log_level), argc, argv, val_main);
 }

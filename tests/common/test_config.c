@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * test_config.c - option tables: defaults, config file, environment, flags, precedence,
- * validation and usage.
+ * validation, usage and the tools' main (bt_cfg_run).
  */
 // ctest-labels: unit
 #include "testutil.h"
@@ -11,6 +11,7 @@
 #include <stdlib.h>
 
 #include "common/config.h"
+#include "common/log.h"
 #include "common/status.h"
 
 typedef struct {
@@ -130,6 +131,43 @@ static void test_cfg_positional_and_help(void **state)
     bt_cfg_free(&table, &c);
 }
 
+static int run_seen; /* what run_main saw: its count, or -1 before it ran */
+
+static int run_main(const void *cfg)
+{
+    run_seen = ((const cfg_t *)cfg)->n;
+    return 7;
+}
+
+static int run(int argc, char **argv)
+{
+    cfg_t c = {0};
+    run_seen = -1;
+    return bt_cfg_run(&table, &c, offsetof(cfg_t, name), argc, argv, run_main);
+}
+
+static void test_cfg_run_exit_status(void **state)
+{
+    bt_log_level_t level = bt_log_get_level();
+    char *ok[] = {"t", "-n", "3", "--name", "error"}, *help[] = {"t", "--help"},
+         *bad[] = {"t", "--nope"}, *unknown[] = {"t", "--name", "loud"};
+    assert_int_equal(run(5, ok), 7);
+    assert_int_equal(run_seen, 3);
+    assert_int_equal(bt_log_get_level(), BT_LOG_ERROR);
+    FILE *out = stdout, *err = stderr;
+    stdout = fopen("/dev/null", "w");
+    stderr = fopen("/dev/null", "w");
+    assert_int_equal(run(2, help), 0);
+    assert_int_equal(run(2, bad), 2);
+    assert_int_equal(run(3, unknown), 2);
+    assert_int_equal(run_seen, -1);
+    fclose(stdout);
+    fclose(stderr);
+    stdout = out;
+    stderr = err;
+    bt_log_set_level(level);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -137,6 +175,7 @@ int main(void)
         cmocka_unit_test(test_cfg_rejects_bad_values),
         cmocka_unit_test(test_cfg_precedence_file_env_flag),
         cmocka_unit_test(test_cfg_positional_and_help),
+        cmocka_unit_test(test_cfg_run_exit_status),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
