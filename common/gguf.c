@@ -121,7 +121,7 @@ static int cur_str(cursor_t *c, const char *what, const char **s, size_t *len)
     return st;
 }
 
-static size_t scalar_size(uint32_t type)
+size_t bt_gguf_type_size(uint32_t type)
 {
     switch (type) {
     case BT_GGUF_UINT8:
@@ -218,7 +218,7 @@ static int parse_array(cursor_t *c, gguf_kv_t *kv)
     }
     if (et == BT_GGUF_STRING)
         return parse_str_array(c, kv);
-    size_t es = scalar_size(et);
+    size_t es = bt_gguf_type_size(et);
     if (es == 0) {
         bt_error("gguf %s: unknown array element type %u at offset %zu", c->g->name, et,
                  c->pos - 12);
@@ -261,7 +261,7 @@ static int parse_kv(cursor_t *c, int64_t i)
         kv->pub.n = len;
         return st;
     }
-    size_t sz = scalar_size(type);
+    size_t sz = bt_gguf_type_size(type);
     if (sz == 0) {
         bt_error("gguf %s: key '%.*s' has unknown value type %u (offset %zu)", g->name,
                  (int)kv->pub.key_len, kv->pub.key, type, c->pos - 4);

@@ -29,6 +29,10 @@ typedef enum {
     BT_GGUF_FLOAT64 = 12,
 } bt_gguf_type_t;
 
+/* Bytes of one value of a numeric type; 0 for BT_GGUF_STRING, BT_GGUF_ARRAY and any number
+ * that is no GGUF type. Any thread. */
+size_t bt_gguf_type_size(uint32_t type);
+
 typedef struct {
     const char *name; /* not NUL-terminated */
     size_t name_len;

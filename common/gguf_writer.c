@@ -93,24 +93,6 @@ static void buf_str(buf_t *b, const char *s, size_t len)
     buf_put(b, s, len);
 }
 
-static size_t numeric_size(bt_gguf_type_t type)
-{
-    switch (type) {
-    case BT_GGUF_UINT8:
-    case BT_GGUF_INT8:
-    case BT_GGUF_BOOL: return 1;
-    case BT_GGUF_UINT16:
-    case BT_GGUF_INT16: return 2;
-    case BT_GGUF_UINT32:
-    case BT_GGUF_INT32:
-    case BT_GGUF_FLOAT32: return 4;
-    case BT_GGUF_UINT64:
-    case BT_GGUF_INT64:
-    case BT_GGUF_FLOAT64: return 8;
-    default: return 0;
-    }
-}
-
 int bt_gguf_writer_create(bt_gguf_writer_t **out)
 {
     bt_gguf_writer_t *w = bt_calloc(1, sizeof *w);
@@ -176,7 +158,7 @@ static int set_kv(bt_gguf_writer_t *w, const char *key, bt_gguf_type_t type, buf
 int bt_gguf_writer_set_scalar(bt_gguf_writer_t *w, const char *key, bt_gguf_type_t type,
                               const void *v)
 {
-    size_t sz = numeric_size(type);
+    size_t sz = bt_gguf_type_size(type);
     if (!key || !v || sz == 0)
         return BT_ERR_INVAL;
     buf_t b = {0};
@@ -230,7 +212,7 @@ int bt_gguf_writer_set_arr_str(bt_gguf_writer_t *w, const char *key, const char 
 int bt_gguf_writer_set_arr(bt_gguf_writer_t *w, const char *key, bt_gguf_type_t elem_type,
                            const void *v, uint64_t n)
 {
-    size_t es = numeric_size(elem_type);
+    size_t es = bt_gguf_type_size(elem_type);
     if (!key || es == 0 || (!v && n > 0) || n > SIZE_MAX / es)
         return BT_ERR_INVAL;
     buf_t b = {0};
