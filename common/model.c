@@ -25,6 +25,7 @@
 #include "alloc.h"
 #include "gguf.h"
 #include "log.h"
+#include "modelid.h"
 #include "status.h"
 
 #define MODEL_MAX_DIM (1 << 24) /* caps every hyperparameter well below int32 overflow */
@@ -145,28 +146,6 @@ static int get_pos_f32(const bt_gguf_t *g, const char *path, const char *key, fl
     return BT_OK;
 }
 
-static int check_arch(const bt_gguf_t *g, const char *path, bt_model_hparams_t *hp)
-{
-    const char *s;
-    size_t len;
-    int st = bt_gguf_get_str(g, "general.architecture", &s, &len);
-    if (st != BT_OK) {
-        bt_error("model %s: general.architecture is missing or not a string", path);
-        return BT_ERR_FORMAT;
-    }
-    if (len != 5 || memcmp(s, "llama", 5) != 0) {
-        bt_error("model %s: architecture '%.*s' is not supported (only 'llama')", path,
-                 (int)(len > 64 ? 64 : len), s);
-        return BT_ERR_UNSUPPORTED;
-    }
-    strcpy(hp->arch, "llama");
-    if (bt_gguf_get_str(g, "general.name", &s, &len) == BT_OK)
-        set_name(hp, s, len);
-    else
-        set_name_from_path(hp, path);
-    return BT_OK;
-}
-
 static int check_heads(const char *path, bt_model_hparams_t *hp, int32_t rope_dims)
 {
     const char *why = NULL;
@@ -192,7 +171,7 @@ static int check_heads(const char *path, bt_model_hparams_t *hp, int32_t rope_di
 static int read_hparams(const bt_gguf_t *g, const char *path, bt_model_hparams_t *hp)
 {
     int32_t rope_dims = 0;
-    int st = check_arch(g, path, hp);
+    int st = bt_model_id_read_name(g, path, hp);
     if (st == BT_OK)
         st = get_dim(g, path, "llama.embedding_length", -1, &hp->dim);
     if (st == BT_OK)

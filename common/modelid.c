@@ -2,9 +2,10 @@
 /*
  * modelid.c - the model id shared by the router and the daemons (see modelid.h).
  *
- * The GGUF reader here repeats the few lookups of model.c that the id depends on, with the
- * same defaults, so that the router can compute the id of a model it never maps weights for
- * and still agree byte for byte with a daemon that loaded it.
+ * The GGUF reader here repeats the few dimension lookups of model.c that the id depends on,
+ * with the same defaults, so that the router can compute the id of a model it never maps
+ * weights for and still agree byte for byte with a daemon that loaded it; the name is read by
+ * one function for both (bt_model_id_read_name).
  */
 #include "modelid.h"
 
@@ -53,7 +54,7 @@ static int get_dim(const bt_gguf_t *g, const char *path, const char *key, int64_
     return BT_OK;
 }
 
-static int read_name(const bt_gguf_t *g, const char *path, bt_model_hparams_t *hp)
+int bt_model_id_read_name(const bt_gguf_t *g, const char *path, bt_model_hparams_t *hp)
 {
     const char *s;
     size_t len;
@@ -98,7 +99,7 @@ int bt_model_id_hparams_from_gguf(const bt_gguf_t *g, const char *path, bt_model
     if (!g || !path || !hp)
         return BT_ERR_INVAL;
     memset(hp, 0, sizeof *hp);
-    int st = read_name(g, path, hp);
+    int st = bt_model_id_read_name(g, path, hp);
     if (st == BT_OK)
         st = get_dim(g, path, "llama.block_count", -1, &hp->n_layers);
     if (st == BT_OK)

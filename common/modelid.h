@@ -23,6 +23,12 @@
  * prefix), BT_ERR_INVAL for NULL arguments. Any thread. */
 int bt_model_id_str(const bt_model_hparams_t *hp, char *buf, size_t cap);
 
+/* Checks that general.architecture is llama (BT_ERR_FORMAT when it is missing,
+ * BT_ERR_UNSUPPORTED for another one; the reason logged) and fills hp->arch and hp->name:
+ * general.name, else path's base name, cut to fit. bt_model_load names a GGUF model with it too,
+ * so that both agree on the name in the id. */
+int bt_model_id_read_name(const bt_gguf_t *g, const char *path, bt_model_hparams_t *hp);
+
 /* Fills the fields bt_model_id_str uses from a GGUF's metadata and tensor table without
  * touching weights: general.name (else path's base name), llama.block_count,
  * llama.embedding_length, llama.attention.head_count, llama.attention.head_count_kv (default:
