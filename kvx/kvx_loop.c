@@ -98,18 +98,10 @@ static void msg_free(loop_msg_t *m)
     bt_free(m);
 }
 
-static int loop_send_ctrl(void *bep, void *ep, uint64_t tag, const void *buf, size_t len)
+/* Queues m (handed over) on the backend at the other end of e; BT_ERR_PEER, m freed, when that
+ * backend is gone. */
+static int deliver(const loop_ep_t *e, loop_msg_t *m)
 {
-    loop_ep_t *e = ep;
-    loop_msg_t *m = bt_calloc(1, sizeof *m);
-    uint8_t *copy = bt_malloc(len ? len : 1);
-    if (!m || !copy) {
-        bt_free(m);
-        bt_free(copy);
-        return BT_ERR_NOMEM;
-    }
-    memcpy(copy, buf, len);
-    *m = (loop_msg_t){.kind = LOOP_CTRL, .tag = tag, .buf = copy, .len = len};
     pthread_mutex_lock(&reg_lock);
     loop_be_t *dst = reg_find(e->remote);
     if (dst)
@@ -122,6 +114,21 @@ static int loop_send_ctrl(void *bep, void *ep, uint64_t tag, const void *buf, si
     return BT_OK;
 }
 
+static int loop_send_ctrl(void *bep, void *ep, uint64_t tag, const void *buf, size_t len)
+{
+    loop_ep_t *e = ep;
+    loop_msg_t *m = bt_calloc(1, sizeof *m);
+    uint8_t *copy = bt_malloc(len ? len : 1);
+    if (!m || !copy) {
+        bt_free(m);
+        bt_free(copy);
+        return BT_ERR_NOMEM;
+    }
+    memcpy(copy, buf, len);
+    *m = (loop_msg_t){.kind = LOOP_CTRL, .tag = tag, .buf = copy, .len = len};
+    return deliver(e, m);
+}
+
 static int loop_send_data(void *bep, void *ep, uint64_t tag, const void *src, size_t len,
                           kvx_op_t *op)
 {
@@ -132,16 +139,8 @@ static int loop_send_data(void *bep, void *ep, uint64_t tag, const void *src, si
         return BT_ERR_NOMEM;
     *m = (loop_msg_t){
         .kind = LOOP_DATA, .tag = tag, .src = src, .len = len, .from = be->id, .op = op};
-    pthread_mutex_lock(&reg_lock);
-    loop_be_t *dst = reg_find(e->remote);
-    if (dst)
-        inbox_push(dst, m);
-    pthread_mutex_unlock(&reg_lock);
-    if (!dst) {
-        bt_free(m);
-        return BT_ERR_PEER;
-    }
-    return BT_AGAIN;
+    int st = deliver(e, m);
+    return st == BT_OK ? BT_AGAIN : st; /* data completes when the receiver has taken it */
 }
 
 static int loop_recv_iov(loop_be_t *be, loop_msg_t *m, const kvx_iov_t *iov, int n, kvx_op_t *op)
