@@ -74,6 +74,18 @@ void bb_report_json_summary(FILE *f, const bb_summary_t *s, const char *ind)
     json_breakdown(f, s, ind);
 }
 
+/* Closes f (written to path); BT_ERR_IO, logged, if any write to it failed. */
+static int report_close(FILE *f, const char *path)
+{
+    int bad = ferror(f);
+    bad |= fclose(f) != 0;
+    if (bad) {
+        bt_error("%s: write failed", path);
+        return BT_ERR_IO;
+    }
+    return BT_OK;
+}
+
 static void json_ctx(FILE *f, const bb_report_ctx_t *c)
 {
     fprintf(f, "{\n  \"backend\": \"baton\",\n  \"endpoint\": ");
@@ -113,13 +125,7 @@ int bb_report_json(const char *path, const bb_report_ctx_t *c, const bb_summary_
                 c->n_gpus > 0 ? fin(goodput) / c->n_gpus : 0);
     }
     fprintf(f, "\n}\n");
-    int bad = ferror(f);
-    bad |= fclose(f) != 0;
-    if (bad) {
-        bt_error("%s: write failed", path);
-        return BT_ERR_IO;
-    }
-    return BT_OK;
+    return report_close(f, path);
 }
 
 static void csv_row(FILE *f, const bb_run_t *run, size_t i, const bb_slo_t *slo)
@@ -148,13 +154,7 @@ int bb_report_csv(const char *path, const bb_run_t *run, const bb_slo_t *slo)
                "decode_queue_ms,decode_ms,prefill_instance,decode_instance\n");
     for (size_t i = 0; i < run->n; i++)
         csv_row(f, run, i, slo);
-    int bad = ferror(f);
-    bad |= fclose(f) != 0;
-    if (bad) {
-        bt_error("%s: write failed", path);
-        return BT_ERR_IO;
-    }
-    return BT_OK;
+    return report_close(f, path);
 }
 
 static void print_dist(FILE *f, const char *name, const bb_dist_t *d)
