@@ -182,20 +182,39 @@ static int bad_tokens(bt_batcher_t *b, bt_worker_t *w, seq_t *s, const int32_t *
     return 0;
 }
 
-void bt_batcher_add_continued(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt_kv_seq_t *kv,
-                              int32_t first_token)
+/* A sequence that arrives decoding, with its KV (taken over; freed if s cannot be made) and
+ * tokens ids[0..k) from the peer; event is recorded on req. NULL when it has ended already (no
+ * memory for it, or a token outside the vocabulary). */
+static seq_t *seq_adopt(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt_kv_seq_t *kv,
+                        Baton__EventKind event, const int32_t *ids, int32_t k)
 {
-    BT_ASSERT(kv->n_tokens == req->n_prompt);
     seq_t *s = seq_new(b, w, req);
     if (!s) {
         bt_kv_seq_fini(kv, b->pool);
-        return;
+        return NULL;
     }
     s->kv = *kv;
     memset(kv, 0, sizeof *kv);
     s->decoding = 1;
-    bt_req_event(req, BATON__EVENT_KIND__DECODE_QUEUED, 0);
-    if (bad_tokens(b, w, s, &first_token, 1))
+    bt_req_event(req, event, 0);
+    return bad_tokens(b, w, s, ids, k) ? NULL : s;
+}
+
+/* Hands s to the scheduler with its item mirroring its KV and token list. */
+static void seq_queue_decode(bt_batcher_t *b, seq_t *s)
+{
+    s->item.n_kv = s->kv.n_tokens;
+    s->item.n_blocks = s->kv.n_blocks;
+    s->item.n_total = bt_seqgen_len(s->gen);
+    bt_sched_decode_add(&b->sched, &s->item);
+}
+
+void bt_batcher_add_continued(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt_kv_seq_t *kv,
+                              int32_t first_token)
+{
+    BT_ASSERT(kv->n_tokens == req->n_prompt);
+    seq_t *s = seq_adopt(b, w, req, kv, BATON__EVENT_KIND__DECODE_QUEUED, &first_token, 1);
+    if (!s)
         return;
     bt_seqgen_step_t st;
     bt_seqgen_append(s->gen, first_token, &st);
@@ -203,26 +222,15 @@ void bt_batcher_add_continued(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt
         seq_finish(b, w, s, st.finish, BT_OK, NULL);
         return;
     }
-    s->item.n_kv = s->kv.n_tokens;
-    s->item.n_blocks = s->kv.n_blocks;
-    s->item.n_total = bt_seqgen_len(s->gen);
-    bt_sched_decode_add(&b->sched, &s->item);
+    seq_queue_decode(b, s);
 }
 
 void bt_batcher_add_resumed(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt_kv_seq_t *kv,
                             const int32_t *ids, int32_t k)
 {
     BT_ASSERT(k >= 1);
-    seq_t *s = seq_new(b, w, req);
-    if (!s) {
-        bt_kv_seq_fini(kv, b->pool);
-        return;
-    }
-    s->kv = *kv;
-    memset(kv, 0, sizeof *kv);
-    s->decoding = 1;
-    bt_req_event(req, BATON__EVENT_KIND__RESUMED, 0);
-    if (bad_tokens(b, w, s, ids, k))
+    seq_t *s = seq_adopt(b, w, req, kv, BATON__EVENT_KIND__RESUMED, ids, k);
+    if (!s)
         return;
     for (int32_t i = 0; i < k; i++) {
         bt_seqgen_step_t st;
@@ -235,10 +243,7 @@ void bt_batcher_add_resumed(bt_batcher_t *b, bt_worker_t *w, bt_req_t *req, bt_k
     int32_t have = req->n_prompt + k - 1; /* the last token's KV is the next forward's */
     if (s->kv.n_tokens > have)
         bt_kv_seq_truncate(&s->kv, b->pool, have);
-    s->item.n_kv = s->kv.n_tokens;
-    s->item.n_blocks = s->kv.n_blocks;
-    s->item.n_total = bt_seqgen_len(s->gen);
-    bt_sched_decode_add(&b->sched, &s->item);
+    seq_queue_decode(b, s);
 }
 
 int bt_batcher_detach(bt_batcher_t *b, uint64_t id, bt_kv_seq_t *kv, int32_t *n_generated,
