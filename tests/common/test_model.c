@@ -399,6 +399,12 @@ static void set_dim_negative(bt_gguf_writer_t *w)
     bt_gguf_writer_set_i32(w, "llama.embedding_length", -64);
 }
 
+/* The most layers a block count may name: far more than the file's tensors. */
+static void set_layers_huge(bt_gguf_writer_t *w)
+{
+    bt_gguf_writer_set_u32(w, "llama.block_count", 1 << 24);
+}
+
 static void set_yarn(bt_gguf_writer_t *w)
 {
     bt_gguf_writer_set_str(w, "llama.rope.scaling.type", "yarn");
@@ -424,6 +430,8 @@ static void test_model_bad_metadata(void **state)
     assert_int_equal(load_edited(&e, NULL), BT_ERR_FORMAT);
     e = (edit_t){.extra = set_yarn};
     assert_int_equal(load_edited(&e, NULL), BT_ERR_UNSUPPORTED);
+    e = (edit_t){.extra = set_layers_huge}; /* refused before any array is sized by it */
+    assert_int_equal(load_edited(&e, NULL), BT_ERR_FORMAT);
 }
 
 /* A tensor of a type baton cannot compute with (q4_0): patched into the file's record. */
