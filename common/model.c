@@ -473,10 +473,10 @@ static int load_gguf(bt_model_t *m, const char *path)
     m->hp.n_vocab = n_vocab;
     /* Each layer has 9 tensors, and token_embd and output_norm are there too: a block count
      * the file cannot hold is refused before anything is sized by it. */
-    int64_t need = 9 * (int64_t)m->hp.n_layers + 2;
-    if (need > bt_gguf_n_tensors(g)) {
+    int64_t need = 9 * (int64_t)m->hp.n_layers + 2, have = bt_gguf_n_tensors(g);
+    if (need > have) {
         bt_error("model %s: llama.block_count %d needs at least %lld tensors; the file has %lld",
-                 path, m->hp.n_layers, (long long)need, (long long)bt_gguf_n_tensors(g));
+                 path, m->hp.n_layers, (long long)need, (long long)have);
         return BT_ERR_FORMAT;
     }
     m->layers = bt_calloc((size_t)m->hp.n_layers, sizeof *m->layers);
